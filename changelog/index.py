@@ -1,0 +1,409 @@
+"""The change index: N shard objects whose omap holds one entry per recorded mutation.
+
+This is the write hook's target (``record`` / ``record_many``) and the collector's source
+(``page`` / ``scan`` / ``remove`` / ``raise_floor``). The key layout and the guarded-write
+protocol are in docs/design.md §2-3; the layout helpers are in ``changelog.keys``.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+
+import orjson
+
+from changelog import keys
+from changelog.errors import CompareFailed, ConfigError, InvalidMutation, TransientError
+from changelog.mutation import Mutation
+from changelog.store import Cmp, LockRef, ObjectStore, WriteOp
+
+logger = logging.getLogger(__name__)
+
+MODES = ("write", "object")
+# One RADOS op carries at most this many keys: the notes measured 1000 keys/op as the sweet spot
+# (210-247k keys/s) and the OSD caps a page of omap reads at about that size too.
+OP_KEYS = 1000
+# A guarded write that keeps losing its compare (floor raised, another recorder on the stream)
+# is retried this often before the error surfaces.
+CAS_RETRIES = 20
+META_KEY = "meta"
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    shard: int
+    key: str
+    time_us: int
+    mutation: Mutation
+    raw: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class RecordResult:
+    written: int
+    duplicates: int
+
+    def __add__(self, other: RecordResult) -> RecordResult:
+        return RecordResult(self.written + other.written, self.duplicates + other.duplicates)
+
+
+@dataclass(frozen=True, slots=True)
+class ShardStats:
+    shard: int
+    entries: int
+    oldest_us: int | None
+    floor_us: int
+
+
+@dataclass(slots=True)
+class _Pending:
+    mutation: Mutation
+    value: bytes
+    obj: str
+    ver: str
+
+
+class ChangeIndex:
+    """A sharded change index on an ``ObjectStore``. Thread-safe."""
+
+    def __init__(
+        self,
+        store: ObjectStore,
+        *,
+        shards: int,
+        prefix: str = "changelog",
+        mode: str = "write",
+        clock: Callable[[], float] = time.time,
+        create: bool = True,
+    ) -> None:
+        if not isinstance(shards, int) or not 1 <= shards <= 4096:
+            raise ConfigError(f"index.shards must be an integer from 1 to 4096, not {shards!r}")
+        if mode not in MODES:
+            raise ConfigError(f"index.mode must be one of {', '.join(MODES)}, not {mode!r}")
+        if not prefix or any(c in prefix for c in "/\x00 "):
+            raise ConfigError(f"index prefix {prefix!r} must be non-empty without '/', spaces or NUL")
+        self.store = store
+        self.shards = shards
+        self.prefix = prefix
+        self.mode = mode
+        self._clock = clock
+        self.control_oid = f"{prefix}.control"
+        self._lock = threading.Lock()
+        self._last_t = [0] * shards
+        self._floor: list[int | None] = [None] * shards
+        self._streams: dict[tuple[int, str], str | None] = {}
+        self._open(create)
+
+    # ------------------------------------------------------------------ layout
+
+    def shard_oid(self, n: int) -> str:
+        if not 0 <= n < self.shards:
+            raise InvalidMutation(f"no shard {n}: this index has shards 0..{self.shards - 1}")
+        return f"{self.prefix}.shard.{n:04d}"
+
+    def shard_of(self, bucket: str, key: str) -> int:
+        return keys.shard_of(bucket, key, self.shards)
+
+    def _open(self, create: bool) -> None:
+        got = self.store.omap_get(self.control_oid, [META_KEY])
+        if META_KEY in got:
+            meta = orjson.loads(got[META_KEY])
+            if meta.get("shards") != self.shards or meta.get("mode") != self.mode:
+                raise ConfigError(
+                    f"index {self.prefix!r} was created with shards={meta.get('shards')} "
+                    f"mode={meta.get('mode')!r}; config says shards={self.shards} mode={self.mode!r}"
+                )
+            return
+        if not create:
+            raise ConfigError(f"no change index {self.prefix!r} in this store")
+        # Shards first, each with its floor: a reader that sees ``meta`` sees initialised shards.
+        zero = keys.time_hex(0).encode()
+        ops = [
+            (self.shard_oid(n), WriteOp(create_exclusive=True, set={keys.FLOOR_KEY: zero}))
+            for n in range(self.shards)
+        ]
+        for (oid, _), err in zip(ops, self.store.execute_many(ops), strict=True):
+            if err is not None and not isinstance(err, CompareFailed):  # CompareFailed: exists already
+                raise TransientError(f"cannot initialise shard {oid}: {err}") from err
+        meta_doc = {"shards": self.shards, "mode": self.mode, "created": self._clock(), "version": 1}
+        self.store.execute(self.control_oid, WriteOp(set={META_KEY: orjson.dumps(meta_doc)}))
+        logger.info("created change index %s with %d shards, mode %s", self.prefix, self.shards, self.mode)
+
+    # ------------------------------------------------------------------ write hook
+
+    def record(self, m: Mutation) -> RecordResult:
+        return self.record_many((m,))
+
+    def record_many(self, ms: Iterable[Mutation]) -> RecordResult:
+        """Record mutations: one atomic guarded op per shard, all shards concurrently.
+
+        Records whose (source, position) is at or below the shard's high-water mark for that
+        source were recorded before and are counted as duplicates. Raises ``InvalidMutation``
+        before writing anything if any record cannot be encoded.
+        """
+        by_shard: dict[int, list[_Pending]] = defaultdict(list)
+        for m in ms:
+            if not isinstance(m, Mutation):
+                raise InvalidMutation(f"not a Mutation: {type(m).__name__}")
+            value = m.encode()
+            shard = keys.shard_of(m.bucket, m.key, self.shards)
+            by_shard[shard].append(
+                _Pending(m, value, keys.object_hash(m.bucket, m.key), keys.version_hash(m.version_id))
+            )
+        total = RecordResult(0, 0)
+        attempt = 0
+        while by_shard:
+            attempt += 1
+            built = {shard: self._build(shard, pend) for shard, pend in by_shard.items()}
+            todo = [(self.shard_oid(s), b[0]) for s, b in built.items() if b[0] is not None]
+            results = self.store.execute_many(todo) if todo else []
+            outcome = dict(zip([s for s, b in built.items() if b[0] is not None], results, strict=True))
+            retry: dict[int, list[_Pending]] = {}
+            failure: BaseException | None = None
+            for shard, (op, result, commit) in built.items():
+                err = outcome.get(shard) if op is not None else None
+                if err is None:
+                    commit()
+                    total = total + result
+                elif isinstance(err, CompareFailed):
+                    self._forget(shard)
+                    retry[shard] = by_shard[shard]
+                else:
+                    self._forget(shard)
+                    failure = failure or err
+            if failure is not None:
+                if isinstance(failure, Exception):
+                    raise failure
+                raise TransientError(str(failure))
+            if retry and attempt >= CAS_RETRIES:
+                raise TransientError(f"shards {sorted(retry)} kept failing their guarded write; giving up")
+            by_shard = retry
+        return total
+
+    def _forget(self, shard: int) -> None:
+        with self._lock:
+            self._floor[shard] = None
+            for k in [k for k in self._streams if k[0] == shard]:
+                del self._streams[k]
+
+    def _build(
+        self, shard: int, pending: list[_Pending]
+    ) -> tuple[WriteOp | None, RecordResult, Callable[[], None]]:
+        oid = self.shard_oid(shard)
+        sources = sorted({p.mutation.source for p in pending})
+        floor, marks = self._shard_state(shard, oid, sources)
+        fresh: list[_Pending] = []
+        seen: set[tuple[str, str]] = set()
+        new_marks: dict[str, str] = dict(marks)
+        for p in pending:
+            ident = (p.mutation.source, p.mutation.position)
+            mark = marks.get(p.mutation.source)
+            if ident in seen or (mark is not None and p.mutation.position <= mark):
+                continue
+            seen.add(ident)
+            fresh.append(p)
+            cur = new_marks.get(p.mutation.source)
+            if cur is None or p.mutation.position > cur:
+                new_marks[p.mutation.source] = p.mutation.position
+        dups = len(pending) - len(fresh)
+        if not fresh:
+            return None, RecordResult(0, dups), lambda: None
+
+        with self._lock:
+            t = max(int(self._clock() * 1_000_000), self._last_t[shard] + 1, floor + 1)
+            self._last_t[shard] = t + len(fresh) - 1
+        op = WriteOp(asserts=[(keys.FLOOR_KEY, Cmp.LT, keys.time_hex(t))])
+        for src in sources:
+            old = marks.get(src)
+            # A stream this shard has never seen has no key to compare with; a concurrent
+            # recorder of the same stream is excluded by the follower's lease instead.
+            if old is not None:
+                op.asserts.append((keys.stream_key(src), Cmp.EQ, old))
+            new = new_marks.get(src)
+            if new is not None and new != old:
+                op.set[keys.stream_key(src)] = new.encode()
+        live: dict[str, str] = {}
+        if self.mode == "object":
+            okeys = sorted({keys.object_key(p.obj, p.ver) for p in fresh})
+            live = {k: v.decode() for k, v in self.store.omap_get(oid, okeys).items()}
+            for okey, dkey in live.items():
+                op.asserts.append((okey, Cmp.EQ, dkey))
+                if keys.time_of(dkey) > floor:
+                    op.remove.append(dkey)
+        for i, p in enumerate(fresh):
+            dkey = keys.data_key(t + i, p.obj, p.ver, p.mutation.event_id)
+            if self.mode == "object":
+                okey = keys.object_key(p.obj, p.ver)
+                prev = op.set.get(okey)
+                if prev is not None:  # two versions of one object in one batch: keep the newer
+                    op.set.pop(prev.decode(), None)
+                op.set[okey] = dkey.encode()
+            op.set[dkey] = p.value
+
+        def commit() -> None:
+            with self._lock:
+                for src in sources:
+                    self._streams[(shard, src)] = new_marks.get(src)
+
+        return op, RecordResult(len(fresh), dups), commit
+
+    def _shard_state(self, shard: int, oid: str, sources: Sequence[str]) -> tuple[int, dict[str, str]]:
+        with self._lock:
+            floor = self._floor[shard]
+            missing = [s for s in sources if (shard, s) not in self._streams]
+            marks: dict[str, str | None] = {
+                s: self._streams[(shard, s)] for s in sources if (shard, s) in self._streams
+            }
+        want = [keys.stream_key(s) for s in missing]
+        if floor is None:
+            want.append(keys.FLOOR_KEY)
+        if want:
+            got = self.store.omap_get(oid, want)
+            for s in missing:
+                raw = got.get(keys.stream_key(s))
+                marks[s] = raw.decode() if raw is not None else None
+            if floor is None:
+                floor = int(got.get(keys.FLOOR_KEY, b"0"), 16)
+            with self._lock:
+                self._floor[shard] = floor
+                for s in missing:
+                    self._streams[(shard, s)] = marks[s]
+        assert floor is not None
+        return floor, {s: v for s, v in marks.items() if v is not None}
+
+    # ------------------------------------------------------------------ reading
+
+    def page(
+        self, shard: int, *, start_after: str = "", end_before: str | None = None, limit: int = OP_KEYS
+    ) -> list[Entry]:
+        oid = self.shard_oid(shard)
+        end = keys.DATA_END if end_before is None else min(end_before, keys.DATA_END)
+        raw = self.store.omap_page(
+            oid, start_after=max(start_after, keys.DATA_PREFIX), end_before=end, prefix=keys.DATA_PREFIX, limit=limit
+        )
+        out = []
+        for k, v in raw:
+            try:
+                m = Mutation.decode(v)
+            except InvalidMutation as ex:
+                raise InvalidMutation(f"shard {shard} key {k}: {ex}") from ex
+            out.append(Entry(shard, k, keys.time_of(k), m, v))
+        return out
+
+    def scan(
+        self,
+        shard: int,
+        *,
+        since_us: int | None = None,
+        until_us: int | None = None,
+        start_after: str = "",
+        page: int = OP_KEYS,
+    ) -> Iterator[Entry]:
+        """Entries of time in [since_us, until_us), after ``start_after``, paged."""
+        after = start_after
+        if since_us:
+            # Above every key of time since_us - 1 ('~' sorts after any hex digit), below time since_us.
+            after = max(after, keys.time_bound(since_us - 1) + ".~")
+        end = keys.time_bound(until_us) if until_us is not None else None
+        while True:
+            batch = self.page(shard, start_after=after, end_before=end, limit=page)
+            if not batch:
+                return
+            yield from batch
+            after = batch[-1].key
+
+    # ------------------------------------------------------------------ collector side
+
+    def floor(self, shard: int) -> int:
+        got = self.store.omap_get(self.shard_oid(shard), [keys.FLOOR_KEY])
+        return int(got.get(keys.FLOOR_KEY, b"0"), 16)
+
+    def raise_floor(self, shard: int, t_us: int, *, fence: LockRef) -> int:
+        """Raise the shard's floor to ``t_us`` (never lowers it), fenced by the shard lease."""
+        oid = self.shard_oid(shard)
+        for _ in range(CAS_RETRIES):
+            current = self.floor(shard)
+            if current >= t_us:
+                return current
+            op = WriteOp(
+                fence=fence,
+                asserts=[(keys.FLOOR_KEY, Cmp.EQ, keys.time_hex(current))],
+                set={keys.FLOOR_KEY: keys.time_hex(t_us).encode()},
+            )
+            try:
+                self.store.execute(oid, op)
+            except CompareFailed:
+                continue
+            return t_us
+        raise TransientError(f"shard {shard}: floor kept changing under us")
+
+    def remove(self, shard: int, keys_: Sequence[str], *, fence: LockRef | None = None) -> None:
+        """Remove exactly these data keys (missing ones are fine), fenced when ``fence`` is given.
+
+        In object mode the ``o.`` pointer of each removed entry goes too, but only while it still
+        points at that entry (a newer write may have replaced it).
+        """
+        oid = self.shard_oid(shard)
+        for i in range(0, len(keys_), OP_KEYS):
+            chunk = list(keys_[i : i + OP_KEYS])
+            for k in chunk:
+                keys.time_of(k)  # refuses anything that is not a data key
+            if self.mode != "object":
+                self.store.execute(oid, WriteOp(fence=fence, remove=chunk))
+                continue
+            pointers = {keys.object_key(*k.split(".")[2:4]): k for k in chunk}
+            for _ in range(CAS_RETRIES):
+                current = {k: v.decode() for k, v in self.store.omap_get(oid, sorted(pointers)).items()}
+                ours = [ok for ok, dk in pointers.items() if current.get(ok) == dk]
+                op = WriteOp(
+                    fence=fence,
+                    remove=chunk + ours,
+                    asserts=[(ok, Cmp.EQ, pointers[ok]) for ok in ours],
+                )
+                try:
+                    self.store.execute(oid, op)
+                    break
+                except CompareFailed:
+                    continue
+            else:
+                raise TransientError(f"shard {shard}: object pointers kept changing during trim")
+
+    def stats(self, shard: int) -> ShardStats:
+        oid = self.shard_oid(shard)
+        count = 0
+        oldest: int | None = None
+        after = keys.DATA_PREFIX
+        while True:
+            batch = self.store.omap_page(
+                oid, start_after=after, end_before=keys.DATA_END, prefix=keys.DATA_PREFIX, limit=OP_KEYS
+            )
+            if not batch:
+                break
+            if oldest is None:
+                oldest = keys.time_of(batch[0][0])
+            count += len(batch)
+            after = batch[-1][0]
+        return ShardStats(shard, count, oldest, self.floor(shard))
+
+
+class HookStream:
+    """Positions for a write hook that has no source stream of its own: one stream per
+    process start, positions a fixed-width counter, so a retried ``record`` of the same
+    mutation object (same position) is recorded once."""
+
+    def __init__(self, name: str = "hook") -> None:
+        import os
+        import socket
+
+        self.source = f"{name}:{socket.gethostname()}:{os.getpid()}:{time.time_ns():x}"
+        self._n = 0
+        self._lock = threading.Lock()
+
+    def next_position(self) -> str:
+        with self._lock:
+            self._n += 1
+            return f"{self._n:016x}"
