@@ -146,14 +146,14 @@ class ChangeIndex:
         before writing anything if any record cannot be encoded.
         """
         by_shard: dict[int, list[_Pending]] = defaultdict(list)
+        shards = self.shards
+        null_ver = keys.NULL_VERSION_HASH
         for m in ms:
             if not isinstance(m, Mutation):
                 raise InvalidMutation(f"not a Mutation: {type(m).__name__}")
-            value = m.encode()
-            shard = keys.shard_of(m.bucket, m.key, self.shards)
-            by_shard[shard].append(
-                _Pending(m, value, keys.object_hash(m.bucket, m.key), keys.version_hash(m.version_id))
-            )
+            shard, obj = keys.locate(m.bucket, m.key, shards)
+            ver = null_ver if m.version_id is None else keys.version_hash(m.version_id)
+            by_shard[shard].append(_Pending(m, m.encode(), obj, ver))
         total = RecordResult(0, 0)
         attempt = 0
         while by_shard:
@@ -234,6 +234,11 @@ class ChangeIndex:
                 op.asserts.append((okey, Cmp.EQ, dkey))
                 if keys.time_of(dkey) > floor:
                     op.remove.append(dkey)
+            if op.remove:
+                # Replacing an entry is only safe while the collector has not frozen it: the
+                # floor must still be below it, not just below the new entries.
+                guard = min(keys.time_of(k) for k in op.remove)
+                op.asserts[0] = (keys.FLOOR_KEY, Cmp.LT, keys.time_hex(guard))
         for i, p in enumerate(fresh):
             dkey = keys.data_key(t + i, p.obj, p.ver, p.mutation.event_id)
             if self.mode == "object":

@@ -50,6 +50,15 @@ def shard_of(bucket: str, key: str, shards: int) -> int:
     return int.from_bytes(digest, "big") % shards
 
 
+def locate(bucket: str, key: str, shards: int) -> tuple[int, str]:
+    """(shard, object hash) from one digest: the hot path of recording."""
+    digest = hashlib.blake2b(bucket.encode() + b"\x00" + key.encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") % shards, digest.hex()
+
+
+NULL_VERSION_HASH = version_hash(None)
+
+
 def time_hex(t_us: int) -> str:
     if not 0 <= t_us < 1 << 64:
         raise ValueError(f"time out of range: {t_us}")

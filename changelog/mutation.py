@@ -111,7 +111,7 @@ class Mutation:
         doc: dict[str, Any] = {
             "b": self.bucket,
             "k": self.key,
-            "o": self.op.value,
+            "o": str.__str__(self.op),
             "t": self.mtime_ns,
             "src": self.source,
             "p": self.position,

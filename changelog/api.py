@@ -1,0 +1,661 @@
+"""The operator's HTTP API of ``serve``: health, metrics, status and pause / resume.
+
+``ApiServer`` is a small threaded HTTP server (stdlib) with routes under ``/_/``::
+
+    GET  /_/healthcheck   200, or 500 when a component is down; the body names every component
+    GET  /_/metrics       Prometheus text format
+    GET  /_/status        the same JSON as ``rgw-changelog status --json``
+    POST /_/pause[/collector|/follower]    POST /_/resume[/collector|/follower]
+
+Errors carry ``{"error": message, "code": status}``: 403 for a caller outside ``api.allow_from``,
+404 for an unknown route, 405 for a wrong method (with ``Allow``), 500 when a handler fails (the
+traceback goes to the log, one line to the caller).
+
+``Controls`` holds the pause switches the collector and follower consult between units of
+work. They live in memory only: a restart resumes everything.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import logging
+import socket
+import socketserver
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, Protocol
+from urllib.parse import urlsplit
+
+import orjson
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+
+from changelog import __version__
+from changelog.errors import ConfigError, PermanentError, TransientError
+
+logger = logging.getLogger(__name__)
+
+COMPONENTS = ("collector", "follower")
+DEFAULT_LISTEN = "127.0.0.1:9480"
+DEFAULT_ALLOW_FROM = ("127.0.0.1", "::1")
+# Each health check gets this long; they run concurrently, so the route answers within it.
+CHECK_TIMEOUT_S = 5.0
+# Every connection is a thread; a kernel backlog this deep keeps a burst of scrapes and curls
+# from being refused (the default of 5 drops connections under load).
+REQUEST_QUEUE = 1024
+# A client that stops sending mid-request frees its thread after this long.
+SOCKET_TIMEOUT_S = 30.0
+# The routes take no request body; a small one is read and ignored so the connection closes cleanly.
+MAX_BODY = 64 * 1024
+
+HealthCheck = Callable[[], tuple[bool, str]]
+
+
+# ---------------------------------------------------------------------------------- controls
+
+
+class UnknownComponent(PermanentError):
+    """A pause / resume named a component that does not exist."""
+
+
+class Controls:
+    """Pause switches, one per component. Thread-safe.
+
+    A component calls ``wait_while_paused`` between units of work (the collector between log
+    objects or passes, the follower between batches): while paused it takes no new work, and its
+    markers, leases and the index stay as they are.
+    """
+
+    def __init__(self, components: Iterable[str] = COMPONENTS, *, clock: Callable[[], float] = time.time) -> None:
+        self._components = tuple(components)
+        if not self._components:
+            raise ValueError("Controls needs at least one component")
+        self._clock = clock
+        self._cond = threading.Condition()
+        self._since: dict[str, float | None] = dict.fromkeys(self._components)
+        self._parked: dict[str, int] = dict.fromkeys(self._components, 0)
+
+    @property
+    def components(self) -> tuple[str, ...]:
+        return self._components
+
+    def _select(self, component: str | None) -> tuple[str, ...]:
+        if component is None:
+            return self._components
+        if component not in self._since:
+            raise UnknownComponent(f"no component {component!r}; components: {', '.join(self._components)}")
+        return (component,)
+
+    def paused(self, component: str) -> bool:
+        (name,) = self._select(component)
+        with self._cond:
+            return self._since[name] is not None
+
+    def pause(self, component: str | None = None) -> dict[str, dict[str, Any]]:
+        """Pause one component (or all); returns the new state. Pausing twice is harmless."""
+        names = self._select(component)
+        with self._cond:
+            for name in names:
+                if self._since[name] is None:
+                    self._since[name] = self._clock()
+                    logger.info("%s paused", name)
+            self._cond.notify_all()
+            return self._state_locked()
+
+    def resume(self, component: str | None = None) -> dict[str, dict[str, Any]]:
+        """Resume one component (or all); returns the new state."""
+        names = self._select(component)
+        with self._cond:
+            for name in names:
+                if self._since[name] is not None:
+                    self._since[name] = None
+                    logger.info("%s resumed", name)
+            self._cond.notify_all()
+            return self._state_locked()
+
+    def state(self) -> dict[str, dict[str, Any]]:
+        """``{component: {"paused": bool, "since": RFC 3339 or None, "parked": bool}}``;
+        ``parked`` is true once the component has stopped and is waiting to be resumed."""
+        with self._cond:
+            return self._state_locked()
+
+    def _state_locked(self) -> dict[str, dict[str, Any]]:
+        return {
+            name: {
+                "paused": since is not None,
+                "since": _rfc3339(since) if since is not None else None,
+                "parked": self._parked[name] > 0,
+            }
+            for name, since in self._since.items()
+        }
+
+    def wait_while_paused(self, component: str, stop: threading.Event, *, poll: float = 0.25) -> bool:
+        """Block while ``component`` is paused. True when it may go on, False when ``stop`` was
+        set (checked every ``poll`` seconds: an Event cannot wake a Condition)."""
+        (name,) = self._select(component)
+        with self._cond:
+            if self._since[name] is None:
+                return not stop.is_set()
+            self._parked[name] += 1
+            try:
+                logger.info("%s parked until resumed", name)
+                while self._since[name] is not None and not stop.is_set():
+                    self._cond.wait(poll)
+            finally:
+                self._parked[name] -= 1
+        return not stop.is_set()
+
+
+def _rfc3339(t: float) -> str:
+    return datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+# ---------------------------------------------------------------------------------- config values
+
+
+def parse_listen(listen: str) -> tuple[str, int, socket.AddressFamily]:
+    """``host:port``, ``[ipv6]:port`` (or ``ipv6:port``, as config accepts), ``:port`` (all IPv4
+    interfaces) → (host, port, address family)."""
+    host, sep, port_s = listen.strip().rpartition(":")
+    if not sep:
+        raise ConfigError(f"api.listen must be ADDRESS:PORT such as 127.0.0.1:9480, not {listen!r}")
+    host = host.removeprefix("[").removesuffix("]") if host.startswith("[") else host
+    family = socket.AF_INET
+    if ":" in host:
+        try:
+            ipaddress.IPv6Address(host.split("%", 1)[0])
+        except ValueError as ex:
+            raise ConfigError(f"api.listen: {host!r} is not an IPv6 address") from ex
+        family = socket.AF_INET6
+    try:
+        port = int(port_s)
+    except ValueError:
+        port = -1
+    if not 0 <= port <= 65535:
+        raise ConfigError(f"api.listen: port must be 0-65535, not {port_s!r}")
+    return host or "0.0.0.0", port, family
+
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def parse_allow_from(allow_from: Iterable[str]) -> tuple[Network, ...]:
+    """Addresses and CIDRs (IPv4 or IPv6) → networks; an empty list allows nobody."""
+    if isinstance(allow_from, str):
+        raise ConfigError(f"api.allow_from must be a list of addresses / CIDRs, not the string {allow_from!r}")
+    out = []
+    for item in allow_from:
+        try:
+            out.append(ipaddress.ip_network(str(item).strip(), strict=False))
+        except ValueError as ex:
+            raise ConfigError(f"api.allow_from: {item!r} is not an address or CIDR: {ex}") from ex
+    return tuple(out)
+
+
+def address_allowed(address: str, networks: Sequence[Network]) -> bool:
+    try:
+        ip = ipaddress.ip_address(address.split("%", 1)[0])  # drop an IPv6 zone index
+    except ValueError:
+        return False
+    # A dual-stack IPv6 socket shows IPv4 callers as ::ffff:a.b.c.d: match them as IPv4 too.
+    candidates: list[ipaddress.IPv4Address | ipaddress.IPv6Address] = [ip]
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        candidates.append(ip.ipv4_mapped)
+    return any(c in net for c in candidates for net in networks if c.version == net.version)
+
+
+# ---------------------------------------------------------------------------------- health checks
+
+
+@dataclass
+class _Run:
+    """One execution of one health check, on its own daemon thread."""
+
+    check: HealthCheck
+    started: float
+    done: threading.Event = field(default_factory=threading.Event)
+    ok: bool = False
+    detail: str = ""
+    seconds: float = 0.0
+
+    def __call__(self) -> None:
+        try:
+            ok, detail = self.check()
+            self.ok, self.detail = bool(ok), str(detail)
+        except Exception as ex:
+            self.ok, self.detail = False, _one_line(ex)
+        finally:
+            self.seconds = time.monotonic() - self.started
+            self.done.set()
+
+
+class HealthChecks:
+    """Runs the named checks concurrently, each bounded by ``timeout``.
+
+    A check that hangs keeps its thread (Python cannot kill one) but not the route: it is
+    reported down, and until it returns, later requests report it down again instead of
+    starting another copy, so a hung endpoint costs one thread, not one per request.
+    """
+
+    def __init__(self, checks: Mapping[str, HealthCheck], *, timeout: float = CHECK_TIMEOUT_S) -> None:
+        self.checks = dict(checks)
+        self.timeout = timeout
+        self._lock = threading.Lock()
+        self._runs: dict[str, _Run] = {}
+
+    def run(self) -> tuple[bool, dict[str, dict[str, Any]]]:
+        now = time.monotonic()
+        deadline = now + self.timeout
+        runs: dict[str, _Run] = {}
+        with self._lock:
+            for name, check in self.checks.items():
+                run = self._runs.get(name)
+                if run is None or run.done.is_set():
+                    run = _Run(check, now)
+                    self._runs[name] = run
+                    threading.Thread(target=run, name=f"health-{name}", daemon=True).start()
+                runs[name] = run
+        for run in runs.values():
+            run.done.wait(max(0.0, deadline - time.monotonic()))
+        report: dict[str, dict[str, Any]] = {}
+        for name, run in runs.items():
+            if run.done.is_set():
+                report[name] = {"ok": run.ok, "detail": run.detail, "seconds": round(run.seconds, 3)}
+            else:
+                waited = time.monotonic() - run.started
+                report[name] = {
+                    "ok": False,
+                    "detail": f"no answer after {waited:.1f} s (limit {self.timeout:g} s)",
+                    "seconds": round(waited, 3),
+                }
+        return all(r["ok"] for r in report.values()), report
+
+
+def probe(fn: Callable[[], object], *, ok: str = "reachable") -> HealthCheck:
+    """A check that is up when ``fn()`` returns and down with its error when it raises."""
+
+    def check() -> tuple[bool, str]:
+        fn()
+        return True, ok
+
+    return check
+
+
+class _Thread(Protocol):
+    @property
+    def name(self) -> str: ...
+
+    def is_alive(self) -> bool: ...
+
+
+def thread_alive(get: Callable[[], _Thread | None]) -> HealthCheck:
+    """Up while the thread ``get()`` returns (it may be replaced over time) is alive."""
+
+    def check() -> tuple[bool, str]:
+        thread = get()
+        if thread is None:
+            return False, "not started"
+        return (True, f"{thread.name} alive") if thread.is_alive() else (False, f"{thread.name} has stopped")
+
+    return check
+
+
+class _Lease(Protocol):
+    @property
+    def oid(self) -> str: ...
+
+    @property
+    def held(self) -> bool: ...
+
+    def remaining(self) -> float: ...
+
+
+def leases_held(get: Callable[[], Iterable[_Lease]]) -> HealthCheck:
+    """Up when ``get()`` yields at least one lease and every one of them is held."""
+
+    def check() -> tuple[bool, str]:
+        leases = list(get())
+        if not leases:
+            return False, "no lease held"
+        lost = [lease.oid for lease in leases if not lease.held]
+        if lost:
+            more = f" and {len(lost) - 3} more" if len(lost) > 3 else ""
+            return False, f"{len(lost)}/{len(leases)} not held: {', '.join(lost[:3])}{more}"
+        least = min(lease.remaining() for lease in leases)
+        return True, f"{len(leases)} held, next expiry in {least:.1f} s"
+
+    return check
+
+
+# ---------------------------------------------------------------------------------- HTTP
+
+
+@dataclass(frozen=True)
+class Response:
+    status: int
+    body: bytes
+    content_type: str = "application/json"
+    headers: tuple[tuple[str, str], ...] = ()
+
+
+def _one_line(ex: BaseException) -> str:
+    text = str(ex).strip().splitlines()
+    return f"{type(ex).__name__}: {text[0]}" if text else type(ex).__name__
+
+
+def _json_default(obj: object) -> object:
+    if isinstance(obj, set | frozenset | tuple):
+        return list(obj)
+    return str(obj)
+
+
+def json_response(status: int, doc: object, *, headers: tuple[tuple[str, str], ...] = ()) -> Response:
+    body = orjson.dumps(doc, default=_json_default, option=orjson.OPT_NON_STR_KEYS) + b"\n"
+    return Response(status, body, headers=headers)
+
+
+def error_response(status: int, message: str, *, headers: tuple[tuple[str, str], ...] = ()) -> Response:
+    return json_response(status, {"error": message, "code": status}, headers=headers)
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    request_queue_size = REQUEST_QUEUE
+    allow_reuse_address = True
+
+    def __init__(self, address: tuple[str, int], family: socket.AddressFamily, api: ApiServer) -> None:
+        self.address_family = family
+        self.api = api
+        super().__init__(address, _Handler)
+
+    def server_bind(self) -> None:
+        if self.address_family == socket.AF_INET6:
+            # "[::]" then serves IPv4 callers too (as ::ffff:a.b.c.d); allow_from handles both.
+            try:
+                self.socket.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+            except OSError:
+                pass
+        # Not HTTPServer.server_bind: its getfqdn() is a reverse DNS lookup that can stall start-up.
+        socketserver.TCPServer.server_bind(self)
+        host, port = self.server_address[:2]
+        self.server_name, self.server_port = str(host), int(port)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    # One request per connection: no keep-alive state to get wrong, and scrapes are infrequent.
+    protocol_version = "HTTP/1.0"
+    server_version = f"rgw-changelog/{__version__}"
+    timeout = SOCKET_TIMEOUT_S
+
+    @property
+    def api(self) -> ApiServer:
+        server = self.server
+        assert isinstance(server, _Server)
+        return server.api
+
+    def do_GET(self) -> None:
+        self._dispatch()
+
+    do_HEAD = do_POST = do_PUT = do_DELETE = do_PATCH = do_GET
+
+    def _dispatch(self) -> None:
+        resp = self.api.handle(self.command, self.path, self.client_address[0], self._drain_body)
+        self._send(resp)
+
+    def _drain_body(self) -> bool:
+        """Read and drop a request body; False when it is too large to bother with."""
+        try:
+            length = int(self.headers.get("Content-Length") or 0)
+        except ValueError:
+            return False
+        if length > MAX_BODY:
+            return False
+        if length > 0:
+            self.rfile.read(length)
+        return True
+
+    def _send(self, resp: Response) -> None:
+        self.send_response(resp.status)
+        self.send_header("Content-Type", resp.content_type)
+        self.send_header("Content-Length", str(len(resp.body)))
+        self.send_header("Cache-Control", "no-store")
+        for name, value in resp.headers:
+            self.send_header(name, value)
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(resp.body)
+
+    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+        # The stdlib answers malformed requests and unknown methods with HTML; answer with JSON.
+        try:
+            phrase = HTTPStatus(code).phrase
+        except ValueError:
+            phrase = ""
+        self.log_error("code %d, message %s", code, message)
+        self.close_connection = True
+        self._send(error_response(code, message or phrase))
+
+    def log_message(self, format: str, *args: Any) -> None:
+        logger.debug("api %s: " + format, self.address_string(), *args)
+
+    def log_error(self, format: str, *args: Any) -> None:
+        logger.info("api %s: " + format, self.address_string(), *args)
+
+
+Route = Callable[[], Response]
+
+
+class ApiServer:
+    """The HTTP API, on its own daemon threads; ``start()`` binds, ``stop()`` closes.
+
+    ``listen`` is ``host:port`` (port 0 picks a free one; read it back from ``port``),
+    ``allow_from`` the addresses / CIDRs that may call it. ``status_provider`` returns the
+    ``status --json`` document; ``health_checks`` maps a component name to a check returning
+    ``(up, detail)``; ``controls`` are the pause switches; ``registry`` is scraped for metrics.
+    """
+
+    def __init__(
+        self,
+        listen: str,
+        allow_from: Iterable[str],
+        *,
+        status_provider: Callable[[], Mapping[str, Any]],
+        health_checks: Mapping[str, HealthCheck],
+        controls: Controls,
+        registry: CollectorRegistry,
+        check_timeout: float = CHECK_TIMEOUT_S,
+    ) -> None:
+        self.host, self._port, self.family = parse_listen(listen)
+        self.listen = listen
+        self.allow_from = parse_allow_from(allow_from)
+        self.status_provider = status_provider
+        self.health = HealthChecks(health_checks, timeout=check_timeout)
+        self.controls = controls
+        self.registry = registry
+        self._server: _Server | None = None
+        self._thread: threading.Thread | None = None
+        self.routes: dict[str, dict[str, Route]] = {
+            "/_/healthcheck": {"GET": self._healthcheck},
+            "/_/metrics": {"GET": self._metrics},
+            "/_/status": {"GET": self._status},
+            "/_/pause": {"POST": lambda: self._control(self.controls.pause, None)},
+            "/_/resume": {"POST": lambda: self._control(self.controls.resume, None)},
+        }
+        for component in controls.components:
+            self.routes[f"/_/pause/{component}"] = {"POST": self._bind(self.controls.pause, component)}
+            self.routes[f"/_/resume/{component}"] = {"POST": self._bind(self.controls.resume, component)}
+
+    def _bind(self, action: Callable[[str | None], dict[str, dict[str, Any]]], component: str) -> Route:
+        return lambda: self._control(action, component)
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def start(self) -> None:
+        if self._server is not None:
+            return
+        try:
+            self._server = _Server((self.host, self._port), self.family, self)
+        except OSError as ex:
+            raise ConfigError(f"api.listen {self.listen}: cannot listen: {ex.strerror or ex}") from ex
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.2}, name="api", daemon=True
+        )
+        self._thread.start()
+        logger.info("api listening on %s (allowed: %s)", self.url, ", ".join(map(str, self.allow_from)) or "nobody")
+
+    def stop(self) -> None:
+        server, thread = self._server, self._thread
+        self._server = self._thread = None
+        if server is None:
+            return
+        server.shutdown()
+        server.server_close()
+        if thread is not None:
+            thread.join(timeout=5)
+        logger.info("api stopped")
+
+    def __enter__(self) -> ApiServer:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    @property
+    def port(self) -> int:
+        """The bound port (the configured one until ``start()``)."""
+        return self._server.server_port if self._server is not None else self._port
+
+    @property
+    def thread(self) -> threading.Thread | None:
+        return self._thread
+
+    @property
+    def url(self) -> str:
+        host = self.host
+        if host in ("", "0.0.0.0"):
+            host = "127.0.0.1"
+        elif host == "::":
+            host = "::1"
+        return f"http://[{host}]:{self.port}" if ":" in host else f"http://{host}:{self.port}"
+
+    # ------------------------------------------------------------------ dispatch
+
+    def handle(self, method: str, target: str, peer: str, drain_body: Callable[[], bool]) -> Response:
+        """Answer one request (the HTTP handler calls this; so can tests)."""
+        if not address_allowed(peer, self.allow_from):
+            logger.info("api: %s %s from %s refused (not in api.allow_from)", method, target, peer)
+            return error_response(403, f"{peer} is not allowed to use this API (api.allow_from)")
+        if not drain_body():
+            return error_response(413, f"request body over {MAX_BODY} bytes; these routes take none")
+        path = urlsplit(target).path
+        if len(path) > 1:
+            path = path.rstrip("/")
+        methods = self.routes.get(path)
+        if methods is None:
+            return error_response(404, f"no route {path}")
+        handler = methods.get("GET" if method == "HEAD" else method)
+        if handler is None:
+            allowed = sorted(methods) + (["HEAD"] if "GET" in methods else [])
+            return error_response(
+                405, f"{method} not allowed on {path}; use {', '.join(allowed)}", headers=(("Allow", ", ".join(allowed)),)
+            )
+        try:
+            return handler()
+        except Exception as ex:
+            logger.exception("api: %s %s failed", method, path)
+            return error_response(500, _one_line(ex))
+
+    # ------------------------------------------------------------------ routes
+
+    def _healthcheck(self) -> Response:
+        ok, report = self.health.run()
+        if not ok:
+            down = sorted(name for name, r in report.items() if not r["ok"])
+            logger.warning("healthcheck: down: %s", ", ".join(f"{n} ({report[n]['detail']})" for n in down))
+        return json_response(200 if ok else 500, {"ok": ok, "components": report})
+
+    def _metrics(self) -> Response:
+        return Response(200, generate_latest(self.registry), CONTENT_TYPE_LATEST)
+
+    def _status(self) -> Response:
+        doc = dict(self.status_provider())
+        doc.setdefault("controls", self.controls.state())
+        return json_response(200, doc)
+
+    def _control(self, action: Callable[[str | None], dict[str, dict[str, Any]]], component: str | None) -> Response:
+        return json_response(200, {"controls": action(component)})
+
+
+# ---------------------------------------------------------------------------------- client
+
+
+class ApiUnavailable(TransientError):
+    """No ``serve`` answers at the configured address."""
+
+
+class ApiClient:
+    """A client for a running ``serve``'s API, e.g. for ``rgw-changelog status`` to prefer the
+    live process's view when there is one."""
+
+    def __init__(self, listen: str = DEFAULT_LISTEN, *, timeout: float = CHECK_TIMEOUT_S + 5) -> None:
+        host, port, _ = parse_listen(listen)
+        if host in ("", "0.0.0.0"):
+            host = "127.0.0.1"
+        elif host == "::":
+            host = "::1"
+        self.base = f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+        self.timeout = timeout
+
+    def request(self, method: str, path: str) -> tuple[int, Any]:
+        """(status, decoded JSON body or text); raises ``ApiUnavailable`` when nothing answers."""
+        req = urllib.request.Request(self.base + path, method=method, data=b"" if method == "POST" else None)
+        try:
+            with urllib.request.urlopen(req, timeout=self.timeout) as resp:
+                status, ctype, body = resp.status, resp.headers.get("Content-Type", ""), resp.read()
+        except urllib.error.HTTPError as ex:
+            status, ctype, body = ex.code, ex.headers.get("Content-Type", ""), ex.read()
+        except (urllib.error.URLError, OSError) as ex:
+            reason = getattr(ex, "reason", ex)
+            raise ApiUnavailable(f"no rgw-changelog serve at {self.base}: {reason}") from ex
+        if ctype.startswith("application/json"):
+            return status, json.loads(body)
+        return status, body.decode("utf-8", "replace")
+
+    def _ok(self, method: str, path: str) -> Any:
+        status, doc = self.request(method, path)
+        if status != 200:
+            message = doc.get("error") if isinstance(doc, dict) else doc
+            raise PermanentError(f"{method} {path}: {status} {message}")
+        return doc
+
+    def status(self) -> dict[str, Any]:
+        doc: dict[str, Any] = self._ok("GET", "/_/status")
+        return doc
+
+    def health(self) -> tuple[bool, dict[str, Any]]:
+        status, doc = self.request("GET", "/_/healthcheck")
+        if status not in (200, 500) or not isinstance(doc, dict):
+            raise PermanentError(f"GET /_/healthcheck: {status} {doc}")
+        return status == 200, doc
+
+    def metrics(self) -> str:
+        text: str = self._ok("GET", "/_/metrics")
+        return text
+
+    def pause(self, component: str | None = None) -> dict[str, Any]:
+        doc = self._ok("POST", "/_/pause" + (f"/{component}" if component else ""))
+        state: dict[str, Any] = doc["controls"]
+        return state
+
+    def resume(self, component: str | None = None) -> dict[str, Any]:
+        doc = self._ok("POST", "/_/resume" + (f"/{component}" if component else ""))
+        state: dict[str, Any] = doc["controls"]
+        return state

@@ -1,0 +1,338 @@
+"""The S3 side of a backup: read the source buckets (GET by version, conditional GET, version
+listings) and write restored objects. The backup package's one boto3 module; botocore errors
+are translated here, by HTTP status, the same way as in ``changelog.targets``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import IO, TYPE_CHECKING, Any
+
+from changelog.backup.model import Version, norm_etag
+from changelog.errors import ChangelogError, ObjectMissing, PermanentError
+from changelog.logformat import rfc3339_us, to_us
+from changelog.targets import _s3_error
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3.client import S3Client
+
+logger = logging.getLogger(__name__)
+
+LIST_PAGE = 1000
+
+
+class ContentChanged(ChangelogError):
+    """The object is no longer the one a record describes (412 on a conditional GET)."""
+
+
+@dataclass(frozen=True, slots=True)
+class GetResult:
+    body: IO[bytes]
+    etag: str | None
+    size: int
+    version_id: str | None
+    last_modified: str | None
+    metadata: Mapping[str, str] = field(default_factory=dict)
+    content_type: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ListPage:
+    entries: list[tuple[str, Version]]  # (key, version), per key newest first
+    key_marker: str | None  # where the next page starts; None: listing complete
+    version_marker: str | None
+
+
+def _vid(v: Any) -> str | None:
+    return None if v in (None, "", "null") else str(v)
+
+
+def _time(t: Any) -> str | None:
+    return rfc3339_us(to_us(t)) if isinstance(t, datetime) else None
+
+
+def _translate(ex: Exception, what: str) -> ChangelogError:
+    from botocore import exceptions as bex
+
+    if isinstance(ex, bex.ClientError):
+        code = str(ex.response.get("Error", {}).get("Code", ""))
+        status = int(ex.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
+        if status == 412 or code == "PreconditionFailed":
+            return ContentChanged(f"{what}: changed since the record (412)")
+        if code in ("NoSuchVersion", "NoSuchKey") or status == 404 and code not in ("NoSuchBucket",):
+            return ObjectMissing(f"{what}: {status} {code}")
+        if status == 400 and code == "InvalidArgument" and "version" in str(ex).lower():
+            return ObjectMissing(f"{what}: {code} (version gone)")
+    return _s3_error(ex, what)
+
+
+class _Body(io.RawIOBase):
+    """A GET body whose read errors come out translated."""
+
+    def __init__(self, body: Any, what: str) -> None:
+        self._body = body
+        self._what = what
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        view = memoryview(buffer).cast("B")
+        try:
+            data: bytes = self._body.read(len(view))
+        except Exception as ex:
+            raise _translate(ex, self._what) from ex
+        view[: len(data)] = data
+        return len(data)
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self._body.close()
+        super().close()
+
+
+def make_client(
+    *,
+    endpoint: str | None = None,
+    access_key: str | None = None,
+    secret_key: str | None = None,
+    region: str | None = None,
+    pool: int = 32,
+) -> S3Client:
+    """A boto3 S3 client for radosgw or S3: path-style with an endpoint, checksums only when
+    required (radosgw 16 rejects the CRC trailers newer botocore sends by default)."""
+    import boto3
+    from botocore.config import Config
+
+    config = Config(
+        s3={"addressing_style": "path" if endpoint else "auto"},
+        request_checksum_calculation="when_required",
+        response_checksum_validation="when_required",
+        retries={"max_attempts": 5, "mode": "standard"},
+        max_pool_connections=pool,
+        connect_timeout=10,
+        read_timeout=120,
+    )
+    return boto3.session.Session().client(
+        "s3",
+        endpoint_url=endpoint,
+        aws_access_key_id=access_key,
+        aws_secret_access_key=secret_key,
+        region_name=region,
+        config=config,
+    )
+
+
+class Source:
+    """The source zone (or the restore destination) as seen through one S3 client."""
+
+    def __init__(self, client: S3Client) -> None:
+        self.s3 = client
+
+    def __repr__(self) -> str:
+        return f"Source({self.s3.meta.endpoint_url!r})"
+
+    def _call(self, what: str, fn: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(**kwargs)
+        except ChangelogError:
+            raise
+        except Exception as ex:
+            raise _translate(ex, what) from ex
+
+    # -- reading
+
+    def list_buckets(self) -> list[str]:
+        resp = self._call("list buckets", self.s3.list_buckets)
+        return sorted(b["Name"] for b in resp.get("Buckets", []))
+
+    def is_versioned(self, bucket: str) -> bool:
+        resp = self._call(f"versioning of {bucket}", self.s3.get_bucket_versioning, Bucket=bucket)
+        return resp.get("Status") in ("Enabled", "Suspended")
+
+    def list_page(
+        self, bucket: str, *, versioned: bool, key_marker: str | None = None, version_marker: str | None = None
+    ) -> ListPage:
+        """One page of a bucket's versions (all versions and delete markers if ``versioned``,
+        else its objects), in key order, each key's versions newest first."""
+        if not versioned:
+            kwargs: dict[str, Any] = {"Bucket": bucket, "MaxKeys": LIST_PAGE}
+            if key_marker:
+                kwargs["StartAfter"] = key_marker
+            resp = self._call(f"list {bucket}", self.s3.list_objects_v2, **kwargs)
+            entries = [
+                (
+                    o["Key"],
+                    Version(
+                        version_id=None,
+                        size=int(o.get("Size", 0)),
+                        etag=norm_etag(o.get("ETag")),
+                        last_modified=_time(o.get("LastModified")),
+                    ),
+                )
+                for o in resp.get("Contents", [])
+            ]
+            more = bool(resp.get("IsTruncated")) and bool(entries)
+            return ListPage(entries, entries[-1][0] if more else None, None)
+        kwargs = {"Bucket": bucket, "MaxKeys": LIST_PAGE}
+        if key_marker:
+            kwargs["KeyMarker"] = key_marker
+            if version_marker:
+                kwargs["VersionIdMarker"] = version_marker
+        resp = self._call(f"list versions of {bucket}", self.s3.list_object_versions, **kwargs)
+        rows: list[tuple[str, datetime, bool, Version]] = []
+        for o in resp.get("Versions", []):
+            v = Version(
+                version_id=_vid(o.get("VersionId")),
+                size=int(o.get("Size", 0)),
+                etag=norm_etag(o.get("ETag")),
+                last_modified=_time(o.get("LastModified")),
+            )
+            rows.append((o["Key"], o["LastModified"], bool(o.get("IsLatest")), v))
+        for o in resp.get("DeleteMarkers", []):
+            v = Version(version_id=_vid(o.get("VersionId")), delete_marker=True, last_modified=_time(o.get("LastModified")))
+            rows.append((o["Key"], o["LastModified"], bool(o.get("IsLatest")), v))
+        # Per key: the latest first, then newest first (the two lists come apart).
+        rows.sort(key=lambda r: (r[0].encode(), not r[2], -r[1].timestamp()))
+        entries = [(k, v) for k, _t, _l, v in rows]
+        if resp.get("IsTruncated"):
+            return ListPage(entries, resp.get("NextKeyMarker") or None, resp.get("NextVersionIdMarker") or None)
+        return ListPage(entries, None, None)
+
+    def key_versions(self, bucket: str, key: str) -> list[Version]:
+        """Every version of exactly ``key``, newest (the latest) first."""
+        out: list[tuple[bool, datetime, Version]] = []
+        kwargs: dict[str, Any] = {"Bucket": bucket, "Prefix": key, "MaxKeys": LIST_PAGE}
+        while True:
+            resp = self._call(f"list versions of {bucket}/{key}", self.s3.list_object_versions, **kwargs)
+            for o in resp.get("Versions", []):
+                if o["Key"] == key:
+                    out.append(
+                        (
+                            bool(o.get("IsLatest")),
+                            o["LastModified"],
+                            Version(
+                                version_id=_vid(o.get("VersionId")),
+                                size=int(o.get("Size", 0)),
+                                etag=norm_etag(o.get("ETag")),
+                                last_modified=_time(o.get("LastModified")),
+                            ),
+                        )
+                    )
+            for o in resp.get("DeleteMarkers", []):
+                if o["Key"] == key:
+                    out.append(
+                        (
+                            bool(o.get("IsLatest")),
+                            o["LastModified"],
+                            Version(_vid(o.get("VersionId")), delete_marker=True, last_modified=_time(o.get("LastModified"))),
+                        )
+                    )
+            # Keys sharing the prefix sort after ``key``: once the listing is past it, stop.
+            past = any(o["Key"] != key for o in (*resp.get("Versions", []), *resp.get("DeleteMarkers", [])))
+            if past or not resp.get("IsTruncated"):
+                break
+            kwargs["KeyMarker"] = resp.get("NextKeyMarker")
+            kwargs["VersionIdMarker"] = resp.get("NextVersionIdMarker")
+        out.sort(key=lambda r: (not r[0], -r[1].timestamp()))
+        return [v for _l, _t, v in out]
+
+    def get(self, bucket: str, key: str, *, version_id: str | None = None, if_match: str | None = None) -> GetResult:
+        """Open an object for reading. ``ObjectMissing`` if it (or that version) is gone,
+        ``ContentChanged`` if ``if_match`` no longer matches."""
+        kwargs: dict[str, Any] = {"Bucket": bucket, "Key": key}
+        if version_id is not None:
+            kwargs["VersionId"] = version_id
+        if if_match:
+            kwargs["IfMatch"] = f'"{if_match}"'
+        what = f"GET {bucket}/{key}" + (f"?versionId={version_id}" if version_id else "")
+        resp = self._call(what, self.s3.get_object, **kwargs)
+        return GetResult(
+            body=io.BufferedReader(_Body(resp["Body"], what), buffer_size=256 * 1024),
+            etag=norm_etag(resp.get("ETag")),
+            size=int(resp.get("ContentLength", 0)),
+            version_id=_vid(resp.get("VersionId")),
+            last_modified=_time(resp.get("LastModified")),
+            metadata=dict(resp.get("Metadata") or {}),
+            content_type=resp.get("ContentType"),
+        )
+
+    def iter_objects(self, bucket: str, prefix: str = "") -> Iterator[dict[str, Any]]:
+        """Raw ListObjectsV2 entries (Key, Size, ETag, LastModified) of a bucket."""
+        kwargs: dict[str, Any] = {"Bucket": bucket, "Prefix": prefix, "MaxKeys": LIST_PAGE}
+        while True:
+            resp = self._call(f"list {bucket}", self.s3.list_objects_v2, **kwargs)
+            yield from resp.get("Contents", [])
+            token = resp.get("NextContinuationToken")
+            if not resp.get("IsTruncated") or not token:
+                return
+            kwargs["ContinuationToken"] = token
+
+    # -- writing (restore)
+
+    def ensure_bucket(self, bucket: str) -> None:
+        try:
+            self._call(f"HEAD bucket {bucket}", self.s3.head_bucket, Bucket=bucket)
+            return
+        except (ObjectMissing, PermanentError) as ex:
+            if isinstance(ex, PermanentError) and "404" not in str(ex) and "NoSuchBucket" not in str(ex):
+                raise
+        self._call(f"create bucket {bucket}", self.s3.create_bucket, Bucket=bucket)
+
+    def put(
+        self, bucket: str, key: str, data: bytes, *, metadata: Mapping[str, str], content_type: str | None
+    ) -> None:
+        kwargs: dict[str, Any] = {"Bucket": bucket, "Key": key, "Body": data, "Metadata": dict(metadata)}
+        if content_type:
+            kwargs["ContentType"] = content_type
+        self._call(f"PUT {bucket}/{key}", self.s3.put_object, **kwargs)
+
+    def create_multipart(
+        self, bucket: str, key: str, *, metadata: Mapping[str, str], content_type: str | None
+    ) -> str:
+        kwargs: dict[str, Any] = {"Bucket": bucket, "Key": key, "Metadata": dict(metadata)}
+        if content_type:
+            kwargs["ContentType"] = content_type
+        resp = self._call(f"create upload {bucket}/{key}", self.s3.create_multipart_upload, **kwargs)
+        return str(resp["UploadId"])
+
+    def upload_part(self, bucket: str, key: str, upload_id: str, number: int, data: bytes) -> str:
+        resp = self._call(
+            f"upload part {number} of {bucket}/{key}",
+            self.s3.upload_part,
+            Bucket=bucket,
+            Key=key,
+            UploadId=upload_id,
+            PartNumber=number,
+            Body=data,
+        )
+        return str(resp["ETag"])
+
+    def complete_multipart(self, bucket: str, key: str, upload_id: str, etags: list[str]) -> None:
+        self._call(
+            f"complete upload {bucket}/{key}",
+            self.s3.complete_multipart_upload,
+            Bucket=bucket,
+            Key=key,
+            UploadId=upload_id,
+            MultipartUpload={"Parts": [{"PartNumber": i + 1, "ETag": e} for i, e in enumerate(etags)]},
+        )
+
+    def abort_multipart(self, bucket: str, key: str, upload_id: str) -> None:
+        with contextlib.suppress(ChangelogError):
+            self._call(
+                f"abort upload {bucket}/{key}",
+                self.s3.abort_multipart_upload,
+                Bucket=bucket,
+                Key=key,
+                UploadId=upload_id,
+            )
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self.s3.close()

@@ -1,0 +1,846 @@
+"""The collector: drains the change index, exactly once, into JSON Lines log objects in a target
+(docs/design.md §5-7).
+
+One collector at a time holds the control lease; during a pass it also holds the ``drain``
+lease of every shard it reads. A pass freezes each shard below a cutoff (the floor), streams the
+entries below it into log objects, and commits each object with a pending record written
+*before* the object becomes visible, so that a crash at any point leaves either nothing or a
+record from which recovery finishes the job: trim if the object exists, rebuild the same bytes
+under the same name if it does not. Every index and control write is fenced by the lease it
+needs; a lost lease stops the pass at once (``LeaseLost``).
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import orjson
+
+from changelog import keys
+from changelog.errors import (
+    ConfigError,
+    LeaseLost,
+    LockBusy,
+    ObjectMissing,
+    PermanentError,
+    TransientError,
+)
+from changelog.index import OP_KEYS, ChangeIndex, Entry
+from changelog.lease import Lease, make_cookie
+from changelog.logformat import (
+    Compression,
+    ObjectEncoder,
+    encode_entry,
+    encode_watermark,
+    log_name,
+    parse_log_name,
+    rfc3339_us,
+    watermark_name,
+)
+from changelog.store import WriteOp, omap_iter
+from changelog.targets import Part, Target, UploadMissing, gc_uploads
+
+logger = logging.getLogger(__name__)
+
+MiB = 1024 * 1024
+
+# Control-object keys owned by the collector (the index owns ``meta``, the RGW follower ``r.``).
+PENDING_PREFIX = "c.pending."
+STATE_KEY = "c.state"
+SEQ_KEY = "c.seq"
+CONTROL_LOCK = "collector"
+SHARD_LOCK = "drain"
+
+# Hook points, in pass order. ``fault_hook(step)`` is called at each; the fault-injection tests
+# kill the process there.
+FAULT_STEPS = (
+    "pass",  # control lease held, before recovery
+    "floor",  # after raising one shard's floor
+    "seq",  # after allocating a log object's sequence number
+    "read",  # after reading one page of a shard
+    "part",  # after uploading one multipart part
+    "pending",  # after writing the pending record
+    "commit",  # lease checked, right before CompleteMultipartUpload / PUT
+    "complete",  # the object is visible, nothing trimmed yet
+    "trim",  # after trimming one batch of keys
+    "drop",  # pending record dropped
+    "watermark",  # state advanced, before the watermark object is written
+    "recover.upload",  # recovery re-uploaded a missing object, before its trim
+    "recover.trim",  # recovery trimmed one batch
+)
+# S3 caps an upload at 10000 parts.
+MAX_PARTS = 10_000
+
+
+@dataclass(frozen=True, slots=True)
+class ShardRange:
+    """The keys of one shard in one log object: every data key in ``[first, last]``."""
+
+    shard: int
+    first: str
+    last: str
+    count: int
+
+
+@dataclass(frozen=True, slots=True)
+class PendingCommit:
+    """What a log object holds, written to the control object before the object is made visible.
+    Its content is a pure function of the index ranges, so it can be rebuilt byte for byte."""
+
+    name: str
+    seq: int
+    cutoff_us: int
+    generation: int
+    entries: int
+    first_us: int
+    last_us: int
+    ranges: tuple[ShardRange, ...]
+
+    @property
+    def key(self) -> str:
+        return PENDING_PREFIX + self.name
+
+    @property
+    def compression(self) -> Compression:
+        parsed = parse_log_name(self.name)
+        if parsed is None:
+            raise PermanentError(f"pending record names no log object: {self.name!r}")
+        return parsed.compression
+
+    def metadata(self) -> dict[str, str]:
+        return {
+            "cutoff": rfc3339_us(self.cutoff_us),
+            "seq": str(self.seq),
+            "entries": str(self.entries),
+            "first-time": rfc3339_us(self.first_us),
+            "last-time": rfc3339_us(self.last_us),
+        }
+
+    def encode(self) -> bytes:
+        return orjson.dumps(
+            {
+                "name": self.name,
+                "seq": self.seq,
+                "cutoff_us": self.cutoff_us,
+                "generation": self.generation,
+                "entries": self.entries,
+                "first_us": self.first_us,
+                "last_us": self.last_us,
+                "ranges": [[r.shard, r.first, r.last, r.count] for r in self.ranges],
+            }
+        )
+
+    @classmethod
+    def decode(cls, data: bytes) -> PendingCommit:
+        try:
+            d = orjson.loads(data)
+            return cls(
+                name=d["name"],
+                seq=int(d["seq"]),
+                cutoff_us=int(d["cutoff_us"]),
+                generation=int(d["generation"]),
+                entries=int(d["entries"]),
+                first_us=int(d["first_us"]),
+                last_us=int(d["last_us"]),
+                ranges=tuple(ShardRange(int(s), str(f), str(la), int(c)) for s, f, la, c in d["ranges"]),
+            )
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as ex:
+            raise PermanentError(f"unreadable pending commit record ({len(data)} bytes): {ex}") from ex
+
+
+@dataclass(frozen=True, slots=True)
+class CollectorState:
+    """``c.state`` in the control object."""
+
+    last_cutoff_us: int = 0
+    last_object: str | None = None
+    watermark_us: int = 0
+    generation: int = 0
+
+    def encode(self) -> bytes:
+        return orjson.dumps(
+            {
+                "last_cutoff_us": self.last_cutoff_us,
+                "last_object": self.last_object,
+                "watermark_us": self.watermark_us,
+                "generation": self.generation,
+            }
+        )
+
+    @classmethod
+    def decode(cls, data: bytes | None) -> CollectorState:
+        if not data:
+            return cls()
+        try:
+            d = orjson.loads(data)
+            return cls(
+                last_cutoff_us=int(d.get("last_cutoff_us", 0)),
+                last_object=d.get("last_object"),
+                watermark_us=int(d.get("watermark_us", 0)),
+                generation=int(d.get("generation", 0)),
+            )
+        except (orjson.JSONDecodeError, TypeError, ValueError, AttributeError) as ex:
+            raise PermanentError(f"unreadable collector state ({len(data)} bytes): {ex}") from ex
+
+
+@dataclass(frozen=True, slots=True)
+class PassResult:
+    cutoff_us: int
+    objects: tuple[str, ...]
+    entries: int
+    recovered: int
+    skipped_shards: tuple[int, ...]
+    watermark_us: int | None
+
+
+@dataclass(slots=True)
+class _Range:
+    shard: int
+    keys: list[str] = field(default_factory=list)
+
+
+class _Renewer(threading.Thread):
+    """Renews a changing set of leases every ttl/3 from one thread (one thread per shard would
+    not scale to thousands of shards). A refused renewal marks that lease lost."""
+
+    def __init__(self, ttl: float) -> None:
+        super().__init__(name="collector-leases", daemon=True)
+        self._interval = ttl / 3
+        self._leases: dict[str, Lease] = {}
+        self._mutex = threading.Lock()
+        self._stop_event = threading.Event()
+
+    def add(self, lease: Lease) -> None:
+        with self._mutex:
+            self._leases[lease.oid] = lease
+
+    def discard(self, lease: Lease) -> None:
+        with self._mutex:
+            self._leases.pop(lease.oid, None)
+
+    def stop(self) -> None:
+        self._stop_event.set()
+
+    def run(self) -> None:
+        wait = self._interval
+        while not self._stop_event.wait(wait):
+            wait = self._interval
+            with self._mutex:
+                leases = list(self._leases.values())
+            for lease in leases:
+                try:
+                    lease.renew()
+                except LeaseLost:
+                    self.discard(lease)
+                except TransientError as ex:
+                    logger.warning("renewing %s failed, retrying soon: %s", lease, ex)
+                    wait = min(wait, 1.0)
+
+
+class Collector:
+    """Drains a ``ChangeIndex`` into change-log objects in a ``Target``.
+
+    ``run(stop)`` is the service loop (standby until the control lease is free, then a pass
+    every ``interval``); ``run_pass()``, ``flush()`` and ``recover()`` are single steps for the
+    CLI and tests.
+    """
+
+    def __init__(
+        self,
+        index: ChangeIndex,
+        target: Target,
+        *,
+        settle: float = 2.0,
+        lease_ttl: float = 30.0,
+        roll_bytes: int = 64 * MiB,
+        roll_entries: int = 100_000,
+        roll_seconds: float = 60.0,
+        part_bytes: int = 8 * MiB,
+        compression: Compression | str = Compression.NONE,
+        log_prefix: str = "",
+        interval: float = 5.0,
+        clock: Callable[[], float] = time.time,
+        sleep: Callable[[float], None] = time.sleep,
+        monotonic: Callable[[], float] = time.monotonic,
+        collector_id: str | None = None,
+        watermark_cap: Callable[[], int | None] | None = None,
+        fault_hook: Callable[[str], None] | None = None,
+        retries: int = 5,
+        backoff_base: float = 0.5,
+        backoff_max: float = 30.0,
+        standby_retry: float | None = None,
+        gc_age: float = 3600.0,
+        gc_interval: float = 600.0,
+        page: int = OP_KEYS,
+        trim_batch: int = OP_KEYS,
+    ) -> None:
+        if settle < 0 or interval <= 0 or roll_entries < 1 or roll_bytes < 1 or roll_seconds < 0:
+            raise ConfigError("collector: settle, roll_* must be >= 0 and interval, roll_entries, roll_bytes > 0")
+        if part_bytes < target.min_part_bytes:
+            raise ConfigError(
+                f"collector.part_bytes must be at least {target.min_part_bytes} bytes for {target.url} "
+                f"(got {part_bytes})"
+            )
+        if roll_bytes // part_bytes + 2 > MAX_PARTS:
+            raise ConfigError(f"collector.roll_bytes / part_bytes must stay below {MAX_PARTS} parts")
+        self.index = index
+        self.store = index.store
+        self.target = target
+        self.settle = float(settle)
+        self.lease_ttl = float(lease_ttl)
+        self.roll_bytes = int(roll_bytes)
+        self.roll_entries = int(roll_entries)
+        self.roll_seconds = float(roll_seconds)
+        self.part_bytes = int(part_bytes)
+        self.compression = Compression.parse(compression)
+        self.log_prefix = log_prefix.strip("/")
+        self.interval = float(interval)
+        self.collector_id = collector_id or make_cookie("collector")
+        self.retries = retries
+        self.backoff_base = backoff_base
+        self.backoff_max = backoff_max
+        self.standby_retry = standby_retry if standby_retry is not None else min(2.0, self.lease_ttl / 4)
+        self.gc_age = gc_age
+        self.gc_interval = gc_interval
+        self.page = page
+        self.trim_batch = trim_batch
+        self._clock = clock
+        self._sleep = sleep
+        self._monotonic = monotonic
+        self._cap = watermark_cap
+        self._hook = fault_hook
+        self._control = Lease(
+            self.store,
+            index.control_oid,
+            name=CONTROL_LOCK,
+            ttl=self.lease_ttl,
+            description=f"change-log collector {self.collector_id}",
+            cookie=f"{self.collector_id}:{make_cookie()}",
+            monotonic=monotonic,
+        )
+        self._shards = [
+            Lease(
+                self.store,
+                index.shard_oid(n),
+                name=SHARD_LOCK,
+                ttl=self.lease_ttl,
+                description=f"drained by {self.collector_id}",
+                cookie=self._control.ref.cookie,
+                monotonic=monotonic,
+            )
+            for n in range(index.shards)
+        ]
+        self._renewer: _Renewer | None = None
+        self._active = False
+        self._state = CollectorState()
+        self._seq = 0
+        self._published: tuple[int, str | None] | None = None
+        self._caps: list[tuple[int, int]] = []  # (observed at, cap) pairs, see _watermark
+        self._last_gc = float("-inf")
+        self.took_over_at: float | None = None  # monotonic time of the last takeover
+
+    def __repr__(self) -> str:
+        return f"Collector({self.collector_id!r}, {self.index.prefix!r} -> {self.target.url!r})"
+
+    # ------------------------------------------------------------------ helpers
+
+    def _fault(self, step: str) -> None:
+        if self._hook is not None:
+            self._hook(step)
+
+    def _now_us(self) -> int:
+        return int(self._clock() * 1_000_000)
+
+    def _control_write(self, op: WriteOp) -> None:
+        self._control.check()
+        op.fence = self._control.ref
+        self.store.execute(self.index.control_oid, op)
+
+    def _retry(self, what: str, fn: Callable[[], Any], *, leases: Sequence[Lease] = ()) -> Any:
+        """Run a target call, retrying transient failures with capped exponential backoff. The
+        leases are checked before every attempt: no write goes out once one is lost."""
+        delay = self.backoff_base
+        attempt = 0
+        while True:
+            self._control.check()
+            for lease in leases:
+                lease.check()
+            try:
+                return fn()
+            except TransientError as ex:
+                attempt += 1
+                if attempt > self.retries:
+                    raise
+                logger.warning("%s failed (attempt %d/%d), retrying in %.1fs: %s", what, attempt,
+                               self.retries, delay, ex)
+                self._sleep(delay)
+                delay = min(delay * 2, self.backoff_max)
+
+    # ------------------------------------------------------------------ leases
+
+    @property
+    def active(self) -> bool:
+        """True while this collector holds the control lease."""
+        return self._active and self._control.held
+
+    def try_takeover(self) -> bool:
+        """Try once to become the active collector. On success: renewals start, the state is
+        loaded and the generation advanced (fenced)."""
+        if self.active:
+            return True
+        if self._active or self._renewer is not None:
+            self.step_down()  # a lease was lost: stop the old renewals before starting over
+        if not self._control.acquire():
+            return False
+        try:
+            self._renewer = _Renewer(self.lease_ttl)
+            self._renewer.add(self._control)
+            self._renewer.start()
+            self._load_state()
+            self._state = replace(self._state, generation=self._state.generation + 1)
+            self._control_write(WriteOp(set={STATE_KEY: self._state.encode()}))
+        except BaseException:
+            self.step_down()
+            raise
+        self._active = True
+        self._published = None
+        self._caps.clear()
+        self.took_over_at = self._monotonic()
+        logger.info("collector %s is active (generation %d)", self.collector_id, self._state.generation)
+        return True
+
+    def step_down(self) -> None:
+        """Stop renewing and release every lease still held."""
+        self._active = False
+        if self._renewer is not None:
+            self._renewer.stop()
+            self._renewer = None
+        for lease in self._shards:
+            lease.release()
+        self._control.release()
+
+    close = step_down
+
+    def _ensure_active(self) -> None:
+        if not self.try_takeover():
+            info = self.store.lock_info(self.index.control_oid, CONTROL_LOCK)
+            who = f"{info.description} ({info.holder})" if info else "another collector"
+            raise LockBusy(f"the control lease is held by {who}")
+
+    def _take_shards(self, shards: Sequence[int]) -> list[int]:
+        """Take the drain lease of each shard; the ones that are busy."""
+        busy = []
+        for n in shards:
+            lease = self._shards[n]
+            if lease.held:
+                continue
+            if lease.acquire():
+                assert self._renewer is not None
+                self._renewer.add(lease)
+            else:
+                busy.append(n)
+        return busy
+
+    def _release_shards(self) -> None:
+        for lease in self._shards:
+            if lease.held:
+                if self._renewer is not None:
+                    self._renewer.discard(lease)
+                lease.release()
+
+    # ------------------------------------------------------------------ state
+
+    def _load_state(self) -> None:
+        got = self.store.omap_get(self.index.control_oid, [STATE_KEY, SEQ_KEY])
+        self._state = CollectorState.decode(got.get(STATE_KEY))
+        self._seq = int(got.get(SEQ_KEY, b"0"))
+
+    def state(self) -> CollectorState:
+        """The collector state as stored (for status displays)."""
+        return CollectorState.decode(self.store.omap_get(self.index.control_oid, [STATE_KEY]).get(STATE_KEY))
+
+    def pending(self) -> list[PendingCommit]:
+        """Uncommitted (or committed but not yet trimmed) log objects, oldest first."""
+        return [
+            PendingCommit.decode(v)
+            for _, v in omap_iter(self.store, self.index.control_oid, prefix=PENDING_PREFIX)
+        ]
+
+    # ------------------------------------------------------------------ service loop
+
+    def run(self, stop: threading.Event) -> None:
+        """Until ``stop`` is set: standby until the control lease can be taken, then a pass
+        every ``interval``. Transient failures back off (capped, exponential); a lost lease
+        drops back to standby; a permanent error is raised."""
+        delay = self.backoff_base
+        try:
+            while not stop.is_set():
+                if not self.active:
+                    try:
+                        taken = self.try_takeover()
+                    except TransientError as ex:
+                        logger.warning("cannot take the control lease: %s", ex)
+                        taken = False
+                    if not taken:
+                        stop.wait(self.standby_retry)
+                        continue
+                try:
+                    self.run_pass()
+                except LeaseLost as ex:
+                    logger.warning("collector %s lost a lease, stopped writing: %s", self.collector_id, ex)
+                    self.step_down()
+                    continue
+                except TransientError as ex:
+                    logger.warning("pass failed, next in %.1fs: %s", delay, ex)
+                    stop.wait(delay)
+                    delay = min(delay * 2, self.backoff_max)
+                    continue
+                delay = self.backoff_base
+                stop.wait(self.interval)
+        finally:
+            self.step_down()
+
+    def flush(self) -> PassResult:
+        """A pass with no settle window: everything recorded so far."""
+        return self.run_pass(settle=0.0)
+
+    def recover(self) -> int:
+        """Finish every pending commit (needs the control lease); how many there were."""
+        self._ensure_active()
+        try:
+            return self._recover_all()
+        finally:
+            self._release_shards()
+
+    # ------------------------------------------------------------------ a pass
+
+    def run_pass(self, *, settle: float | None = None) -> PassResult:
+        """One pass (docs/design.md §5): recover, cut off, drain every shard below the cutoff
+        into log objects, commit them, advance the watermark."""
+        self._ensure_active()
+        self._fault("pass")
+        try:
+            return self._pass(self.settle if settle is None else settle)
+        finally:
+            self._release_shards()
+
+    def _pass(self, settle: float) -> PassResult:
+        self._load_state()
+        self._maybe_gc()
+        recovered = self._recover_all()
+        observed_us = self._now_us()
+        if self._cap is not None:
+            cap = self._cap()
+            if cap is not None:
+                self._caps.append((observed_us, cap))
+        cutoff = max(observed_us - int(settle * 1_000_000), self._state.last_cutoff_us)
+        if cutoff != self._state.last_cutoff_us:
+            # Persisted before any object carries it: cutoffs (and so names) never go back,
+            # even across a takeover by a collector whose clock is behind.
+            self._state = replace(self._state, last_cutoff_us=cutoff)
+            self._control_write(WriteOp(set={STATE_KEY: self._state.encode()}))
+        skipped = tuple(self._take_shards(range(self.index.shards)))
+        if skipped:
+            logger.warning("shards %s are locked by another drainer; skipped this pass", list(skipped))
+        objects: list[str] = []
+        entries = 0
+        writer: _LogWriter | None = None
+        try:
+            for shard in range(self.index.shards):
+                if shard in skipped:
+                    continue
+                lease = self._shards[shard]
+                lease.check()
+                self.index.raise_floor(shard, cutoff, fence=lease.ref)
+                self._fault("floor")
+                after = ""
+                end = keys.time_bound(cutoff)
+                while True:
+                    self._control.check()
+                    batch = self.index.page(shard, start_after=after, end_before=end, limit=self.page)
+                    if not batch:
+                        break
+                    self._fault("read")
+                    after = batch[-1].key
+                    for entry in batch:
+                        if writer is None:
+                            writer = self._open_writer(cutoff)
+                        writer.add(entry)
+                        if writer.full():
+                            objects.append(self._commit(writer))
+                            entries += writer.entries
+                            writer = None
+                    if writer is not None and writer.expired():
+                        objects.append(self._commit(writer))
+                        entries += writer.entries
+                        writer = None
+            if writer is not None:
+                objects.append(self._commit(writer))
+                entries += writer.entries
+                writer = None
+        finally:
+            if writer is not None:
+                writer.abort()
+        watermark = None if skipped else self._advance_watermark(cutoff)
+        if objects or recovered:
+            logger.info("pass: cutoff %s, %d entries in %d objects, %d recovered", rfc3339_us(cutoff),
+                        entries, len(objects), recovered)
+        return PassResult(cutoff, tuple(objects), entries, recovered, skipped, watermark)
+
+    def _open_writer(self, cutoff: int) -> _LogWriter:
+        seq = self._seq + 1
+        # Allocated (fenced) before the name is used anywhere: names are never reused.
+        self._control_write(WriteOp(set={SEQ_KEY: str(seq).encode()}))
+        self._seq = seq
+        self._fault("seq")
+        name = log_name(self.log_prefix, cutoff, seq, self.compression)
+        return _LogWriter(self, name, seq=seq, cutoff_us=cutoff, generation=self._state.generation,
+                          compression=self.compression)
+
+    def _commit(self, writer: _LogWriter) -> str:
+        """Commit protocol (design §5.5): pending record, complete, trim, drop."""
+        pending = writer.pending()
+        self._control_write(WriteOp(set={pending.key: pending.encode()}))
+        self._fault("pending")
+        writer.complete(pending.metadata())
+        self._fault("complete")
+        for r in writer.ranges:
+            self._trim(r.shard, r.keys, step="trim")
+        self._finish(pending)
+        self._fault("drop")
+        return pending.name
+
+    def _trim(self, shard: int, keys_: Sequence[str], *, step: str) -> None:
+        lease = self._shards[shard]
+        for i in range(0, len(keys_), self.trim_batch):
+            lease.check()
+            self.index.remove(shard, keys_[i : i + self.trim_batch], fence=lease.ref)
+            self._fault(step)
+
+    def _finish(self, pending: PendingCommit) -> None:
+        """Drop the pending record and remember the object, in one fenced op."""
+        if self._state.last_object is None or pending.name > self._state.last_object:
+            self._state = replace(self._state, last_object=pending.name)
+        self._control_write(WriteOp(set={STATE_KEY: self._state.encode()}, remove=[pending.key]))
+
+    # ------------------------------------------------------------------ recovery
+
+    def _recover_all(self) -> int:
+        done = 0
+        for pending in self.pending():
+            self._recover(pending)
+            done += 1
+        return done
+
+    def _range_entries(self, r: ShardRange) -> Iterator[Entry]:
+        """The entries of a recorded range, in key order (the floor has frozen it)."""
+        for e in self.index.scan(
+            r.shard, since_us=keys.time_of(r.first), until_us=keys.time_of(r.last) + 1, page=self.page
+        ):
+            if r.first <= e.key <= r.last:
+                yield e
+
+    def _recover(self, pending: PendingCommit) -> None:
+        busy = self._take_shards(sorted({r.shard for r in pending.ranges}))
+        if busy:
+            raise LockBusy(f"cannot recover {pending.name}: shards {busy} are locked by another drainer")
+        logger.info("recovering %s (%d entries)", pending.name, pending.entries)
+        exists = self._retry(f"HEAD {pending.name}", lambda: self.target.head(pending.name)) is not None
+        if not exists:
+            uploads = self._retry(f"list uploads of {pending.name}",
+                                  lambda: list(self.target.list_uploads(pending.name)))
+            for up in uploads:
+                if up.name == pending.name:
+                    self._retry(f"abort {up.upload_id}", functools.partial(
+                        self.target.abort_multipart, up.name, up.upload_id))
+            writer = _LogWriter(self, pending.name, seq=pending.seq, cutoff_us=pending.cutoff_us,
+                                generation=pending.generation, compression=pending.compression,
+                                metadata=pending.metadata())
+            try:
+                for r in pending.ranges:
+                    for e in self._range_entries(r):
+                        writer.add(e)
+                rebuilt = writer.pending()
+                if [(r.shard, r.first, r.last, r.count) for r in rebuilt.ranges] != [
+                    (r.shard, r.first, r.last, r.count) for r in pending.ranges
+                ]:
+                    # Only possible if someone removed index keys behind the collector's back.
+                    logger.error("%s: the index no longer holds exactly the recorded ranges; "
+                                 "uploading what is left", pending.name)
+                writer.complete(pending.metadata())
+            finally:
+                writer.abort()
+            logger.info("re-uploaded %s", pending.name)
+            self._fault("recover.upload")
+        for r in pending.ranges:
+            self._trim(r.shard, [e.key for e in self._range_entries(r)], step="recover.trim")
+        self._finish(pending)
+
+    # ------------------------------------------------------------------ housekeeping
+
+    def _maybe_gc(self) -> None:
+        now = self._monotonic()
+        if now - self._last_gc < self.gc_interval:
+            return
+        self._last_gc = now
+        prefix = self.log_prefix + "/" if self.log_prefix else ""
+        try:
+            n = gc_uploads(self.target, prefix, older_than=self.gc_age, now=self._clock())
+        except TransientError as ex:
+            logger.warning("multipart upload GC failed: %s", ex)
+            return
+        if n:
+            logger.info("aborted %d abandoned multipart uploads", n)
+
+    def _advance_watermark(self, cutoff: int) -> int | None:
+        """Everything recorded below ``cutoff`` is committed: advance and publish the watermark.
+
+        With a ``watermark_cap`` (the RGW follower's caught-up time) only a cap observed at or
+        before ``cutoff`` counts: every entry recorded for it was in the index by then, so below
+        the cutoff this pass drained."""
+        wm = cutoff
+        if self._cap is not None:
+            usable = [cap for at, cap in self._caps if at <= cutoff]
+            if not usable:
+                return None
+            wm = min(cutoff, max(usable))
+            newest = max(at for at, _ in self._caps if at <= cutoff)
+            self._caps = [(at, cap) for at, cap in self._caps if at >= newest]
+        wm = max(wm, self._state.watermark_us)
+        if wm != self._state.watermark_us:
+            self._state = replace(self._state, watermark_us=wm)
+            self._control_write(WriteOp(set={STATE_KEY: self._state.encode()}))
+        self._fault("watermark")
+        published = (wm, self._state.last_object)
+        if wm and published != self._published:
+            body = encode_watermark(complete_until_us=wm, last_object=self._state.last_object,
+                                    updated_us=self._now_us())
+            name = watermark_name(self.log_prefix)
+            self._retry(f"PUT {name}", lambda: self.target.put(name, body, metadata={}))
+            self._published = published
+        return wm
+
+
+class _LogWriter:
+    """One log object being written: JSON lines through the encoder, parts uploaded as they
+    fill (the multipart upload starts with the first full part), the ranges and keys emitted.
+    Holds at most one part of encoded bytes plus the emitted keys."""
+
+    def __init__(
+        self,
+        collector: Collector,
+        name: str,
+        *,
+        seq: int,
+        cutoff_us: int,
+        generation: int,
+        compression: Compression,
+        metadata: dict[str, str] | None = None,
+    ) -> None:
+        self._c = collector
+        self.name = name
+        self.seq = seq
+        self.cutoff_us = cutoff_us
+        self.generation = generation
+        self._enc = ObjectEncoder(compression)
+        self._create_metadata = metadata
+        self.ranges: list[_Range] = []
+        self._first_us: int | None = None
+        self._last_us: int | None = None
+        self._opened = collector._monotonic()
+        self._upload_id: str | None = None
+        self._parts: list[Part] = []
+        self._done = False
+
+    @property
+    def entries(self) -> int:
+        return self._enc.entries
+
+    def add(self, entry: Entry) -> None:
+        self._enc.add(encode_entry(entry))
+        if not self.ranges or self.ranges[-1].shard != entry.shard:
+            self.ranges.append(_Range(entry.shard))
+        self.ranges[-1].keys.append(entry.key)
+        t = entry.time_us
+        if self._first_us is None or t < self._first_us:
+            self._first_us = t
+        if self._last_us is None or t > self._last_us:
+            self._last_us = t
+        while self._enc.available >= self._c.part_bytes:
+            self._upload(self._enc.take(self._c.part_bytes))
+
+    def full(self) -> bool:
+        return self._enc.entries >= self._c.roll_entries or self._enc.raw_bytes >= self._c.roll_bytes
+
+    def expired(self) -> bool:
+        return self._c._monotonic() - self._opened >= self._c.roll_seconds
+
+    def pending(self) -> PendingCommit:
+        return PendingCommit(
+            name=self.name,
+            seq=self.seq,
+            cutoff_us=self.cutoff_us,
+            generation=self.generation,
+            entries=self._enc.entries,
+            first_us=self._first_us or 0,
+            last_us=self._last_us or 0,
+            ranges=tuple(ShardRange(r.shard, r.keys[0], r.keys[-1], len(r.keys)) for r in self.ranges),
+        )
+
+    def _upload(self, data: bytes) -> None:
+        c = self._c
+        if self._upload_id is None:
+            # S3 fixes metadata at create: a streamed object carries what is known now.
+            meta = self._create_metadata or {"cutoff": rfc3339_us(self.cutoff_us), "seq": str(self.seq)}
+            self._upload_id = c._retry(
+                f"create upload {self.name}", lambda: c.target.create_multipart(self.name, metadata=meta)
+            )
+            # The undo is registered right away: abort() runs on every exit but a completed one.
+        upload_id = self._upload_id
+        number = len(self._parts) + 1
+        part = c._retry(
+            f"upload part {number} of {self.name}",
+            lambda: c.target.upload_part(self.name, upload_id, number, data),
+        )
+        self._parts.append(part)
+        c._fault("part")
+
+    def complete(self, metadata: dict[str, str]) -> None:
+        """Make the object visible (the pending record is already written)."""
+        c = self._c
+        rest = self._enc.finish()
+        if self._upload_id is None:
+            c._control.check()
+            c._fault("commit")
+            c._retry(f"PUT {self.name}", lambda: c.target.put(self.name, rest, metadata=metadata))
+        else:
+            if rest:
+                self._upload(rest)
+            upload_id = self._upload_id
+            c._control.check()
+            c._fault("commit")
+            try:
+                c._retry(
+                    f"complete {self.name}",
+                    lambda: c.target.complete_multipart(self.name, upload_id, self._parts),
+                )
+            except UploadMissing as ex:
+                # Collected or aborted under us; the pending record lets recovery rebuild it.
+                raise TransientError(f"upload of {self.name} vanished before completion: {ex}") from ex
+        self._done = True
+
+    def abort(self) -> None:
+        """Best effort: drop an unfinished multipart upload (GC catches what this misses)."""
+        if self._done or self._upload_id is None:
+            return
+        upload_id, self._upload_id = self._upload_id, None
+        try:
+            self._c.target.abort_multipart(self.name, upload_id)
+        except (TransientError, PermanentError, ObjectMissing) as ex:
+            logger.warning("could not abort upload %s of %s (GC will): %s", upload_id, self.name, ex)

@@ -1,0 +1,410 @@
+"""Prometheus metrics of a ``serve`` process, read from the components at scrape time.
+
+The collector, the follower and the leases keep plain counters; nothing in them imports
+prometheus. ``ChangelogMetrics`` is a ``prometheus_client`` custom collector that asks each of
+them for a ``stats()`` dict (keys below) when ``GET /_/metrics`` is scraped, and turns the answers
+into metric families named ``rgw_changelog_*``. A provider that fails or is absent costs its own
+metrics and one ``rgw_changelog_scrape_errors_total`` increment, never the whole scrape.
+
+Stats keys read (every key optional; a missing key omits its metric):
+
+collector ``stats()``
+    ``passes`` (int, count of finished passes), ``entries_emitted`` (int, entries in committed log
+    objects), ``objects_committed`` (int), ``bytes_committed`` (int, bytes of committed objects as
+    stored), ``last_pass_entries`` (int) and ``last_pass_seconds`` (float): entries emitted by the
+    last finished pass and its duration (their ratio is the drain throughput),
+    ``last_pass_end`` (float, unix time the last pass finished), ``complete_until`` (float | None,
+    unix time of the watermark's ``complete_until``), ``target_errors`` ({kind: int}, errors from
+    the target by kind, e.g. ``transient`` / ``permanent`` / ``timeout``).
+follower ``stats()``
+    ``mutations_recorded`` (int, records written to the index), ``mutations_duplicate`` (int,
+    records dropped as already recorded), ``sweeps`` (int, finished sweeps over the data log),
+    ``caught_up_until`` (float | None, unix time), ``lag_seconds`` ({bucket: {shard: float}}: per
+    bucket-index shard, 0 when read to its end, else seconds since the oldest change not yet
+    recorded), ``source_errors`` ({kind: int}, errors talking to the source radosgw by kind).
+leases
+    any objects with ``ref.name``, ``held``, ``renewals`` and ``losses`` (``changelog.lease.Lease``);
+    they are summed per lease name, and the totals never go down when a lease object is dropped.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily
+from prometheus_client.metrics_core import Metric
+from prometheus_client.process_collector import ProcessCollector
+
+from changelog import __version__
+from changelog.index import ShardStats
+from changelog.store import LockRef
+
+logger = logging.getLogger(__name__)
+
+PREFIX = "rgw_changelog_"
+# ChangeIndex.stats pages through a whole shard: a few scrapes in a row (Prometheus HA pairs,
+# an operator's curl) share one reading instead of each paging the backlog again.
+SHARD_STATS_TTL_S = 5.0
+# Shard readings run concurrently, each one a short series of omap reads.
+SHARD_STATS_WORKERS = 4
+
+
+class StatsProvider(Protocol):
+    """A component that reports its counters as a dict (keys in the module docstring)."""
+
+    def stats(self) -> Mapping[str, object]: ...
+
+
+class ShardStatsSource(Protocol):
+    """What the metrics need of a ``ChangeIndex``."""
+
+    @property
+    def shards(self) -> int: ...
+
+    def stats(self, shard: int) -> ShardStats: ...
+
+
+class LeaseLike(Protocol):
+    """What the metrics need of a ``Lease``."""
+
+    @property
+    def ref(self) -> LockRef: ...
+
+    @property
+    def held(self) -> bool: ...
+
+    @property
+    def renewals(self) -> int: ...
+
+    @property
+    def losses(self) -> int: ...
+
+
+class PauseState(Protocol):
+    """What the metrics need of ``changelog.api.Controls``."""
+
+    @property
+    def components(self) -> Sequence[str]: ...
+
+    def paused(self, component: str) -> bool: ...
+
+
+class ShardStatsCache:
+    """``index.stats(shard)`` for every shard, read at most once per ``ttl`` seconds."""
+
+    def __init__(
+        self,
+        index: ShardStatsSource,
+        *,
+        ttl: float = SHARD_STATS_TTL_S,
+        workers: int = SHARD_STATS_WORKERS,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.index = index
+        self.ttl = ttl
+        self.workers = max(1, workers)
+        self._monotonic = monotonic
+        self._lock = threading.Lock()
+        self._value: list[ShardStats] | None = None
+        self._at = 0.0
+
+    def get(self) -> list[ShardStats]:
+        # Refresh under the lock: concurrent scrapes wait for one reading rather than start more.
+        with self._lock:
+            now = self._monotonic()
+            if self._value is not None and now - self._at < self.ttl:
+                return self._value
+            shards = range(self.index.shards)
+            with ThreadPoolExecutor(min(self.workers, len(shards)), thread_name_prefix="shard-stats") as pool:
+                value = list(pool.map(self.index.stats, shards))
+            self._value, self._at = value, self._monotonic()
+            return value
+
+    def invalidate(self) -> None:
+        with self._lock:
+            self._value = None
+
+
+class _LeaseTotals:
+    """Per-name lease counters that stay monotonic when lease objects come and go."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        # id -> (the lease itself, so the id cannot be reused while we remember it; name; counts)
+        self._last: dict[int, tuple[LeaseLike, str, int, int]] = {}
+        self._retired_renewals: dict[str, int] = defaultdict(int)
+        self._retired_losses: dict[str, int] = defaultdict(int)
+
+    def update(self, leases: Iterable[LeaseLike]) -> tuple[dict[str, int], dict[str, int], dict[str, int]]:
+        """Renewals, losses and held count per lease name."""
+        with self._lock:
+            current: dict[int, tuple[LeaseLike, str, int, int]] = {}
+            held: dict[str, int] = defaultdict(int)
+            for lease in leases:
+                name = lease.ref.name
+                current[id(lease)] = (lease, name, int(lease.renewals), int(lease.losses))
+                held[name] += 1 if lease.held else 0
+            for key, (_, name, renewals, losses) in self._last.items():
+                if key not in current:
+                    self._retired_renewals[name] += renewals
+                    self._retired_losses[name] += losses
+            self._last = current
+            renew = defaultdict(int, self._retired_renewals)
+            lost = defaultdict(int, self._retired_losses)
+            for _, name, renewals, losses in current.values():
+                renew[name] += renewals
+                lost[name] += losses
+            for name in set(renew) | set(lost):
+                held.setdefault(name, 0)
+            return dict(renew), dict(lost), dict(held)
+
+
+@dataclass
+class _Reading:
+    """One scrape's answers from the providers; a field stays empty when its provider failed."""
+
+    collector: Mapping[str, object] = field(default_factory=dict)
+    follower: Mapping[str, object] = field(default_factory=dict)
+    shards: list[ShardStats] | None = None
+    # renewals, losses and held count per lease name
+    leases: tuple[dict[str, int], dict[str, int], dict[str, int]] | None = None
+    paused: dict[str, bool] | None = None
+
+
+def _number(stats: Mapping[str, object], key: str) -> float | None:
+    value = stats.get(key)
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return float(value)
+
+
+def _by_kind(stats: Mapping[str, object], key: str) -> dict[str, float]:
+    value = stats.get(key)
+    if not isinstance(value, Mapping):
+        return {}
+    return {str(k): float(v) for k, v in value.items() if isinstance(v, int | float) and not isinstance(v, bool)}
+
+
+class ChangelogMetrics:
+    """The custom collector for one ``serve`` process. Register it with
+    ``registry.register(metrics)`` (or use ``make_registry``); every argument is optional so a
+    process that runs only part of the pipeline still exports what it has."""
+
+    def __init__(
+        self,
+        *,
+        collector: StatsProvider | None = None,
+        follower: StatsProvider | None = None,
+        index: ShardStatsSource | None = None,
+        leases: Callable[[], Iterable[LeaseLike]] | None = None,
+        controls: PauseState | None = None,
+        shard_stats_ttl: float = SHARD_STATS_TTL_S,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.collector = collector
+        self.follower = follower
+        self.shard_stats = ShardStatsCache(index, ttl=shard_stats_ttl) if index is not None else None
+        self.leases = leases
+        self.controls = controls
+        self._clock = clock
+        self._lease_totals = _LeaseTotals()
+        self._errors_lock = threading.Lock()
+        self._scrape_errors: dict[str, int] = defaultdict(int)
+
+    # prometheus_client calls describe() once at register time to detect clashing names; it must
+    # not touch the providers, so it yields the families empty.
+    def describe(self) -> Iterator[Metric]:
+        yield from self._families(None)
+
+    def collect(self) -> Iterator[Metric]:
+        yield from self._families(self._read())
+
+    def _failed(self, source: str, ex: BaseException) -> None:
+        with self._errors_lock:
+            self._scrape_errors[source] += 1
+        logger.warning("metrics: reading %s failed: %s: %s", source, type(ex).__name__, ex)
+
+    def _read(self) -> _Reading:
+        got = _Reading()
+        if self.collector is not None:
+            try:
+                got.collector = dict(self.collector.stats())
+            except Exception as ex:
+                self._failed("collector", ex)
+        if self.follower is not None:
+            try:
+                got.follower = dict(self.follower.stats())
+            except Exception as ex:
+                self._failed("follower", ex)
+        if self.shard_stats is not None:
+            try:
+                got.shards = self.shard_stats.get()
+            except Exception as ex:
+                self._failed("index", ex)
+        if self.leases is not None:
+            try:
+                got.leases = self._lease_totals.update(list(self.leases()))
+            except Exception as ex:
+                self._failed("leases", ex)
+        if self.controls is not None:
+            try:
+                got.paused = {c: self.controls.paused(c) for c in self.controls.components}
+            except Exception as ex:
+                self._failed("controls", ex)
+        return got
+
+    def _families(self, got: _Reading | None) -> Iterator[Metric]:
+        """Every family this collector exports; with ``got`` None, all of them empty."""
+        data = got or _Reading()
+        now = self._clock()
+
+        info = InfoMetricFamily(PREFIX + "build", "rgw-changelog version", labels=["version"])
+        if got is not None:
+            info.add_metric([__version__], {})
+        yield info
+
+        # ---- follower
+        fstats = data.follower
+        for key, name, doc in (
+            ("mutations_recorded", "mutations_recorded", "Mutations recorded into the change index"),
+            ("mutations_duplicate", "mutations_duplicate", "Mutations dropped as already recorded"),
+            ("sweeps", "follower_sweeps", "Finished follower sweeps over the source data log"),
+        ):
+            counter = CounterMetricFamily(PREFIX + name, doc)
+            if (v := _number(fstats, key)) is not None:
+                counter.add_metric([], v)
+            yield counter
+        caught = GaugeMetricFamily(
+            PREFIX + "follower_caught_up_timestamp_seconds",
+            "Unix time the follower last read every pending source shard to its end",
+        )
+        if (v := _number(fstats, "caught_up_until")) is not None:
+            caught.add_metric([], v)
+        yield caught
+        lag = GaugeMetricFamily(
+            PREFIX + "follower_lag_seconds",
+            "How far the follower is behind on a source bucket-index shard",
+            labels=["bucket", "shard"],
+        )
+        lags = fstats.get("lag_seconds")
+        if isinstance(lags, Mapping):
+            for bucket, shards in sorted(lags.items(), key=lambda kv: str(kv[0])):
+                if isinstance(shards, Mapping):
+                    for shard, seconds in sorted(shards.items(), key=lambda kv: str(kv[0])):
+                        if isinstance(seconds, int | float) and not isinstance(seconds, bool):
+                            lag.add_metric([str(bucket), str(shard)], float(seconds))
+        yield lag
+        source_errors = CounterMetricFamily(
+            PREFIX + "source_errors", "Errors talking to the source radosgw, by kind", labels=["kind"]
+        )
+        for kind, n in sorted(_by_kind(fstats, "source_errors").items()):
+            source_errors.add_metric([kind], n)
+        yield source_errors
+
+        # ---- index
+        shard_entries = GaugeMetricFamily(
+            PREFIX + "index_entries", "Entries waiting in a change-index shard", labels=["shard"]
+        )
+        shard_age = GaugeMetricFamily(
+            PREFIX + "index_oldest_entry_age_seconds",
+            "Age of the oldest entry of a change-index shard (0 when empty)",
+            labels=["shard"],
+        )
+        backlog = GaugeMetricFamily(PREFIX + "backlog_entries", "Entries waiting in the whole change index")
+        backlog_age = GaugeMetricFamily(
+            PREFIX + "backlog_oldest_entry_age_seconds", "Age of the oldest entry in the change index (0 when empty)"
+        )
+        if data.shards is not None:
+            total, oldest = 0, 0.0
+            for s in data.shards:
+                age = max(0.0, now - s.oldest_us / 1e6) if s.oldest_us is not None else 0.0
+                shard_entries.add_metric([str(s.shard)], s.entries)
+                shard_age.add_metric([str(s.shard)], age)
+                total += s.entries
+                oldest = max(oldest, age)
+            backlog.add_metric([], total)
+            backlog_age.add_metric([], oldest)
+        yield from (shard_entries, shard_age, backlog, backlog_age)
+
+        # ---- collector
+        cstats = data.collector
+        for key, name, doc in (
+            ("passes", "collector_passes", "Finished collector passes"),
+            ("entries_emitted", "entries_emitted", "Entries written into committed change-log objects"),
+            ("objects_committed", "log_objects_committed", "Change-log objects committed to the target"),
+            ("bytes_committed", "log_bytes_committed", "Bytes of change-log objects committed to the target"),
+        ):
+            counter = CounterMetricFamily(PREFIX + name, doc)
+            if (v := _number(cstats, key)) is not None:
+                counter.add_metric([], v)
+            yield counter
+        rate = GaugeMetricFamily(
+            PREFIX + "drain_entries_per_second", "Drain throughput of the last finished collector pass"
+        )
+        duration = GaugeMetricFamily(PREFIX + "collector_last_pass_seconds", "Duration of the last finished pass")
+        entries, seconds = _number(cstats, "last_pass_entries"), _number(cstats, "last_pass_seconds")
+        if entries is not None and seconds is not None:
+            rate.add_metric([], entries / seconds if seconds > 0 else 0.0)
+        if seconds is not None:
+            duration.add_metric([], seconds)
+        yield from (rate, duration)
+        for key, name, doc in (
+            ("last_pass_end", "collector_last_pass_timestamp_seconds", "Unix time the last pass finished"),
+            ("complete_until", "watermark_timestamp_seconds", "The watermark: every change before it is in the log"),
+        ):
+            gauge = GaugeMetricFamily(PREFIX + name, doc)
+            if (v := _number(cstats, key)) is not None:
+                gauge.add_metric([], v)
+            yield gauge
+        target_errors = CounterMetricFamily(
+            PREFIX + "target_errors", "Errors writing change logs to the target, by kind", labels=["kind"]
+        )
+        for kind, n in sorted(_by_kind(cstats, "target_errors").items()):
+            target_errors.add_metric([kind], n)
+        yield target_errors
+
+        # ---- leases
+        renewals = CounterMetricFamily(PREFIX + "lease_renewals", "Successful lease renewals", labels=["lease"])
+        losses = CounterMetricFamily(PREFIX + "lease_losses", "Leases lost while held", labels=["lease"])
+        held = GaugeMetricFamily(PREFIX + "leases_held", "Leases of this name held now", labels=["lease"])
+        if data.leases is not None:
+            renew_by, lost_by, held_by = data.leases
+            for name in sorted(held_by):
+                renewals.add_metric([name], renew_by.get(name, 0))
+                losses.add_metric([name], lost_by.get(name, 0))
+                held.add_metric([name], held_by[name])
+        yield from (renewals, losses, held)
+
+        # ---- controls
+        paused = GaugeMetricFamily(PREFIX + "paused", "1 while a component is paused through the API", labels=["component"])
+        if data.paused is not None:
+            for component, on in sorted(data.paused.items()):
+                paused.add_metric([component], 1.0 if on else 0.0)
+        yield paused
+
+        errors = CounterMetricFamily(
+            PREFIX + "scrape_errors", "Failures reading a component's stats during a scrape", labels=["source"]
+        )
+        if got is not None:
+            with self._errors_lock:
+                counts = dict(self._scrape_errors)
+            for source, n in sorted(counts.items()):
+                errors.add_metric([source], n)
+        yield errors
+
+
+def make_registry(metrics: ChangelogMetrics, *, process: bool = True) -> CollectorRegistry:
+    """A fresh registry holding ``metrics`` (and the standard ``process_*`` metrics)."""
+    registry = CollectorRegistry()
+    registry.register(metrics)
+    if process:
+        ProcessCollector(registry=registry)
+    return registry

@@ -1,0 +1,156 @@
+"""The real Ceph lab for tests: where it is (`Lab`), how to get one, and small clients for it.
+
+A session either reuses a running cluster named by the environment (CEPH_CONF and RGW_ENDPOINT,
+plus RGW_ACCESS_KEY, RGW_SECRET_KEY, CEPH_KEYRING, CEPH_POOL, CEPH_LAB_DIR), or boots a throwaway
+one with `tools/ceph-lab up` and removes it at the end. The fixtures live in tests/conftest.py.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import subprocess
+import sys
+import urllib.parse
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+CEPH_LAB = REPO / "tools" / "ceph-lab"
+REQUIRED_BINARIES = ("ceph-mon", "ceph-osd", "ceph-mgr", "radosgw", "radosgw-admin", "monmaptool")
+S3_REGION = "default"  # the zonegroup name radosgw signs with
+
+
+@dataclass(frozen=True)
+class Lab:
+    conf: str
+    keyring: str
+    rgw_endpoint: str
+    access_key: str
+    secret_key: str
+    pool: str
+    dir: str
+
+
+class LabUnavailable(Exception):
+    """Ceph cannot be had on this machine: tests that need it are skipped with this reason."""
+
+
+def lab_from_env(env: dict[str, str] | None = None) -> Lab | None:
+    """The cluster the environment names (e.g. the KEY=VALUE lines of `tools/ceph-lab up`), if any."""
+    env = dict(os.environ) if env is None else env
+    conf, endpoint = env.get("CEPH_CONF"), env.get("RGW_ENDPOINT")
+    if not conf or not endpoint:
+        return None
+    return Lab(
+        conf=conf,
+        keyring=env.get("CEPH_KEYRING", ""),
+        rgw_endpoint=endpoint.rstrip("/"),
+        access_key=env.get("RGW_ACCESS_KEY", "TESTKEY"),
+        secret_key=env.get("RGW_SECRET_KEY", "TESTSECRET"),
+        pool=env.get("CEPH_POOL", "changelog"),
+        dir=env.get("CEPH_LAB_DIR", str(Path(conf).parent)),
+    )
+
+
+def is_ceph_lab_dir(lab: Lab) -> bool:
+    """Whether `lab` was made by tools/ceph-lab (so `up`/`down` may be run on its folder)."""
+    return (Path(lab.dir) / "lab.json").is_file()
+
+
+def rados_missing_reason() -> str | None:
+    if importlib.util.find_spec("rados") is None:
+        return f"`import rados` fails in {sys.executable} (run `tools/ceph-lab env-rados .venv`)"
+    return None
+
+
+def boot_missing_reason() -> str | None:
+    """Why `tools/ceph-lab up` cannot work here, or None."""
+    missing = [b for b in REQUIRED_BINARIES if shutil.which(b) is None]
+    if missing and os.geteuid() != 0:
+        return f"Ceph binaries missing ({', '.join(missing)}) and not root to install them"
+    return None
+
+
+def run_tool(*args: str, env: dict[str, str] | None = None, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    """Run tools/ceph-lab with this interpreter (it has the rados binding: the fast path)."""
+    return subprocess.run(
+        [sys.executable, str(CEPH_LAB), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+        stdin=subprocess.DEVNULL,
+    )
+
+
+def clean_tool_env() -> dict[str, str]:
+    """The environment minus knobs that would change or point at another lab."""
+    drop = ("CEPH_MON_PORT", "CEPH_RGW_PORT", "CEPH_WITH_MGR", "CEPH_WITH_RGW", "CEPH_AUTH", "CEPH_OBJECTSTORE")
+    return {k: v for k, v in os.environ.items() if k not in drop}
+
+
+def parse_env_lines(text: str) -> dict[str, str]:
+    return dict(line.split("=", 1) for line in text.splitlines() if "=" in line)
+
+
+def boot(directory: Path) -> Lab:
+    """`tools/ceph-lab up DIR`; raises RuntimeError with the tool's last words on failure."""
+    proc = run_tool("up", str(directory), env=clean_tool_env())
+    if proc.returncode != 0:
+        raise RuntimeError(f"tools/ceph-lab up {directory} failed: {proc.stderr.strip()[-2000:]}")
+    lab = lab_from_env(parse_env_lines(proc.stdout))
+    if lab is None:
+        raise RuntimeError(f"tools/ceph-lab up printed no CEPH_CONF/RGW_ENDPOINT: {proc.stdout!r}")
+    return lab
+
+
+def shut_down(directory: Path) -> None:
+    proc = run_tool("down", str(directory))
+    if proc.returncode != 0:
+        raise RuntimeError(f"tools/ceph-lab down {directory} failed: {proc.stderr.strip()[-2000:]}")
+
+
+def s3_client(lab: Lab) -> Any:
+    """A boto3 S3 client for the lab's radosgw: path-style, region "default", and no default CRC
+    checksums (radosgw 16.2 stores them as if they were user metadata)."""
+    import boto3
+    from botocore.config import Config
+
+    return boto3.client(
+        "s3",
+        endpoint_url=lab.rgw_endpoint,
+        aws_access_key_id=lab.access_key,
+        aws_secret_access_key=lab.secret_key,
+        region_name=S3_REGION,
+        config=Config(
+            s3={"addressing_style": "path"},
+            request_checksum_calculation="when_required",
+            response_checksum_validation="when_required",
+            retries={"max_attempts": 3, "mode": "standard"},
+        ),
+    )
+
+
+def admin_get(lab: Lab, path: str, params: list[tuple[str, str | None]]) -> Any:
+    """GET on radosgw's admin REST API (e.g. /admin/log, /admin/bucket), signed SigV4 as the lab user.
+
+    Values are percent-encoded with nothing kept safe: a ':' left raw (as in bucket-instance=B:ID)
+    makes the signature mismatch. A value of None sends a bare flag (`&info`)."""
+    from botocore.auth import S3SigV4Auth
+    from botocore.awsrequest import AWSRequest
+    from botocore.credentials import Credentials
+
+    query = "&".join(
+        urllib.parse.quote(k, safe="") + ("" if v is None else "=" + urllib.parse.quote(v, safe=""))
+        for k, v in params
+    )
+    url = f"{lab.rgw_endpoint}{path}?{query}"
+    request = AWSRequest(method="GET", url=url)
+    S3SigV4Auth(Credentials(lab.access_key, lab.secret_key), "s3", S3_REGION).add_auth(request)
+    with urllib.request.urlopen(urllib.request.Request(url, headers=dict(request.headers)), timeout=30) as resp:
+        return json.loads(resp.read())
