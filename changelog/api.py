@@ -68,9 +68,11 @@ class UnknownComponent(PermanentError):
 class Controls:
     """Pause switches, one per component. Thread-safe.
 
-    A component calls ``wait_while_paused`` between units of work (the collector between log
-    objects or passes, the follower between batches): while paused it takes no new work, and its
-    markers, leases and the index stay as they are.
+    A component checks them between units of work (the collector between log objects or
+    passes, the follower between sweeps), either by blocking in ``wait_while_paused`` or by
+    polling ``checkpoint``. While paused it takes no new work, and its markers, leases and the
+    index stay as they are. Either call also tells the operator the pause has taken effect:
+    ``state()`` shows the component ``parked`` from then until it is resumed.
     """
 
     def __init__(self, components: Iterable[str] = COMPONENTS, *, clock: Callable[[], float] = time.time) -> None:
@@ -80,7 +82,7 @@ class Controls:
         self._clock = clock
         self._cond = threading.Condition()
         self._since: dict[str, float | None] = dict.fromkeys(self._components)
-        self._parked: dict[str, int] = dict.fromkeys(self._components, 0)
+        self._parked: dict[str, bool] = dict.fromkeys(self._components, False)
 
     @property
     def components(self) -> tuple[str, ...]:
@@ -94,6 +96,7 @@ class Controls:
         return (component,)
 
     def paused(self, component: str) -> bool:
+        """Whether ``component`` is paused (for observers; components use ``checkpoint``)."""
         (name,) = self._select(component)
         with self._cond:
             return self._since[name] is not None
@@ -116,13 +119,15 @@ class Controls:
             for name in names:
                 if self._since[name] is not None:
                     self._since[name] = None
+                    self._parked[name] = False
                     logger.info("%s resumed", name)
             self._cond.notify_all()
             return self._state_locked()
 
     def state(self) -> dict[str, dict[str, Any]]:
         """``{component: {"paused": bool, "since": RFC 3339 or None, "parked": bool}}``;
-        ``parked`` is true once the component has stopped and is waiting to be resumed."""
+        ``parked`` is true once a paused component has reached a checkpoint (so has stopped
+        taking work) and until it is resumed."""
         with self._cond:
             return self._state_locked()
 
@@ -131,25 +136,33 @@ class Controls:
             name: {
                 "paused": since is not None,
                 "since": _rfc3339(since) if since is not None else None,
-                "parked": self._parked[name] > 0,
+                "parked": self._parked[name],
             }
             for name, since in self._since.items()
         }
+
+    def checkpoint(self, component: str) -> bool:
+        """For a component's loop, between units of work: True while paused (take no new work
+        now, check again soon), False to go on."""
+        (name,) = self._select(component)
+        with self._cond:
+            if self._since[name] is None:
+                return False
+            if not self._parked[name]:
+                self._parked[name] = True
+                logger.info("%s parked until resumed", name)
+            return True
 
     def wait_while_paused(self, component: str, stop: threading.Event, *, poll: float = 0.25) -> bool:
         """Block while ``component`` is paused. True when it may go on, False when ``stop`` was
         set (checked every ``poll`` seconds: an Event cannot wake a Condition)."""
         (name,) = self._select(component)
         with self._cond:
-            if self._since[name] is None:
-                return not stop.is_set()
-            self._parked[name] += 1
-            try:
+            if self._since[name] is not None and not self._parked[name]:
+                self._parked[name] = True
                 logger.info("%s parked until resumed", name)
-                while self._since[name] is not None and not stop.is_set():
-                    self._cond.wait(poll)
-            finally:
-                self._parked[name] -= 1
+            while self._since[name] is not None and not stop.is_set():
+                self._cond.wait(poll)
         return not stop.is_set()
 
 
@@ -218,6 +231,7 @@ def address_allowed(address: str, networks: Sequence[Network]) -> bool:
 class _Run:
     """One execution of one health check, on its own daemon thread."""
 
+    name: str
     check: HealthCheck
     started: float
     done: threading.Event = field(default_factory=threading.Event)
@@ -230,6 +244,7 @@ class _Run:
             ok, detail = self.check()
             self.ok, self.detail = bool(ok), str(detail)
         except Exception as ex:
+            logger.debug("health check %s failed", self.name, exc_info=True)
             self.ok, self.detail = False, _one_line(ex)
         finally:
             self.seconds = time.monotonic() - self.started
@@ -258,7 +273,7 @@ class HealthChecks:
             for name, check in self.checks.items():
                 run = self._runs.get(name)
                 if run is None or run.done.is_set():
-                    run = _Run(check, now)
+                    run = _Run(name, check, now)
                     self._runs[name] = run
                     threading.Thread(target=run, name=f"health-{name}", daemon=True).start()
                 runs[name] = run
@@ -505,7 +520,7 @@ class ApiServer:
         except OSError as ex:
             raise ConfigError(f"api.listen {self.listen}: cannot listen: {ex.strerror or ex}") from ex
         self._thread = threading.Thread(
-            target=self._server.serve_forever, kwargs={"poll_interval": 0.2}, name="api", daemon=True
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.1}, name="api", daemon=True
         )
         self._thread.start()
         logger.info("api listening on %s (allowed: %s)", self.url, ", ".join(map(str, self.allow_from)) or "nobody")

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import logging
 import os
 import re
@@ -19,8 +18,6 @@ import signal
 import sys
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
 from typing import IO, TYPE_CHECKING, Any, NoReturn
@@ -143,14 +140,21 @@ class _StderrFormatter(logging.Formatter):
 _handlers: list[logging.Handler] = []
 
 
+def teardown_logging() -> None:
+    """Remove the handlers ``setup_logging`` added (the streams they hold may be closed next)."""
+    root = logging.getLogger()
+    for h in _handlers:
+        root.removeHandler(h)
+        with contextlib.suppress(Exception):
+            h.close()
+    _handlers.clear()
+
+
 def setup_logging(*, debug: bool, verbose: int, level: str | None = None, file: str | None = None) -> None:
     """stderr gets WARNING (INFO with -v or for `serve`, DEBUG with -vv or --debug); the log file,
     if configured, gets ``[logging] level`` and full tracebacks."""
     root = logging.getLogger()
-    for h in _handlers:
-        root.removeHandler(h)
-        h.close()
-    _handlers.clear()
+    teardown_logging()
     if debug or verbose >= 2:
         console = logging.DEBUG
     elif verbose == 1:
@@ -161,6 +165,9 @@ def setup_logging(*, debug: bool, verbose: int, level: str | None = None, file: 
         console = logging.WARNING
     err = logging.StreamHandler(sys.stderr)
     err.setLevel(console)
+    if not debug:
+        # The boundary prints its own one-line message; the traceback record is for the log file.
+        err.addFilter(lambda record: not getattr(record, "boundary", False))
     err.setFormatter(_StderrFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s", tracebacks=debug))
     _handlers.append(err)
     levels = [console]
@@ -230,6 +237,12 @@ class State:
                 logger.debug("error while closing", exc_info=True)
 
 
+def _log_failure(what: str, ex: BaseException) -> None:
+    """The failure with its traceback, for the log file (and for stderr with --debug only:
+    without it the console handler drops records marked ``boundary``)."""
+    logger.error("%s: %s", what, _one_line(str(ex)), exc_info=ex, extra={"boundary": True})
+
+
 def _one_line(text: str) -> str:
     return " ".join(str(text).split()) or "(no message)"
 
@@ -238,8 +251,8 @@ def _say_error(prefix: str, text: str) -> None:
     click.echo(f"{prefix}: {_one_line(text)}", err=True)
 
 
-class Cli(click.Group):
-    """The command group with the error boundary: every way out of a command ends here."""
+class SuggestingGroup(click.Group):
+    """A group that names the closest command on a typo."""
 
     def resolve_command(
         self, ctx: click.Context, args: list[str]
@@ -252,6 +265,12 @@ class Cli(click.Group):
             hint = f" (did you mean {close[0]!r}?)" if close else ""
             raise click.UsageError(f"no such command {name!r}{hint}", ctx)
         return super().resolve_command(ctx, args)
+
+
+class Cli(SuggestingGroup):
+    """The command group with the error boundary: every way out of a command ends here."""
+
+    group_class = SuggestingGroup
 
     def main(
         self,
@@ -283,13 +302,12 @@ class Cli(click.Group):
             _say_error("error", ex.format_message())
             code = EXIT_USAGE if isinstance(ex, click.BadParameter) else EXIT_RUNTIME
         except ConfigError as ex:
-            logger.debug("config error", exc_info=True)
+            _log_failure("config error", ex)
             _say_error("config error", str(ex))
             code = EXIT_USAGE
         except ChangelogError as ex:
-            logger.error("%s", _one_line(str(ex)), exc_info=True) if debug else logger.debug("failed", exc_info=True)
-            if not debug:
-                _say_error("error", str(ex))
+            _log_failure("error", ex)
+            _say_error("error", str(ex))
             code = EXIT_RUNTIME
         except KeyboardInterrupt:
             click.echo("", err=True)
@@ -298,20 +316,17 @@ class Cli(click.Group):
         except BrokenPipeError:
             # The reader went away (`| head`): not an error of ours. Silence the interpreter's own
             # complaint when it flushes stdout at exit.
-            with contextlib.suppress(OSError):
+            with contextlib.suppress(OSError, ValueError):
                 devnull = os.open(os.devnull, os.O_WRONLY)
                 os.dup2(devnull, sys.stdout.fileno())
             code = 141
         except Exception as ex:
-            logger.error("unexpected %s: %s", type(ex).__name__, _one_line(str(ex)), exc_info=True)
-            if not debug:
-                _say_error("error", f"unexpected {type(ex).__name__}: {ex} (run with --debug for the traceback)")
+            _log_failure(f"unexpected {type(ex).__name__}", ex)
+            hint = "" if debug else " (run with --debug for the traceback)"
+            _say_error("error", f"unexpected {type(ex).__name__}: {ex}{hint}")
             code = EXIT_RUNTIME
         finally:
-            with contextlib.suppress(Exception):
-                ctx = click.get_current_context(silent=True)
-                if ctx is not None and isinstance(ctx.obj, State):
-                    ctx.obj.close()
+            teardown_logging()
         sys.exit(code)
 
 
@@ -369,6 +384,7 @@ def cli(ctx: click.Context, config_path: str | None, debug: bool, verbose: int) 
     """
     setup_logging(debug=debug, verbose=verbose)
     ctx.obj = State(config_path=config_path, debug=debug, verbose=verbose)
+    ctx.call_on_close(ctx.obj.close)
 
 
 def main() -> None:
@@ -397,12 +413,28 @@ def config_check(as_json: bool, connect: bool) -> None:
         click.echo(f"# effective config, from {where}")
         click.echo(cfg.to_toml().rstrip())
     if connect:
-        index = st.index(create=False) if cfg.index.backend == "rados" else st.index()
-        click.echo(f"index: ok ({index.shards} shards, prefix {index.prefix!r})", err=True)
+        _check_index(st)
         target = st.target()
         _probe_target(target)
         click.echo(f"target: ok ({cfg.target.url})", err=True)
     click.echo(f"config ok: {where}", err=True)
+
+
+def _check_index(st: State) -> None:
+    """Reach the index store; check the index there (if it exists yet) matches the config."""
+    from changelog.config import open_index, open_store
+    from changelog.index import META_KEY
+
+    cfg = st.config
+    store = open_store(cfg)
+    try:
+        if not store.omap_get(f"{cfg.index.prefix}.control", [META_KEY]):
+            click.echo(f"index: store ok; no index {cfg.index.prefix!r} yet (created on first use)", err=True)
+            return
+        index = open_index(cfg, store=store, create=False)
+        click.echo(f"index: ok ({index.shards} shards, mode {index.mode}, prefix {index.prefix!r})", err=True)
+    finally:
+        store.close()
 
 
 def _probe_target(target: Any) -> None:
@@ -761,58 +793,160 @@ def _stop_on_signals(stop: threading.Event) -> Callable[[], None]:
     return restore
 
 
+class _PassProgress:
+    """Progress of a collector pass, from the collector's step hooks: pages read, objects
+    committed."""
+
+    def __init__(self, bar: Progress, page: int) -> None:
+        self.bar = bar
+        self.page = page
+        self.objects = 0
+
+    def __call__(self, step: str) -> None:
+        if step == "read":
+            self.bar.update(self.page)
+        elif step == "complete":
+            self.objects += 1
+
+
+def _pass_doc(result: Any) -> dict[str, Any]:
+    doc = _result_doc(result)
+    if not isinstance(doc, dict):
+        return {"result": doc}
+    for k in ("cutoff_us", "watermark_us"):
+        if k in doc:
+            doc[k[:-3]] = fmt_time(doc[k])
+    return doc
+
+
+def _pass_text(doc: dict[str, Any]) -> str:
+    objs = doc.get("objects") or []
+    text = f"{doc.get('entries', 0)} entries in {len(objs)} log objects up to {doc.get('cutoff')}"
+    if doc.get("recovered"):
+        text += f", {doc['recovered']} pending commits recovered"
+    if doc.get("skipped_shards"):
+        text += f", shards {list(doc['skipped_shards'])} skipped (locked by another drainer)"
+    text += f"; watermark {doc.get('watermark') or 'unchanged'}"
+    return text
+
+
+def _one_pass(st: State, *, settle: float | None, as_json: bool, label: str) -> None:
+    from changelog.index import OP_KEYS
+
+    with Progress(label, unit="entries") as bar:
+        hook = _PassProgress(bar, OP_KEYS)
+        collector = _collector(st, fault_hook=hook)
+        try:
+            result = collector.run_pass(settle=settle)
+        finally:
+            collector.step_down()
+    doc = _pass_doc(result)
+    if as_json:
+        _emit_json(doc)
+    else:
+        for name in doc.get("objects") or []:
+            click.echo(name)
+        click.echo(f"{label}: {_pass_text(doc)}", err=True)
+
+
 @cli.command("collect")
 @click.option("--once", is_flag=True, help="One full pass up to now - settle, then exit.")
 @json_option
 def collect_cmd(once: bool, as_json: bool) -> None:
-    """Drain the index into change-log objects (the collector alone, without the follower)."""
+    """Drain the index into change-log objects (the collector alone, without the follower).
+
+    Without --once, runs until SIGTERM/SIGINT: standby while another collector holds the control
+    lease, a pass every [collector] interval while active.
+    """
     st = _state()
-    collector = _collector(st)
     if once:
-        result = collector.run_pass()
-        doc = _result_doc(result)
-        if as_json:
-            _emit_json(doc)
-        else:
-            click.echo(f"pass done: {_summary(doc)}", err=True)
+        _one_pass(st, settle=None, as_json=as_json, label="collect")
         return
+    collector = _collector(st)
     stop = threading.Event()
     restore = _stop_on_signals(stop)
+    logger.info("collector %s running (interval %.1fs)", collector.collector_id, st.config.collector.interval)
     try:
         collector.run(stop)
     finally:
         restore()
 
 
-def _summary(doc: Any) -> str:
-    if isinstance(doc, dict):
-        return ", ".join(f"{k}={v}" for k, v in doc.items() if not isinstance(v, dict | list))
-    return str(doc)
-
-
 @cli.command("flush")
 @json_option
 def flush_cmd(as_json: bool) -> None:
-    """Commit what is pending now, regardless of roll timers and the settle window."""
-    st = _state()
-    collector = _collector(st)
-    result = collector.flush()
-    doc = _result_doc(result)
-    if as_json:
-        _emit_json(doc)
-    else:
-        click.echo(f"flushed: {_summary(doc)}", err=True)
+    """Commit everything recorded so far now: a pass with no settle window, whatever the roll
+    timers say. Fails if a running collector holds the control lease."""
+    _one_pass(_state(), settle=0.0, as_json=as_json, label="flush")
 
 
 @cli.command("serve")
 def serve_cmd() -> None:
-    """Run the follower and the collector (and the HTTP API) until SIGTERM."""
+    """Run the follower, the collector and the HTTP API until SIGTERM.
+
+    SIGTERM/SIGINT stop gracefully (current work finished, leases released); SIGHUP re-reads the
+    config's [logging] section. Without [source] endpoint (the embedded setup) only the collector
+    and the API run: mutations then come from `rgw-changelog record`.
+    """
     st = _state()
     cfg = st.config
     setup_logging(debug=st.debug, verbose=max(st.verbose, 1), level=cfg.logging.level, file=cfg.logging.file)
-    from rgw_module import service
+    restore = _reload_on_sighup(st)
+    try:
+        if cfg.source.endpoint is None:
+            _serve_collector_only(st)
+            return
+        from rgw_module import service
 
-    service.serve(cfg)
+        service.serve(cfg)
+    finally:
+        restore()
+
+
+def _reload_on_sighup(st: State) -> Callable[[], None]:
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+
+    def handler(_signum: int, _frame: Any) -> None:
+        try:
+            cfg = load_config(st.config_path)
+        except ConfigError as ex:
+            logger.error("SIGHUP: config error, keeping the running settings: %s", ex)
+            return
+        setup_logging(debug=st.debug, verbose=max(st.verbose, 1), level=cfg.logging.level, file=cfg.logging.file)
+        logger.info("SIGHUP: [logging] reloaded from %s; other changes take effect on restart", cfg.path or "defaults")
+
+    saved = signal.signal(signal.SIGHUP, handler)
+
+    def restore() -> None:
+        signal.signal(signal.SIGHUP, saved)
+
+    return restore
+
+
+def _serve_collector_only(st: State) -> None:
+    from prometheus_client import CollectorRegistry
+
+    from changelog.api import ApiServer, Controls, thread_alive
+    from rgw_module.service import Service
+
+    cfg = st.config
+    index, target = st.index(), st.target()
+    collector = _collector(st)
+    service = Service({"collector": collector})
+    api = ApiServer(
+        cfg.api.listen,
+        cfg.api.allow_from,
+        status_provider=lambda: collect_status(cfg, index, target),
+        health_checks={"collector": thread_alive(lambda: service.thread("collector"))},
+        controls=Controls(("collector",)),
+        registry=CollectorRegistry(),
+    )
+    api.start()
+    service.add_cleanup(api.stop)
+    logger.warning("no [source] endpoint: serving the collector only (record mutations with `rgw-changelog record`)")
+    logger.info("serve: index %s (%s) -> %s", index.prefix, cfg.index.backend, st_url(target))
+    service.run()
 
 
 # --------------------------------------------------------------------------- status
@@ -820,18 +954,15 @@ def serve_cmd() -> None:
 
 def _api_status(cfg: Config) -> dict[str, Any] | None:
     """The running serve's own status, if one answers on ``[api] listen``."""
-    host, port = cfg.api.host, cfg.api.port
-    if host in ("0.0.0.0", "::"):
-        host = "127.0.0.1"
-    url = f"http://{'[' + host + ']' if ':' in host else host}:{port}/_/status"
+    from changelog.api import ApiClient
+
+    client = ApiClient(cfg.api.listen, timeout=API_TIMEOUT_S)
     try:
-        with urllib.request.urlopen(url, timeout=API_TIMEOUT_S) as resp:  # noqa: S310 - our own API
-            doc = json.loads(resp.read())
-    except (OSError, ValueError, urllib.error.URLError):
+        doc = client.status()
+    except ChangelogError as ex:
+        logger.debug("no serve API: %s", ex)
         return None
-    if not isinstance(doc, dict):
-        return None
-    doc.setdefault("from", url)
+    doc["from"] = client.base + "/_/status"
     return doc
 
 
@@ -853,6 +984,7 @@ def collect_status(cfg: Config, index: ChangeIndex, target: Any | None) -> dict[
             "oldest_age_s": max(ages) if ages else None,
         },
         "collector_lease": control,
+        "collector": _collector_state(index),
         "shards": shards,
         "follower": _follower_status(cfg, index),
         "target": {"url": cfg.target.url},
@@ -863,17 +995,27 @@ def collect_status(cfg: Config, index: ChangeIndex, target: Any | None) -> dict[
 
 
 def _control_lock(index: ChangeIndex) -> Any:
-    with contextlib.suppress(ImportError, AttributeError):
-        from changelog import collector as coll
+    from changelog.collector import CONTROL_LOCK
 
-        name = getattr(coll, "CONTROL_LOCK", None)
-        if isinstance(name, str):
-            return index.store.lock_info(index.control_oid, name)
-    for name in ("control", "collector", "active"):
-        info = index.store.lock_info(index.control_oid, name)
-        if info is not None:
-            return info
-    return None
+    return index.store.lock_info(index.control_oid, CONTROL_LOCK)
+
+
+def _collector_state(index: ChangeIndex) -> dict[str, Any]:
+    """The collector's persisted state and its pending commits, from the control object."""
+    from changelog.collector import PENDING_PREFIX, STATE_KEY, CollectorState, PendingCommit
+    from changelog.store import omap_iter
+
+    state = CollectorState.decode(index.store.omap_get(index.control_oid, [STATE_KEY]).get(STATE_KEY))
+    pending = [
+        PendingCommit.decode(v).name for _, v in omap_iter(index.store, index.control_oid, prefix=PENDING_PREFIX)
+    ]
+    return {
+        "generation": state.generation,
+        "last_cutoff": fmt_time(state.last_cutoff_us) if state.last_cutoff_us else None,
+        "last_object": state.last_object,
+        "watermark": fmt_time(state.watermark_us) if state.watermark_us else None,
+        "pending_commits": pending,
+    }
 
 
 def _follower_status(cfg: Config, index: ChangeIndex) -> Any:
@@ -890,18 +1032,30 @@ def _follower_status(cfg: Config, index: ChangeIndex) -> Any:
         return {"error": _one_line(str(ex))}
 
 
+def _follower_text(f: Any) -> str:
+    if not isinstance(f, dict):
+        return "-" if f is None else str(f)
+    if "error" in f:
+        return f"unreadable: {f['error']}"
+    lease = f.get("lease")
+    cu = f.get("caught_up_until")
+    parts = [
+        f"lease {lease['holder']}" if isinstance(lease, dict) else "not running (no lease)",
+        f"caught up until {fmt_time(cu * 1_000_000)} (lag {fmt_age(time.time() - cu)})" if cu else "not caught up yet",
+        f"{len(f.get('buckets') or {})} buckets",
+        f"{f.get('pending_shards', 0)} pending bucket-index shards",
+        f"{f.get('shard_markers', 0)} shard markers",
+    ]
+    return ", ".join(parts)
+
+
 def _target_status(target: Any) -> dict[str, Any]:
-    out: dict[str, Any] = {"last_object": None, "watermark": None}
+    from changelog.reader import target_status
+
     try:
-        from changelog import reader
-    except ImportError:
-        return out
-    fn = getattr(reader, "target_status", None)
-    if callable(fn):
-        got = fn(target)
-        if isinstance(got, dict):
-            out.update(got)
-    return out
+        return target_status(target)
+    except ChangelogError as ex:
+        return {"error": _one_line(str(ex))}
 
 
 @cli.command("status")
@@ -926,19 +1080,21 @@ def status_cmd(as_json: bool, direct: bool) -> None:
     idx = doc.get("index", {})
     click.echo(
         f"index: {idx.get('backend')} prefix {idx.get('prefix')!r}, {idx.get('shards')} shards, mode {idx.get('mode')}; "
-        f"{idx.get('entries')} entries, oldest {fmt_age(idx.get('oldest_age_s'))} old"
+        f"{idx.get('entries')} entries, oldest entry age {fmt_age(idx.get('oldest_age_s'))}"
     )
     click.echo(f"collector lease: {_lease_text(doc.get('collector_lease'))}")
+    coll = doc.get("collector") or {}
+    if coll:
+        click.echo(
+            f"  generation {coll.get('generation')}, last cutoff {coll.get('last_cutoff') or '-'}, "
+            f"pending commits {len(coll.get('pending_commits') or [])}"
+        )
     tgt = doc.get("target") or {}
     click.echo(f"target: {tgt.get('url')}")
     click.echo(f"  last log object: {tgt.get('last_object') or '-'}")
     wm = tgt.get("watermark")
     click.echo(f"  watermark: {(wm or {}).get('complete_until', '-') if isinstance(wm, dict) else wm or '-'}")
-    follower = doc.get("follower")
-    if follower is None:
-        click.echo("follower: -")
-    else:
-        click.echo("follower: " + (json.dumps(follower) if not isinstance(follower, str) else follower))
+    click.echo(f"follower: {_follower_text(doc.get('follower'))}")
     click.echo("")
     _table(
         [
@@ -969,19 +1125,19 @@ def logs_list(since: int | None, as_json: bool) -> None:
     if as_json:
         _emit_json(objs)
         return
-    _table([[o["name"], str(o.get("size", "-")), str(o.get("entries", "-")), o.get("cutoff") or "-"] for o in objs],
-           ["NAME", "SIZE", "ENTRIES", "CUTOFF"])  # fmt: skip
+    _table(
+        [[o["name"], str(o.get("size", "-")), o.get("cutoff") or "-", str(o.get("seq", "-"))] for o in objs],
+        ["NAME", "SIZE", "CUTOFF", "SEQ"],
+    )
+    click.echo(f"{len(objs)} log objects in {st_url(target)}", err=True)
+
+
+def st_url(target: Any) -> str:
+    return str(getattr(target, "url", target))
 
 
 def _log_doc(obj: Any) -> dict[str, Any]:
-    if isinstance(obj, str):
-        return {"name": obj}
-    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        d = dataclasses.asdict(obj)
-    elif isinstance(obj, dict):
-        d = dict(obj)
-    else:
-        d = {"name": str(obj)}
+    d = dataclasses.asdict(obj)
     for k, v in list(d.items()):
         if k.endswith("_us") and isinstance(v, int):
             d[k[:-3]] = fmt_time(v)
@@ -990,25 +1146,82 @@ def _log_doc(obj: Any) -> dict[str, Any]:
 
 
 @logs_group.command("cat")
-@click.option("--since", type=TIME, help="Records of mutations at or after this time.")
-@click.option("--until", type=TIME, help="Records of mutations before this time.")
+@click.option("--since", type=TIME, help="Records recorded at or after this time.")
+@click.option("--until", type=TIME, help="Records recorded before this time.")
 @click.option("--bucket", help="Only this bucket.")
 @click.option("--prefix", help="Only keys with this prefix.")
-def logs_cat(since: int | None, until: int | None, bucket: str | None, prefix: str | None) -> None:
-    """Print change-log records as JSON Lines, in log order, each id once."""
+@click.option("--after", metavar="NAME", help="Only log objects after this one (a consumer's checkpoint).")
+def logs_cat(since: int | None, until: int | None, bucket: str | None, prefix: str | None, after: str | None) -> None:
+    """Print change-log records as JSON Lines on stdout, in log order, each id once.
+
+    --since/--until select by the time a record reached the index ("recorded"), the order the
+    logs are written in.
+    """
     from changelog import reader
 
     target = _state().target()
     out = _out()
+    n = 0
     with Progress("read logs", unit="records") as bar:
-        for rec in reader.read_records(target, since_us=since, until_us=until):
-            if bucket is not None and rec.bucket != bucket:
-                continue
-            if prefix is not None and not rec.key.startswith(prefix):
-                continue
+        for rec in reader.read_records(
+            target, since_us=since, until_us=until, after=after, bucket=bucket, key_prefix=prefix
+        ):
             line = rec.encode()
             if not line.endswith(b"\n"):
                 line += b"\n"
             out.write(line)
+            n += 1
             bar.update(1, nbytes=len(line))
     out.flush()
+    logger.info("%d records", n)
+
+
+# --------------------------------------------------------------------------- plug-ins
+
+# Command groups that live with their subsystem: (module, command name, attributes to look for).
+# A missing module is fine (that subsystem is not there); one that fails to import shows up as a
+# command that explains why, so the other commands keep working.
+PLUGINS = (
+    ("changelog.backup.cli", "backup", ("backup_group", "backup")),
+    ("rgw_module.cli", "zone", ("zone_group", "zone")),
+)
+
+
+def _load_plugins() -> None:
+    import importlib
+
+    for modname, name, attrs in PLUGINS:
+        if name in cli.commands:
+            continue
+        try:
+            mod = importlib.import_module(modname)
+        except ModuleNotFoundError as ex:
+            if ex.name is not None and modname.startswith(ex.name):
+                continue
+            _broken_plugin(name, ex)
+            continue
+        except Exception as ex:  # a broken subsystem must not take the other commands down
+            _broken_plugin(name, ex)
+            continue
+        for attr in attrs:
+            cmd = getattr(mod, attr, None)
+            if isinstance(cmd, click.Command):
+                cli.add_command(cmd, name)
+                break
+
+
+def _broken_plugin(name: str, error: BaseException) -> None:
+    message = f"the {name} commands cannot be loaded: {type(error).__name__}: {error}"
+
+    @cli.command(name, context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
+    def broken() -> None:
+        raise ChangelogError(message)
+
+    broken.help = f"(unavailable: {error})"
+
+
+_load_plugins()
+
+
+if __name__ == "__main__":
+    main()

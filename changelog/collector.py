@@ -362,15 +362,15 @@ class Collector:
         op.fence = self._control.ref
         self.store.execute(self.index.control_oid, op)
 
-    def _retry(self, what: str, fn: Callable[[], Any], *, leases: Sequence[Lease] = ()) -> Any:
+    def _retry(self, what: str, fn: Callable[[], Any], *, check_first: bool = True) -> Any:
         """Run a target call, retrying transient failures with capped exponential backoff. The
-        leases are checked before every attempt: no write goes out once one is lost."""
+        control lease is checked before every attempt (the caller may have checked it just
+        before the first): no write goes out once it is lost."""
         delay = self.backoff_base
         attempt = 0
         while True:
-            self._control.check()
-            for lease in leases:
-                lease.check()
+            if attempt or check_first:
+                self._control.check()
             try:
                 return fn()
             except TransientError as ex:
@@ -818,7 +818,8 @@ class _LogWriter:
         if self._upload_id is None:
             c._control.check()
             c._fault("commit")
-            c._retry(f"PUT {self.name}", lambda: c.target.put(self.name, rest, metadata=metadata))
+            c._retry(f"PUT {self.name}", lambda: c.target.put(self.name, rest, metadata=metadata),
+                     check_first=False)
         else:
             if rest:
                 self._upload(rest)
@@ -829,9 +830,12 @@ class _LogWriter:
                 c._retry(
                     f"complete {self.name}",
                     lambda: c.target.complete_multipart(self.name, upload_id, self._parts),
+                    check_first=False,
                 )
             except UploadMissing as ex:
-                # Collected or aborted under us; the pending record lets recovery rebuild it.
+                # Aborted under us: most likely by a collector that took over (then our lease is
+                # gone), else by GC; either way the pending record lets recovery rebuild it.
+                c._control.check()
                 raise TransientError(f"upload of {self.name} vanished before completion: {ex}") from ex
         self._done = True
 

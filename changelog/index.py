@@ -219,10 +219,8 @@ class ChangeIndex:
         op = WriteOp(asserts=[(keys.FLOOR_KEY, Cmp.LT, keys.time_hex(t))])
         for src in sources:
             old = marks.get(src)
-            # A stream this shard has never seen has no key to compare with; a concurrent
-            # recorder of the same stream is excluded by the follower's lease instead.
-            if old is not None:
-                op.asserts.append((keys.stream_key(src), Cmp.EQ, old))
+            # An absent key compares as "": this also guards the first write of a new stream.
+            op.asserts.append((keys.stream_key(src), Cmp.EQ, old or ""))
             new = new_marks.get(src)
             if new is not None and new != old:
                 op.set[keys.stream_key(src)] = new.encode()

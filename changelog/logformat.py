@@ -386,7 +386,8 @@ class ObjectEncoder:
     takes compressed output as it accumulates (``take``) and the rest at ``finish``.
 
     The output is a pure function of the sequence of lines: lines go to the compressor in
-    blocks cut at the first line boundary past ``FEED_BYTES``."""
+    blocks cut at the first line boundary past ``FEED_BYTES`` (so compressed output appears in
+    steps of about that much input; uncompressed output at once)."""
 
     def __init__(self, compression: Compression | str) -> None:
         self.compression = Compression.parse(compression)
@@ -401,10 +402,13 @@ class ObjectEncoder:
     def add(self, line: bytes) -> None:
         if self._finished:
             raise ValueError("encoder already finished")
-        self._lines.append(line)
-        self._buffered += len(line)
         self.entries += 1
         self.raw_bytes += len(line)
+        if self.compression is Compression.NONE:
+            self._out += line  # nothing to batch for: output is ready at once
+            return
+        self._lines.append(line)
+        self._buffered += len(line)
         if self._buffered >= FEED_BYTES:
             self._feed()
 

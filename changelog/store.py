@@ -2,14 +2,32 @@
 ops and cls_lock leases. ``backends/rados.py`` implements it on a real cluster and
 ``backends/sqlite.py`` on an embedded file; both pass ``tests/contract``.
 
-Only the subset the project needs is modelled, with RADOS semantics:
+Only the subset the project needs is modelled, with RADOS semantics (as measured on Pacific
+16.2.15; ``tests/contract`` pins every point on both backends):
 
-* a ``WriteOp`` is applied atomically to one object: all of it or nothing;
-* ``asserts`` compare stored omap values (byte-wise string order) before anything is applied;
-  a failed comparison, or an asserted key that is absent, fails the op with ``CompareFailed``;
-* ``fence`` asserts that the exclusive lock ``fence.name`` on the *same object* is held by
-  ``fence.cookie``; otherwise the op fails with ``LeaseLost``;
-* applying an op creates the object if needed (unless ``must_exist``).
+* a ``WriteOp`` is applied atomically to one object: all of it or nothing. Its guards are checked
+  in this order, the first failure wins: ``must_exist`` (``ObjectMissing``), ``create_exclusive``
+  (``CompareFailed``), ``fence`` (``LeaseLost``), ``asserts`` (``CompareFailed``). Then
+  ``remove``, ``remove_ranges`` and ``set`` apply, in that order.
+* ``asserts`` hold when ``stored <op> given``. **An asserted key that is absent compares as the
+  empty value** (as on RADOS): "create only if absent" is ``(key, Cmp.EQ, "")``, and
+  ``(key, Cmp.LT, x)`` holds on an absent key for any non-empty ``x``. Only ``EQ``, ``LT`` and
+  ``GT`` exist on the OSD: ``NE``, ``GTE`` and ``LTE`` are refused with ``PermanentError``.
+  Values are compared byte-wise as **signed** chars (Ceph's bufferlist order): plain string
+  order for ASCII, but bytes >= 0x80 sort below ASCII, so keep compared values ASCII
+  (``Cmp.holds`` agrees with the stores for ASCII only).
+* ``fence`` asserts that the exclusive lock ``fence.name`` on the *same object* is held, not
+  expired, by ``fence.cookie`` from this store; otherwise the op fails with ``LeaseLost``.
+* omap keys are non-empty and NUL-free (RADOS cuts a key at NUL and cannot page to ``""``;
+  other keys are refused with ``PermanentError``) and sort as unsigned bytes; values are any bytes.
+* applying an op creates the object if needed (unless ``must_exist``); so does ``lock``.
+* locks are held by (store instance, cookie): on RADOS the instance is the client (``client.N``),
+  so another process, or a reconnected client, using the same cookie is another holder.
+  ``lock`` takes the lock or, if this holder already has it, extends it to now + ``duration``
+  (cls_lock MAY_RENEW; a plain re-lock would be EEXIST). ``renew=True`` only extends, and raises
+  ``LeaseLost`` when the lock is not ours any more: expired (even if nobody took it), taken or
+  released (MUST_RENEW). ``unlock`` of a lock not ours raises ``LeaseLost``. Expiry is exact
+  (sub-second durations work) on the store's wall clock; ``duration=0`` never expires.
 """
 
 from __future__ import annotations

@@ -411,7 +411,9 @@ _COPY_CHUNK = MiB
 
 
 def _os_error(ex: OSError, what: str) -> ChangelogError:
-    if isinstance(ex, PermissionError) or ex.errno in (errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOTDIR):
+    # A name that collides with a directory ("a" beside "a/b", which S3 allows) is permanent too.
+    permanent = (errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOTDIR, errno.EISDIR, errno.EEXIST)
+    if isinstance(ex, PermissionError) or ex.errno in permanent:
         return PermanentError(f"{what}: {ex}")
     # ENOSPC, EIO, EMFILE, a stale NFS handle...: may pass.
     return TransientError(f"{what}: {ex}")

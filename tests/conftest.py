@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import sys
+import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,7 +35,7 @@ REQUIRE_ENV = "RGW_CHANGELOG_REQUIRE_CEPH"
 
 
 @pytest.fixture(scope="session")
-def ceph_lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
+def ceph_lab() -> Iterator[Lab]:
     """The cluster named by the environment, or a throwaway one booted for this session."""
     reason = rados_missing_reason()
     if reason:
@@ -46,7 +47,9 @@ def ceph_lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
     reason = boot_missing_reason()
     if reason:
         pytest.skip(f"Ceph lab unavailable: {reason}")
-    directory = tmp_path_factory.mktemp("ceph-lab")
+    # Not under pytest's basetemp: concurrent pytest sessions delete all but the newest three of
+    # those, which would pull the folder from under a live lab.
+    directory = Path(tempfile.mkdtemp(prefix="ceph-lab-"))
     try:
         lab = boot(directory)
     except Exception as ex:
@@ -108,6 +111,7 @@ class CephTally:
         if report.skipped and not hasattr(report, "wasxfail"):
             self.skipped += 1
             reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+            reason = reason.removeprefix("Skipped: ")
             if reason not in self.skip_reasons:
                 self.skip_reasons.append(reason)
         elif report.when == "call":
@@ -127,6 +131,8 @@ class CephTally:
         problem = self.problem()
         if problem and self.required():
             terminalreporter.write_line(line, red=True, bold=True)
-            terminalreporter.write_line(f"ceph lab: {REQUIRE_ENV}=1 and {problem}: failing the session", red=True)
+            terminalreporter.write_line(
+                f"ceph lab: {REQUIRE_ENV}=1 and {problem}: failing the session", red=True
+            )
         else:
             terminalreporter.write_line(line, yellow=bool(self.skipped), green=not self.skipped)

@@ -7,7 +7,7 @@ one with `tools/ceph-lab up` and removes it at the end. The fixtures live in tes
 
 from __future__ import annotations
 
-import importlib.util
+import importlib
 import json
 import os
 import shutil
@@ -63,8 +63,10 @@ def is_ceph_lab_dir(lab: Lab) -> bool:
 
 
 def rados_missing_reason() -> str | None:
-    if importlib.util.find_spec("rados") is None:
-        return f"`import rados` fails in {sys.executable} (run `tools/ceph-lab env-rados .venv`)"
+    try:
+        importlib.import_module("rados")
+    except ImportError as ex:
+        return f"`import rados` fails in {sys.executable}: {ex} (run `tools/ceph-lab env-rados .venv`)"
     return None
 
 
@@ -76,7 +78,9 @@ def boot_missing_reason() -> str | None:
     return None
 
 
-def run_tool(*args: str, env: dict[str, str] | None = None, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+def run_tool(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 300
+) -> subprocess.CompletedProcess[str]:
     """Run tools/ceph-lab with this interpreter (it has the rados binding: the fast path)."""
     return subprocess.run(
         [sys.executable, str(CEPH_LAB), *args],
@@ -90,7 +94,14 @@ def run_tool(*args: str, env: dict[str, str] | None = None, timeout: float = 300
 
 def clean_tool_env() -> dict[str, str]:
     """The environment minus knobs that would change or point at another lab."""
-    drop = ("CEPH_MON_PORT", "CEPH_RGW_PORT", "CEPH_WITH_MGR", "CEPH_WITH_RGW", "CEPH_AUTH", "CEPH_OBJECTSTORE")
+    drop = (
+        "CEPH_MON_PORT",
+        "CEPH_RGW_PORT",
+        "CEPH_WITH_MGR",
+        "CEPH_WITH_RGW",
+        "CEPH_AUTH",
+        "CEPH_OBJECTSTORE",
+    )
     return {k: v for k, v in os.environ.items() if k not in drop}
 
 
@@ -152,5 +163,7 @@ def admin_get(lab: Lab, path: str, params: list[tuple[str, str | None]]) -> Any:
     url = f"{lab.rgw_endpoint}{path}?{query}"
     request = AWSRequest(method="GET", url=url)
     S3SigV4Auth(Credentials(lab.access_key, lab.secret_key), "s3", S3_REGION).add_auth(request)
-    with urllib.request.urlopen(urllib.request.Request(url, headers=dict(request.headers)), timeout=30) as resp:
+    with urllib.request.urlopen(
+        urllib.request.Request(url, headers=dict(request.headers)), timeout=30
+    ) as resp:
         return json.loads(resp.read())

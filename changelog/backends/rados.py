@@ -254,6 +254,7 @@ class RadosStore:
                 raise PermanentError(f"cannot open {where}: no such pool") from ex
             raise _general(_errno(ex), f"open pool {pool!r} ({conffile})", str(ex)) from ex
         self.client_id = f"client.{self._cluster.get_instance_id()}"
+        self._closed = False
 
     def __repr__(self) -> str:
         return f"RadosStore(pool={self._pool!r}, namespace={self._namespace!r}, conffile={self._conffile!r})"
@@ -277,7 +278,11 @@ class RadosStore:
             if op.must_exist:
                 wop.omap_cmp("", "", rados.LIBRADOS_CMPXATTR_OP_EQ)
             else:
-                wop.new(rados.LIBRADOS_CREATE_EXCLUSIVE if op.create_exclusive else rados.LIBRADOS_CREATE_IDEMPOTENT)
+                wop.new(
+                    rados.LIBRADOS_CREATE_EXCLUSIVE
+                    if op.create_exclusive
+                    else rados.LIBRADOS_CREATE_IDEMPOTENT
+                )
             if op.fence is not None:
                 wop.execute("lock", "assert_locked", assert_locked_payload(op.fence))
             for key, cmp, given in op.asserts:
@@ -315,7 +320,9 @@ class RadosStore:
                 wop.release()
             if code < 0:
                 oid, op = ops[index]
-                results[index] = _write_error(-code, oid, op, f"[errno {-code}] {errno.errorcode.get(-code, '?')}")
+                results[index] = _write_error(
+                    -code, oid, op, f"[errno {-code}] {errno.errorcode.get(-code, '?')}"
+                )
 
         try:
             for index, (oid, op) in enumerate(ops):
@@ -447,6 +454,9 @@ class RadosStore:
             raise PermanentError(f"{oid}: cannot decode cls_lock get_info reply: {ex}") from ex
 
     def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
         try:
             self._ioctx.close()
         finally:

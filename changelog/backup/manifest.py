@@ -3,7 +3,7 @@ state of every backed-up bucket as of the change-log watermark the backup reache
 
 ``manifests/<backup_id>.json.zst``::
 
-    {"format": 1, "backup_id": "20261121T221800Z-1a2b", "base": <previous id or null>,
+    {"format": 1, "backup_id": "20261121T221800.123456Z-1a2b", "base": <previous id or null>,
      "started": T, "finished": T, "as_of": T, "as_of_us": int,
      "checkpoint": <name of the last change-log object consumed, or null>,
      "buckets": {bucket: {"versioned": bool,
@@ -20,7 +20,8 @@ reflected too (a listing is not a snapshot). A key whose newest version is a del
 kept (with its older versions) but is absent from a restore. The same facts are in the object's
 metadata (``as-of``, ``objects``, ``bytes``) so that ``backup list`` reads no manifest body.
 
-The backup id is the UTC start time to the second plus 4 random hex digits, so ids sort by time.
+The backup id is the run's UTC start time (microseconds) plus 4 random hex digits
+(``20261121T221800.123456Z-1a2b``), so ids sort by time.
 """
 
 from __future__ import annotations
@@ -38,12 +39,13 @@ from changelog.errors import ObjectMissing, PermanentError
 from changelog.logformat import parse_rfc3339, rfc3339_us
 
 FORMAT = 1
-_ID_RE = re.compile(r"^\d{8}T\d{6}Z-[0-9a-f]{4}$")
+_ID_RE = re.compile(r"^\d{8}T\d{6}\.\d{6}Z-[0-9a-f]{4}$")
 
 
 def new_backup_id(now: float | None = None) -> str:
-    t = time.time() if now is None else now
-    return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(t)) + "-" + secrets.token_hex(2)
+    t_us = int((time.time() if now is None else now) * 1_000_000)
+    sec, us = divmod(t_us, 1_000_000)
+    return f"{time.strftime('%Y%m%dT%H%M%S', time.gmtime(sec))}.{us:06d}Z-{secrets.token_hex(2)}"
 
 
 def is_backup_id(text: str) -> bool:
@@ -52,7 +54,7 @@ def is_backup_id(text: str) -> bool:
 
 def manifest_name(backup_id: str) -> str:
     if not is_backup_id(backup_id):
-        raise PermanentError(f"not a backup id: {backup_id!r} (expected YYYYMMDDTHHMMSSZ-xxxx)")
+        raise PermanentError(f"not a backup id: {backup_id!r} (expected YYYYMMDDTHHMMSS.ffffffZ-xxxx)")
     return f"{MANIFESTS}{backup_id}{MANIFEST_SUFFIX}"
 
 

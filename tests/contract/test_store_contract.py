@@ -11,10 +11,14 @@ from __future__ import annotations
 import multiprocessing
 import os
 import random
+import re
+import socket
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from multiprocessing.connection import Connection
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -26,6 +30,7 @@ from changelog.errors import (
     LockBusy,
     ObjectMissing,
     PermanentError,
+    TransientError,
 )
 from changelog.store import Cmp, LockRef, ObjectStore, WriteOp, omap_iter
 
@@ -116,7 +121,15 @@ def test_missing_object_reads_as_empty(store: ObjectStore) -> None:
 
 
 def test_keys_come_back_in_byte_order(store: ObjectStore) -> None:
-    keys = [f"d.{random.getrandbits(64):016x}" for _ in range(300)] + ["f", "o.1", "s.x", "d/", "D", "d.", "d"]
+    keys = [f"d.{random.getrandbits(64):016x}" for _ in range(300)] + [
+        "f",
+        "o.1",
+        "s.x",
+        "d/",
+        "D",
+        "d.",
+        "d",
+    ]
     random.shuffle(keys)
     put(store, OID, {k: k.encode() for k in keys})
     got = list(omap_iter(store, OID, page=37))
@@ -147,7 +160,9 @@ MODEL_KEYS = ["a", "a.0", "a.1", "a.10", "a.2", "ab", "b", "b.0", "b.1", "c", "c
         ("", None, "", 0),
     ],
 )
-def test_page_bounds(store: ObjectStore, start_after: str, end_before: str | None, prefix: str, limit: int) -> None:
+def test_page_bounds(
+    store: ObjectStore, start_after: str, end_before: str | None, prefix: str, limit: int
+) -> None:
     put(store, OID, {k: b"v" + k.encode() for k in MODEL_KEYS})
     expected = [
         k
@@ -160,7 +175,9 @@ def test_page_bounds(store: ObjectStore, start_after: str, end_before: str | Non
     assert len(page) <= limit
     assert all(v == b"v" + k.encode() for k, v in page)
     if limit:
-        walked = list(omap_iter(store, OID, start_after=start_after, end_before=end_before, prefix=prefix, page=limit))
+        walked = list(
+            omap_iter(store, OID, start_after=start_after, end_before=end_before, prefix=prefix, page=limit)
+        )
         assert [k for k, _ in walked] == expected
 
 
@@ -183,7 +200,19 @@ def test_omap_get(store: ObjectStore) -> None:
     assert store.omap_get(OID, many) == {k: k.encode() for k in many[::2]}
 
 
-ODD_KEYS = ["with space", "slash/and:colon", "tilde~", "del\x7f", "ctl\x01\x1f", "%2F", "dot.", ".", "~", "é", "日本"]
+ODD_KEYS = [
+    "with space",
+    "slash/and:colon",
+    "tilde~",
+    "del\x7f",
+    "ctl\x01\x1f",
+    "%2F",
+    "dot.",
+    ".",
+    "~",
+    "é",
+    "日本",
+]
 
 
 def test_odd_keys_and_binary_values(store: ObjectStore) -> None:
@@ -237,7 +266,11 @@ def test_remove_and_ranges_apply_before_set(store: ObjectStore) -> None:
     put(store, OID, {k: b"old" for k in "abcdefgh"})
     store.execute(
         OID,
-        WriteOp(remove=["a", "h", "missing"], remove_ranges=[("c", "f"), ("zz", "zzz")], set={"d": b"new", "h": b"new"}),
+        WriteOp(
+            remove=["a", "h", "missing"],
+            remove_ranges=[("c", "f"), ("zz", "zzz")],
+            set={"d": b"new", "h": b"new"},
+        ),
     )
     assert everything(store) == {"b": b"old", "d": b"new", "f": b"old", "g": b"old", "h": b"new"}
 
@@ -294,7 +327,9 @@ CMP_CASES = [
 
 
 @pytest.mark.parametrize(("stored", "cmp", "given", "holds"), CMP_CASES)
-def test_assert_compares_stored_to_given(store: ObjectStore, stored: str, cmp: Cmp, given: str, holds: bool) -> None:
+def test_assert_compares_stored_to_given(
+    store: ObjectStore, stored: str, cmp: Cmp, given: str, holds: bool
+) -> None:
     put(store, OID, {"k": stored.encode()})
     op = WriteOp(asserts=[("k", cmp, given)], set={"applied": b"1"})
     if holds:
@@ -319,7 +354,9 @@ def test_comparisons_rados_lacks_are_refused(store: ObjectStore, cmp: Cmp) -> No
     [(Cmp.EQ, "", True), (Cmp.EQ, "x", False), (Cmp.LT, "a", True), (Cmp.LT, "", False), (Cmp.GT, "", False)],
 )
 @pytest.mark.parametrize("object_exists", [True, False])
-def test_absent_key_compares_as_empty(store: ObjectStore, cmp: Cmp, given: str, holds: bool, object_exists: bool) -> None:
+def test_absent_key_compares_as_empty(
+    store: ObjectStore, cmp: Cmp, given: str, holds: bool, object_exists: bool
+) -> None:
     if object_exists:
         put(store, OID, {"other": b"v"})
     op = WriteOp(asserts=[("absent", cmp, given)], set={"applied": b"1"})
@@ -380,7 +417,16 @@ def test_execute_many_results_are_independent(store: ObjectStore) -> None:
     ops += [(f"shard.{i % 16:04d}", WriteOp(set={f"d.{i:06d}": b"v"})) for i in range(200)]
     results = store.execute_many(ops)
     kinds = [type(r).__name__ if r is not None else None for r in results[:8]]
-    assert kinds == [None, "CompareFailed", None, "LeaseLost", "ObjectMissing", "CompareFailed", "PermanentError", None]
+    assert kinds == [
+        None,
+        "CompareFailed",
+        None,
+        "LeaseLost",
+        "ObjectMissing",
+        "CompareFailed",
+        "PermanentError",
+        None,
+    ]
     assert results[8:] == [None] * 200
     assert everything(store, "plain") == {"a": b"1"}
     assert everything(store, "guarded") == {"f": b"5", "y": b"1"}
@@ -554,6 +600,82 @@ def test_expiry_and_takeover_between_processes(store: ObjectStore, peer: Peer) -
     assert peer.call("unlock", OID, theirs) == "!LeaseLost"
     store.execute(OID, WriteOp(fence=mine, set={"parent": b"1"}))
     assert everything(store) == {"before": b"peer", "parent": b"1"}
+
+
+def _cas_increments(factory: StoreFactory, count: int, threads: int, start_at: float) -> int:
+    """Increment the counter ``count`` times from each of ``threads`` threads, all starting at
+    ``start_at`` (so that the processes really overlap); returns how many CAS attempts failed."""
+    store = factory()
+    retries = 0
+
+    def work() -> None:
+        nonlocal retries
+        time.sleep(max(0.0, start_at - time.time()))
+        for _ in range(count):
+            while True:
+                current = store.omap_get(OID, ["n"]).get("n", b"").decode()
+                nxt = f"{int(current or '0') + 1:08d}"
+                try:
+                    store.execute(OID, WriteOp(asserts=[("n", Cmp.EQ, current)], set={"n": nxt.encode()}))
+                    break
+                except CompareFailed:
+                    retries += 1
+
+    pool = [threading.Thread(target=work) for _ in range(threads)]
+    for t in pool:
+        t.start()
+    for t in pool:
+        t.join()
+    store.close()
+    return retries
+
+
+def test_compare_and_swap_is_atomic_across_processes_and_threads(
+    store: ObjectStore, store_factory: StoreFactory
+) -> None:
+    ctx = multiprocessing.get_context("spawn")
+    with ctx.Pool(2) as pool:
+        start_at = time.time() + 3  # after both workers have started and connected
+        pending = [pool.apply_async(_cas_increments, (store_factory, 100, 2, start_at)) for _ in range(2)]
+        retries = [p.get(timeout=120) for p in pending]
+    assert store.omap_get(OID, ["n"]) == {"n": f"{2 * 2 * 100:08d}".encode()}
+    print(f"\n{sum(retries)} compare-and-swap retries")
+
+
+# -- RADOS connection edge -----------------------------------------------------------------
+
+
+def test_rados_unreachable_cluster_fails_fast_and_says_where(tmp_path: Path) -> None:
+    pytest.importorskip("rados", reason="python3-rados is not importable")
+    from changelog.backends.rados import RadosStore
+
+    with socket.socket() as sock:  # a port nobody listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    conf = tmp_path / "unreachable.conf"
+    conf.write_text(
+        f"[global]\nmon host = [v2:127.0.0.1:{port}]\nauth client required = none\nms bind ipv6 = false\n"
+        f"log file = {tmp_path}/client.log\n"
+    )
+    start = time.monotonic()
+    with pytest.raises(TransientError) as raised:
+        RadosStore(conffile=str(conf), pool="changelog", connect_timeout=2)
+    assert time.monotonic() - start < 4
+    message = str(raised.value)
+    assert str(conf) in message and "\n" not in message
+
+
+@pytest.mark.ceph
+def test_rados_unknown_client_is_a_permanent_error(ceph_lab: Any) -> None:
+    pytest.importorskip("rados", reason="python3-rados is not importable")
+    from changelog.backends.rados import RadosStore
+
+    with pytest.raises(PermanentError, match=re.escape(ceph_lab.conf)):
+        RadosStore(
+            conffile=ceph_lab.conf, keyring=ceph_lab.keyring, pool=ceph_lab.pool, client_name="client.nobody"
+        )
+    with pytest.raises(PermanentError, match="no such pool"):
+        RadosStore(conffile=ceph_lab.conf, keyring=ceph_lab.keyring, pool="no-such-pool-here")
 
 
 # -- throughput (printed with -s, not asserted) --------------------------------------------

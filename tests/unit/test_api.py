@@ -489,8 +489,16 @@ def test_head_and_malformed_requests(api: ApiServer) -> None:
 
 
 def test_a_large_request_body_is_refused(api: ApiServer) -> None:
-    status, _, body = call(api, "POST", "/_/pause", body=b"x" * (1024 * 1024))
-    assert status == 413 and json.loads(body)["code"] == 413
+    # Announced, never sent: the server answers from the headers alone.
+    with socket.create_connection(("127.0.0.1", api.port), timeout=5) as s:
+        s.sendall(b"POST /_/pause HTTP/1.1\r\nHost: x\r\nContent-Length: 10485760\r\n\r\n")
+        raw = b""
+        while chunk := s.recv(4096):
+            raw += chunk
+    head, _, body = raw.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.0 413")
+    assert json.loads(body)["code"] == 413
+    assert not api.controls.paused("collector")
 
 
 def test_many_concurrent_requests(env: Env, api: ApiServer) -> None:
@@ -610,7 +618,7 @@ def test_controls_wait_while_paused() -> None:
     controls.resume("collector")
     assert went_on.wait(5) and outcome == [True]
     t.join(5)
-    assert controls.state()["collector"]["parked"] is False
+    assert controls.state()["collector"]["parked"] is False  # resumed: no longer parked
 
     # A stop while paused releases the component with False.
     controls.pause()
@@ -625,6 +633,20 @@ def test_controls_wait_while_paused() -> None:
 
     with pytest.raises(UnknownComponent, match="no component 'reader'"):
         controls.pause("reader")
+
+
+def test_controls_checkpoint_for_polling_components() -> None:
+    controls = Controls()
+    assert controls.checkpoint("follower") is False
+    controls.pause("follower")
+    # Paused, but the follower has not reached a checkpoint yet: the pause has not taken effect.
+    assert controls.state()["follower"] == {"paused": True, "since": controls.state()["follower"]["since"], "parked": False}
+    assert controls.checkpoint("follower") is True
+    assert controls.state()["follower"]["parked"] is True
+    assert controls.checkpoint("collector") is False and controls.state()["collector"]["parked"] is False
+    controls.resume()
+    assert controls.state()["follower"]["parked"] is False
+    assert controls.checkpoint("follower") is False
 
 
 def test_allow_from_matching() -> None:

@@ -1,0 +1,36 @@
+"""Backups driven by the change logs: incremental (each run reads only the log objects after the
+previous backup's checkpoint), deduplicated (content stored once per SHA-256) and restorable
+(a manifest of the full state of every bucket per backup).
+
+Modules, in the order a backup flows through them: ``model`` (per-key versions and how a log
+record changes them) -> ``source`` (the source S3: GET by version, conditional GET, listings; the
+package's one boto3 module) -> ``store`` (the content-addressed destination on a ``Target``) ->
+``lock`` (leases kept in the destination itself) -> ``runner`` (``backup run``) -> ``manifest``
+-> ``restore`` / ``verify`` / ``cleanup`` -> ``cli`` (the ``backup`` click group).
+"""
+
+from changelog.backup.cleanup import CleanupResult, cleanup, select_expired
+from changelog.backup.manifest import BackupInfo, Manifest, list_backups
+from changelog.backup.restore import RestoreResult, restore
+from changelog.backup.runner import BackupRunner, RunResult
+from changelog.backup.source import Source, make_client
+from changelog.backup.store import BackupStore
+from changelog.backup.verify import VerifyResult, verify
+
+__all__ = [
+    "BackupInfo",
+    "BackupRunner",
+    "BackupStore",
+    "CleanupResult",
+    "Manifest",
+    "RestoreResult",
+    "RunResult",
+    "Source",
+    "VerifyResult",
+    "cleanup",
+    "list_backups",
+    "make_client",
+    "restore",
+    "select_expired",
+    "verify",
+]

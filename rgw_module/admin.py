@@ -1,0 +1,498 @@
+"""The edge to radosgw: a small client for its admin REST API (data log, bucket index logs,
+bucket stats and metadata) plus the few S3 reads the follower needs (full-sync listings and
+size/etag lookups).
+
+Requests are signed with botocore's ``S3SigV4Auth``. Query values are percent-encoded with
+nothing left "safe", so ``:`` in a bucket instance travels as ``%3A``: radosgw computes the
+signature on that form and rejects a raw ``:``. Every failure is translated here, once, into the
+project's errors: ``TransientError`` (connection trouble, timeouts, 5xx, 429), ``PermanentError``
+(403, 400 and other refusals) and ``NotFound`` (404: a deleted bucket, a bucket instance gone
+after a reshard, an object overwritten since), each with a one-line message naming the endpoint.
+
+Facts checked on Pacific 16.2.15 (see ``docs/rgw.md``):
+
+* ``GET /admin/log?type=bucket-index&bucket=B`` is refused (400); the API wants
+  ``bucket-instance=<bucket>:<bucket_id>[:<shard>]``. With the shard it lists that shard.
+* A bucket-index-log ``marker`` and ``end-marker`` may be given bare (``00000000003.12.6``) or with
+  the shard prefix the entries carry (``1#00000000003.12.6``). Listing starts after the marker;
+  ``DELETE ...&end-marker=M`` trims every entry up to and including M.
+* ``DELETE /admin/log?type=data&id=N&marker=M`` trims a data-log shard up to and including M
+  (``end-marker`` is refused there with 400).
+* After a reshard or a bucket deletion the old instance's log answers 404 ``NoSuchKey``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
+from typing import Any, TypeVar
+from urllib.parse import quote
+
+import urllib3
+from botocore.auth import S3SigV4Auth
+from botocore.awsrequest import AWSRequest
+from botocore.credentials import Credentials
+from botocore.exceptions import BotoCoreError, ClientError
+
+from changelog.errors import ObjectMissing, PermanentError, TransientError
+from rgw_module.mapping import BucketShard, parse_time_ns
+
+logger = logging.getLogger(__name__)
+
+# The most entries radosgw returns per log page (its own cap is 1000).
+MAX_ENTRIES = 1000
+# S3 listings: the protocol's own maximum page.
+MAX_KEYS = 1000
+# radosgw's default zonegroup signs as "default"; radosgw accepts any region name in a signature.
+DEFAULT_REGION = "default"
+T = TypeVar("T")
+
+
+class NotFound(ObjectMissing):
+    """HTTP 404: the bucket, bucket instance (after a reshard or delete) or object is gone."""
+
+
+@dataclass(frozen=True, slots=True)
+class DataLogEntry:
+    """One data-log entry: "this bucket-index shard changed, go read its log"."""
+
+    shard: BucketShard
+    timestamp: str
+
+
+@dataclass(frozen=True, slots=True)
+class DataLogPage:
+    entries: list[DataLogEntry]
+    # The position of the last entry returned ("" when the page is empty and the shard was read
+    # from its start): pass it as ``marker`` to read on, or trim up to it.
+    marker: str
+    truncated: bool
+
+
+@dataclass(frozen=True, slots=True)
+class BucketStats:
+    name: str
+    bucket_id: str
+    # The id of the bucket's first instance: survives a reshard, changes when the bucket is
+    # deleted and created again.
+    marker: str
+    num_shards: int
+    creation_ns: int
+    owner: str
+    # The newest bucket-index-log marker per shard, bare ("" for an empty shard).
+    max_markers: dict[int, str] = field(default_factory=dict)
+
+    def shards(self) -> list[BucketShard]:
+        if self.num_shards <= 0:
+            return [BucketShard(self.name, self.bucket_id, -1)]
+        return [BucketShard(self.name, self.bucket_id, n) for n in range(self.num_shards)]
+
+
+@dataclass(frozen=True, slots=True)
+class ListedObject:
+    """One object (version) from an S3 listing."""
+
+    key: str
+    version_id: str | None  # None from a plain (unversioned) listing
+    delete_marker: bool
+    size: int | None
+    etag: str | None
+    mtime_ns: int
+
+
+@dataclass(frozen=True, slots=True)
+class ObjectPage:
+    items: list[ListedObject]
+    key_marker: str
+    version_marker: str
+    truncated: bool
+
+
+def _strip_etag(etag: str | None) -> str | None:
+    return etag.strip('"') if etag else etag
+
+
+def _dt_ns(dt: datetime) -> int:
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=UTC)
+    return int(dt.timestamp()) * 1_000_000_000 + dt.microsecond * 1000
+
+
+def _split_markers(text: str) -> dict[int, str]:
+    """``"0#,1#00000000007.20.6"`` -> ``{0: "", 1: "00000000007.20.6"}``; an unsharded bucket's
+    bare marker is shard -1."""
+    out: dict[int, str] = {}
+    if not text:
+        return out
+    for part in text.split(","):
+        if "#" in part:
+            n, _, m = part.partition("#")
+            out[int(n)] = m
+        else:
+            out[-1] = part
+    return out
+
+
+class AdminClient:
+    """radosgw admin REST API and S3 reads of one zone endpoint. Thread-safe."""
+
+    def __init__(
+        self,
+        endpoint: str,
+        access_key: str,
+        secret_key: str,
+        *,
+        region: str = DEFAULT_REGION,
+        connect_timeout: float = 5.0,
+        read_timeout: float = 60.0,
+        max_connections: int = 16,
+        verify: bool | str = True,
+    ) -> None:
+        if not endpoint.startswith(("http://", "https://")):
+            raise PermanentError(f"source.endpoint must be an http(s) URL, not {endpoint!r}")
+        self.endpoint = endpoint.rstrip("/")
+        self.region = region or DEFAULT_REGION
+        self._access_key = access_key
+        self._secret_key = secret_key
+        self._creds = Credentials(access_key, secret_key)
+        cert: dict[str, Any] = {}
+        if self.endpoint.startswith("https://"):
+            if verify is False:
+                cert["cert_reqs"] = "CERT_NONE"
+            elif isinstance(verify, str):
+                cert["ca_certs"] = verify
+        self._verify = verify
+        self._timeouts = (connect_timeout, read_timeout)
+        self._http = urllib3.PoolManager(
+            maxsize=max_connections,
+            block=False,
+            retries=False,
+            timeout=urllib3.Timeout(connect=connect_timeout, read=read_timeout),
+            **cert,
+        )
+        self._s3_client: Any = None
+        self._s3_lock = threading.Lock()
+        self._max_connections = max_connections
+
+    def __repr__(self) -> str:
+        return f"AdminClient({self.endpoint!r}, access_key={self._access_key!r})"
+
+    # ------------------------------------------------------------------ admin REST plumbing
+
+    def request(
+        self, method: str, path: str, params: Sequence[tuple[str, str | int | None]]
+    ) -> tuple[int, dict[str, str], bytes]:
+        """One signed admin request: (status, headers, body). Raises on transport errors and on
+        every status >= 400 (``NotFound`` for 404)."""
+        query = "&".join(k if v is None else f"{k}={quote(str(v), safe='')}" for k, v in params)
+        url = f"{self.endpoint}{path}" + (f"?{query}" if query else "")
+        what = f"radosgw {method} {path}?{query} at {self.endpoint}"
+        req = AWSRequest(method=method, url=url, data=b"")
+        S3SigV4Auth(self._creds, "s3", self.region).add_auth(req)
+        prepared = req.prepare()
+        try:
+            resp = self._http.request(method, prepared.url, headers=dict(prepared.headers.items()), body=None)
+        except urllib3.exceptions.HTTPError as ex:
+            raise TransientError(f"{what}: {type(ex).__name__}: {ex}") from ex
+        headers = {k.lower(): v for k, v in resp.headers.items()}
+        if resp.status >= 400:
+            code = ""
+            try:
+                code = str(json.loads(resp.data).get("Code", ""))
+            except (ValueError, AttributeError):
+                code = resp.data[:100].decode("utf-8", "replace")
+            message = f"{what}: HTTP {resp.status} {code}".rstrip()
+            if resp.status == 404:
+                raise NotFound(message)
+            if resp.status >= 500 or resp.status in (408, 429):
+                raise TransientError(message)
+            if resp.status in (401, 403):
+                message += (
+                    " (the source user needs admin caps "
+                    '"buckets=read; metadata=read; datalog=*; bilog=*" and the right keys)'
+                )
+            raise PermanentError(message)
+        return resp.status, headers, resp.data
+
+    def _get_json(self, path: str, params: Sequence[tuple[str, str | int | None]]) -> Any:
+        _, _, body = self.request("GET", path, params)
+        try:
+            return json.loads(body) if body else None
+        except ValueError as ex:
+            raise TransientError(f"radosgw GET {path} at {self.endpoint}: unreadable JSON ({ex})") from ex
+
+    # ------------------------------------------------------------------ data log
+
+    def server_time_ns(self) -> int:
+        """radosgw's clock (the ``Date`` header of a cheap admin call), whole seconds."""
+        _, headers, _ = self.request("GET", "/admin/log", [("type", "data")])
+        try:
+            return _dt_ns(parsedate_to_datetime(headers["date"]))
+        except (KeyError, TypeError, ValueError) as ex:
+            raise TransientError(f"radosgw at {self.endpoint} sent no usable Date header") from ex
+
+    def datalog_shards(self) -> int:
+        doc = self._get_json("/admin/log", [("type", "data")])
+        try:
+            return int(doc["num_objects"])
+        except (KeyError, TypeError, ValueError) as ex:
+            raise TransientError(f"radosgw at {self.endpoint}: unexpected data log info {doc!r}") from ex
+
+    def datalog_list(self, shard: int, marker: str = "", *, max_entries: int = MAX_ENTRIES) -> DataLogPage:
+        params: list[tuple[str, str | int | None]] = [("type", "data"), ("id", shard), ("max-entries", max_entries)]
+        if marker:
+            params.append(("marker", marker))
+        doc = self._get_json("/admin/log", params)
+        entries: list[DataLogEntry] = []
+        for e in doc.get("entries", []):
+            if e.get("entity_type") != "bucket":
+                continue
+            bs = BucketShard.parse(str(e.get("key", "")))
+            if bs is None:
+                logger.warning("data log shard %d: unparsable key %r, skipped", shard, e.get("key"))
+                continue
+            entries.append(DataLogEntry(bs, str(e.get("timestamp", ""))))
+        truncated = str(doc.get("truncated", "false")).lower() == "true"
+        return DataLogPage(entries, str(doc.get("marker") or marker), truncated)
+
+    def datalog_info(self, shard: int) -> str:
+        """The marker of the shard's newest entry ("" when it never had one)."""
+        doc = self._get_json("/admin/log", [("type", "data"), ("id", shard), ("info", None)])
+        return str(doc.get("marker") or "")
+
+    def datalog_trim(self, shard: int, marker: str) -> None:
+        """Remove the shard's entries up to and including ``marker``."""
+        if marker:
+            self.request("DELETE", "/admin/log", [("type", "data"), ("id", shard), ("marker", marker)])
+
+    # ------------------------------------------------------------------ buckets
+
+    def list_buckets(self) -> list[str]:
+        """Every bucket name in the zone (metadata listing, paged)."""
+        names: list[str] = []
+        marker = ""
+        while True:
+            params: list[tuple[str, str | int | None]] = [("max-entries", MAX_KEYS)]
+            if marker:
+                params.append(("marker", marker))
+            doc = self._get_json("/admin/metadata/bucket", params)
+            if isinstance(doc, list):  # radosgw without paging support answers a plain list
+                return [str(n) for n in doc]
+            names.extend(str(n) for n in doc.get("keys", []))
+            marker = str(doc.get("marker") or "")
+            if str(doc.get("truncated", "false")).lower() != "true" or not marker:
+                return names
+
+    def bucket_stats(self, bucket: str) -> BucketStats:
+        """The bucket's current instance; ``NotFound`` when there is no such bucket."""
+        d = self._get_json("/admin/bucket", [("bucket", bucket), ("stats", "true")])
+        try:
+            return BucketStats(
+                name=str(d["bucket"]),
+                bucket_id=str(d["id"]),
+                marker=str(d.get("marker") or d["id"]),
+                num_shards=int(d.get("num_shards", 0)),
+                creation_ns=parse_time_ns(str(d.get("creation_time") or d.get("mtime") or "")),
+                owner=str(d.get("owner", "")),
+                max_markers=_split_markers(str(d.get("max_marker", ""))),
+            )
+        except (KeyError, TypeError, ValueError) as ex:
+            raise TransientError(f"radosgw at {self.endpoint}: unexpected stats for bucket {bucket}: {ex}") from ex
+
+    def bucket_versioning(self, bucket: str, bucket_id: str) -> str:
+        """``"off"`` (never versioned), ``"enabled"`` or ``"suspended"``, from the instance metadata
+        (the admin API answers for every owner, where S3 would need the owner's rights)."""
+        doc = self._get_json("/admin/metadata/bucket.instance", [("key", f"{bucket}:{bucket_id}")])
+        try:
+            flags = int(doc["data"]["bucket_info"]["flags"])
+        except (KeyError, TypeError, ValueError) as ex:
+            raise TransientError(f"radosgw at {self.endpoint}: no flags in bucket instance {bucket}: {ex}") from ex
+        # RGWBucketInfo flags: BUCKET_VERSIONED = 2, BUCKET_VERSIONS_SUSPENDED = 4.
+        if not flags & 2:
+            return "off"
+        return "suspended" if flags & 4 else "enabled"
+
+    # ------------------------------------------------------------------ bucket index logs
+
+    def bilog_list(self, bs: BucketShard, marker: str = "", *, max_entries: int = MAX_ENTRIES) -> list[dict[str, Any]]:
+        """Up to ``max_entries`` entries of one bucket-index shard's log, after ``marker``.
+        ``NotFound`` when the bucket instance is gone (deleted, or resharded away)."""
+        params: list[tuple[str, str | int | None]] = [
+            ("type", "bucket-index"),
+            ("bucket-instance", bs.instance),
+            ("max-entries", max_entries),
+        ]
+        if marker:
+            params.append(("marker", marker))
+        doc = self._get_json("/admin/log", params)
+        if not isinstance(doc, list):
+            raise TransientError(f"radosgw at {self.endpoint}: bucket index log of {bs.instance} is not a list")
+        return doc
+
+    def bilog_max_marker(self, bs: BucketShard) -> str:
+        doc = self._get_json("/admin/log", [("type", "bucket-index"), ("bucket-instance", bs.instance), ("info", None)])
+        return str(doc.get("max_marker") or "")
+
+    def bilog_trim(self, bs: BucketShard, end_marker: str) -> None:
+        """Remove the shard's log entries up to and including ``end_marker``."""
+        if end_marker:
+            self.request(
+                "DELETE",
+                "/admin/log",
+                [("type", "bucket-index"), ("bucket-instance", bs.instance), ("end-marker", end_marker)],
+            )
+
+    # ------------------------------------------------------------------ S3 reads
+
+    def _s3(self) -> Any:
+        with self._s3_lock:
+            if self._s3_client is None:
+                import boto3
+                from botocore.config import Config
+
+                config = Config(
+                    s3={"addressing_style": "path"},
+                    request_checksum_calculation="when_required",
+                    response_checksum_validation="when_required",
+                    retries={"max_attempts": 3, "mode": "standard"},
+                    connect_timeout=self._timeouts[0],
+                    read_timeout=self._timeouts[1],
+                    max_pool_connections=self._max_connections,
+                )
+                self._s3_client = boto3.session.Session().client(
+                    "s3",
+                    endpoint_url=self.endpoint,
+                    aws_access_key_id=self._access_key,
+                    aws_secret_access_key=self._secret_key,
+                    region_name=self.region,
+                    config=config,
+                    verify=self._verify,
+                )
+            return self._s3_client
+
+    def _s3_call(self, what: str, fn: Callable[[Any], T]) -> T:
+        where = f"S3 {what} at {self.endpoint}"
+        try:
+            return fn(self._s3())
+        except ClientError as ex:
+            status = int(ex.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
+            code = str(ex.response.get("Error", {}).get("Code", ""))
+            message = f"{where}: HTTP {status} {code}".rstrip()
+            if status == 404 or code in ("NoSuchKey", "NoSuchBucket", "NoSuchVersion", "404"):
+                raise NotFound(message) from ex
+            if status >= 500 or status in (408, 429) or code in ("SlowDown", "RequestTimeout"):
+                raise TransientError(message) from ex
+            if status == 403:
+                message += " (a full sync of another user's bucket needs a system user: radosgw-admin user modify --system)"
+            raise PermanentError(message) from ex
+        except BotoCoreError as ex:
+            raise TransientError(f"{where}: {type(ex).__name__}: {ex}") from ex
+
+    def list_objects(
+        self,
+        bucket: str,
+        *,
+        prefix: str = "",
+        key_marker: str = "",
+        version_marker: str = "",
+        versions: bool,
+        max_keys: int = MAX_KEYS,
+    ) -> ObjectPage:
+        """One page of the bucket's objects (``versions``: every version and delete marker, by key
+        then newest first), after the given markers."""
+        if not versions:
+            kw: dict[str, Any] = {"Bucket": bucket, "Prefix": prefix, "MaxKeys": max_keys}
+            if key_marker:
+                kw["StartAfter"] = key_marker
+            resp = self._s3_call(f"ListObjectsV2 {bucket}", lambda c: c.list_objects_v2(**kw))
+            items = [
+                ListedObject(
+                    key=o["Key"],
+                    version_id=None,
+                    delete_marker=False,
+                    size=int(o.get("Size", 0)),
+                    etag=_strip_etag(o.get("ETag")),
+                    mtime_ns=_dt_ns(o["LastModified"]),
+                )
+                for o in resp.get("Contents", [])
+            ]
+            last = items[-1].key if items else key_marker
+            return ObjectPage(items, last, "", bool(resp.get("IsTruncated")) and bool(items))
+        kw = {"Bucket": bucket, "Prefix": prefix, "MaxKeys": max_keys}
+        if key_marker:
+            kw["KeyMarker"] = key_marker
+            if version_marker:
+                kw["VersionIdMarker"] = version_marker
+        resp = self._s3_call(f"ListObjectVersions {bucket}", lambda c: c.list_object_versions(**kw))
+        listed = [
+            ListedObject(
+                key=o["Key"],
+                version_id=str(o.get("VersionId") or "null"),
+                delete_marker=False,
+                size=int(o.get("Size", 0)),
+                etag=_strip_etag(o.get("ETag")),
+                mtime_ns=_dt_ns(o["LastModified"]),
+            )
+            for o in resp.get("Versions", [])
+        ] + [
+            ListedObject(
+                key=o["Key"],
+                version_id=str(o.get("VersionId") or "null"),
+                delete_marker=True,
+                size=None,
+                etag=None,
+                mtime_ns=_dt_ns(o["LastModified"]),
+            )
+            for o in resp.get("DeleteMarkers", [])
+        ]
+        # Versions and delete markers come in two lists: restore the listing order (key, newest
+        # first) so that a page replayed after a crash yields the same sequence.
+        listed.sort(key=lambda o: (o.key.encode(), -o.mtime_ns, o.version_id or ""))
+        truncated = bool(resp.get("IsTruncated"))
+        return ObjectPage(
+            listed,
+            str(resp.get("NextKeyMarker") or (listed[-1].key if listed else key_marker)),
+            str(resp.get("NextVersionIdMarker") or ""),
+            truncated and bool(listed),
+        )
+
+    def object_info(self, bucket: str, key: str, version_id: str | None, mtime_ns: int) -> tuple[int, str | None] | None:
+        """(size, etag) of the object version a bucket-index-log ``write`` entry describes, or None
+        when it cannot be told any more (overwritten or deleted since).
+
+        A version id names the version exactly (HEAD). Without one the object may have been
+        overwritten since: the listing's LastModified (radosgw truncates the index mtime to
+        milliseconds) must equal the entry's mtime, else the answer would describe a newer write.
+        """
+        try:
+            if version_id is not None:
+                head = self._s3_call(
+                    f"HeadObject {bucket}",
+                    lambda c: c.head_object(Bucket=bucket, Key=key, VersionId=version_id),
+                )
+                return int(head.get("ContentLength", 0)), _strip_etag(head.get("ETag"))
+            resp = self._s3_call(
+                f"ListObjectsV2 {bucket}", lambda c: c.list_objects_v2(Bucket=bucket, Prefix=key, MaxKeys=1)
+            )
+        except NotFound:
+            return None
+        except PermanentError as ex:
+            if "HTTP 405" in str(ex):  # a delete marker has no size
+                return None
+            raise
+        for o in resp.get("Contents", []):
+            if o["Key"] == key and _dt_ns(o["LastModified"]) // 1_000_000 == mtime_ns // 1_000_000:
+                return int(o.get("Size", 0)), _strip_etag(o.get("ETag"))
+        return None
+
+    def close(self) -> None:
+        self._http.clear()
+        with self._s3_lock:
+            if self._s3_client is not None:
+                self._s3_client.close()
+                self._s3_client = None

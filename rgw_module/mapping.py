@@ -1,0 +1,310 @@
+"""Bucket-index-log entries to mutations: pure functions, no I/O.
+
+One user-visible mutation must become exactly one record (H7). What radosgw 16.2.15 writes to a
+bucket-index shard's log for each S3 operation, as captured on the lab (``docs/rgw.md`` has the
+full table; ``tests/unit/rgw_bilog_*.json`` hold captured entries):
+
+=================================  ==================================================  ==========
+S3 operation                        bilog entries (op, instance, versioned flag)        record
+=================================  ==================================================  ==========
+PUT / COPY / multipart complete     ``write`` ("", false)                               WRITE
+tagging, ACL, copy onto itself      ``write`` ("", false)                               WRITE
+DELETE (unversioned)                ``del`` ("", false)                                 DELETE
+DELETE of a missing key             nothing                                             -
+multipart upload internals          ``write``/``del`` of ``_multipart_<key>.<id>.*``    -
+versioned PUT / COPY / multipart    ``write`` (v, true) + ``link_olh`` (v)              WRITE v
+tagging / ACL of a version          ``write`` (v, false)                                WRITE v
+versioned DELETE                    ``link_olh_del`` (marker id)                        DELETE_MARKER
+DELETE ?versionId=v                 ``unlink_instance`` (v) + ``del`` (v, true)         DELETE v
+DELETE ?versionId=<marker>          ``unlink_instance`` (marker id)                     DELETE marker
+PUT, versioning suspended           ``write`` ("", true) + ``link_olh`` ("")            WRITE null
+PUT of a new key, suspended         ``write`` ("", false)                               WRITE None
+DELETE, versioning suspended        ``link_olh_del`` ("") + ``del`` ("", true)          DELETE_MARKER null
+=================================  ==================================================  ==========
+
+(None and "null" name the same object version: ``changelog.keys.version_hash``.) So: ``link_olh`` / ``link_olh_del`` / ``unlink_instance`` carry the versioned operations, and a
+``write`` or ``del`` flagged ``versioned`` is their companion and is dropped. Entries whose
+state is not ``complete`` and ops that are not object mutations (``cancel``, ``syncstop``,
+``resync``) are dropped too.
+
+Object names in the log are bucket-index names: a name that starts with ``_`` is escaped as
+``__name``, and ``_<ns>_<name>`` is an entry of an internal namespace (multipart parts and
+upload metadata). ``index_name_to_key`` undoes that.
+
+Entry times: ``timestamp`` is the object's mtime (H6). For writes and delete markers that is the
+time of the mutation; a ``del`` or ``unlink_instance`` carries the *deleted* version's mtime, so
+deletes are stamped with the time the follower read them (an upper bound).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from changelog.errors import PermanentError
+from changelog.mutation import MAX_STREAM_BYTES, Mutation, Op
+
+# Width of the per-bucket generation in ``seq``: string order must stay numeric order.
+GENERATION_WIDTH = 6
+# Within one generation, full-sync (baseline) records sort before incremental ones.
+BASELINE_TAG = "0"
+INCREMENTAL_TAG = "1"
+_COUNTER_MAX = 10**12 - 1
+
+
+class BadEntry(PermanentError):
+    """A bucket-index-log entry this code cannot place in stream order."""
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class BucketShard:
+    """One bucket-index shard of one bucket instance: one log stream. ``shard`` is -1 for an
+    unsharded bucket."""
+
+    bucket: str
+    bucket_id: str
+    shard: int
+
+    @property
+    def key(self) -> str:
+        """As in the data log: ``<bucket>:<bucket_id>:<shard>``."""
+        return f"{self.bucket}:{self.bucket_id}" + (f":{self.shard}" if self.shard >= 0 else "")
+
+    @property
+    def instance(self) -> str:
+        """The admin API's ``bucket-instance`` parameter (same text as ``key``)."""
+        return self.key
+
+    @property
+    def source(self) -> str:
+        """The mutation stream name: ``rgw:<bucket>:<bucket_id>:<shard>``."""
+        return _stream_name("rgw", self.bucket, f"{self.bucket_id}:{self.shard}")
+
+    @classmethod
+    def parse(cls, key: str) -> BucketShard | None:
+        parts = key.split(":")
+        if len(parts) == 3 and parts[2].lstrip("-").isdigit():
+            return cls(parts[0], parts[1], int(parts[2]))
+        if len(parts) == 2:
+            return cls(parts[0], parts[1], -1)
+        return None
+
+
+def _stream_name(kind: str, bucket: str, rest: str) -> str:
+    name = f"{kind}:{bucket}:{rest}"
+    if len(name) <= MAX_STREAM_BYTES and all(0x21 <= ord(c) <= 0x7E for c in name):
+        return name
+    # Relaxed bucket names can be long (255) or odd: a stable hash keeps the stream name short.
+    digest = hashlib.blake2b(bucket.encode(), digest_size=12).hexdigest()
+    return f"{kind}:#{digest}:{rest}"[:MAX_STREAM_BYTES]
+
+
+def full_sync_source(bucket: str, bucket_id: str, generation: int) -> str:
+    return _stream_name("rgw-full", bucket, f"{bucket_id}:{generation}")
+
+
+def parse_time_ns(text: str) -> int:
+    """radosgw's RFC 3339 times (``2026-11-21T22:24:22.997149240Z``, any fraction width) in ns."""
+    text = text.strip()
+    if not text:
+        return 0
+    base, _, frac = text.rstrip("Z").partition(".")
+    try:
+        dt = datetime.strptime(base, "%Y-%m-%dT%H:%M:%S").replace(tzinfo=UTC)
+    except ValueError:
+        try:
+            dt = datetime.fromisoformat(text.replace("Z", "+00:00"))
+        except ValueError:
+            return 0  # radosgw prints "0.000000" for a time never set
+        if dt.tzinfo is None:
+            dt = dt.replace(tzinfo=UTC)
+        return int(dt.timestamp()) * 1_000_000_000 + dt.microsecond * 1000
+    digits = "".join(c for c in frac if c.isdigit())[:9].ljust(9, "0")
+    return int(dt.timestamp()) * 1_000_000_000 + int(digits)
+
+
+def bilog_marker(op_id: str) -> str:
+    """The entry's marker without the ``<shard>#`` prefix: what to resume or trim from."""
+    return op_id.partition("#")[2] if "#" in op_id else op_id
+
+
+def position_of(op_id: str) -> str:
+    """A fixed-width position whose string order is the shard log's order.
+
+    radosgw names entries ``<index_ver:011>.<object version>.<subop>`` (``cls_rgw``'s
+    ``get_index_ver_key``): only the first field is padded, so every field is padded here.
+    """
+    parts = bilog_marker(op_id).split(".")
+    if len(parts) != 3 or not all(p.isdigit() for p in parts):
+        raise BadEntry(f"bucket index log entry id {op_id!r} is not <ver>.<ver>.<subop>")
+    return f"{int(parts[0]):020d}.{int(parts[1]):020d}.{int(parts[2]):010d}"
+
+
+def index_name_to_key(name: str) -> str | None:
+    """The S3 key of a bucket-index name, or None for an internal-namespace entry."""
+    if not name:
+        return None
+    if name.startswith("__"):
+        return name[1:]
+    if name.startswith("_"):
+        return None  # "_multipart_<key>.<upload>.meta", parts, shadow objects...
+    return name
+
+
+def _versioned(entry: Mapping[str, Any]) -> bool:
+    v = entry.get("versioned")
+    if isinstance(v, bool):
+        return v
+    if isinstance(v, str):
+        return v.lower() == "true"
+    return bool(int(entry.get("bilog_flags", 0) or 0) & 1)  # BILOG_FLAG_VERSIONED_OP
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """What one bilog entry means for the user: an op on a key (and version)."""
+
+    key: str
+    op: Op
+    version_id: str | None
+    # The mutation time if the entry carries it, None for deletes (their timestamp is the
+    # deleted version's mtime).
+    mtime_ns: int | None
+
+
+def interpret(entry: Mapping[str, Any]) -> Change | None:
+    """The user-visible mutation an entry stands for, or None for entries that are internal or
+    the companion of another entry of the same mutation (table in the module docstring)."""
+    if entry.get("state", "complete") != "complete":
+        return None
+    key = index_name_to_key(str(entry.get("object", "")))
+    if key is None:
+        return None
+    op = entry.get("op")
+    instance = str(entry.get("instance") or "")
+    versioned = _versioned(entry)
+    ts = parse_time_ns(str(entry.get("timestamp", "")))
+    if op == "write":
+        if versioned:
+            return None  # the link_olh that follows is the record
+        return Change(key, Op.WRITE, instance or None, ts)
+    if op == "del":
+        if versioned:
+            return None  # unlink_instance / link_olh_del is the record
+        return Change(key, Op.DELETE, instance or None, None)
+    if op == "link_olh":
+        return Change(key, Op.WRITE, instance or "null", ts)
+    if op == "link_olh_del":
+        return Change(key, Op.DELETE_MARKER, instance or "null", ts)
+    if op == "unlink_instance":
+        return Change(key, Op.DELETE, instance or "null", None)
+    return None  # cancel, syncstop, resync, unknown
+
+
+def incremental_seq(generation: int, position: str) -> str:
+    return f"{generation:0{GENERATION_WIDTH}d}.{INCREMENTAL_TAG}.{position}"
+
+
+def baseline_seq(generation: int, mtime_ns: int, counter: int) -> str:
+    """Baseline records of one object sort by mtime (oldest version first), then by listing
+    order reversed: a versioned listing gives the newest version of a key first."""
+    return f"{generation:0{GENERATION_WIDTH}d}.{BASELINE_TAG}.{mtime_ns // 1000:017d}.{_COUNTER_MAX - counter:012d}"
+
+
+def map_entry(
+    entry: Mapping[str, Any],
+    bs: BucketShard,
+    *,
+    generation: int,
+    observed_ns: int,
+) -> Mutation | None:
+    """The mutation record of one bilog entry of shard ``bs``, or None (see ``interpret``)."""
+    change = interpret(entry)
+    if change is None:
+        return None
+    position = position_of(str(entry.get("op_id", "")))
+    mtime = change.mtime_ns if change.mtime_ns is not None else max(observed_ns, 0)
+    return Mutation(
+        bucket=bs.bucket,
+        key=change.key,
+        op=change.op,
+        mtime_ns=mtime,
+        source=bs.source,
+        position=position,
+        seq=incremental_seq(generation, position),
+        version_id=change.version_id,
+    )
+
+
+def baseline_mutation(
+    *,
+    bucket: str,
+    bucket_id: str,
+    generation: int,
+    counter: int,
+    key: str,
+    version_id: str | None,
+    delete_marker: bool,
+    size: int | None,
+    etag: str | None,
+    mtime_ns: int,
+) -> Mutation:
+    """A full-sync record: one existing object (version) or delete marker."""
+    return Mutation(
+        bucket=bucket,
+        key=key,
+        op=Op.DELETE_MARKER if delete_marker else Op.WRITE,
+        mtime_ns=mtime_ns,
+        source=full_sync_source(bucket, bucket_id, generation),
+        position=f"{counter:016d}",
+        seq=baseline_seq(generation, mtime_ns, counter),
+        version_id=version_id,
+        size=None if delete_marker else size,
+        etag=None if delete_marker else etag,
+        baseline=True,
+    )
+
+
+class BucketFilter:
+    """Which buckets and keys are followed: ``buckets`` (None or ``["*"]``: all), per-bucket key
+    ``prefixes``, and ``exclude`` (e.g. the change-log target bucket itself, whose own writes
+    must not be logged)."""
+
+    def __init__(
+        self,
+        buckets: Iterable[str] | None = None,
+        prefixes: Mapping[str, Sequence[str]] | None = None,
+        exclude: Iterable[str] = (),
+    ) -> None:
+        names = tuple(buckets) if buckets is not None else ("*",)
+        self.all = not names or "*" in names
+        self.buckets = frozenset(n for n in names if n != "*")
+        self.exclude = frozenset(exclude)
+        self.prefixes: dict[str, tuple[str, ...]] = {}
+        for bucket, ps in (prefixes or {}).items():
+            kept = sorted(set(ps))
+            if "" in kept or not kept:
+                continue
+            # A prefix covered by a shorter one adds nothing (and would list objects twice).
+            self.prefixes[bucket] = tuple(p for p in kept if not any(p != q and p.startswith(q) for q in kept))
+
+    def __repr__(self) -> str:
+        which = "*" if self.all else sorted(self.buckets)
+        return f"BucketFilter(buckets={which}, prefixes={self.prefixes}, exclude={sorted(self.exclude)})"
+
+    def excluded(self, bucket: str) -> bool:
+        return bucket in self.exclude
+
+    def follows(self, bucket: str) -> bool:
+        return bucket not in self.exclude and (self.all or bucket in self.buckets)
+
+    def wants(self, bucket: str, key: str) -> bool:
+        wanted = self.prefixes.get(bucket)
+        return not wanted or any(key.startswith(p) for p in wanted)
+
+    def list_prefixes(self, bucket: str) -> tuple[str, ...]:
+        """The prefixes a full sync lists ("" = the whole bucket)."""
+        return self.prefixes.get(bucket) or ("",)

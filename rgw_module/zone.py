@@ -1,0 +1,123 @@
+"""Turn on the zone's data and bucket index logs (``log_data``), which the follower reads.
+
+A default single-zone radosgw has ``"log_data": "false"``: it then writes no bucket-index-log
+and no data-log entries at all. The steps, as ``enable_log_data`` runs them::
+
+    radosgw-admin zonegroup get --rgw-zonegroup=default > zg.json
+    # set "log_data": "true" on the zone's entry in zg.json ("zones": [...])
+    radosgw-admin zonegroup set --rgw-zonegroup=default --infile zg.json
+    radosgw-admin period update --commit        # only when a realm exists
+    # restart every radosgw of the zone
+
+``zonegroup set`` prints "RGWPeriod::init failed ... realm" when there is no realm: harmless.
+Nothing is logged for mutations made before the restart: the follower's full sync (baseline)
+covers them.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import tempfile
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from changelog.errors import PermanentError, TransientError
+
+logger = logging.getLogger(__name__)
+
+Runner = Callable[..., "subprocess.CompletedProcess[str]"]
+
+
+class RadosgwAdmin:
+    """``radosgw-admin`` with the cluster options given once."""
+
+    def __init__(
+        self,
+        *,
+        binary: str = "radosgw-admin",
+        conf: str | None = None,
+        keyring: str | None = None,
+        name: str | None = None,
+        timeout: float = 60.0,
+        run: Runner = subprocess.run,
+    ) -> None:
+        self.base = [binary]
+        if conf:
+            self.base += ["-c", conf]
+        if keyring:
+            self.base += ["-k", keyring]
+        if name:
+            self.base += ["-n", name]
+        self.timeout = timeout
+        self._run = run
+
+    def __call__(self, *args: str) -> str:
+        argv = self.base + list(args)
+        try:
+            proc = self._run(argv, capture_output=True, text=True, timeout=self.timeout, check=False)
+        except FileNotFoundError as ex:
+            raise PermanentError(f"{self.base[0]} not found: install radosgw (Debian: radosgw)") from ex
+        except subprocess.TimeoutExpired as ex:
+            raise TransientError(f"{' '.join(argv[:4])}... timed out after {self.timeout:.0f}s") from ex
+        if proc.returncode != 0:
+            last = (proc.stderr or proc.stdout or "").strip().splitlines()
+            raise PermanentError(f"{' '.join(argv)} failed ({proc.returncode}): {last[-1] if last else 'no output'}")
+        return str(proc.stdout)
+
+    def json(self, *args: str) -> Any:
+        out = self(*args)
+        try:
+            return json.loads(out)
+        except ValueError as ex:
+            raise PermanentError(f"radosgw-admin {' '.join(args)}: output is not JSON") from ex
+
+
+def _is_on(value: Any) -> bool:
+    return value is True or str(value).lower() == "true"
+
+
+def log_data_zones(zonegroup_doc: dict[str, Any]) -> dict[str, bool]:
+    """Zone name -> log_data, from ``zonegroup get`` output."""
+    return {str(z.get("name")): _is_on(z.get("log_data")) for z in zonegroup_doc.get("zones", [])}
+
+
+def enable_log_data(
+    *,
+    zonegroup: str = "default",
+    zones: Sequence[str] | None = None,
+    admin: RadosgwAdmin | None = None,
+) -> list[str]:
+    """Set ``log_data`` on the zonegroup's zones (``zones`` None: all of them). Returns the
+    zones changed: radosgw must be restarted for them to take effect. Idempotent."""
+    admin = admin or RadosgwAdmin()
+    doc = admin.json("zonegroup", "get", f"--rgw-zonegroup={zonegroup}")
+    known = log_data_zones(doc)
+    if zones is not None:
+        missing = sorted(set(zones) - set(known))
+        if missing:
+            raise PermanentError(f"zonegroup {zonegroup} has no zone {', '.join(missing)} (it has {', '.join(known)})")
+    changed: list[str] = []
+    for z in doc.get("zones", []):
+        name = str(z.get("name"))
+        if (zones is None or name in zones) and not _is_on(z.get("log_data")):
+            # Keep the type radosgw printed (a JSON bool in newer releases, a string in 16.x).
+            z["log_data"] = True if isinstance(z.get("log_data"), bool) else "true"
+            changed.append(name)
+    if not changed:
+        logger.info("log_data is already on for zonegroup %s", zonegroup)
+        return []
+    fd, path = tempfile.mkstemp(prefix="zonegroup-", suffix=".json")
+    try:
+        with os.fdopen(fd, "w") as fh:
+            json.dump(doc, fh)
+        admin("zonegroup", "set", f"--rgw-zonegroup={zonegroup}", f"--infile={path}")
+    finally:
+        os.unlink(path)
+    realms = admin.json("realm", "list").get("realms", [])
+    if realms:
+        admin("period", "update", "--commit")
+    logger.info("log_data turned on for zones %s of zonegroup %s: restart radosgw", ", ".join(changed), zonegroup)
+    return changed

@@ -1,0 +1,718 @@
+"""The collector on the embedded store (SqliteStore) with directory and S3 (moto) targets:
+pass and commit protocol, rolling, multipart, recovery, fencing, outages, standby takeover,
+watermark; and the reader on what it wrote."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import random
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import boto3
+import orjson
+import pytest
+
+from changelog.backends.sqlite import SqliteStore
+from changelog.collector import (
+    CONTROL_LOCK,
+    PENDING_PREFIX,
+    SHARD_LOCK,
+    Collector,
+    CollectorState,
+    PendingCommit,
+    ShardRange,
+)
+from changelog.errors import ConfigError, LeaseLost, LockBusy, TransientError
+from changelog.index import ChangeIndex
+from changelog.lease import Lease
+from changelog.logformat import Compression, encode_object, iter_records, parse_log_name
+from changelog.mutation import Mutation, Op
+from changelog.reader import LogReader, RecentIds, list_logs, read_records, read_watermark, target_status
+from changelog.store import omap_iter
+from changelog.targets import DirectoryTarget, S3Target, Target
+
+moto = pytest.importorskip("moto")
+
+
+class Crash(BaseException):
+    """Stands for the process dying at a hook point (nothing catches a BaseException)."""
+
+
+def crash_at(step: str, nth: int = 1) -> Callable[[str], None]:
+    seen: Counter[str] = Counter()
+
+    def hook(name: str) -> None:
+        seen[name] += 1
+        if name == step and seen[name] == nth:
+            raise Crash(step)
+
+    return hook
+
+
+def mutations(n: int, *, start: int = 0, source: str = "src", rng: random.Random | None = None) -> list[Mutation]:
+    rng = rng or random.Random(start)
+    return [
+        Mutation(
+            bucket=f"b{i % 3}",
+            key=rng.choice([f"k/{i}", f"ключ\x00{i}", f"line\n{i}"]),
+            op=Op.WRITE if i % 4 else Op.DELETE,
+            mtime_ns=1_795_000_000_000_000_000 + i,
+            source=source,
+            position=f"{i:010d}",
+            seq=f"{i:010d}",
+            version_id=None if i % 5 else f"v{i}",
+            size=i if i % 4 else None,
+            etag="e" if i % 4 else None,
+            metadata={"i": str(i)} if i % 9 == 0 else {},
+        )
+        for i in range(start, start + n)
+    ]
+
+
+class Env:
+    """One index in a sqlite file, a target, and collectors opened on their own store handles
+    (like separate processes: distinct lock holders)."""
+
+    def __init__(self, tmp: Path, target: Target, *, shards: int = 4, mode: str = "write") -> None:
+        self.tmp = tmp
+        self.path = str(tmp / "index.db")
+        self.shards = shards
+        self.mode = mode
+        self.target = target
+        self.index = self.open_index()
+        self.recorded: dict[str, Mutation] = {}
+        self._n = 0
+
+    def open_index(self, *, clock_offset: float = 0.0, index_clock: Callable[[], float] | None = None) -> ChangeIndex:
+        store = SqliteStore(self.path, clock=lambda: time.time() + clock_offset)
+        return ChangeIndex(store, shards=self.shards, prefix="t", mode=self.mode,
+                           clock=index_clock or time.time)
+
+    def record(self, n: int, index: ChangeIndex | None = None) -> list[Mutation]:
+        ms = mutations(n, start=self._n)
+        self._n += n
+        (index or self.index).record_many(ms)
+        for m in ms:
+            self.recorded[m.event_id] = m
+        return ms
+
+    def collector(self, *, clock_offset: float = 0.0, target: Target | None = None, **kw: Any) -> Collector:
+        opts: dict[str, Any] = dict(settle=0.0, lease_ttl=5.0, interval=0.02, backoff_base=0.01, roll_bytes=4 << 20,
+                                    backoff_max=0.05, standby_retry=0.02, log_prefix="logs")
+        opts.update(kw)
+        return Collector(self.open_index(clock_offset=clock_offset), target or self.target, **opts)
+
+    def log_records(self, prefix: str = "logs") -> list[Any]:
+        out = []
+        for obj in list_logs(self.target, prefix=prefix):
+            with self.target.open(obj.name) as f:
+                out.extend(iter_records(f, obj.compression))
+        return out
+
+    def check_exactly_once(self) -> list[Any]:
+        recs = self.log_records()
+        ids = Counter(r.id for r in recs)
+        assert max(ids.values(), default=1) == 1, "an id is in the logs twice"
+        assert set(ids) == set(self.recorded)
+        assert sum(self.index.stats(s).entries for s in range(self.shards)) == 0
+        assert not list(omap_iter(self.index.store, self.index.control_oid, prefix=PENDING_PREFIX))
+        return recs
+
+
+@pytest.fixture(autouse=True)
+def _aws_env(monkeypatch):
+    for k, v in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                 "AWS_DEFAULT_REGION": "us-east-1"}.items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.setattr("moto.s3.models.S3_UPLOAD_PART_MIN_SIZE", 16)
+
+
+@pytest.fixture
+def env(tmp_path) -> Env:
+    return Env(tmp_path, DirectoryTarget(tmp_path / "target"))
+
+
+@pytest.fixture(params=["dir", "s3"])
+def any_env(request, tmp_path) -> Iterator[Env]:
+    if request.param == "dir":
+        yield Env(tmp_path, DirectoryTarget(tmp_path / "target"))
+        return
+    with moto.mock_aws():
+        client = boto3.client("s3", region_name="us-east-1")
+        client.create_bucket(Bucket="changelog-test")
+        yield Env(tmp_path, S3Target("changelog-test", "root/", client=client, min_part_bytes=16))
+
+
+class RecordingTarget:
+    """Passes through to a target and remembers every object made visible: (name, bytes)."""
+
+    def __init__(self, inner: Target) -> None:
+        self.inner = inner
+        self.url = inner.url
+        self.min_part_bytes = inner.min_part_bytes
+        self.visible: list[tuple[str, bytes]] = []
+        self.parts: dict[str, list[bytes]] = {}
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    def put(self, name: str, data: bytes, *, metadata: Any = None) -> None:
+        self.inner.put(name, data, metadata=metadata)
+        if not name.endswith("_watermark.json"):
+            self.visible.append((name, data))
+
+    def upload_part(self, name: str, upload_id: str, number: int, data: bytes) -> Any:
+        self.parts.setdefault(upload_id, []).append(data)
+        return self.inner.upload_part(name, upload_id, number, data)
+
+    def complete_multipart(self, name: str, upload_id: str, parts: Any) -> None:
+        self.inner.complete_multipart(name, upload_id, parts)
+        self.visible.append((name, b"".join(self.parts[upload_id])))
+
+
+class FlakyTarget(RecordingTarget):
+    """A target that answers 503 to everything while ``down`` is set."""
+
+    def __init__(self, inner: Target) -> None:
+        super().__init__(inner)
+        self.down = False
+        self.failures = 0
+
+    def __getattribute__(self, name: str) -> Any:
+        attr = object.__getattribute__(self, name)
+        if name in ("put", "create_multipart", "upload_part", "complete_multipart", "head", "list",
+                    "list_uploads", "abort_multipart") and object.__getattribute__(self, "down"):
+            def fail(*a: Any, **kw: Any) -> Any:
+                self.failures += 1
+                raise TransientError(f"{name}: 503 ServiceUnavailable (injected)")
+            return fail
+        return attr
+
+
+# --- the pass ---------------------------------------------------------------------------------
+
+
+def test_drain_exactly_once_any_target(any_env):
+    env = any_env
+    env.record(1000)
+    c = env.collector(roll_entries=300)
+    result = c.run_pass()
+    assert result.entries == 1000 and len(result.objects) == 4 and result.skipped_shards == ()
+    assert list(result.objects) == sorted(result.objects)
+    assert result.watermark_us == result.cutoff_us
+    recs = env.check_exactly_once()
+    # Per object+shard the records are in key order; per object (bucket/key) in seq order.
+    by_obj: dict[tuple[str, str], list[str]] = {}
+    for r in recs:
+        by_obj.setdefault((r.bucket, r.key), []).append(r.seq)
+    assert all(v == sorted(v) for v in by_obj.values())
+    meta = env.target.head(result.objects[0])
+    assert meta is not None and meta["entries"] == "300" and meta["seq"] == "1"
+    wm = read_watermark(env.target, prefix="logs")
+    assert wm is not None and wm.complete_until_us == result.cutoff_us and wm.last_object == result.objects[-1]
+    assert c.state().last_object == result.objects[-1]
+    # A second pass with nothing new writes no object.
+    again = c.run_pass()
+    assert again.objects == () and again.entries == 0
+    c.close()
+
+
+def test_settle_window_and_late_writer_below_the_floor(env):
+    now = [time.time()]
+    c = env.collector(settle=2.0, clock=lambda: now[0])
+    env.record(50)
+    assert c.run_pass().entries == 0  # everything is younger than the settle window
+    now[0] += 3
+    first = c.run_pass()
+    assert first.entries == 50
+    # A recorder whose clock is 60 s behind writes after the floor was raised to the cutoff:
+    # its entries land above the floor, not below a range already drained.
+    late = env.open_index(index_clock=lambda: time.time() - 60)
+    env.record(20, index=late)
+    assert all(late.stats(s).oldest_us is None or late.stats(s).oldest_us > first.cutoff_us
+               for s in range(env.shards))
+    now[0] += 3
+    assert c.run_pass().entries == 20
+    env.check_exactly_once()
+    c.close()
+
+
+def test_roll_by_entries_bytes_and_time(env):
+    env.record(500)
+    c = env.collector(roll_entries=100)
+    assert len(c.run_pass().objects) == 5
+    c.close()
+    env.record(500)
+    c2 = env.collector(roll_entries=10**6, roll_bytes=20_000)
+    objs = c2.run_pass().objects
+    assert len(objs) > 3
+    assert all(int(env.target.head(o)["entries"]) < 500 for o in objs)  # type: ignore[index]
+    c2.close()
+    env.record(300)
+    mono = [0.0]
+
+    def tick(step: str) -> None:
+        if step == "read":
+            mono[0] += 1.0  # each page read takes a second
+
+    c3 = env.collector(roll_entries=10**6, page=10, roll_seconds=2.5, lease_ttl=600,
+                       monotonic=lambda: mono[0], fault_hook=tick)
+    assert 8 <= len(c3.run_pass().objects) <= 12  # ~32 pages, an object every 3 seconds
+    c3.close()
+    env.check_exactly_once()
+
+
+@pytest.mark.parametrize("comp", list(Compression))
+def test_multipart_streams_parts_and_bytes_match(any_env, comp):
+    env = any_env
+    ms = env.record(1500)
+    target = RecordingTarget(env.target)
+    c = env.collector(target=target, part_bytes=4096, roll_entries=10**6, roll_bytes=30 << 20, compression=comp)
+    result = c.run_pass()
+    assert len(result.objects) == 1
+    name = result.objects[0]
+    assert name.endswith(comp.extension)
+    uploads = list(target.parts.values())
+    if comp is Compression.NONE or len(b"".join(uploads[0] if uploads else [])) > 4096:
+        assert len(uploads) == 1 and all(len(p) == 4096 for p in uploads[0][:-1])
+    data = env.target.get(name)
+    assert target.visible == [(name, data)]
+    recs = list(iter_records(io.BytesIO(data), comp))
+    assert {r.id for r in recs} == {m.event_id for m in ms}
+    # The object is exactly the deterministic encoding of its records in order.
+    assert data == encode_object([r.encode() for r in recs], comp)
+    assert list(target.list_uploads("")) == []
+    c.close()
+
+
+def test_object_mode_index(tmp_path):
+    env = Env(tmp_path, DirectoryTarget(tmp_path / "target"), mode="object")
+    env.record(200)
+    c = env.collector()
+    assert c.run_pass().entries == 200
+    env.check_exactly_once()
+    c.close()
+
+
+# --- crash recovery ----------------------------------------------------------------------------
+
+
+def dead(c: Collector) -> None:
+    """What is left of a collector that crashed: its leases stay in the store until they expire;
+    only its renewals stop."""
+    if c._renewer is not None:
+        c._renewer.stop()
+
+
+@pytest.mark.parametrize("comp", ["none", "gzip", "zstd"])
+@pytest.mark.parametrize("part_bytes", [1 << 20, 2048])
+def test_crash_after_complete_then_missing_object_is_rebuilt_byte_identical(any_env, comp, part_bytes):
+    env = any_env
+    env.record(700)
+    a = env.collector(part_bytes=part_bytes, compression=comp, roll_entries=250,
+                      fault_hook=crash_at("complete", 2))
+    with pytest.raises(Crash):
+        a.run_pass()
+    dead(a)
+    pending = a.pending()
+    assert len(pending) == 1
+    name = pending[0].name
+    original = env.target.get(name)
+    env.target.delete(name)  # the object is gone: recovery must rebuild the same bytes
+    b = env.collector(clock_offset=100.0, part_bytes=part_bytes, compression=comp, roll_entries=250)
+    assert b.recover() == 1
+    assert env.target.get(name) == original
+    b.run_pass()
+    env.check_exactly_once()
+    b.close()
+
+
+@pytest.mark.parametrize("step", ["read", "seq", "part", "pending", "commit", "complete", "trim", "drop",
+                                  "watermark", "floor", "pass"])
+def test_crash_at_each_step_then_restart(any_env, step):
+    env = any_env
+    env.record(600)
+    a = env.collector(part_bytes=1024, roll_entries=200, page=50, trim_batch=30, fault_hook=crash_at(step, 2))
+    try:
+        a.run_pass()
+    except Crash:
+        pass
+    dead(a)
+    env.record(100)
+    b = env.collector(clock_offset=100.0, part_bytes=1024, roll_entries=200)
+    r = b.run_pass()
+    assert r.recovered == (1 if step in ("pending", "commit", "complete", "trim") else 0)
+    env.check_exactly_once()
+    b.close()
+
+
+def test_recovery_aborts_the_dead_upload_and_gc_collects_abandoned_ones(env):
+    env.record(400)
+    a = env.collector(part_bytes=1024, roll_entries=10**6, fault_hook=crash_at("commit"))
+    with pytest.raises(Crash):
+        a.run_pass()
+    dead(a)
+    stray = env.target.create_multipart("logs/2020/01/01/00/stray.jsonl")
+    assert list(env.target.list_uploads(""))
+    b = env.collector(clock_offset=100.0, part_bytes=1024, gc_age=0.0)
+    assert b.run_pass().recovered == 1
+    assert list(env.target.list_uploads("")) == []
+    assert stray
+    env.check_exactly_once()
+    b.close()
+
+
+def test_recover_needs_the_shard_leases(env):
+    env.record(100)
+    a = env.collector(fault_hook=crash_at("complete"))
+    with pytest.raises(Crash):
+        a.run_pass()
+    dead(a)
+    p = a.pending()[0]
+    shard = p.ranges[0].shard
+    blocker = Lease(SqliteStore(env.path, clock=lambda: time.time() + 100), env.index.shard_oid(shard),
+                    name=SHARD_LOCK, ttl=30)
+    assert blocker.acquire()
+    b = env.collector(clock_offset=100.0)
+    with pytest.raises(LockBusy):
+        b.run_pass()
+    blocker.release()
+    assert b.run_pass().recovered == 1
+    env.check_exactly_once()
+    b.close()
+
+
+# --- leases and fencing ----------------------------------------------------------------------
+
+
+def test_stale_collector_reuploads_same_bytes_and_its_trims_are_refused(env):
+    """A pauses right before its PUT, past its lease (its local clock does not notice); B takes
+    over and recovers the pending object; A wakes, PUTs the same name with the same bytes, and
+    the store refuses its fenced trim."""
+    env.record(300)
+    target = RecordingTarget(env.target)
+    frozen = time.monotonic()
+    b_box: list[Collector] = []
+
+    def pause_and_let_b_take_over(step: str) -> None:
+        if step == "commit" and not b_box:
+            b = env.collector(clock_offset=100.0, target=target)
+            b_box.append(b)
+            assert b.run_pass().recovered == 1  # B rebuilt and uploaded A's object
+
+    a = env.collector(target=target, monotonic=lambda: frozen, roll_entries=10**6,
+                      fault_hook=pause_and_let_b_take_over)
+    with pytest.raises(LeaseLost):
+        a.run_pass()
+    (name_b, bytes_b), (name_a, bytes_a) = target.visible
+    assert name_a == name_b and bytes_a == bytes_b
+    assert env.target.get(name_a) == bytes_b
+    env.check_exactly_once()
+    b_box[0].close()
+    a.close()
+
+
+def test_lease_lost_stops_the_pass_immediately(env):
+    env.record(300)
+    a = env.collector(page=20)
+    calls = []
+
+    def steal(step: str) -> None:
+        calls.append(step)
+        if step == "read" and len(calls) > 3:
+            a._control._mark_lost("test")
+
+    a._hook = steal
+    with pytest.raises(LeaseLost):
+        a.run_pass()
+    assert calls.count("pending") == 0  # nothing was committed after the loss
+    assert not a.active
+    a.close()
+    b = env.collector(clock_offset=100.0)  # a's lock stays in the store until it expires
+    b.run_pass()
+    env.check_exactly_once()
+    b.close()
+
+
+def test_run_pass_refuses_while_another_collector_is_active(env):
+    a = env.collector()
+    assert a.try_takeover()
+    b = env.collector()
+    with pytest.raises(LockBusy, match="held by"):
+        b.run_pass()
+    info = env.index.store.lock_info(env.index.control_oid, CONTROL_LOCK)
+    assert info is not None and a.collector_id in info.description
+    a.close()
+    b.run_pass()
+    b.close()
+
+
+def test_busy_shard_is_skipped_and_holds_back_the_watermark(env):
+    env.record(200)
+    blocker = Lease(SqliteStore(env.path), env.index.shard_oid(2), name=SHARD_LOCK, ttl=30)
+    assert blocker.acquire()
+    c = env.collector()
+    r = c.run_pass()
+    assert r.skipped_shards == (2,) and r.watermark_us is None
+    assert env.index.stats(2).entries > 0
+    blocker.release()
+    r = c.run_pass()
+    assert r.skipped_shards == () and r.watermark_us == r.cutoff_us
+    env.check_exactly_once()
+    c.close()
+
+
+def test_cutoffs_and_names_never_go_back_after_takeover(env):
+    env.record(100)
+    a = env.collector()
+    first = a.run_pass()
+    a.close()
+    env.record(100)
+    b = env.collector(clock=lambda: time.time() - 3600)  # its clock is an hour behind
+    second = b.run_pass()
+    assert second.cutoff_us == first.cutoff_us  # held at the last cutoff, not an hour back
+    assert second.entries == 0  # what came after it waits for the clock to catch up
+    assert b.state().generation == 2
+    b.close()
+    c = env.collector()
+    third = c.run_pass()
+    assert third.entries == 100 and third.objects[0] > first.objects[-1]
+    assert c.state().generation == 3
+    c.close()
+    env.check_exactly_once()
+
+
+# --- watermark -------------------------------------------------------------------------------
+
+
+def test_watermark_is_capped_by_the_follower(env):
+    now = [1_795_000_000.0]
+    cap: list[int | None] = [None]
+    c = env.collector(clock=lambda: now[0], settle=1.0, watermark_cap=lambda: cap[0])
+    assert c.run_pass().watermark_us is None  # the follower has not caught up yet: no promise
+    cap[0] = int((now[0] - 10) * 1e6)
+    now[0] += 0.5
+    # The cap was observed after this pass's cutoff: not usable yet.
+    assert c.run_pass().watermark_us is None
+    now[0] += 5
+    r = c.run_pass()
+    assert r.watermark_us == cap[0]  # min(cutoff, cap observed before the cutoff)
+    cap[0] = int((now[0] + 100) * 1e6)  # a cap ahead of the cutoff is clipped to it
+    now[0] += 5
+    c.run_pass()
+    now[0] += 5
+    r = c.run_pass()
+    assert r.watermark_us == r.cutoff_us - 0 or r.watermark_us <= r.cutoff_us
+    assert read_watermark(env.target, prefix="logs").complete_until_us == r.watermark_us  # type: ignore[union-attr]
+    c.close()
+
+
+def test_watermark_never_goes_back(env):
+    now = [1_795_000_000.0]
+    c = env.collector(clock=lambda: now[0])
+    r1 = c.run_pass()
+    now[0] -= 100
+    r2 = c.run_pass()
+    assert r2.watermark_us == r1.watermark_us
+    c.close()
+
+
+# --- outages and standby ------------------------------------------------------------------------
+
+
+def test_target_outage_backs_off_loses_nothing_and_drains_after(env):
+    flaky = FlakyTarget(env.target)
+    sleeps: list[float] = []
+    c = env.collector(target=flaky, sleep=lambda s: sleeps.append(s) or time.sleep(0.001), retries=3,
+                      backoff_base=0.01, backoff_max=0.08, interval=0.01, roll_entries=50)
+    stop = threading.Event()
+    t = threading.Thread(target=c.run, args=(stop,))
+    env.record(100)
+    t.start()
+    deadline = time.monotonic() + 10
+    while env.index.stats(0).entries and time.monotonic() < deadline:
+        time.sleep(0.01)
+    flaky.down = True
+    backlog = []
+    for _ in range(10):
+        env.record(30)
+        time.sleep(0.03)
+        backlog.append(sum(env.index.stats(s).entries for s in range(env.shards)))
+    assert backlog[-1] >= 300 - 30  # the backlog grows while the target is down
+    flaky.down = False
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and (
+        sum(env.index.stats(s).entries for s in range(env.shards)) or c.pending()
+    ):
+        time.sleep(0.02)
+    stop.set()
+    t.join(10)
+    assert flaky.failures > 0
+    assert sleeps and max(sleeps) <= 0.08 and sleeps[:3] == [0.01, 0.02, 0.04]
+    env.check_exactly_once()
+
+
+def test_standby_takes_over_within_ttl(env, capsys):
+    env.record(100)
+    a = env.collector(lease_ttl=1.0)
+    b = env.collector(lease_ttl=1.0)
+    stops = [threading.Event(), threading.Event()]
+    threads = [threading.Thread(target=x.run, args=(s,)) for x, s in zip((a, b), stops, strict=True)]
+    for t in threads:
+        t.start()
+    deadline = time.monotonic() + 5
+    while not (a.active or b.active) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    active, standby = (a, b) if a.active else (b, a)
+    assert not standby.active
+    # The active one hangs (renewals stop, nothing is released) until the end of the test.
+    i = 0 if active is a else 1
+    wake = threading.Event()
+    active._hook = lambda step: wake.wait()
+    dead(active)
+    died = time.monotonic()
+    while not standby.active and time.monotonic() < died + 5:
+        time.sleep(0.01)
+    took = time.monotonic() - died
+    with capsys.disabled():
+        print(f"\n[standby takeover after the active collector died: {took:.2f}s, lease ttl 1s]")
+    assert standby.active and took < 1.0 + 1.5
+    stops[i].set()
+    wake.set()  # it wakes up, finds its lease gone and stops writing
+    threads[i].join(5)
+    assert not active.active
+    env.record(50)
+    deadline = time.monotonic() + 5
+    while sum(env.index.stats(s).entries for s in range(env.shards)) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    for s in stops:
+        s.set()
+    for t in threads:
+        t.join(5)
+    env.check_exactly_once()
+
+
+def test_three_collectors_racing_in_threads(env, capsys):
+    collectors = [env.collector(lease_ttl=1.0, roll_entries=40, page=25) for _ in range(3)]
+    stops = [threading.Event() for _ in collectors]
+    threads = [threading.Thread(target=c.run, args=(s,)) for c, s in zip(collectors, stops, strict=True)]
+    for t in threads:
+        t.start()
+    rng = random.Random(3)
+    handovers = 0
+    for _ in range(25):
+        env.record(rng.randint(5, 60))
+        time.sleep(0.02)
+        if rng.random() < 0.3:
+            for c in collectors:
+                if c.active:
+                    c.step_down()  # a graceful hand-over: another one picks it up
+                    handovers += 1
+                    break
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and (
+        sum(env.index.stats(s).entries for s in range(env.shards)) or collectors[0].pending()
+    ):
+        time.sleep(0.02)
+    for s in stops:
+        s.set()
+    for t in threads:
+        t.join(10)
+    with capsys.disabled():
+        print(f"\n[3 collectors, {handovers} hand-overs, {len(env.recorded)} mutations]")
+    env.check_exactly_once()
+
+
+# --- configuration, records ----------------------------------------------------------------------
+
+
+def test_config_checks(env):
+    s3 = S3Target("b", client=boto3.client("s3", region_name="us-east-1"))
+    with pytest.raises(ConfigError, match="part_bytes"):
+        Collector(env.index, s3, part_bytes=1024)
+    with pytest.raises(ConfigError):
+        Collector(env.index, env.target, part_bytes=1, roll_bytes=10**9)
+
+
+def test_records_roundtrip():
+    p = PendingCommit("logs/2026/01/01/00/20260101T000000.000000Z-0000000001.jsonl.zst", 1, 5, 2, 10, 3, 4,
+                      (ShardRange(0, "d.a", "d.b", 4), ShardRange(3, "d.c", "d.d", 6)))
+    assert PendingCommit.decode(p.encode()) == p
+    assert p.compression is Compression.ZSTD
+    assert p.metadata()["entries"] == "10"
+    s = CollectorState(5, "x", 4, 3)
+    assert CollectorState.decode(s.encode()) == s
+    assert CollectorState.decode(None) == CollectorState()
+
+
+# --- reader ----------------------------------------------------------------------------------------
+
+
+def test_reader_lists_and_streams_in_order_with_checkpoints(env):
+    now = [1_795_000_000.0]
+    idx = env.open_index(index_clock=lambda: now[0])
+    env.record(100, index=idx)
+    c = env.collector(clock=lambda: now[0] + 1, roll_entries=30, compression="gzip")
+    first = c.run_pass()
+    now[0] += 10
+    env.record(100, index=idx)
+    second = c.run_pass()
+    objs = list(list_logs(env.target, prefix="logs"))
+    assert [o.name for o in objs] == list(first.objects + second.objects)
+    assert all(o.compression == "gzip" and o.size > 0 for o in objs)
+    # Since a time: exactly the objects with a later cutoff.
+    assert [o.name for o in list_logs(env.target, prefix="logs", since_us=first.cutoff_us)] == list(second.objects)
+    recs = list(read_records(env.target, prefix="logs"))
+    assert len(recs) == 200 and len({r.id for r in recs}) == 200
+    late = list(read_records(env.target, prefix="logs", since_us=int((now[0] - 1) * 1e6)))
+    assert len(late) == 100
+    only = list(read_records(env.target, prefix="logs", bucket="b1", key_prefix="k/"))
+    assert only and all(r.bucket == "b1" and r.key.startswith("k/") for r in only)
+    # Resume from a checkpoint: nothing twice, nothing skipped.
+    reader = LogReader(env.target, prefix="logs")
+    got = []
+    for obj, rec in reader.records():
+        got.append(rec.id)
+        if obj.name == first.objects[-1]:
+            break
+    reader2 = LogReader(env.target, prefix="logs", checkpoint=first.objects[-2])
+    rest = [rec.id for _, rec in reader2.records()]
+    assert len(set(got) | set(rest)) == 200
+    assert reader2.checkpoint == second.objects[-1]
+    status = target_status(env.target, prefix="logs")
+    assert status["last_object"] == second.objects[-1]
+    assert status["watermark"]["complete_until_us"] == second.cutoff_us
+    c.close()
+
+
+def test_reader_skips_repeated_ids(env):
+    env.record(10)
+    c = env.collector()
+    (name,) = c.run_pass().objects
+    data = env.target.get(name)
+    parsed = parse_log_name(name)
+    assert parsed is not None
+    dup = name.replace("-0000000001.", "-0000000002.")
+    env.target.put(dup, data)  # the same records again (a consumer re-reading an overlap)
+    reader = LogReader(env.target, prefix="logs")
+    assert len([r for _, r in reader.records()]) == 10 and reader.skipped == 10
+    ids = RecentIds(2)
+    assert ids.add("a") and ids.add("b") and not ids.add("a") and ids.add("c")
+    assert "a" not in ids and len(ids) == 2
+    c.close()
+
+
+def test_watermark_document_on_target(env):
+    env.record(5)
+    c = env.collector()
+    r = c.run_pass()
+    doc = orjson.loads(env.target.get("logs/_watermark.json"))
+    assert doc["complete_until_us"] == r.cutoff_us and doc["last_object"] == r.objects[-1]
+    assert hashlib.sha256(env.target.get(r.objects[0])).hexdigest()
+    c.close()
