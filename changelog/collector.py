@@ -25,18 +25,19 @@ import orjson
 from changelog import keys
 from changelog.errors import (
     ConfigError,
+    InvalidMutation,
     LeaseLost,
     LockBusy,
     ObjectMissing,
     PermanentError,
     TransientError,
 )
-from changelog.index import OP_KEYS, ChangeIndex, Entry
+from changelog.index import OP_KEYS, ChangeIndex
 from changelog.lease import Lease, make_cookie
 from changelog.logformat import (
     Compression,
     ObjectEncoder,
-    encode_entry,
+    encode_raw,
     encode_watermark,
     log_name,
     parse_log_name,
@@ -563,15 +564,15 @@ class Collector:
                 end = keys.time_bound(cutoff)
                 while True:
                     self._control.check()
-                    batch = self.index.page(shard, start_after=after, end_before=end, limit=self.page)
+                    batch = self._page(shard, after, end)
                     if not batch:
                         break
                     self._fault("read")
-                    after = batch[-1].key
-                    for entry in batch:
+                    after = batch[-1][0]
+                    for key, raw in batch:
                         if writer is None:
                             writer = self._open_writer(cutoff)
-                        writer.add(entry)
+                        writer.add(shard, key, raw)
                         if writer.full():
                             objects.append(self._commit(writer))
                             entries += writer.entries
@@ -638,13 +639,26 @@ class Collector:
             done += 1
         return done
 
-    def _range_entries(self, r: ShardRange) -> Iterator[Entry]:
+    def _page(self, shard: int, after: str, end: str) -> list[tuple[str, bytes]]:
+        """One page of raw data entries (key, stored value) of a shard in ``(after, end)``.
+        Raw: the log line is encoded straight from the stored value (``encode_raw``)."""
+        return self.store.omap_page(
+            self.index.shard_oid(shard),
+            start_after=max(after, keys.DATA_PREFIX),
+            end_before=min(end, keys.DATA_END),
+            prefix=keys.DATA_PREFIX,
+            limit=self.page,
+        )
+
+    def _range_entries(self, r: ShardRange) -> Iterator[tuple[str, bytes]]:
         """The entries of a recorded range, in key order (the floor has frozen it)."""
-        for e in self.index.scan(
-            r.shard, since_us=keys.time_of(r.first), until_us=keys.time_of(r.last) + 1, page=self.page
-        ):
-            if r.first <= e.key <= r.last:
-                yield e
+        after = keys.time_bound(keys.time_of(r.first))  # below every key of first's time
+        end = keys.time_bound(keys.time_of(r.last) + 1)
+        while batch := self._page(r.shard, after, end):
+            for key, raw in batch:
+                if r.first <= key <= r.last:
+                    yield key, raw
+            after = batch[-1][0]
 
     def _recover(self, pending: PendingCommit) -> None:
         busy = self._take_shards(sorted({r.shard for r in pending.ranges}))
@@ -664,8 +678,8 @@ class Collector:
                                 metadata=pending.metadata())
             try:
                 for r in pending.ranges:
-                    for e in self._range_entries(r):
-                        writer.add(e)
+                    for key, raw in self._range_entries(r):
+                        writer.add(r.shard, key, raw)
                 rebuilt = writer.pending()
                 if [(r.shard, r.first, r.last, r.count) for r in rebuilt.ranges] != [
                     (r.shard, r.first, r.last, r.count) for r in pending.ranges
@@ -679,7 +693,7 @@ class Collector:
             logger.info("re-uploaded %s", pending.name)
             self._fault("recover.upload")
         for r in pending.ranges:
-            self._trim(r.shard, [e.key for e in self._range_entries(r)], step="recover.trim")
+            self._trim(r.shard, [key for key, _ in self._range_entries(r)], step="recover.trim")
         self._finish(pending)
 
     # ------------------------------------------------------------------ housekeeping
@@ -762,12 +776,15 @@ class _LogWriter:
     def entries(self) -> int:
         return self._enc.entries
 
-    def add(self, entry: Entry) -> None:
-        self._enc.add(encode_entry(entry))
-        if not self.ranges or self.ranges[-1].shard != entry.shard:
-            self.ranges.append(_Range(entry.shard))
-        self.ranges[-1].keys.append(entry.key)
-        t = entry.time_us
+    def add(self, shard: int, key: str, raw: bytes) -> None:
+        t = keys.time_of(key)
+        try:
+            self._enc.add(encode_raw(t, raw))
+        except InvalidMutation as ex:
+            raise InvalidMutation(f"shard {shard} key {key}: {ex}") from ex
+        if not self.ranges or self.ranges[-1].shard != shard:
+            self.ranges.append(_Range(shard))
+        self.ranges[-1].keys.append(key)
         if self._first_us is None or t < self._first_us:
             self._first_us = t
         if self._last_us is None or t > self._last_us:

@@ -13,6 +13,7 @@ import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from hashlib import blake2b
 
 import orjson
 
@@ -65,6 +66,7 @@ class _Pending:
     value: bytes
     obj: str
     ver: str
+    evt: str  # first 16 hex chars of the event id
 
 
 class ChangeIndex:
@@ -153,7 +155,8 @@ class ChangeIndex:
                 raise InvalidMutation(f"not a Mutation: {type(m).__name__}")
             shard, obj = keys.locate(m.bucket, m.key, shards)
             ver = null_ver if m.version_id is None else keys.version_hash(m.version_id)
-            by_shard[shard].append(_Pending(m, m.encode(), obj, ver))
+            evt = blake2b(f"{m.source}\n{m.position}".encode(), digest_size=16).hexdigest()[:16]
+            by_shard[shard].append(_Pending(m, m.encode(), obj, ver, evt))
         total = RecordResult(0, 0)
         attempt = 0
         while by_shard:
@@ -200,15 +203,19 @@ class ChangeIndex:
         seen: set[tuple[str, str]] = set()
         new_marks: dict[str, str] = dict(marks)
         for p in pending:
-            ident = (p.mutation.source, p.mutation.position)
-            mark = marks.get(p.mutation.source)
-            if ident in seen or (mark is not None and p.mutation.position <= mark):
+            m = p.mutation
+            src, pos = m.source, m.position
+            mark = marks.get(src)
+            if mark is not None and pos <= mark:
+                continue
+            ident = (src, pos)
+            if ident in seen:
                 continue
             seen.add(ident)
             fresh.append(p)
-            cur = new_marks.get(p.mutation.source)
-            if cur is None or p.mutation.position > cur:
-                new_marks[p.mutation.source] = p.mutation.position
+            cur = new_marks.get(src)
+            if cur is None or pos > cur:
+                new_marks[src] = pos
         dups = len(pending) - len(fresh)
         if not fresh:
             return None, RecordResult(0, dups), lambda: None
@@ -237,15 +244,20 @@ class ChangeIndex:
                 # floor must still be below it, not just below the new entries.
                 guard = min(keys.time_of(k) for k in op.remove)
                 op.asserts[0] = (keys.FLOOR_KEY, Cmp.LT, keys.time_hex(guard))
-        for i, p in enumerate(fresh):
-            dkey = keys.data_key(t + i, p.obj, p.ver, p.mutation.event_id)
-            if self.mode == "object":
+        sets = op.set
+        if self.mode == "object":
+            for i, p in enumerate(fresh):
+                dkey = keys.data_key(t + i, p.obj, p.ver, p.evt)
                 okey = keys.object_key(p.obj, p.ver)
-                prev = op.set.get(okey)
-                if prev is not None:  # two versions of one object in one batch: keep the newer
-                    op.set.pop(prev.decode(), None)
-                op.set[okey] = dkey.encode()
-            op.set[dkey] = p.value
+                prev = sets.get(okey)
+                if prev is not None:  # two writes of one object+version in one batch: keep the newer
+                    sets.pop(prev.decode(), None)
+                sets[okey] = dkey.encode()
+                sets[dkey] = p.value
+        else:
+            # The hot path: keys.data_key inlined.
+            for i, p in enumerate(fresh):
+                sets[f"d.{t + i:016x}.{p.obj}.{p.ver}.{p.evt}"] = p.value
 
         def commit() -> None:
             with self._lock:

@@ -9,7 +9,7 @@ project's errors: ``TransientError`` (connection trouble, timeouts, 5xx, 429), `
 (403, 400 and other refusals) and ``NotFound`` (404: a deleted bucket, a bucket instance gone
 after a reshard, an object overwritten since), each with a one-line message naming the endpoint.
 
-Facts checked on Pacific 16.2.15 (see ``docs/rgw.md``):
+Facts checked on Pacific 16.2.15 (see ``rgw_module/README.md``):
 
 * ``GET /admin/log?type=bucket-index&bucket=B`` is refused (400); the API wants
   ``bucket-instance=<bucket>:<bucket_id>[:<shard>]``. With the shard it lists that shard.

@@ -1,5 +1,5 @@
 """The follower: records every object mutation of one radosgw zone into the change index, from
-outside radosgw, through the admin REST API (docs/rgw.md).
+outside radosgw, through the admin REST API (rgw_module/README.md).
 
 A *sweep* (every ``poll_interval``):
 

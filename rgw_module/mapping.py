@@ -1,7 +1,7 @@
 """Bucket-index-log entries to mutations: pure functions, no I/O.
 
 One user-visible mutation must become exactly one record (H7). What radosgw 16.2.15 writes to a
-bucket-index shard's log for each S3 operation, as captured on the lab (``docs/rgw.md`` has the
+bucket-index shard's log for each S3 operation, as captured on the lab (``rgw_module/README.md`` has the
 full table; ``tests/unit/rgw_bilog_*.json`` hold captured entries):
 
 =================================  ==================================================  ==========

@@ -271,7 +271,11 @@ def serve(cfg: Any) -> None:
         prefixes=src.prefixes,
         exclude_buckets=src.exclude_buckets,
         poll_interval=src.poll_interval,
-        follower_options={"paused": paused},
+        follower_options={
+            "paused": paused,
+            # One lease TTL for the process unless [source] has its own.
+            "lease_ttl": float(getattr(src, "lease_ttl", None) or cfg.collector.lease_ttl),
+        },
         collector_options=collector_opts,
     )
     api = _start_api(cfg, index, target, service, follower, collector, controls)

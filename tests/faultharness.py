@@ -218,8 +218,12 @@ def child_main(spec: Mapping[str, Any]) -> int:
                 collector.close()
                 return EXIT_DONE
         except LeaseLost as ex:
+            # Expected after a SIGSTOP; otherwise a renewal came too late (a loaded machine and
+            # a 1 s lease): like the service loop, stop writing and start over as a standby.
             print(f"LEASE LOST {ex}", flush=True)
-            return EXIT_LEASE_LOST
+            if spec.get("exit_on_lease_lost"):
+                return EXIT_LEASE_LOST
+            collector.step_down()
         except (LockBusy, TransientError) as ex:
             logger.info("retrying: %s", ex)
             time.sleep(0.05)
@@ -305,6 +309,7 @@ class Harness:
         mode: str = "drain",
         record_uploads: str | None = None,
         collector_id: str | None = None,
+        exit_on_lease_lost: bool = False,
     ) -> subprocess.Popen[str]:
         env = dict(os.environ)
         env.pop("FAULT_STEP", None)
@@ -312,7 +317,8 @@ class Harness:
             env.update(FAULT_STEP=step, FAULT_AT=str(at), FAULT_ACTION=action)
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
         spec = {"setup": self.setup.to_json(), "mode": mode, "timeout": self.child_timeout,
-                "record_uploads": record_uploads, "collector_id": collector_id}
+                "record_uploads": record_uploads, "collector_id": collector_id,
+                "exit_on_lease_lost": exit_on_lease_lost}
         return subprocess.Popen(
             [sys.executable, __file__, "child", json.dumps(spec)],
             env=env,

@@ -262,3 +262,14 @@ def test_missing_bucket(ceph_lab: Any, bucket: str, tmp_path: Path) -> None:
     c = write(tmp_path, toml_config(ceph_lab, namespace="x", bucket=bucket, url='"s3://no-such-bucket-cli/logs/"'))
     err = one_line(sh(*c, "logs", "list"), 1)
     assert "no-such-bucket-cli" in err or "NoSuchBucket" in err
+
+
+def test_zone_log_data_is_on_in_the_lab(conf: Path) -> None:
+    # The lab turns log_data on at boot: the command sees that and changes nothing (turning it
+    # off and on again would need a radosgw restart under the other tests' feet).
+    p = sh("-c", str(conf), "zone", "enable-log-data", "--dry-run", "--json")
+    assert p.returncode == 0, p.stderr
+    assert orjson.loads(p.stdout)["log_data"] == {"default": True}
+    p = sh("-c", str(conf), "zone", "enable-log-data", "--json")
+    assert p.returncode == 0, p.stderr
+    assert orjson.loads(p.stdout)["changed"] == []

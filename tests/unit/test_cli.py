@@ -294,7 +294,28 @@ def test_config_check_masks_secrets(run: Any, tmp_path: Path, monkeypatch: pytes
 
 def test_config_check_connect_embedded(run: Any) -> None:
     r = run("config", "check", "--connect")
-    assert r.exit_code == 0 and "index: ok (4 shards" in r.stderr and "target: ok" in r.stderr
+    assert r.exit_code == 0 and "no index 'changelog' yet (created on first use)" in r.stderr
+    assert "target: ok" in r.stderr
+    run("record", input=jsonl(MUTATIONS[:1]))
+    r = run("config", "check", "--connect")
+    assert r.exit_code == 0 and "index: ok (4 shards, mode write" in r.stderr
+
+
+def test_config_check_connect_unreachable_target(run: Any, tmp_path: Path, conf: Path) -> None:
+    p = write(tmp_path, conf.read_text().replace(
+        f'url = "file://{tmp_path / "logs"}/"',
+        'url = "s3://logs/x/"\nendpoint = "http://127.0.0.1:1"\naccess_key = "a"\nsecret_key = "b"',
+    ))  # fmt: skip
+    r = run("config", "check", "--connect", config=p)
+    assert r.exit_code == 1 and "Traceback" not in r.stderr
+    last = r.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: list s3://logs/x/") and "127.0.0.1:1" in last
+
+
+def test_log_file_that_cannot_be_opened(run: Any, tmp_path: Path, conf: Path) -> None:
+    p = write(tmp_path, conf.read_text() + '\n[logging]\nfile = "/nonexistent/dir/x.log"\n')
+    err = one_line_error(run("status", config=p), 2)
+    assert err.startswith("config error: logging.file: cannot open /nonexistent/dir/x.log")
 
 
 # --------------------------------------------------------------------------- bad input
@@ -650,3 +671,70 @@ def test_serve_embedded_collects_reloads_and_stops(tmp_path: Path, conf: Path) -
             proc.wait()
     st = orjson.loads(sh(*c, "status", "--json").stdout)
     assert st["from"] == "direct" and st["collector_lease"] is None  # released on SIGTERM
+
+
+# --------------------------------------------------------------------------- zone enable-log-data
+
+FAKE_RADOSGW_ADMIN = """#!{python}
+# A stand-in for radosgw-admin: the zonegroup lives in a JSON file next to this script.
+import json, pathlib, sys
+state = pathlib.Path(__file__).with_name("zonegroup.json")
+calls = pathlib.Path(__file__).with_name("calls.log")
+args = [a for a in sys.argv[1:]]
+with calls.open("a") as f:
+    f.write(" ".join(args) + "\\n")
+words, skip = [], False
+for a in args:
+    if skip:
+        skip = False
+    elif a in ("-c", "-k", "-n"):
+        skip = True
+    elif not a.startswith("-"):
+        words.append(a)
+if words[:2] == ["zonegroup", "get"]:
+    print(state.read_text())
+elif words[:2] == ["zonegroup", "set"]:
+    infile = next(a.split("=", 1)[1] for a in args if a.startswith("--infile="))
+    state.write_text(pathlib.Path(infile).read_text())
+    print("RGWPeriod::init failed to init realm  id  : (2) No such file or directory", file=sys.stderr)
+elif words[:2] == ["realm", "list"]:
+    print(json.dumps({{"default_info": "", "realms": []}}))
+else:
+    print("unknown command", file=sys.stderr)
+    sys.exit(22)
+"""
+
+
+@pytest.fixture
+def fake_admin(tmp_path: Path) -> Path:
+    d = tmp_path / "fake"
+    d.mkdir()
+    script = d / "radosgw-admin"
+    script.write_text(FAKE_RADOSGW_ADMIN.format(python=sys.executable))
+    script.chmod(0o755)
+    (d / "zonegroup.json").write_text(
+        orjson.dumps({"name": "default", "zones": [{"name": "a", "log_data": "false"}, {"name": "b", "log_data": "true"}]}).decode()
+    )
+    return script
+
+
+def test_zone_enable_log_data(run: Any, fake_admin: Path) -> None:
+    zone = ("zone", "enable-log-data", "--radosgw-admin", str(fake_admin))
+    r = run(*zone, "--dry-run", "--json")
+    assert r.exit_code == 0 and orjson.loads(r.stdout)["log_data"] == {"a": False, "b": True}
+    r = run(*zone)
+    assert r.exit_code == 0, r.output
+    assert "log_data turned on for zone(s) a of zonegroup default: restart radosgw now" in r.stdout
+    zg = orjson.loads((fake_admin.parent / "zonegroup.json").read_text())
+    assert [z["log_data"] for z in zg["zones"]] == ["true", "true"]
+    calls = (fake_admin.parent / "calls.log").read_text()
+    assert "zonegroup set --rgw-zonegroup=default --infile=" in calls and "period" not in calls
+    r = run(*zone, "--json")
+    assert orjson.loads(r.stdout) == {"zonegroup": "default", "changed": [], "restart_radosgw": False}
+
+
+def test_zone_enable_log_data_errors(run: Any, fake_admin: Path, tmp_path: Path) -> None:
+    err = one_line_error(run("zone", "enable-log-data", "--radosgw-admin", str(fake_admin), "--zone", "c"), 1)
+    assert err == "error: zonegroup default has no zone c (it has a, b)"
+    err = one_line_error(run("zone", "enable-log-data", "--radosgw-admin", str(tmp_path / "none")), 1)
+    assert "not found: install radosgw" in err

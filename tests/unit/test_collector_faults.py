@@ -23,7 +23,6 @@ from pathlib import Path
 
 import boto3
 import pytest
-
 from faultharness import EXIT_DONE, EXIT_LEASE_LOST, PASS_STEPS, Factory, Harness, Setup, plan, verify
 
 FULL = os.environ.get("RGW_CHANGELOG_FAULTS", "").lower() == "full"
@@ -142,9 +141,10 @@ def test_sigstop_past_the_lease_then_wake_up(tmp_path, capsys, upload):
     h = Harness(setup, tmp_path)
     h.record(400)
     uploads = tmp_path / "uploads.jsonl"
-    a = h.spawn(step="commit", at=1, action="stop", record_uploads=str(uploads), collector_id="stale")
+    a = h.spawn(step="commit", at=1, action="stop", record_uploads=str(uploads), collector_id="stale",
+                exit_on_lease_lost=True)
     assert a.stdout is not None
-    lines = []
+    lines: list[str] = []
     while not any(line.startswith("FAULT") for line in lines):
         line = a.stdout.readline()
         assert line, f"child ended early: {''.join(lines)}"

@@ -11,7 +11,7 @@ import orjson
 import pytest
 import zstandard
 
-from changelog.errors import PermanentError
+from changelog.errors import InvalidMutation, PermanentError
 from changelog.logformat import (
     Compression,
     LogRecord,
@@ -19,6 +19,7 @@ from changelog.logformat import (
     compression_of,
     encode_entry,
     encode_object,
+    encode_raw,
     encode_watermark,
     format_cutoff,
     iter_lines,
@@ -97,6 +98,28 @@ def test_encoding_is_deterministic():
     m2 = mutation(3, metadata={"a": "2", "x": "1"})
     assert encode_entry(FakeEntry(T0, m1)) == encode_entry(FakeEntry(T0, m2))
     assert encode_entry(FakeEntry(T0, Mutation.decode(m1.encode()))) == encode_entry(FakeEntry(T0, m1))
+
+
+def test_encode_raw_equals_encode_entry():
+    rng = random.Random(9)
+    for i in range(500):
+        m = mutation(
+            i,
+            key=rng.choice(["k", "ключ\x00\n", "🙂/x", "a" * 1000]),
+            op=rng.choice(list(Op)),
+            version_id=rng.choice([None, "null", f"v{i}"]),
+            size=rng.choice([None, 0, i]),
+            etag=rng.choice([None, "e"]),
+            baseline=rng.random() < 0.3,
+            metadata=rng.choice([{}, {"z": "1", "a": "ü"}]),
+            mtime_ns=rng.randrange(0, 2**62),
+        )
+        t = rng.randrange(0, 2**60)
+        assert encode_raw(t, m.encode()) == encode_entry(FakeEntry(t, m))
+    with pytest.raises(InvalidMutation):
+        encode_raw(T0, b"\xc1garbage")
+    with pytest.raises(InvalidMutation):
+        encode_raw(T0, b"\x80")  # an empty map: fields missing
 
 
 def test_record_time_properties():

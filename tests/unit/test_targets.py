@@ -244,7 +244,8 @@ def test_make_target_urls(tmp_path):
     s = make_target("s3://bucket/some/prefix/?addressing_style=path&max_attempts=2",
                     endpoint="http://127.0.0.1:1", access_key="a", secret_key="b", region="r", compression="gzip")
     assert isinstance(s, S3Target) and s.url == "s3://bucket/some/prefix/" and s.prefix == "some/prefix/"
-    assert make_target("s3://bucket", region="r").prefix == ""
+    bare = make_target("s3://bucket", region="r")
+    assert isinstance(bare, S3Target) and bare.prefix == ""
     for bad in ("http://x/", "s3:///nobucket/", "s3://b/?bogus=1", "file://"):
         with pytest.raises(ConfigError):
             make_target(bad)

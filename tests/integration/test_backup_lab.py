@@ -1,0 +1,291 @@
+"""The backup tool end to end on the real lab, through the whole pipeline: S3 mutations on radosgw
+-> the RGW follower (bucket index logs, full sync for existing objects) -> the change index on
+RADOS -> the collector's log objects in a radosgw bucket -> ``backup run`` into a backup bucket
+on the same radosgw -> restores into new buckets, compared byte for byte.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import uuid
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from changelog.backup import manifest as mf
+from changelog.backup.cleanup import cleanup
+from changelog.backup.restore import restore
+from changelog.backup.runner import BackupRunner, RunResult
+from changelog.backup.source import Source
+from changelog.backup.store import BackupStore, blob_name
+from changelog.backup.verify import verify
+from changelog.collector import Collector
+from changelog.index import ChangeIndex
+from changelog.targets import S3Target
+from rgw_module.admin import AdminClient
+from rgw_module.follower import Follower
+from tests.lab import Lab
+from tests.unit.test_backup_support import CountingTarget, bucket_state
+
+pytestmark = pytest.mark.ceph
+
+MiB = 1024 * 1024
+REPO = Path(__file__).resolve().parents[2]
+
+
+def sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+@dataclass
+class Pipe:
+    lab: Lab
+    s3: Any
+    index: ChangeIndex
+    follower: Follower
+    collector: Collector
+    logs: S3Target
+    dest: CountingTarget
+    buckets: list[str]
+    tag: str
+    snaps: list[dict[str, Any]] = field(default_factory=list)
+    ids: list[str] = field(default_factory=list)
+
+    @property
+    def store(self) -> BackupStore:
+        return BackupStore(self.dest)
+
+    def sync(self) -> None:
+        """Everything done so far is in the logs, and the watermark says so."""
+        self.follower.run_until_caught_up(timeout=120)
+        self.collector.flush()
+
+    def backup(self, *, snapshot: bool = True, **kw: Any) -> RunResult:
+        kw.setdefault("progress", False)
+        r = BackupRunner(self.store, self.logs, Source(self.s3), buckets=self.buckets, **kw).run()
+        if snapshot:
+            assert r.backup_id is not None
+            self.ids.append(r.backup_id)
+            self.snaps.append({b: bucket_state(self.s3, b) for b in self.buckets})
+        return r
+
+    def restored_equals(self, backup_id: str, bucket: str, snap: dict[str, Any]) -> None:
+        to = f"rs-{uuid.uuid4().hex[:12]}"
+        res = restore(self.store, Source(self.s3), bucket=bucket, to_bucket=to, backup_id=backup_id, progress=False)
+        assert not res.failed, res.failed
+        got = bucket_state(self.s3, to)
+        assert sorted(got) == sorted(snap)
+        for key in snap:
+            assert got[key][0] == snap[key][0], f"{bucket}/{key} content differs"
+            assert got[key][1] == snap[key][1], f"{bucket}/{key} metadata differs"
+
+
+@pytest.fixture
+def pipe(ceph_lab: Lab, s3_client: Any) -> Iterator[Pipe]:
+    from changelog.backends.rados import RadosStore
+
+    tag = uuid.uuid4().hex[:8]
+    ns = f"test-backup-{tag}"
+    store = RadosStore(conffile=ceph_lab.conf, pool=ceph_lab.pool, namespace=ns, keyring=ceph_lab.keyring or None)
+    index = ChangeIndex(store, shards=8)
+    admin = AdminClient(ceph_lab.rgw_endpoint, ceph_lab.access_key, ceph_lab.secret_key)
+    plain, vers, listed = f"bk-plain-{tag}", f"bk-vers-{tag}", f"bk-listed-{tag}"
+    logs_b, dest_b = f"bk-logs-{tag}", f"bk-store-{tag}"
+    for b in (plain, vers, listed, logs_b, dest_b):
+        s3_client.create_bucket(Bucket=b)
+    for b in (vers, listed):
+        s3_client.put_bucket_versioning(Bucket=b, VersioningConfiguration={"Status": "Enabled"})
+    # The follower follows two of the three backed-up buckets: "listed" gets no baseline
+    # records, so the first backup lists it.
+    follower = Follower(index, admin, buckets=[plain, vers], poll_interval=0.2, trim_datalog=False, lease_ttl=10.0)
+    assert follower.acquire()
+    logs = S3Target(logs_b, "changes/", client=s3_client)
+    collector = Collector(index, logs, settle=0.0, lease_ttl=10.0, watermark_cap=follower.caught_up_until_us)
+    dest = CountingTarget(S3Target(dest_b, "store/", client=s3_client))
+    p = Pipe(ceph_lab, s3_client, index, follower, collector, logs, dest, [plain, vers, listed], tag)
+    try:
+        yield p
+    finally:
+        collector.close()
+        follower.close()
+        for oid in store.list_objects():
+            store.remove_object(oid)
+        store.close()
+        admin.close()
+
+
+def test_backup_rounds_on_the_lab(pipe: Pipe) -> None:
+    s3 = pipe.s3
+    plain, vers, listed = pipe.buckets
+    big = os.urandom(12 * MiB)
+
+    # Existing objects before the follower starts: its full sync records them as baseline.
+    for i in range(40):
+        s3.put_object(Bucket=plain, Key=f"docs/{i:03d}", Body=f"document {i} ".encode() * (i + 1))
+    for k in ("dup/a", "dup/b", "dup/c"):
+        s3.put_object(Bucket=plain, Key=k, Body=b"identical content")
+    s3.put_object(Bucket=plain, Key="meta/typed", Body=b"{}", ContentType="application/json", Metadata={"owner": "ops"})
+    s3.put_object(Bucket=plain, Key="big", Body=big)
+    for i in range(8):
+        s3.put_object(Bucket=vers, Key=f"v/{i}", Body=f"first {i}".encode())
+        s3.put_object(Bucket=vers, Key=f"v/{i}", Body=f"second {i}".encode())
+    s3.delete_object(Bucket=vers, Key="v/7")
+    for i in range(5):
+        s3.put_object(Bucket=listed, Key=f"l/{i}", Body=f"listed {i}".encode())
+        s3.put_object(Bucket=listed, Key=f"l/{i}", Body=f"listed {i} again".encode())
+    s3.put_object(Bucket=listed, Key="l/dup", Body=b"identical content")
+    pipe.sync()
+    r0 = pipe.backup()
+    assert r0.records >= 45 + 8 and r0.listed >= 11 and r0.lagging == 0
+    assert r0.deduplicated >= 3  # dup/b, dup/c and l/dup
+
+    def versions(bucket: str, key: str) -> list[str]:
+        resp = s3.list_object_versions(Bucket=bucket, Prefix=key)
+        rows = [v for v in resp.get("Versions", []) if v["Key"] == key]
+        rows.sort(key=lambda v: (not v["IsLatest"], -v["LastModified"].timestamp()))
+        return [v["VersionId"] for v in rows]
+
+    # round 1: writes, overwrites, deletes, versions, delete markers, known content under new keys
+    s3.put_object(Bucket=plain, Key="docs/000", Body=b"changed")
+    s3.delete_object(Bucket=plain, Key="docs/001")
+    s3.put_object(Bucket=plain, Key="dup/d", Body=b"identical content")
+    s3.put_object(Bucket=plain, Key="new/e", Body=b"identical content")
+    s3.put_object(Bucket=plain, Key="docs/002", Body=b"v1")
+    s3.put_object(Bucket=plain, Key="docs/002", Body=b"v2")
+    s3.put_object(Bucket=vers, Key="v/0", Body=b"third 0")
+    s3.delete_object(Bucket=vers, Key="v/1")
+    s3.delete_object(Bucket=vers, Key="v/2", VersionId=versions(vers, "v/2")[1])
+    s3.delete_object(Bucket=vers, Key="v/3", VersionId=versions(vers, "v/3")[0])
+    s3.put_object(Bucket=plain, Key="hot", Body=b"h0")
+    pipe.sync()
+    r1 = pipe.backup()
+    assert r1.records >= 10 and r1.listed == 0 and r1.lagging == 0
+    assert r1.uploaded == 5  # changed, v2, third 0, first 3 (back on top), h0; v1 never read
+    assert r1.deduplicated == 2
+
+    # round 2: the ETag race on the real pipeline: the log has "h1", the object is "h2" already
+    s3.put_object(Bucket=plain, Key="hot", Body=b"h1")
+    s3.put_object(Bucket=plain, Key="uni/ключ ✓\tx", Body=b"unicode key")
+    s3.put_object(Bucket=vers, Key="v/1", Body=b"back again")
+    s3.put_object(Bucket=plain, Key="big", Body=big[::-1])
+    pipe.sync()
+    s3.put_object(Bucket=plain, Key="hot", Body=b"h2")  # not in the logs yet
+    r2 = pipe.backup(snapshot=False)
+    m2 = mf.load(pipe.store, r2.backup_id or "")
+    assert [(lag["key"], lag["reason"]) for lag in m2.lagging] == [("hot", "changed")]
+    assert dict(m2.objects(plain))["hot"].sha256 == sha(b"h0")  # the previous state, never h1's bytes
+    assert sha(b"h1") not in {s for s, _ in pipe.store.iter_blobs()}
+    pipe.sync()
+    r3 = pipe.backup()
+    m3 = mf.load(pipe.store, r3.backup_id or "")
+    assert not m3.lagging and dict(m3.objects(plain))["hot"].sha256 == sha(b"h2")
+
+    # round 3: more deletes
+    s3.delete_object(Bucket=plain, Key="dup/a")
+    s3.delete_object(Bucket=vers, Key="v/3", VersionId=versions(vers, "v/3")[0])  # its last version
+    for i in range(10, 20):
+        s3.delete_object(Bucket=plain, Key=f"docs/{i:03d}")
+    pipe.sync()
+    pipe.backup()
+    assert pipe.backup(snapshot=False).backup_id is None  # nothing new
+
+    store = pipe.store
+    for bid, snap in zip(pipe.ids, pipe.snaps, strict=True):
+        for bucket in pipe.buckets:
+            pipe.restored_equals(bid, bucket, snap[bucket])
+    contents = {sha(c) for snap in pipe.snaps for b in snap.values() for c, _m, _t in b.values()}
+    assert {s for s, _ in store.iter_blobs()} == contents
+    puts = pipe.dest.blob_puts()
+    assert set(puts) == {blob_name(s) for s in contents} and set(puts.values()) == {1}
+    assert verify(store, progress=False).ok
+
+    # retention: keep two; what they reference survives, the rest goes
+    res = cleanup(store, keep_days=0, minimum_backups=1, maximum_backups=2)
+    assert res.kept == [b.backup_id for b in mf.list_backups(store)] and len(res.kept) == 2
+    assert res.deleted_blobs > 0
+    assert verify(store, progress=False).ok
+    for bid, snap in zip(pipe.ids, pipe.snaps, strict=True):
+        if bid in res.kept:
+            pipe.restored_equals(bid, plain, snap[plain])
+
+
+CHILD = textwrap.dedent(
+    """
+    import json, os, signal, sys
+    from changelog.backup.runner import BackupRunner
+    from changelog.backup.source import Source, make_client
+    from changelog.backup.store import BackupStore
+    from changelog.targets import S3Target
+
+    endpoint, key, secret, logs_b, dest_b, buckets, count_file, point, after = sys.argv[1:10]
+    fd = os.open(count_file, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+
+    def count(params, model, **kw):
+        os.write(fd, f"{model.name} {params['Key']}\\n".encode())
+
+    def client():
+        return make_client(endpoint=endpoint, access_key=key, secret_key=secret, region="default")
+
+    dest = client()
+    for op in ("PutObject", "CreateMultipartUpload"):
+        dest.meta.events.register(f"before-parameter-build.s3.{op}", count)
+    seen = [0]
+
+    def hook(p):
+        if p == point:
+            seen[0] += 1
+            if seen[0] >= int(after):
+                os.kill(os.getpid(), signal.SIGKILL)
+
+    runner = BackupRunner(
+        BackupStore(S3Target(dest_b, "store/", client=dest)), S3Target(logs_b, "changes/", client=client()),
+        Source(client()), buckets=buckets.split(","), flush_items=10, flush_seconds=1000, workers=4, hook=hook,
+        progress=False,
+    )
+    print(json.dumps(runner.run().to_dict()))
+    """
+)
+
+
+def test_sigkill_mid_backup_on_the_lab(pipe: Pipe, tmp_path: Path) -> None:
+    """`backup run` SIGKILLed in the middle of copying; the rerun resumes, completes, and no blob
+    is PUT twice (PUTs counted on the wire in both processes)."""
+    s3 = pipe.s3
+    plain, vers, _listed = pipe.buckets
+    for i in range(60):
+        s3.put_object(Bucket=plain, Key=f"k/{i:03d}", Body=f"content {i % 40}".encode() * 100)
+    for i in range(20):
+        s3.put_object(Bucket=vers, Key=f"v/{i:02d}", Body=f"version content {i}".encode())
+    pipe.sync()
+    counts = tmp_path / "puts.txt"
+
+    def child(point: str, after: int) -> subprocess.CompletedProcess[str]:
+        lab = pipe.lab
+        args = [lab.rgw_endpoint, lab.access_key, lab.secret_key, pipe.logs.bucket, pipe.dest.inner.bucket,  # type: ignore[attr-defined]
+                f"{plain},{vers}", str(counts), point, str(after)]
+        return subprocess.run([sys.executable, "-c", CHILD, *args], capture_output=True, text=True, cwd=REPO, timeout=300)
+
+    killed = child("blob-stored", 25)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    assert not mf.list_backups(pipe.store)
+    rerun = child("never", 0)
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    result = json.loads(rerun.stdout)
+    assert result["resumed"] and result["copied"] == 80 and result["uploaded"] < 60
+    blob_puts = Counter(line.split()[1] for line in counts.read_text().splitlines() if "/blobs/" in line)
+    assert len(blob_puts) == 40 + 20 and set(blob_puts.values()) == {1}, blob_puts
+    store = pipe.store
+    assert verify(store, progress=False).ok
+    (only,) = mf.list_backups(store)
+    for bucket in (plain, vers):
+        pipe.restored_equals(only.backup_id, bucket, bucket_state(s3, bucket))

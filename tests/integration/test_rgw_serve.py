@@ -1,0 +1,428 @@
+"""`rgw-changelog serve` end to end on the lab: radosgw with log_data=true, the index on RADOS,
+the change logs written to a bucket of the same radosgw.
+
+* every S3 mutation kind ends up in the committed logs exactly once, with the right fields, and
+  the per-key order of the records yields each bucket's final state;
+* SIGTERM stops serve cleanly (exit 0, leases released);
+* crash test: a workload of >= 2000 mutations while serve is SIGKILLed at random moments at least
+  5 times and restarted; afterwards every mutation is in the logs exactly once.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from changelog.logformat import LogRecord, compression_of, iter_records, parse_log_name
+from tests.lab import Lab
+
+pytestmark = pytest.mark.ceph
+
+REPO = Path(__file__).resolve().parents[2]
+LOG_PREFIX = "logs"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Serve:
+    """One `rgw-changelog serve` configuration and its (re)started processes."""
+
+    lab: Lab
+    tmp: Path
+    ns: str
+    log_bucket: str
+    buckets: list[str]
+    lease_ttl: float = 3.0
+    procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
+
+    @property
+    def config(self) -> Path:
+        path = self.tmp / "serve.toml"
+        if not path.exists():
+            keyring = f'keyring = "{self.lab.keyring}"\n' if self.lab.keyring else ""
+            path.write_text(
+                f"""
+[index]
+backend = "rados"
+ceph_conf = "{self.lab.conf}"
+{keyring}pool = "{self.lab.pool}"
+namespace = "{self.ns}"
+shards = 8
+
+[source]
+endpoint = "{self.lab.rgw_endpoint}"
+access_key = "{self.lab.access_key}"
+secret_key = "{self.lab.secret_key}"
+region = "default"
+buckets = {json.dumps(self.buckets)}
+poll_interval = 0.2
+
+[target]
+url = "s3://{self.log_bucket}/{LOG_PREFIX}/"
+region = "default"
+
+[collector]
+interval = 0.5
+settle = 0.5
+lease_ttl = {self.lease_ttl}
+roll_seconds = 5
+
+[api]
+listen = "127.0.0.1:{free_port()}"
+
+[logging]
+level = "INFO"
+"""
+            )
+        return path
+
+    def start(self) -> subprocess.Popen[bytes]:
+        n = len(self.procs)
+        log = open(self.tmp / f"serve-{n}.log", "wb")  # noqa: SIM115 - closed with the process
+        proc = subprocess.Popen(
+            [sys.executable, "-c", "from changelog.cli import main; main()", "-c", str(self.config), "serve"],
+            cwd=REPO,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "PYTHONPATH": str(REPO)},
+        )
+        self.procs.append(proc)
+        return proc
+
+    def kill(self) -> None:
+        for p in self.procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait(30)
+
+    def log_tail(self) -> str:
+        logs = sorted(self.tmp.glob("serve-*.log"))
+        return "\n".join(f"--- {p.name}\n" + p.read_text(errors="replace")[-3000:] for p in logs[-2:])
+
+
+def watermark_us(s3: Any, bucket: str) -> int:
+    try:
+        body = s3.get_object(Bucket=bucket, Key=f"{LOG_PREFIX}/_watermark.json")["Body"].read()
+    except s3.exceptions.NoSuchKey:
+        return 0
+    return int(json.loads(body)["complete_until_us"])
+
+
+def wait_for_watermark(s3: Any, serve: Serve, t: float, timeout: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout
+    while watermark_us(s3, serve.log_bucket) < int(t * 1_000_000):
+        if time.monotonic() > deadline:
+            pytest.fail(f"watermark did not pass {t} within {timeout:.0f}s\n{serve.log_tail()}")
+        if serve.procs and serve.procs[-1].poll() is not None:
+            pytest.fail(f"serve exited with {serve.procs[-1].returncode}\n{serve.log_tail()}")
+        time.sleep(0.5)
+
+
+def committed(s3: Any, bucket: str) -> list[LogRecord]:
+    out: list[LogRecord] = []
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=f"{LOG_PREFIX}/"):
+        for o in page.get("Contents", []):
+            name = o["Key"]
+            if parse_log_name(name) is None:
+                continue
+            body = s3.get_object(Bucket=bucket, Key=name)["Body"].read()
+            out.extend(iter_records(io.BytesIO(body), compression_of(name)))
+    return out
+
+
+def view(r: LogRecord) -> tuple[str, str, str, str | None]:
+    return (r.bucket, r.key, r.op, None if r.version_id in (None, "null") else r.version_id)
+
+
+def final_state_from(records: list[LogRecord], bucket: str) -> dict[str, list[str | None]]:
+    """key -> live versions in order (the last one current) replayed from the records."""
+    state: dict[str, dict[str | None, str]] = {}
+    for r in sorted((r for r in records if r.bucket == bucket), key=lambda r: (r.key, r.seq)):
+        versions = state.setdefault(r.key, {})
+        vid = None if r.version_id in (None, "null") else r.version_id
+        versions.pop(vid, None)
+        if r.op == "write":
+            versions[vid] = "obj"
+        elif r.op == "delete_marker":
+            versions[vid] = "dm"
+    return {k: [f"{vid}:{kind}" for vid, kind in v.items()] for k, v in state.items() if v}
+
+
+def final_state_of(s3: Any, bucket: str) -> dict[str, list[str | None]]:
+    items: list[tuple[str, int, str | None, str, bool]] = []
+    for page in s3.get_paginator("list_object_versions").paginate(Bucket=bucket):
+        for kind, xs in (("obj", page.get("Versions", [])), ("dm", page.get("DeleteMarkers", []))):
+            for o in xs:
+                vid = None if o["VersionId"] in (None, "null") else o["VersionId"]
+                items.append((o["Key"], 0 if o["IsLatest"] else 1, vid, kind, o["IsLatest"]))
+    state: dict[str, list[str | None]] = {}
+    for key in {i[0] for i in items}:
+        mine = [i for i in items if i[0] == key]
+        latest = [f"{i[2]}:{i[3]}" for i in mine if i[4]]
+        rest = sorted(f"{i[2]}:{i[3]}" for i in mine if not i[4])
+        state[key] = rest + latest
+    return state
+
+
+def assert_same_state(records: list[LogRecord], s3: Any, bucket: str) -> None:
+    got = final_state_from(records, bucket)
+    want = final_state_of(s3, bucket)
+    assert {k: sorted(v) for k, v in got.items()} == {k: sorted(v) for k, v in want.items()}
+    assert {k: v[-1] for k, v in got.items()} == {k: v[-1] for k, v in want.items()}, "current version differs"
+
+
+@pytest.fixture
+def serve(ceph_lab: Lab, s3_client: Any, tmp_path: Path) -> Iterator[Serve]:
+    from changelog.backends.rados import RadosStore
+
+    tag = uuid.uuid4().hex[:10]
+    log_bucket = f"sv-logs-{tag}"
+    s3_client.create_bucket(Bucket=log_bucket)
+    sv = Serve(ceph_lab, tmp_path, f"test-serve-{tag}", log_bucket, [])
+    try:
+        yield sv
+    finally:
+        sv.kill()
+        store = RadosStore(conffile=ceph_lab.conf, pool=ceph_lab.pool, namespace=sv.ns, keyring=ceph_lab.keyring or None)
+        for oid in store.list_objects():
+            store.remove_object(oid)
+        store.close()
+
+
+def leases_released(serve: Serve) -> dict[str, Any]:
+    from changelog.backends.rados import RadosStore
+
+    store = RadosStore(conffile=serve.lab.conf, pool=serve.lab.pool, namespace=serve.ns, keyring=serve.lab.keyring or None)
+    try:
+        return {n: store.lock_info("changelog.control", n) for n in ("follower", "collector")}
+    finally:
+        store.close()
+
+
+def test_serve_logs_every_mutation_kind_once(serve: Serve, s3_client: Any) -> None:
+    s3 = s3_client
+    tag = serve.ns[-10:]
+    plain, versioned = f"sv-p-{tag}", f"sv-v-{tag}"
+    s3.create_bucket(Bucket=plain)
+    s3.create_bucket(Bucket=versioned)
+    s3.put_bucket_versioning(Bucket=versioned, VersioningConfiguration={"Status": "Enabled"})
+    serve.buckets = [plain, versioned]
+    proc = serve.start()
+    wait_for_watermark(s3, serve, time.time())
+    expected: list[tuple[str, str, str, str | None]] = []
+    sizes: dict[tuple[str, str, str | None], int] = {}
+
+    def put(bucket: str, key: str, body: bytes) -> str | None:
+        vid = s3.put_object(Bucket=bucket, Key=key, Body=body).get("VersionId")
+        expected.append((bucket, key, "write", vid))
+        sizes[(bucket, key, vid)] = len(body)
+        return vid
+
+    put(plain, "a", b"hello")
+    put(plain, "a", b"hello, again")  # overwrite
+    s3.copy_object(Bucket=plain, Key="b", CopySource={"Bucket": plain, "Key": "a"})
+    expected.append((plain, "b", "write", None))
+    up = s3.create_multipart_upload(Bucket=plain, Key="mp")["UploadId"]
+    p1 = s3.upload_part(Bucket=plain, Key="mp", UploadId=up, PartNumber=1, Body=b"x" * 5 * 1024 * 1024)
+    p2 = s3.upload_part(Bucket=plain, Key="mp", UploadId=up, PartNumber=2, Body=b"y")
+    s3.complete_multipart_upload(
+        Bucket=plain, Key="mp", UploadId=up,
+        MultipartUpload={"Parts": [{"PartNumber": 1, "ETag": p1["ETag"]}, {"PartNumber": 2, "ETag": p2["ETag"]}]},
+    )
+    expected.append((plain, "mp", "write", None))
+    s3.delete_object(Bucket=plain, Key="b")
+    expected.append((plain, "b", "delete", None))
+    s3.delete_object(Bucket=plain, Key="never-there")  # nothing to log
+    put(plain, "m1", b"1")
+    put(plain, "m2", b"2")
+    s3.delete_objects(Bucket=plain, Delete={"Objects": [{"Key": "m1"}, {"Key": "m2"}, {"Key": "m3"}]})
+    expected += [(plain, "m1", "delete", None), (plain, "m2", "delete", None)]
+    for key in ["dir/ünï cødé 日本 x.txt", "with space", "k" * 1024, "_underscore"]:
+        put(plain, key, b"u")
+    put(plain, "zero", b"")
+
+    v1 = put(versioned, "v", b"one")
+    put(versioned, "v", b"two!")
+    dm = s3.delete_object(Bucket=versioned, Key="v")["VersionId"]
+    expected.append((versioned, "v", "delete_marker", dm))
+    s3.delete_object(Bucket=versioned, Key="v", VersionId=v1)
+    expected.append((versioned, "v", "delete", v1))
+    s3.delete_object(Bucket=versioned, Key="v", VersionId=dm)  # delete the delete marker
+    expected.append((versioned, "v", "delete", dm))
+    put(versioned, "z", b"")
+    done = time.time()
+
+    wait_for_watermark(s3, serve, done)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(60) == 0, serve.log_tail()
+    assert leases_released(serve) == {"follower": None, "collector": None}
+
+    records = committed(s3, serve.log_bucket)
+    assert len({r.id for r in records}) == len(records), "a record was committed twice"
+    assert not any(r.baseline for r in records)
+    assert sorted(view(r) for r in records) == sorted(expected)
+    for r in records:
+        if r.op == "write":
+            want = sizes.get((r.bucket, r.key, r.version_id))
+            # size/etag come from a lookup: None when the version was overwritten before it
+            if r.size is not None and want is not None and r.key != "a":
+                assert r.size == want, r
+        else:
+            assert r.size is None and r.etag is None
+    by_key = {(r.bucket, r.key): r for r in records if r.op == "write"}
+    assert by_key[(plain, "zero")].size == 0
+    assert by_key[(plain, "zero")].etag == "d41d8cd98f00b204e9800998ecf8427e"
+    assert by_key[(plain, "mp")].size == 5 * 1024 * 1024 + 1 and by_key[(plain, "mp")].etag.endswith("-2")
+    assert_same_state(records, s3, plain)
+    assert_same_state(records, s3, versioned)
+    log = serve.log_tail()
+    assert "SIGTERM received" in log and "follower" in log
+
+
+# --------------------------------------------------------------------------- crash test
+
+
+class Workload:
+    """Sequential mutations on disjoint key sets (one per thread), with the records each one must
+    produce, derived from radosgw's own answers."""
+
+    def __init__(self, s3: Any, plain: str, versioned: str, *, threads: int, per_thread: int, seed: int) -> None:
+        self.s3 = s3
+        self.plain = plain
+        self.versioned = versioned
+        self.threads = threads
+        self.per_thread = per_thread
+        self.seed = seed
+        self.expected: Counter[tuple[str, str, str, str | None]] = Counter()
+        self.mutations = 0
+        self.errors: list[BaseException] = []
+        self._lock = threading.Lock()
+
+    def _expect(self, *rec: Any) -> None:
+        with self._lock:
+            self.expected[rec] += 1  # type: ignore[index]
+            self.mutations += 1
+
+    def _run(self, t: int) -> None:
+        s3, rnd = self.s3, random.Random(self.seed * 100 + t)
+        keys = [f"t{t}/{i:02d}" for i in range(20)]
+        live: set[str] = set()
+        versions: dict[str, list[str]] = {k: [] for k in keys}
+        latest_is_marker: dict[str, bool] = dict.fromkeys(keys, False)
+        try:
+            for _ in range(self.per_thread):
+                k = rnd.choice(keys)
+                x = rnd.random()
+                if x < 0.35:
+                    s3.put_object(Bucket=self.plain, Key=k, Body=b"p" * rnd.randrange(64))
+                    live.add(k)
+                    self._expect(self.plain, k, "write", None)
+                elif x < 0.45:
+                    s3.delete_object(Bucket=self.plain, Key=k)
+                    if k in live:
+                        live.discard(k)
+                        self._expect(self.plain, k, "delete", None)
+                elif x < 0.5 and live - {k}:
+                    src = rnd.choice(sorted(live - {k}))
+                    s3.copy_object(Bucket=self.plain, Key=k, CopySource={"Bucket": self.plain, "Key": src})
+                    live.add(k)
+                    self._expect(self.plain, k, "write", None)
+                elif x < 0.55:
+                    batch = rnd.sample(keys, 3)
+                    s3.delete_objects(Bucket=self.plain, Delete={"Objects": [{"Key": b} for b in batch]})
+                    for b in batch:
+                        if b in live:
+                            live.discard(b)
+                            self._expect(self.plain, b, "delete", None)
+                elif x < 0.85:
+                    vid = s3.put_object(Bucket=self.versioned, Key=k, Body=b"v")["VersionId"]
+                    versions[k].append(vid)
+                    latest_is_marker[k] = False
+                    self._expect(self.versioned, k, "write", vid)
+                elif x < 0.93:
+                    resp = s3.delete_object(Bucket=self.versioned, Key=k)
+                    if resp.get("VersionId"):  # no new marker when the latest already is one
+                        latest_is_marker[k] = True
+                        self._expect(self.versioned, k, "delete_marker", resp["VersionId"])
+                elif versions[k]:
+                    vid = versions[k].pop(rnd.randrange(len(versions[k])))
+                    s3.delete_object(Bucket=self.versioned, Key=k, VersionId=vid)
+                    self._expect(self.versioned, k, "delete", vid)
+        except BaseException as ex:  # noqa: BLE001 - reported by the test
+            self.errors.append(ex)
+
+    def start(self) -> list[threading.Thread]:
+        ts = [threading.Thread(target=self._run, args=(t,), daemon=True) for t in range(self.threads)]
+        for t in ts:
+            t.start()
+        return ts
+
+
+@pytest.mark.slow
+def test_serve_crash_test_every_mutation_exactly_once(serve: Serve, s3_client: Any) -> None:
+    s3 = s3_client
+    tag = serve.ns[-10:]
+    plain, versioned = f"sv-cp-{tag}", f"sv-cv-{tag}"
+    s3.create_bucket(Bucket=plain)
+    s3.create_bucket(Bucket=versioned)
+    s3.put_bucket_versioning(Bucket=versioned, VersioningConfiguration={"Status": "Enabled"})
+    serve.buckets = [plain, versioned]
+    serve.start()
+    wait_for_watermark(s3, serve, time.time())
+
+    work = Workload(s3, plain, versioned, threads=4, per_thread=600, seed=7)
+    threads = work.start()
+    rnd = random.Random(11)
+    kills = 0
+    while any(t.is_alive() for t in threads) or kills < 5:
+        time.sleep(rnd.uniform(1.0, 4.0))
+        proc = serve.procs[-1]
+        assert proc.poll() is None, serve.log_tail()
+        proc.kill()  # SIGKILL at a random moment
+        proc.wait(30)
+        kills += 1
+        serve.start()
+    for t in threads:
+        t.join()
+    assert not work.errors, work.errors[:3]
+    done = time.time()
+    assert work.mutations >= 2000, work.mutations
+
+    wait_for_watermark(s3, serve, done, timeout=300)
+    proc = serve.procs[-1]
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(60) == 0, serve.log_tail()
+    assert kills >= 5
+
+    records = committed(s3, serve.log_bucket)
+    print(f"crash test: {work.mutations} mutations, {kills} SIGKILLs, {len(records)} committed records")
+    ids = Counter(r.id for r in records)
+    assert not [i for i, n in ids.items() if n > 1], "records committed twice"
+    got = Counter(view(r) for r in records)
+    missing = work.expected - got
+    extra = got - work.expected
+    assert not missing and not extra, (list(missing.items())[:5], list(extra.items())[:5])
+    assert sum(got.values()) == work.mutations
+    assert_same_state(records, s3, plain)
+    assert_same_state(records, s3, versioned)

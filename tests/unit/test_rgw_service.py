@@ -1,0 +1,186 @@
+"""The serve plumbing without Ceph: component threads, stop and failure propagation, signals,
+and the log_data helper (with a recorded radosgw-admin)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import threading
+import time
+from typing import Any
+
+import pytest
+
+from changelog.errors import PermanentError, TransientError
+from rgw_module.service import ComponentThread, Service, _same_endpoint
+from rgw_module.zone import RadosgwAdmin, enable_log_data, log_data_zones
+
+
+class Loop:
+    """A component that works until asked to stop."""
+
+    def __init__(self) -> None:
+        self.stopped = threading.Event()
+
+    def run(self, stop: threading.Event) -> None:
+        stop.wait()
+        self.stopped.set()
+
+
+class Dies:
+    def __init__(self, error: BaseException, after: float = 0.0) -> None:
+        self.error = error
+        self.after = after
+
+    def run(self, stop: threading.Event) -> None:
+        time.sleep(self.after)
+        raise self.error
+
+
+def test_stop_ends_every_component() -> None:
+    a, b = Loop(), Loop()
+    svc = Service({"a": a, "b": b})
+    svc.start()
+    svc.stop()
+    svc.join(5)
+    assert a.stopped.is_set() and b.stopped.is_set()
+
+
+def test_a_failing_component_stops_the_others_and_is_reraised() -> None:
+    survivor = Loop()
+    cleaned: list[str] = []
+    svc = Service({"follower": Dies(PermanentError("source.endpoint refused"), 0.05), "collector": survivor})
+    svc.add_cleanup(lambda: cleaned.append("closed"))
+    svc.start()
+    assert svc.stop_event.wait(5)
+    with pytest.raises(PermanentError, match="refused"):
+        svc.join(5)
+    assert survivor.stopped.is_set()
+    assert cleaned == ["closed"]
+
+
+def test_the_first_failure_wins() -> None:
+    svc = Service({"late": Dies(TransientError("second"), 0.3), "early": Dies(PermanentError("first"), 0.0)})
+    svc.start()
+    with pytest.raises(PermanentError, match="first"):
+        svc.join(5)
+
+
+def test_component_thread_reraises_on_join() -> None:
+    stop = threading.Event()
+    t = ComponentThread("x", Dies(ValueError("boom")), stop)
+    t.start()
+    with pytest.raises(ValueError, match="boom"):
+        t.join_and_raise(5)
+    assert stop.is_set()
+
+
+def test_a_component_that_returns_unasked_stops_the_service() -> None:
+    class Returns:
+        def run(self, stop: threading.Event) -> None:
+            return None
+
+    other = Loop()
+    svc = Service({"quitter": Returns(), "other": other})
+    svc.start()
+    assert svc.stop_event.wait(5)
+    svc.join(5)
+    assert other.stopped.is_set()
+
+
+def test_stuck_component_is_reported() -> None:
+    class Stuck:
+        def run(self, stop: threading.Event) -> None:
+            time.sleep(2)
+
+    svc = Service({"stuck": Stuck()}, stop_timeout=0.1)
+    svc.start()
+    svc.stop()
+    with pytest.raises(PermanentError, match="did not stop"):
+        svc.join(0.1)
+
+
+def test_sigterm_stops_run() -> None:
+    comp = Loop()
+    svc = Service({"loop": comp}, stop_timeout=5)
+    old = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        threading.Timer(0.2, lambda: os.kill(os.getpid(), signal.SIGTERM)).start()
+        svc.run()
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+    assert comp.stopped.is_set()
+
+
+def test_nothing_to_run_is_refused() -> None:
+    with pytest.raises(PermanentError):
+        Service({})
+
+
+def test_same_endpoint() -> None:
+    assert _same_endpoint("http://127.0.0.1:17480", "http://127.0.0.1:17480/")
+    assert _same_endpoint("https://rgw.example", "https://rgw.example:443")
+    assert not _same_endpoint("http://127.0.0.1:17480", "http://127.0.0.1:17481")
+
+
+# --------------------------------------------------------------------------- log_data helper
+
+
+class FakeAdmin:
+    """Answers radosgw-admin like a single zone without a realm; records the calls."""
+
+    def __init__(self, log_data: Any = "false", realms: list[str] | None = None) -> None:
+        self.calls: list[list[str]] = []
+        self.doc = {"name": "default", "zones": [{"name": "default", "log_data": log_data}], "master_zone": "x"}
+        self.realms = realms or []
+        self.written: dict[str, Any] | None = None
+
+    def __call__(self, argv: list[str], **kw: Any) -> subprocess.CompletedProcess[str]:
+        self.calls.append(argv)
+        start = next(i for i, a in enumerate(argv) if a in ("zonegroup", "realm", "period"))
+        args = argv[start:]
+        out = ""
+        if args[:2] == ["zonegroup", "get"]:
+            out = json.dumps(self.doc)
+        elif args[:2] == ["zonegroup", "set"]:
+            infile = next(a for a in args if a.startswith("--infile="))[len("--infile="):]
+            with open(infile) as fh:
+                self.written = json.load(fh)
+        elif args[:2] == ["realm", "list"]:
+            out = json.dumps({"default_info": "", "realms": self.realms})
+        return subprocess.CompletedProcess(argv, 0, out, "")
+
+
+def test_enable_log_data_sets_the_flag_once() -> None:
+    fake = FakeAdmin()
+    admin = RadosgwAdmin(conf="/etc/ceph/ceph.conf", run=fake)
+    assert enable_log_data(admin=admin) == ["default"]
+    assert fake.written is not None and fake.written["zones"][0]["log_data"] == "true"
+    assert fake.calls[0][:3] == ["radosgw-admin", "-c", "/etc/ceph/ceph.conf"]
+    assert not any("period" in c for c in fake.calls)  # no realm: no period commit
+    fake.doc = fake.written
+    assert enable_log_data(admin=admin) == []
+    assert log_data_zones(fake.doc) == {"default": True}
+
+
+def test_enable_log_data_keeps_a_json_bool_and_commits_a_period() -> None:
+    fake = FakeAdmin(log_data=False, realms=["gold"])
+    assert enable_log_data(admin=RadosgwAdmin(run=fake)) == ["default"]
+    assert fake.written is not None and fake.written["zones"][0]["log_data"] is True
+    assert ["radosgw-admin", "period", "update", "--commit"] in fake.calls
+
+
+def test_enable_log_data_unknown_zone_and_failures() -> None:
+    with pytest.raises(PermanentError, match="no zone nope"):
+        enable_log_data(zones=["nope"], admin=RadosgwAdmin(run=FakeAdmin()))
+
+    def failing(argv: list[str], **kw: Any) -> subprocess.CompletedProcess[str]:
+        return subprocess.CompletedProcess(argv, 22, "", "couldn't init storage provider\n")
+
+    with pytest.raises(PermanentError, match="couldn't init storage provider"):
+        enable_log_data(admin=RadosgwAdmin(run=failing))
+    with pytest.raises(PermanentError, match="not found"):
+        RadosgwAdmin(binary="/nonexistent/radosgw-admin")("zonegroup", "get")
