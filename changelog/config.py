@@ -658,16 +658,10 @@ def collector_options(cfg: Config) -> dict[str, Any]:
 
 
 def make_collector(cfg: Config, index: ChangeIndex, target: Any, **extra: Any) -> Any:
-    """A ``collector.Collector`` for this config (options it does not know are left out)."""
-    import inspect
-
+    """A ``collector.Collector`` for this config."""
     from changelog.collector import Collector
 
-    opts = {**collector_options(cfg), **extra}
-    params = inspect.signature(Collector).parameters
-    if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
-        opts = {k: v for k, v in opts.items() if k in params}
-    return Collector(index, target, **opts)
+    return Collector(index, target, **{**collector_options(cfg), **extra})
 
 
 __all__ = [

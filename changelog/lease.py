@@ -92,7 +92,7 @@ class Lease:
             self._deadline = t0 + self.ttl - self.margin
             self._lost = False
         if not holding:
-            logger.info("lease %s on %s taken by %s", self.ref.name, self.oid, self.ref.cookie)
+            logger.debug("lease %s on %s taken by %s", self.ref.name, self.oid, self.ref.cookie)
         return True
 
     def renew(self) -> None:
@@ -167,9 +167,9 @@ class Lease:
             return
         try:
             self.store.unlock(self.oid, self.ref)
-            logger.info("lease %s on %s released", self.ref.name, self.oid)
+            logger.debug("lease %s on %s released", self.ref.name, self.oid)
         except (LeaseLost, TransientError) as ex:
-            logger.info("lease %s on %s release: %s", self.ref.name, self.oid, ex)
+            logger.debug("lease %s on %s release: %s", self.ref.name, self.oid, ex)
 
     def __enter__(self) -> Lease:
         if not self.acquire():

@@ -304,6 +304,15 @@ class AdminClient:
         except (KeyError, TypeError, ValueError) as ex:
             raise TransientError(f"radosgw at {self.endpoint}: unexpected stats for bucket {bucket}: {ex}") from ex
 
+    def bucket_instance_id(self, bucket: str) -> str:
+        """The bucket's current instance id, from its entrypoint (one small read, where the
+        stats read every index shard's header); ``NotFound`` when there is no such bucket."""
+        doc = self._get_json("/admin/metadata/bucket", [("key", bucket)])
+        try:
+            return str(doc["data"]["bucket"]["bucket_id"])
+        except (KeyError, TypeError) as ex:
+            raise TransientError(f"radosgw at {self.endpoint}: no bucket id in the entrypoint of {bucket}") from ex
+
     def bucket_versioning(self, bucket: str, bucket_id: str) -> str:
         """``"off"`` (never versioned), ``"enabled"`` or ``"suspended"``, from the instance metadata
         (the admin API answers for every owner, where S3 would need the owner's rights)."""

@@ -275,6 +275,8 @@ def serve(cfg: Any) -> None:
             "paused": paused,
             # One lease TTL for the process unless [source] has its own.
             "lease_ttl": float(getattr(src, "lease_ttl", None) or cfg.collector.lease_ttl),
+            # size/etag lookups cost one radosgw request per write: off unless asked for.
+            "object_info": bool(getattr(src, "object_info", False)),
         },
         collector_options=collector_opts,
     )

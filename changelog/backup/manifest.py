@@ -220,6 +220,16 @@ def exists(store: BackupStore, backup_id: str) -> bool:
     return store.stat(manifest_name(backup_id)) is not None
 
 
+def backup_ids(store: BackupStore) -> list[str]:
+    """Every finished backup's id, oldest first (one listing, no manifest read)."""
+    out = []
+    for info in store.list(MANIFESTS):
+        name = info.name[len(MANIFESTS) :]
+        if name.endswith(MANIFEST_SUFFIX) and is_backup_id(name[: -len(MANIFEST_SUFFIX)]):
+            out.append(name[: -len(MANIFEST_SUFFIX)])
+    return sorted(out)
+
+
 def list_backups(store: BackupStore) -> list[BackupInfo]:
     """Every finished backup, oldest first."""
     out: list[BackupInfo] = []

@@ -153,10 +153,10 @@ class State:
 
     def snapshot(self) -> dict[str, dict[str, Versions]]:
         """The merged state: bucket -> key -> versions (keys without versions left out)."""
-        out: dict[str, dict[str, Versions]] = {}
-        for bucket in sorted(self.buckets):
-            out[bucket] = {k: self.get(bucket, k) for k in sorted(self.keys(bucket))}
-        return out
+        merged: dict[str, dict[str, Versions]] = {b: dict(self._base.get(b, {})) for b in self.buckets}
+        for (bucket, key), versions in self.overlay.items():
+            merged.setdefault(bucket, {})[key] = versions
+        return {b: {k: v for k, v in sorted(merged[b].items()) if v} for b in sorted(merged)}
 
     def needing_content(self) -> Iterator[tuple[str, str, Version]]:
         """(bucket, key, version) of every changed key whose current version has no content yet."""

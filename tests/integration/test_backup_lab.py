@@ -14,7 +14,6 @@ import subprocess
 import sys
 import textwrap
 import uuid
-from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,7 +34,7 @@ from changelog.targets import S3Target
 from rgw_module.admin import AdminClient
 from rgw_module.follower import Follower
 from tests.lab import Lab
-from tests.unit.test_backup_support import CountingTarget, bucket_state
+from tests.unit.test_backup_support import CountingTarget, assert_stored_once, bucket_state
 
 pytestmark = pytest.mark.ceph
 
@@ -230,15 +229,21 @@ CHILD = textwrap.dedent(
     endpoint, key, secret, logs_b, dest_b, buckets, count_file, point, after = sys.argv[1:10]
     fd = os.open(count_file, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
 
-    def count(params, model, **kw):
-        os.write(fd, f"{model.name} {params['Key']}\\n".encode())
+    def sent(params, model, context, **kw):
+        context["counted"] = params["url_path"]
+        os.write(fd, f"sent {params['url_path']}\\n".encode())
+
+    def done(http_response, context, **kw):
+        if "counted" in context and http_response.status_code < 300:
+            os.write(fd, f"done {context['counted']}\\n".encode())
 
     def client():
         return make_client(endpoint=endpoint, access_key=key, secret_key=secret, region="default")
 
     dest = client()
-    for op in ("PutObject", "CreateMultipartUpload"):
-        dest.meta.events.register(f"before-parameter-build.s3.{op}", count)
+    for op in ("PutObject", "CompleteMultipartUpload"):
+        dest.meta.events.register(f"before-call.s3.{op}", sent)
+        dest.meta.events.register(f"after-call.s3.{op}", done)
     seen = [0]
 
     def hook(p):
@@ -259,7 +264,7 @@ CHILD = textwrap.dedent(
 
 def test_sigkill_mid_backup_on_the_lab(pipe: Pipe, tmp_path: Path) -> None:
     """`backup run` SIGKILLed in the middle of copying; the rerun resumes, completes, and no blob
-    is PUT twice (PUTs counted on the wire in both processes)."""
+    is stored twice (writes counted on the wire in both processes)."""
     s3 = pipe.s3
     plain, vers, _listed = pipe.buckets
     for i in range(60):
@@ -267,9 +272,8 @@ def test_sigkill_mid_backup_on_the_lab(pipe: Pipe, tmp_path: Path) -> None:
     for i in range(20):
         s3.put_object(Bucket=vers, Key=f"v/{i:02d}", Body=f"version content {i}".encode())
     pipe.sync()
-    counts = tmp_path / "puts.txt"
-
     def child(point: str, after: int) -> subprocess.CompletedProcess[str]:
+        counts = tmp_path / f"writes-{point}.txt"
         lab = pipe.lab
         args = [lab.rgw_endpoint, lab.access_key, lab.secret_key, pipe.logs.bucket, pipe.dest.inner.bucket,  # type: ignore[attr-defined]
                 f"{plain},{vers}", str(counts), point, str(after)]
@@ -282,8 +286,7 @@ def test_sigkill_mid_backup_on_the_lab(pipe: Pipe, tmp_path: Path) -> None:
     assert rerun.returncode == 0, rerun.stderr[-2000:]
     result = json.loads(rerun.stdout)
     assert result["resumed"] and result["copied"] == 80 and result["uploaded"] < 60
-    blob_puts = Counter(line.split()[1] for line in counts.read_text().splitlines() if "/blobs/" in line)
-    assert len(blob_puts) == 40 + 20 and set(blob_puts.values()) == {1}, blob_puts
+    assert_stored_once(tmp_path / "writes-blob-stored.txt", tmp_path / "writes-never.txt", blobs=40 + 20)
     store = pipe.store
     assert verify(store, progress=False).ok
     (only,) = mf.list_backups(store)

@@ -36,7 +36,7 @@ class Env:
     followers: list[Follower]
 
     def follower(self, buckets: list[str], **kw: Any) -> Follower:
-        opts: dict[str, Any] = {"poll_interval": 0.2, "trim_datalog": False, "lease_ttl": 10.0}
+        opts: dict[str, Any] = {"poll_interval": 0.2, "trim_datalog": False, "lease_ttl": 10.0, "object_info": True}
         opts.update(kw)
         f = Follower(self.index, self.admin, buckets=buckets, **opts)
         assert f.acquire()
@@ -559,3 +559,25 @@ def test_caught_up_until_is_a_sweep_start(env: Env) -> None:
     cu = f.caught_up_until()
     assert f.caught_up_until_us() == int(r.started * 1_000_000)
     assert cu is not None and before - 1 <= cu <= time.time()
+
+
+def test_data_log_shard_prediction(env: Env) -> None:
+    """With a bucket list the follower reads only the data-log shards radosgw logs those buckets
+    to (mapping.datalog_shard); this is where radosgw put them."""
+    from rgw_module.mapping import datalog_shard
+
+    b = env.bucket()
+    n = env.admin.datalog_shards()
+    start = {i: env.admin.datalog_info(i) for i in range(n)}
+    for i in range(40):
+        env.s3.put_object(Bucket=b, Key=f"spread/{i}", Body=b"s")
+    stats = env.admin.bucket_stats(b)
+    seen: dict[int, int] = {}
+    for i in range(n):
+        page = env.admin.datalog_list(i, start[i])
+        for e in page.entries:
+            if e.shard.bucket == b:
+                seen[e.shard.shard] = i
+    assert len(seen) >= 5
+    assert seen == {s: datalog_shard(b, s, n) for s in seen}
+    assert stats.num_shards == 11

@@ -18,7 +18,6 @@ import sys
 import textwrap
 import time
 import urllib.request
-from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +41,7 @@ from changelog.backup.verify import verify
 from changelog.errors import LeaseLost, LockBusy
 from changelog.logformat import LogRecord
 from changelog.targets import DirectoryTarget, S3Target, make_target
-from tests.unit.test_backup_support import CountingTarget, Zone, bucket_state, rfc3339
+from tests.unit.test_backup_support import CountingTarget, Zone, assert_stored_once, bucket_state, rfc3339
 
 MiB = 1024 * 1024
 DAY_US = 86_400 * 1_000_000
@@ -579,15 +578,21 @@ CHILD = textwrap.dedent(
     endpoint, logs_dir, count_file, point, after = sys.argv[1:6]
     fd = os.open(count_file, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
 
-    def count(params, model, **kw):
-        os.write(fd, f"{model.name} {params['Key']}\\n".encode())
+    def sent(params, model, context, **kw):
+        context["counted"] = params["url_path"]
+        os.write(fd, f"sent {params['url_path']}\\n".encode())
+
+    def done(http_response, context, **kw):
+        if "counted" in context and http_response.status_code < 300:
+            os.write(fd, f"done {context['counted']}\\n".encode())
 
     def client():
         return make_client(endpoint=endpoint, access_key="testing", secret_key="testing", region="us-east-1")
 
     dest = client()
-    for op in ("PutObject", "CreateMultipartUpload"):
-        dest.meta.events.register(f"before-parameter-build.s3.{op}", count)
+    for op in ("PutObject", "CompleteMultipartUpload"):
+        dest.meta.events.register(f"before-call.s3.{op}", sent)
+        dest.meta.events.register(f"after-call.s3.{op}", done)
     seen = [0]
 
     def hook(p):
@@ -627,7 +632,8 @@ def moto_server(monkeypatch: pytest.MonkeyPatch) -> Any:
 )
 def test_sigkill_mid_run_then_rerun(moto_server: str, tmp_path: Path, point: str, after: int) -> None:
     """`backup run` in a subprocess, SIGKILLed at a hook point; the rerun completes the backup
-    and no blob is ever PUT twice (PUTs counted on the wire, in both processes)."""
+    and no blob is ever stored twice (writes counted on the wire, in both processes: the rerun
+    sends again only a write that the kill cut off in flight)."""
     s3 = make_client(endpoint=moto_server, access_key="testing", secret_key="testing", region="us-east-1")
     logs_dir = tmp_path / "logs"
     zone = Zone(s3, DirectoryTarget(logs_dir, fsync=False))
@@ -638,9 +644,8 @@ def test_sigkill_mid_run_then_rerun(moto_server: str, tmp_path: Path, point: str
         zone.put("src", f"obj/{i:02d}", f"payload {i % 10}".encode() * 50)
         zone.put("srcv", f"v{i:02d}", f"versioned {i % 7}".encode())
     zone.commit()
-    counts = tmp_path / "puts.txt"
-
     def child(point: str, after: int) -> subprocess.CompletedProcess[str]:
+        counts = tmp_path / f"writes-{point}.txt"
         return subprocess.run(
             [sys.executable, "-c", CHILD, moto_server, str(logs_dir), str(counts), point, str(after)],
             capture_output=True, text=True, cwd=REPO, timeout=120,
@@ -659,8 +664,7 @@ def test_sigkill_mid_run_then_rerun(moto_server: str, tmp_path: Path, point: str
     else:
         assert result["resumed"] and result["backup_id"] == backups[0].backup_id
     assert not list(store.list("runs/"))
-    blob_puts = Counter(line.split()[1] for line in counts.read_text().splitlines() if "/blobs/" in line)
-    assert len(blob_puts) == 10 + 7 and set(blob_puts.values()) == {1}, blob_puts
+    assert_stored_once(tmp_path / f"writes-{point}.txt", tmp_path / "writes-never.txt", blobs=10 + 7)
     assert verify(store, progress=False).ok
     for bucket in ("src", "srcv"):
         restored_equals(store, s3, backups[0].backup_id, bucket, bucket_state(s3, bucket), f"{bucket}-restored")

@@ -9,6 +9,7 @@ import hashlib
 import time
 from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
 from typing import IO, Any
 
 import orjson
@@ -244,3 +245,28 @@ class CountingTarget:
 
     def close(self) -> None:
         self.inner.close()
+
+
+def blob_writes(path: Path) -> tuple[Counter[str], Counter[str]]:
+    """(sent, completed) blob writes per name, from a count file of ``sent NAME`` / ``done NAME``
+    lines written on the wire by a backup process."""
+    sent: Counter[str] = Counter()
+    done: Counter[str] = Counter()
+    if path.exists():
+        for line in path.read_text().splitlines():
+            what, name = line.split(" ", 1)
+            if "/blobs/" in name:
+                (sent if what == "sent" else done)[name] += 1
+    return sent, done
+
+
+def assert_stored_once(killed: Path, rerun: Path, *, blobs: int) -> None:
+    """Across a killed backup process and its rerun, every blob was written, none twice: the
+    rerun re-sends only a blob whose write was still in flight when the first one was killed."""
+    k_sent, k_done = blob_writes(killed)
+    r_sent, r_done = blob_writes(rerun)
+    assert set(k_sent.values()) <= {1} and set(r_sent.values()) <= {1}, "a process wrote a blob twice"
+    assert not set(k_done) & set(r_sent), "the rerun wrote again a blob the killed run had stored"
+    assert set(k_sent) & set(r_sent) <= set(k_sent) - set(k_done)
+    assert set((k_done + r_done).values()) <= {1}
+    assert len(set(k_sent) | set(r_sent)) == blobs

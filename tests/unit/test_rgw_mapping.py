@@ -16,6 +16,7 @@ from rgw_module.mapping import (
     baseline_mutation,
     baseline_seq,
     bilog_marker,
+    datalog_shard,
     incremental_seq,
     index_name_to_key,
     interpret,
@@ -162,9 +163,18 @@ def test_bucket_filter() -> None:
     assert everything.follows("any") and not everything.follows("logs") and everything.excluded("logs")
     star = BucketFilter(["*"])
     assert star.follows("x")
+    assert not star.follows("tenant/bucket")
     some = BucketFilter(["a", "b"], {"a": ["x/", "x/y/", "z"]})
     assert some.follows("a") and not some.follows("c")
     assert some.list_prefixes("a") == ("x/", "z")  # "x/y/" is inside "x/"
     assert some.list_prefixes("b") == ("",)
     assert some.wants("a", "x/1") and some.wants("a", "zz") and not some.wants("a", "y")
     assert some.wants("b", "anything")
+
+
+def test_datalog_shard_matches_radosgw() -> None:
+    # From the lab: bucket cap5's index shards 0, 2, 6, 8, 9 were logged to data-log shards
+    # 24, 26, 30, 32, 33; cap2's shards 0 and 3 to 8 and 11.
+    assert [datalog_shard("cap5", s, 128) for s in (0, 2, 6, 8, 9)] == [24, 26, 30, 32, 33]
+    assert [datalog_shard("cap2", s, 128) for s in (0, 3)] == [8, 11]
+    assert datalog_shard("cap2", -1, 128) == 8  # unsharded
