@@ -3,8 +3,9 @@ outside radosgw, through the admin REST API (rgw_module/README.md).
 
 A *sweep* (every ``poll_interval``):
 
-1. reads every data-log shard from its persisted marker to its end: each entry names a
-   bucket-index shard that changed; that shard becomes *pending*;
+1. reads the data-log shards from their persisted markers to their end (with a bucket list,
+   only the shards those buckets log to, after checking that none was resharded): each entry
+   names a bucket-index shard that changed; that shard becomes *pending*;
 2. resolves buckets it does not know, or whose instance id changed (reshard, deleted and created
    again), and runs a page budget of *full syncs* (baseline records of a bucket's objects);
 3. reads each pending bucket-index shard's log from its persisted marker to its end, in pages,

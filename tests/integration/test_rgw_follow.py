@@ -72,7 +72,7 @@ def env(ceph_lab: Lab, s3_client: Any) -> Iterator[Env]:
 
 
 def entries(index: ChangeIndex) -> list[Mutation]:
-    out = []
+    out: list[Mutation] = []
     for n in range(index.shards):
         out.extend(e.mutation for e in index.scan(n))
     return out
@@ -418,7 +418,7 @@ def test_full_sync_resumes_after_a_crash(env: Env) -> None:
     b = env.bucket()
     for i in range(25):
         s3.put_object(Bucket=b, Key=f"k{i:02d}", Body=b"k")
-    crashed = []
+    crashed: list[str] = []
 
     def crash(step: str) -> None:
         if step == "full.recorded" and len(crashed) < 2:

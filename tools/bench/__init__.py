@@ -1,0 +1,9 @@
+"""The benchmark suite: every performance figure of the project, each beside the baseline it is
+measured against in the same run (docs/benchmarks.md).
+
+    python -m tools.bench {record,drain,rgw-put,lag,backup,all} [--json] [--scale F] [--quick] [--lab DIR]
+
+One module per figure group (``record``, ``drain``, ``rgw_put``, ``lag``, ``backup``); each has
+``run(bench) -> list[Figure]``. ``common`` holds the lab, the sizing and the figure type;
+``peer`` the notification sink the RGW figures compare with.
+"""

@@ -1,0 +1,139 @@
+"""``python -m tools.bench FIGURE``: run figures on the Ceph lab and print them beside their baselines.
+
+The lab: ``--lab DIR`` (booted or completed with `tools/ceph-lab up DIR`, left running), else the
+cluster the environment names (CEPH_CONF, RGW_ENDPOINT, ... as `tools/ceph-lab up` prints them),
+else a throwaway lab booted in a temporary folder and stopped at the end.
+
+Output: the table on stdout; with ``--json`` one JSON object per figure on stdout instead (the
+table then goes to stderr). Progress goes to stderr. Exit status 0 when every figure was
+produced, whether or not it meets its goal (a benchmark reports; it does not judge).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import os
+import platform
+import shutil
+import sys
+import tempfile
+import time
+import traceback
+import uuid
+from pathlib import Path
+
+from tools.bench.common import Bench, Figure, lab_down, lab_from_env, lab_up, say, table
+
+# Figure name -> module, in the order `all` runs them.
+FIGURES = {
+    "record": "tools.bench.record",
+    "drain": "tools.bench.drain",
+    "rgw-put": "tools.bench.rgw_put",
+    "lag": "tools.bench.lag",
+    "backup": "tools.bench.backup",
+}
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(
+        prog="python -m tools.bench",
+        description="rgw-changelog benchmarks: each figure beside its baseline, measured in the same run.",
+    )
+    ap.add_argument("figure", choices=[*FIGURES, "all"], help="which figure (all: every one, in order)")
+    ap.add_argument("--json", action="store_true", help="one JSON object per figure on stdout (table on stderr)")
+    ap.add_argument("--scale", type=float, default=1.0, help="multiply every workload size (default 1)")
+    ap.add_argument("--quick", action="store_true", help="small workloads (~1-2 minutes for all; the CI smoke test)")
+    ap.add_argument("--lab", metavar="DIR", help="use (boot if needed) the lab in DIR and leave it running")
+    ap.add_argument("--threads", type=int, default=4, help="S3 client threads of the PUT workloads (default 4)")
+    ap.add_argument("--profile", action="store_true", help="record: print a cProfile of record_many")
+    args = ap.parse_args(argv)
+    if args.scale <= 0:
+        ap.error("--scale must be positive")
+    return args
+
+
+def machine() -> dict[str, object]:
+    mem = 0
+    try:
+        with open("/proc/meminfo") as f:
+            mem = int(f.readline().split()[1]) // 1024
+    except OSError:
+        pass
+    return {"cpus": os.cpu_count(), "mem_mib": mem, "python": platform.python_version(), "kernel": platform.release()}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    names = list(FIGURES) if args.figure == "all" else [args.figure]
+    tmp = Path(tempfile.mkdtemp(prefix="rgw-changelog-bench-"))
+    booted: Path | None = None
+    if args.lab:
+        lab = lab_up(Path(args.lab).absolute())
+    else:
+        env_lab = lab_from_env(os.environ)
+        if env_lab is not None:
+            lab = env_lab
+        else:
+            booted = tmp / "lab"
+            lab = lab_up(booted)
+    bench = Bench(
+        lab=lab,
+        tag=uuid.uuid4().hex[:8],
+        tmp=tmp,
+        scale=args.scale,
+        quick=args.quick,
+        profile=args.profile,
+        threads=args.threads,
+    )
+    say(f"lab: {lab.rgw_endpoint}, {lab.conf}, pool {lab.pool}; scale {args.scale}{', quick' if args.quick else ''}")
+    figures: list[Figure] = []
+    failed: list[str] = []
+    started = time.monotonic()
+    timings: dict[str, float] = {}
+    try:
+        for name in names:
+            t0 = time.monotonic()
+            say(f"=== {name}")
+            try:
+                mod = importlib.import_module(FIGURES[name])
+                got = mod.run(bench)
+            except KeyboardInterrupt:
+                raise
+            except Exception as ex:  # noqa: BLE001 - one broken figure must not hide the others
+                failed.append(name)
+                say(f"{name} FAILED: {type(ex).__name__}: {ex}\n{traceback.format_exc()}")
+                continue
+            timings[name] = time.monotonic() - t0
+            for f in got:
+                f.params.setdefault("scale", args.scale)
+                f.params.setdefault("quick", args.quick)
+            figures.extend(got)
+            say(f"{name}: {len(got)} figures in {timings[name]:.0f}s")
+            if args.json:
+                for f in got:
+                    print(json.dumps(f.to_json()), flush=True)
+    finally:
+        bench.close()
+        if booted is not None:
+            lab_down(booted)
+        shutil.rmtree(tmp, ignore_errors=True)
+    total = time.monotonic() - started
+    out = sys.stderr if args.json else sys.stdout
+    info = machine()
+    print(
+        f"\nrgw-changelog benchmarks, {time.strftime('%Y-%m-%d %H:%M %Z')}; {info['cpus']} CPUs, "
+        f"{info['mem_mib']} MiB, Python {info['python']}; scale {args.scale}{', quick' if args.quick else ''}; "
+        f"{total:.0f}s ({', '.join(f'{k} {v:.0f}s' for k, v in timings.items())})\n",
+        file=out,
+    )
+    print(table(figures), file=out, flush=True)
+    if failed:
+        print(f"\nFAILED figures: {', '.join(failed)}", file=out)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
