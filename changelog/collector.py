@@ -16,6 +16,7 @@ import functools
 import logging
 import threading
 import time
+from collections import defaultdict
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -201,6 +202,31 @@ class PassResult:
 
 
 @dataclass(slots=True)
+class _Counts:
+    """The collector's counters (``Collector.stats``), guarded by ``Collector._stats_lock``."""
+
+    passes: int = 0
+    entries_emitted: int = 0
+    objects_committed: int = 0
+    bytes_committed: int = 0
+    last_pass_entries: int | None = None
+    last_pass_seconds: float | None = None
+    last_pass_end: float | None = None
+    complete_until: float | None = None
+    target_errors: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+
+
+def error_kind(ex: BaseException) -> str:
+    """The ``kind`` label of a target error: ``transient`` (retried), ``missing`` (an object or
+    upload that should be there is not) or ``permanent``."""
+    if isinstance(ex, TransientError):
+        return "transient"
+    if isinstance(ex, ObjectMissing):
+        return "missing"
+    return "permanent"
+
+
+@dataclass(slots=True)
 class _Range:
     shard: int
     keys: list[str] = field(default_factory=list)
@@ -280,6 +306,8 @@ class Collector:
         gc_interval: float = 600.0,
         page: int = OP_KEYS,
         trim_batch: int = OP_KEYS,
+        paused: Callable[[], bool] | None = None,
+        pause_poll: float = 0.25,
     ) -> None:
         if settle < 0 or interval <= 0 or roll_entries < 1 or roll_bytes < 1 or roll_seconds < 0:
             raise ConfigError("collector: settle, roll_* must be >= 0 and interval, roll_entries, roll_bytes > 0")
@@ -316,6 +344,10 @@ class Collector:
         self._monotonic = monotonic
         self._cap = watermark_cap
         self._hook = fault_hook
+        self._paused = paused
+        self.pause_poll = float(pause_poll)
+        self._stats_lock = threading.Lock()
+        self._counts = _Counts()
         self._control = Lease(
             self.store,
             index.control_oid,
@@ -374,7 +406,10 @@ class Collector:
                 self._control.check()
             try:
                 return fn()
-            except TransientError as ex:
+            except (TransientError, PermanentError, ObjectMissing) as ex:
+                self._target_error(ex)
+                if not isinstance(ex, TransientError):
+                    raise
                 attempt += 1
                 if attempt > self.retries:
                     raise
@@ -383,7 +418,59 @@ class Collector:
                 self._sleep(delay)
                 delay = min(delay * 2, self.backoff_max)
 
+    def _target_error(self, ex: BaseException) -> None:
+        with self._stats_lock:
+            self._counts.target_errors[error_kind(ex)] += 1
+
+    # ------------------------------------------------------------------ stats
+
+    def stats(self) -> dict[str, Any]:
+        """A snapshot of the counters, for ``changelog.metrics`` (keys documented there):
+        ``passes``, ``entries_emitted``, ``objects_committed``, ``bytes_committed`` (as stored,
+        after compression), ``last_pass_entries``, ``last_pass_seconds``, ``last_pass_end`` and
+        ``complete_until`` (unix seconds; None until known), ``target_errors`` ({kind: count},
+        one per failed attempt)."""
+        with self._stats_lock:
+            c = self._counts
+            return {
+                "passes": c.passes,
+                "entries_emitted": c.entries_emitted,
+                "objects_committed": c.objects_committed,
+                "bytes_committed": c.bytes_committed,
+                "last_pass_entries": c.last_pass_entries,
+                "last_pass_seconds": c.last_pass_seconds,
+                "last_pass_end": c.last_pass_end,
+                "complete_until": c.complete_until,
+                "target_errors": dict(c.target_errors),
+                "active": self.active,
+            }
+
+    def _count_object(self, entries: int, stored_bytes: int) -> None:
+        with self._stats_lock:
+            self._counts.objects_committed += 1
+            self._counts.entries_emitted += entries
+            self._counts.bytes_committed += stored_bytes
+
+    def _count_pass(self, result: PassResult, seconds: float) -> None:
+        with self._stats_lock:
+            c = self._counts
+            c.passes += 1
+            c.last_pass_entries = result.entries
+            c.last_pass_seconds = seconds
+            c.last_pass_end = self._clock()
+            if self._state.watermark_us:
+                c.complete_until = self._state.watermark_us / 1_000_000
+
     # ------------------------------------------------------------------ leases
+
+    def leases(self) -> list[Lease]:
+        """The control lease and every shard's drain lease (the same objects for the life of the
+        collector, held or not: their renewal and loss counters stay with them)."""
+        return [self._control, *self._shards]
+
+    @property
+    def control_lease(self) -> Lease:
+        return self._control
 
     @property
     def active(self) -> bool:
@@ -482,6 +569,10 @@ class Collector:
         delay = self.backoff_base
         try:
             while not stop.is_set():
+                if self._paused is not None and self._paused():
+                    # Paused: no new pass. Leases keep being renewed, markers and index stay.
+                    stop.wait(self.pause_poll)
+                    continue
                 if not self.active:
                     try:
                         taken = self.try_takeover()
@@ -526,10 +617,13 @@ class Collector:
         into log objects, commit them, advance the watermark."""
         self._ensure_active()
         self._fault("pass")
+        t0 = self._monotonic()
         try:
-            return self._pass(self.settle if settle is None else settle)
+            result = self._pass(self.settle if settle is None else settle)
         finally:
             self._release_shards()
+        self._count_pass(result, self._monotonic() - t0)
+        return result
 
     def _pass(self, settle: float) -> PassResult:
         self._load_state()
@@ -614,6 +708,7 @@ class Collector:
         for r in writer.ranges:
             self._trim(r.shard, r.keys, step="trim")
         self._finish(pending)
+        self._count_object(pending.entries, writer.stored_bytes)
         self._fault("drop")
         return pending.name
 
@@ -666,6 +761,7 @@ class Collector:
             raise LockBusy(f"cannot recover {pending.name}: shards {busy} are locked by another drainer")
         logger.info("recovering %s (%d entries)", pending.name, pending.entries)
         exists = self._retry(f"HEAD {pending.name}", lambda: self.target.head(pending.name)) is not None
+        uploaded = 0
         if not exists:
             uploads = self._retry(f"list uploads of {pending.name}",
                                   lambda: list(self.target.list_uploads(pending.name)))
@@ -690,11 +786,15 @@ class Collector:
                 writer.complete(pending.metadata())
             finally:
                 writer.abort()
+            uploaded = writer.stored_bytes
             logger.info("re-uploaded %s", pending.name)
             self._fault("recover.upload")
         for r in pending.ranges:
             self._trim(r.shard, [key for key, _ in self._range_entries(r)], step="recover.trim")
         self._finish(pending)
+        if not exists:
+            # Re-uploaded here; an object that was already there was counted when it was written.
+            self._count_object(pending.entries, uploaded)
 
     # ------------------------------------------------------------------ housekeeping
 
@@ -707,6 +807,7 @@ class Collector:
         try:
             n = gc_uploads(self.target, prefix, older_than=self.gc_age, now=self._clock())
         except TransientError as ex:
+            self._target_error(ex)
             logger.warning("multipart upload GC failed: %s", ex)
             return
         if n:
@@ -771,6 +872,7 @@ class _LogWriter:
         self._upload_id: str | None = None
         self._parts: list[Part] = []
         self._done = False
+        self.stored_bytes = 0  # bytes of the object as stored (compressed), once complete
 
     @property
     def entries(self) -> int:
@@ -826,6 +928,7 @@ class _LogWriter:
             lambda: c.target.upload_part(self.name, upload_id, number, data),
         )
         self._parts.append(part)
+        self.stored_bytes += len(data)
         c._fault("part")
 
     def complete(self, metadata: dict[str, str]) -> None:
@@ -837,6 +940,7 @@ class _LogWriter:
             c._fault("commit")
             c._retry(f"PUT {self.name}", lambda: c.target.put(self.name, rest, metadata=metadata),
                      check_first=False)
+            self.stored_bytes = len(rest)
         else:
             if rest:
                 self._upload(rest)

@@ -82,9 +82,10 @@ LEASE_NAME = "follower"
 # radosgw's rgw_data_log_window is 30 s: a shard is re-logged at most that often while busy, so
 # it stays hot for twice that after its last sign of activity.
 HOT_SECONDS = 60.0
-# A bucket whose creation time is this far past the follower's first start was born with its
-# bucket-index log complete (log_data was on): it is followed from its first entry, no baseline.
-FRESH_MARGIN_NS = 2_000_000_000
+# A bucket created after the follower's first start (both times from radosgw's clock) was born
+# with its bucket-index log complete (log_data was on): it is followed from its first entry, no
+# baseline. No margin is needed: a truncated creation time only errs towards a baseline.
+FRESH_MARGIN_NS = 0
 # Bucket-index shards read per round: each contributes up to one page (1000 entries) to the
 # round's record batch, so this bounds memory (H9) while keeping rounds large.
 SHARDS_PER_ROUND = 16

@@ -147,12 +147,42 @@ def workload(s3: Any) -> list[tuple[str, str, str]]:
     return want
 
 
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def wait_ready(serve: subprocess.Popen[bytes], port: int, work: Path) -> None:
+    """Until serve's status says the follower has bootstrapped: buckets created from now on are
+    followed from their first log entry."""
+    import urllib.error
+    import urllib.request
+
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if serve.poll() is not None:
+            raise SystemExit(f"demo: serve exited with {serve.returncode}; see {work / 'serve.log'}")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/_/status", timeout=5) as r:
+                if (json.loads(r.read()).get("follower") or {}).get("bootstrapped"):
+                    return
+        except (urllib.error.URLError, OSError):
+            pass
+        time.sleep(0.5)
+    raise SystemExit(f"demo: serve did not become healthy in 60 s; see {work / 'serve.log'}")
+
+
 def on_lab(work: Path, keep: bool) -> int:
     say("booting the Ceph lab (tools/ceph-lab up)")
     env = lab_env(work)
     s3 = s3_client(env)
     s3.create_bucket(Bucket=LOG_BUCKET)
     cfg = work / "rgw-changelog.toml"
+    port = free_port()
     cfg.write_text(
         f'[index]\nbackend = "rados"\nceph_conf = "{env["CEPH_CONF"]}"\nkeyring = "{env["CEPH_KEYRING"]}"\n'
         f'pool = "{env["CEPH_POOL"]}"\nnamespace = "demo-{int(time.time())}"\nshards = 8\n\n'
@@ -160,13 +190,13 @@ def on_lab(work: Path, keep: bool) -> int:
         f'secret_key = "{env["RGW_SECRET_KEY"]}"\nregion = "default"\nexclude_buckets = ["{LOG_BUCKET}"]\n'
         f'poll_interval = 0.5\n\n'
         f'[target]\nurl = "s3://{LOG_BUCKET}/logs/"\ncompression = "gzip"\n\n'
-        f'[collector]\ninterval = 1\nsettle = 1\nroll_seconds = 5\n\n[api]\nlisten = "127.0.0.1:0"\n'
+        f'[collector]\ninterval = 1\nsettle = 1\nroll_seconds = 5\n\n[api]\nlisten = "127.0.0.1:{port}"\n'
     )
     say(f"starting rgw-changelog serve (log: {work / 'serve.log'})")
     log = open(work / "serve.log", "w")
     serve = subprocess.Popen([*CLI, "-c", str(cfg), "-v", "serve"], stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
     try:
-        time.sleep(2)
+        wait_ready(serve, port, work)
         say("driving a mixed S3 workload through radosgw")
         t0 = time.monotonic()
         want = workload(s3)

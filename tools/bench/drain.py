@@ -65,14 +65,13 @@ def fill(index: ChangeIndex, work: Workload, n: int) -> float:
 
 def physical_limit(raw: RawOmap, shards: int, s3: Any, bucket: str, name: str) -> tuple[int, int]:
     """Read every data entry of every shard, encode it, PUT all the bytes at once: (entries, bytes)."""
-    lines: list[bytes] = []
+    body = bytearray()
+    n = 0
     dumps, unpackb, newline = orjson.dumps, msgpack.unpackb, orjson.OPT_APPEND_NEWLINE
     for shard in range(shards):
         for _, value in raw.scan(f"bench.shard.{shard:04d}", keys.DATA_PREFIX):
-            lines.append(dumps(unpackb(value, raw=False), option=newline))
-    body = b"".join(lines)
-    n = len(lines)
-    del lines
+            body += dumps(unpackb(value, raw=False), option=newline)
+            n += 1
     s3.put_object(Bucket=bucket, Key=name, Body=body)
     return n, len(body)
 
