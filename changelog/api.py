@@ -39,6 +39,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 
 from changelog import __version__
 from changelog.errors import ConfigError, PermanentError, TransientError
+from changelog.store import LockInfo, LockRef
 
 logger = logging.getLogger(__name__)
 
@@ -322,9 +323,19 @@ def thread_alive(get: Callable[[], _Thread | None]) -> HealthCheck:
     return check
 
 
+class _LockReader(Protocol):
+    def lock_info(self, oid: str, name: str) -> LockInfo | None: ...
+
+
 class _Lease(Protocol):
     @property
     def oid(self) -> str: ...
+
+    @property
+    def ref(self) -> LockRef: ...
+
+    @property
+    def store(self) -> _LockReader: ...
 
     @property
     def held(self) -> bool: ...
@@ -332,19 +343,50 @@ class _Lease(Protocol):
     def remaining(self) -> float: ...
 
 
+def _lease_name(lease: _Lease) -> str:
+    return f"{lease.ref.name} on {lease.oid}"
+
+
 def leases_held(get: Callable[[], Iterable[_Lease]]) -> HealthCheck:
-    """Up when ``get()`` yields at least one lease and every one of them is held."""
+    """Up when ``get()`` yields at least one lease and each of them is either held by this
+    process or, live, by another one: then this process is a standby (another ``serve`` does
+    the work and this one takes over when its lease expires), which is healthy. Down when a
+    lease is held by nobody, or still carries our cookie in the store although we no longer
+    trust it (lost): then no one is doing that component's work."""
 
     def check() -> tuple[bool, str]:
         leases = list(get())
         if not leases:
             return False, "no lease held"
-        lost = [lease.oid for lease in leases if not lease.held]
+        held: list[_Lease] = []
+        standby: list[tuple[_Lease, LockInfo]] = []
+        lost: list[str] = []
+        for lease in leases:
+            if lease.held:
+                held.append(lease)
+                continue
+            try:
+                info = lease.store.lock_info(lease.oid, lease.ref.name)
+            except Exception as ex:
+                lost.append(f"{_lease_name(lease)} (holder unknown: {_one_line(ex)})")
+                continue
+            if info is not None and info.cookie != lease.ref.cookie:
+                standby.append((lease, info))
+            else:
+                lost.append(_lease_name(lease))
         if lost:
             more = f" and {len(lost) - 3} more" if len(lost) > 3 else ""
             return False, f"{len(lost)}/{len(leases)} not held: {', '.join(lost[:3])}{more}"
-        least = min(lease.remaining() for lease in leases)
-        return True, f"{len(leases)} held, next expiry in {least:.1f} s"
+        parts = []
+        if held:
+            least = min(lease.remaining() for lease in held)
+            parts.append(f"{len(held)} held, next expiry in {least:.1f} s")
+        if standby:
+            others = ", ".join(
+                f"{lease.ref.name} held by {info.description or info.cookie} ({info.holder})" for lease, info in standby
+            )
+            parts.append(f"standby: {others}")
+        return True, "; ".join(parts)
 
     return check
 

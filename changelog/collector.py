@@ -18,6 +18,7 @@ import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -78,6 +79,8 @@ FAULT_STEPS = (
 )
 # S3 caps an upload at 10000 parts.
 MAX_PARTS = 10_000
+# Lease renewals in flight at once when many are due together (every shard lease of a pass).
+RENEW_WORKERS = 8
 
 
 @dataclass(frozen=True, slots=True)
@@ -232,42 +235,138 @@ class _Range:
     keys: list[str] = field(default_factory=list)
 
 
-class _Renewer(threading.Thread):
-    """Renews a changing set of leases every ttl/3 from one thread (one thread per shard would
-    not scale to thousands of shards). A refused renewal marks that lease lost."""
+def renew_every(lease: Lease) -> float:
+    """How long after its last renewal a lease is renewed again: ttl/3 as usual, but never
+    leaving less slack before the local deadline (ttl - margin) than that same interval, so a
+    late or failed renewal gets a second chance (ttl 3 s: every 1 s, 1.5 s to spare; ttl 1 s:
+    every 0.25 s)."""
+    return min(lease.ttl / 3, (lease.ttl - lease.margin) / 2)
 
-    def __init__(self, ttl: float) -> None:
+
+class _Renewer(threading.Thread):
+    """Renews a changing set of leases from one thread (one thread per shard would not scale to
+    thousands of shards). Each lease is renewed ``interval`` after its last renewal (not after
+    the end of a round over all of them), the most urgent first, several at a time when many
+    are due, so one slow RPC does not delay the others. A refused renewal marks that lease lost.
+
+    ``discard`` waits for an in-flight renewal of that lease to finish: once it returns, the
+    renewer no longer touches the lease, so a renewal never overlaps its release or its
+    re-acquisition by the next pass. (Without that, a renewal that was already on its way when
+    a pass released its shards came back refused, marked the lease lost and dropped it from the
+    set, *after* the next pass had taken it again: that lease then went unrenewed and the pass
+    died of "lease drain ... not held" one TTL later.)
+    """
+
+    def __init__(self, ttl: float, *, monotonic: Callable[[], float] = time.monotonic,
+                 workers: int = RENEW_WORKERS) -> None:
         super().__init__(name="collector-leases", daemon=True)
-        self._interval = ttl / 3
+        self.ttl = float(ttl)
+        self.interval = self.ttl / 3  # the longest wait between two looks at the set
+        self._monotonic = monotonic
+        self._workers = max(1, workers)
         self._leases: dict[str, Lease] = {}
-        self._mutex = threading.Lock()
+        self._busy: set[str] = set()
+        self._retry_at: dict[str, float] = {}
+        self._cond = threading.Condition()
         self._stop_event = threading.Event()
 
     def add(self, lease: Lease) -> None:
-        with self._mutex:
+        with self._cond:
             self._leases[lease.oid] = lease
+            self._retry_at.pop(lease.oid, None)
+            self._cond.notify_all()
 
     def discard(self, lease: Lease) -> None:
-        with self._mutex:
-            self._leases.pop(lease.oid, None)
+        """Stop renewing ``lease``; returns once no renewal of it is in flight (or after a TTL, if
+        the store does not answer: the lease cannot be trusted by then anyway)."""
+        with self._cond:
+            deadline = time.monotonic() + self.ttl
+            while lease.oid in self._busy and self.is_alive():
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    logger.warning("renewal of %s still in flight after %.0fs; dropping it anyway", lease, self.ttl)
+                    break
+                self._cond.wait(left)
+            if self._leases.get(lease.oid) is lease:
+                del self._leases[lease.oid]
+            self._retry_at.pop(lease.oid, None)
 
-    def stop(self) -> None:
+    def stop(self, *, wait: bool = True) -> None:
+        """Stop renewing; with ``wait``, return once renewals in flight are over (so a release that
+        follows does not race one)."""
         self._stop_event.set()
+        with self._cond:
+            self._cond.notify_all()
+        if wait and self.is_alive() and threading.current_thread() is not self:
+            self.join(self.ttl)
+
+    def _due(self, now: float) -> tuple[list[Lease], float]:
+        """The leases to renew now, most urgent first, and when to look again (``_cond`` held)."""
+        due: list[tuple[float, Lease]] = []
+        wake = now + self.interval
+        for oid, lease in self._leases.items():
+            if oid in self._busy:
+                continue
+            remaining = lease.remaining()
+            # Renewed ``every`` after its last lock call, when its local deadline is
+            # ttl - margin - every away.
+            at = now + remaining - (lease.ttl - lease.margin - renew_every(lease))
+            at = max(at, self._retry_at.get(oid, at))
+            if at <= now:
+                due.append((remaining, lease))
+            else:
+                wake = min(wake, at)
+        due.sort(key=lambda item: item[0])
+        return [lease for _, lease in due], wake
 
     def run(self) -> None:
-        wait = self._interval
-        while not self._stop_event.wait(wait):
-            wait = self._interval
-            with self._mutex:
-                leases = list(self._leases.values())
-            for lease in leases:
-                try:
-                    lease.renew()
-                except LeaseLost:
-                    self.discard(lease)
-                except TransientError as ex:
-                    logger.warning("renewing %s failed, retrying soon: %s", lease, ex)
-                    wait = min(wait, 1.0)
+        pool: ThreadPoolExecutor | None = None
+        try:
+            while not self._stop_event.is_set():
+                with self._cond:
+                    now = self._monotonic()
+                    due, wake = self._due(now)
+                    if not due:
+                        # Real-time wait, bounded: the clock may be a test's.
+                        self._cond.wait(min(self.interval, max(0.005, wake - now)))
+                        continue
+                    self._busy.update(lease.oid for lease in due)
+                if len(due) == 1 or self._workers == 1:
+                    for lease in due:
+                        self._renew(lease)
+                else:
+                    if pool is None:
+                        pool = ThreadPoolExecutor(self._workers, thread_name_prefix="collector-renew")
+                    list(pool.map(self._renew, due))
+        finally:
+            if pool is not None:
+                pool.shutdown(wait=True)
+            with self._cond:
+                self._busy.clear()
+                self._cond.notify_all()
+
+    def _renew(self, lease: Lease) -> None:
+        outcome = "renewed"
+        try:
+            if self._stop_event.is_set():
+                outcome = "stopped"
+            else:
+                lease.renew()
+        except LeaseLost:
+            outcome = "lost"
+        except Exception as ex:  # noqa: BLE001 - TransientError, or anything else: retry soon
+            outcome = "failed"
+            logger.warning("renewing %s failed, retrying soon: %s", lease, ex)
+        finally:
+            with self._cond:
+                self._busy.discard(lease.oid)
+                if outcome == "lost" and self._leases.get(lease.oid) is lease:
+                    del self._leases[lease.oid]
+                if outcome == "failed":
+                    self._retry_at[lease.oid] = self._monotonic() + min(1.0, renew_every(lease) / 2)
+                else:
+                    self._retry_at.pop(lease.oid, None)
+                self._cond.notify_all()
 
 
 class Collector:
@@ -487,7 +586,7 @@ class Collector:
         if not self._control.acquire():
             return False
         try:
-            self._renewer = _Renewer(self.lease_ttl)
+            self._renewer = _Renewer(self.lease_ttl, monotonic=self._monotonic)
             self._renewer.add(self._control)
             self._renewer.start()
             self._load_state()
@@ -565,7 +664,11 @@ class Collector:
     def run(self, stop: threading.Event) -> None:
         """Until ``stop`` is set: standby until the control lease can be taken, then a pass
         every ``interval``. Transient failures back off (capped, exponential); a lost lease
-        drops back to standby; a permanent error is raised."""
+        drops back to standby; a permanent error is raised.
+
+        Before each pass (and each takeover attempt) the ``paused`` hook is asked; while it says
+        so, no pass starts: the pass in hand finishes, the leases stay held and renewed, and the
+        index, pending records and state are left as they are until it says go on."""
         delay = self.backoff_base
         try:
             while not stop.is_set():

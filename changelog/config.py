@@ -118,6 +118,11 @@ class SourceConfig:
     prefixes: Mapping[str, tuple[str, ...]] = _f("prefixes", lambda: MappingProxyType({}))
     exclude_buckets: tuple[str, ...] = _f("strlist", (), nonempty_items=True)
     poll_interval: float = _f("number", 1.0, min=0.05)
+    # HEAD each written object for its size and etag when the bucket index log lacks them: one
+    # more radosgw request per write, so off unless asked for.
+    object_info: bool = _f("bool", False)
+    # The follower's lease on the index (the collector has its own, collector.lease_ttl).
+    lease_ttl: float = _f("number", 30.0, min=1.0)
 
     @property
     def all_buckets(self) -> bool:
@@ -384,6 +389,10 @@ def _convert(name: str, v: Any, meta: Mapping[str, Any]) -> Any:
         return v
     if kind == "secret":
         return Secret(v)
+    if kind == "bool":
+        if not isinstance(v, bool):
+            raise ConfigError(f"{name} must be true or false (got {_shown(v)})")
+        return v
     if kind == "number":
         n = _number(name, v)
         _bounds(name, n, meta)

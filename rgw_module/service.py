@@ -17,13 +17,18 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from types import FrameType
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import urlsplit
 
 from changelog.errors import ChangelogError, PermanentError
 from changelog.index import ChangeIndex
 from rgw_module.admin import DEFAULT_REGION, AdminClient
 from rgw_module.follower import Follower, follower_state
+
+if TYPE_CHECKING:
+    from changelog.api import ApiServer, Controls, HealthCheck
+    from changelog.collector import Collector
+    from changelog.lease import Lease
 
 logger = logging.getLogger(__name__)
 
@@ -235,97 +240,148 @@ def _same_endpoint(a: str, b: str) -> bool:
 
 def serve(cfg: Any) -> None:
     """``rgw-changelog serve`` for a ``changelog.config.Config``: follower, collector and the
-    HTTP API until SIGTERM."""
+    HTTP API until SIGTERM. Without ``[source] endpoint`` (the embedded setup: mutations come
+    from ``rgw-changelog record``) the collector and the API only."""
     from changelog import config as config_mod
-
-    src = cfg.source
-    if not src.endpoint:
-        raise PermanentError("source.endpoint is not set: serve follows a radosgw zone")
-    if src.access_key is None or src.secret_key is None:
-        raise PermanentError("source.access_key and source.secret_key must be set to follow a radosgw zone")
-    index = config_mod.open_index(cfg)
-    target = config_mod.open_target(cfg)
-    controls = None
-    try:
-        from changelog.api import Controls
-
-        controls = Controls()
-    except ImportError:  # pragma: no cover - the API is optional
-        pass
-    paused = (lambda: controls.paused("follower")) if controls is not None else None
-    collector_opts = dict(config_mod.collector_options(cfg))
-    import inspect
-
+    from changelog.api import Controls
     from changelog.collector import Collector
 
-    known = inspect.signature(Collector).parameters
-    collector_opts = {k: v for k, v in collector_opts.items() if k in known}
-    service, follower, collector = build_service(
-        index,
-        target,
-        endpoint=src.endpoint,
-        access_key=config_mod.reveal(src.access_key) or "",
-        secret_key=config_mod.reveal(src.secret_key) or "",
-        region=src.region,
-        buckets=None if src.all_buckets else src.buckets,
-        prefixes=src.prefixes,
-        exclude_buckets=src.exclude_buckets,
-        poll_interval=src.poll_interval,
-        follower_options={
-            "paused": paused,
-            # One lease TTL for the process unless [source] has its own.
-            "lease_ttl": float(getattr(src, "lease_ttl", None) or cfg.collector.lease_ttl),
-            # size/etag lookups cost one radosgw request per write: off unless asked for.
-            "object_info": bool(getattr(src, "object_info", False)),
-        },
-        collector_options=collector_opts,
-    )
-    api = _start_api(cfg, index, target, service, follower, collector, controls)
-    if api is not None:
-        service.add_cleanup(api.stop)
+    src = cfg.source
+    if src.endpoint and (src.access_key is None or src.secret_key is None):
+        raise PermanentError("source.access_key and source.secret_key must be set to follow a radosgw zone")
+    index = config_mod.open_index(cfg)
+    try:
+        target = config_mod.open_target(cfg)
+    except BaseException:
+        index.store.close()
+        raise
+    follower: Follower | None
+    if src.endpoint:
+        controls = Controls()
+        service, follower, collector = build_service(
+            index,
+            target,
+            endpoint=src.endpoint,
+            access_key=config_mod.reveal(src.access_key) or "",
+            secret_key=config_mod.reveal(src.secret_key) or "",
+            region=src.region,
+            buckets=None if src.all_buckets else src.buckets,
+            prefixes=src.prefixes,
+            exclude_buckets=src.exclude_buckets,
+            poll_interval=src.poll_interval,
+            follower_options={
+                # Pausing parks the follower between sweeps; its lease and markers stay.
+                "paused": lambda: controls.checkpoint("follower"),
+                "lease_ttl": src.lease_ttl,
+                # size/etag lookups cost one radosgw request per write: off unless asked for.
+                "object_info": src.object_info,
+            },
+            collector_options={
+                **config_mod.collector_options(cfg),
+                "paused": lambda: controls.checkpoint("collector"),
+            },
+        )
+    else:
+        controls = Controls(("collector",))
+        follower = None
+        collector = Collector(
+            index,
+            target,
+            **config_mod.collector_options(cfg),
+            paused=lambda: controls.checkpoint("collector"),
+        )
+        service = Service({"collector": collector})
+    try:
+        api = _start_api(cfg, index, target, service, follower, collector, controls)
+    except BaseException:
+        if follower is not None:
+            follower.close()
+        index.store.close()
+        raise
+    service.add_cleanup(api.stop)
     service.add_cleanup(index.store.close)
-    logger.info(
-        "serve: following %s (buckets %s) into index %s, logs to %s",
-        src.endpoint,
-        "all" if src.all_buckets else ", ".join(src.buckets),
-        index.prefix,
-        getattr(target, "url", target),
-    )
+    if follower is not None:
+        logger.info(
+            "serve: following %s (buckets %s) into index %s, logs to %s",
+            src.endpoint,
+            "all" if src.all_buckets else ", ".join(src.buckets),
+            index.prefix,
+            getattr(target, "url", target),
+        )
+    else:
+        logger.warning("no [source] endpoint: serving the collector only (record mutations with `rgw-changelog record`)")
+        logger.info("serve: index %s -> %s", index.prefix, getattr(target, "url", target))
     service.run()
 
 
+def health_checks(
+    index: ChangeIndex, target: Any, service: Service, follower: Follower | None, collector: Collector
+) -> dict[str, HealthCheck]:
+    """The components ``GET /_/healthcheck`` reports: the index backend, the source radosgw, the
+    target, the follower and collector threads, and the leases (held by us, or by another live
+    ``serve`` while this one stands by). Without a follower (embedded setup) the source and
+    follower checks are left out."""
+    from changelog.api import leases_held, probe, thread_alive
+
+    url = getattr(target, "url", str(target))
+    checks: dict[str, HealthCheck] = {
+        "index": probe(lambda: index.store.omap_get(index.control_oid, ["meta"]), ok="control object readable"),
+    }
+    if follower is not None:
+        checks["source"] = probe(follower.admin.server_time_ns, ok=f"{follower.admin.endpoint} answering")
+    # A one-key listing: a bucket that was deleted or cannot be reached shows up here, before a
+    # pass has anything to write.
+    checks["target"] = probe(lambda: next(iter(target.list(page=1)), None), ok=f"{url} listable")
+    if follower is not None:
+        checks["follower"] = thread_alive(lambda: service.thread("follower"))
+    checks["collector"] = thread_alive(lambda: service.thread("collector"))
+
+    def leases() -> list[Lease]:
+        return ([follower.lease] if follower is not None else []) + [collector.control_lease]
+
+    checks["leases"] = leases_held(leases)
+    return checks
+
+
 def _start_api(
-    cfg: Any, index: ChangeIndex, target: Any, service: Service, follower: Follower, collector: Any, controls: Any
-) -> Any:
-    """The operator HTTP API (health, metrics, status, pause), if this build has it."""
-    try:
-        from changelog.api import ApiServer, thread_alive
-        from changelog.metrics import ChangelogMetrics, make_registry
-    except ImportError:  # pragma: no cover
-        return None
+    cfg: Any,
+    index: ChangeIndex,
+    target: Any,
+    service: Service,
+    follower: Follower | None,
+    collector: Collector,
+    controls: Controls,
+) -> ApiServer:
+    """The operator HTTP API (health, metrics, status, pause), started."""
+    from changelog.api import ApiServer
+    from changelog.metrics import ChangelogMetrics, make_registry
 
     def status() -> Mapping[str, Any]:
         from changelog.cli import collect_status
 
         doc = collect_status(cfg, index, target)
-        doc["follower"] = {**follower_state(index), "live": follower.stats()}
+        doc["from"] = "serve"
+        if isinstance(doc.get("collector"), dict):
+            doc["collector"]["live"] = collector.stats()
+        if follower is not None:
+            doc["follower"] = {**follower_state(index), "live": follower.stats()}
         return doc
 
+    def leases() -> list[Lease]:
+        return ([follower.lease] if follower is not None else []) + collector.leases()
+
     metrics = ChangelogMetrics(
-        collector=collector if callable(getattr(collector, "stats", None)) else None,
+        collector=collector,
         follower=follower,
         index=index,
-        leases=lambda: [follower.lease],
+        leases=leases,
         controls=controls,
     )
     api = ApiServer(
         cfg.api.listen,
         cfg.api.allow_from,
         status_provider=status,
-        health_checks={
-            "follower": thread_alive(lambda: service.thread("follower")),
-            "collector": thread_alive(lambda: service.thread("collector")),
-        },
+        health_checks=health_checks(index, target, service, follower, collector),
         controls=controls,
         registry=make_registry(metrics),
     )

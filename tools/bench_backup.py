@@ -50,6 +50,7 @@ from changelog.backup import manifest as mf  # noqa: E402
 from changelog.backup.runner import BackupRunner, RunResult  # noqa: E402
 from changelog.backup.source import Source, make_client  # noqa: E402
 from changelog.backup.store import BackupStore  # noqa: E402
+from changelog.reader import last_log, read_watermark  # noqa: E402
 from changelog.targets import S3Target  # noqa: E402
 
 REGION = "default"
@@ -189,10 +190,18 @@ def main(argv: list[str] | None = None) -> int:
     collector = Collector(index, S3Target(logs_b, "", client=log_client), settle=0.0, lease_ttl=30.0,
                           watermark_cap=follower.caught_up_until_us)
 
+    logs_view = S3Target(logs_b, "", client=log_client)
+
     def sync_logs() -> None:
+        """Until the watermark covers the last log object (it is capped by the follower's
+        caught_up_until, so this can take a second sweep)."""
         t = time.monotonic()
-        follower.run_until_caught_up(timeout=3600)
-        collector.flush()
+        for _ in range(20):
+            follower.run_until_caught_up(timeout=3600)
+            collector.flush()
+            wm, last = read_watermark(logs_view), last_log(logs_view)
+            if wm is not None and (last is None or wm.last_object == last.name):
+                break
         say(f"  change logs caught up in {time.monotonic() - t:.1f} s")
 
     ours = Counted(endpoint, key, secret, pool=2 * args.workers)

@@ -21,6 +21,10 @@ gone. Three facts settle it:
   taken only when that later record matches.)
 * The last record is read with ``GET If-Match: e`` (one request; the response's ETag is checked
   too, and an MD5 ETag against the bytes). A match means the bytes are those of the record.
+  A record may lack its ETag (the RGW follower leaves it out when it could not tell it): then
+  the key is first listed alone (LastModified to the millisecond, and the ETag); an object
+  modified after the record's time (the object's mtime, same clock) was written again since,
+  else it is read with ``If-Match`` on the ETag just listed.
 * A mismatch (412) or a 404 means the object changed again after the record, so after the
   watermark: a record beyond this run covers it. This record is then **skipped**: the key keeps
   its state of the previous backup (its content or its absence) and is listed under
@@ -69,7 +73,7 @@ from changelog.backup.model import State, Version, current, norm_etag
 from changelog.backup.source import ContentChanged, Source
 from changelog.backup.store import RUNS, BackupStore, owner_id, owner_is_dead
 from changelog.errors import ChangelogError, LockBusy, ObjectMissing, PermanentError, TransientError
-from changelog.logformat import LogRecord, rfc3339_us
+from changelog.logformat import LogRecord, parse_rfc3339, rfc3339_us
 from changelog.progress import Progress
 from changelog.reader import LogReader, read_watermark
 from changelog.targets import Target
@@ -714,6 +718,15 @@ class BackupRunner:
 
     def _fetch_once(self, item: Item, blobs: _Blobs, *, last: bool) -> Outcome:
         v = item.version
+        if v.version_id is None and v.etag is None:
+            # A record without an ETag (the follower could not tell it): guard by time instead.
+            probe = self.source.probe(item.bucket, item.key)
+            if probe is None:
+                return Outcome(item, "vanished")
+            etag, _size, modified_us = probe
+            if v.last_modified is not None and modified_us // 1000 > parse_rfc3339(v.last_modified) // 1000:
+                return Outcome(item, "changed")
+            v = dataclasses.replace(v, etag=etag)
         try:
             got = self.source.get(
                 item.bucket, item.key, version_id=v.version_id, if_match=v.etag if v.version_id is None else None

@@ -242,6 +242,18 @@ class Source:
         out.sort(key=lambda r: (not r[0], -r[1].timestamp()))
         return [v for _l, _t, v in out]
 
+    def probe(self, bucket: str, key: str) -> tuple[str | None, int, int] | None:
+        """(ETag, size, LastModified in microseconds) of the current object ``key``, from a
+        one-key listing (a listing gives LastModified to the millisecond, a GET to the second),
+        or None if there is no such object."""
+        resp = self._call(
+            f"list {bucket}/{key}", self.s3.list_objects_v2, Bucket=bucket, Prefix=key, MaxKeys=1
+        )
+        for o in resp.get("Contents", []):
+            if o["Key"] == key:
+                return norm_etag(o.get("ETag")), int(o.get("Size", 0)), to_us(o["LastModified"])
+        return None
+
     def get(self, bucket: str, key: str, *, version_id: str | None = None, if_match: str | None = None) -> GetResult:
         """Open an object for reading. ``ObjectMissing`` if it (or that version) is gone,
         ``ContentChanged`` if ``if_match`` no longer matches."""

@@ -30,6 +30,7 @@ from changelog.backup.store import BackupStore, blob_name
 from changelog.backup.verify import verify
 from changelog.collector import Collector
 from changelog.index import ChangeIndex
+from changelog.reader import last_log, read_watermark
 from changelog.targets import S3Target
 from rgw_module.admin import AdminClient
 from rgw_module.follower import Follower
@@ -65,9 +66,16 @@ class Pipe:
         return BackupStore(self.dest)
 
     def sync(self) -> None:
-        """Everything done so far is in the logs, and the watermark says so."""
-        self.follower.run_until_caught_up(timeout=120)
-        self.collector.flush()
+        """Everything done so far is in the logs, and the watermark says so (the collector caps
+        the watermark with the follower's caught_up_until: it can take a second sweep)."""
+        for _ in range(20):
+            self.follower.run_until_caught_up(timeout=120)
+            self.collector.flush()
+            wm = read_watermark(self.logs)
+            last = last_log(self.logs)
+            if wm is not None and (last is None or wm.last_object == last.name):
+                return
+        raise AssertionError("the watermark does not catch up with the last log object")
 
     def backup(self, *, snapshot: bool = True, **kw: Any) -> RunResult:
         kw.setdefault("progress", False)

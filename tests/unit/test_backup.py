@@ -279,6 +279,31 @@ def test_unversioned_record_overtaken_before_the_copy(fdest: CountingTarget, zon
     restored_equals(store, aws, r2.backup_id, "race", bucket_state(aws, "race"), "race-restored")
 
 
+def test_records_without_etag_are_guarded_by_time(fdest: CountingTarget, zone: Zone, aws: Any, logs: Any) -> None:
+    """A write record without size/ETag: the object is taken only if it was not written again
+    after the record's time; otherwise the record is skipped like any overtaken one."""
+    zone.create_bucket("noetag")
+    zone.put("noetag", "busy", b"b0")
+    zone.commit()
+    run(fdest, logs, aws)
+    zone.put("noetag", "quiet", b"q1", with_etag=False)
+    zone.put("noetag", "busy", b"b1", with_etag=False)
+    time.sleep(1.05 - time.time() % 1)  # moto's LastModified has whole seconds
+    late = zone.put("noetag", "busy", b"b2", log=False)
+    zone.commit()
+    store = BackupStore(fdest)
+    r1 = run(fdest, logs, aws)
+    m1 = mf.load(store, r1.backup_id)
+    assert [(lag["key"], lag["reason"]) for lag in m1.lagging] == [("busy", "changed")]
+    objs = dict(m1.objects("noetag"))
+    assert objs["quiet"].sha256 == sha(b"q1") and objs["quiet"].etag is not None
+    assert objs["busy"].sha256 == sha(b"b0")
+    zone.pending.append(late)
+    zone.commit()
+    m2 = mf.load(store, run(fdest, logs, aws).backup_id)
+    assert not m2.lagging and dict(m2.objects("noetag"))["busy"].sha256 == sha(b"b2")
+
+
 def test_versioned_record_whose_version_vanished(fdest: CountingTarget, zone: Zone, aws: Any, logs: Any) -> None:
     zone.create_bucket("vrb", versioned=True)
     zone.put("vrb", "k", b"a0")

@@ -124,13 +124,21 @@ class Zone:
         metadata: Mapping[str, str] | None = None,
         content_type: str | None = None,
         log: bool = True,
+        with_etag: bool = True,
     ) -> dict[str, Any]:
+        """``with_etag=False``: the record carries neither size nor ETag (as the RGW follower
+        writes it when it could not look them up)."""
         kwargs: dict[str, Any] = {"Bucket": bucket, "Key": key, "Body": body, "Metadata": dict(metadata or {})}
         if content_type:
             kwargs["ContentType"] = content_type
         resp = self.s3.put_object(**kwargs)
         rec = self.record(
-            bucket, key, "write", version_id=resp.get("VersionId"), size=len(body), etag=resp["ETag"].strip('"')
+            bucket,
+            key,
+            "write",
+            version_id=resp.get("VersionId"),
+            size=len(body) if with_etag else None,
+            etag=resp["ETag"].strip('"') if with_etag else None,
         )
         if log:
             self.pending.append(rec)

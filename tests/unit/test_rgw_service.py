@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from changelog.errors import PermanentError, TransientError
-from rgw_module.service import ComponentThread, Service, _same_endpoint
+from rgw_module.service import ComponentThread, Service, _same_endpoint, health_checks, serve
 from rgw_module.zone import RadosgwAdmin, enable_log_data, log_data_zones
 
 
@@ -124,6 +124,160 @@ def test_same_endpoint() -> None:
     assert _same_endpoint("http://127.0.0.1:17480", "http://127.0.0.1:17480/")
     assert _same_endpoint("https://rgw.example", "https://rgw.example:443")
     assert not _same_endpoint("http://127.0.0.1:17480", "http://127.0.0.1:17481")
+
+
+# --------------------------------------------------------------------------- serve's API wiring
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def embedded_config(tmp_path: Any, port: int) -> Any:
+    from changelog.config import parse_config
+
+    return parse_config(
+        {
+            "index": {"path": str(tmp_path / "index.db"), "shards": 4},
+            "target": {"url": f"file://{tmp_path}/logs/"},
+            "collector": {"interval": 0.05, "settle": 0.0, "lease_ttl": 5},
+            "api": {"listen": f"127.0.0.1:{port}"},
+        }
+    )
+
+
+def api_get(port: int, method: str, path: str) -> tuple[int, Any]:
+    import http.client
+
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        conn.request(method, path)
+        resp = conn.getresponse()
+        body = resp.read()
+        ctype = resp.getheader("Content-Type", "")
+        return resp.status, json.loads(body) if ctype == "application/json" else body.decode()
+    finally:
+        conn.close()
+
+
+def test_serve_embedded_runs_the_collector_and_the_api_without_source_checks(tmp_path: Any) -> None:
+    """``serve`` without [source] endpoint: the collector and the API; the health report leaves
+    out the source radosgw and the follower, the leases check has the collector's lease."""
+    from changelog import config as config_mod
+    from changelog.mutation import Mutation, Op
+
+    port = free_port()
+    cfg = embedded_config(tmp_path, port)
+    index = config_mod.open_index(cfg)
+    index.record_many(
+        [
+            Mutation(bucket="b", key=f"k/{i}", op=Op.WRITE, mtime_ns=time.time_ns(), source="t", position=f"{i:08d}",
+                     seq=f"{i:08d}", size=1, etag="e")
+            for i in range(20)
+        ]
+    )
+    index.store.close()
+    seen: dict[str, Any] = {}
+
+    def drive() -> None:
+        try:
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:
+                try:
+                    status, doc = api_get(port, "GET", "/_/healthcheck")
+                except OSError:
+                    time.sleep(0.05)
+                    continue
+                seen["health"] = (status, doc)
+                status_doc = api_get(port, "GET", "/_/status")[1]
+                if status == 200 and status_doc["index"]["entries"] == 0:
+                    break
+                time.sleep(0.05)
+            seen["status"] = api_get(port, "GET", "/_/status")[1]
+            seen["metrics"] = api_get(port, "GET", "/_/metrics")[1]
+            seen["pause"] = api_get(port, "POST", "/_/pause/collector")
+            seen["no_follower"] = api_get(port, "POST", "/_/pause/follower")[0]
+        finally:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    old = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
+    helper = threading.Thread(target=drive)
+    helper.start()
+    try:
+        serve(cfg)
+    finally:
+        helper.join(30)
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
+    status, doc = seen["health"]
+    assert status == 200, doc
+    assert set(doc["components"]) == {"index", "target", "collector", "leases"}
+    assert doc["components"]["leases"]["detail"].startswith("1 held")
+    st = seen["status"]
+    assert st["from"] == "serve" and st["index"]["entries"] == 0
+    assert st["collector"]["live"]["entries_emitted"] == 20
+    assert set(st["controls"]) == {"collector"}
+    assert "rgw_changelog_entries_emitted_total 20.0" in seen["metrics"]
+    assert 'rgw_changelog_leases_held{lease="collector"} 1.0' in seen["metrics"]
+    assert seen["pause"][0] == 200 and seen["pause"][1]["controls"]["collector"]["paused"] is True
+    assert seen["no_follower"] == 404
+
+
+class FakeAdmin2:
+    endpoint = "http://rgw.invalid:7480"
+
+    def __init__(self) -> None:
+        self.up = True
+
+    def server_time_ns(self) -> int:
+        if not self.up:
+            raise TransientError("GET /admin/...: connection refused")
+        return time.time_ns()
+
+
+class FakeFollower:
+    def __init__(self, lease: Any) -> None:
+        self.admin = FakeAdmin2()
+        self.lease = lease
+
+
+def test_health_checks_with_a_follower(tmp_path: Any) -> None:
+    from changelog import config as config_mod
+    from changelog.collector import Collector
+    from changelog.lease import Lease
+
+    cfg = embedded_config(tmp_path, free_port())
+    index = config_mod.open_index(cfg)
+    target = config_mod.open_target(cfg)
+    try:
+        collector = Collector(index, target, lease_ttl=5)
+        follower = FakeFollower(Lease(index.store, index.control_oid, name="follower", ttl=5))
+        service = Service({"follower": Loop(), "collector": Loop()})
+        checks = health_checks(index, target, service, follower, collector)  # type: ignore[arg-type]
+        assert list(checks) == ["index", "source", "target", "follower", "collector", "leases"]
+        assert checks["index"]() == (True, "control object readable")
+        assert checks["source"]() == (True, "http://rgw.invalid:7480 answering")
+        assert checks["target"]()[0] is True and checks["target"]()[1].endswith("listable")
+        assert checks["follower"]() == (False, "not started")
+        assert checks["leases"]()[0] is False  # nobody holds them yet
+        service.start()
+        assert follower.lease.acquire() and collector.try_takeover()
+        assert checks["follower"]() == (True, "follower alive")
+        assert checks["leases"]()[0] is True and checks["leases"]()[1].startswith("2 held")
+        follower.admin.up = False
+        with pytest.raises(TransientError):
+            checks["source"]()  # the API turns this into "down" with the message
+        service.stop()
+        service.join(5)
+        assert checks["collector"]() == (False, "collector has stopped")
+    finally:
+        collector.close()
+        follower.lease.release()
+        index.store.close()
 
 
 # --------------------------------------------------------------------------- log_data helper

@@ -97,7 +97,7 @@ class RawBatches:
 
 
 def _rados_throughput(bench: Bench, index: ChangeIndex, raw: RawOmap, work: Workload, batch: int) -> Figure:
-    total = bench.size(160_000, 32_000, minimum=batch)
+    total = bench.size(160_000, 16_000, minimum=batch)
     nb = max(1, total // batch)
     reps = bench.reps()
     # Warm up both paths (first contact with each shard reads its floor and stream marks).
@@ -159,7 +159,7 @@ def _profile(index: ChangeIndex, work: Workload, batch: int, nb: int) -> None:
 
 
 def _rados_latency(bench: Bench, index: ChangeIndex, raw: RawOmap, work: Workload) -> list[Figure]:
-    n = bench.size(1000, 200, minimum=50)
+    n = bench.size(1000, 100, minimum=50)
     block = 50
     ours: list[float] = []
     theirs: list[float] = []
@@ -217,7 +217,7 @@ def _sqlite_throughput(bench: Bench, work: Workload) -> Figure:
         " PRIMARY KEY (obj, key)) WITHOUT ROWID"
     )
     batch = BATCHES[0]
-    total = bench.size(320_000, 64_000, minimum=batch)
+    total = bench.size(320_000, 32_000, minimum=batch)
     nb = max(1, total // batch)
     reps = bench.reps()
     maker = RawBatches(index)
