@@ -447,6 +447,7 @@ class Collector:
         self.pause_poll = float(pause_poll)
         self._stats_lock = threading.Lock()
         self._counts = _Counts()
+        self._visible: dict[str, int] = {}  # objects completed whose commit is not finished: stored bytes
         self._control = Lease(
             self.store,
             index.control_oid,
@@ -807,11 +808,13 @@ class Collector:
         self._control_write(WriteOp(set={pending.key: pending.encode()}))
         self._fault("pending")
         writer.complete(pending.metadata())
+        # Visible now: should the trim fail, recovery finishes this commit and counts it.
+        self._visible[pending.name] = writer.stored_bytes
         self._fault("complete")
         for r in writer.ranges:
             self._trim(r.shard, r.keys, step="trim")
         self._finish(pending)
-        self._count_object(pending.entries, writer.stored_bytes)
+        self._count_object(pending.entries, self._visible.pop(pending.name))
         self._fault("drop")
         return pending.name
 
@@ -895,9 +898,23 @@ class Collector:
         for r in pending.ranges:
             self._trim(r.shard, [key for key, _ in self._range_entries(r)], step="recover.trim")
         self._finish(pending)
+        # Counted by the process that finishes the commit, like ``_commit`` does.
         if not exists:
-            # Re-uploaded here; an object that was already there was counted when it was written.
-            self._count_object(pending.entries, uploaded)
+            stored = uploaded
+        elif pending.name in self._visible:
+            stored = self._visible.pop(pending.name)
+        else:
+            stored = self._stored_size(pending.name)  # uploaded by a collector before us
+        self._count_object(pending.entries, stored)
+
+    def _stored_size(self, name: str) -> int:
+        """The size of a log object as stored, best effort (0 if the target will not say)."""
+        try:
+            for info in self.target.list(name, page=1):
+                return info.size if info.name == name else 0
+        except (TransientError, PermanentError) as ex:
+            self._target_error(ex)
+        return 0
 
     # ------------------------------------------------------------------ housekeeping
 

@@ -15,7 +15,8 @@ collector ``stats()``
     last finished pass and its duration (their ratio is the drain throughput),
     ``last_pass_end`` (float, unix time the last pass finished), ``complete_until`` (float | None,
     unix time of the watermark's ``complete_until``), ``target_errors`` ({kind: int}, errors from
-    the target by kind, e.g. ``transient`` / ``permanent`` / ``timeout``).
+    the target by kind, one per failed attempt: ``transient`` (retried), ``permanent``,
+    ``missing``: an object or upload that should be there is not).
 follower ``stats()``
     ``mutations_recorded`` (int, records written to the index), ``mutations_duplicate`` (int,
     records dropped as already recorded), ``sweeps`` (int, finished sweeps over the data log),

@@ -678,6 +678,40 @@ def test_stats_count_passes_objects_and_stored_bytes(any_env, comp):
     c.close()
 
 
+def test_a_commit_finished_by_recovery_is_counted_once(env):
+    env.record(40)
+    fail = [True]
+
+    def hook(step: str) -> None:
+        if step == "complete" and fail[0]:
+            fail[0] = False
+            raise TransientError("trim: OSD busy (injected)")  # the object is visible, not trimmed
+
+    c = env.collector(fault_hook=hook)
+    with pytest.raises(TransientError):
+        c.run_pass()
+    assert c.stats()["objects_committed"] == 0
+    assert c.run_pass().recovered == 1
+    s = c.stats()
+    sizes = {o.name: o.size for o in list_logs(env.target, prefix="logs")}
+    assert (s["objects_committed"], s["entries_emitted"], s["bytes_committed"]) == (1, 40, sum(sizes.values()))
+    c.close()
+    # A collector finishing the commit of one that crashed counts it, with the size as stored.
+    env.record(10)
+    a = env.collector(fault_hook=crash_at("complete"))
+    with pytest.raises(Crash):
+        a.run_pass()
+    dead(a)
+    (pending,) = a.pending()
+    b = env.collector(clock_offset=100.0)
+    assert b.recover() == 1
+    size = next(o.size for o in list_logs(env.target, prefix="logs") if o.name == pending.name)
+    s = b.stats()
+    assert (s["objects_committed"], s["entries_emitted"], s["bytes_committed"]) == (1, 10, size)
+    b.close()
+    env.check_exactly_once()
+
+
 def test_target_errors_are_counted_per_failed_attempt_by_kind(env):
     flaky = FlakyTarget(env.target)
     c = env.collector(target=flaky, retries=3)

@@ -86,6 +86,7 @@ def main(argv: list[str] | None = None) -> int:
         quick=args.quick,
         profile=args.profile,
         threads=args.threads,
+        throwaway=booted is not None,
     )
     say(f"lab: {lab.rgw_endpoint}, {lab.conf}, pool {lab.pool}; scale {args.scale}{', quick' if args.quick else ''}")
     figures: list[Figure] = []

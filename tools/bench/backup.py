@@ -5,8 +5,8 @@ on every client a tool uses) and its listing-based tool (``mirror_sync``: list s
 mirror, HEAD every source object to compare size, ETag and metadata, copy what differs, delete
 what is gone: what rclone does by default).
 
-Setup (not measured): a bucket of N 1 KiB objects (20,000 at the default scale), the same
-objects PUT into the mirror bucket (the listing tool's previous state), the RGW follower's full
+Setup (not measured; seeded with ``FastPut``): a bucket of N 1 KiB objects (20,000 at the default
+scale), the same objects PUT into the mirror bucket (the listing tool's previous state), the RGW follower's full
 sync and the collector write the baseline records, and a first ``BackupRunner.run()``. The seed
 objects share one content, so that first backup stores one blob (the setup is ~3N requests
 instead of ~5N); the measured incremental pass is unaffected, its changed objects all get
@@ -22,11 +22,10 @@ from __future__ import annotations
 
 import random
 import time
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from tools import bench_backup as bb
-from tools.bench.common import Bench, Figure, say, wipe_namespace
+from tools.bench.common import Bench, FastPut, Figure, say, wipe_namespace
 
 GROUP = "backup"
 CHANGED = 0.01
@@ -76,13 +75,9 @@ def run(bench: Bench) -> list[Figure]:
         t0 = time.monotonic()
         say(f"backup: seeding {n:,} objects into the source and the mirror")
 
-        def seed(i: int) -> None:
-            key = f"data/{i:07d}"
-            setup.put_object(Bucket=src_b, Key=key, Body=SEED_BODY)
-            setup.put_object(Bucket=mirror_b, Key=key, Body=SEED_BODY)
-
-        with ThreadPoolExecutor(SEED_WORKERS) as pool:
-            list(pool.map(seed, range(n)))
+        FastPut(lab).put_many(
+            [(b, f"data/{i:07d}", SEED_BODY) for i in range(n) for b in (src_b, mirror_b)], workers=SEED_WORKERS
+        )
         timings["seed_s"] = time.monotonic() - t0
         say(f"  {timings['seed_s']:.0f}s")
         if not follower.acquire():
@@ -171,8 +166,7 @@ def run(bench: Bench) -> list[Figure]:
         admin.close()
         store.close()
         wipe_namespace(bench, ns)
-        say("backup: removing the buckets")
-        for b in (src_b, logs_b, store_b, mirror_b):
+        for b in (src_b, logs_b, store_b, mirror_b) if not bench.throwaway else ():
             try:
                 _bulk_empty(setup, b)
             except Exception as ex:  # noqa: BLE001 - best effort; the next figures do not need them

@@ -8,6 +8,9 @@ sqlite3, boto3), so this package imports ``rados`` itself: the product keeps tha
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+import http.client
 import math
 import os
 import statistics
@@ -15,6 +18,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.parse
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -260,6 +264,7 @@ class Bench:
     quick: bool = False
     profile: bool = False
     threads: int = 4
+    throwaway: bool = False  # the lab was booted for this run and goes away with it
     shared: dict[str, Any] = field(default_factory=dict)  # resources figures share (the peer)
     _cleanups: list[tuple[str, Callable[[], None]]] = field(default_factory=list)
 
@@ -453,6 +458,75 @@ def put_round(
     with ThreadPoolExecutor(threads) as pool:
         list(pool.map(one, range(n)))
     return n / (time.monotonic() - t0), done
+
+
+class FastPut:
+    """Bulk PUTs for setting up a workload (never for a measured figure): SigV4 signed by hand
+    with an unsigned payload over one keep-alive connection per thread. boto3 spends ~2.5 ms
+    of client CPU per request here, this ~0.3 ms; on 2 cores shared with radosgw and the OSD
+    that halves the time of seeding a bucket."""
+
+    def __init__(self, lab: Lab) -> None:
+        parts = urllib.parse.urlsplit(lab.rgw_endpoint)
+        self.host = parts.netloc
+        self.hostname = parts.hostname or "127.0.0.1"
+        self.port = parts.port or 80
+        self.access_key = lab.access_key
+        self.secret_key = lab.secret_key
+        self._local = threading.local()
+        self._keys: dict[str, bytes] = {}
+
+    def _signing_key(self, date: str) -> bytes:
+        key = self._keys.get(date)
+        if key is None:
+            k = ("AWS4" + self.secret_key).encode()
+            for part in (date, S3_REGION, "s3", "aws4_request"):
+                k = hmac.new(k, part.encode(), hashlib.sha256).digest()
+            key = self._keys[date] = k
+        return key
+
+    def put(self, bucket: str, key: str, body: bytes) -> None:
+        path = "/" + urllib.parse.quote(f"{bucket}/{key}", safe="/-_.~")
+        now = time.gmtime()
+        amz_date = time.strftime("%Y%m%dT%H%M%SZ", now)
+        date = amz_date[:8]
+        canonical = (
+            f"PUT\n{path}\n\nhost:{self.host}\nx-amz-content-sha256:UNSIGNED-PAYLOAD\nx-amz-date:{amz_date}\n\n"
+            "host;x-amz-content-sha256;x-amz-date\nUNSIGNED-PAYLOAD"
+        )
+        scope = f"{date}/{S3_REGION}/s3/aws4_request"
+        to_sign = f"AWS4-HMAC-SHA256\n{amz_date}\n{scope}\n{hashlib.sha256(canonical.encode()).hexdigest()}"
+        signature = hmac.new(self._signing_key(date), to_sign.encode(), hashlib.sha256).hexdigest()
+        headers = {
+            "Host": self.host,
+            "x-amz-date": amz_date,
+            "x-amz-content-sha256": "UNSIGNED-PAYLOAD",
+            "Content-Length": str(len(body)),
+            "Authorization": f"AWS4-HMAC-SHA256 Credential={self.access_key}/{scope}, "
+            f"SignedHeaders=host;x-amz-content-sha256;x-amz-date, Signature={signature}",
+        }
+        for attempt in range(3):
+            conn: http.client.HTTPConnection | None = getattr(self._local, "conn", None)
+            if conn is None:
+                conn = self._local.conn = http.client.HTTPConnection(self.hostname, self.port, timeout=60)
+            try:
+                conn.request("PUT", path, body=body, headers=headers)
+                resp = conn.getresponse()
+                data = resp.read()
+            except (OSError, http.client.HTTPException):
+                conn.close()
+                self._local.conn = None
+                if attempt == 2:
+                    raise
+                continue
+            if resp.status == 200:
+                return
+            if resp.status < 500 or attempt == 2:
+                raise RuntimeError(f"PUT {bucket}/{key}: HTTP {resp.status} {data[:300]!r}")
+
+    def put_many(self, items: Sequence[tuple[str, str, bytes]], *, workers: int = 16) -> None:
+        with ThreadPoolExecutor(workers) as pool:
+            list(pool.map(lambda it: self.put(*it), items))
 
 
 def rss_now_kb() -> int:

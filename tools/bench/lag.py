@@ -77,7 +77,7 @@ def run(bench: Bench) -> list[Figure]:
     s3.create_bucket(Bucket=bucket)
     peer = get_peer(bench, s3)
     serve = ServeProcess(bench, s3, what="lag", buckets=[bucket], **SERVE_TIMINGS)
-    seconds = bench.size(30, 8, minimum=3)
+    seconds = bench.size(20, 8, minimum=3)
     n = int(seconds * RATE)
     ours_put: dict[str, float] = {}
     peer_put: dict[str, float] = {}

@@ -97,7 +97,7 @@ class RawBatches:
 
 
 def _rados_throughput(bench: Bench, index: ChangeIndex, raw: RawOmap, work: Workload, batch: int) -> Figure:
-    total = bench.size(160_000, 16_000, minimum=batch)
+    total = bench.size(128_000 if batch >= 10_000 else 64_000, 16_000, minimum=batch)
     nb = max(1, total // batch)
     reps = bench.reps()
     # Warm up both paths (first contact with each shard reads its floor and stream marks).
@@ -217,7 +217,7 @@ def _sqlite_throughput(bench: Bench, work: Workload) -> Figure:
         " PRIMARY KEY (obj, key)) WITHOUT ROWID"
     )
     batch = BATCHES[0]
-    total = bench.size(320_000, 32_000, minimum=batch)
+    total = bench.size(160_000, 32_000, minimum=batch)
     nb = max(1, total // batch)
     reps = bench.reps()
     maker = RawBatches(index)

@@ -38,7 +38,7 @@ def run(bench: Bench) -> list[Figure]:
         s3.create_bucket(Bucket=b)
     peer = get_peer(bench, s3)
     serve = ServeProcess(bench, s3, what="put", buckets=[on_bucket])
-    n = bench.size(1000, 150, minimum=50)
+    n = bench.size(800, 150, minimum=50)
     reps = bench.reps(3, 1)
     rates: dict[str, list[float]] = {"off": [], "serve": [], "notification": []}
     sent_on = 0
