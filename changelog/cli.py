@@ -893,11 +893,9 @@ def serve_cmd() -> None:
     _serve_logging(st, cfg)
     restore = _reload_on_sighup(st)
     try:
-        if cfg.source.endpoint is None:
-            _serve_collector_only(st)
-            return
         from rgw_module import service
 
+        # Without a [source] endpoint this serves the collector and the API only (embedded).
         service.serve(cfg)
     finally:
         restore()
@@ -928,31 +926,6 @@ def _reload_on_sighup(st: State) -> Callable[[], None]:
         signal.signal(signal.SIGHUP, saved)
 
     return restore
-
-
-def _serve_collector_only(st: State) -> None:
-    from prometheus_client import CollectorRegistry
-
-    from changelog.api import ApiServer, Controls, thread_alive
-    from rgw_module.service import Service
-
-    cfg = st.config
-    index, target = st.index(), st.target()
-    collector = _collector(st)
-    service = Service({"collector": collector})
-    api = ApiServer(
-        cfg.api.listen,
-        cfg.api.allow_from,
-        status_provider=lambda: collect_status(cfg, index, target),
-        health_checks={"collector": thread_alive(lambda: service.thread("collector"))},
-        controls=Controls(("collector",)),
-        registry=CollectorRegistry(),
-    )
-    api.start()
-    service.add_cleanup(api.stop)
-    logger.warning("no [source] endpoint: serving the collector only (record mutations with `rgw-changelog record`)")
-    logger.info("serve: index %s (%s) -> %s", index.prefix, cfg.index.backend, st_url(target))
-    service.run()
 
 
 # --------------------------------------------------------------------------- status

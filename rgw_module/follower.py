@@ -84,8 +84,9 @@ LEASE_NAME = "follower"
 HOT_SECONDS = 60.0
 # A bucket created after the follower's first start (both times from radosgw's clock) was born
 # with its bucket-index log complete (log_data was on): it is followed from its first entry, no
-# baseline. No margin is needed: a truncated creation time only errs towards a baseline.
-FRESH_MARGIN_NS = 0
+# baseline. The first start is read from radosgw's Date header, truncated to whole seconds, so a
+# bucket counts as created after it only when it is one full second past it.
+FRESH_MARGIN_NS = 1_000_000_000
 # Bucket-index shards read per round: each contributes up to one page (1000 entries) to the
 # round's record batch, so this bounds memory (H9) while keeping rounds large.
 SHARDS_PER_ROUND = 16

@@ -169,6 +169,9 @@ def wait_ready(serve: subprocess.Popen[bytes], port: int, work: Path) -> None:
         try:
             with urllib.request.urlopen(f"http://127.0.0.1:{port}/_/status", timeout=5) as r:
                 if (json.loads(r.read()).get("follower") or {}).get("bootstrapped"):
+                    # The follower's first start is known to the second: buckets created more
+                    # than a second later are followed from their first log entry.
+                    time.sleep(1.2)
                     return
         except (urllib.error.URLError, OSError):
             pass
