@@ -64,6 +64,14 @@ def machine() -> dict[str, object]:
     return {"cpus": os.cpu_count(), "mem_mib": mem, "python": platform.python_version(), "kernel": platform.release()}
 
 
+def loadavg() -> str:
+    try:
+        with open("/proc/loadavg") as f:
+            return " ".join(f.read().split()[:3])
+    except OSError:
+        return "?"
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     names = list(FIGURES) if args.figure == "all" else [args.figure]
@@ -92,6 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     figures: list[Figure] = []
     failed: list[str] = []
     started = time.monotonic()
+    load_start = loadavg()
     timings: dict[str, float] = {}
     try:
         for name in names:
@@ -126,7 +135,8 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"\nrgw-changelog benchmarks, {time.strftime('%Y-%m-%d %H:%M %Z')}; {info['cpus']} CPUs, "
         f"{info['mem_mib']} MiB, Python {info['python']}; scale {args.scale}{', quick' if args.quick else ''}; "
-        f"{total:.0f}s ({', '.join(f'{k} {v:.0f}s' for k, v in timings.items())})\n",
+        f"{total:.0f}s ({', '.join(f'{k} {v:.0f}s' for k, v in timings.items())}); "
+        f"load average {load_start} at the start, {loadavg()} at the end\n",
         file=out,
     )
     print(table(figures), file=out, flush=True)

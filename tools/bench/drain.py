@@ -3,8 +3,9 @@ the physical limit on the same data, and its peak memory while draining a large 
 
 * **drain throughput**: a backlog of N entries in a 16-shard RADOS index. The baseline reads the
   same entries with plain ``get_omap_vals`` pages (same page size, shard after shard), encodes
-  each with orjson (msgpack decoded, dumped as one JSON line) and uploads all the bytes in one
-  PUT: no lease, no floor, no commit record, no trim. Ours is one ``Collector.flush()`` pass
+  each with orjson (the stored msgpack map dumped as one JSON line: short field names, no id,
+  no RFC 3339 times, so ~25% fewer bytes than our lines) and uploads all the bytes in one PUT:
+  no lease, no floor, no commit record, no trim. Ours is one ``Collector.flush()`` pass
   with the default ``[collector]`` settings (8 MiB multipart parts, objects rolled every 100k
   entries), trim included. The baseline goes first in each repetition (ours consumes the
   backlog); repetitions alternate with a fresh backlog.
