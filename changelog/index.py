@@ -363,12 +363,13 @@ class ChangeIndex:
         points at that entry (a newer write may have replaced it).
         """
         oid = self.shard_oid(shard)
+        plain: list[tuple[str, WriteOp]] = []
         for i in range(0, len(keys_), OP_KEYS):
             chunk = list(keys_[i : i + OP_KEYS])
             for k in chunk:
                 keys.time_of(k)  # refuses anything that is not a data key
             if self.mode != "object":
-                self.store.execute(oid, WriteOp(fence=fence, remove=chunk))
+                plain.append((oid, WriteOp(fence=fence, remove=chunk)))
                 continue
             pointers = {keys.object_key(*k.split(".")[2:4]): k for k in chunk}
             for _ in range(CAS_RETRIES):
@@ -386,6 +387,11 @@ class ChangeIndex:
                     continue
             else:
                 raise TransientError(f"shard {shard}: object pointers kept changing during trim")
+        if plain:
+            # Independent exact removals: sent together (RADOS: aio), every error surfaced.
+            for err in self.store.execute_many(plain):
+                if err is not None:
+                    raise err
 
     def stats(self, shard: int) -> ShardStats:
         oid = self.shard_oid(shard)
