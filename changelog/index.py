@@ -13,7 +13,6 @@ import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from hashlib import blake2b
 
 import orjson
 
@@ -155,8 +154,7 @@ class ChangeIndex:
                 raise InvalidMutation(f"not a Mutation: {type(m).__name__}")
             shard, obj = keys.locate(m.bucket, m.key, shards)
             ver = null_ver if m.version_id is None else keys.version_hash(m.version_id)
-            evt = blake2b(f"{m.source}\n{m.position}".encode(), digest_size=16).hexdigest()[:16]
-            by_shard[shard].append(_Pending(m, m.encode(), obj, ver, evt))
+            by_shard[shard].append(_Pending(m, m.encode(), obj, ver, m.event_id[:16]))
         total = RecordResult(0, 0)
         attempt = 0
         while by_shard:

@@ -31,8 +31,13 @@ def _h(data: bytes, size: int) -> str:
     return hashlib.blake2b(data, digest_size=size).hexdigest()
 
 
+def _object_digest(bucket: str, key: str) -> bytes:
+    """The one digest of an object: its shard and its hash in keys both come from it."""
+    return hashlib.blake2b(bucket.encode() + b"\x00" + key.encode(), digest_size=8).digest()
+
+
 def object_hash(bucket: str, key: str) -> str:
-    return _h(bucket.encode() + b"\x00" + key.encode(), 8)
+    return _object_digest(bucket, key).hex()
 
 
 def version_hash(version_id: str | None) -> str:
@@ -46,13 +51,12 @@ def shard_of(bucket: str, key: str, shards: int) -> int:
     """Stable shard of an object: all records of one bucket/key land in one shard."""
     if shards < 1:
         raise ValueError("shard count must be >= 1")
-    digest = hashlib.blake2b(bucket.encode() + b"\x00" + key.encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "big") % shards
+    return locate(bucket, key, shards)[0]
 
 
 def locate(bucket: str, key: str, shards: int) -> tuple[int, str]:
     """(shard, object hash) from one digest: the hot path of recording."""
-    digest = hashlib.blake2b(bucket.encode() + b"\x00" + key.encode(), digest_size=8).digest()
+    digest = _object_digest(bucket, key)
     return int.from_bytes(digest, "big") % shards, digest.hex()
 
 

@@ -96,6 +96,14 @@ class RawBatches:
         return [(self.index.shard_oid(s), tuple(ks), tuple(vs)) for s, (ks, vs) in sorted(by_shard.items())]
 
 
+def _rate(prepared: Sequence[Any], write: Any, per_item: int) -> float:
+    """Records/s of ``write`` over ``prepared`` batches; preparing them is outside the clock."""
+    t0 = time.perf_counter()
+    for item in prepared:
+        write(item)
+    return len(prepared) * per_item / (time.perf_counter() - t0)
+
+
 def _rados_throughput(bench: Bench, index: ChangeIndex, raw: RawOmap, work: Workload, batch: int) -> Figure:
     total = bench.size(128_000 if batch >= 10_000 else 64_000, 16_000, minimum=batch)
     nb = max(1, total // batch)
@@ -106,18 +114,10 @@ def _rados_throughput(bench: Bench, index: ChangeIndex, raw: RawOmap, work: Work
     raw.write_many(maker.ops(work.batch(batch)))
 
     def ours(_rep: int) -> float:
-        batches = [work.batch(batch) for _ in range(nb)]
-        t0 = time.perf_counter()
-        for b in batches:
-            index.record_many(b)
-        return nb * batch / (time.perf_counter() - t0)
+        return _rate([work.batch(batch) for _ in range(nb)], index.record_many, batch)
 
     def theirs(_rep: int) -> float:
-        ops = [maker.ops(work.batch(batch)) for _ in range(nb)]
-        t0 = time.perf_counter()
-        for o in ops:
-            raw.write_many(o)
-        return nb * batch / (time.perf_counter() - t0)
+        return _rate([maker.ops(work.batch(batch)) for _ in range(nb)], raw.write_many, batch)
 
     a, b = interleaved(reps, ours, theirs)
     keys_per_op = batch // SHARDS
@@ -236,18 +236,10 @@ def _sqlite_throughput(bench: Bench, work: Workload) -> Figure:
     raw_write(maker.ops(work.batch(batch)))
 
     def ours(_rep: int) -> float:
-        batches = [work.batch(batch) for _ in range(nb)]
-        t0 = time.perf_counter()
-        for b in batches:
-            index.record_many(b)
-        return nb * batch / (time.perf_counter() - t0)
+        return _rate([work.batch(batch) for _ in range(nb)], index.record_many, batch)
 
     def theirs(_rep: int) -> float:
-        ops = [maker.ops(work.batch(batch)) for _ in range(nb)]
-        t0 = time.perf_counter()
-        for o in ops:
-            raw_write(o)
-        return nb * batch / (time.perf_counter() - t0)
+        return _rate([maker.ops(work.batch(batch)) for _ in range(nb)], raw_write, batch)
 
     try:
         a, b = interleaved(reps, ours, theirs)
