@@ -5,7 +5,8 @@ previous backup's checkpoint), deduplicated (content stored once per SHA-256) an
 Modules, in the order a backup flows through them: ``model`` (per-key versions and how a log
 record changes them) -> ``source`` (the source S3: GET by version, conditional GET, listings; the
 package's one boto3 module) -> ``store`` (the content-addressed destination on a ``Target``) ->
-``lock`` (leases kept in the destination itself) -> ``runner`` (``backup run``) -> ``manifest``
+``lock`` (leases kept in the destination itself) -> ``runner`` (``backup run``; ``probes``: the
+LastModified guard of many keys from one range listing) -> ``manifest``
 -> ``restore`` / ``verify`` / ``cleanup`` -> ``cli`` (the ``backup`` click group).
 """
 

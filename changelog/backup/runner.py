@@ -22,9 +22,11 @@ gone. Three facts settle it:
 * The last record is read with ``GET If-Match: e`` (one request; the response's ETag is checked
   too, and an MD5 ETag against the bytes). A match means the bytes are those of the record.
   A record may lack its ETag (the RGW follower leaves it out when it could not tell it): then
-  the key is first listed alone (LastModified to the millisecond, and the ETag); an object
-  modified after the record's time (the object's mtime, same clock) was written again since,
-  else it is read with ``If-Match`` on the ETag just listed.
+  the key is first listed (LastModified to the millisecond, and the ETag): alone, or with the
+  other such keys near it in one range listing when that costs fewer requests (``probes``); a
+  key missing from the listing was deleted since. An object modified after the record's time
+  (the object's mtime, same clock) was written again since, else it is read with ``If-Match``
+  on the ETag just listed.
 * A mismatch (412) or a 404 means the object changed again after the record, so after the
   watermark: a record beyond this run covers it. This record is then **skipped**: the key keeps
   its state of the previous backup (its content or its absence) and is listed under
@@ -70,6 +72,8 @@ from typing import IO, Any
 from changelog.backup import manifest as mf
 from changelog.backup.lock import wait_for_unlocked
 from changelog.backup.model import State, Version, current, norm_etag
+from changelog.backup.probes import ProbeRange
+from changelog.backup.probes import plan as plan_probes
 from changelog.backup.source import ContentChanged, Source
 from changelog.backup.store import RUNS, BackupStore, owner_id, owner_is_dead
 from changelog.errors import ChangelogError, LockBusy, ObjectMissing, PermanentError, TransientError
@@ -99,6 +103,8 @@ CLEANUP_WAIT_S = 600.0
 _MD5_RE = re.compile(r"^[0-9a-f]{32}$")
 
 Hook = Callable[[str], None]
+# An item not probed by a range listing (its probe, when it needs one, is its own request).
+_UNPROBED: Any = object()
 
 
 def _no_hook(point: str) -> None:
@@ -660,6 +666,8 @@ class BackupRunner:
 
         initial = list(queue)
         queue.clear()
+        # (item, its probe from a range listing: a listing entry, None for absent, or _UNPROBED)
+        ready: deque[tuple[Item, Any]] = deque()
         # Exists checks: one per copied object, or one listing page per 1000 stored blobs
         # (estimated from the base): whichever costs fewer requests.
         if len(initial) > 2 * (len(blobs.base) // 1000 + 1):
@@ -669,7 +677,7 @@ class BackupRunner:
             for item in initial:
                 row = done.get(item.ident)
                 if row is None:
-                    queue.append(item)
+                    ready.append((item, _UNPROBED))
                     continue
                 kind, vdoc = row[4], row[5]
                 version = Version.from_dict(vdoc) if vdoc else None
@@ -677,16 +685,33 @@ class BackupRunner:
                     blobs.present.add(version.sha256)
                 apply(Outcome(item, kind, version))
                 bar.update(1, nbytes=(version.size or 0) if version else 0)
+            ranges, probing = self._plan_probes(state, ready)
             with ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="backup-copy") as pool:
-                running: set[Future[Outcome]] = set()
-                while queue or running:
-                    while queue and len(running) < 2 * self.workers:
-                        running.add(pool.submit(self._fetch, queue.popleft(), blobs))
+                running: set[Future[Any]] = set()
+                listing: dict[Future[Any], ProbeRange] = {}
+                while ready or queue or running or ranges:
+                    # Range listings first (each a chain of pages whose keys feed the copies),
+                    # on at most half of the slots so that copies go on meanwhile.
+                    while ranges and len(listing) < max(1, self.workers // 2) and len(running) < 2 * self.workers:
+                        rng = ranges.popleft()
+                        page: Future[Any] = pool.submit(
+                            self.source.probe_page, rng.bucket, prefix=rng.prefix, start_after=rng.start_after, token=rng.token
+                        )
+                        listing[page] = rng
+                        running.add(page)
+                    while queue:
+                        ready.append((queue.popleft(), _UNPROBED))
+                    while ready and len(running) < 2 * self.workers:
+                        running.add(pool.submit(self._fetch, *ready.popleft(), blobs))
                     finished, _ = wait(running, return_when=FIRST_COMPLETED)
                     for fut in finished:
                         running.discard(fut)
+                        rng_done = listing.pop(fut, None)
                         try:
-                            out = fut.result()
+                            if rng_done is not None:
+                                ranges.extend(self._settle(rng_done, fut, ready, probing))
+                                continue
+                            out: Outcome = fut.result()
                         except BaseException:
                             for other in running:
                                 other.cancel()
@@ -703,11 +728,70 @@ class BackupRunner:
             flush()
         return seg_no
 
-    def _fetch(self, item: Item, blobs: _Blobs) -> Outcome:
-        """Copy one object (in a worker thread), retrying transient errors with backoff."""
+    def _plan_probes(
+        self, state: State, ready: deque[tuple[Item, Any]]
+    ) -> tuple[deque[ProbeRange], dict[tuple[str, str], Item]]:
+        """Batched probes (``probes``): per bucket, the items whose record has neither version id
+        nor ETag (each needs a probe) that are worth a range listing leave ``ready`` and wait in
+        the returned ranges (their items by bucket and key) until a page settles them."""
+        need: dict[str, dict[str, Item]] = {}
+        for item, _pre in ready:
+            if item.version.version_id is None and item.version.etag is None:
+                need.setdefault(item.bucket, {})[item.key] = item
+        ranges: deque[ProbeRange] = deque()
+        batched: set[tuple[str, str]] = set()
+        for bucket, items in sorted(need.items()):
+            if len(items) < 2:
+                continue
+            known = (k for k in state.keys(bucket) if current(state.get(bucket, k)) is not None)
+            planned, _singles = plan_probes(bucket, items, known, page=self.source.probe_page_keys)
+            for rng in planned:
+                ranges.append(rng)
+                batched.update((bucket, k) for _b, k in rng.keys)
+                logger.debug(
+                    "probing %d keys of %s by listing %r after %r (~%d pages)",
+                    len(rng.keys), bucket, rng.prefix, rng.start_after, rng.estimate,
+                )
+        if batched:
+            kept = [(item, pre) for item, pre in ready if (item.bucket, item.key) not in batched]
+            ready.clear()
+            ready.extend(kept)
+        return ranges, {(rng.bucket, k): need[rng.bucket][k] for rng in ranges for _b, k in rng.keys}
+
+    def _settle(
+        self,
+        rng: ProbeRange,
+        fut: Future[Any],
+        ready: deque[tuple[Item, Any]],
+        probing: dict[tuple[str, str], Item],
+    ) -> list[ProbeRange]:
+        """A page of a range listing came back: its settled keys go to the copy with their
+        listing entry; the range goes on (returned) unless finished or over its budget, when
+        what is left is probed key by key."""
+        try:
+            entries, token = fut.result()
+        except ChangelogError as ex:
+            logger.warning("listing %s/%s to probe %d keys failed (%s): probing them one by one",
+                           rng.bucket, rng.prefix, len(rng.unsettled()), ex)
+            entries, token = None, None
+        if entries is not None:
+            for key, probe in rng.absorb(entries, token):
+                ready.append((probing.pop((rng.bucket, key)), probe))
+            if not rng.done and not rng.exhausted:
+                return [rng]
+            if rng.exhausted:
+                logger.info("listing %s/%s: %d pages were not enough; probing %d keys one by one",
+                            rng.bucket, rng.prefix, rng.pages, len(rng.unsettled()))
+        for key in rng.unsettled():
+            ready.append((probing.pop((rng.bucket, key)), _UNPROBED))
+        return []
+
+    def _fetch(self, item: Item, pre: Any, blobs: _Blobs) -> Outcome:
+        """Copy one object (in a worker thread), retrying transient errors with backoff.
+        ``pre``: the item's probe from a range listing (a retry probes again)."""
         for attempt in range(ATTEMPTS):
             try:
-                return self._fetch_once(item, blobs, last=attempt == ATTEMPTS - 1)
+                return self._fetch_once(item, blobs, last=attempt == ATTEMPTS - 1, pre=pre if attempt == 0 else _UNPROBED)
             except TransientError as ex:
                 if attempt == ATTEMPTS - 1:
                     raise
@@ -716,11 +800,12 @@ class BackupRunner:
                 self.sleep(delay)
         raise AssertionError("unreachable")
 
-    def _fetch_once(self, item: Item, blobs: _Blobs, *, last: bool) -> Outcome:
+    def _fetch_once(self, item: Item, blobs: _Blobs, *, last: bool, pre: Any = _UNPROBED) -> Outcome:
         v = item.version
         if v.version_id is None and v.etag is None:
-            # A record without an ETag (the follower could not tell it): guard by time instead.
-            probe = self.source.probe(item.bucket, item.key)
+            # A record without an ETag (the follower could not tell it): guard by time instead,
+            # from a one-key listing or the key's entry in a range listing (``probes``).
+            probe = self.source.probe(item.bucket, item.key) if pre is _UNPROBED else pre
             if probe is None:
                 return Outcome(item, "vanished")
             etag, _size, modified_us = probe

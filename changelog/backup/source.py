@@ -25,6 +25,9 @@ logger = logging.getLogger(__name__)
 
 LIST_PAGE = 1000
 
+# What a listing tells of one current object: (ETag, size, LastModified in microseconds).
+Probe = tuple[str | None, int, int]
+
 
 class ContentChanged(ChangelogError):
     """The object is no longer the one a record describes (412 on a conditional GET)."""
@@ -131,8 +134,10 @@ def make_client(
 class Source:
     """The source zone (or the restore destination) as seen through one S3 client."""
 
-    def __init__(self, client: S3Client) -> None:
+    def __init__(self, client: S3Client, *, probe_page_keys: int = LIST_PAGE) -> None:
         self.s3 = client
+        # Keys per page of ``probe_page`` (S3's maximum; smaller in tests).
+        self.probe_page_keys = probe_page_keys
 
     def __repr__(self) -> str:
         return f"Source({self.s3.meta.endpoint_url!r})"
@@ -242,7 +247,7 @@ class Source:
         out.sort(key=lambda r: (not r[0], -r[1].timestamp()))
         return [v for _l, _t, v in out]
 
-    def probe(self, bucket: str, key: str) -> tuple[str | None, int, int] | None:
+    def probe(self, bucket: str, key: str) -> Probe | None:
         """(ETag, size, LastModified in microseconds) of the current object ``key``, from a
         one-key listing (a listing gives LastModified to the millisecond, a GET to the second),
         or None if there is no such object."""
@@ -253,6 +258,26 @@ class Source:
             if o["Key"] == key:
                 return norm_etag(o.get("ETag")), int(o.get("Size", 0)), to_us(o["LastModified"])
         return None
+
+    def probe_page(
+        self, bucket: str, *, prefix: str, start_after: str | None, token: str | None
+    ) -> tuple[list[tuple[str, Probe]], str | None]:
+        """One page (``probe_page_keys``) of the current objects under ``prefix``: (key, probe)
+        in listing order (UTF-8 byte order), and the continuation token (None: the listing is
+        complete). The first page starts after ``start_after``, the next ones at ``token``. What
+        ``probe`` tells of one key, for a run of keys at once (see ``runner``: batched probes)."""
+        kwargs: dict[str, Any] = {"Bucket": bucket, "Prefix": prefix, "MaxKeys": self.probe_page_keys}
+        if token:
+            kwargs["ContinuationToken"] = token
+        elif start_after:
+            kwargs["StartAfter"] = start_after
+        resp = self._call(f"list {bucket}/{prefix}", self.s3.list_objects_v2, **kwargs)
+        entries = [
+            (str(o["Key"]), (norm_etag(o.get("ETag")), int(o.get("Size", 0)), to_us(o["LastModified"])))
+            for o in resp.get("Contents", [])
+        ]
+        nxt = resp.get("NextContinuationToken") if resp.get("IsTruncated") else None
+        return entries, (str(nxt) if nxt else None)
 
     def get(self, bucket: str, key: str, *, version_id: str | None = None, if_match: str | None = None) -> GetResult:
         """Open an object for reading. ``ObjectMissing`` if it (or that version) is gone,

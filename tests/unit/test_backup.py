@@ -16,8 +16,10 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 import urllib.request
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -33,12 +35,13 @@ from changelog.backup.cleanup import cleanup, live_runs, select_expired
 from changelog.backup.cli import backup_group
 from changelog.backup.lock import DestinationLock, read_lock, wait_for_unlocked
 from changelog.backup.model import State
+from changelog.backup.probes import plan as plan_probes
 from changelog.backup.restore import restore
 from changelog.backup.runner import BackupRunner
 from changelog.backup.source import Source, make_client
 from changelog.backup.store import BackupStore, blob_name
 from changelog.backup.verify import verify
-from changelog.errors import LeaseLost, LockBusy
+from changelog.errors import LeaseLost, LockBusy, TransientError
 from changelog.logformat import LogRecord
 from changelog.targets import DirectoryTarget, S3Target, make_target
 from tests.unit.test_backup_support import CountingTarget, Zone, assert_stored_once, bucket_state, rfc3339
@@ -322,6 +325,167 @@ def test_versioned_record_whose_version_vanished(fdest: CountingTarget, zone: Zo
     r2 = run(fdest, logs, aws)
     m2 = mf.load(store, r2.backup_id)
     assert not m2.lagging and dict(m2.objects("vrb"))["k"].sha256 == sha(b"a0")
+
+
+class CountingSource(Source):
+    """A ``Source`` that counts its probes (one key), probe pages (range listings) and GETs."""
+
+    def __init__(self, client: Any, **kw: Any) -> None:
+        super().__init__(client, **kw)
+        self.calls: Counter[str] = Counter()
+        self._mu = threading.Lock()
+
+    def _count(self, what: str) -> None:
+        with self._mu:
+            self.calls[what] += 1
+
+    def probe(self, bucket: str, key: str) -> Any:
+        self._count("probe")
+        return super().probe(bucket, key)
+
+    def probe_page(self, bucket: str, **kw: Any) -> Any:
+        self._count("probe_page")
+        return super().probe_page(bucket, **kw)
+
+    def get(self, bucket: str, key: str, **kw: Any) -> Any:
+        self._count("get")
+        return super().get(bucket, key, **kw)
+
+
+def test_probe_plan_groups_keys_by_estimated_pages() -> None:
+    known = [f"d/{i:05d}" for i in range(5000)]
+    dense = [f"d/{i:05d}" for i in range(1000, 4000, 100)]  # 30 keys over ~3,000 entries
+    far = ["d/00000", "d/04999"]  # a page or more from any other key to probe
+    ranges, singles = plan_probes("b", [*far, *dense], known)
+    assert sorted(singles) == far
+    (rng,) = ranges
+    assert [k for _b, k in rng.keys] == dense
+    # Starts after the first key's parent prefix (nearer than the known key before it), and
+    # lists d/01000 .. d/03900: 2,901 entries, 3 pages; a page more before giving up.
+    assert (rng.prefix, rng.start_after, rng.estimate, rng.budget) == ("d/0", "d/0100", 3, 4)
+    # Two keys a page apart or more: two probes are cheaper than two pages.
+    assert plan_probes("b", ["d/00000", "d/01000"], known) == ([], ["d/00000", "d/01000"])
+    # A long run is listed by chains of 4 pages at once, each starting after the known key where
+    # the previous one ends: as many pages as one listing (ceil(4,951 / 1000) = 5).
+    many = [f"d/{i:05d}" for i in range(3, 5000, 50)]  # 100 keys
+    ranges, singles = plan_probes("b", many, known)
+    assert [(r.start_after, r.estimate, len(r.keys)) for r in ranges] == [("d/00002", 4, 80), ("d/04002", 1, 20)]
+    assert not singles and [k for r in ranges for _b, k in r.keys] == many
+    # A key alone in its chain is probed alone.
+    ranges, singles = plan_probes("b", [f"d/{i:05d}" for i in range(0, 5000, 900)], known)
+    assert [(r.start_after, r.estimate, len(r.keys)) for r in ranges] == [("d/0000", 4, 5)] and singles == ["d/04500"]
+    # The known key right before the first one is nearer than its parent prefix.
+    (rng,) = plan_probes("b", ["x/b10", "x/b11"], ["x/a", "x/b1", "x/b1-", "x/b10", "x/b11"])[0]
+    assert rng.start_after == "x/b1-" and rng.prefix == "x/b1"
+
+
+def test_probe_plan_orders_keys_as_utf8_bytes() -> None:
+    """S3 lists keys in UTF-8 byte order: code point order, not UTF-16 order (U+FFFF sorts
+    before U+10000); a key with a lone surrogate cannot be sent and is probed alone."""
+    keys = ["u/\U00010000", "u/a", "u/\uffff", "u/\u00e9", "u/\ud800", "u/a\t"]
+    ranges, singles = plan_probes("b", keys, [])
+    assert singles == ["u/\ud800"]
+    (rng,) = ranges
+    assert [k for _b, k in rng.keys] == ["u/a", "u/a\t", "u/\u00e9", "u/\uffff", "u/\U00010000"]
+    assert [b for b, _k in rng.keys] == sorted(b for b, _k in rng.keys)
+    assert rng.start_after == "u/" and rng.prefix == "u/"
+
+
+def test_probe_range_settles_keys_page_by_page() -> None:
+    (rng,) = plan_probes("b", ["a", "c", "e", "g"], ["a", "b", "c", "d", "e", "f", "g"], page=3)[0]
+    p = (None, 1, 0)
+    assert rng.absorb([("a", p), ("b", p)], "t1") == [("a", p)]
+    assert rng.absorb([("d", p), ("f", p)], "t2") == [("c", None), ("e", None)]  # gone since
+    assert not rng.done and rng.token == "t2"
+    assert rng.absorb([], None) == [("g", None)]  # the listing's end settles the rest
+    assert rng.done and rng.pages == 3
+
+
+def test_batched_probe_finds_changed_deleted_and_rechanged_keys(fdest: CountingTarget, zone: Zone, aws: Any, logs: Any) -> None:
+    """Records without an ETag close together in a bucket: one range listing (pages of 10 keys
+    here) probes them all. A key deleted after its record is missing from the listing (lagging,
+    vanished); one written again after its record is newer than it (lagging, changed); the
+    others are copied. The next run applies the later records."""
+    zone.create_bucket("bprobe")
+    for i in range(60):
+        zone.put("bprobe", f"k/{i:03d}", f"v0 {i}".encode())
+    zone.commit()
+    run(fdest, logs, aws)
+    changed = [f"k/{i:03d}" for i in range(0, 60, 4)]  # 15 keys
+    for key in changed:
+        zone.put("bprobe", key, f"v1 {key}".encode(), with_etag=False)
+    zone.put("bprobe", "k/0101", b"new between", with_etag=False)
+    zone.put("bprobe", "n/x", b"new after", with_etag=False)
+    time.sleep(1.05 - time.time() % 1)  # moto's LastModified has whole seconds
+    late = [zone.delete("bprobe", "k/008", log=False), zone.put("bprobe", "k/020", b"v2", log=False)]
+    zone.commit()
+    store = BackupStore(fdest)
+    src = CountingSource(aws, probe_page_keys=10)
+    r1 = BackupRunner(store, logs, src, exclude_buckets={"backups"}, progress=False).run()
+    m1 = mf.load(store, r1.backup_id or "")
+    assert sorted((lag["key"], lag["reason"]) for lag in m1.lagging) == [("k/008", "vanished"), ("k/020", "changed")]
+    # 61 keys after "k/00" in the bucket: 7 pages instead of 17 probes; 15 GETs.
+    assert src.calls == {"probe_page": 7, "get": 15}
+    objs = dict(m1.objects("bprobe"))
+    assert objs["k/008"].sha256 == sha(b"v0 8") and objs["k/020"].sha256 == sha(b"v0 20")
+    assert objs["k/004"].sha256 == sha(b"v1 k/004") and objs["k/004"].etag is not None
+    assert objs["k/0101"].sha256 == sha(b"new between") and objs["n/x"].sha256 == sha(b"new after")
+    zone.pending += late
+    zone.commit()
+    r2 = run(fdest, logs, aws)
+    m2 = mf.load(store, r2.backup_id)
+    assert not m2.lagging and "k/008" not in dict(m2.objects("bprobe"))
+    restored_equals(store, aws, r2.backup_id, "bprobe", bucket_state(aws, "bprobe"), "bprobe-restored")
+
+
+def test_batched_probe_over_unfollowed_keys_stops_at_its_budget(fdest: CountingTarget, zone: Zone, aws: Any, logs: Any) -> None:
+    """The manifest knows only the followed prefixes: a range listing that meets many keys it did
+    not expect (here 100 unfollowed ones) stops after its estimated pages plus one and probes
+    the keys it has not reached one by one."""
+    zone.create_bucket("pfilter")
+    for p in ("a", "c"):
+        for i in range(5):
+            zone.put("pfilter", f"{p}/{i}", f"{p} {i}".encode())
+    for i in range(100):
+        zone.put("pfilter", f"b/{i:03d}", b"not followed", log=False)
+    zone.commit()
+
+    def includes(bucket: str, key: str | None) -> bool:
+        return key is None or not key.startswith("b/")
+
+    run(fdest, logs, aws, includes=includes)
+    for p in ("a", "c"):
+        for i in range(5):
+            zone.put("pfilter", f"{p}/{i}", f"{p} {i} again".encode(), with_etag=False)
+    zone.commit()
+    store = BackupStore(fdest)
+    src = CountingSource(aws, probe_page_keys=10)
+    r = BackupRunner(store, logs, src, exclude_buckets={"backups"}, includes=includes, progress=False).run()
+    # Estimated 1 page (10 known keys), budget 2: a/* and b/000..b/014 listed, c/* probed.
+    assert src.calls == {"probe_page": 2, "probe": 5, "get": 10}
+    m = mf.load(store, r.backup_id or "")
+    assert not m.lagging
+    assert {k: v.sha256 for k, v in m.objects("pfilter")} == {
+        f"{p}/{i}": sha(f"{p} {i} again".encode()) for p in ("a", "c") for i in range(5)
+    }
+
+
+def test_batched_probe_failing_listing_falls_back_to_probes(fdest: CountingTarget, zone: Zone, aws: Any, logs: Any) -> None:
+    zone.create_bucket("pfail")
+    zone.commit()
+    run(fdest, logs, aws)
+    for i in range(6):
+        zone.put("pfail", f"k/{i}", f"v {i}".encode(), with_etag=False)
+    zone.commit()
+
+    class Failing(CountingSource):
+        def probe_page(self, bucket: str, **kw: Any) -> Any:
+            self._count("probe_page")
+            raise TransientError("listing failed")
+
+    src = Failing(aws)
+    r = BackupRunner(BackupStore(fdest), logs, src, exclude_buckets={"backups"}, progress=False).run()
+    assert src.calls == {"probe_page": 1, "probe": 6, "get": 6} and r.copied == 6 and not r.lagging
 
 
 def test_model_rules() -> None:
