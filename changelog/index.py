@@ -18,7 +18,7 @@ import orjson
 
 from changelog import keys
 from changelog.errors import CompareFailed, ConfigError, InvalidMutation, TransientError
-from changelog.mutation import Mutation
+from changelog.mutation import Mutation, event_id, packer
 from changelog.store import Cmp, LockRef, ObjectStore, WriteOp
 
 logger = logging.getLogger(__name__)
@@ -59,13 +59,10 @@ class ShardStats:
     floor_us: int
 
 
-@dataclass(slots=True)
-class _Pending:
-    mutation: Mutation
-    value: bytes
-    obj: str
-    ver: str
-    evt: str  # first 16 hex chars of the event id
+_HEX2 = [f"{i:02x}" for i in range(256)]
+_UNKNOWN = "\x00unknown"  # not a position (positions are printable ASCII): a stream not in the cache
+# A record on its way into a shard: (mutation, encoded value, "<obj hash>.<version hash>").
+_Pending = tuple[Mutation, bytes, str]
 
 
 class ChangeIndex:
@@ -144,29 +141,46 @@ class ChangeIndex:
 
         Records whose (source, position) is at or below the shard's high-water mark for that
         source were recorded before and are counted as duplicates. Raises ``InvalidMutation``
-        before writing anything if any record cannot be encoded.
+        before writing anything if any record cannot be encoded. Each shard's op is sent as soon
+        as it is built, so a store error while building one (reading an uncached shard state)
+        may surface after other shards were written: as with any failure, re-recording the
+        batch is safe (those records are then duplicates).
         """
+        # One pass over the batch, before anything is sent: type check, shard and object hash
+        # (one digest), encoding (so bad input fails here). A record travels as a plain tuple
+        # (mutation, encoded value, "<obj>.<ver>"); the event hash and the key are made per shard.
         by_shard: dict[int, list[_Pending]] = defaultdict(list)
         shards = self.shards
-        null_ver = keys.NULL_VERSION_HASH
+        # Power-of-two shard counts up to 256: the low byte of the digest is the modulo.
+        mask = shards - 1 if shards <= 256 and shards & (shards - 1) == 0 else -1
+        new_hash = keys.OBJECT_HASHER.copy
+        from_bytes = int.from_bytes
+        null_ver = "." + keys.NULL_VERSION_HASH
+        version_hash = keys.version_hash
+        pack = packer().pack
         for m in ms:
-            if not isinstance(m, Mutation):
+            if m.__class__ is not Mutation and not isinstance(m, Mutation):
                 raise InvalidMutation(f"not a Mutation: {type(m).__name__}")
-            shard, obj = keys.locate(m.bucket, m.key, shards)
-            ver = null_ver if m.version_id is None else keys.version_hash(m.version_id)
-            by_shard[shard].append(_Pending(m, m.encode(), obj, ver, m.event_id[:16]))
+            # keys.locate, inlined: blake2b-64 of bucket NUL key.
+            h = new_hash()
+            h.update(f"{m.bucket}\x00{m.key}".encode())
+            digest = h.digest()
+            shard = digest[7] & mask if mask >= 0 else from_bytes(digest, "big") % shards
+            vid = m.version_id
+            objver = digest.hex() + (null_ver if vid is None else "." + version_hash(vid))
+            by_shard[shard].append((m, m.encode_with(pack), objver))
         total = RecordResult(0, 0)
         attempt = 0
         while by_shard:
             attempt += 1
-            built = {shard: self._build(shard, pend) for shard, pend in by_shard.items()}
-            todo = [(self.shard_oid(s), b[0]) for s, b in built.items() if b[0] is not None]
-            results = self.store.execute_many(todo) if todo else []
-            outcome = dict(zip([s for s, b in built.items() if b[0] is not None], results, strict=True))
+            sent: list[tuple[int, RecordResult, Callable[[], None]]] = []
+            skipped: list[RecordResult] = []
+            results = self.store.execute_many(self._ops(by_shard, sent, skipped))
+            for result in skipped:
+                total = total + result
             retry: dict[int, list[_Pending]] = {}
             failure: BaseException | None = None
-            for shard, (op, result, commit) in built.items():
-                err = outcome.get(shard) if op is not None else None
+            for (shard, result, commit), err in zip(sent, results, strict=True):
                 if err is None:
                     commit()
                     total = total + result
@@ -185,23 +199,38 @@ class ChangeIndex:
             by_shard = retry
         return total
 
+    def _ops(
+        self,
+        todo: dict[int, list[_Pending]],
+        sent: list[tuple[int, RecordResult, Callable[[], None]]],
+        skipped: list[RecordResult],
+    ) -> Iterator[tuple[str, WriteOp]]:
+        """The shards' ops, built one at a time as the store asks for them: each op leaves (aio)
+        while the next one is built, so this CPU overlaps the OSD's work. ``sent`` gets the
+        shards whose op was yielded, in order; ``skipped`` the results of shards with nothing new."""
+        for shard, pend in todo.items():
+            op, result, commit = self._build(shard, pend)
+            if op is None:
+                skipped.append(result)
+                continue
+            sent.append((shard, result, commit))
+            yield self.shard_oid(shard), op
+
     def _forget(self, shard: int) -> None:
         with self._lock:
             self._floor[shard] = None
             for k in [k for k in self._streams if k[0] == shard]:
                 del self._streams[k]
 
-    def _build(
-        self, shard: int, pending: list[_Pending]
-    ) -> tuple[WriteOp | None, RecordResult, Callable[[], None]]:
-        oid = self.shard_oid(shard)
-        sources = sorted({p.mutation.source for p in pending})
-        floor, marks = self._shard_state(shard, oid, sources)
+    @staticmethod
+    def _select(pending: list[_Pending], marks: dict[str, str]) -> tuple[list[_Pending], dict[str, str]]:
+        """The records not recorded before (above their source's mark, first of their
+        (source, position) in the batch), and each source's new high-water mark."""
         fresh: list[_Pending] = []
         seen: set[tuple[str, str]] = set()
         new_marks: dict[str, str] = dict(marks)
         for p in pending:
-            m = p.mutation
+            m = p[0]
             src, pos = m.source, m.position
             mark = marks.get(src)
             if mark is not None and pos <= mark:
@@ -214,24 +243,90 @@ class ChangeIndex:
             cur = new_marks.get(src)
             if cur is None or pos > cur:
                 new_marks[src] = pos
-        dups = len(pending) - len(fresh)
-        if not fresh:
-            return None, RecordResult(0, dups), lambda: None
+        return fresh, new_marks
 
+    def _reserve(self, shard: int, floor: int, count: int) -> tuple[int, int]:
+        """Times t .. t + count - 1 for new keys of this shard; also returns the previous last t."""
         with self._lock:
-            t = max(int(self._clock() * 1_000_000), self._last_t[shard] + 1, floor + 1)
-            self._last_t[shard] = t + len(fresh) - 1
+            prev = self._last_t[shard]
+            t = max(int(self._clock() * 1_000_000), prev + 1, floor + 1)
+            self._last_t[shard] = t + count - 1
+        return t, prev
+
+    def _build(
+        self, shard: int, pending: list[_Pending]
+    ) -> tuple[WriteOp | None, RecordResult, Callable[[], None]]:
+        oid = self.shard_oid(shard)
+        new_hash = keys.EVENT_HASHER.copy
+        sets: dict[str, bytes] = {}
+        fresh: list[_Pending] = pending
+        new_marks: dict[str, str | None] | None = None
+        old: dict[str, str | None] = {}
+        t = 0
+        floor = self._floor[shard]
+        if self.mode != "object" and floor is not None:
+            # Fast path: the shard's state is cached and positions increase per source (the
+            # follower's batches), so every record is above its source's mark and unique in the
+            # batch, and its key is built in the same loop. Anything else (a stream not cached,
+            # a duplicate, a replay, positions out of order) takes the general path below.
+            # Reading the cache without the lock is safe: every value read here is asserted by
+            # the op, so a stale one only makes the op fail its compare and be retried.
+            t, prev = self._reserve(shard, floor, len(pending))
+            streams = self._streams
+            high: dict[str, str] = {}
+            n = t
+            hi = f"d.{n >> 8:014x}"  # the key's time is hi + _HEX2[low byte]: one format per 256 keys
+            for m, value, objver in pending:
+                src = m.source
+                pos = m.position
+                top = high.get(src)
+                if top is None:
+                    mark = streams.get((shard, src), _UNKNOWN)
+                    if mark is _UNKNOWN or (mark is not None and pos <= mark):
+                        break
+                    old[src] = mark
+                elif pos <= top:
+                    break
+                high[src] = pos
+                # keys.data_key, inlined: d.<t:016x>.<obj>.<ver>.<first 16 hex chars of the event id>
+                h = new_hash()
+                h.update(f"{src}\n{pos}".encode())
+                low = n & 255
+                if not low:
+                    hi = f"d.{n >> 8:014x}"
+                sets[f"{hi}{_HEX2[low]}.{objver}.{h.hexdigest()[:16]}"] = value
+                n += 1
+            else:
+                new_marks = dict(high)
+            if new_marks is None:
+                # Give the reserved times back (unless another thread reserved after us).
+                sets.clear()
+                with self._lock:
+                    if self._last_t[shard] == t + len(pending) - 1:
+                        self._last_t[shard] = prev
+        if new_marks is None:
+            sources = sorted({p[0].source for p in pending})
+            floor, marks = self._shard_state(shard, oid, sources)
+            old = {src: marks.get(src) for src in sources}
+            fresh, selected = self._select(pending, marks)
+            new_marks = dict(selected)
+            if not fresh:
+                return None, RecordResult(0, len(pending)), lambda: None
+            t, _ = self._reserve(shard, floor, len(fresh))
+        assert floor is not None
+        sources = sorted(old)
+        dups = len(pending) - len(fresh)
+
         op = WriteOp(asserts=[(keys.FLOOR_KEY, Cmp.LT, keys.time_hex(t))])
         for src in sources:
-            old = marks.get(src)
+            was = old[src]
             # An absent key compares as "": this also guards the first write of a new stream.
-            op.asserts.append((keys.stream_key(src), Cmp.EQ, old or ""))
+            op.asserts.append((keys.stream_key(src), Cmp.EQ, was or ""))
             new = new_marks.get(src)
-            if new is not None and new != old:
+            if new is not None and new != was:
                 op.set[keys.stream_key(src)] = new.encode()
-        live: dict[str, str] = {}
         if self.mode == "object":
-            okeys = sorted({keys.object_key(p.obj, p.ver) for p in fresh})
+            okeys = sorted({keys.OBJECT_PREFIX + p[2] for p in fresh})
             live = {k: v.decode() for k, v in self.store.omap_get(oid, okeys).items()}
             for okey, dkey in live.items():
                 op.asserts.append((okey, Cmp.EQ, dkey))
@@ -242,25 +337,27 @@ class ChangeIndex:
                 # floor must still be below it, not just below the new entries.
                 guard = min(keys.time_of(k) for k in op.remove)
                 op.asserts[0] = (keys.FLOOR_KEY, Cmp.LT, keys.time_hex(guard))
-        sets = op.set
-        if self.mode == "object":
-            for i, p in enumerate(fresh):
-                dkey = keys.data_key(t + i, p.obj, p.ver, p.evt)
-                okey = keys.object_key(p.obj, p.ver)
-                prev = sets.get(okey)
-                if prev is not None:  # two writes of one object+version in one batch: keep the newer
-                    sets.pop(prev.decode(), None)
-                sets[okey] = dkey.encode()
-                sets[dkey] = p.value
+            osets = op.set
+            for i, (m, value, objver) in enumerate(fresh):
+                dkey = f"d.{t + i:016x}.{objver}.{event_id(m.source, m.position)[:16]}"
+                okey = keys.OBJECT_PREFIX + objver
+                prev_key = osets.get(okey)
+                if prev_key is not None:  # two writes of one object+version in one batch: keep the newer
+                    osets.pop(prev_key.decode(), None)
+                osets[okey] = dkey.encode()
+                osets[dkey] = value
+        elif sets:
+            op.set.update(sets)
         else:
-            # The hot path: keys.data_key inlined.
-            for i, p in enumerate(fresh):
-                sets[f"d.{t + i:016x}.{p.obj}.{p.ver}.{p.evt}"] = p.value
+            for i, (m, value, objver) in enumerate(fresh):
+                op.set[f"d.{t + i:016x}.{objver}.{event_id(m.source, m.position)[:16]}"] = value
+
+        done = new_marks
 
         def commit() -> None:
             with self._lock:
                 for src in sources:
-                    self._streams[(shard, src)] = new_marks.get(src)
+                    self._streams[(shard, src)] = done.get(src)
 
         return op, RecordResult(len(fresh), dups), commit
 

@@ -31,9 +31,18 @@ def _h(data: bytes, size: int) -> str:
     return hashlib.blake2b(data, digest_size=size).hexdigest()
 
 
+# Empty hashers with the digest sizes of the layout: ``copy()`` + ``update`` is cheaper than a new
+# ``blake2b(data, digest_size=n)`` (keyword parsing), and the hot path of recording does it twice
+# per record. Never updated, so sharing them between threads is safe.
+OBJECT_HASHER = hashlib.blake2b(digest_size=8)
+EVENT_HASHER = hashlib.blake2b(digest_size=16)
+
+
 def _object_digest(bucket: str, key: str) -> bytes:
     """The one digest of an object: its shard and its hash in keys both come from it."""
-    return hashlib.blake2b(bucket.encode() + b"\x00" + key.encode(), digest_size=8).digest()
+    h = OBJECT_HASHER.copy()
+    h.update(f"{bucket}\x00{key}".encode())
+    return h.digest()
 
 
 def object_hash(bucket: str, key: str) -> str:

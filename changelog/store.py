@@ -33,7 +33,7 @@ Only the subset the project needs is modelled, with RADOS semantics (as measured
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -107,8 +107,12 @@ class ObjectStore(Protocol):
         ``ObjectMissing`` (``must_exist`` on a missing object)."""
         ...
 
-    def execute_many(self, ops: Sequence[tuple[str, WriteOp]]) -> list[BaseException | None]:
-        """Apply several ops concurrently (RADOS: aio); one result per op, in order."""
+    def execute_many(self, ops: Iterable[tuple[str, WriteOp]]) -> list[BaseException | None]:
+        """Apply several ops concurrently (RADOS: aio); one result per op, in order.
+
+        ``ops`` may be a generator: each op is sent as soon as it is produced, so building the
+        next one overlaps the store's work on the previous ones. An exception raised by the
+        generator propagates after the ops already sent have completed."""
         ...
 
     def omap_page(

@@ -27,7 +27,7 @@ import logging
 import math
 import struct
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -307,37 +307,38 @@ class RadosStore:
         finally:
             wop.release()
 
-    def execute_many(self, ops: Sequence[tuple[str, WriteOp]]) -> list[BaseException | None]:
-        results: list[BaseException | None] = [None] * len(ops)
-        inflight: deque[tuple[int, Any, Any]] = deque()
+    def execute_many(self, ops: Iterable[tuple[str, WriteOp]]) -> list[BaseException | None]:
+        results: list[BaseException | None] = []
+        inflight: deque[tuple[int, str, WriteOp, Any, Any]] = deque()
+        ioctx = self._ioctx
 
         def reap() -> None:
-            index, wop, completion = inflight.popleft()
+            index, oid, op, wop, completion = inflight.popleft()
             try:
                 completion.wait_for_complete()
                 code = completion.get_return_value()
             finally:
                 wop.release()
             if code < 0:
-                oid, op = ops[index]
-                results[index] = _write_error(
-                    -code, oid, op, f"[errno {-code}] {errno.errorcode.get(-code, '?')}"
-                )
+                results[index] = _write_error(-code, oid, op, f"[errno {-code}] {errno.errorcode.get(-code, '?')}")
 
         try:
-            for index, (oid, op) in enumerate(ops):
+            # ``ops`` may be a generator: each op leaves as soon as it is built.
+            for oid, op in ops:
+                index = len(results)
+                results.append(None)
                 try:
                     wop = self._build(op)
                 except ChangelogError as ex:
                     results[index] = ex
                     continue
                 try:
-                    completion = self._ioctx.operate_aio_write_op(wop, oid)
+                    completion = ioctx.operate_aio_write_op(wop, oid)
                 except rados.Error as ex:
                     wop.release()
                     results[index] = _write_error(_errno(ex), oid, op, str(ex))
                     continue
-                inflight.append((index, wop, completion))
+                inflight.append((index, oid, op, wop, completion))
                 if len(inflight) >= AIO_WINDOW:
                     reap()
         finally:

@@ -29,7 +29,7 @@ import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Literal
 
 from changelog.backends import check_op
@@ -75,6 +75,12 @@ _PAGE_SIZE = 8192
 # SQLite's default limit on host parameters is 32766 since 3.32; stay far below it.
 _IN_CHUNK = 500
 _MAX_CHAR = chr(0x10FFFF)
+# Omap sets: one statement of _SET_ROWS rows (parameters ?1 = object, then key, value pairs).
+_SET_ROWS = 64
+_SET_ONE = "INSERT OR REPLACE INTO omap (obj, key, value) VALUES (?, ?, ?)"
+_SET_MANY = "INSERT OR REPLACE INTO omap (obj, key, value) VALUES " + ", ".join(
+    f"(?1, ?{2 * j + 2}, ?{2 * j + 3})" for j in range(_SET_ROWS)
+)
 
 
 # The OSD compares omap values as strings of *signed* chars (bufferlist's operator<): bytes
@@ -283,17 +289,30 @@ class SqliteStore:
         for begin, end in op.remove_ranges:
             conn.execute("DELETE FROM omap WHERE obj = ? AND key >= ? AND key < ?", (obj, begin, end))
         if op.set:
-            conn.executemany(
-                "INSERT OR REPLACE INTO omap (obj, key, value) VALUES (?, ?, ?)",
-                zip(itertools.repeat(obj), op.set.keys(), op.set.values()),
-            )
+            self._set(conn, obj, op.set)
+
+    @staticmethod
+    def _set(conn: sqlite3.Connection, obj: int, pairs: dict[str, bytes]) -> None:
+        """``INSERT OR REPLACE`` of every pair: ``_SET_ROWS`` rows per statement while there are
+        that many (an index op sets ~1000 keys; one statement per row costs ~15% more CPU),
+        then one row per statement. Rows go in dict order, so a later pair wins, as before."""
+        n = len(pairs)
+        full = n - n % _SET_ROWS
+        if full:
+            flat = list(itertools.chain.from_iterable(pairs.items()))
+            step = 2 * _SET_ROWS
+            for i in range(0, 2 * full, step):
+                conn.execute(_SET_MANY, [obj, *flat[i : i + step]])
+        if full < n:
+            rest = itertools.islice(pairs.items(), full, None)
+            conn.executemany(_SET_ONE, [(obj, k, v) for k, v in rest])
 
     def _create(self, conn: sqlite3.Connection, oid: str) -> int:
         cursor = conn.execute("INSERT INTO objects (oid) VALUES (?)", (oid,))
         assert cursor.lastrowid is not None
         return cursor.lastrowid
 
-    def execute_many(self, ops: Sequence[tuple[str, WriteOp]]) -> list[BaseException | None]:
+    def execute_many(self, ops: Iterable[tuple[str, WriteOp]]) -> list[BaseException | None]:
         results: list[BaseException | None] = []
         for oid, op in ops:
             try:
