@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import queue
 import threading
 import time
 from collections import defaultdict
@@ -40,6 +41,7 @@ from changelog.logformat import (
     Compression,
     ObjectEncoder,
     encode_raw,
+    encode_raw_many,
     encode_watermark,
     log_name,
     parse_log_name,
@@ -81,6 +83,23 @@ FAULT_STEPS = (
 MAX_PARTS = 10_000
 # Lease renewals in flight at once when many are due together (every shard lease of a pass).
 RENEW_WORKERS = 8
+# Pages read ahead of the encoder (a page is ``page`` entries, ~250 KiB at 1000): the next reads
+# overlap the encoding of this one.
+READ_AHEAD_PAGES = 4
+# Shards read at once, each up to READ_AHEAD_PAGES ahead (handed over in shard order).
+READ_WORKERS = 2
+# Full parts waiting for the upload thread while it sends one: memory stays bounded at about
+# (1 + UPLOAD_QUEUE_PARTS + 1) parts per log object being written.
+UPLOAD_QUEUE_PARTS = 1
+# Trim batches (fenced removes) in flight at once.
+TRIM_WORKERS = 8
+
+
+def _time_of(data_key: str) -> int:
+    """The time of a data key (``keys.time_of``, local: the collector's hot path)."""
+    if not data_key.startswith(keys.DATA_PREFIX):
+        raise ValueError(f"not a data key: {data_key!r}")
+    return int(data_key[2 : 2 + keys.TIME_WIDTH], 16)
 
 
 @dataclass(frozen=True, slots=True)
@@ -369,6 +388,97 @@ class _Renewer(threading.Thread):
                 self._cond.notify_all()
 
 
+class _ReadAhead:
+    """Reads the data pages of shards below a bound from threads of their own (``workers``
+    shards at a time, each at most ``depth`` pages ahead of the consumer) and hands them over in
+    shard order, pages in key order: ``get()`` gives ``(shard, page)`` for every non-empty page,
+    then None; a read error is raised by the ``get()`` that reaches it. Reads only: every write
+    stays with the pass, which checks its leases as before."""
+
+    def __init__(self, collector: Collector, shards: Sequence[int], end: str, *, depth: int,
+                 workers: int) -> None:
+        self._c = collector
+        self._shards = list(shards)
+        self._end = end
+        self._workers = max(1, workers)
+        self._queues: list[queue.Queue[list[tuple[str, bytes]] | BaseException | None]] = [
+            queue.Queue(maxsize=max(1, depth)) for _ in self._shards]
+        self._cond = threading.Condition()
+        self._next = 0  # the next shard (position in ``shards``) a worker takes
+        self._pos = 0  # the shard the consumer is on: workers stay within ``workers`` of it
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._run, name=f"collector-read-{i}", daemon=True)
+                         for i in range(min(self._workers, len(self._shards)))]
+        for t in self._threads:
+            t.start()
+
+    def _take(self) -> int | None:
+        with self._cond:
+            while not self._stop.is_set():
+                if self._next >= len(self._shards):
+                    return None
+                if self._next < self._pos + self._workers:
+                    self._next += 1
+                    return self._next - 1
+                self._cond.wait(0.1)
+            return None
+
+    def _run(self) -> None:
+        while (i := self._take()) is not None:
+            shard, q = self._shards[i], self._queues[i]
+            try:
+                after = ""
+                while not self._stop.is_set():
+                    batch = self._c._page(shard, after, self._end)
+                    if not batch:
+                        break
+                    self._put(q, batch)
+                    after = batch[-1][0]
+                self._put(q, None)
+            except BaseException as ex:  # noqa: BLE001 - handed to the consumer, raised there
+                self._put(q, ex)
+                return
+
+    def _put(self, q: queue.Queue[list[tuple[str, bytes]] | BaseException | None],
+             item: list[tuple[str, bytes]] | BaseException | None) -> None:
+        while not self._stop.is_set():
+            try:
+                q.put(item, timeout=0.1)
+                return
+            except queue.Full:
+                continue
+
+    def get(self) -> tuple[int, list[tuple[str, bytes]]] | None:
+        while self._pos < len(self._shards):
+            q = self._queues[self._pos]
+            item = q.get()
+            if isinstance(item, BaseException):
+                q.put(item)  # every later get() raises it too
+                raise item
+            if item is None:
+                with self._cond:
+                    self._pos += 1
+                    self._cond.notify_all()
+                continue
+            return self._shards[self._pos], item
+        return None
+
+    def close(self) -> None:
+        """Stop reading; returns once the threads are gone (reads in flight finish first)."""
+        self._stop.set()
+        with self._cond:
+            self._cond.notify_all()
+        for t in self._threads:
+            while t.is_alive():
+                for q in self._queues:
+                    try:
+                        while True:
+                            q.get_nowait()
+                    except queue.Empty:
+                        pass
+                t.join(0.05)
+
+
 class Collector:
     """Drains a ``ChangeIndex`` into change-log objects in a ``Target``.
 
@@ -629,8 +739,12 @@ class Collector:
             if lease.held:
                 continue
             if lease.acquire():
-                assert self._renewer is not None
-                self._renewer.add(lease)
+                renewer = self._renewer
+                if renewer is None:
+                    # Stepped down (from another thread) while this pass was running.
+                    lease.release()
+                    raise LeaseLost(f"collector {self.collector_id} stepped down during the pass")
+                renewer.add(lease)
             else:
                 busy.append(n)
         return busy
@@ -750,40 +864,44 @@ class Collector:
         objects: list[str] = []
         entries = 0
         writer: _LogWriter | None = None
+        drained = [shard for shard in range(self.index.shards) if shard not in skipped]
+        # Every floor first (each fenced by its shard lease): from here on the keys below the
+        # cutoff of every shard to drain can only shrink, so the pages below can be read ahead.
+        for shard in drained:
+            lease = self._shards[shard]
+            lease.check()
+            self.index.raise_floor(shard, cutoff, fence=lease.ref)
+            self._fault("floor")
+        reader = (_ReadAhead(self, drained, keys.time_bound(cutoff), depth=READ_AHEAD_PAGES,
+                             workers=READ_WORKERS) if drained else None)
         try:
-            for shard in range(self.index.shards):
-                if shard in skipped:
-                    continue
-                lease = self._shards[shard]
-                lease.check()
-                self.index.raise_floor(shard, cutoff, fence=lease.ref)
-                self._fault("floor")
-                after = ""
-                end = keys.time_bound(cutoff)
-                while True:
-                    self._control.check()
-                    batch = self._page(shard, after, end)
-                    if not batch:
-                        break
-                    self._fault("read")
-                    after = batch[-1][0]
-                    for key, raw in batch:
-                        if writer is None:
-                            writer = self._open_writer(cutoff)
-                        writer.add(shard, key, raw)
-                        if writer.full():
-                            objects.append(self._commit(writer))
-                            entries += writer.entries
-                            writer = None
-                    if writer is not None and writer.expired():
+            while reader is not None:
+                self._control.check()
+                item = reader.get()
+                if item is None:
+                    break
+                shard, batch = item
+                self._fault("read")
+                i = 0
+                while i < len(batch):
+                    if writer is None:
+                        writer = self._open_writer(cutoff)
+                    i = writer.add_many(shard, batch, i, roll=True)
+                    if writer.full():
                         objects.append(self._commit(writer))
                         entries += writer.entries
                         writer = None
+                if writer is not None and writer.expired():
+                    objects.append(self._commit(writer))
+                    entries += writer.entries
+                    writer = None
             if writer is not None:
                 objects.append(self._commit(writer))
                 entries += writer.entries
                 writer = None
         finally:
+            if reader is not None:
+                reader.close()
             if writer is not None:
                 writer.abort()
         watermark = None if skipped else self._advance_watermark(cutoff)
@@ -804,6 +922,7 @@ class Collector:
 
     def _commit(self, writer: _LogWriter) -> str:
         """Commit protocol (design §5.5): pending record, complete, trim, drop."""
+        writer.wait_parts()  # every full part is uploaded (or its error raised) first
         pending = writer.pending()
         self._control_write(WriteOp(set={pending.key: pending.encode()}))
         self._fault("pending")
@@ -811,19 +930,39 @@ class Collector:
         # Visible now: should the trim fail, recovery finishes this commit and counts it.
         self._visible[pending.name] = writer.stored_bytes
         self._fault("complete")
-        for r in writer.ranges:
-            self._trim(r.shard, r.keys, step="trim")
+        self._trim([(r.shard, r.keys) for r in writer.ranges], step="trim")
         self._finish(pending)
         self._count_object(pending.entries, self._visible.pop(pending.name))
         self._fault("drop")
         return pending.name
 
-    def _trim(self, shard: int, keys_: Sequence[str], *, step: str) -> None:
+    def _trim(self, ranges: Sequence[tuple[int, Sequence[str]]], *, step: str) -> None:
+        """Remove exactly these keys of each shard, in batches of ``trim_batch``, each batch
+        fenced by its shard lease (checked right before the batch is sent). The batches are
+        independent exact removals: several are in flight at once (``TRIM_WORKERS``); ``step``
+        fires once per batch done, in order. On any failure, no batch is left in flight."""
+        batches = [(shard, keys_[i : i + self.trim_batch])
+                   for shard, keys_ in ranges for i in range(0, len(keys_), self.trim_batch)]
+        if len(batches) <= 1 or TRIM_WORKERS <= 1:
+            for shard, batch in batches:
+                self._trim_batch(shard, batch)
+                self._fault(step)
+            return
+        with ThreadPoolExecutor(min(TRIM_WORKERS, len(batches)), thread_name_prefix="collector-trim") as pool:
+            futures = [pool.submit(self._trim_batch, shard, batch) for shard, batch in batches]
+            try:
+                for f in futures:
+                    f.result()
+                    self._fault(step)
+            except BaseException:
+                for f in futures:
+                    f.cancel()
+                raise  # leaving the pool waits for the batches already in flight
+
+    def _trim_batch(self, shard: int, batch: Sequence[str]) -> None:
         lease = self._shards[shard]
-        for i in range(0, len(keys_), self.trim_batch):
-            lease.check()
-            self.index.remove(shard, keys_[i : i + self.trim_batch], fence=lease.ref)
-            self._fault(step)
+        lease.check()
+        self.index.remove(shard, batch, fence=lease.ref)
 
     def _finish(self, pending: PendingCommit) -> None:
         """Drop the pending record and remember the object, in one fenced op."""
@@ -851,14 +990,14 @@ class Collector:
             limit=self.page,
         )
 
-    def _range_entries(self, r: ShardRange) -> Iterator[tuple[str, bytes]]:
-        """The entries of a recorded range, in key order (the floor has frozen it)."""
-        after = keys.time_bound(keys.time_of(r.first))  # below every key of first's time
-        end = keys.time_bound(keys.time_of(r.last) + 1)
+    def _range_pages(self, r: ShardRange) -> Iterator[list[tuple[str, bytes]]]:
+        """The entries of a recorded range, in key order, a page at a time (the floor has
+        frozen it)."""
+        after = keys.time_bound(_time_of(r.first))  # below every key of first's time
+        end = keys.time_bound(_time_of(r.last) + 1)
+        first, last = r.first, r.last
         while batch := self._page(r.shard, after, end):
-            for key, raw in batch:
-                if r.first <= key <= r.last:
-                    yield key, raw
+            yield [(key, raw) for key, raw in batch if first <= key <= last]
             after = batch[-1][0]
 
     def _recover(self, pending: PendingCommit) -> None:
@@ -880,8 +1019,9 @@ class Collector:
                                 metadata=pending.metadata())
             try:
                 for r in pending.ranges:
-                    for key, raw in self._range_entries(r):
-                        writer.add(r.shard, key, raw)
+                    for entries in self._range_pages(r):
+                        writer.add_many(r.shard, entries)
+                writer.wait_parts()
                 rebuilt = writer.pending()
                 if [(r.shard, r.first, r.last, r.count) for r in rebuilt.ranges] != [
                     (r.shard, r.first, r.last, r.count) for r in pending.ranges
@@ -895,8 +1035,8 @@ class Collector:
             uploaded = writer.stored_bytes
             logger.info("re-uploaded %s", pending.name)
             self._fault("recover.upload")
-        for r in pending.ranges:
-            self._trim(r.shard, [key for key, _ in self._range_entries(r)], step="recover.trim")
+        self._trim([(r.shard, [key for page in self._range_pages(r) for key, _ in page]) for r in pending.ranges],
+                   step="recover.trim")
         self._finish(pending)
         # Counted by the process that finishes the commit, like ``_commit`` does.
         if not exists:
@@ -962,10 +1102,67 @@ class Collector:
         return wm
 
 
+class _PartUploader:
+    """Uploads one log object's full parts, in order, from a thread of its own, while the pass
+    goes on encoding: at most ``UPLOAD_QUEUE_PARTS`` parts wait while one is sent. The upload
+    itself (create on the first part, retries, lease checks before every attempt) is the
+    writer's ``_send_part``; a failure is kept and raised to the pass by the next ``submit`` or
+    by ``finish``, and no further part is sent after it."""
+
+    def __init__(self, writer: _LogWriter) -> None:
+        self._w = writer
+        self._queue: queue.Queue[bytes | None] = queue.Queue(maxsize=UPLOAD_QUEUE_PARTS)
+        self._error: BaseException | None = None
+        self._stop = False
+        self._thread = threading.Thread(target=self._run, name="collector-upload", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            data = self._queue.get()
+            if data is None:
+                return
+            if self._error is not None or self._stop:
+                continue  # drained, never sent
+            try:
+                self._w._send_part(data)
+            except BaseException as ex:  # noqa: BLE001 - raised to the pass by submit/finish
+                self._error = ex
+            del data  # not held while waiting for the next part
+
+    def _raise(self) -> None:
+        if self._error is not None:
+            raise self._error
+
+    def submit(self, data: bytes) -> None:
+        while True:
+            self._raise()
+            try:
+                self._queue.put(data, timeout=0.1)
+                return
+            except queue.Full:
+                continue
+
+    def finish(self) -> None:
+        """Wait until every submitted part is sent; raise the failure if one failed."""
+        if self._thread.is_alive():
+            self._queue.put(None)
+            self._thread.join()
+        self._raise()
+
+    def stop(self) -> None:
+        """Send nothing more; returns once a part in flight is done and the thread is gone."""
+        self._stop = True
+        if self._thread.is_alive():
+            self._queue.put(None)
+            self._thread.join()
+
+
 class _LogWriter:
     """One log object being written: JSON lines through the encoder, parts uploaded as they
-    fill (the multipart upload starts with the first full part), the ranges and keys emitted.
-    Holds at most one part of encoded bytes plus the emitted keys."""
+    fill (the multipart upload starts with the first full part, sent by a ``_PartUploader``
+    thread while encoding goes on), the ranges and keys emitted. Holds at most a few parts of
+    encoded bytes plus the emitted keys."""
 
     def __init__(
         self,
@@ -990,7 +1187,9 @@ class _LogWriter:
         self._last_us: int | None = None
         self._opened = collector._monotonic()
         self._upload_id: str | None = None
-        self._parts: list[Part] = []
+        self._uploader: _PartUploader | None = None
+        self._parts: list[Part] = []  # appended by the upload thread
+        self._parts_seen = 0  # parts whose "part" step the pass has reported
         self._done = False
         self.stored_bytes = 0  # bytes of the object as stored (compressed), once complete
 
@@ -999,20 +1198,59 @@ class _LogWriter:
         return self._enc.entries
 
     def add(self, shard: int, key: str, raw: bytes) -> None:
-        t = keys.time_of(key)
+        self.add_many(shard, [(key, raw)])
+
+    def add_many(self, shard: int, batch: Sequence[tuple[str, bytes]], start: int = 0, *, roll: bool = False) -> int:
+        """Add the entries ``batch[start:]`` of ``shard`` (in key order); with ``roll``, stop
+        right after the entry that makes the object full. Returns the index of the first entry
+        not added. The lines are the same whatever the batches: ``encode_raw_many`` of each."""
+        c = self._c
+        end = len(batch)
+        if roll:
+            end = min(end, start + max(1, c.roll_entries - self._enc.entries))
+        entries = batch[start:end] if start or end < len(batch) else batch
+        if not entries:
+            return start
+        keys_ = [key for key, _ in entries]
+        # Pages come in key order, so with the first and the last every key is a data key.
+        _time_of(keys_[0])
+        _time_of(keys_[-1])
+        width = keys.TIME_WIDTH + 2
+        times = [int(key[2:width], 16) for key in keys_]
         try:
-            self._enc.add(encode_raw(t, raw))
-        except InvalidMutation as ex:
-            raise InvalidMutation(f"shard {shard} key {key}: {ex}") from ex
+            lines = encode_raw_many(zip(times, [raw for _, raw in entries], strict=True))
+        except InvalidMutation:
+            for (key, raw), t in zip(entries, times, strict=True):
+                try:
+                    encode_raw(t, raw)
+                except InvalidMutation as ex:
+                    raise InvalidMutation(f"shard {shard} key {key}: {ex}") from ex
+            raise
+        if roll:
+            room = c.roll_bytes - self._enc.raw_bytes
+            total = 0
+            for n, line in enumerate(lines, 1):
+                total += len(line)
+                if total >= room:
+                    if n < len(lines):
+                        lines, keys_, times = lines[:n], keys_[:n], times[:n]
+                    break
+        self._enc.add_many(lines)
         if not self.ranges or self.ranges[-1].shard != shard:
             self.ranges.append(_Range(shard))
-        self.ranges[-1].keys.append(key)
-        if self._first_us is None or t < self._first_us:
-            self._first_us = t
-        if self._last_us is None or t > self._last_us:
-            self._last_us = t
-        while self._enc.available >= self._c.part_bytes:
-            self._upload(self._enc.take(self._c.part_bytes))
+        self.ranges[-1].keys.extend(keys_)
+        lo, hi = min(times), max(times)
+        if self._first_us is None or lo < self._first_us:
+            self._first_us = lo
+        if self._last_us is None or hi > self._last_us:
+            self._last_us = hi
+        part_bytes = c.part_bytes
+        while self._enc.available >= part_bytes:
+            if self._uploader is None:
+                self._uploader = _PartUploader(self)
+            self._uploader.submit(self._enc.take(part_bytes))
+        self._report_parts()
+        return start + len(keys_)
 
     def full(self) -> bool:
         return self._enc.entries >= self._c.roll_entries or self._enc.raw_bytes >= self._c.roll_bytes
@@ -1032,7 +1270,23 @@ class _LogWriter:
             ranges=tuple(ShardRange(r.shard, r.keys[0], r.keys[-1], len(r.keys)) for r in self.ranges),
         )
 
-    def _upload(self, data: bytes) -> None:
+    def _report_parts(self) -> None:
+        """The "part" step, from the pass's thread, once per part the upload thread finished."""
+        while self._parts_seen < len(self._parts):
+            self._parts_seen += 1
+            self._c._fault("part")
+
+    def wait_parts(self) -> None:
+        """Every full part so far is uploaded (or its failure raised)."""
+        uploader, self._uploader = self._uploader, None  # no cycle keeps this writer's keys alive
+        if uploader is not None:
+            try:
+                uploader.finish()
+            finally:
+                self._report_parts()
+
+    def _send_part(self, data: bytes) -> None:
+        """Upload the next part (the upload thread's, or the last one's from ``complete``)."""
         c = self._c
         if self._upload_id is None:
             # S3 fixes metadata at create: a streamed object carries what is known now.
@@ -1047,13 +1301,13 @@ class _LogWriter:
             f"upload part {number} of {self.name}",
             lambda: c.target.upload_part(self.name, upload_id, number, data),
         )
-        self._parts.append(part)
         self.stored_bytes += len(data)
-        c._fault("part")
+        self._parts.append(part)
 
     def complete(self, metadata: dict[str, str]) -> None:
         """Make the object visible (the pending record is already written)."""
         c = self._c
+        self.wait_parts()
         rest = self._enc.finish()
         if self._upload_id is None:
             c._control.check()
@@ -1063,7 +1317,8 @@ class _LogWriter:
             self.stored_bytes = len(rest)
         else:
             if rest:
-                self._upload(rest)
+                self._send_part(rest)
+                self._report_parts()
             upload_id = self._upload_id
             c._control.check()
             c._fault("commit")
@@ -1081,7 +1336,11 @@ class _LogWriter:
         self._done = True
 
     def abort(self) -> None:
-        """Best effort: drop an unfinished multipart upload (GC catches what this misses)."""
+        """Best effort: drop an unfinished multipart upload (GC catches what this misses). The
+        upload thread is stopped first, so no part goes out after the abort."""
+        uploader, self._uploader = self._uploader, None
+        if uploader is not None:
+            uploader.stop()
         if self._done or self._upload_id is None:
             return
         upload_id, self._upload_id = self._upload_id, None
