@@ -88,8 +88,10 @@ RENEW_WORKERS = 8
 READ_AHEAD_PAGES = 4
 # Shards read at once, each up to READ_AHEAD_PAGES ahead (handed over in shard order).
 READ_WORKERS = 2
-# Full parts waiting for the upload thread while it sends one: memory stays bounded at about
-# (1 + UPLOAD_QUEUE_PARTS + 1) parts per log object being written.
+# Full parts waiting for the upload thread while it sends one. Encoded bytes held per log object
+# being written: the part in flight, the queued ones, the one the pass holds while it waits to
+# queue it, and the encoder's buffer (up to a part plus a page): about (3 + UPLOAD_QUEUE_PARTS)
+# x part_bytes (~40 MB at the default 8 MiB).
 UPLOAD_QUEUE_PARTS = 1
 # Trim batches (fenced removes) in flight at once.
 TRIM_WORKERS = 8
@@ -954,10 +956,21 @@ class Collector:
                 for f in futures:
                     f.result()
                     self._fault(step)
-            except BaseException:
+            except BaseException as first:
                 for f in futures:
                     f.cancel()
-                raise  # leaving the pool waits for the batches already in flight
+                # A lost lease outranks any other failure (run() must go to standby, not retry
+                # or stop): look at every batch that ran, waiting for those still in flight.
+                for f in futures:
+                    if f.cancelled():
+                        continue
+                    try:
+                        ex = f.exception()
+                    except BaseException:  # noqa: BLE001 - interrupted while waiting: keep first
+                        break
+                    if isinstance(ex, LeaseLost) and ex is not first:
+                        raise ex from first
+                raise
 
     def _trim_batch(self, shard: int, batch: Sequence[str]) -> None:
         lease = self._shards[shard]
@@ -1278,11 +1291,17 @@ class _LogWriter:
 
     def wait_parts(self) -> None:
         """Every full part so far is uploaded (or its failure raised)."""
-        uploader, self._uploader = self._uploader, None  # no cycle keeps this writer's keys alive
+        uploader = self._uploader
         if uploader is not None:
             try:
                 uploader.finish()
+            except BaseException:
+                # Interrupted (or a part failed): no part may go out after this, nor during the
+                # abort that follows.
+                uploader.stop()
+                raise
             finally:
+                self._uploader = None  # no cycle keeps this writer's keys alive
                 self._report_parts()
 
     def _send_part(self, data: bytes) -> None:
@@ -1297,10 +1316,15 @@ class _LogWriter:
             # The undo is registered right away: abort() runs on every exit but a completed one.
         upload_id = self._upload_id
         number = len(self._parts) + 1
-        part = c._retry(
-            f"upload part {number} of {self.name}",
-            lambda: c.target.upload_part(self.name, upload_id, number, data),
-        )
+        try:
+            part = c._retry(
+                f"upload part {number} of {self.name}",
+                lambda: c.target.upload_part(self.name, upload_id, number, data),
+            )
+        except UploadMissing as ex:
+            # Aborted under us (a collector that took over, or GC): as in ``complete``.
+            c._control.check()
+            raise TransientError(f"upload of {self.name} vanished while sending part {number}: {ex}") from ex
         self.stored_bytes += len(data)
         self._parts.append(part)
 

@@ -961,3 +961,92 @@ def test_watermark_document_on_target(env):
     assert doc["complete_until_us"] == r.cutoff_us and doc["last_object"] == r.objects[-1]
     assert hashlib.sha256(env.target.get(r.objects[0])).hexdigest()
     c.close()
+
+
+# --- failures inside the pipelined steps --------------------------------------------------------
+
+
+def pipeline_threads() -> list[threading.Thread]:
+    """The pass's helper threads (readers, part uploader, trims) still alive; not the renewer."""
+    return [t for t in threading.enumerate() if t.name.startswith("collector-") and t.name != "collector-leases"]
+
+
+def test_a_lost_lease_in_a_parallel_trim_outranks_an_earlier_batch_failure(env, monkeypatch):
+    """Trim batches run in parallel: when the first fails with a transient error and a later one
+    finds its lease lost, the pass must raise LeaseLost (run() goes to standby), not the retryable
+    error; nothing is lost either way."""
+    env.record(300)
+    c = env.collector(trim_batch=10, roll_entries=10**6)
+    real = c._trim_batch
+    calls: list[int] = []
+
+    def trim_batch(shard: int, batch: Any) -> None:
+        calls.append(shard)
+        if len(calls) == 1:
+            raise TransientError("injected: busy")
+        if len(calls) == 2:
+            time.sleep(0.05)  # fails after the first one
+            raise LeaseLost("injected: shard lease lost")
+        real(shard, batch)
+
+    monkeypatch.setattr(c, "_trim_batch", trim_batch)
+    with pytest.raises(LeaseLost, match="injected"):
+        c.run_pass()
+    c.step_down()
+    # The committed object's keys are trimmed by recovery in the next pass: exactly once.
+    last = env.collector()
+    last.run_pass()
+    last.step_down()
+    env.check_exactly_once()
+
+
+def test_an_upload_aborted_under_the_collector_between_parts_is_retried_by_a_later_pass(env):
+    """A takeover (or GC) aborts the multipart upload while the upload thread is still sending
+    parts: the part's NoSuchUpload becomes a transient failure of the pass (the collector still
+    holds its lease), and the next pass commits everything, once."""
+    env.record(2000)
+
+    class AbortingTarget(RecordingTarget):
+        aborted = False
+
+        def upload_part(self, name: str, upload_id: str, number: int, data: bytes) -> Any:
+            if number == 2 and not self.aborted:
+                self.aborted = True
+                self.inner.abort_multipart(name, upload_id)
+            return super().upload_part(name, upload_id, number, data)
+
+    target = AbortingTarget(env.target)
+    c = env.collector(target=target, part_bytes=4096, roll_entries=10**6, retries=0)
+    with pytest.raises(TransientError, match="vanished while sending part 2"):
+        c.run_pass()
+    assert target.aborted
+    assert not pipeline_threads()
+    c.run_pass()
+    c.step_down()
+    env.check_exactly_once()
+
+
+def test_an_interrupted_wait_for_parts_stops_the_upload_thread_before_the_abort(env, monkeypatch):
+    """A KeyboardInterrupt while the pass waits for its parts: the upload thread is stopped (no
+    part goes out after the abort), no collector thread is left, and a rerun commits all, once."""
+    import changelog.collector as collector_mod
+
+    env.record(2000)
+    target = RecordingTarget(env.target)
+    c = env.collector(target=target, part_bytes=4096, roll_entries=10**6)
+    real_finish = collector_mod._PartUploader.finish
+
+    def finish(self: Any) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(collector_mod._PartUploader, "finish", finish)
+    with pytest.raises(KeyboardInterrupt):
+        c.run_pass()
+    monkeypatch.setattr(collector_mod._PartUploader, "finish", real_finish)
+    assert not pipeline_threads()
+    assert not list(env.target.list_uploads("logs"))
+    c.step_down()
+    last = env.collector()
+    last.run_pass()
+    last.step_down()
+    env.check_exactly_once()
