@@ -555,6 +555,7 @@ class Collector:
         self._monotonic = monotonic
         self._cap = watermark_cap
         self._hook = fault_hook
+        self._stop: threading.Event | None = None  # run()'s: a pass ends early when it is set
         self._paused = paused
         self.pause_poll = float(pause_poll)
         self._stats_lock = threading.Lock()
@@ -787,6 +788,7 @@ class Collector:
         so, no pass starts: the pass in hand finishes, the leases stay held and renewed, and the
         index, pending records and state are left as they are until it says go on."""
         delay = self.backoff_base
+        self._stop = stop
         try:
             while not stop.is_set():
                 if self._paused is not None and self._paused():
@@ -816,6 +818,7 @@ class Collector:
                 delay = self.backoff_base
                 stop.wait(self.interval)
         finally:
+            self._stop = None
             self.step_down()
 
     def flush(self) -> PassResult:
@@ -876,8 +879,14 @@ class Collector:
             self._fault("floor")
         reader = (_ReadAhead(self, drained, keys.time_bound(cutoff), depth=READ_AHEAD_PAGES,
                              workers=READ_WORKERS) if drained else None)
+        stopped = False
         try:
             while reader is not None:
+                if self._stop is not None and self._stop.is_set():
+                    # Shutting down: commit what is encoded, leave the rest in the index for the
+                    # next pass (whoever runs it); the watermark stays where it is.
+                    stopped = True
+                    break
                 self._control.check()
                 item = reader.get()
                 if item is None:
@@ -906,7 +915,9 @@ class Collector:
                 reader.close()
             if writer is not None:
                 writer.abort()
-        watermark = None if skipped else self._advance_watermark(cutoff)
+        watermark = None if skipped or stopped else self._advance_watermark(cutoff)
+        if stopped:
+            logger.info("stopping: pass ended early after %d objects; the rest stays in the index", len(objects))
         if objects or recovered:
             logger.info("pass: cutoff %s, %d entries in %d objects, %d recovered", rfc3339_us(cutoff),
                         entries, len(objects), recovered)

@@ -1050,3 +1050,31 @@ def test_an_interrupted_wait_for_parts_stops_the_upload_thread_before_the_abort(
     last.run_pass()
     last.step_down()
     env.check_exactly_once()
+
+
+def test_stopping_run_ends_a_long_pass_early_and_the_next_pass_finishes_it(env):
+    """``serve`` stops its collector by setting run()'s event: a pass in hand over a large
+    backlog ends at the next page instead of draining it all (a shutdown must not outlast the
+    service manager's stop timeout), commits what it encoded, leaves the watermark, and the next
+    pass drains the rest: exactly once."""
+    env.record(3000)
+    stop = threading.Event()
+
+    def hook(step: str) -> None:
+        if step == "drop":
+            stop.set()  # right after the first object's commit
+
+    c = env.collector(roll_entries=100, page=50, fault_hook=hook)
+    done = threading.Thread(target=c.run, args=(stop,))
+    done.start()
+    done.join(30)
+    assert not done.is_alive()
+    assert not pipeline_threads()
+    left = sum(env.index.stats(s).entries for s in range(env.shards))
+    assert 0 < left <= 3000 - 100, left  # the first object (at least) committed, most left
+    assert read_watermark(env.target, prefix="logs") is None
+    last = env.collector()
+    last.run_pass()
+    last.step_down()
+    assert read_watermark(env.target, prefix="logs") is not None
+    env.check_exactly_once()
