@@ -366,9 +366,15 @@ class Harness:
             self.record(self.rng.randint(batch // 2, batch * 2))
             self.run_child(step=step, at=at, record_while=self.rng.randint(0, batch // 4))
         for _ in range(random_kills):
-            self.record(self.rng.randint(batch // 2, batch * 2))
-            self.run_child(kill_after=self.rng.uniform(0.0, max_random_delay),
-                           record_while=self.rng.randint(0, batch // 4))
+            # A child may finish its work before the timer fires (a fast pass): then it is tried
+            # again on a new backlog with a shorter delay, so the kills asked for do land.
+            delay = max_random_delay
+            for _attempt in range(6):
+                self.record(self.rng.randint(batch // 2, batch * 2))
+                if self.run_child(kill_after=self.rng.uniform(0.0, delay),
+                                  record_while=self.rng.randint(0, batch // 4)).killed:
+                    break
+                delay /= 2
 
     def finish(self) -> Report:
         """A clean child drains everything; then check the outcome."""
