@@ -97,13 +97,6 @@ UPLOAD_QUEUE_PARTS = 1
 TRIM_WORKERS = 8
 
 
-def _time_of(data_key: str) -> int:
-    """The time of a data key (``keys.time_of``, local: the collector's hot path)."""
-    if not data_key.startswith(keys.DATA_PREFIX):
-        raise ValueError(f"not a data key: {data_key!r}")
-    return int(data_key[2 : 2 + keys.TIME_WIDTH], 16)
-
-
 @dataclass(frozen=True, slots=True)
 class ShardRange:
     """The keys of one shard in one log object: every data key in ``[first, last]``."""
@@ -1017,8 +1010,8 @@ class Collector:
     def _range_pages(self, r: ShardRange) -> Iterator[list[tuple[str, bytes]]]:
         """The entries of a recorded range, in key order, a page at a time (the floor has
         frozen it)."""
-        after = keys.time_bound(_time_of(r.first))  # below every key of first's time
-        end = keys.time_bound(_time_of(r.last) + 1)
+        after = keys.time_bound(keys.time_of(r.first))  # below every key of first's time
+        end = keys.time_bound(keys.time_of(r.last) + 1)
         first, last = r.first, r.last
         while batch := self._page(r.shard, after, end):
             yield [(key, raw) for key, raw in batch if first <= key <= last]
@@ -1167,19 +1160,20 @@ class _PartUploader:
             except queue.Full:
                 continue
 
-    def finish(self) -> None:
-        """Wait until every submitted part is sent; raise the failure if one failed."""
+    def _join(self) -> None:
         if self._thread.is_alive():
             self._queue.put(None)
             self._thread.join()
+
+    def finish(self) -> None:
+        """Wait until every submitted part is sent; raise the failure if one failed."""
+        self._join()
         self._raise()
 
     def stop(self) -> None:
         """Send nothing more; returns once a part in flight is done and the thread is gone."""
         self._stop = True
-        if self._thread.is_alive():
-            self._queue.put(None)
-            self._thread.join()
+        self._join()
 
 
 class _LogWriter:
@@ -1237,8 +1231,8 @@ class _LogWriter:
             return start
         keys_ = [key for key, _ in entries]
         # Pages come in key order, so with the first and the last every key is a data key.
-        _time_of(keys_[0])
-        _time_of(keys_[-1])
+        keys.time_of(keys_[0])
+        keys.time_of(keys_[-1])
         width = keys.TIME_WIDTH + 2
         times = [int(key[2:width], 16) for key in keys_]
         try:

@@ -325,6 +325,10 @@ class ChangeIndex:
             new = new_marks.get(src)
             if new is not None and new != was:
                 op.set[keys.stream_key(src)] = new.encode()
+        if not sets:
+            # Not made by the fast path: the keys of the fresh records (``keys.data_key``).
+            for i, (m, value, objver) in enumerate(fresh):
+                sets[f"{keys.time_bound(t + i)}.{objver}.{event_id(m.source, m.position)[:16]}"] = value
         if self.mode == "object":
             okeys = sorted({keys.OBJECT_PREFIX + p[2] for p in fresh})
             live = {k: v.decode() for k, v in self.store.omap_get(oid, okeys).items()}
@@ -338,19 +342,15 @@ class ChangeIndex:
                 guard = min(keys.time_of(k) for k in op.remove)
                 op.asserts[0] = (keys.FLOOR_KEY, Cmp.LT, keys.time_hex(guard))
             osets = op.set
-            for i, (m, value, objver) in enumerate(fresh):
-                dkey = f"d.{t + i:016x}.{objver}.{event_id(m.source, m.position)[:16]}"
+            for (dkey, value), (_, _, objver) in zip(sets.items(), fresh, strict=True):
                 okey = keys.OBJECT_PREFIX + objver
                 prev_key = osets.get(okey)
                 if prev_key is not None:  # two writes of one object+version in one batch: keep the newer
                     osets.pop(prev_key.decode(), None)
                 osets[okey] = dkey.encode()
                 osets[dkey] = value
-        elif sets:
-            op.set.update(sets)
         else:
-            for i, (m, value, objver) in enumerate(fresh):
-                op.set[f"d.{t + i:016x}.{objver}.{event_id(m.source, m.position)[:16]}"] = value
+            op.set.update(sets)
 
         done = new_marks
 

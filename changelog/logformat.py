@@ -11,7 +11,6 @@ from __future__ import annotations
 import enum
 import functools
 import gzip
-import hashlib
 import io
 import re
 import struct
@@ -27,7 +26,7 @@ import orjson
 import zstandard
 
 from changelog.errors import InvalidMutation, PermanentError
-from changelog.mutation import Mutation
+from changelog.mutation import Mutation, event_id
 
 # Fixed compression settings: a log object must be rebuildable byte for byte, so nothing here
 # may depend on the host, the time or the input chunking. (Byte identity still assumes the same
@@ -205,23 +204,7 @@ def record_of(entry: IndexEntry) -> LogRecord:
 def encode_entry(entry: IndexEntry) -> bytes:
     """The JSON line (newline included) of one index entry. Deterministic: field order is fixed,
     metadata keys are sorted, times are formatted from integers."""
-    m = entry.mutation
-    doc: dict[str, Any] = {
-        "id": m.event_id,
-        "time": rfc3339_us(m.mtime_ns // 1000),
-        "bucket": m.bucket,
-        "key": m.key,
-        "version_id": m.version_id,
-        "op": m.op.value,
-        "size": m.size,
-        "etag": m.etag,
-        "seq": m.seq,
-        "baseline": m.baseline,
-        "recorded": rfc3339_us(entry.time_us),
-    }
-    if m.metadata:
-        doc["metadata"] = dict(sorted(m.metadata.items()))
-    return orjson.dumps(doc, option=orjson.OPT_APPEND_NEWLINE)
+    return record_of(entry).encode()
 
 
 def encode_raw(time_us: int, raw: bytes) -> bytes:
@@ -261,7 +244,6 @@ def encode_raw_many(items: Iterable[tuple[int, bytes]]) -> list[bytes]:
     and its per-call cost is several times its per-document cost), then are cut at the
     newlines."""
     unpackb = msgpack.unpackb
-    blake2b = hashlib.blake2b
     second_format = _second_format
     # The second of the last time formatted, as [lo, lo + 1 s): empty before the first one.
     lo = hi = rlo = rhi = 0
@@ -287,7 +269,7 @@ def encode_raw_many(items: Iterable[tuple[int, bytes]]) -> list[bytes]:
                 rlo = rsec * 1_000_000
                 rhi = rlo + 1_000_000
             doc: dict[str, Any] = {
-                "id": blake2b(f"{d['src']}\n{d['p']}".encode(), digest_size=16).hexdigest(),
+                "id": event_id(d["src"], d["p"]),
                 "time": fmt % (t - lo),
                 "bucket": d["b"],
                 "key": d["k"],

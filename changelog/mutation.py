@@ -7,7 +7,6 @@ omap value of an index entry; the JSON form consumers see is in ``logformat``.
 from __future__ import annotations
 
 import enum
-import hashlib
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -15,6 +14,7 @@ from typing import Any
 
 import msgpack
 
+from changelog import keys
 from changelog.errors import InvalidMutation
 
 # S3 caps a key at 1024 bytes; radosgw accepts the same. Anything larger is not a real key.
@@ -109,48 +109,31 @@ class Mutation:
         return event_id(self.source, self.position)
 
     def encode(self) -> bytes:
-        return self.encode_with(_packer().pack)
+        return self.encode_with(packer().pack)
 
     def encode_with(self, pack: Callable[[Any], bytes]) -> bytes:
         """``encode`` with the caller's ``msgpack.Packer().pack`` (the record loop fetches its
-        packer once per batch). Field order, and so the bytes, are the same on every path."""
-        version_id, size, etag = self.version_id, self.size, self.etag
-        if version_id is None and size is not None and etag is not None and not self.baseline and not self.metadata:
-            # The common shape (an unversioned write), in one dict display.
-            data: bytes = pack(
-                {
-                    "b": self.bucket,
-                    "k": self.key,
-                    "o": self.op._value_,
-                    "t": self.mtime_ns,
-                    "src": self.source,
-                    "p": self.position,
-                    "q": self.seq,
-                    "s": size,
-                    "e": etag,
-                }
-            )
-        else:
-            doc: dict[str, Any] = {
-                "b": self.bucket,
-                "k": self.key,
-                "o": self.op._value_,
-                "t": self.mtime_ns,
-                "src": self.source,
-                "p": self.position,
-                "q": self.seq,
-            }
-            if version_id is not None:
-                doc["v"] = version_id
-            if size is not None:
-                doc["s"] = size
-            if etag is not None:
-                doc["e"] = etag
-            if self.baseline:
-                doc["bl"] = True
-            if self.metadata:
-                doc["m"] = dict(self.metadata)
-            data = pack(doc)
+        packer once per batch). The field order is fixed, so the bytes are too."""
+        doc: dict[str, Any] = {
+            "b": self.bucket,
+            "k": self.key,
+            "o": self.op._value_,
+            "t": self.mtime_ns,
+            "src": self.source,
+            "p": self.position,
+            "q": self.seq,
+        }
+        if self.version_id is not None:
+            doc["v"] = self.version_id
+        if self.size is not None:
+            doc["s"] = self.size
+        if self.etag is not None:
+            doc["e"] = self.etag
+        if self.baseline:
+            doc["bl"] = True
+        if self.metadata:
+            doc["m"] = dict(self.metadata)
+        data: bytes = pack(doc)
         if len(data) > MAX_ENCODED_BYTES:
             raise InvalidMutation(
                 f"record for {self.bucket}/{self.key[:80]!r} encodes to {len(data)} bytes "
@@ -184,22 +167,15 @@ _local = threading.local()
 
 
 def packer() -> msgpack.Packer:
-    """This thread's reusable packer (``Packer.pack`` is not re-entrant across threads)."""
-    return _packer()
-
-
-def _packer() -> msgpack.Packer:
-    # packb builds a Packer per call; one per thread halves the encode cost on the record path.
+    """This thread's reusable packer (``Packer.pack`` is not re-entrant across threads; packb
+    builds a Packer per call, and reusing one halves the encode cost on the record path)."""
     p: msgpack.Packer | None = getattr(_local, "packer", None)
     if p is None:
         p = _local.packer = msgpack.Packer(use_bin_type=True)
     return p
 
 
-_EVENT_HASHER = hashlib.blake2b(digest_size=16)  # copied per event: cheaper than a new blake2b(...)
-
-
 def event_id(source: str, position: str) -> str:
-    h = _EVENT_HASHER.copy()
+    h = keys.EVENT_HASHER.copy()
     h.update(f"{source}\n{position}".encode())
     return h.hexdigest()

@@ -26,6 +26,7 @@ from changelog.collector import (
     SHARD_LOCK,
     Collector,
     CollectorState,
+    PassResult,
     PendingCommit,
     ShardRange,
     _Renewer,
@@ -117,6 +118,14 @@ class Env:
             with self.target.open(obj.name) as f:
                 out.extend(iter_records(f, obj.compression))
         return out
+
+    def final_pass(self) -> PassResult:
+        """One more pass by a fresh collector (like a restarted process), which then steps down."""
+        c = self.collector()
+        try:
+            return c.run_pass()
+        finally:
+            c.step_down()
 
     def check_exactly_once(self) -> list[Any]:
         recs = self.log_records()
@@ -994,9 +1003,7 @@ def test_a_lost_lease_in_a_parallel_trim_outranks_an_earlier_batch_failure(env, 
         c.run_pass()
     c.step_down()
     # The committed object's keys are trimmed by recovery in the next pass: exactly once.
-    last = env.collector()
-    last.run_pass()
-    last.step_down()
+    env.final_pass()
     env.check_exactly_once()
 
 
@@ -1046,9 +1053,7 @@ def test_an_interrupted_wait_for_parts_stops_the_upload_thread_before_the_abort(
     assert not pipeline_threads()
     assert not list(env.target.list_uploads("logs"))
     c.step_down()
-    last = env.collector()
-    last.run_pass()
-    last.step_down()
+    env.final_pass()
     env.check_exactly_once()
 
 
@@ -1073,8 +1078,6 @@ def test_stopping_run_ends_a_long_pass_early_and_the_next_pass_finishes_it(env):
     left = sum(env.index.stats(s).entries for s in range(env.shards))
     assert 0 < left <= 3000 - 100, left  # the first object (at least) committed, most left
     assert read_watermark(env.target, prefix="logs") is None
-    last = env.collector()
-    last.run_pass()
-    last.step_down()
+    env.final_pass()
     assert read_watermark(env.target, prefix="logs") is not None
     env.check_exactly_once()
