@@ -23,6 +23,7 @@ Facts checked on Pacific 16.2.15 (see ``rgw_module/README.md``):
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import threading
@@ -59,10 +60,12 @@ class NotFound(ObjectMissing):
 
 @dataclass(frozen=True, slots=True)
 class DataLogEntry:
-    """One data-log entry: "this bucket-index shard changed, go read its log"."""
+    """One data-log entry: "this bucket-index shard changed, go read its log". Reef and later
+    name the log generation (``shard.log_gen``); ``has_gen`` says whether the entry did."""
 
     shard: BucketShard
     timestamp: str
+    has_gen: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,6 +94,24 @@ class BucketStats:
         if self.num_shards <= 0:
             return [BucketShard(self.name, self.bucket_id, -1)]
         return [BucketShard(self.name, self.bucket_id, n) for n in range(self.num_shards)]
+
+
+@dataclass(frozen=True, slots=True)
+class BilogInfo:
+    """A bucket instance's bucket-index-log generations (Reef and later; Pacific: generation 0
+    only) and the newest marker of each shard of the newest one, from one response, so the
+    markers and the generation they belong to are consistent."""
+
+    oldest_gen: int
+    latest_gen: int
+    # generation -> number of shards (0: unsharded)
+    generations: dict[int, int]
+    max_markers: dict[int, str]
+    generation_aware: bool
+
+    def next_gen(self, gen: int) -> int | None:
+        later = [g for g in self.generations if g > gen]
+        return min(later) if later else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -244,21 +265,35 @@ class AdminClient:
             raise TransientError(f"radosgw at {self.endpoint}: unexpected data log info {doc!r}") from ex
 
     def datalog_list(self, shard: int, marker: str = "", *, max_entries: int = MAX_ENTRIES) -> DataLogPage:
-        params: list[tuple[str, str | int | None]] = [("type", "data"), ("id", shard), ("max-entries", max_entries)]
+        # extra-info gives each entry its own position (log_id): the FIFO-backed data log of
+        # Reef and later answers the page ``marker`` "" once it reaches the end, so the page
+        # marker alone cannot say where a complete read stopped.
+        params: list[tuple[str, str | int | None]] = [
+            ("type", "data"),
+            ("id", shard),
+            ("max-entries", max_entries),
+            ("extra-info", "true"),
+        ]
         if marker:
             params.append(("marker", marker))
         doc = self._get_json("/admin/log", params)
         entries: list[DataLogEntry] = []
-        for e in doc.get("entries", []):
+        last = ""
+        for wrapped in doc.get("entries", []):
+            e = wrapped.get("entry", wrapped) if isinstance(wrapped, dict) else {}
+            last = str(wrapped.get("log_id") or last) if isinstance(wrapped, dict) else last
             if e.get("entity_type") != "bucket":
                 continue
             bs = BucketShard.parse(str(e.get("key", "")))
-            if bs is None:
+            if bs is None or bs.log_gen:
                 logger.warning("data log shard %d: unparsable key %r, skipped", shard, e.get("key"))
                 continue
-            entries.append(DataLogEntry(bs, str(e.get("timestamp", ""))))
+            gen = e.get("gen")
+            if gen is not None:
+                bs = dataclasses.replace(bs, log_gen=int(gen))
+            entries.append(DataLogEntry(bs, str(e.get("timestamp", "")), gen is not None))
         truncated = str(doc.get("truncated", "false")).lower() == "true"
-        return DataLogPage(entries, str(doc.get("marker") or marker), truncated)
+        return DataLogPage(entries, last or str(doc.get("marker") or "") or marker, truncated)
 
     def datalog_info(self, shard: int) -> str:
         """The marker of the shard's newest entry ("" when it never had one)."""
@@ -331,29 +366,61 @@ class AdminClient:
     def bilog_list(self, bs: BucketShard, marker: str = "", *, max_entries: int = MAX_ENTRIES) -> list[dict[str, Any]]:
         """Up to ``max_entries`` entries of one bucket-index shard's log, after ``marker``.
         ``NotFound`` when the bucket instance is gone (deleted, or resharded away)."""
+        # ``generation`` always: Reef and later list the *newest* generation without it (and
+        # trim generation 0); Pacific ignores it.
         params: list[tuple[str, str | int | None]] = [
             ("type", "bucket-index"),
             ("bucket-instance", bs.instance),
+            ("generation", bs.log_gen),
             ("max-entries", max_entries),
         ]
         if marker:
             params.append(("marker", marker))
         doc = self._get_json("/admin/log", params)
         if not isinstance(doc, list):
-            raise TransientError(f"radosgw at {self.endpoint}: bucket index log of {bs.instance} is not a list")
+            raise TransientError(f"radosgw at {self.endpoint}: bucket index log of {bs.key} is not a list")
         return doc
 
+    def bilog_info(self, bucket: str, bucket_id: str) -> BilogInfo:
+        """The instance's log generations and the newest generation's shard markers.
+        ``NotFound`` when the instance is gone."""
+        doc = self._get_json(
+            "/admin/log", [("type", "bucket-index"), ("bucket-instance", f"{bucket}:{bucket_id}"), ("info", None)]
+        )
+        try:
+            markers = _split_markers(str(doc.get("max_marker") or ""))
+            if "latest_gen" not in doc:  # Pacific: one generation, its shards are the markers'
+                return BilogInfo(0, 0, {0: len(markers) if -1 not in markers else 0}, markers, False)
+            gens = {int(g["gen"]): int(g["num_shards"]) for g in doc.get("generations", [])}
+            latest = int(doc["latest_gen"])
+            gens.setdefault(latest, len(markers) if -1 not in markers else 0)
+            return BilogInfo(int(doc.get("oldest_gen", 0)), latest, gens, markers, True)
+        except (KeyError, TypeError, ValueError, AttributeError) as ex:
+            raise TransientError(
+                f"radosgw at {self.endpoint}: unexpected bucket index log info of {bucket}:{bucket_id}: {ex}"
+            ) from ex
+
     def bilog_max_marker(self, bs: BucketShard) -> str:
+        """The newest marker of the shard, "" when ``bs`` is not of the newest generation (radosgw
+        tells the markers of that one only)."""
         doc = self._get_json("/admin/log", [("type", "bucket-index"), ("bucket-instance", bs.instance), ("info", None)])
+        if int(doc.get("latest_gen", 0) or 0) != bs.log_gen:
+            return ""
         return str(doc.get("max_marker") or "")
 
     def bilog_trim(self, bs: BucketShard, end_marker: str) -> None:
-        """Remove the shard's log entries up to and including ``end_marker``."""
+        """Remove the shard's log entries up to and including ``end_marker``, in its generation
+        (radosgw's trim defaults to generation 0, not the newest)."""
         if end_marker:
             self.request(
                 "DELETE",
                 "/admin/log",
-                [("type", "bucket-index"), ("bucket-instance", bs.instance), ("end-marker", end_marker)],
+                [
+                    ("type", "bucket-index"),
+                    ("bucket-instance", bs.instance),
+                    ("generation", bs.log_gen),
+                    ("end-marker", end_marker),
+                ],
             )
 
     # ------------------------------------------------------------------ S3 reads

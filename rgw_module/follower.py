@@ -56,7 +56,7 @@ from changelog.index import ChangeIndex, RecordResult
 from changelog.lease import Lease, make_cookie
 from changelog.mutation import Mutation, Op
 from changelog.store import WriteOp, omap_iter
-from rgw_module.admin import MAX_ENTRIES, AdminClient, BucketStats, NotFound
+from rgw_module.admin import MAX_ENTRIES, AdminClient, BilogInfo, BucketStats, NotFound
 from rgw_module.mapping import (
     BucketFilter,
     BucketShard,
@@ -119,24 +119,43 @@ class _Bucket:
     name: str
     bucket_id: str
     marker: str
-    gen: int
-    shards: int
+    gen: int  # ours: bumped on every new instance, full sync or log generation (orders ``seq``)
+    shards: int  # of the log generation being followed
     state: str  # "full" | "incr" | "gone"
+    log_gen: int = 0  # radosgw's bucket-index-log generation being followed (Reef and later)
+    closing: bool = False  # a newer log generation exists: finish this one, then move on
 
     def encode(self) -> bytes:
-        return _json(
-            {"id": self.bucket_id, "marker": self.marker, "gen": self.gen, "shards": self.shards, "state": self.state}
-        )
+        d: dict[str, Any] = {
+            "id": self.bucket_id, "marker": self.marker, "gen": self.gen, "shards": self.shards, "state": self.state,
+        }  # fmt: skip
+        if self.log_gen or self.closing:
+            d["log_gen"] = self.log_gen
+            d["closing"] = self.closing
+        return _json(d)
 
     @classmethod
     def decode(cls, name: str, raw: bytes) -> _Bucket:
         d = orjson.loads(raw)
-        return cls(name, str(d["id"]), str(d.get("marker", "")), int(d["gen"]), int(d.get("shards", 0)), str(d["state"]))
+        return cls(
+            name,
+            str(d["id"]),
+            str(d.get("marker", "")),
+            int(d["gen"]),
+            int(d.get("shards", 0)),
+            str(d["state"]),
+            int(d.get("log_gen", 0)),
+            bool(d.get("closing", False)),
+        )
 
     def shard_list(self) -> list[BucketShard]:
         if self.shards <= 0:
-            return [BucketShard(self.name, self.bucket_id, -1)]
-        return [BucketShard(self.name, self.bucket_id, n) for n in range(self.shards)]
+            return [BucketShard(self.name, self.bucket_id, -1, self.log_gen)]
+        return [BucketShard(self.name, self.bucket_id, n, self.log_gen) for n in range(self.shards)]
+
+    def owns(self, bs: BucketShard) -> bool:
+        """Whether ``bs`` is a shard of the instance and log generation being followed."""
+        return self.state != "gone" and self.bucket_id == bs.bucket_id and self.log_gen == bs.log_gen
 
 
 @dataclass(slots=True)
@@ -288,6 +307,9 @@ class Follower:
         self._last_scan = float("-inf")
         self._last_full_datalog = float("-inf")
         self._warned_info: set[str] = set()
+        # bucket -> shards of its closing log generation not yet read to their end since the
+        # newer generation was seen (in memory: rebuilt from ``closing`` on load)
+        self._closing: dict[str, set[BucketShard]] = {}
 
     def __repr__(self) -> str:
         return f"Follower({self.follower_id!r}, {self.admin.endpoint!r} -> {self.index.prefix!r})"
@@ -411,8 +433,11 @@ class Follower:
         complete = self._read_datalog()
         complete = self._run_full_syncs() and complete
         complete = self._drain() and complete
+        # A log generation finished: its successor is read from its start right away.
+        if self._advance_generations():
+            complete = self._drain() and complete
         # A bucket found resharded or new during the drain starts a full sync: not caught up yet.
-        complete = complete and not self._full
+        complete = complete and not self._full and not self._closing
         self._trim()
         with self._lock:
             self._stats.sweeps += 1
@@ -509,6 +534,10 @@ class Follower:
                 continue
             hot = float(orjson.loads(v).get("hot_until", 0.0))
             self._shards[bs] = _Shard(bs, hot_until=hot, persisted_hot=hot, since=now)
+        self._closing = {}
+        for b in self._buckets.values():
+            if b.closing and b.state != "gone":
+                self._start_closing(b, now, persist=False)
         self._loaded = True
         logger.info(
             "follower state loaded: %d buckets (%d in full sync), %d pending shards, %d data-log markers",
@@ -620,13 +649,21 @@ class Follower:
             logger.info(
                 "bucket %s %s: instance %s -> %s, generation %d", name, why, known.bucket_id, stats.bucket_id, gen
             )
-        if fresh:
-            # Born after the follower's first start, never resharded: its log is complete from
-            # its first entry, so it is followed exactly, without a baseline.
-            b = _Bucket(name, stats.bucket_id, stats.marker, gen, stats.num_shards, "incr")
+        info = self._bilog_info(stats) if fresh else None
+        if info is not None and info.oldest_gen == 0:
+            # Born after the follower's first start, never resharded, or resharded in place with
+            # every log generation kept: its log is complete from its first entry, so it is
+            # followed exactly, without a baseline, from generation 0.
+            b = _Bucket(
+                name, stats.bucket_id, stats.marker, gen, info.generations.get(0, stats.num_shards), "incr", 0,
+                info.latest_gen > 0,
+            )  # fmt: skip
             self._write({BUCKET_PREFIX + name: b.encode()}, self._bucket_keys(name, keep=stats.bucket_id))
             self._forget(name, keep=stats.bucket_id)
+            self._closing.pop(name, None)
             self._buckets[name] = b
+            if b.closing:
+                self._write(self._start_closing(b, self._clock(), persist=False))
             logger.info("following new bucket %s (%s) from its first log entry", name, stats.bucket_id)
             return
         self._start_full_sync(stats, gen)
@@ -650,14 +687,19 @@ class Follower:
         """Baseline, then incremental: the log markers are taken *before* the listing, so every
         change is either in the listing or after the markers (or both)."""
         name = stats.name
-        b = _Bucket(name, stats.bucket_id, stats.marker, gen, stats.num_shards, "full")
+        # The markers and the log generation they belong to come from one response.
+        info = self._bilog_info(stats)
+        b = _Bucket(
+            name, stats.bucket_id, stats.marker, gen, info.generations[info.latest_gen], "full", info.latest_gen
+        )
         fs = _FullSync(stats.bucket_id, gen, started=self._clock())
         sets: dict[str, bytes] = {BUCKET_PREFIX + name: b.encode(), FULL_PREFIX + name: fs.encode()}
-        for bs in stats.shards():
-            sets[MARKER_PREFIX + bs.key] = stats.max_markers.get(bs.shard, "").encode()
+        for bs in b.shard_list():
+            sets[MARKER_PREFIX + bs.key] = info.max_markers.get(bs.shard, "").encode()
         removes = [k for k in self._bucket_keys(name) if k not in sets] + list(extra_remove)
         self._write(sets, removes)
         self._forget(name)
+        self._closing.pop(name, None)
         self._buckets[name] = b
         self._full[name] = fs
         with self._lock:
@@ -665,6 +707,113 @@ class Follower:
         logger.info(
             "full sync of bucket %s (%s, %d shards, generation %d) started", name, stats.bucket_id, stats.num_shards, gen
         )
+
+    def _bilog_info(self, stats: BucketStats) -> BilogInfo:
+        """Log generations of the bucket's current instance (Pacific: generation 0 with the
+        shards of ``stats``). A bucket gone between two calls is retried by the next sweep."""
+        try:
+            info = self.admin.bilog_info(stats.name, stats.bucket_id)
+        except NotFound as ex:
+            raise TransientError(f"bucket {stats.name} changed while it was being resolved") from ex
+        if not info.generation_aware:
+            return BilogInfo(0, 0, {0: stats.num_shards}, stats.max_markers, False)
+        return info
+
+    def _start_closing(self, b: _Bucket, now: float, *, persist: bool) -> dict[str, bytes]:
+        """A newer log generation of ``b`` exists: read each shard of the current one to its end
+        once more (entries may have landed after its last read), then move on
+        (``_advance_generations``). Returns the control-object writes, or makes them."""
+        b.closing = True
+        shards = b.shard_list()
+        self._closing[b.name] = set(shards)
+        sets: dict[str, bytes] = {BUCKET_PREFIX + b.name: b.encode()}
+        for bs in shards:
+            sh = self._shards.get(bs)
+            if sh is None:
+                sh = self._shards[bs] = _Shard(bs, since=now)
+            sh.at_end = False
+            sh.since = min(sh.since, now) if sh.since else now
+            sh.hot_until = max(sh.hot_until, now + self.hot_seconds)
+            sh.persisted_hot = sh.hot_until
+            sets[PENDING_PREFIX + bs.key] = _json({"hot_until": sh.hot_until})
+        logger.info(
+            "bucket %s: a newer bucket-index-log generation than %d exists (resharded): finishing %d shards",
+            b.name, b.log_gen, len(shards),
+        )  # fmt: skip
+        if persist:
+            self._write(sets)
+            return {}
+        return sets
+
+    def _advance_generations(self) -> bool:
+        """Move each bucket whose closing generation was read to its end to the next one: the old
+        generation is trimmed up to what was recorded (all of it), the next is read from its
+        first entry. True when a bucket moved on."""
+        moved = False
+        for name in sorted(self._closing):
+            if self._closing[name]:
+                continue
+            self._check_running()
+            b = self._buckets.get(name)
+            if b is None or b.state != "incr" or not b.closing:
+                if b is None or b.state == "gone":
+                    self._closing.pop(name, None)
+                continue
+            try:
+                info = self.admin.bilog_info(name, b.bucket_id)
+            except NotFound:
+                self._closing.pop(name, None)
+                self._resolve(name)
+                continue
+            except TransientError as ex:
+                self._count_error("bilog")
+                logger.warning("bucket %s: log generations unreadable: %s", name, ex)
+                continue
+            nxt = info.next_gen(b.log_gen)
+            old = b.shard_list()
+            if nxt is None:
+                # Nothing newer after all (the generation seen was this one's successor, since
+                # removed?): keep following this one.
+                b.closing = False
+                self._closing.pop(name, None)
+                self._write({BUCKET_PREFIX + name: b.encode()})
+                continue
+            if self.trim:
+                # The persisted markers: everything up to them is recorded.
+                got = self.store.omap_get(self.index.control_oid, [MARKER_PREFIX + bs.key for bs in old])
+                jobs = [(bs, got[MARKER_PREFIX + bs.key].decode()) for bs in old if got.get(MARKER_PREFIX + bs.key)]
+                results = self._parallel(lambda j: self.admin.bilog_trim(j[0], j[1]), jobs)
+                for (bs, _m), r in zip(jobs, results, strict=True):
+                    if isinstance(r, BaseException) and not isinstance(r, NotFound):
+                        self._count_error("trim")
+                        logger.warning("trimming bucket index log %s: %s", bs.key, r)
+            nb = _Bucket(
+                name, b.bucket_id, b.marker, b.gen + 1, info.generations[nxt], "incr", nxt, info.latest_gen > nxt
+            )
+            now = self._clock()
+            sets: dict[str, bytes] = {BUCKET_PREFIX + name: nb.encode()}
+            new_shards = nb.shard_list()
+            for bs in new_shards:
+                sets[PENDING_PREFIX + bs.key] = _json({"hot_until": now + self.hot_seconds})
+            removes = [p + bs.key for bs in old for p in (MARKER_PREFIX, PENDING_PREFIX)]
+            self._write(sets, removes)
+            for bs in old:
+                self._shards.pop(bs, None)
+                self._to_trim.pop(bs, None)
+            for bs in new_shards:
+                self._shards[bs] = _Shard(
+                    bs, marker="", hot_until=now + self.hot_seconds, persisted_hot=now + self.hot_seconds, since=now
+                )
+            self._buckets[name] = nb
+            self._closing.pop(name, None)
+            if nb.closing:
+                self._write(self._start_closing(nb, now, persist=False))
+            moved = True
+            logger.info(
+                "bucket %s: log generation %d done, following generation %d (%d shards) from its start",
+                name, b.log_gen, nxt, nb.shards,
+            )  # fmt: skip
+        return moved
 
     # ------------------------------------------------------------------ data log
 
@@ -732,6 +881,14 @@ class Follower:
                 if not self.filter.follows(bs.bucket):
                     continue
                 with self._lock:
+                    b = self._buckets.get(bs.bucket)
+                    if e.has_gen and b is not None and b.state != "gone" and b.bucket_id == bs.bucket_id:
+                        if bs.log_gen > b.log_gen and not b.closing:
+                            # Resharded in place: finish this generation first (every shard read
+                            # to its end from now on), then follow the next one from its start.
+                            sets.update(self._start_closing(b, now, persist=False))
+                        if bs.log_gen != b.log_gen:
+                            continue
                     sh = self._shards.get(bs)
                     if sh is None:
                         sh = self._shards[bs] = _Shard(bs, since=now)
@@ -844,6 +1001,7 @@ class Follower:
                 if (b := self._buckets.get(bs.bucket)) is None or b.state == "gone" or b.bucket_id != bs.bucket_id
             }
         )
+        now = self._clock()
         for name in to_resolve:
             self._check_running()
             self._resolve(name)
@@ -851,8 +1009,11 @@ class Follower:
         out: list[_Shard] = []
         for bs, sh in sorted(self._shards.items()):
             b = self._buckets.get(bs.bucket)
-            if b is None or b.state == "gone" or b.bucket_id != bs.bucket_id:
+            if b is None or not b.owns(bs):
                 stale.append(bs)
+                if b is not None and b.state != "gone" and b.bucket_id == bs.bucket_id and bs.log_gen > b.log_gen:
+                    if not b.closing:
+                        self._write(self._start_closing(b, now, persist=False))
             elif b.state == "incr":
                 out.append(sh)
         if stale:
@@ -936,6 +1097,8 @@ class Follower:
         with self._lock:
             for sh, marker, _active, more in advanced:
                 sh.marker = marker
+                if not more and (waiting := self._closing.get(sh.bs.bucket)) is not None:
+                    waiting.discard(sh.bs)
                 if PENDING_PREFIX + sh.bs.key in sets:
                     sh.persisted_hot = sh.hot_until
                 if not more and not sh.at_end:
@@ -954,7 +1117,21 @@ class Follower:
         logger.info("bucket index log %s is gone; checking bucket %s", sh.bs.key, name)
         self._resolve(name)
         b = self._buckets.get(name)
-        if b is None or b.state == "gone" or b.bucket_id != sh.bs.bucket_id:
+        if b is not None and b.owns(sh.bs) and b.state == "incr":
+            # Same instance, same generation, and its log is gone: someone else removed the
+            # generation (`radosgw-admin bilog autotrim`) before it was read to its end. What it
+            # held is unknown: a new baseline says what exists now.
+            try:
+                stats = self.admin.bucket_stats(name)
+            except NotFound:
+                return  # deleted meanwhile: the next sweep drops it
+            if stats.bucket_id == b.bucket_id:
+                logger.warning(
+                    "bucket %s: log generation %d removed before it was read to its end: full sync", name, b.log_gen
+                )
+                self._start_full_sync(stats, b.gen + 1)
+            b = self._buckets.get(name)
+        if b is None or not b.owns(sh.bs):
             self._write(remove=[PENDING_PREFIX + sh.bs.key, MARKER_PREFIX + sh.bs.key])
             self._shards.pop(sh.bs, None)
 

@@ -61,35 +61,49 @@ class BadEntry(PermanentError):
 
 @dataclass(frozen=True, slots=True, order=True)
 class BucketShard:
-    """One bucket-index shard of one bucket instance: one log stream. ``shard`` is -1 for an
-    unsharded bucket."""
+    """One bucket-index shard of one bucket instance, in one bucket-index-log *generation*: one
+    log stream. ``shard`` is -1 for an unsharded bucket.
+
+    Reef and later reshard a bucket in place: the instance id stays, the shard count changes and
+    a new log generation starts empty beside the old one, which radosgw keeps (with
+    ``log_data``) until it is trimmed. Pacific has generation 0 only (a reshard makes a new
+    instance id instead). Generation 0 keeps the names it always had, so state written before
+    generations existed stays valid."""
 
     bucket: str
     bucket_id: str
     shard: int
+    log_gen: int = 0
 
     @property
     def key(self) -> str:
-        """As in the data log: ``<bucket>:<bucket_id>:<shard>``."""
-        return f"{self.bucket}:{self.bucket_id}" + (f":{self.shard}" if self.shard >= 0 else "")
+        """As in the data log, ``<bucket>:<bucket_id>:<shard>``, plus ``@<generation>`` after 0."""
+        base = f"{self.bucket}:{self.bucket_id}" + (f":{self.shard}" if self.shard >= 0 else "")
+        return f"{base}@{self.log_gen}" if self.log_gen else base
 
     @property
     def instance(self) -> str:
-        """The admin API's ``bucket-instance`` parameter (same text as ``key``)."""
-        return self.key
+        """The admin API's ``bucket-instance`` parameter (the generation travels apart)."""
+        return f"{self.bucket}:{self.bucket_id}" + (f":{self.shard}" if self.shard >= 0 else "")
 
     @property
     def source(self) -> str:
-        """The mutation stream name: ``rgw:<bucket>:<bucket_id>:<shard>``."""
-        return _stream_name("rgw", self.bucket, f"{self.bucket_id}:{self.shard}")
+        """The mutation stream name: ``rgw:<bucket>:<bucket_id>:<shard>[@<generation>]``. Each
+        generation is its own stream: its positions start again from 1."""
+        gen = f"@{self.log_gen}" if self.log_gen else ""
+        return _stream_name("rgw", self.bucket, f"{self.bucket_id}:{self.shard}{gen}")
 
     @classmethod
     def parse(cls, key: str) -> BucketShard | None:
+        head, at, gen_text = key.rpartition("@")
+        gen = 0
+        if at and gen_text.isdigit():
+            key, gen = head, int(gen_text)
         parts = key.split(":")
         if len(parts) == 3 and parts[2].lstrip("-").isdigit():
-            return cls(parts[0], parts[1], int(parts[2]))
+            return cls(parts[0], parts[1], int(parts[2]), gen)
         if len(parts) == 2:
-            return cls(parts[0], parts[1], -1)
+            return cls(parts[0], parts[1], -1, gen)
         return None
 
 

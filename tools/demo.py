@@ -80,20 +80,21 @@ def embedded(work: Path) -> int:
     objects = [o["name"] for o in json.loads(cli(cfg, "logs", "list", "--json"))]
     records = [json.loads(line) for line in cli(cfg, "logs", "cat").splitlines() if line.strip()]
     summarize(records, f"{work / 'logs'}/", objects)
-    print(f"\nnext: rgw-changelog -c {cfg} status | logs cat | shards list")
+    next_steps(cfg)
     return 0 if len(records) == len(rows) else 1
 
 
 # ---------------------------------------------------------------- real lab
 
 
-def lab_env(work: Path) -> dict[str, str]:
+def lab_env(work: Path, release: str) -> dict[str, str]:
     out = subprocess.run(
-        [sys.executable, str(REPO / "tools" / "ceph-lab"), "up", str(work / "lab")],
+        [sys.executable, str(REPO / "tools" / "ceph-lab"), "up", str(work / "lab"), "--release", release],
         capture_output=True, text=True, check=False,
     )
     if out.returncode != 0:
-        raise SystemExit(f"demo: tools/ceph-lab up failed: {out.stderr.strip().splitlines()[-1:]}")
+        last = (out.stderr.strip().splitlines() or ["(no output)"])[-1]
+        raise SystemExit(f"demo: tools/ceph-lab up failed: {last}")
     return dict(line.split("=", 1) for line in out.stdout.splitlines() if "=" in line)
 
 
@@ -179,9 +180,18 @@ def wait_ready(serve: subprocess.Popen[bytes], port: int, work: Path) -> None:
     raise SystemExit(f"demo: serve did not become healthy in 60 s; see {work / 'serve.log'}")
 
 
-def on_lab(work: Path, keep: bool) -> int:
-    say("booting the Ceph lab (tools/ceph-lab up)")
-    env = lab_env(work)
+def next_steps(cfg: Path) -> None:
+    """Commands to explore the result, each runnable as printed from any shell."""
+    exe = REPO / ".venv" / "bin" / "rgw-changelog"
+    print("\nnext (each works as printed):")
+    for args in ("status", "logs cat", "shards list"):
+        print(f"  {exe} -c {cfg} {args}")
+
+
+def on_lab(work: Path, keep: bool, release: str) -> int:
+    say(f"booting the Ceph lab (tools/ceph-lab up --release {release})")
+    env = lab_env(work, release)
+    say(f"Ceph {env.get('CEPH_RELEASE', release)} {env.get('CEPH_VERSION', '')}, radosgw at {env['RGW_ENDPOINT']}")
     s3 = s3_client(env)
     s3.create_bucket(Bucket=LOG_BUCKET)
     cfg = work / "rgw-changelog.toml"
@@ -223,7 +233,10 @@ def on_lab(work: Path, keep: bool) -> int:
         if not ok:
             print(f"missing: {sorted((collections.Counter(want) - got).elements())}")
             print(f"unexpected: {sorted((got - collections.Counter(want)).elements())}")
-        print(f"\nnext: rgw-changelog -c {cfg} status | logs cat | shards list")
+        if keep:
+            next_steps(cfg)
+        else:
+            print("\nthe lab is stopped now; `tools/demo --keep` leaves it up to explore the logs")
         return 0 if ok else 1
     finally:
         serve.send_signal(signal.SIGTERM)
@@ -251,6 +264,12 @@ def main() -> int:
     ap.add_argument("--embedded", action="store_true", help="use the embedded defaults even if Ceph is available")
     ap.add_argument("--keep", action="store_true", help="leave the lab running afterwards")
     ap.add_argument("--dir", default=str(REPO / "demo"), help="working folder (default: ./demo)")
+    ap.add_argument(
+        "--release",
+        choices=("pacific", "reef", "tentacle"),
+        default=os.environ.get("CEPH_RELEASE") or "pacific",
+        help="Ceph release of the lab (default: $CEPH_RELEASE, else pacific, the host's packages)",
+    )
     args = ap.parse_args()
     work = Path(args.dir).resolve()
     if (work / "lab").exists():  # a lab kept by an earlier --keep: start clean
@@ -269,7 +288,7 @@ def main() -> int:
     except ImportError:
         say("python3-rados not importable: running on the embedded defaults")
         return embedded(work)
-    return on_lab(work, args.keep)
+    return on_lab(work, args.keep, args.release)
 
 
 if __name__ == "__main__":
