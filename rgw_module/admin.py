@@ -505,6 +505,13 @@ class AdminClient:
             if version_marker:
                 kw["VersionIdMarker"] = version_marker
         resp = self._s3_call(f"ListObjectVersions {bucket}", lambda c: c.list_object_versions(**kw))
+        # Each list is in index order (per key, newest first); boto3 splits radosgw's one sequence
+        # into two. Rank for the merge: newer mtime, then the latest one, then each list's own
+        # order: Tentacle lists whole seconds, so versions of one second tie on mtime.
+        rank: dict[int, tuple[int, int, int]] = {}
+        for kind, name in enumerate(("Versions", "DeleteMarkers")):
+            for i, o in enumerate(resp.get(name, [])):
+                rank[id(o)] = (0 if o.get("IsLatest") else 1, kind, i)
         listed = [
             ListedObject(
                 key=o["Key"],
@@ -528,7 +535,10 @@ class AdminClient:
         ]
         # Versions and delete markers come in two lists: restore the listing order (key, newest
         # first) so that a page replayed after a crash yields the same sequence.
-        listed.sort(key=lambda o: (o.key.encode(), -o.mtime_ns, o.version_id or ""))
+        order = [rank[id(o)] for o in resp.get("Versions", [])] + [rank[id(o)] for o in resp.get("DeleteMarkers", [])]
+        listed = [
+            o for _, o in sorted(zip(order, listed, strict=True), key=lambda p: (p[1].key.encode(), -p[1].mtime_ns, p[0]))
+        ]
         truncated = bool(resp.get("IsTruncated"))
         return ObjectPage(
             listed,
@@ -562,7 +572,15 @@ class AdminClient:
                 return None
             raise
         for o in resp.get("Contents", []):
-            if o["Key"] == key and _dt_ns(o["LastModified"]) // 1_000_000 == mtime_ns // 1_000_000:
+            if o["Key"] != key:
+                continue
+            listed = _dt_ns(o["LastModified"])
+            # Pacific lists milliseconds; Tentacle whole seconds (then the follower drops the
+            # earlier of two writes of one key within one second that it reads together).
+            same = listed // 1_000_000 == mtime_ns // 1_000_000 or (
+                listed % 1_000_000_000 == 0 and listed // 1_000_000_000 == mtime_ns // 1_000_000_000
+            )
+            if same:
                 return int(o.get("Size", 0)), _strip_etag(o.get("ETag"))
         return None
 

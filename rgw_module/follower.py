@@ -1137,7 +1137,23 @@ class Follower:
 
     def _with_object_info(self, mutations: list[Mutation]) -> list[Mutation]:
         """Size and etag of written versions: the bucket index log does not carry them."""
-        idx = [i for i, m in enumerate(mutations) if m.op is Op.WRITE and m.size is None]
+        # A later change of the same unversioned key within the same second would make a
+        # second-resolution listing (Tentacle) describe it instead: only the last one is looked up.
+        last: dict[tuple[str, str], int] = {}
+        for i, m in enumerate(mutations):
+            if m.version_id is None:
+                last[(m.bucket, m.key)] = i
+        idx = [
+            i
+            for i, m in enumerate(mutations)
+            if m.op is Op.WRITE
+            and m.size is None
+            and (
+                m.version_id is not None
+                or last[(m.bucket, m.key)] == i
+                or mutations[last[(m.bucket, m.key)]].mtime_ns // 1_000_000_000 != m.mtime_ns // 1_000_000_000
+            )
+        ]
         if not idx:
             return mutations
 
@@ -1261,7 +1277,10 @@ def follower_state(index: ChangeIndex) -> dict[str, Any]:
             name: {
                 "bucket_id": d.get("id"),
                 "generation": d.get("gen"),
+                "log_generation": d.get("log_gen", 0),
+                "shards": d.get("shards"),
                 "state": d.get("state"),
+                **({"closing": True} if d.get("closing") else {}),
                 **({"full_sync_listed": full[name].get("counter", 0)} if name in full else {}),
             }
             for name, d in sorted(buckets.items())

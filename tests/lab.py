@@ -34,6 +34,24 @@ class Lab:
     secret_key: str
     pool: str
     dir: str
+    release: str = "pacific"  # CEPH_RELEASE: pacific | reef | tentacle
+    bin: str = ""  # CEPH_BIN: the release's own ceph / rados / radosgw-admin, pointed at this lab
+
+    @property
+    def generations(self) -> bool:
+        """Reef and later reshard in place (bucket-index-log generations)."""
+        return self.release != "pacific"
+
+    def radosgw_admin(self, *args: str, timeout: float = 120) -> str:
+        """The lab release's radosgw-admin (the host's when the lab names none)."""
+        if self.bin:
+            cmd = [os.path.join(self.bin, "radosgw-admin")]
+        else:
+            cmd = ["radosgw-admin", "-c", self.conf, *(["-k", self.keyring] if self.keyring else [])]
+        proc = subprocess.run([*cmd, *args], capture_output=True, text=True, timeout=timeout, check=False)
+        if proc.returncode != 0:
+            raise RuntimeError(f"radosgw-admin {' '.join(args)} failed: {proc.stderr.strip()[-500:]}")
+        return proc.stdout
 
 
 class LabUnavailable(Exception):
@@ -54,6 +72,8 @@ def lab_from_env(env: dict[str, str] | None = None) -> Lab | None:
         secret_key=env.get("RGW_SECRET_KEY", "TESTSECRET"),
         pool=env.get("CEPH_POOL", "changelog"),
         dir=env.get("CEPH_LAB_DIR", str(Path(conf).parent)),
+        release=env.get("CEPH_RELEASE") or "pacific",
+        bin=env.get("CEPH_BIN", ""),
     )
 
 
