@@ -127,7 +127,8 @@ class CephTally:
         if not self.required() and self.ran + self.skipped == 0:
             return
         failed = f", {self.failed} failed" if self.failed else ""
-        line = f"ceph lab: {self.ran} tests ran against real Ceph{failed}, {self.skipped} skipped"
+        release = os.environ.get("CEPH_RELEASE") or "pacific"
+        line = f"ceph lab: {self.ran} tests ran against real Ceph ({release}){failed}, {self.skipped} skipped"
         problem = self.problem()
         if problem and self.required():
             terminalreporter.write_line(line, red=True, bold=True)
