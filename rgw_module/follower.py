@@ -310,6 +310,8 @@ class Follower:
         # bucket -> shards of its closing log generation not yet read to their end since the
         # newer generation was seen (in memory: rebuilt from ``closing`` on load)
         self._closing: dict[str, set[BucketShard]] = {}
+        # Whether radosgw has log generations (Reef and later); None until one answer says.
+        self._generation_aware: bool | None = None
 
     def __repr__(self) -> str:
         return f"Follower({self.follower_id!r}, {self.admin.endpoint!r} -> {self.index.prefix!r})"
@@ -715,6 +717,7 @@ class Follower:
             info = self.admin.bilog_info(stats.name, stats.bucket_id)
         except NotFound as ex:
             raise TransientError(f"bucket {stats.name} changed while it was being resolved") from ex
+        self._generation_aware = info.generation_aware
         if not info.generation_aware:
             return BilogInfo(0, 0, {0: stats.num_shards}, stats.max_markers, False)
         return info
@@ -831,7 +834,9 @@ class Follower:
         if len(names) * (DEFAULT_INDEX_SHARDS + 1) >= n:
             return every
         # A reshard changes the shard count, and so where the new shards are logged: check each
-        # followed bucket's instance first (started before this sweep, so caught_up_until holds).
+        # followed bucket's instance first (started before this sweep, so caught_up_until holds),
+        # and on Reef and later its newest log generation (a reshard in place keeps the id).
+        newest: dict[str, int] = {}
         for name in sorted(self.filter.buckets):
             if not self.filter.follows(name):
                 continue
@@ -843,10 +848,22 @@ class Follower:
             known = None if b is None or b.state == "gone" else b.bucket_id
             if known != current:
                 self._resolve(name)
+            b = self._buckets.get(name)
+            if b is None or b.state == "gone" or self._generation_aware is False:
+                continue
+            try:
+                info = self.admin.bilog_info(name, b.bucket_id)
+            except NotFound:
+                continue  # the next sweep resolves it
+            self._generation_aware = info.generation_aware
+            if info.latest_gen > b.log_gen:
+                newest[name] = max(n for g, n in info.generations.items() if g >= b.log_gen)
+                if not b.closing:
+                    self._write(self._start_closing(b, self._clock(), persist=False))
         targets: set[int] = set()
         for name in names:
             b = self._buckets.get(name)
-            shards = max(b.shards if b is not None else 0, DEFAULT_INDEX_SHARDS)
+            shards = max(b.shards if b is not None else 0, newest.get(name, 0), DEFAULT_INDEX_SHARDS)
             targets.update(datalog_shard(name, s, n) for s in range(shards))
         return sorted(t for t in targets if t in self._datalog)
 

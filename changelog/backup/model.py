@@ -129,6 +129,18 @@ class State:
         self.resolve: set[tuple[str, str]] = set()
         self.versioned: set[str] = set()
         self.buckets: set[str] = set(self._base)
+        # (bucket, key, version) -> seq of its baseline record in this run: the tie-break of two
+        # versions listed with the same time (listings in whole seconds: Tentacle, AWS).
+        self._baseline_seq: dict[tuple[str, str, str | None], str] = {}
+
+    def _by_time(self, bucket: str, key: str, versions: Versions) -> Versions:
+        """Full-sync records of one key may come in any order: place by time, newest first, then
+        by their seq (listing order) when the listing's times tie."""
+
+        def order(v: Version) -> tuple[int, str]:
+            return _time_key(v), self._baseline_seq.get((bucket, key, v.version_id), "")
+
+        return tuple(sorted(versions, key=order, reverse=True))
 
     # -- reading
 
@@ -231,10 +243,10 @@ class State:
                 # Rewritten with the same bytes (same ETag and size): nothing to copy.
                 new = dataclasses.replace(same, last_modified=rec.time)
             rest = tuple(v for v in versions if v.version_id != vid)
+            if rec.baseline and vid is not None:
+                self._baseline_seq[(bucket, key, vid)] = rec.seq
             if rec.baseline and vid is not None and rest:
-                # Full-sync records of one key may come in any order: place by time.
-                merged = sorted((new, *rest), key=_time_key, reverse=True)
-                self.set(bucket, key, tuple(merged))
+                self.set(bucket, key, self._by_time(bucket, key, (new, *rest)))
             else:
                 self.set(bucket, key, (new, *rest))
             self.resolve.discard((bucket, key))
@@ -244,7 +256,11 @@ class State:
             if vid is None:
                 # A marker without an id replaces an earlier id-less marker on top.
                 rest = rest[1:] if rest and rest[0].delete_marker and rest[0].version_id is None else rest
-            self.set(bucket, key, (marker, *rest))
+            if rec.baseline and vid is not None:
+                self._baseline_seq[(bucket, key, vid)] = rec.seq
+                self.set(bucket, key, self._by_time(bucket, key, (marker, *rest)))
+            else:
+                self.set(bucket, key, (marker, *rest))
             self.resolve.discard((bucket, key))
         elif rec.op == "delete":
             left = tuple(v for v in versions if v.version_id != vid)

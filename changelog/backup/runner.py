@@ -325,6 +325,7 @@ class BackupRunner:
         self.sleep = sleep
         self.hook = hook
         self.progress = progress
+        self._as_of_us = 0  # the watermark of the run in hand (its records are complete up to it)
 
     # ------------------------------------------------------------------ selection
 
@@ -448,6 +449,7 @@ class BackupRunner:
         doc = marker.doc
         run_id = str(doc["backup_id"])
         result = RunResult(run_id, doc.get("base"), int(doc["as_of_us"]), doc.get("until"), resumed=resumed)
+        self._as_of_us = int(doc["as_of_us"])
         state = State(base.state() if base else None)
         if base is not None:
             state.versioned.update(b for b in base.bucket_names() if base.versioned(b))
@@ -800,6 +802,16 @@ class BackupRunner:
                 self.sleep(delay)
         raise AssertionError("unreachable")
 
+    def _written_since(self, record_us: int, listed_us: int) -> bool:
+        """Whether the listed object may be a later write than the record's. Listings give
+        milliseconds on Pacific and Reef, whole seconds on Tentacle (as AWS does). Within one
+        second the answer comes from the watermark: a later write in that second would have a
+        record of this run after this one (this is the key's last), so the listed object is the
+        record's when the run's watermark covers the whole second, and unknown before."""
+        if listed_us % 1_000_000 == 0 and listed_us // 1_000_000 == record_us // 1_000_000:
+            return self._as_of_us < (record_us // 1_000_000 + 1) * 1_000_000
+        return listed_us // 1000 > record_us // 1000
+
     def _fetch_once(self, item: Item, blobs: _Blobs, *, last: bool, pre: Any = _UNPROBED) -> Outcome:
         v = item.version
         if v.version_id is None and v.etag is None:
@@ -809,7 +821,7 @@ class BackupRunner:
             if probe is None:
                 return Outcome(item, "vanished")
             etag, _size, modified_us = probe
-            if v.last_modified is not None and modified_us // 1000 > parse_rfc3339(v.last_modified) // 1000:
+            if v.last_modified is not None and self._written_since(parse_rfc3339(v.last_modified), modified_us):
                 return Outcome(item, "changed")
             v = dataclasses.replace(v, etag=etag)
         try:

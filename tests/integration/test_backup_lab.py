@@ -14,6 +14,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+import time
 import uuid
 from collections import Counter
 from collections.abc import Iterator
@@ -69,7 +70,11 @@ class Pipe:
 
     def sync(self) -> None:
         """Everything done so far is in the logs, and the watermark says so (the collector caps
-        the watermark with the follower's caught_up_until: it can take a second sweep)."""
+        the watermark with the follower's caught_up_until: it can take a second sweep).
+        Listings in whole seconds (Tentacle, as AWS) tell a record's write from a later one in
+        the same second only once the watermark covers that second: wait it out, as an operator's
+        next scheduled run would."""
+        time.sleep(1.0 - time.time() % 1.0 + 0.05)
         for _ in range(20):
             self.follower.run_until_caught_up(timeout=120)
             self.collector.flush()

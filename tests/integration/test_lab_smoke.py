@@ -8,7 +8,6 @@ from __future__ import annotations
 import errno
 import shutil
 import struct
-import subprocess
 import time
 import uuid
 from collections.abc import Iterator
@@ -16,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from rgw_module.mapping import position_of
 from tests.lab import Lab, admin_get
 
 try:
@@ -355,26 +355,14 @@ def test_put_writes_a_bucket_index_log_entry(ceph_lab: Lab, s3_client: Any, buck
     s3_client.put_object(Bucket=bucket, Key="dir/obj 1.txt", Body=b"hello")
     entries = wait_for_entry(ceph_lab, bucket, "write", "dir/obj 1.txt")
     entry = next(e for e in entries if e["object"] == "dir/obj 1.txt")
-    assert "#" in entry["op_id"]  # "<index shard>#<position>"
+    # "<index shard>#<position>" in Pacific's merged listing; Tentacle's leaves the shard out
+    assert position_of(entry["op_id"]).count(".") == 2
+    if ceph_lab.release == "pacific":
+        assert "#" in entry["op_id"]
 
     s3_client.delete_object(Bucket=bucket, Key="dir/obj 1.txt")
     wait_for_entry(ceph_lab, bucket, "del", "dir/obj 1.txt")
 
-    if ceph_lab.keyring and shutil.which("radosgw-admin"):  # the same log seen by the admin CLI
-        out = subprocess.run(
-            [
-                "radosgw-admin",
-                "-c",
-                ceph_lab.conf,
-                "-k",
-                ceph_lab.keyring,
-                "bilog",
-                "list",
-                f"--bucket={bucket}",
-            ],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=True,
-        ).stdout
+    if ceph_lab.keyring and (ceph_lab.bin or shutil.which("radosgw-admin")):  # the same log seen by the admin CLI
+        out = ceph_lab.radosgw_admin("bilog", "list", f"--bucket={bucket}", timeout=60)
         assert '"object": "dir/obj 1.txt"' in out and '"op": "del"' in out
