@@ -91,6 +91,9 @@ def run(bench: Bench) -> list[Figure]:
         )
 
         def sync_logs() -> float:
+            # Listings in whole seconds (Tentacle, AWS): the watermark must cover the second of
+            # the last write for the backup to tell it from a later one (runner._written_since).
+            time.sleep(1.0 - time.time() % 1.0 + 0.01)
             t = time.monotonic()
             follower.run_until_caught_up(timeout=1800)
             assert collector is not None
