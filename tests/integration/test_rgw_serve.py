@@ -380,17 +380,23 @@ class Workload:
         return ts
 
 
-@pytest.mark.slow
-def test_serve_crash_test_every_mutation_exactly_once(serve: Serve, s3_client: Any) -> None:
-    s3 = s3_client
+def start_on_two_buckets(serve: Serve, s3: Any, kind: str) -> tuple[str, str]:
+    """A plain and a versioned bucket, followed by a started `serve` that has caught up."""
     tag = serve.ns[-10:]
-    plain, versioned = f"sv-cp-{tag}", f"sv-cv-{tag}"
+    plain, versioned = f"sv-{kind}p-{tag}", f"sv-{kind}v-{tag}"
     s3.create_bucket(Bucket=plain)
     s3.create_bucket(Bucket=versioned)
     s3.put_bucket_versioning(Bucket=versioned, VersioningConfiguration={"Status": "Enabled"})
     serve.buckets = [plain, versioned]
     serve.start()
     wait_for_watermark(s3, serve, time.time())
+    return plain, versioned
+
+
+@pytest.mark.slow
+def test_serve_crash_test_every_mutation_exactly_once(serve: Serve, s3_client: Any) -> None:
+    s3 = s3_client
+    plain, versioned = start_on_two_buckets(serve, s3, "c")
 
     work = Workload(s3, plain, versioned, threads=4, per_thread=600, seed=7)
     threads = work.start()
@@ -441,14 +447,7 @@ def test_serve_through_reshards_under_load(serve: Serve, s3_client: Any) -> None
     duplicate, and the entries lost in the window are counted."""
     s3 = s3_client
     lab = serve.lab
-    tag = serve.ns[-10:]
-    plain, versioned = f"sv-rp-{tag}", f"sv-rv-{tag}"
-    s3.create_bucket(Bucket=plain)
-    s3.create_bucket(Bucket=versioned)
-    s3.put_bucket_versioning(Bucket=versioned, VersioningConfiguration={"Status": "Enabled"})
-    serve.buckets = [plain, versioned]
-    serve.start()
-    wait_for_watermark(s3, serve, time.time())
+    plain, versioned = start_on_two_buckets(serve, s3, "r")
 
     work = Workload(s3, plain, versioned, threads=3, per_thread=350, seed=23)
     threads = work.start()
