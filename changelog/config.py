@@ -123,6 +123,9 @@ class SourceConfig:
     object_info: bool = _f("bool", False)
     # The follower's lease on the index (the collector has its own, collector.lease_ttl).
     lease_ttl: float = _f("number", 30.0, min=1.0)
+    # Trim the bucket index logs and the data log up to what is recorded (a single zone never
+    # trims them itself). Off: leave them to radosgw's own trimming (multisite) or an operator.
+    trim_logs: bool = _f("bool", True)
 
     @property
     def all_buckets(self) -> bool:

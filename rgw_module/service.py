@@ -275,6 +275,8 @@ def serve(cfg: Any) -> None:
                 "lease_ttl": src.lease_ttl,
                 # size/etag lookups cost one radosgw request per write: off unless asked for.
                 "object_info": src.object_info,
+                "trim": src.trim_logs,
+                "trim_datalog": src.trim_logs,
             },
             collector_options={
                 **config_mod.collector_options(cfg),

@@ -42,15 +42,22 @@ class Lab:
         """Reef and later reshard in place (bucket-index-log generations)."""
         return self.release != "pacific"
 
+    def ceph(self, *args: str, timeout: float = 60) -> str:
+        """The lab release's `ceph` CLI (the host's when the lab names none)."""
+        return self._run("ceph", *args, timeout=timeout)
+
     def radosgw_admin(self, *args: str, timeout: float = 120) -> str:
         """The lab release's radosgw-admin (the host's when the lab names none)."""
+        return self._run("radosgw-admin", *args, timeout=timeout)
+
+    def _run(self, tool: str, *args: str, timeout: float) -> str:
         if self.bin:
-            cmd = [os.path.join(self.bin, "radosgw-admin")]
+            cmd = [os.path.join(self.bin, tool)]
         else:
-            cmd = ["radosgw-admin", "-c", self.conf, *(["-k", self.keyring] if self.keyring else [])]
+            cmd = [tool, "-c", self.conf, *(["-k", self.keyring] if self.keyring else [])]
         proc = subprocess.run([*cmd, *args], capture_output=True, text=True, timeout=timeout, check=False)
         if proc.returncode != 0:
-            raise RuntimeError(f"radosgw-admin {' '.join(args)} failed: {proc.stderr.strip()[-500:]}")
+            raise RuntimeError(f"{tool} {' '.join(args)} failed: {proc.stderr.strip()[-500:]}")
         return proc.stdout
 
 

@@ -45,6 +45,7 @@ def test_defaults_are_the_embedded_setup(tmp_path: Path, monkeypatch: pytest.Mon
     assert cfg.collector.part_bytes == 8 * 1024 * 1024
     # HEADs per write are opt-in; the follower's lease has its own TTL.
     assert cfg.source.object_info is False and cfg.source.lease_ttl == 30.0
+    assert cfg.source.trim_logs is True
     assert cfg.logging.level == "INFO" and cfg.logging.file is None
 
 
@@ -166,6 +167,7 @@ def test_exclude_wins_over_all_buckets(tmp_path: Path) -> None:
         ("[source]\npoll_interval = 0\n", "source.poll_interval must be at least 0.05"),
         ('[source]\nobject_info = "yes"\n', 'source.object_info must be true or false (got "yes")'),
         ("[source]\nobject_info = 1\n", "source.object_info must be true or false (got 1)"),
+        ('[source]\ntrim_logs = "no"\n', 'source.trim_logs must be true or false (got "no")'),
         ("[source]\nlease_ttl = 0.5\n", "source.lease_ttl must be at least 1 (got 0.5)"),
         ('[source]\nlease_ttl = "30s"\n', 'source.lease_ttl must be a number (got "30s")'),
         ('[target]\nurl = "/var/logs"\n', "target.url must start with s3:// or file://"),
