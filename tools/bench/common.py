@@ -11,8 +11,10 @@ from __future__ import annotations
 import hashlib
 import hmac
 import http.client
+import json
 import math
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -95,6 +97,7 @@ class Figure:
     higher_is_better: bool = True
     goal: tuple[str, str, float] | None = None
     params: dict[str, Any] = field(default_factory=dict)
+    summary: str | None = None  # one line printed under the table (what the numbers alone do not say)
 
     @property
     def ratio(self) -> float:
@@ -133,7 +136,13 @@ class Figure:
             "goal": self.goal_text,
             "met": self.met,
             "params": self.params,
+            **({"summary": self.summary} if self.summary else {}),
         }
+
+
+class FigureSkipped(Exception):
+    """A figure that cannot be measured on this lab (e.g. it needs another Ceph release): the
+    run reports the reason in one line and goes on; the figure is not produced."""
 
 
 def _num(x: float, digits: int = 4) -> float | None:
@@ -174,6 +183,9 @@ def table(figures: Sequence[Figure]) -> str:
         lines.append("  ".join(cells).rstrip())
         if n == 0:
             lines.append("  ".join("-" * w for w in widths))
+    notes = [f"  {f.name}: {f.summary}" for f in figures if f.summary]
+    if notes:
+        lines += ["", *notes]
     return "\n".join(lines)
 
 
@@ -189,6 +201,8 @@ class Lab:
     access_key: str
     secret_key: str
     dir: str
+    release: str = ""  # CEPH_RELEASE (pacific | reef | tentacle) when the lab says; see lab_release()
+    bin: str = ""  # CEPH_BIN: the release's own ceph / rados / radosgw-admin, pointed at this lab
 
     def env(self) -> dict[str, str]:
         """The lab as the environment variables `tools/ceph-lab up` prints."""
@@ -215,14 +229,17 @@ def lab_from_env(env: dict[str, str] | os._Environ[str]) -> Lab | None:
         access_key=env.get("RGW_ACCESS_KEY", "TESTKEY"),
         secret_key=env.get("RGW_SECRET_KEY", "TESTSECRET"),
         dir=env.get("CEPH_LAB_DIR", str(Path(conf).parent)),
+        release=env.get("CEPH_RELEASE", ""),
+        bin=env.get("CEPH_BIN", ""),
     )
 
 
-def lab_up(directory: Path) -> Lab:
-    """`tools/ceph-lab up DIR` (boots the lab, or completes a live one)."""
-    say(f"booting the Ceph lab in {directory}")
+def lab_up(directory: Path, release: str | None = None) -> Lab:
+    """`tools/ceph-lab up DIR [--release R]` (boots the lab, or completes a live one: a live lab
+    keeps its release whatever ``release`` says)."""
+    say(f"booting the Ceph lab in {directory}" + (f" (release {release})" if release else ""))
     proc = subprocess.run(
-        [sys.executable, str(CEPH_LAB), "up", str(directory)],
+        [sys.executable, str(CEPH_LAB), "up", str(directory), *(["--release", release] if release else [])],
         capture_output=True,
         text=True,
         timeout=600,
@@ -235,6 +252,41 @@ def lab_up(directory: Path) -> Lab:
     if lab is None:
         raise SystemExit(f"bench: tools/ceph-lab up printed no CEPH_CONF/RGW_ENDPOINT: {proc.stdout!r}")
     return lab
+
+
+def lab_release(lab: Lab, s3: Any) -> tuple[str, str]:
+    """(release, version) of the lab: the release radosgw names in its Server header ("Ceph
+    Object Gateway (tentacle)"), else CEPH_RELEASE, else the ``release`` of DIR/lab.json (a
+    `tools/ceph-lab` lab); the version from DIR/lab.json ("" when unknown)."""
+    info: dict[str, Any] = {}
+    try:
+        info = json.loads((Path(lab.dir) / "lab.json").read_text())
+    except (OSError, ValueError):
+        pass
+    release = ""
+    try:
+        server = s3.list_buckets()["ResponseMetadata"]["HTTPHeaders"].get("server", "")
+        m = re.search(r"Ceph Object Gateway \((\w+)\)", server)
+        release = m.group(1).lower() if m else ""
+    except Exception as ex:  # noqa: BLE001 - the other sources still answer
+        say(f"WARNING: could not read radosgw's Server header: {ex}")
+    return release or lab.release or str(info.get("release", "")), str(info.get("version", ""))
+
+
+def radosgw_admin(lab: Lab, *args: str, timeout: float = 120) -> str:
+    """The lab release's own radosgw-admin (CEPH_BIN, else DIR/bin of a `tools/ceph-lab` lab,
+    else the host's); its stdout. Raises RuntimeError with its last words on failure."""
+    tool = Path(lab.bin or Path(lab.dir) / "bin") / "radosgw-admin"
+    if tool.is_file():
+        cmd = [str(tool)]
+    else:
+        cmd = ["radosgw-admin", "--conf", lab.conf, *(["--keyring", lab.keyring] if lab.keyring else [])]
+    proc = subprocess.run(
+        [*cmd, *args], capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL, check=False
+    )
+    if proc.returncode != 0:
+        raise RuntimeError(f"radosgw-admin {' '.join(args)} failed: {proc.stderr.strip()[-500:]}")
+    return proc.stdout
 
 
 def lab_down(directory: Path) -> None:
