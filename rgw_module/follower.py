@@ -101,7 +101,7 @@ DEFAULT_INDEX_SHARDS = 11
 # Persist caught_up_until at most this often.
 CAUGHT_UP_PERSIST_S = 5.0
 # Fault-injection points (tests): a hook raising here simulates a crash at that point.
-FAULT_STEPS = ("recorded", "datalog", "full.recorded", "trim")
+FAULT_STEPS = ("recorded", "datalog", "full.recorded", "trim", "closing", "advance")
 
 T = TypeVar("T")
 
@@ -665,7 +665,7 @@ class Follower:
             self._closing.pop(name, None)
             self._buckets[name] = b
             if b.closing:
-                self._write(self._start_closing(b, self._clock(), persist=False))
+                self._start_closing(b, self._clock(), persist=True)
             logger.info("following new bucket %s (%s) from its first log entry", name, stats.bucket_id)
             return
         self._start_full_sync(stats, gen)
@@ -745,6 +745,7 @@ class Follower:
         )  # fmt: skip
         if persist:
             self._write(sets)
+            self._fault("closing")  # a newer generation seen and persisted, not yet read
             return {}
         return sets
 
@@ -790,6 +791,7 @@ class Follower:
                     if isinstance(r, BaseException) and not isinstance(r, NotFound):
                         self._count_error("trim")
                         logger.warning("trimming bucket index log %s: %s", bs.key, r)
+            self._fault("advance")  # old generation trimmed, the switch not yet written
             nb = _Bucket(
                 name, b.bucket_id, b.marker, b.gen + 1, info.generations[nxt], "incr", nxt, info.latest_gen > nxt
             )
@@ -810,7 +812,7 @@ class Follower:
             self._buckets[name] = nb
             self._closing.pop(name, None)
             if nb.closing:
-                self._write(self._start_closing(nb, now, persist=False))
+                self._start_closing(nb, now, persist=True)
             moved = True
             logger.info(
                 "bucket %s: log generation %d done, following generation %d (%d shards) from its start",
@@ -859,7 +861,7 @@ class Follower:
             if info.latest_gen > b.log_gen:
                 newest[name] = max(n for g, n in info.generations.items() if g >= b.log_gen)
                 if not b.closing:
-                    self._write(self._start_closing(b, self._clock(), persist=False))
+                    self._start_closing(b, self._clock(), persist=True)
         targets: set[int] = set()
         for name in names:
             b = self._buckets.get(name)
@@ -921,6 +923,8 @@ class Follower:
             if sets:
                 self._write(sets)
                 self._fault("datalog")
+                if any(k.startswith(BUCKET_PREFIX) for k in sets):
+                    self._fault("closing")  # a newer generation seen and persisted, not yet read
             self._datalog[n] = page.marker or marker
             if not page.truncated or not page.entries:
                 return
@@ -1030,7 +1034,7 @@ class Follower:
                 stale.append(bs)
                 if b is not None and b.state != "gone" and b.bucket_id == bs.bucket_id and bs.log_gen > b.log_gen:
                     if not b.closing:
-                        self._write(self._start_closing(b, now, persist=False))
+                        self._start_closing(b, now, persist=True)
             elif b.state == "incr":
                 out.append(sh)
         if stale:
