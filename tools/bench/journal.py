@@ -75,6 +75,7 @@ from tools.bench.common import (
     radosgw_admin,
     say,
 )
+from tools.bench.lag import LogPoller
 from tools.bench.serve import ServeProcess
 
 GROUP = "journal"
@@ -554,38 +555,25 @@ def remove_all(s3: Any, bucket: str) -> None:
 # --------------------------------------------------------------------------- lag
 
 
-class _Poller(threading.Thread):
+class _Poller(LogPoller):
     """Every POLL s: our new committed log objects and the Journal's new log objects; the first
     time each (bucket, key) was seen in each."""
 
     def __init__(self, serve: ServeProcess, s3: Any, log_bucket: str, buckets: list[str]) -> None:
-        super().__init__(name="journal-lag-poller", daemon=True)
-        self.serve = serve
+        super().__init__(serve, name="journal-lag-poller", every=POLL)
         self.s3 = s3
         self.log_bucket = log_bucket
         self.buckets = set(buckets)
         self.ours: dict[tuple[str, str], float] = {}
         self.journal: dict[tuple[str, str], float] = {}
-        self.stop = threading.Event()
-        self.error: BaseException | None = None
-        self._after: str | None = None
         self._names: set[str] = set()
 
-    def run(self) -> None:
-        try:
-            while not self.stop.wait(POLL):
-                self.poll()
-        except BaseException as ex:  # noqa: BLE001 - reported by the figure
-            self.error = ex
+    def on_record(self, rec: Any, t: float) -> None:
+        if rec.bucket in self.buckets:
+            self.ours.setdefault((rec.bucket, rec.key), t)
 
     def poll(self) -> None:
-        target = self.serve.target
-        for obj in list(list_logs(target, after=self._after)):
-            t = time.time()
-            for rec in read_object(target, obj.name):
-                if rec.bucket in self.buckets:
-                    self.ours.setdefault((rec.bucket, rec.key), t)
-            self._after = obj.name
+        super().poll()
         for bucket in self.buckets:
             for page in self.s3.get_paginator("list_objects_v2").paginate(Bucket=self.log_bucket, Prefix=f"{bucket}/"):
                 for obj in page.get("Contents", []):

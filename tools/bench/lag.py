@@ -30,12 +30,14 @@ POLL = 0.2  # seconds between listings of the log bucket
 SERVE_TIMINGS = {"poll_interval": 0.2, "interval": 0.5, "settle": 0.5}
 
 
-class _Poller(threading.Thread):
-    """Lists the log bucket every POLL s; the first time each record's key was seen committed."""
+class LogPoller(threading.Thread):
+    """Lists the log bucket every POLL s and hands each newly committed record to ``on_record``
+    with the time it was first seen; by default the first time each record's key was seen."""
 
-    def __init__(self, serve: ServeProcess) -> None:
-        super().__init__(name="lag-poller", daemon=True)
+    def __init__(self, serve: ServeProcess, *, name: str = "lag-poller", every: float = POLL) -> None:
+        super().__init__(name=name, daemon=True)
         self.serve = serve
+        self.every = every
         self.seen: dict[str, float] = {}
         self.objects = 0
         self.stop = threading.Event()
@@ -44,7 +46,7 @@ class _Poller(threading.Thread):
 
     def run(self) -> None:
         try:
-            while not self.stop.wait(POLL):
+            while not self.stop.wait(self.every):
                 self.poll()
         except BaseException as ex:  # noqa: BLE001 - reported by the figure
             self.error = ex
@@ -55,8 +57,11 @@ class _Poller(threading.Thread):
             t = time.time()
             self.objects += 1
             for rec in read_object(target, obj.name):
-                self.seen.setdefault(rec.key, t)
+                self.on_record(rec, t)
             self._after = obj.name
+
+    def on_record(self, rec: Any, t: float) -> None:
+        self.seen.setdefault(rec.key, t)
 
 
 def _steady(s3: Any, bucket: str, n: int, rate: float, prefix: str, out: dict[str, float]) -> None:
@@ -86,7 +91,7 @@ def run(bench: Bench) -> list[Figure]:
         serve.start()
         peer.wait_live()
         serve.wait_watermark(time.time())
-        poller = _Poller(serve)
+        poller = LogPoller(serve)
         poller.poll()  # skip what is there already
         poller.seen.clear()
         poller.start()
