@@ -157,6 +157,10 @@ class _Bucket:
         """Whether ``bs`` is a shard of the instance and log generation being followed."""
         return self.state != "gone" and self.bucket_id == bs.bucket_id and self.log_gen == bs.log_gen
 
+    def outgrown_by(self, bs: BucketShard) -> bool:
+        """Whether ``bs`` is of a newer log generation of the same instance (resharded in place)."""
+        return self.state != "gone" and self.bucket_id == bs.bucket_id and bs.log_gen > self.log_gen
+
 
 @dataclass(slots=True)
 class _FullSync:
@@ -902,7 +906,7 @@ class Follower:
                 with self._lock:
                     b = self._buckets.get(bs.bucket)
                     if e.has_gen and b is not None and b.state != "gone" and b.bucket_id == bs.bucket_id:
-                        if bs.log_gen > b.log_gen and not b.closing:
+                        if b.outgrown_by(bs) and not b.closing:
                             # Resharded in place: finish this generation first (every shard read
                             # to its end from now on), then follow the next one from its start.
                             sets.update(self._start_closing(b, now, persist=False))
@@ -1032,9 +1036,8 @@ class Follower:
             b = self._buckets.get(bs.bucket)
             if b is None or not b.owns(bs):
                 stale.append(bs)
-                if b is not None and b.state != "gone" and b.bucket_id == bs.bucket_id and bs.log_gen > b.log_gen:
-                    if not b.closing:
-                        self._start_closing(b, now, persist=True)
+                if b is not None and b.outgrown_by(bs) and not b.closing:
+                    self._start_closing(b, now, persist=True)
             elif b.state == "incr":
                 out.append(sh)
         if stale:
