@@ -1,0 +1,60 @@
+"""The layout of the index's control object (``<prefix>.control``): every omap key and lock name
+kept there, in one place, with the module that writes it. Other modules import these names;
+none spells a control key itself.
+
+| key / lock | written by | holds |
+|---|---|---|
+| ``meta`` | ``index`` | shards, mode, format version of the index |
+| ``c.state`` | ``collector`` | watermark, last log object, passes |
+| ``c.seq`` | ``collector`` | the last log-object sequence number allocated |
+| ``c.pending.<name>`` | ``collector`` | a log object written but not yet trimmed (a pending commit) |
+| ``r.boot`` | RGW follower | first start: radosgw time, zone |
+| ``r.dl.<n>`` | RGW follower | data-log shard ``n``: marker read up to |
+| ``r.p.<bucket-shard>`` | RGW follower | a bucket-index shard with entries to read |
+| ``r.m.<bucket-shard>`` | RGW follower | bucket-index shard marker read up to |
+| ``r.k.<bucket>`` | RGW follower | a followed bucket: instance, shards, log generation |
+| ``r.f.<bucket>`` | RGW follower | a bucket's full sync (baseline) in progress |
+| ``r.rq.<bucket>`` | any process | a request for a new baseline of a bucket |
+| ``r.cu`` | RGW follower | caught_up_until, persisted |
+| ``k.<consumer>`` | each consumer of the logs | its checkpoint (``changelog.consumers``) |
+| lock ``collector`` | collector | the control lease (one active collector) |
+| lock ``follower`` | RGW follower | the follower lease (one active follower) |
+| lock ``consumer.<name>`` | a consumer | that consumer's lease |
+
+Shard objects carry one lock, ``drain``, taken by the active collector for the length of a pass.
+"""
+
+from __future__ import annotations
+
+META_KEY = "meta"
+
+# The collector's keys.
+COLLECTOR_PREFIX = "c."
+COLLECTOR_STATE_KEY = "c.state"
+COLLECTOR_SEQ_KEY = "c.seq"
+COLLECTOR_PENDING_PREFIX = "c.pending."
+COLLECTOR_LOCK = "collector"
+SHARD_LOCK = "drain"
+
+# The RGW follower's keys.
+FOLLOWER_PREFIX = "r."
+FOLLOWER_BOOT_KEY = "r.boot"
+FOLLOWER_DATALOG_PREFIX = "r.dl."
+FOLLOWER_PENDING_PREFIX = "r.p."
+FOLLOWER_MARKER_PREFIX = "r.m."
+FOLLOWER_BUCKET_PREFIX = "r.k."
+FOLLOWER_FULL_PREFIX = "r.f."
+FOLLOWER_REQUEST_PREFIX = "r.rq."
+FOLLOWER_CAUGHT_UP_KEY = "r.cu"
+FOLLOWER_LOCK = "follower"
+
+# Consumers of the committed logs: one checkpoint key and one lock each.
+CONSUMER_PREFIX = "k."
+
+
+def consumer_key(name: str) -> str:
+    return CONSUMER_PREFIX + name
+
+
+def consumer_lock(name: str) -> str:
+    return "consumer." + name
