@@ -1,11 +1,14 @@
-"""The operator's HTTP API of ``serve``: health, metrics, status and pause / resume.
+"""The operator's HTTP API of ``serve``: health, metrics, status, pause / resume, flush, and the
+routes each consumer of the logs mounts under ``/_/<consumer>/``.
 
 ``ApiServer`` is a small threaded HTTP server (stdlib) with routes under ``/_/``::
 
     GET  /_/healthcheck   200, or 500 when a component is down; the body names every component
     GET  /_/metrics       Prometheus text format
     GET  /_/status        the same JSON as ``rgw-changelog status --json``
-    POST /_/pause[/collector|/follower]    POST /_/resume[/collector|/follower]
+    POST /_/pause[/<component>]    POST /_/resume[/<component>]   (follower, collector, consumers)
+    POST /_/flush         a collector pass with no settle window now; answers its result
+    GET  /_/backup/status, POST /_/backup/run    (when serve runs the backup consumer)
 
 Errors carry ``{"error": message, "code": status}``: 403 for a caller outside ``api.allow_from``,
 404 for an unknown route, 405 for a wrong method (with ``Allow``), 500 when a handler fails (the
@@ -528,6 +531,7 @@ class ApiServer:
         controls: Controls,
         registry: CollectorRegistry,
         check_timeout: float = CHECK_TIMEOUT_S,
+        flush: Callable[[], Mapping[str, Any]] | None = None,
     ) -> None:
         self.host, self._port, self.family = parse_listen(listen)
         self.listen = listen
@@ -548,6 +552,15 @@ class ApiServer:
         for component in controls.components:
             self.routes[f"/_/pause/{component}"] = {"POST": self._bind(self.controls.pause, component)}
             self.routes[f"/_/resume/{component}"] = {"POST": self._bind(self.controls.resume, component)}
+        if flush is not None:
+            self.mount("/_/flush", "POST", flush)
+
+    def mount(self, path: str, method: str, handler: Callable[[], Mapping[str, Any]]) -> None:
+        """Add a route answering ``handler()``'s document as JSON (a consumer's routes are
+        mounted under ``/_/<consumer>/``)."""
+        if not path.startswith("/_/"):
+            raise ValueError(f"API routes live under /_/, not {path!r}")
+        self.routes.setdefault(path.rstrip("/"), {})[method] = lambda: json_response(200, dict(handler()))
 
     def _bind(self, action: Callable[[str | None], dict[str, dict[str, Any]]], component: str) -> Route:
         return lambda: self._control(action, component)
@@ -716,3 +729,12 @@ class ApiClient:
         doc = self._ok("POST", "/_/resume" + (f"/{component}" if component else ""))
         state: dict[str, Any] = doc["controls"]
         return state
+
+    def flush(self) -> dict[str, Any]:
+        """Ask the running ``serve`` for a flush pass now; its result once it is done."""
+        doc: dict[str, Any] = self._ok("POST", "/_/flush")
+        return doc
+
+    def post(self, path: str) -> dict[str, Any]:
+        doc: dict[str, Any] = self._ok("POST", path)
+        return doc

@@ -1,11 +1,12 @@
-"""Configuration: one TOML file (stdlib ``tomllib``) turned into frozen dataclasses, one per
-section, and the factories that open the index store, the change index and the target from it.
+"""Configuration: one TOML file (stdlib ``tomllib``) checked into frozen pydantic models, one per
+section, handed whole to the component that reads it; and the factories that open the index
+store, the change index, the target and the collector from it.
 
 Every key is checked: an unknown key, a wrong type or a value out of range is refused with one
 line naming the key (``collector.settle must be a number (got "ten")``), with a "did you mean"
-for typos. Where the file comes from: ``-c PATH`` > ``$RGW_CHANGELOG_CONFIG`` >
-``/etc/rgw-changelog/rgw-changelog.toml`` > built-in defaults (the embedded setup: a sqlite index
-file and a local directory target).
+for typos (the wording lives in ``changelog.config_types``). Where the file comes from:
+``-c PATH`` > ``$RGW_CHANGELOG_CONFIG`` > ``/etc/rgw-changelog/rgw-changelog.toml`` > built-in
+defaults (the embedded setup: a sqlite index file and a local directory target).
 
 **Secrets** (``access_key``, ``secret_key`` of ``[source]``, ``[target]`` and ``[backup]``) are
 held in ``Secret`` objects whose ``repr`` and ``str`` are masked; ``.reveal()`` gives the value to
@@ -15,117 +16,240 @@ and ``secret_key_env`` is an error, so is naming a variable that is not set).
 
 Relative paths (``index.path``, ``file://`` URLs, ``logging.file``) are taken from the working
 directory at load time and shown absolute in the effective config.
+
+Sections built in code (``CollectorConfig(page=3, settle=0)``) are checked like the file's keys.
+Tests that need values an operator may not set (a 0.5 s lease) use ``CollectorConfig.unchecked(
+lease_ttl=0.5)``: no checks, defaults filled.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import difflib
-import ipaddress
 import json
-import math
 import os
 import re
 import tomllib
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, ClassVar, Literal, Self, TypeAlias, get_args
 
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+
+from changelog.config_types import (
+    ENV_SUFFIX,
+    MASK,
+    Flag,
+    HttpUrl,
+    Integer,
+    Level,
+    Listen,
+    Names,
+    Networks,
+    NonEmpty,
+    Number,
+    PathStr,
+    Prefixes,
+    Secret,
+    Size,
+    TargetUrl,
+    Text,
+    config_error,
+    invalid,
+    known_keys,
+    parse_size,
+    pattern,
+    reveal,
+    shown,
+    split_listen,
+    suggest,
+)
 from changelog.errors import ConfigError, PermanentError
+from changelog.loop import Clocks
 
 if TYPE_CHECKING:
+    from changelog.collector import Collector
     from changelog.index import ChangeIndex
     from changelog.store import ObjectStore
+    from changelog.targets import Target
 
 ENV_VAR = "RGW_CHANGELOG_CONFIG"
 DEFAULT_PATH = Path("/etc/rgw-changelog/rgw-changelog.toml")
-ENV_SUFFIX = "_env"
-MASK = "****"
 MiB = 1024 * 1024
 # S3 refuses multipart parts below 5 MiB (all but the last one).
 S3_MIN_PART = 5 * MiB
 S3_MAX_PART = 5 * 1024 * MiB
+# Keys per omap operation: changelog.index.OP_KEYS (1000 keys/op measured as the sweet spot; the
+# OSD caps a page of omap reads at about that size too). Not imported: config loads no index.
+OMAP_PAGE = 1000
+# radosgw returns at most 1000 entries per bucket index log / data log page (its own cap).
+RGW_PAGE = 1000
+
+# What ``to_dict`` gives: TOML-shaped plain data.
+ConfigValue: TypeAlias = "str | int | float | bool | None | list[ConfigValue] | dict[str, ConfigValue]"
 
 
-class Secret:
-    """A credential: masked in ``repr``/``str`` (so it never reaches a log line or a traceback
-    by accident); ``reveal()`` returns the value."""
+class _Model(BaseModel):
+    # Sections built in code raise pydantic's ValidationError; keep the inputs out of its text
+    # (and so out of tracebacks in the log): they may be secrets.
+    model_config = ConfigDict(frozen=True, extra="forbid", hide_input_in_errors=True)
 
-    __slots__ = ("_value", "source")
-
-    def __init__(self, value: str, source: str = "") -> None:
-        self._value = value
-        self.source = source  # where it came from, e.g. "$RGW_SECRET"; safe to show
-
-    def reveal(self) -> str:
-        return self._value
-
-    def __repr__(self) -> str:
-        return f"Secret({MASK!r})"
-
-    def __str__(self) -> str:
-        return MASK
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, Secret) and other._value == self._value
-
-    def __hash__(self) -> int:
-        return hash(("Secret", self._value))
+    @classmethod
+    def unchecked(cls, **values: object) -> Self:
+        """For tests only: build without any check, so that values an operator may not set (a
+        0.5 s lease, a 10 ms interval) can be used. Unknown names are still refused; lists
+        become tuples, tables read-only mappings, integers floats where a float is declared;
+        keys not given take their defaults."""
+        out: dict[str, object] = {}
+        for key, v in values.items():
+            if key not in cls.model_fields:
+                raise TypeError(f"{cls.__name__} has no key {key!r}")
+            out[key] = _plain(v, cls.model_fields[key].annotation)
+        return cls.model_construct(None, **out)
 
 
-def reveal(secret: Secret | None) -> str | None:
-    return None if secret is None else secret.reveal()
+def _plain(v: object, annotation: object) -> object:
+    if isinstance(annotation, type) and issubclass(annotation, _Model) and isinstance(v, Mapping):
+        return annotation.unchecked(**v)
+    if isinstance(v, list):
+        return tuple(v)
+    if isinstance(v, Mapping):
+        return MappingProxyType({k: tuple(x) if isinstance(x, list | tuple) else (x,) for k, x in v.items()})
+    if isinstance(v, int) and not isinstance(v, bool) and (annotation is float or float in get_args(annotation)):
+        return float(v)
+    if isinstance(v, str) and Secret in get_args(annotation):
+        return Secret(v)
+    return v
 
 
-# --------------------------------------------------------------------------- field kinds
-#
-# Each dataclass field carries ``metadata={"kind": ...}`` plus options; ``_convert`` checks a TOML
-# value against it. Keeping the schema on the dataclasses means one place to add a key.
+class Section(_Model):
+    """A section of the file (``section`` is its name there). Keys ending in ``_env`` name the
+    environment variable a secret is read from (the environment is the validation context's
+    ``env``, else ``os.environ``)."""
+
+    section: ClassVar[str] = ""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _secrets_from_env(cls, data: object, info: ValidationInfo) -> object:
+        if not isinstance(data, dict):
+            return data
+        ctx = info.context
+        env: Mapping[str, str] = ctx["env"] if isinstance(ctx, dict) and "env" in ctx else os.environ
+        secrets = {k[: -len(ENV_SUFFIX)] for k in known_keys(cls) if k.endswith(ENV_SUFFIX)}
+        out = dict(data)
+        for key, v in data.items():
+            base = key[: -len(ENV_SUFFIX)] if isinstance(key, str) and key.endswith(ENV_SUFFIX) else None
+            if base not in secrets:
+                continue
+            name = f"{cls.section}.{key}"
+            if base in data:
+                raise invalid(f"set {cls.section}.{base} or {name}, not both", line=True)
+            if not isinstance(v, str) or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", v):
+                raise invalid(f"{name} must name an environment variable (got {shown(v)})", line=True)
+            if v not in env:
+                raise invalid(f"{name} names ${v}, which is not set in the environment", line=True)
+            del out[key]
+            out[base] = Secret(env[v], source="$" + v)
+        return out
 
 
-def _f(kind: str, default: Any, **opts: Any) -> Any:
-    meta = {"kind": kind, **opts}
-    if isinstance(default, list | dict | tuple) or callable(default):
-        factory = default if callable(default) else (lambda d=default: d)
-        return field(default_factory=factory, metadata=meta)
-    return field(default=default, metadata=meta)
+class _S3Section(Section):
+    """A section with S3 credentials: both keys or neither."""
+
+    @model_validator(mode="after")
+    def _both_keys(self) -> Self:
+        access, secret = getattr(self, "access_key", None), getattr(self, "secret_key", None)
+        if (access is None) != (secret is None):
+            have, missing = ("access_key", "secret_key") if secret is None else ("secret_key", "access_key")
+            sec = self.section
+            raise invalid(f"{sec}.{have} is set but {sec}.{missing} is not: set both (or neither)", line=True)
+        return self
 
 
-@dataclass(frozen=True)
-class IndexConfig:
-    backend: str = _f("choice", "sqlite", choices=("sqlite", "rados"))
-    ceph_conf: str = _f("path", "/etc/ceph/ceph.conf")
-    keyring: str | None = _f("path", None)
-    client_name: str = _f("str", "client.admin", pattern=r"client\.[A-Za-z0-9_.-]+", pattern_text='"client." and a name')
-    connect_timeout: float = _f("number", 10.0, min=1.0)
-    pool: str = _f("str", "rgw-changelog", nonempty=True)
-    namespace: str = _f("str", "")
-    path: str = _f("path", "./rgw-changelog.db")
-    shards: int = _f("int", 16, min=1, max=4096)
-    mode: str = _f("choice", "write", choices=("write", "object"))
-    prefix: str = _f("str", "changelog", pattern=r"[A-Za-z0-9_.:-]+", pattern_text="letters, digits and _.:-")
+class IndexConfig(Section):
+    section: ClassVar[str] = "index"
+
+    backend: Literal["sqlite", "rados"] = "sqlite"
+    ceph_conf: PathStr = Field(default="/etc/ceph/ceph.conf", validate_default=True)
+    keyring: PathStr | None = None
+    client_name: Annotated[Text, pattern(r"client\.[A-Za-z0-9_.-]+", '"client." and a name')] = "client.admin"
+    connect_timeout: Number = Field(default=10.0, ge=1.0)
+    pool: NonEmpty = "rgw-changelog"
+    namespace: Text = ""
+    path: PathStr = Field(default="./rgw-changelog.db", validate_default=True)
+    shards: Integer = Field(default=16, ge=1, le=4096)
+    mode: Literal["write", "object"] = "write"
+    prefix: Annotated[Text, pattern(r"[A-Za-z0-9_.:-]+", "letters, digits and _.:-")] = "changelog"
+
+    @model_validator(mode="after")
+    def _pool_for_rados(self) -> Self:
+        if self.backend == "rados" and not self.pool:
+            raise invalid("index.pool must be set when index.backend is rados", line=True)
+        return self
 
 
-@dataclass(frozen=True)
-class SourceConfig:
-    endpoint: str | None = _f("url", None, schemes=("http", "https"))
-    access_key: Secret | None = _f("secret", None)
-    secret_key: Secret | None = _f("secret", None)
-    region: str = _f("str", "us-east-1", nonempty=True)
-    buckets: tuple[str, ...] = _f("strlist", ("*",), nonempty_items=True)
-    prefixes: Mapping[str, tuple[str, ...]] = _f("prefixes", lambda: MappingProxyType({}))
-    exclude_buckets: tuple[str, ...] = _f("strlist", (), nonempty_items=True)
-    poll_interval: float = _f("number", 1.0, min=0.05)
+class SourceConfig(_S3Section):
+    """The radosgw zone followed, and the follower's tuning."""
+
+    section: ClassVar[str] = "source"
+
+    endpoint: HttpUrl | None = None
+    access_key: Secret | None = None
+    secret_key: Secret | None = None
+    region: NonEmpty = "us-east-1"
+    buckets: Names = ("*",)
+    prefixes: Prefixes = Field(default_factory=lambda: MappingProxyType({}))
+    exclude_buckets: Names = ()
+    poll_interval: Number = Field(default=1.0, ge=0.05)
     # HEAD each written object for its size and etag when the bucket index log lacks them: one
     # more radosgw request per write, so off unless asked for.
-    object_info: bool = _f("bool", False)
+    object_info: Flag = False
     # The follower's lease on the index (the collector has its own, collector.lease_ttl).
-    lease_ttl: float = _f("number", 30.0, min=1.0)
+    lease_ttl: Number = Field(default=30.0, ge=1.0)
     # Trim the bucket index logs and the data log up to what is recorded (a single zone never
     # trims them itself). Off: leave them to radosgw's own trimming (multisite) or an operator.
-    trim_logs: bool = _f("bool", True)
+    trim_logs: Flag = True
+
+    # --- advanced tuning (defaults are the follower's former constants)
+    # A bucket written to within this many seconds is read every poll; others on data log news.
+    hot_seconds: Number = Field(default=60.0, gt=0)
+    # Entries per bucket index log / data log listing (radosgw's maximum).
+    page_entries: Integer = Field(default=RGW_PAGE, ge=1, le=RGW_PAGE)
+    # Trim the data log too (only with trim_logs); off when another consumer reads it.
+    trim_datalog: Flag = True
+    # Seconds between trims of one log: trimming after every page costs a request per page.
+    trim_interval: Number = Field(default=10.0, ge=0)
+    # Seconds between listings of all buckets (new buckets, buckets missed by the data log).
+    bucket_scan_interval: Number = Field(default=300.0, ge=0)
+    # Listing pages a full sync of one bucket reads per round, so one big bucket cannot starve
+    # the incremental work of the others.
+    full_sync_pages: Integer = Field(default=8, ge=1)
+    # Seconds between full passes over every data log shard (catching what a hot-only round
+    # skipped).
+    datalog_full_interval: Number = Field(default=60.0, ge=0)
+    # Data log shards read per round.
+    shards_per_round: Integer = Field(default=16, ge=1)
+    # Threads reading bucket index logs at once (each one radosgw request at a time).
+    workers: Integer = Field(default=8, ge=1, le=64)
+    # Backoff after a transient radosgw error: doubles from base up to max seconds.
+    backoff_base: Number = Field(default=0.5, gt=0)
+    backoff_max: Number = Field(default=30.0, gt=0)
+
+    @field_validator("buckets")
+    @classmethod
+    def _star_alone(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        if "*" in v and len(v) > 1:
+            raise invalid('source.buckets: "*" means every bucket and must stand alone', line=True)
+        return v
 
     @property
     def all_buckets(self) -> bool:
@@ -143,36 +267,58 @@ class SourceConfig:
         return any(key.startswith(p) for p in wanted)
 
 
-@dataclass(frozen=True)
-class TargetConfig:
-    url: str = _f("target_url", "file://./changelog-logs/")
-    endpoint: str | None = _f("url", None, schemes=("http", "https"))
-    access_key: Secret | None = _f("secret", None)
-    secret_key: Secret | None = _f("secret", None)
-    region: str = _f("str", "us-east-1", nonempty=True)
-    addressing_style: str = _f("choice", "path", choices=("path", "virtual", "auto"))
-    compression: str = _f("choice", "none", choices=("none", "gzip", "zstd"))
+class TargetConfig(_S3Section):
+    section: ClassVar[str] = "target"
+
+    url: TargetUrl = Field(default="file://./changelog-logs/", validate_default=True)
+    endpoint: HttpUrl | None = None
+    access_key: Secret | None = None
+    secret_key: Secret | None = None
+    region: NonEmpty = "us-east-1"
+    addressing_style: Literal["path", "virtual", "auto"] = "path"
+    compression: Literal["none", "gzip", "zstd"] = "none"
 
     @property
     def is_s3(self) -> bool:
         return self.url.startswith("s3://")
 
 
-@dataclass(frozen=True)
-class CollectorConfig:
-    interval: float = _f("number", 5.0, min=0.01)
-    settle: float = _f("number", 2.0, min=0.0)
-    lease_ttl: float = _f("number", 30.0, min=1.0)
-    roll_bytes: int = _f("size", 64 * MiB, min=1)
-    roll_entries: int = _f("int", 100_000, min=1)
-    roll_seconds: float = _f("number", 60.0, min=0.0)
-    part_bytes: int = _f("size", 8 * MiB, min=1024, max=S3_MAX_PART)
+class CollectorConfig(Section):
+    """The collector's pass and log objects, and its tuning."""
+
+    section: ClassVar[str] = "collector"
+
+    interval: Number = Field(default=5.0, ge=0.01)
+    settle: Number = Field(default=2.0, ge=0.0)
+    lease_ttl: Number = Field(default=30.0, ge=1.0)
+    roll_bytes: Size = Field(default=64 * MiB, ge=1)
+    roll_entries: Integer = Field(default=100_000, ge=1)
+    roll_seconds: Number = Field(default=60.0, ge=0.0)
+    part_bytes: Size = Field(default=8 * MiB, ge=1024, le=S3_MAX_PART)
+
+    # --- advanced tuning (defaults are the collector's former constants)
+    # Attempts at a transient index or target error within one pass, with capped backoff.
+    retries: Integer = Field(default=5, ge=0)
+    backoff_base: Number = Field(default=0.5, gt=0)
+    backoff_max: Number = Field(default=30.0, gt=0)
+    # Seconds between attempts of a standby to take the lease; unset: min(2, lease_ttl / 4),
+    # so that a dead holder is replaced within about 1.25 TTL.
+    standby_retry: Number | None = Field(default=None, gt=0)
+    # Abandoned multipart uploads older than gc_age seconds are aborted, every gc_interval.
+    gc_age: Number = Field(default=3600.0, ge=0)
+    gc_interval: Number = Field(default=600.0, ge=0)
+    # Index keys read / removed per omap operation.
+    page: Integer = Field(default=OMAP_PAGE, ge=1, le=OMAP_PAGE)
+    trim_batch: Integer = Field(default=OMAP_PAGE, ge=1, le=OMAP_PAGE)
+    # Seconds between two looks at the pause flag while paused.
+    pause_poll: Number = Field(default=0.25, gt=0)
 
 
-@dataclass(frozen=True)
-class ApiConfig:
-    listen: str = _f("listen", "127.0.0.1:9480")
-    allow_from: tuple[str, ...] = _f("networks", ("127.0.0.1", "::1"))
+class ApiConfig(Section):
+    section: ClassVar[str] = "api"
+
+    listen: Listen = "127.0.0.1:9480"
+    allow_from: Networks = ("127.0.0.1", "::1")
 
     @property
     def host(self) -> str:
@@ -183,53 +329,86 @@ class ApiConfig:
         return split_listen(self.listen)[1]
 
 
-@dataclass(frozen=True)
-class BackupConfig:
-    url: str | None = _f("target_url", None)
-    endpoint: str | None = _f("url", None, schemes=("http", "https"))
-    access_key: Secret | None = _f("secret", None)
-    secret_key: Secret | None = _f("secret", None)
-    region: str = _f("str", "us-east-1", nonempty=True)
-    keep_days: float = _f("number", 30.0, min=0.0)
-    minimum_backups: int = _f("int", 3, min=0)
-    maximum_backups: int = _f("int", 60, min=1)
+class BackupConfig(_S3Section):
+    section: ClassVar[str] = "backup"
+
+    url: TargetUrl | None = None
+    endpoint: HttpUrl | None = None
+    access_key: Secret | None = None
+    secret_key: Secret | None = None
+    region: NonEmpty = "us-east-1"
+    keep_days: Number = Field(default=30.0, ge=0.0)
+    minimum_backups: Integer = Field(default=3, ge=0)
+    maximum_backups: Integer = Field(default=60, ge=1)
+    # Seconds between two backups run by ``serve`` (as a consumer of the logs); unset: ``serve``
+    # runs none, backups are started by ``rgw-changelog backup run`` (cron, timer).
+    interval: Number | None = Field(default=None, gt=0)
+    # The backup consumer's lease, so that one ``serve`` of several runs it.
+    lease_ttl: Number = Field(default=30.0, ge=1.0)
+
+    @model_validator(mode="after")
+    def _min_below_max(self) -> Self:
+        if self.minimum_backups > self.maximum_backups:
+            raise invalid(
+                f"backup.minimum_backups ({self.minimum_backups}) must not exceed "
+                f"backup.maximum_backups ({self.maximum_backups})",
+                line=True,
+            )
+        return self
 
 
-@dataclass(frozen=True)
-class LoggingConfig:
-    level: str = _f("level", "INFO")
-    file: str | None = _f("path", None)
+class LoggingConfig(Section):
+    section: ClassVar[str] = "logging"
+
+    level: Level = "INFO"
+    file: PathStr | None = None
 
 
-@dataclass(frozen=True)
-class Config:
-    index: IndexConfig = field(default_factory=IndexConfig)
-    source: SourceConfig = field(default_factory=SourceConfig)
-    target: TargetConfig = field(default_factory=TargetConfig)
-    collector: CollectorConfig = field(default_factory=CollectorConfig)
-    api: ApiConfig = field(default_factory=ApiConfig)
-    backup: BackupConfig = field(default_factory=BackupConfig)
-    logging: LoggingConfig = field(default_factory=LoggingConfig)
-    # Where it was read from; None = built-in defaults. Not a TOML key.
-    path: str | None = field(default=None, compare=False)
+SECTIONS: dict[str, type[Section]] = {
+    "index": IndexConfig,
+    "source": SourceConfig,
+    "target": TargetConfig,
+    "collector": CollectorConfig,
+    "api": ApiConfig,
+    "backup": BackupConfig,
+    "logging": LoggingConfig,
+}
 
-    def to_dict(self, *, masked: bool = True) -> dict[str, dict[str, Any]]:
+
+class Config(_Model):
+    """The whole configuration. ``parse_config`` also gives the target and the backup store the
+    source's endpoint and credentials when they have none; a ``Config`` built in code does not."""
+
+    index: IndexConfig = Field(default_factory=IndexConfig)
+    source: SourceConfig = Field(default_factory=SourceConfig)
+    target: TargetConfig = Field(default_factory=TargetConfig)
+    collector: CollectorConfig = Field(default_factory=CollectorConfig)
+    api: ApiConfig = Field(default_factory=ApiConfig)
+    backup: BackupConfig = Field(default_factory=BackupConfig)
+    logging: LoggingConfig = Field(default_factory=LoggingConfig)
+    # Where it was read from; None = built-in defaults. Not a TOML key, not compared.
+    path: str | None = None
+
+    @model_validator(mode="after")
+    def _part_size_for_s3(self) -> Self:
+        if self.target.is_s3 and self.collector.part_bytes < S3_MIN_PART:
+            raise invalid(
+                f"collector.part_bytes must be at least {S3_MIN_PART} bytes (5 MiB) with an s3:// target "
+                f"(got {self.collector.part_bytes})",
+                line=True,
+            )
+        return self
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Config):
+            return NotImplemented
+        return all(getattr(self, sec) == getattr(other, sec) for sec in SECTIONS)
+
+    __hash__ = None  # type: ignore[assignment]  # sections hold a mapping: not hashable
+
+    def to_dict(self, *, masked: bool = True) -> dict[str, dict[str, ConfigValue]]:
         """The effective config as plain data; secrets masked unless ``masked=False``."""
-        out: dict[str, dict[str, Any]] = {}
-        for sec in SECTIONS:
-            part = getattr(self, sec)
-            d: dict[str, Any] = {}
-            for f in dataclasses.fields(part):
-                v = getattr(part, f.name)
-                if isinstance(v, Secret):
-                    v = (f"{MASK} (from {v.source})" if v.source else MASK) if masked else v.reveal()
-                elif isinstance(v, tuple):
-                    v = list(v)
-                elif isinstance(v, Mapping):
-                    v = {k: list(x) for k, x in v.items()}
-                d[f.name] = v
-            out[sec] = d
-        return out
+        return {sec: _section_dict(getattr(self, sec), masked) for sec in SECTIONS}
 
     def to_toml(self) -> str:
         """The effective config as TOML, secrets masked (for ``config check``)."""
@@ -245,18 +424,22 @@ class Config:
         return "\n".join(lines)
 
 
-SECTIONS: dict[str, type[Any]] = {
-    "index": IndexConfig,
-    "source": SourceConfig,
-    "target": TargetConfig,
-    "collector": CollectorConfig,
-    "api": ApiConfig,
-    "backup": BackupConfig,
-    "logging": LoggingConfig,
-}
+def _section_dict(part: Section, masked: bool) -> dict[str, ConfigValue]:
+    d: dict[str, ConfigValue] = {}
+    for name in type(part).model_fields:
+        v = getattr(part, name)
+        if isinstance(v, Secret):
+            d[name] = (f"{MASK} (from {v.source})" if v.source else MASK) if masked else v.reveal()
+        elif isinstance(v, tuple):
+            d[name] = list(v)
+        elif isinstance(v, Mapping):
+            d[name] = {k: list(x) for k, x in v.items()}
+        else:
+            d[name] = v
+    return d
 
 
-def _toml_value(v: Any) -> str:
+def _toml_value(v: ConfigValue) -> str:
     if isinstance(v, bool):
         return "true" if v else "false"
     if isinstance(v, int | float):
@@ -272,268 +455,57 @@ def _toml_value(v: Any) -> str:
     raise TypeError(type(v))
 
 
-# --------------------------------------------------------------------------- checking values
+# --------------------------------------------------------------------------- loading
 
 
-def _shown(v: Any) -> str:
-    """A value as the user wrote it, for an error message (shortened)."""
-    if isinstance(v, str):
-        text = json.dumps(v, ensure_ascii=False)
-    elif isinstance(v, bool):
-        text = "true" if v else "false"
-    elif isinstance(v, dict):
-        text = "a table"
-    elif isinstance(v, int | float):
-        text = repr(v)
-    elif isinstance(v, list):
-        text = "a list"
-    else:
-        text = type(v).__name__
-    return text if len(text) <= 60 else text[:57] + "..."
-
-
-def _suggest(name: str, known: list[str]) -> str:
-    close = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
-    return f" (did you mean {close[0]!r}?)" if close else ""
-
-
-def _number(name: str, v: Any, what: str = "a number") -> float:
-    if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
-        raise ConfigError(f"{name} must be {what} (got {_shown(v)})")
-    return float(v)
-
-
-def _bounds(name: str, v: float, meta: Mapping[str, Any], unit: str = "") -> None:
-    lo, hi = meta.get("min"), meta.get("max")
-    if lo is not None and v < lo:
-        raise ConfigError(f"{name} must be at least {lo:g}{unit} (got {v:g})")
-    if hi is not None and v > hi:
-        raise ConfigError(f"{name} must be at most {hi:g}{unit} (got {v:g})")
-
-
-_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?i?B?)\s*$", re.IGNORECASE)
-_UNITS = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
-
-
-def parse_size(text: str) -> int | None:
-    """``"64MiB"``, ``"8 MB"``, ``"1048576"`` -> bytes (binary units); None if not a size."""
-    m = _SIZE.match(text)
-    if not m:
-        return None
-    unit = m.group(2).upper().rstrip("B").rstrip("I")
-    if unit not in _UNITS:
-        return None
-    return int(float(m.group(1)) * _UNITS[unit])
-
-
-def split_listen(listen: str) -> tuple[str, int]:
-    host, sep, port = listen.rpartition(":")
-    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ValueError(listen)
-    host = host.strip("[]")
-    return host or "0.0.0.0", int(port)
-
-
-def _file_url(name: str, v: str) -> str:
-    raw = v[len("file://") :]
-    if not raw:
-        raise ConfigError(f'{name} must name a directory: "file:///dir/" (got {_shown(v)})')
-    return "file://" + str(Path(raw).expanduser().absolute()) + "/"
-
-
-def _convert(name: str, v: Any, meta: Mapping[str, Any]) -> Any:
-    kind = meta["kind"]
-    if kind in ("str", "path", "choice", "url", "target_url", "listen", "level", "secret"):
-        if not isinstance(v, str):
-            raise ConfigError(f"{name} must be a string (got {_shown(v)})")
-    if kind == "str":
-        if meta.get("nonempty") and not v:
-            raise ConfigError(f"{name} must not be empty")
-        pat = meta.get("pattern")
-        if pat and not re.fullmatch(pat, v):
-            raise ConfigError(f"{name} may hold only {meta['pattern_text']} (got {_shown(v)})")
-        return v
-    if kind == "path":
-        if not v:
-            raise ConfigError(f"{name} must not be empty")
-        return str(Path(v).expanduser().absolute())
-    if kind == "choice":
-        choices = meta["choices"]
-        if v not in choices:
-            raise ConfigError(
-                f"{name} must be one of {', '.join(choices)} (got {_shown(v)}){_suggest(v, list(choices))}"
-            )
-        return v
-    if kind == "level":
-        if v.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
-            raise ConfigError(f"{name} must be one of DEBUG, INFO, WARNING, ERROR (got {_shown(v)})")
-        return v.upper()
-    if kind == "url":
-        m = re.match(r"^([a-z][a-z0-9+.-]*)://([^/\s]+)", v)
-        if not m or m.group(1) not in meta["schemes"]:
-            raise ConfigError(f'{name} must be an http:// or https:// URL such as "http://127.0.0.1:7480" (got {_shown(v)})')
-        return v.rstrip("/")
-    if kind == "target_url":
-        if v.startswith("s3://"):
-            bucket = v[5:].split("/", 1)[0]
-            if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,254}", bucket):
-                raise ConfigError(f'{name} must be "s3://bucket/prefix/" with a valid bucket name (got {_shown(v)})')
-            return v
-        if v.startswith("file://"):
-            return _file_url(name, v)
-        raise ConfigError(f'{name} must start with s3:// or file:// (got {_shown(v)})')
-    if kind == "listen":
-        try:
-            host, _port = split_listen(v)
-            if host not in ("0.0.0.0", "localhost", "::"):
-                ipaddress.ip_address(host)
-        except ValueError:
-            raise ConfigError(f'{name} must be "ADDRESS:PORT" such as "127.0.0.1:9480" (got {_shown(v)})') from None
-        return v
-    if kind == "secret":
-        return Secret(v)
-    if kind == "bool":
-        if not isinstance(v, bool):
-            raise ConfigError(f"{name} must be true or false (got {_shown(v)})")
-        return v
-    if kind == "number":
-        n = _number(name, v)
-        _bounds(name, n, meta)
-        return n
-    if kind == "int":
-        if isinstance(v, bool) or not isinstance(v, int):
-            raise ConfigError(f"{name} must be an integer (got {_shown(v)})")
-        _bounds(name, v, meta)
-        return v
-    if kind == "size":
-        if isinstance(v, str):
-            size = parse_size(v)
-            if size is None:
-                raise ConfigError(f'{name} must be a size in bytes, or a string such as "64MiB" (got {_shown(v)})')
-        elif isinstance(v, bool) or not isinstance(v, int):
-            raise ConfigError(f'{name} must be a size in bytes, or a string such as "64MiB" (got {_shown(v)})')
-        else:
-            size = v
-        _bounds(name, size, meta, " bytes")
-        return size
-    if kind in ("strlist", "networks"):
-        if not isinstance(v, list):
-            raise ConfigError(f"{name} must be a list of strings (got {_shown(v)})")
-        for i, x in enumerate(v):
-            if not isinstance(x, str) or (meta.get("nonempty_items") and not x):
-                raise ConfigError(f"{name}[{i}] must be a non-empty string (got {_shown(x)})")
-            if kind == "networks":
-                try:
-                    ipaddress.ip_network(x, strict=False)
-                except ValueError:
-                    raise ConfigError(
-                        f'{name}[{i}] must be an address or network such as "10.0.0.0/8" (got {_shown(x)})'
-                    ) from None
-        return tuple(v)
-    if kind == "prefixes":
-        if not isinstance(v, dict):
-            raise ConfigError(f'{name} must be a table of bucket = ["prefix", ...] (got {_shown(v)})')
-        out: dict[str, tuple[str, ...]] = {}
-        for bucket, plist in v.items():
-            if isinstance(plist, str):
-                plist = [plist]
-            if not isinstance(plist, list) or not all(isinstance(p, str) for p in plist):
-                raise ConfigError(f"{name}.{bucket} must be a list of key prefixes (got {_shown(plist)})")
-            out[bucket] = tuple(plist)
-        return MappingProxyType(out)
-    raise AssertionError(kind)
-
-
-def _section(sec: str, cls: type[Any], raw: Any, env: Mapping[str, str]) -> Any:
-    if not isinstance(raw, dict):
-        raise ConfigError(f"[{sec}] must be a table (got {_shown(raw)})")
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    secrets = [n for n, f in fields.items() if f.metadata["kind"] == "secret"]
-    known = list(fields) + [n + ENV_SUFFIX for n in secrets]
-    values: dict[str, Any] = {}
-    for key, v in raw.items():
-        name = f"{sec}.{key}"
-        if key.endswith(ENV_SUFFIX) and key[: -len(ENV_SUFFIX)] in secrets:
-            base = key[: -len(ENV_SUFFIX)]
-            if base in raw:
-                raise ConfigError(f"set {sec}.{base} or {name}, not both")
-            if not isinstance(v, str) or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", v):
-                raise ConfigError(f"{name} must name an environment variable (got {_shown(v)})")
-            if v not in env:
-                raise ConfigError(f"{name} names ${v}, which is not set in the environment")
-            values[base] = Secret(env[v], source="$" + v)
+def _check_top_level(data: Mapping[str, object]) -> None:
+    """Unknown sections and keys outside any section, with a hint where the key belongs."""
+    for sec, raw in data.items():
+        if sec in SECTIONS:
             continue
-        if key not in fields:
-            raise ConfigError(f"unknown key {name}{_suggest(key, known)}")
-        values[key] = _convert(name, v, fields[key].metadata)
-    for fname, f in fields.items():
-        # Defaults that are relative paths become absolute like the ones from the file.
-        if fname not in values and f.metadata["kind"] in ("path", "target_url") and isinstance(f.default, str):
-            values[fname] = _convert(f"{sec}.{fname}", f.default, f.metadata)
-    return cls(**values)
+        if isinstance(raw, dict):
+            raise ConfigError(f"unknown section [{sec}]{suggest(sec, list(SECTIONS))}")
+        keys = [k for cls in SECTIONS.values() for k in cls.model_fields]
+        match = difflib.get_close_matches(sec, keys, 1)
+        hint = ""
+        if match:
+            owner = next(s for s, cls in SECTIONS.items() if match[0] in cls.model_fields)
+            hint = f" (keys go in a section: did you mean [{owner}] {match[0]}?)"
+        raise ConfigError(f"unknown top-level key {sec}{hint}")
 
 
-def _cross_checks(cfg: Config) -> Config:
-    """Rules that involve more than one key; also fills credentials that default to the source's."""
+def _inherit_source(cfg: Config) -> Config:
+    """The target and the backup store usually live on the source radosgw: they default to its
+    endpoint and credentials (a section's own keys are both set or both unset, checked)."""
     src = cfg.source
-    if "*" in src.buckets and len(src.buckets) > 1:
-        raise ConfigError('source.buckets: "*" means every bucket and must stand alone')
-    if cfg.index.backend == "rados" and not cfg.index.pool:
-        raise ConfigError("index.pool must be set when index.backend is rados")
-    for sec in ("source", "target", "backup"):
-        part = getattr(cfg, sec)
-        if (part.access_key is None) != (part.secret_key is None):
-            have, missing = ("access_key", "secret_key") if part.secret_key is None else ("secret_key", "access_key")
-            raise ConfigError(f"{sec}.{have} is set but {sec}.{missing} is not: set both (or neither)")
-    # The target and the backup store usually live on the source radosgw: default to its endpoint
-    # and credentials.
-    target = cfg.target
-    if target.is_s3:
-        target = dataclasses.replace(
-            target,
-            endpoint=target.endpoint or src.endpoint,
-            access_key=target.access_key or src.access_key,
-            secret_key=target.secret_key or src.secret_key,
-        )
-        if cfg.collector.part_bytes < S3_MIN_PART:
-            raise ConfigError(
-                f"collector.part_bytes must be at least {S3_MIN_PART} bytes (5 MiB) with an s3:// target "
-                f"(got {cfg.collector.part_bytes})"
-            )
-    backup = cfg.backup
-    if backup.url is not None and backup.url.startswith("s3://"):
-        backup = dataclasses.replace(
-            backup,
-            endpoint=backup.endpoint or src.endpoint,
-            access_key=backup.access_key or src.access_key,
-            secret_key=backup.secret_key or src.secret_key,
-        )
-    if backup.minimum_backups > backup.maximum_backups:
-        raise ConfigError(
-            f"backup.minimum_backups ({backup.minimum_backups}) must not exceed "
-            f"backup.maximum_backups ({backup.maximum_backups})"
-        )
-    return dataclasses.replace(cfg, target=target, backup=backup)
+
+    def inherit(part: TargetConfig | BackupConfig) -> dict[str, object]:
+        return {
+            "endpoint": part.endpoint or src.endpoint,
+            "access_key": part.access_key or src.access_key,
+            "secret_key": part.secret_key or src.secret_key,
+        }
+
+    update: dict[str, object] = {}
+    if cfg.target.is_s3:
+        update["target"] = cfg.target.model_copy(update=inherit(cfg.target))
+    if cfg.backup.url is not None and cfg.backup.url.startswith("s3://"):
+        update["backup"] = cfg.backup.model_copy(update=inherit(cfg.backup))
+    return cfg.model_copy(update=update) if update else cfg
 
 
-def parse_config(data: Mapping[str, Any], *, path: str | None = None, env: Mapping[str, str] | None = None) -> Config:
+def parse_config(
+    data: Mapping[str, object], *, path: str | None = None, env: Mapping[str, str] | None = None
+) -> Config:
     """Check a parsed TOML document and build the ``Config``."""
     env = os.environ if env is None else env
-    parts: dict[str, Any] = {}
-    for sec in data:
-        if sec not in SECTIONS:
-            raw = data[sec]
-            if isinstance(raw, dict):
-                raise ConfigError(f"unknown section [{sec}]{_suggest(sec, list(SECTIONS))}")
-            close = difflib.get_close_matches(sec, [f.name for c in SECTIONS.values() for f in dataclasses.fields(c)], 1)
-            hint = ""
-            if close:
-                owner = next(s for s, c in SECTIONS.items() if close[0] in {f.name for f in dataclasses.fields(c)})
-                hint = f" (keys go in a section: did you mean [{owner}] {close[0]}?)"
-            raise ConfigError(f"unknown top-level key {sec}{hint}")
-    for sec, cls in SECTIONS.items():
-        parts[sec] = _section(sec, cls, data.get(sec, {}), env)
-    return _cross_checks(Config(**parts, path=path))
+    _check_top_level(data)
+    try:
+        cfg = Config.model_validate({**data, "path": path}, context={"env": env})
+    except ValidationError as ex:
+        # One line for the operator; the ValidationError adds nothing a traceback reader needs.
+        raise config_error(ex, SECTIONS) from None
+    return _inherit_source(cfg)
 
 
 def load_config(path: str | os.PathLike[str] | None = None, *, env: Mapping[str, str] | None = None) -> Config:
@@ -611,69 +583,61 @@ def open_index(cfg: Config, *, create: bool = True, store: ObjectStore | None = 
         raise
 
 
-def target_options(tc: TargetConfig | BackupConfig) -> dict[str, Any]:
-    """Keyword options for ``targets.make_target`` (credentials revealed: never log this)."""
-    opts: dict[str, Any] = {
-        "endpoint": tc.endpoint,
-        "access_key": reveal(tc.access_key),
-        "secret_key": reveal(tc.secret_key),
-        "region": tc.region,
-    }
-    if isinstance(tc, TargetConfig):
-        opts["addressing_style"] = tc.addressing_style
-    return opts
-
-
-def _make_target(url: str, opts: dict[str, Any]) -> Any:
-    import inspect
-
+def _open_target(url: str, part: TargetConfig | BackupConfig) -> Target:
     from changelog.targets import make_target
 
-    params = inspect.signature(make_target).parameters
-    if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
-        # Pass only what this version of make_target understands.
-        opts = {k: v for k, v in opts.items() if k in params}
-    return make_target(url, **opts)
+    if url.startswith("file://"):
+        Path(url[len("file://") :]).mkdir(parents=True, exist_ok=True)
+    return make_target(
+        url,
+        endpoint=part.endpoint,
+        access_key=reveal(part.access_key),
+        secret_key=reveal(part.secret_key),
+        region=part.region,
+        # None: the target's default (the backup section has no such key).
+        addressing_style=part.addressing_style if isinstance(part, TargetConfig) else None,
+    )
 
 
-def open_target(cfg: Config) -> Any:
+def open_target(cfg: Config) -> Target:
     """The change-log target described by ``[target]`` (S3 bucket or local directory)."""
-    tc = cfg.target
-    if tc.url.startswith("file://"):
-        Path(tc.url[len("file://") :]).mkdir(parents=True, exist_ok=True)
-    return _make_target(tc.url, target_options(tc))
+    return _open_target(cfg.target.url, cfg.target)
 
 
-def open_backup_target(cfg: Config) -> Any:
+def open_backup_target(cfg: Config) -> Target:
     """The backup store described by ``[backup]``."""
-    bc = cfg.backup
-    if bc.url is None:
+    if cfg.backup.url is None:
         raise ConfigError("backup.url is not set")
-    if bc.url.startswith("file://"):
-        Path(bc.url[len("file://") :]).mkdir(parents=True, exist_ok=True)
-    return _make_target(bc.url, target_options(bc))
+    return _open_target(cfg.backup.url, cfg.backup)
 
 
-def collector_options(cfg: Config) -> dict[str, Any]:
-    """Keyword options for ``collector.Collector`` from ``[collector]``."""
-    c = cfg.collector
-    return {
-        "settle": c.settle,
-        "lease_ttl": c.lease_ttl,
-        "roll_bytes": c.roll_bytes,
-        "roll_entries": c.roll_entries,
-        "roll_seconds": c.roll_seconds,
-        "part_bytes": c.part_bytes,
-        "interval": c.interval,
-        "compression": cfg.target.compression,
-    }
-
-
-def make_collector(cfg: Config, index: ChangeIndex, target: Any, **extra: Any) -> Any:
-    """A ``collector.Collector`` for this config."""
+def make_collector(
+    cfg: Config,
+    index: ChangeIndex,
+    target: Target,
+    *,
+    clocks: Clocks | None = None,
+    watermark_cap: Callable[[], int | None] | None = None,
+    paused: Callable[[], bool] | None = None,
+    fault_hook: Callable[[str], None] | None = None,
+    collector_id: str | None = None,
+) -> Collector:
+    """The collector for this config: ``[collector]`` whole, the target's compression."""
+    # Imported here: the collector imports the index and targets, which this module must not
+    # load just to read a config.
     from changelog.collector import Collector
 
-    return Collector(index, target, **{**collector_options(cfg), **extra})
+    return Collector(
+        index,
+        target,
+        cfg.collector,
+        compression=cfg.target.compression,
+        clocks=clocks if clocks is not None else Clocks(),
+        watermark_cap=watermark_cap,
+        paused=paused,
+        fault_hook=fault_hook,
+        collector_id=collector_id,
+    )
 
 
 __all__ = [
@@ -681,9 +645,11 @@ __all__ = [
     "BackupConfig",
     "CollectorConfig",
     "Config",
+    "ConfigValue",
     "IndexConfig",
     "LoggingConfig",
     "Secret",
+    "Section",
     "SourceConfig",
     "TargetConfig",
     "load_config",
@@ -693,5 +659,7 @@ __all__ = [
     "open_store",
     "open_target",
     "parse_config",
+    "parse_size",
     "reveal",
+    "split_listen",
 ]

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import orjson
 
 from changelog import keys
+from changelog.control import META_KEY as META_KEY  # re-exported: the CLI reads it from here
 from changelog.errors import CompareFailed, ConfigError, InvalidMutation, TransientError
 from changelog.mutation import Mutation, event_id, packer
 from changelog.store import Cmp, LockRef, ObjectStore, WriteOp
@@ -30,7 +31,6 @@ OP_KEYS = 1000
 # A guarded write that keeps losing its compare (floor raised, another recorder on the stream)
 # is retried this often before the error surfaces.
 CAS_RETRIES = 20
-META_KEY = "meta"
 
 
 @dataclass(frozen=True, slots=True)

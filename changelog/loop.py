@@ -68,6 +68,36 @@ class LoopPolicy:
         return cls(interval=interval, standby=min(2.0, lease_ttl / 4), **kw)
 
 
+class Wake:
+    """Ends a loop's wait for its next step early. An Event cannot wait on two events, so the
+    waiter sleeps on a condition that both ``set`` and the stop event's poll reach."""
+
+    # How often a waiting loop looks at its stop event: a stop is noticed within this.
+    STOP_POLL = 0.1
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._set = False
+
+    def set(self) -> None:
+        with self._cond:
+            self._set = True
+            self._cond.notify_all()
+
+    def wait(self, stop: threading.Event, timeout: float) -> bool:
+        """Wait up to ``timeout`` for ``set()`` or ``stop``; True if woken by ``set()`` (which is
+        then cleared)."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while not self._set and not stop.is_set():
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                self._cond.wait(min(left, self.STOP_POLL))
+            woken, self._set = self._set, False
+            return woken
+
+
 @dataclass
 class LoopCounts:
     steps: int = 0
@@ -84,9 +114,11 @@ def run_leased(
     paused: Callable[[], bool] | None = None,
     monotonic: Callable[[], float] = time.monotonic,
     counts: LoopCounts | None = None,
+    wake: Wake | None = None,
 ) -> None:
     """Drive ``role`` until ``stop`` is set (module docstring). While ``paused()`` says so no
-    step starts: the step in hand finishes and the lease stays held (renewed by its holder)."""
+    step starts: the step in hand finishes and the lease stays held (renewed by its holder).
+    ``wake.set()`` (an operator's "flush now" or "run now") ends the wait for the next step."""
     counts = counts if counts is not None else LoopCounts()
     delay = policy.backoff_base
     try:
@@ -96,7 +128,8 @@ def run_leased(
                 continue
             try:
                 active = role.acquire()
-            except TransientError as ex:
+            except (TransientError, LeaseLost) as ex:
+                # LeaseLost: lost again while taking over (a stall past the TTL); stand by.
                 logger.warning("%s: cannot take the lease: %s", role.name, ex)
                 active = False
             if not active:
@@ -121,7 +154,11 @@ def run_leased(
                 continue
             counts.steps += 1
             delay = policy.backoff_base
-            stop.wait(max(0.0, policy.interval - (monotonic() - t0)))
+            left = max(0.0, policy.interval - (monotonic() - t0))
+            if wake is None:
+                stop.wait(left)
+            else:
+                wake.wait(stop, left)
     finally:
         role.step_down()
         logger.info("%s stopped", role.name)

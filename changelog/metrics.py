@@ -178,6 +178,7 @@ class _Reading:
     # renewals, losses and held count per lease name
     leases: tuple[dict[str, int], dict[str, int], dict[str, int]] | None = None
     paused: dict[str, bool] | None = None
+    consumers: dict[str, Mapping[str, object]] = field(default_factory=dict)
 
 
 def _number(stats: Mapping[str, object], key: str) -> float | None:
@@ -207,6 +208,7 @@ class ChangelogMetrics:
         index: ShardStatsSource | None = None,
         leases: Callable[[], Iterable[LeaseLike]] | None = None,
         controls: PauseState | None = None,
+        consumers: Mapping[str, StatsProvider] | None = None,
         shard_stats_ttl: float = SHARD_STATS_TTL_S,
         clock: Callable[[], float] = time.time,
     ) -> None:
@@ -215,6 +217,7 @@ class ChangelogMetrics:
         self.shard_stats = ShardStatsCache(index, ttl=shard_stats_ttl) if index is not None else None
         self.leases = leases
         self.controls = controls
+        self.consumers = dict(consumers or {})
         self._clock = clock
         self._lease_totals = _LeaseTotals()
         self._errors_lock = threading.Lock()
@@ -255,6 +258,11 @@ class ChangelogMetrics:
                 got.leases = self._lease_totals.update(list(self.leases()))
             except Exception as ex:
                 self._failed("leases", ex)
+        for name, consumer in self.consumers.items():
+            try:
+                got.consumers[name] = dict(consumer.stats())
+            except Exception as ex:
+                self._failed(f"consumer {name}", ex)
         if self.controls is not None:
             try:
                 got.paused = {c: self.controls.paused(c) for c in self.controls.components}
@@ -265,125 +273,18 @@ class ChangelogMetrics:
     def _families(self, got: _Reading | None) -> Iterator[Metric]:
         """Every family this collector exports; with ``got`` None, all of them empty."""
         data = got or _Reading()
-        now = self._clock()
-
         info = InfoMetricFamily(PREFIX + "build", "rgw-changelog version", labels=["version"])
         if got is not None:
             info.add_metric([__version__], {})
         yield info
+        yield from _follower_families(data.follower)
+        yield from _index_families(data.shards, self._clock())
+        yield from _collector_families(data.collector)
+        yield from _consumer_families(data.consumers)
+        yield from _lease_families(data.leases)
+        yield from self._control_families(data, got is not None)
 
-        # ---- follower
-        fstats = data.follower
-        for key, name, doc in (
-            ("mutations_recorded", "mutations_recorded", "Mutations recorded into the change index"),
-            ("mutations_duplicate", "mutations_duplicate", "Mutations dropped as already recorded"),
-            ("sweeps", "follower_sweeps", "Finished follower sweeps over the source data log"),
-        ):
-            counter = CounterMetricFamily(PREFIX + name, doc)
-            if (v := _number(fstats, key)) is not None:
-                counter.add_metric([], v)
-            yield counter
-        caught = GaugeMetricFamily(
-            PREFIX + "follower_caught_up_timestamp_seconds",
-            "Unix time the follower last read every pending source shard to its end",
-        )
-        if (v := _number(fstats, "caught_up_until")) is not None:
-            caught.add_metric([], v)
-        yield caught
-        lag = GaugeMetricFamily(
-            PREFIX + "follower_lag_seconds",
-            "How far the follower is behind on a source bucket-index shard",
-            labels=["bucket", "shard"],
-        )
-        lags = fstats.get("lag_seconds")
-        if isinstance(lags, Mapping):
-            for bucket, shards in sorted(lags.items(), key=lambda kv: str(kv[0])):
-                if isinstance(shards, Mapping):
-                    for shard, seconds in sorted(shards.items(), key=lambda kv: str(kv[0])):
-                        if isinstance(seconds, int | float) and not isinstance(seconds, bool):
-                            lag.add_metric([str(bucket), str(shard)], float(seconds))
-        yield lag
-        source_errors = CounterMetricFamily(
-            PREFIX + "source_errors", "Errors talking to the source radosgw, by kind", labels=["kind"]
-        )
-        for kind, n in sorted(_by_kind(fstats, "source_errors").items()):
-            source_errors.add_metric([kind], n)
-        yield source_errors
-
-        # ---- index
-        shard_entries = GaugeMetricFamily(
-            PREFIX + "index_entries", "Entries waiting in a change-index shard", labels=["shard"]
-        )
-        shard_age = GaugeMetricFamily(
-            PREFIX + "index_oldest_entry_age_seconds",
-            "Age of the oldest entry of a change-index shard (0 when empty)",
-            labels=["shard"],
-        )
-        backlog = GaugeMetricFamily(PREFIX + "backlog_entries", "Entries waiting in the whole change index")
-        backlog_age = GaugeMetricFamily(
-            PREFIX + "backlog_oldest_entry_age_seconds", "Age of the oldest entry in the change index (0 when empty)"
-        )
-        if data.shards is not None:
-            total, oldest = 0, 0.0
-            for s in data.shards:
-                age = max(0.0, now - s.oldest_us / 1e6) if s.oldest_us is not None else 0.0
-                shard_entries.add_metric([str(s.shard)], s.entries)
-                shard_age.add_metric([str(s.shard)], age)
-                total += s.entries
-                oldest = max(oldest, age)
-            backlog.add_metric([], total)
-            backlog_age.add_metric([], oldest)
-        yield from (shard_entries, shard_age, backlog, backlog_age)
-
-        # ---- collector
-        cstats = data.collector
-        for key, name, doc in (
-            ("passes", "collector_passes", "Finished collector passes"),
-            ("entries_emitted", "entries_emitted", "Entries written into committed change-log objects"),
-            ("objects_committed", "log_objects_committed", "Change-log objects committed to the target"),
-            ("bytes_committed", "log_bytes_committed", "Bytes of change-log objects committed to the target"),
-        ):
-            counter = CounterMetricFamily(PREFIX + name, doc)
-            if (v := _number(cstats, key)) is not None:
-                counter.add_metric([], v)
-            yield counter
-        rate = GaugeMetricFamily(
-            PREFIX + "drain_entries_per_second", "Drain throughput of the last finished collector pass"
-        )
-        duration = GaugeMetricFamily(PREFIX + "collector_last_pass_seconds", "Duration of the last finished pass")
-        entries, seconds = _number(cstats, "last_pass_entries"), _number(cstats, "last_pass_seconds")
-        if entries is not None and seconds is not None:
-            rate.add_metric([], entries / seconds if seconds > 0 else 0.0)
-        if seconds is not None:
-            duration.add_metric([], seconds)
-        yield from (rate, duration)
-        for key, name, doc in (
-            ("last_pass_end", "collector_last_pass_timestamp_seconds", "Unix time the last pass finished"),
-            ("complete_until", "watermark_timestamp_seconds", "The watermark: every change before it is in the log"),
-        ):
-            gauge = GaugeMetricFamily(PREFIX + name, doc)
-            if (v := _number(cstats, key)) is not None:
-                gauge.add_metric([], v)
-            yield gauge
-        target_errors = CounterMetricFamily(
-            PREFIX + "target_errors", "Errors writing change logs to the target, by kind", labels=["kind"]
-        )
-        for kind, n in sorted(_by_kind(cstats, "target_errors").items()):
-            target_errors.add_metric([kind], n)
-        yield target_errors
-
-        # ---- leases
-        renewals = CounterMetricFamily(PREFIX + "lease_renewals", "Successful lease renewals", labels=["lease"])
-        losses = CounterMetricFamily(PREFIX + "lease_losses", "Leases lost while held", labels=["lease"])
-        held = GaugeMetricFamily(PREFIX + "leases_held", "Leases of this name held now", labels=["lease"])
-        if data.leases is not None:
-            renew_by, lost_by, held_by = data.leases
-            for name in sorted(held_by):
-                renewals.add_metric([name], renew_by.get(name, 0))
-                losses.add_metric([name], lost_by.get(name, 0))
-                held.add_metric([name], held_by[name])
-        yield from (renewals, losses, held)
-
+    def _control_families(self, data: _Reading, scraped: bool) -> Iterator[Metric]:
         # ---- controls
         paused = GaugeMetricFamily(PREFIX + "paused", "1 while a component is paused through the API", labels=["component"])
         if data.paused is not None:
@@ -394,12 +295,169 @@ class ChangelogMetrics:
         errors = CounterMetricFamily(
             PREFIX + "scrape_errors", "Failures reading a component's stats during a scrape", labels=["source"]
         )
-        if got is not None:
+        if scraped:
             with self._errors_lock:
                 counts = dict(self._scrape_errors)
             for source, n in sorted(counts.items()):
                 errors.add_metric([source], n)
         yield errors
+
+
+def _follower_families(fstats: Mapping[str, object]) -> Iterator[Metric]:
+    """The follower's counters, caught-up time and per-shard lag."""
+    # ---- follower
+    for key, name, doc in (
+        ("mutations_recorded", "mutations_recorded", "Mutations recorded into the change index"),
+        ("mutations_duplicate", "mutations_duplicate", "Mutations dropped as already recorded"),
+        ("sweeps", "follower_sweeps", "Finished follower sweeps over the source data log"),
+    ):
+        counter = CounterMetricFamily(PREFIX + name, doc)
+        if (v := _number(fstats, key)) is not None:
+            counter.add_metric([], v)
+        yield counter
+    caught = GaugeMetricFamily(
+        PREFIX + "follower_caught_up_timestamp_seconds",
+        "Unix time the follower last read every pending source shard to its end",
+    )
+    if (v := _number(fstats, "caught_up_until")) is not None:
+        caught.add_metric([], v)
+    yield caught
+    lag = GaugeMetricFamily(
+        PREFIX + "follower_lag_seconds",
+        "How far the follower is behind on a source bucket-index shard",
+        labels=["bucket", "shard"],
+    )
+    lags = fstats.get("lag_seconds")
+    if isinstance(lags, Mapping):
+        for bucket, shards in sorted(lags.items(), key=lambda kv: str(kv[0])):
+            if isinstance(shards, Mapping):
+                for shard, seconds in sorted(shards.items(), key=lambda kv: str(kv[0])):
+                    if isinstance(seconds, int | float) and not isinstance(seconds, bool):
+                        lag.add_metric([str(bucket), str(shard)], float(seconds))
+    yield lag
+    source_errors = CounterMetricFamily(
+        PREFIX + "source_errors", "Errors talking to the source radosgw, by kind", labels=["kind"]
+    )
+    for kind, n in sorted(_by_kind(fstats, "source_errors").items()):
+        source_errors.add_metric([kind], n)
+    yield source_errors
+
+
+def _index_families(shards: list[ShardStats] | None, now: float) -> Iterator[Metric]:
+    """Entries waiting per shard and in total, and the age of the oldest."""
+    # ---- index
+    shard_entries = GaugeMetricFamily(
+        PREFIX + "index_entries", "Entries waiting in a change-index shard", labels=["shard"]
+    )
+    shard_age = GaugeMetricFamily(
+        PREFIX + "index_oldest_entry_age_seconds",
+        "Age of the oldest entry of a change-index shard (0 when empty)",
+        labels=["shard"],
+    )
+    backlog = GaugeMetricFamily(PREFIX + "backlog_entries", "Entries waiting in the whole change index")
+    backlog_age = GaugeMetricFamily(
+        PREFIX + "backlog_oldest_entry_age_seconds", "Age of the oldest entry in the change index (0 when empty)"
+    )
+    if shards is not None:
+        total, oldest = 0, 0.0
+        for s in shards:
+            age = max(0.0, now - s.oldest_us / 1e6) if s.oldest_us is not None else 0.0
+            shard_entries.add_metric([str(s.shard)], s.entries)
+            shard_age.add_metric([str(s.shard)], age)
+            total += s.entries
+            oldest = max(oldest, age)
+        backlog.add_metric([], total)
+        backlog_age.add_metric([], oldest)
+    yield from (shard_entries, shard_age, backlog, backlog_age)
+
+
+def _collector_families(cstats: Mapping[str, object]) -> Iterator[Metric]:
+    """The collector's passes, output, throughput, watermark and target errors."""
+    # ---- collector
+    for key, name, doc in (
+        ("passes", "collector_passes", "Finished collector passes"),
+        ("entries_emitted", "entries_emitted", "Entries written into committed change-log objects"),
+        ("objects_committed", "log_objects_committed", "Change-log objects committed to the target"),
+        ("bytes_committed", "log_bytes_committed", "Bytes of change-log objects committed to the target"),
+    ):
+        counter = CounterMetricFamily(PREFIX + name, doc)
+        if (v := _number(cstats, key)) is not None:
+            counter.add_metric([], v)
+        yield counter
+    rate = GaugeMetricFamily(
+        PREFIX + "drain_entries_per_second", "Drain throughput of the last finished collector pass"
+    )
+    duration = GaugeMetricFamily(PREFIX + "collector_last_pass_seconds", "Duration of the last finished pass")
+    entries, seconds = _number(cstats, "last_pass_entries"), _number(cstats, "last_pass_seconds")
+    if entries is not None and seconds is not None:
+        rate.add_metric([], entries / seconds if seconds > 0 else 0.0)
+    if seconds is not None:
+        duration.add_metric([], seconds)
+    yield from (rate, duration)
+    for key, name, doc in (
+        ("last_pass_end", "collector_last_pass_timestamp_seconds", "Unix time the last pass finished"),
+        ("complete_until", "watermark_timestamp_seconds", "The watermark: every change before it is in the log"),
+    ):
+        gauge = GaugeMetricFamily(PREFIX + name, doc)
+        if (v := _number(cstats, key)) is not None:
+            gauge.add_metric([], v)
+        yield gauge
+    target_errors = CounterMetricFamily(
+        PREFIX + "target_errors", "Errors writing change logs to the target, by kind", labels=["kind"]
+    )
+    for kind, n in sorted(_by_kind(cstats, "target_errors").items()):
+        target_errors.add_metric([kind], n)
+    yield target_errors
+
+
+def _lease_families(leases: tuple[dict[str, int], dict[str, int], dict[str, int]] | None) -> Iterator[Metric]:
+    """Renewals, losses and holdings per lease name."""
+    # ---- leases
+    renewals = CounterMetricFamily(PREFIX + "lease_renewals", "Successful lease renewals", labels=["lease"])
+    losses = CounterMetricFamily(PREFIX + "lease_losses", "Leases lost while held", labels=["lease"])
+    held = GaugeMetricFamily(PREFIX + "leases_held", "Leases of this name held now", labels=["lease"])
+    if leases is not None:
+        renew_by, lost_by, held_by = leases
+        for name in sorted(held_by):
+            renewals.add_metric([name], renew_by.get(name, 0))
+            losses.add_metric([name], lost_by.get(name, 0))
+            held.add_metric([name], held_by[name])
+    yield from (renewals, losses, held)
+
+
+# Consumer stats keys exported as counters / gauges, labelled by consumer.
+CONSUMER_COUNTERS = (
+    ("records_consumed", "consumer_records", "Change-log records a consumer has handled"),
+    ("objects_consumed", "consumer_log_objects", "Change-log objects a consumer has handled"),
+    ("steps", "consumer_steps", "Finished steps of a consumer's loop"),
+    ("transient_errors", "consumer_errors", "Failed steps of a consumer (retried with backoff)"),
+    ("runs", "consumer_runs", "Finished runs of a consumer that works in runs (backup)"),
+    ("failures", "consumer_run_failures", "Failed runs of a consumer that works in runs (backup)"),
+)
+CONSUMER_GAUGES = (
+    ("active", "consumer_active", "1 while this process holds the consumer's lease"),
+    ("checkpoint_updated", "consumer_checkpoint_timestamp_seconds", "Unix time a consumer last moved its checkpoint"),
+    ("last_success", "consumer_last_success_timestamp_seconds", "Unix time of a consumer's last successful run"),
+)
+
+
+def _consumer_families(consumers: Mapping[str, Mapping[str, object]]) -> Iterator[Metric]:
+    """Each consumer's progress, errors and lease, labelled ``consumer``."""
+    for key, name, doc in CONSUMER_COUNTERS:
+        counter = CounterMetricFamily(PREFIX + name, doc, labels=["consumer"])
+        for consumer, stats in sorted(consumers.items()):
+            if (v := _number(stats, key)) is not None:
+                counter.add_metric([consumer], v)
+        yield counter
+    for key, name, doc in CONSUMER_GAUGES:
+        gauge = GaugeMetricFamily(PREFIX + name, doc, labels=["consumer"])
+        for consumer, stats in sorted(consumers.items()):
+            value = stats.get(key)
+            if isinstance(value, bool):
+                gauge.add_metric([consumer], 1.0 if value else 0.0)
+            elif (v := _number(stats, key)) is not None:
+                gauge.add_metric([consumer], v)
+        yield gauge
 
 
 def make_registry(metrics: ChangelogMetrics, *, process: bool = True) -> CollectorRegistry:

@@ -1,9 +1,10 @@
-"""Where change-log objects go: an S3 bucket (boto3) or a local directory, behind one ``Target``
+"""Where change-log objects go: an S3 bucket or a local directory, behind one ``Target``
 interface (docs/design.md §8).
 
-This is the only module that imports boto3/botocore. Library errors are translated here, by
-HTTP status: 5xx, throttling, timeouts and connection errors become ``TransientError``; access
-denied, a missing bucket, bad credentials and other client errors become ``PermanentError``.
+The S3 client comes from ``changelog.s3client`` (the one boto3 module), which translates
+library errors by HTTP status: 5xx, throttling, timeouts and connection errors become
+``TransientError``; access denied, a missing bucket, bad credentials and other client errors
+become ``PermanentError``. A vanished multipart upload is ``UploadMissing`` here.
 
 Object names are relative to the target's root (``s3://bucket/prefix/`` or ``file:///dir/``)
 and use ``/`` as separator.
@@ -29,6 +30,7 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 import orjson
 
 from changelog.errors import ChangelogError, ConfigError, ObjectMissing, PermanentError, TransientError
+from changelog.s3client import AddressingStyle, TranslatedBody, make_s3_client, refusal, translate_error
 
 if TYPE_CHECKING:
     from mypy_boto3_s3.client import S3Client
@@ -76,6 +78,10 @@ class Target(Protocol):
     url: str
     # Smallest part a multipart upload accepts (all but the last part).
     min_part_bytes: int
+    # The S3 bucket and the endpoint it is reached at (None: a local directory; endpoint None:
+    # the SDK's default, AWS). ``serve`` uses them to leave its own log bucket unfollowed.
+    bucket: str | None
+    endpoint: str | None
 
     def put(self, name: str, data: bytes, *, metadata: Mapping[str, str] | None = None) -> None:
         """Store ``data`` under ``name`` in one request (replaces an existing object)."""
@@ -141,75 +147,13 @@ def gc_uploads(target: Target, prefix: str, *, older_than: float, now: float | N
 
 # --- S3 ---------------------------------------------------------------------------------------
 
-_TRANSIENT_CODES = frozenset(
-    {
-        "SlowDown",
-        "Throttling",
-        "ThrottlingException",
-        "RequestTimeout",
-        "RequestTimeTooSkewed",
-        "InternalError",
-        "ServiceUnavailable",
-        "OperationAborted",
-    }
-)
-
-
 def _s3_error(ex: Exception, what: str) -> ChangelogError:
-    """Translate a botocore error (raise the result ``from ex``)."""
-    from botocore import exceptions as bex
-
-    if isinstance(ex, bex.ClientError):
-        err = ex.response.get("Error", {})
-        code = str(err.get("Code", ""))
-        message = err.get("Message", "") or code
-        status = int(ex.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
-        text = f"{what}: {status} {code} {message}".rstrip()
-        if code == "NoSuchUpload":
-            return UploadMissing(text)
-        if code in ("NoSuchKey", "NotFound") or (status == 404 and code == "404"):
-            return ObjectMissing(text)
-        if status >= 500 or status == 429 or code in _TRANSIENT_CODES:
-            return TransientError(text)
-        # 400, 403 (AccessDenied, InvalidAccessKeyId, SignatureDoesNotMatch), 404 NoSuchBucket, ...
-        return PermanentError(text)
-    if isinstance(ex, bex.NoCredentialsError | bex.PartialCredentialsError | bex.ParamValidationError):
-        return PermanentError(f"{what}: {ex}")
-    if isinstance(ex, bex.BotoCoreError):
-        # Connection errors, timeouts, truncated reads and the rest of what the library raises
-        # below the HTTP layer: retrying may help; a persistent one shows up in the log.
-        return TransientError(f"{what}: {ex}")
-    if isinstance(ex, OSError):
-        return TransientError(f"{what}: {ex}")
-    return PermanentError(f"{what}: {ex}")
-
-
-class _S3Body(io.RawIOBase):
-    """A streaming body whose read errors come out translated."""
-
-    def __init__(self, body: Any, what: str) -> None:
-        self._body = body
-        self._what = what
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer: Any) -> int:
-        from botocore import exceptions as bex
-
-        view = memoryview(buffer).cast("B")
-        try:
-            data: bytes = self._body.read(len(view))
-        except (bex.BotoCoreError, OSError) as ex:
-            raise _s3_error(ex, self._what) from ex
-        n = len(data)
-        view[:n] = data
-        return n
-
-    def close(self) -> None:
-        with contextlib.suppress(Exception):
-            self._body.close()
-        super().close()
+    """Translate a botocore error (raise the result ``from ex``); a vanished upload is
+    ``UploadMissing``."""
+    r = refusal(ex)
+    if r is not None and r.code == "NoSuchUpload":
+        return UploadMissing(f"{what}: {r}")
+    return translate_error(ex, what)
 
 
 class S3Target:
@@ -226,7 +170,7 @@ class S3Target:
         secret_key: str | None = None,
         session_token: str | None = None,
         region: str | None = None,
-        addressing_style: str = "auto",
+        addressing_style: AddressingStyle = "auto",
         verify: bool | str | None = None,
         connect_timeout: float = 10.0,
         read_timeout: float = 60.0,
@@ -237,38 +181,28 @@ class S3Target:
             raise ConfigError("target: S3 bucket name is empty")
         if addressing_style not in ("auto", "path", "virtual"):
             raise ConfigError(f"target.addressing_style must be auto, path or virtual, not {addressing_style!r}")
-        self.bucket = bucket
+        self.bucket: str | None = bucket
         self.prefix = prefix.strip("/") + "/" if prefix.strip("/") else ""
         self.url = f"s3://{bucket}/{self.prefix}"
         self.min_part_bytes = min_part_bytes
-        self._endpoint = endpoint
+        self.endpoint = endpoint
         if client is None:
-            import boto3
-            from botocore.config import Config
-
-            config = Config(
-                s3={"addressing_style": addressing_style},  # type: ignore[arg-type]
-                # radosgw 16.x rejects the CRC trailers newer botocore adds by default.
-                request_checksum_calculation="when_required",
-                response_checksum_validation="when_required",
-                retries={"max_attempts": max_attempts, "mode": "standard"},
+            client = make_s3_client(
+                endpoint,
+                access_key=access_key,
+                secret_key=secret_key,
+                session_token=session_token,
+                region=region,
+                addressing_style=addressing_style,
+                verify=verify,
+                max_attempts=max_attempts,
                 connect_timeout=connect_timeout,
                 read_timeout=read_timeout,
-            )
-            client = boto3.session.Session().client(
-                "s3",
-                endpoint_url=endpoint,
-                aws_access_key_id=access_key,
-                aws_secret_access_key=secret_key,
-                aws_session_token=session_token,
-                region_name=region,
-                verify=verify,
-                config=config,
             )
         self._s3 = client
 
     def __repr__(self) -> str:  # no credentials, ever
-        return f"S3Target({self.url!r}, endpoint={self._endpoint!r})"
+        return f"S3Target({self.url!r}, endpoint={self.endpoint!r})"
 
     def _key(self, name: str) -> str:
         if not name or name.startswith("/"):
@@ -366,7 +300,7 @@ class S3Target:
     def open(self, name: str) -> IO[bytes]:
         key = self._key(name)
         resp = self._call(f"GET {name}", self._s3.get_object, Bucket=self.bucket, Key=key)
-        return io.BufferedReader(_S3Body(resp["Body"], f"GET {name}"), buffer_size=256 * 1024)
+        return io.BufferedReader(TranslatedBody(resp["Body"], f"GET {name}", _s3_error), buffer_size=256 * 1024)
 
     def get(self, name: str) -> bytes:
         with self.open(name) as f:
@@ -430,6 +364,8 @@ class DirectoryTarget:
         self.root = Path(root).absolute()
         self.url = self.root.as_uri() + "/"
         self.min_part_bytes = 1
+        self.bucket: str | None = None
+        self.endpoint: str | None = None
         self._fsync = fsync
         if create:
             self.root.mkdir(parents=True, exist_ok=True)

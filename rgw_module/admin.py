@@ -31,7 +31,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import quote
 
 import urllib3
@@ -41,7 +41,11 @@ from botocore.credentials import Credentials
 from botocore.exceptions import BotoCoreError, ClientError
 
 from changelog.errors import ObjectMissing, PermanentError, TransientError
+from changelog.s3client import make_s3_client
 from rgw_module.mapping import BucketShard, parse_time_ns
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3.client import S3Client
 
 logger = logging.getLogger(__name__)
 
@@ -196,7 +200,7 @@ class AdminClient:
             timeout=urllib3.Timeout(connect=connect_timeout, read=read_timeout),
             **cert,
         )
-        self._s3_client: Any = None
+        self._s3_client: S3Client | None = None
         self._s3_lock = threading.Lock()
         self._max_connections = max_connections
 
@@ -425,29 +429,20 @@ class AdminClient:
 
     # ------------------------------------------------------------------ S3 reads
 
-    def _s3(self) -> Any:
+    def _s3(self) -> S3Client:
         with self._s3_lock:
             if self._s3_client is None:
-                import boto3
-                from botocore.config import Config
-
-                config = Config(
-                    s3={"addressing_style": "path"},
-                    request_checksum_calculation="when_required",
-                    response_checksum_validation="when_required",
-                    retries={"max_attempts": 3, "mode": "standard"},
+                self._s3_client = make_s3_client(
+                    self.endpoint,
+                    access_key=self._access_key,
+                    secret_key=self._secret_key,
+                    region=self.region,
+                    addressing_style="path",
+                    verify=self._verify,
+                    max_attempts=3,
                     connect_timeout=self._timeouts[0],
                     read_timeout=self._timeouts[1],
-                    max_pool_connections=self._max_connections,
-                )
-                self._s3_client = boto3.session.Session().client(
-                    "s3",
-                    endpoint_url=self.endpoint,
-                    aws_access_key_id=self._access_key,
-                    aws_secret_access_key=self._secret_key,
-                    region_name=self.region,
-                    config=config,
-                    verify=self._verify,
+                    max_pool=self._max_connections,
                 )
             return self._s3_client
 

@@ -39,7 +39,10 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from changelog.collector import PENDING_PREFIX, Collector  # noqa: E402
+from collector_factory import collector  # noqa: E402
+
+from changelog.collector import Collector  # noqa: E402
+from changelog.control import COLLECTOR_PENDING_PREFIX as PENDING_PREFIX  # noqa: E402
 from changelog.errors import LeaseLost, LockBusy, TransientError  # noqa: E402
 from changelog.index import ChangeIndex  # noqa: E402
 from changelog.logformat import LogRecord, iter_records, parse_log_name  # noqa: E402
@@ -130,7 +133,7 @@ class Setup:
             gc_age=600.0,
         )
         opts.update(extra)
-        return Collector(index, target, **opts)
+        return collector(index, target, **opts)
 
 
 # --------------------------------------------------------------------------- the child

@@ -162,6 +162,7 @@ def main(argv: list[str] | None = None) -> int:
     env = lab_env()
     from changelog.backends.rados import RadosStore
     from changelog.collector import Collector
+    from changelog.config import CollectorConfig
     from changelog.index import ChangeIndex
     from rgw_module.admin import AdminClient
     from rgw_module.follower import Follower
@@ -187,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
     if not follower.acquire():
         sys.exit("bench_backup: follower lease busy")
     log_client = make_client(endpoint=endpoint, access_key=key, secret_key=secret, region=REGION)
-    collector = Collector(index, S3Target(logs_b, "", client=log_client), settle=0.0, lease_ttl=30.0,
+    collector = Collector(index, S3Target(logs_b, "", client=log_client), CollectorConfig(settle=0.0, lease_ttl=30.0),
                           watermark_cap=follower.caught_up_until_us)
 
     logs_view = S3Target(logs_b, "", client=log_client)

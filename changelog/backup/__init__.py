@@ -3,11 +3,14 @@ previous backup's checkpoint), deduplicated (content stored once per SHA-256) an
 (a manifest of the full state of every bucket per backup).
 
 Modules, in the order a backup flows through them: ``model`` (per-key versions and how a log
-record changes them) -> ``source`` (the source S3: GET by version, conditional GET, listings; the
-package's one boto3 module) -> ``store`` (the content-addressed destination on a ``Target``) ->
-``lock`` (leases kept in the destination itself) -> ``runner`` (``backup run``; ``probes``: the
-LastModified guard of many keys from one range listing) -> ``manifest``
--> ``restore`` / ``verify`` / ``cleanup`` -> ``cli`` (the ``backup`` click group).
+record changes them) -> ``source`` (the source S3: GET by version, conditional GET, listings,
+through a ``changelog.s3client`` client) -> ``store`` (the content-addressed destination on a
+``Target``) -> ``lock`` (leases kept in the destination itself) -> ``runner`` (``backup run``:
+plan, copy, manifest; ``runs``: its resumable marker and segments; ``copier``: the copy phase's
+worker pool; ``fetch``: one object read, hashed and stored; ``blobs``: each content stored
+once; ``probes``: the LastModified guard of many keys from one range listing) -> ``manifest``
+-> ``restore`` / ``verify`` / ``cleanup``; ``consumer`` runs backups inside ``serve``, and
+``changelog.cli.backup`` holds the ``backup`` commands.
 """
 
 from changelog.backup.cleanup import CleanupResult, cleanup, select_expired

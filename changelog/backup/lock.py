@@ -13,9 +13,10 @@ directory target renames files into place). On that we build:
 3. wait ``confirm_delay``, read it again: the lock is ours only if it still names us. Two
    contenders that both passed step 1 both write; the later write wins and the earlier writer
    sees the other's name at step 3 and backs off;
-4. renew at ttl/3 (read, check it is still ours, write a new expiry). ``check()`` fails once
-   ``monotonic() taken before the last write + ttl - margin`` has passed, or when a renewal
-   finds another owner: the holder stops deleting at once;
+4. renew on the one policy of every lease (``lease.renew_every``: ttl/3 at these TTLs): read,
+   check it is still ours, write a new expiry. ``check()`` fails once ``monotonic() taken
+   before the last write + ttl - margin`` has passed (``lease.TimedLease``), or when a
+   renewal finds another owner: the holder stops deleting at once;
 5. release: read, and delete if it is still ours.
 
 **Run markers** ``runs/<id>.json`` (written by ``runner``): a run writes its marker (its start
@@ -45,7 +46,6 @@ was written after its own start (minus ``skew``), and uploads it again otherwise
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -53,6 +53,7 @@ from typing import Any
 
 from changelog.backup.store import LOCKS, BackupStore, owner_id, owner_is_dead
 from changelog.errors import LeaseLost, LockBusy, TransientError
+from changelog.lease import TimedLease
 
 logger = logging.getLogger(__name__)
 
@@ -91,8 +92,9 @@ def read_lock(store: BackupStore, name: str) -> LockDoc | None:
     return LockDoc.parse(store.get_doc(lock_name(name)))
 
 
-class DestinationLock:
-    """An exclusive lease stored as one object in the backup destination (see module doc)."""
+class DestinationLock(TimedLease):
+    """An exclusive lease stored as one object in the backup destination (see module doc). Its
+    local deadline and its renewals are ``TimedLease``'s, the same as a RADOS lease's."""
 
     def __init__(
         self,
@@ -108,22 +110,16 @@ class DestinationLock:
     ) -> None:
         if ttl < 3 * confirm_delay:
             raise ValueError(f"lock ttl {ttl} must be at least 3x the confirm delay {confirm_delay}")
+        # Margin: the expiry is a wall-clock time compared by another host (module doc).
+        super().__init__(ttl=ttl, margin=max(1.0, ttl / 10), monotonic=monotonic, thread_name=f"lock-{name}")
         self.store = store
         self.name = lock_name(name)
         self.lock_id = name
         self.owner = owner or owner_id(name)
-        self.ttl = ttl
         self.confirm_delay = confirm_delay
-        self.margin = max(1.0, ttl / 10)
         self._clock = clock
-        self._monotonic = monotonic
         self._sleep = sleep
-        self._deadline: float | None = None
-        self._lost = False
         self._acquired_at = 0.0
-        self._mu = threading.Lock()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
 
     def __repr__(self) -> str:
         return f"DestinationLock({self.store.url}{self.name}, owner={self.owner!r})"
@@ -160,23 +156,10 @@ class DestinationLock:
             if back is None or back.owner != self.owner:
                 who = back.owner if back else "nobody (deleted)"
                 raise LockBusy(f"{self.store.url}{self.name} was taken by {who} at the same time")
-            with self._mu:
-                self._deadline = t0 + self.ttl - self.margin
-                self._lost = False
+            self._taken(t0)
             logger.info("lock %s taken by %s", self.name, self.owner)
             return
         raise LockBusy(f"could not take {self.store.url}{self.name}: writes kept stalling")
-
-    @property
-    def held(self) -> bool:
-        with self._mu:
-            return not self._lost and self._deadline is not None and self._monotonic() < self._deadline
-
-    def remaining(self) -> float:
-        with self._mu:
-            if self._lost or self._deadline is None:
-                return 0.0
-            return max(0.0, self._deadline - self._monotonic())
 
     def check(self) -> None:
         """Raise ``LeaseLost`` unless the lock is certainly still ours."""
@@ -191,44 +174,15 @@ class DestinationLock:
         if held is None or held.owner != self.owner:
             self._mark_lost(f"now held by {held.owner if held else 'nobody'}")
             raise LeaseLost(f"lock {self.name} was taken over")
-        t0 = self._write()
-        with self._mu:
-            if not self._lost:
-                self._deadline = t0 + self.ttl - self.margin
+        self._renewed(self._write())
 
     def _mark_lost(self, why: str) -> None:
-        with self._mu:
-            self._lost = True
-            self._deadline = None
+        self._lose()
         logger.warning("lock %s lost (%s)", self.name, why)
 
-    def _renew_loop(self) -> None:
-        interval = self.ttl / 3
-        wait = interval
-        while not self._stop.wait(wait):
-            try:
-                self.renew()
-                wait = interval
-            except LeaseLost:
-                return
-            except TransientError as ex:
-                logger.warning("lock %s renew failed, retrying: %s", self.name, ex)
-                wait = min(interval, 1.0)
-
-    def start_renewing(self) -> None:
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._renew_loop, name=f"lock-{self.lock_id}", daemon=True)
-        self._thread.start()
-
     def release(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=self.ttl)
-            self._thread = None
-        with self._mu:
-            was = self._deadline is not None and not self._lost
-            self._deadline = None
-        if not was:
+        self.stop_renewing()
+        if not self._forget():
             return
         try:
             held = self.read()

@@ -29,9 +29,9 @@ from __future__ import annotations
 import re
 import secrets
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypedDict
 
 from changelog.backup.model import Version, Versions, current, key_from_dict, key_to_dict
 from changelog.backup.store import MANIFEST_SUFFIX, MANIFESTS, BackupStore
@@ -82,6 +82,17 @@ class BackupInfo:
             "manifest_bytes": self.manifest_bytes,
             "written": rfc3339_us(int(self.modified * 1_000_000)),
         }
+
+
+class Lagging(TypedDict):
+    """A key the backup left at its previous state: its record's object vanished or changed
+    again before it could be read (``runner``: the ETag race)."""
+
+    bucket: str
+    key: str
+    version_id: str | None
+    etag: str | None
+    reason: str  # "vanished" | "changed"
 
 
 class Manifest:
@@ -166,9 +177,9 @@ def build(
     checkpoint: str | None,
     snapshot: Mapping[str, Mapping[str, Versions]],
     versioned: set[str],
-    lagging: list[dict[str, Any]],
+    lagging: Sequence[Lagging],
     listed: Mapping[str, str],
-    stats: Mapping[str, Any],
+    stats: Mapping[str, int],
 ) -> dict[str, Any]:
     buckets: dict[str, Any] = {}
     for bucket, keys in snapshot.items():
@@ -186,7 +197,7 @@ def build(
         "as_of_us": as_of_us,
         "checkpoint": checkpoint,
         "buckets": buckets,
-        "lagging": lagging,
+        "lagging": list(lagging),
         "listed": dict(listed),
         "stats": dict(stats),
     }
@@ -213,6 +224,8 @@ def load(store: BackupStore, backup_id: str) -> Manifest:
     doc = store.get_doc(manifest_name(backup_id), zstd=True)
     if doc is None:
         raise ObjectMissing(f"no backup {backup_id} in {store.url}")
+    if not isinstance(doc, dict):
+        raise PermanentError(f"{store.url}{manifest_name(backup_id)} is not a manifest (not a JSON object)")
     return Manifest(doc)
 
 

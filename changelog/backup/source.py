@@ -1,6 +1,7 @@
 """The S3 side of a backup: read the source buckets (GET by version, conditional GET, version
-listings) and write restored objects. The backup package's one boto3 module; botocore errors
-are translated here, by HTTP status, the same way as in ``changelog.targets``.
+listings) and write restored objects, through a client made by ``changelog.s3client``. Errors
+are translated there, by HTTP status; a few S3 answers mean more here: 412 is
+``ContentChanged``, a missing key or version ``ObjectMissing``.
 """
 
 from __future__ import annotations
@@ -8,22 +9,24 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any, TypeVar
 
 from changelog.backup.model import Version, norm_etag
 from changelog.errors import ChangelogError, ObjectMissing, PermanentError
 from changelog.logformat import rfc3339_us, to_us
-from changelog.targets import _s3_error
+from changelog.s3client import TranslatedBody, make_s3_client, refusal, translate_error
 
 if TYPE_CHECKING:
     from mypy_boto3_s3.client import S3Client
+    from mypy_boto3_s3.type_defs import ObjectTypeDef
 
 logger = logging.getLogger(__name__)
 
 LIST_PAGE = 1000
+T = TypeVar("T")
 
 # What a listing tells of one current object: (ETag, size, LastModified in microseconds).
 Probe = tuple[str | None, int, int]
@@ -60,43 +63,22 @@ def _time(t: Any) -> str | None:
 
 
 def _translate(ex: Exception, what: str) -> ChangelogError:
-    from botocore import exceptions as bex
-
-    if isinstance(ex, bex.ClientError):
-        code = str(ex.response.get("Error", {}).get("Code", ""))
-        status = int(ex.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
-        if status == 412 or code == "PreconditionFailed":
+    r = refusal(ex)
+    if r is not None:
+        if r.status == 412 or r.code == "PreconditionFailed":
             return ContentChanged(f"{what}: changed since the record (412)")
-        if code in ("NoSuchVersion", "NoSuchKey") or status == 404 and code not in ("NoSuchBucket",):
-            return ObjectMissing(f"{what}: {status} {code}")
-        if status == 400 and code == "InvalidArgument" and "version" in str(ex).lower():
-            return ObjectMissing(f"{what}: {code} (version gone)")
-    return _s3_error(ex, what)
+        if r.code in ("NoSuchVersion", "NoSuchKey") or r.status == 404 and r.code not in ("NoSuchBucket",):
+            return ObjectMissing(f"{what}: {r.status} {r.code}")
+        if r.status == 400 and r.code == "InvalidArgument" and "version" in str(ex).lower():
+            return ObjectMissing(f"{what}: {r.code} (version gone)")
+    return translate_error(ex, what)
 
 
-class _Body(io.RawIOBase):
-    """A GET body whose read errors come out translated."""
-
-    def __init__(self, body: Any, what: str) -> None:
-        self._body = body
-        self._what = what
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer: Any) -> int:
-        view = memoryview(buffer).cast("B")
-        try:
-            data: bytes = self._body.read(len(view))
-        except Exception as ex:
-            raise _translate(ex, self._what) from ex
-        view[: len(data)] = data
-        return len(data)
-
-    def close(self) -> None:
-        with contextlib.suppress(Exception):
-            self._body.close()
-        super().close()
+# The backup's client reads whole objects of any size: more attempts and a longer read timeout
+# than a change-log target's defaults.
+MAX_ATTEMPTS = 5
+CONNECT_TIMEOUT = 10.0
+READ_TIMEOUT = 120.0
 
 
 def make_client(
@@ -107,27 +89,18 @@ def make_client(
     region: str | None = None,
     pool: int = 32,
 ) -> S3Client:
-    """A boto3 S3 client for radosgw or S3: path-style with an endpoint, checksums only when
-    required (radosgw 16 rejects the CRC trailers newer botocore sends by default)."""
-    import boto3
-    from botocore.config import Config
-
-    config = Config(
-        s3={"addressing_style": "path" if endpoint else "auto"},
-        request_checksum_calculation="when_required",
-        response_checksum_validation="when_required",
-        retries={"max_attempts": 5, "mode": "standard"},
-        max_pool_connections=pool,
-        connect_timeout=10,
-        read_timeout=120,
-    )
-    return boto3.session.Session().client(
-        "s3",
-        endpoint_url=endpoint,
-        aws_access_key_id=access_key,
-        aws_secret_access_key=secret_key,
-        region_name=region,
-        config=config,
+    """A boto3 S3 client for the backup's source (or restore destination): path-style with an
+    endpoint (radosgw), botocore's choice on AWS."""
+    return make_s3_client(
+        endpoint,
+        access_key=access_key,
+        secret_key=secret_key,
+        region=region,
+        addressing_style="path" if endpoint else "auto",
+        max_attempts=MAX_ATTEMPTS,
+        connect_timeout=CONNECT_TIMEOUT,
+        read_timeout=READ_TIMEOUT,
+        max_pool=pool,
     )
 
 
@@ -142,7 +115,7 @@ class Source:
     def __repr__(self) -> str:
         return f"Source({self.s3.meta.endpoint_url!r})"
 
-    def _call(self, what: str, fn: Any, **kwargs: Any) -> Any:
+    def _call(self, what: str, fn: Callable[..., T], **kwargs: Any) -> T:
         try:
             return fn(**kwargs)
         except ChangelogError:
@@ -189,9 +162,9 @@ class Source:
             kwargs["KeyMarker"] = key_marker
             if version_marker:
                 kwargs["VersionIdMarker"] = version_marker
-        resp = self._call(f"list versions of {bucket}", self.s3.list_object_versions, **kwargs)
+        vresp = self._call(f"list versions of {bucket}", self.s3.list_object_versions, **kwargs)
         rows: list[tuple[str, datetime, bool, Version]] = []
-        for o in resp.get("Versions", []):
+        for o in vresp.get("Versions", []):
             v = Version(
                 version_id=_vid(o.get("VersionId")),
                 size=int(o.get("Size", 0)),
@@ -199,14 +172,14 @@ class Source:
                 last_modified=_time(o.get("LastModified")),
             )
             rows.append((o["Key"], o["LastModified"], bool(o.get("IsLatest")), v))
-        for o in resp.get("DeleteMarkers", []):
-            v = Version(version_id=_vid(o.get("VersionId")), delete_marker=True, last_modified=_time(o.get("LastModified")))
-            rows.append((o["Key"], o["LastModified"], bool(o.get("IsLatest")), v))
+        for d in vresp.get("DeleteMarkers", []):
+            v = Version(version_id=_vid(d.get("VersionId")), delete_marker=True, last_modified=_time(d.get("LastModified")))
+            rows.append((d["Key"], d["LastModified"], bool(d.get("IsLatest")), v))
         # Per key: the latest first, then newest first (the two lists come apart).
         rows.sort(key=lambda r: (r[0].encode(), not r[2], -r[1].timestamp()))
         entries = [(k, v) for k, _t, _l, v in rows]
-        if resp.get("IsTruncated"):
-            return ListPage(entries, resp.get("NextKeyMarker") or None, resp.get("NextVersionIdMarker") or None)
+        if vresp.get("IsTruncated"):
+            return ListPage(entries, vresp.get("NextKeyMarker") or None, vresp.get("NextVersionIdMarker") or None)
         return ListPage(entries, None, None)
 
     def key_versions(self, bucket: str, key: str) -> list[Version]:
@@ -229,13 +202,13 @@ class Source:
                             ),
                         )
                     )
-            for o in resp.get("DeleteMarkers", []):
-                if o["Key"] == key:
+            for d in resp.get("DeleteMarkers", []):
+                if d["Key"] == key:
                     out.append(
                         (
-                            bool(o.get("IsLatest")),
-                            o["LastModified"],
-                            Version(_vid(o.get("VersionId")), delete_marker=True, last_modified=_time(o.get("LastModified"))),
+                            bool(d.get("IsLatest")),
+                            d["LastModified"],
+                            Version(_vid(d.get("VersionId")), delete_marker=True, last_modified=_time(d.get("LastModified"))),
                         )
                     )
             # Keys sharing the prefix sort after ``key``: once the listing is past it, stop.
@@ -265,7 +238,7 @@ class Source:
         """One page (``probe_page_keys``) of the current objects under ``prefix``: (key, probe)
         in listing order (UTF-8 byte order), and the continuation token (None: the listing is
         complete). The first page starts after ``start_after``, the next ones at ``token``. What
-        ``probe`` tells of one key, for a run of keys at once (see ``runner``: batched probes)."""
+        ``probe`` tells of one key, for a run of keys at once (see ``copier``: batched probes)."""
         kwargs: dict[str, Any] = {"Bucket": bucket, "Prefix": prefix, "MaxKeys": self.probe_page_keys}
         if token:
             kwargs["ContinuationToken"] = token
@@ -290,7 +263,7 @@ class Source:
         what = f"GET {bucket}/{key}" + (f"?versionId={version_id}" if version_id else "")
         resp = self._call(what, self.s3.get_object, **kwargs)
         return GetResult(
-            body=io.BufferedReader(_Body(resp["Body"], what), buffer_size=256 * 1024),
+            body=io.BufferedReader(TranslatedBody(resp["Body"], what, _translate), buffer_size=256 * 1024),
             etag=norm_etag(resp.get("ETag")),
             size=int(resp.get("ContentLength", 0)),
             version_id=_vid(resp.get("VersionId")),
@@ -299,7 +272,7 @@ class Source:
             content_type=resp.get("ContentType"),
         )
 
-    def iter_objects(self, bucket: str, prefix: str = "") -> Iterator[dict[str, Any]]:
+    def iter_objects(self, bucket: str, prefix: str = "") -> Iterator[ObjectTypeDef]:
         """Raw ListObjectsV2 entries (Key, Size, ETag, LastModified) of a bucket."""
         kwargs: dict[str, Any] = {"Bucket": bucket, "Prefix": prefix, "MaxKeys": LIST_PAGE}
         while True:

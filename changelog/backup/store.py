@@ -24,7 +24,7 @@ import os
 import re
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import IO, Any
+from typing import IO
 
 import orjson
 import zstandard
@@ -64,7 +64,7 @@ def sha_of_blob_name(name: str) -> str | None:
     return sha if _SHA_RE.match(sha) and name == blob_name(sha) else None
 
 
-def dumps(doc: Any) -> bytes:
+def dumps(doc: object) -> bytes:
     return orjson.dumps(doc, option=orjson.OPT_SORT_KEYS)
 
 
@@ -166,15 +166,18 @@ class BackupStore:
 
     # -- documents
 
-    def put_doc(self, name: str, doc: Any, *, zstd: bool = False, metadata: Mapping[str, str] | None = None) -> int:
+    def put_doc(
+        self, name: str, doc: object, *, zstd: bool = False, metadata: Mapping[str, str] | None = None
+    ) -> int:
         data = dumps(doc)
         if zstd:
             data = compress(data)
         self.target.put(name, data, metadata=metadata)
         return len(data)
 
-    def get_doc(self, name: str, *, zstd: bool = False) -> Any | None:
-        """The document, or None if it does not exist."""
+    def get_doc(self, name: str, *, zstd: bool = False) -> object | None:
+        """The document (any JSON value: the caller checks its shape), or None if it does not
+        exist."""
         try:
             data = self.target.get(name)
         except ObjectMissing:
@@ -182,9 +185,10 @@ class BackupStore:
         if zstd:
             data = decompress(data)
         try:
-            return orjson.loads(data)
+            doc: object = orjson.loads(data)
         except orjson.JSONDecodeError as ex:
             raise PermanentError(f"{self.url}{name} is not valid JSON: {ex}") from ex
+        return doc
 
     def head(self, name: str) -> dict[str, str] | None:
         return self.target.head(name)

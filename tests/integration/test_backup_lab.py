@@ -32,6 +32,7 @@ from changelog.backup.source import Source, make_client
 from changelog.backup.store import BackupStore, blob_name
 from changelog.backup.verify import verify
 from changelog.collector import Collector
+from changelog.config import CollectorConfig
 from changelog.index import ChangeIndex
 from changelog.reader import last_log, read_watermark
 from changelog.targets import S3Target
@@ -124,7 +125,8 @@ def pipe(ceph_lab: Lab, s3_client: Any) -> Iterator[Pipe]:
     follower = Follower(index, admin, buckets=[plain, vers], poll_interval=0.2, trim_datalog=False, lease_ttl=10.0)
     assert follower.acquire()
     logs = S3Target(logs_b, "changes/", client=s3_client)
-    collector = Collector(index, logs, settle=0.0, lease_ttl=10.0, watermark_cap=follower.caught_up_until_us)
+    collector = Collector(index, logs, CollectorConfig(settle=0.0, lease_ttl=10.0),
+                          watermark_cap=follower.caught_up_until_us)
     dest = CountingTarget(S3Target(dest_b, "store/", client=s3_client))
     p = Pipe(ceph_lab, s3_client, index, follower, collector, logs, dest, [plain, vers, listed], tag)
     try:

@@ -21,7 +21,7 @@ import sys
 import threading
 import time
 import uuid
-from collections import Counter
+from collections import Counter, defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -58,6 +58,7 @@ class Serve:
     interval: float = 0.5
     settle: float = 0.5
     trim_logs: bool = True
+    object_info: bool = False
     procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
 
     @property
@@ -82,6 +83,7 @@ region = "default"
 buckets = {json.dumps(self.buckets)}
 poll_interval = {self.poll_interval}
 trim_logs = {str(self.trim_logs).lower()}
+object_info = {str(self.object_info).lower()}
 
 [target]
 url = "s3://{self.log_bucket}/{LOG_PREFIX}/"
@@ -233,21 +235,26 @@ def test_serve_logs_every_mutation_kind_once(serve: Serve, s3_client: Any) -> No
     s3.create_bucket(Bucket=versioned)
     s3.put_bucket_versioning(Bucket=versioned, VersioningConfiguration={"Status": "Enabled"})
     serve.buckets = [plain, versioned]
+    # Sizes and etags are looked up (one radosgw request per write): each write must get its own.
+    serve.object_info = True
     proc = serve.start()
     wait_for_watermark(s3, serve, time.time())
     expected: list[tuple[str, str, str, str | None]] = []
-    sizes: dict[tuple[str, str, str | None], int] = {}
+    # (bucket, key, version) -> the size of each write of it, in order
+    sizes: dict[tuple[str, str, str | None], list[int]] = defaultdict(list)
 
     def put(bucket: str, key: str, body: bytes) -> str | None:
         vid: str | None = s3.put_object(Bucket=bucket, Key=key, Body=body).get("VersionId")
         expected.append((bucket, key, "write", vid))
-        sizes[(bucket, key, vid)] = len(body)
+        sizes[(bucket, key, vid)].append(len(body))
         return vid
 
+    # Every write first, then the follower catches up (so each one is looked up before it is
+    # overwritten or deleted: a lookup after that gives null, by design), then the rest.
     put(plain, "a", b"hello")
-    put(plain, "a", b"hello, again")  # overwrite
     s3.copy_object(Bucket=plain, Key="b", CopySource={"Bucket": plain, "Key": "a"})
     expected.append((plain, "b", "write", None))
+    sizes[(plain, "b", None)].append(len(b"hello"))
     up = s3.create_multipart_upload(Bucket=plain, Key="mp")["UploadId"]
     p1 = s3.upload_part(Bucket=plain, Key="mp", UploadId=up, PartNumber=1, Body=b"x" * 5 * 1024 * 1024)
     p2 = s3.upload_part(Bucket=plain, Key="mp", UploadId=up, PartNumber=2, Body=b"y")
@@ -256,26 +263,29 @@ def test_serve_logs_every_mutation_kind_once(serve: Serve, s3_client: Any) -> No
         MultipartUpload={"Parts": [{"PartNumber": 1, "ETag": p1["ETag"]}, {"PartNumber": 2, "ETag": p2["ETag"]}]},
     )
     expected.append((plain, "mp", "write", None))
-    s3.delete_object(Bucket=plain, Key="b")
-    expected.append((plain, "b", "delete", None))
-    s3.delete_object(Bucket=plain, Key="never-there")  # nothing to log
+    sizes[(plain, "mp", None)].append(5 * 1024 * 1024 + 1)
     put(plain, "m1", b"1")
     put(plain, "m2", b"2")
-    s3.delete_objects(Bucket=plain, Delete={"Objects": [{"Key": "m1"}, {"Key": "m2"}, {"Key": "m3"}]})
-    expected += [(plain, "m1", "delete", None), (plain, "m2", "delete", None)]
     for key in ["dir/ünï cødé 日本 x.txt", "with space", "k" * 1024, "_underscore"]:
         put(plain, key, b"u")
     put(plain, "zero", b"")
-
     v1 = put(versioned, "v", b"one")
     put(versioned, "v", b"two!")
+    put(versioned, "z", b"")
+    wait_for_watermark(s3, serve, time.time())
+
+    put(plain, "a", b"hello, again")  # overwrite
+    s3.delete_object(Bucket=plain, Key="b")
+    expected.append((plain, "b", "delete", None))
+    s3.delete_object(Bucket=plain, Key="never-there")  # nothing to log
+    s3.delete_objects(Bucket=plain, Delete={"Objects": [{"Key": "m1"}, {"Key": "m2"}, {"Key": "m3"}]})
+    expected += [(plain, "m1", "delete", None), (plain, "m2", "delete", None)]
     dm = s3.delete_object(Bucket=versioned, Key="v")["VersionId"]
     expected.append((versioned, "v", "delete_marker", dm))
     s3.delete_object(Bucket=versioned, Key="v", VersionId=v1)
     expected.append((versioned, "v", "delete", v1))
     s3.delete_object(Bucket=versioned, Key="v", VersionId=dm)  # delete the delete marker
     expected.append((versioned, "v", "delete", dm))
-    put(versioned, "z", b"")
     done = time.time()
 
     wait_for_watermark(s3, serve, done)
@@ -287,16 +297,18 @@ def test_serve_logs_every_mutation_kind_once(serve: Serve, s3_client: Any) -> No
     assert len({r.id for r in records}) == len(records), "a record was committed twice"
     assert not any(r.baseline for r in records)
     assert sorted(view(r) for r in records) == sorted(expected)
-    # The bucket index log has no size or etag; serve looks them up only with [source]
-    # object_info = true (one radosgw request per write): then they must be right, or null when
-    # the version was overwritten before the lookup.
-    for r in records:
+    # The bucket index log has no size or etag; with [source] object_info = true serve looks
+    # them up, and every write was looked up before it was overwritten or deleted: each one
+    # has its own size, none is left null.
+    got_sizes: dict[tuple[str, str, str | None], list[int | None]] = defaultdict(list)
+    for r in sorted(records, key=lambda r: r.seq):
         if r.op == "write":
-            want = sizes.get((r.bucket, r.key, r.version_id))
-            if r.size is not None and want is not None and r.key != "a":
-                assert r.size == want, r
+            assert r.size is not None and r.etag is not None, r
+            bucket, key, _, vid = view(r)
+            got_sizes[(bucket, key, vid)].append(r.size)
         else:
-            assert r.size is None and r.etag is None
+            assert r.size is None and r.etag is None, r
+    assert got_sizes == sizes
     assert_same_state(records, s3, plain)
     assert_same_state(records, s3, versioned)
     log = serve.log_tail()

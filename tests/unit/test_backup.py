@@ -32,7 +32,6 @@ from moto.server import ThreadedMotoServer
 
 from changelog.backup import manifest as mf
 from changelog.backup.cleanup import cleanup, live_runs, select_expired
-from changelog.backup.cli import backup_group
 from changelog.backup.lock import DestinationLock, read_lock, wait_for_unlocked
 from changelog.backup.model import State
 from changelog.backup.probes import plan as plan_probes
@@ -41,6 +40,7 @@ from changelog.backup.runner import BackupRunner
 from changelog.backup.source import Source, make_client
 from changelog.backup.store import BackupStore, blob_name
 from changelog.backup.verify import verify
+from changelog.cli.backup import backup_group
 from changelog.errors import LeaseLost, LockBusy, TransientError
 from changelog.logformat import LogRecord
 from changelog.targets import DirectoryTarget, S3Target, make_target

@@ -19,7 +19,7 @@ import orjson
 import pytest
 from click.testing import CliRunner, Result
 
-from changelog import cli as climod
+from changelog import status as status_mod
 from changelog.cli import cli, parse_time
 from changelog.config import load_config, open_index
 from changelog.lease import Lease
@@ -424,7 +424,7 @@ def test_unexpected_error_is_one_line_unless_debug(run: Any, monkeypatch: pytest
     def boom(*a: Any, **k: Any) -> Any:
         raise RuntimeError("kaboom")
 
-    monkeypatch.setattr(climod, "shard_docs", boom)
+    monkeypatch.setattr(status_mod, "shard_docs", boom)
     err = one_line_error(run("shards", "list"), 1)
     assert err == "error: unexpected RuntimeError: kaboom (run with --debug for the traceback)"
     r = run("--debug", "shards", "list")

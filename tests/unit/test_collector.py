@@ -17,24 +17,17 @@ from typing import Any
 import boto3
 import orjson
 import pytest
+from collector_factory import collector
 
 from changelog.api import Controls
 from changelog.backends.sqlite import SqliteStore
-from changelog.collector import (
-    CONTROL_LOCK,
-    PENDING_PREFIX,
-    SHARD_LOCK,
-    Collector,
-    CollectorState,
-    PassResult,
-    PendingCommit,
-    ShardRange,
-    _Renewer,
-    renew_every,
-)
+from changelog.collector import Collector, CollectorState, PassResult, PendingCommit, ShardRange
+from changelog.control import COLLECTOR_LOCK as CONTROL_LOCK
+from changelog.control import COLLECTOR_PENDING_PREFIX as PENDING_PREFIX
+from changelog.control import SHARD_LOCK
 from changelog.errors import ConfigError, LeaseLost, LockBusy, PermanentError, TransientError
 from changelog.index import ChangeIndex
-from changelog.lease import Lease
+from changelog.lease import Lease, Renewer, renew_every
 from changelog.logformat import Compression, encode_object, iter_records, parse_log_name
 from changelog.mutation import Mutation, Op
 from changelog.reader import LogReader, RecentIds, list_logs, read_records, read_watermark, target_status
@@ -110,7 +103,7 @@ class Env:
         opts: dict[str, Any] = dict(settle=0.0, lease_ttl=5.0, interval=0.02, backoff_base=0.01, roll_bytes=4 << 20,
                                     backoff_max=0.05, standby_retry=0.02, log_prefix="logs")
         opts.update(kw)
-        return Collector(self.open_index(clock_offset=clock_offset), target or self.target, **opts)
+        return collector(self.open_index(clock_offset=clock_offset), target or self.target, **opts)
 
     def log_records(self, prefix: str = "logs") -> list[Any]:
         out: list[Any] = []
@@ -800,9 +793,10 @@ def test_renewal_interval_leaves_a_second_chance():
     def lease(ttl: float) -> Lease:
         return Lease(object(), "x", name="n", ttl=ttl)  # type: ignore[arg-type]
 
-    assert renew_every(lease(30)) == 10.0  # ttl/3; deadline 27 s after the lock call
-    assert renew_every(lease(3)) == 1.0  # deadline 2.5 s after: 1.5 s to spare
-    assert renew_every(lease(1)) == 0.25  # deadline 0.5 s after: not ttl/3, which left 0.17 s
+    assert lease(30).renew_every == 10.0  # ttl/3; deadline 27 s after the lock call
+    assert lease(3).renew_every == 1.0  # deadline 2.5 s after: 1.5 s to spare
+    assert lease(1).renew_every == 0.25  # deadline 0.5 s after: not ttl/3, which left 0.17 s
+    assert renew_every(30, 3) == 10.0
 
 
 class GatedStore:
@@ -833,7 +827,7 @@ def test_a_renewal_in_flight_never_overlaps_the_release_and_retake_of_its_lease(
     store = GatedStore(SqliteStore(env.path))
     lease = Lease(store, env.index.shard_oid(0), name=SHARD_LOCK, ttl=2.0)  # type: ignore[arg-type]
     assert lease.acquire()
-    renewer = _Renewer(2.0)
+    renewer = Renewer(2.0)
     renewer.start()
     renewer.add(lease)
     store.armed = True
@@ -889,9 +883,9 @@ def test_collector_releases_and_retakes_shard_leases_without_losing_one(env):
 def test_config_checks(env):
     s3 = S3Target("b", client=boto3.client("s3", region_name="us-east-1"))
     with pytest.raises(ConfigError, match="part_bytes"):
-        Collector(env.index, s3, part_bytes=1024)
+        collector(env.index, s3, part_bytes=1024)
     with pytest.raises(ConfigError):
-        Collector(env.index, env.target, part_bytes=1, roll_bytes=10**9)
+        collector(env.index, env.target, part_bytes=1, roll_bytes=10**9)
 
 
 def test_records_roundtrip():
@@ -977,7 +971,8 @@ def test_watermark_document_on_target(env):
 
 def pipeline_threads() -> list[threading.Thread]:
     """The pass's helper threads (readers, part uploader, trims) still alive; not the renewer."""
-    return [t for t in threading.enumerate() if t.name.startswith("collector-") and t.name != "collector-leases"]
+    return [t for t in threading.enumerate()
+            if t.name.startswith("collector-") and not t.name.startswith("collector-leases")]
 
 
 def test_a_lost_lease_in_a_parallel_trim_outranks_an_earlier_batch_failure(env, monkeypatch):
@@ -1036,20 +1031,20 @@ def test_an_upload_aborted_under_the_collector_between_parts_is_retried_by_a_lat
 def test_an_interrupted_wait_for_parts_stops_the_upload_thread_before_the_abort(env, monkeypatch):
     """A KeyboardInterrupt while the pass waits for its parts: the upload thread is stopped (no
     part goes out after the abort), no collector thread is left, and a rerun commits all, once."""
-    import changelog.collector as collector_mod
+    import changelog.upload as upload_mod
 
     env.record(2000)
     target = RecordingTarget(env.target)
     c = env.collector(target=target, part_bytes=4096, roll_entries=10**6)
-    real_finish = collector_mod._PartUploader.finish
+    real_finish = upload_mod.PartUploader.finish
 
     def finish(self: Any) -> None:
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(collector_mod._PartUploader, "finish", finish)
+    monkeypatch.setattr(upload_mod.PartUploader, "finish", finish)
     with pytest.raises(KeyboardInterrupt):
         c.run_pass()
-    monkeypatch.setattr(collector_mod._PartUploader, "finish", real_finish)
+    monkeypatch.setattr(upload_mod.PartUploader, "finish", real_finish)
     assert not pipeline_threads()
     assert not list(env.target.list_uploads("logs"))
     c.step_down()
@@ -1080,4 +1075,28 @@ def test_stopping_run_ends_a_long_pass_early_and_the_next_pass_finishes_it(env):
     assert read_watermark(env.target, prefix="logs") is None
     env.final_pass()
     assert read_watermark(env.target, prefix="logs") is not None
+    env.check_exactly_once()
+
+
+def test_request_flush_runs_a_pass_with_no_settle_window_now(env):
+    """The API's POST /_/flush: the running loop's wait for its next pass ends, and that pass
+    drains everything recorded so far, whatever the settle window and the interval say."""
+    c = env.collector(settle=3600.0, interval=3600.0)
+    standby = env.collector()
+    stop = threading.Event()
+    t = threading.Thread(target=c.run, args=(stop,))
+    t.start()
+    try:
+        wait_until("the first pass", lambda: c.stats()["passes"] >= 1)
+        env.record(30)
+        doc = c.request_flush(timeout=10)
+        assert doc["entries"] == 30 and doc["watermark_us"] == doc["cutoff_us"]
+        assert backlog(env) == 0 and c.stats()["passes"] == 2
+        with pytest.raises(LockBusy, match="standby"):
+            standby.request_flush(timeout=1)
+    finally:
+        stop.set()
+        t.join(10)
+    state, pending = Collector.read_state(env.index)
+    assert state.last_object == doc["objects"][-1] and pending == []  # type: ignore[index]
     env.check_exactly_once()

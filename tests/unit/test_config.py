@@ -7,6 +7,7 @@ import logging
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
 from changelog import config as cfgmod
 from changelog.config import Config, Secret, load_config, parse_config
@@ -373,3 +374,154 @@ def test_open_index_with_other_shard_count(tmp_path: Path) -> None:
 def test_backup_target_requires_url(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="backup.url is not set"):
         cfgmod.open_backup_target(parse_config({}, env={}))
+
+
+# --------------------------------------------------------------------------- advanced tuning keys
+
+
+def test_tuning_defaults_are_the_former_constants() -> None:
+    cfg = parse_config({}, env={})
+    c = cfg.collector
+    assert (c.retries, c.backoff_base, c.backoff_max, c.standby_retry) == (5, 0.5, 30.0, None)
+    assert (c.gc_age, c.gc_interval, c.page, c.trim_batch, c.pause_poll) == (3600.0, 600.0, 1000, 1000, 0.25)
+    s = cfg.source
+    assert (s.hot_seconds, s.page_entries, s.trim_datalog, s.trim_interval) == (60.0, 1000, True, 10.0)
+    assert (s.bucket_scan_interval, s.full_sync_pages, s.datalog_full_interval) == (300.0, 8, 60.0)
+    assert (s.shards_per_round, s.workers, s.backoff_base, s.backoff_max) == (16, 8, 0.5, 30.0)
+    assert "# standby_retry = (unset)" in cfg.to_toml()
+
+
+def test_tuning_keys_load(tmp_path: Path) -> None:
+    cfg = load_text(
+        tmp_path,
+        """
+[collector]
+retries = 0
+backoff_base = 0.1
+backoff_max = 5
+standby_retry = 1
+gc_age = 0
+gc_interval = 60
+page = 100
+trim_batch = 50
+pause_poll = 1
+
+[source]
+hot_seconds = 10
+page_entries = 200
+trim_datalog = false
+trim_interval = 0
+bucket_scan_interval = 30
+full_sync_pages = 2
+datalog_full_interval = 5
+shards_per_round = 4
+workers = 64
+backoff_base = 1
+backoff_max = 60
+""",
+    )
+    c, s = cfg.collector, cfg.source
+    assert c.retries == 0 and c.backoff_max == 5.0 and isinstance(c.backoff_max, float)
+    assert c.standby_retry == 1.0 and c.page == 100 and c.trim_batch == 50 and c.pause_poll == 1.0
+    assert s.trim_datalog is False and s.trim_logs is True and s.workers == 64 and s.page_entries == 200
+    assert s.hot_seconds == 10.0 and s.backoff_max == 60.0
+    import tomllib
+
+    again = parse_config(tomllib.loads(cfg.to_toml()), env={})
+    assert again.collector == c and again.source == s
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("[collector]\nretries = -1\n", "collector.retries must be at least 0 (got -1)"),
+        ("[collector]\nretries = 1.5\n", "collector.retries must be an integer (got 1.5)"),
+        ("[collector]\nbackoff_base = 0\n", "collector.backoff_base must be greater than 0 (got 0)"),
+        ("[collector]\nbackoff_max = -1\n", "collector.backoff_max must be greater than 0 (got -1)"),
+        ("[collector]\nstandby_retry = 0\n", "collector.standby_retry must be greater than 0 (got 0)"),
+        ('[collector]\nstandby_retry = "2s"\n', 'collector.standby_retry must be a number (got "2s")'),
+        ("[collector]\ngc_age = -1\n", "collector.gc_age must be at least 0 (got -1)"),
+        ("[collector]\ngc_interval = -0.5\n", "collector.gc_interval must be at least 0 (got -0.5)"),
+        ("[collector]\npage = 0\n", "collector.page must be at least 1 (got 0)"),
+        ("[collector]\npage = 1001\n", "collector.page must be at most 1000 (got 1001)"),
+        ("[collector]\ntrim_batch = 5000\n", "collector.trim_batch must be at most 1000 (got 5000)"),
+        ("[collector]\npause_poll = 0\n", "collector.pause_poll must be greater than 0 (got 0)"),
+        ("[collector]\nretrys = 1\n", "unknown key collector.retrys (did you mean 'retries'?)"),
+        ("[source]\nhot_seconds = 0\n", "source.hot_seconds must be greater than 0 (got 0)"),
+        ("[source]\npage_entries = 1001\n", "source.page_entries must be at most 1000 (got 1001)"),
+        ("[source]\npage_entries = 0\n", "source.page_entries must be at least 1 (got 0)"),
+        ('[source]\ntrim_datalog = "yes"\n', 'source.trim_datalog must be true or false (got "yes")'),
+        ("[source]\ntrim_interval = -1\n", "source.trim_interval must be at least 0 (got -1)"),
+        ("[source]\nbucket_scan_interval = -1\n", "source.bucket_scan_interval must be at least 0 (got -1)"),
+        ("[source]\nfull_sync_pages = 0\n", "source.full_sync_pages must be at least 1 (got 0)"),
+        ("[source]\ndatalog_full_interval = -1\n", "source.datalog_full_interval must be at least 0 (got -1)"),
+        ("[source]\nshards_per_round = 0\n", "source.shards_per_round must be at least 1 (got 0)"),
+        ("[source]\nworkers = 0\n", "source.workers must be at least 1 (got 0)"),
+        ("[source]\nworkers = 65\n", "source.workers must be at most 64 (got 65)"),
+        ("[source]\nworkers = 8.0\n", "source.workers must be an integer (got 8.0)"),
+        ("[source]\nbackoff_base = 0\n", "source.backoff_base must be greater than 0 (got 0)"),
+        ("[source]\nbackoff_max = 0\n", "source.backoff_max must be greater than 0 (got 0)"),
+        ("[source]\nworker = 2\n", "unknown key source.worker (did you mean 'workers'?)"),
+    ],
+)
+def test_bad_tuning_names_the_key(tmp_path: Path, text: str, expected: str) -> None:
+    assert error_of(tmp_path, text) == expected
+
+
+def test_large_sizes_are_shown_in_bytes(tmp_path: Path) -> None:
+    msg = error_of(tmp_path, "[collector]\npart_bytes = 6000000000\n")
+    assert msg == "collector.part_bytes must be at most 5368709120 bytes (got 6000000000)"
+
+
+# --------------------------------------------------------------------------- sections built in code
+
+
+def test_sections_built_in_code_are_checked() -> None:
+    c = cfgmod.CollectorConfig(page=3, settle=0)
+    assert c.page == 3 and c.settle == 0.0 and isinstance(c.settle, float) and c.lease_ttl == 30.0
+    src = cfgmod.SourceConfig(
+        endpoint="http://h:1/",
+        access_key=Secret("a"),
+        secret_key=Secret("s"),
+        buckets=["b"],  # type: ignore[arg-type]  # a list, as TOML gives it
+        prefixes={"b": "p/"},  # type: ignore[dict-item]  # a bare string: a list of one
+    )
+    assert src.buckets == ("b",) and src.endpoint == "http://h:1" and src.prefixes == {"b": ("p/",)}
+    with pytest.raises(TypeError):
+        src.prefixes["c"] = ("x",)  # type: ignore[index]
+    with pytest.raises(ValidationError):
+        cfgmod.CollectorConfig(lease_ttl=0.5)
+    with pytest.raises(ValidationError):
+        cfgmod.SourceConfig(access_key=Secret("a"))
+    with pytest.raises(ValidationError):
+        c.page = 4  # frozen
+    assert cfgmod.CollectorConfig(page=3, settle=0) == c
+
+
+def test_unchecked_skips_bounds_and_fills_defaults() -> None:
+    c = cfgmod.CollectorConfig.unchecked(lease_ttl=0.5, interval=0, settle=0)
+    assert c.lease_ttl == 0.5 and c.interval == 0.0 and isinstance(c.interval, float)
+    assert c.page == 1000 and c.roll_entries == 100_000
+    s = cfgmod.SourceConfig.unchecked(buckets=["b"], prefixes={"b": ["x/"]}, lease_ttl=0.2)
+    assert s.buckets == ("b",) and s.prefixes == {"b": ("x/",)} and s.includes("b", "x/1")
+    with pytest.raises(TypeError, match="no key 'lease'"):
+        cfgmod.CollectorConfig.unchecked(lease=1)
+    cfg = Config.unchecked(collector=c)
+    assert cfg.collector.lease_ttl == 0.5 and cfg.index.backend == "sqlite"
+    cfg = Config.unchecked(collector={"lease_ttl": 0.5, "page": 3})
+    assert isinstance(cfg.collector, cfgmod.CollectorConfig) and cfg.collector.page == 3
+
+
+def test_secret_validation_errors_do_not_show_input() -> None:
+    with pytest.raises(ValidationError) as info:
+        cfgmod.SourceConfig(access_key="AK-PLAIN-VALUE", endpoint="nope")  # type: ignore[arg-type]
+    assert "AK-PLAIN-VALUE" not in str(info.value)
+
+
+def test_backup_schedule_keys(tmp_path: Path) -> None:
+    cfg = parse_config({}, env={})
+    assert cfg.backup.interval is None and cfg.backup.lease_ttl == 30.0
+    cfg = load_text(tmp_path, '[backup]\nurl = "file:///b/"\ninterval = 3600\nlease_ttl = 10\n')
+    assert cfg.backup.interval == 3600.0 and cfg.backup.lease_ttl == 10.0
+    assert error_of(tmp_path, "[backup]\ninterval = 0\n") == "backup.interval must be greater than 0 (got 0)"
+    assert error_of(tmp_path, "[backup]\nlease_ttl = 0.5\n") == "backup.lease_ttl must be at least 1 (got 0.5)"

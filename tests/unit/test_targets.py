@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import boto3
 import pytest
@@ -159,6 +160,32 @@ def test_directory_name_collisions_are_permanent(tmp_path):
     t.put("a/b", b"")
     with pytest.raises(PermanentError):
         t.put("a", b"")
+
+
+# --- S3 client factory -------------------------------------------------------------------------
+
+
+def test_every_s3_client_keeps_checksums_to_what_radosgw_accepts():
+    """The three S3 users get their client from ``s3client.make_s3_client``, each with its own
+    timeouts, retries and pool, and all without botocore's default CRC checksums."""
+    from changelog.backup.source import make_client
+    from rgw_module.admin import AdminClient
+
+    admin = AdminClient("http://127.0.0.1:1", "ak", "sk", max_connections=7)
+    clients = {
+        "target": (S3Target("b", endpoint="http://127.0.0.1:1", region="default")._s3, ("auto", 4, 10, 60, 10)),
+        "source": (make_client(endpoint="http://127.0.0.1:1", region="default"), ("path", 6, 10, 120, 32)),
+        "admin": (admin._s3(), ("path", 4, 5, 60, 7)),
+    }
+    for name, (client, (style, attempts, connect, read, pool)) in clients.items():
+        cfg: Any = client.meta.config  # botocore-stubs type few of Config's attributes
+        assert cfg.request_checksum_calculation == "when_required", name
+        assert cfg.response_checksum_validation == "when_required", name
+        got = (cfg.s3["addressing_style"], cfg.retries["total_max_attempts"], cfg.connect_timeout,
+               cfg.read_timeout, cfg.max_pool_connections)
+        assert got == (style, attempts, connect, read, pool), name
+        client.close()
+    admin.close()
 
 
 # --- S3 error translation ----------------------------------------------------------------------

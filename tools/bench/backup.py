@@ -52,6 +52,7 @@ def run(bench: Bench) -> list[Figure]:
     from changelog.backup.source import Source
     from changelog.backup.store import BackupStore
     from changelog.collector import Collector
+    from changelog.config import CollectorConfig, SourceConfig
     from changelog.index import ChangeIndex
     from changelog.targets import S3Target
     from rgw_module.admin import AdminClient
@@ -68,7 +69,8 @@ def run(bench: Bench) -> list[Figure]:
     store = bench.store(ns)
     admin = AdminClient(lab.rgw_endpoint, lab.access_key, lab.secret_key)
     index = ChangeIndex(store, shards=8)
-    follower = Follower(index, admin, buckets=[src_b], poll_interval=0.2, trim_datalog=False, lease_ttl=30.0)
+    source = SourceConfig(buckets=(src_b,), poll_interval=0.2, trim_datalog=False, lease_ttl=30.0)
+    follower = Follower(index, admin, source)
     collector: Collector | None = None
     timings: dict[str, float] = {}
     try:
@@ -85,8 +87,7 @@ def run(bench: Bench) -> list[Figure]:
         collector = Collector(
             index,
             S3Target(logs_b, "", client=setup),
-            settle=0.0,
-            lease_ttl=30.0,
+            CollectorConfig(settle=0.0, lease_ttl=30.0),
             watermark_cap=follower.caught_up_until_us,
         )
 

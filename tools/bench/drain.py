@@ -32,6 +32,7 @@ import orjson
 
 from changelog import keys
 from changelog.collector import Collector
+from changelog.config import CollectorConfig
 from changelog.index import ChangeIndex
 from changelog.targets import S3Target
 from tools.bench.common import (
@@ -79,7 +80,7 @@ def physical_limit(raw: RawOmap, shards: int, s3: Any, bucket: str, name: str) -
 
 def _collector(index: ChangeIndex, s3: Any, bucket: str) -> Collector:
     # Default [collector] settings but no settle window (flush) and a TTL that outlives any pass.
-    return Collector(index, S3Target(bucket, LOG_PREFIX, client=s3), lease_ttl=60.0)
+    return Collector(index, S3Target(bucket, LOG_PREFIX, client=s3), CollectorConfig(lease_ttl=60.0))
 
 
 def _throughput(bench: Bench, s3: Any, bucket: str) -> Figure:

@@ -1,119 +1,41 @@
-"""``rgw-changelog backup ...``: the click group ``backup_group`` (added to the main CLI by
-``changelog.cli``). The commands only parse options, open what the config names and print; the
-work is in the library modules. Errors propagate to the main CLI's boundary (one line, exit 1;
-2 for config errors).
+"""``rgw-changelog backup run|list|restore|verify|cleanup``: the click group ``backup_group`` of
+the main CLI. The commands only parse options, open what the config names
+(``changelog.backup.consumer.BackupResources``) and print; the work is in ``changelog.backup``.
+Errors propagate to the main CLI's boundary (one line, exit 1; 2 for config errors).
 
 Config ``[backup]``: ``url`` (``s3://bucket/prefix/`` or ``file:///dir/``), ``endpoint``,
-``access_key``, ``secret_key`` (default: those of ``[source]``), ``region``, and retention:
-``keep_days``, ``minimum_backups``, ``maximum_backups``. The change logs are read from
-``[target]``, the objects from ``[source]`` (whose ``buckets``/``prefixes`` filters apply).
+``access_key``, ``secret_key`` (default: those of ``[source]``), ``region``, retention
+(``keep_days``, ``minimum_backups``, ``maximum_backups``) and the schedule ``serve`` keeps
+(``interval``, ``lease_ttl``). The change logs are read from ``[target]``, the objects from
+``[source]`` (whose ``buckets``/``prefixes`` filters apply).
 """
 
 from __future__ import annotations
 
 import contextlib
-import sys
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import Iterator
 
 import click
-import orjson
 
 from changelog.backup import manifest as mf
 from changelog.backup.cleanup import cleanup
+from changelog.backup.consumer import BackupResources
 from changelog.backup.restore import restore
-from changelog.backup.runner import WORKERS, BackupRunner
-from changelog.backup.source import Source, make_client
-from changelog.backup.store import BackupStore
+from changelog.backup.runner import WORKERS
 from changelog.backup.verify import verify
-from changelog.config import Config, load_config, open_target, reveal
-from changelog.errors import ConfigError, PermanentError
+from changelog.cli.base import TIME, cli, emit_json, json_option
+from changelog.config import Config, load_config
+from changelog.errors import PermanentError
 from changelog.progress import human_bytes
-from changelog.targets import Target, make_target
-
-json_option = click.option("--json", "as_json", is_flag=True, help="Machine-readable JSON on stdout.")
-
-
-class _Time(click.ParamType):  # type: ignore[type-arg]
-    name = "TIME"
-
-    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
-        if isinstance(value, int):
-            return value
-        from changelog.cli import TIME_HELP, parse_time
-
-        try:
-            return parse_time(str(value))
-        except ValueError:
-            self.fail(f"{value!r} is not a time: use {TIME_HELP}", param, ctx)
-
-
-def _emit_json(doc: Any) -> None:
-    out = sys.stdout.buffer
-    out.write(orjson.dumps(doc, option=orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS) + b"\n")
-    out.flush()
-
-
-def _s3_bucket(url: str) -> str | None:
-    return url[len("s3://") :].split("/", 1)[0] if url.startswith("s3://") else None
-
-
-@dataclass
-class _Env:
-    """What the commands open from the config, closed at the end."""
-
-    config: Config
-    _closers: list[Callable[[], None]] = field(default_factory=list)
-
-    def store(self) -> BackupStore:
-        bc, sc = self.config.backup, self.config.source
-        if bc.url is None:
-            raise ConfigError("backup.url is not set: where should backups go? (s3://bucket/prefix/ or file:///dir/)")
-        endpoint = bc.endpoint or sc.endpoint
-        target = make_target(
-            bc.url,
-            endpoint=endpoint,
-            access_key=reveal(bc.access_key) or reveal(sc.access_key),
-            secret_key=reveal(bc.secret_key) or reveal(sc.secret_key),
-            region=bc.region,
-            addressing_style="path" if endpoint else None,
-        )
-        self._closers.append(target.close)
-        return BackupStore(target)
-
-    def logs(self) -> Target:
-        target: Target = open_target(self.config)
-        self._closers.append(target.close)
-        return target
-
-    def source(self, *, workers: int = WORKERS) -> Source:
-        sc = self.config.source
-        src = Source(
-            make_client(
-                endpoint=sc.endpoint,
-                access_key=reveal(sc.access_key),
-                secret_key=reveal(sc.secret_key),
-                region=sc.region,
-                pool=max(10, 2 * workers),
-            )
-        )
-        self._closers.append(src.close)
-        return src
-
-    def close(self) -> None:
-        while self._closers:
-            with contextlib.suppress(Exception):
-                self._closers.pop()()
 
 
 @contextlib.contextmanager
-def _env() -> Iterator[_Env]:
+def _env() -> Iterator[BackupResources]:
     ctx = click.get_current_context()
     # The main CLI's State carries the loaded config (``-c``); standalone, load the default.
     obj = ctx.find_root().obj
     config = getattr(obj, "config", None)
-    env = _Env(config if isinstance(config, Config) else load_config(None))
+    env = BackupResources(config if isinstance(config, Config) else load_config(None))
     try:
         yield env
     finally:
@@ -125,8 +47,12 @@ def backup_group() -> None:
     """Incremental, deduplicated backups of the followed buckets, driven by the change logs.
 
     Content is stored once per SHA-256 under [backup] url; each backup is a manifest of the full
-    state of every bucket as of the change-log watermark it reached.
+    state of every bucket as of the change-log watermark it reached. With [backup] interval set,
+    `serve` also runs them on that schedule (the backup consumer).
     """
+
+
+cli.add_command(backup_group, "backup")
 
 
 @backup_group.command("run")
@@ -136,25 +62,9 @@ def backup_group() -> None:
 def run_cmd(buckets: tuple[str, ...], workers: int, as_json: bool) -> None:
     """Back up what changed since the last backup (the first run takes a baseline)."""
     with _env() as env:
-        cfg = env.config
-        store = env.store()
-        logs = env.logs()
-        exclude = {b for b in (_s3_bucket(cfg.backup.url or ""), _s3_bucket(cfg.target.url)) if b}
-        src_buckets = None if cfg.source.all_buckets else list(cfg.source.buckets)
-        if buckets:
-            src_buckets = list(buckets)
-        runner = BackupRunner(
-            store,
-            logs,
-            env.source(workers=workers),
-            includes=cfg.source.includes,
-            buckets=src_buckets,
-            exclude_buckets=exclude,
-            workers=workers,
-        )
-        result = runner.run()
+        result = env.runner(buckets=buckets, workers=workers, progress=None).run()
     if as_json:
-        _emit_json(result.to_dict())
+        emit_json(result.to_dict())
         return
     if result.backup_id is None:
         click.echo(f"nothing new since backup {result.base} (checkpoint {result.checkpoint})")
@@ -176,7 +86,7 @@ def list_cmd(as_json: bool) -> None:
     with _env() as env:
         backups = mf.list_backups(env.store())
     if as_json:
-        _emit_json([b.to_dict() for b in backups])
+        emit_json([b.to_dict() for b in backups])
         return
     rows = [[b.backup_id, b.as_of, str(b.objects), human_bytes(b.bytes), human_bytes(b.manifest_bytes)] for b in backups]
     header = ["BACKUP", "AS OF", "OBJECTS", "SIZE", "MANIFEST"]
@@ -187,7 +97,7 @@ def list_cmd(as_json: bool) -> None:
 
 @backup_group.command("restore")
 @click.option("--backup", "backup_id", metavar="ID", help="The backup to restore (see `backup list`).")
-@click.option("--at", "at_us", type=_Time(), help="Restore the latest backup whose state is as of TIME or earlier.")
+@click.option("--at", "at_us", type=TIME, help="Restore the latest backup whose state is as of TIME or earlier.")
 @click.option("--bucket", required=True, metavar="SRC", help="The backed-up bucket to restore.")
 @click.option("--to-bucket", required=True, metavar="DST", help="Where to write it (created if missing).")
 @click.option("--prefix", default="", metavar="P", help="Only keys starting with P.")
@@ -211,7 +121,7 @@ def restore_cmd(
             workers=workers,
         )
     if as_json:
-        _emit_json(result.to_dict())
+        emit_json(result.to_dict())
     else:
         click.echo(
             f"restored {result.objects} objects ({human_bytes(result.bytes)}) of {bucket} as of {result.as_of} "
@@ -232,7 +142,7 @@ def verify_cmd(backup_ids: tuple[str, ...], quick: bool, workers: int, as_json: 
     with _env() as env:
         result = verify(env.store(), backup_ids=backup_ids or None, quick=quick, workers=workers)
     if as_json:
-        _emit_json(result.to_dict())
+        emit_json(result.to_dict())
     else:
         click.echo(
             f"{len(result.backups)} backups, {result.referenced} blobs referenced: {result.checked} "
@@ -263,7 +173,7 @@ def cleanup_cmd(
             dry_run=dry_run,
         )
     if as_json:
-        _emit_json(result.to_dict())
+        emit_json(result.to_dict())
         return
     verb = "would delete" if dry_run else "deleted"
     click.echo(

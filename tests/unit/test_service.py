@@ -1,12 +1,11 @@
 """The serve plumbing without Ceph: component threads, stop and failure propagation, signals,
-and the log_data helper (with a recorded radosgw-admin)."""
+the embedded serve with its API (flush, pause, consumer routes), and the health checks."""
 
 from __future__ import annotations
 
 import json
 import os
 import signal
-import subprocess
 import threading
 import time
 from typing import Any
@@ -14,8 +13,7 @@ from typing import Any
 import pytest
 
 from changelog.errors import PermanentError, TransientError
-from rgw_module.service import ComponentThread, Service, _same_endpoint, health_checks, serve
-from rgw_module.zone import RadosgwAdmin, enable_log_data, log_data_zones
+from changelog.service import ComponentThread, Pipeline, Service, health_checks, same_endpoint, serve
 
 
 class Loop:
@@ -120,10 +118,10 @@ def test_nothing_to_run_is_refused() -> None:
         Service({})
 
 
-def test_same_endpoint() -> None:
-    assert _same_endpoint("http://127.0.0.1:17480", "http://127.0.0.1:17480/")
-    assert _same_endpoint("https://rgw.example", "https://rgw.example:443")
-    assert not _same_endpoint("http://127.0.0.1:17480", "http://127.0.0.1:17481")
+def testsame_endpoint() -> None:
+    assert same_endpoint("http://127.0.0.1:17480", "http://127.0.0.1:17480/")
+    assert same_endpoint("https://rgw.example", "https://rgw.example:443")
+    assert not same_endpoint("http://127.0.0.1:17480", "http://127.0.0.1:17481")
 
 
 # --------------------------------------------------------------------------- serve's API wiring
@@ -249,17 +247,18 @@ class FakeFollower:
 
 def test_health_checks_with_a_follower(tmp_path: Any) -> None:
     from changelog import config as config_mod
-    from changelog.collector import Collector
+    from changelog.api import Controls
     from changelog.lease import Lease
 
     cfg = embedded_config(tmp_path, free_port())
     index = config_mod.open_index(cfg)
     target = config_mod.open_target(cfg)
+    collector = config_mod.make_collector(cfg, index, target)
+    follower = FakeFollower(Lease(index.store, index.control_oid, name="follower", ttl=5))
     try:
-        collector = Collector(index, target, lease_ttl=5)
-        follower = FakeFollower(Lease(index.store, index.control_oid, name="follower", ttl=5))
+        pipeline = Pipeline(index, target, collector, Controls(), follower)  # type: ignore[arg-type]
         service = Service({"follower": Loop(), "collector": Loop()})
-        checks = health_checks(index, target, service, follower, collector)  # type: ignore[arg-type]
+        checks = health_checks(pipeline, service)
         assert list(checks) == ["index", "source", "target", "follower", "collector", "leases"]
         assert checks["index"]() == (True, "control object readable")
         assert checks["source"]() == (True, "http://rgw.invalid:7480 answering")
@@ -277,66 +276,6 @@ def test_health_checks_with_a_follower(tmp_path: Any) -> None:
         service.join(5)
         assert checks["collector"]() == (False, "collector has stopped")
     finally:
-        collector.close()
+        collector.step_down()
         follower.lease.release()
         index.store.close()
-
-
-# --------------------------------------------------------------------------- log_data helper
-
-
-class FakeAdmin:
-    """Answers radosgw-admin like a single zone without a realm; records the calls."""
-
-    def __init__(self, log_data: Any = "false", realms: list[str] | None = None) -> None:
-        self.calls: list[list[str]] = []
-        self.doc = {"name": "default", "zones": [{"name": "default", "log_data": log_data}], "master_zone": "x"}
-        self.realms = realms or []
-        self.written: dict[str, Any] | None = None
-
-    def __call__(self, argv: list[str], **kw: Any) -> subprocess.CompletedProcess[str]:
-        self.calls.append(argv)
-        start = next(i for i, a in enumerate(argv) if a in ("zonegroup", "realm", "period"))
-        args = argv[start:]
-        out = ""
-        if args[:2] == ["zonegroup", "get"]:
-            out = json.dumps(self.doc)
-        elif args[:2] == ["zonegroup", "set"]:
-            infile = next(a for a in args if a.startswith("--infile="))[len("--infile="):]
-            with open(infile) as fh:
-                self.written = json.load(fh)
-        elif args[:2] == ["realm", "list"]:
-            out = json.dumps({"default_info": "", "realms": self.realms})
-        return subprocess.CompletedProcess(argv, 0, out, "")
-
-
-def test_enable_log_data_sets_the_flag_once() -> None:
-    fake = FakeAdmin()
-    admin = RadosgwAdmin(conf="/etc/ceph/ceph.conf", run=fake)
-    assert enable_log_data(admin=admin) == ["default"]
-    assert fake.written is not None and fake.written["zones"][0]["log_data"] == "true"
-    assert fake.calls[0][:3] == ["radosgw-admin", "-c", "/etc/ceph/ceph.conf"]
-    assert not any("period" in c for c in fake.calls)  # no realm: no period commit
-    fake.doc = fake.written
-    assert enable_log_data(admin=admin) == []
-    assert log_data_zones(fake.doc) == {"default": True}
-
-
-def test_enable_log_data_keeps_a_json_bool_and_commits_a_period() -> None:
-    fake = FakeAdmin(log_data=False, realms=["gold"])
-    assert enable_log_data(admin=RadosgwAdmin(run=fake)) == ["default"]
-    assert fake.written is not None and fake.written["zones"][0]["log_data"] is True
-    assert ["radosgw-admin", "period", "update", "--commit"] in fake.calls
-
-
-def test_enable_log_data_unknown_zone_and_failures() -> None:
-    with pytest.raises(PermanentError, match="no zone nope"):
-        enable_log_data(zones=["nope"], admin=RadosgwAdmin(run=FakeAdmin()))
-
-    def failing(argv: list[str], **kw: Any) -> subprocess.CompletedProcess[str]:
-        return subprocess.CompletedProcess(argv, 22, "", "couldn't init storage provider\n")
-
-    with pytest.raises(PermanentError, match="couldn't init storage provider"):
-        enable_log_data(admin=RadosgwAdmin(run=failing))
-    with pytest.raises(PermanentError, match="not found"):
-        RadosgwAdmin(binary="/nonexistent/radosgw-admin")("zonegroup", "get")

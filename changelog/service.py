@@ -1,0 +1,388 @@
+"""``rgw-changelog serve``: the process. It wires the pipeline (the RGW follower when
+``[source] endpoint`` is set, the collector) and the consumers of the logs (backup, when
+``[backup] interval`` is set) to one index and one target, runs each in a thread, and serves the
+operator API (health, metrics, status, pause/resume, flush, each consumer's routes).
+
+Each component runs ``run(stop)`` in a ``ComponentThread``. The first one to die sets the shared
+stop event, so the whole service stops and ``Service.run`` re-raises what it died of (the CLI
+turns that into a one-line message and a non-zero exit). SIGTERM or SIGINT sets the stop event:
+the follower finishes the round it is recording (record, then persist its markers), the
+collector its pass, and both release their leases. A second signal exits at once (the leases
+then expire on their own; nothing is left half-done that recovery does not finish).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from types import FrameType
+from typing import TYPE_CHECKING, Protocol
+from urllib.parse import urlsplit
+
+from changelog.errors import PermanentError
+
+if TYPE_CHECKING:
+    from changelog.api import ApiServer, Controls, HealthCheck
+    from changelog.collector import Collector
+    from changelog.config import Config
+    from changelog.consumers.framework import ConsumerRunner
+    from changelog.index import ChangeIndex
+    from changelog.lease import Lease
+    from changelog.targets import Target
+    from rgw_module.follower import Follower
+
+logger = logging.getLogger(__name__)
+
+# How long a graceful stop may take before ``Service.run`` gives up waiting and raises.
+STOP_TIMEOUT_S = 60.0
+
+
+class Component(Protocol):
+    def run(self, stop: threading.Event) -> None: ...
+
+
+class ComponentThread(threading.Thread):
+    """Runs ``component.run(stop)``; remembers what it died of and re-raises it on ``join``. A
+    component that ends for any reason while ``stop`` is not set stops the others too."""
+
+    def __init__(self, name: str, component: Component, stop: threading.Event) -> None:
+        super().__init__(name=name, daemon=True)
+        self.component = component
+        self.stop_event = stop
+        self.error: BaseException | None = None
+        self.finished_at: float | None = None
+
+    def run(self) -> None:
+        logger.info("%s started", self.name)
+        try:
+            self.component.run(self.stop_event)
+        except BaseException as ex:  # noqa: BLE001 - kept and re-raised by join_and_raise
+            self.error = ex
+            logger.error("%s failed: %s", self.name, ex, exc_info=True)
+        finally:
+            self.finished_at = time.monotonic()
+            if not self.stop_event.is_set():
+                if self.error is None:
+                    logger.warning("%s ended without being asked to: stopping the service", self.name)
+                self.stop_event.set()
+            logger.info("%s stopped", self.name)
+
+    def join_and_raise(self, timeout: float | None = None) -> None:
+        self.join(timeout)
+        if self.error is not None:
+            raise self.error
+
+
+class Service:
+    """Runs components (follower, collector, ...) until a signal or a failure."""
+
+    def __init__(
+        self,
+        components: Mapping[str, Component],
+        *,
+        on_stop: Sequence[Callable[[], None]] = (),
+        stop_timeout: float = STOP_TIMEOUT_S,
+    ) -> None:
+        if not components:
+            raise PermanentError("serve: nothing to run")
+        self.components = dict(components)
+        self.stop_event = threading.Event()
+        self.stop_timeout = stop_timeout
+        self._on_stop = list(on_stop)
+        self.threads: list[ComponentThread] = []
+        self._signals = 0
+
+    def __repr__(self) -> str:
+        return f"Service({sorted(self.components)})"
+
+    def start(self) -> None:
+        for name, component in self.components.items():
+            t = ComponentThread(name, component, self.stop_event)
+            self.threads.append(t)
+            t.start()
+
+    def stop(self) -> None:
+        self.stop_event.set()
+
+    def add_cleanup(self, fn: Callable[[], None]) -> None:
+        """Run ``fn`` after every component has stopped (in the order added)."""
+        self._on_stop.append(fn)
+
+    def thread(self, name: str) -> ComponentThread | None:
+        return next((t for t in self.threads if t.name == name), None)
+
+    def join(self, timeout: float | None = None) -> None:
+        """Wait for every component; re-raise the first failure (by time of death)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        for t in self.threads:
+            t.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
+        for fn in self._on_stop:
+            try:
+                fn()
+            except Exception as ex:  # noqa: BLE001 - cleanup must not hide the real outcome
+                logger.warning("cleanup after stop failed: %s", ex)
+        alive = [t.name for t in self.threads if t.is_alive()]
+        failed = sorted((t for t in self.threads if t.error is not None), key=lambda t: t.finished_at or 0.0)
+        if failed:
+            raise failed[0].error  # type: ignore[misc]
+        if alive:
+            raise PermanentError(f"serve: {', '.join(alive)} did not stop within {self.stop_timeout:.0f}s")
+
+    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        self._signals += 1
+        name = signal.Signals(signum).name
+        if self._signals == 1:
+            logger.info("%s received: stopping (finishing the current work, releasing leases)", name)
+            self.stop_event.set()
+        else:
+            logger.warning("%s received again: exiting now", name)
+            os._exit(128 + signum)
+
+    def install_signal_handlers(self) -> None:
+        """SIGTERM / SIGINT stop the service (main thread only)."""
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, self._on_signal)
+
+    def run(self, *, install_signals: bool = True) -> None:
+        """Start, wait for a signal or a failure, stop, and re-raise a failure."""
+        if install_signals:
+            self.install_signal_handlers()
+        self.start()
+        logger.info("serving: %s", ", ".join(self.components))
+        while not self.stop_event.wait(1.0):
+            pass
+        logger.info("stopping: %s", ", ".join(self.components))
+        self.join(self.stop_timeout)
+        logger.info("stopped")
+
+
+# --------------------------------------------------------------------------- wiring
+
+
+@dataclass
+class Pipeline:
+    """What one ``serve`` runs: the components, their pause switches, and what to close."""
+
+    index: ChangeIndex
+    target: Target
+    collector: Collector
+    controls: Controls
+    follower: Follower | None = None
+    consumers: list[ConsumerRunner] = field(default_factory=list)
+
+    def components(self) -> dict[str, Component]:
+        out: dict[str, Component] = {}
+        if self.follower is not None:
+            out["follower"] = self.follower
+        out["collector"] = self.collector
+        for runner in self.consumers:
+            out[runner.consumer.name] = runner
+        return out
+
+    def leases(self) -> list[Lease]:
+        """Every lease this process takes (for the health check and the metrics)."""
+        held = [self.follower.lease] if self.follower is not None else []
+        return [*held, *self.collector.leases(), *(r.lease for r in self.consumers)]
+
+    def close(self) -> None:
+        if self.follower is not None:
+            self.follower.close()
+        for runner in self.consumers:
+            runner.step_down()
+        self.index.store.close()
+
+
+def same_endpoint(a: str, b: str) -> bool:
+    """Whether two URLs name the same server (scheme, host, port with its default)."""
+    pa, pb = urlsplit(a), urlsplit(b)
+    ports = {"http": 80, "https": 443}
+    return (pa.scheme, pa.hostname, pa.port or ports.get(pa.scheme)) == (
+        pb.scheme,
+        pb.hostname,
+        pb.port or ports.get(pb.scheme),
+    )
+
+
+def build_follower(cfg: Config, index: ChangeIndex, target: Target, controls: Controls) -> Follower:
+    """The follower of ``[source]``. The target's bucket is not followed when it lives on the
+    followed zone: the change logs' own writes are not mutations to log."""
+    from changelog.config import reveal
+    from rgw_module.admin import AdminClient
+    from rgw_module.follower import Follower
+
+    src = cfg.source
+    if not src.endpoint:
+        raise PermanentError("source.endpoint is not set")
+    if src.access_key is None or src.secret_key is None:
+        raise PermanentError("source.access_key and source.secret_key must be set to follow a radosgw zone")
+    exclude = set(src.exclude_buckets)
+    if target.bucket and (target.endpoint is None or same_endpoint(target.endpoint, src.endpoint)):
+        exclude.add(target.bucket)
+    admin = AdminClient(src.endpoint, reveal(src.access_key) or "", reveal(src.secret_key) or "", region=src.region)
+    # Pausing parks the follower between sweeps; its lease and markers stay.
+    return Follower(
+        index,
+        admin,
+        src.model_copy(update={"exclude_buckets": tuple(sorted(exclude))}),
+        paused=lambda: controls.checkpoint("follower"),
+    )
+
+
+def build_consumers(cfg: Config, index: ChangeIndex, controls: Controls) -> list[ConsumerRunner]:
+    """The consumers of the logs this config turns on inside ``serve``."""
+    from changelog.consumers.framework import ConsumerRunner
+
+    runners = []
+    if cfg.backup.url is not None and cfg.backup.interval is not None:
+        from changelog.backup.consumer import BackupConsumer
+
+        backup = BackupConsumer(cfg, interval=cfg.backup.interval)
+        runners.append(
+            ConsumerRunner(
+                index,
+                backup,
+                lease_ttl=cfg.backup.lease_ttl,
+                paused=lambda: controls.checkpoint("backup"),
+            )
+        )
+    return runners
+
+
+def build_pipeline(cfg: Config) -> Pipeline:
+    """Open the index and the target and build every component ``cfg`` turns on. Without
+    ``[source] endpoint`` (the embedded setup: mutations come from ``rgw-changelog record``)
+    there is no follower."""
+    from changelog.api import Controls
+    from changelog.config import make_collector, open_index, open_target
+
+    src = cfg.source
+    if src.endpoint and (src.access_key is None or src.secret_key is None):
+        raise PermanentError("source.access_key and source.secret_key must be set to follow a radosgw zone")
+    index = open_index(cfg)
+    try:
+        target = open_target(cfg)
+        names = (["follower"] if cfg.source.endpoint else []) + ["collector"]
+        consumer_names = ["backup"] if cfg.backup.url is not None and cfg.backup.interval is not None else []
+        controls = Controls((*names, *consumer_names))
+        follower = build_follower(cfg, index, target, controls) if cfg.source.endpoint else None
+        collector = make_collector(
+            cfg,
+            index,
+            target,
+            watermark_cap=follower.caught_up_until_us if follower is not None else None,
+            paused=lambda: controls.checkpoint("collector"),
+        )
+        consumers = build_consumers(cfg, index, controls)
+    except BaseException:
+        index.store.close()
+        raise
+    return Pipeline(index, target, collector, controls, follower, consumers)
+
+
+def serve(cfg: Config) -> None:
+    """``rgw-changelog serve``: every component of ``cfg`` and the HTTP API until SIGTERM."""
+    pipeline = build_pipeline(cfg)
+    service = Service(pipeline.components())
+    try:
+        api = start_api(cfg, pipeline, service)
+    except BaseException:
+        pipeline.close()
+        raise
+    service.add_cleanup(api.stop)
+    service.add_cleanup(pipeline.close)
+    src = cfg.source
+    if pipeline.follower is not None:
+        logger.info(
+            "serve: following %s (buckets %s) into index %s, logs to %s",
+            src.endpoint,
+            "all" if src.all_buckets else ", ".join(src.buckets),
+            pipeline.index.prefix,
+            pipeline.target.url,
+        )
+    else:
+        logger.warning("no [source] endpoint: serving the collector only (record mutations with `rgw-changelog record`)")
+        logger.info("serve: index %s -> %s", pipeline.index.prefix, pipeline.target.url)
+    for runner in pipeline.consumers:
+        logger.info("serve: consumer %s every %.0fs", runner.consumer.name, runner.consumer.interval)
+    service.run()
+
+
+def health_checks(pipeline: Pipeline, service: Service) -> dict[str, HealthCheck]:
+    """The components ``GET /_/healthcheck`` reports: the index backend, the source radosgw, the
+    target, each component's thread, and the leases (held by us, or by another live ``serve``
+    while this one stands by). Without a follower (embedded setup) the source and follower
+    checks are left out."""
+    from changelog.api import leases_held, probe, thread_alive
+
+    index, target, follower = pipeline.index, pipeline.target, pipeline.follower
+    checks: dict[str, HealthCheck] = {
+        "index": probe(lambda: index.store.omap_get(index.control_oid, ["meta"]), ok="control object readable"),
+    }
+    if follower is not None:
+        checks["source"] = probe(follower.admin.server_time_ns, ok=f"{follower.admin.endpoint} answering")
+    # A one-key listing: a bucket that was deleted or cannot be reached shows up here, before a
+    # pass has anything to write.
+    checks["target"] = probe(lambda: next(iter(target.list(page=1)), None), ok=f"{target.url} listable")
+    for name in pipeline.components():
+        checks[name] = thread_alive(lambda name=name: service.thread(name))  # type: ignore[misc]
+
+    def leases() -> list[Lease]:
+        # The control leases: one per role (shard leases come and go with each pass).
+        held = [follower.lease] if follower is not None else []
+        return [*held, pipeline.collector.control_lease, *(r.lease for r in pipeline.consumers)]
+
+    checks["leases"] = leases_held(leases)
+    return checks
+
+
+def status_doc(cfg: Config, pipeline: Pipeline) -> dict[str, object]:
+    """``GET /_/status``: the direct status document plus this process's live counters."""
+    from changelog.status import collect_status
+    from rgw_module.follower import follower_state
+
+    doc = collect_status(cfg, pipeline.index, pipeline.target)
+    doc["from"] = "serve"
+    collector_doc = doc.get("collector")
+    if isinstance(collector_doc, dict):
+        collector_doc["live"] = pipeline.collector.stats()
+    if pipeline.follower is not None:
+        doc["follower"] = {**follower_state(pipeline.index), "live": pipeline.follower.stats()}
+    consumers = doc.get("consumers")
+    if isinstance(consumers, dict):
+        for runner in pipeline.consumers:
+            consumers[runner.consumer.name] = {**dict(consumers.get(runner.consumer.name) or {}), **runner.status()}
+    return doc
+
+
+def start_api(cfg: Config, pipeline: Pipeline, service: Service) -> ApiServer:
+    """The operator HTTP API (health, metrics, status, pause, flush, consumer routes), started."""
+    from changelog.api import ApiServer
+    from changelog.metrics import ChangelogMetrics, make_registry
+
+    metrics = ChangelogMetrics(
+        collector=pipeline.collector,
+        follower=pipeline.follower,
+        index=pipeline.index,
+        leases=pipeline.leases,
+        controls=pipeline.controls,
+        consumers={r.consumer.name: r for r in pipeline.consumers},
+    )
+    api = ApiServer(
+        cfg.api.listen,
+        cfg.api.allow_from,
+        status_provider=lambda: status_doc(cfg, pipeline),
+        health_checks=health_checks(pipeline, service),
+        controls=pipeline.controls,
+        registry=make_registry(metrics),
+        flush=pipeline.collector.request_flush,
+    )
+    for runner in pipeline.consumers:
+        for (method, path), handler in runner.consumer.routes().items():
+            api.mount(f"/_/{runner.consumer.name}/{path}", method, handler)
+    api.start()
+    return api

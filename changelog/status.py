@@ -1,0 +1,157 @@
+"""The status document (``rgw-changelog status --json``, ``GET /_/status``): the index per shard,
+the leases, the collector's persisted state, the follower's markers, the target's newest log
+object and watermark, and each consumer's checkpoint. Read directly from the stores, without a
+lease; a running ``serve`` adds its live counters on top (``changelog.service``).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, TypedDict
+
+from changelog.control import COLLECTOR_LOCK, SHARD_LOCK
+from changelog.errors import ChangelogError, PermanentError
+from changelog.progress import Progress
+from changelog.times import fmt_time
+
+if TYPE_CHECKING:
+    from changelog.collector import PassResult
+    from changelog.config import Config
+    from changelog.index import ChangeIndex
+    from changelog.store import LockInfo
+    from changelog.targets import Target
+
+# A JSON document as the status routes and `--json` print it.
+Doc = dict[str, object]
+
+
+class ShardDoc(TypedDict):
+    """One shard in `status` and `shards list`."""
+
+    shard: int
+    oid: str
+    entries: int
+    oldest: str | None
+    oldest_age_s: float | None
+    floor: str | None
+    lease: Doc | None
+
+
+def one_line(text: str) -> str:
+    return " ".join(str(text).split()) or "(no message)"
+
+
+def lock_doc(info: LockInfo | None, now: float) -> Doc | None:
+    """A lock as status shows it: holder, cookie, description, expiry (RFC 3339 and seconds)."""
+    if info is None:
+        return None
+    expires = info.expires_at
+    return {
+        "holder": info.holder,
+        "cookie": info.cookie,
+        "description": info.description,
+        "expires": fmt_time(expires * 1_000_000) if expires else None,
+        "expires_in": None if expires is None else round(expires - now, 3),
+    }
+
+
+def shard_docs(index: ChangeIndex, *, now: float | None = None) -> list[ShardDoc]:
+    """Per-shard facts for `status` and `shards list`: entries, oldest entry and its age, floor,
+    drain lease."""
+    now = time.time() if now is None else now
+    out: list[ShardDoc] = []
+    with Progress("scan shards", total=index.shards, unit="shards") as bar:
+        for n in range(index.shards):
+            st = index.stats(n)
+            oid = index.shard_oid(n)
+            out.append(
+                {
+                    "shard": n,
+                    "oid": oid,
+                    "entries": st.entries,
+                    "oldest": fmt_time(st.oldest_us),
+                    "oldest_age_s": None if st.oldest_us is None else round(now - st.oldest_us / 1e6, 3),
+                    "floor": fmt_time(st.floor_us) if st.floor_us else None,
+                    "lease": lock_doc(index.store.lock_info(oid, SHARD_LOCK), now),
+                }
+            )
+            bar.update()
+    return out
+
+
+def collector_doc(index: ChangeIndex) -> Doc:
+    """The collector's persisted state and its pending commits (``Collector.read_state``)."""
+    from changelog.collector import Collector
+
+    state, pending = Collector.read_state(index)
+    return {
+        "generation": state.generation,
+        "last_cutoff": fmt_time(state.last_cutoff_us) if state.last_cutoff_us else None,
+        "last_object": state.last_object,
+        "watermark": fmt_time(state.watermark_us) if state.watermark_us else None,
+        "pending_commits": [p.name for p in pending],
+    }
+
+
+def follower_doc(index: ChangeIndex) -> Doc | None:
+    """The RGW follower's persisted state, or the one-line reason it cannot be read."""
+    from rgw_module.follower import follower_state
+
+    try:
+        return follower_state(index)
+    except ChangelogError as ex:
+        return {"error": one_line(str(ex))}
+    except Exception as ex:  # noqa: BLE001 - status must answer with a message, not a traceback
+        return {"error": one_line(str(PermanentError(f"cannot read the follower state: {ex}")))}
+
+
+def target_doc(target: Target) -> Doc:
+    from changelog.reader import target_status
+
+    try:
+        return target_status(target)
+    except ChangelogError as ex:
+        return {"error": one_line(str(ex))}
+
+
+def collect_status(cfg: Config, index: ChangeIndex, target: Target | None) -> Doc:
+    """What `status --json` prints, read directly from the index and the target."""
+    from changelog.consumers.framework import consumers_doc
+
+    now = time.time()
+    shards = shard_docs(index, now=now)
+    entries = sum(d["entries"] for d in shards)
+    ages = [d["oldest_age_s"] for d in shards if d["oldest_age_s"] is not None]
+    target_info: Doc = {"url": cfg.target.url}
+    if target is not None:
+        target_info.update(target_doc(target))
+    return {
+        "from": "direct",
+        "index": {
+            "backend": cfg.index.backend,
+            "prefix": index.prefix,
+            "shards": index.shards,
+            "mode": index.mode,
+            "entries": entries,
+            "oldest_age_s": max(ages) if ages else None,
+        },
+        "collector_lease": lock_doc(index.store.lock_info(index.control_oid, COLLECTOR_LOCK), now),
+        "collector": collector_doc(index),
+        "shards": shards,
+        "follower": follower_doc(index),
+        "consumers": consumers_doc(index, now=now),
+        "target": target_info,
+    }
+
+
+def pass_doc(result: PassResult) -> Doc:
+    """A collector pass's result as `collect --once --json`, `flush --json` and ``POST /_/flush``
+    print it: the dataclass's fields, with the ``*_us`` times also in RFC 3339."""
+    import dataclasses
+
+    doc: Doc = dataclasses.asdict(result)
+    for k in ("cutoff_us", "watermark_us"):
+        if k in doc:
+            v = doc[k]
+            doc[k[:-3]] = fmt_time(v) if isinstance(v, int | float) else None
+    return doc

@@ -1,0 +1,269 @@
+"""Reading the pending bucket-index shards' logs (bilogs) into the change index: each shard from
+its persisted marker to its end, in pages, ``shards_per_round`` shards a round. A round's entries
+are mapped to mutations (``mapping``), recorded with one ``ChangeIndex.record_many``, and *then*
+the shards' markers are persisted: a crash in between replays entries the index drops by their
+(source, position) high-water mark (H1). A shard that went quiet for ``hot_seconds`` stops being
+pending; its log is trimmed up to its marker (``trim``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from changelog.errors import LeaseLost, PermanentError, TransientError
+from changelog.loop import Stopped
+from changelog.mutation import Mutation, Op
+from rgw_module.admin import NotFound
+from rgw_module.bucket_tracker import BucketTracker
+from rgw_module.follower_state import ShardCursor, marker_key, pending_key
+from rgw_module.generations import start_closing
+from rgw_module.mapping import BucketShard, bilog_marker, map_entry
+from rgw_module.sweep_context import SweepContext
+
+logger = logging.getLogger(__name__)
+
+# Persisted markers are read for this many shards per control-object read.
+MARKER_READ_BATCH = 1000
+
+
+@dataclass(frozen=True, slots=True)
+class ShardProgress:
+    """What one round read from one shard: the marker it reached, whether the page had entries
+    (the shard stays hot) and whether more follow (the shard is read again this sweep)."""
+
+    cursor: ShardCursor
+    marker: str
+    had_entries: bool
+    more: bool
+
+
+class BilogReader:
+    """Reads every pending shard to its end (module docstring)."""
+
+    def __init__(self, ctx: SweepContext, tracker: BucketTracker) -> None:
+        self.ctx = ctx
+        self.tracker = tracker
+        self._warned_info: set[str] = set()
+
+    def drain(self) -> bool:
+        """Read every pending shard to its end, in rounds; False if a shard could not be read."""
+        queue = deque(self._candidates())
+        complete = True
+        while queue:
+            self.ctx.check_running()
+            batch = [queue.popleft() for _ in range(min(len(queue), self.ctx.config.shards_per_round))]
+            complete = self._round(batch, queue) and complete
+        return complete
+
+    def _candidates(self) -> list[ShardCursor]:
+        """Pending shards ready to read: of a known, incremental bucket instance. Resolves
+        unknown buckets and new instances on the way; drops shards of old instances."""
+        ctx, st = self.ctx, self.ctx.state
+        to_resolve = sorted(
+            {
+                bs.bucket
+                for bs in st.shards
+                if (b := st.buckets.get(bs.bucket)) is None
+                or b.state == "gone"
+                or b.bucket_id != bs.bucket_id
+            }
+        )
+        now = ctx.now()
+        for name in to_resolve:
+            ctx.check_running()
+            self.tracker.resolve(name)
+        stale: list[BucketShard] = []
+        out: list[ShardCursor] = []
+        for bs, sh in sorted(st.shards.items()):
+            b = st.buckets.get(bs.bucket)
+            if b is None or not b.owns(bs):
+                stale.append(bs)
+                if b is not None and b.outgrown_by(bs) and not b.closing:
+                    start_closing(ctx, b, now, persist=True)
+            elif b.state == "incr":
+                out.append(sh)
+        if stale:
+            ctx.write(remove=[pending_key(bs) for bs in stale])
+            for bs in stale:
+                st.shards.pop(bs, None)
+        self._load_markers([sh for sh in out if sh.marker is None])
+        return out
+
+    def _load_markers(self, cursors: list[ShardCursor]) -> None:
+        ctx = self.ctx
+        for i in range(0, len(cursors), MARKER_READ_BATCH):
+            chunk = cursors[i : i + MARKER_READ_BATCH]
+            got = ctx.store.omap_get(ctx.control_oid, [marker_key(sh.bs) for sh in chunk])
+            for sh in chunk:
+                raw = got.get(marker_key(sh.bs))
+                sh.marker = raw.decode() if raw is not None else ""
+
+    def _round(self, batch: list[ShardCursor], queue: deque[ShardCursor]) -> bool:
+        """One page of each shard of ``batch``: recorded, then the markers persisted. Shards
+        with more to read go back on ``queue``."""
+        ctx = self.ctx
+        page_entries = ctx.config.page_entries
+        pages = ctx.parallel(
+            lambda sh: ctx.admin.bilog_list(sh.bs, sh.marker or "", max_entries=page_entries), batch
+        )
+        now = ctx.now()
+        observed_ns = int(now * 1_000_000_000)
+        mutations: list[Mutation] = []
+        advanced: list[ShardProgress] = []
+        gone: list[ShardCursor] = []
+        complete = True
+        for sh, page in zip(batch, pages, strict=True):
+            if isinstance(page, NotFound):
+                gone.append(sh)
+                continue
+            if isinstance(page, LeaseLost | PermanentError | Stopped):
+                raise page
+            if isinstance(page, BaseException):
+                complete = False
+                ctx.count_error("bilog")
+                logger.warning("bucket index log %s: %s", sh.bs.key, page)
+                continue
+            mutations += self._mutations(sh.bs, page, observed_ns)
+            marker = bilog_marker(str(page[-1].get("op_id", ""))) if page else (sh.marker or "")
+            more = len(page) >= page_entries
+            advanced.append(ShardProgress(sh, marker, bool(page), more))
+            if more:
+                queue.append(sh)
+        if ctx.config.object_info:
+            mutations = self._with_object_info(mutations)
+        ctx.record(mutations)
+        ctx.fault("recorded")
+        self._persist(advanced, now)
+        for sh in gone:
+            self._instance_gone(sh)
+        return complete
+
+    def _mutations(self, bs: BucketShard, page: list[dict[str, Any]], observed_ns: int) -> list[Mutation]:
+        ctx = self.ctx
+        gen = ctx.state.buckets[bs.bucket].gen
+        out: list[Mutation] = []
+        for entry in page:
+            m = map_entry(entry, bs, generation=gen, observed_ns=observed_ns)
+            if m is not None and ctx.filter.wants(m.bucket, m.key):
+                out.append(m)
+        with ctx.lock:
+            ctx.stats.entries_read += len(page)
+            ctx.stats.entries_skipped += len(page) - len(out)
+        return out
+
+    def _persist(self, advanced: Sequence[ShardProgress], now: float) -> None:
+        """Persist the markers of a recorded round; drop shards that went quiet."""
+        ctx, st = self.ctx, self.ctx.state
+        sets: dict[str, bytes] = {}
+        removes: list[str] = []
+        cooled: list[ShardCursor] = []
+        for p in advanced:
+            sh = p.cursor
+            if p.marker != (sh.marker or ""):
+                sets[marker_key(sh.bs)] = p.marker.encode()
+            if p.had_entries:
+                value = sh.heat(now + ctx.config.hot_seconds)
+                if value is not None:
+                    sets[pending_key(sh.bs)] = value
+            elif not p.more and now >= sh.hot_until:
+                removes.append(pending_key(sh.bs))
+                cooled.append(sh)
+        ctx.write(sets, removes)
+        with ctx.lock:
+            for p in advanced:
+                self._advance(p, persisted_hot=pending_key(p.cursor.bs) in sets, now=now)
+            for sh in cooled:
+                st.shards.pop(sh.bs, None)
+                if ctx.trim_bilogs and sh.marker and sh.marker != sh.trimmed:
+                    st.to_trim[sh.bs] = sh.marker
+
+    def _advance(self, p: ShardProgress, *, persisted_hot: bool, now: float) -> None:
+        """The in-memory side of a persisted round (under the lock)."""
+        sh = p.cursor
+        sh.marker = p.marker
+        if not p.more and (waiting := self.ctx.state.closing.get(sh.bs.bucket)) is not None:
+            waiting.discard(sh.bs)
+        if persisted_hot:
+            sh.persisted_hot = sh.hot_until
+        if not p.more and not sh.at_end:
+            sh.at_end = True
+        elif p.more and sh.at_end:
+            sh.at_end = False
+            sh.since = now
+
+    def _instance_gone(self, sh: ShardCursor) -> None:
+        """The shard's bucket instance answered 404: resharded away or deleted."""
+        ctx, st = self.ctx, self.ctx.state
+        name = sh.bs.bucket
+        logger.info("bucket index log %s is gone; checking bucket %s", sh.bs.key, name)
+        self.tracker.resolve(name)
+        b = st.buckets.get(name)
+        if b is not None and b.owns(sh.bs) and b.state == "incr":
+            # Same instance, same generation, and its log is gone: someone else removed the
+            # generation (`radosgw-admin bilog autotrim`) before it was read to its end. What it
+            # held is unknown: a new baseline says what exists now.
+            try:
+                stats = ctx.admin.bucket_stats(name)
+            except NotFound:
+                return  # deleted meanwhile: the next sweep drops it
+            if stats.bucket_id == b.bucket_id:
+                logger.warning(
+                    "bucket %s: log generation %d removed before it was read to its end: full sync",
+                    name,
+                    b.log_gen,
+                )
+                self.tracker.start_full_sync(stats, b.gen + 1)
+            b = st.buckets.get(name)
+        if b is None or not b.owns(sh.bs):
+            ctx.write(remove=[pending_key(sh.bs), marker_key(sh.bs)])
+            st.shards.pop(sh.bs, None)
+
+    def _with_object_info(self, mutations: list[Mutation]) -> list[Mutation]:
+        """Size and etag of written versions: the bucket index log does not carry them."""
+        idx = _needing_object_info(mutations)
+        if not idx:
+            return mutations
+
+        def look(i: int) -> tuple[int, str | None] | None:
+            m = mutations[i]
+            return self.ctx.admin.object_info(m.bucket, m.key, m.version_id, m.mtime_ns)
+
+        out = list(mutations)
+        for i, info in zip(idx, self.ctx.parallel(look, idx), strict=True):
+            if isinstance(info, TransientError):
+                raise info
+            if isinstance(info, BaseException):
+                m = mutations[i]
+                if m.bucket not in self._warned_info:
+                    self._warned_info.add(m.bucket)
+                    logger.warning("size/etag of objects in bucket %s unavailable: %s", m.bucket, info)
+                continue
+            if info is not None:
+                out[i] = dataclasses.replace(out[i], size=info[0], etag=info[1])
+        return out
+
+
+def _needing_object_info(mutations: Sequence[Mutation]) -> list[int]:
+    """The writes whose size and etag to look up. A later change of the same unversioned key
+    within the same second would make a second-resolution listing (Tentacle) describe it
+    instead: only the last one of such a second is looked up."""
+    last: dict[tuple[str, str], int] = {}
+    for i, m in enumerate(mutations):
+        if m.version_id is None:
+            last[(m.bucket, m.key)] = i
+    return [
+        i
+        for i, m in enumerate(mutations)
+        if m.op is Op.WRITE
+        and m.size is None
+        and (
+            m.version_id is not None
+            or last[(m.bucket, m.key)] == i
+            or mutations[last[(m.bucket, m.key)]].mtime_ns // 1_000_000_000 != m.mtime_ns // 1_000_000_000
+        )
+    ]

@@ -1,0 +1,248 @@
+"""Which instance and log generation of each bucket the RGW follower reads, kept in step with
+radosgw: the first start (every existing bucket resolved), buckets created, resharded, deleted,
+or deleted and created again, and baselines asked for. A bucket whose log is not known to be
+complete gets a *full sync* (a baseline of its objects, ``full_sync``) before it is followed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Sequence
+
+from changelog.control import (
+    FOLLOWER_BOOT_KEY,
+    FOLLOWER_MARKER_PREFIX,
+    FOLLOWER_PENDING_PREFIX,
+    FOLLOWER_REQUEST_PREFIX,
+)
+from changelog.errors import TransientError
+from changelog.store import omap_iter
+from rgw_module.admin import BilogInfo, BucketStats, NotFound
+from rgw_module.follower_state import (
+    BootRecord,
+    BucketRecord,
+    FullSyncProgress,
+    bucket_key,
+    datalog_key,
+    full_sync_key,
+    marker_key,
+)
+from rgw_module.generations import start_closing
+from rgw_module.mapping import BucketShard
+from rgw_module.sweep_context import SweepContext
+
+logger = logging.getLogger(__name__)
+
+# A bucket created after the follower's first start (both times from radosgw's clock) was born
+# with its bucket-index log complete (log_data was on): it is followed from its first entry, no
+# baseline. The first start is read from radosgw's Date header, truncated to whole seconds, so a
+# bucket counts as created after it only when it is one full second past it.
+FRESH_MARGIN_NS = 1_000_000_000
+
+
+class BucketTracker:
+    """Resolves buckets against radosgw and starts their full syncs (module docstring)."""
+
+    def __init__(self, ctx: SweepContext) -> None:
+        self.ctx = ctx
+        self.last_scan = float("-inf")
+
+    def bootstrap(self) -> None:
+        """First start: the data-log markers as they are now (what came before is covered by
+        baselines), then every followed bucket resolved. Resumes if it was interrupted."""
+        ctx, st = self.ctx, self.ctx.state
+        if st.boot is None:
+            boot_ns = ctx.admin.server_time_ns()
+            n = ctx.admin.datalog_shards()
+            markers = ctx.parallel(ctx.admin.datalog_info, list(range(n)))
+            for m in markers:
+                if isinstance(m, BaseException):
+                    raise m
+            st.datalog = {i: str(m) for i, m in enumerate(markers)}
+            st.boot = BootRecord(boot_ns)
+            ctx.write(
+                {
+                    FOLLOWER_BOOT_KEY: st.boot.encode(),
+                    **{datalog_key(i): m.encode() for i, m in st.datalog.items()},
+                }
+            )
+            logger.info("follower bootstrap: %d data-log shards, radosgw time %d", n, boot_ns)
+        names = [n for n in ctx.admin.list_buckets() if ctx.filter.follows(n)]
+        for name in names:
+            ctx.check_running()
+            if name not in st.buckets or st.buckets[name].state == "gone":
+                self.resolve(name)
+        st.boot = BootRecord(st.boot.time_ns, done=True)
+        ctx.write({FOLLOWER_BOOT_KEY: st.boot.encode()})
+        self.last_scan = ctx.clocks.monotonic()
+        logger.info("follower bootstrap done: %d buckets, %d to full-sync", len(names), len(st.full))
+
+    def scan_now_and_then(self) -> None:
+        """Every ``bucket_scan_interval``, list the zone's buckets: finds deleted ones (to drop
+        their state) and new empty ones (the data log names a bucket only once it has a change)."""
+        ctx = self.ctx
+        if ctx.clocks.monotonic() - self.last_scan < ctx.config.bucket_scan_interval:
+            return
+        self.last_scan = ctx.clocks.monotonic()
+        names = set(ctx.admin.list_buckets())
+        for name in sorted(n for n in names if ctx.filter.follows(n)):
+            b = ctx.state.buckets.get(name)
+            if b is None or b.state == "gone":
+                self.resolve(name)
+        for name, b in sorted(ctx.state.buckets.items()):
+            if b.state != "gone" and name not in names:
+                self.resolve(name)
+
+    def take_requests(self) -> None:
+        """Start the full syncs asked for with ``Follower.request_full_sync``."""
+        ctx = self.ctx
+        for k, _ in list(omap_iter(ctx.store, ctx.control_oid, prefix=FOLLOWER_REQUEST_PREFIX)):
+            name = k[len(FOLLOWER_REQUEST_PREFIX) :]
+            if not ctx.filter.follows(name):
+                logger.warning("full sync of %s asked for, but the source filter does not follow it", name)
+                ctx.write(remove=[k])
+                continue
+            try:
+                stats = ctx.admin.bucket_stats(name)
+            except NotFound:
+                logger.warning("full sync of %s asked for, but there is no such bucket", name)
+                ctx.write(remove=[k])
+                continue
+            known = ctx.state.buckets.get(name)
+            gen = known.gen + 1 if known is not None else 1
+            logger.info("full sync of bucket %s requested: generation %d", name, gen)
+            self.start_full_sync(stats, gen, extra_remove=[k])
+
+    def resolve(self, name: str) -> None:
+        """Bring the bucket record of ``name`` up to date with radosgw: new bucket, reshard,
+        deleted, or deleted and created again."""
+        ctx = self.ctx
+        if not ctx.filter.follows(name):
+            return
+        try:
+            stats: BucketStats | None = ctx.admin.bucket_stats(name)
+        except NotFound:
+            stats = None
+        known = ctx.state.buckets.get(name)
+        if stats is None:
+            self._gone(name, known)
+            return
+        if known is not None and known.state != "gone" and known.bucket_id == stats.bucket_id:
+            return
+        gen = known.gen + 1 if known is not None else 1
+        if known is not None and known.state != "gone":
+            why = "resharded" if known.marker == stats.marker else "deleted and created again"
+            logger.info(
+                "bucket %s %s: instance %s -> %s, generation %d",
+                name,
+                why,
+                known.bucket_id,
+                stats.bucket_id,
+                gen,
+            )
+        if not self._follow_from_first_entry(stats, gen):
+            self.start_full_sync(stats, gen)
+
+    def _gone(self, name: str, known: BucketRecord | None) -> None:
+        """``name`` answered 404: keep a tombstone (its ``gen`` orders a bucket of the same name
+        created later), drop the rest of its state."""
+        ctx = self.ctx
+        if known is not None and known.state != "gone":
+            logger.info("bucket %s is gone (deleted): dropping its follower state", name)
+            # A gone bucket has no log generation left to finish: a closing generation kept here
+            # would hold every later sweep incomplete (and the watermark with it).
+            tomb = dataclasses.replace(known, state="gone", closing=False)
+            ctx.write({bucket_key(name): tomb.encode()}, self.bucket_keys(name) + [full_sync_key(name)])
+            ctx.state.forget(name)
+            ctx.state.buckets[name] = tomb
+        else:
+            ctx.state.forget(name)
+        ctx.state.closing.pop(name, None)
+
+    def _follow_from_first_entry(self, stats: BucketStats, gen: int) -> bool:
+        """Follow a bucket born after the follower's first start without a baseline, if its log
+        is complete from its first entry: never resharded, or resharded in place with every log
+        generation kept (then followed from generation 0). False: it needs a full sync."""
+        ctx, st = self.ctx, self.ctx.state
+        boot_ns = st.boot.time_ns if st.boot is not None else 0
+        fresh = (
+            boot_ns > 0 and stats.creation_ns > boot_ns + FRESH_MARGIN_NS and stats.bucket_id == stats.marker
+        )
+        if not fresh:
+            return False
+        info = self.bilog_info(stats)
+        if info.oldest_gen != 0:
+            return False
+        name = stats.name
+        b = BucketRecord(
+            name, stats.bucket_id, stats.marker, gen, info.generations.get(0, stats.num_shards), "incr", 0,
+            info.latest_gen > 0,
+        )  # fmt: skip
+        ctx.write({bucket_key(name): b.encode()}, self.bucket_keys(name, keep=stats.bucket_id))
+        st.forget(name, keep=stats.bucket_id)
+        st.closing.pop(name, None)
+        st.buckets[name] = b
+        if b.closing:
+            start_closing(ctx, b, ctx.now(), persist=True)
+        logger.info("following new bucket %s (%s) from its first log entry", name, stats.bucket_id)
+        return True
+
+    def bucket_keys(self, name: str, *, keep: str | None = None) -> list[str]:
+        """The r.m / r.p keys of ``name`` (of every instance but ``keep``)."""
+        ctx = self.ctx
+        out: list[str] = []
+        for prefix in (FOLLOWER_MARKER_PREFIX, FOLLOWER_PENDING_PREFIX):
+            for k, _ in omap_iter(ctx.store, ctx.control_oid, prefix=f"{prefix}{name}:"):
+                bs = BucketShard.parse(k[len(prefix) :])
+                if bs is not None and bs.bucket == name and bs.bucket_id != keep:
+                    out.append(k)
+        return out
+
+    def start_full_sync(self, stats: BucketStats, gen: int, *, extra_remove: Sequence[str] = ()) -> None:
+        """Baseline, then incremental: the log markers are taken *before* the listing, so every
+        change is either in the listing or after the markers (or both)."""
+        ctx, st = self.ctx, self.ctx.state
+        name = stats.name
+        # The markers and the log generation they belong to come from one response.
+        info = self.bilog_info(stats)
+        b = BucketRecord(
+            name,
+            stats.bucket_id,
+            stats.marker,
+            gen,
+            info.generations[info.latest_gen],
+            "full",
+            info.latest_gen,
+        )
+        fs = FullSyncProgress(stats.bucket_id, gen, started=ctx.now())
+        sets: dict[str, bytes] = {bucket_key(name): b.encode(), full_sync_key(name): fs.encode()}
+        for bs in b.shard_list():
+            sets[marker_key(bs)] = info.max_markers.get(bs.shard, "").encode()
+        removes = [k for k in self.bucket_keys(name) if k not in sets] + list(extra_remove)
+        ctx.write(sets, removes)
+        st.forget(name)
+        st.closing.pop(name, None)
+        st.buckets[name] = b
+        st.full[name] = fs
+        with ctx.lock:
+            ctx.stats.full_syncs_started += 1
+        logger.info(
+            "full sync of bucket %s (%s, %d shards, generation %d) started",
+            name,
+            stats.bucket_id,
+            stats.num_shards,
+            gen,
+        )
+
+    def bilog_info(self, stats: BucketStats) -> BilogInfo:
+        """Log generations of the bucket's current instance (Pacific: generation 0 with the
+        shards of ``stats``). A bucket gone between two calls is retried by the next sweep."""
+        try:
+            info = self.ctx.admin.bilog_info(stats.name, stats.bucket_id)
+        except NotFound as ex:
+            raise TransientError(f"bucket {stats.name} changed while it was being resolved") from ex
+        self.ctx.state.generation_aware = info.generation_aware
+        if not info.generation_aware:
+            return BilogInfo(0, 0, {0: stats.num_shards}, stats.max_markers, False)
+        return info

@@ -1,0 +1,278 @@
+"""The RGW follower's state: the records it keeps in the index's control object (key names in
+``changelog.control``), their in-memory mirror (``FollowerState``, reloaded after every lease
+takeover: another follower may have moved it), and ``follower_state(index)``, the persisted state
+as ``rgw-changelog status`` shows it (no lease needed).
+
+==================================  ===========================================================
+``r.boot``                          ``BootRecord``: radosgw's clock at the first start
+``r.dl.<nnnn>``                     data-log shard marker
+``r.p.<bucket>:<id>:<shard>``       pending bucket-index shard: ``{"hot_until": unix time}``
+``r.m.<bucket>:<id>:<shard>``       bucket-index-log marker (bare), last entry recorded
+``r.k.<bucket>``                    ``BucketRecord``: instance, shards, log generation, state
+``r.f.<bucket>``                    ``FullSyncProgress``
+``r.rq.<bucket>``                   a full sync asked for (``Follower.request_full_sync``)
+``r.cu``                            caught_up_until, microseconds
+==================================  ===========================================================
+
+Every write happens under the follower lease (fenced), so one follower per index owns them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from dataclasses import dataclass, field
+from typing import Any, Literal, cast
+
+import orjson
+
+from changelog.control import (
+    FOLLOWER_BOOT_KEY,
+    FOLLOWER_BUCKET_PREFIX,
+    FOLLOWER_CAUGHT_UP_KEY,
+    FOLLOWER_DATALOG_PREFIX,
+    FOLLOWER_FULL_PREFIX,
+    FOLLOWER_LOCK,
+    FOLLOWER_MARKER_PREFIX,
+    FOLLOWER_PENDING_PREFIX,
+)
+from changelog.index import ChangeIndex
+from changelog.store import ObjectStore, omap_iter
+from rgw_module.mapping import BucketShard
+
+logger = logging.getLogger(__name__)
+
+# A pending shard's ``hot_until`` moves forward on every round that reads entries from it: it
+# is persisted only once it moved by more than this, or a busy shard would cost a write a round.
+HOT_PERSIST_SLACK = 5.0
+
+BucketState = Literal["full", "incr", "gone"]
+
+
+def dump_json(obj: object) -> bytes:
+    return orjson.dumps(obj)
+
+
+def datalog_key(n: int) -> str:
+    return f"{FOLLOWER_DATALOG_PREFIX}{n:04d}"
+
+
+def pending_key(bs: BucketShard) -> str:
+    return FOLLOWER_PENDING_PREFIX + bs.key
+
+
+def marker_key(bs: BucketShard) -> str:
+    return FOLLOWER_MARKER_PREFIX + bs.key
+
+
+def bucket_key(name: str) -> str:
+    return FOLLOWER_BUCKET_PREFIX + name
+
+
+def full_sync_key(name: str) -> str:
+    return FOLLOWER_FULL_PREFIX + name
+
+
+def pending_value(hot_until: float) -> bytes:
+    return dump_json({"hot_until": hot_until})
+
+
+@dataclass(slots=True)
+class BootRecord:
+    """The follower's first start: radosgw's clock then (a bucket created later was born with a
+    complete log); ``done`` once every bucket that existed then was resolved."""
+
+    time_ns: int
+    done: bool = False
+
+    def encode(self) -> bytes:
+        return dump_json({"time_ns": self.time_ns, "done": self.done})
+
+    @classmethod
+    def decode(cls, raw: bytes) -> BootRecord:
+        d = orjson.loads(raw)
+        return cls(int(d.get("time_ns", 0)), bool(d.get("done", False)))
+
+
+@dataclass(slots=True)
+class BucketRecord:
+    """The bucket instance and bucket-index-log generation followed for one bucket
+    (``r.k.<bucket>``), and whether it is in full sync, incremental, or gone (deleted)."""
+
+    name: str
+    bucket_id: str
+    marker: str  # the id of the bucket's first instance: survives a reshard
+    gen: int  # ours: bumped on every new instance, full sync or log generation (orders ``seq``)
+    shards: int  # of the log generation being followed
+    state: BucketState
+    log_gen: int = 0  # radosgw's bucket-index-log generation being followed (Reef and later)
+    closing: bool = False  # a newer log generation exists: finish this one, then move on
+
+    def encode(self) -> bytes:
+        d: dict[str, Any] = {
+            "id": self.bucket_id, "marker": self.marker, "gen": self.gen, "shards": self.shards, "state": self.state,
+        }  # fmt: skip
+        if self.log_gen or self.closing:
+            d["log_gen"] = self.log_gen
+            d["closing"] = self.closing
+        return dump_json(d)
+
+    @classmethod
+    def decode(cls, name: str, raw: bytes) -> BucketRecord:
+        d = orjson.loads(raw)
+        return cls(
+            name,
+            str(d["id"]),
+            str(d.get("marker", "")),
+            int(d["gen"]),
+            int(d.get("shards", 0)),
+            cast(BucketState, str(d["state"])),
+            int(d.get("log_gen", 0)),
+            bool(d.get("closing", False)),
+        )
+
+    def shard_list(self) -> list[BucketShard]:
+        if self.shards <= 0:
+            return [BucketShard(self.name, self.bucket_id, -1, self.log_gen)]
+        return [BucketShard(self.name, self.bucket_id, n, self.log_gen) for n in range(self.shards)]
+
+    def owns(self, bs: BucketShard) -> bool:
+        """Whether ``bs`` is a shard of the instance and log generation being followed."""
+        return self.state != "gone" and self.bucket_id == bs.bucket_id and self.log_gen == bs.log_gen
+
+    def outgrown_by(self, bs: BucketShard) -> bool:
+        """Whether ``bs`` is of a newer log generation of the same instance (resharded in place)."""
+        return self.state != "gone" and self.bucket_id == bs.bucket_id and bs.log_gen > self.log_gen
+
+
+@dataclass(slots=True)
+class FullSyncProgress:
+    """How far the baseline listing of one bucket got (``r.f.<bucket>``): which prefix, the
+    listing markers within it, and how many objects were listed."""
+
+    bucket_id: str
+    gen: int
+    versions: bool | None = None  # list object versions; None until the versioning was read
+    prefix_idx: int = 0
+    key_marker: str = ""
+    version_marker: str = ""
+    counter: int = 0
+    started: float = 0.0
+
+    def encode(self) -> bytes:
+        return dump_json(dataclasses.asdict(self))
+
+    @classmethod
+    def decode(cls, raw: bytes) -> FullSyncProgress:
+        return cls(**orjson.loads(raw))
+
+
+@dataclass(slots=True)
+class ShardCursor:
+    """A pending bucket-index shard (``r.p.``): where its log was read to (``r.m.``), until when
+    it stays hot (re-read every sweep), and what was trimmed of it."""
+
+    bs: BucketShard
+    marker: str | None = None  # None until loaded from the control object
+    hot_until: float = 0.0
+    persisted_hot: float = 0.0
+    since: float = 0.0  # when it became pending and not yet read to its end (lag)
+    at_end: bool = False
+    trimmed: str = ""
+    last_trim: float = float("-inf")
+
+    def heat(self, until: float) -> bytes | None:
+        """Keep the shard hot until ``until`` at least; the ``r.p.`` value to persist, if it is
+        worth a write (``HOT_PERSIST_SLACK``)."""
+        self.hot_until = max(self.hot_until, until)
+        if self.hot_until - self.persisted_hot > HOT_PERSIST_SLACK:
+            return pending_value(self.hot_until)
+        return None
+
+
+@dataclass
+class FollowerState:
+    """The in-memory mirror of the persisted state, plus what a sweep remembers between sweeps.
+    ``load`` replaces the persisted part; the rest (trims owed, excluded shards seen) stays."""
+
+    boot: BootRecord | None = None
+    caught_up_us: int | None = None
+    datalog: dict[int, str] = field(default_factory=dict)  # data-log shard -> marker read up to
+    buckets: dict[str, BucketRecord] = field(default_factory=dict)
+    full: dict[str, FullSyncProgress] = field(default_factory=dict)
+    shards: dict[BucketShard, ShardCursor] = field(default_factory=dict)
+    # bucket -> shards of its closing log generation not yet read to their end since the newer
+    # generation was seen (rebuilt from ``BucketRecord.closing`` on load)
+    closing: dict[str, set[BucketShard]] = field(default_factory=dict)
+    # Not persisted:
+    datalog_trimmed: dict[int, tuple[str, float]] = field(default_factory=dict)  # marker, when
+    to_trim: dict[BucketShard, str] = field(default_factory=dict)  # cooled shards' last markers
+    excluded_seen: dict[BucketShard, float] = field(default_factory=dict)  # shards of excluded buckets
+    generation_aware: bool | None = None  # radosgw has log generations (Reef+); None: not known yet
+
+    def load(self, store: ObjectStore, oid: str, now: float) -> None:
+        got = store.omap_get(oid, [FOLLOWER_BOOT_KEY, FOLLOWER_CAUGHT_UP_KEY])
+        self.boot = BootRecord.decode(got[FOLLOWER_BOOT_KEY]) if FOLLOWER_BOOT_KEY in got else None
+        self.caught_up_us = int(got[FOLLOWER_CAUGHT_UP_KEY]) if FOLLOWER_CAUGHT_UP_KEY in got else None
+        self.datalog = {
+            int(k[len(FOLLOWER_DATALOG_PREFIX) :]): v.decode()
+            for k, v in omap_iter(store, oid, prefix=FOLLOWER_DATALOG_PREFIX)
+        }
+        self.datalog_trimmed = {}
+        self.buckets = {
+            name: BucketRecord.decode(name, v) for name, v in _by_name(store, oid, FOLLOWER_BUCKET_PREFIX)
+        }
+        self.full = {
+            name: FullSyncProgress.decode(v) for name, v in _by_name(store, oid, FOLLOWER_FULL_PREFIX)
+        }
+        self.shards = {}
+        for k, v in _by_name(store, oid, FOLLOWER_PENDING_PREFIX):
+            bs = BucketShard.parse(k)
+            if bs is not None:
+                hot = float(orjson.loads(v).get("hot_until", 0.0))
+                self.shards[bs] = ShardCursor(bs, hot_until=hot, persisted_hot=hot, since=now)
+        self.closing = {}
+
+    def forget(self, name: str, *, keep: str | None = None) -> None:
+        """Drop the pending shards of ``name`` (of every instance but ``keep``) and its full sync."""
+        for bs in [bs for bs in self.shards if bs.bucket == name and bs.bucket_id != keep]:
+            del self.shards[bs]
+        self.full.pop(name, None)
+
+
+def _by_name(store: ObjectStore, oid: str, prefix: str) -> list[tuple[str, bytes]]:
+    return [(k[len(prefix) :], v) for k, v in omap_iter(store, oid, prefix=prefix)]
+
+
+def follower_state(index: ChangeIndex) -> dict[str, object]:
+    """The persisted follower state, read directly from the control object."""
+    store, oid = index.store, index.control_oid
+    got = store.omap_get(oid, [FOLLOWER_BOOT_KEY, FOLLOWER_CAUGHT_UP_KEY])
+    buckets = {name: orjson.loads(v) for name, v in _by_name(store, oid, FOLLOWER_BUCKET_PREFIX)}
+    full = {name: orjson.loads(v) for name, v in _by_name(store, oid, FOLLOWER_FULL_PREFIX)}
+    pending = sum(1 for _ in omap_iter(store, oid, prefix=FOLLOWER_PENDING_PREFIX))
+    markers = sum(1 for _ in omap_iter(store, oid, prefix=FOLLOWER_MARKER_PREFIX))
+    cu = int(got[FOLLOWER_CAUGHT_UP_KEY]) / 1_000_000 if FOLLOWER_CAUGHT_UP_KEY in got else None
+    lock = store.lock_info(oid, FOLLOWER_LOCK)
+    boot = got.get(FOLLOWER_BOOT_KEY)
+    return {
+        "bootstrapped": BootRecord.decode(boot).done if boot is not None else False,
+        "caught_up_until": cu,
+        "buckets": {
+            name: {
+                "bucket_id": d.get("id"),
+                "generation": d.get("gen"),
+                "log_generation": d.get("log_gen", 0),
+                "shards": d.get("shards"),
+                "state": d.get("state"),
+                **({"closing": True} if d.get("closing") else {}),
+                **({"full_sync_listed": full[name].get("counter", 0)} if name in full else {}),
+            }
+            for name, d in sorted(buckets.items())
+        },
+        "pending_shards": pending,
+        "shard_markers": markers,
+        "lease": None
+        if lock is None
+        else {"holder": lock.holder, "cookie": lock.cookie, "expires_at": lock.expires_at},
+    }

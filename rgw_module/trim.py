@@ -1,0 +1,111 @@
+"""Trimming radosgw's logs up to what the follower persisted as read, never beyond: everything at
+or before a persisted marker is in the index. A single zone never trims its logs itself. Busy
+logs are trimmed at most every ``trim_interval``; the bucket-index logs of excluded buckets (the
+change-log target's own writes) are trimmed as they come, since nobody records them.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from rgw_module.admin import NotFound
+from rgw_module.follower_state import ShardCursor
+from rgw_module.mapping import BucketShard
+from rgw_module.sweep_context import SweepContext
+
+logger = logging.getLogger(__name__)
+
+# A bucket-index shard to trim up to a marker; its cursor, if it is still pending.
+_TrimJob = tuple[BucketShard, str, ShardCursor | None]
+
+
+class Trimmer:
+    """The trim step at the end of each sweep."""
+
+    def __init__(self, ctx: SweepContext) -> None:
+        self.ctx = ctx
+
+    def trim(self) -> None:
+        if not self.ctx.trim_bilogs:
+            return
+        now = self.ctx.clocks.monotonic()
+        jobs, excluded = self._bilog_jobs(now)
+        self._trim_bilogs(jobs, now)
+        self._trim_excluded(excluded)
+        if self.ctx.trim_datalog:
+            self._trim_datalog(now)
+
+    def _bilog_jobs(self, now: float) -> tuple[list[_TrimJob], list[BucketShard]]:
+        """The pending shards due a trim and the cooled ones owed one; the excluded shards seen."""
+        ctx, st = self.ctx, self.ctx.state
+        interval = ctx.config.trim_interval
+        with ctx.lock:
+            jobs: list[_TrimJob] = [
+                (sh.bs, sh.marker, sh)
+                for sh in st.shards.values()
+                if sh.marker
+                and sh.marker != sh.trimmed
+                and now - sh.last_trim >= interval
+                and (b := st.buckets.get(sh.bs.bucket)) is not None
+                and b.state == "incr"
+            ]
+            jobs += [(bs, m, None) for bs, m in st.to_trim.items()]
+            st.to_trim = {}
+            excluded = list(st.excluded_seen)
+            st.excluded_seen.clear()
+        return jobs, excluded
+
+    def _trim_bilogs(self, jobs: list[_TrimJob], now: float) -> None:
+        ctx, st = self.ctx, self.ctx.state
+
+        def trim_shard(job: _TrimJob) -> None:
+            try:
+                ctx.admin.bilog_trim(job[0], job[1])
+            except NotFound:
+                pass  # resharded away or deleted: nothing left to trim
+
+        for (bs, marker, sh), r in zip(jobs, ctx.parallel(trim_shard, jobs), strict=True):
+            if isinstance(r, BaseException):
+                ctx.count_error("trim")
+                logger.warning("trimming bucket index log %s: %s", bs.key, r)
+                if sh is None:
+                    with ctx.lock:
+                        st.to_trim.setdefault(bs, marker)  # owed: try again next sweep
+                continue
+            with ctx.lock:
+                ctx.stats.bilog_trims += 1
+                if sh is not None:
+                    sh.trimmed = marker
+                    sh.last_trim = now
+            ctx.fault("trim")
+
+    def _trim_excluded(self, excluded: list[BucketShard]) -> None:
+        """The change-log target bucket's own writes: nobody records them, trim them as they come."""
+        ctx = self.ctx
+
+        def trim_excluded(bs: BucketShard) -> None:
+            try:
+                ctx.admin.bilog_trim(bs, ctx.admin.bilog_max_marker(bs))
+            except NotFound:
+                pass
+
+        for bs, r in zip(excluded, ctx.parallel(trim_excluded, excluded), strict=True):
+            if isinstance(r, BaseException):
+                ctx.count_error("trim")
+                logger.warning("trimming bucket index log %s: %s", bs.key, r)
+
+    def _trim_datalog(self, now: float) -> None:
+        ctx, st = self.ctx, self.ctx.state
+        due: list[tuple[int, str]] = []
+        for n, m in sorted(st.datalog.items()):
+            done, at = st.datalog_trimmed.get(n, ("", float("-inf")))
+            if m and m != done and now - at >= ctx.config.trim_interval:
+                due.append((n, m))
+        for (n, m), r in zip(due, ctx.parallel(lambda item: ctx.admin.datalog_trim(*item), due), strict=True):
+            if isinstance(r, BaseException):
+                ctx.count_error("trim")
+                logger.warning("trimming data log shard %d: %s", n, r)
+                continue
+            st.datalog_trimmed[n] = (m, now)
+            with ctx.lock:
+                ctx.stats.datalog_trims += 1

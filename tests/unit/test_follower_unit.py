@@ -1,0 +1,828 @@
+"""The RGW follower's unit tier: the follower state machine (``rgw_module.follower`` and its
+phases) against an in-memory radosgw (``fake_rgw``) that speaks what Pacific, Reef and Tentacle
+were captured speaking, on a fake clock, in milliseconds.
+
+Each branch has a test: hot and cold shards, reshards (a new instance on Pacific, a new log
+generation on Reef and later), walking several log generations, deleted buckets, 404s and
+transient errors, a full sync resumed after a crash, trimming, bucket filters and prefixes, and
+requested baselines. Every test reads the records back from a real change index (sqlite) and
+checks that each mutation is there exactly once, in order per key. The same paths on the real
+lab: ``tests/integration/test_rgw_follow.py``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from collections import defaultdict
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from changelog.backends.sqlite import SqliteStore
+from changelog.config import SourceConfig
+from changelog.errors import TransientError
+from changelog.index import ChangeIndex
+from changelog.mutation import Mutation
+from rgw_module.admin import NotFound
+from rgw_module.follower import Follower
+from tests.unit.fake_rgw import RELEASES, FakeClock, FakeRadosgw, Release, assert_same_keys_as_captured
+
+# Test settings: no waiting, a lease that outlives every test's fake time, trims at once.
+FAST: dict[str, object] = {"poll_interval": 0.01, "lease_ttl": 3600.0, "trim_interval": 0.0, "workers": 4}
+GENERATIONS: tuple[Release, ...] = ("reef", "tentacle")
+
+
+class Crash(BaseException):
+    """A fault hook's simulated crash of the follower process. Not an ``Exception``: the
+    follower hands a worker's exceptions back as per-item errors and goes on, which a dead
+    process would not."""
+
+
+@dataclass
+class World:
+    clock: FakeClock
+    rgw: FakeRadosgw
+    index: ChangeIndex
+    followers: list[Follower] = field(default_factory=list)
+
+
+@pytest.fixture
+def make_world(tmp_path: Path) -> Iterator[Callable[..., World]]:
+    worlds: list[World] = []
+
+    def make(release: Release = "reef", *, datalog_shards: int = 16) -> World:
+        clock = FakeClock()
+        store = SqliteStore(str(tmp_path / f"index-{len(worlds)}.db"))
+        index = ChangeIndex(store, shards=4, clock=clock.time)
+        w = World(clock, FakeRadosgw(clock, release=release, datalog_shards=datalog_shards), index)
+        worlds.append(w)
+        return w
+
+    yield make
+    for w in worlds:
+        for f in w.followers:
+            f.close()
+        w.index.store.close()
+
+
+def start_follower(w: World, *, fault_hook: Callable[[str], None] | None = None, **knobs: object) -> Follower:
+    """The one place the tier builds a Follower (``knobs``: ``SourceConfig`` keys), holding the
+    follower lease."""
+    config = SourceConfig.unchecked(**{**FAST, **knobs})
+    f = Follower(w.index, w.rgw, config, clocks=w.clock.clocks(), fault_hook=fault_hook)
+    assert f.acquire()
+    w.followers.append(f)
+    return f
+
+
+class Hook:
+    """A fault hook: at the ``after``-th passage (0: the first) through ``step`` while armed, runs
+    ``action`` once, or by default crashes (``Crash``)."""
+
+    def __init__(
+        self, step: str, action: Callable[[], None] | None = None, *, after: int = 0, armed: bool = True
+    ) -> None:
+        self.step = step
+        self.action = action
+        self.after = after
+        self.armed = armed
+
+    def __call__(self, at: str) -> None:
+        if not self.armed or at != self.step:
+            return
+        if self.after > 0:
+            self.after -= 1
+            return
+        self.armed = False
+        if self.action is None:
+            raise Crash(at)
+        self.action()
+
+
+def crash_at(step: str, *, after: int = 0) -> Hook:
+    return Hook(step, after=after)
+
+
+def caught_up(w: World, f: Follower) -> None:
+    """Sweep (on the fake clock) until one complete sweep started after now."""
+    w.clock.advance(1.0)
+    f.run_until_caught_up(timeout=120)
+
+
+def fresh_bucket(w: World, f: Follower, name: str, **kw: Any) -> str:
+    """A bucket created after the follower's first start: followed from its first log entry."""
+    if not f.status()["bootstrapped"]:
+        f.sweep()
+    w.clock.advance(2.0)
+    bucket_id = w.rgw.create_bucket(name, **kw)
+    w.clock.advance(1.0)
+    return bucket_id
+
+
+def bucket_state(f: Follower, bucket: str) -> dict[str, Any]:
+    """The follower's persisted state of ``bucket`` (``Follower.status``)."""
+    buckets = f.status()["buckets"]
+    assert isinstance(buckets, dict)
+    state = buckets[bucket]
+    assert isinstance(state, dict)
+    return state
+
+
+def view(m: Mutation) -> str:
+    """``"write"``, ``"delete@<version>"``, ``"baseline write"``..."""
+    text = ("baseline " if m.baseline else "") + m.op.value
+    return text if m.version_id is None else f"{text}@{m.version_id}"
+
+
+def order(m: Mutation) -> str:
+    """What index order must follow per key: ``seq``, except that the records of one baseline
+    (``<generation>.0.``) are a snapshot recorded in listing order, newest version first
+    (consumers order them by time: ``changelog.backup.model``)."""
+    return ".".join(m.seq.split(".")[:2]) if m.baseline else m.seq
+
+
+def records(index: ChangeIndex, bucket: str) -> dict[str, list[Mutation]]:
+    """The bucket's records per key, in index order; each key's index order must be its
+    mutation order (``order``), and no source event may be there twice."""
+    by_key: dict[str, list[Mutation]] = defaultdict(list)
+    for n in range(index.shards):
+        for e in index.scan(n):
+            if e.mutation.bucket == bucket:
+                by_key[e.mutation.key].append(e.mutation)
+    for key, ms in by_key.items():
+        assert [order(m) for m in ms] == sorted(order(m) for m in ms), (
+            f"{key}: index order is not mutation order"
+        )
+        assert len({m.event_id for m in ms}) == len(ms), f"{key}: a source event recorded twice"
+    return dict(by_key)
+
+
+def history(index: ChangeIndex, bucket: str) -> dict[str, list[str]]:
+    return {key: [view(m) for m in ms] for key, ms in records(index, bucket).items()}
+
+
+def key_in_other_shard(rgw: FakeRadosgw, bucket: str, *keys: str) -> str:
+    taken = {rgw.shard_of(bucket, k) for k in keys}
+    return next(k for k in (f"k{i}" for i in range(100)) if rgw.shard_of(bucket, k) not in taken)
+
+
+class NoWaitStop(threading.Event):
+    """A stop event for ``Follower.run`` that never waits: it notes each wait and stops the
+    loop at the ``limit``-th."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__()
+        self.limit = limit
+        self.waits: list[float | None] = []
+
+    def wait(self, timeout: float | None = None) -> bool:
+        self.waits.append(timeout)
+        if len(self.waits) >= self.limit:
+            self.set()
+        return self.is_set()
+
+
+# ---------------------------------------------------------------------------- the fake itself
+
+
+@pytest.mark.parametrize("release", RELEASES)
+def test_the_fake_answers_as_radosgw_does(make_world: Callable[..., World], release: Release) -> None:
+    w = make_world(release)
+    rgw = w.rgw
+    bucket_id = rgw.create_bucket("b", shards=3)
+    for i in range(4):
+        rgw.put("b", "a", b"x" * i)
+    bs = rgw.shard_of("b", "a")
+    page = rgw.bilog_list(bs)
+    assert [e["op_id"] for e in page] == [f"{bs.shard}#{i:011d}.{6 + 2 * (i - 1)}.6" for i in range(1, 5)]
+    # Listing starts after the marker, bare or with the shard prefix; trim includes its marker.
+    assert rgw.bilog_list(bs, "00000000002.8.6") == page[2:] == rgw.bilog_list(bs, page[1]["op_id"])
+    assert rgw.bucket_stats("b").max_markers[bs.shard] == "00000000004.12.6"
+    rgw.bilog_trim(bs, "00000000002.8.6")
+    assert rgw.bilog_list(bs) == page[2:]
+    info = rgw.bilog_info("b", bucket_id)
+    assert (info.generation_aware, info.generations) == (release != "pacific", {0: 3})
+    # The data log: one entry (the window coalesced the rest), named by shard (and generation).
+    entries = [e for n in range(16) for e in rgw.datalog_list(n).entries]
+    assert [(e.shard, e.has_gen) for e in entries] == [(bs, release != "pacific")]
+    n = next(n for n in range(16) if rgw.datalog_list(n).entries)
+    end = rgw.datalog_list(n)
+    assert end.marker == rgw.datalog_info(n) and not end.truncated
+    rgw.reshard("b", 5)
+    if release == "pacific":
+        with pytest.raises(NotFound):
+            rgw.bilog_list(bs)  # the old instance is gone at once
+        assert rgw.bucket_stats("b").bucket_id != bucket_id
+    else:
+        assert rgw.bilog_list(bs) == page[2:]  # the old generation stays readable
+        assert rgw.bilog_info("b", bucket_id).generations == {0: 3, 1: 5}
+    assert_same_keys_as_captured(rgw.produced, release)
+
+
+# ---------------------------------------------------------------------------- records
+
+
+@pytest.mark.parametrize("release", RELEASES)
+def test_each_mutation_is_one_record_in_order(make_world: Callable[..., World], release: Release) -> None:
+    w = make_world(release)
+    rgw = w.rgw
+    f = start_follower(w)
+    fresh_bucket(w, f, "plain", shards=3)
+    rgw.create_bucket("flat", shards=0)  # unsharded
+    rgw.create_bucket("vers", shards=2, versioned=True)
+    w.clock.advance(1.0)
+    rgw.put("plain", "a")
+    rgw.put("plain", "b")
+    rgw.put("plain", "a", b"again")
+    rgw.delete("plain", "b")
+    rgw.delete("plain", "missing")  # radosgw logs nothing
+    rgw.put("plain", "_under")
+    rgw.put("flat", "x")
+    rgw.delete("flat", "x")
+    v1 = rgw.put("vers", "v")
+    v2 = rgw.put("vers", "v")
+    dm = rgw.delete("vers", "v")
+    assert v1 and v2 and dm
+    rgw.delete_version("vers", "v", v1)
+    rgw.delete_version("vers", "v", dm)
+    caught_up(w, f)
+    assert history(w.index, "plain") == {
+        "a": ["write", "write"],
+        "b": ["write", "delete"],
+        "_under": ["write"],
+    }
+    assert history(w.index, "flat") == {"x": ["write", "delete"]}
+    assert history(w.index, "vers") == {
+        "v": [f"write@{v1}", f"write@{v2}", f"delete_marker@{dm}", f"delete@{v1}", f"delete@{dm}"]
+    }
+    # Born after the first start: no baseline.
+    assert rgw.count("list_objects") == 0
+    w.clock.advance(1.0)
+    again = f.sweep()
+    assert (again.recorded, again.duplicates) == (0, 0)
+    assert_same_keys_as_captured(rgw.produced, release)
+
+
+def test_a_crash_between_recording_and_saving_markers_records_nothing_twice(
+    make_world: Callable[..., World],
+) -> None:
+    w = make_world()
+    f1 = start_follower(w, fault_hook=crash_at("recorded"))
+    fresh_bucket(w, f1, "c", shards=2)
+    for k in ("a", "b", "c", "d"):
+        w.rgw.put("c", k)
+    w.clock.advance(1.0)
+    with pytest.raises(Crash):
+        f1.sweep()
+    f1.close()
+    f2 = start_follower(w)
+    caught_up(w, f2)
+    assert history(w.index, "c") == {k: ["write"] for k in ("a", "b", "c", "d")}
+    assert f2.stats()["mutations_duplicate"] == 4  # replayed, dropped by the index
+
+
+@pytest.mark.parametrize("release", RELEASES)
+def test_small_pages_and_rounds_lose_nothing(make_world: Callable[..., World], release: Release) -> None:
+    w = make_world(release)
+    rgw = w.rgw
+    f = start_follower(w, page_entries=2, shards_per_round=1)
+    fresh_bucket(w, f, "pg", shards=2)
+    for i in range(15):
+        rgw.put("pg", "a", str(i).encode())
+        rgw.put("pg", f"k{i}")
+    caught_up(w, f)
+    assert history(w.index, "pg") == {"a": ["write"] * 15, **{f"k{i}": ["write"] for i in range(15)}}
+
+
+def test_a_long_data_log_is_read_in_pages(make_world: Callable[..., World]) -> None:
+    # Tentacle: the FIFO data log answers marker "" at the end of a shard.
+    w = make_world("tentacle", datalog_shards=1)
+    rgw = w.rgw
+    rgw.window = 0.0  # every change logged: more entries than one data-log page
+    f = start_follower(w)
+    fresh_bucket(w, f, "long", shards=1)
+    keys = [f"k{i:04d}" for i in range(1100)]
+    for k in keys:
+        rgw.put("long", k)
+    assert len(rgw.datalog()) == 1100
+    caught_up(w, f)
+    assert history(w.index, "long") == {k: ["write"] for k in keys}
+    assert rgw.datalog() == []
+
+
+def test_object_info_gives_size_and_etag_never_a_wrong_one(make_world: Callable[..., World]) -> None:
+    w = make_world()
+    rgw = w.rgw
+    f = start_follower(w, object_info=True)
+    fresh_bucket(w, f, "oi", shards=2)
+    rgw.create_bucket("oiv", versioned=True)
+    rgw.put("oi", "a", b"hello")
+    v1 = rgw.put("oiv", "v", b"abc")
+    v2 = rgw.put("oiv", "v", b"defg")
+    caught_up(w, f)
+    rgw.put("oi", "b", b"1")
+    w.clock.advance(0.5)
+    rgw.put("oi", "b", b"22")  # before the follower read the first: that one cannot be told
+    caught_up(w, f)
+    got = records(w.index, "oi")
+    assert [(m.size, m.etag) for m in got["a"]] == [(5, hashlib.md5(b"hello").hexdigest())]
+    assert [(m.size, m.etag) for m in got["b"]] == [(None, None), (2, hashlib.md5(b"22").hexdigest())]
+    versions = records(w.index, "oiv")["v"]
+    assert [(m.version_id, m.size) for m in versions] == [(v1, 3), (v2, 4)]
+
+
+def test_a_size_lookup_failing_retries_the_round(make_world: Callable[..., World]) -> None:
+    w = make_world()
+    rgw = w.rgw
+    f = start_follower(w, object_info=True)
+    fresh_bucket(w, f, "oi", shards=1)
+    rgw.put("oi", "a", b"abc")
+    rgw.fail_next("object_info", TransientError)
+    w.clock.advance(1.0)
+    with pytest.raises(TransientError):
+        f.sweep()  # nothing of the round recorded: the loop backs off and sweeps again
+    assert history(w.index, "oi") == {}
+    caught_up(w, f)
+    assert [m.size for m in records(w.index, "oi")["a"]] == [3]
+
+
+# ---------------------------------------------------------------------------- hot and cold shards
+
+
+def test_a_hot_shard_is_read_every_sweep_without_the_data_log(make_world: Callable[..., World]) -> None:
+    w = make_world()
+    rgw = w.rgw
+    f = start_follower(w, hot_seconds=60.0)
+    fresh_bucket(w, f, "hot", shards=4)
+    rgw.put("hot", "a")
+    caught_up(w, f)
+    hot = rgw.shard_of("hot", "a").key
+    cold = rgw.shard_of("hot", key_in_other_shard(rgw, "hot", "a")).key
+    w.clock.advance(1.0)
+    rgw.put("hot", "a", b"2")
+    assert rgw.datalog() == []  # inside rgw_data_log_window: radosgw does not log it again yet
+    reads = rgw.count("bilog_list", hot)
+    for _ in range(4):  # hot: read every sweep, data-log news or not
+        w.clock.advance(1.0)
+        f.sweep()
+        reads += 1
+        assert rgw.count("bilog_list", hot) == reads
+        assert history(w.index, "hot") == {"a": ["write", "write"]}
+    assert rgw.count("bilog_list", cold) == 0  # never active: never read
+    # The renewal of the window logs it once more; then, quiet for hot_seconds, it cools.
+    w.clock.advance(31.0)
+    f.sweep()
+    w.clock.advance(61.0)
+    f.sweep()
+    reads = rgw.count("bilog_list", hot)
+    w.clock.advance(1.0)
+    f.sweep()
+    assert rgw.count("bilog_list", hot) == reads
+    assert f.stats()["pending_shards"] == 0
+
+
+def test_a_cold_shard_is_read_only_on_data_log_news(make_world: Callable[..., World]) -> None:
+    w = make_world()
+    rgw = w.rgw
+    # Shorter than the data log's window, so that a coalesced change meets a cold shard.
+    f = start_follower(w, hot_seconds=5.0)
+    fresh_bucket(w, f, "cold", shards=2)
+    rgw.put("cold", "a")
+    caught_up(w, f)
+    shard = rgw.shard_of("cold", "a").key
+    w.clock.advance(6.0)
+    f.sweep()  # quiet for hot_seconds: cooled
+    reads = rgw.count("bilog_list", shard)
+    rgw.put("cold", "a", b"2")  # coalesced: no data-log entry before the window's renewal
+    w.clock.advance(1.0)
+    f.sweep()
+    assert rgw.count("bilog_list", shard) == reads
+    assert history(w.index, "cold") == {"a": ["write"]}
+    w.clock.advance(30.0)  # the renewal logs the shard
+    caught_up(w, f)
+    assert history(w.index, "cold") == {"a": ["write", "write"]}
+
+
+def test_a_restarted_follower_keeps_its_hot_shards(make_world: Callable[..., World]) -> None:
+    w = make_world()
+    rgw = w.rgw
+    f1 = start_follower(w)
+    fresh_bucket(w, f1, "h", shards=2)
+    rgw.put("h", "a")
+    caught_up(w, f1)
+    f1.close()
+    rgw.put("h", "a", b"2")  # coalesced: only the persisted hot shard says where to look
+    assert rgw.datalog() == []
+    f2 = start_follower(w)
+    caught_up(w, f2)
+    assert history(w.index, "h") == {"a": ["write", "write"]}
+
+
+# ---------------------------------------------------------------------------- reshards and generations
+
+
+@pytest.mark.parametrize("release", GENERATIONS)
+def test_reshard_in_place_reads_the_old_generation_to_its_end_then_the_new(
+    make_world: Callable[..., World], release: Release
+) -> None:
+    w = make_world(release)
+    rgw = w.rgw
+    f = start_follower(w)
+    fresh_bucket(w, f, "rs", shards=2)
+    keys = [f"k{i}" for i in range(6)]
+    for k in keys:
+        rgw.put("rs", k)
+    caught_up(w, f)
+    for k in keys:
+        rgw.put("rs", k, b"unread when resharded")
+    rgw.reshard("rs", 5)
+    for k in [*keys, "new"]:
+        rgw.put("rs", k, b"after")
+    caught_up(w, f)
+    assert history(w.index, "rs") == {**{k: ["write"] * 3 for k in keys}, "new": ["write"]}
+    assert rgw.count("list_objects") == 0  # nothing lost: no baseline needed
+    state = bucket_state(f, "rs")
+    assert (state["log_generation"], state["shards"], state.get("closing")) == (1, 5, None)
+    assert all(not entries for entries in rgw.bilog("rs", gen=0).values())  # trimmed, all of it
+
+
+def test_reshard_on_pacific_takes_a_baseline_of_the_new_instance(make_world: Callable[..., World]) -> None:
+    w = make_world("pacific")
+    rgw = w.rgw
+    f = start_follower(w)
+    old_id = fresh_bucket(w, f, "rs", shards=2)
+    keys = ["a", "b", "c", "d"]
+    for k in keys:
+        rgw.put("rs", k)
+    caught_up(w, f)
+    rgw.put("rs", "a", b"unread when resharded")  # lost with the old instance's log...
+    rgw.reshard("rs", 5)
+    rgw.put("rs", "b", b"after")
+    caught_up(w, f)
+    # ...but the baseline of the new instance holds what exists now.
+    assert history(w.index, "rs") == {k: ["write", "baseline write"] for k in keys}
+    baseline_a = records(w.index, "rs")["a"][1]
+    assert baseline_a.size == len(b"unread when resharded")
+    rgw.put("rs", "a", b"later")
+    caught_up(w, f)
+    assert history(w.index, "rs")["a"] == ["write", "baseline write", "write"]
+    state = bucket_state(f, "rs")
+    assert (state["bucket_id"] != old_id, state["shards"], state["generation"]) == (True, 5, 2)
+
+
+@pytest.mark.parametrize("release", GENERATIONS)
+def test_log_generations_are_walked_in_order(make_world: Callable[..., World], release: Release) -> None:
+    w = make_world(release)
+    rgw = w.rgw
+    f = start_follower(w)
+    fresh_bucket(w, f, "gens", shards=1)
+    rgw.put("gens", "a", b"0")
+    caught_up(w, f)
+    rgw.put("gens", "a", b"gen 0")
+    rgw.reshard("gens", 3)
+    rgw.put("gens", "a", b"gen 1")
+    rgw.reshard("gens", 2)
+    rgw.put("gens", "a", b"gen 2")
+    caught_up(w, f)
+    assert history(w.index, "gens") == {"a": ["write"] * 4}
+    sources = [m.source.rsplit("@", 1)[-1] if "@" in m.source else "0" for m in records(w.index, "gens")["a"]]
+    assert sources == ["0", "0", "1", "2"]
+    assert bucket_state(f, "gens")["log_generation"] == 2
+
+
+@pytest.mark.parametrize("step", ["closing", "advance"])
+def test_a_crash_at_the_generation_switch_resumes_exactly(
+    make_world: Callable[..., World], step: str
+) -> None:
+    w = make_world("reef")
+    rgw = w.rgw
+    f1 = start_follower(w, fault_hook=crash_at(step))
+    fresh_bucket(w, f1, "sw", shards=2)
+    rgw.put("sw", "a")
+    caught_up(w, f1)
+    rgw.put("sw", "a", b"old generation")
+    rgw.reshard("sw", 3)
+    rgw.put("sw", "a", b"new generation")
+    rgw.put("sw", "b")
+    w.clock.advance(1.0)
+    with pytest.raises(Crash):
+        for _ in range(5):
+            f1.sweep()
+    f1.close()
+    f2 = start_follower(w)
+    caught_up(w, f2)
+    assert history(w.index, "sw") == {"a": ["write"] * 3, "b": ["write"]}
+    assert bucket_state(f2, "sw")["log_generation"] == 1
+
+
+# ---------------------------------------------------------------------------- buckets and shards gone
+
+
+@pytest.mark.parametrize("release", RELEASES)
+def test_a_deleted_bucket_is_forgotten_and_its_successor_followed(
+    make_world: Callable[..., World], release: Release
+) -> None:
+    w = make_world(release)
+    rgw = w.rgw
+    f = start_follower(w)
+    first_id = fresh_bucket(w, f, "gone", shards=2)
+    rgw.put("gone", "a")
+    rgw.put("gone", "b")
+    caught_up(w, f)
+    rgw.delete("gone", "a")
+    rgw.delete("gone", "b")
+    caught_up(w, f)
+    rgw.delete_bucket("gone")  # its shards are still hot: their logs now answer 404
+    caught_up(w, f)
+    assert history(w.index, "gone") == {"a": ["write", "delete"], "b": ["write", "delete"]}
+    assert bucket_state(f, "gone")["state"] == "gone"
+    status = f.status()
+    assert (status["pending_shards"], status["shard_markers"]) == (0, 0)
+    # Deleted and created again, changed before the follower looked: a new instance, followed.
+    w.clock.advance(2.0)
+    rgw.create_bucket("gone", shards=3)
+    rgw.put("gone", "c")
+    caught_up(w, f)
+    assert history(w.index, "gone")["c"] == ["write"]
+    assert bucket_state(f, "gone")["bucket_id"] not in (first_id, None)
+
+
+def test_a_bucket_deleted_before_its_last_entries_were_read_is_dropped(
+    make_world: Callable[..., World],
+) -> None:
+    w = make_world()
+    rgw = w.rgw
+    f = start_follower(w)
+    fresh_bucket(w, f, "quick", shards=2)
+    rgw.put("quick", "a")
+    caught_up(w, f)
+    rgw.delete("quick", "a")
+    rgw.delete_bucket("quick")  # the unread delete goes with the bucket (a known limit)
+    caught_up(w, f)
+    assert history(w.index, "quick") == {"a": ["write"]}
+    assert bucket_state(f, "quick")["state"] == "gone"
+
+
+@pytest.mark.parametrize("release", GENERATIONS)
+def test_a_bucket_resharded_then_deleted_does_not_stop_caught_up(
+    make_world: Callable[..., World], release: Release
+) -> None:
+    w = make_world(release)
+    rgw = w.rgw
+    f = start_follower(w)
+    fresh_bucket(w, f, "rd", shards=2)
+    rgw.put("rd", "a")
+    caught_up(w, f)
+    rgw.put("rd", "a", b"2")
+    rgw.reshard("rd", 4)
+    rgw.put("rd", "b")
+    rgw.delete("rd", "a")
+    rgw.delete("rd", "b")
+    rgw.delete_bucket("rd")
+    results = []
+    for _ in range(5):
+        w.clock.advance(1.0)
+        results.append(f.sweep().complete)
+    assert bucket_state(f, "rd")["state"] == "gone"
+    assert results[-1], "no sweep is complete any more: caught_up_until is stuck"
+
+
+@pytest.mark.parametrize("how", ["autotrim", "injected"])
+def test_a_shard_log_answering_404_gets_a_baseline(make_world: Callable[..., World], how: str) -> None:
+    """A shard log of the followed instance and generation that answers 404 (someone removed the
+    generation, or radosgw lost it): what it held is unknown, so a new baseline is taken."""
+    w = make_world("reef")
+    rgw = w.rgw
+    f = start_follower(w)
+    fresh_bucket(w, f, "nf", shards=2)
+    rgw.put("nf", "a")
+    caught_up(w, f)
+    rgw.put("nf", "b")
+    if how == "autotrim":
+        rgw.reshard("nf", 3)
+        rgw.remove_generation("nf", 0)
+        rgw.put("nf", "c")
+    else:
+        rgw.fail_next("bilog_list", NotFound, match=rgw.shard_of("nf", "b").key)
+    caught_up(w, f)
+    expected = {"a": ["write", "baseline write"], "b": ["baseline write"]}
+    if how == "autotrim":
+        expected["c"] = ["baseline write"]
+    assert history(w.index, "nf") == expected
+    rgw.put("nf", "a", b"later")
+    caught_up(w, f)
+    assert history(w.index, "nf")["a"] == ["write", "baseline write", "write"]
+
+
+# ---------------------------------------------------------------------------- transient errors
+
+
+def test_a_transient_error_on_a_shard_leaves_it_pending(make_world: Callable[..., World]) -> None:
+    w = make_world()
+    rgw = w.rgw
+    f = start_follower(w)
+    fresh_bucket(w, f, "t", shards=3)
+    other = key_in_other_shard(rgw, "t", "a")
+    rgw.put("t", "a")
+    rgw.put("t", other)
+    failing = rgw.shard_of("t", "a")
+    rgw.fail_next("bilog_list", TransientError, match=failing.key)
+    w.clock.advance(1.0)
+    r = f.sweep()
+    assert not r.complete
+    assert history(w.index, "t") == {other: ["write"]}
+    assert f.stats()["source_errors"]["bilog"] == 1
+    assert rgw.bilog("t")[failing.shard]  # not recorded: not trimmed
+    caught_up(w, f)
+    assert history(w.index, "t") == {"a": ["write"], other: ["write"]}
+    assert not rgw.bilog("t")[failing.shard]
+
+
+def test_a_transient_error_on_the_data_log_keeps_its_marker(make_world: Callable[..., World]) -> None:
+    w = make_world()
+    rgw = w.rgw
+    f = start_follower(w)
+    fresh_bucket(w, f, "d", shards=1)
+    rgw.put("d", "a")
+    (n,) = {c for c in range(16) if rgw.datalog_list(c).entries}
+    rgw.fail_next("datalog_list", TransientError, match=str(n))
+    w.clock.advance(1.0)
+    assert not f.sweep().complete
+    assert history(w.index, "d") == {}
+    assert rgw.datalog()  # not read: not trimmed
+    caught_up(w, f)
+    assert history(w.index, "d") == {"a": ["write"]}
+    assert rgw.datalog() == []
+
+
+def test_the_loop_backs_off_on_transient_errors(make_world: Callable[..., World]) -> None:
+    w = make_world()
+    f = start_follower(w, poll_interval=2.0, backoff_base=0.5, backoff_max=1.5)
+    w.rgw.fail_next("list_buckets", TransientError, times=4)
+    stop = NoWaitStop(limit=6)
+    f.run(stop)
+    assert stop.waits == [0.5, 1.0, 1.5, 1.5, 2.0, 2.0]
+    assert f.status()["bootstrapped"]
+    assert f.stats()["source_errors"]["transient"] == 4
+
+
+def test_a_bucket_unreadable_while_resolved_is_retried(make_world: Callable[..., World]) -> None:
+    w = make_world()
+    rgw = w.rgw
+    f = start_follower(w)
+    fresh_bucket(w, f, "r", shards=2)
+    rgw.put("r", "a")
+    rgw.fail_next("bucket_stats", TransientError, match="r")
+    w.clock.advance(1.0)
+    with pytest.raises(TransientError):
+        f.sweep()  # the loop backs off and sweeps again
+    caught_up(w, f)
+    assert history(w.index, "r") == {"a": ["write"]}
+
+
+# ---------------------------------------------------------------------------- full sync
+
+
+@pytest.mark.parametrize("versioned", [False, True])
+def test_a_full_sync_interrupted_resumes_where_it_stopped(
+    make_world: Callable[..., World], versioned: bool
+) -> None:
+    w = make_world()
+    rgw = w.rgw
+    rgw.create_bucket("big", shards=3, versioned=versioned)  # before the follower's first start
+    keys = [f"k{i:02d}" for i in range(10)]
+    expected = {k: [f"baseline write@{rgw.put('big', k)}".replace("@None", "")] for k in keys}
+    if versioned:
+        expected["k03"].append(f"baseline write@{rgw.put('big', 'k03', b'second version')}")
+        expected["k07"].append(f"baseline delete_marker@{rgw.delete('big', 'k07')}")
+    rgw.list_page = 3
+    w.clock.advance(5.0)
+    f1 = start_follower(w, fault_hook=crash_at("full.recorded", after=1), full_sync_pages=1)
+    f1.sweep()  # first page listed and recorded, progress saved
+    w.clock.advance(1.0)
+    with pytest.raises(Crash):
+        f1.sweep()  # second page recorded, progress not saved
+    f1.close()
+    resumed_at = len(rgw.calls)
+    f2 = start_follower(w)
+    caught_up(w, f2)
+    listed = [c.marker for c in rgw.calls[resumed_at:] if c.method == "list_objects"]
+    assert listed[0] == "k02"  # after the first page, not from the start
+    got = history(w.index, "big")
+    assert {k: sorted(v) for k, v in got.items()} == {k: sorted(v) for k, v in expected.items()}
+    assert f2.stats()["mutations_duplicate"] == 3  # the second page, replayed
+
+
+def test_request_full_sync_takes_a_new_baseline(make_world: Callable[..., World]) -> None:
+    w = make_world()
+    rgw = w.rgw
+    f = start_follower(w, buckets=("rq",))
+    fresh_bucket(w, f, "rq", shards=2)
+    rgw.create_bucket("unfollowed")
+    rgw.put("rq", "a")
+    rgw.put("rq", "b")
+    caught_up(w, f)
+    f.request_full_sync("rq")
+    f.request_full_sync("no-such-bucket")
+    f.request_full_sync("unfollowed")
+    caught_up(w, f)
+    assert history(w.index, "rq") == {"a": ["write", "baseline write"], "b": ["write", "baseline write"]}
+    rgw.put("rq", "a", b"later")
+    caught_up(w, f)
+    assert history(w.index, "rq")["a"] == ["write", "baseline write", "write"]
+    assert bucket_state(f, "rq")["generation"] == 2
+    assert f.stats()["full_syncs_started"] == 1  # each request taken once, the others dropped
+    assert history(w.index, "unfollowed") == {}
+
+
+# ---------------------------------------------------------------------------- trimming
+
+
+@pytest.mark.parametrize(
+    ("trim_logs", "trim_datalog"), [(True, True), (True, False), (False, True)], ids=["all", "bilogs", "off"]
+)
+def test_trim_follows_the_settings(
+    make_world: Callable[..., World], trim_logs: bool, trim_datalog: bool
+) -> None:
+    w = make_world()
+    rgw = w.rgw
+    f = start_follower(w, trim_logs=trim_logs, trim_datalog=trim_datalog)
+    fresh_bucket(w, f, "tr", shards=2)
+    for k in ("a", "b", "c"):
+        rgw.put("tr", k)
+    caught_up(w, f)
+    assert history(w.index, "tr") == {k: ["write"] for k in ("a", "b", "c")}
+    left = sum(len(entries) for entries in rgw.bilog("tr").values())
+    assert left == (0 if trim_logs else 3)
+    assert bool(rgw.datalog()) == (not (trim_logs and trim_datalog))
+    if not trim_logs:
+        assert rgw.count("bilog_trim") == rgw.count("datalog_trim") == 0
+
+
+def test_logs_are_trimmed_only_up_to_what_is_recorded(make_world: Callable[..., World]) -> None:
+    w = make_world()
+    rgw = w.rgw
+    other = ""
+
+    def writes_land_during_the_sweep() -> None:
+        rgw.put("tr", "a", b"after the read")  # in a shard just read
+        rgw.put("tr", other)  # in a shard not read this sweep, logged to the data log
+
+    hook = Hook("recorded", writes_land_during_the_sweep, armed=False)
+    f = start_follower(w, fault_hook=hook)
+    fresh_bucket(w, f, "tr", shards=3)
+    other = key_in_other_shard(rgw, "tr", "a")
+    rgw.put("tr", "a")
+    caught_up(w, f)
+    assert rgw.bilog("tr") == {n: [] for n in range(3)}
+    assert rgw.datalog() == []
+    rgw.put("tr", "a", b"2")
+    hook.armed = True
+    w.clock.advance(1.0)
+    f.sweep()
+    assert history(w.index, "tr") == {"a": ["write", "write"]}
+    left = {n: [e["object"] for e in entries] for n, entries in rgw.bilog("tr").items() if entries}
+    assert left == {rgw.shard_of("tr", "a").shard: ["a"], rgw.shard_of("tr", other).shard: [other]}
+    assert [e["key"] for e in rgw.datalog()] == [rgw.shard_of("tr", other).key]
+    caught_up(w, f)
+    assert history(w.index, "tr") == {"a": ["write"] * 3, other: ["write"]}
+    assert not any(rgw.bilog("tr").values()) and rgw.datalog() == []
+
+
+# ---------------------------------------------------------------------------- filters
+
+
+def test_bucket_list_prefixes_and_excluded_buckets(make_world: Callable[..., World]) -> None:
+    w = make_world(datalog_shards=128)
+    rgw = w.rgw
+    rgw.create_bucket("a", shards=2)
+    rgw.create_bucket("b", shards=2)
+    rgw.create_bucket("logs", shards=2)
+    rgw.put("a", "keep/old")
+    rgw.put("a", "drop/old")
+    rgw.put("b", "x")
+    w.clock.advance(5.0)
+    f = start_follower(w, buckets=("a",), prefixes={"a": ("keep/",)}, exclude_buckets=("logs",))
+    caught_up(w, f)
+    assert history(w.index, "a") == {"keep/old": ["baseline write"]}  # the listing has the prefix
+    w.clock.advance(1.0)
+    for bucket, key in [("a", "keep/new"), ("a", "drop/new"), ("b", "y"), ("logs", "2026/part")]:
+        rgw.put(bucket, key)
+    # One sweep reads the data-log shards the named buckets log to, not all 128 of them.
+    before = len(rgw.calls)
+    w.clock.advance(1.0)
+    f.sweep()
+    read = {int(c.arg) for c in rgw.calls[before:] if c.method == "datalog_list"}
+    logged_to = {rgw.datalog_shard_of(b, n) for b in ("a", "logs") for n in range(2)}
+    assert logged_to <= read and len(read) <= 2 * (11 + 1)
+    caught_up(w, f)
+    assert history(w.index, "a") == {"keep/old": ["baseline write"], "keep/new": ["write"]}
+    assert history(w.index, "b") == history(w.index, "logs") == {}
+    assert rgw.count("list_objects", "b") == rgw.count("list_objects", "logs") == 0
+    # The excluded bucket (the change log's own target) is trimmed as it is written; b untouched.
+    assert not any(rgw.bilog("logs").values())
+    assert sum(len(e) for e in rgw.bilog("b").values()) == 2

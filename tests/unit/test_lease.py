@@ -1,0 +1,135 @@
+"""One renewal policy for every lease: a RADOS ``Lease`` renewing itself, the collector's
+``Renewer`` of many, and the backup destination's ``DestinationLock`` all renew ``renew_every``
+after the last lock call and share one local deadline (``TimedLease``). Time is a test clock."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from changelog.backends.sqlite import SqliteStore
+from changelog.backup.lock import DestinationLock, read_lock
+from changelog.backup.store import BackupStore
+from changelog.errors import LeaseLost
+from changelog.lease import Lease, Renewer, TimedLease, renew_every
+from changelog.targets import DirectoryTarget
+
+
+class FakeTime:
+    def __init__(self, t: float = 1_800_000_000.0) -> None:
+        self.t = t
+
+    def __call__(self) -> float:
+        return self.t
+
+    def sleep(self, s: float) -> None:
+        self.t += s
+
+
+def eventually(what: str, cond: Callable[[], bool], timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.01)
+
+
+def test_the_policy() -> None:
+    assert renew_every(30, 3) == 10.0  # ttl/3
+    assert renew_every(1, 0.5) == 0.25  # not ttl/3, which would leave 0.17 s before the deadline
+    assert renew_every(120, 12) == 40.0  # the destination lock's defaults
+
+
+def test_lease_renews_on_the_renew_every_schedule(tmp_path: Path) -> None:
+    """``Lease.start_renewing`` renews ``renew_every`` after its last lock call (ttl 1 s: every
+    0.25 s, where the old ttl/3 loop waited 0.33 s), read on the lease's own monotonic clock."""
+    now = FakeTime(1000.0)
+    store = SqliteStore(str(tmp_path / "s.db"))
+    lease = Lease(store, "obj", name="n", ttl=1, monotonic=now)
+    assert lease.acquire() and lease.renew_every == 0.25
+    renewer = Renewer(lease.ttl, monotonic=now)
+    renewer.add(lease)
+    due, wake = renewer.due(now())  # the schedule, without a thread
+    assert due == [] and wake == pytest.approx(1000.25)
+    lease.start_renewing()
+    try:
+        time.sleep(0.4)  # longer than a real-time look at the lease: nothing is due yet
+        assert lease.renewals == 0
+        now.t = 1000.26
+        eventually("the first renewal", lambda: lease.renewals == 1)
+        assert lease.remaining() == pytest.approx(0.5)  # from the renewal's start: ttl - margin
+        now.t = 1000.5  # 0.24 s after it: not due
+        time.sleep(0.4)
+        assert lease.renewals == 1
+        now.t = 1000.52
+        eventually("the second renewal", lambda: lease.renewals == 2)
+        assert lease.held and lease.losses == 0
+    finally:
+        lease.release()
+        store.close()
+
+
+def test_lease_renewing_again_after_a_loss_and_retake(tmp_path: Path) -> None:
+    """A lost lease leaves the renewal set; taken again, ``start_renewing`` puts it back."""
+    store = SqliteStore(str(tmp_path / "s.db"))
+    lease = Lease(store, "obj", name="n", ttl=1)
+    try:
+        assert lease.acquire()
+        lease.start_renewing()
+        store.unlock("obj", lease.ref)  # taken from under it: the next renewal is refused
+        eventually("the loss", lambda: lease.losses == 1)
+        assert lease.acquire()
+        lease.start_renewing()
+        renewals = lease.renewals
+        eventually("renewals of the retaken lease", lambda: lease.renewals >= renewals + 2)
+        assert lease.held
+    finally:
+        lease.release()
+        store.close()
+
+
+def test_destination_lock_shares_the_deadline_and_the_policy(tmp_path: Path) -> None:
+    store = BackupStore(DirectoryTarget(tmp_path / "dest"))
+    ft = FakeTime()
+    lock = DestinationLock(store, owner="cleanup:hostA:1:aa", ttl=30, confirm_delay=1, clock=ft, monotonic=ft,
+                           sleep=ft.sleep)
+    assert isinstance(lock, TimedLease) and lock.margin == 3.0 and lock.renew_every == renew_every(30, 3)
+    t0 = ft()
+    lock.acquire()  # writes at t0, confirms one second later
+    assert lock.held and lock.remaining() == pytest.approx(30 - 3 - 1)
+    renewer = Renewer(lock.ttl, monotonic=ft)
+    renewer.add(lock)
+    due, wake = renewer.due(ft())
+    assert due == [] and wake == pytest.approx(t0 + 10)
+    ft.t = t0 + 10
+    assert renewer.due(ft())[0] == [lock]
+    lock.renew()
+    assert lock.remaining() == pytest.approx(27)
+    written = read_lock(store, "cleanup")
+    assert written is not None and written.expires == pytest.approx(ft() + 30)
+    ft.t += 27  # past the local deadline: no longer trusted, and a renewal is refused
+    with pytest.raises(LeaseLost):
+        lock.check()
+    with pytest.raises(LeaseLost):
+        lock.renew()
+    assert not lock.held and lock.remaining() == 0.0
+    lock.release()  # lost: the document is left to expire (it may be another's by now)
+    assert read_lock(store, "cleanup") is not None
+
+
+def test_destination_lock_renews_in_the_background(tmp_path: Path) -> None:
+    store = BackupStore(DirectoryTarget(tmp_path / "dest"))
+    ft = FakeTime()
+    lock = DestinationLock(store, owner="cleanup:hostA:1:aa", ttl=3, confirm_delay=1, clock=ft, monotonic=ft,
+                           sleep=ft.sleep)
+    with lock:
+        first = read_lock(store, "cleanup")
+        assert first is not None
+        ft.t += lock.renew_every  # 1 s: margin 1 s, so ttl/3 and (ttl - margin)/2 agree
+        eventually("a renewal", lambda: (doc := read_lock(store, "cleanup")) is not None
+                   and doc.expires > first.expires)
+        assert lock.held
+    assert read_lock(store, "cleanup") is None  # released: deleted
