@@ -42,7 +42,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 
 from changelog import __version__
 from changelog.errors import ConfigError, PermanentError, TransientError
-from changelog.store import LockInfo, LockRef
+from changelog.pipeline.store import LockInfo, LockRef
 
 logger = logging.getLogger(__name__)
 

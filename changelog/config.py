@@ -73,13 +73,13 @@ from changelog.config_types import (
     suggest,
 )
 from changelog.errors import ConfigError, PermanentError
-from changelog.loop import Clocks
+from changelog.pipeline.loop import Clocks
 
 if TYPE_CHECKING:
-    from changelog.collector import Collector
-    from changelog.index import ChangeIndex
-    from changelog.store import ObjectStore
-    from changelog.targets import Target
+    from changelog.pipeline.collector import Collector
+    from changelog.pipeline.index import ChangeIndex
+    from changelog.pipeline.store import ObjectStore
+    from changelog.pipeline.targets import Target
 
 ENV_VAR = "RGW_CHANGELOG_CONFIG"
 DEFAULT_PATH = Path("/etc/rgw-changelog/rgw-changelog.toml")
@@ -87,7 +87,7 @@ MiB = 1024 * 1024
 # S3 refuses multipart parts below 5 MiB (all but the last one).
 S3_MIN_PART = 5 * MiB
 S3_MAX_PART = 5 * 1024 * MiB
-# Keys per omap operation: changelog.index.OP_KEYS (1000 keys/op measured as the sweet spot; the
+# Keys per omap operation: changelog.pipeline.index.OP_KEYS (1000 keys/op measured as the sweet spot; the
 # OSD caps a page of omap reads at about that size too). Not imported: config loads no index.
 OMAP_PAGE = 1000
 # radosgw returns at most 1000 entries per bucket index log / data log page (its own cap).
@@ -544,7 +544,7 @@ def open_store(cfg: Config) -> ObjectStore:
     """The index's object store: the embedded sqlite file, or a RADOS pool."""
     ic = cfg.index
     if ic.backend == "sqlite":
-        from changelog.backends.sqlite import SqliteStore
+        from changelog.pipeline.backends.sqlite import SqliteStore
 
         parent = Path(ic.path).parent
         if not parent.is_dir():
@@ -553,7 +553,7 @@ def open_store(cfg: Config) -> ObjectStore:
     if not Path(ic.ceph_conf).is_file():
         raise ConfigError(f"index.ceph_conf: {ic.ceph_conf} not found")
     try:
-        from changelog.backends.rados import RadosStore
+        from changelog.pipeline.backends.rados import RadosStore
     except ImportError as ex:
         raise PermanentError(
             f"index.backend is rados but the rados Python binding cannot be loaded ({ex}): "
@@ -573,7 +573,7 @@ def open_store(cfg: Config) -> ObjectStore:
 
 def open_index(cfg: Config, *, create: bool = True, store: ObjectStore | None = None) -> ChangeIndex:
     """The change index described by ``[index]`` (created on first use unless ``create=False``)."""
-    from changelog.index import ChangeIndex
+    from changelog.pipeline.index import ChangeIndex
 
     store = open_store(cfg) if store is None else store
     try:
@@ -584,7 +584,7 @@ def open_index(cfg: Config, *, create: bool = True, store: ObjectStore | None = 
 
 
 def _open_target(url: str, part: TargetConfig | BackupConfig) -> Target:
-    from changelog.targets import make_target
+    from changelog.pipeline.targets import make_target
 
     if url.startswith("file://"):
         Path(url[len("file://") :]).mkdir(parents=True, exist_ok=True)
@@ -625,7 +625,7 @@ def make_collector(
     """The collector for this config: ``[collector]`` whole, the target's compression."""
     # Imported here: the collector imports the index and targets, which this module must not
     # load just to read a config.
-    from changelog.collector import Collector
+    from changelog.pipeline.collector import Collector
 
     return Collector(
         index,

@@ -24,7 +24,7 @@ follower ``stats()``
     bucket-index shard, 0 when read to its end, else seconds since the oldest change not yet
     recorded), ``source_errors`` ({kind: int}, errors talking to the source radosgw by kind).
 leases
-    any objects with ``ref.name``, ``held``, ``renewals`` and ``losses`` (``changelog.lease.Lease``);
+    any objects with ``ref.name``, ``held``, ``renewals`` and ``losses`` (``changelog.pipeline.lease.Lease``);
     they are summed per lease name, and the totals never go down when a lease object is dropped.
 """
 
@@ -45,8 +45,8 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.process_collector import ProcessCollector
 
 from changelog import __version__
-from changelog.index import ShardStats
-from changelog.store import LockRef
+from changelog.pipeline.index import ShardStats
+from changelog.pipeline.store import LockRef
 
 logger = logging.getLogger(__name__)
 

@@ -28,12 +28,12 @@ from changelog.errors import PermanentError
 
 if TYPE_CHECKING:
     from changelog.api import ApiServer, Controls, HealthCheck
-    from changelog.collector import Collector
     from changelog.config import Config
     from changelog.consumers.framework import ConsumerRunner
-    from changelog.index import ChangeIndex
-    from changelog.lease import Lease
-    from changelog.targets import Target
+    from changelog.pipeline.collector import Collector
+    from changelog.pipeline.index import ChangeIndex
+    from changelog.pipeline.lease import Lease
+    from changelog.pipeline.targets import Target
     from rgw_module.follower import Follower
 
 logger = logging.getLogger(__name__)
@@ -239,7 +239,7 @@ def build_consumers(cfg: Config, index: ChangeIndex, controls: Controls) -> list
 
     runners = []
     if cfg.backup.url is not None and cfg.backup.interval is not None:
-        from changelog.backup.consumer import BackupConsumer
+        from changelog.consumers.backup.consumer import BackupConsumer
 
         backup = BackupConsumer(cfg, interval=cfg.backup.interval)
         runners.append(

@@ -9,17 +9,17 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING, TypedDict
 
-from changelog.control import COLLECTOR_LOCK, SHARD_LOCK
 from changelog.errors import ChangelogError, PermanentError
+from changelog.pipeline.control import COLLECTOR_LOCK, SHARD_LOCK
 from changelog.progress import Progress
 from changelog.times import fmt_time
 
 if TYPE_CHECKING:
-    from changelog.collector import PassResult
     from changelog.config import Config
-    from changelog.index import ChangeIndex
-    from changelog.store import LockInfo
-    from changelog.targets import Target
+    from changelog.pipeline.collector import PassResult
+    from changelog.pipeline.index import ChangeIndex
+    from changelog.pipeline.store import LockInfo
+    from changelog.pipeline.targets import Target
 
 # A JSON document as the status routes and `--json` print it.
 Doc = dict[str, object]
@@ -81,7 +81,7 @@ def shard_docs(index: ChangeIndex, *, now: float | None = None) -> list[ShardDoc
 
 def collector_doc(index: ChangeIndex) -> Doc:
     """The collector's persisted state and its pending commits (``Collector.read_state``)."""
-    from changelog.collector import Collector
+    from changelog.pipeline.collector import Collector
 
     state, pending = Collector.read_state(index)
     return {
@@ -106,7 +106,7 @@ def follower_doc(index: ChangeIndex) -> Doc | None:
 
 
 def target_doc(target: Target) -> Doc:
-    from changelog.reader import target_status
+    from changelog.pipeline.reader import target_status
 
     try:
         return target_status(target)

@@ -41,7 +41,7 @@ from botocore.credentials import Credentials
 from botocore.exceptions import BotoCoreError, ClientError
 
 from changelog.errors import ObjectMissing, PermanentError, TransientError
-from changelog.s3client import make_s3_client
+from changelog.pipeline.s3client import make_s3_client
 from rgw_module.mapping import BucketShard, parse_time_ns
 
 if TYPE_CHECKING:

@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from changelog.errors import LeaseLost, PermanentError, TransientError
-from changelog.loop import Stopped
-from changelog.mutation import Mutation, Op
+from changelog.pipeline.loop import Stopped
+from changelog.pipeline.mutation import Mutation, Op
 from rgw_module.admin import NotFound
 from rgw_module.bucket_tracker import BucketTracker
 from rgw_module.follower_state import ShardCursor, marker_key, pending_key

@@ -10,14 +10,14 @@ import dataclasses
 import logging
 from collections.abc import Sequence
 
-from changelog.control import (
+from changelog.errors import TransientError
+from changelog.pipeline.control import (
     FOLLOWER_BOOT_KEY,
     FOLLOWER_MARKER_PREFIX,
     FOLLOWER_PENDING_PREFIX,
     FOLLOWER_REQUEST_PREFIX,
 )
-from changelog.errors import TransientError
-from changelog.store import omap_iter
+from changelog.pipeline.store import omap_iter
 from rgw_module.admin import BilogInfo, BucketStats, NotFound
 from rgw_module.follower_state import (
     BootRecord,

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import logging
 
-from changelog.control import FOLLOWER_BUCKET_PREFIX
 from changelog.errors import LeaseLost, PermanentError
-from changelog.loop import Stopped
+from changelog.pipeline.control import FOLLOWER_BUCKET_PREFIX
+from changelog.pipeline.loop import Stopped
 from rgw_module.admin import DataLogEntry, NotFound
 from rgw_module.bucket_tracker import BucketTracker
 from rgw_module.follower_state import ShardCursor, datalog_key, pending_key

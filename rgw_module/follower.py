@@ -1,6 +1,6 @@
 """The follower: records every object mutation of one radosgw zone into the change index, from
 outside radosgw, through the admin REST API (rgw_module/README.md). It is a leased role of
-``changelog.loop.run_leased``: one follower per index holds the follower lease, and each of its
+``changelog.pipeline.loop.run_leased``: one follower per index holds the follower lease, and each of its
 steps is one *sweep*:
 
 1. reads the data-log shards from their persisted markers to their end (``datalog_reader``):
@@ -23,7 +23,7 @@ every pending shard to its end with no full sync outstanding: every mutation rad
 before it is in the index. The collector caps its watermark with it.
 
 The state (``follower_state``) lives in the index's control object under ``r.`` keys
-(``changelog.control``), written only under the follower lease (fenced).
+(``changelog.pipeline.control``), written only under the follower lease (fenced).
 """
 
 from __future__ import annotations
@@ -38,12 +38,12 @@ from dataclasses import dataclass
 from typing import TypedDict
 
 from changelog.config import SourceConfig
-from changelog.control import FOLLOWER_CAUGHT_UP_KEY, FOLLOWER_LOCK, FOLLOWER_REQUEST_PREFIX
 from changelog.errors import PermanentError, TransientError
-from changelog.index import ChangeIndex
-from changelog.lease import Lease, make_cookie
-from changelog.loop import Clocks, LoopCounts, LoopPolicy, Stopped, run_leased
-from changelog.store import WriteOp
+from changelog.pipeline.control import FOLLOWER_CAUGHT_UP_KEY, FOLLOWER_LOCK, FOLLOWER_REQUEST_PREFIX
+from changelog.pipeline.index import ChangeIndex
+from changelog.pipeline.lease import Lease, make_cookie
+from changelog.pipeline.loop import Clocks, LoopCounts, LoopPolicy, Stopped, run_leased
+from changelog.pipeline.store import WriteOp
 from rgw_module.admin import AdminClient
 from rgw_module.bilog_reader import BilogReader
 from rgw_module.bucket_tracker import BucketTracker
@@ -266,7 +266,7 @@ class Follower:
 
     def run(self, stop: threading.Event) -> None:
         """Until ``stop``: standby until the follower lease is free, then a sweep every
-        ``poll_interval`` (``changelog.loop.run_leased``: transient errors back off, a lost
+        ``poll_interval`` (``changelog.pipeline.loop.run_leased``: transient errors back off, a lost
         lease drops back to standby, a permanent error is raised)."""
         cfg = self.config
         policy = LoopPolicy.for_lease(

@@ -1,5 +1,5 @@
 """The RGW follower's state: the records it keeps in the index's control object (key names in
-``changelog.control``), their in-memory mirror (``FollowerState``, reloaded after every lease
+``changelog.pipeline.control``), their in-memory mirror (``FollowerState``, reloaded after every lease
 takeover: another follower may have moved it), and ``follower_state(index)``, the persisted state
 as ``rgw-changelog status`` shows it (no lease needed).
 
@@ -26,7 +26,7 @@ from typing import Any, Literal, cast
 
 import orjson
 
-from changelog.control import (
+from changelog.pipeline.control import (
     FOLLOWER_BOOT_KEY,
     FOLLOWER_BUCKET_PREFIX,
     FOLLOWER_CAUGHT_UP_KEY,
@@ -36,8 +36,8 @@ from changelog.control import (
     FOLLOWER_MARKER_PREFIX,
     FOLLOWER_PENDING_PREFIX,
 )
-from changelog.index import ChangeIndex
-from changelog.store import ObjectStore, omap_iter
+from changelog.pipeline.index import ChangeIndex
+from changelog.pipeline.store import ObjectStore, omap_iter
 from rgw_module.mapping import BucketShard
 
 logger = logging.getLogger(__name__)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
-from changelog.mutation import Mutation
+from changelog.pipeline.mutation import Mutation
 from rgw_module.admin import NotFound, ObjectPage
 from rgw_module.follower_state import (
     FullSyncProgress,

@@ -22,7 +22,7 @@ PUT of a new key, suspended         ``write`` ("", false)                       
 DELETE, versioning suspended        ``link_olh_del`` ("") + ``del`` ("", true)          DELETE_MARKER null
 =================================  ==================================================  ==========
 
-(None and "null" name the same object version: ``changelog.keys.version_hash``.) So: ``link_olh`` / ``link_olh_del`` / ``unlink_instance`` carry the versioned operations, and a
+(None and "null" name the same object version: ``changelog.pipeline.keys.version_hash``.) So: ``link_olh`` / ``link_olh_del`` / ``unlink_instance`` carry the versioned operations, and a
 ``write`` or ``del`` flagged ``versioned`` is their companion and is dropped. Entries whose
 state is not ``complete`` and ops that are not object mutations (``cancel``, ``syncstop``,
 ``resync``) are dropped too.
@@ -45,7 +45,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from changelog.errors import PermanentError
-from changelog.mutation import MAX_STREAM_BYTES, Mutation, Op
+from changelog.pipeline.mutation import MAX_STREAM_BYTES, Mutation, Op
 
 # Width of the per-bucket generation in ``seq``: string order must stay numeric order.
 GENERATION_WIDTH = 6

@@ -15,10 +15,10 @@ from dataclasses import dataclass, field
 from typing import TypeVar
 
 from changelog.config import SourceConfig
-from changelog.index import ChangeIndex, RecordResult
-from changelog.loop import Clocks, Stopped
-from changelog.mutation import Mutation
-from changelog.store import LockRef, WriteOp
+from changelog.pipeline.index import ChangeIndex, RecordResult
+from changelog.pipeline.loop import Clocks, Stopped
+from changelog.pipeline.mutation import Mutation
+from changelog.pipeline.store import LockRef, WriteOp
 from rgw_module.admin import AdminClient
 from rgw_module.follower_state import FollowerState
 from rgw_module.mapping import BucketFilter

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from changelog.collector import Collector
 from changelog.config import CollectorConfig
-from changelog.index import ChangeIndex
-from changelog.loop import Clocks
-from changelog.targets import Target
+from changelog.pipeline.collector import Collector
+from changelog.pipeline.index import ChangeIndex
+from changelog.pipeline.loop import Clocks
+from changelog.pipeline.targets import Target
 
 CLOCK_KEYS = ("clock", "monotonic", "sleep")
 

@@ -41,14 +41,14 @@ if str(ROOT) not in sys.path:
 
 from collector_factory import collector  # noqa: E402
 
-from changelog.collector import Collector  # noqa: E402
-from changelog.control import COLLECTOR_PENDING_PREFIX as PENDING_PREFIX  # noqa: E402
 from changelog.errors import LeaseLost, LockBusy, TransientError  # noqa: E402
-from changelog.index import ChangeIndex  # noqa: E402
-from changelog.logformat import LogRecord, iter_records, parse_log_name  # noqa: E402
-from changelog.mutation import Mutation, Op  # noqa: E402
-from changelog.reader import list_logs  # noqa: E402
-from changelog.store import omap_iter  # noqa: E402
+from changelog.pipeline.collector import Collector  # noqa: E402
+from changelog.pipeline.control import COLLECTOR_PENDING_PREFIX as PENDING_PREFIX  # noqa: E402
+from changelog.pipeline.index import ChangeIndex  # noqa: E402
+from changelog.pipeline.logformat import LogRecord, iter_records, parse_log_name  # noqa: E402
+from changelog.pipeline.mutation import Mutation, Op  # noqa: E402
+from changelog.pipeline.reader import list_logs  # noqa: E402
+from changelog.pipeline.store import omap_iter  # noqa: E402
 
 logger = logging.getLogger("faultharness")
 

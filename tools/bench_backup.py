@@ -46,12 +46,12 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from changelog.backup import manifest as mf  # noqa: E402
-from changelog.backup.runner import BackupRunner, RunResult  # noqa: E402
-from changelog.backup.source import Source, make_client  # noqa: E402
-from changelog.backup.store import BackupStore  # noqa: E402
-from changelog.reader import last_log, read_watermark  # noqa: E402
-from changelog.targets import S3Target  # noqa: E402
+from changelog.consumers.backup import manifest as mf  # noqa: E402
+from changelog.consumers.backup.runner import BackupRunner, RunResult  # noqa: E402
+from changelog.consumers.backup.source import Source, make_client  # noqa: E402
+from changelog.consumers.backup.store import BackupStore  # noqa: E402
+from changelog.pipeline.reader import last_log, read_watermark  # noqa: E402
+from changelog.pipeline.targets import S3Target  # noqa: E402
 
 REGION = "default"
 
@@ -160,10 +160,10 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     env = lab_env()
-    from changelog.backends.rados import RadosStore
-    from changelog.collector import Collector
     from changelog.config import CollectorConfig
-    from changelog.index import ChangeIndex
+    from changelog.pipeline.backends.rados import RadosStore
+    from changelog.pipeline.collector import Collector
+    from changelog.pipeline.index import ChangeIndex
     from rgw_module.admin import AdminClient
     from rgw_module.follower import Follower
 

@@ -1,6 +1,6 @@
 """``rgw-changelog backup run|list|restore|verify|cleanup``: the click group ``backup_group`` of
 the main CLI. The commands only parse options, open what the config names
-(``changelog.backup.consumer.BackupResources``) and print; the work is in ``changelog.backup``.
+(``changelog.consumers.backup.consumer.BackupResources``) and print; the work is in ``changelog.consumers.backup``.
 Errors propagate to the main CLI's boundary (one line, exit 1; 2 for config errors).
 
 Config ``[backup]``: ``url`` (``s3://bucket/prefix/`` or ``file:///dir/``), ``endpoint``,
@@ -17,14 +17,14 @@ from collections.abc import Iterator
 
 import click
 
-from changelog.backup import manifest as mf
-from changelog.backup.cleanup import cleanup
-from changelog.backup.consumer import BackupResources
-from changelog.backup.restore import restore
-from changelog.backup.runner import WORKERS
-from changelog.backup.verify import verify
 from changelog.cli.base import TIME, cli, emit_json, json_option
 from changelog.config import Config, load_config
+from changelog.consumers.backup import manifest as mf
+from changelog.consumers.backup.cleanup import cleanup
+from changelog.consumers.backup.consumer import BackupResources
+from changelog.consumers.backup.restore import restore
+from changelog.consumers.backup.runner import WORKERS
+from changelog.consumers.backup.verify import verify
 from changelog.errors import PermanentError
 from changelog.progress import human_bytes
 

@@ -28,8 +28,8 @@ from changelog.errors import ChangelogError, ConfigError
 from changelog.times import TIME_HELP, parse_time
 
 if TYPE_CHECKING:
-    from changelog.index import ChangeIndex
-    from changelog.targets import Target
+    from changelog.pipeline.index import ChangeIndex
+    from changelog.pipeline.targets import Target
 
 logger = logging.getLogger("changelog.cli")
 

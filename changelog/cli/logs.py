@@ -22,8 +22,8 @@ from changelog.progress import Progress
 from changelog.times import fmt_time
 
 if TYPE_CHECKING:
-    from changelog.reader import LogObject
-    from changelog.targets import Target
+    from changelog.pipeline.reader import LogObject
+    from changelog.pipeline.targets import Target
 
 logger = logging.getLogger("changelog.cli")
 
@@ -40,7 +40,7 @@ def logs_group() -> None:
 @json_option
 def logs_list(since: int | None, as_json: bool) -> None:
     """The committed log objects, oldest first."""
-    from changelog import reader
+    from changelog.pipeline import reader
 
     target = state().target()
     objs = [_log_doc(o) for o in reader.list_logs(target, since_us=since)]
@@ -79,7 +79,7 @@ def logs_cat(since: int | None, until: int | None, bucket: str | None, prefix: s
     --since/--until select by the time a record reached the index ("recorded"), the order the
     logs are written in.
     """
-    from changelog import reader
+    from changelog.pipeline import reader
 
     target = state().target()
     sink = out()

@@ -92,7 +92,7 @@ def _print_pass(doc: status.Doc, *, as_json: bool, label: str) -> None:
 
 def _one_pass(st: State, *, settle: float | None) -> status.Doc:
     from changelog.config import make_collector
-    from changelog.index import OP_KEYS
+    from changelog.pipeline.index import OP_KEYS
 
     with Progress("collect" if settle is None else "flush", unit="entries") as bar:
         hook = _PassProgress(bar, OP_KEYS)

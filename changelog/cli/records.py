@@ -22,9 +22,9 @@ from changelog.progress import Progress
 from changelog.times import parse_time
 
 if TYPE_CHECKING:
-    from changelog.index import HookStream
-    from changelog.mutation import Mutation
-    from changelog.targets import Target
+    from changelog.pipeline.index import HookStream
+    from changelog.pipeline.mutation import Mutation
+    from changelog.pipeline.targets import Target
 
 logger = logging.getLogger("changelog.cli")
 
@@ -60,7 +60,7 @@ def config_check(as_json: bool, connect: bool) -> None:
 def _check_index(st: State) -> None:
     """Reach the index store; check the index there (if it exists yet) matches the config."""
     from changelog.config import open_index, open_store
-    from changelog.index import META_KEY
+    from changelog.pipeline.index import META_KEY
 
     cfg = st.config
     store = open_store(cfg)
@@ -85,7 +85,7 @@ def _probe_target(target: Target) -> None:
 
 def _mutation_from_json(doc: object, *, stream: HookStream, lineno: int) -> Mutation:
     from changelog.errors import InvalidMutation
-    from changelog.mutation import Mutation
+    from changelog.pipeline.mutation import Mutation
 
     if not isinstance(doc, dict):
         raise InvalidMutation(f"line {lineno}: expected a JSON object")
@@ -139,7 +139,7 @@ def record_cmd(batch: int, source: str | None, as_json: bool) -> None:
     baseline, metadata.
     """
     from changelog.errors import InvalidMutation
-    from changelog.index import HookStream, RecordResult
+    from changelog.pipeline.index import HookStream, RecordResult
 
     index = state().index()
     stream = HookStream("cli")

@@ -20,10 +20,10 @@ from changelog.cli.base import (
     state,
     table,
 )
-from changelog.control import SHARD_LOCK
 from changelog.errors import LockBusy
-from changelog.index import OP_KEYS, ChangeIndex, Entry
-from changelog.lease import Lease, make_cookie
+from changelog.pipeline.control import SHARD_LOCK
+from changelog.pipeline.index import OP_KEYS, ChangeIndex, Entry
+from changelog.pipeline.lease import Lease, make_cookie
 from changelog.progress import Progress
 from changelog.times import fmt_age, fmt_time
 
@@ -71,7 +71,7 @@ def shards_list(as_json: bool) -> None:
 
 
 def _dump_doc(entry: Entry) -> dict[str, object]:
-    from changelog.logformat import record_of
+    from changelog.pipeline.logformat import record_of
 
     doc = record_of(entry).to_dict()
     doc["shard"] = entry.shard
@@ -127,7 +127,7 @@ def shards_trim(shard: int, before: int | None, upto: str | None, yes: bool) -> 
     Runs under the shard's drain lease (so never while a collector drains that shard), removes
     exactly the keys it counted, each removal fenced by the lease.
     """
-    from changelog import keys
+    from changelog.pipeline import keys
 
     if (before is None) == (upto is None):
         raise click.UsageError("give exactly one of --before TIME or --upto KEY")

@@ -3,14 +3,14 @@
 A consumer is three things:
 
 * a **checkpoint** in the index's store: omap key ``k.<name>`` of the control object
-  (``changelog.control``), holding the last log object it has fully consumed. A consumer may
+  (``changelog.pipeline.control``), holding the last log object it has fully consumed. A consumer may
   keep its own state under ``k.<name>.`` on the same object; ``Cursor.commit`` writes the
   checkpoint and that state in **one atomic op, fenced by the consumer's lease**, so a crash
   never applies a log object twice or skips one, and a consumer that lost its lease cannot
   write at all;
 * a **reader** of the committed logs after the checkpoint, up to the collector's watermark
   (objects past it may still be recovered or re-uploaded);
-* the **leased loop** (``changelog.loop.run_leased``) under the lease ``consumer.<name>`` on the
+* the **leased loop** (``changelog.pipeline.loop.run_leased``) under the lease ``consumer.<name>`` on the
   control object: one active instance per index, the others stand by.
 
 ``ConsumerRunner`` is that loop for any ``Consumer``. A consumer that works object by object
@@ -30,15 +30,15 @@ from typing import Protocol
 
 import orjson
 
-from changelog.control import CONSUMER_PREFIX, consumer_key, consumer_lock
 from changelog.errors import PermanentError
-from changelog.index import ChangeIndex
-from changelog.lease import Lease, make_cookie
-from changelog.logformat import LogRecord
-from changelog.loop import Clocks, LoopCounts, LoopPolicy, Wake, run_leased
-from changelog.reader import LogObject, list_logs, read_object, read_watermark
-from changelog.store import WriteOp, omap_iter
-from changelog.targets import Target
+from changelog.pipeline.control import CONSUMER_PREFIX, consumer_key, consumer_lock
+from changelog.pipeline.index import ChangeIndex
+from changelog.pipeline.lease import Lease, make_cookie
+from changelog.pipeline.logformat import LogRecord
+from changelog.pipeline.loop import Clocks, LoopCounts, LoopPolicy, Wake, run_leased
+from changelog.pipeline.reader import LogObject, list_logs, read_object, read_watermark
+from changelog.pipeline.store import WriteOp, omap_iter
+from changelog.pipeline.targets import Target
 from changelog.times import fmt_time
 
 logger = logging.getLogger(__name__)

@@ -15,17 +15,17 @@ from pathlib import Path
 
 import pytest
 
-from changelog.store import ObjectStore
+from changelog.pipeline.store import ObjectStore
 
 
 @pytest.fixture(params=["sqlite", pytest.param("rados", marks=pytest.mark.ceph)])
 def store_factory(request: pytest.FixtureRequest, tmp_path: Path) -> Callable[[], ObjectStore]:
     if request.param == "sqlite":
-        from changelog.backends.sqlite import SqliteStore
+        from changelog.pipeline.backends.sqlite import SqliteStore
 
         return functools.partial(SqliteStore, str(tmp_path / "store.db"))
     lab = request.getfixturevalue("ceph_lab")
-    from changelog.backends.rados import RadosStore
+    from changelog.pipeline.backends.rados import RadosStore
 
     return functools.partial(
         RadosStore,

@@ -11,12 +11,12 @@ from typing import Any
 
 import pytest
 
-from changelog import keys
 from changelog.errors import InvalidMutation, LeaseLost
-from changelog.index import ChangeIndex
-from changelog.lease import Lease
-from changelog.mutation import Mutation, Op
-from changelog.store import ObjectStore
+from changelog.pipeline import keys
+from changelog.pipeline.index import ChangeIndex
+from changelog.pipeline.lease import Lease
+from changelog.pipeline.mutation import Mutation, Op
+from changelog.pipeline.store import ObjectStore
 
 StoreFactory = Callable[[], ObjectStore]  # picklable: ``store_factory`` in conftest.py
 

@@ -1,7 +1,7 @@
 """The ObjectStore contract, run unchanged on the embedded sqlite store and on RADOS.
 
 Every behaviour the index, the leases and the collector rely on is pinned here, with the RADOS
-answer as the reference (see ``changelog.store``): ordering and paging, atomic guarded ops, the
+answer as the reference (see ``changelog.pipeline.store``): ordering and paging, atomic guarded ops, the
 comparison semantics of omap_cmp (absent key = empty value), fencing, cls_lock exclusivity
 between processes, expiry, renew and takeover.
 """
@@ -32,7 +32,7 @@ from changelog.errors import (
     PermanentError,
     TransientError,
 )
-from changelog.store import Cmp, LockRef, ObjectStore, WriteOp, omap_iter
+from changelog.pipeline.store import Cmp, LockRef, ObjectStore, WriteOp, omap_iter
 
 StoreFactory = Callable[[], ObjectStore]
 OID = "obj"
@@ -647,7 +647,7 @@ def test_compare_and_swap_is_atomic_across_processes_and_threads(
 
 def test_rados_unreachable_cluster_fails_fast_and_says_where(tmp_path: Path) -> None:
     pytest.importorskip("rados", reason="python3-rados is not importable")
-    from changelog.backends.rados import RadosStore
+    from changelog.pipeline.backends.rados import RadosStore
 
     with socket.socket() as sock:  # a port nobody listens on
         sock.bind(("127.0.0.1", 0))
@@ -668,7 +668,7 @@ def test_rados_unreachable_cluster_fails_fast_and_says_where(tmp_path: Path) -> 
 @pytest.mark.ceph
 def test_rados_unknown_client_is_a_permanent_error(ceph_lab: Any) -> None:
     pytest.importorskip("rados", reason="python3-rados is not importable")
-    from changelog.backends.rados import RadosStore
+    from changelog.pipeline.backends.rados import RadosStore
 
     with pytest.raises(PermanentError, match=re.escape(ceph_lab.conf)):
         RadosStore(

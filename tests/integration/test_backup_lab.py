@@ -24,18 +24,18 @@ from typing import Any
 
 import pytest
 
-from changelog.backup import manifest as mf
-from changelog.backup.cleanup import cleanup
-from changelog.backup.restore import restore
-from changelog.backup.runner import BackupRunner, RunResult
-from changelog.backup.source import Source, make_client
-from changelog.backup.store import BackupStore, blob_name
-from changelog.backup.verify import verify
-from changelog.collector import Collector
 from changelog.config import CollectorConfig
-from changelog.index import ChangeIndex
-from changelog.reader import last_log, read_watermark
-from changelog.targets import S3Target
+from changelog.consumers.backup import manifest as mf
+from changelog.consumers.backup.cleanup import cleanup
+from changelog.consumers.backup.restore import restore
+from changelog.consumers.backup.runner import BackupRunner, RunResult
+from changelog.consumers.backup.source import Source, make_client
+from changelog.consumers.backup.store import BackupStore, blob_name
+from changelog.consumers.backup.verify import verify
+from changelog.pipeline.collector import Collector
+from changelog.pipeline.index import ChangeIndex
+from changelog.pipeline.reader import last_log, read_watermark
+from changelog.pipeline.targets import S3Target
 from rgw_module.admin import AdminClient
 from rgw_module.follower import Follower
 from tests.lab import Lab
@@ -107,7 +107,7 @@ class Pipe:
 
 @pytest.fixture
 def pipe(ceph_lab: Lab, s3_client: Any) -> Iterator[Pipe]:
-    from changelog.backends.rados import RadosStore
+    from changelog.pipeline.backends.rados import RadosStore
 
     tag = uuid.uuid4().hex[:8]
     ns = f"test-backup-{tag}"
@@ -291,10 +291,10 @@ def test_batched_probe_on_the_lab(pipe: Pipe) -> None:
 CHILD = textwrap.dedent(
     """
     import json, os, signal, sys
-    from changelog.backup.runner import BackupRunner
-    from changelog.backup.source import Source, make_client
-    from changelog.backup.store import BackupStore
-    from changelog.targets import S3Target
+    from changelog.consumers.backup.runner import BackupRunner
+    from changelog.consumers.backup.source import Source, make_client
+    from changelog.consumers.backup.store import BackupStore
+    from changelog.pipeline.targets import S3Target
 
     endpoint, key, secret, logs_b, dest_b, buckets, count_file, point, after = sys.argv[1:10]
     fd = os.open(count_file, os.O_WRONLY | os.O_APPEND | os.O_CREAT)

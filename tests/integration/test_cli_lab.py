@@ -178,7 +178,7 @@ def test_dump_trim_collect_and_cat_on_rados_and_radosgw(conf: Path, bucket: str,
 
 def test_trim_refused_while_a_collector_holds_the_shard(conf: Path) -> None:
     from changelog.config import load_config, open_index
-    from changelog.lease import Lease
+    from changelog.pipeline.lease import Lease
 
     c = ["-c", str(conf)]
     sh(*c, "record", stdin=jsonl(MUTATIONS))

@@ -18,8 +18,8 @@ from typing import Any
 import pytest
 
 from changelog.config import SourceConfig
-from changelog.index import ChangeIndex
-from changelog.mutation import Mutation, Op
+from changelog.pipeline.index import ChangeIndex
+from changelog.pipeline.mutation import Mutation, Op
 from rgw_module.admin import AdminClient
 from rgw_module.follower import Follower
 from tests.lab import Lab
@@ -58,7 +58,7 @@ class Env:
 
 @pytest.fixture
 def env(ceph_lab: Lab, s3_client: Any) -> Iterator[Env]:
-    from changelog.backends.rados import RadosStore
+    from changelog.pipeline.backends.rados import RadosStore
 
     ns = f"test-rgw-{uuid.uuid4().hex[:10]}"
     store = RadosStore(conffile=ceph_lab.conf, pool=ceph_lab.pool, namespace=ns, keyring=ceph_lab.keyring or None)
@@ -236,7 +236,7 @@ def test_versioned_bucket_records(env: Env) -> None:
 
     assert step(lambda: s3.put_bucket_versioning(Bucket=b, VersioningConfiguration={"Status": "Suspended"})) == []
     # A key new to a suspended bucket is written as a plain entry: version None, which is the
-    # same object version as "null" (changelog.keys.version_hash); later ops on it say "null".
+    # same object version as "null" (changelog.pipeline.keys.version_hash); later ops on it say "null".
     r = step(lambda: s3.put_object(Bucket=b, Key="s", Body=b"suspended"))
     assert [(view(m), m.size) for m in r] == [(("write", "s", None), 9)]
     r = step(lambda: s3.delete_object(Bucket=b, Key="s"))

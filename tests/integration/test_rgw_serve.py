@@ -29,7 +29,7 @@ from typing import Any
 
 import pytest
 
-from changelog.logformat import LogRecord, compression_of, iter_records, parse_log_name
+from changelog.pipeline.logformat import LogRecord, compression_of, iter_records, parse_log_name
 from tests.lab import Lab
 
 pytestmark = pytest.mark.ceph
@@ -201,7 +201,7 @@ def assert_same_state(records: list[LogRecord], s3: Any, bucket: str) -> None:
 
 @pytest.fixture
 def serve(ceph_lab: Lab, s3_client: Any, tmp_path: Path) -> Iterator[Serve]:
-    from changelog.backends.rados import RadosStore
+    from changelog.pipeline.backends.rados import RadosStore
 
     tag = uuid.uuid4().hex[:10]
     log_bucket = f"sv-logs-{tag}"
@@ -218,11 +218,11 @@ def serve(ceph_lab: Lab, s3_client: Any, tmp_path: Path) -> Iterator[Serve]:
 
 
 def leases_released(serve: Serve) -> dict[str, Any]:
-    from changelog.backends.rados import RadosStore
+    from changelog.pipeline.backends.rados import RadosStore
 
     store = RadosStore(conffile=serve.lab.conf, pool=serve.lab.pool, namespace=serve.ns, keyring=serve.lab.keyring or None)
     try:
-        return {n: store.lock_info("changelog.control", n) for n in ("follower", "collector")}
+        return {n: store.lock_info("changelog.pipeline.control", n) for n in ("follower", "collector")}
     finally:
         store.close()
 

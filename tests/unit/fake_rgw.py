@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any, Literal, NoReturn
 
 from changelog.errors import PermanentError
-from changelog.loop import Clocks
+from changelog.pipeline.loop import Clocks
 from rgw_module.admin import (
     MAX_ENTRIES,
     MAX_KEYS,

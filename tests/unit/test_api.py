@@ -29,12 +29,12 @@ from changelog.api import (
     probe,
     thread_alive,
 )
-from changelog.backends.sqlite import SqliteStore
 from changelog.errors import ConfigError
-from changelog.index import ChangeIndex
-from changelog.lease import Lease
 from changelog.metrics import ChangelogMetrics, make_registry
-from changelog.mutation import Mutation, Op
+from changelog.pipeline.backends.sqlite import SqliteStore
+from changelog.pipeline.index import ChangeIndex
+from changelog.pipeline.lease import Lease
+from changelog.pipeline.mutation import Mutation, Op
 
 # --------------------------------------------------------------------------- fakes
 

@@ -30,20 +30,20 @@ from click.testing import CliRunner
 from moto import mock_aws
 from moto.server import ThreadedMotoServer
 
-from changelog.backup import manifest as mf
-from changelog.backup.cleanup import cleanup, live_runs, select_expired
-from changelog.backup.lock import DestinationLock, read_lock, wait_for_unlocked
-from changelog.backup.model import State
-from changelog.backup.probes import plan as plan_probes
-from changelog.backup.restore import restore
-from changelog.backup.runner import BackupRunner
-from changelog.backup.source import Source, make_client
-from changelog.backup.store import BackupStore, blob_name
-from changelog.backup.verify import verify
 from changelog.cli.backup import backup_group
+from changelog.consumers.backup import manifest as mf
+from changelog.consumers.backup.cleanup import cleanup, live_runs, select_expired
+from changelog.consumers.backup.lock import DestinationLock, read_lock, wait_for_unlocked
+from changelog.consumers.backup.model import State
+from changelog.consumers.backup.probes import plan as plan_probes
+from changelog.consumers.backup.restore import restore
+from changelog.consumers.backup.runner import BackupRunner
+from changelog.consumers.backup.source import Source, make_client
+from changelog.consumers.backup.store import BackupStore, blob_name
+from changelog.consumers.backup.verify import verify
 from changelog.errors import LeaseLost, LockBusy, TransientError
-from changelog.logformat import LogRecord
-from changelog.targets import DirectoryTarget, S3Target, make_target
+from changelog.pipeline.logformat import LogRecord
+from changelog.pipeline.targets import DirectoryTarget, S3Target, make_target
 from tests.unit.test_backup_support import CountingTarget, Zone, assert_stored_once, bucket_state, rfc3339
 
 MiB = 1024 * 1024
@@ -759,10 +759,10 @@ def test_resume_after_marker_expired_rechecks_blobs(fdest: CountingTarget, zone:
 CHILD = textwrap.dedent(
     """
     import json, os, signal, sys
-    from changelog.backup.runner import BackupRunner
-    from changelog.backup.source import Source, make_client
-    from changelog.backup.store import BackupStore
-    from changelog.targets import DirectoryTarget, S3Target
+    from changelog.consumers.backup.runner import BackupRunner
+    from changelog.consumers.backup.source import Source, make_client
+    from changelog.consumers.backup.store import BackupStore
+    from changelog.pipeline.targets import DirectoryTarget, S3Target
 
     endpoint, logs_dir, count_file, point, after = sys.argv[1:6]
     fd = os.open(count_file, os.O_WRONLY | os.O_APPEND | os.O_CREAT)

@@ -15,7 +15,7 @@ from typing import IO, Any
 import orjson
 import zstandard
 
-from changelog.targets import ObjectInfo, Part, Target, UploadInfo
+from changelog.pipeline.targets import ObjectInfo, Part, Target, UploadInfo
 
 
 def rfc3339(t_us: int) -> str:

@@ -22,7 +22,7 @@ from click.testing import CliRunner, Result
 from changelog import status as status_mod
 from changelog.cli import cli, parse_time
 from changelog.config import load_config, open_index
-from changelog.lease import Lease
+from changelog.pipeline.lease import Lease
 from changelog.progress import Progress, human_bytes, human_count, stderr_is_tty
 
 MUTATIONS: list[dict[str, Any]] = [

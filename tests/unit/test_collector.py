@@ -20,19 +20,26 @@ import pytest
 from collector_factory import collector
 
 from changelog.api import Controls
-from changelog.backends.sqlite import SqliteStore
-from changelog.collector import Collector, CollectorState, PassResult, PendingCommit, ShardRange
-from changelog.control import COLLECTOR_LOCK as CONTROL_LOCK
-from changelog.control import COLLECTOR_PENDING_PREFIX as PENDING_PREFIX
-from changelog.control import SHARD_LOCK
 from changelog.errors import ConfigError, LeaseLost, LockBusy, PermanentError, TransientError
-from changelog.index import ChangeIndex
-from changelog.lease import Lease, Renewer, renew_every
-from changelog.logformat import Compression, encode_object, iter_records, parse_log_name
-from changelog.mutation import Mutation, Op
-from changelog.reader import LogReader, RecentIds, list_logs, read_records, read_watermark, target_status
-from changelog.store import omap_iter
-from changelog.targets import DirectoryTarget, S3Target, Target
+from changelog.pipeline.backends.sqlite import SqliteStore
+from changelog.pipeline.collector import Collector, CollectorState, PassResult, PendingCommit, ShardRange
+from changelog.pipeline.control import COLLECTOR_LOCK as CONTROL_LOCK
+from changelog.pipeline.control import COLLECTOR_PENDING_PREFIX as PENDING_PREFIX
+from changelog.pipeline.control import SHARD_LOCK
+from changelog.pipeline.index import ChangeIndex
+from changelog.pipeline.lease import Lease, Renewer, renew_every
+from changelog.pipeline.logformat import Compression, encode_object, iter_records, parse_log_name
+from changelog.pipeline.mutation import Mutation, Op
+from changelog.pipeline.reader import (
+    LogReader,
+    RecentIds,
+    list_logs,
+    read_records,
+    read_watermark,
+    target_status,
+)
+from changelog.pipeline.store import omap_iter
+from changelog.pipeline.targets import DirectoryTarget, S3Target, Target
 
 moto = pytest.importorskip("moto")
 
@@ -1031,7 +1038,7 @@ def test_an_upload_aborted_under_the_collector_between_parts_is_retried_by_a_lat
 def test_an_interrupted_wait_for_parts_stops_the_upload_thread_before_the_abort(env, monkeypatch):
     """A KeyboardInterrupt while the pass waits for its parts: the upload thread is stopped (no
     part goes out after the abort), no collector thread is left, and a rerun commits all, once."""
-    import changelog.upload as upload_mod
+    import changelog.pipeline.upload as upload_mod
 
     env.record(2000)
     target = RecordingTarget(env.target)

@@ -33,11 +33,11 @@ S3_DEFAULT_STEPS = ("part", "pending", "commit", "complete", "trim")
 
 
 def sqlite_factory(path: Path) -> Factory:
-    return Factory("changelog.backends.sqlite:SqliteStore", {"path": str(path)})
+    return Factory("changelog.pipeline.backends.sqlite:SqliteStore", {"path": str(path)})
 
 
 def dir_factory(path: Path) -> Factory:
-    return Factory("changelog.targets:make_target", {"url": f"file://{path}/"})
+    return Factory("changelog.pipeline.targets:make_target", {"url": f"file://{path}/"})
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +63,7 @@ def moto_server() -> Iterator[str]:
 def s3_factory(endpoint: str, bucket: str) -> Factory:
     boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1").create_bucket(Bucket=bucket)
     return Factory(
-        "changelog.targets:make_target",
+        "changelog.pipeline.targets:make_target",
         {"url": f"s3://{bucket}/changes/", "endpoint": endpoint, "access_key": "testing",
          "secret_key": "testing", "region": "us-east-1", "addressing_style": "path",
          "min_part_bytes": 1024, "max_attempts": 2, "connect_timeout": 5, "read_timeout": 20},

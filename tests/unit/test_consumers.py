@@ -15,11 +15,10 @@ import orjson
 import pytest
 from moto import mock_aws
 
-from changelog.backends.sqlite import SqliteStore
-from changelog.backup import manifest as mf
-from changelog.backup.consumer import BackupConsumer
-from changelog.backup.store import BackupStore
 from changelog.config import parse_config
+from changelog.consumers.backup import manifest as mf
+from changelog.consumers.backup.consumer import BackupConsumer
+from changelog.consumers.backup.store import BackupStore
 from changelog.consumers.framework import (
     ConsumerRunner,
     Cursor,
@@ -28,12 +27,13 @@ from changelog.consumers.framework import (
     consumers_doc,
     load_checkpoint,
 )
-from changelog.control import consumer_key
 from changelog.errors import LeaseLost, PermanentError
-from changelog.index import ChangeIndex
-from changelog.logformat import LogRecord
-from changelog.reader import LogObject
-from changelog.targets import DirectoryTarget
+from changelog.pipeline.backends.sqlite import SqliteStore
+from changelog.pipeline.control import consumer_key
+from changelog.pipeline.index import ChangeIndex
+from changelog.pipeline.logformat import LogRecord
+from changelog.pipeline.reader import LogObject
+from changelog.pipeline.targets import DirectoryTarget
 from tests.unit.test_backup_support import Zone
 
 
@@ -83,7 +83,7 @@ class CountWrites(LogObjectConsumer):
 
 def counts(index: ChangeIndex, name: str = "count") -> dict[str, int]:
     prefix = consumer_key(name) + ".n."
-    from changelog.store import omap_iter
+    from changelog.pipeline.store import omap_iter
 
     return {k[len(prefix) :]: int(v) for k, v in omap_iter(index.store, index.control_oid, prefix=prefix)}
 
@@ -187,7 +187,7 @@ def test_the_leased_loop_runs_and_status_shows_the_checkpoint(aws: Any, logs: Di
 
 
 def test_a_checkpoint_of_an_unknown_format_is_refused(index: ChangeIndex) -> None:
-    from changelog.store import WriteOp
+    from changelog.pipeline.store import WriteOp
 
     index.store.execute(index.control_oid, WriteOp(set={consumer_key("count"): orjson.dumps({"format": 9})}))
     with pytest.raises(PermanentError, match="unknown format"):

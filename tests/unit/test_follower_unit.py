@@ -22,11 +22,11 @@ from typing import Any
 
 import pytest
 
-from changelog.backends.sqlite import SqliteStore
 from changelog.config import SourceConfig
 from changelog.errors import TransientError
-from changelog.index import ChangeIndex
-from changelog.mutation import Mutation
+from changelog.pipeline.backends.sqlite import SqliteStore
+from changelog.pipeline.index import ChangeIndex
+from changelog.pipeline.mutation import Mutation
 from rgw_module.admin import NotFound
 from rgw_module.follower import Follower
 from tests.unit.fake_rgw import RELEASES, FakeClock, FakeRadosgw, Release, assert_same_keys_as_captured
@@ -141,7 +141,7 @@ def view(m: Mutation) -> str:
 def order(m: Mutation) -> str:
     """What index order must follow per key: ``seq``, except that the records of one baseline
     (``<generation>.0.``) are a snapshot recorded in listing order, newest version first
-    (consumers order them by time: ``changelog.backup.model``)."""
+    (consumers order them by time: ``changelog.consumers.backup.model``)."""
     return ".".join(m.seq.split(".")[:2]) if m.baseline else m.seq
 
 

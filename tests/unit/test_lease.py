@@ -10,12 +10,12 @@ from pathlib import Path
 
 import pytest
 
-from changelog.backends.sqlite import SqliteStore
-from changelog.backup.lock import DestinationLock, read_lock
-from changelog.backup.store import BackupStore
+from changelog.consumers.backup.lock import DestinationLock, read_lock
+from changelog.consumers.backup.store import BackupStore
 from changelog.errors import LeaseLost
-from changelog.lease import Lease, Renewer, TimedLease, renew_every
-from changelog.targets import DirectoryTarget
+from changelog.pipeline.backends.sqlite import SqliteStore
+from changelog.pipeline.lease import Lease, Renewer, TimedLease, renew_every
+from changelog.pipeline.targets import DirectoryTarget
 
 
 class FakeTime:

@@ -12,7 +12,7 @@ import pytest
 import zstandard
 
 from changelog.errors import InvalidMutation, PermanentError
-from changelog.logformat import (
+from changelog.pipeline.logformat import (
     Compression,
     LogRecord,
     ObjectEncoder,
@@ -32,7 +32,7 @@ from changelog.logformat import (
     start_after_time,
     watermark_name,
 )
-from changelog.mutation import Mutation, Op
+from changelog.pipeline.mutation import Mutation, Op
 
 T0 = 1_795_300_000_123_456  # 2026-11-21T22:26:40.123456Z
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from changelog.mutation import Op
+from changelog.pipeline.mutation import Op
 from rgw_module.mapping import (
     BadEntry,
     BucketFilter,

@@ -166,7 +166,7 @@ def test_serve_embedded_runs_the_collector_and_the_api_without_source_checks(tmp
     """``serve`` without [source] endpoint: the collector and the API; the health report leaves
     out the source radosgw and the follower, the leases check has the collector's lease."""
     from changelog import config as config_mod
-    from changelog.mutation import Mutation, Op
+    from changelog.pipeline.mutation import Mutation, Op
 
     port = free_port()
     cfg = embedded_config(tmp_path, port)
@@ -248,7 +248,7 @@ class FakeFollower:
 def test_health_checks_with_a_follower(tmp_path: Any) -> None:
     from changelog import config as config_mod
     from changelog.api import Controls
-    from changelog.lease import Lease
+    from changelog.pipeline.lease import Lease
 
     cfg = embedded_config(tmp_path, free_port())
     index = config_mod.open_index(cfg)

@@ -13,7 +13,7 @@ import pytest
 from botocore.stub import Stubber
 
 from changelog.errors import ConfigError, ObjectMissing, PermanentError, TransientError
-from changelog.targets import (
+from changelog.pipeline.targets import (
     DirectoryTarget,
     Part,
     S3Target,
@@ -168,7 +168,7 @@ def test_directory_name_collisions_are_permanent(tmp_path):
 def test_every_s3_client_keeps_checksums_to_what_radosgw_accepts():
     """The three S3 users get their client from ``s3client.make_s3_client``, each with its own
     timeouts, retries and pool, and all without botocore's default CRC checksums."""
-    from changelog.backup.source import make_client
+    from changelog.consumers.backup.source import make_client
     from rgw_module.admin import AdminClient
 
     admin = AdminClient("http://127.0.0.1:1", "ak", "sk", max_connections=7)

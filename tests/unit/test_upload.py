@@ -1,4 +1,4 @@
-"""The upload pipeline (``changelog.upload``) on its own, on a real directory target: the writer
+"""The upload pipeline (``changelog.pipeline.upload``) on its own, on a real directory target: the writer
 owns its multipart upload, whose abort is armed the moment the upload exists (as s3transfer
 registers it right after CreateMultipartUpload), so any failure after that leaves no upload
 behind; a completed object is never aborted."""
@@ -11,14 +11,14 @@ from pathlib import Path
 
 import pytest
 
-from changelog import keys
-from changelog.backends.sqlite import SqliteStore
 from changelog.errors import LeaseLost, PermanentError
-from changelog.index import ChangeIndex
-from changelog.logformat import Compression
-from changelog.mutation import Mutation, Op
-from changelog.targets import DirectoryTarget, Part
-from changelog.upload import LogWriter, TargetRetry, Uploads
+from changelog.pipeline import keys
+from changelog.pipeline.backends.sqlite import SqliteStore
+from changelog.pipeline.index import ChangeIndex
+from changelog.pipeline.logformat import Compression
+from changelog.pipeline.mutation import Mutation, Op
+from changelog.pipeline.targets import DirectoryTarget, Part
+from changelog.pipeline.upload import LogWriter, TargetRetry, Uploads
 
 NAME = "logs/2026/01/01/00/20260101T000000.000000Z-0000000001.jsonl"
 

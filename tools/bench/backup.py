@@ -47,14 +47,14 @@ def _bulk_empty(s3: Any, bucket: str) -> None:
 
 
 def run(bench: Bench) -> list[Figure]:
-    from changelog.backup import manifest as mf
-    from changelog.backup.runner import BackupRunner
-    from changelog.backup.source import Source
-    from changelog.backup.store import BackupStore
-    from changelog.collector import Collector
     from changelog.config import CollectorConfig, SourceConfig
-    from changelog.index import ChangeIndex
-    from changelog.targets import S3Target
+    from changelog.consumers.backup import manifest as mf
+    from changelog.consumers.backup.runner import BackupRunner
+    from changelog.consumers.backup.source import Source
+    from changelog.consumers.backup.store import BackupStore
+    from changelog.pipeline.collector import Collector
+    from changelog.pipeline.index import ChangeIndex
+    from changelog.pipeline.targets import S3Target
     from rgw_module.admin import AdminClient
     from rgw_module.follower import Follower
 

@@ -3,7 +3,7 @@ repetitions, the ``Figure`` it reports, raw librados for the baselines, and clea
 
 The benchmark measures the project against baselines with the raw tools underneath it (librados,
 sqlite3, boto3), so this package imports ``rados`` itself: the product keeps that import in
-``changelog/backends/rados.py`` only.
+``changelog/pipeline/backends/rados.py`` only.
 """
 
 from __future__ import annotations
@@ -31,9 +31,9 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[2]
 CEPH_LAB = REPO / "tools" / "ceph-lab"
 S3_REGION = "default"  # the zonegroup name radosgw signs with
-# librados aio window of the baselines: the same as changelog.backends.rados.AIO_WINDOW.
+# librados aio window of the baselines: the same as changelog.pipeline.backends.rados.AIO_WINDOW.
 AIO_WINDOW = 64
-# A page of omap reads: the same as the index and the collector (changelog.index.OP_KEYS).
+# A page of omap reads: the same as the index and the collector (changelog.pipeline.index.OP_KEYS).
 OMAP_PAGE = 1000
 
 _t0 = time.monotonic()
@@ -367,7 +367,7 @@ class Bench:
 
     def store(self, namespace: str) -> Any:
         """The project's RADOS store on the lab pool, in ``namespace``."""
-        from changelog.backends.rados import RadosStore
+        from changelog.pipeline.backends.rados import RadosStore
 
         return RadosStore(
             conffile=self.lab.conf, pool=self.lab.pool, namespace=namespace, keyring=self.lab.keyring or None

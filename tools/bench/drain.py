@@ -30,11 +30,11 @@ from typing import Any
 import msgpack
 import orjson
 
-from changelog import keys
-from changelog.collector import Collector
 from changelog.config import CollectorConfig
-from changelog.index import ChangeIndex
-from changelog.targets import S3Target
+from changelog.pipeline import keys
+from changelog.pipeline.collector import Collector
+from changelog.pipeline.index import ChangeIndex
+from changelog.pipeline.targets import S3Target
 from tools.bench.common import (
     REPO,
     Bench,
@@ -228,7 +228,7 @@ def run(bench: Bench) -> list[Figure]:
 
 
 def _child_main(mode: str, spec: dict[str, Any]) -> None:
-    from changelog.backends.rados import RadosStore
+    from changelog.pipeline.backends.rados import RadosStore
     from tools.bench.common import Lab, hwm_kb, lab_from_env, rss_now_kb
 
     lab: Lab | None = lab_from_env(spec)

@@ -61,7 +61,7 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
-from changelog.reader import list_logs, read_object
+from changelog.pipeline.reader import list_logs, read_object
 from tools.bench.common import (
     S3_REGION,
     Bench,

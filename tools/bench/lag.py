@@ -19,7 +19,7 @@ import threading
 import time
 from typing import Any
 
-from changelog.reader import list_logs, read_object
+from changelog.pipeline.reader import list_logs, read_object
 from tools.bench.common import Bench, Figure, percentile, remove_bucket, say
 from tools.bench.peer import get_peer
 from tools.bench.serve import ServeProcess

@@ -25,9 +25,9 @@ from collections.abc import Sequence
 from hashlib import blake2b, md5
 from typing import Any
 
-from changelog import keys
-from changelog.index import ChangeIndex
-from changelog.mutation import Mutation, Op
+from changelog.pipeline import keys
+from changelog.pipeline.index import ChangeIndex
+from changelog.pipeline.mutation import Mutation, Op
 from tools.bench.common import Bench, Figure, RawOmap, interleaved, median, percentile, say, wipe_namespace
 
 GROUP = "record"
@@ -205,7 +205,7 @@ def _rados_latency(bench: Bench, index: ChangeIndex, raw: RawOmap, work: Workloa
 
 
 def _sqlite_throughput(bench: Bench, work: Workload) -> Figure:
-    from changelog.backends.sqlite import SqliteStore
+    from changelog.pipeline.backends.sqlite import SqliteStore
 
     path = bench.tmp / "record-bench.db"
     store = SqliteStore(str(path))

@@ -21,7 +21,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from changelog.reader import read_records
+from changelog.pipeline.reader import read_records
 from tools.bench.common import Bench, Figure, median, put_round, remove_bucket, say
 from tools.bench.peer import get_peer
 from tools.bench.serve import ServeProcess

@@ -12,8 +12,8 @@ import sys
 import time
 from typing import IO, Any
 
-from changelog.reader import read_watermark
-from changelog.targets import S3Target
+from changelog.pipeline.reader import read_watermark
+from changelog.pipeline.targets import S3Target
 from tools.bench.common import REPO, S3_REGION, Bench, remove_bucket, say, wipe_namespace
 
 LOG_PREFIX = "logs"

@@ -1,0 +1,348 @@
+"""The S3 side of a backup: read the source buckets (GET by version, conditional GET, version
+listings) and write restored objects, through a client made by ``changelog.pipeline.s3client``. Errors
+are translated there, by HTTP status; a few S3 answers mean more here: 412 is
+``ContentChanged``, a missing key or version ``ObjectMissing``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import IO, TYPE_CHECKING, Any, TypeVar
+
+from changelog.consumers.backup.model import Version, norm_etag
+from changelog.errors import ChangelogError, ObjectMissing, PermanentError
+from changelog.pipeline.logformat import rfc3339_us, to_us
+from changelog.pipeline.s3client import TranslatedBody, make_s3_client, refusal, translate_error
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3.client import S3Client
+    from mypy_boto3_s3.type_defs import ObjectTypeDef
+
+logger = logging.getLogger(__name__)
+
+LIST_PAGE = 1000
+T = TypeVar("T")
+
+# What a listing tells of one current object: (ETag, size, LastModified in microseconds).
+Probe = tuple[str | None, int, int]
+
+
+class ContentChanged(ChangelogError):
+    """The object is no longer the one a record describes (412 on a conditional GET)."""
+
+
+@dataclass(frozen=True, slots=True)
+class GetResult:
+    body: IO[bytes]
+    etag: str | None
+    size: int
+    version_id: str | None
+    last_modified: str | None
+    metadata: Mapping[str, str] = field(default_factory=dict)
+    content_type: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ListPage:
+    entries: list[tuple[str, Version]]  # (key, version), per key newest first
+    key_marker: str | None  # where the next page starts; None: listing complete
+    version_marker: str | None
+
+
+def _vid(v: Any) -> str | None:
+    return None if v in (None, "", "null") else str(v)
+
+
+def _time(t: Any) -> str | None:
+    return rfc3339_us(to_us(t)) if isinstance(t, datetime) else None
+
+
+def _translate(ex: Exception, what: str) -> ChangelogError:
+    r = refusal(ex)
+    if r is not None:
+        if r.status == 412 or r.code == "PreconditionFailed":
+            return ContentChanged(f"{what}: changed since the record (412)")
+        if r.code in ("NoSuchVersion", "NoSuchKey") or r.status == 404 and r.code not in ("NoSuchBucket",):
+            return ObjectMissing(f"{what}: {r.status} {r.code}")
+        if r.status == 400 and r.code == "InvalidArgument" and "version" in str(ex).lower():
+            return ObjectMissing(f"{what}: {r.code} (version gone)")
+    return translate_error(ex, what)
+
+
+# The backup's client reads whole objects of any size: more attempts and a longer read timeout
+# than a change-log target's defaults.
+MAX_ATTEMPTS = 5
+CONNECT_TIMEOUT = 10.0
+READ_TIMEOUT = 120.0
+
+
+def make_client(
+    *,
+    endpoint: str | None = None,
+    access_key: str | None = None,
+    secret_key: str | None = None,
+    region: str | None = None,
+    pool: int = 32,
+) -> S3Client:
+    """A boto3 S3 client for the backup's source (or restore destination): path-style with an
+    endpoint (radosgw), botocore's choice on AWS."""
+    return make_s3_client(
+        endpoint,
+        access_key=access_key,
+        secret_key=secret_key,
+        region=region,
+        addressing_style="path" if endpoint else "auto",
+        max_attempts=MAX_ATTEMPTS,
+        connect_timeout=CONNECT_TIMEOUT,
+        read_timeout=READ_TIMEOUT,
+        max_pool=pool,
+    )
+
+
+class Source:
+    """The source zone (or the restore destination) as seen through one S3 client."""
+
+    def __init__(self, client: S3Client, *, probe_page_keys: int = LIST_PAGE) -> None:
+        self.s3 = client
+        # Keys per page of ``probe_page`` (S3's maximum; smaller in tests).
+        self.probe_page_keys = probe_page_keys
+
+    def __repr__(self) -> str:
+        return f"Source({self.s3.meta.endpoint_url!r})"
+
+    def _call(self, what: str, fn: Callable[..., T], **kwargs: Any) -> T:
+        try:
+            return fn(**kwargs)
+        except ChangelogError:
+            raise
+        except Exception as ex:
+            raise _translate(ex, what) from ex
+
+    # -- reading
+
+    def list_buckets(self) -> list[str]:
+        resp = self._call("list buckets", self.s3.list_buckets)
+        return sorted(b["Name"] for b in resp.get("Buckets", []))
+
+    def is_versioned(self, bucket: str) -> bool:
+        resp = self._call(f"versioning of {bucket}", self.s3.get_bucket_versioning, Bucket=bucket)
+        return resp.get("Status") in ("Enabled", "Suspended")
+
+    def list_page(
+        self, bucket: str, *, versioned: bool, key_marker: str | None = None, version_marker: str | None = None
+    ) -> ListPage:
+        """One page of a bucket's versions (all versions and delete markers if ``versioned``,
+        else its objects), in key order, each key's versions newest first."""
+        if not versioned:
+            kwargs: dict[str, Any] = {"Bucket": bucket, "MaxKeys": LIST_PAGE}
+            if key_marker:
+                kwargs["StartAfter"] = key_marker
+            resp = self._call(f"list {bucket}", self.s3.list_objects_v2, **kwargs)
+            entries = [
+                (
+                    o["Key"],
+                    Version(
+                        version_id=None,
+                        size=int(o.get("Size", 0)),
+                        etag=norm_etag(o.get("ETag")),
+                        last_modified=_time(o.get("LastModified")),
+                    ),
+                )
+                for o in resp.get("Contents", [])
+            ]
+            more = bool(resp.get("IsTruncated")) and bool(entries)
+            return ListPage(entries, entries[-1][0] if more else None, None)
+        kwargs = {"Bucket": bucket, "MaxKeys": LIST_PAGE}
+        if key_marker:
+            kwargs["KeyMarker"] = key_marker
+            if version_marker:
+                kwargs["VersionIdMarker"] = version_marker
+        vresp = self._call(f"list versions of {bucket}", self.s3.list_object_versions, **kwargs)
+        rows: list[tuple[str, datetime, bool, Version]] = []
+        for o in vresp.get("Versions", []):
+            v = Version(
+                version_id=_vid(o.get("VersionId")),
+                size=int(o.get("Size", 0)),
+                etag=norm_etag(o.get("ETag")),
+                last_modified=_time(o.get("LastModified")),
+            )
+            rows.append((o["Key"], o["LastModified"], bool(o.get("IsLatest")), v))
+        for d in vresp.get("DeleteMarkers", []):
+            v = Version(version_id=_vid(d.get("VersionId")), delete_marker=True, last_modified=_time(d.get("LastModified")))
+            rows.append((d["Key"], d["LastModified"], bool(d.get("IsLatest")), v))
+        # Per key: the latest first, then newest first (the two lists come apart).
+        rows.sort(key=lambda r: (r[0].encode(), not r[2], -r[1].timestamp()))
+        entries = [(k, v) for k, _t, _l, v in rows]
+        if vresp.get("IsTruncated"):
+            return ListPage(entries, vresp.get("NextKeyMarker") or None, vresp.get("NextVersionIdMarker") or None)
+        return ListPage(entries, None, None)
+
+    def key_versions(self, bucket: str, key: str) -> list[Version]:
+        """Every version of exactly ``key``, newest (the latest) first."""
+        out: list[tuple[bool, datetime, Version]] = []
+        kwargs: dict[str, Any] = {"Bucket": bucket, "Prefix": key, "MaxKeys": LIST_PAGE}
+        while True:
+            resp = self._call(f"list versions of {bucket}/{key}", self.s3.list_object_versions, **kwargs)
+            for o in resp.get("Versions", []):
+                if o["Key"] == key:
+                    out.append(
+                        (
+                            bool(o.get("IsLatest")),
+                            o["LastModified"],
+                            Version(
+                                version_id=_vid(o.get("VersionId")),
+                                size=int(o.get("Size", 0)),
+                                etag=norm_etag(o.get("ETag")),
+                                last_modified=_time(o.get("LastModified")),
+                            ),
+                        )
+                    )
+            for d in resp.get("DeleteMarkers", []):
+                if d["Key"] == key:
+                    out.append(
+                        (
+                            bool(d.get("IsLatest")),
+                            d["LastModified"],
+                            Version(_vid(d.get("VersionId")), delete_marker=True, last_modified=_time(d.get("LastModified"))),
+                        )
+                    )
+            # Keys sharing the prefix sort after ``key``: once the listing is past it, stop.
+            past = any(o["Key"] != key for o in (*resp.get("Versions", []), *resp.get("DeleteMarkers", [])))
+            if past or not resp.get("IsTruncated"):
+                break
+            kwargs["KeyMarker"] = resp.get("NextKeyMarker")
+            kwargs["VersionIdMarker"] = resp.get("NextVersionIdMarker")
+        out.sort(key=lambda r: (not r[0], -r[1].timestamp()))
+        return [v for _l, _t, v in out]
+
+    def probe(self, bucket: str, key: str) -> Probe | None:
+        """(ETag, size, LastModified in microseconds) of the current object ``key``, from a
+        one-key listing (a listing gives LastModified to the millisecond, a GET to the second),
+        or None if there is no such object."""
+        resp = self._call(
+            f"list {bucket}/{key}", self.s3.list_objects_v2, Bucket=bucket, Prefix=key, MaxKeys=1
+        )
+        for o in resp.get("Contents", []):
+            if o["Key"] == key:
+                return norm_etag(o.get("ETag")), int(o.get("Size", 0)), to_us(o["LastModified"])
+        return None
+
+    def probe_page(
+        self, bucket: str, *, prefix: str, start_after: str | None, token: str | None
+    ) -> tuple[list[tuple[str, Probe]], str | None]:
+        """One page (``probe_page_keys``) of the current objects under ``prefix``: (key, probe)
+        in listing order (UTF-8 byte order), and the continuation token (None: the listing is
+        complete). The first page starts after ``start_after``, the next ones at ``token``. What
+        ``probe`` tells of one key, for a run of keys at once (see ``copier``: batched probes)."""
+        kwargs: dict[str, Any] = {"Bucket": bucket, "Prefix": prefix, "MaxKeys": self.probe_page_keys}
+        if token:
+            kwargs["ContinuationToken"] = token
+        elif start_after:
+            kwargs["StartAfter"] = start_after
+        resp = self._call(f"list {bucket}/{prefix}", self.s3.list_objects_v2, **kwargs)
+        entries = [
+            (str(o["Key"]), (norm_etag(o.get("ETag")), int(o.get("Size", 0)), to_us(o["LastModified"])))
+            for o in resp.get("Contents", [])
+        ]
+        nxt = resp.get("NextContinuationToken") if resp.get("IsTruncated") else None
+        return entries, (str(nxt) if nxt else None)
+
+    def get(self, bucket: str, key: str, *, version_id: str | None = None, if_match: str | None = None) -> GetResult:
+        """Open an object for reading. ``ObjectMissing`` if it (or that version) is gone,
+        ``ContentChanged`` if ``if_match`` no longer matches."""
+        kwargs: dict[str, Any] = {"Bucket": bucket, "Key": key}
+        if version_id is not None:
+            kwargs["VersionId"] = version_id
+        if if_match:
+            kwargs["IfMatch"] = f'"{if_match}"'
+        what = f"GET {bucket}/{key}" + (f"?versionId={version_id}" if version_id else "")
+        resp = self._call(what, self.s3.get_object, **kwargs)
+        return GetResult(
+            body=io.BufferedReader(TranslatedBody(resp["Body"], what, _translate), buffer_size=256 * 1024),
+            etag=norm_etag(resp.get("ETag")),
+            size=int(resp.get("ContentLength", 0)),
+            version_id=_vid(resp.get("VersionId")),
+            last_modified=_time(resp.get("LastModified")),
+            metadata=dict(resp.get("Metadata") or {}),
+            content_type=resp.get("ContentType"),
+        )
+
+    def iter_objects(self, bucket: str, prefix: str = "") -> Iterator[ObjectTypeDef]:
+        """Raw ListObjectsV2 entries (Key, Size, ETag, LastModified) of a bucket."""
+        kwargs: dict[str, Any] = {"Bucket": bucket, "Prefix": prefix, "MaxKeys": LIST_PAGE}
+        while True:
+            resp = self._call(f"list {bucket}", self.s3.list_objects_v2, **kwargs)
+            yield from resp.get("Contents", [])
+            token = resp.get("NextContinuationToken")
+            if not resp.get("IsTruncated") or not token:
+                return
+            kwargs["ContinuationToken"] = token
+
+    # -- writing (restore)
+
+    def ensure_bucket(self, bucket: str) -> None:
+        try:
+            self._call(f"HEAD bucket {bucket}", self.s3.head_bucket, Bucket=bucket)
+            return
+        except (ObjectMissing, PermanentError) as ex:
+            if isinstance(ex, PermanentError) and "404" not in str(ex) and "NoSuchBucket" not in str(ex):
+                raise
+        self._call(f"create bucket {bucket}", self.s3.create_bucket, Bucket=bucket)
+
+    def put(
+        self, bucket: str, key: str, data: bytes, *, metadata: Mapping[str, str], content_type: str | None
+    ) -> None:
+        kwargs: dict[str, Any] = {"Bucket": bucket, "Key": key, "Body": data, "Metadata": dict(metadata)}
+        if content_type:
+            kwargs["ContentType"] = content_type
+        self._call(f"PUT {bucket}/{key}", self.s3.put_object, **kwargs)
+
+    def create_multipart(
+        self, bucket: str, key: str, *, metadata: Mapping[str, str], content_type: str | None
+    ) -> str:
+        kwargs: dict[str, Any] = {"Bucket": bucket, "Key": key, "Metadata": dict(metadata)}
+        if content_type:
+            kwargs["ContentType"] = content_type
+        resp = self._call(f"create upload {bucket}/{key}", self.s3.create_multipart_upload, **kwargs)
+        return str(resp["UploadId"])
+
+    def upload_part(self, bucket: str, key: str, upload_id: str, number: int, data: bytes) -> str:
+        resp = self._call(
+            f"upload part {number} of {bucket}/{key}",
+            self.s3.upload_part,
+            Bucket=bucket,
+            Key=key,
+            UploadId=upload_id,
+            PartNumber=number,
+            Body=data,
+        )
+        return str(resp["ETag"])
+
+    def complete_multipart(self, bucket: str, key: str, upload_id: str, etags: list[str]) -> None:
+        self._call(
+            f"complete upload {bucket}/{key}",
+            self.s3.complete_multipart_upload,
+            Bucket=bucket,
+            Key=key,
+            UploadId=upload_id,
+            MultipartUpload={"Parts": [{"PartNumber": i + 1, "ETag": e} for i, e in enumerate(etags)]},
+        )
+
+    def abort_multipart(self, bucket: str, key: str, upload_id: str) -> None:
+        with contextlib.suppress(ChangelogError):
+            self._call(
+                f"abort upload {bucket}/{key}",
+                self.s3.abort_multipart_upload,
+                Bucket=bucket,
+                Key=key,
+                UploadId=upload_id,
+            )
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self.s3.close()

@@ -1,0 +1,464 @@
+"""The RADOS object store: omap, guarded write ops and cls_lock leases on a real Ceph cluster.
+
+The only module of the project that imports ``rados`` (python3-rados, Debian's binding). Every
+librados error is translated here, at the edge, into ``changelog.errors``. What the cluster does
+(Pacific 16.2.15, checked by ``tests/contract``) and how ``changelog.pipeline.store`` semantics map onto it:
+
+* ``omap_cmp`` compares ``stored <op> given`` byte-wise **as signed chars** (non-ASCII bytes sort
+  below ASCII; omap *keys* sort as unsigned bytes); an absent key compares as the empty value; a
+  failed comparison fails the whole op with ECANCELED. Only EQ, GT and LT exist on the OSD (NE,
+  GTE and LTE answer EINVAL): the others are refused before sending. The binding sends a
+  non-ASCII comparison value truncated to its length in characters; ``_cmp_value`` pads it.
+* ``omap_cmp`` and ``assert_locked`` on a missing object fail with ENOENT, so an op that may
+  create its object starts with an idempotent ``create`` (then a missing object compares as an
+  empty omap, and an absent lock fails the fence with ENOENT). ``must_exist`` is an
+  ``omap_cmp("" == "")``: the empty key can never be set, so it only checks that the object exists.
+* Locks: ``lock`` sends LOCK_FLAG_MAY_RENEW (take it, or extend it if this client and cookie hold
+  it), ``renew`` sends LOCK_FLAG_MUST_RENEW (ENOENT unless this client and cookie still hold it).
+  A lock belongs to this client instance (``client.<id>``) and the cookie: after a reconnect the
+  locks taken before are no longer ours. The cls method is called directly (see ``lock``), so
+  expiry is exactly now + duration on the OSD's clock.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import math
+import struct
+from collections import deque
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+import rados
+
+from changelog.errors import (
+    ChangelogError,
+    CompareFailed,
+    LeaseLost,
+    LockBusy,
+    ObjectMissing,
+    PermanentError,
+    TransientError,
+)
+from changelog.pipeline.backends import check_op
+from changelog.pipeline.store import Cmp, LockInfo, LockRef, WriteOp
+
+logger = logging.getLogger(__name__)
+
+# aio write ops in flight in execute_many: enough to keep one OSD busy (the ceph-notes omap
+# bench saturates at a window of 16-64), small enough to bound client memory.
+AIO_WINDOW = 64
+# get_omap_vals_by_keys requests are split so that one reply stays small.
+BY_KEYS_CHUNK = 1000
+# cls_lock flags (cls/lock/cls_lock_types.h).
+LOCK_FLAG_MAY_RENEW = 1
+LOCK_FLAG_MUST_RENEW = 2
+LOCK_TYPE_EXCLUSIVE = 1
+# entity_name_t types (msg/msg_types.h).
+ENTITY_TYPES = {0x01: "mon", 0x02: "mds", 0x04: "osd", 0x08: "client", 0x10: "mgr"}
+
+_PERMANENT_ERRNOS = frozenset(
+    {errno.EPERM, errno.EACCES, errno.EINVAL, errno.EOPNOTSUPP, errno.ENAMETOOLONG, errno.E2BIG, errno.EFBIG}
+)
+# ``stored <op> given`` on the OSD, with the same constants (checked: stored "m" GT given "a" holds).
+_OMAP_CMP = {
+    Cmp.EQ: rados.LIBRADOS_CMPXATTR_OP_EQ,
+    Cmp.LT: rados.LIBRADOS_CMPXATTR_OP_LT,
+    Cmp.GT: rados.LIBRADOS_CMPXATTR_OP_GT,
+}
+
+
+def _errno(ex: BaseException) -> int | None:
+    code = getattr(ex, "errno", None)
+    return abs(code) if isinstance(code, int) else None
+
+
+def _general(code: int | None, what: str, detail: str) -> ChangelogError:
+    """The errors that mean the same whatever the call."""
+    message = f"RADOS {what}: {detail}"
+    if code in _PERMANENT_ERRNOS:
+        return PermanentError(message)
+    # Timeouts, ENOTCONN/ESHUTDOWN (also what a blocklisted client gets), EIO, ENOSPC, EAGAIN, and
+    # anything unexpected: it may pass, so retry with backoff.
+    return TransientError(message)
+
+
+def _write_error(code: int | None, oid: str, op: WriteOp, detail: str) -> ChangelogError:
+    if code == errno.ECANCELED:
+        return CompareFailed(f"{oid}: an omap assert failed")
+    if code == errno.EEXIST and op.create_exclusive:
+        return CompareFailed(f"{oid}: object exists")
+    if code == errno.ENOENT and op.must_exist:
+        return ObjectMissing(f"{oid}: no such object")
+    if code in (errno.ENOENT, errno.EBUSY) and op.fence is not None:
+        return LeaseLost(f"{oid}: lock {op.fence.name!r} not held by {op.fence.cookie!r}")
+    return _general(code, f"write {oid}", detail)
+
+
+def _cmp_value(given: str) -> str:
+    """Work around python3-rados (16.2.15) sending ``len(val)`` *characters'* worth of the value's
+    UTF-8 bytes: pad a non-ASCII value so that its first ``len`` bytes are exactly the value."""
+    extra = len(given.encode()) - len(given)
+    return given + "\0" * extra if extra else given
+
+
+def _encode_str(text: str) -> bytes:
+    data = text.encode()
+    return struct.pack("<I", len(data)) + data
+
+
+def _encode_struct(body: bytes, version: int = 1, compat: int = 1) -> bytes:
+    """Ceph's ENCODE_START/ENCODE_FINISH framing."""
+    return struct.pack("<BBI", version, compat, len(body)) + body
+
+
+def assert_locked_payload(ref: LockRef) -> bytes:
+    """cls_lock_assert_op: name, type, cookie, tag."""
+    body = _encode_str(ref.name) + bytes([LOCK_TYPE_EXCLUSIVE]) + _encode_str(ref.cookie) + _encode_str("")
+    return _encode_struct(body)
+
+
+def lock_payload(ref: LockRef, description: str, duration: float, flags: int) -> bytes:
+    """cls_lock_lock_op: name, type, cookie, tag, description, duration (utime_t), flags."""
+    seconds = int(duration)
+    nanos = min(999_999_999, round((duration - seconds) * 1e9))
+    body = (
+        _encode_str(ref.name)
+        + bytes([LOCK_TYPE_EXCLUSIVE])
+        + _encode_str(ref.cookie)
+        + _encode_str("")
+        + _encode_str(description)
+        + struct.pack("<II", seconds, nanos)
+        + bytes([flags])
+    )
+    return _encode_struct(body)
+
+
+class _Decoder:
+    """Just enough of Ceph's little-endian encoding to read cls_lock_get_info_reply."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+        self.pos = 0
+
+    def take(self, size: int) -> bytes:
+        if self.pos + size > len(self.data):
+            raise ValueError(f"truncated at {self.pos} (+{size} of {len(self.data)})")
+        chunk = self.data[self.pos : self.pos + size]
+        self.pos += size
+        return chunk
+
+    def u8(self) -> int:
+        return self.take(1)[0]
+
+    def u32(self) -> int:
+        value: int = struct.unpack("<I", self.take(4))[0]
+        return value
+
+    def s64(self) -> int:
+        value: int = struct.unpack("<q", self.take(8))[0]
+        return value
+
+    def string(self) -> str:
+        return self.take(self.u32()).decode(errors="replace")
+
+    def start(self) -> int:
+        """ENCODE_START header: returns the position just past the struct."""
+        self.take(2)  # version, compat
+        length = self.u32()
+        return self.pos + length
+
+    def skip_entity_addr(self) -> None:
+        marker = self.data[self.pos]
+        if marker == 1:  # msgr2-era encoding: marker, then a versioned struct
+            self.pos += 1
+            self.pos = self.start()
+        else:  # legacy: u32 0, u32 nonce, sockaddr_storage (128 bytes)
+            self.take(4 + 4 + 128)
+
+
+def decode_lock_info(name: str, data: bytes) -> LockInfo | None:
+    """cls_lock_get_info_reply: map<locker_id_t, locker_info_t> lockers, u8 type, string tag,
+    where locker_id_t = {entity_name_t locker, string cookie} and locker_info_t = {utime_t
+    expiration, entity_addr_t addr, string description}."""
+    dec = _Decoder(data)
+    dec.start()
+    count = dec.u32()
+    if count == 0:
+        return None
+    # An exclusive lock has one locker; report the first if a shared lock was put there.
+    end = dec.start()
+    kind = dec.u8()
+    num = dec.s64()
+    cookie = dec.string()
+    dec.pos = end
+    end = dec.start()
+    seconds, nanos = dec.u32(), dec.u32()
+    dec.skip_entity_addr()
+    description = dec.string()
+    dec.pos = end
+    expires = None if seconds == 0 and nanos == 0 else seconds + nanos / 1e9
+    holder = f"{ENTITY_TYPES.get(kind, f'type{kind}')}.{num}"
+    return LockInfo(name=name, cookie=cookie, holder=holder, description=description, expires_at=expires)
+
+
+class RadosStore:
+    """``ObjectStore`` on one pool and namespace of a Ceph cluster, through one librados client.
+
+    Thread-safe: librados is, and the binding releases the GIL while it waits.
+    """
+
+    def __init__(
+        self,
+        *,
+        conffile: str,
+        pool: str,
+        namespace: str = "",
+        keyring: str | None = None,
+        client_name: str = "client.admin",
+        connect_timeout: float = 10,
+        op_timeout: float = 30,
+    ) -> None:
+        self._conffile = conffile
+        self._pool = pool
+        self._namespace = namespace
+        seconds = max(1, math.ceil(connect_timeout))
+        conf = {
+            # Without these an unreachable cluster hangs for 300 s ("hunting for new mon").
+            "client_mount_timeout": str(seconds),
+            "rados_mon_op_timeout": str(seconds),
+            # An OSD op that takes longer fails with ETIMEDOUT (TransientError) instead of blocking
+            # a lease holder forever; it may still have been applied (guarded ops make retry safe).
+            "rados_osd_op_timeout": str(max(1, math.ceil(op_timeout))),
+        }
+        if keyring:
+            conf["keyring"] = keyring
+        where = f"Ceph ({conffile}, {client_name}, pool {pool!r})"
+        try:
+            self._cluster = rados.Rados(conffile=conffile, conf=conf, name=client_name)
+            self._cluster.connect(timeout=seconds)
+        except rados.Error as ex:
+            code = _errno(ex)
+            message = f"cannot connect to {where}: {ex}"
+            if code in (errno.ENOENT, errno.EACCES, errno.EPERM, errno.EINVAL):
+                raise PermanentError(message) from ex
+            raise TransientError(message) from ex
+        try:
+            self._ioctx = self._cluster.open_ioctx(pool)
+            self._ioctx.set_namespace(namespace)
+        except rados.Error as ex:
+            self._cluster.shutdown()
+            if _errno(ex) == errno.ENOENT:
+                raise PermanentError(f"cannot open {where}: no such pool") from ex
+            raise _general(_errno(ex), f"open pool {pool!r} ({conffile})", str(ex)) from ex
+        self.client_id = f"client.{self._cluster.get_instance_id()}"
+        self._closed = False
+
+    def __repr__(self) -> str:
+        return f"RadosStore(pool={self._pool!r}, namespace={self._namespace!r}, conffile={self._conffile!r})"
+
+    @contextmanager
+    def _translate(self, what: str) -> Iterator[None]:
+        try:
+            yield
+        except rados.Error as ex:
+            raise _general(_errno(ex), what, str(ex)) from ex
+
+    # -- writes ----------------------------------------------------------------------------
+
+    def _build(self, op: WriteOp) -> Any:
+        """A librados write op for ``op``; the caller releases it. Guards come first, in the
+        order the sqlite backend checks them, so both report the same error first."""
+        check_op(op)
+        ioctx = self._ioctx
+        wop = rados.WriteOp().create()
+        try:
+            if op.must_exist:
+                wop.omap_cmp("", "", rados.LIBRADOS_CMPXATTR_OP_EQ)
+            else:
+                wop.new(
+                    rados.LIBRADOS_CREATE_EXCLUSIVE
+                    if op.create_exclusive
+                    else rados.LIBRADOS_CREATE_IDEMPOTENT
+                )
+            if op.fence is not None:
+                wop.execute("lock", "assert_locked", assert_locked_payload(op.fence))
+            for key, cmp, given in op.asserts:
+                wop.omap_cmp(key, _cmp_value(given), _OMAP_CMP[cmp])
+            if op.remove:
+                ioctx.remove_omap_keys(wop, tuple(op.remove))
+            for begin, end in op.remove_ranges:
+                ioctx.remove_omap_range2(wop, begin, end)
+            if op.set:
+                ioctx.set_omap(wop, tuple(op.set), tuple(op.set.values()))
+        except BaseException:
+            wop.release()
+            raise
+        return wop
+
+    def execute(self, oid: str, op: WriteOp) -> None:
+        wop = self._build(op)
+        try:
+            self._ioctx.operate_write_op(wop, oid)
+        except rados.Error as ex:
+            raise _write_error(_errno(ex), oid, op, str(ex)) from ex
+        finally:
+            wop.release()
+
+    def execute_many(self, ops: Iterable[tuple[str, WriteOp]]) -> list[BaseException | None]:
+        results: list[BaseException | None] = []
+        inflight: deque[tuple[int, str, WriteOp, Any, Any]] = deque()
+        ioctx = self._ioctx
+
+        def reap() -> None:
+            index, oid, op, wop, completion = inflight.popleft()
+            try:
+                completion.wait_for_complete()
+                code = completion.get_return_value()
+            finally:
+                wop.release()
+            if code < 0:
+                results[index] = _write_error(-code, oid, op, f"[errno {-code}] {errno.errorcode.get(-code, '?')}")
+
+        try:
+            # ``ops`` may be a generator: each op leaves as soon as it is built.
+            for oid, op in ops:
+                index = len(results)
+                results.append(None)
+                try:
+                    wop = self._build(op)
+                except ChangelogError as ex:
+                    results[index] = ex
+                    continue
+                try:
+                    completion = ioctx.operate_aio_write_op(wop, oid)
+                except rados.Error as ex:
+                    wop.release()
+                    results[index] = _write_error(_errno(ex), oid, op, str(ex))
+                    continue
+                inflight.append((index, oid, op, wop, completion))
+                if len(inflight) >= AIO_WINDOW:
+                    reap()
+        finally:
+            # Never leave an op in flight behind us: its buffers belong to us.
+            while inflight:
+                reap()
+        return results
+
+    # -- reads -----------------------------------------------------------------------------
+
+    def omap_page(
+        self,
+        oid: str,
+        *,
+        start_after: str = "",
+        end_before: str | None = None,
+        prefix: str = "",
+        limit: int = 1000,
+    ) -> list[tuple[str, bytes]]:
+        if limit <= 0:
+            return []
+        out: list[tuple[str, bytes]] = []
+        try:
+            with rados.ReadOpCtx() as rop:
+                pairs, _ = self._ioctx.get_omap_vals(rop, start_after, prefix, limit)
+                self._ioctx.operate_read_op(rop, oid)
+                for key, value in pairs:
+                    if end_before is not None and key >= end_before:
+                        break
+                    out.append((key, value or b""))
+        except rados.ObjectNotFound:
+            return []
+        except rados.Error as ex:
+            raise _general(_errno(ex), f"read {oid}", str(ex)) from ex
+        return out
+
+    def omap_get(self, oid: str, keys: Sequence[str]) -> dict[str, bytes]:
+        out: dict[str, bytes] = {}
+        unique = list(dict.fromkeys(keys))
+        try:
+            for i in range(0, len(unique), BY_KEYS_CHUNK):
+                with rados.ReadOpCtx() as rop:
+                    pairs, _ = self._ioctx.get_omap_vals_by_keys(rop, tuple(unique[i : i + BY_KEYS_CHUNK]))
+                    self._ioctx.operate_read_op(rop, oid)
+                    out.update((key, value or b"") for key, value in pairs)
+        except rados.ObjectNotFound:
+            return {}
+        except rados.Error as ex:
+            raise _general(_errno(ex), f"read {oid}", str(ex)) from ex
+        return out
+
+    def list_objects(self, prefix: str = "") -> list[str]:
+        with self._translate(f"list pool {self._pool!r}"):
+            return sorted(obj.key for obj in self._ioctx.list_objects() if obj.key.startswith(prefix))
+
+    def remove_object(self, oid: str) -> None:
+        try:
+            self._ioctx.remove_object(oid)
+        except rados.ObjectNotFound:
+            pass
+        except rados.Error as ex:
+            raise _general(_errno(ex), f"remove {oid}", str(ex)) from ex
+
+    # -- locks -----------------------------------------------------------------------------
+
+    def lock(
+        self,
+        oid: str,
+        ref: LockRef,
+        *,
+        duration: float,
+        description: str = "",
+        renew: bool = False,
+    ) -> None:
+        if duration < 0:
+            raise PermanentError(f"negative lock duration {duration}")
+        # cls_lock "lock" called directly, not Ioctx.lock_exclusive: the binding leaves the
+        # timeval's tv_usec uninitialised, which added a random 0.9-2.4 s (unbounded in
+        # principle) to every lock's duration here.
+        wop = rados.WriteOp().create()
+        try:
+            flags = LOCK_FLAG_MUST_RENEW if renew else LOCK_FLAG_MAY_RENEW
+            wop.execute("lock", "lock", lock_payload(ref, description, duration, flags))
+            self._ioctx.operate_write_op(wop, oid)
+        except rados.Error as ex:
+            code = _errno(ex)
+            if renew and code in (errno.ENOENT, errno.EBUSY):
+                raise LeaseLost(f"{oid}: lock {ref.name!r} is no longer held by {ref.cookie!r}") from ex
+            if code == errno.EBUSY:
+                raise LockBusy(f"{oid}: lock {ref.name!r} is held by another client") from ex
+            raise _general(code, f"lock {oid}", str(ex)) from ex
+        finally:
+            wop.release()
+
+    def unlock(self, oid: str, ref: LockRef) -> None:
+        try:
+            self._ioctx.unlock(oid, ref.name, ref.cookie)
+        except rados.Error as ex:
+            code = _errno(ex)
+            if code == errno.ENOENT:
+                raise LeaseLost(f"{oid}: lock {ref.name!r} is not held by {ref.cookie!r}") from ex
+            raise _general(code, f"unlock {oid}", str(ex)) from ex
+
+    def lock_info(self, oid: str, name: str) -> LockInfo | None:
+        try:
+            _, reply = self._ioctx.execute(oid, "lock", "get_info", _encode_struct(_encode_str(name)))
+        except rados.ObjectNotFound:
+            return None
+        except rados.Error as ex:
+            raise _general(_errno(ex), f"lock info {oid}", str(ex)) from ex
+        try:
+            return decode_lock_info(name, bytes(reply))
+        except (ValueError, IndexError) as ex:
+            raise PermanentError(f"{oid}: cannot decode cls_lock get_info reply: {ex}") from ex
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self._ioctx.close()
+        finally:
+            self._cluster.shutdown()

@@ -1,0 +1,781 @@
+"""The collector: drains the change index, exactly once, into JSON Lines log objects in a target
+(docs/design.md §5-7).
+
+One collector at a time holds the control lease; during a pass it also holds the ``drain``
+lease of every shard it reads. A pass freezes each shard below a cutoff (the floor), streams the
+entries below it into log objects, and commits each object with a pending record written
+*before* the object becomes visible, so that a crash at any point leaves either nothing or a
+record from which recovery finishes the job: trim if the object exists, rebuild the same bytes
+under the same name if it does not. Every index and control write is fenced by the lease it
+needs; a lost lease stops the pass at once (``LeaseLost``).
+
+Pages are read ahead by ``changelog.pipeline.readahead``, objects encoded and uploaded by
+``changelog.pipeline.upload``, the records kept in the control object are ``changelog.pipeline.commit``'s, and
+the service loop is ``changelog.pipeline.loop.run_leased``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import logging
+import threading
+from collections import defaultdict
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
+
+from changelog.config import CollectorConfig
+from changelog.errors import ConfigError, LeaseLost, LockBusy, PermanentError, TransientError
+from changelog.pipeline import keys
+from changelog.pipeline.commit import CollectorState, PendingCommit, ShardRange
+from changelog.pipeline.control import (
+    COLLECTOR_LOCK,
+    COLLECTOR_PENDING_PREFIX,
+    COLLECTOR_SEQ_KEY,
+    COLLECTOR_STATE_KEY,
+    SHARD_LOCK,
+)
+from changelog.pipeline.index import ChangeIndex
+from changelog.pipeline.lease import Lease, Renewer, make_cookie
+from changelog.pipeline.logformat import Compression, encode_watermark, log_name, rfc3339_us, watermark_name
+from changelog.pipeline.loop import Clocks, LoopPolicy, Wake, run_leased
+from changelog.pipeline.readahead import Page, ReadAhead
+from changelog.pipeline.store import WriteOp, omap_iter
+from changelog.pipeline.targets import Target, gc_uploads
+from changelog.pipeline.upload import MAX_PARTS, LogWriter, TargetRetry, Uploads, error_kind
+
+# The records are ``changelog.pipeline.commit``'s; named here too, for the collector's users and tests.
+__all__ = [
+    "FAULT_STEPS",
+    "Collector",
+    "CollectorState",
+    "PassResult",
+    "PendingCommit",
+    "ShardRange",
+]
+
+logger = logging.getLogger(__name__)
+
+# Hook points, in pass order. ``fault_hook(step)`` is called at each; the fault-injection tests
+# kill the process there.
+FAULT_STEPS = (
+    "pass",  # control lease held, before recovery
+    "floor",  # after raising one shard's floor
+    "seq",  # after allocating a log object's sequence number
+    "read",  # after reading one page of a shard
+    "part",  # after uploading one multipart part
+    "pending",  # after writing the pending record
+    "commit",  # lease checked, right before CompleteMultipartUpload / PUT
+    "complete",  # the object is visible, nothing trimmed yet
+    "trim",  # after trimming one batch of keys
+    "drop",  # pending record dropped
+    "watermark",  # state advanced, before the watermark object is written
+    "recover.upload",  # recovery re-uploaded a missing object, before its trim
+    "recover.trim",  # recovery trimmed one batch
+)
+# Lease renewals in flight at once when many are due together (every shard lease of a pass).
+RENEW_WORKERS = 8
+# Pages read ahead of the encoder (a page is ``page`` entries, ~250 KiB at 1000): the next reads
+# overlap the encoding of this one.
+READ_AHEAD_PAGES = 4
+# Shards read at once, each up to READ_AHEAD_PAGES ahead (handed over in shard order).
+READ_WORKERS = 2
+# Trim batches (fenced removes) in flight at once.
+TRIM_WORKERS = 8
+# How long ``request_flush`` (the API's POST /_/flush) waits for its pass: a large backlog takes
+# minutes to drain, and the caller is a person at a terminal or a script that can retry.
+FLUSH_TIMEOUT = 300.0
+
+
+@dataclass(frozen=True, slots=True)
+class PassResult:
+    cutoff_us: int
+    objects: tuple[str, ...]
+    entries: int
+    recovered: int
+    skipped_shards: tuple[int, ...]
+    watermark_us: int | None
+
+
+@dataclass(slots=True)
+class _Counts:
+    """The collector's counters (``Collector.stats``), guarded by ``Collector._stats_lock``."""
+
+    passes: int = 0
+    entries_emitted: int = 0
+    objects_committed: int = 0
+    bytes_committed: int = 0
+    last_pass_entries: int | None = None
+    last_pass_seconds: float | None = None
+    last_pass_end: float | None = None
+    complete_until: float | None = None
+    target_errors: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+
+
+class _FlushRequest:
+    """One ``request_flush`` waiting for the loop's flush pass: its result or what it died of."""
+
+    def __init__(self) -> None:
+        self.done = threading.Event()
+        self.result: PassResult | None = None
+        self.error: BaseException | None = None
+
+    def finish(self, result: PassResult | None, error: BaseException | None) -> None:
+        self.result, self.error = result, error
+        self.done.set()
+
+
+@dataclass(slots=True)
+class _Cursor:
+    """Where a pass is in its read-ahead: the page in hand and the first entry not yet written."""
+
+    reader: ReadAhead
+    shard: int = 0
+    page: Page = field(default_factory=list)
+    i: int = 0
+    done: bool = False  # no page left, or stopping
+    stopped: bool = False  # the service loop is stopping: the rest stays in the index
+
+    def pending(self) -> bool:
+        return self.i < len(self.page)
+
+
+class Collector:
+    """Drains a ``ChangeIndex`` into change-log objects in a ``Target``, as ``config`` says.
+
+    ``run(stop)`` is the service loop (``changelog.pipeline.loop.run_leased``: standby until the control
+    lease is free, then a pass every ``interval``); ``run_pass()``, ``flush()`` and
+    ``recover()`` are single steps for the CLI and tests. ``paused()`` is asked before each
+    pass: while it says so, no pass starts, the leases stay held and renewed, and the index,
+    pending records and state are left as they are.
+    """
+
+    def __init__(
+        self,
+        index: ChangeIndex,
+        target: Target,
+        config: CollectorConfig | None = None,
+        *,
+        compression: Compression | str = Compression.NONE,
+        log_prefix: str = "",
+        clocks: Clocks | None = None,
+        collector_id: str | None = None,
+        watermark_cap: Callable[[], int | None] | None = None,
+        fault_hook: Callable[[str], None] | None = None,
+        paused: Callable[[], bool] | None = None,
+    ) -> None:
+        cfg = self.config = config if config is not None else CollectorConfig()
+        _check(cfg, target)
+        self.index = index
+        self.store = index.store
+        self.target = target
+        self.compression = Compression.parse(compression)
+        self.log_prefix = log_prefix.strip("/")
+        self.collector_id = collector_id or make_cookie("collector")
+        self.name = f"collector {self.collector_id}"
+        self._clocks = clocks if clocks is not None else Clocks()
+        self._cap = watermark_cap
+        self._hook = fault_hook
+        self._paused = paused
+        self._stop: threading.Event | None = None  # step()'s: a pass ends early when it is set
+        self._wake = Wake()  # ends the loop's wait for the next pass (a flush request)
+        self._flush_lock = threading.Lock()
+        self._flushes: list[_FlushRequest] = []
+        self._stats_lock = threading.Lock()
+        self._counts = _Counts()
+        self._visible: dict[str, int] = {}  # objects completed whose commit is not finished: stored bytes
+        monotonic = self._clocks.monotonic
+        self._control = Lease(self.store, index.control_oid, name=COLLECTOR_LOCK, ttl=cfg.lease_ttl,
+                              description=f"change-log collector {self.collector_id}",
+                              cookie=f"{self.collector_id}:{make_cookie()}", monotonic=monotonic)
+        self._shards = [
+            Lease(self.store, index.shard_oid(n), name=SHARD_LOCK, ttl=cfg.lease_ttl,
+                  description=f"drained by {self.collector_id}", cookie=self._control.ref.cookie,
+                  monotonic=monotonic)
+            for n in range(index.shards)
+        ]
+        self._retry = TargetRetry(guard=self._control.check, retries=cfg.retries, backoff_base=cfg.backoff_base,
+                                  backoff_max=cfg.backoff_max, sleep=self._clocks.sleep, on_error=self._target_error)
+        self._uploads = Uploads(target=target, retry=self._retry, guard=self._control.check, fault=self._fault,
+                                monotonic=monotonic, part_bytes=cfg.part_bytes, roll_entries=cfg.roll_entries,
+                                roll_bytes=cfg.roll_bytes, roll_seconds=cfg.roll_seconds)
+        policy = LoopPolicy.for_lease(cfg.interval, cfg.lease_ttl, backoff_base=cfg.backoff_base,
+                                      backoff_max=cfg.backoff_max, pause_poll=cfg.pause_poll)
+        self.policy = policy if cfg.standby_retry is None else dataclasses.replace(policy, standby=cfg.standby_retry)
+        self._renewer: Renewer | None = None
+        self._active = False
+        self._state = CollectorState()
+        self._seq = 0
+        self._published: tuple[int, str | None] | None = None
+        self._caps: list[tuple[int, int]] = []  # (observed at, cap) pairs, see _watermark
+        self._last_gc = float("-inf")
+        self.took_over_at: float | None = None  # monotonic time of the last takeover
+
+    def __repr__(self) -> str:
+        return f"Collector({self.collector_id!r}, {self.index.prefix!r} -> {self.target.url!r})"
+
+    # ------------------------------------------------------------------ helpers
+
+    def _fault(self, step: str) -> None:
+        if self._hook is not None:
+            self._hook(step)
+
+    def _now_us(self) -> int:
+        return int(self._clocks.clock() * 1_000_000)
+
+    def _control_write(self, op: WriteOp) -> None:
+        self._control.check()
+        op.fence = self._control.ref
+        self.store.execute(self.index.control_oid, op)
+
+    def _target_error(self, ex: BaseException) -> None:
+        with self._stats_lock:
+            self._counts.target_errors[error_kind(ex)] += 1
+
+    # ------------------------------------------------------------------ stats
+
+    def stats(self) -> dict[str, object]:
+        """A snapshot of the counters, for ``changelog.metrics`` (keys documented there):
+        ``passes``, ``entries_emitted``, ``objects_committed``, ``bytes_committed`` (as stored,
+        after compression), ``last_pass_entries``, ``last_pass_seconds``, ``last_pass_end`` and
+        ``complete_until`` (unix seconds; None until known), ``target_errors`` ({kind: count},
+        one per failed attempt)."""
+        with self._stats_lock:
+            c = self._counts
+            return {
+                "passes": c.passes,
+                "entries_emitted": c.entries_emitted,
+                "objects_committed": c.objects_committed,
+                "bytes_committed": c.bytes_committed,
+                "last_pass_entries": c.last_pass_entries,
+                "last_pass_seconds": c.last_pass_seconds,
+                "last_pass_end": c.last_pass_end,
+                "complete_until": c.complete_until,
+                "target_errors": dict(c.target_errors),
+                "active": self.active,
+            }
+
+    def _count_object(self, entries: int, stored_bytes: int) -> None:
+        with self._stats_lock:
+            self._counts.objects_committed += 1
+            self._counts.entries_emitted += entries
+            self._counts.bytes_committed += stored_bytes
+
+    def _count_pass(self, result: PassResult, seconds: float) -> None:
+        with self._stats_lock:
+            c = self._counts
+            c.passes += 1
+            c.last_pass_entries = result.entries
+            c.last_pass_seconds = seconds
+            c.last_pass_end = self._clocks.clock()
+            if self._state.watermark_us:
+                c.complete_until = self._state.watermark_us / 1_000_000
+
+    # ------------------------------------------------------------------ leases
+
+    def leases(self) -> list[Lease]:
+        """The control lease and every shard's drain lease (the same objects for the life of the
+        collector, held or not: their renewal and loss counters stay with them)."""
+        return [self._control, *self._shards]
+
+    @property
+    def control_lease(self) -> Lease:
+        return self._control
+
+    @property
+    def active(self) -> bool:
+        """True while this collector holds the control lease."""
+        return self._active and self._control.held
+
+    def try_takeover(self) -> bool:
+        """Try once to become the active collector. On success: renewals start, the state is
+        loaded and the generation advanced (fenced)."""
+        if self.active:
+            return True
+        if self._active or self._renewer is not None:
+            self.step_down()  # a lease was lost: stop the old renewals before starting over
+        if not self._control.acquire():
+            return False
+        try:
+            self._renewer = Renewer(self.config.lease_ttl, name="collector-leases", monotonic=self._clocks.monotonic,
+                                    workers=RENEW_WORKERS)
+            self._renewer.add(self._control)
+            self._renewer.start()
+            self._load_state()
+            self._state = replace(self._state, generation=self._state.generation + 1)
+            self._control_write(WriteOp(set={COLLECTOR_STATE_KEY: self._state.encode()}))
+        except BaseException:
+            self.step_down()
+            raise
+        self._active = True
+        self._published = None
+        self._caps.clear()
+        self.took_over_at = self._clocks.monotonic()
+        logger.info("collector %s is active (generation %d)", self.collector_id, self._state.generation)
+        return True
+
+    def step_down(self) -> None:
+        """Stop renewing and release every lease still held."""
+        self._active = False
+        self._answer_flushes(None, LeaseLost(f"collector {self.collector_id} stepped down"))
+        if self._renewer is not None:
+            self._renewer.stop()
+            self._renewer = None
+        for lease in self._shards:
+            lease.release()
+        self._control.release()
+
+    close = step_down
+
+    def _ensure_active(self) -> None:
+        if not self.try_takeover():
+            info = self.store.lock_info(self.index.control_oid, COLLECTOR_LOCK)
+            who = f"{info.description} ({info.holder})" if info else "another collector"
+            raise LockBusy(f"the control lease is held by {who}")
+
+    def _take_shards(self, shards: Sequence[int]) -> list[int]:
+        """Take the drain lease of each shard; the ones that are busy."""
+        busy = []
+        for n in shards:
+            lease = self._shards[n]
+            if lease.held:
+                continue
+            if lease.acquire():
+                renewer = self._renewer
+                if renewer is None:
+                    # Stepped down (from another thread) while this pass was running.
+                    lease.release()
+                    raise LeaseLost(f"collector {self.collector_id} stepped down during the pass")
+                renewer.add(lease)
+            else:
+                busy.append(n)
+        return busy
+
+    def _release_shards(self) -> None:
+        for lease in self._shards:
+            if lease.held:
+                if self._renewer is not None:
+                    self._renewer.discard(lease)
+                lease.release()
+
+    # ------------------------------------------------------------------ state
+
+    def _load_state(self) -> None:
+        got = self.store.omap_get(self.index.control_oid, [COLLECTOR_STATE_KEY, COLLECTOR_SEQ_KEY])
+        self._state = CollectorState.decode(got.get(COLLECTOR_STATE_KEY))
+        self._seq = int(got.get(COLLECTOR_SEQ_KEY, b"0"))
+
+    @staticmethod
+    def read_state(index: ChangeIndex) -> tuple[CollectorState, list[PendingCommit]]:
+        """The collector state and the pending commits as stored in ``index`` (for status
+        displays: no lease needed, no collector either)."""
+        got = index.store.omap_get(index.control_oid, [COLLECTOR_STATE_KEY])
+        pending = [PendingCommit.decode(v)
+                   for _, v in omap_iter(index.store, index.control_oid, prefix=COLLECTOR_PENDING_PREFIX)]
+        return CollectorState.decode(got.get(COLLECTOR_STATE_KEY)), pending
+
+    def state(self) -> CollectorState:
+        """The collector state as stored (for status displays)."""
+        return self.read_state(self.index)[0]
+
+    def pending(self) -> list[PendingCommit]:
+        """Uncommitted (or committed but not yet trimmed) log objects, oldest first."""
+        return self.read_state(self.index)[1]
+
+    # ------------------------------------------------------------------ service loop (LeasedRole)
+
+    def run(self, stop: threading.Event) -> None:
+        """Until ``stop`` is set: ``changelog.pipeline.loop.run_leased`` with this collector as the role.
+        A pass in hand when ``stop`` is set ends at its next page (``step``)."""
+        run_leased(self, stop, self.policy, paused=self._paused, monotonic=self._clocks.monotonic, wake=self._wake)
+
+    def acquire(self) -> bool:
+        try:
+            return self.try_takeover()
+        except LeaseLost as ex:
+            # Lost again before the takeover was done (a step_down from another thread, or a
+            # stall past the TTL): not active, and try_takeover has released what it held.
+            logger.warning("collector %s lost the control lease while taking over: %s", self.collector_id, ex)
+            return False
+
+    def step(self, stop: threading.Event) -> None:
+        """One pass; it commits what it encoded and ends early once ``stop`` is set. With flush
+        requests waiting, a pass with no settle window, whose result answers them."""
+        with self._flush_lock:
+            flushes, self._flushes = self._flushes, []
+        self._stop = stop
+        try:
+            result = self.run_pass(settle=0.0 if flushes else None)
+        except BaseException as ex:
+            for f in flushes:
+                f.finish(None, ex)
+            raise
+        finally:
+            self._stop = None
+        for f in flushes:
+            f.finish(result, None)
+
+    def request_flush(self, timeout: float = FLUSH_TIMEOUT) -> dict[str, object]:
+        """For the running service (the API's POST /_/flush): the loop's next pass, started at
+        once, has no settle window; its result once it is done. ``LockBusy`` on a standby (the
+        active collector is another process), ``TransientError`` when the pass failed or none
+        came within ``timeout`` (paused), ``PermanentError`` when it failed for good."""
+        req = _FlushRequest()
+        with self._flush_lock:
+            if not self.active:
+                raise LockBusy(f"collector {self.collector_id} is a standby: flush the active one")
+            self._flushes.append(req)
+        self._wake.set()
+        if not req.done.wait(timeout):
+            with self._flush_lock:
+                if req in self._flushes:
+                    self._flushes.remove(req)
+            raise TransientError(f"no flush pass within {timeout:.0f}s (is the collector paused?)")
+        if req.error is not None:
+            kind = PermanentError if isinstance(req.error, PermanentError) else TransientError
+            raise kind(f"the flush pass failed: {req.error}") from req.error
+        assert req.result is not None
+        return dataclasses.asdict(req.result)
+
+    def _answer_flushes(self, result: PassResult | None, error: BaseException | None) -> None:
+        with self._flush_lock:
+            flushes, self._flushes = self._flushes, []
+        for f in flushes:
+            f.finish(result, error)
+
+    def flush(self) -> PassResult:
+        """A pass with no settle window: everything recorded so far."""
+        return self.run_pass(settle=0.0)
+
+    def recover(self) -> int:
+        """Finish every pending commit (needs the control lease); how many there were."""
+        self._ensure_active()
+        try:
+            return self._recover_all()
+        finally:
+            self._release_shards()
+
+    # ------------------------------------------------------------------ a pass
+
+    def run_pass(self, *, settle: float | None = None) -> PassResult:
+        """One pass (docs/design.md §5): recover, cut off, drain every shard below the cutoff
+        into log objects, commit them, advance the watermark."""
+        self._ensure_active()
+        self._fault("pass")
+        t0 = self._clocks.monotonic()
+        try:
+            result = self._pass(self.config.settle if settle is None else settle)
+        finally:
+            self._release_shards()
+        self._count_pass(result, self._clocks.monotonic() - t0)
+        return result
+
+    def _pass(self, settle: float) -> PassResult:
+        self._load_state()
+        self._maybe_gc()
+        recovered = self._recover_all()
+        cutoff = self._cut_off(settle)
+        skipped = tuple(self._take_shards(range(self.index.shards)))
+        if skipped:
+            logger.warning("shards %s are locked by another drainer; skipped this pass", list(skipped))
+        drained = [shard for shard in range(self.index.shards) if shard not in skipped]
+        # Every floor first (each fenced by its shard lease): from here on the keys below the
+        # cutoff of every shard to drain can only shrink, so the pages below can be read ahead.
+        for shard in drained:
+            lease = self._shards[shard]
+            lease.check()
+            self.index.raise_floor(shard, cutoff, fence=lease.ref)
+            self._fault("floor")
+        objects, entries, stopped = self._drain(drained, cutoff)
+        watermark = None if skipped or stopped else self._advance_watermark(cutoff)
+        if stopped:
+            logger.info("stopping: pass ended early after %d objects; the rest stays in the index", len(objects))
+        if objects or recovered:
+            logger.info("pass: cutoff %s, %d entries in %d objects, %d recovered", rfc3339_us(cutoff),
+                        entries, len(objects), recovered)
+        return PassResult(cutoff, tuple(objects), entries, recovered, skipped, watermark)
+
+    def _cut_off(self, settle: float) -> int:
+        """This pass's cutoff: now - settle, never below the last one (persisted first)."""
+        observed_us = self._now_us()
+        if self._cap is not None:
+            cap = self._cap()
+            if cap is not None:
+                self._caps.append((observed_us, cap))
+        cutoff = max(observed_us - int(settle * 1_000_000), self._state.last_cutoff_us)
+        if cutoff != self._state.last_cutoff_us:
+            # Persisted before any object carries it: cutoffs (and so names) never go back,
+            # even across a takeover by a collector whose clock is behind.
+            self._state = replace(self._state, last_cutoff_us=cutoff)
+            self._control_write(WriteOp(set={COLLECTOR_STATE_KEY: self._state.encode()}))
+        return cutoff
+
+    def _drain(self, shards: Sequence[int], cutoff: int) -> tuple[list[str], int, bool]:
+        """Stream the entries of ``shards`` below ``cutoff`` into log objects and commit each;
+        the objects, their entries, and whether the pass stopped early. Each writer's ``with``
+        aborts its upload if the object is not committed."""
+        objects: list[str] = []
+        entries = 0
+        if not shards:
+            return objects, entries, False
+        cur = _Cursor(ReadAhead(self._page, shards, keys.time_bound(cutoff), depth=READ_AHEAD_PAGES,
+                                workers=READ_WORKERS))
+        try:
+            while cur.pending() or self._next_page(cur):
+                with self._open_writer(cutoff) as writer:
+                    self._fill(writer, cur)
+                    objects.append(self._commit(writer))
+                entries += writer.entries
+        finally:
+            cur.reader.close()
+        return objects, entries, cur.stopped
+
+    def _next_page(self, cur: _Cursor) -> bool:
+        """The next page into ``cur``; False once there is none, or the loop is stopping."""
+        if cur.done:
+            return False
+        if self._stop is not None and self._stop.is_set():
+            # Shutting down: commit what is encoded, leave the rest in the index for the next
+            # pass (whoever runs it); the watermark stays where it is.
+            cur.done = cur.stopped = True
+            return False
+        self._control.check()
+        item = cur.reader.get()
+        if item is None:
+            cur.done = True
+            return False
+        cur.shard, cur.page = item
+        cur.i = 0
+        self._fault("read")
+        return True
+
+    def _fill(self, writer: LogWriter, cur: _Cursor) -> None:
+        """Add pages to ``writer`` until it is full, rolls over by age at the end of a page, or
+        the pages run out."""
+        while True:
+            cur.i = writer.add_many(cur.shard, cur.page, cur.i, roll=True)
+            if writer.full():
+                return
+            if cur.pending():
+                continue
+            if writer.expired() or not self._next_page(cur):
+                return
+
+    def _open_writer(self, cutoff: int) -> LogWriter:
+        seq = self._seq + 1
+        # Allocated (fenced) before the name is used anywhere: names are never reused.
+        self._control_write(WriteOp(set={COLLECTOR_SEQ_KEY: str(seq).encode()}))
+        self._seq = seq
+        self._fault("seq")
+        name = log_name(self.log_prefix, cutoff, seq, self.compression)
+        return LogWriter(self._uploads, name, seq=seq, cutoff_us=cutoff, generation=self._state.generation,
+                         compression=self.compression)
+
+    def _commit(self, writer: LogWriter) -> str:
+        """Commit protocol (design §5.5): pending record, complete, trim, drop."""
+        writer.wait_parts()  # every full part is uploaded (or its error raised) first
+        pending = writer.pending()
+        self._control_write(WriteOp(set={pending.key: pending.encode()}))
+        self._fault("pending")
+        writer.complete(pending.metadata())
+        # Visible now: should the trim fail, recovery finishes this commit and counts it.
+        self._visible[pending.name] = writer.stored_bytes
+        self._fault("complete")
+        self._trim([(r.shard, r.keys) for r in writer.ranges], step="trim")
+        self._finish(pending)
+        self._count_object(pending.entries, self._visible.pop(pending.name))
+        self._fault("drop")
+        return pending.name
+
+    def _trim(self, ranges: Sequence[tuple[int, Sequence[str]]], *, step: str) -> None:
+        """Remove exactly these keys of each shard, in batches of ``trim_batch``, each batch
+        fenced by its shard lease (checked right before the batch is sent). The batches are
+        independent exact removals: several are in flight at once (``TRIM_WORKERS``); ``step``
+        fires once per batch done, in order. On any failure, no batch is left in flight."""
+        size = self.config.trim_batch
+        batches = [(shard, keys_[i : i + size]) for shard, keys_ in ranges for i in range(0, len(keys_), size)]
+        if len(batches) <= 1 or TRIM_WORKERS <= 1:
+            for shard, batch in batches:
+                self._trim_batch(shard, batch)
+                self._fault(step)
+            return
+        with ThreadPoolExecutor(min(TRIM_WORKERS, len(batches)), thread_name_prefix="collector-trim") as pool:
+            futures = [pool.submit(self._trim_batch, shard, batch) for shard, batch in batches]
+            try:
+                for f in futures:
+                    f.result()
+                    self._fault(step)
+            except BaseException as first:
+                for f in futures:
+                    f.cancel()
+                # A lost lease outranks any other failure (run() must go to standby, not retry
+                # or stop): look at every batch that ran, waiting for those still in flight.
+                for f in futures:
+                    if f.cancelled():
+                        continue
+                    try:
+                        ex = f.exception()
+                    except BaseException:  # noqa: BLE001 - interrupted while waiting: keep first
+                        break
+                    if isinstance(ex, LeaseLost) and ex is not first:
+                        raise ex from first
+                raise
+
+    def _trim_batch(self, shard: int, batch: Sequence[str]) -> None:
+        lease = self._shards[shard]
+        lease.check()
+        self.index.remove(shard, batch, fence=lease.ref)
+
+    def _finish(self, pending: PendingCommit) -> None:
+        """Drop the pending record and remember the object, in one fenced op."""
+        if self._state.last_object is None or pending.name > self._state.last_object:
+            self._state = replace(self._state, last_object=pending.name)
+        self._control_write(WriteOp(set={COLLECTOR_STATE_KEY: self._state.encode()}, remove=[pending.key]))
+
+    # ------------------------------------------------------------------ recovery
+
+    def _recover_all(self) -> int:
+        done = 0
+        for pending in self.pending():
+            self._recover(pending)
+            done += 1
+        return done
+
+    def _page(self, shard: int, after: str, end: str) -> Page:
+        """One page of raw data entries (key, stored value) of a shard in ``(after, end)``.
+        Raw: the log line is encoded straight from the stored value (``encode_raw``)."""
+        return self.store.omap_page(
+            self.index.shard_oid(shard),
+            start_after=max(after, keys.DATA_PREFIX),
+            end_before=min(end, keys.DATA_END),
+            prefix=keys.DATA_PREFIX,
+            limit=self.config.page,
+        )
+
+    def _range_pages(self, r: ShardRange) -> Iterator[Page]:
+        """The entries of a recorded range, in key order, a page at a time (the floor has
+        frozen it)."""
+        after = keys.time_bound(keys.time_of(r.first))  # below every key of first's time
+        end = keys.time_bound(keys.time_of(r.last) + 1)
+        first, last = r.first, r.last
+        while batch := self._page(r.shard, after, end):
+            yield [(key, raw) for key, raw in batch if first <= key <= last]
+            after = batch[-1][0]
+
+    def _recover(self, pending: PendingCommit) -> None:
+        busy = self._take_shards(sorted({r.shard for r in pending.ranges}))
+        if busy:
+            raise LockBusy(f"cannot recover {pending.name}: shards {busy} are locked by another drainer")
+        logger.info("recovering %s (%d entries)", pending.name, pending.entries)
+        exists = self._retry(f"HEAD {pending.name}", lambda: self.target.head(pending.name)) is not None
+        uploaded = 0
+        if not exists:
+            uploaded = self._reupload(pending)
+            self._fault("recover.upload")
+        self._trim([(r.shard, [key for page in self._range_pages(r) for key, _ in page]) for r in pending.ranges],
+                   step="recover.trim")
+        self._finish(pending)
+        # Counted by the process that finishes the commit, like ``_commit`` does.
+        if not exists:
+            stored = uploaded
+        elif pending.name in self._visible:
+            stored = self._visible.pop(pending.name)
+        else:
+            stored = self._stored_size(pending.name)  # uploaded by a collector before us
+        self._count_object(pending.entries, stored)
+
+    def _reupload(self, pending: PendingCommit) -> int:
+        """Rebuild a pending object that never became visible, byte for byte, from the index
+        ranges its record names (the floor froze them); the bytes stored."""
+        uploads = self._retry(f"list uploads of {pending.name}", lambda: list(self.target.list_uploads(pending.name)))
+        for up in uploads:
+            if up.name == pending.name:
+                self._retry(f"abort {up.upload_id}", functools.partial(
+                    self.target.abort_multipart, up.name, up.upload_id))
+        with LogWriter(self._uploads, pending.name, seq=pending.seq, cutoff_us=pending.cutoff_us,
+                       generation=pending.generation, compression=pending.compression,
+                       metadata=pending.metadata()) as writer:
+            for r in pending.ranges:
+                for entries in self._range_pages(r):
+                    writer.add_many(r.shard, entries)
+            writer.wait_parts()
+            rebuilt = writer.pending()
+            if [(r.shard, r.first, r.last, r.count) for r in rebuilt.ranges] != [
+                (r.shard, r.first, r.last, r.count) for r in pending.ranges
+            ]:
+                # Only possible if someone removed index keys behind the collector's back.
+                logger.error("%s: the index no longer holds exactly the recorded ranges; "
+                             "uploading what is left", pending.name)
+            writer.complete(pending.metadata())
+        logger.info("re-uploaded %s", pending.name)
+        return writer.stored_bytes
+
+    def _stored_size(self, name: str) -> int:
+        """The size of a log object as stored, best effort (0 if the target will not say)."""
+        try:
+            for info in self.target.list(name, page=1):
+                return info.size if info.name == name else 0
+        except (TransientError, PermanentError) as ex:
+            self._target_error(ex)
+        return 0
+
+    # ------------------------------------------------------------------ housekeeping
+
+    def _maybe_gc(self) -> None:
+        now = self._clocks.monotonic()
+        if now - self._last_gc < self.config.gc_interval:
+            return
+        self._last_gc = now
+        prefix = self.log_prefix + "/" if self.log_prefix else ""
+        try:
+            n = gc_uploads(self.target, prefix, older_than=self.config.gc_age, now=self._clocks.clock())
+        except TransientError as ex:
+            self._target_error(ex)
+            logger.warning("multipart upload GC failed: %s", ex)
+            return
+        if n:
+            logger.info("aborted %d abandoned multipart uploads", n)
+
+    def _advance_watermark(self, cutoff: int) -> int | None:
+        """Everything recorded below ``cutoff`` is committed: advance and publish the watermark.
+
+        With a ``watermark_cap`` (the RGW follower's caught-up time) only a cap observed at or
+        before ``cutoff`` counts: every entry recorded for it was in the index by then, so below
+        the cutoff this pass drained."""
+        wm = cutoff
+        if self._cap is not None:
+            usable = [cap for at, cap in self._caps if at <= cutoff]
+            if not usable:
+                return None
+            wm = min(cutoff, max(usable))
+            newest = max(at for at, _ in self._caps if at <= cutoff)
+            self._caps = [(at, cap) for at, cap in self._caps if at >= newest]
+        wm = max(wm, self._state.watermark_us)
+        if wm != self._state.watermark_us:
+            self._state = replace(self._state, watermark_us=wm)
+            self._control_write(WriteOp(set={COLLECTOR_STATE_KEY: self._state.encode()}))
+        self._fault("watermark")
+        published = (wm, self._state.last_object)
+        if wm and published != self._published:
+            body = encode_watermark(complete_until_us=wm, last_object=self._state.last_object,
+                                    updated_us=self._now_us())
+            name = watermark_name(self.log_prefix)
+            self._retry(f"PUT {name}", lambda: self.target.put(name, body, metadata={}))
+            self._published = published
+        return wm
+
+
+def _check(cfg: CollectorConfig, target: Target) -> None:
+    """What the config model cannot check alone: sizes against this target (and the bounds
+    again, for configs built unchecked by tests)."""
+    if (cfg.settle < 0 or cfg.interval <= 0 or cfg.roll_entries < 1 or cfg.roll_bytes < 1
+            or cfg.roll_seconds < 0):
+        raise ConfigError("collector: settle, roll_* must be >= 0 and interval, roll_entries, roll_bytes > 0")
+    if cfg.part_bytes < target.min_part_bytes:
+        raise ConfigError(
+            f"collector.part_bytes must be at least {target.min_part_bytes} bytes for {target.url} "
+            f"(got {cfg.part_bytes})"
+        )
+    if cfg.roll_bytes // cfg.part_bytes + 2 > MAX_PARTS:
+        raise ConfigError(f"collector.roll_bytes / part_bytes must stay below {MAX_PARTS} parts")

@@ -1,0 +1,576 @@
+"""The change-log format: one JSON object per line for every mutation, log object names sortable
+by cutoff, and deterministic compression (docs/design.md §7).
+
+Everything here is a pure function of its input: the same index entries encode to the same
+bytes, compressed the same way, so the collector can rebuild a lost log object byte for byte
+from the index (crash recovery, §6) and a stale collector's late upload equals the new one's.
+"""
+
+from __future__ import annotations
+
+import enum
+import functools
+import gzip
+import io
+import re
+import struct
+import time
+import zlib
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import IO, Any, Protocol
+
+import msgpack
+import orjson
+import zstandard
+
+from changelog.errors import InvalidMutation, PermanentError
+from changelog.pipeline.mutation import Mutation, event_id
+
+# Fixed compression settings: a log object must be rebuildable byte for byte, so nothing here
+# may depend on the host, the time or the input chunking. (Byte identity still assumes the same
+# zlib/zstd library versions on the host that rebuilds; see docs/design.md §6.)
+GZIP_LEVEL = 6
+ZSTD_LEVEL = 3
+# Lines are handed to the compressor in blocks of at least this size: one call per block instead
+# of per line, and block boundaries depend only on the sequence of lines.
+FEED_BYTES = 64 * 1024
+
+WATERMARK_NAME = "_watermark.json"
+
+_CUTOFF_FMT = "%Y%m%dT%H%M%S"
+_NAME_RE = re.compile(
+    r"^(?:(?P<prefix>.*)/)?(?P<y>\d{4})/(?P<m>\d{2})/(?P<d>\d{2})/(?P<h>\d{2})/"
+    r"(?P<cutoff>(?P<date>\d{8})T(?P<hms>\d{6})\.(?P<us>\d{6})Z)-(?P<seq>\d{10})\.jsonl(?P<ext>\.gz|\.zst)?$"
+)
+
+
+class Compression(enum.StrEnum):
+    NONE = "none"
+    GZIP = "gzip"
+    ZSTD = "zstd"
+
+    @property
+    def extension(self) -> str:
+        return _EXTENSIONS[self]
+
+    @classmethod
+    def parse(cls, value: str | Compression) -> Compression:
+        try:
+            return cls(value)
+        except ValueError:
+            raise PermanentError(
+                f"compression must be one of {[c.value for c in cls]}, not {value!r}"
+            ) from None
+
+
+_EXTENSIONS = {Compression.NONE: ".jsonl", Compression.GZIP: ".jsonl.gz", Compression.ZSTD: ".jsonl.zst"}
+_BY_SUFFIX = {"": Compression.NONE, ".gz": Compression.GZIP, ".zst": Compression.ZSTD}
+
+
+# --- time -----------------------------------------------------------------------------------
+
+
+@functools.lru_cache(maxsize=4096)
+def _second_prefix(sec: int) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec))
+
+
+def rfc3339_us(t_us: int) -> str:
+    """``2026-11-21T22:18:00.123456Z`` for microseconds since the epoch (UTC)."""
+    sec, us = divmod(t_us, 1_000_000)
+    return f"{_second_prefix(sec)}.{us:06d}Z"
+
+
+def parse_rfc3339(s: str) -> int:
+    """Microseconds since the epoch for an RFC 3339 time (``Z`` or an offset; no zone = UTC)."""
+    text = s.strip()
+    if text.endswith(("Z", "z")):
+        text = text[:-1] + "+00:00"
+    try:
+        dt = datetime.fromisoformat(text)
+    except ValueError as ex:
+        raise ValueError(f"not an RFC 3339 time: {s!r}") from ex
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=UTC)
+    return to_us(dt)
+
+
+def to_us(t: datetime) -> int:
+    delta = t - datetime(1970, 1, 1, tzinfo=UTC)
+    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+
+
+# --- records ----------------------------------------------------------------------------------
+
+
+class IndexEntry(Protocol):
+    """What ``encode_entry`` needs of an index entry (``changelog.pipeline.index.Entry``)."""
+
+    @property
+    def time_us(self) -> int: ...
+
+    @property
+    def mutation(self) -> Mutation: ...
+
+
+@dataclass(frozen=True, slots=True)
+class LogRecord:
+    """One line of a change-log object, as consumers read it (docs/design.md §7)."""
+
+    id: str
+    time: str
+    bucket: str
+    key: str
+    version_id: str | None
+    op: str
+    size: int | None
+    etag: str | None
+    seq: str
+    baseline: bool
+    recorded: str
+    metadata: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def time_us(self) -> int:
+        return parse_rfc3339(self.time)
+
+    @property
+    def recorded_us(self) -> int:
+        return parse_rfc3339(self.recorded)
+
+    @classmethod
+    def from_json(cls, line: bytes | str) -> LogRecord:
+        try:
+            doc = orjson.loads(line)
+            return cls(
+                id=doc["id"],
+                time=doc["time"],
+                bucket=doc["bucket"],
+                key=doc["key"],
+                version_id=doc.get("version_id"),
+                op=doc["op"],
+                size=doc.get("size"),
+                etag=doc.get("etag"),
+                seq=doc["seq"],
+                baseline=bool(doc.get("baseline", False)),
+                recorded=doc["recorded"],
+                metadata=doc.get("metadata") or {},
+            )
+        except (orjson.JSONDecodeError, KeyError, TypeError) as ex:
+            raise PermanentError(f"malformed change-log line ({len(line)} bytes): {ex}") from ex
+
+    def to_dict(self) -> dict[str, Any]:
+        doc: dict[str, Any] = {
+            "id": self.id,
+            "time": self.time,
+            "bucket": self.bucket,
+            "key": self.key,
+            "version_id": self.version_id,
+            "op": self.op,
+            "size": self.size,
+            "etag": self.etag,
+            "seq": self.seq,
+            "baseline": self.baseline,
+            "recorded": self.recorded,
+        }
+        if self.metadata:
+            doc["metadata"] = dict(sorted(self.metadata.items()))
+        return doc
+
+    def encode(self) -> bytes:
+        return orjson.dumps(self.to_dict(), option=orjson.OPT_APPEND_NEWLINE)
+
+
+def record_of(entry: IndexEntry) -> LogRecord:
+    m = entry.mutation
+    return LogRecord(
+        id=m.event_id,
+        time=rfc3339_us(m.mtime_ns // 1000),
+        bucket=m.bucket,
+        key=m.key,
+        version_id=m.version_id,
+        op=m.op.value,
+        size=m.size,
+        etag=m.etag,
+        seq=m.seq,
+        baseline=m.baseline,
+        recorded=rfc3339_us(entry.time_us),
+        metadata=m.metadata,
+    )
+
+
+def encode_entry(entry: IndexEntry) -> bytes:
+    """The JSON line (newline included) of one index entry. Deterministic: field order is fixed,
+    metadata keys are sorted, times are formatted from integers."""
+    return record_of(entry).encode()
+
+
+def encode_raw(time_us: int, raw: bytes) -> bytes:
+    """``encode_entry`` straight from an index entry's stored msgpack value: the same bytes,
+    without building (and re-validating) a ``Mutation``."""
+    return encode_raw_many(((time_us, raw),))[0]
+
+
+# Second -> "YYYY-MM-DDTHH:MM:SS.%06dZ" (the format of ``rfc3339_us`` for the times of that
+# second) for ``encode_raw_many``: entries come in time order, so the last second and a small
+# dict (cleared when it grows) catch nearly every lookup.
+_FORMAT_CACHE: dict[int, str] = {}
+_FORMAT_CACHE_MAX = 4096
+
+
+def _second_format(sec: int) -> str:
+    fmt = _FORMAT_CACHE.get(sec)
+    if fmt is None:
+        if len(_FORMAT_CACHE) >= _FORMAT_CACHE_MAX:
+            _FORMAT_CACHE.clear()
+        fmt = _FORMAT_CACHE[sec] = _second_prefix(sec) + ".%06dZ"
+    return fmt
+
+# Between two documents of one ``orjson.dumps`` call: compact JSON never holds a raw newline (one
+# in a string is escaped), so ``,\n,`` in the output is exactly where one line ends.
+_LINE_BREAK = orjson.Fragment(b"\n")
+_SEPARATOR = b",\n,"
+
+
+def encode_raw_many(items: Iterable[tuple[int, bytes]]) -> list[bytes]:
+    """The JSON lines of many ``(recorded time, stored value)`` pairs, in order: exactly
+    ``encode_raw`` of each (this is its only implementation: the collector's pass and the
+    byte-identical rebuild of recovery both go through here). The collector's hot path.
+
+    The documents go through one ``orjson.dumps`` call, as one array with a raw newline
+    between them (orjson's compact output of a document is the same inside an array as alone,
+    and its per-call cost is several times its per-document cost), then are cut at the
+    newlines."""
+    unpackb = msgpack.unpackb
+    second_format = _second_format
+    # The second of the last time formatted, as [lo, lo + 1 s): empty before the first one.
+    lo = hi = rlo = rhi = 0
+    fmt = rfmt = ""
+    docs: list[Any] = []
+    append = docs.append
+    line_break = _LINE_BREAK
+    raw = b""
+    try:
+        for time_us, raw in items:
+            d = unpackb(raw, raw=False)
+            t = d["t"] // 1000
+            if t.__class__ is not int or time_us.__class__ is not int:
+                raise TypeError(f"times must be integers: {t!r}, {time_us!r}")
+            if not lo <= t < hi:
+                sec = t // 1_000_000
+                fmt = second_format(sec)
+                lo = sec * 1_000_000
+                hi = lo + 1_000_000
+            if not rlo <= time_us < rhi:
+                rsec = time_us // 1_000_000
+                rfmt = second_format(rsec)
+                rlo = rsec * 1_000_000
+                rhi = rlo + 1_000_000
+            doc: dict[str, Any] = {
+                "id": event_id(d["src"], d["p"]),
+                "time": fmt % (t - lo),
+                "bucket": d["b"],
+                "key": d["k"],
+                "version_id": d.get("v"),
+                "op": d["o"],
+                "size": d.get("s"),
+                "etag": d.get("e"),
+                "seq": d["q"],
+                "baseline": bool(d.get("bl", False)),
+                "recorded": rfmt % (time_us - rlo),
+            }
+            meta = d.get("m")
+            if meta:
+                doc["metadata"] = dict(sorted(meta.items()))
+            if docs:
+                append(line_break)
+            append(doc)
+        if not docs:
+            return []
+        raw = b""
+        body = orjson.dumps(docs)
+    except (ValueError, KeyError, TypeError, AttributeError, msgpack.UnpackException, orjson.JSONEncodeError) as ex:
+        raise InvalidMutation(f"undecodable index entry ({len(raw)} bytes): {ex!r}") from ex
+    lines = body[1:-1].split(_SEPARATOR)
+    if len(lines) * 2 - 1 != len(docs):
+        raise AssertionError(f"{len(docs)} documents came out as {len(lines)} lines")
+    return [line + b"\n" for line in lines]
+
+
+# --- names ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class LogName:
+    """A parsed log object name. Orders like the names themselves: by cutoff, then seq."""
+
+    cutoff_us: int
+    seq: int
+    compression: Compression
+    name: str
+
+
+def format_cutoff(cutoff_us: int) -> str:
+    sec, us = divmod(cutoff_us, 1_000_000)
+    return f"{time.strftime(_CUTOFF_FMT, time.gmtime(sec))}.{us:06d}Z"
+
+
+def _join(prefix: str, rest: str) -> str:
+    prefix = prefix.strip("/")
+    return f"{prefix}/{rest}" if prefix else rest
+
+
+def hour_dir(prefix: str, t_us: int) -> str:
+    """``<prefix>/YYYY/MM/DD/HH/`` of a time: the date partition of a log object."""
+    return _join(prefix, time.strftime("%Y/%m/%d/%H/", time.gmtime(t_us // 1_000_000)))
+
+
+def log_name(prefix: str, cutoff_us: int, seq: int, compression: Compression | str) -> str:
+    """``<prefix>/YYYY/MM/DD/HH/<cutoff>-<seq:010d>.jsonl[.gz|.zst]``."""
+    if not 0 <= seq < 10**10:
+        raise ValueError(f"log sequence out of range: {seq}")
+    c = Compression.parse(compression)
+    return f"{hour_dir(prefix, cutoff_us)}{format_cutoff(cutoff_us)}-{seq:010d}{c.extension}"
+
+
+def parse_log_name(name: str) -> LogName | None:
+    """The cutoff, seq and compression of a log object name; None for any other name (the
+    watermark, foreign objects). The date directories must agree with the cutoff."""
+    match = _NAME_RE.match(name)
+    if match is None:
+        return None
+    try:
+        sec = datetime.strptime(match["date"] + match["hms"], "%Y%m%d%H%M%S").replace(tzinfo=UTC)
+    except ValueError:
+        return None
+    if (match["y"], match["m"], match["d"], match["h"]) != (
+        f"{sec.year:04d}",
+        f"{sec.month:02d}",
+        f"{sec.day:02d}",
+        f"{sec.hour:02d}",
+    ):
+        return None
+    cutoff_us = to_us(sec) + int(match["us"])
+    return LogName(cutoff_us, int(match["seq"]), _BY_SUFFIX[match["ext"] or ""], name)
+
+
+def compression_of(name: str) -> Compression:
+    """Compression of an object by its extension."""
+    if name.endswith(".gz"):
+        return Compression.GZIP
+    if name.endswith(".zst"):
+        return Compression.ZSTD
+    return Compression.NONE
+
+
+def start_after_time(prefix: str, t_us: int) -> str:
+    """A listing start-after name such that exactly the log objects with cutoff > t_us follow
+    it (all records of an object with cutoff <= t_us were recorded before t_us)."""
+    # '-' (after the cutoff in real names) sorts below '.', so every name with this cutoff is
+    # below the marker and every later cutoff above it.
+    return f"{hour_dir(prefix, t_us)}{format_cutoff(t_us)}."
+
+
+def watermark_name(prefix: str) -> str:
+    return _join(prefix, WATERMARK_NAME)
+
+
+def encode_watermark(*, complete_until_us: int, last_object: str | None, updated_us: int) -> bytes:
+    return orjson.dumps(
+        {
+            "complete_until": rfc3339_us(complete_until_us),
+            "complete_until_us": complete_until_us,
+            "last_object": last_object,
+            "updated": rfc3339_us(updated_us),
+        },
+        option=orjson.OPT_APPEND_NEWLINE,
+    )
+
+
+# --- compression ------------------------------------------------------------------------------
+
+
+class _Codec(Protocol):
+    def compress(self, data: bytes) -> bytes: ...
+
+    def flush(self) -> bytes: ...
+
+
+class _Identity:
+    def compress(self, data: bytes) -> bytes:
+        return data
+
+    def flush(self) -> bytes:
+        return b""
+
+
+# Fixed gzip header: no name, mtime 0, no extra flags, OS 255 ("unknown") so that the bytes do
+# not depend on the host (zlib's own gzip wrapper writes the build's OS code).
+_GZIP_HEADER = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\xff"
+
+
+class _Gzip:
+    def __init__(self) -> None:
+        self._z = zlib.compressobj(GZIP_LEVEL, zlib.DEFLATED, -zlib.MAX_WBITS)
+        self._crc = 0
+        self._size = 0
+        self._header = True
+
+    def compress(self, data: bytes) -> bytes:
+        self._crc = zlib.crc32(data, self._crc)
+        self._size += len(data)
+        out = self._z.compress(data)
+        if self._header:
+            self._header = False
+            return _GZIP_HEADER + out
+        return out
+
+    def flush(self) -> bytes:
+        head = _GZIP_HEADER if self._header else b""
+        self._header = False
+        return head + self._z.flush() + struct.pack("<II", self._crc, self._size & 0xFFFFFFFF)
+
+
+class _Zstd:
+    def __init__(self) -> None:
+        cctx = zstandard.ZstdCompressor(
+            level=ZSTD_LEVEL, write_checksum=True, write_content_size=False, write_dict_id=False, threads=0
+        )
+        self._z = cctx.compressobj()
+
+    def compress(self, data: bytes) -> bytes:
+        return self._z.compress(data)
+
+    def flush(self) -> bytes:
+        return self._z.flush()
+
+
+def _codec(compression: Compression) -> _Codec:
+    match compression:
+        case Compression.NONE:
+            return _Identity()
+        case Compression.GZIP:
+            return _Gzip()
+        case Compression.ZSTD:
+            return _Zstd()
+    raise AssertionError(compression)
+
+
+class ObjectEncoder:
+    """Turns a sequence of JSON lines into the bytes of one log object, streaming: the caller
+    takes compressed output as it accumulates (``take``) and the rest at ``finish``.
+
+    The output is a pure function of the sequence of lines: lines go to the compressor in
+    blocks cut at the first line boundary past ``FEED_BYTES`` (so compressed output appears in
+    steps of about that much input; uncompressed output at once)."""
+
+    def __init__(self, compression: Compression | str) -> None:
+        self.compression = Compression.parse(compression)
+        self._codec = _codec(self.compression)
+        self._lines: list[bytes] = []
+        self._buffered = 0
+        self._out = bytearray()
+        self._finished = False
+        self.entries = 0
+        self.raw_bytes = 0  # uncompressed JSON bytes so far
+
+    def add(self, line: bytes) -> None:
+        if self._finished:
+            raise ValueError("encoder already finished")
+        self.entries += 1
+        self.raw_bytes += len(line)
+        if self.compression is Compression.NONE:
+            self._out += line  # nothing to batch for: output is ready at once
+            return
+        self._lines.append(line)
+        self._buffered += len(line)
+        if self._buffered >= FEED_BYTES:
+            self._feed()
+
+    def add_many(self, lines: list[bytes]) -> None:
+        """``add`` of each line, in order (the same output, line for line)."""
+        if self._finished:
+            raise ValueError("encoder already finished")
+        if self.compression is Compression.NONE:
+            data = b"".join(lines)
+            self.entries += len(lines)
+            self.raw_bytes += len(data)
+            self._out += data
+            return
+        for line in lines:
+            self.add(line)
+
+    def _feed(self) -> None:
+        if self._lines:
+            self._out += self._codec.compress(b"".join(self._lines))
+            self._lines.clear()
+            self._buffered = 0
+
+    @property
+    def available(self) -> int:
+        """Compressed bytes ready to be taken."""
+        return len(self._out)
+
+    def take(self, n: int) -> bytes:
+        """The first ``n`` ready bytes (``n <= available``)."""
+        if n > len(self._out):
+            raise ValueError(f"only {len(self._out)} bytes ready, {n} asked")
+        with memoryview(self._out) as view:
+            chunk = bytes(view[:n])  # one copy (a slice would copy twice)
+        del self._out[:n]
+        return chunk
+
+    def finish(self) -> bytes:
+        """Flush the compressor; the remaining bytes of the object."""
+        if not self._finished:
+            self._feed()
+            self._out += self._codec.flush()
+            self._finished = True
+        rest = bytes(self._out)
+        self._out.clear()
+        return rest
+
+
+def encode_object(lines: Iterator[bytes] | list[bytes], compression: Compression | str) -> bytes:
+    """All bytes of an object holding ``lines`` (small objects and tests)."""
+    enc = ObjectEncoder(compression)
+    out = bytearray()
+    for line in lines:
+        enc.add(line)
+        out += enc.take(enc.available)
+    out += enc.finish()
+    return bytes(out)
+
+
+def decompressed(stream: IO[bytes], compression: Compression | str) -> IO[bytes]:
+    """A readable binary stream of the uncompressed content (streams; never reads it whole)."""
+    match Compression.parse(compression):
+        case Compression.NONE:
+            return stream
+        case Compression.GZIP:
+            return gzip.GzipFile(fileobj=stream, mode="rb")  # type: ignore[return-value]
+        case Compression.ZSTD:
+            reader = zstandard.ZstdDecompressor().stream_reader(stream, read_across_frames=True)
+            return io.BufferedReader(reader, buffer_size=FEED_BYTES)
+    raise AssertionError(compression)
+
+
+def iter_lines(stream: IO[bytes], compression: Compression | str) -> Iterator[bytes]:
+    """The JSON lines of an object's content, without their newline; a torn last line (no
+    newline) is reported, not silently dropped."""
+    body = decompressed(stream, compression)
+    try:
+        for line in body:
+            if not line.endswith(b"\n"):
+                raise PermanentError(f"change-log object ends with an incomplete line ({len(line)} bytes)")
+            if line.strip():
+                yield line[:-1]
+    except (OSError, EOFError, zlib.error, zstandard.ZstdError) as ex:
+        raise PermanentError(f"corrupt {Compression.parse(compression).value} change-log object: {ex}") from ex
+
+
+def iter_records(stream: IO[bytes], compression: Compression | str) -> Iterator[LogRecord]:
+    for line in iter_lines(stream, compression):
+        yield LogRecord.from_json(line)

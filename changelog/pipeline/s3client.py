@@ -1,0 +1,167 @@
+"""The edge to boto3: the one factory of S3 clients (``make_s3_client``) and the one translation
+of botocore errors into the project's errors. This is the only module that imports boto3; the
+S3 users (``changelog.pipeline.targets``, ``changelog.consumers.backup.source``, the RGW follower's
+``rgw_module.admin``) get their client here, each with its own timeouts, retries and pool, and
+pass what they catch to ``translate_error`` (refining it with ``refusal`` where an S3 answer
+means more to them). ``rgw_module.admin`` still imports botocore itself: it signs admin REST
+requests with botocore's SigV4 and maps its S3 errors to its own ``NotFound``.
+
+Translation is by HTTP status: 5xx, throttling, timeouts and connection errors become
+``TransientError``; a missing key ``ObjectMissing``; access denied, a missing bucket, bad
+credentials and other client errors ``PermanentError``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal
+
+from changelog.errors import ChangelogError, ObjectMissing, PermanentError, TransientError
+
+if TYPE_CHECKING:
+    from _typeshed import WriteableBuffer
+    from botocore.response import StreamingBody
+    from mypy_boto3_s3.client import S3Client
+
+AddressingStyle = Literal["auto", "path", "virtual"]
+# botocore's own default connection pool per client.
+DEFAULT_POOL = 10
+
+
+def make_s3_client(
+    endpoint: str | None,
+    *,
+    access_key: str | None,
+    secret_key: str | None,
+    region: str | None,
+    session_token: str | None = None,
+    addressing_style: AddressingStyle = "path",
+    verify: bool | str | None = None,
+    max_attempts: int,
+    connect_timeout: float,
+    read_timeout: float,
+    max_pool: int = DEFAULT_POOL,
+) -> S3Client:
+    """A boto3 S3 client for radosgw or AWS S3, in a session of its own (boto3's default
+    session is not thread-safe to create clients from). ``endpoint`` None: AWS. Retries are
+    botocore's "standard" mode (capped exponential backoff, ``max_attempts`` in all)."""
+    import boto3
+    from botocore.config import Config
+
+    config = Config(
+        s3={"addressing_style": addressing_style},
+        # Checksums only when an operation requires them: radosgw 16.x rejects the CRC trailers
+        # that newer botocore (1.36 on) adds to every upload by default. The workaround lives
+        # here only: every client of the project is made by this function.
+        request_checksum_calculation="when_required",
+        response_checksum_validation="when_required",
+        retries={"max_attempts": max_attempts, "mode": "standard"},
+        connect_timeout=connect_timeout,
+        read_timeout=read_timeout,
+        max_pool_connections=max_pool,
+    )
+    return boto3.session.Session().client(
+        "s3",
+        endpoint_url=endpoint,
+        aws_access_key_id=access_key,
+        aws_secret_access_key=secret_key,
+        aws_session_token=session_token,
+        region_name=region,
+        verify=verify,
+        config=config,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """What an S3 error response says: HTTP status, error code and message."""
+
+    status: int
+    code: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.status} {self.code} {self.message or self.code}".rstrip()
+
+
+def refusal(ex: BaseException) -> Refusal | None:
+    """The S3 error response behind ``ex``, None when it is not one (a transport error, or not
+    from botocore at all)."""
+    from botocore.exceptions import ClientError
+
+    if not isinstance(ex, ClientError):
+        return None
+    err = ex.response.get("Error", {})
+    status = int(ex.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
+    return Refusal(status, str(err.get("Code", "")), str(err.get("Message", "") or ""))
+
+
+_TRANSIENT_CODES = frozenset(
+    {
+        "SlowDown",
+        "Throttling",
+        "ThrottlingException",
+        "RequestTimeout",
+        "RequestTimeTooSkewed",
+        "InternalError",
+        "ServiceUnavailable",
+        "OperationAborted",
+    }
+)
+
+
+def translate_error(ex: Exception, what: str) -> ChangelogError:
+    """The project's error for a boto3/botocore failure of ``what`` (raise it ``from ex``)."""
+    from botocore import exceptions as bex
+
+    r = refusal(ex)
+    if r is not None:
+        text = f"{what}: {r}"
+        if r.code in ("NoSuchKey", "NotFound") or (r.status == 404 and r.code == "404"):
+            return ObjectMissing(text)
+        if r.status >= 500 or r.status == 429 or r.code in _TRANSIENT_CODES:
+            return TransientError(text)
+        # 400, 403 (AccessDenied, InvalidAccessKeyId, SignatureDoesNotMatch), 404 NoSuchBucket, ...
+        return PermanentError(text)
+    if isinstance(ex, bex.NoCredentialsError | bex.PartialCredentialsError | bex.ParamValidationError):
+        return PermanentError(f"{what}: {ex}")
+    if isinstance(ex, bex.BotoCoreError | OSError):
+        # Connection errors, timeouts, truncated reads and the rest of what the library raises
+        # below the HTTP layer: retrying may help; a persistent one shows up in the log.
+        return TransientError(f"{what}: {ex}")
+    return PermanentError(f"{what}: {ex}")
+
+
+class TranslatedBody(io.RawIOBase):
+    """A GET response body whose read errors come out translated by ``translate`` (a
+    connection dropped mid-body is a botocore error, raised from ``read``, not from the GET)."""
+
+    def __init__(
+        self,
+        body: StreamingBody,
+        what: str,
+        translate: Callable[[Exception, str], ChangelogError] = translate_error,
+    ) -> None:
+        self._body = body
+        self._what = what
+        self._translate = translate
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: WriteableBuffer) -> int:
+        view = memoryview(buffer).cast("B")
+        try:
+            data: bytes = self._body.read(len(view))
+        except Exception as ex:
+            raise self._translate(ex, self._what) from ex
+        view[: len(data)] = data
+        return len(data)
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self._body.close()
+        super().close()

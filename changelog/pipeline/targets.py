@@ -1,0 +1,657 @@
+"""Where change-log objects go: an S3 bucket or a local directory, behind one ``Target``
+interface (docs/design.md §8).
+
+The S3 client comes from ``changelog.pipeline.s3client`` (the one boto3 module), which translates
+library errors by HTTP status: 5xx, throttling, timeouts and connection errors become
+``TransientError``; access denied, a missing bucket, bad credentials and other client errors
+become ``PermanentError``. A vanished multipart upload is ``UploadMissing`` here.
+
+Object names are relative to the target's root (``s3://bucket/prefix/`` or ``file:///dir/``)
+and use ``/`` as separator.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import hashlib
+import io
+import logging
+import os
+import shutil
+import time
+import uuid
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, TYPE_CHECKING, Any, Protocol, TypeVar
+from urllib.parse import parse_qsl, unquote, urlsplit
+
+import orjson
+
+from changelog.errors import ChangelogError, ConfigError, ObjectMissing, PermanentError, TransientError
+from changelog.pipeline.s3client import (
+    AddressingStyle,
+    TranslatedBody,
+    make_s3_client,
+    refusal,
+    translate_error,
+)
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3.client import S3Client
+
+logger = logging.getLogger(__name__)
+
+MiB = 1024 * 1024
+# S3 refuses parts below 5 MiB (all but the last); radosgw follows (rgw_multipart_min_part_size).
+S3_MIN_PART = 5 * MiB
+# ListObjectsV2 and ListMultipartUploads return at most 1000 per call.
+LIST_PAGE = 1000
+
+T = TypeVar("T")
+
+
+class UploadMissing(ObjectMissing):
+    """The multipart upload no longer exists (completed, aborted or collected)."""
+
+
+@dataclass(frozen=True, slots=True)
+class ObjectInfo:
+    name: str
+    size: int
+    etag: str
+    modified: float  # epoch seconds
+
+
+@dataclass(frozen=True, slots=True)
+class UploadInfo:
+    name: str
+    upload_id: str
+    initiated: float  # epoch seconds
+
+
+@dataclass(frozen=True, slots=True)
+class Part:
+    number: int
+    etag: str
+    size: int
+
+
+class Target(Protocol):
+    """A flat namespace of immutable-once-written objects with user metadata."""
+
+    url: str
+    # Smallest part a multipart upload accepts (all but the last part).
+    min_part_bytes: int
+    # The S3 bucket and the endpoint it is reached at (None: a local directory; endpoint None:
+    # the SDK's default, AWS). ``serve`` uses them to leave its own log bucket unfollowed.
+    bucket: str | None
+    endpoint: str | None
+
+    def put(self, name: str, data: bytes, *, metadata: Mapping[str, str] | None = None) -> None:
+        """Store ``data`` under ``name`` in one request (replaces an existing object)."""
+        ...
+
+    def create_multipart(self, name: str, *, metadata: Mapping[str, str] | None = None) -> str:
+        """Start a multipart upload; its id. Register its abort right after."""
+        ...
+
+    def upload_part(self, name: str, upload_id: str, number: int, data: bytes) -> Part:
+        """Upload part ``number`` (1-based; retrying a number replaces that part)."""
+        ...
+
+    def complete_multipart(self, name: str, upload_id: str, parts: Sequence[Part]) -> None:
+        """Make the object visible. ``UploadMissing`` if the upload is gone."""
+        ...
+
+    def abort_multipart(self, name: str, upload_id: str) -> None:
+        """Drop an upload and its parts (a missing upload is fine)."""
+        ...
+
+    def list_uploads(self, prefix: str = "") -> Iterator[UploadInfo]:
+        """Unfinished multipart uploads whose name starts with ``prefix``."""
+        ...
+
+    def head(self, name: str) -> dict[str, str] | None:
+        """The object's user metadata, or None if it does not exist."""
+        ...
+
+    def open(self, name: str) -> IO[bytes]:
+        """A streaming reader of the object (close it). ``ObjectMissing`` if absent."""
+        ...
+
+    def get(self, name: str) -> bytes:
+        ...
+
+    def list(self, prefix: str = "", *, start_after: str = "", page: int = LIST_PAGE) -> Iterator[ObjectInfo]:
+        """Objects whose name starts with ``prefix`` and sorts after ``start_after``, in name
+        order (UTF-8 byte order), fetched in pages."""
+        ...
+
+    def delete(self, name: str) -> None:
+        """Remove the object (missing is fine)."""
+        ...
+
+    def close(self) -> None:
+        ...
+
+
+def gc_uploads(target: Target, prefix: str, *, older_than: float, now: float | None = None) -> int:
+    """Abort the multipart uploads under ``prefix`` started more than ``older_than`` seconds ago:
+    the collector's own abandoned uploads (a crash or a lost lease between create and complete).
+    Returns how many were aborted."""
+    limit = (time.time() if now is None else now) - older_than
+    aborted = 0
+    for up in list(target.list_uploads(prefix)):
+        if up.initiated < limit:
+            logger.info("aborting abandoned multipart upload %s of %s", up.upload_id, up.name)
+            target.abort_multipart(up.name, up.upload_id)
+            aborted += 1
+    return aborted
+
+
+# --- S3 ---------------------------------------------------------------------------------------
+
+def _s3_error(ex: Exception, what: str) -> ChangelogError:
+    """Translate a botocore error (raise the result ``from ex``); a vanished upload is
+    ``UploadMissing``."""
+    r = refusal(ex)
+    if r is not None and r.code == "NoSuchUpload":
+        return UploadMissing(f"{what}: {r}")
+    return translate_error(ex, what)
+
+
+class S3Target:
+    """An S3 (or radosgw) bucket, optionally under a key prefix."""
+
+    def __init__(
+        self,
+        bucket: str,
+        prefix: str = "",
+        *,
+        client: S3Client | None = None,
+        endpoint: str | None = None,
+        access_key: str | None = None,
+        secret_key: str | None = None,
+        session_token: str | None = None,
+        region: str | None = None,
+        addressing_style: AddressingStyle = "auto",
+        verify: bool | str | None = None,
+        connect_timeout: float = 10.0,
+        read_timeout: float = 60.0,
+        max_attempts: int = 3,
+        min_part_bytes: int = S3_MIN_PART,
+    ) -> None:
+        if not bucket:
+            raise ConfigError("target: S3 bucket name is empty")
+        if addressing_style not in ("auto", "path", "virtual"):
+            raise ConfigError(f"target.addressing_style must be auto, path or virtual, not {addressing_style!r}")
+        self.bucket: str | None = bucket
+        self.prefix = prefix.strip("/") + "/" if prefix.strip("/") else ""
+        self.url = f"s3://{bucket}/{self.prefix}"
+        self.min_part_bytes = min_part_bytes
+        self.endpoint = endpoint
+        if client is None:
+            client = make_s3_client(
+                endpoint,
+                access_key=access_key,
+                secret_key=secret_key,
+                session_token=session_token,
+                region=region,
+                addressing_style=addressing_style,
+                verify=verify,
+                max_attempts=max_attempts,
+                connect_timeout=connect_timeout,
+                read_timeout=read_timeout,
+            )
+        self._s3 = client
+
+    def __repr__(self) -> str:  # no credentials, ever
+        return f"S3Target({self.url!r}, endpoint={self.endpoint!r})"
+
+    def _key(self, name: str) -> str:
+        if not name or name.startswith("/"):
+            raise ValueError(f"bad object name {name!r}")
+        return self.prefix + name
+
+    def _call(self, what: str, fn: Callable[..., T], **kwargs: Any) -> T:
+        try:
+            return fn(**kwargs)
+        except ChangelogError:
+            raise
+        except Exception as ex:
+            raise _s3_error(ex, f"{what} {self.url}") from ex
+
+    def put(self, name: str, data: bytes, *, metadata: Mapping[str, str] | None = None) -> None:
+        key = self._key(name)
+        self._call(
+            f"PUT {name}", self._s3.put_object, Bucket=self.bucket, Key=key, Body=data, Metadata=dict(metadata or {})
+        )
+
+    def create_multipart(self, name: str, *, metadata: Mapping[str, str] | None = None) -> str:
+        key = self._key(name)
+        resp = self._call(
+            f"create multipart {name}",
+            self._s3.create_multipart_upload,
+            Bucket=self.bucket,
+            Key=key,
+            Metadata=dict(metadata or {}),
+        )
+        return resp["UploadId"]
+
+    def upload_part(self, name: str, upload_id: str, number: int, data: bytes) -> Part:
+        key = self._key(name)
+        resp = self._call(
+            f"upload part {number} of {name}",
+            self._s3.upload_part,
+            Bucket=self.bucket,
+            Key=key,
+            UploadId=upload_id,
+            PartNumber=number,
+            Body=data,
+        )
+        return Part(number, resp["ETag"], len(data))
+
+    def complete_multipart(self, name: str, upload_id: str, parts: Sequence[Part]) -> None:
+        key = self._key(name)
+        # The response's ETag is not used: radosgw 16.2.15 returns an empty one here.
+        self._call(
+            f"complete multipart {name}",
+            self._s3.complete_multipart_upload,
+            Bucket=self.bucket,
+            Key=key,
+            UploadId=upload_id,
+            MultipartUpload={"Parts": [{"PartNumber": p.number, "ETag": p.etag} for p in parts]},
+        )
+
+    def abort_multipart(self, name: str, upload_id: str) -> None:
+        key = self._key(name)
+        try:
+            self._call(
+                f"abort multipart {name}",
+                self._s3.abort_multipart_upload,
+                Bucket=self.bucket,
+                Key=key,
+                UploadId=upload_id,
+            )
+        except UploadMissing:
+            pass
+
+    def list_uploads(self, prefix: str = "") -> Iterator[UploadInfo]:
+        key_marker = upload_marker = ""
+        while True:
+            kwargs: dict[str, Any] = {"Bucket": self.bucket, "Prefix": self.prefix + prefix, "MaxUploads": LIST_PAGE}
+            if key_marker:
+                kwargs["KeyMarker"] = key_marker
+                kwargs["UploadIdMarker"] = upload_marker
+            resp = self._call(f"list uploads {prefix}", self._s3.list_multipart_uploads, **kwargs)
+            for up in resp.get("Uploads", []):
+                yield UploadInfo(up["Key"][len(self.prefix) :], up["UploadId"], up["Initiated"].timestamp())
+            if not resp.get("IsTruncated"):
+                return
+            key_marker = resp.get("NextKeyMarker", "")
+            upload_marker = resp.get("NextUploadIdMarker", "")
+            if not key_marker:
+                return
+
+    def head(self, name: str) -> dict[str, str] | None:
+        key = self._key(name)
+        try:
+            resp = self._call(f"HEAD {name}", self._s3.head_object, Bucket=self.bucket, Key=key)
+        except ObjectMissing:
+            return None
+        return dict(resp.get("Metadata", {}))
+
+    def open(self, name: str) -> IO[bytes]:
+        key = self._key(name)
+        resp = self._call(f"GET {name}", self._s3.get_object, Bucket=self.bucket, Key=key)
+        return io.BufferedReader(TranslatedBody(resp["Body"], f"GET {name}", _s3_error), buffer_size=256 * 1024)
+
+    def get(self, name: str) -> bytes:
+        with self.open(name) as f:
+            return f.read()
+
+    def list(self, prefix: str = "", *, start_after: str = "", page: int = LIST_PAGE) -> Iterator[ObjectInfo]:
+        token = ""
+        while True:
+            kwargs: dict[str, Any] = {"Bucket": self.bucket, "Prefix": self.prefix + prefix, "MaxKeys": page}
+            if token:
+                kwargs["ContinuationToken"] = token
+            elif start_after:
+                kwargs["StartAfter"] = self.prefix + start_after
+            resp = self._call(f"list {prefix}", self._s3.list_objects_v2, **kwargs)
+            for obj in resp.get("Contents", []):
+                yield ObjectInfo(
+                    obj["Key"][len(self.prefix) :],
+                    int(obj.get("Size", 0)),
+                    str(obj.get("ETag", "")).strip('"'),
+                    obj["LastModified"].timestamp(),
+                )
+            token = resp.get("NextContinuationToken", "")
+            if not resp.get("IsTruncated") or not token:
+                return
+
+    def delete(self, name: str) -> None:
+        key = self._key(name)
+        self._call(f"DELETE {name}", self._s3.delete_object, Bucket=self.bucket, Key=key)
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self._s3.close()
+
+
+# --- local directory ----------------------------------------------------------------------------
+
+# Bookkeeping lives in dot-directories under the root, never listed as objects.
+_META_DIR = ".meta"
+_TMP_DIR = ".tmp"
+_UPLOADS_DIR = ".uploads"
+_COPY_CHUNK = MiB
+
+
+def _os_error(ex: OSError, what: str) -> ChangelogError:
+    # A name that collides with a directory ("a" beside "a/b", which S3 allows) is permanent too.
+    permanent = (errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOTDIR, errno.EISDIR, errno.EEXIST)
+    if isinstance(ex, PermissionError) or ex.errno in permanent:
+        return PermanentError(f"{what}: {ex}")
+    # ENOSPC, EIO, EMFILE, a stale NFS handle...: may pass.
+    return TransientError(f"{what}: {ex}")
+
+
+class DirectoryTarget:
+    """Objects as files under a root directory. A file appears whole or not at all: written to
+    a temporary file, fsynced, renamed into place, and the directory fsynced. Metadata lives in
+    ``.meta/<name>.json`` written before the data file, so a visible object has its metadata.
+    Multipart parts are separate files (a retried part replaces its file); complete
+    concatenates them into a temporary file and renames it."""
+
+    def __init__(self, root: str | os.PathLike[str], *, fsync: bool = True, create: bool = True) -> None:
+        self.root = Path(root).absolute()
+        self.url = self.root.as_uri() + "/"
+        self.min_part_bytes = 1
+        self.bucket: str | None = None
+        self.endpoint: str | None = None
+        self._fsync = fsync
+        if create:
+            self.root.mkdir(parents=True, exist_ok=True)
+        elif not self.root.is_dir():
+            raise ConfigError(f"target directory {self.root} does not exist")
+        for d in (_META_DIR, _TMP_DIR, _UPLOADS_DIR):
+            (self.root / d).mkdir(exist_ok=True)
+
+    def __repr__(self) -> str:
+        return f"DirectoryTarget({str(self.root)!r})"
+
+    # -- helpers
+
+    def _path(self, name: str) -> Path:
+        parts = name.split("/")
+        if not name or any(p in ("", ".", "..") for p in parts) or parts[0].startswith("."):
+            raise ValueError(f"bad object name {name!r}")
+        return self.root.joinpath(*parts)
+
+    def _meta_path(self, name: str) -> Path:
+        return self.root / _META_DIR / (name + ".json")
+
+    def _tmp(self) -> Path:
+        return self.root / _TMP_DIR / uuid.uuid4().hex
+
+    def _sync_dir(self, d: Path) -> None:
+        if not self._fsync:
+            return
+        fd = os.open(d, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def _write_file(self, data_chunks: Iterator[bytes] | Sequence[bytes]) -> Path:
+        tmp = self._tmp()
+        with open(tmp, "wb") as f:
+            for chunk in data_chunks:
+                f.write(chunk)
+            f.flush()
+            if self._fsync:
+                os.fsync(f.fileno())
+        return tmp
+
+    def _place(self, tmp: Path, dest: Path) -> None:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(tmp, dest)
+        self._sync_dir(dest.parent)
+
+    def _commit(self, name: str, tmp: Path, metadata: Mapping[str, str] | None) -> None:
+        meta_tmp = self._write_file([orjson.dumps(dict(metadata or {}))])
+        self._place(meta_tmp, self._meta_path(name))
+        self._place(tmp, self._path(name))
+
+    def _guard(self, what: str, fn: Callable[[], T]) -> T:
+        try:
+            return fn()
+        except ChangelogError:
+            raise
+        except FileNotFoundError as ex:
+            raise ObjectMissing(f"{what}: {ex}") from ex
+        except OSError as ex:
+            raise _os_error(ex, what) from ex
+
+    # -- objects
+
+    def put(self, name: str, data: bytes, *, metadata: Mapping[str, str] | None = None) -> None:
+        self._path(name)
+
+        def run() -> None:
+            tmp = self._write_file([data])
+            self._commit(name, tmp, metadata)
+
+        self._guard(f"write {name}", run)
+
+    def head(self, name: str) -> dict[str, str] | None:
+        path = self._path(name)
+
+        def run() -> dict[str, str] | None:
+            if not path.is_file():
+                return None
+            try:
+                meta: dict[str, str] = orjson.loads(self._meta_path(name).read_bytes())
+            except FileNotFoundError:
+                meta = {}
+            return meta
+
+        return self._guard(f"stat {name}", run)
+
+    def open(self, name: str) -> IO[bytes]:
+        path = self._path(name)
+        return self._guard(f"read {name}", lambda: open(path, "rb"))
+
+    def get(self, name: str) -> bytes:
+        path = self._path(name)
+        return self._guard(f"read {name}", path.read_bytes)
+
+    def delete(self, name: str) -> None:
+        path = self._path(name)
+
+        def run() -> None:
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+            with contextlib.suppress(FileNotFoundError):
+                self._meta_path(name).unlink()
+
+        self._guard(f"delete {name}", run)
+
+    def list(self, prefix: str = "", *, start_after: str = "", page: int = LIST_PAGE) -> Iterator[ObjectInfo]:
+        """Walks the tree in name order, pruning directories wholly before ``start_after`` or
+        outside ``prefix``; never holds more than one directory listing per level."""
+
+        def walk(d: Path, rel: str) -> Iterator[ObjectInfo]:
+            try:
+                entries = list(os.scandir(d))
+            except FileNotFoundError:
+                return
+            # A directory "a" holds names "a/...": sort it as "a/" so that "a-b" < "a/x" as in S3.
+            keyed = []
+            for e in entries:
+                if not rel and e.name.startswith("."):
+                    continue
+                is_dir = e.is_dir(follow_symlinks=False)
+                keyed.append(((rel + e.name + ("/" if is_dir else "")).encode(), e, is_dir))
+            keyed.sort(key=lambda x: x[0])
+            for key_b, e, is_dir in keyed:
+                key = key_b.decode()
+                if is_dir:
+                    # Skip a subtree that cannot hold a name > start_after or with the prefix.
+                    if start_after and key < start_after and not start_after.startswith(key):
+                        continue
+                    if not (key.startswith(prefix) or prefix.startswith(key)):
+                        continue
+                    yield from walk(Path(e.path), key)
+                else:
+                    if not key.startswith(prefix) or key <= start_after:
+                        continue
+                    st = e.stat(follow_symlinks=False)
+                    yield ObjectInfo(key, st.st_size, "", st.st_mtime)
+
+        it = walk(self.root, "")
+        while True:
+            try:
+                info = self._guard(f"list {prefix}", lambda: next(it, None))
+            except ChangelogError:
+                raise
+            if info is None:
+                return
+            yield info
+
+    # -- multipart
+
+    def _upload_dir(self, upload_id: str) -> Path:
+        if not upload_id or "/" in upload_id or upload_id.startswith("."):
+            raise ValueError(f"bad upload id {upload_id!r}")
+        return self.root / _UPLOADS_DIR / upload_id
+
+    def _upload_info(self, name: str, upload_id: str) -> dict[str, Any]:
+        try:
+            info: dict[str, Any] = orjson.loads((self._upload_dir(upload_id) / "info.json").read_bytes())
+        except FileNotFoundError as ex:
+            raise UploadMissing(f"no upload {upload_id} of {name}") from ex
+        if info.get("name") != name:
+            raise UploadMissing(f"upload {upload_id} is not an upload of {name}")
+        return info
+
+    def create_multipart(self, name: str, *, metadata: Mapping[str, str] | None = None) -> str:
+        self._path(name)
+        upload_id = f"{time.time_ns():x}-{uuid.uuid4().hex[:12]}"
+
+        def run() -> str:
+            d = self._upload_dir(upload_id)
+            d.mkdir()
+            doc = {"name": name, "initiated": time.time(), "metadata": dict(metadata or {})}
+            self._place(self._write_file([orjson.dumps(doc)]), d / "info.json")
+            return upload_id
+
+        return self._guard(f"create upload {name}", run)
+
+    def upload_part(self, name: str, upload_id: str, number: int, data: bytes) -> Part:
+        if not 1 <= number <= 10000:
+            raise PermanentError(f"part number {number} out of range 1..10000")
+
+        def run() -> Part:
+            self._upload_info(name, upload_id)
+            tmp = self._write_file([data])
+            os.replace(tmp, self._upload_dir(upload_id) / f"part.{number:05d}")
+            return Part(number, hashlib.md5(data, usedforsecurity=False).hexdigest(), len(data))
+
+        return self._guard(f"upload part {number} of {name}", run)
+
+    def complete_multipart(self, name: str, upload_id: str, parts: Sequence[Part]) -> None:
+        def chunks(paths: list[Path]) -> Iterator[bytes]:
+            for p in paths:
+                with open(p, "rb") as f:
+                    while chunk := f.read(_COPY_CHUNK):
+                        yield chunk
+
+        def run() -> None:
+            info = self._upload_info(name, upload_id)
+            d = self._upload_dir(upload_id)
+            numbers = [p.number for p in parts]
+            if numbers != sorted(set(numbers)):
+                raise PermanentError(f"complete {name}: parts must be in ascending order without repeats")
+            paths = [d / f"part.{n:05d}" for n in numbers]
+            for p, part in zip(paths, parts, strict=True):
+                if not p.is_file() or p.stat().st_size != part.size:
+                    raise PermanentError(f"complete {name}: part {part.number} missing or of another size")
+            tmp = self._write_file(chunks(paths))
+            self._commit(name, tmp, info.get("metadata"))
+            shutil.rmtree(d, ignore_errors=True)
+
+        self._guard(f"complete upload {name}", run)
+
+    def abort_multipart(self, name: str, upload_id: str) -> None:
+        def run() -> None:
+            try:
+                self._upload_info(name, upload_id)
+            except UploadMissing:
+                return
+            shutil.rmtree(self._upload_dir(upload_id), ignore_errors=True)
+
+        self._guard(f"abort upload {name}", run)
+
+    def list_uploads(self, prefix: str = "") -> Iterator[UploadInfo]:
+        def run() -> list[UploadInfo]:
+            out = []
+            for e in sorted(os.scandir(self.root / _UPLOADS_DIR), key=lambda e: e.name):
+                try:
+                    info = orjson.loads(Path(e.path, "info.json").read_bytes())
+                except (FileNotFoundError, NotADirectoryError, orjson.JSONDecodeError):
+                    continue
+                if str(info.get("name", "")).startswith(prefix):
+                    out.append(UploadInfo(info["name"], e.name, float(info["initiated"])))
+            return sorted(out, key=lambda u: (u.name, u.initiated))
+
+        yield from self._guard(f"list uploads {prefix}", run)
+
+    def close(self) -> None:
+        pass
+
+
+# --- factory ----------------------------------------------------------------------------------
+
+
+def make_target(url: str, **opts: Any) -> Target:
+    """A target from a URL: ``s3://bucket/prefix/`` or ``file:///dir/``.
+
+    S3 options (keyword, or in the URL's query string for the non-secret ones): ``endpoint``,
+    ``region``, ``addressing_style``, ``access_key``, ``secret_key``, ``session_token``,
+    ``verify``, ``connect_timeout``, ``read_timeout``, ``max_attempts``, ``min_part_bytes``,
+    ``client``. Options that belong to the collector (``compression``) are ignored here;
+    ``None`` values are dropped (library defaults apply).
+    """
+    parts = urlsplit(url)
+    query = dict(parse_qsl(parts.query))
+    opts = {k: v for k, v in opts.items() if v is not None and k != "compression"}
+    if parts.scheme == "s3":
+        if not parts.netloc:
+            raise ConfigError(f"target URL {url!r} has no bucket: s3://bucket/prefix/")
+        allowed = {"endpoint", "region", "addressing_style", "connect_timeout", "read_timeout", "max_attempts",
+                   "min_part_bytes", "verify"}
+        for k, v in query.items():
+            if k not in allowed:
+                raise ConfigError(f"target URL option {k!r} is not one of {sorted(allowed)}")
+            opts.setdefault(k, v)
+        for k in ("connect_timeout", "read_timeout"):
+            if isinstance(opts.get(k), str):
+                opts[k] = float(opts[k])
+        for k in ("max_attempts", "min_part_bytes"):
+            if isinstance(opts.get(k), str):
+                opts[k] = int(opts[k])
+        return S3Target(parts.netloc, unquote(parts.path), **opts)
+    if parts.scheme == "file":
+        # "file:///abs/dir/", "file://localhost/abs/dir/", or relative "file://./dir/".
+        path = unquote(url[len("file://") :].split("?", 1)[0])
+        if path.startswith("localhost/"):
+            path = path[len("localhost") :]
+        if not path:
+            raise ConfigError(f"target URL {url!r} names no directory")
+        known = {"fsync", "create"}
+        return DirectoryTarget(path, **{k: v for k, v in opts.items() if k in known})
+    raise ConfigError(f"target URL must start with s3:// or file://, not {url!r}")
