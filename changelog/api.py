@@ -6,6 +6,7 @@ routes each consumer of the logs mounts under ``/_/<consumer>/``.
     GET  /_/healthcheck   200, or 500 when a component is down; the body names every component
     GET  /_/metrics       Prometheus text format
     GET  /_/status        the same JSON as ``rgw-changelog status --json``
+    GET  /_/controls      the pause switches, by component
     POST /_/pause[/<component>]    POST /_/resume[/<component>]   (follower, collector, consumers)
     POST /_/flush         a collector pass with no settle window now; answers its result
     GET  /_/backup/status, POST /_/backup/run    (when serve runs the backup consumer)
@@ -546,6 +547,7 @@ class ApiServer:
             "/_/healthcheck": {"GET": self._healthcheck},
             "/_/metrics": {"GET": self._metrics},
             "/_/status": {"GET": self._status},
+            "/_/controls": {"GET": lambda: json_response(200, {"controls": self.controls.state()})},
             "/_/pause": {"POST": lambda: self._control(self.controls.pause, None)},
             "/_/resume": {"POST": lambda: self._control(self.controls.resume, None)},
         }
@@ -728,6 +730,11 @@ class ApiClient:
     def resume(self, component: str | None = None) -> dict[str, Any]:
         doc = self._ok("POST", "/_/resume" + (f"/{component}" if component else ""))
         state: dict[str, Any] = doc["controls"]
+        return state
+
+    def controls(self) -> dict[str, Any]:
+        """The running ``serve``'s pause switches, by component."""
+        state: dict[str, Any] = self._ok("GET", "/_/controls")["controls"]
         return state
 
     def flush(self) -> dict[str, Any]:

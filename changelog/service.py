@@ -363,6 +363,7 @@ def start_api(cfg: Config, pipeline: Pipeline, service: Service) -> ApiServer:
     """The operator HTTP API (health, metrics, status, pause, flush, consumer routes), started."""
     from changelog.api import ApiServer
     from changelog.metrics import ChangelogMetrics, make_registry
+    from changelog.status import pass_doc
 
     metrics = ChangelogMetrics(
         collector=pipeline.collector,
@@ -379,7 +380,7 @@ def start_api(cfg: Config, pipeline: Pipeline, service: Service) -> ApiServer:
         health_checks=health_checks(pipeline, service),
         controls=pipeline.controls,
         registry=make_registry(metrics),
-        flush=pipeline.collector.request_flush,
+        flush=lambda: pass_doc(pipeline.collector.request_flush()),
     )
     for runner in pipeline.consumers:
         for (method, path), handler in runner.consumer.routes().items():

@@ -171,6 +171,10 @@ def _control(action: str, component: str | None, as_json: bool) -> None:
     client = _serve_api(state().config)
     if client is None:
         raise PermanentError(f"no serve answers on [api] listen: nothing to {action} (pause and resume act on a running serve)")
+    if component is not None:
+        known = sorted(client.controls())
+        if component not in known:
+            raise PermanentError(f"serve at {client.base} has no component {component!r}; it runs: {', '.join(known)}")
     controls = client.pause(component) if action == "pause" else client.resume(component)
     if as_json:
         emit_json({"controls": controls})

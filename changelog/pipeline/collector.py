@@ -416,7 +416,7 @@ class Collector:
         for f in flushes:
             f.finish(result, None)
 
-    def request_flush(self, timeout: float = FLUSH_TIMEOUT) -> dict[str, object]:
+    def request_flush(self, timeout: float = FLUSH_TIMEOUT) -> PassResult:
         """For the running service (the API's POST /_/flush): the loop's next pass, started at
         once, has no settle window; its result once it is done. ``LockBusy`` on a standby (the
         active collector is another process), ``TransientError`` when the pass failed or none
@@ -436,7 +436,7 @@ class Collector:
             kind = PermanentError if isinstance(req.error, PermanentError) else TransientError
             raise kind(f"the flush pass failed: {req.error}") from req.error
         assert req.result is not None
-        return dataclasses.asdict(req.result)
+        return req.result
 
     def _answer_flushes(self, result: PassResult | None, error: BaseException | None) -> None:
         with self._flush_lock:

@@ -1096,8 +1096,8 @@ def test_request_flush_runs_a_pass_with_no_settle_window_now(env):
     try:
         wait_until("the first pass", lambda: c.stats()["passes"] >= 1)
         env.record(30)
-        doc = c.request_flush(timeout=10)
-        assert doc["entries"] == 30 and doc["watermark_us"] == doc["cutoff_us"]
+        res = c.request_flush(timeout=10)
+        assert res.entries == 30 and res.watermark_us == res.cutoff_us
         assert backlog(env) == 0 and c.stats()["passes"] == 2
         with pytest.raises(LockBusy, match="standby"):
             standby.request_flush(timeout=1)
@@ -1105,5 +1105,5 @@ def test_request_flush_runs_a_pass_with_no_settle_window_now(env):
         stop.set()
         t.join(10)
     state, pending = Collector.read_state(env.index)
-    assert state.last_object == doc["objects"][-1] and pending == []  # type: ignore[index]
+    assert state.last_object == res.objects[-1] and pending == []
     env.check_exactly_once()

@@ -279,3 +279,93 @@ def test_health_checks_with_a_follower(tmp_path: Any) -> None:
         collector.step_down()
         follower.lease.release()
         index.store.close()
+
+
+def test_cli_flush_pause_and_resume_go_through_a_running_serve(tmp_path: Any) -> None:
+    """With a long settle window nothing recorded just now would be emitted before the next
+    interval; `rgw-changelog flush` asks the running serve for a pass without one, and prints
+    that pass's result. `pause` / `resume` act on the serve's switches."""
+    import subprocess
+    import sys
+
+    from changelog import config as config_mod
+    from changelog.pipeline.mutation import Mutation, Op
+
+    port = free_port()
+    toml = tmp_path / "serve.toml"
+    toml.write_text(
+        f'[index]\npath = "{tmp_path / "index.db"}"\nshards = 4\n'
+        f'[target]\nurl = "file://{tmp_path}/logs/"\n'
+        "[collector]\ninterval = 30\nsettle = 30\nlease_ttl = 5\n"
+        f'[api]\nlisten = "127.0.0.1:{port}"\n'
+    )
+    cfg = config_mod.load_config(toml)
+    index = config_mod.open_index(cfg)
+    index.record_many(
+        [
+            Mutation(bucket="b", key=f"k/{i}", op=Op.WRITE, mtime_ns=time.time_ns(), source="t", position=f"{i:08d}",
+                     seq=f"{i:08d}", size=1, etag="e")
+            for i in range(7)
+        ]
+    )
+    index.store.close()
+    seen: dict[str, Any] = {}
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "changelog.cli", "-c", str(toml), *args], capture_output=True, text=True, timeout=60
+        )
+
+    def drive() -> None:
+        try:
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:
+                try:
+                    if api_get(port, "GET", "/_/healthcheck")[0] == 200:
+                        break
+                except OSError:
+                    pass
+                time.sleep(0.05)
+            seen["before"] = api_get(port, "GET", "/_/status")[1]["index"]["entries"]
+            seen["flush"] = cli("flush", "--json")
+            seen["after"] = api_get(port, "GET", "/_/status")[1]["index"]["entries"]
+            seen["pause"] = cli("pause", "collector")
+            seen["paused"] = api_get(port, "GET", "/_/status")[1]["controls"]["collector"]["paused"]
+            seen["resume"] = cli("resume", "--json")
+            seen["unknown"] = cli("pause", "replicator")
+        finally:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    old = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
+    helper = threading.Thread(target=drive)
+    helper.start()
+    try:
+        serve(cfg)
+    finally:
+        helper.join(60)
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
+    assert seen["before"] == 7  # the settle window kept them in the index
+    flush = seen["flush"]
+    assert flush.returncode == 0, flush.stderr
+    doc = json.loads(flush.stdout)
+    assert doc["entries"] == 7 and len(doc["objects"]) == 1 and doc["cutoff"].endswith("Z")
+    assert "by serve at http://127.0.0.1" in flush.stderr or flush.stderr == ""
+    assert seen["after"] == 0
+    assert seen["pause"].returncode == 0 and "collector paused" in seen["pause"].stdout
+    assert seen["paused"] is True
+    assert json.loads(seen["resume"].stdout)["controls"]["collector"]["paused"] is False
+    assert seen["unknown"].returncode == 1 and "no component 'replicator'" in seen["unknown"].stderr
+    assert len(seen["unknown"].stderr.strip().splitlines()) == 1
+
+
+def test_pause_without_a_serve_says_so(tmp_path: Any) -> None:
+    import subprocess
+    import sys
+
+    toml = tmp_path / "c.toml"
+    toml.write_text(f'[index]\npath = "{tmp_path / "i.db"}"\n[api]\nlisten = "127.0.0.1:{free_port()}"\n')
+    r = subprocess.run([sys.executable, "-m", "changelog.cli", "-c", str(toml), "pause"], capture_output=True, text=True,
+                       timeout=60)  # fmt: skip
+    assert r.returncode == 1
+    assert r.stderr.strip() == "error: no serve answers on [api] listen: nothing to pause (pause and resume act on a running serve)"
