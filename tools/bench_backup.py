@@ -160,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     env = lab_env()
-    from changelog.config import CollectorConfig
+    from changelog.config import CollectorConfig, SourceConfig
     from changelog.pipeline.backends.rados import RadosStore
     from changelog.pipeline.collector import Collector
     from changelog.pipeline.index import ChangeIndex
@@ -184,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
     store = RadosStore(conffile=env["CEPH_CONF"], pool=env["CEPH_POOL"], namespace=f"bench-{tag}", keyring=env["CEPH_KEYRING"] or None)
     index = ChangeIndex(store, shards=8)
     admin = AdminClient(endpoint, key, secret)
-    follower = Follower(index, admin, buckets=[src_b], poll_interval=0.2, trim_datalog=False, lease_ttl=30.0)
+    follower = Follower(index, admin, SourceConfig(buckets=(src_b,), poll_interval=0.2, trim_datalog=False, lease_ttl=30.0))
     if not follower.acquire():
         sys.exit("bench_backup: follower lease busy")
     log_client = make_client(endpoint=endpoint, access_key=key, secret_key=secret, region=REGION)

@@ -24,7 +24,7 @@ from typing import Any
 
 import pytest
 
-from changelog.config import CollectorConfig
+from changelog.config import CollectorConfig, SourceConfig
 from changelog.consumers.backup import manifest as mf
 from changelog.consumers.backup.cleanup import cleanup
 from changelog.consumers.backup.restore import restore
@@ -122,7 +122,7 @@ def pipe(ceph_lab: Lab, s3_client: Any) -> Iterator[Pipe]:
         s3_client.put_bucket_versioning(Bucket=b, VersioningConfiguration={"Status": "Enabled"})
     # The follower follows two of the three backed-up buckets: "listed" gets no baseline
     # records, so the first backup lists it.
-    follower = Follower(index, admin, buckets=[plain, vers], poll_interval=0.2, trim_datalog=False, lease_ttl=10.0)
+    follower = Follower(index, admin, SourceConfig(buckets=(plain, vers), poll_interval=0.2, trim_datalog=False, lease_ttl=10.0))
     assert follower.acquire()
     logs = S3Target(logs_b, "changes/", client=s3_client)
     collector = Collector(index, logs, CollectorConfig(settle=0.0, lease_ttl=10.0),
