@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Protocol
+from typing import Protocol, TypedDict, cast
 from urllib.parse import urlsplit
 
 import orjson
@@ -61,6 +61,28 @@ SOCKET_TIMEOUT_S = 30.0
 MAX_BODY = 64 * 1024
 
 HealthCheck = Callable[[], tuple[bool, str]]
+# A JSON document a route answers (or the client receives).
+Doc = dict[str, object]
+
+
+class ControlState(TypedDict):
+    """One component's pause switch, as ``GET /_/controls`` shows it."""
+
+    paused: bool
+    since: str | None  # RFC 3339
+    parked: bool  # paused, and it has stopped taking work
+
+
+# By component.
+ControlStates = dict[str, ControlState]
+
+
+class CheckReport(TypedDict):
+    """One health check's answer, as ``GET /_/healthcheck`` shows it."""
+
+    ok: bool
+    detail: str
+    seconds: float
 
 
 # ---------------------------------------------------------------------------------- controls
@@ -106,7 +128,7 @@ class Controls:
         with self._cond:
             return self._since[name] is not None
 
-    def pause(self, component: str | None = None) -> dict[str, dict[str, Any]]:
+    def pause(self, component: str | None = None) -> ControlStates:
         """Pause one component (or all); returns the new state. Pausing twice is harmless."""
         names = self._select(component)
         with self._cond:
@@ -117,7 +139,7 @@ class Controls:
             self._cond.notify_all()
             return self._state_locked()
 
-    def resume(self, component: str | None = None) -> dict[str, dict[str, Any]]:
+    def resume(self, component: str | None = None) -> ControlStates:
         """Resume one component (or all); returns the new state."""
         names = self._select(component)
         with self._cond:
@@ -129,14 +151,14 @@ class Controls:
             self._cond.notify_all()
             return self._state_locked()
 
-    def state(self) -> dict[str, dict[str, Any]]:
+    def state(self) -> ControlStates:
         """``{component: {"paused": bool, "since": RFC 3339 or None, "parked": bool}}``;
         ``parked`` is true once a paused component has reached a checkpoint (so has stopped
         taking work) and until it is resumed."""
         with self._cond:
             return self._state_locked()
 
-    def _state_locked(self) -> dict[str, dict[str, Any]]:
+    def _state_locked(self) -> ControlStates:
         return {
             name: {
                 "paused": since is not None,
@@ -270,7 +292,7 @@ class HealthChecks:
         self._lock = threading.Lock()
         self._runs: dict[str, _Run] = {}
 
-    def run(self) -> tuple[bool, dict[str, dict[str, Any]]]:
+    def run(self) -> tuple[bool, dict[str, CheckReport]]:
         now = time.monotonic()
         deadline = now + self.timeout
         runs: dict[str, _Run] = {}
@@ -284,7 +306,7 @@ class HealthChecks:
                 runs[name] = run
         for run in runs.values():
             run.done.wait(max(0.0, deadline - time.monotonic()))
-        report: dict[str, dict[str, Any]] = {}
+        report: dict[str, CheckReport] = {}
         for name, run in runs.items():
             if run.done.is_set():
                 report[name] = {"ok": run.ok, "detail": run.detail, "seconds": round(run.seconds, 3)}
@@ -503,10 +525,10 @@ class _Handler(BaseHTTPRequestHandler):
         self.close_connection = True
         self._send(error_response(code, message or phrase))
 
-    def log_message(self, format: str, *args: Any) -> None:
+    def log_message(self, format: str, *args: object) -> None:
         logger.debug("api %s: " + format, self.address_string(), *args)
 
-    def log_error(self, format: str, *args: Any) -> None:
+    def log_error(self, format: str, *args: object) -> None:
         logger.info("api %s: " + format, self.address_string(), *args)
 
 
@@ -527,12 +549,12 @@ class ApiServer:
         listen: str,
         allow_from: Iterable[str],
         *,
-        status_provider: Callable[[], Mapping[str, Any]],
+        status_provider: Callable[[], Mapping[str, object]],
         health_checks: Mapping[str, HealthCheck],
         controls: Controls,
         registry: CollectorRegistry,
         check_timeout: float = CHECK_TIMEOUT_S,
-        flush: Callable[[], Mapping[str, Any]] | None = None,
+        flush: Callable[[], Mapping[str, object]] | None = None,
     ) -> None:
         self.host, self._port, self.family = parse_listen(listen)
         self.listen = listen
@@ -557,14 +579,14 @@ class ApiServer:
         if flush is not None:
             self.mount("/_/flush", "POST", flush)
 
-    def mount(self, path: str, method: str, handler: Callable[[], Mapping[str, Any]]) -> None:
+    def mount(self, path: str, method: str, handler: Callable[[], Mapping[str, object]]) -> None:
         """Add a route answering ``handler()``'s document as JSON (a consumer's routes are
         mounted under ``/_/<consumer>/``)."""
         if not path.startswith("/_/"):
             raise ValueError(f"API routes live under /_/, not {path!r}")
         self.routes.setdefault(path.rstrip("/"), {})[method] = lambda: json_response(200, dict(handler()))
 
-    def _bind(self, action: Callable[[str | None], dict[str, dict[str, Any]]], component: str) -> Route:
+    def _bind(self, action: Callable[[str | None], ControlStates], component: str) -> Route:
         return lambda: self._control(action, component)
 
     # ------------------------------------------------------------------ lifecycle
@@ -662,7 +684,7 @@ class ApiServer:
         doc.setdefault("controls", self.controls.state())
         return json_response(200, doc)
 
-    def _control(self, action: Callable[[str | None], dict[str, dict[str, Any]]], component: str | None) -> Response:
+    def _control(self, action: Callable[[str | None], ControlStates], component: str | None) -> Response:
         return json_response(200, {"controls": action(component)})
 
 
@@ -686,7 +708,7 @@ class ApiClient:
         self.base = f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
         self.timeout = timeout
 
-    def request(self, method: str, path: str) -> tuple[int, Any]:
+    def request(self, method: str, path: str) -> tuple[int, object]:
         """(status, decoded JSON body or text); raises ``ApiUnavailable`` when nothing answers."""
         req = urllib.request.Request(self.base + path, method=method, data=b"" if method == "POST" else None)
         try:
@@ -701,47 +723,50 @@ class ApiClient:
             return status, json.loads(body)
         return status, body.decode("utf-8", "replace")
 
-    def _ok(self, method: str, path: str) -> Any:
+    def _answer(self, method: str, path: str) -> object:
         status, doc = self.request(method, path)
         if status != 200:
             message = doc.get("error") if isinstance(doc, dict) else doc
             raise PermanentError(f"{method} {path}: {status} {message}")
         return doc
 
-    def status(self) -> dict[str, Any]:
-        doc: dict[str, Any] = self._ok("GET", "/_/status")
+    def _doc(self, method: str, path: str) -> Doc:
+        doc = self._answer(method, path)
+        if not isinstance(doc, dict):
+            raise PermanentError(f"{method} {path}: not a JSON object: {str(doc)[:200]}")
         return doc
 
-    def health(self) -> tuple[bool, dict[str, Any]]:
+    def _controls(self, method: str, path: str) -> ControlStates:
+        state = self._doc(method, path).get("controls")
+        if not isinstance(state, dict):
+            raise PermanentError(f"{method} {path}: no controls in the answer")
+        return cast(ControlStates, state)  # the server's ``Controls.state()``
+
+    def status(self) -> Doc:
+        return self._doc("GET", "/_/status")
+
+    def health(self) -> tuple[bool, Doc]:
         status, doc = self.request("GET", "/_/healthcheck")
         if status not in (200, 500) or not isinstance(doc, dict):
             raise PermanentError(f"GET /_/healthcheck: {status} {doc}")
         return status == 200, doc
 
     def metrics(self) -> str:
-        text: str = self._ok("GET", "/_/metrics")
-        return text
+        return str(self._answer("GET", "/_/metrics"))
 
-    def pause(self, component: str | None = None) -> dict[str, Any]:
-        doc = self._ok("POST", "/_/pause" + (f"/{component}" if component else ""))
-        state: dict[str, Any] = doc["controls"]
-        return state
+    def pause(self, component: str | None = None) -> ControlStates:
+        return self._controls("POST", "/_/pause" + (f"/{component}" if component else ""))
 
-    def resume(self, component: str | None = None) -> dict[str, Any]:
-        doc = self._ok("POST", "/_/resume" + (f"/{component}" if component else ""))
-        state: dict[str, Any] = doc["controls"]
-        return state
+    def resume(self, component: str | None = None) -> ControlStates:
+        return self._controls("POST", "/_/resume" + (f"/{component}" if component else ""))
 
-    def controls(self) -> dict[str, Any]:
+    def controls(self) -> ControlStates:
         """The running ``serve``'s pause switches, by component."""
-        state: dict[str, Any] = self._ok("GET", "/_/controls")["controls"]
-        return state
+        return self._controls("GET", "/_/controls")
 
-    def flush(self) -> dict[str, Any]:
+    def flush(self) -> Doc:
         """Ask the running ``serve`` for a flush pass now; its result once it is done."""
-        doc: dict[str, Any] = self._ok("POST", "/_/flush")
-        return doc
+        return self._doc("POST", "/_/flush")
 
-    def post(self, path: str) -> dict[str, Any]:
-        doc: dict[str, Any] = self._ok("POST", path)
-        return doc
+    def post(self, path: str) -> Doc:
+        return self._doc("POST", path)

@@ -163,7 +163,19 @@ class Section(_Model):
 
 
 class _S3Section(Section):
-    """A section with S3 credentials: both keys or neither."""
+    """A section with S3 credentials (both keys or neither) and TLS settings: ``verify`` (check
+    the server's certificate, default true) and ``ca_bundle`` (a PEM file of the CAs to trust,
+    e.g. a private CA; default: the system's)."""
+
+    verify: Flag = True
+    ca_bundle: PathStr | None = None
+
+    @property
+    def tls_verify(self) -> bool | str:
+        """What an HTTP client takes as ``verify``: False, the CA bundle's path, or True."""
+        if not self.verify:
+            return False
+        return self.ca_bundle if self.ca_bundle is not None else True
 
     @model_validator(mode="after")
     def _both_keys(self) -> Self:
@@ -319,6 +331,10 @@ class ApiConfig(Section):
 
     listen: Listen = "127.0.0.1:9480"
     allow_from: Networks = ("127.0.0.1", "::1")
+    # A bearer token every POST route requires when set (``token_env`` reads it from the
+    # environment); ``read_token`` the same for the GET routes.
+    token: Secret | None = None
+    read_token: Secret | None = None
 
     @property
     def host(self) -> str:
@@ -357,6 +373,19 @@ class BackupConfig(_S3Section):
         return self
 
 
+class HealthConfig(Section):
+    """When ``GET /_/healthcheck`` says 500 although every thread is alive."""
+
+    section: ClassVar[str] = "health"
+
+    # This many collector passes failed in a row.
+    failed_passes: Integer = Field(default=3, ge=1)
+    # The oldest entry waiting in the index is older than this (seconds).
+    max_backlog_age: Number = Field(default=300.0, gt=0)
+    # The follower is this far behind the source (seconds since it was last caught up).
+    max_follow_lag: Number = Field(default=300.0, gt=0)
+
+
 class LoggingConfig(Section):
     section: ClassVar[str] = "logging"
 
@@ -371,6 +400,7 @@ SECTIONS: dict[str, type[Section]] = {
     "collector": CollectorConfig,
     "api": ApiConfig,
     "backup": BackupConfig,
+    "health": HealthConfig,
     "logging": LoggingConfig,
 }
 
@@ -385,6 +415,7 @@ class Config(_Model):
     collector: CollectorConfig = Field(default_factory=CollectorConfig)
     api: ApiConfig = Field(default_factory=ApiConfig)
     backup: BackupConfig = Field(default_factory=BackupConfig)
+    health: HealthConfig = Field(default_factory=HealthConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
     # Where it was read from; None = built-in defaults. Not a TOML key, not compared.
     path: str | None = None
@@ -644,6 +675,7 @@ __all__ = [
     "ApiConfig",
     "BackupConfig",
     "CollectorConfig",
+    "HealthConfig",
     "Config",
     "ConfigValue",
     "IndexConfig",

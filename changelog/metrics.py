@@ -195,6 +195,30 @@ def _by_kind(stats: Mapping[str, object], key: str) -> dict[str, float]:
     return {str(k): float(v) for k, v in value.items() if isinstance(v, int | float) and not isinstance(v, bool)}
 
 
+# (stats key, metric name without PREFIX, help text) of one unlabelled family.
+Scalar = tuple[str, str, str]
+
+
+def _scalars(
+    family: type[CounterMetricFamily] | type[GaugeMetricFamily], stats: Mapping[str, object], table: Iterable[Scalar]
+) -> Iterator[Metric]:
+    """One family per row of ``table``, with the value of its key in ``stats`` (empty when the
+    key is absent or not a number)."""
+    for key, name, doc in table:
+        metric = family(PREFIX + name, doc)
+        if (v := _number(stats, key)) is not None:
+            metric.add_metric([], v)
+        yield metric
+
+
+def _kinds(stats: Mapping[str, object], key: str, name: str, doc: str) -> CounterMetricFamily:
+    """A counter labelled ``kind`` from the ``{kind: count}`` at ``key`` (errors by kind)."""
+    counter = CounterMetricFamily(PREFIX + name, doc, labels=["kind"])
+    for kind, n in sorted(_by_kind(stats, key).items()):
+        counter.add_metric([kind], n)
+    return counter
+
+
 class ChangelogMetrics:
     """The custom collector for one ``serve`` process. Register it with
     ``registry.register(metrics)`` (or use ``make_registry``); every argument is optional so a
@@ -306,22 +330,15 @@ class ChangelogMetrics:
 def _follower_families(fstats: Mapping[str, object]) -> Iterator[Metric]:
     """The follower's counters, caught-up time and per-shard lag."""
     # ---- follower
-    for key, name, doc in (
+    yield from _scalars(CounterMetricFamily, fstats, (
         ("mutations_recorded", "mutations_recorded", "Mutations recorded into the change index"),
         ("mutations_duplicate", "mutations_duplicate", "Mutations dropped as already recorded"),
         ("sweeps", "follower_sweeps", "Finished follower sweeps over the source data log"),
-    ):
-        counter = CounterMetricFamily(PREFIX + name, doc)
-        if (v := _number(fstats, key)) is not None:
-            counter.add_metric([], v)
-        yield counter
-    caught = GaugeMetricFamily(
-        PREFIX + "follower_caught_up_timestamp_seconds",
-        "Unix time the follower last read every pending source shard to its end",
-    )
-    if (v := _number(fstats, "caught_up_until")) is not None:
-        caught.add_metric([], v)
-    yield caught
+    ))  # fmt: skip
+    yield from _scalars(GaugeMetricFamily, fstats, (
+        ("caught_up_until", "follower_caught_up_timestamp_seconds",
+         "Unix time the follower last read every pending source shard to its end"),
+    ))  # fmt: skip
     lag = GaugeMetricFamily(
         PREFIX + "follower_lag_seconds",
         "How far the follower is behind on a source bucket-index shard",
@@ -335,12 +352,7 @@ def _follower_families(fstats: Mapping[str, object]) -> Iterator[Metric]:
                     if isinstance(seconds, int | float) and not isinstance(seconds, bool):
                         lag.add_metric([str(bucket), str(shard)], float(seconds))
     yield lag
-    source_errors = CounterMetricFamily(
-        PREFIX + "source_errors", "Errors talking to the source radosgw, by kind", labels=["kind"]
-    )
-    for kind, n in sorted(_by_kind(fstats, "source_errors").items()):
-        source_errors.add_metric([kind], n)
-    yield source_errors
+    yield _kinds(fstats, "source_errors", "source_errors", "Errors talking to the source radosgw, by kind")
 
 
 def _index_families(shards: list[ShardStats] | None, now: float) -> Iterator[Metric]:
@@ -374,16 +386,12 @@ def _index_families(shards: list[ShardStats] | None, now: float) -> Iterator[Met
 def _collector_families(cstats: Mapping[str, object]) -> Iterator[Metric]:
     """The collector's passes, output, throughput, watermark and target errors."""
     # ---- collector
-    for key, name, doc in (
+    yield from _scalars(CounterMetricFamily, cstats, (
         ("passes", "collector_passes", "Finished collector passes"),
         ("entries_emitted", "entries_emitted", "Entries written into committed change-log objects"),
         ("objects_committed", "log_objects_committed", "Change-log objects committed to the target"),
         ("bytes_committed", "log_bytes_committed", "Bytes of change-log objects committed to the target"),
-    ):
-        counter = CounterMetricFamily(PREFIX + name, doc)
-        if (v := _number(cstats, key)) is not None:
-            counter.add_metric([], v)
-        yield counter
+    ))  # fmt: skip
     rate = GaugeMetricFamily(
         PREFIX + "drain_entries_per_second", "Drain throughput of the last finished collector pass"
     )
@@ -394,20 +402,11 @@ def _collector_families(cstats: Mapping[str, object]) -> Iterator[Metric]:
     if seconds is not None:
         duration.add_metric([], seconds)
     yield from (rate, duration)
-    for key, name, doc in (
+    yield from _scalars(GaugeMetricFamily, cstats, (
         ("last_pass_end", "collector_last_pass_timestamp_seconds", "Unix time the last pass finished"),
         ("complete_until", "watermark_timestamp_seconds", "The watermark: every change before it is in the log"),
-    ):
-        gauge = GaugeMetricFamily(PREFIX + name, doc)
-        if (v := _number(cstats, key)) is not None:
-            gauge.add_metric([], v)
-        yield gauge
-    target_errors = CounterMetricFamily(
-        PREFIX + "target_errors", "Errors writing change logs to the target, by kind", labels=["kind"]
-    )
-    for kind, n in sorted(_by_kind(cstats, "target_errors").items()):
-        target_errors.add_metric([kind], n)
-    yield target_errors
+    ))  # fmt: skip
+    yield _kinds(cstats, "target_errors", "target_errors", "Errors writing change logs to the target, by kind")
 
 
 def _lease_families(leases: tuple[dict[str, int], dict[str, int], dict[str, int]] | None) -> Iterator[Metric]:

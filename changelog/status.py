@@ -109,7 +109,7 @@ def target_doc(target: Target) -> Doc:
     from changelog.pipeline.reader import target_status
 
     try:
-        return target_status(target)
+        return dict(target_status(target))
     except ChangelogError as ex:
         return {"error": one_line(str(ex))}
 

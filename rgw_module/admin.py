@@ -38,14 +38,15 @@ import urllib3
 from botocore.auth import S3SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
-from botocore.exceptions import BotoCoreError, ClientError
+from botocore.exceptions import BotoCoreError
 
 from changelog.errors import ObjectMissing, PermanentError, TransientError
-from changelog.pipeline.s3client import make_s3_client
-from rgw_module.mapping import BucketShard, parse_time_ns
+from changelog.pipeline.s3client import make_s3_client, refusal
+from rgw_module.mapping import BilogEntry, BucketShard, parse_time_ns
 
 if TYPE_CHECKING:
     from mypy_boto3_s3.client import S3Client
+    from mypy_boto3_s3.type_defs import ListObjectsV2RequestTypeDef, ListObjectVersionsRequestTypeDef
 
 logger = logging.getLogger(__name__)
 
@@ -185,12 +186,10 @@ class AdminClient:
         self._access_key = access_key
         self._secret_key = secret_key
         self._creds = Credentials(access_key, secret_key)
-        cert: dict[str, Any] = {}
-        if self.endpoint.startswith("https://"):
-            if verify is False:
-                cert["cert_reqs"] = "CERT_NONE"
-            elif isinstance(verify, str):
-                cert["ca_certs"] = verify
+        # urllib3's TLS options (None: its defaults, certificates checked; dropped for http).
+        https = self.endpoint.startswith("https://")
+        cert_reqs = "CERT_NONE" if https and verify is False else None
+        ca_certs = verify if https and isinstance(verify, str) else None
         self._verify = verify
         self._timeouts = (connect_timeout, read_timeout)
         self._http = urllib3.PoolManager(
@@ -198,7 +197,8 @@ class AdminClient:
             block=False,
             retries=False,
             timeout=urllib3.Timeout(connect=connect_timeout, read=read_timeout),
-            **cert,
+            cert_reqs=cert_reqs,
+            ca_certs=ca_certs,
         )
         self._s3_client: S3Client | None = None
         self._s3_lock = threading.Lock()
@@ -367,7 +367,7 @@ class AdminClient:
 
     # ------------------------------------------------------------------ bucket index logs
 
-    def bilog_list(self, bs: BucketShard, marker: str = "", *, max_entries: int = MAX_ENTRIES) -> list[dict[str, Any]]:
+    def bilog_list(self, bs: BucketShard, marker: str = "", *, max_entries: int = MAX_ENTRIES) -> list[BilogEntry]:
         """Up to ``max_entries`` entries of one bucket-index shard's log, after ``marker``.
         ``NotFound`` when the bucket instance is gone (deleted, or resharded away)."""
         # ``generation`` always: Reef and later list the *newest* generation without it (and
@@ -446,23 +446,25 @@ class AdminClient:
                 )
             return self._s3_client
 
-    def _s3_call(self, what: str, fn: Callable[[Any], T]) -> T:
+    def _s3_call(self, what: str, fn: Callable[[S3Client], T]) -> T:
         where = f"S3 {what} at {self.endpoint}"
         try:
             return fn(self._s3())
-        except ClientError as ex:
-            status = int(ex.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
-            code = str(ex.response.get("Error", {}).get("Code", ""))
-            message = f"{where}: HTTP {status} {code}".rstrip()
-            if status == 404 or code in ("NoSuchKey", "NoSuchBucket", "NoSuchVersion", "404"):
+        except BotoCoreError as ex:
+            # Below HTTP (connection, timeout, truncated read): worth another sweep.
+            raise TransientError(f"{where}: {type(ex).__name__}: {ex}") from ex
+        except Exception as ex:
+            r = refusal(ex)
+            if r is None:
+                raise
+            message = f"{where}: HTTP {r.status} {r.code}".rstrip()
+            if r.status == 404 or r.code in ("NoSuchKey", "NoSuchBucket", "NoSuchVersion", "404"):
                 raise NotFound(message) from ex
-            if status >= 500 or status in (408, 429) or code in ("SlowDown", "RequestTimeout"):
+            if r.status >= 500 or r.status in (408, 429) or r.code in ("SlowDown", "RequestTimeout"):
                 raise TransientError(message) from ex
-            if status == 403:
+            if r.status == 403:
                 message += " (a full sync of another user's bucket needs a system user: radosgw-admin user modify --system)"
             raise PermanentError(message) from ex
-        except BotoCoreError as ex:
-            raise TransientError(f"{where}: {type(ex).__name__}: {ex}") from ex
 
     def list_objects(
         self,
@@ -477,10 +479,10 @@ class AdminClient:
         """One page of the bucket's objects (``versions``: every version and delete marker, by key
         then newest first), after the given markers."""
         if not versions:
-            kw: dict[str, Any] = {"Bucket": bucket, "Prefix": prefix, "MaxKeys": max_keys}
+            req: ListObjectsV2RequestTypeDef = {"Bucket": bucket, "Prefix": prefix, "MaxKeys": max_keys}
             if key_marker:
-                kw["StartAfter"] = key_marker
-            resp = self._s3_call(f"ListObjectsV2 {bucket}", lambda c: c.list_objects_v2(**kw))
+                req["StartAfter"] = key_marker
+            resp = self._s3_call(f"ListObjectsV2 {bucket}", lambda c: c.list_objects_v2(**req))
             items = [
                 ListedObject(
                     key=o["Key"],
@@ -494,51 +496,50 @@ class AdminClient:
             ]
             last = items[-1].key if items else key_marker
             return ObjectPage(items, last, "", bool(resp.get("IsTruncated")) and bool(items))
-        kw = {"Bucket": bucket, "Prefix": prefix, "MaxKeys": max_keys}
+        vreq: ListObjectVersionsRequestTypeDef = {"Bucket": bucket, "Prefix": prefix, "MaxKeys": max_keys}
         if key_marker:
-            kw["KeyMarker"] = key_marker
+            vreq["KeyMarker"] = key_marker
             if version_marker:
-                kw["VersionIdMarker"] = version_marker
-        resp = self._s3_call(f"ListObjectVersions {bucket}", lambda c: c.list_object_versions(**kw))
+                vreq["VersionIdMarker"] = version_marker
+        vresp = self._s3_call(f"ListObjectVersions {bucket}", lambda c: c.list_object_versions(**vreq))
         # Each list is in index order (per key, newest first); boto3 splits radosgw's one sequence
         # into two. Rank for the merge: newer mtime, then the latest one, then each list's own
         # order: Tentacle lists whole seconds, so versions of one second tie on mtime.
-        rank: dict[int, tuple[int, int, int]] = {}
-        for kind, name in enumerate(("Versions", "DeleteMarkers")):
-            for i, o in enumerate(resp.get(name, [])):
-                rank[id(o)] = (0 if o.get("IsLatest") else 1, kind, i)
-        listed = [
-            ListedObject(
-                key=o["Key"],
-                version_id=str(o.get("VersionId") or "null"),
-                delete_marker=False,
-                size=int(o.get("Size", 0)),
-                etag=_strip_etag(o.get("ETag")),
-                mtime_ns=_dt_ns(o["LastModified"]),
+        ranked = [
+            (
+                (0 if o.get("IsLatest") else 1, 0, i),
+                ListedObject(
+                    key=o["Key"],
+                    version_id=str(o.get("VersionId") or "null"),
+                    delete_marker=False,
+                    size=int(o.get("Size", 0)),
+                    etag=_strip_etag(o.get("ETag")),
+                    mtime_ns=_dt_ns(o["LastModified"]),
+                ),
             )
-            for o in resp.get("Versions", [])
+            for i, o in enumerate(vresp.get("Versions", []))
         ] + [
-            ListedObject(
-                key=o["Key"],
-                version_id=str(o.get("VersionId") or "null"),
-                delete_marker=True,
-                size=None,
-                etag=None,
-                mtime_ns=_dt_ns(o["LastModified"]),
+            (
+                (0 if d.get("IsLatest") else 1, 1, i),
+                ListedObject(
+                    key=d["Key"],
+                    version_id=str(d.get("VersionId") or "null"),
+                    delete_marker=True,
+                    size=None,
+                    etag=None,
+                    mtime_ns=_dt_ns(d["LastModified"]),
+                ),
             )
-            for o in resp.get("DeleteMarkers", [])
+            for i, d in enumerate(vresp.get("DeleteMarkers", []))
         ]
         # Versions and delete markers come in two lists: restore the listing order (key, newest
         # first) so that a page replayed after a crash yields the same sequence.
-        order = [rank[id(o)] for o in resp.get("Versions", [])] + [rank[id(o)] for o in resp.get("DeleteMarkers", [])]
-        listed = [
-            o for _, o in sorted(zip(order, listed, strict=True), key=lambda p: (p[1].key.encode(), -p[1].mtime_ns, p[0]))
-        ]
-        truncated = bool(resp.get("IsTruncated"))
+        listed = [o for _, o in sorted(ranked, key=lambda p: (p[1].key.encode(), -p[1].mtime_ns, p[0]))]
+        truncated = bool(vresp.get("IsTruncated"))
         return ObjectPage(
             listed,
-            str(resp.get("NextKeyMarker") or (listed[-1].key if listed else key_marker)),
-            str(resp.get("NextVersionIdMarker") or ""),
+            str(vresp.get("NextKeyMarker") or (listed[-1].key if listed else key_marker)),
+            str(vresp.get("NextVersionIdMarker") or ""),
             truncated and bool(listed),
         )
 

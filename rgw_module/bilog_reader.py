@@ -13,7 +13,6 @@ import logging
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 from changelog.errors import LeaseLost, PermanentError, TransientError
 from changelog.pipeline.loop import Stopped
@@ -22,7 +21,7 @@ from rgw_module.admin import NotFound
 from rgw_module.bucket_tracker import BucketTracker
 from rgw_module.follower_state import ShardCursor, marker_key, pending_key
 from rgw_module.generations import start_closing
-from rgw_module.mapping import BucketShard, bilog_marker, map_entry
+from rgw_module.mapping import BilogEntry, BucketShard, bilog_marker, map_entry
 from rgw_module.sweep_context import SweepContext
 
 logger = logging.getLogger(__name__)
@@ -143,7 +142,7 @@ class BilogReader:
             self._instance_gone(sh)
         return complete
 
-    def _mutations(self, bs: BucketShard, page: list[dict[str, Any]], observed_ns: int) -> list[Mutation]:
+    def _mutations(self, bs: BucketShard, page: list[BilogEntry], observed_ns: int) -> list[Mutation]:
         ctx = self.ctx
         gen = ctx.state.buckets[bs.bucket].gen
         out: list[Mutation] = []

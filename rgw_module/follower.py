@@ -240,14 +240,11 @@ class Follower:
     # ------------------------------------------------------------------ the leased role
 
     def acquire(self) -> bool:
-        """Try once to take the follower lease; on success the state is (re)loaded."""
-        if self.lease.held:
-            return True
-        if not self.lease.acquire():
-            return False
-        self.lease.start_renewing()
+        """Try once to take the follower lease; once taken, the next sweep (re)loads the state."""
+        return self.lease.take(on_taken=self._unload)
+
+    def _unload(self) -> None:
         self._loaded = False
-        return True
 
     def step(self, stop: threading.Event) -> None:
         """One sweep (``run_leased``'s step): a set ``stop`` ends it between two units of work."""

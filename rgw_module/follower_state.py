@@ -22,7 +22,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 from dataclasses import dataclass, field
-from typing import Any, Literal, cast
+from typing import Literal, cast
 
 import orjson
 
@@ -109,7 +109,7 @@ class BucketRecord:
     closing: bool = False  # a newer log generation exists: finish this one, then move on
 
     def encode(self) -> bytes:
-        d: dict[str, Any] = {
+        d: dict[str, object] = {
             "id": self.bucket_id, "marker": self.marker, "gen": self.gen, "shards": self.shards, "state": self.state,
         }  # fmt: skip
         if self.log_gen or self.closing:

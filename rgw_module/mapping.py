@@ -42,7 +42,7 @@ import hashlib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import TypedDict
 
 from changelog.errors import PermanentError
 from changelog.pipeline.mutation import MAX_STREAM_BYTES, Mutation, Op
@@ -57,6 +57,21 @@ _COUNTER_MAX = 10**12 - 1
 
 class BadEntry(PermanentError):
     """A bucket-index-log entry this code cannot place in stream order."""
+
+
+class BilogEntry(TypedDict, total=False):
+    """One bucket-index-log entry as radosgw's admin API lists it: the fields read here (the
+    others, such as ``ver``, ``owner`` or ``zones_trace``, are left alone). Captured entries are
+    in ``tests/unit/rgw_bilog_*.json``."""
+
+    op_id: str  # "<shard>#<index_ver>.<object version>.<subop>"
+    op: str  # write, del, link_olh, link_olh_del, unlink_instance, cancel, ...
+    object: str  # the bucket-index name
+    instance: str  # the version id ("" when none)
+    state: str  # "complete" or "pending"
+    timestamp: str
+    versioned: bool | str  # Reef and later
+    bilog_flags: int | str  # Pacific: bit 0 is BILOG_FLAG_VERSIONED_OP
 
 
 @dataclass(frozen=True, slots=True, order=True)
@@ -183,7 +198,7 @@ def index_name_to_key(name: str) -> str | None:
     return name
 
 
-def _versioned(entry: Mapping[str, Any]) -> bool:
+def _versioned(entry: BilogEntry) -> bool:
     v = entry.get("versioned")
     if isinstance(v, bool):
         return v
@@ -204,7 +219,7 @@ class Change:
     mtime_ns: int | None
 
 
-def interpret(entry: Mapping[str, Any]) -> Change | None:
+def interpret(entry: BilogEntry) -> Change | None:
     """The user-visible mutation an entry stands for, or None for entries that are internal or
     the companion of another entry of the same mutation (table in the module docstring)."""
     if entry.get("state", "complete") != "complete":
@@ -244,7 +259,7 @@ def baseline_seq(generation: int, mtime_ns: int, counter: int) -> str:
 
 
 def map_entry(
-    entry: Mapping[str, Any],
+    entry: BilogEntry,
     bs: BucketShard,
     *,
     generation: int,

@@ -22,13 +22,26 @@ import os
 import subprocess
 import tempfile
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TypedDict, cast
 
 from changelog.errors import PermanentError, TransientError
 
 logger = logging.getLogger(__name__)
 
 Runner = Callable[..., "subprocess.CompletedProcess[str]"]
+
+
+class ZoneDoc(TypedDict, total=False):
+    """A zone of ``zonegroup get`` (the fields read here; the others are kept as they are)."""
+
+    name: str
+    log_data: bool | str  # a JSON bool in newer releases, "true"/"false" in 16.x
+
+
+class ZonegroupDoc(TypedDict, total=False):
+    """``radosgw-admin zonegroup get`` (the fields read here)."""
+
+    zones: list[ZoneDoc]
 
 
 class RadosgwAdmin:
@@ -67,19 +80,26 @@ class RadosgwAdmin:
             raise PermanentError(f"{' '.join(argv)} failed ({proc.returncode}): {last[-1] if last else 'no output'}")
         return str(proc.stdout)
 
-    def json(self, *args: str) -> Any:
+    def json(self, *args: str) -> dict[str, object]:
+        """The command's output, a JSON object."""
         out = self(*args)
         try:
-            return json.loads(out)
+            doc: object = json.loads(out)
         except ValueError as ex:
             raise PermanentError(f"radosgw-admin {' '.join(args)}: output is not JSON") from ex
+        if not isinstance(doc, dict):
+            raise PermanentError(f"radosgw-admin {' '.join(args)}: output is not a JSON object")
+        return doc
+
+    def zonegroup(self, name: str) -> ZonegroupDoc:
+        return cast(ZonegroupDoc, self.json("zonegroup", "get", f"--rgw-zonegroup={name}"))
 
 
-def _is_on(value: Any) -> bool:
+def _is_on(value: object) -> bool:
     return value is True or str(value).lower() == "true"
 
 
-def log_data_zones(zonegroup_doc: dict[str, Any]) -> dict[str, bool]:
+def log_data_zones(zonegroup_doc: ZonegroupDoc) -> dict[str, bool]:
     """Zone name -> log_data, from ``zonegroup get`` output."""
     return {str(z.get("name")): _is_on(z.get("log_data")) for z in zonegroup_doc.get("zones", [])}
 
@@ -93,7 +113,7 @@ def enable_log_data(
     """Set ``log_data`` on the zonegroup's zones (``zones`` None: all of them). Returns the
     zones changed: radosgw must be restarted for them to take effect. Idempotent."""
     admin = admin or RadosgwAdmin()
-    doc = admin.json("zonegroup", "get", f"--rgw-zonegroup={zonegroup}")
+    doc = admin.zonegroup(zonegroup)
     known = log_data_zones(doc)
     if zones is not None:
         missing = sorted(set(zones) - set(known))
@@ -116,7 +136,7 @@ def enable_log_data(
         admin("zonegroup", "set", f"--rgw-zonegroup={zonegroup}", f"--infile={path}")
     finally:
         os.unlink(path)
-    realms = admin.json("realm", "list").get("realms", [])
+    realms = admin.json("realm", "list").get("realms")
     if realms:
         admin("period", "update", "--commit")
     logger.info("log_data turned on for zones %s of zonegroup %s: restart radosgw", ", ".join(changed), zonegroup)

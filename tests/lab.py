@@ -17,12 +17,18 @@ import urllib.parse
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from changelog.pipeline.s3client import make_s3_client
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3.client import S3Client
 
 REPO = Path(__file__).resolve().parent.parent
 CEPH_LAB = REPO / "tools" / "ceph-lab"
 REQUIRED_BINARIES = ("ceph-mon", "ceph-osd", "ceph-mgr", "radosgw", "radosgw-admin", "monmaptool")
 S3_REGION = "default"  # the zonegroup name radosgw signs with
+S3_TIMEOUT = 60.0  # s: botocore's default connect and read timeouts, which the lab's client always had
 
 
 @dataclass(frozen=True)
@@ -153,24 +159,17 @@ def shut_down(directory: Path) -> None:
         raise RuntimeError(f"tools/ceph-lab down {directory} failed: {proc.stderr.strip()[-2000:]}")
 
 
-def s3_client(lab: Lab) -> Any:
-    """A boto3 S3 client for the lab's radosgw: path-style, region "default", and no default CRC
-    checksums (radosgw 16.2 stores them as if they were user metadata)."""
-    import boto3
-    from botocore.config import Config
-
-    return boto3.client(
-        "s3",
-        endpoint_url=lab.rgw_endpoint,
-        aws_access_key_id=lab.access_key,
-        aws_secret_access_key=lab.secret_key,
-        region_name=S3_REGION,
-        config=Config(
-            s3={"addressing_style": "path"},
-            request_checksum_calculation="when_required",
-            response_checksum_validation="when_required",
-            retries={"max_attempts": 3, "mode": "standard"},
-        ),
+def s3_client(lab: Lab) -> S3Client:
+    """A boto3 S3 client for the lab's radosgw (path-style, region "default"), from the project's
+    one factory (which keeps the checksums to what radosgw 16 accepts)."""
+    return make_s3_client(
+        lab.rgw_endpoint,
+        access_key=lab.access_key,
+        secret_key=lab.secret_key,
+        region=S3_REGION,
+        max_attempts=3,
+        connect_timeout=S3_TIMEOUT,
+        read_timeout=S3_TIMEOUT,
     )
 
 

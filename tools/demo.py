@@ -19,7 +19,10 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3.client import S3Client
 
 REPO = Path(__file__).resolve().parent.parent
 CLI = [sys.executable, "-m", "changelog.cli"]
@@ -98,15 +101,20 @@ def lab_env(work: Path, release: str) -> dict[str, str]:
     return dict(line.split("=", 1) for line in out.stdout.splitlines() if "=" in line)
 
 
-def s3_client(env: dict[str, str]) -> Any:
-    import boto3
-    from botocore.config import Config
+def s3_client(env: dict[str, str]) -> S3Client:
+    """The lab's radosgw, from the project's one boto3 factory, with botocore's defaults (what
+    this client had before): 2 retries in standard mode (3 calls in all), 60 s timeouts."""
+    # Imported here: the embedded mode needs only the CLI, run as a child with the repo as cwd.
+    from changelog.pipeline.s3client import make_s3_client
 
-    return boto3.client(
-        "s3", endpoint_url=env["RGW_ENDPOINT"], aws_access_key_id=env["RGW_ACCESS_KEY"],
-        aws_secret_access_key=env["RGW_SECRET_KEY"], region_name="default",
-        config=Config(s3={"addressing_style": "path"}, request_checksum_calculation="when_required",
-                      response_checksum_validation="when_required"),
+    return make_s3_client(
+        env["RGW_ENDPOINT"],
+        access_key=env["RGW_ACCESS_KEY"],
+        secret_key=env["RGW_SECRET_KEY"],
+        region="default",
+        max_attempts=2,
+        connect_timeout=60.0,
+        read_timeout=60.0,
     )
 
 

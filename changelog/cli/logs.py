@@ -141,7 +141,7 @@ def zone_enable_log_data(
         name=client_name,
     )
     if dry_run:
-        zones_on = log_data_zones(admin.json("zonegroup", "get", f"--rgw-zonegroup={zonegroup}"))
+        zones_on = log_data_zones(admin.zonegroup(zonegroup))
         if zones:
             zones_on = {z: on for z, on in zones_on.items() if z in zones}
         if as_json:

@@ -73,10 +73,7 @@ def shards_list(as_json: bool) -> None:
 def _dump_doc(entry: Entry) -> dict[str, object]:
     from changelog.pipeline.logformat import record_of
 
-    doc = record_of(entry).to_dict()
-    doc["shard"] = entry.shard
-    doc["index_key"] = entry.key
-    return doc
+    return {**record_of(entry).to_dict(), "shard": entry.shard, "index_key": entry.key}
 
 
 @shards_group.command("dump")
@@ -164,11 +161,10 @@ def _drain_lease(index: ChangeIndex, shard: int, *, ttl: float) -> Lease:
     """The shard's drain lease, taken and renewing (``LockBusy`` while a collector drains it)."""
     oid = index.shard_oid(shard)
     lease = Lease(index.store, oid, name=SHARD_LOCK, ttl=ttl, description="rgw-changelog shards trim", cookie=make_cookie("trim"))
-    if not lease.acquire():
+    if not lease.take():
         info = index.store.lock_info(oid, SHARD_LOCK)
         who = lease_text(status.lock_doc(info, time.time())) if info else "another process"
         raise LockBusy(f"shard {shard} is being drained by {who}: stop the collector or try again later")
-    lease.start_renewing()
     return lease
 
 

@@ -297,14 +297,11 @@ class ConsumerRunner:
 
     # LeasedRole
     def acquire(self) -> bool:
-        if self.lease.held:
-            return True
-        if not self.lease.acquire():
-            return False
-        self.lease.start_renewing()
+        return self.lease.take(on_taken=self._open_cursor)
+
+    def _open_cursor(self) -> None:
         self._cursor = Cursor(self.index, self.consumer.name, self.lease, self.clocks.clock)
         logger.info("%s active (checkpoint %s)", self.name, self._cursor.checkpoint.after or "none")
-        return True
 
     def step(self, stop: threading.Event) -> None:
         if self._cursor is None:

@@ -4,6 +4,7 @@ recovery finishes or rebuilds it, and the collector state ``c.state``."""
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import orjson
@@ -11,6 +12,12 @@ import orjson
 from changelog.errors import PermanentError
 from changelog.pipeline.control import COLLECTOR_PENDING_PREFIX
 from changelog.pipeline.logformat import Compression, parse_log_name, rfc3339_us
+
+
+def _encode(record: PendingCommit | CollectorState, **replaced: object) -> bytes:
+    """A record's fields as one JSON object, in field order (the stored layout: a record
+    written before an upgrade reads back the same), ``replaced`` given in their stead."""
+    return orjson.dumps({f.name: replaced.get(f.name, getattr(record, f.name)) for f in dataclasses.fields(record)})
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,18 +65,8 @@ class PendingCommit:
         }
 
     def encode(self) -> bytes:
-        return orjson.dumps(
-            {
-                "name": self.name,
-                "seq": self.seq,
-                "cutoff_us": self.cutoff_us,
-                "generation": self.generation,
-                "entries": self.entries,
-                "first_us": self.first_us,
-                "last_us": self.last_us,
-                "ranges": [[r.shard, r.first, r.last, r.count] for r in self.ranges],
-            }
-        )
+        # Ranges as arrays [shard, first, last, count]: compact, and what ``decode`` reads.
+        return _encode(self, ranges=[[r.shard, r.first, r.last, r.count] for r in self.ranges])
 
     @classmethod
     def decode(cls, data: bytes) -> PendingCommit:
@@ -99,14 +96,7 @@ class CollectorState:
     generation: int = 0
 
     def encode(self) -> bytes:
-        return orjson.dumps(
-            {
-                "last_cutoff_us": self.last_cutoff_us,
-                "last_object": self.last_object,
-                "watermark_us": self.watermark_us,
-                "generation": self.generation,
-            }
-        )
+        return _encode(self)
 
     @classmethod
     def decode(cls, data: bytes | None) -> CollectorState:

@@ -256,67 +256,27 @@ class ChangeIndex:
     def _build(
         self, shard: int, pending: list[_Pending]
     ) -> tuple[WriteOp | None, RecordResult, Callable[[], None]]:
+        """The guarded op that records ``pending`` in ``shard`` (None when all were recorded
+        before), its result and what to do once the op succeeded (update the stream cache)."""
         oid = self.shard_oid(shard)
-        new_hash = keys.EVENT_HASHER.copy
-        sets: dict[str, bytes] = {}
-        fresh: list[_Pending] = pending
-        new_marks: dict[str, str | None] | None = None
-        old: dict[str, str | None] = {}
-        t = 0
-        floor = self._floor[shard]
-        if self.mode != "object" and floor is not None:
-            # Fast path: the shard's state is cached and positions increase per source (the
-            # follower's batches), so every record is above its source's mark and unique in the
-            # batch, and its key is built in the same loop. Anything else (a stream not cached,
-            # a duplicate, a replay, positions out of order) takes the general path below.
-            # Reading the cache without the lock is safe: every value read here is asserted by
-            # the op, so a stale one only makes the op fail its compare and be retried.
-            t, prev = self._reserve(shard, floor, len(pending))
-            streams = self._streams
-            high: dict[str, str] = {}
-            n = t
-            hi = f"d.{n >> 8:014x}"  # the key's time is hi + _HEX2[low byte]: one format per 256 keys
-            for m, value, objver in pending:
-                src = m.source
-                pos = m.position
-                top = high.get(src)
-                if top is None:
-                    mark = streams.get((shard, src), _UNKNOWN)
-                    if mark is _UNKNOWN or (mark is not None and pos <= mark):
-                        break
-                    old[src] = mark
-                elif pos <= top:
-                    break
-                high[src] = pos
-                # keys.data_key, inlined: d.<t:016x>.<obj>.<ver>.<first 16 hex chars of the event id>
-                h = new_hash()
-                h.update(f"{src}\n{pos}".encode())
-                low = n & 255
-                if not low:
-                    hi = f"d.{n >> 8:014x}"
-                sets[f"{hi}{_HEX2[low]}.{objver}.{h.hexdigest()[:16]}"] = value
-                n += 1
-            else:
-                new_marks = dict(high)
-            if new_marks is None:
-                # Give the reserved times back (unless another thread reserved after us).
-                sets.clear()
-                with self._lock:
-                    if self._last_t[shard] == t + len(pending) - 1:
-                        self._last_t[shard] = prev
-        if new_marks is None:
+        fast = self._fast_keys(shard, pending)
+        if fast is not None:
+            floor, t, sets, old, new_marks = fast
+            fresh = pending
+        else:
             sources = sorted({p[0].source for p in pending})
             floor, marks = self._shard_state(shard, oid, sources)
             old = {src: marks.get(src) for src in sources}
-            fresh, selected = self._select(pending, marks)
-            new_marks = dict(selected)
+            fresh, new_marks = self._select(pending, marks)
             if not fresh:
                 return None, RecordResult(0, len(pending)), lambda: None
             t, _ = self._reserve(shard, floor, len(fresh))
-        assert floor is not None
+            # The keys of the fresh records (``keys.data_key``).
+            sets = {
+                f"{keys.time_bound(t + i)}.{objver}.{event_id(m.source, m.position)[:16]}": value
+                for i, (m, value, objver) in enumerate(fresh)
+            }
         sources = sorted(old)
-        dups = len(pending) - len(fresh)
-
         op = WriteOp(asserts=[(keys.FLOOR_KEY, Cmp.LT, keys.time_hex(t))])
         for src in sources:
             was = old[src]
@@ -325,41 +285,93 @@ class ChangeIndex:
             new = new_marks.get(src)
             if new is not None and new != was:
                 op.set[keys.stream_key(src)] = new.encode()
-        if not sets:
-            # Not made by the fast path: the keys of the fresh records (``keys.data_key``).
-            for i, (m, value, objver) in enumerate(fresh):
-                sets[f"{keys.time_bound(t + i)}.{objver}.{event_id(m.source, m.position)[:16]}"] = value
         if self.mode == "object":
-            okeys = sorted({keys.OBJECT_PREFIX + p[2] for p in fresh})
-            live = {k: v.decode() for k, v in self.store.omap_get(oid, okeys).items()}
-            for okey, dkey in live.items():
-                op.asserts.append((okey, Cmp.EQ, dkey))
-                if keys.time_of(dkey) > floor:
-                    op.remove.append(dkey)
-            if op.remove:
-                # Replacing an entry is only safe while the collector has not frozen it: the
-                # floor must still be below it, not just below the new entries.
-                guard = min(keys.time_of(k) for k in op.remove)
-                op.asserts[0] = (keys.FLOOR_KEY, Cmp.LT, keys.time_hex(guard))
-            osets = op.set
-            for (dkey, value), (_, _, objver) in zip(sets.items(), fresh, strict=True):
-                okey = keys.OBJECT_PREFIX + objver
-                prev_key = osets.get(okey)
-                if prev_key is not None:  # two writes of one object+version in one batch: keep the newer
-                    osets.pop(prev_key.decode(), None)
-                osets[okey] = dkey.encode()
-                osets[dkey] = value
+            self._replace_entries(op, oid, floor, sets, fresh)
         else:
             op.set.update(sets)
-
-        done = new_marks
 
         def commit() -> None:
             with self._lock:
                 for src in sources:
-                    self._streams[(shard, src)] = done.get(src)
+                    self._streams[(shard, src)] = new_marks.get(src)
 
-        return op, RecordResult(len(fresh), dups), commit
+        return op, RecordResult(len(fresh), len(pending) - len(fresh)), commit
+
+    def _fast_keys(
+        self, shard: int, pending: list[_Pending]
+    ) -> tuple[int, int, dict[str, bytes], dict[str, str | None], dict[str, str]] | None:
+        """The fast path of ``_build``: the shard's state is cached and positions increase per
+        source (the follower's batches), so every record is above its source's mark and unique
+        in the batch, and its key is built in the same loop. Returns (floor, first time, keys,
+        old marks, new marks); None for anything else (a stream not cached, a duplicate, a
+        replay, positions out of order, object mode), which takes the general path.
+
+        Reading the cache without the lock is safe: every value read here is asserted by the
+        op, so a stale one only makes the op fail its compare and be retried."""
+        floor = self._floor[shard]
+        if self.mode == "object" or floor is None:
+            return None
+        t, prev = self._reserve(shard, floor, len(pending))
+        new_hash = keys.EVENT_HASHER.copy
+        streams = self._streams
+        sets: dict[str, bytes] = {}
+        old: dict[str, str | None] = {}
+        high: dict[str, str] = {}
+        n = t
+        hi = f"d.{n >> 8:014x}"  # the key's time is hi + _HEX2[low byte]: one format per 256 keys
+        for m, value, objver in pending:
+            src = m.source
+            pos = m.position
+            top = high.get(src)
+            if top is None:
+                mark = streams.get((shard, src), _UNKNOWN)
+                if mark is _UNKNOWN or (mark is not None and pos <= mark):
+                    break
+                old[src] = mark
+            elif pos <= top:
+                break
+            high[src] = pos
+            # keys.data_key, inlined: d.<t:016x>.<obj>.<ver>.<first 16 hex chars of the event id>
+            h = new_hash()
+            h.update(f"{src}\n{pos}".encode())
+            low = n & 255
+            if not low:
+                hi = f"d.{n >> 8:014x}"
+            sets[f"{hi}{_HEX2[low]}.{objver}.{h.hexdigest()[:16]}"] = value
+            n += 1
+        else:
+            return floor, t, sets, old, high
+        # Give the reserved times back (unless another thread reserved after us).
+        with self._lock:
+            if self._last_t[shard] == t + len(pending) - 1:
+                self._last_t[shard] = prev
+        return None
+
+    def _replace_entries(
+        self, op: WriteOp, oid: str, floor: int, sets: dict[str, bytes], fresh: list[_Pending]
+    ) -> None:
+        """Object mode: one entry per object+version. ``op`` also removes the entries the fresh
+        ones replace (asserting they are still the live ones) and points each object key at its
+        new entry."""
+        okeys = sorted({keys.OBJECT_PREFIX + p[2] for p in fresh})
+        live = {k: v.decode() for k, v in self.store.omap_get(oid, okeys).items()}
+        for okey, dkey in live.items():
+            op.asserts.append((okey, Cmp.EQ, dkey))
+            if keys.time_of(dkey) > floor:
+                op.remove.append(dkey)
+        if op.remove:
+            # Replacing an entry is only safe while the collector has not frozen it: the
+            # floor must still be below it, not just below the new entries.
+            guard = min(keys.time_of(k) for k in op.remove)
+            op.asserts[0] = (keys.FLOOR_KEY, Cmp.LT, keys.time_hex(guard))
+        osets = op.set
+        for (dkey, value), (_, _, objver) in zip(sets.items(), fresh, strict=True):
+            okey = keys.OBJECT_PREFIX + objver
+            prev_key = osets.get(okey)
+            if prev_key is not None:  # two writes of one object+version in one batch: keep the newer
+                osets.pop(prev_key.decode(), None)
+            osets[okey] = dkey.encode()
+            osets[dkey] = value
 
     def _shard_state(self, shard: int, oid: str, sources: Sequence[str]) -> tuple[int, dict[str, str]]:
         with self._lock:

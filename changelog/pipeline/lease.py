@@ -4,8 +4,10 @@ can no longer be trusted. Writes that must happen only under a lease pass ``leas
 (docs/design.md §4).
 
 Also the one renewal policy of every lease in the project (``renew_every``), the one local
-deadline bookkeeping (``TimedLease``, shared with ``backup.lock.DestinationLock``) and the one
-renewal thread (``Renewer``), which renews one lease or the thousands of a collector pass.
+deadline bookkeeping (``TimedLease``, shared with ``backup.lock.DestinationLock``), the one
+renewal thread (``Renewer``), which renews one lease, the thousands of a collector pass or a
+backup run's marker (``backup.runs.RunMarker``), and the one way a leased role takes its lease
+(``Lease.take``).
 """
 
 from __future__ import annotations
@@ -187,6 +189,31 @@ class Renewer(threading.Thread):
                 self._cond.notify_all()
 
 
+class Renewal:
+    """One ``Renewable`` renewed by a ``Renewer`` of its own (a lease, a backup run's marker):
+    ``start`` (again after a loss: it is added back), ``stop``."""
+
+    def __init__(self, lease: Renewable, *, name: str, monotonic: Callable[[], float]) -> None:
+        self._lease = lease
+        self._name = name
+        self._monotonic = monotonic
+        self._renewer: Renewer | None = None
+
+    def start(self) -> None:
+        if self._renewer is not None and self._renewer.is_alive():
+            self._renewer.add(self._lease)  # again, if it was dropped when lost: taken again since
+            return
+        self._renewer = Renewer(self._lease.ttl, name=self._name, monotonic=self._monotonic)
+        self._renewer.add(self._lease)
+        self._renewer.start()
+
+    def stop(self) -> None:
+        """Returns once a renewal in flight is over (unless called from the renewal itself)."""
+        renewer, self._renewer = self._renewer, None
+        if renewer is not None:
+            renewer.stop()
+
+
 class TimedLease:
     """The local side of any lease: trusted until ``monotonic() taken before the last successful
     lock call + ttl - margin`` (the holder of the lock started its own clock no earlier than
@@ -197,11 +224,10 @@ class TimedLease:
         self.ttl = float(ttl)
         self.margin = float(margin)
         self._monotonic = monotonic
-        self._thread_name = thread_name
         self._mu = threading.Lock()
         self._until: float | None = None
         self._lost = False
-        self._renewer: Renewer | None = None
+        self._renewal = Renewal(self, name=thread_name, monotonic=monotonic)
 
     @property
     def renew_every(self) -> float:
@@ -258,18 +284,11 @@ class TimedLease:
         raise NotImplementedError
 
     def start_renewing(self) -> None:
-        if self._renewer is not None and self._renewer.is_alive():
-            self._renewer.add(self)  # again, if it was dropped when lost: taken again since
-            return
-        self._renewer = Renewer(self.ttl, name=self._thread_name, monotonic=self._monotonic)
-        self._renewer.add(self)
-        self._renewer.start()
+        self._renewal.start()
 
     def stop_renewing(self) -> None:
         """Returns once a renewal in flight is over (unless called from the renewal itself)."""
-        renewer, self._renewer = self._renewer, None
-        if renewer is not None:
-            renewer.stop()
+        self._renewal.stop()
 
 
 class Lease(TimedLease):
@@ -362,10 +381,28 @@ class Lease(TimedLease):
         except (LeaseLost, TransientError) as ex:
             logger.debug("lease %s on %s release: %s", self.ref.name, self.oid, ex)
 
-    def __enter__(self) -> Lease:
+    def take(self, on_taken: Callable[[], None] | None = None) -> bool:
+        """A leased role's ``acquire``: True while the lease is held, already or taken now (and
+        then renewed in the background from here on); False while another holds it. ``on_taken``
+        runs when it was just taken, to set up what the lease guards; if it fails, the lease is
+        released again, so that a later ``take`` starts over rather than find it held and the
+        setup missing."""
+        if self.held:
+            return True
         if not self.acquire():
-            raise LockBusy(f"lease {self.ref.name} on {self.oid} is held by another")
+            return False
         self.start_renewing()
+        if on_taken is not None:
+            try:
+                on_taken()
+            except BaseException:
+                self.release()
+                raise
+        return True
+
+    def __enter__(self) -> Lease:
+        if not self.take():
+            raise LockBusy(f"lease {self.ref.name} on {self.oid} is held by another")
         return self
 
     def __exit__(self, *exc: object) -> None:

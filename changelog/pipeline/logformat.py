@@ -19,7 +19,7 @@ import zlib
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import IO, Any, Protocol
+from typing import IO, Protocol
 
 import msgpack
 import orjson
@@ -161,8 +161,9 @@ class LogRecord:
         except (orjson.JSONDecodeError, KeyError, TypeError) as ex:
             raise PermanentError(f"malformed change-log line ({len(line)} bytes): {ex}") from ex
 
-    def to_dict(self) -> dict[str, Any]:
-        doc: dict[str, Any] = {
+    def to_dict(self) -> dict[str, object]:
+        """Its JSON form (docs/design.md §7), in field order."""
+        doc: dict[str, object] = {
             "id": self.id,
             "time": self.time,
             "bucket": self.bucket,
@@ -248,7 +249,7 @@ def encode_raw_many(items: Iterable[tuple[int, bytes]]) -> list[bytes]:
     # The second of the last time formatted, as [lo, lo + 1 s): empty before the first one.
     lo = hi = rlo = rhi = 0
     fmt = rfmt = ""
-    docs: list[Any] = []
+    docs: list[dict[str, object] | orjson.Fragment] = []
     append = docs.append
     line_break = _LINE_BREAK
     raw = b""
@@ -268,7 +269,7 @@ def encode_raw_many(items: Iterable[tuple[int, bytes]]) -> list[bytes]:
                 rfmt = second_format(rsec)
                 rlo = rsec * 1_000_000
                 rhi = rlo + 1_000_000
-            doc: dict[str, Any] = {
+            doc: dict[str, object] = {
                 "id": event_id(d["src"], d["p"]),
                 "time": fmt % (t - lo),
                 "bucket": d["b"],

@@ -10,7 +10,6 @@ import enum
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
 
 import msgpack
 
@@ -111,10 +110,10 @@ class Mutation:
     def encode(self) -> bytes:
         return self.encode_with(packer().pack)
 
-    def encode_with(self, pack: Callable[[Any], bytes]) -> bytes:
+    def encode_with(self, pack: Callable[[object], bytes]) -> bytes:
         """``encode`` with the caller's ``msgpack.Packer().pack`` (the record loop fetches its
         packer once per batch). The field order is fixed, so the bytes are too."""
-        doc: dict[str, Any] = {
+        doc: dict[str, object] = {
             "b": self.bucket,
             "k": self.key,
             "o": self.op._value_,

@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import TypedDict
 
 import orjson
 
@@ -189,17 +189,22 @@ class LogReader:
 def read_watermark(target: Target, *, prefix: str = "") -> Watermark | None:
     name = watermark_name(prefix)
     try:
-        doc: dict[str, Any] = orjson.loads(target.get(name))
+        doc: object = orjson.loads(target.get(name))
     except ObjectMissing:
         return None
     except orjson.JSONDecodeError as ex:
         logger.warning("unreadable watermark %s: %s", name, ex)
         return None
+    if not isinstance(doc, dict):
+        logger.warning("unreadable watermark %s: not a JSON object", name)
+        return None
     until = doc.get("complete_until_us")
     if not isinstance(until, int):
         until = parse_rfc3339(str(doc["complete_until"]))
-    updated = doc.get("updated")
-    return Watermark(until, doc.get("last_object"), parse_rfc3339(updated) if isinstance(updated, str) else None)
+    updated, last = doc.get("updated"), doc.get("last_object")
+    return Watermark(
+        until, str(last) if last is not None else None, parse_rfc3339(updated) if isinstance(updated, str) else None
+    )
 
 
 def last_log(target: Target, *, prefix: str = "", after: str | None = None) -> LogObject | None:
@@ -210,7 +215,20 @@ def last_log(target: Target, *, prefix: str = "", after: str | None = None) -> L
     return last
 
 
-def target_status(target: Target, *, prefix: str = "") -> dict[str, Any]:
+class WatermarkDoc(TypedDict):
+    complete_until: str
+    complete_until_us: int
+    last_object: str | None
+
+
+class TargetStatus(TypedDict):
+    """What ``status`` shows of the target."""
+
+    last_object: str | None
+    watermark: WatermarkDoc | None
+
+
+def target_status(target: Target, *, prefix: str = "") -> TargetStatus:
     """What ``status`` shows of the target: the newest log object and the watermark."""
     wm = read_watermark(target, prefix=prefix)
     last = last_log(target, prefix=prefix, after=wm.last_object if wm else None)

@@ -1,10 +1,12 @@
 """The edge to boto3: the one factory of S3 clients (``make_s3_client``) and the one translation
 of botocore errors into the project's errors. This is the only module that imports boto3; the
 S3 users (``changelog.pipeline.targets``, ``changelog.consumers.backup.source``, the RGW follower's
-``rgw_module.admin``) get their client here, each with its own timeouts, retries and pool, and
-pass what they catch to ``translate_error`` (refining it with ``refusal`` where an S3 answer
-means more to them). ``rgw_module.admin`` still imports botocore itself: it signs admin REST
-requests with botocore's SigV4 and maps its S3 errors to its own ``NotFound``.
+``rgw_module.admin``) get their client here, each with its own timeouts, retries and pool. The
+first two make their requests through ``s3_call``, which translates what they raise with
+``translate_error`` or a refinement of it built on ``refusal`` (where an S3 answer means more
+to them). ``rgw_module.admin`` still imports botocore itself: it signs admin REST requests with
+botocore's SigV4, and reads its S3 errors with ``refusal`` into its own ``NotFound`` and
+messages.
 
 Translation is by HTTP status: 5xx, throttling, timeouts and connection errors become
 ``TransientError``; a missing key ``ObjectMissing``; access denied, a missing bucket, bad
@@ -17,7 +19,7 @@ import contextlib
 import io
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Literal, TypeVar
 
 from changelog.errors import ChangelogError, ObjectMissing, PermanentError, TransientError
 
@@ -27,6 +29,7 @@ if TYPE_CHECKING:
     from mypy_boto3_s3.client import S3Client
 
 AddressingStyle = Literal["auto", "path", "virtual"]
+T = TypeVar("T")
 # botocore's own default connection pool per client.
 DEFAULT_POOL = 10
 
@@ -133,6 +136,19 @@ def translate_error(ex: Exception, what: str) -> ChangelogError:
         # below the HTTP layer: retrying may help; a persistent one shows up in the log.
         return TransientError(f"{what}: {ex}")
     return PermanentError(f"{what}: {ex}")
+
+
+def s3_call(
+    what: str, fn: Callable[[], T], translate: Callable[[Exception, str], ChangelogError] = translate_error
+) -> T:
+    """``fn()`` (one S3 request), with what the library raises translated by ``translate`` (the
+    project's own errors pass through): every S3 user's one call wrapper."""
+    try:
+        return fn()
+    except ChangelogError:
+        raise
+    except Exception as ex:
+        raise translate(ex, what) from ex
 
 
 class TranslatedBody(io.RawIOBase):

@@ -23,8 +23,9 @@ import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any, Protocol, TypeVar
+from typing import IO, TYPE_CHECKING, Protocol, TypedDict, TypeVar, Unpack
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 import orjson
@@ -35,11 +36,17 @@ from changelog.pipeline.s3client import (
     TranslatedBody,
     make_s3_client,
     refusal,
+    s3_call,
     translate_error,
 )
 
 if TYPE_CHECKING:
     from mypy_boto3_s3.client import S3Client
+    from mypy_boto3_s3.type_defs import (
+        CompletedMultipartUploadTypeDef,
+        ListMultipartUploadsRequestTypeDef,
+        ListObjectsV2RequestTypeDef,
+    )
 
 logger = logging.getLogger(__name__)
 
@@ -48,6 +55,11 @@ MiB = 1024 * 1024
 S3_MIN_PART = 5 * MiB
 # ListObjectsV2 and ListMultipartUploads return at most 1000 per call.
 LIST_PAGE = 1000
+# An S3 target's client: a request that still fails after a few attempts fails the collector's
+# pass, which is retried as a whole; log objects are read and written in parts of a few MiB.
+CONNECT_TIMEOUT = 10.0
+READ_TIMEOUT = 60.0
+MAX_ATTEMPTS = 3
 
 T = TypeVar("T")
 
@@ -163,48 +175,27 @@ def _s3_error(ex: Exception, what: str) -> ChangelogError:
 
 
 class S3Target:
-    """An S3 (or radosgw) bucket, optionally under a key prefix."""
+    """An S3 (or radosgw) bucket, optionally under a key prefix, through ``client`` (made by
+    ``make_target`` from the options, or the caller's). ``endpoint`` only names where the bucket
+    is (``Target.endpoint``)."""
 
     def __init__(
         self,
         bucket: str,
         prefix: str = "",
         *,
-        client: S3Client | None = None,
+        client: S3Client,
         endpoint: str | None = None,
-        access_key: str | None = None,
-        secret_key: str | None = None,
-        session_token: str | None = None,
-        region: str | None = None,
-        addressing_style: AddressingStyle = "auto",
-        verify: bool | str | None = None,
-        connect_timeout: float = 10.0,
-        read_timeout: float = 60.0,
-        max_attempts: int = 3,
         min_part_bytes: int = S3_MIN_PART,
     ) -> None:
         if not bucket:
             raise ConfigError("target: S3 bucket name is empty")
-        if addressing_style not in ("auto", "path", "virtual"):
-            raise ConfigError(f"target.addressing_style must be auto, path or virtual, not {addressing_style!r}")
         self.bucket: str | None = bucket
+        self._bucket = bucket  # the same, never None
         self.prefix = prefix.strip("/") + "/" if prefix.strip("/") else ""
         self.url = f"s3://{bucket}/{self.prefix}"
         self.min_part_bytes = min_part_bytes
         self.endpoint = endpoint
-        if client is None:
-            client = make_s3_client(
-                endpoint,
-                access_key=access_key,
-                secret_key=secret_key,
-                session_token=session_token,
-                region=region,
-                addressing_style=addressing_style,
-                verify=verify,
-                max_attempts=max_attempts,
-                connect_timeout=connect_timeout,
-                read_timeout=read_timeout,
-            )
         self._s3 = client
 
     def __repr__(self) -> str:  # no credentials, ever
@@ -215,28 +206,18 @@ class S3Target:
             raise ValueError(f"bad object name {name!r}")
         return self.prefix + name
 
-    def _call(self, what: str, fn: Callable[..., T], **kwargs: Any) -> T:
-        try:
-            return fn(**kwargs)
-        except ChangelogError:
-            raise
-        except Exception as ex:
-            raise _s3_error(ex, f"{what} {self.url}") from ex
+    def _call(self, what: str, fn: Callable[[], T]) -> T:
+        return s3_call(f"{what} {self.url}", fn, _s3_error)
 
     def put(self, name: str, data: bytes, *, metadata: Mapping[str, str] | None = None) -> None:
-        key = self._key(name)
-        self._call(
-            f"PUT {name}", self._s3.put_object, Bucket=self.bucket, Key=key, Body=data, Metadata=dict(metadata or {})
-        )
+        key, meta = self._key(name), dict(metadata or {})
+        self._call(f"PUT {name}", lambda: self._s3.put_object(Bucket=self._bucket, Key=key, Body=data, Metadata=meta))
 
     def create_multipart(self, name: str, *, metadata: Mapping[str, str] | None = None) -> str:
-        key = self._key(name)
+        key, meta = self._key(name), dict(metadata or {})
         resp = self._call(
             f"create multipart {name}",
-            self._s3.create_multipart_upload,
-            Bucket=self.bucket,
-            Key=key,
-            Metadata=dict(metadata or {}),
+            lambda: self._s3.create_multipart_upload(Bucket=self._bucket, Key=key, Metadata=meta),
         )
         return resp["UploadId"]
 
@@ -244,25 +225,17 @@ class S3Target:
         key = self._key(name)
         resp = self._call(
             f"upload part {number} of {name}",
-            self._s3.upload_part,
-            Bucket=self.bucket,
-            Key=key,
-            UploadId=upload_id,
-            PartNumber=number,
-            Body=data,
+            lambda: self._s3.upload_part(Bucket=self._bucket, Key=key, UploadId=upload_id, PartNumber=number, Body=data),
         )
         return Part(number, resp["ETag"], len(data))
 
     def complete_multipart(self, name: str, upload_id: str, parts: Sequence[Part]) -> None:
         key = self._key(name)
+        done: CompletedMultipartUploadTypeDef = {"Parts": [{"PartNumber": p.number, "ETag": p.etag} for p in parts]}
         # The response's ETag is not used: radosgw 16.2.15 returns an empty one here.
         self._call(
             f"complete multipart {name}",
-            self._s3.complete_multipart_upload,
-            Bucket=self.bucket,
-            Key=key,
-            UploadId=upload_id,
-            MultipartUpload={"Parts": [{"PartNumber": p.number, "ETag": p.etag} for p in parts]},
+            lambda: self._s3.complete_multipart_upload(Bucket=self._bucket, Key=key, UploadId=upload_id, MultipartUpload=done),
         )
 
     def abort_multipart(self, name: str, upload_id: str) -> None:
@@ -270,10 +243,7 @@ class S3Target:
         try:
             self._call(
                 f"abort multipart {name}",
-                self._s3.abort_multipart_upload,
-                Bucket=self.bucket,
-                Key=key,
-                UploadId=upload_id,
+                lambda: self._s3.abort_multipart_upload(Bucket=self._bucket, Key=key, UploadId=upload_id),
             )
         except UploadMissing:
             pass
@@ -281,11 +251,13 @@ class S3Target:
     def list_uploads(self, prefix: str = "") -> Iterator[UploadInfo]:
         key_marker = upload_marker = ""
         while True:
-            kwargs: dict[str, Any] = {"Bucket": self.bucket, "Prefix": self.prefix + prefix, "MaxUploads": LIST_PAGE}
+            req: ListMultipartUploadsRequestTypeDef = {
+                "Bucket": self._bucket, "Prefix": self.prefix + prefix, "MaxUploads": LIST_PAGE
+            }
             if key_marker:
-                kwargs["KeyMarker"] = key_marker
-                kwargs["UploadIdMarker"] = upload_marker
-            resp = self._call(f"list uploads {prefix}", self._s3.list_multipart_uploads, **kwargs)
+                req["KeyMarker"] = key_marker
+                req["UploadIdMarker"] = upload_marker
+            resp = self._call(f"list uploads {prefix}", partial(self._s3.list_multipart_uploads, **req))
             for up in resp.get("Uploads", []):
                 yield UploadInfo(up["Key"][len(self.prefix) :], up["UploadId"], up["Initiated"].timestamp())
             if not resp.get("IsTruncated"):
@@ -298,14 +270,14 @@ class S3Target:
     def head(self, name: str) -> dict[str, str] | None:
         key = self._key(name)
         try:
-            resp = self._call(f"HEAD {name}", self._s3.head_object, Bucket=self.bucket, Key=key)
+            resp = self._call(f"HEAD {name}", lambda: self._s3.head_object(Bucket=self._bucket, Key=key))
         except ObjectMissing:
             return None
         return dict(resp.get("Metadata", {}))
 
     def open(self, name: str) -> IO[bytes]:
         key = self._key(name)
-        resp = self._call(f"GET {name}", self._s3.get_object, Bucket=self.bucket, Key=key)
+        resp = self._call(f"GET {name}", lambda: self._s3.get_object(Bucket=self._bucket, Key=key))
         return io.BufferedReader(TranslatedBody(resp["Body"], f"GET {name}", _s3_error), buffer_size=256 * 1024)
 
     def get(self, name: str) -> bytes:
@@ -315,12 +287,12 @@ class S3Target:
     def list(self, prefix: str = "", *, start_after: str = "", page: int = LIST_PAGE) -> Iterator[ObjectInfo]:
         token = ""
         while True:
-            kwargs: dict[str, Any] = {"Bucket": self.bucket, "Prefix": self.prefix + prefix, "MaxKeys": page}
+            req: ListObjectsV2RequestTypeDef = {"Bucket": self._bucket, "Prefix": self.prefix + prefix, "MaxKeys": page}
             if token:
-                kwargs["ContinuationToken"] = token
+                req["ContinuationToken"] = token
             elif start_after:
-                kwargs["StartAfter"] = self.prefix + start_after
-            resp = self._call(f"list {prefix}", self._s3.list_objects_v2, **kwargs)
+                req["StartAfter"] = self.prefix + start_after
+            resp = self._call(f"list {prefix}", partial(self._s3.list_objects_v2, **req))
             for obj in resp.get("Contents", []):
                 yield ObjectInfo(
                     obj["Key"][len(self.prefix) :],
@@ -334,7 +306,7 @@ class S3Target:
 
     def delete(self, name: str) -> None:
         key = self._key(name)
-        self._call(f"DELETE {name}", self._s3.delete_object, Bucket=self.bucket, Key=key)
+        self._call(f"DELETE {name}", lambda: self._s3.delete_object(Bucket=self._bucket, Key=key))
 
     def close(self) -> None:
         with contextlib.suppress(Exception):
@@ -348,6 +320,14 @@ _META_DIR = ".meta"
 _TMP_DIR = ".tmp"
 _UPLOADS_DIR = ".uploads"
 _COPY_CHUNK = MiB
+
+
+class _UploadDoc(TypedDict):
+    """A directory target's multipart upload, ``.uploads/<id>/info.json``."""
+
+    name: str
+    initiated: float  # epoch seconds
+    metadata: dict[str, str]
 
 
 def _os_error(ex: OSError, what: str) -> ChangelogError:
@@ -529,9 +509,9 @@ class DirectoryTarget:
             raise ValueError(f"bad upload id {upload_id!r}")
         return self.root / _UPLOADS_DIR / upload_id
 
-    def _upload_info(self, name: str, upload_id: str) -> dict[str, Any]:
+    def _upload_info(self, name: str, upload_id: str) -> _UploadDoc:
         try:
-            info: dict[str, Any] = orjson.loads((self._upload_dir(upload_id) / "info.json").read_bytes())
+            info: _UploadDoc = orjson.loads((self._upload_dir(upload_id) / "info.json").read_bytes())
         except FileNotFoundError as ex:
             raise UploadMissing(f"no upload {upload_id} of {name}") from ex
         if info.get("name") != name:
@@ -545,7 +525,7 @@ class DirectoryTarget:
         def run() -> str:
             d = self._upload_dir(upload_id)
             d.mkdir()
-            doc = {"name": name, "initiated": time.time(), "metadata": dict(metadata or {})}
+            doc: _UploadDoc = {"name": name, "initiated": time.time(), "metadata": dict(metadata or {})}
             self._place(self._write_file([orjson.dumps(doc)]), d / "info.json")
             return upload_id
 
@@ -617,41 +597,92 @@ class DirectoryTarget:
 # --- factory ----------------------------------------------------------------------------------
 
 
-def make_target(url: str, **opts: Any) -> Target:
+class TargetOptions(TypedDict, total=False):
+    """``make_target``'s options; None (or absent) leaves the library default. ``fsync`` and
+    ``create`` are a directory's, the rest an S3 bucket's; ``compression`` is the collector's
+    and ignored here."""
+
+    client: S3Client | None
+    endpoint: str | None
+    region: str | None
+    addressing_style: AddressingStyle | None
+    access_key: str | None
+    secret_key: str | None
+    session_token: str | None
+    verify: bool | str | None
+    connect_timeout: float | None
+    read_timeout: float | None
+    max_attempts: int | None
+    min_part_bytes: int | None
+    fsync: bool | None
+    create: bool | None
+    compression: str | None
+
+
+# The S3 options a target URL's query string may carry (not the secrets).
+_S3_QUERY = ("endpoint", "region", "addressing_style", "connect_timeout", "read_timeout", "max_attempts",
+             "min_part_bytes", "verify")
+_STYLES: dict[str, AddressingStyle] = {"auto": "auto", "path": "path", "virtual": "virtual"}
+
+V = TypeVar("V")
+
+
+def _given(value: V | None, text: str | None, parse: Callable[[str], V], default: V) -> V:
+    """An option: the keyword's value, else the URL query's (parsed), else the default."""
+    if value is not None:
+        return value
+    return default if text is None else parse(text)
+
+
+def _style(text: str) -> AddressingStyle:
+    if text not in _STYLES:
+        raise ConfigError(f"target.addressing_style must be auto, path or virtual, not {text!r}")
+    return _STYLES[text]
+
+
+def _s3_target(url: str, opts: TargetOptions) -> S3Target:
+    """``make_target`` of an ``s3://`` URL: keyword options win over the URL's query string."""
+    parts = urlsplit(url)
+    if not parts.netloc:
+        raise ConfigError(f"target URL {url!r} has no bucket: s3://bucket/prefix/")
+    q = dict(parse_qsl(parts.query))
+    for k in q:
+        if k not in _S3_QUERY:
+            raise ConfigError(f"target URL option {k!r} is not one of {sorted(_S3_QUERY)}")
+    endpoint = _given(opts.get("endpoint"), q.get("endpoint"), str, None)
+    style = _style(opts.get("addressing_style") or q.get("addressing_style") or "auto")
+    client = opts.get("client") or make_s3_client(
+        endpoint,
+        access_key=opts.get("access_key"),
+        secret_key=opts.get("secret_key"),
+        session_token=opts.get("session_token"),
+        region=_given(opts.get("region"), q.get("region"), str, None),
+        addressing_style=style,
+        verify=_given(opts.get("verify"), q.get("verify"), str, None),
+        max_attempts=_given(opts.get("max_attempts"), q.get("max_attempts"), int, MAX_ATTEMPTS),
+        connect_timeout=_given(opts.get("connect_timeout"), q.get("connect_timeout"), float, CONNECT_TIMEOUT),
+        read_timeout=_given(opts.get("read_timeout"), q.get("read_timeout"), float, READ_TIMEOUT),
+    )
+    min_part = _given(opts.get("min_part_bytes"), q.get("min_part_bytes"), int, S3_MIN_PART)
+    return S3Target(parts.netloc, unquote(parts.path), client=client, endpoint=endpoint, min_part_bytes=min_part)
+
+
+def make_target(url: str, **opts: Unpack[TargetOptions]) -> Target:
     """A target from a URL: ``s3://bucket/prefix/`` or ``file:///dir/``.
 
-    S3 options (keyword, or in the URL's query string for the non-secret ones): ``endpoint``,
-    ``region``, ``addressing_style``, ``access_key``, ``secret_key``, ``session_token``,
-    ``verify``, ``connect_timeout``, ``read_timeout``, ``max_attempts``, ``min_part_bytes``,
-    ``client``. Options that belong to the collector (``compression``) are ignored here;
-    ``None`` values are dropped (library defaults apply).
+    S3 options (``TargetOptions``) come as keywords, or in the URL's query string for the
+    non-secret ones (``_S3_QUERY``); ``None`` values are dropped (library defaults apply).
     """
-    parts = urlsplit(url)
-    query = dict(parse_qsl(parts.query))
-    opts = {k: v for k, v in opts.items() if v is not None and k != "compression"}
-    if parts.scheme == "s3":
-        if not parts.netloc:
-            raise ConfigError(f"target URL {url!r} has no bucket: s3://bucket/prefix/")
-        allowed = {"endpoint", "region", "addressing_style", "connect_timeout", "read_timeout", "max_attempts",
-                   "min_part_bytes", "verify"}
-        for k, v in query.items():
-            if k not in allowed:
-                raise ConfigError(f"target URL option {k!r} is not one of {sorted(allowed)}")
-            opts.setdefault(k, v)
-        for k in ("connect_timeout", "read_timeout"):
-            if isinstance(opts.get(k), str):
-                opts[k] = float(opts[k])
-        for k in ("max_attempts", "min_part_bytes"):
-            if isinstance(opts.get(k), str):
-                opts[k] = int(opts[k])
-        return S3Target(parts.netloc, unquote(parts.path), **opts)
-    if parts.scheme == "file":
+    scheme = urlsplit(url).scheme
+    if scheme == "s3":
+        return _s3_target(url, opts)
+    if scheme == "file":
         # "file:///abs/dir/", "file://localhost/abs/dir/", or relative "file://./dir/".
         path = unquote(url[len("file://") :].split("?", 1)[0])
         if path.startswith("localhost/"):
             path = path[len("localhost") :]
         if not path:
             raise ConfigError(f"target URL {url!r} names no directory")
-        known = {"fsync", "create"}
-        return DirectoryTarget(path, **{k: v for k, v in opts.items() if k in known})
+        fsync, create = opts.get("fsync"), opts.get("create")
+        return DirectoryTarget(path, fsync=True if fsync is None else fsync, create=True if create is None else create)
     raise ConfigError(f"target URL must start with s3:// or file://, not {url!r}")

@@ -53,39 +53,38 @@ class Retry(Protocol):
     def __call__(self, what: str, fn: Callable[[], T], *, check_first: bool = True) -> T: ...
 
 
+@dataclass(frozen=True, kw_only=True)
 class TargetRetry:
     """Retries transient target failures with capped exponential backoff. ``guard`` (the lease
     check) runs before every attempt, so no write goes out once the lease is lost; every
     failed attempt is reported to ``on_error`` (the collector counts them by ``error_kind``)."""
 
-    def __init__(self, *, guard: Callable[[], None], retries: int, backoff_base: float, backoff_max: float,
-                 sleep: Callable[[float], None], on_error: Callable[[BaseException], None]) -> None:
-        self._guard = guard
-        self._retries = retries
-        self._base = backoff_base
-        self._max = backoff_max
-        self._sleep = sleep
-        self._on_error = on_error
+    guard: Callable[[], None]
+    retries: int
+    backoff_base: float
+    backoff_max: float
+    sleep: Callable[[float], None]
+    on_error: Callable[[BaseException], None]
 
     def __call__(self, what: str, fn: Callable[[], T], *, check_first: bool = True) -> T:
-        delay = self._base
+        delay = self.backoff_base
         attempt = 0
         while True:
             if attempt or check_first:
-                self._guard()
+                self.guard()
             try:
                 return fn()
             except (TransientError, PermanentError, ObjectMissing) as ex:
-                self._on_error(ex)
+                self.on_error(ex)
                 if not isinstance(ex, TransientError):
                     raise
                 attempt += 1
-                if attempt > self._retries:
+                if attempt > self.retries:
                     raise
                 logger.warning("%s failed (attempt %d/%d), retrying in %.1fs: %s", what, attempt,
-                               self._retries, delay, ex)
-                self._sleep(delay)
-                delay = min(delay * 2, self._max)
+                               self.retries, delay, ex)
+                self.sleep(delay)
+                delay = min(delay * 2, self.backoff_max)
 
 
 @dataclass(frozen=True)

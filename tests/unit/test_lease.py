@@ -1,6 +1,7 @@
 """One renewal policy for every lease: a RADOS ``Lease`` renewing itself, the collector's
-``Renewer`` of many, and the backup destination's ``DestinationLock`` all renew ``renew_every``
-after the last lock call and share one local deadline (``TimedLease``). Time is a test clock."""
+``Renewer`` of many, the backup destination's ``DestinationLock`` and a backup run's marker all
+renew ``renew_every`` after the last lock call (or write); the locks share one local deadline
+(``TimedLease``). A leased role takes its lease with ``Lease.take``. Time is a test clock."""
 
 from __future__ import annotations
 
@@ -11,8 +12,9 @@ from pathlib import Path
 import pytest
 
 from changelog.consumers.backup.lock import DestinationLock, read_lock
+from changelog.consumers.backup.runs import MarkerDoc, RunMarker, marker_name
 from changelog.consumers.backup.store import BackupStore
-from changelog.errors import LeaseLost
+from changelog.errors import LeaseLost, TransientError
 from changelog.pipeline.backends.sqlite import SqliteStore
 from changelog.pipeline.lease import Lease, Renewer, TimedLease, renew_every
 from changelog.pipeline.targets import DirectoryTarget
@@ -133,3 +135,67 @@ def test_destination_lock_renews_in_the_background(tmp_path: Path) -> None:
                    and doc.expires > first.expires)
         assert lock.held
     assert read_lock(store, "cleanup") is None  # released: deleted
+
+
+def test_take_starts_renewing_once_and_sets_up_only_when_newly_taken(tmp_path: Path) -> None:
+    """``Lease.take``, every leased role's ``acquire``: True while held, ``on_taken`` only when
+    it was just taken; False while another holds it."""
+    store = SqliteStore(str(tmp_path / "s.db"))
+    mine = Lease(store, "obj", name="n", ttl=1)
+    other = Lease(store, "obj", name="n", ttl=1)
+    taken: list[int] = []
+    try:
+        assert mine.take(on_taken=lambda: taken.append(1)) and taken == [1]
+        assert mine.take(on_taken=lambda: taken.append(2)) and taken == [1]  # held: nothing new
+        assert not other.take(on_taken=lambda: taken.append(3)) and taken == [1]
+        renewals = mine.renewals
+        eventually("renewals in the background", lambda: mine.renewals >= renewals + 2)
+    finally:
+        mine.release()
+        store.close()
+
+
+def test_take_releases_when_the_setup_fails(tmp_path: Path) -> None:
+    """A setup that fails (a transient read of the role's state) leaves the lease free, so that
+    the next ``take`` sets up again instead of finding it held and the setup missing."""
+    store = SqliteStore(str(tmp_path / "s.db"))
+    lease = Lease(store, "obj", name="n", ttl=1)
+
+    def fail() -> None:
+        raise TransientError("state unreadable")
+
+    try:
+        with pytest.raises(TransientError):
+            lease.take(on_taken=fail)
+        assert not lease.held and store.lock_info("obj", "n") is None
+        done: list[bool] = []
+        assert lease.take(on_taken=lambda: done.append(True)) and done == [True]
+    finally:
+        lease.release()
+        store.close()
+
+
+def test_run_marker_renews_on_the_policy(tmp_path: Path) -> None:
+    """A backup run's marker renews ``renew_every`` after its last write (its default ttl 300 s,
+    margin 30 s: every 100 s), on the marker's own monotonic clock, through a ``Renewer``."""
+    store = BackupStore(DirectoryTarget(tmp_path / "dest"))
+    now = FakeTime(1000.0)
+    doc: MarkerDoc = {"format": 1, "backup_id": "20250101T000000.000000Z-abcd", "owner": "me", "started": 0.0,
+                      "base": None, "after": None, "until": None, "as_of_us": 0, "untrusted_blobs": False}
+    assert renew_every(300.0, RunMarker(store, doc, 300.0, now, now).margin) == 100.0
+    marker = RunMarker(store, doc, 3.0, now, now)  # margin 1 s: every second
+    marker.write()
+    renewer = Renewer(marker.ttl, monotonic=now)  # the schedule, without a thread
+    renewer.add(marker)
+    due, wake = renewer.due(now())
+    assert due == [] and wake == pytest.approx(1001.0)
+    marker.start()
+    try:
+        first = store.get_doc(marker_name(marker.run_id))
+        time.sleep(0.3)  # nothing due yet
+        assert store.get_doc(marker_name(marker.run_id)) == first
+        now.t = 1001.0
+        eventually("a renewal", lambda: store.get_doc(marker_name(marker.run_id)) != first)
+        assert not marker.lapsed
+    finally:
+        marker.stop()

@@ -165,6 +165,11 @@ def test_directory_name_collisions_are_permanent(tmp_path):
 # --- S3 client factory -------------------------------------------------------------------------
 
 
+def _s3(target: Target) -> S3Target:
+    assert isinstance(target, S3Target)
+    return target
+
+
 def test_every_s3_client_keeps_checksums_to_what_radosgw_accepts():
     """The three S3 users get their client from ``s3client.make_s3_client``, each with its own
     timeouts, retries and pool, and all without botocore's default CRC checksums."""
@@ -173,7 +178,8 @@ def test_every_s3_client_keeps_checksums_to_what_radosgw_accepts():
 
     admin = AdminClient("http://127.0.0.1:1", "ak", "sk", max_connections=7)
     clients = {
-        "target": (S3Target("b", endpoint="http://127.0.0.1:1", region="default")._s3, ("auto", 4, 10, 60, 10)),
+        "target": (_s3(make_target("s3://b", endpoint="http://127.0.0.1:1", region="default"))._s3,
+                   ("auto", 4, 10, 60, 10)),
         "source": (make_client(endpoint="http://127.0.0.1:1", region="default"), ("path", 6, 10, 120, 32)),
         "admin": (admin._s3(), ("path", 4, 5, 60, 7)),
     }
@@ -224,6 +230,31 @@ def test_s3_errors_translated_by_status(status, code, error):
     assert code in str(info.value)
 
 
+@pytest.mark.parametrize(
+    ("status", "code", "error", "text"),
+    [
+        (404, "NoSuchBucket", "NotFound", "HTTP 404 NoSuchBucket"),
+        (503, "SlowDown", "TransientError", "HTTP 503 SlowDown"),
+        (403, "AccessDenied", "PermanentError", "needs a system user"),
+        (400, "InvalidArgument", "PermanentError", "HTTP 400 InvalidArgument"),
+    ],
+)
+def test_admin_s3_errors_read_through_refusal(status, code, error, text):
+    """The follower's S3 reads (``AdminClient._s3_call``) read botocore's answer with
+    ``s3client.refusal``: its own ``NotFound`` for a 404, one line naming the endpoint."""
+    from rgw_module.admin import AdminClient
+
+    admin = AdminClient("http://127.0.0.1:1", "ak", "sk")
+    stub = Stubber(admin._s3())
+    stub.activate()
+    stub.add_client_error("list_objects_v2", service_error_code=code, http_status_code=status)
+    with pytest.raises(Exception) as info:
+        admin.list_objects("b", versions=False)
+    assert type(info.value).__name__ == error and text in str(info.value)
+    assert "http://127.0.0.1:1" in str(info.value) and info.value.__cause__ is not None
+    admin.close()
+
+
 def test_s3_head_404_is_none_and_other_errors_raise():
     t, stub = stubbed()
     stub.add_client_error("head_object", service_error_code="404", http_status_code=404)
@@ -250,15 +281,15 @@ def test_s3_multipart_call_sequence_and_prefix():
 
 
 def test_s3_connection_errors_are_transient():
-    t = S3Target("b", endpoint="http://127.0.0.1:9", access_key="a", secret_key="s", region="us-east-1",
-                 max_attempts=1, connect_timeout=0.5)
+    t = make_target("s3://b", endpoint="http://127.0.0.1:9", access_key="a", secret_key="s", region="us-east-1",
+                    max_attempts=1, connect_timeout=0.5)
     with pytest.raises(TransientError) as info:
         t.put("x", b"")
     assert info.value.__cause__ is not None
 
 
 def test_s3_repr_has_no_secrets():
-    t = S3Target("b", "p/", endpoint="http://h:1", access_key="AKIDSECRET", secret_key="VERYSECRET")
+    t = make_target("s3://b/p/", endpoint="http://h:1", access_key="AKIDSECRET", secret_key="VERYSECRET")
     assert "SECRET" not in repr(t)
 
 

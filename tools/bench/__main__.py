@@ -22,9 +22,10 @@ import tempfile
 import time
 import traceback
 import uuid
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from tools.bench.common import Bench, Figure, FigureSkipped, lab_down, lab_from_env, lab_up, say, table
+from tools.bench.common import Bench, Figure, FigureSkipped, Lab, lab_down, lab_from_env, lab_up, say, table
 
 # Figure name -> module, in the order `all` runs them.
 FIGURES = {
@@ -77,21 +78,90 @@ def loadavg() -> str:
         return "?"
 
 
+@dataclass
+class Outcome:
+    """What a run produced: its figures, the figures that failed or were not produced (with why),
+    and each produced group's wall time."""
+
+    figures: list[Figure] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)
+    skipped: dict[str, str] = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def open_lab(args: argparse.Namespace, tmp: Path) -> tuple[Lab, Path | None]:
+    """The lab to run on (``--lab DIR``, else the environment's, else a throwaway one booted in
+    ``tmp``), and the folder of the throwaway one (None when the run did not boot it)."""
+    release = RELEASES.get(args.figure)  # None for `all`: its figures boot what they need
+    if args.lab:
+        return lab_up(Path(args.lab).absolute(), release), None
+    env_lab = lab_from_env(os.environ)
+    if env_lab is not None:
+        return env_lab, None
+    booted = tmp / "lab"
+    return lab_up(booted, release), booted
+
+
+def run_figures(bench: Bench, names: list[str], args: argparse.Namespace) -> Outcome:
+    """Each figure group in turn; one that fails or cannot be produced does not stop the others.
+    With ``--json`` each figure is printed as soon as its group is done."""
+    out = Outcome()
+    for name in names:
+        t0 = time.monotonic()
+        say(f"=== {name}")
+        try:
+            mod = importlib.import_module(FIGURES[name])
+            got = mod.run(bench)
+        except KeyboardInterrupt:
+            raise
+        except FigureSkipped as ex:
+            out.skipped[name] = str(ex)
+            say(f"{name}: not produced: {ex}")
+            continue
+        except Exception as ex:  # noqa: BLE001 - one broken figure must not hide the others
+            out.failed.append(name)
+            say(f"{name} FAILED: {type(ex).__name__}: {ex}\n{traceback.format_exc()}")
+            continue
+        out.timings[name] = time.monotonic() - t0
+        for f in got:
+            f.params.setdefault("scale", args.scale)
+            f.params.setdefault("quick", args.quick)
+        out.figures.extend(got)
+        say(f"{name}: {len(got)} figures in {out.timings[name]:.0f}s")
+        if args.json:
+            for f in got:
+                print(json.dumps(f.to_json()), flush=True)
+    return out
+
+
+def report(args: argparse.Namespace, outcome: Outcome, *, total: float, load_start: str) -> int:
+    """The header line, the table and what was not produced (on stderr with ``--json``); the
+    exit status."""
+    out = sys.stderr if args.json else sys.stdout
+    info = machine()
+    timings = outcome.timings
+    print(
+        f"\nrgw-changelog benchmarks, {time.strftime('%Y-%m-%d %H:%M %Z')}; {info['cpus']} CPUs, "
+        f"{info['mem_mib']} MiB, Python {info['python']}; scale {args.scale}{', quick' if args.quick else ''}; "
+        f"{total:.0f}s ({', '.join(f'{k} {v:.0f}s' for k, v in timings.items())}); "
+        f"load average {load_start} at the start, {loadavg()} at the end\n",
+        file=out,
+    )
+    print(table(outcome.figures), file=out, flush=True)
+    for name, why in outcome.skipped.items():
+        print(f"\n{name}: not produced: {why}", file=out, flush=True)
+    if outcome.failed:
+        print(f"\nFAILED figures: {', '.join(outcome.failed)}", file=out)
+        return 1
+    # A figure asked for by name and not produced fails the run; within `all` it does not.
+    return 1 if outcome.skipped and args.figure != "all" else 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     names = list(FIGURES) if args.figure == "all" else [args.figure]
     tmp = Path(tempfile.mkdtemp(prefix="rgw-changelog-bench-"))
-    booted: Path | None = None
-    release = RELEASES.get(args.figure)  # None for `all`: its figures boot what they need
-    if args.lab:
-        lab = lab_up(Path(args.lab).absolute(), release)
-    else:
-        env_lab = lab_from_env(os.environ)
-        if env_lab is not None:
-            lab = env_lab
-        else:
-            booted = tmp / "lab"
-            lab = lab_up(booted, release)
+    lab, booted = open_lab(args, tmp)
     bench = Bench(
         lab=lab,
         tag=uuid.uuid4().hex[:8],
@@ -103,62 +173,16 @@ def main(argv: list[str] | None = None) -> int:
         throwaway=booted is not None,
     )
     say(f"lab: {lab.rgw_endpoint}, {lab.conf}, pool {lab.pool}; scale {args.scale}{', quick' if args.quick else ''}")
-    figures: list[Figure] = []
-    failed: list[str] = []
-    skipped: dict[str, str] = {}
     started = time.monotonic()
     load_start = loadavg()
-    timings: dict[str, float] = {}
     try:
-        for name in names:
-            t0 = time.monotonic()
-            say(f"=== {name}")
-            try:
-                mod = importlib.import_module(FIGURES[name])
-                got = mod.run(bench)
-            except KeyboardInterrupt:
-                raise
-            except FigureSkipped as ex:
-                skipped[name] = str(ex)
-                say(f"{name}: not produced: {ex}")
-                continue
-            except Exception as ex:  # noqa: BLE001 - one broken figure must not hide the others
-                failed.append(name)
-                say(f"{name} FAILED: {type(ex).__name__}: {ex}\n{traceback.format_exc()}")
-                continue
-            timings[name] = time.monotonic() - t0
-            for f in got:
-                f.params.setdefault("scale", args.scale)
-                f.params.setdefault("quick", args.quick)
-            figures.extend(got)
-            say(f"{name}: {len(got)} figures in {timings[name]:.0f}s")
-            if args.json:
-                for f in got:
-                    print(json.dumps(f.to_json()), flush=True)
+        outcome = run_figures(bench, names, args)
     finally:
         bench.close()
         if booted is not None:
             lab_down(booted)
         shutil.rmtree(tmp, ignore_errors=True)
-    total = time.monotonic() - started
-    out = sys.stderr if args.json else sys.stdout
-    info = machine()
-    print(
-        f"\nrgw-changelog benchmarks, {time.strftime('%Y-%m-%d %H:%M %Z')}; {info['cpus']} CPUs, "
-        f"{info['mem_mib']} MiB, Python {info['python']}; scale {args.scale}{', quick' if args.quick else ''}; "
-        f"{total:.0f}s ({', '.join(f'{k} {v:.0f}s' for k, v in timings.items())}); "
-        f"load average {load_start} at the start, {loadavg()} at the end\n",
-        file=out,
-    )
-    print(table(figures), file=out, flush=True)
-    for name, why in skipped.items():
-        print(f"\n{name}: not produced: {why}", file=out, flush=True)
-    if failed:
-        print(f"\nFAILED figures: {', '.join(failed)}", file=out)
-        return 1
-    # A figure asked for by name and not produced fails the run; within `all` it does not.
-    return 1 if skipped and args.figure != "all" else 0
-
+    return report(args, outcome, total=time.monotonic() - started, load_start=load_start)
 
 if __name__ == "__main__":
     sys.exit(main())

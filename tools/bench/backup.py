@@ -1,9 +1,9 @@
 """Figure 5, ``backup``: an incremental backup driven by the change logs against a listing-based
-diff of the same bucket, in S3 requests and wall time. Reuses ``tools/bench_backup.py`` (the
-backup engineer's benchmark): its request counter (``Counted``: a botocore ``before-send`` hook
-on every client a tool uses) and its listing-based tool (``mirror_sync``: list source and
-mirror, HEAD every source object to compare size, ETag and metadata, copy what differs, delete
-what is gone: what rclone does by default).
+diff of the same bucket, in S3 requests and wall time. The request counter, the listing-based
+tool (list source and mirror, HEAD every source object to compare size, ETag and metadata, copy
+what differs, delete what is gone: what rclone does by default) and the change logs come from
+``tools/bench/backup_passes.py``, shared with the standalone ``python -m
+tools.bench.backup_standalone``.
 
 Setup (not measured; seeded with ``FastPut``): a bucket of N 1 KiB objects (20,000 at the default
 scale), the same objects PUT into the mirror bucket (the listing tool's previous state), the RGW follower's full
@@ -22,10 +22,24 @@ from __future__ import annotations
 
 import random
 import time
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
-from tools import bench_backup as bb
+from tools.bench.backup_passes import (
+    BackupBuckets,
+    ChangeLogs,
+    Changes,
+    Passes,
+    Round,
+    apply_changes,
+    as_expected,
+    backed_up,
+    plan_changes,
+)
 from tools.bench.common import Bench, FastPut, Figure, say, wipe_namespace
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3.client import S3Client
 
 GROUP = "backup"
 CHANGED = 0.01
@@ -34,166 +48,131 @@ OBJECT_BYTES = 1024
 WORKERS = 8  # parallel requests of both tools
 SEED_WORKERS = 16
 SEED_BODY = b"seed " * (OBJECT_BYTES // 5) + b"." * (OBJECT_BYTES % 5)
+LISTING_DIFF = "listing diff (list, HEAD every object, copy changed)"
 
 
-def _bulk_empty(s3: Any, bucket: str) -> None:
+@dataclass(frozen=True, slots=True)
+class Measured:
+    """What the figure's passes measured: the incremental round of both tools, and the set-up's
+    timings (not measured figures, reported in ``params``)."""
+
+    objects: int
+    changes: Changes
+    incremental: Round
+    timings: dict[str, float]
+
+
+def run(bench: Bench) -> list[Figure]:
+    from rgw_module.admin import AdminClient
+
+    lab = bench.lab
+    n = bench.size(20_000, 500, minimum=100)
+    buckets = BackupBuckets.named(lambda x: bench.name(f"bk-{x}"))
+    setup = bench.s3(pool=SEED_WORKERS + 4)
+    for b in buckets.all:
+        setup.create_bucket(Bucket=b)
+    ns = bench.name("backup")
+    store = bench.store(ns)
+    admin = AdminClient(lab.rgw_endpoint, lab.access_key, lab.secret_key)
+    logs = ChangeLogs(store, admin, buckets.src)
+    try:
+        measured = _measure(bench, setup, logs, buckets, n)
+    finally:
+        logs.close()
+        admin.close()
+        store.close()
+        wipe_namespace(bench, ns)
+        if not bench.throwaway:
+            _remove_buckets(setup, buckets)
+    return _figures(measured)
+
+
+def _measure(bench: Bench, setup: S3Client, logs: ChangeLogs, buckets: BackupBuckets, n: int) -> Measured:
+    """Seed, sync, a first backup, change 1% of the objects, sync, then both incremental passes."""
+    lab = bench.lab
+    rnd = random.Random(1)
+    timings: dict[str, float] = {}
+    t0 = time.monotonic()
+    say(f"backup: seeding {n:,} objects into the source and the mirror")
+    FastPut(lab).put_many(
+        [(b, f"data/{i:07d}", SEED_BODY) for i in range(n) for b in (buckets.src, buckets.mirror)],
+        workers=SEED_WORKERS,
+    )
+    timings["seed_s"] = time.monotonic() - t0
+    say(f"  {timings['seed_s']:.0f}s")
+    if not logs.start(buckets.logs, setup):
+        raise RuntimeError("backup: follower lease busy")
+    timings["full_sync_s"] = _sync_logs(logs)
+    passes = Passes(
+        lab.rgw_endpoint, lab.access_key, lab.secret_key, buckets, workers=WORKERS, progress=False
+    )
+    say("backup: first backup (ours)")
+    _, timings["first_backup_s"] = passes.backup()
+    timings["first_backup_requests"] = passes.ours.total
+
+    changes = plan_changes(n, CHANGED, MIX, rnd, minimum=len(MIX))
+    say(f"backup: changing {changes.changed} objects ({changes.text()})")
+    apply_changes(setup, buckets.src, changes, objects=n, size=OBJECT_BYTES, workers=WORKERS)
+    timings["catch_up_s"] = _sync_logs(logs)
+
+    inc = passes.both(say, "backup: incremental, ours", "backup: incremental, listing-based diff")
+    got = backed_up(setup, buckets, inc.result.backup_id)
+    if not as_expected(changes, n, got, inc.mirror):
+        raise RuntimeError(
+            f"backup: wrong outcome: the backup holds {got} objects (expected {changes.expected(n)}); "
+            f"mirror {inc.mirror}"
+        )
+    return Measured(n, changes, inc, timings)
+
+
+def _sync_logs(logs: ChangeLogs) -> float:
+    """The change logs caught up with every write so far: seconds taken."""
+    # Listings in whole seconds (Tentacle, AWS): the watermark must cover the second of the last
+    # write for the backup to tell it from a later one (runner._written_since).
+    time.sleep(1.0 - time.time() % 1.0 + 0.01)
+    t = time.monotonic()
+    logs.catch_up(timeout=1800)
+    return time.monotonic() - t
+
+
+def _remove_buckets(s3: S3Client, buckets: BackupBuckets) -> None:
+    for b in buckets.all:
+        try:
+            _bulk_empty(s3, b)
+        except Exception as ex:  # noqa: BLE001 - best effort; the next figures do not need them
+            say(f"WARNING: cannot remove bucket {b}: {ex}")
+
+
+def _bulk_empty(s3: S3Client, bucket: str) -> None:
     """Delete a bucket's objects 1000 per request. Only for buckets that never had a
     notification (radosgw 16.2 aborts on DeleteObjects in one that has)."""
     for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket):
-        objs = [{"Key": o["Key"]} for o in page.get("Contents", [])]
+        objs: list[Any] = [{"Key": o["Key"]} for o in page.get("Contents", [])]
         if objs:
             s3.delete_objects(Bucket=bucket, Delete={"Objects": objs, "Quiet": True})
     s3.delete_bucket(Bucket=bucket)
 
 
-def run(bench: Bench) -> list[Figure]:
-    from changelog.config import CollectorConfig, SourceConfig
-    from changelog.consumers.backup import manifest as mf
-    from changelog.consumers.backup.runner import BackupRunner
-    from changelog.consumers.backup.source import Source
-    from changelog.consumers.backup.store import BackupStore
-    from changelog.pipeline.collector import Collector
-    from changelog.pipeline.index import ChangeIndex
-    from changelog.pipeline.targets import S3Target
-    from rgw_module.admin import AdminClient
-    from rgw_module.follower import Follower
-
-    lab = bench.lab
-    n = bench.size(20_000, 500, minimum=100)
-    rnd = random.Random(1)
-    src_b, logs_b, store_b, mirror_b = (bench.name(f"bk-{x}") for x in ("src", "logs", "store", "mirror"))
-    setup = bench.s3(pool=SEED_WORKERS + 4)
-    for b in (src_b, logs_b, store_b, mirror_b):
-        setup.create_bucket(Bucket=b)
-    ns = bench.name("backup")
-    store = bench.store(ns)
-    admin = AdminClient(lab.rgw_endpoint, lab.access_key, lab.secret_key)
-    index = ChangeIndex(store, shards=8)
-    source = SourceConfig(buckets=(src_b,), poll_interval=0.2, trim_datalog=False, lease_ttl=30.0)
-    follower = Follower(index, admin, source)
-    collector: Collector | None = None
-    timings: dict[str, float] = {}
-    try:
-        t0 = time.monotonic()
-        say(f"backup: seeding {n:,} objects into the source and the mirror")
-
-        FastPut(lab).put_many(
-            [(b, f"data/{i:07d}", SEED_BODY) for i in range(n) for b in (src_b, mirror_b)], workers=SEED_WORKERS
-        )
-        timings["seed_s"] = time.monotonic() - t0
-        say(f"  {timings['seed_s']:.0f}s")
-        if not follower.acquire():
-            raise RuntimeError("backup: follower lease busy")
-        collector = Collector(
-            index,
-            S3Target(logs_b, "", client=setup),
-            CollectorConfig(settle=0.0, lease_ttl=30.0),
-            watermark_cap=follower.caught_up_until_us,
-        )
-
-        def sync_logs() -> float:
-            # Listings in whole seconds (Tentacle, AWS): the watermark must cover the second of
-            # the last write for the backup to tell it from a later one (runner._written_since).
-            time.sleep(1.0 - time.time() % 1.0 + 0.01)
-            t = time.monotonic()
-            follower.run_until_caught_up(timeout=1800)
-            assert collector is not None
-            collector.flush()
-            return time.monotonic() - t
-
-        timings["full_sync_s"] = sync_logs()
-        ours = bb.Counted(lab.rgw_endpoint, lab.access_key, lab.secret_key, pool=2 * WORKERS)
-        theirs = bb.Counted(lab.rgw_endpoint, lab.access_key, lab.secret_key, pool=2 * WORKERS)
-
-        def backup() -> tuple[Any, float]:
-            ours.reset()
-            t = time.monotonic()
-            result = BackupRunner(
-                BackupStore(S3Target(store_b, "", client=ours.client)),
-                S3Target(logs_b, "", client=ours.client),
-                Source(ours.client),
-                buckets=[src_b],
-                workers=WORKERS,
-                progress=False,
-            ).run()
-            return result, time.monotonic() - t
-
-        def mirror() -> tuple[dict[str, int], float]:
-            theirs.reset()
-            t = time.monotonic()
-            stats = bb.mirror_sync(theirs.client, src_b, mirror_b, workers=WORKERS)
-            return stats, time.monotonic() - t
-
-        say("backup: first backup (ours)")
-        _, timings["first_backup_s"] = backup()
-        timings["first_backup_requests"] = ours.total
-
-        weights = MIX
-        k = max(len(weights), round(n * CHANGED))
-        n_over = round(k * weights[0] / sum(weights))
-        n_new = round(k * weights[1] / sum(weights))
-        n_del = k - n_over - n_new
-        picked = rnd.sample(range(n), n_over + n_del)
-        over, dels = picked[:n_over], picked[n_over:]
-        say(f"backup: changing {k} objects ({n_over} overwritten, {n_new} new, {n_del} deleted)")
-        bb.parallel(
-            lambda i: setup.put_object(Bucket=src_b, Key=f"data/{i:07d}", Body=bb.body(i, 1, OBJECT_BYTES)),
-            over,
-            WORKERS,
-        )
-        bb.parallel(
-            lambda i: setup.put_object(Bucket=src_b, Key=f"new/{i:07d}", Body=bb.body(n + i, 1, OBJECT_BYTES)),
-            range(n_new),
-            WORKERS,
-        )
-        bb.parallel(lambda i: setup.delete_object(Bucket=src_b, Key=f"data/{i:07d}"), dels, WORKERS)
-        timings["catch_up_s"] = sync_logs()
-
-        say("backup: incremental, ours")
-        r_inc, t_ours = backup()
-        ours_ops = dict(ours.ops)
-        say("backup: incremental, listing-based diff")
-        m_inc, t_theirs = mirror()
-        theirs_ops = dict(theirs.ops)
-
-        expected = n + n_new - n_del
-        latest = mf.load(BackupStore(S3Target(store_b, "", client=setup)), r_inc.backup_id or "")
-        got = sum(1 for _ in latest.objects(src_b))
-        if got != expected or m_inc["copied"] != n_over + n_new or m_inc["deleted"] != n_del:
-            raise RuntimeError(
-                f"backup: wrong outcome: the backup holds {got} objects (expected {expected}); mirror {m_inc}"
-            )
-    finally:
-        if collector is not None:
-            collector.close()
-        follower.close()
-        admin.close()
-        store.close()
-        wipe_namespace(bench, ns)
-        for b in (src_b, logs_b, store_b, mirror_b) if not bench.throwaway else ():
-            try:
-                _bulk_empty(setup, b)
-            except Exception as ex:  # noqa: BLE001 - best effort; the next figures do not need them
-                say(f"WARNING: cannot remove bucket {b}: {ex}")
-
-    ours_total, theirs_total = sum(ours_ops.values()), sum(theirs_ops.values())
-    no_head = theirs_total - theirs_ops.get("HeadObject", 0)
+def _figures(m: Measured) -> list[Figure]:
+    inc, changes, n = m.incremental, m.changes, m.objects
+    ours_total, theirs_total = inc.ours_requests, inc.theirs_requests
+    no_head = theirs_total - inc.theirs_ops.get("HeadObject", 0)
     params: dict[str, Any] = {
         "objects": n,
-        "changed": k,
-        "overwritten": n_over,
-        "new": n_new,
-        "deleted": n_del,
+        "changed": changes.changed,
+        "overwritten": len(changes.overwritten),
+        "new": changes.new,
+        "deleted": len(changes.deleted),
         "object_bytes": OBJECT_BYTES,
         "workers": WORKERS,
         "rounds": 1,
-        "ours_requests_by_op": ours_ops,
-        "baseline_requests_by_op": theirs_ops,
-        "records": r_inc.records,
-        "log_objects": r_inc.log_objects,
-        **{k_: round(v, 1) for k_, v in timings.items()},
+        "ours_requests_by_op": inc.ours_ops,
+        "baseline_requests_by_op": inc.theirs_ops,
+        "records": inc.result.records,
+        "log_objects": inc.result.log_objects,
+        **{k_: round(v, 1) for k_, v in m.timings.items()},
     }
-    say(f"backup: ours {ours_total} requests in {t_ours:.1f}s; listing diff {theirs_total} in {t_theirs:.1f}s")
+    say(f"backup: ours {ours_total} requests in {inc.ours_s:.1f}s; listing diff {theirs_total} in {inc.theirs_s:.1f}s")
     return [
         Figure(
             GROUP,
@@ -201,7 +180,7 @@ def run(bench: Bench) -> list[Figure]:
             "requests",
             ours_total,
             theirs_total,
-            "listing diff (list, HEAD every object, copy changed)",
+            LISTING_DIFF,
             higher_is_better=False,
             goal=("ratio", ">=", 50),
             params=params,
@@ -210,11 +189,11 @@ def run(bench: Bench) -> list[Figure]:
             GROUP,
             "backup_incremental_wall_time",
             "s",
-            t_ours,
-            t_theirs,
-            "listing diff (list, HEAD every object, copy changed)",
+            inc.ours_s,
+            inc.theirs_s,
+            LISTING_DIFF,
             higher_is_better=False,
-            params={"objects": n, "changed": k, "workers": WORKERS},
+            params={"objects": n, "changed": changes.changed, "workers": WORKERS},
         ),
         Figure(
             GROUP,
@@ -224,6 +203,6 @@ def run(bench: Bench) -> list[Figure]:
             no_head,
             "listing diff trusting ETags (no HEAD; ignores metadata)",
             higher_is_better=False,
-            params={"objects": n, "changed": k},
+            params={"objects": n, "changed": changes.changed},
         ),
     ]

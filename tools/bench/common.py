@@ -26,11 +26,18 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from changelog.pipeline.s3client import make_s3_client
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3.client import S3Client
 
 REPO = Path(__file__).resolve().parents[2]
 CEPH_LAB = REPO / "tools" / "ceph-lab"
 S3_REGION = "default"  # the zonegroup name radosgw signs with
+# s: botocore's default connect and read timeouts, which the bench's S3 clients have always used.
+S3_TIMEOUT = 60.0
 # librados aio window of the baselines: the same as changelog.pipeline.backends.rados.AIO_WINDOW.
 AIO_WINDOW = 64
 # A page of omap reads: the same as the index and the collector (changelog.pipeline.index.OP_KEYS).
@@ -344,25 +351,17 @@ class Bench:
 
     # -- clients ---------------------------------------------------------------------------
 
-    def s3(self, *, pool: int = 32) -> Any:
-        """boto3 S3 client to the lab's radosgw: path-style, checksums only when required
-        (radosgw 16 stores boto3's default CRC headers as if they were user metadata)."""
-        import boto3
-        from botocore.config import Config
-
-        return boto3.session.Session().client(
-            "s3",
-            endpoint_url=self.lab.rgw_endpoint,
-            aws_access_key_id=self.lab.access_key,
-            aws_secret_access_key=self.lab.secret_key,
-            region_name=S3_REGION,
-            config=Config(
-                s3={"addressing_style": "path"},
-                request_checksum_calculation="when_required",
-                response_checksum_validation="when_required",
-                retries={"max_attempts": 5, "mode": "standard"},
-                max_pool_connections=pool,
-            ),
+    def s3(self, *, pool: int = 32) -> S3Client:
+        """boto3 S3 client to the lab's radosgw (path-style), from the project's one factory."""
+        return make_s3_client(
+            self.lab.rgw_endpoint,
+            access_key=self.lab.access_key,
+            secret_key=self.lab.secret_key,
+            region=S3_REGION,
+            max_attempts=5,
+            connect_timeout=S3_TIMEOUT,
+            read_timeout=S3_TIMEOUT,
+            max_pool=pool,
         )
 
     def store(self, namespace: str) -> Any:

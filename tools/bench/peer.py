@@ -23,9 +23,12 @@ import time
 import urllib.parse
 import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tools.bench.common import REPO, S3_REGION, Bench, empty_bucket, say
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3.client import S3Client
 
 SINK_BACKLOG = 1024
 
@@ -33,7 +36,7 @@ SINK_BACKLOG = 1024
 class NotificationPeer:
     """A bucket with a persistent notification (all create and remove events) to the sink."""
 
-    def __init__(self, bench: Bench, s3: Any) -> None:
+    def __init__(self, bench: Bench, s3: S3Client) -> None:
         import boto3
 
         self.bench = bench
@@ -51,6 +54,8 @@ class NotificationPeer:
         )
         assert self._proc.stdout is not None
         self.port = int(self._proc.stdout.readline().strip())
+        # radosgw's topic API speaks SNS, not S3: the project's factory (make_s3_client) makes S3
+        # clients only, and no product code needs this one. SNS requests carry no checksums.
         self.sns = boto3.session.Session().client(
             "sns",
             endpoint_url=bench.lab.rgw_endpoint,
@@ -149,7 +154,7 @@ class NotificationPeer:
             self._proc.wait(10)
 
 
-def get_peer(bench: Bench, s3: Any) -> NotificationPeer:
+def get_peer(bench: Bench, s3: S3Client) -> NotificationPeer:
     """The run's peer, set up on first use (figures share it: its queue's start-up delay is paid
     once) and removed at the end of the run."""
     peer = bench.shared.get("peer")

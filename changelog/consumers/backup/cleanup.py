@@ -21,7 +21,6 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 from changelog.consumers.backup import manifest as mf
 from changelog.consumers.backup.lock import CONFIRM_DELAY, LOCK_TTL, DestinationLock
@@ -58,7 +57,7 @@ class CleanupResult:
     dry_run: bool = False
     seconds: float = 0.0
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> dict[str, object]:
         return dict(self.__dict__)
 
 

@@ -18,10 +18,9 @@ from collections import deque
 from collections.abc import Callable, Mapping
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
-from typing import Any
 
 from changelog.consumers.backup.blobs import Blobs
-from changelog.consumers.backup.fetch import UNPROBED, Fetcher, Item, Outcome, Prefetched
+from changelog.consumers.backup.fetch import UNPROBED, Fetcher, Ident, Item, Outcome, OutcomeRow, Prefetched
 from changelog.consumers.backup.manifest import Lagging
 from changelog.consumers.backup.model import State, Version, current
 from changelog.consumers.backup.probes import ProbeRange
@@ -36,7 +35,23 @@ logger = logging.getLogger(__name__)
 # What ``Source.probe_page`` returns: (key, probe) entries and the continuation token.
 ProbePage = tuple[list[tuple[str, Probe]], str | None]
 # An outcome as recorded in a segment (``Outcome.to_doc``), by its item's ident.
-Recorded = Mapping[tuple[Any, ...], list[Any]]
+Recorded = Mapping[Ident, OutcomeRow]
+# A task of the copy's pool: a copy gives its outcome, a range listing its range and the page
+# it read (or why it could not).
+Done = Outcome | tuple[ProbeRange, ProbePage | ChangelogError]
+
+
+@dataclass(frozen=True, kw_only=True)
+class CopyPolicy:
+    """How a run copies: ``workers`` in parallel, its progress made durable (a segment) every
+    ``flush_items`` outcomes or ``flush_seconds``; ``hook`` and ``progress`` as the run's."""
+
+    workers: int
+    flush_items: int
+    flush_seconds: float
+    monotonic: Callable[[], float]
+    hook: Hook = no_hook
+    progress: bool | None = None
 
 
 @dataclass
@@ -74,12 +89,7 @@ class Copier:
         *,
         marker: RunMarker,
         segments: Segments,
-        workers: int,
-        flush_items: int,
-        flush_seconds: float,
-        monotonic: Callable[[], float],
-        hook: Hook = no_hook,
-        progress: bool | None = None,
+        policy: CopyPolicy,
     ) -> None:
         self.state = state
         self.source = source
@@ -87,12 +97,9 @@ class Copier:
         self.blobs: Blobs = fetcher.blobs
         self.marker = marker
         self.segments = segments
-        self.workers = workers
-        self.flush_items = flush_items
-        self.flush_seconds = flush_seconds
-        self.monotonic = monotonic
-        self.hook = hook
-        self.progress = progress
+        self.policy = policy
+        self.workers = policy.workers
+        self.monotonic = policy.monotonic
         self.totals = CopyTotals()
         self.lagging: list[Lagging] = []
         # Items whose turn came during the copy (the next older version of a dropped one).
@@ -102,8 +109,8 @@ class Copier:
         # Range listings to go on with, and the items they are to probe, by bucket and key.
         self._ranges: deque[ProbeRange] = deque()
         self._probing: dict[tuple[str, str], Item] = {}
-        self._pending: list[list[Any]] = []  # outcomes not yet in a segment
-        self._last_flush = monotonic()
+        self._pending: list[OutcomeRow] = []  # outcomes not yet in a segment
+        self._last_flush = policy.monotonic()
 
     def run(self, done: Recorded) -> None:
         """Copy every item; ``done``: the outcomes recorded by a crashed attempt of this run."""
@@ -113,7 +120,7 @@ class Copier:
         # (estimated from the base): whichever costs fewer requests.
         if len(initial) > 2 * (len(self.blobs.base) // 1000 + 1):
             self.blobs.preload()
-        with Progress("backup: copying", total=len(initial), unit="objects", enabled=self.progress) as bar:
+        with Progress("backup: copying", total=len(initial), unit="objects", enabled=self.policy.progress) as bar:
             self._replay(initial, done, bar)
             self._plan_probes()
             with ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="backup-copy") as pool:
@@ -137,19 +144,19 @@ class Copier:
     def _pump(self, pool: ThreadPoolExecutor, bar: Progress) -> None:
         """Keep the pool busy until every item and range listing is done. On a failure, what
         was copied so far is recorded before the error goes up."""
-        running: set[Future[Any]] = set()
-        listing: dict[Future[ProbePage], ProbeRange] = {}
+        running: set[Future[Done]] = set()
+        listing: set[Future[Done]] = set()
         while self._ready or self._queue or running or self._ranges:
             self._submit(pool, running, listing)
             finished, _ = wait(running, return_when=FIRST_COMPLETED)
             for fut in finished:
                 running.discard(fut)
-                rng = listing.pop(fut, None)
+                listing.discard(fut)
                 try:
-                    if rng is not None:
-                        self._ranges.extend(self._settle(rng, fut))
+                    out = fut.result()
+                    if isinstance(out, tuple):
+                        self._ranges.extend(self._settle(*out))
                         continue
-                    out: Outcome = fut.result()
                 except BaseException:
                     for other in running:
                         other.cancel()
@@ -159,27 +166,38 @@ class Copier:
                 self._apply(out)
                 self._pending.append(out.to_doc())
                 bar.update(1, nbytes=(out.version.size or 0) if out.version else 0)
-                self.hook("copied")
-            if len(self._pending) >= self.flush_items or self.monotonic() - self._last_flush >= self.flush_seconds:
+                self.policy.hook("copied")
+            due = self.monotonic() - self._last_flush >= self.policy.flush_seconds
+            if due or len(self._pending) >= self.policy.flush_items:
                 self._flush()
                 self.marker.check_lapse()
 
     def _submit(
-        self, pool: ThreadPoolExecutor, running: set[Future[Any]], listing: dict[Future[ProbePage], ProbeRange]
+        self,
+        pool: ThreadPoolExecutor,
+        running: set[Future[Done]],
+        listing: set[Future[Done]],
     ) -> None:
         # Range listings first (each a chain of pages whose keys feed the copies), on at most
         # half of the slots so that copies go on meanwhile.
         while self._ranges and len(listing) < max(1, self.workers // 2) and len(running) < 2 * self.workers:
-            rng = self._ranges.popleft()
-            page = pool.submit(
-                self.source.probe_page, rng.bucket, prefix=rng.prefix, start_after=rng.start_after, token=rng.token
-            )
-            listing[page] = rng
+            page = pool.submit(self._list, self._ranges.popleft())
+            listing.add(page)
             running.add(page)
         while self._queue:
             self._ready.append((self._queue.popleft(), UNPROBED))
         while self._ready and len(running) < 2 * self.workers:
-            running.add(pool.submit(self.fetcher.fetch, *self._ready.popleft()))
+            running.add(pool.submit(self._fetch, *self._ready.popleft()))
+
+    def _fetch(self, item: Item, pre: Prefetched) -> Done:
+        return self.fetcher.fetch(item, pre)
+
+    def _list(self, rng: ProbeRange) -> Done:
+        """One page of a range listing (in a worker)."""
+        try:
+            return rng, self.source.probe_page(rng.bucket, prefix=rng.prefix, start_after=rng.start_after, token=rng.token)
+        except ChangelogError as ex:
+            return rng, ex
 
     def _flush(self) -> None:
         if self._pending:
@@ -249,16 +267,15 @@ class Copier:
             self._ready.extend(kept)
         self._probing = {(rng.bucket, k): need[rng.bucket][k] for rng in self._ranges for _b, k in rng.keys}
 
-    def _settle(self, rng: ProbeRange, fut: Future[ProbePage]) -> list[ProbeRange]:
+    def _settle(self, rng: ProbeRange, page: ProbePage | ChangelogError) -> list[ProbeRange]:
         """A page of a range listing came back: its settled keys go to the copy with their
         listing entry; the range goes on (returned) unless finished or over its budget, when
-        what is left is probed key by key."""
-        try:
-            entries, token = fut.result()
-        except ChangelogError as ex:
+        what is left (all of it, if the listing failed) is probed key by key."""
+        if isinstance(page, ChangelogError):
             logger.warning("listing %s/%s to probe %d keys failed (%s): probing them one by one",
-                           rng.bucket, rng.prefix, len(rng.unsettled()), ex)
+                           rng.bucket, rng.prefix, len(rng.unsettled()), page)
         else:
+            entries, token = page
             for key, probe in rng.absorb(entries, token):
                 self._ready.append((self._probing.pop((rng.bucket, key)), probe))
             if not rng.done and not rng.exhausted:

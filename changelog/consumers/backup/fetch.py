@@ -14,10 +14,10 @@ import re
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Literal
 
 from changelog.consumers.backup.blobs import Blobs
-from changelog.consumers.backup.model import Version, norm_etag
+from changelog.consumers.backup.model import Version, VersionDoc, norm_etag
 from changelog.consumers.backup.source import ContentChanged, GetResult, Probe, Source
 from changelog.errors import ObjectMissing, TransientError
 from changelog.pipeline.logformat import parse_rfc3339
@@ -44,6 +44,10 @@ UNPROBED = _Unprobed.UNPROBED
 Prefetched = Probe | None | Literal[_Unprobed.UNPROBED]
 
 
+# What identifies an item across attempts of a run: bucket, key, version id, ETag.
+Ident = tuple[str, str, str | None, str | None]
+
+
 @dataclass(frozen=True, slots=True)
 class Item:
     """One object to copy: the current version of a changed key."""
@@ -53,12 +57,16 @@ class Item:
     version: Version
 
     @property
-    def ident(self) -> tuple[str, str, str | None, str | None]:
+    def ident(self) -> Ident:
         return (self.bucket, self.key, self.version.version_id, self.version.etag)
 
 
 # "vanished": gone (404) since its record; "changed": written again since its record.
 OutcomeKind = Literal["copied", "vanished", "changed"]
+
+
+# An outcome's row in a progress segment (a JSON array): its item's ident, kind and version.
+OutcomeRow = tuple[str, str, str | None, str | None, OutcomeKind, VersionDoc | None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,9 +77,9 @@ class Outcome:
     uploaded: bool = False
     nbytes: int = 0
 
-    def to_doc(self) -> list[Any]:
-        """Its row in a progress segment: the item's ident, kind, version (JSON)."""
-        return [*self.item.ident, self.kind, self.version.to_dict() if self.version else None]
+    def to_doc(self) -> OutcomeRow:
+        """Its row in a progress segment."""
+        return (*self.item.ident, self.kind, self.version.to_dict() if self.version else None)
 
 
 class Fetcher:

@@ -19,7 +19,7 @@ directory target renames files into place). On that we build:
    renewal finds another owner: the holder stops deleting at once;
 5. release: read, and delete if it is still ours.
 
-**Run markers** ``runs/<id>.json`` (written by ``runner``): a run writes its marker (its start
+**Run markers** ``runs/<id>.json`` (``runs.RunMarker``): a run writes its marker (its start
 time and an expiry it renews) *before* it looks at the blob store, then waits until no cleanup
 lock is held. Cleanup takes its lock *before* it lists the run markers. So for any run and any
 cleanup, either the cleanup sees the run's marker, or the run sees the cleanup's lock and
@@ -49,7 +49,6 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 from changelog.consumers.backup.store import LOCKS, BackupStore, owner_id, owner_is_dead
 from changelog.errors import LeaseLost, LockBusy, TransientError
@@ -75,7 +74,7 @@ class LockDoc:
         return self.expires > now and not owner_is_dead(self.owner)
 
     @classmethod
-    def parse(cls, doc: Any) -> LockDoc | None:
+    def parse(cls, doc: object) -> LockDoc | None:
         if not isinstance(doc, dict):
             return None
         try:

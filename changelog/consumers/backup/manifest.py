@@ -31,9 +31,16 @@ import secrets
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, TypedDict
+from typing import TypedDict, cast
 
-from changelog.consumers.backup.model import Version, Versions, current, key_from_dict, key_to_dict
+from changelog.consumers.backup.model import (
+    Version,
+    VersionDoc,
+    Versions,
+    current,
+    key_from_dict,
+    key_to_dict,
+)
 from changelog.consumers.backup.store import MANIFEST_SUFFIX, MANIFESTS, BackupStore
 from changelog.errors import ObjectMissing, PermanentError
 from changelog.pipeline.logformat import parse_rfc3339, rfc3339_us
@@ -73,7 +80,7 @@ class BackupInfo:
     def as_of(self) -> str:
         return rfc3339_us(self.as_of_us)
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> dict[str, object]:
         return {
             "backup_id": self.backup_id,
             "as_of": self.as_of,
@@ -95,10 +102,32 @@ class Lagging(TypedDict):
     reason: str  # "vanished" | "changed"
 
 
+class BucketDoc(TypedDict):
+    versioned: bool
+    objects: dict[str, VersionDoc]  # key -> its versions (``model.key_to_dict``)
+
+
+class ManifestDoc(TypedDict):
+    """A manifest ``manifests/<backup_id>.json.zst`` (``build``)."""
+
+    format: int
+    backup_id: str
+    base: str | None
+    started: str
+    finished: str
+    as_of: str
+    as_of_us: int
+    checkpoint: str | None  # the last log object applied
+    buckets: dict[str, BucketDoc]
+    lagging: list[Lagging]
+    listed: dict[str, str]  # bucket -> when a first run listed it
+    stats: dict[str, int]
+
+
 class Manifest:
     """A loaded manifest document."""
 
-    def __init__(self, doc: Mapping[str, Any]) -> None:
+    def __init__(self, doc: ManifestDoc) -> None:
         if doc.get("format") != FORMAT:
             raise PermanentError(f"manifest format {doc.get('format')!r} is not {FORMAT}")
         self.doc = doc
@@ -120,17 +149,19 @@ class Manifest:
         return int(self.doc["as_of_us"])
 
     @property
-    def lagging(self) -> list[dict[str, Any]]:
+    def lagging(self) -> list[Lagging]:
         return list(self.doc.get("lagging", []))
 
     def bucket_names(self) -> list[str]:
         return sorted(self.doc.get("buckets", {}))
 
     def versioned(self, bucket: str) -> bool:
-        return bool(self.doc.get("buckets", {}).get(bucket, {}).get("versioned", False))
+        b = self.doc.get("buckets", {}).get(bucket)
+        return bool(b and b.get("versioned", False))
 
-    def keys(self, bucket: str) -> Mapping[str, Any]:
-        return self.doc.get("buckets", {}).get(bucket, {}).get("objects", {})  # type: ignore[no-any-return]
+    def keys(self, bucket: str) -> Mapping[str, VersionDoc]:
+        b = self.doc.get("buckets", {}).get(bucket)
+        return b.get("objects", {}) if b else {}
 
     def state(self) -> dict[str, dict[str, Versions]]:
         """bucket -> key -> versions (the runner's base)."""
@@ -180,8 +211,8 @@ def build(
     lagging: Sequence[Lagging],
     listed: Mapping[str, str],
     stats: Mapping[str, int],
-) -> dict[str, Any]:
-    buckets: dict[str, Any] = {}
+) -> ManifestDoc:
+    buckets: dict[str, BucketDoc] = {}
     for bucket, keys in snapshot.items():
         buckets[bucket] = {
             "versioned": bucket in versioned,
@@ -203,7 +234,7 @@ def build(
     }
 
 
-def totals(doc: Mapping[str, Any]) -> tuple[int, int]:
+def totals(doc: ManifestDoc) -> tuple[int, int]:
     """(objects visible in a restore, their bytes)."""
     m = Manifest(doc)
     n = size = 0
@@ -214,7 +245,7 @@ def totals(doc: Mapping[str, Any]) -> tuple[int, int]:
     return n, size
 
 
-def write(store: BackupStore, doc: Mapping[str, Any]) -> int:
+def write(store: BackupStore, doc: ManifestDoc) -> int:
     objects, nbytes = totals(doc)
     meta = {"as-of": str(doc["as_of"]), "as-of-us": str(doc["as_of_us"]), "objects": str(objects), "bytes": str(nbytes)}
     return store.put_doc(manifest_name(str(doc["backup_id"])), doc, zstd=True, metadata=meta)
@@ -226,7 +257,7 @@ def load(store: BackupStore, backup_id: str) -> Manifest:
         raise ObjectMissing(f"no backup {backup_id} in {store.url}")
     if not isinstance(doc, dict):
         raise PermanentError(f"{store.url}{manifest_name(backup_id)} is not a manifest (not a JSON object)")
-    return Manifest(doc)
+    return Manifest(cast(ManifestDoc, doc))  # our own document; its format is checked
 
 
 def exists(store: BackupStore, backup_id: str) -> bool:

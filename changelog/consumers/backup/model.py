@@ -3,7 +3,7 @@ turn one change-log record (docs/design.md §7) into a change of that state.
 
 A run starts from the previous manifest (the *base*) and applies records to an *overlay* of the
 keys they touch; the base is never modified, so a key can be put back to its base state when
-its new content cannot be read any more (see ``runner``). Versions carry content metadata only;
+its new content cannot be read any more (``runner``: the ETag race). Versions carry content metadata only;
 a version whose ``sha256`` is None still needs its content copied.
 
 Record semantics (per bucket/key, in record order):
@@ -25,7 +25,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import NotRequired, Required, TypedDict
 
 from changelog.pipeline.logformat import LogRecord, parse_rfc3339
 
@@ -35,6 +35,22 @@ def norm_etag(etag: str | None) -> str | None:
     if etag is None:
         return None
     return etag.strip().strip('"') or None
+
+
+class VersionDoc(TypedDict, total=False):
+    """A version as JSON (manifests, progress segments). A delete marker carries only its id, the
+    flag and its time. In a manifest, a key is its newest version's document with the older
+    ones under ``older`` (``key_to_dict``)."""
+
+    version_id: Required[str | None]
+    delete_marker: bool
+    size: int | None
+    etag: str | None
+    sha256: str | None
+    last_modified: str | None
+    metadata: dict[str, str]
+    content_type: str
+    older: NotRequired[list[VersionDoc]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,9 +70,9 @@ class Version:
     def needs_content(self) -> bool:
         return not self.delete_marker and self.sha256 is None
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> VersionDoc:
         if self.delete_marker:
-            d: dict[str, Any] = {"version_id": self.version_id, "delete_marker": True}
+            d: VersionDoc = {"version_id": self.version_id, "delete_marker": True}
             if self.last_modified:
                 d["last_modified"] = self.last_modified
             return d
@@ -74,7 +90,7 @@ class Version:
         return d
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> Version:
+    def from_dict(cls, d: VersionDoc) -> Version:
         return cls(
             version_id=d.get("version_id"),
             delete_marker=bool(d.get("delete_marker", False)),
@@ -99,7 +115,7 @@ def current(versions: Versions | None) -> Version | None:
     return versions[0]
 
 
-def key_to_dict(versions: Versions) -> dict[str, Any]:
+def key_to_dict(versions: Versions) -> VersionDoc:
     """Manifest form of a key: its newest version's fields, and the older ones under ``older``."""
     d = versions[0].to_dict()
     if len(versions) > 1:
@@ -107,7 +123,7 @@ def key_to_dict(versions: Versions) -> dict[str, Any]:
     return d
 
 
-def key_from_dict(d: Mapping[str, Any]) -> Versions:
+def key_from_dict(d: VersionDoc) -> Versions:
     return (Version.from_dict(d), *(Version.from_dict(o) for o in d.get("older", ())))
 
 

@@ -64,19 +64,20 @@ import logging
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any
 
 from changelog.consumers.backup import manifest as mf
 from changelog.consumers.backup.blobs import Blobs
-from changelog.consumers.backup.copier import Copier, CopyTotals, resolve_deleted
-from changelog.consumers.backup.fetch import Fetcher
+from changelog.consumers.backup.copier import Copier, CopyPolicy, CopyTotals, resolve_deleted
+from changelog.consumers.backup.fetch import Fetcher, Ident, OutcomeRow
 from changelog.consumers.backup.lock import wait_for_unlocked
-from changelog.consumers.backup.model import State, Version
+from changelog.consumers.backup.model import State, Version, VersionDoc
 from changelog.consumers.backup.runs import (
     MARKER_TTL,
-    Doc,
     Hook,
+    ListSegment,
+    MarkerDoc,
     RunMarker,
+    SegmentDoc,
     Segments,
     drop_run,
     find_unfinished,
@@ -123,7 +124,7 @@ class RunResult:
     seconds: float = 0.0
     manifest_bytes: int = 0
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> dict[str, object]:
         d = dataclasses.asdict(self)
         d["as_of"] = rfc3339_us(self.as_of_us) if self.as_of_us is not None else None
         return d
@@ -169,11 +170,8 @@ class BackupRunner:
         self._includes = includes
         self.buckets = sorted(set(buckets)) if buckets is not None else None
         self.exclude = set(exclude_buckets)
-        self.workers = max(1, workers)
         self.marker_ttl = marker_ttl
         self.skew = skew
-        self.flush_items = flush_items
-        self.flush_seconds = flush_seconds
         self.cleanup_wait = cleanup_wait
         self.owner = owner or owner_id("backup")
         self.clock = clock
@@ -181,6 +179,14 @@ class BackupRunner:
         self.sleep = sleep
         self.hook = hook
         self.progress = progress
+        self.copy_policy = CopyPolicy(
+            workers=max(1, workers),
+            flush_items=flush_items,
+            flush_seconds=flush_seconds,
+            monotonic=monotonic,
+            hook=hook,
+            progress=progress,
+        )
 
     # ------------------------------------------------------------------ selection
 
@@ -218,7 +224,7 @@ class BackupRunner:
         result.seconds = self.monotonic() - t_start
         return result
 
-    def _new_marker(self, base: mf.Manifest | None) -> Doc | None:
+    def _new_marker(self, base: mf.Manifest | None) -> MarkerDoc | None:
         """The marker of a new run: the log range after ``base`` up to the watermark. None when
         the logs hold nothing new since ``base``."""
         wm = read_watermark(self.logs, prefix=self.log_prefix)
@@ -245,7 +251,7 @@ class BackupRunner:
         }
 
     def _run_marked(
-        self, marker: RunMarker, base: mf.Manifest | None, segments: list[Doc], *, resumed: bool
+        self, marker: RunMarker, base: mf.Manifest | None, segments: list[SegmentDoc], *, resumed: bool
     ) -> RunResult:
         """The run, visible to cleanups by its marker (renewed meanwhile)."""
         # Marker first, then look for a cleanup (lock.py: "write mine, then read theirs").
@@ -269,7 +275,9 @@ class BackupRunner:
 
     # ------------------------------------------------------------------ the run
 
-    def _run(self, marker: RunMarker, base: mf.Manifest | None, segments: list[Doc], *, resumed: bool) -> RunResult:
+    def _run(
+        self, marker: RunMarker, base: mf.Manifest | None, segments: list[SegmentDoc], *, resumed: bool
+    ) -> RunResult:
         doc = marker.doc
         result = RunResult(marker.run_id, doc.get("base"), int(doc["as_of_us"]), doc.get("until"), resumed=resumed)
         state = State(base.state() if base else None)
@@ -277,15 +285,15 @@ class BackupRunner:
             state.versioned.update(b for b in base.bucket_names() if base.versioned(b))
         writer = Segments(self.store, marker.run_id, first=len(segments), hook=self.hook)
         # 1. plan
-        listed = self._plan(state, base, doc, [s for s in segments if s.get("kind") == "list"], writer, result)
+        listed = self._plan(state, base, doc, [s for s in segments if s["kind"] == "list"], writer, result)
         self.hook("planned")
         # 2. copy
-        done: dict[tuple[Any, ...], list[Any]] = {}
+        done: dict[Ident, OutcomeRow] = {}
         if not doc.get("untrusted_blobs"):
             for seg in segments:
-                if seg.get("kind") == "fetch":
-                    for row in seg.get("outcomes", []):
-                        done[tuple(row[:4])] = row
+                if seg["kind"] == "fetch":
+                    for row in seg["outcomes"]:
+                        done[(row[0], row[1], row[2], row[3])] = row
         base_shas = base.shas() if base else set()
         blobs = Blobs(self.store, base=base_shas, not_before=float(doc["started"]) - self.skew, hook=self.hook)
         resolve_deleted(state, self.source)
@@ -295,12 +303,7 @@ class BackupRunner:
             Fetcher(self.source, blobs, as_of_us=int(doc["as_of_us"]), sleep=self.sleep),
             marker=marker,
             segments=writer,
-            workers=self.workers,
-            flush_items=self.flush_items,
-            flush_seconds=self.flush_seconds,
-            monotonic=self.monotonic,
-            hook=self.hook,
-            progress=self.progress,
+            policy=self.copy_policy,
         )
         copier.run(done)
         result.add_copies(copier.totals)
@@ -315,8 +318,8 @@ class BackupRunner:
         self,
         state: State,
         base: mf.Manifest | None,
-        doc: Doc,
-        list_pages: list[Doc],
+        doc: MarkerDoc,
+        list_pages: list[ListSegment],
         segments: Segments,
         result: RunResult,
     ) -> dict[str, str]:
@@ -387,7 +390,7 @@ class BackupRunner:
             yield obj.name, rec
 
     def _list_bucket(
-        self, state: State, bucket: str, pages: list[Doc], segments: Segments, result: RunResult
+        self, state: State, bucket: str, pages: list[ListSegment], segments: Segments, result: RunResult
     ) -> None:
         """Baseline ``bucket`` by listing it; pages already listed by a crashed attempt come from
         its segments, and the listing continues where they end."""
@@ -400,7 +403,7 @@ class BackupRunner:
         version_marker: str | None = None
         finished = False
 
-        def add(entries: Iterable[list[Any]]) -> None:
+        def add(entries: Iterable[tuple[str, VersionDoc]]) -> None:
             for key, vdoc in entries:
                 if not self.wanted(bucket, key):
                     continue
@@ -417,7 +420,7 @@ class BackupRunner:
         with Progress(f"backup: listing {bucket}", unit="versions", enabled=self.progress) as bar:
             while not finished:
                 lp = self.source.list_page(bucket, versioned=versioned, key_marker=key_marker, version_marker=version_marker)
-                entries = [[k, v.to_dict()] for k, v in lp.entries]
+                entries = [(k, v.to_dict()) for k, v in lp.entries]
                 add(entries)
                 bar.update(len(entries))
                 key_marker, version_marker, finished = lp.key_marker, lp.version_marker, lp.key_marker is None

@@ -12,16 +12,26 @@ import logging
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import IO, TYPE_CHECKING, Any, TypeVar
+from functools import partial
+from typing import IO, TYPE_CHECKING, TypeVar
 
 from changelog.consumers.backup.model import Version, norm_etag
 from changelog.errors import ChangelogError, ObjectMissing, PermanentError
 from changelog.pipeline.logformat import rfc3339_us, to_us
-from changelog.pipeline.s3client import TranslatedBody, make_s3_client, refusal, translate_error
+from changelog.pipeline.s3client import TranslatedBody, make_s3_client, refusal, s3_call, translate_error
 
 if TYPE_CHECKING:
     from mypy_boto3_s3.client import S3Client
-    from mypy_boto3_s3.type_defs import ObjectTypeDef
+    from mypy_boto3_s3.type_defs import (
+        CompletedMultipartUploadTypeDef,
+        CreateMultipartUploadRequestTypeDef,
+        GetObjectRequestTypeDef,
+        ListObjectsV2RequestTypeDef,
+        ListObjectVersionsOutputTypeDef,
+        ListObjectVersionsRequestTypeDef,
+        ObjectTypeDef,
+        PutObjectRequestTypeDef,
+    )
 
 logger = logging.getLogger(__name__)
 
@@ -54,12 +64,30 @@ class ListPage:
     version_marker: str | None
 
 
-def _vid(v: Any) -> str | None:
+def _vid(v: object) -> str | None:
     return None if v in (None, "", "null") else str(v)
 
 
-def _time(t: Any) -> str | None:
+def _time(t: object) -> str | None:
     return rfc3339_us(to_us(t)) if isinstance(t, datetime) else None
+
+
+def _version_rows(resp: ListObjectVersionsOutputTypeDef) -> list[tuple[str, datetime, bool, Version]]:
+    """(key, LastModified, latest, version) of every version and delete marker of a
+    ListObjectVersions page."""
+    rows: list[tuple[str, datetime, bool, Version]] = []
+    for o in resp.get("Versions", []):
+        v = Version(
+            version_id=_vid(o.get("VersionId")),
+            size=int(o.get("Size", 0)),
+            etag=norm_etag(o.get("ETag")),
+            last_modified=_time(o.get("LastModified")),
+        )
+        rows.append((o["Key"], o["LastModified"], bool(o.get("IsLatest")), v))
+    for d in resp.get("DeleteMarkers", []):
+        v = Version(version_id=_vid(d.get("VersionId")), delete_marker=True, last_modified=_time(d.get("LastModified")))
+        rows.append((d["Key"], d["LastModified"], bool(d.get("IsLatest")), v))
+    return rows
 
 
 def _translate(ex: Exception, what: str) -> ChangelogError:
@@ -115,13 +143,8 @@ class Source:
     def __repr__(self) -> str:
         return f"Source({self.s3.meta.endpoint_url!r})"
 
-    def _call(self, what: str, fn: Callable[..., T], **kwargs: Any) -> T:
-        try:
-            return fn(**kwargs)
-        except ChangelogError:
-            raise
-        except Exception as ex:
-            raise _translate(ex, what) from ex
+    def _call(self, what: str, fn: Callable[[], T]) -> T:
+        return s3_call(what, fn, _translate)
 
     # -- reading
 
@@ -130,7 +153,7 @@ class Source:
         return sorted(b["Name"] for b in resp.get("Buckets", []))
 
     def is_versioned(self, bucket: str) -> bool:
-        resp = self._call(f"versioning of {bucket}", self.s3.get_bucket_versioning, Bucket=bucket)
+        resp = self._call(f"versioning of {bucket}", lambda: self.s3.get_bucket_versioning(Bucket=bucket))
         return resp.get("Status") in ("Enabled", "Suspended")
 
     def list_page(
@@ -139,10 +162,10 @@ class Source:
         """One page of a bucket's versions (all versions and delete markers if ``versioned``,
         else its objects), in key order, each key's versions newest first."""
         if not versioned:
-            kwargs: dict[str, Any] = {"Bucket": bucket, "MaxKeys": LIST_PAGE}
+            req: ListObjectsV2RequestTypeDef = {"Bucket": bucket, "MaxKeys": LIST_PAGE}
             if key_marker:
-                kwargs["StartAfter"] = key_marker
-            resp = self._call(f"list {bucket}", self.s3.list_objects_v2, **kwargs)
+                req["StartAfter"] = key_marker
+            resp = self._call(f"list {bucket}", partial(self.s3.list_objects_v2, **req))
             entries = [
                 (
                     o["Key"],
@@ -157,24 +180,13 @@ class Source:
             ]
             more = bool(resp.get("IsTruncated")) and bool(entries)
             return ListPage(entries, entries[-1][0] if more else None, None)
-        kwargs = {"Bucket": bucket, "MaxKeys": LIST_PAGE}
+        vreq: ListObjectVersionsRequestTypeDef = {"Bucket": bucket, "MaxKeys": LIST_PAGE}
         if key_marker:
-            kwargs["KeyMarker"] = key_marker
+            vreq["KeyMarker"] = key_marker
             if version_marker:
-                kwargs["VersionIdMarker"] = version_marker
-        vresp = self._call(f"list versions of {bucket}", self.s3.list_object_versions, **kwargs)
-        rows: list[tuple[str, datetime, bool, Version]] = []
-        for o in vresp.get("Versions", []):
-            v = Version(
-                version_id=_vid(o.get("VersionId")),
-                size=int(o.get("Size", 0)),
-                etag=norm_etag(o.get("ETag")),
-                last_modified=_time(o.get("LastModified")),
-            )
-            rows.append((o["Key"], o["LastModified"], bool(o.get("IsLatest")), v))
-        for d in vresp.get("DeleteMarkers", []):
-            v = Version(version_id=_vid(d.get("VersionId")), delete_marker=True, last_modified=_time(d.get("LastModified")))
-            rows.append((d["Key"], d["LastModified"], bool(d.get("IsLatest")), v))
+                vreq["VersionIdMarker"] = version_marker
+        vresp = self._call(f"list versions of {bucket}", partial(self.s3.list_object_versions, **vreq))
+        rows = _version_rows(vresp)
         # Per key: the latest first, then newest first (the two lists come apart).
         rows.sort(key=lambda r: (r[0].encode(), not r[2], -r[1].timestamp()))
         entries = [(k, v) for k, _t, _l, v in rows]
@@ -185,38 +197,17 @@ class Source:
     def key_versions(self, bucket: str, key: str) -> list[Version]:
         """Every version of exactly ``key``, newest (the latest) first."""
         out: list[tuple[bool, datetime, Version]] = []
-        kwargs: dict[str, Any] = {"Bucket": bucket, "Prefix": key, "MaxKeys": LIST_PAGE}
+        req: ListObjectVersionsRequestTypeDef = {"Bucket": bucket, "Prefix": key, "MaxKeys": LIST_PAGE}
         while True:
-            resp = self._call(f"list versions of {bucket}/{key}", self.s3.list_object_versions, **kwargs)
-            for o in resp.get("Versions", []):
-                if o["Key"] == key:
-                    out.append(
-                        (
-                            bool(o.get("IsLatest")),
-                            o["LastModified"],
-                            Version(
-                                version_id=_vid(o.get("VersionId")),
-                                size=int(o.get("Size", 0)),
-                                etag=norm_etag(o.get("ETag")),
-                                last_modified=_time(o.get("LastModified")),
-                            ),
-                        )
-                    )
-            for d in resp.get("DeleteMarkers", []):
-                if d["Key"] == key:
-                    out.append(
-                        (
-                            bool(d.get("IsLatest")),
-                            d["LastModified"],
-                            Version(_vid(d.get("VersionId")), delete_marker=True, last_modified=_time(d.get("LastModified"))),
-                        )
-                    )
+            resp = self._call(f"list versions of {bucket}/{key}", partial(self.s3.list_object_versions, **req))
+            rows = _version_rows(resp)
+            out.extend((latest, t, v) for k, t, latest, v in rows if k == key)
             # Keys sharing the prefix sort after ``key``: once the listing is past it, stop.
-            past = any(o["Key"] != key for o in (*resp.get("Versions", []), *resp.get("DeleteMarkers", [])))
+            past = any(k != key for k, _t, _l, _v in rows)
             if past or not resp.get("IsTruncated"):
                 break
-            kwargs["KeyMarker"] = resp.get("NextKeyMarker")
-            kwargs["VersionIdMarker"] = resp.get("NextVersionIdMarker")
+            req["KeyMarker"] = resp.get("NextKeyMarker", "")
+            req["VersionIdMarker"] = resp.get("NextVersionIdMarker", "")
         out.sort(key=lambda r: (not r[0], -r[1].timestamp()))
         return [v for _l, _t, v in out]
 
@@ -224,9 +215,7 @@ class Source:
         """(ETag, size, LastModified in microseconds) of the current object ``key``, from a
         one-key listing (a listing gives LastModified to the millisecond, a GET to the second),
         or None if there is no such object."""
-        resp = self._call(
-            f"list {bucket}/{key}", self.s3.list_objects_v2, Bucket=bucket, Prefix=key, MaxKeys=1
-        )
+        resp = self._call(f"list {bucket}/{key}", lambda: self.s3.list_objects_v2(Bucket=bucket, Prefix=key, MaxKeys=1))
         for o in resp.get("Contents", []):
             if o["Key"] == key:
                 return norm_etag(o.get("ETag")), int(o.get("Size", 0)), to_us(o["LastModified"])
@@ -239,12 +228,12 @@ class Source:
         in listing order (UTF-8 byte order), and the continuation token (None: the listing is
         complete). The first page starts after ``start_after``, the next ones at ``token``. What
         ``probe`` tells of one key, for a run of keys at once (see ``copier``: batched probes)."""
-        kwargs: dict[str, Any] = {"Bucket": bucket, "Prefix": prefix, "MaxKeys": self.probe_page_keys}
+        req: ListObjectsV2RequestTypeDef = {"Bucket": bucket, "Prefix": prefix, "MaxKeys": self.probe_page_keys}
         if token:
-            kwargs["ContinuationToken"] = token
+            req["ContinuationToken"] = token
         elif start_after:
-            kwargs["StartAfter"] = start_after
-        resp = self._call(f"list {bucket}/{prefix}", self.s3.list_objects_v2, **kwargs)
+            req["StartAfter"] = start_after
+        resp = self._call(f"list {bucket}/{prefix}", partial(self.s3.list_objects_v2, **req))
         entries = [
             (str(o["Key"]), (norm_etag(o.get("ETag")), int(o.get("Size", 0)), to_us(o["LastModified"])))
             for o in resp.get("Contents", [])
@@ -255,13 +244,13 @@ class Source:
     def get(self, bucket: str, key: str, *, version_id: str | None = None, if_match: str | None = None) -> GetResult:
         """Open an object for reading. ``ObjectMissing`` if it (or that version) is gone,
         ``ContentChanged`` if ``if_match`` no longer matches."""
-        kwargs: dict[str, Any] = {"Bucket": bucket, "Key": key}
+        req: GetObjectRequestTypeDef = {"Bucket": bucket, "Key": key}
         if version_id is not None:
-            kwargs["VersionId"] = version_id
+            req["VersionId"] = version_id
         if if_match:
-            kwargs["IfMatch"] = f'"{if_match}"'
+            req["IfMatch"] = f'"{if_match}"'
         what = f"GET {bucket}/{key}" + (f"?versionId={version_id}" if version_id else "")
-        resp = self._call(what, self.s3.get_object, **kwargs)
+        resp = self._call(what, partial(self.s3.get_object, **req))
         return GetResult(
             body=io.BufferedReader(TranslatedBody(resp["Body"], what, _translate), buffer_size=256 * 1024),
             etag=norm_etag(resp.get("ETag")),
@@ -274,73 +263,62 @@ class Source:
 
     def iter_objects(self, bucket: str, prefix: str = "") -> Iterator[ObjectTypeDef]:
         """Raw ListObjectsV2 entries (Key, Size, ETag, LastModified) of a bucket."""
-        kwargs: dict[str, Any] = {"Bucket": bucket, "Prefix": prefix, "MaxKeys": LIST_PAGE}
+        req: ListObjectsV2RequestTypeDef = {"Bucket": bucket, "Prefix": prefix, "MaxKeys": LIST_PAGE}
         while True:
-            resp = self._call(f"list {bucket}", self.s3.list_objects_v2, **kwargs)
+            resp = self._call(f"list {bucket}", partial(self.s3.list_objects_v2, **req))
             yield from resp.get("Contents", [])
             token = resp.get("NextContinuationToken")
             if not resp.get("IsTruncated") or not token:
                 return
-            kwargs["ContinuationToken"] = token
+            req["ContinuationToken"] = token
 
     # -- writing (restore)
 
     def ensure_bucket(self, bucket: str) -> None:
         try:
-            self._call(f"HEAD bucket {bucket}", self.s3.head_bucket, Bucket=bucket)
+            self._call(f"HEAD bucket {bucket}", lambda: self.s3.head_bucket(Bucket=bucket))
             return
         except (ObjectMissing, PermanentError) as ex:
             if isinstance(ex, PermanentError) and "404" not in str(ex) and "NoSuchBucket" not in str(ex):
                 raise
-        self._call(f"create bucket {bucket}", self.s3.create_bucket, Bucket=bucket)
+        self._call(f"create bucket {bucket}", lambda: self.s3.create_bucket(Bucket=bucket))
 
     def put(
         self, bucket: str, key: str, data: bytes, *, metadata: Mapping[str, str], content_type: str | None
     ) -> None:
-        kwargs: dict[str, Any] = {"Bucket": bucket, "Key": key, "Body": data, "Metadata": dict(metadata)}
+        req: PutObjectRequestTypeDef = {"Bucket": bucket, "Key": key, "Body": data, "Metadata": dict(metadata)}
         if content_type:
-            kwargs["ContentType"] = content_type
-        self._call(f"PUT {bucket}/{key}", self.s3.put_object, **kwargs)
+            req["ContentType"] = content_type
+        self._call(f"PUT {bucket}/{key}", partial(self.s3.put_object, **req))
 
     def create_multipart(
         self, bucket: str, key: str, *, metadata: Mapping[str, str], content_type: str | None
     ) -> str:
-        kwargs: dict[str, Any] = {"Bucket": bucket, "Key": key, "Metadata": dict(metadata)}
+        req: CreateMultipartUploadRequestTypeDef = {"Bucket": bucket, "Key": key, "Metadata": dict(metadata)}
         if content_type:
-            kwargs["ContentType"] = content_type
-        resp = self._call(f"create upload {bucket}/{key}", self.s3.create_multipart_upload, **kwargs)
+            req["ContentType"] = content_type
+        resp = self._call(f"create upload {bucket}/{key}", partial(self.s3.create_multipart_upload, **req))
         return str(resp["UploadId"])
 
     def upload_part(self, bucket: str, key: str, upload_id: str, number: int, data: bytes) -> str:
         resp = self._call(
             f"upload part {number} of {bucket}/{key}",
-            self.s3.upload_part,
-            Bucket=bucket,
-            Key=key,
-            UploadId=upload_id,
-            PartNumber=number,
-            Body=data,
+            lambda: self.s3.upload_part(Bucket=bucket, Key=key, UploadId=upload_id, PartNumber=number, Body=data),
         )
         return str(resp["ETag"])
 
     def complete_multipart(self, bucket: str, key: str, upload_id: str, etags: list[str]) -> None:
+        done: CompletedMultipartUploadTypeDef = {"Parts": [{"PartNumber": i + 1, "ETag": e} for i, e in enumerate(etags)]}
         self._call(
             f"complete upload {bucket}/{key}",
-            self.s3.complete_multipart_upload,
-            Bucket=bucket,
-            Key=key,
-            UploadId=upload_id,
-            MultipartUpload={"Parts": [{"PartNumber": i + 1, "ETag": e} for i, e in enumerate(etags)]},
+            lambda: self.s3.complete_multipart_upload(Bucket=bucket, Key=key, UploadId=upload_id, MultipartUpload=done),
         )
 
     def abort_multipart(self, bucket: str, key: str, upload_id: str) -> None:
         with contextlib.suppress(ChangelogError):
             self._call(
                 f"abort upload {bucket}/{key}",
-                self.s3.abort_multipart_upload,
-                Bucket=bucket,
-                Key=key,
-                UploadId=upload_id,
+                lambda: self.s3.abort_multipart_upload(Bucket=bucket, Key=key, UploadId=upload_id),
             )
 
     def close(self) -> None:

@@ -5,8 +5,8 @@ Layout under the destination URL::
 
     blobs/<sha256[:2]>/<sha256>           object content, stored once, named by its SHA-256
     manifests/<backup_id>.json.zst        one per finished backup (``manifest``)
-    runs/<backup_id>.json                 a run in progress: its marker and checkpoint (``runner``)
-    runs/<backup_id>/<n:06d>.json.zst     that run's progress segments
+    runs/<backup_id>.json                 a run in progress: its marker and checkpoint (``runs``)
+    runs/<backup_id>/<n:06d>.json.zst     that run's progress segments (``runs``)
     locks/<name>.json                     lease objects (``lock``)
 
 A blob's name is the hash of its bytes, so uploading it twice would store the same thing twice

@@ -10,7 +10,7 @@ import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import NotRequired, TypedDict
 
 from changelog.consumers.backup import manifest as mf
 from changelog.consumers.backup.store import BackupStore
@@ -22,6 +22,15 @@ logger = logging.getLogger(__name__)
 WORKERS = 8
 
 
+class Corrupt(TypedDict):
+    """A blob whose size or hash is not the one its name and the manifests say."""
+
+    sha256: str
+    size: int
+    expected_size: int | None
+    actual_sha256: NotRequired[str]  # set when the content was hashed
+
+
 @dataclass
 class VerifyResult:
     backups: list[str] = field(default_factory=list)
@@ -29,15 +38,15 @@ class VerifyResult:
     checked: int = 0
     bytes: int = 0
     missing: list[str] = field(default_factory=list)
-    corrupt: list[dict[str, Any]] = field(default_factory=list)
+    corrupt: list[Corrupt] = field(default_factory=list)
     seconds: float = 0.0
 
     @property
     def ok(self) -> bool:
         return not self.missing and not self.corrupt
 
-    def to_dict(self) -> dict[str, Any]:
-        d = dict(self.__dict__)
+    def to_dict(self) -> dict[str, object]:
+        d: dict[str, object] = dict(self.__dict__)
         d["ok"] = self.ok
         return d
 

@@ -29,7 +29,6 @@ import struct
 from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any
 
 import rados
 
@@ -268,7 +267,7 @@ class RadosStore:
 
     # -- writes ----------------------------------------------------------------------------
 
-    def _build(self, op: WriteOp) -> Any:
+    def _build(self, op: WriteOp) -> rados.WriteOp:
         """A librados write op for ``op``; the caller releases it. Guards come first, in the
         order the sqlite backend checks them, so both report the same error first."""
         check_op(op)
@@ -309,7 +308,7 @@ class RadosStore:
 
     def execute_many(self, ops: Iterable[tuple[str, WriteOp]]) -> list[BaseException | None]:
         results: list[BaseException | None] = []
-        inflight: deque[tuple[int, str, WriteOp, Any, Any]] = deque()
+        inflight: deque[tuple[int, str, WriteOp, rados.WriteOp, rados.Completion]] = deque()
         ioctx = self._ioctx
 
         def reap() -> None:
