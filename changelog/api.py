@@ -11,9 +11,12 @@ routes each consumer of the logs mounts under ``/_/<consumer>/``.
     POST /_/flush         a collector pass with no settle window now; answers its result
     GET  /_/backup/status, POST /_/backup/run    (when serve runs the backup consumer)
 
-Errors carry ``{"error": message, "code": status}``: 403 for a caller outside ``api.allow_from``,
-404 for an unknown route, 405 for a wrong method (with ``Allow``), 500 when a handler fails (the
-traceback goes to the log, one line to the caller).
+**Access** (``changelog.api_access``): a caller outside ``api.allow_from`` gets 403; then, with
+``api.token`` / ``api.read_token`` set, a missing or wrong bearer token gets 401.
+
+Errors carry ``{"error": message, "code": status}``: 403 and 401 as above, 404 for an unknown
+route, 405 for a wrong method (with ``Allow``), 500 when a handler fails (the traceback goes to
+the log, one line to the caller).
 
 ``Controls`` holds the pause switches the collector and follower consult between units of
 work. They live in memory only: a restart resumes everything.
@@ -21,7 +24,6 @@ work. They live in memory only: a restart resumes everything.
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import logging
 import socket
@@ -30,7 +32,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from http import HTTPStatus
@@ -42,14 +44,20 @@ import orjson
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from changelog import __version__
+from changelog.api_access import (
+    DEFAULT_LISTEN,
+    BearerTokens,
+    address_allowed,
+    local_url,
+    parse_allow_from,
+    parse_listen,
+)
 from changelog.errors import ConfigError, PermanentError, TransientError
 from changelog.pipeline.store import LockInfo, LockRef
 
 logger = logging.getLogger(__name__)
 
 COMPONENTS = ("collector", "follower")
-DEFAULT_LISTEN = "127.0.0.1:9480"
-DEFAULT_ALLOW_FROM = ("127.0.0.1", "::1")
 # Each health check gets this long; they run concurrently, so the route answers within it.
 CHECK_TIMEOUT_S = 5.0
 # Every connection is a thread; a kernel backlog this deep keeps a burst of scrapes and curls
@@ -195,60 +203,6 @@ class Controls:
 
 def _rfc3339(t: float) -> str:
     return datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
-# ---------------------------------------------------------------------------------- config values
-
-
-def parse_listen(listen: str) -> tuple[str, int, socket.AddressFamily]:
-    """``host:port``, ``[ipv6]:port`` (or ``ipv6:port``, as config accepts), ``:port`` (all IPv4
-    interfaces) → (host, port, address family)."""
-    host, sep, port_s = listen.strip().rpartition(":")
-    if not sep:
-        raise ConfigError(f"api.listen must be ADDRESS:PORT such as 127.0.0.1:9480, not {listen!r}")
-    host = host.removeprefix("[").removesuffix("]") if host.startswith("[") else host
-    family = socket.AF_INET
-    if ":" in host:
-        try:
-            ipaddress.IPv6Address(host.split("%", 1)[0])
-        except ValueError as ex:
-            raise ConfigError(f"api.listen: {host!r} is not an IPv6 address") from ex
-        family = socket.AF_INET6
-    try:
-        port = int(port_s)
-    except ValueError:
-        port = -1
-    if not 0 <= port <= 65535:
-        raise ConfigError(f"api.listen: port must be 0-65535, not {port_s!r}")
-    return host or "0.0.0.0", port, family
-
-
-Network = ipaddress.IPv4Network | ipaddress.IPv6Network
-
-
-def parse_allow_from(allow_from: Iterable[str]) -> tuple[Network, ...]:
-    """Addresses and CIDRs (IPv4 or IPv6) → networks; an empty list allows nobody."""
-    if isinstance(allow_from, str):
-        raise ConfigError(f"api.allow_from must be a list of addresses / CIDRs, not the string {allow_from!r}")
-    out = []
-    for item in allow_from:
-        try:
-            out.append(ipaddress.ip_network(str(item).strip(), strict=False))
-        except ValueError as ex:
-            raise ConfigError(f"api.allow_from: {item!r} is not an address or CIDR: {ex}") from ex
-    return tuple(out)
-
-
-def address_allowed(address: str, networks: Sequence[Network]) -> bool:
-    try:
-        ip = ipaddress.ip_address(address.split("%", 1)[0])  # drop an IPv6 zone index
-    except ValueError:
-        return False
-    # A dual-stack IPv6 socket shows IPv4 callers as ::ffff:a.b.c.d: match them as IPv4 too.
-    candidates: list[ipaddress.IPv4Address | ipaddress.IPv6Address] = [ip]
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        candidates.append(ip.ipv4_mapped)
-    return any(c in net for c in candidates for net in networks if c.version == net.version)
 
 
 # ---------------------------------------------------------------------------------- health checks
@@ -489,7 +443,13 @@ class _Handler(BaseHTTPRequestHandler):
     do_HEAD = do_POST = do_PUT = do_DELETE = do_PATCH = do_GET
 
     def _dispatch(self) -> None:
-        resp = self.api.handle(self.command, self.path, self.client_address[0], self._drain_body)
+        resp = self.api.handle(
+            self.command,
+            self.path,
+            self.client_address[0],
+            self._drain_body,
+            authorization=self.headers.get("Authorization"),
+        )
         self._send(resp)
 
     def _drain_body(self) -> bool:
@@ -542,6 +502,8 @@ class ApiServer:
     ``allow_from`` the addresses / CIDRs that may call it. ``status_provider`` returns the
     ``status --json`` document; ``health_checks`` maps a component name to a check returning
     ``(up, detail)``; ``controls`` are the pause switches; ``registry`` is scraped for metrics.
+    ``token`` (every route but GET) and ``read_token`` (GET routes), when set, are the bearer
+    tokens a caller must send.
     """
 
     def __init__(
@@ -555,8 +517,11 @@ class ApiServer:
         registry: CollectorRegistry,
         check_timeout: float = CHECK_TIMEOUT_S,
         flush: Callable[[], Mapping[str, object]] | None = None,
+        token: str | None = None,
+        read_token: str | None = None,
     ) -> None:
         self.host, self._port, self.family = parse_listen(listen)
+        self.tokens = BearerTokens(token, read_token)
         self.listen = listen
         self.allow_from = parse_allow_from(allow_from)
         self.status_provider = status_provider
@@ -602,7 +567,13 @@ class ApiServer:
             target=self._server.serve_forever, kwargs={"poll_interval": 0.1}, name="api", daemon=True
         )
         self._thread.start()
-        logger.info("api listening on %s (allowed: %s)", self.url, ", ".join(map(str, self.allow_from)) or "nobody")
+        logger.info(
+            "api listening on %s; allowed: %s; POST routes: %s; GET routes: %s",
+            self.bound,
+            ", ".join(map(str, self.allow_from)) or "nobody",
+            "token required" if self.tokens.token else "open",
+            "read token required" if self.tokens.read_token else "open",
+        )
 
     def stop(self) -> None:
         server, thread = self._server, self._thread
@@ -632,21 +603,41 @@ class ApiServer:
         return self._thread
 
     @property
-    def url(self) -> str:
-        host = self.host
+    def bound(self) -> str:
+        """The address actually listened on (after ``start()``: the real port when 0 was asked
+        for), saying so when it is every address of the host."""
+        host = str(self._server.server_address[0]) if self._server is not None else self.host
+        where = f"[{host}]:{self.port}" if ":" in host else f"{host}:{self.port}"
         if host in ("", "0.0.0.0"):
-            host = "127.0.0.1"
-        elif host == "::":
-            host = "::1"
-        return f"http://[{host}]:{self.port}" if ":" in host else f"http://{host}:{self.port}"
+            return f"{where} (every IPv4 address)"
+        if host == "::":
+            return f"{where} (every IPv6 and IPv4 address)"
+        return where
+
+    @property
+    def url(self) -> str:
+        return local_url(self.host, self.port)
 
     # ------------------------------------------------------------------ dispatch
 
-    def handle(self, method: str, target: str, peer: str, drain_body: Callable[[], bool]) -> Response:
-        """Answer one request (the HTTP handler calls this; so can tests)."""
+    def handle(
+        self,
+        method: str,
+        target: str,
+        peer: str,
+        drain_body: Callable[[], bool],
+        *,
+        authorization: str | None = None,
+    ) -> Response:
+        """Answer one request (the HTTP handler calls this; so can tests). ``authorization`` is
+        the request's ``Authorization`` header."""
         if not address_allowed(peer, self.allow_from):
             logger.info("api: %s %s from %s refused (not in api.allow_from)", method, target, peer)
             return error_response(403, f"{peer} is not allowed to use this API (api.allow_from)")
+        refused = self.tokens.refusal(method, authorization)
+        if refused is not None:
+            logger.info("api: %s %s from %s refused (%s)", method, urlsplit(target).path, peer, refused)
+            return error_response(401, refused, headers=(("WWW-Authenticate", 'Bearer realm="rgw-changelog"'),))
         if not drain_body():
             return error_response(413, f"request body over {MAX_BODY} bytes; these routes take none")
         path = urlsplit(target).path
@@ -695,22 +686,40 @@ class ApiUnavailable(TransientError):
     """No ``serve`` answers at the configured address."""
 
 
+class ApiUnauthorized(PermanentError):
+    """A ``serve`` answered 401: the token sent (if any) is not the one it wants."""
+
+
 class ApiClient:
     """A client for a running ``serve``'s API, e.g. for ``rgw-changelog status`` to prefer the
-    live process's view when there is one."""
+    live process's view when there is one. ``token`` is sent with every request but GET ones,
+    ``read_token`` (else ``token``) with GET ones (``[api] token`` and ``read_token``)."""
 
-    def __init__(self, listen: str = DEFAULT_LISTEN, *, timeout: float = CHECK_TIMEOUT_S + 5) -> None:
+    def __init__(
+        self,
+        listen: str = DEFAULT_LISTEN,
+        *,
+        timeout: float = CHECK_TIMEOUT_S + 5,
+        token: str | None = None,
+        read_token: str | None = None,
+    ) -> None:
         host, port, _ = parse_listen(listen)
-        if host in ("", "0.0.0.0"):
-            host = "127.0.0.1"
-        elif host == "::":
-            host = "::1"
-        self.base = f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+        self.base = local_url(host, port)
         self.timeout = timeout
+        self._token = token
+        self._read_token = read_token
+
+    def __repr__(self) -> str:  # no tokens
+        return f"ApiClient({self.base!r})"
 
     def request(self, method: str, path: str) -> tuple[int, object]:
-        """(status, decoded JSON body or text); raises ``ApiUnavailable`` when nothing answers."""
+        """(status, decoded JSON body or text); raises ``ApiUnavailable`` when nothing answers,
+        ``ApiUnauthorized`` on 401."""
         req = urllib.request.Request(self.base + path, method=method, data=b"" if method == "POST" else None)
+        token = (self._read_token or self._token) if method in ("GET", "HEAD") else self._token
+        if token:
+            # http.client sends a header as Latin-1: this str goes out as the token's UTF-8 bytes.
+            req.add_header("Authorization", ("Bearer " + token).encode("utf-8").decode("latin-1"))
         try:
             with urllib.request.urlopen(req, timeout=self.timeout) as resp:
                 status, ctype, body = resp.status, resp.headers.get("Content-Type", ""), resp.read()
@@ -719,9 +728,11 @@ class ApiClient:
         except (urllib.error.URLError, OSError) as ex:
             reason = getattr(ex, "reason", ex)
             raise ApiUnavailable(f"no rgw-changelog serve at {self.base}: {reason}") from ex
-        if ctype.startswith("application/json"):
-            return status, json.loads(body)
-        return status, body.decode("utf-8", "replace")
+        doc: object = json.loads(body) if ctype.startswith("application/json") else body.decode("utf-8", "replace")
+        if status == 401:
+            why = doc.get("error") if isinstance(doc, dict) else doc
+            raise ApiUnauthorized(f"serve at {self.base} refused {method} {path}: 401 {why}")
+        return status, doc
 
     def _answer(self, method: str, path: str) -> object:
         status, doc = self.request(method, path)

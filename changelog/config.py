@@ -14,7 +14,11 @@ the library that needs it. Any of them may instead be read from the environment:
 ``secret_key_env = "RGW_SECRET"`` reads ``$RGW_SECRET`` at load time (setting both ``secret_key``
 and ``secret_key_env`` is an error, so is naming a variable that is not set).
 
-Relative paths (``index.path``, ``file://`` URLs, ``logging.file``) are taken from the working
+**TLS**: ``[source]``, ``[target]`` and ``[backup]`` each have ``verify`` (default true) and
+``ca_bundle`` (a PEM file of the CAs to trust, checked at load time); ``tls_verify`` is what
+their clients are given.
+
+Relative paths (``index.path``, ``ca_bundle``, ``file://`` URLs, ``logging.file``) are taken from the working
 directory at load time and shown absolute in the effective config.
 
 Sections built in code (``CollectorConfig(page=3, settle=0)``) are checked like the file's keys.
@@ -28,6 +32,7 @@ import difflib
 import json
 import os
 import re
+import ssl
 import tomllib
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -177,6 +182,17 @@ class _S3Section(Section):
             return False
         return self.ca_bundle if self.ca_bundle is not None else True
 
+    @field_validator("ca_bundle")
+    @classmethod
+    def _readable_bundle(cls, v: str | None) -> str | None:
+        # Checked here, so that a wrong path is one line at start-up rather than a TLS error on
+        # the first request (where botocore and urllib3 word it differently).
+        if v is not None:
+            problem = _ca_bundle_problem(v)
+            if problem:
+                raise invalid(f"{cls.section}.ca_bundle: {v} {problem}", line=True)
+        return v
+
     @model_validator(mode="after")
     def _both_keys(self) -> Self:
         access, secret = getattr(self, "access_key", None), getattr(self, "secret_key", None)
@@ -185,6 +201,24 @@ class _S3Section(Section):
             sec = self.section
             raise invalid(f"{sec}.{have} is set but {sec}.{missing} is not: set both (or neither)", line=True)
         return self
+
+
+def _ca_bundle_problem(path: str) -> str | None:
+    """Why ``path`` cannot serve as a CA bundle (None: it loads, with at least one CA)."""
+    try:
+        ctx = ssl.create_default_context(cafile=path)
+    except FileNotFoundError:
+        return "not found"
+    except IsADirectoryError:
+        return "is a directory, not a PEM file"
+    except PermissionError:
+        return "cannot be read (permission denied)"
+    except (ssl.SSLError, ValueError, OSError) as ex:
+        return f"is not a PEM file of CA certificates ({getattr(ex, 'reason', None) or ex})"
+    # Any certificate counts: OpenSSL also trusts a self-signed server certificate given here.
+    if not ctx.cert_store_stats()["x509"]:
+        return "holds no certificate"
+    return None
 
 
 class IndexConfig(Section):
@@ -336,6 +370,15 @@ class ApiConfig(Section):
     token: Secret | None = None
     read_token: Secret | None = None
 
+    @field_validator("token", "read_token")
+    @classmethod
+    def _token_text(cls, v: Secret | None, info: ValidationInfo) -> Secret | None:
+        # It travels in an HTTP header: no spaces or control characters (and the value is
+        # never shown, not even in this message).
+        if v is not None and (not v.reveal() or any(c.isspace() or not c.isprintable() for c in v.reveal())):
+            raise invalid(f"api.{info.field_name} must be a non-empty string without spaces", line=True)
+        return v
+
     @property
     def host(self) -> str:
         return split_listen(self.listen)[0]
@@ -407,7 +450,8 @@ SECTIONS: dict[str, type[Section]] = {
 
 class Config(_Model):
     """The whole configuration. ``parse_config`` also gives the target and the backup store the
-    source's endpoint and credentials when they have none; a ``Config`` built in code does not."""
+    source's endpoint, credentials and TLS settings when they have none; a ``Config`` built in
+    code does not."""
 
     index: IndexConfig = Field(default_factory=IndexConfig)
     source: SourceConfig = Field(default_factory=SourceConfig)
@@ -507,15 +551,22 @@ def _check_top_level(data: Mapping[str, object]) -> None:
 
 def _inherit_source(cfg: Config) -> Config:
     """The target and the backup store usually live on the source radosgw: they default to its
-    endpoint and credentials (a section's own keys are both set or both unset, checked)."""
+    endpoint and credentials (a section's own keys are both set or both unset, checked). A
+    section that takes the source's endpoint takes its TLS settings too (``verify``,
+    ``ca_bundle``), unless it sets them itself."""
     src = cfg.source
 
     def inherit(part: TargetConfig | BackupConfig) -> dict[str, object]:
-        return {
+        update: dict[str, object] = {
             "endpoint": part.endpoint or src.endpoint,
             "access_key": part.access_key or src.access_key,
             "secret_key": part.secret_key or src.secret_key,
         }
+        if part.endpoint is None and src.endpoint is not None:
+            own = part.model_fields_set
+            update["verify"] = part.verify if "verify" in own else src.verify
+            update["ca_bundle"] = part.ca_bundle if "ca_bundle" in own else src.ca_bundle
+        return update
 
     update: dict[str, object] = {}
     if cfg.target.is_s3:
@@ -617,8 +668,7 @@ def open_index(cfg: Config, *, create: bool = True, store: ObjectStore | None = 
 def _open_target(url: str, part: TargetConfig | BackupConfig) -> Target:
     from changelog.pipeline.targets import make_target
 
-    if url.startswith("file://"):
-        Path(url[len("file://") :]).mkdir(parents=True, exist_ok=True)
+    # A file:// target creates its directory itself (a one-line ConfigError when it cannot).
     return make_target(
         url,
         endpoint=part.endpoint,
@@ -627,6 +677,7 @@ def _open_target(url: str, part: TargetConfig | BackupConfig) -> Target:
         region=part.region,
         # None: the target's default (the backup section has no such key).
         addressing_style=part.addressing_style if isinstance(part, TargetConfig) else None,
+        verify=part.tls_verify,
     )
 
 

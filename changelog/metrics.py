@@ -16,7 +16,8 @@ collector ``stats()``
     ``last_pass_end`` (float, unix time the last pass finished), ``complete_until`` (float | None,
     unix time of the watermark's ``complete_until``), ``target_errors`` ({kind: int}, errors from
     the target by kind, one per failed attempt: ``transient`` (retried), ``permanent``,
-    ``missing``: an object or upload that should be there is not).
+    ``missing``: an object or upload that should be there is not), ``failed_passes`` (int,
+    passes of the service loop failed in a row).
 follower ``stats()``
     ``mutations_recorded`` (int, records written to the index), ``mutations_duplicate`` (int,
     records dropped as already recorded), ``sweeps`` (int, finished sweeps over the data log),
@@ -26,6 +27,9 @@ follower ``stats()``
 leases
     any objects with ``ref.name``, ``held``, ``renewals`` and ``losses`` (``changelog.pipeline.lease.Lease``);
     they are summed per lease name, and the totals never go down when a lease object is dropped.
+health
+    a callable returning the current ``changelog.health.Reason`` list: ``health_ok`` (1 when
+    there is none) and ``health_failing`` per (component, check) of ``changelog.health.CHECKS``.
 """
 
 from __future__ import annotations
@@ -45,6 +49,7 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.process_collector import ProcessCollector
 
 from changelog import __version__
+from changelog.health import CHECKS, Reason
 from changelog.pipeline.index import ShardStats
 from changelog.pipeline.store import LockRef
 
@@ -179,6 +184,7 @@ class _Reading:
     leases: tuple[dict[str, int], dict[str, int], dict[str, int]] | None = None
     paused: dict[str, bool] | None = None
     consumers: dict[str, Mapping[str, object]] = field(default_factory=dict)
+    health: list[Reason] | None = None
 
 
 def _number(stats: Mapping[str, object], key: str) -> float | None:
@@ -233,6 +239,7 @@ class ChangelogMetrics:
         leases: Callable[[], Iterable[LeaseLike]] | None = None,
         controls: PauseState | None = None,
         consumers: Mapping[str, StatsProvider] | None = None,
+        health: Callable[[], Sequence[Reason]] | None = None,
         shard_stats_ttl: float = SHARD_STATS_TTL_S,
         clock: Callable[[], float] = time.time,
     ) -> None:
@@ -242,6 +249,7 @@ class ChangelogMetrics:
         self.leases = leases
         self.controls = controls
         self.consumers = dict(consumers or {})
+        self.health = health
         self._clock = clock
         self._lease_totals = _LeaseTotals()
         self._errors_lock = threading.Lock()
@@ -292,6 +300,11 @@ class ChangelogMetrics:
                 got.paused = {c: self.controls.paused(c) for c in self.controls.components}
             except Exception as ex:
                 self._failed("controls", ex)
+        if self.health is not None:
+            try:
+                got.health = list(self.health())
+            except Exception as ex:
+                self._failed("health", ex)
         return got
 
     def _families(self, got: _Reading | None) -> Iterator[Metric]:
@@ -306,6 +319,7 @@ class ChangelogMetrics:
         yield from _collector_families(data.collector)
         yield from _consumer_families(data.consumers)
         yield from _lease_families(data.leases)
+        yield from _health_families(data.health)
         yield from self._control_families(data, got is not None)
 
     def _control_families(self, data: _Reading, scraped: bool) -> Iterator[Metric]:
@@ -334,7 +348,18 @@ def _follower_families(fstats: Mapping[str, object]) -> Iterator[Metric]:
         ("mutations_recorded", "mutations_recorded", "Mutations recorded into the change index"),
         ("mutations_duplicate", "mutations_duplicate", "Mutations dropped as already recorded"),
         ("sweeps", "follower_sweeps", "Finished follower sweeps over the source data log"),
+        ("instances_lost", "follower_instances_lost",
+         "Source bucket instances (or log generations) gone before their log was read to its end"),
+        ("entries_lost", "follower_entries_lost",
+         "Estimated bucket-index-log entries lost with them (where an estimate was possible)"),
     ))  # fmt: skip
+    skipped = CounterMetricFamily(
+        PREFIX + "follower_skipped", "Source log entries skipped on purpose, by reason (tenant, filter, internal)",
+        labels=["reason"],
+    )
+    for reason, n in sorted(_by_kind(fstats, "skipped").items()):
+        skipped.add_metric([reason], n)
+    yield skipped
     yield from _scalars(GaugeMetricFamily, fstats, (
         ("caught_up_until", "follower_caught_up_timestamp_seconds",
          "Unix time the follower last read every pending source shard to its end"),
@@ -403,6 +428,7 @@ def _collector_families(cstats: Mapping[str, object]) -> Iterator[Metric]:
         duration.add_metric([], seconds)
     yield from (rate, duration)
     yield from _scalars(GaugeMetricFamily, cstats, (
+        ("failed_passes", "collector_failed_passes", "Collector passes failed in a row (0 after a good one)"),
         ("last_pass_end", "collector_last_pass_timestamp_seconds", "Unix time the last pass finished"),
         ("complete_until", "watermark_timestamp_seconds", "The watermark: every change before it is in the log"),
     ))  # fmt: skip
@@ -422,6 +448,21 @@ def _lease_families(leases: tuple[dict[str, int], dict[str, int], dict[str, int]
             losses.add_metric([name], lost_by.get(name, 0))
             held.add_metric([name], held_by[name])
     yield from (renewals, losses, held)
+
+
+def _health_families(reasons: list[Reason] | None) -> Iterator[Metric]:
+    """Whether the process is healthy, and which check fails (``changelog.health``)."""
+    # ---- health
+    ok = GaugeMetricFamily(PREFIX + "health_ok", "1 when no health check of changelog.health fails (see /_/status)")
+    failing = GaugeMetricFamily(
+        PREFIX + "health_failing", "1 while this health check fails, else 0", labels=["component", "check"]
+    )
+    if reasons is not None:
+        ok.add_metric([], 0.0 if reasons else 1.0)
+        bad = {(r.component, r.check) for r in reasons}
+        for pair in sorted(set(CHECKS) | bad):
+            failing.add_metric(list(pair), 1.0 if pair in bad else 0.0)
+    yield from (ok, failing)
 
 
 # Consumer stats keys exported as counters / gauges, labelled by consumer.

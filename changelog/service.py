@@ -28,8 +28,9 @@ from changelog.errors import PermanentError
 
 if TYPE_CHECKING:
     from changelog.api import ApiServer, Controls, HealthCheck
-    from changelog.config import Config
+    from changelog.config import Config, HealthConfig
     from changelog.consumers.framework import ConsumerRunner
+    from changelog.health import Health
     from changelog.pipeline.collector import Collector
     from changelog.pipeline.index import ChangeIndex
     from changelog.pipeline.lease import Lease
@@ -221,14 +222,23 @@ def build_follower(cfg: Config, index: ChangeIndex, target: Target, controls: Co
     if src.access_key is None or src.secret_key is None:
         raise PermanentError("source.access_key and source.secret_key must be set to follow a radosgw zone")
     exclude = set(src.exclude_buckets)
+    internal: tuple[str, ...] = ()
     if target.bucket and (target.endpoint is None or same_endpoint(target.endpoint, src.endpoint)):
         exclude.add(target.bucket)
-    admin = AdminClient(src.endpoint, reveal(src.access_key) or "", reveal(src.secret_key) or "", region=src.region)
+        internal = (target.bucket,)
+    admin = AdminClient(
+        src.endpoint,
+        reveal(src.access_key) or "",
+        reveal(src.secret_key) or "",
+        region=src.region,
+        verify=src.tls_verify,
+    )
     # Pausing parks the follower between sweeps; its lease and markers stay.
     return Follower(
         index,
         admin,
         src.model_copy(update={"exclude_buckets": tuple(sorted(exclude))}),
+        internal_buckets=internal,
         paused=lambda: controls.checkpoint("follower"),
     )
 
@@ -312,12 +322,36 @@ def serve(cfg: Config) -> None:
     service.run()
 
 
-def health_checks(pipeline: Pipeline, service: Service) -> dict[str, HealthCheck]:
+def role_leases(pipeline: Pipeline) -> list[Lease]:
+    """The control leases: one per role (shard leases come and go with each pass)."""
+    follower = pipeline.follower
+    held = [follower.lease] if follower is not None else []
+    return [*held, pipeline.collector.control_lease, *(r.lease for r in pipeline.consumers)]
+
+
+def make_health(policy: HealthConfig, pipeline: Pipeline) -> Health:
+    """The honest-health reasons of this process's components (``changelog.health``)."""
+    from changelog.health import Health, oldest_entry_us
+
+    return Health(
+        policy,
+        collector=pipeline.collector,
+        oldest_us=lambda: oldest_entry_us(pipeline.index),
+        follower=pipeline.follower,
+        leases=lambda: role_leases(pipeline),
+    )
+
+
+def health_checks(pipeline: Pipeline, service: Service, health: Health | None = None) -> dict[str, HealthCheck]:
     """The components ``GET /_/healthcheck`` reports: the index backend, the source radosgw, the
     target, each component's thread, and the leases (held by us, or by another live ``serve``
     while this one stands by). Without a follower (embedded setup) the source and follower
-    checks are left out."""
+    checks are left out. With ``health`` (``make_health``; ``serve`` always passes it) a
+    component whose thread is alive is still down for the reasons of ``changelog.health``:
+    the collector for failed passes or an old backlog, the follower for its lag, the leases
+    for failing renewals."""
     from changelog.api import leases_held, probe, thread_alive
+    from changelog.health import all_of
 
     index, target, follower = pipeline.index, pipeline.target, pipeline.follower
     checks: dict[str, HealthCheck] = {
@@ -326,27 +360,27 @@ def health_checks(pipeline: Pipeline, service: Service) -> dict[str, HealthCheck
     if follower is not None:
         checks["source"] = probe(follower.admin.server_time_ns, ok=f"{follower.admin.endpoint} answering")
     # A one-key listing: a bucket that was deleted or cannot be reached shows up here, before a
-    # pass has anything to write.
+    # pass has anything to write (one that cannot be written shows up as failed passes).
     checks["target"] = probe(lambda: next(iter(target.list(page=1)), None), ok=f"{target.url} listable")
     for name in pipeline.components():
         checks[name] = thread_alive(lambda name=name: service.thread(name))  # type: ignore[misc]
-
-    def leases() -> list[Lease]:
-        # The control leases: one per role (shard leases come and go with each pass).
-        held = [follower.lease] if follower is not None else []
-        return [*held, pipeline.collector.control_lease, *(r.lease for r in pipeline.consumers)]
-
-    checks["leases"] = leases_held(leases)
+    checks["leases"] = leases_held(lambda: role_leases(pipeline))
+    if health is not None:
+        for name in ("collector", "follower", "leases"):
+            if name in checks:
+                checks[name] = all_of(checks[name], health.check(name))
     return checks
 
 
-def status_doc(cfg: Config, pipeline: Pipeline) -> dict[str, object]:
-    """``GET /_/status``: the direct status document plus this process's live counters."""
+def status_doc(cfg: Config, pipeline: Pipeline, health: Health | None = None) -> dict[str, object]:
+    """``GET /_/status``: the direct status document plus this process's live counters and its
+    ``health`` (``{"ok": bool, "reasons": [{component, check, detail}]}``)."""
     from changelog.status import collect_status
     from rgw_module.follower import follower_state
 
     doc = collect_status(cfg, pipeline.index, pipeline.target)
     doc["from"] = "serve"
+    doc["health"] = (health or make_health(cfg.health, pipeline)).report()
     collector_doc = doc.get("collector")
     if isinstance(collector_doc, dict):
         collector_doc["live"] = pipeline.collector.stats()
@@ -362,10 +396,13 @@ def status_doc(cfg: Config, pipeline: Pipeline) -> dict[str, object]:
 def start_api(cfg: Config, pipeline: Pipeline, service: Service) -> ApiServer:
     """The operator HTTP API (health, metrics, status, pause, flush, consumer routes), started."""
     from changelog.api import ApiServer
+    from changelog.config import reveal
     from changelog.metrics import ChangelogMetrics, make_registry
     from changelog.status import pass_doc
 
+    health = make_health(cfg.health, pipeline)
     metrics = ChangelogMetrics(
+        health=health.reasons,
         collector=pipeline.collector,
         follower=pipeline.follower,
         index=pipeline.index,
@@ -376,11 +413,13 @@ def start_api(cfg: Config, pipeline: Pipeline, service: Service) -> ApiServer:
     api = ApiServer(
         cfg.api.listen,
         cfg.api.allow_from,
-        status_provider=lambda: status_doc(cfg, pipeline),
-        health_checks=health_checks(pipeline, service),
+        status_provider=lambda: status_doc(cfg, pipeline, health),
+        health_checks=health_checks(pipeline, service, health),
         controls=pipeline.controls,
         registry=make_registry(metrics),
         flush=lambda: pass_doc(pipeline.collector.request_flush()),
+        token=reveal(cfg.api.token),
+        read_token=reveal(cfg.api.read_token),
     )
     for runner in pipeline.consumers:
         for (method, path), handler in runner.consumer.routes().items():

@@ -8,6 +8,9 @@ signature on that form and rejects a raw ``:``. Every failure is translated here
 project's errors: ``TransientError`` (connection trouble, timeouts, 5xx, 429), ``PermanentError``
 (403, 400 and other refusals) and ``NotFound`` (404: a deleted bucket, a bucket instance gone
 after a reshard, an object overwritten since), each with a one-line message naming the endpoint.
+TLS: ``verify`` (False, a CA bundle's path, or True) applies to both the admin requests and the
+S3 reads; a certificate that fails the check is a ``PermanentError`` saying to set
+``[source] ca_bundle``.
 
 Facts checked on Pacific 16.2.15 (see ``rgw_module/README.md``):
 
@@ -41,7 +44,7 @@ from botocore.credentials import Credentials
 from botocore.exceptions import BotoCoreError
 
 from changelog.errors import ObjectMissing, PermanentError, TransientError
-from changelog.pipeline.s3client import make_s3_client, refusal
+from changelog.pipeline.s3client import make_s3_client, refusal, untrusted_certificate, unverified
 from rgw_module.mapping import BilogEntry, BucketShard, parse_time_ns
 
 if TYPE_CHECKING:
@@ -189,6 +192,8 @@ class AdminClient:
         # urllib3's TLS options (None: its defaults, certificates checked; dropped for http).
         https = self.endpoint.startswith("https://")
         cert_reqs = "CERT_NONE" if https and verify is False else None
+        if verify is False:
+            unverified(self.endpoint)
         ca_certs = verify if https and isinstance(verify, str) else None
         self._verify = verify
         self._timeouts = (connect_timeout, read_timeout)
@@ -223,6 +228,7 @@ class AdminClient:
         try:
             resp = self._http.request(method, prepared.url, headers=dict(prepared.headers.items()), body=None)
         except urllib3.exceptions.HTTPError as ex:
+            self._check_tls(ex)
             raise TransientError(f"{what}: {type(ex).__name__}: {ex}") from ex
         headers = {k.lower(): v for k, v in resp.headers.items()}
         if resp.status >= 400:
@@ -243,6 +249,15 @@ class AdminClient:
                 )
             raise PermanentError(message)
         return resp.status, headers, resp.data
+
+    def _check_tls(self, ex: BaseException) -> None:
+        """Raise the one-line ``PermanentError`` of an untrusted server certificate (a matter of
+        configuration: no retry helps), if that is what ``ex`` is."""
+        untrusted = untrusted_certificate(ex)
+        if untrusted is not None:
+            raise PermanentError(
+                f"source {self.endpoint}: {untrusted}: set [source] ca_bundle to its CA's PEM file (or verify = false)"
+            ) from ex
 
     def _get_json(self, path: str, params: Sequence[tuple[str, str | int | None]]) -> Any:
         _, _, body = self.request("GET", path, params)
@@ -451,6 +466,7 @@ class AdminClient:
         try:
             return fn(self._s3())
         except BotoCoreError as ex:
+            self._check_tls(ex)
             # Below HTTP (connection, timeout, truncated read): worth another sweep.
             raise TransientError(f"{where}: {type(ex).__name__}: {ex}") from ex
         except Exception as ex:

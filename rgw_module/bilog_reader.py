@@ -21,7 +21,7 @@ from rgw_module.admin import NotFound
 from rgw_module.bucket_tracker import BucketTracker
 from rgw_module.follower_state import ShardCursor, marker_key, pending_key
 from rgw_module.generations import start_closing
-from rgw_module.mapping import BilogEntry, BucketShard, bilog_marker, map_entry
+from rgw_module.mapping import BilogEntry, BucketShard, bilog_marker, index_name_to_key, map_entry
 from rgw_module.sweep_context import SweepContext
 
 logger = logging.getLogger(__name__)
@@ -146,13 +146,26 @@ class BilogReader:
         ctx = self.ctx
         gen = ctx.state.buckets[bs.bucket].gen
         out: list[Mutation] = []
+        internal = unwanted = 0
         for entry in page:
             m = map_entry(entry, bs, generation=gen, observed_ns=observed_ns)
-            if m is not None and ctx.filter.wants(m.bucket, m.key):
+            if m is None:
+                # Companions and pending entries stand for no mutation of their own; complete
+                # entries of the internal namespace (multipart parts, ...) are skipped.
+                if entry.get("state", "complete") == "complete" and entry.get("object") \
+                        and index_name_to_key(str(entry["object"])) is None:
+                    internal += 1
+            elif ctx.filter.wants(m.bucket, m.key):
                 out.append(m)
+            else:
+                unwanted += 1
         with ctx.lock:
             ctx.stats.entries_read += len(page)
             ctx.stats.entries_skipped += len(page) - len(out)
+        if internal:
+            ctx.skipped("internal", internal)
+        if unwanted:
+            ctx.skipped("filter", unwanted)
         return out
 
     def _persist(self, advanced: Sequence[ShardProgress], now: float) -> None:
@@ -211,11 +224,8 @@ class BilogReader:
             except NotFound:
                 return  # deleted meanwhile: the next sweep drops it
             if stats.bucket_id == b.bucket_id:
-                logger.warning(
-                    "bucket %s: log generation %d removed before it was read to its end: full sync",
-                    name,
-                    b.log_gen,
-                )
+                ctx.lost(name, f"{b.bucket_id} (log generation {b.log_gen})", None,
+                         "had its log generation removed (full sync follows)")
                 self.tracker.start_full_sync(stats, b.gen + 1)
             b = st.buckets.get(name)
         if b is None or not b.owns(sh.bs):

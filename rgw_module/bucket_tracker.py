@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 from changelog.errors import TransientError
 from changelog.pipeline.control import (
@@ -29,7 +29,7 @@ from rgw_module.follower_state import (
     marker_key,
 )
 from rgw_module.generations import start_closing
-from rgw_module.mapping import BucketShard
+from rgw_module.mapping import BucketShard, bilog_marker
 from rgw_module.sweep_context import SweepContext
 
 logger = logging.getLogger(__name__)
@@ -39,6 +39,13 @@ logger = logging.getLogger(__name__)
 # baseline. The first start is read from radosgw's Date header, truncated to whole seconds, so a
 # bucket counts as created after it only when it is one full second past it.
 FRESH_MARGIN_NS = 1_000_000_000
+
+
+def _index_ver(marker: str) -> int:
+    """The index version a bilog marker starts with (``00000000012.34.5``, maybe ``3#``-prefixed);
+    0 for "" (nothing read) or a marker of another form."""
+    head = bilog_marker(marker).partition(".")[0]
+    return int(head) if head.isdigit() else 0
 
 
 class BucketTracker:
@@ -68,7 +75,7 @@ class BucketTracker:
                 }
             )
             logger.info("follower bootstrap: %d data-log shards, radosgw time %d", n, boot_ns)
-        names = [n for n in ctx.admin.list_buckets() if ctx.filter.follows(n)]
+        names = self._followed(ctx.admin.list_buckets())
         for name in names:
             ctx.check_running()
             if name not in st.buckets or st.buckets[name].state == "gone":
@@ -86,13 +93,25 @@ class BucketTracker:
             return
         self.last_scan = ctx.clocks.monotonic()
         names = set(ctx.admin.list_buckets())
-        for name in sorted(n for n in names if ctx.filter.follows(n)):
+        for name in self._followed(names):
             b = ctx.state.buckets.get(name)
             if b is None or b.state == "gone":
                 self.resolve(name)
         for name, b in sorted(ctx.state.buckets.items()):
             if b.state != "gone" and name not in names:
                 self.resolve(name)
+
+    def _followed(self, names: Iterable[str]) -> list[str]:
+        """The followed ones of ``names``, sorted; a tenant's or an internal bucket among the
+        others is named once (``SweepContext.skipped``)."""
+        out = []
+        for name in sorted(names):
+            reason = self.ctx.skip_reason(name)
+            if reason is None:
+                out.append(name)
+            elif reason != "filter":
+                self.ctx.skipped(reason, 0, bucket=name)
+        return out
 
     def take_requests(self) -> None:
         """Start the full syncs asked for with ``Follower.request_full_sync``."""
@@ -133,6 +152,7 @@ class BucketTracker:
         gen = known.gen + 1 if known is not None else 1
         if known is not None and known.state != "gone":
             why = "resharded" if known.marker == stats.marker else "deleted and created again"
+            self._report_loss(known, f"was replaced ({why})")
             logger.info(
                 "bucket %s %s: instance %s -> %s, generation %d",
                 name,
@@ -149,6 +169,7 @@ class BucketTracker:
         created later), drop the rest of its state."""
         ctx = self.ctx
         if known is not None and known.state != "gone":
+            self._report_loss(known, "was deleted")
             logger.info("bucket %s is gone (deleted): dropping its follower state", name)
             # A gone bucket has no log generation left to finish: a closing generation kept here
             # would hold every later sweep incomplete (and the watermark with it).
@@ -159,6 +180,29 @@ class BucketTracker:
         else:
             ctx.state.forget(name)
         ctx.state.closing.pop(name, None)
+
+    def _report_loss(self, known: BucketRecord, why: str) -> None:
+        """The instance of ``known`` is going away: what of its log was not read is lost (an
+        accepted loss, docs/design.md §10). The estimate, per shard: the index version of the
+        shard's newest marker minus that of the marker read to (radosgw numbers a shard's log
+        entries ``<index_ver>.<...>``, one version per entry, pending and complete ones alike,
+        so it counts entries, about two per mutation on Pacific). Unknown when the instance's
+        log cannot be read any more (Pacific removes it with the reshard or the deletion). An
+        instance still readable and read to its end lost nothing and is not reported."""
+        ctx = self.ctx
+        shards = known.shard_list()
+        got = ctx.store.omap_get(ctx.control_oid, [marker_key(bs) for bs in shards])
+        estimate: int | None = 0
+        for bs in shards:
+            try:
+                head = ctx.admin.bilog_max_marker(bs)
+            except (NotFound, TransientError):
+                estimate = None
+                break
+            read = got.get(marker_key(bs), b"").decode()
+            estimate = (estimate or 0) + max(0, _index_ver(head) - _index_ver(read))
+        if estimate != 0:
+            ctx.lost(known.name, known.bucket_id, estimate, why)
 
     def _follow_from_first_entry(self, stats: BucketStats, gen: int) -> bool:
         """Follow a bucket born after the follower's first start without a baseline, if its log

@@ -129,11 +129,14 @@ class DataLogReader:
         sets: dict[str, bytes] = {}
         for e in entries:
             bs = e.shard
+            reason = ctx.skip_reason(bs.bucket)
+            if reason is not None:
+                ctx.skipped(reason, bucket=bs.bucket)
             if ctx.filter.excluded(bs.bucket):
                 with ctx.lock:
                     st.excluded_seen.setdefault(bs, now)
                 continue
-            if not ctx.filter.follows(bs.bucket):
+            if reason is not None:
                 continue
             with ctx.lock:
                 b = st.buckets.get(bs.bucket)

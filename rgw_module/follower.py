@@ -32,7 +32,7 @@ import dataclasses
 import logging
 import threading
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TypedDict
@@ -51,7 +51,7 @@ from rgw_module.datalog_reader import DataLogReader
 from rgw_module.follower_state import dump_json, follower_state
 from rgw_module.full_sync import FullSyncRunner
 from rgw_module.generations import advance_generations, start_closing
-from rgw_module.sweep_context import FAULT_STEPS, SweepContext
+from rgw_module.sweep_context import FAULT_STEPS, SKIP_REASONS, SweepContext
 from rgw_module.trim import Trimmer
 
 __all__ = [
@@ -105,6 +105,10 @@ class FollowerStatsDoc(TypedDict):
     lag_seconds: dict[str, dict[str, float]]  # bucket -> index shard -> seconds behind
     source_errors: dict[str, int]  # kind (datalog, bilog, trim, transient) -> count
     lease_held: bool
+    instances_lost: int  # log streams gone before read to their end (docs/design.md §10)
+    entries_lost: int  # the entries they held, where an estimate was possible
+    skipped: dict[str, int]  # reason (tenant, filter, internal) -> log entries skipped
+    not_followed: dict[str, str]  # tenant's and internal buckets seen -> reason
 
 
 class Follower:
@@ -123,6 +127,7 @@ class Follower:
         follower_id: str | None = None,
         fault_hook: Callable[[str], None] | None = None,
         paused: Callable[[], bool] | None = None,
+        internal_buckets: Iterable[str] = (),
     ) -> None:
         config = config if config is not None else SourceConfig()
         if (
@@ -160,6 +165,7 @@ class Follower:
             fence=self.lease.ref,
             pool=self._pool,
             fault_hook=fault_hook,
+            internal_buckets=internal_buckets,
         )
         self._buckets = BucketTracker(ctx)
         self._datalog = DataLogReader(ctx, self._buckets)
@@ -225,11 +231,18 @@ class Follower:
                 "lag_seconds": dict(lag),
                 "source_errors": errors,
                 "lease_held": self.lease.held,
+                "instances_lost": s.instances_lost,
+                "entries_lost": s.entries_lost,
+                "skipped": {reason: s.skipped.get(reason, 0) for reason in SKIP_REASONS},
+                "not_followed": dict(sorted(ctx.not_followed.items())),
             }
 
     def status(self) -> dict[str, object]:
-        """A JSON-able view of the follower state for ``rgw-changelog status``."""
-        return follower_state(self.index)
+        """A JSON-able view of the follower state for ``rgw-changelog status``, with the buckets
+        this process saw and does not follow (tenant's, internal) and why."""
+        with self._ctx.lock:
+            not_followed = dict(sorted(self._ctx.not_followed.items()))
+        return {**follower_state(self.index), "not_followed": not_followed}
 
     def request_full_sync(self, bucket: str) -> None:
         """Ask for a new baseline of ``bucket`` (any process may ask; the running follower acts

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections import defaultdict
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TypeVar
@@ -48,6 +48,19 @@ class FollowerStats:
     bilog_trims: int = 0
     datalog_trims: int = 0
     source_errors: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    # Losses the design accepts (docs/design.md §10): log streams (an instance, or a generation
+    # of one) gone before they were read to their end, and the entries they still held where
+    # an estimate was possible.
+    instances_lost: int = 0
+    entries_lost: int = 0
+    # Log entries skipped on purpose, by reason (SKIP_REASONS).
+    skipped: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+
+
+# Why an entry is skipped on purpose: a tenant's bucket (not supported), the source filter
+# (buckets, prefixes, exclude_buckets), or internal (the target's own bucket, multipart parts
+# and other internal-namespace entries of the bucket index).
+SKIP_REASONS = ("tenant", "filter", "internal")
 
 
 class SweepContext:
@@ -65,6 +78,7 @@ class SweepContext:
         fence: LockRef,
         pool: ThreadPoolExecutor,
         fault_hook: Callable[[str], None] | None = None,
+        internal_buckets: Iterable[str] = (),
     ) -> None:
         self.index = index
         self.store = index.store
@@ -74,6 +88,10 @@ class SweepContext:
         self.filter = BucketFilter(
             None if config.all_buckets else config.buckets, config.prefixes, config.exclude_buckets
         )
+        self.internal_buckets = frozenset(internal_buckets)
+        # Buckets seen and not followed, with the reason (tenant and internal ones: the filter's
+        # are the operator's own choice and may be most of the zone).
+        self.not_followed: dict[str, str] = {}
         self.clocks = clocks
         self.guard = guard
         self.fence = fence
@@ -106,6 +124,41 @@ class SweepContext:
     def count_error(self, kind: str) -> None:
         with self.lock:
             self.stats.source_errors[kind] += 1
+
+    def skip_reason(self, bucket: str) -> str | None:
+        """Why ``bucket`` is not followed (SKIP_REASONS), None if it is."""
+        if self.filter.follows(bucket):
+            return None
+        if "/" in bucket or ":" in bucket:
+            return "tenant"
+        return "internal" if bucket in self.internal_buckets else "filter"
+
+    def skipped(self, reason: str, entries: int = 1, *, bucket: str | None = None) -> None:
+        """Count ``entries`` log entries skipped for ``reason``; a tenant's or an internal
+        bucket is named once (a tenant's with a WARNING: its changes are not in the logs)."""
+        new = False
+        with self.lock:
+            if entries:
+                self.stats.skipped[reason] += entries
+            if bucket is not None and reason != "filter" and bucket not in self.not_followed:
+                self.not_followed[bucket] = reason
+                new = True
+        if new and reason == "tenant":
+            logger.warning("bucket %s belongs to a tenant: tenanted buckets are not followed, its changes"
+                           " are not logged", bucket)
+        elif new:
+            logger.info("bucket %s is not followed (%s)", bucket, reason)
+
+    def lost(self, bucket: str, instance: str, entries: int | None, why: str) -> None:
+        """A log stream of ``bucket`` went away before it was read to its end (an accepted loss,
+        docs/design.md §10): WARNING, counted. ``entries``: the estimate, None if unknown."""
+        with self.lock:
+            self.stats.instances_lost += 1
+            self.stats.entries_lost += entries or 0
+        logger.warning(
+            "bucket %s: instance %s %s before its log was read to its end: entries lost: %s",
+            bucket, instance, why, "unknown" if entries is None else f"about {entries}",
+        )  # fmt: skip
 
     def write(self, sets: Mapping[str, bytes] | None = None, remove: Sequence[str] = ()) -> None:
         """One fenced write to the control object (nothing when there is nothing to write)."""

@@ -97,33 +97,42 @@ def setup_logging(
     file_level: str = "INFO",
 ) -> None:
     """stderr gets ``console_level`` (default WARNING; INFO with -v, DEBUG with -vv or --debug);
-    the log file, if configured, gets ``file_level`` and full tracebacks."""
-    root = logging.getLogger()
-    teardown_logging()
+    the log file, if configured, gets ``file_level`` and full tracebacks.
+
+    A log file that cannot be opened raises ``ConfigError`` and leaves the handlers in place as
+    they were (at start the plain stderr one, on a reload the running ones), so the boundary's
+    one-line message is all the user sees."""
     if debug or verbose >= 2:
         console = logging.DEBUG
     elif verbose == 1:
         console = logging.INFO
     else:
         console = logging.getLevelName(console_level or "WARNING")
+    handlers: list[logging.Handler] = []
+    levels = [console]
+    if file:
+        try:
+            fh = logging.FileHandler(file, encoding="utf-8")
+        except (OSError, ValueError) as ex:  # ValueError: a NUL in the path
+            why = ex.strerror if isinstance(ex, OSError) and ex.strerror else str(ex)
+            raise ConfigError(f"logging.file: cannot open {file}: {why}") from None
+        fl = logging.DEBUG if debug else logging.getLevelName(file_level)
+        fh.setLevel(fl)
+        fh.setFormatter(
+            logging.Formatter("%(asctime)s %(process)d %(threadName)s %(levelname)s %(name)s: %(message)s")
+        )
+        handlers.append(fh)
+        levels.append(fl)
     err = logging.StreamHandler(sys.stderr)
     err.setLevel(console)
     if not debug:
         # The boundary prints its own one-line message; the traceback record is for the log file.
         err.addFilter(lambda record: not getattr(record, "boundary", False))
     err.setFormatter(_StderrFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s", tracebacks=debug))
-    _handlers.append(err)
-    levels = [console]
-    if file:
-        try:
-            fh = logging.FileHandler(file, encoding="utf-8")
-        except OSError as ex:
-            raise ConfigError(f"logging.file: cannot open {file}: {ex.strerror or ex}") from None
-        fl = logging.DEBUG if debug else logging.getLevelName(file_level)
-        fh.setLevel(fl)
-        fh.setFormatter(logging.Formatter("%(asctime)s %(process)d %(threadName)s %(levelname)s %(name)s: %(message)s"))
-        _handlers.append(fh)
-        levels.append(fl)
+    handlers.insert(0, err)
+    teardown_logging()
+    _handlers.extend(handlers)
+    root = logging.getLogger()
     for h in _handlers:
         root.addHandler(h)
     root.setLevel(min(levels))
@@ -228,7 +237,9 @@ class Cli(SuggestingGroup):
         debug = "--debug" in argv[: argv.index("--")] if "--" in argv else "--debug" in argv
         code = 0
         try:
-            rv = super().main(argv, prog_name=prog_name or PROG, complete_var=complete_var, standalone_mode=False, **extra)
+            rv = super().main(
+                argv, prog_name=prog_name or PROG, complete_var=complete_var, standalone_mode=False, **extra
+            )
             if isinstance(rv, int):
                 code = rv
         except click.exceptions.Exit as ex:
@@ -333,4 +344,3 @@ def cli(ctx: click.Context, config_path: str | None, debug: bool, verbose: int) 
 
 def main() -> None:
     cli.main()
-

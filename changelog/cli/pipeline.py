@@ -104,13 +104,27 @@ def _one_pass(st: State, *, settle: float | None) -> status.Doc:
     return status.pass_doc(result)
 
 
-def _serve_api(cfg: Config) -> ApiClient | None:
-    """A client of the running ``serve`` on ``[api] listen``, if one answers."""
+def _api_client(cfg: Config) -> ApiClient:
+    """A client of ``[api] listen`` that sends ``[api] token`` / ``read_token``."""
     from changelog.api import ApiClient
+    from changelog.config import reveal
 
-    client = ApiClient(cfg.api.listen, timeout=API_TIMEOUT_S)
+    return ApiClient(
+        cfg.api.listen, timeout=API_TIMEOUT_S, token=reveal(cfg.api.token), read_token=reveal(cfg.api.read_token)
+    )
+
+
+def _serve_api(cfg: Config) -> ApiClient | None:
+    """A client of the running ``serve`` on ``[api] listen``, if one answers. A serve that
+    refuses our token (401) is an error, not an absent serve: acting directly instead would
+    race the running one."""
+    from changelog.api import ApiUnauthorized
+
+    client = _api_client(cfg)
     try:
         client.health()
+    except ApiUnauthorized:
+        raise
     except ChangelogError as ex:
         logger.debug("no serve API: %s", ex)
         return None
@@ -238,7 +252,11 @@ def _reload_on_sighup(st: State) -> Callable[[], None]:
         except ConfigError as ex:
             logger.error("SIGHUP: config error, keeping the running settings: %s", ex)
             return
-        _serve_logging(st, cfg)
+        try:
+            _serve_logging(st, cfg)
+        except ConfigError as ex:
+            logger.error("SIGHUP: %s; keeping the running logging", ex)
+            return
         logger.info("SIGHUP: [logging] reloaded from %s; other changes take effect on restart", cfg.path or "defaults")
 
     saved = signal.signal(signal.SIGHUP, handler)
@@ -253,12 +271,15 @@ def _reload_on_sighup(st: State) -> Callable[[], None]:
 
 
 def _api_status(cfg: Config) -> status.Doc | None:
-    """The running serve's own status, if one answers on ``[api] listen``."""
-    from changelog.api import ApiClient
+    """The running serve's own status, if one answers on ``[api] listen`` (a 401 is an error:
+    fix the token, or use --direct)."""
+    from changelog.api import ApiUnauthorized
 
-    client = ApiClient(cfg.api.listen, timeout=API_TIMEOUT_S)
+    client = _api_client(cfg)
     try:
         doc: status.Doc = client.status()
+    except ApiUnauthorized as ex:
+        raise PermanentError(f"{ex} (or use --direct)") from ex
     except ChangelogError as ex:
         logger.debug("no serve API: %s", ex)
         return None

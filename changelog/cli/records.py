@@ -1,32 +1,33 @@
-"""``rgw-changelog config check`` and ``rgw-changelog record`` (the embedded write hook: JSON
-Lines on stdin into the index)."""
+"""``rgw-changelog config check`` (the config, and with ``--connect`` the source radosgw, the
+index store and the target, each reached) and ``rgw-changelog record`` (the embedded write hook:
+JSON Lines on stdin into the index, all or nothing per input; the input's checks are in
+``record_input``)."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
-import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import click
-import orjson
 
-from changelog.cli.base import (
-    State,
-    cli,
-    emit_json,
-    json_option,
-    state,
-    stdin,
-)
+from changelog.cli.base import cli, emit_json, json_option, one_line, state, stdin
+from changelog.errors import ChangelogError, InvalidMutation, PermanentError, TransientError
+from changelog.pipeline.index import RecordResult
 from changelog.progress import Progress
-from changelog.times import parse_time
 
 if TYPE_CHECKING:
-    from changelog.pipeline.index import HookStream
-    from changelog.pipeline.mutation import Mutation
+    from changelog.cli.record_input import Checked
+    from changelog.config import Config
+    from changelog.pipeline.index import ChangeIndex
     from changelog.pipeline.targets import Target
 
 logger = logging.getLogger("changelog.cli")
+
+# `config check --connect` gives each service this long to answer: a check, not a workload.
+CONNECT_TIMEOUT_S = 5.0
+READ_TIMEOUT_S = 10.0
 
 # --------------------------------------------------------------------------- config
 
@@ -36,136 +37,214 @@ def config_group() -> None:
     """Check the configuration."""
 
 
+@dataclasses.dataclass(frozen=True)
+class Reached:
+    """The outcome of reaching one service: ``source: ok (...)`` or ``source: unreachable: ...``."""
+
+    name: str
+    ok: bool
+    detail: str
+
+    def line(self) -> str:
+        return f"{self.name}: ok ({self.detail})" if self.ok else f"{self.name}: {self.detail}"
+
+
+def _reach(name: str, probe: Callable[[], str]) -> Reached:
+    """Run one probe; any failure becomes its one-line outcome (the traceback goes to the log)."""
+    try:
+        return Reached(name, True, probe())
+    except Exception as ex:
+        logger.debug("config check --connect: %s failed", name, exc_info=ex)
+        how = "unreachable" if isinstance(ex, TransientError) else "failed"
+        text = str(ex) if isinstance(ex, ChangelogError) else f"{type(ex).__name__}: {ex}"
+        return Reached(name, False, f"{how}: {one_line(text)}")
+
+
 @config_group.command("check")
 @json_option
-@click.option("--connect", is_flag=True, help="Also open the index store and the target.")
+@click.option(
+    "--connect",
+    is_flag=True,
+    help="Also reach the source radosgw's admin API (when [source] endpoint is set), the index store "
+    "and the target: one line each, exit 1 if any fails.",
+)
 def config_check(as_json: bool, connect: bool) -> None:
     """Validate the config and print the effective config, secrets masked."""
     st = state()
     cfg = st.config
     where = cfg.path or "built-in defaults (no config file)"
+    reached: list[Reached] = []
+    if connect:
+        if cfg.source.endpoint:
+            reached.append(_reach("source", lambda: _probe_source(cfg)))
+        reached.append(_reach("index", lambda: _probe_index(cfg)))
+        reached.append(_reach("target", lambda: _probe_target(st.target(), cfg.target.url)))
     if as_json:
-        emit_json({"path": cfg.path, "config": cfg.to_dict(masked=True)})
+        doc: dict[str, object] = {"path": cfg.path, "config": cfg.to_dict(masked=True)}
+        if connect:
+            doc["connect"] = {r.name: {"ok": r.ok, "detail": r.detail} for r in reached}
+        emit_json(doc)
     else:
         click.echo(f"# effective config, from {where}")
         click.echo(cfg.to_toml().rstrip())
-    if connect:
-        _check_index(st)
-        target = st.target()
-        _probe_target(target)
-        click.echo(f"target: ok ({cfg.target.url})", err=True)
+    for r in reached:
+        click.echo(r.line(), err=True)
+    failed = [r.name for r in reached if not r.ok]
+    if failed:
+        raise ChangelogError(
+            f"config check --connect: cannot use {' and '.join(failed)} (config from {where})"
+        )
     click.echo(f"config ok: {where}", err=True)
 
 
-def _check_index(st: State) -> None:
+def _probe_source(cfg: Config) -> str:
+    """One signed admin request (the data log's info): fails on a wrong endpoint, TLS trust,
+    credentials or missing admin caps."""
+    from changelog.config import reveal
+    from rgw_module.admin import AdminClient
+
+    src = cfg.source
+    endpoint = str(src.endpoint)
+    if src.access_key is None or src.secret_key is None:
+        raise PermanentError("source.access_key and source.secret_key must be set to follow a radosgw zone")
+    admin = AdminClient(
+        endpoint,
+        reveal(src.access_key) or "",
+        reveal(src.secret_key) or "",
+        region=src.region,
+        connect_timeout=CONNECT_TIMEOUT_S,
+        read_timeout=READ_TIMEOUT_S,
+        max_connections=1,
+        verify=src.tls_verify,
+    )
+    try:
+        shards = admin.datalog_shards()
+    finally:
+        admin.close()
+    return f"{endpoint}, admin API answers: {shards} data log shards"
+
+
+def _probe_index(cfg: Config) -> str:
     """Reach the index store; check the index there (if it exists yet) matches the config."""
     from changelog.config import open_index, open_store
     from changelog.pipeline.index import META_KEY
 
-    cfg = st.config
     store = open_store(cfg)
     try:
         if not store.omap_get(f"{cfg.index.prefix}.control", [META_KEY]):
-            click.echo(f"index: store ok; no index {cfg.index.prefix!r} yet (created on first use)", err=True)
-            return
+            return f"store reached; no index {cfg.index.prefix!r} yet, created on first use"
         index = open_index(cfg, store=store, create=False)
-        click.echo(f"index: ok ({index.shards} shards, mode {index.mode}, prefix {index.prefix!r})", err=True)
+        return f"{index.shards} shards, mode {index.mode}, prefix {index.prefix!r}"
     finally:
         store.close()
 
 
-def _probe_target(target: Target) -> None:
+def _probe_target(target: Target, url: str) -> str:
     """One cheap request (the first page of a listing) that fails on a wrong endpoint, bucket or
     credentials."""
     next(iter(target.list(page=1)), None)
+    return url
 
 
 # --------------------------------------------------------------------------- record
 
 
-def _mutation_from_json(doc: object, *, stream: HookStream, lineno: int) -> Mutation:
-    from changelog.errors import InvalidMutation
-    from changelog.pipeline.mutation import Mutation
-
-    if not isinstance(doc, dict):
-        raise InvalidMutation(f"line {lineno}: expected a JSON object")
-    known = {
-        "bucket", "key", "op", "version_id", "size", "etag", "mtime", "mtime_ns", "time",
-        "seq", "source", "position", "baseline", "metadata",
-    }  # fmt: skip
-    unknown = sorted(set(doc) - known)
-    if unknown:
-        raise InvalidMutation(f"line {lineno}: unknown field {unknown[0]!r}")
-    try:
-        if "mtime_ns" in doc:
-            mtime_ns = doc["mtime_ns"]
-        elif "mtime" in doc or "time" in doc:
-            raw = doc.get("mtime", doc.get("time"))
-            mtime_ns = int(raw * 1e9) if isinstance(raw, int | float) else parse_time(str(raw)) * 1000
-        else:
-            mtime_ns = time.time_ns()
-        position = doc.get("position") or stream.next_position()
-        m = Mutation(
-            bucket=doc.get("bucket", ""),
-            key=doc.get("key", ""),
-            op=doc.get("op", "write"),
-            mtime_ns=mtime_ns,
-            source=doc.get("source") or stream.source,
-            position=str(position),
-            seq=str(doc.get("seq") or f"{mtime_ns:020d}.{position}"),
-            version_id=doc.get("version_id"),
-            size=doc.get("size"),
-            etag=doc.get("etag"),
-            baseline=bool(doc.get("baseline", False)),
-            metadata=doc.get("metadata") or {},
-        )
-    except InvalidMutation as ex:
-        raise InvalidMutation(f"line {lineno}: {ex}") from ex
-    except (TypeError, ValueError) as ex:
-        raise InvalidMutation(f"line {lineno}: {ex}") from ex
-    return m
-
-
 @cli.command("record")
-@click.option("--batch", default=1000, show_default=True, type=click.IntRange(1, 100_000), help="Records per write.")
-@click.option("--source", help="Source stream name (default: one per run); with --source, positions must be given.")
+@click.option(
+    "--batch", default=1000, show_default=True, type=click.IntRange(1, 100_000), help="Records per write."
+)
+@click.option(
+    "--source",
+    metavar="NAME",
+    help="A stable stream name: each line's position is its `position` field or else its line "
+    "number, so a rerun of the same input records nothing twice (default: a new stream per run).",
+)
+@click.option(
+    "--partial", is_flag=True, help="Record the good lines even when some are bad (then exit 1 all the same)."
+)
 @json_option
-def record_cmd(batch: int, source: str | None, as_json: bool) -> None:
+def record_cmd(batch: int, source: str | None, partial: bool, as_json: bool) -> None:
     """Record mutations given as JSON Lines on stdin through the write hook.
 
     One object per line: bucket, key, op (write | delete | delete_marker; default write), and
-    optionally version_id, size, etag, mtime (a time or epoch seconds; default now), seq,
-    source and position (the event's identity: a repeated source+position is recorded once),
-    baseline, metadata.
+    optionally version_id, size, etag, mtime (a time or epoch seconds; default now) or mtime_ns,
+    seq, source and position (the event's identity: a repeated source+position is recorded
+    once), baseline, metadata.
+
+    The whole input is checked first: if any line is bad, every bad line is listed (line,
+    field, why) and nothing is recorded, unless --partial.
     """
-    from changelog.errors import InvalidMutation
-    from changelog.pipeline.index import HookStream, RecordResult
+    from changelog.cli.record_input import check_input, check_source
 
+    if source is not None:
+        why = check_source(source)
+        if why:
+            raise click.BadParameter(why, param_hint="--source")
     index = state().index()
-    stream = HookStream("cli")
-    if source:
-        stream.source = source
-    total = RecordResult(0, 0)
-    pending: list[Mutation] = []
-    lines = stdin()
-    with Progress("record", unit="records") as bar:
-        for lineno, line in enumerate(lines, 1):
-            if not line.strip():
-                continue
-            try:
-                doc = orjson.loads(line)
-            except orjson.JSONDecodeError as ex:
-                raise InvalidMutation(f"line {lineno}: not JSON ({ex})") from None
-            pending.append(_mutation_from_json(doc, stream=stream, lineno=lineno))
-            if len(pending) >= batch:
-                total = total + index.record_many(pending)
-                bar.update(len(pending))
-                pending = []
-        if pending:
-            total = total + index.record_many(pending)
-            bar.update(len(pending))
-    if as_json:
-        emit_json({"recorded": total.written, "duplicates": total.duplicates})
-    else:
-        click.echo(f"recorded {total.written} mutations ({total.duplicates} duplicates skipped)", err=True)
+    checked = check_input(stdin(), source=source)
+    try:
+        total = RecordResult(0, 0)
+        if partial or not checked.bad:
+            total = _record_checked(index, checked, batch=batch, source=source)
+    finally:
+        checked.close()
+    _report_record(checked, total, as_json=as_json, partial=partial, source=source)
 
+
+def _record_checked(index: ChangeIndex, checked: Checked, *, batch: int, source: str | None) -> RecordResult:
+    """Record the good lines, ``batch`` at a time; on a failure, say how far it got."""
+    total = RecordResult(0, 0)
+    with Progress("record", total=checked.good, unit="records") as bar:
+        try:
+            for ms in checked.batches(batch):
+                total = total + index.record_many(ms)
+                bar.update(len(ms))
+        except ChangelogError as ex:
+            done = total.written + total.duplicates
+            rerun = (
+                f"recording the input again with --source {source} records the rest only"
+                if source
+                else "recording the input again records those again: use --source to make reruns safe"
+            )
+            kind = TransientError if isinstance(ex, TransientError) else ChangelogError
+            raise kind(f"{ex} ({done} of {checked.good} good lines recorded before this; {rerun})") from ex
+    return total
+
+
+def _report_record(
+    checked: Checked, total: RecordResult, *, as_json: bool, partial: bool, source: str | None
+) -> None:
+    """What was recorded; the bad lines, one per line on stderr, and exit 1 if there were any."""
+    if as_json:
+        doc: dict[str, object] = {"recorded": total.written, "duplicates": total.duplicates}
+        if checked.bad:
+            doc.update(bad_lines=checked.bad, bad=[b.doc() for b in checked.shown])
+        emit_json(doc)
+    if not checked.bad:
+        if not as_json:
+            click.echo(
+                f"recorded {total.written} mutations ({total.duplicates} duplicates skipped)", err=True
+            )
+        return
+    if checked.bad > 1 or partial:
+        for line in checked.shown:
+            click.echo(str(line), err=True)
+        if checked.bad > len(checked.shown):
+            click.echo(f"... and {checked.bad - len(checked.shown)} more bad lines", err=True)
+    summary = f"{checked.bad} bad line{'s' if checked.bad > 1 else ''} of {checked.lines}"
+    if not partial:
+        first = f"{checked.shown[0]}; " if checked.bad == 1 else ""
+        raise InvalidMutation(f"{first}{summary}, nothing recorded (--partial records the good lines)")
+    if not as_json:
+        click.echo(f"recorded {total.written} mutations ({total.duplicates} duplicates skipped)", err=True)
+    if source is not None and checked.shown[0].lineno < checked.last_good:
+        # The index keeps one high-water mark per shard and source: a corrected line whose shard
+        # already holds a later line of this source would be taken for a duplicate.
+        click.echo(
+            f"note: record the corrected lines alone, under another --source than {source!r}: "
+            "rerunning the whole input skips a line that comes before one already recorded",
+            err=True,
+        )
+    raise InvalidMutation(
+        f"{summary} not recorded: line{'s' if checked.bad > 1 else ''} {checked.bad_lines_text()}"
+    )

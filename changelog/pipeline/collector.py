@@ -26,7 +26,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 
 from changelog.config import CollectorConfig
-from changelog.errors import ConfigError, LeaseLost, LockBusy, PermanentError, TransientError
+from changelog.errors import LeaseLost, LockBusy, ObjectMissing, PermanentError, TransientError
 from changelog.pipeline import keys
 from changelog.pipeline.commit import CollectorState, PendingCommit, ShardRange
 from changelog.pipeline.control import (
@@ -43,7 +43,7 @@ from changelog.pipeline.loop import Clocks, LoopPolicy, Wake, run_leased
 from changelog.pipeline.readahead import Page, ReadAhead
 from changelog.pipeline.store import WriteOp, omap_iter
 from changelog.pipeline.targets import Target, gc_uploads
-from changelog.pipeline.upload import MAX_PARTS, LogWriter, TargetRetry, Uploads, error_kind
+from changelog.pipeline.upload import LogWriter, TargetRefused, TargetRetry, Uploads, check_sizes, error_kind
 
 # The records are ``changelog.pipeline.commit``'s; named here too, for the collector's users and tests.
 __all__ = [
@@ -111,6 +111,10 @@ class _Counts:
     last_pass_end: float | None = None
     complete_until: float | None = None
     target_errors: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    # Service-loop passes failed in a row (reset by a good one, a takeover, a step down).
+    failed_passes: int = 0
+    last_error: str | None = None
+    last_failure: float | None = None
 
 
 class _FlushRequest:
@@ -166,7 +170,7 @@ class Collector:
         paused: Callable[[], bool] | None = None,
     ) -> None:
         cfg = self.config = config if config is not None else CollectorConfig()
-        _check(cfg, target)
+        check_sizes(cfg, target)
         self.index = index
         self.store = index.store
         self.target = target
@@ -240,7 +244,9 @@ class Collector:
         ``passes``, ``entries_emitted``, ``objects_committed``, ``bytes_committed`` (as stored,
         after compression), ``last_pass_entries``, ``last_pass_seconds``, ``last_pass_end`` and
         ``complete_until`` (unix seconds; None until known), ``target_errors`` ({kind: count},
-        one per failed attempt)."""
+        one per failed attempt), ``failed_passes`` (passes of the service loop failed in a row),
+        ``last_error`` (the last failed pass's error, one line) and ``last_failure`` (unix
+        seconds), ``active``."""
         with self._stats_lock:
             c = self._counts
             return {
@@ -253,6 +259,9 @@ class Collector:
                 "last_pass_end": c.last_pass_end,
                 "complete_until": c.complete_until,
                 "target_errors": dict(c.target_errors),
+                "failed_passes": c.failed_passes,
+                "last_error": c.last_error,
+                "last_failure": c.last_failure,
                 "active": self.active,
             }
 
@@ -261,6 +270,17 @@ class Collector:
             self._counts.objects_committed += 1
             self._counts.entries_emitted += entries
             self._counts.bytes_committed += stored_bytes
+
+    def _count_failure(self, ex: BaseException | None) -> None:
+        """A service-loop pass failed with ``ex``; None: a good pass, a takeover, a step down."""
+        with self._stats_lock:
+            c = self._counts
+            if ex is None:
+                c.failed_passes = 0
+                return
+            c.failed_passes += 1
+            c.last_error = " ".join(f"{type(ex).__name__}: {ex}".split())
+            c.last_failure = self._clocks.clock()
 
     def _count_pass(self, result: PassResult, seconds: float) -> None:
         with self._stats_lock:
@@ -309,6 +329,7 @@ class Collector:
             self.step_down()
             raise
         self._active = True
+        self._count_failure(None)
         self._published = None
         self._caps.clear()
         self.took_over_at = self._clocks.monotonic()
@@ -318,6 +339,7 @@ class Collector:
     def step_down(self) -> None:
         """Stop renewing and release every lease still held."""
         self._active = False
+        self._count_failure(None)
         self._answer_flushes(None, LeaseLost(f"collector {self.collector_id} stepped down"))
         if self._renewer is not None:
             self._renewer.stop()
@@ -410,9 +432,17 @@ class Collector:
         except BaseException as ex:
             for f in flushes:
                 f.finish(None, ex)
+            if not isinstance(ex, LeaseLost):
+                self._count_failure(ex)
+            if isinstance(ex, TargetRefused | ObjectMissing):
+                # A target problem (refused, or an object that vanished under the pass) fails
+                # this pass only: the loop retries with capped backoff, health reports it, and
+                # the follower keeps recording. Only start-up finds configuration errors.
+                raise TransientError(f"pass failed: {ex}") from ex
             raise
         finally:
             self._stop = None
+        self._count_failure(None)
         for f in flushes:
             f.finish(result, None)
 
@@ -728,11 +758,14 @@ class Collector:
             return
         self._last_gc = now
         prefix = self.log_prefix + "/" if self.log_prefix else ""
+        # Best effort. The first pass after a takeover (``_last_gc`` starts at -inf) removes
+        # what interrupted writes left; only the active collector does, never a standby.
         try:
+            self.target.remove_stale(older_than=self.config.gc_age, now=self._clocks.clock())
             n = gc_uploads(self.target, prefix, older_than=self.config.gc_age, now=self._clocks.clock())
-        except TransientError as ex:
+        except (TransientError, PermanentError, ObjectMissing) as ex:
             self._target_error(ex)
-            logger.warning("multipart upload GC failed: %s", ex)
+            logger.warning("target clean-up (stale temporary files, abandoned uploads) failed: %s", ex)
             return
         if n:
             logger.info("aborted %d abandoned multipart uploads", n)
@@ -765,17 +798,3 @@ class Collector:
             self._published = published
         return wm
 
-
-def _check(cfg: CollectorConfig, target: Target) -> None:
-    """What the config model cannot check alone: sizes against this target (and the bounds
-    again, for configs built unchecked by tests)."""
-    if (cfg.settle < 0 or cfg.interval <= 0 or cfg.roll_entries < 1 or cfg.roll_bytes < 1
-            or cfg.roll_seconds < 0):
-        raise ConfigError("collector: settle, roll_* must be >= 0 and interval, roll_entries, roll_bytes > 0")
-    if cfg.part_bytes < target.min_part_bytes:
-        raise ConfigError(
-            f"collector.part_bytes must be at least {target.min_part_bytes} bytes for {target.url} "
-            f"(got {cfg.part_bytes})"
-        )
-    if cfg.roll_bytes // cfg.part_bytes + 2 > MAX_PARTS:
-        raise ConfigError(f"collector.roll_bytes / part_bytes must stay below {MAX_PARTS} parts")

@@ -8,12 +8,23 @@ deadline bookkeeping (``TimedLease``, shared with ``backup.lock.DestinationLock`
 renewal thread (``Renewer``), which renews one lease, the thousands of a collector pass or a
 backup run's marker (``backup.runs.RunMarker``), and the one way a leased role takes its lease
 (``Lease.take``).
+
+**Dead holders of this host.** A cookie names the process that made it (``make_cookie``:
+``host:pid.start.ns:rand``, where ``start`` is the process's start time in clock ticks since
+boot and ``ns`` a digest of the boot id and the pid namespace). A lease found held by a cookie
+of this host, boot and pid namespace whose process no longer exists (no such pid, or that pid
+now belongs to a process started at another time) is broken at once (``ObjectStore.break_lock``)
+instead of being waited out for a TTL: that is what a ``serve`` restarted after a SIGKILL finds.
+A live holder, or one of another host, boot or container, is never broken; nor is a cookie
+without that stamp (older versions, or no ``/proc``).
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
+import re
 import socket
 import threading
 import time
@@ -23,14 +34,77 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Protocol
 
 from changelog.errors import LeaseLost, LockBusy, TransientError
-from changelog.pipeline.store import LockRef, ObjectStore
+from changelog.pipeline.store import LockInfo, LockRef, ObjectStore
 
 logger = logging.getLogger(__name__)
 
+# host:pid.start.ns:rand, anywhere in a cookie (tags before it, another cookie after it).
+_STAMP = re.compile(r"(?:^|:)(?P<host>[^:]+):(?P<pid>\d+)\.(?P<start>\d+)\.(?P<ns>[0-9a-f]{8}):[0-9a-f]{8}(?=:|$)")
+
+
+def _start_ticks(pid: int) -> int | None:
+    """When process ``pid`` started, in clock ticks since boot (/proc/<pid>/stat field 22);
+    None if it cannot be read (no such process, no /proc)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+        # The command name (field 2) may hold spaces and parentheses: count from the last ")".
+        return int(stat[stat.rindex(b")") + 2 :].split()[19])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def process_namespace() -> str | None:
+    """A digest of this boot and this pid namespace: pids and start times compare only within
+    one (two containers of one host may share a hostname and a pid)."""
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as f:
+            boot = f.read().strip()
+        pidns = os.readlink("/proc/self/ns/pid")
+    except OSError:
+        return None
+    return hashlib.sha1(f"{boot}/{pidns}".encode()).hexdigest()[:8]
+
+
+def _stamp() -> str:
+    """``pid.start.ns`` of this process, or just ``pid`` when /proc cannot say."""
+    pid = os.getpid()
+    start, ns = _start_ticks(pid), process_namespace()
+    return f"{pid}.{start}.{ns}" if start is not None and ns is not None else str(pid)
+
 
 def make_cookie(tag: str = "") -> str:
-    base = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+    base = f"{socket.gethostname()}:{_stamp()}:{uuid.uuid4().hex[:8]}"
     return f"{tag}:{base}" if tag else base
+
+
+def dead_holder(cookie: str) -> str | None:
+    """Why the process that made ``cookie`` certainly no longer exists ("pid 4242 is gone"), or
+    None when it may be alive or cannot be told: another host, boot or pid namespace, no stamp.
+    The last stamp of the cookie counts: it was made by the process that uses the cookie (the
+    collector's cookies embed its id, which may come from elsewhere)."""
+    stamps = list(_STAMP.finditer(cookie))
+    if not stamps:
+        return None
+    stamp = stamps[-1]
+    ns = process_namespace()
+    if stamp["host"] != socket.gethostname() or ns is None or stamp["ns"] != ns:
+        return None
+    pid, start = int(stamp["pid"]), int(stamp["start"])
+    if pid == os.getpid():
+        # This very pid: the holder was an earlier process of it (a container's pid 1 gets the
+        # same pid at each restart) unless it started when this one did: then it is this one.
+        return None if _start_ticks(pid) == start else f"pid {pid} is this process, started later"
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return f"pid {pid} is gone"
+    except OSError:
+        return None  # EPERM: it exists (another user's), so maybe it is the holder
+    now = _start_ticks(pid)
+    if now is None:
+        return None if os.path.exists(f"/proc/{pid}") else f"pid {pid} is gone"
+    return None if now == start else f"pid {pid} is another process now (started later)"
 
 
 def renew_every(ttl: float, margin: float) -> float:
@@ -317,6 +391,7 @@ class Lease(TimedLease):
         self._on_lost = on_lost
         self.renewals = 0
         self.losses = 0
+        self.breaks = 0  # locks of dead holders of this host broken to take this lease
 
     def __repr__(self) -> str:
         return f"Lease({self.oid!r}, name={self.ref.name!r}, cookie={self.ref.cookie!r}, held={self.held})"
@@ -326,7 +401,13 @@ class Lease(TimedLease):
         t0 = self._monotonic()
         holding = self.held
         try:
-            self.store.lock(self.oid, self.ref, duration=self.ttl, description=self.description, renew=holding)
+            try:
+                self.store.lock(self.oid, self.ref, duration=self.ttl, description=self.description, renew=holding)
+            except LockBusy:
+                if not self._break_dead_holder():
+                    return False
+                t0 = self._monotonic()
+                self.store.lock(self.oid, self.ref, duration=self.ttl, description=self.description)
         except LockBusy:
             return False
         except LeaseLost:
@@ -335,6 +416,22 @@ class Lease(TimedLease):
         self._taken(t0)
         if not holding:
             logger.debug("lease %s on %s taken by %s", self.ref.name, self.oid, self.ref.cookie)
+        return True
+
+    def _break_dead_holder(self) -> bool:
+        """The lock is busy: if its holder is a process of this host that no longer exists,
+        break its lock. True if the lock may be free now (broken, or gone meanwhile)."""
+        info: LockInfo | None = self.store.lock_info(self.oid, self.ref.name)
+        if info is None:
+            return True
+        why = dead_holder(info.cookie)
+        if why is None:
+            return False
+        if not self.store.break_lock(self.oid, info):
+            return True  # expired or released since: try to take it; taken by another: busy
+        self.breaks += 1
+        logger.warning("lease %s on %s broken: its holder %s (%s) was on this host and %s",
+                       self.ref.name, self.oid, info.cookie, info.holder, why)
         return True
 
     def renew(self) -> None:

@@ -33,15 +33,38 @@ class Op(enum.StrEnum):
     DELETE_MARKER = "delete_marker"
 
 
-def _printable_ascii(s: str) -> bool:
-    return all(0x21 <= ord(c) <= 0x7E for c in s)
+# msgpack stores integers in at most 64 bits: larger ones cannot be encoded.
+MAX_UINT64 = 2**64 - 1
+# mtime_ns is a uint64 of nanoseconds: up to 2554-07-21, far past any real object's mtime.
+MAX_MTIME_NS = MAX_UINT64
+
+
+class InvalidField(InvalidMutation):
+    """An ``InvalidMutation`` that names the field at fault. ``str()`` is the full message;
+    ``field`` and ``why`` let a caller with its own context say ``line 4: mtime: ...``."""
+
+    def __init__(self, field_name: str, why: str, *, label: str | None = None) -> None:
+        super().__init__(f"{label or field_name} {why}")
+        self.field = field_name
+        self.why = why
+
+
+def _printable_ascii(s: object, max_len: int) -> bool:
+    """A stream name or position: 1..max_len printable ASCII chars (they go into omap keys)."""
+    return isinstance(s, str) and 0 < len(s) <= max_len and all(0x21 <= ord(c) <= 0x7E for c in s)
 
 
 def _utf8(field_name: str, s: str) -> bytes:
     try:
         return s.encode("utf-8")
     except UnicodeEncodeError as ex:
-        raise InvalidMutation(f"{field_name} is not valid unicode (lone surrogate at {ex.start})") from ex
+        raise InvalidField(field_name, f"is not valid unicode (lone surrogate at {ex.start})") from ex
+
+
+def _kind(value: object) -> str:
+    """How a wrong value is named in a message: its JSON-ish type and a short repr."""
+    shown = repr(value)
+    return f"{type(value).__name__} {shown[:40] + '...' if len(shown) > 40 else shown}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,32 +96,56 @@ class Mutation:
             try:
                 object.__setattr__(self, "op", Op(self.op))
             except ValueError as ex:
-                raise InvalidMutation(f"op must be one of {[o.value for o in Op]}, not {self.op!r}") from ex
-        if not isinstance(self.bucket, str) or not self.bucket:
-            raise InvalidMutation("bucket name is empty")
-        if len(_utf8("bucket", self.bucket)) > MAX_BUCKET_BYTES:
-            raise InvalidMutation(f"bucket name longer than {MAX_BUCKET_BYTES} bytes")
-        if "\x00" in self.bucket or "/" in self.bucket:
-            raise InvalidMutation(f"bucket name {self.bucket!r} contains NUL or '/'")
-        if not isinstance(self.key, str) or not self.key:
-            raise InvalidMutation("object key is empty")
-        if len(_utf8("key", self.key)) > MAX_KEY_BYTES:
-            raise InvalidMutation(f"object key longer than {MAX_KEY_BYTES} bytes")
-        if self.version_id is not None:
-            _utf8("version_id", self.version_id)
-        if not isinstance(self.mtime_ns, int) or self.mtime_ns < 0:
-            raise InvalidMutation(f"mtime_ns must be a non-negative int, not {self.mtime_ns!r}")
-        if not self.source or len(self.source) > MAX_STREAM_BYTES or not _printable_ascii(self.source):
-            raise InvalidMutation(f"source must be 1..{MAX_STREAM_BYTES} printable ASCII chars: {self.source!r}")
-        if not self.position or len(self.position) > MAX_POSITION_BYTES or not _printable_ascii(self.position):
-            raise InvalidMutation(
-                f"position must be 1..{MAX_POSITION_BYTES} printable ASCII chars: {self.position!r}"
+                raise InvalidField("op", f"must be one of {[o.value for o in Op]}, not {self.op!r}") from ex
+        self._check_names()
+        if type(self.mtime_ns) is not int or not 0 <= self.mtime_ns <= MAX_MTIME_NS:
+            raise InvalidField(
+                "mtime_ns",
+                f"must be a non-negative int below 2**64 (before year 2554), not {self.mtime_ns!r}",
             )
-        if self.size is not None and (not isinstance(self.size, int) or self.size < 0):
-            raise InvalidMutation(f"size must be a non-negative int, not {self.size!r}")
+        if not _printable_ascii(self.source, MAX_STREAM_BYTES):
+            raise InvalidField(
+                "source", f"must be 1..{MAX_STREAM_BYTES} printable ASCII chars: {self.source!r}"
+            )
+        if not _printable_ascii(self.position, MAX_POSITION_BYTES):
+            raise InvalidField(
+                "position", f"must be 1..{MAX_POSITION_BYTES} printable ASCII chars: {self.position!r}"
+            )
+        if not isinstance(self.seq, str):
+            raise InvalidField("seq", f"must be a string, not {_kind(self.seq)}")
+        if self.size is not None and (type(self.size) is not int or not 0 <= self.size <= MAX_UINT64):
+            raise InvalidField("size", f"must be a non-negative int below 2**64, not {self.size!r}")
+        if self.etag is not None and not isinstance(self.etag, str):
+            raise InvalidField("etag", f"must be a string, not {_kind(self.etag)}")
+        self._check_metadata()
+
+    def _check_names(self) -> None:
+        """bucket, key and version_id: strings that the S3 and radosgw naming rules allow."""
+        if not isinstance(self.bucket, str):
+            raise InvalidField("bucket", f"must be a string, not {_kind(self.bucket)}", label="bucket name")
+        if not self.bucket:
+            raise InvalidField("bucket", "is empty", label="bucket name")
+        if len(_utf8("bucket", self.bucket)) > MAX_BUCKET_BYTES:
+            raise InvalidField("bucket", f"longer than {MAX_BUCKET_BYTES} bytes", label="bucket name")
+        if "\x00" in self.bucket or "/" in self.bucket:
+            raise InvalidField("bucket", f"{self.bucket!r} contains NUL or '/'", label="bucket name")
+        if not isinstance(self.key, str):
+            raise InvalidField("key", f"must be a string, not {_kind(self.key)}", label="object key")
+        if not self.key:
+            raise InvalidField("key", "is empty", label="object key")
+        if len(_utf8("key", self.key)) > MAX_KEY_BYTES:
+            raise InvalidField("key", f"longer than {MAX_KEY_BYTES} bytes", label="object key")
+        if self.version_id is not None:
+            if not isinstance(self.version_id, str):
+                raise InvalidField("version_id", f"must be a string or null, not {_kind(self.version_id)}")
+            _utf8("version_id", self.version_id)
+
+    def _check_metadata(self) -> None:
+        if not isinstance(self.metadata, Mapping):
+            raise InvalidField("metadata", f"must be an object of strings, not {_kind(self.metadata)}")
         for k, v in self.metadata.items():
             if not isinstance(k, str) or not isinstance(v, str):
-                raise InvalidMutation("metadata keys and values must be strings")
+                raise InvalidField("metadata", f"keys and values must be strings, not {k!r}: {_kind(v)}")
             _utf8("metadata", k)
             _utf8("metadata", v)
 
@@ -134,9 +181,10 @@ class Mutation:
             doc["m"] = dict(self.metadata)
         data: bytes = pack(doc)
         if len(data) > MAX_ENCODED_BYTES:
-            raise InvalidMutation(
-                f"record for {self.bucket}/{self.key[:80]!r} encodes to {len(data)} bytes "
-                f"(limit {MAX_ENCODED_BYTES}); metadata too large"
+            raise InvalidField(
+                "metadata",
+                f"too large: the record encodes to {len(data)} bytes (limit {MAX_ENCODED_BYTES})",
+                label=f"record for {self.bucket}/{self.key[:80]!r}: metadata",
             )
         return data
 

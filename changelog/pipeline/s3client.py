@@ -10,16 +10,22 @@ messages.
 
 Translation is by HTTP status: 5xx, throttling, timeouts and connection errors become
 ``TransientError``; a missing key ``ObjectMissing``; access denied, a missing bucket, bad
-credentials and other client errors ``PermanentError``.
+credentials and other client errors ``PermanentError``. A server certificate that fails the check
+(``verify`` / ``ca_bundle`` of the client's section) is a ``PermanentError`` of one line.
 """
 
 from __future__ import annotations
 
 import contextlib
 import io
+import logging
+import ssl
+import threading
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal, TypeVar
+from urllib.parse import urlsplit
 
 from changelog.errors import ChangelogError, ObjectMissing, PermanentError, TransientError
 
@@ -28,10 +34,31 @@ if TYPE_CHECKING:
     from botocore.response import StreamingBody
     from mypy_boto3_s3.client import S3Client
 
+logger = logging.getLogger(__name__)
+
 AddressingStyle = Literal["auto", "path", "virtual"]
 T = TypeVar("T")
 # botocore's own default connection pool per client.
 DEFAULT_POOL = 10
+
+
+_insecure_lock = threading.Lock()
+_insecure_said: set[str] = set()
+
+
+def unverified(endpoint: str | None) -> None:
+    """Say once per endpoint (WARNING) that its certificate is not checked (``verify = false``),
+    in place of urllib3's warning on every request."""
+    import urllib3
+
+    warnings.filterwarnings("ignore", category=urllib3.exceptions.InsecureRequestWarning)
+    key = endpoint or ""
+    with _insecure_lock:
+        if key in _insecure_said:
+            return
+        _insecure_said.add(key)
+    if endpoint is None or endpoint.startswith("https://"):
+        logger.warning("%s: verify = false: its TLS certificate is not checked", endpoint or "AWS S3")
 
 
 def make_s3_client(
@@ -54,6 +81,8 @@ def make_s3_client(
     import boto3
     from botocore.config import Config
 
+    if verify is False:
+        unverified(endpoint)
     config = Config(
         s3={"addressing_style": addressing_style},
         # Checksums only when an operation requires them: radosgw 16.x rejects the CRC trailers
@@ -116,6 +145,35 @@ _TRANSIENT_CODES = frozenset(
 )
 
 
+def untrusted_certificate(ex: BaseException) -> str | None:
+    """A one-line "TLS certificate not trusted (why)" when ``ex`` is, or wraps (botocore wraps
+    urllib3, which wraps ``ssl``), a failed check of the server's certificate; else None."""
+    seen: set[int] = set()
+    todo: list[BaseException] = [ex]
+    while todo:
+        e = todo.pop()
+        if id(e) in seen:
+            continue
+        seen.add(id(e))
+        if isinstance(e, ssl.SSLCertVerificationError):
+            why = e.verify_message or e.reason or str(e)
+            return f"TLS certificate not trusted ({why})"
+        kwargs = getattr(e, "kwargs", None)  # botocore keeps the wrapped error there
+        nested = [*e.args, *(kwargs.values() if isinstance(kwargs, dict) else ()), e.__cause__, e.__context__]
+        todo.extend(x for x in nested if isinstance(x, BaseException))
+    return None
+
+
+def tls_endpoint(ex: BaseException) -> str | None:
+    """``scheme://host:port`` of the request behind a botocore ``SSLError``, if it says."""
+    kwargs = getattr(ex, "kwargs", None)
+    url = kwargs.get("endpoint_url") if isinstance(kwargs, dict) else None
+    if not isinstance(url, str):
+        return None
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}" if parts.netloc else None
+
+
 def translate_error(ex: Exception, what: str) -> ChangelogError:
     """The project's error for a boto3/botocore failure of ``what`` (raise it ``from ex``)."""
     from botocore import exceptions as bex
@@ -131,6 +189,11 @@ def translate_error(ex: Exception, what: str) -> ChangelogError:
         return PermanentError(text)
     if isinstance(ex, bex.NoCredentialsError | bex.PartialCredentialsError | bex.ParamValidationError):
         return PermanentError(f"{what}: {ex}")
+    untrusted = untrusted_certificate(ex)
+    if untrusted is not None:
+        # Retrying cannot help: the CA the client trusts is a matter of configuration.
+        where = tls_endpoint(ex)
+        return PermanentError(f"{what}: {where + ': ' if where else ''}{untrusted}: set ca_bundle to its CA's PEM file")
     if isinstance(ex, bex.BotoCoreError | OSError):
         # Connection errors, timeouts, truncated reads and the rest of what the library raises
         # below the HTTP layer: retrying may help; a persistent one shows up in the log.

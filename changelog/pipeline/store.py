@@ -28,6 +28,10 @@ Only the subset the project needs is modelled, with RADOS semantics (as measured
   ``LeaseLost`` when the lock is not ours any more: expired (even if nobody took it), taken or
   released (MUST_RENEW). ``unlock`` of a lock not ours raises ``LeaseLost``. Expiry is exact
   (sub-second durations work) on the store's wall clock; ``duration=0`` never expires.
+* ``break_lock`` removes another holder's lock (cls_lock ``break_lock``), but only the very
+  holder and cookie a ``lock_info`` reported: if the lock expired, was released or changed hands
+  since, nothing is removed (False). ``changelog.pipeline.lease`` uses it on a lock whose holder
+  is a process of this host that no longer exists.
 """
 
 from __future__ import annotations
@@ -152,6 +156,12 @@ class ObjectStore(Protocol):
         ...
 
     def lock_info(self, oid: str, name: str) -> LockInfo | None:
+        ...
+
+    def break_lock(self, oid: str, info: LockInfo) -> bool:
+        """Remove the lock ``info.name`` if it is still held, unexpired, by ``info.holder`` with
+        ``info.cookie`` (as ``lock_info`` reported it). True if removed; False if that holder no
+        longer has it (expired, released, or taken by another since)."""
         ...
 
     def remove_object(self, oid: str) -> None:

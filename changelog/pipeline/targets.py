@@ -18,7 +18,9 @@ import hashlib
 import io
 import logging
 import os
+import re
 import shutil
+import socket
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -143,6 +145,13 @@ class Target(Protocol):
 
     def delete(self, name: str) -> None:
         """Remove the object (missing is fine)."""
+        ...
+
+    def remove_stale(self, *, older_than: float, now: float | None = None) -> int:
+        """Remove what interrupted writes left behind (a directory's temporary files) that no
+        live writer can still be using, judged by the writer's process and ``older_than``
+        seconds of age; how many. Only the active collector calls it (never a standby or a
+        reader of the logs)."""
         ...
 
     def close(self) -> None:
@@ -308,6 +317,10 @@ class S3Target:
         key = self._key(name)
         self._call(f"DELETE {name}", lambda: self._s3.delete_object(Bucket=self._bucket, Key=key))
 
+    def remove_stale(self, *, older_than: float, now: float | None = None) -> int:
+        # An S3 write leaves nothing half-made but multipart uploads, which ``gc_uploads`` aborts.
+        return 0
+
     def close(self) -> None:
         with contextlib.suppress(Exception):
             self._s3.close()
@@ -330,13 +343,50 @@ class _UploadDoc(TypedDict):
     metadata: dict[str, str]
 
 
+# A name that collides with a directory ("a" beside "a/b", which S3 allows) or is too long:
+# retrying the same name will not help.
+_NAME_ERRNOS = frozenset({errno.ENOTDIR, errno.EISDIR, errno.EEXIST, errno.ENAMETOOLONG})
+
+
 def _os_error(ex: OSError, what: str) -> ChangelogError:
-    # A name that collides with a directory ("a" beside "a/b", which S3 allows) is permanent too.
-    permanent = (errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOTDIR, errno.EISDIR, errno.EEXIST)
-    if isinstance(ex, PermissionError) or ex.errno in permanent:
+    """A filesystem error by cause. Everything an operator fixes on the filesystem while the
+    process runs is transient: a read-only remount (EROFS), permissions (EACCES, EPERM), a full
+    disk or quota (ENOSPC, EDQUOT), a failing device (EIO), a stale NFS handle. Only a name
+    that cannot exist in a directory tree is permanent."""
+    if ex.errno in _NAME_ERRNOS:
         return PermanentError(f"{what}: {ex}")
-    # ENOSPC, EIO, EMFILE, a stale NFS handle...: may pass.
     return TransientError(f"{what}: {ex}")
+
+
+def _tmp_owner() -> str:
+    """Who writes a temporary file, as its name records it: ``<pid>.<pid namespace>`` and the
+    host (last, it may hold dots), so that a cleaner on the same host can tell a dead writer's
+    files from a live one's. The pid namespace tells apart containers that share a hostname."""
+    try:
+        ns = os.readlink("/proc/self/ns/pid").strip("pid:[]")
+    except OSError:
+        ns = "0"
+    host = re.sub(r"[^A-Za-z0-9.-]", "_", socket.gethostname()) or "_"
+    return f"{os.getpid()}.{ns}.{host}"
+
+
+def _tmp_writer(name: str) -> tuple[int, str] | None:
+    """The (pid, ``<pid namespace>.<host>``) a temporary file's name records; None for a name
+    of another form (an older version's: only its age tells it is stale)."""
+    parts = name.split(".", 3)  # <uuid>.<pid>.<ns>.<host>
+    if len(parts) != 4 or not parts[1].isdigit():
+        return None
+    return int(parts[1]), f"{parts[2]}.{parts[3]}"
+
+
+def _pid_gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except OSError:  # EPERM: it exists, owned by someone else
+        return False
+    return False
 
 
 class DirectoryTarget:
@@ -353,12 +403,19 @@ class DirectoryTarget:
         self.bucket: str | None = None
         self.endpoint: str | None = None
         self._fsync = fsync
-        if create:
-            self.root.mkdir(parents=True, exist_ok=True)
-        elif not self.root.is_dir():
-            raise ConfigError(f"target directory {self.root} does not exist")
-        for d in (_META_DIR, _TMP_DIR, _UPLOADS_DIR):
-            (self.root / d).mkdir(exist_ok=True)
+        self._owner = _tmp_owner()
+        # Found at start-up, this is a configuration error: the process stops and says why. An
+        # existing tree on a filesystem turned read-only passes (mkdir of an existing directory
+        # is fine): writes then fail transiently until it is writable again.
+        try:
+            if create:
+                self.root.mkdir(parents=True, exist_ok=True)
+            elif not self.root.is_dir():
+                raise ConfigError(f"target directory {self.root} does not exist")
+            for d in (_META_DIR, _TMP_DIR, _UPLOADS_DIR):
+                (self.root / d).mkdir(exist_ok=True)
+        except OSError as ex:
+            raise ConfigError(f"target directory {self.root} cannot be used: {ex}") from ex
 
     def __repr__(self) -> str:
         return f"DirectoryTarget({str(self.root)!r})"
@@ -375,7 +432,13 @@ class DirectoryTarget:
         return self.root / _META_DIR / (name + ".json")
 
     def _tmp(self) -> Path:
-        return self.root / _TMP_DIR / uuid.uuid4().hex
+        return self.root / _TMP_DIR / f"{uuid.uuid4().hex}.{self._owner}"
+
+    @staticmethod
+    def _discard(tmp: Path) -> None:
+        """Remove a temporary file a failed write leaves (a full disk leaves an empty one)."""
+        with contextlib.suppress(OSError):
+            tmp.unlink()
 
     def _sync_dir(self, d: Path) -> None:
         if not self._fsync:
@@ -388,22 +451,39 @@ class DirectoryTarget:
 
     def _write_file(self, data_chunks: Iterator[bytes] | Sequence[bytes]) -> Path:
         tmp = self._tmp()
-        with open(tmp, "wb") as f:
-            for chunk in data_chunks:
-                f.write(chunk)
-            f.flush()
-            if self._fsync:
-                os.fsync(f.fileno())
+        try:
+            with open(tmp, "wb") as f:
+                for chunk in data_chunks:
+                    f.write(chunk)
+                f.flush()
+                if self._fsync:
+                    os.fsync(f.fileno())
+        except BaseException:
+            self._discard(tmp)
+            raise
         return tmp
 
-    def _place(self, tmp: Path, dest: Path) -> None:
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(tmp, dest)
-        self._sync_dir(dest.parent)
+    def _place(self, tmp: Path, dest: Path, *, part: bool = False) -> None:
+        """Rename ``tmp`` to ``dest`` (the temporary file is removed if that fails). A ``part``
+        goes into its upload's directory as it is (an aborted upload's is not made again) and
+        is not synced: ``complete`` syncs what it builds from the parts."""
+        try:
+            if not part:
+                dest.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(tmp, dest)
+        except BaseException:
+            self._discard(tmp)
+            raise
+        if not part:
+            self._sync_dir(dest.parent)
 
     def _commit(self, name: str, tmp: Path, metadata: Mapping[str, str] | None) -> None:
-        meta_tmp = self._write_file([orjson.dumps(dict(metadata or {}))])
-        self._place(meta_tmp, self._meta_path(name))
+        try:
+            meta_tmp = self._write_file([orjson.dumps(dict(metadata or {}))])
+            self._place(meta_tmp, self._meta_path(name))
+        except BaseException:
+            self._discard(tmp)
+            raise
         self._place(tmp, self._path(name))
 
     def _guard(self, what: str, fn: Callable[[], T]) -> T:
@@ -526,7 +606,12 @@ class DirectoryTarget:
             d = self._upload_dir(upload_id)
             d.mkdir()
             doc: _UploadDoc = {"name": name, "initiated": time.time(), "metadata": dict(metadata or {})}
-            self._place(self._write_file([orjson.dumps(doc)]), d / "info.json")
+            try:
+                self._place(self._write_file([orjson.dumps(doc)]), d / "info.json")
+            except BaseException:
+                # Without its info.json, no listing would ever show (and GC remove) this upload.
+                shutil.rmtree(d, ignore_errors=True)
+                raise
             return upload_id
 
         return self._guard(f"create upload {name}", run)
@@ -538,7 +623,7 @@ class DirectoryTarget:
         def run() -> Part:
             self._upload_info(name, upload_id)
             tmp = self._write_file([data])
-            os.replace(tmp, self._upload_dir(upload_id) / f"part.{number:05d}")
+            self._place(tmp, self._upload_dir(upload_id) / f"part.{number:05d}", part=True)
             return Part(number, hashlib.md5(data, usedforsecurity=False).hexdigest(), len(data))
 
         return self._guard(f"upload part {number} of {name}", run)
@@ -565,6 +650,32 @@ class DirectoryTarget:
             shutil.rmtree(d, ignore_errors=True)
 
         self._guard(f"complete upload {name}", run)
+
+    def remove_stale(self, *, older_than: float, now: float | None = None) -> int:
+        """Remove the temporary files interrupted writes left in ``.tmp``: those of a process
+        of this host that no longer exists, and any file untouched for ``older_than`` seconds
+        (a live writer touches its file as it writes, then renames it at once). Never a live
+        writer's file younger than that, whoever wrote it. Returns how many were removed."""
+        limit = (time.time() if now is None else now) - older_than
+        here = self._owner.split(".", 1)[1]
+        removed = 0
+
+        def run() -> None:
+            nonlocal removed
+            for e in os.scandir(self.root / _TMP_DIR):
+                writer = _tmp_writer(e.name)
+                dead = writer is not None and writer[1] == here and writer[0] != os.getpid() and _pid_gone(writer[0])
+                try:
+                    if dead or e.stat(follow_symlinks=False).st_mtime < limit:
+                        os.unlink(e.path)
+                        removed += 1
+                except FileNotFoundError:
+                    continue  # renamed into place meanwhile
+
+        self._guard("remove stale temporary files", run)
+        if removed:
+            logger.info("%s: removed %d stale temporary files", self.url, removed)
+        return removed
 
     def abort_multipart(self, name: str, upload_id: str) -> None:
         def run() -> None:

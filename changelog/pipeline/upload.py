@@ -17,7 +17,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, TypeVar
 
-from changelog.errors import InvalidMutation, ObjectMissing, PermanentError, TransientError
+from changelog.config import CollectorConfig
+from changelog.errors import ConfigError, InvalidMutation, ObjectMissing, PermanentError, TransientError
 from changelog.pipeline import keys
 from changelog.pipeline.commit import PendingCommit, ShardRange
 from changelog.pipeline.logformat import Compression, ObjectEncoder, encode_raw, encode_raw_many, rfc3339_us
@@ -44,6 +45,13 @@ def error_kind(ex: BaseException) -> str:
     if isinstance(ex, ObjectMissing):
         return "missing"
     return "permanent"
+
+
+class TargetRefused(PermanentError):
+    """A target call refused for a cause that retrying it at once will not fix (access denied,
+    a bucket gone, a name that cannot exist): not retried within the pass, which it fails. The
+    running collector's loop retries the pass with capped backoff (``Collector.step``): an
+    operator fixes a target while ``serve`` runs, and the follower never stops for it."""
 
 
 class Retry(Protocol):
@@ -76,6 +84,8 @@ class TargetRetry:
                 return fn()
             except (TransientError, PermanentError, ObjectMissing) as ex:
                 self.on_error(ex)
+                if isinstance(ex, PermanentError) and not isinstance(ex, TargetRefused):
+                    raise TargetRefused(str(ex)) from ex
                 if not isinstance(ex, TransientError):
                     raise
                 attempt += 1
@@ -369,3 +379,18 @@ def _lines_below(lines: Sequence[bytes], room: int) -> int:
         if total >= room:
             return n
     return len(lines)
+
+
+def check_sizes(cfg: CollectorConfig, target: Target) -> None:
+    """What the config model cannot check alone: sizes against this target (and the bounds
+    again, for configs built unchecked by tests)."""
+    if (cfg.settle < 0 or cfg.interval <= 0 or cfg.roll_entries < 1 or cfg.roll_bytes < 1
+            or cfg.roll_seconds < 0):
+        raise ConfigError("collector: settle, roll_* must be >= 0 and interval, roll_entries, roll_bytes > 0")
+    if cfg.part_bytes < target.min_part_bytes:
+        raise ConfigError(
+            f"collector.part_bytes must be at least {target.min_part_bytes} bytes for {target.url} "
+            f"(got {cfg.part_bytes})"
+        )
+    if cfg.roll_bytes // cfg.part_bytes + 2 > MAX_PARTS:
+        raise ConfigError(f"collector.roll_bytes / part_bytes must stay below {MAX_PARTS} parts")

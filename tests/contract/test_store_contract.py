@@ -8,6 +8,7 @@ between processes, expiry, renew and takeover.
 
 from __future__ import annotations
 
+import dataclasses
 import multiprocessing
 import os
 import random
@@ -32,7 +33,7 @@ from changelog.errors import (
     PermanentError,
     TransientError,
 )
-from changelog.pipeline.store import Cmp, LockRef, ObjectStore, WriteOp, omap_iter
+from changelog.pipeline.store import Cmp, LockInfo, LockRef, ObjectStore, WriteOp, omap_iter
 
 StoreFactory = Callable[[], ObjectStore]
 OID = "obj"
@@ -600,6 +601,42 @@ def test_expiry_and_takeover_between_processes(store: ObjectStore, peer: Peer) -
     assert peer.call("unlock", OID, theirs) == "!LeaseLost"
     store.execute(OID, WriteOp(fence=mine, set={"parent": b"1"}))
     assert everything(store) == {"before": b"peer", "parent": b"1"}
+
+
+def test_break_lock_removes_exactly_the_reported_holder(store: ObjectStore, peer: Peer) -> None:
+    mine, theirs = LockRef(LOCK, "parent"), LockRef(LOCK, "child")
+    missing = LockInfo(name=LOCK, cookie="child", holder="client.1", description="", expires_at=None)
+    assert store.break_lock(OID, missing) is False  # no object, no lock
+    assert peer.call("lock", OID, theirs, duration=30) is None
+    info = store.lock_info(OID, LOCK)
+    assert info is not None and info.cookie == "child"
+    # Only that holder with that cookie: another cookie, or the same cookie of another client
+    # (this store's), is not broken.
+    assert store.break_lock(OID, dataclasses.replace(info, cookie="other")) is False
+    store.lock(OID, LockRef("mine", "x"), duration=30)
+    own = store.lock_info(OID, "mine")
+    assert own is not None
+    assert store.break_lock(OID, dataclasses.replace(info, holder=own.holder)) is False
+    assert store.lock_info(OID, LOCK) == info
+    assert store.break_lock(OID, info) is True
+    assert store.lock_info(OID, LOCK) is None
+    assert store.lock_info(OID, "mine") is not None  # another lock of the object is untouched
+    # The broken holder is fenced off and cannot renew; the breaker takes the lock.
+    assert peer.call("fenced_set", OID, theirs, "late") == "!LeaseLost"
+    assert peer.call("lock", OID, theirs, duration=30, renew=True) == "!LeaseLost"
+    store.lock(OID, mine, duration=30)
+    assert store.break_lock(OID, info) is False  # the lock changed hands: nothing to break
+    assert peer.call("lock", OID, theirs, duration=30) == "!LockBusy"
+    store.execute(OID, WriteOp(fence=mine, set={"parent": b"1"}))
+
+
+def test_break_lock_of_an_expired_holder_is_nothing(store: ObjectStore, peer: Peer) -> None:
+    assert peer.call("lock", OID, LockRef(LOCK, "child"), duration=1) is None
+    info = store.lock_info(OID, LOCK)
+    assert info is not None
+    time.sleep(1.5)
+    assert store.break_lock(OID, info) is False
+    store.lock(OID, LockRef(LOCK, "parent"), duration=30)
 
 
 def _cas_increments(factory: StoreFactory, count: int, threads: int, start_at: float) -> int:

@@ -13,8 +13,8 @@ and Tentacle reshard in place to a new log generation and keep the old one; thei
 entries name the generation; Tentacle's data-log page marker is "" at the end of a shard; its
 listings give whole seconds. The data log coalesces as radosgw's does (``rgw_data_log_window``).
 
-Not modelled: versioning suspension, tenants, multipart internals, concurrent writes during a
-reshard. The data-log markers were not captured: they are opaque, sortable strings here.
+A tenant's bucket is a bucket named ``tenant/name``, as radosgw lists and logs it. Not modelled:
+versioning suspension, multipart internals, concurrent writes during a reshard. The data-log markers were not captured: they are opaque, sortable strings here.
 """
 
 from __future__ import annotations
@@ -215,6 +215,7 @@ class FakeRadosgw(AdminClient):
         self._lock = threading.RLock()
         self._failures: list[_Failure] = []
         self._buckets: dict[str, _Bucket] = {}
+        self._retired: dict[str, _Bucket] = {}  # "name:id" -> an old instance kept readable
         self._instances = 0
         self._counter = 0
         self._dl: list[list[tuple[str, dict[str, Any]]]] = [[] for _ in range(datalog_shards)]
@@ -292,16 +293,20 @@ class FakeRadosgw(AdminClient):
                 raise PermanentError(f"fake radosgw: bucket {bucket} is not empty (BucketNotEmpty)")
             del self._buckets[bucket]
 
-    def reshard(self, bucket: str, num_shards: int) -> None:
+    def reshard(self, bucket: str, num_shards: int, *, keep_old_log: bool = False) -> None:
         """``radosgw-admin bucket reshard``: Pacific makes a new instance (the old one's log is
-        gone at once, the new one starts empty); Reef and later keep the instance and start a
-        new, empty log generation beside the old one, which stays readable until trimmed."""
+        gone at once, the new one starts empty; with ``keep_old_log``, as when radosgw failed to
+        clean the old index up, the old instance's log stays readable); Reef and later keep the
+        instance and start a new, empty log generation beside the old one, which stays readable
+        until trimmed."""
         with self._lock:
             b = self._bucket(bucket)
             if self.generation_aware:
                 b.latest_gen += 1
                 b.generations[b.latest_gen] = _new_generation(num_shards)
             else:
+                if keep_old_log:
+                    self._retired[f"{bucket}:{b.bucket_id}"] = copy.deepcopy(b)
                 b.bucket_id = self._new_instance_id()
                 b.generations = {0: _new_generation(num_shards)}
 
@@ -656,6 +661,8 @@ class FakeRadosgw(AdminClient):
             )
         parts = raw.split(":")
         b = self._buckets.get(parts[0])
+        if (b is None or b.bucket_id != parts[1]) and len(parts) >= 2:
+            b = self._retired.get(f"{parts[0]}:{parts[1]}")
         if b is None or len(parts) < 2 or b.bucket_id != parts[1]:
             raise self._missing(f"bucket instance {raw}")
         return b, int(parts[2]) if len(parts) > 2 else None

@@ -294,8 +294,8 @@ def test_config_check_masks_secrets(run: Any, tmp_path: Path, monkeypatch: pytes
 
 def test_config_check_connect_embedded(run: Any) -> None:
     r = run("config", "check", "--connect")
-    assert r.exit_code == 0 and "no index 'changelog' yet (created on first use)" in r.stderr
-    assert "target: ok" in r.stderr
+    assert r.exit_code == 0 and "index: ok (store reached; no index 'changelog' yet, created on first use)" in r.stderr
+    assert "target: ok" in r.stderr and "source:" not in r.stderr  # no [source] endpoint: not reached
     run("record", input=jsonl(MUTATIONS[:1]))
     r = run("config", "check", "--connect")
     assert r.exit_code == 0 and "index: ok (4 shards, mode write" in r.stderr
@@ -308,8 +308,10 @@ def test_config_check_connect_unreachable_target(run: Any, tmp_path: Path, conf:
     ))  # fmt: skip
     r = run("config", "check", "--connect", config=p)
     assert r.exit_code == 1 and "Traceback" not in r.stderr
-    last = r.stderr.strip().splitlines()[-1]
-    assert last.startswith("error: list s3://logs/x/") and "127.0.0.1:1" in last
+    *_, index, target, last = r.stderr.strip().splitlines()
+    assert index.startswith("index: ok (")
+    assert target.startswith("target: unreachable: list s3://logs/x/") and "127.0.0.1:1" in target
+    assert last.startswith("error: config check --connect: cannot use target (config from ")
 
 
 def test_log_file_that_cannot_be_opened(run: Any, tmp_path: Path, conf: Path) -> None:
@@ -389,13 +391,13 @@ def test_bad_arguments_one_line(run: Any, args: tuple[str, ...], code: int, expe
     [
         ("not json\n", "error: line 1: not JSON"),
         ('{"bucket": "b", "key": "k"}\n[1]\n', "error: line 2: expected a JSON object"),
-        ('{"bucket": "", "key": "k"}\n', "error: line 1: bucket name is empty"),
-        ('{"bucket": "b", "key": ""}\n', "error: line 1: object key is empty"),
-        ('{"bucket": "b", "key": "k", "op": "put"}\n', "error: line 1: op must be one of"),
-        ('{"bucket": "b", "key": "k", "colour": "red"}\n', "error: line 1: unknown field 'colour'"),
-        ('{"bucket": "b", "key": "k", "mtime": "soon"}\n', "error: line 1:"),
-        ('{"bucket": "b", "key": "' + "k" * 1025 + '"}\n', "error: line 1: object key longer than 1024 bytes"),
-        ('{"bucket": "b", "key": "k", "size": -1}\n', "error: line 1: size must be a non-negative int"),
+        ('{"bucket": "", "key": "k"}\n', "error: line 1: bucket: is empty; 1 bad line of 1, nothing recorded"),
+        ('{"bucket": "b", "key": ""}\n', "error: line 1: key: is empty"),
+        ('{"bucket": "b", "key": "k", "op": "put"}\n', "error: line 1: op: must be one of"),
+        ('{"bucket": "b", "key": "k", "colour": "red"}\n', "error: line 1: colour: unknown field"),
+        ('{"bucket": "b", "key": "k", "mtime": "soon"}\n', "error: line 1: mtime: 'soon' is not a time"),
+        ('{"bucket": "b", "key": "' + "k" * 1025 + '"}\n', "error: line 1: key: longer than 1024 bytes"),
+        ('{"bucket": "b", "key": "k", "size": -1}\n', "error: line 1: size: must be a non-negative int"),
     ],
 )
 def test_bad_record_input_one_line(run: Any, stdin: str, expected: str) -> None:

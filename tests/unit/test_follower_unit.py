@@ -13,6 +13,7 @@ lab: ``tests/integration/test_rgw_follow.py``.
 from __future__ import annotations
 
 import hashlib
+import logging
 import threading
 from collections import defaultdict
 from collections.abc import Callable, Iterator
@@ -826,3 +827,107 @@ def test_bucket_list_prefixes_and_excluded_buckets(make_world: Callable[..., Wor
     # The excluded bucket (the change log's own target) is trimmed as it is written; b untouched.
     assert not any(rgw.bilog("logs").values())
     assert sum(len(e) for e in rgw.bilog("b").values()) == 2
+
+
+# ---------------------------------------------------------------------------- visible losses and skips
+
+
+def lost_lines(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING and "entries lost" in r.getMessage()]
+
+
+def test_a_pacific_reshard_loss_is_warned_and_counted(
+    make_world: Callable[..., World], caplog: pytest.LogCaptureFixture
+) -> None:
+    w = make_world("pacific")
+    rgw = w.rgw
+    f = start_follower(w)
+    old_id = fresh_bucket(w, f, "rs", shards=2)
+    rgw.put("rs", "a")
+    caught_up(w, f)
+    assert f.stats()["instances_lost"] == 0 and not lost_lines(caplog)
+    rgw.put("rs", "a", b"unread when resharded")
+    rgw.reshard("rs", 5)  # the old instance's log is gone: what it held cannot be told
+    with caplog.at_level(logging.WARNING):
+        caught_up(w, f)
+    assert lost_lines(caplog) == [
+        f"bucket rs: instance {old_id} was replaced (resharded) before its log was read to its end: entries lost: unknown"
+    ]
+    stats = f.stats()
+    assert (stats["instances_lost"], stats["entries_lost"]) == (1, 0)
+
+
+def test_a_lost_instance_still_readable_gives_an_estimate(
+    make_world: Callable[..., World], caplog: pytest.LogCaptureFixture
+) -> None:
+    w = make_world("pacific")
+    rgw = w.rgw
+    f = start_follower(w)
+    old_id = fresh_bucket(w, f, "rs", shards=2)
+    rgw.put("rs", "a")
+    caught_up(w, f)
+    before = len(rgw.produced)
+    rgw.put("rs", "a", b"unread")
+    rgw.put("rs", "b", b"unread")
+    unread = len(rgw.produced) - before  # bilog entries, one index version each
+    rgw.reshard("rs", 5, keep_old_log=True)
+    rgw.put("rs", "c")  # the data log names the new instance with the old one's news
+    with caplog.at_level(logging.WARNING):
+        caught_up(w, f)
+    assert lost_lines(caplog) == [
+        f"bucket rs: instance {old_id} was replaced (resharded) before its log was read to its end:"
+        f" entries lost: about {unread}"
+    ]
+    assert (f.stats()["instances_lost"], f.stats()["entries_lost"]) == (1, unread)
+
+
+def test_a_deleted_bucket_loss_is_warned_and_counted(
+    make_world: Callable[..., World], caplog: pytest.LogCaptureFixture
+) -> None:
+    w = make_world()
+    rgw = w.rgw
+    f = start_follower(w)
+    bucket_id = fresh_bucket(w, f, "quick", shards=2)
+    rgw.put("quick", "a")
+    caught_up(w, f)
+    rgw.delete("quick", "a")
+    rgw.delete_bucket("quick")
+    with caplog.at_level(logging.WARNING):
+        caught_up(w, f)
+    assert lost_lines(caplog) == [
+        f"bucket quick: instance {bucket_id} was deleted before its log was read to its end: entries lost: unknown"
+    ]
+    assert f.stats()["instances_lost"] == 1
+
+
+def test_tenant_filter_and_internal_skips_are_counted_and_named(
+    make_world: Callable[..., World], caplog: pytest.LogCaptureFixture
+) -> None:
+    w = make_world(datalog_shards=8)
+    rgw = w.rgw
+    for name in ("a", "b", "logs", "acme/tb"):
+        rgw.create_bucket(name, shards=2)
+    w.clock.advance(5.0)
+    config = SourceConfig.unchecked(**{**FAST, "prefixes": {"a": ("keep/",)}, "exclude_buckets": ("logs", "b")})
+    f = Follower(w.index, w.rgw, config, clocks=w.clock.clocks(), internal_buckets=("logs",))
+    assert f.acquire()
+    w.followers.append(f)
+    with caplog.at_level(logging.WARNING):
+        caught_up(w, f)
+        w.clock.advance(1.0)
+        for bucket, key in [("a", "keep/1"), ("a", "drop/1"), ("b", "x"), ("logs", "l"), ("acme/tb", "t1"),
+                            ("acme/tb", "t2")]:
+            rgw.put(bucket, key)
+        caught_up(w, f)
+    assert history(w.index, "a") == {"keep/1": ["write"]}
+    assert history(w.index, "acme/tb") == {}
+    tenant_lines = [r.getMessage() for r in caplog.records if "belongs to a tenant" in r.getMessage()]
+    assert tenant_lines == ["bucket acme/tb belongs to a tenant: tenanted buckets are not followed, its changes"
+                            " are not logged"]  # once
+    stats = f.stats()
+    # One data-log entry per bucket shard changed (coalesced), one bilog entry per filtered key.
+    assert stats["skipped"]["tenant"] >= 1
+    assert stats["skipped"]["internal"] >= 1  # the target's own bucket
+    assert stats["skipped"]["filter"] >= 2  # b's data-log entry, a's drop/1 entry
+    assert stats["not_followed"] == {"acme/tb": "tenant", "logs": "internal"}
+    assert f.status()["not_followed"] == {"acme/tb": "tenant", "logs": "internal"}

@@ -5,6 +5,12 @@ renew ``renew_every`` after the last lock call (or write); the locks share one l
 
 from __future__ import annotations
 
+import logging
+import os
+import re
+import socket
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -16,7 +22,15 @@ from changelog.consumers.backup.runs import MarkerDoc, RunMarker, marker_name
 from changelog.consumers.backup.store import BackupStore
 from changelog.errors import LeaseLost, TransientError
 from changelog.pipeline.backends.sqlite import SqliteStore
-from changelog.pipeline.lease import Lease, Renewer, TimedLease, renew_every
+from changelog.pipeline.lease import (
+    Lease,
+    Renewer,
+    TimedLease,
+    dead_holder,
+    make_cookie,
+    process_namespace,
+    renew_every,
+)
 from changelog.pipeline.targets import DirectoryTarget
 
 
@@ -199,3 +213,82 @@ def test_run_marker_renews_on_the_policy(tmp_path: Path) -> None:
         assert not marker.lapsed
     finally:
         marker.stop()
+
+
+# -- dead holders of this host -----------------------------------------------------------------
+
+_HOLDER = """
+import sys, time
+from changelog.pipeline.backends.sqlite import SqliteStore
+from changelog.pipeline.lease import Lease, make_cookie
+cookie = sys.argv[2] or make_cookie("follower")
+lease = Lease(SqliteStore(sys.argv[1]), "control", name="follower", ttl=30, cookie=cookie)
+assert lease.acquire()
+print(lease.ref.cookie, flush=True)
+time.sleep(120)
+"""
+
+
+def _holder(db: Path, cookie: str = "") -> tuple[subprocess.Popen[str], str]:
+    """Another process holding the lease ``follower`` on ``control`` for 30 s (and its cookie)."""
+    proc = subprocess.Popen([sys.executable, "-c", _HOLDER, str(db), cookie], stdout=subprocess.PIPE, text=True,
+                            cwd=Path(__file__).resolve().parents[2])
+    assert proc.stdout is not None
+    return proc, proc.stdout.readline().strip()
+
+
+def _killed(proc: subprocess.Popen[str]) -> None:
+    proc.kill()
+    proc.wait(30)
+
+
+def test_a_dead_holder_of_this_host_is_broken_at_once(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    db = tmp_path / "s.db"
+    proc, cookie = _holder(db)
+    mine = Lease(SqliteStore(str(db)), "control", name="follower", ttl=30)
+    try:
+        assert dead_holder(cookie) is None
+        assert not mine.take() and mine.breaks == 0  # alive: never broken
+    finally:
+        _killed(proc)
+    assert dead_holder(cookie) == f"pid {proc.pid} is gone"
+    with caplog.at_level(logging.WARNING, logger="changelog.pipeline.lease"):
+        assert mine.take()  # at once, not 30 s later
+    try:
+        assert mine.breaks == 1
+        info = mine.store.lock_info("control", "follower")
+        assert info is not None and info.cookie == mine.ref.cookie
+        assert any(f"lease follower on control broken: its holder {cookie}" in r.getMessage() for r in caplog.records)
+    finally:
+        mine.release()
+
+
+@pytest.mark.parametrize("where", ["another host", "another namespace", "no stamp"])
+def test_a_holder_elsewhere_is_never_broken(tmp_path: Path, where: str) -> None:
+    host = socket.gethostname()
+    stamp = f"{os.getpid()}.1.{process_namespace()}"
+    forged = {
+        "another host": f"follower:{host}-elsewhere:{stamp}:0123abcd",
+        "another namespace": f"follower:{host}:{os.getpid()}.1.ffffffff:0123abcd",
+        "no stamp": f"follower:{host}:999999999:0123abcd",
+    }[where]
+    db = tmp_path / "s.db"
+    proc, cookie = _holder(db, forged)
+    _killed(proc)
+    assert cookie == forged and dead_holder(cookie) is None
+    mine = Lease(SqliteStore(str(db)), "control", name="follower", ttl=30)
+    assert not mine.take() and mine.breaks == 0
+
+
+def test_dead_holder_reads_the_cookies_stamp() -> None:
+    own = make_cookie("collector")
+    host, ns = socket.gethostname(), process_namespace()
+    assert re.fullmatch(rf"collector:{re.escape(host)}:{os.getpid()}\.\d+\.[0-9a-f]{{8}}:[0-9a-f]{{8}}", own)
+    assert dead_holder(own) is None
+    # The collector's shard cookies embed its id: the last stamp is the process's own.
+    assert dead_holder(f"{own}:{make_cookie()}") is None
+    # This very pid with another start time: an earlier process with the same pid (a container's
+    # pid 1 restarted), gone.
+    assert dead_holder(f"{host}:{os.getpid()}.1.{ns}:0123abcd") == f"pid {os.getpid()} is this process, started later"
+    # A pid that exists, started at another time: reused by another process since.
+    assert dead_holder(f"{host}:1.999999999999.{ns}:0123abcd") == "pid 1 is another process now (started later)"

@@ -55,6 +55,8 @@ class BackupResources:
             secret_key=reveal(bc.secret_key) or reveal(sc.secret_key),
             region=bc.region,
             addressing_style="path" if endpoint else None,
+            # On the source's endpoint, the source's TLS settings (as ``parse_config`` gives them).
+            verify=bc.tls_verify if bc.endpoint or not sc.endpoint else sc.tls_verify,
         )
         self._closers.append(target.close)
         return BackupStore(target)
@@ -73,6 +75,7 @@ class BackupResources:
                 secret_key=reveal(sc.secret_key),
                 region=sc.region,
                 pool=max(10, 2 * workers),
+                verify=sc.tls_verify,
             )
         )
         self._closers.append(src.close)

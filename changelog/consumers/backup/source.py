@@ -116,15 +116,18 @@ def make_client(
     secret_key: str | None = None,
     region: str | None = None,
     pool: int = 32,
+    verify: bool | str | None = None,
 ) -> S3Client:
     """A boto3 S3 client for the backup's source (or restore destination): path-style with an
-    endpoint (radosgw), botocore's choice on AWS."""
+    endpoint (radosgw), botocore's choice on AWS. ``verify``: the section's ``tls_verify``
+    (False, a CA bundle's path, True; None: botocore's default)."""
     return make_s3_client(
         endpoint,
         access_key=access_key,
         secret_key=secret_key,
         region=region,
         addressing_style="path" if endpoint else "auto",
+        verify=verify,
         max_attempts=MAX_ATTEMPTS,
         connect_timeout=CONNECT_TIMEOUT,
         read_timeout=READ_TIMEOUT,

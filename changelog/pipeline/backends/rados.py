@@ -17,7 +17,9 @@ librados error is translated here, at the edge, into ``changelog.errors``. What 
   it), ``renew`` sends LOCK_FLAG_MUST_RENEW (ENOENT unless this client and cookie still hold it).
   A lock belongs to this client instance (``client.<id>``) and the cookie: after a reconnect the
   locks taken before are no longer ours. The cls method is called directly (see ``lock``), so
-  expiry is exactly now + duration on the OSD's clock.
+  expiry is exactly now + duration on the OSD's clock. ``break_lock`` calls cls_lock
+  ``break_lock`` (the binding has no ``Ioctx.break_lock``) with the locker (``client.<id>``) and
+  cookie that ``lock_info`` reported: the OSD removes exactly that locker or answers ENOENT.
 """
 
 from __future__ import annotations
@@ -133,6 +135,16 @@ def lock_payload(ref: LockRef, description: str, duration: float, flags: int) ->
         + bytes([flags])
     )
     return _encode_struct(body)
+
+
+def break_payload(info: LockInfo) -> bytes:
+    """cls_lock_break_op: name, locker (entity_name_t: u8 type, s64 num), cookie."""
+    kind_name, _, num = info.holder.rpartition(".")
+    kinds = {v: k for k, v in ENTITY_TYPES.items()}
+    if kind_name not in kinds or not num.lstrip("-").isdigit():
+        raise PermanentError(f"cannot break lock {info.name!r}: holder {info.holder!r} is not an entity name")
+    locker = bytes([kinds[kind_name]]) + struct.pack("<q", int(num))
+    return _encode_struct(_encode_str(info.name) + locker + _encode_str(info.cookie))
 
 
 class _Decoder:
@@ -452,6 +464,20 @@ class RadosStore:
             return decode_lock_info(name, bytes(reply))
         except (ValueError, IndexError) as ex:
             raise PermanentError(f"{oid}: cannot decode cls_lock get_info reply: {ex}") from ex
+
+    def break_lock(self, oid: str, info: LockInfo) -> bool:
+        wop = rados.WriteOp().create()  # allocates the op (not an object create)
+        try:
+            wop.execute("lock", "break_lock", break_payload(info))
+            self._ioctx.operate_write_op(wop, oid)
+        except rados.Error as ex:
+            code = _errno(ex)
+            if code == errno.ENOENT:  # that locker no longer holds it (or no object, no lock)
+                return False
+            raise _general(code, f"break lock {oid}", str(ex)) from ex
+        finally:
+            wop.release()
+        return True
 
     def close(self) -> None:
         if self._closed:

@@ -443,6 +443,14 @@ class SqliteStore:
             name=name, cookie=cookie, holder=holder, description=description, expires_at=expires_at
         )
 
+    def break_lock(self, oid: str, info: LockInfo) -> bool:
+        with self._write(f"break lock {oid}") as conn:
+            live = self._live_lock(conn, oid, info.name, self._clock())
+            if live is None or live[0] != info.cookie or live[1] != info.holder:
+                return False
+            conn.execute("DELETE FROM locks WHERE oid = ? AND name = ?", (oid, info.name))
+            return True
+
     def close(self) -> None:
         self._closed = True
         with self._conns_lock:
