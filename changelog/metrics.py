@@ -139,38 +139,51 @@ class ShardStatsCache:
             self._value = None
 
 
+@dataclass
+class LeaseCounts:
+    """One scrape's lease counters per lease name (monotonic across lease objects)."""
+
+    renewals: dict[str, int] = field(default_factory=dict)
+    losses: dict[str, int] = field(default_factory=dict)
+    breaks: dict[str, int] = field(default_factory=dict)
+    held: dict[str, int] = field(default_factory=dict)
+
+
 class _LeaseTotals:
     """Per-name lease counters that stay monotonic when lease objects come and go."""
+
+    COUNTERS = ("renewals", "losses", "breaks")
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         # id -> (the lease itself, so the id cannot be reused while we remember it; name; counts)
-        self._last: dict[int, tuple[LeaseLike, str, int, int]] = {}
-        self._retired_renewals: dict[str, int] = defaultdict(int)
-        self._retired_losses: dict[str, int] = defaultdict(int)
+        self._last: dict[int, tuple[LeaseLike, str, tuple[int, ...]]] = {}
+        self._retired: dict[str, dict[str, int]] = {c: defaultdict(int) for c in self.COUNTERS}
 
-    def update(self, leases: Iterable[LeaseLike]) -> tuple[dict[str, int], dict[str, int], dict[str, int]]:
-        """Renewals, losses and held count per lease name."""
+    def update(self, leases: Iterable[LeaseLike]) -> LeaseCounts:
+        """Renewals, losses, breaks and held count per lease name."""
         with self._lock:
-            current: dict[int, tuple[LeaseLike, str, int, int]] = {}
+            current: dict[int, tuple[LeaseLike, str, tuple[int, ...]]] = {}
             held: dict[str, int] = defaultdict(int)
             for lease in leases:
                 name = lease.ref.name
-                current[id(lease)] = (lease, name, int(lease.renewals), int(lease.losses))
+                current[id(lease)] = (lease, name, tuple(int(getattr(lease, c, 0)) for c in self.COUNTERS))
                 held[name] += 1 if lease.held else 0
-            for key, (_, name, renewals, losses) in self._last.items():
+            for key, (_, name, counts) in self._last.items():
                 if key not in current:
-                    self._retired_renewals[name] += renewals
-                    self._retired_losses[name] += losses
+                    for c, n in zip(self.COUNTERS, counts, strict=True):
+                        self._retired[c][name] += n
             self._last = current
-            renew = defaultdict(int, self._retired_renewals)
-            lost = defaultdict(int, self._retired_losses)
-            for _, name, renewals, losses in current.values():
-                renew[name] += renewals
-                lost[name] += losses
-            for name in set(renew) | set(lost):
-                held.setdefault(name, 0)
-            return dict(renew), dict(lost), dict(held)
+            totals = {c: defaultdict(int, self._retired[c]) for c in self.COUNTERS}
+            for _, name, counts in current.values():
+                for c, n in zip(self.COUNTERS, counts, strict=True):
+                    totals[c][name] += n
+            for c in self.COUNTERS:
+                for name in totals[c]:
+                    held.setdefault(name, 0)
+            return LeaseCounts(
+                dict(totals["renewals"]), dict(totals["losses"]), dict(totals["breaks"]), dict(held)
+            )
 
 
 @dataclass
@@ -181,7 +194,7 @@ class _Reading:
     follower: Mapping[str, object] = field(default_factory=dict)
     shards: list[ShardStats] | None = None
     # renewals, losses and held count per lease name
-    leases: tuple[dict[str, int], dict[str, int], dict[str, int]] | None = None
+    leases: LeaseCounts | None = None
     paused: dict[str, bool] | None = None
     consumers: dict[str, Mapping[str, object]] = field(default_factory=dict)
     health: list[Reason] | None = None
@@ -435,19 +448,21 @@ def _collector_families(cstats: Mapping[str, object]) -> Iterator[Metric]:
     yield _kinds(cstats, "target_errors", "target_errors", "Errors writing change logs to the target, by kind")
 
 
-def _lease_families(leases: tuple[dict[str, int], dict[str, int], dict[str, int]] | None) -> Iterator[Metric]:
-    """Renewals, losses and holdings per lease name."""
-    # ---- leases
+def _lease_families(leases: LeaseCounts | None) -> Iterator[Metric]:
+    """Renewals, losses, breaks and holdings per lease name."""
     renewals = CounterMetricFamily(PREFIX + "lease_renewals", "Successful lease renewals", labels=["lease"])
     losses = CounterMetricFamily(PREFIX + "lease_losses", "Leases lost while held", labels=["lease"])
+    breaks = CounterMetricFamily(
+        PREFIX + "lease_breaks", "Locks of a dead holder on this host broken to take the lease", labels=["lease"]
+    )
     held = GaugeMetricFamily(PREFIX + "leases_held", "Leases of this name held now", labels=["lease"])
     if leases is not None:
-        renew_by, lost_by, held_by = leases
-        for name in sorted(held_by):
-            renewals.add_metric([name], renew_by.get(name, 0))
-            losses.add_metric([name], lost_by.get(name, 0))
-            held.add_metric([name], held_by[name])
-    yield from (renewals, losses, held)
+        for name in sorted(leases.held):
+            renewals.add_metric([name], leases.renewals.get(name, 0))
+            losses.add_metric([name], leases.losses.get(name, 0))
+            breaks.add_metric([name], leases.breaks.get(name, 0))
+            held.add_metric([name], leases.held[name])
+    yield from (renewals, losses, breaks, held)
 
 
 def _health_families(reasons: list[Reason] | None) -> Iterator[Metric]:

@@ -381,10 +381,15 @@ def test_lease_counters_stay_monotonic_when_a_lease_object_is_dropped(env: Env, 
     assert m[("rgw_changelog_leases_held", (("lease", "collector"),))] == 0
     env.leases = [Lease(env.store, env.index.control_oid, name="collector", ttl=30)]
     assert env.leases[0].acquire()
+    env.leases[0].breaks = 1  # as if it had broken a dead holder's lock to get there
     m = scrape(api)
     assert m[("rgw_changelog_lease_renewals_total", (("lease", "collector"),))] == 2
     assert m[("rgw_changelog_lease_losses_total", (("lease", "collector"),))] == 1
+    assert m[("rgw_changelog_lease_breaks_total", (("lease", "collector"),))] == 1
     assert m[("rgw_changelog_leases_held", (("lease", "collector"),))] == 1
+    env.leases = []
+    m = scrape(api)  # dropped: its counts stay in the totals
+    assert m[("rgw_changelog_lease_breaks_total", (("lease", "collector"),))] == 1
 
 
 def test_a_failing_provider_costs_its_metrics_not_the_scrape(env: Env, api: ApiServer) -> None:
