@@ -5,11 +5,15 @@ the change logs written to a bucket of the same radosgw.
   the per-key order of the records yields each bucket's final state;
 * SIGTERM stops serve cleanly (exit 0, leases released);
 * crash test: a workload of >= 2000 mutations while serve is SIGKILLed at random moments at least
-  5 times and restarted; afterwards every mutation is in the logs exactly once.
+  5 times and restarted; afterwards every mutation is in the logs exactly once;
+* the same with a `file://` target on a tmpfs that also faults under load: SIGKILL, the target
+  read-only, then full (ENOSPC), SIGKILL again; serve stays up through the faults (healthcheck
+  500 while nothing can be written, 200 after) and every mutation is in the logs exactly once.
 """
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -20,6 +24,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
 import uuid
 from collections import Counter, defaultdict
 from collections.abc import Iterator
@@ -30,6 +35,7 @@ from typing import Any
 import pytest
 
 from changelog.pipeline.logformat import LogRecord, compression_of, iter_records, parse_log_name
+from tests.integration.test_target_faults_lab import health, remount, tmpfs
 from tests.lab import Lab
 
 pytestmark = pytest.mark.ceph
@@ -59,6 +65,11 @@ class Serve:
     settle: float = 0.5
     trim_logs: bool = True
     object_info: bool = False
+    # A `file://` target in this directory instead of the log bucket; when it faults, the
+    # collector should fail its passes fast (one retry) so that health says so quickly.
+    target_root: Path | None = None
+    max_backlog_age: float | None = None
+    port: int = field(default_factory=free_port)
     procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
 
     @property
@@ -66,6 +77,14 @@ class Serve:
         path = self.tmp / "serve.toml"
         if not path.exists():
             keyring = f'keyring = "{self.lab.keyring}"\n' if self.lab.keyring else ""
+            target = f'url = "s3://{self.log_bucket}/{LOG_PREFIX}/"\nregion = "default"'
+            collector = ""
+            if self.target_root is not None:
+                target = f'url = "file://{self.target_root}/"'
+                collector = "retries = 1\nbackoff_base = 0.2\nbackoff_max = 2\n"
+            health_section = ""
+            if self.max_backlog_age is not None:
+                health_section = f"[health]\nmax_backlog_age = {self.max_backlog_age}\n"
             path.write_text(
                 f"""
 [index]
@@ -86,17 +105,17 @@ trim_logs = {str(self.trim_logs).lower()}
 object_info = {str(self.object_info).lower()}
 
 [target]
-url = "s3://{self.log_bucket}/{LOG_PREFIX}/"
-region = "default"
+{target}
 
 [collector]
 interval = {self.interval}
 settle = {self.settle}
 lease_ttl = {self.lease_ttl}
 roll_seconds = 5
-
+{collector}
+{health_section}
 [api]
-listen = "127.0.0.1:{free_port()}"
+listen = "127.0.0.1:{self.port}"
 
 [logging]
 level = "INFO"
@@ -128,7 +147,14 @@ level = "INFO"
         return "\n".join(f"--- {p.name}\n" + p.read_text(errors="replace")[-3000:] for p in logs[-2:])
 
 
-def watermark_us(s3: Any, bucket: str) -> int:
+def watermark_us(s3: Any, serve: Serve) -> int:
+    if serve.target_root is not None:
+        from changelog.pipeline.reader import read_watermark
+        from changelog.pipeline.targets import DirectoryTarget
+
+        wm = read_watermark(DirectoryTarget(serve.target_root, create=False))
+        return 0 if wm is None else wm.complete_until_us
+    bucket = serve.log_bucket
     try:
         body = s3.get_object(Bucket=bucket, Key=f"{LOG_PREFIX}/_watermark.json")["Body"].read()
     except s3.exceptions.NoSuchKey:
@@ -138,7 +164,7 @@ def watermark_us(s3: Any, bucket: str) -> int:
 
 def wait_for_watermark(s3: Any, serve: Serve, t: float, timeout: float = 120.0) -> None:
     deadline = time.monotonic() + timeout
-    while watermark_us(s3, serve.log_bucket) < int(t * 1_000_000):
+    while watermark_us(s3, serve) < int(t * 1_000_000):
         if time.monotonic() > deadline:
             pytest.fail(f"watermark did not pass {t} within {timeout:.0f}s\n{serve.log_tail()}")
         if serve.procs and serve.procs[-1].poll() is not None:
@@ -155,6 +181,19 @@ def committed(s3: Any, bucket: str) -> list[LogRecord]:
                 continue
             body = s3.get_object(Bucket=bucket, Key=name)["Body"].read()
             out.extend(iter_records(io.BytesIO(body), compression_of(name)))
+    return out
+
+
+def committed_in(root: Path) -> list[LogRecord]:
+    """Every record of every committed log object under a directory target's ``root``, read
+    object by object (not through the reader, which would drop a repeated id)."""
+    from changelog.pipeline.targets import DirectoryTarget
+
+    target = DirectoryTarget(root, create=False)
+    out: list[LogRecord] = []
+    for o in target.list():
+        if parse_log_name(o.name) is not None:
+            out.extend(iter_records(io.BytesIO(target.get(o.name)), compression_of(o.name)))
     return out
 
 
@@ -347,6 +386,7 @@ class Workload(_Writers):
         self.expected: Counter[tuple[str, str, str, str | None]] = Counter()
         self.mutations = 0
         self.errors: list[BaseException] = []
+        self.stop = threading.Event()  # set: each writer stops after its current mutation
         self._lock = threading.Lock()
 
     def _expect(self, *rec: Any) -> None:
@@ -362,6 +402,8 @@ class Workload(_Writers):
         latest_is_marker: dict[str, bool] = dict.fromkeys(keys, False)
         try:
             for _ in range(self.per_thread):
+                if self.stop.is_set():
+                    break
                 k = rnd.choice(keys)
                 x = rnd.random()
                 if x < 0.35:
@@ -456,6 +498,13 @@ def test_serve_crash_test_every_mutation_exactly_once(serve: Serve, s3_client: A
 
     records = committed(s3, serve.log_bucket)
     print(f"crash test: {work.mutations} mutations, {kills} SIGKILLs, {len(records)} committed records")
+    assert_each_once(records, work, s3)
+
+
+def assert_each_once(records: list[LogRecord], work: Workload, s3: Any) -> None:
+    """Every mutation radosgw acknowledged is in ``records`` exactly once, and nothing else
+    (no record for a request that failed or was never made); replayed, they give each bucket's
+    final state."""
     ids = Counter(r.id for r in records)
     assert not [i for i, n in ids.items() if n > 1], "records committed twice"
     got = Counter(view(r) for r in records)
@@ -463,8 +512,140 @@ def test_serve_crash_test_every_mutation_exactly_once(serve: Serve, s3_client: A
     extra = got - work.expected
     assert not missing and not extra, (list(missing.items())[:5], list(extra.items())[:5])
     assert sum(got.values()) == work.mutations
-    assert_same_state(records, s3, plain)
-    assert_same_state(records, s3, versioned)
+    assert_same_state(records, s3, work.plain)
+    assert_same_state(records, s3, work.versioned)
+
+
+# ------------------------------------------------- crash test with a faulting directory target
+
+FAULT_FOR = 15.0  # seconds the target stays read-only, then full
+MAX_BACKLOG_AGE = 5.0
+
+
+def health_code(serve: Serve) -> int | None:
+    """The healthcheck's status, None while nothing listens (serve (re)starting)."""
+    try:
+        return health(serve.port)[0]
+    except (urllib.error.URLError, ConnectionError, TimeoutError):
+        return None
+
+
+def wait_health(serve: Serve, want: int, timeout: float) -> float:
+    """Seconds until the healthcheck says ``want``; serve must stay up meanwhile."""
+    t0 = time.monotonic()
+    while (code := health_code(serve)) != want:
+        proc = serve.procs[-1]
+        assert proc.poll() is None, f"serve exited with {proc.returncode}\n{serve.log_tail()}"
+        waited = time.monotonic() - t0
+        assert waited < timeout, f"healthcheck {code}, not {want}, after {waited:.0f}s\n{serve.log_tail()}"
+        time.sleep(0.5)
+    return time.monotonic() - t0
+
+
+def hold_unhealthy(serve: Serve, since: float) -> int:
+    """Keep a fault until ``FAULT_FOR`` seconds after ``since``: serve must stay up and the
+    healthcheck say 500 throughout (once it has said so). Returns how many checks were made."""
+    checks = 0
+    while time.monotonic() - since < FAULT_FOR:
+        assert serve.procs[-1].poll() is None, f"serve exited during the fault\n{serve.log_tail()}"
+        code = health_code(serve)
+        assert code == 500, f"healthcheck {code} while nothing can be written"
+        checks += 1
+        time.sleep(1.0)
+    return checks
+
+
+def remount_ro(path: Path) -> None:
+    """Remount read-only; the kernel refuses (EBUSY) while a file there is open for writing,
+    which the collector does for a moment at each log object: try again."""
+    for _ in range(50):
+        try:
+            remount(path, "ro")
+            return
+        except subprocess.CalledProcessError:
+            time.sleep(0.1)
+    remount(path, "ro")
+
+
+def fill(path: Path) -> Path:
+    """Fill the filesystem at ``path`` to the last page (ENOSPC from then on). Unbuffered, so
+    that closing the file has nothing left to write (and fail)."""
+    filler = path / "filler"
+    with open(filler, "wb", buffering=0) as f:
+        for chunk in (b"\0" * (1 << 20), b"\0" * 4096):
+            with contextlib.suppress(OSError):
+                while True:
+                    f.write(chunk)
+    return filler
+
+
+def kill_and_restart(serve: Serve) -> None:
+    proc = serve.procs[-1]
+    assert proc.poll() is None, serve.log_tail()
+    proc.kill()
+    proc.wait(30)
+    serve.start()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounting a tmpfs needs root")
+def test_serve_crash_test_through_target_faults(serve: Serve, s3_client: Any, tmp_path: Path) -> None:
+    """Under a steady workload, with a `file://` target on a tmpfs: SIGKILL and restart; the
+    target read-only for FAULT_FOR seconds; writable; full (ENOSPC) for FAULT_FOR seconds;
+    space freed; SIGKILL and restart; drain. Every acknowledged mutation is in the committed
+    logs exactly once."""
+    s3 = s3_client
+    # serve is killed before the tmpfs goes (ExitStack exits first), whatever happens
+    with tmpfs(tmp_path / "mnt", "64m") as mnt, contextlib.ExitStack() as stack:
+        stack.callback(serve.kill)
+        root = serve.target_root = mnt / "logs"
+        root.mkdir()  # serve would make it, but the test reads the watermark there first
+        serve.max_backlog_age = MAX_BACKLOG_AGE
+        plain, versioned = start_on_two_buckets(serve, s3, "f")
+        work = Workload(s3, plain, versioned, threads=3, per_thread=1_000_000, seed=13)
+        threads = work.start()
+        try:
+            time.sleep(4)
+            kill_and_restart(serve)
+            restarted = wait_health(serve, 200, 60)
+
+            remount_ro(mnt)
+            t_ro = time.monotonic()
+            ro_500 = wait_health(serve, 500, MAX_BACKLOG_AGE + 10)
+            ro_checks = hold_unhealthy(serve, t_ro)
+            remount(mnt, "rw")
+            ro_200 = wait_health(serve, 200, 60)
+
+            filler = fill(mnt)
+            t_full = time.monotonic()
+            full_500 = wait_health(serve, 500, MAX_BACKLOG_AGE + 10)
+            full_checks = hold_unhealthy(serve, t_full)
+            filler.unlink()
+            full_200 = wait_health(serve, 200, 60)
+
+            time.sleep(2)
+            kill_and_restart(serve)
+            time.sleep(3)
+        finally:
+            work.stop.set()
+            for t in threads:
+                t.join(60)
+        assert not work.errors, work.errors[:3]
+        done = time.time()
+        wait_for_watermark(s3, serve, done, timeout=120)
+        proc = serve.procs[-1]
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(60) == 0, serve.log_tail()
+
+        records = committed_in(root)
+        print(
+            f"\ncrash test through target faults: {work.mutations} mutations, {len(records)} records; "
+            f"200 {restarted:.1f}s after the 1st SIGKILL; read-only: 500 after {ro_500:.1f}s, "
+            f"{ro_checks} checks, 200 {ro_200:.1f}s after rw; full: 500 after {full_500:.1f}s, "
+            f"{full_checks} checks, 200 {full_200:.1f}s after freeing"
+        )
+        assert work.mutations >= 500, work.mutations
+        assert_each_once(records, work, s3)
+        assert list((root / ".tmp").iterdir()) == [], "temporary files left behind"
 
 
 # --------------------------------------------------------------------------- reshards under load
