@@ -100,7 +100,7 @@ def test_restart_after_sigkill_breaks_the_dead_holders_leases(serve: Serve, s3_c
     last_at = load.last_at
 
     deadline = time.monotonic() + 120
-    while watermark_us(s3, serve.log_bucket) < int(last_at * 1_000_000):
+    while watermark_us(s3, serve) < int(last_at * 1_000_000):
         assert time.monotonic() < deadline, serve.log_tail()
         assert serve.procs[-1].poll() is None, serve.log_tail()
         time.sleep(0.1)
