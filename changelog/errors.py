@@ -38,3 +38,8 @@ class CompareFailed(ChangelogError):
 
 class ObjectMissing(ChangelogError):
     """The object addressed does not exist."""
+
+
+def one_line(text: str) -> str:
+    """An error message as the CLI and the status document print it: one line, never empty."""
+    return " ".join(str(text).split()) or "(no message)"

@@ -54,6 +54,8 @@ class Reason:
 
 
 class StatsProvider(Protocol):
+    """A component that reports its counters as a dict (keys in ``changelog.metrics``)."""
+
     def stats(self) -> Mapping[str, object]: ...
 
 
@@ -75,7 +77,8 @@ class RenewedLease(Protocol):
     def remaining(self) -> float: ...
 
 
-def _number(stats: Mapping[str, object], key: str) -> float | None:
+def stat_number(stats: Mapping[str, object], key: str) -> float | None:
+    """A numeric stat (bools and non-numbers are absent), for health checks and metrics."""
     value = stats.get(key)
     if isinstance(value, bool) or not isinstance(value, int | float):
         return None
@@ -84,7 +87,7 @@ def _number(stats: Mapping[str, object], key: str) -> float | None:
 
 def collector_reasons(stats: Mapping[str, object], policy: HealthConfig) -> list[Reason]:
     """``failed_passes`` from the collector's ``stats()``."""
-    failed = int(_number(stats, "failed_passes") or 0)
+    failed = int(stat_number(stats, "failed_passes") or 0)
     if failed < policy.failed_passes:
         return []
     last = stats.get("last_error") or "unknown error"
@@ -119,7 +122,7 @@ def follower_reasons(stats: Mapping[str, object], now: float, policy: HealthConf
     standby's caught-up time is another process's)."""
     if stats.get("lease_held") is not True:
         return []
-    caught_up = _number(stats, "caught_up_until")
+    caught_up = stat_number(stats, "caught_up_until")
     if caught_up is None:
         return []  # never caught up yet: a first sweep is running, the backlog check stands
     lag = now - caught_up

@@ -49,7 +49,8 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.process_collector import ProcessCollector
 
 from changelog import __version__
-from changelog.health import CHECKS, Reason
+from changelog.health import CHECKS, Reason, StatsProvider
+from changelog.health import stat_number as _number
 from changelog.pipeline.index import ShardStats
 from changelog.pipeline.store import LockRef
 
@@ -61,12 +62,6 @@ PREFIX = "rgw_changelog_"
 SHARD_STATS_TTL_S = 5.0
 # Shard readings run concurrently, each one a short series of omap reads.
 SHARD_STATS_WORKERS = 4
-
-
-class StatsProvider(Protocol):
-    """A component that reports its counters as a dict (keys in the module docstring)."""
-
-    def stats(self) -> Mapping[str, object]: ...
 
 
 class ShardStatsSource(Protocol):
@@ -198,13 +193,6 @@ class _Reading:
     paused: dict[str, bool] | None = None
     consumers: dict[str, Mapping[str, object]] = field(default_factory=dict)
     health: list[Reason] | None = None
-
-
-def _number(stats: Mapping[str, object], key: str) -> float | None:
-    value = stats.get(key)
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return None
-    return float(value)
 
 
 def _by_kind(stats: Mapping[str, object], key: str) -> dict[str, float]:

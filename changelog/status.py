@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING, TypedDict
 
-from changelog.errors import ChangelogError, PermanentError
+from changelog.errors import ChangelogError, PermanentError, one_line
 from changelog.pipeline.control import COLLECTOR_LOCK, SHARD_LOCK
 from changelog.progress import Progress
 from changelog.times import fmt_time
@@ -35,10 +35,6 @@ class ShardDoc(TypedDict):
     oldest_age_s: float | None
     floor: str | None
     lease: Doc | None
-
-
-def one_line(text: str) -> str:
-    return " ".join(str(text).split()) or "(no message)"
 
 
 def lock_doc(info: LockInfo | None, now: float) -> Doc | None:

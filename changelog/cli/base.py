@@ -24,7 +24,7 @@ import orjson
 
 from changelog import __version__
 from changelog.config import Config, load_config
-from changelog.errors import ChangelogError, ConfigError
+from changelog.errors import ChangelogError, ConfigError, one_line
 from changelog.times import TIME_HELP, parse_time
 
 if TYPE_CHECKING:
@@ -194,10 +194,6 @@ def _log_failure(what: str, ex: BaseException) -> None:
     """The failure with its traceback, for the log file (and for stderr with --debug only:
     without it the console handler drops records marked ``boundary``)."""
     logger.error("%s: %s", what, one_line(str(ex)), exc_info=ex, extra={"boundary": True})
-
-
-def one_line(text: str) -> str:
-    return " ".join(str(text).split()) or "(no message)"
 
 
 def say_error(prefix: str, text: str) -> None:

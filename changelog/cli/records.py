@@ -12,8 +12,8 @@ from typing import TYPE_CHECKING
 
 import click
 
-from changelog.cli.base import cli, emit_json, json_option, one_line, state, stdin
-from changelog.errors import ChangelogError, InvalidMutation, PermanentError, TransientError
+from changelog.cli.base import cli, emit_json, json_option, state, stdin
+from changelog.errors import ChangelogError, InvalidMutation, PermanentError, TransientError, one_line
 from changelog.pipeline.index import RecordResult
 from changelog.progress import Progress
 
