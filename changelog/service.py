@@ -376,7 +376,6 @@ def status_doc(cfg: Config, pipeline: Pipeline, health: Health | None = None) ->
     """``GET /_/status``: the direct status document plus this process's live counters and its
     ``health`` (``{"ok": bool, "reasons": [{component, check, detail}]}``)."""
     from changelog.status import collect_status
-    from rgw_module.follower import follower_state
 
     doc = collect_status(cfg, pipeline.index, pipeline.target)
     doc["from"] = "serve"
@@ -384,8 +383,10 @@ def status_doc(cfg: Config, pipeline: Pipeline, health: Health | None = None) ->
     collector_doc = doc.get("collector")
     if isinstance(collector_doc, dict):
         collector_doc["live"] = pipeline.collector.stats()
-    if pipeline.follower is not None:
-        doc["follower"] = {**follower_state(pipeline.index), "live": pipeline.follower.stats()}
+    follower_doc = doc.get("follower")
+    if pipeline.follower is not None and isinstance(follower_doc, dict):
+        # The persisted state collect_status read just now, plus this process's counters.
+        follower_doc["live"] = pipeline.follower.stats()
     consumers = doc.get("consumers")
     if isinstance(consumers, dict):
         for runner in pipeline.consumers:
