@@ -23,7 +23,7 @@ from changelog.progress import Progress
 from changelog.times import fmt_age, fmt_time
 
 if TYPE_CHECKING:
-    from changelog.api import ApiClient
+    from changelog.api import ApiClient, ControlStates
     from changelog.config import Config
 
 logger = logging.getLogger("changelog.cli")
@@ -114,21 +114,22 @@ def _api_client(cfg: Config) -> ApiClient:
     )
 
 
-def _serve_api(cfg: Config) -> ApiClient | None:
-    """A client of the running ``serve`` on ``[api] listen``, if one answers. A serve that
-    refuses our token (401) is an error, not an absent serve: acting directly instead would
-    race the running one."""
+def _serve_api(cfg: Config) -> tuple[ApiClient, ControlStates] | None:
+    """A client of the running ``serve`` on ``[api] listen`` and its pause switches, if one
+    answers (``GET /_/controls``: cheap, unlike the health checks). A serve that refuses our
+    token (401) is an error, not an absent serve: acting directly instead would race the
+    running one."""
     from changelog.api import ApiUnauthorized
 
     client = _api_client(cfg)
     try:
-        client.health()
+        controls = client.controls()
     except ApiUnauthorized:
         raise
     except ChangelogError as ex:
         logger.debug("no serve API: %s", ex)
         return None
-    return client
+    return client, controls
 
 
 @cli.command("collect")
@@ -164,8 +165,9 @@ def flush_cmd(direct: bool, as_json: bool) -> None:
     timers say. With a running serve, asks it to run that pass (POST /_/flush) and prints its
     result; otherwise runs it here (and fails if another collector holds the control lease)."""
     st = state()
-    client = None if direct else _serve_api(st.config)
-    if client is not None:
+    found = None if direct else _serve_api(st.config)
+    if found is not None:
+        client = found[0]
         doc = client.flush()
         _print_pass(doc, as_json=as_json, label=f"flush (by serve at {client.base})")
         return
@@ -182,11 +184,12 @@ def _controls_text(controls: object) -> str:
 
 
 def _control(action: str, component: str | None, as_json: bool) -> None:
-    client = _serve_api(state().config)
-    if client is None:
+    found = _serve_api(state().config)
+    if found is None:
         raise PermanentError(f"no serve answers on [api] listen: nothing to {action} (pause and resume act on a running serve)")
+    client, current = found
     if component is not None:
-        known = sorted(client.controls())
+        known = sorted(current)
         if component not in known:
             raise PermanentError(f"serve at {client.base} has no component {component!r}; it runs: {', '.join(known)}")
     controls = client.pause(component) if action == "pause" else client.resume(component)
