@@ -18,9 +18,8 @@ import hashlib
 import io
 import logging
 import os
-import re
 import shutil
-import socket
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -41,6 +40,7 @@ from changelog.pipeline.s3client import (
     s3_call,
     translate_error,
 )
+from changelog.pipeline.tmpfiles import pid_gone, tmp_owner, tmp_writer
 
 if TYPE_CHECKING:
     from mypy_boto3_s3.client import S3Client
@@ -358,37 +358,6 @@ def _os_error(ex: OSError, what: str) -> ChangelogError:
     return TransientError(f"{what}: {ex}")
 
 
-def _tmp_owner() -> str:
-    """Who writes a temporary file, as its name records it: ``<pid>.<pid namespace>`` and the
-    host (last, it may hold dots), so that a cleaner on the same host can tell a dead writer's
-    files from a live one's. The pid namespace tells apart containers that share a hostname."""
-    try:
-        ns = os.readlink("/proc/self/ns/pid").strip("pid:[]")
-    except OSError:
-        ns = "0"
-    host = re.sub(r"[^A-Za-z0-9.-]", "_", socket.gethostname()) or "_"
-    return f"{os.getpid()}.{ns}.{host}"
-
-
-def _tmp_writer(name: str) -> tuple[int, str] | None:
-    """The (pid, ``<pid namespace>.<host>``) a temporary file's name records; None for a name
-    of another form (an older version's: only its age tells it is stale)."""
-    parts = name.split(".", 3)  # <uuid>.<pid>.<ns>.<host>
-    if len(parts) != 4 or not parts[1].isdigit():
-        return None
-    return int(parts[1]), f"{parts[2]}.{parts[3]}"
-
-
-def _pid_gone(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    except OSError:  # EPERM: it exists, owned by someone else
-        return False
-    return False
-
-
 class DirectoryTarget:
     """Objects as files under a root directory. A file appears whole or not at all: written to
     a temporary file, fsynced, renamed into place, and the directory fsynced. Metadata lives in
@@ -403,7 +372,10 @@ class DirectoryTarget:
         self.bucket: str | None = None
         self.endpoint: str | None = None
         self._fsync = fsync
-        self._owner = _tmp_owner()
+        self._owner = tmp_owner()
+        # Our own temporary files a failed write could not remove (the filesystem was read-only).
+        self._leftovers: set[Path] = set()
+        self._leftovers_lock = threading.Lock()
         # Found at start-up, this is a configuration error: the process stops and says why. An
         # existing tree on a filesystem turned read-only passes (mkdir of an existing directory
         # is fine): writes then fail transiently until it is writable again.
@@ -432,13 +404,29 @@ class DirectoryTarget:
         return self.root / _META_DIR / (name + ".json")
 
     def _tmp(self) -> Path:
+        if self._leftovers:
+            self._retry_leftovers()
         return self.root / _TMP_DIR / f"{uuid.uuid4().hex}.{self._owner}"
 
-    @staticmethod
-    def _discard(tmp: Path) -> None:
-        """Remove a temporary file a failed write leaves (a full disk leaves an empty one)."""
-        with contextlib.suppress(OSError):
+    def _discard(self, tmp: Path) -> None:
+        """Remove a temporary file a failed write leaves (a full disk leaves an empty one). On a
+        read-only filesystem that fails too: the next write, once one can start, removes it."""
+        try:
             tmp.unlink()
+        except FileNotFoundError:
+            pass
+        except OSError:
+            with self._leftovers_lock:
+                self._leftovers.add(tmp)
+
+    def _retry_leftovers(self) -> None:
+        with self._leftovers_lock:
+            for tmp in list(self._leftovers):
+                try:
+                    tmp.unlink(missing_ok=True)
+                except OSError:
+                    continue
+                self._leftovers.discard(tmp)
 
     def _sync_dir(self, d: Path) -> None:
         if not self._fsync:
@@ -663,8 +651,8 @@ class DirectoryTarget:
         def run() -> None:
             nonlocal removed
             for e in os.scandir(self.root / _TMP_DIR):
-                writer = _tmp_writer(e.name)
-                dead = writer is not None and writer[1] == here and writer[0] != os.getpid() and _pid_gone(writer[0])
+                writer = tmp_writer(e.name)
+                dead = writer is not None and writer[1] == here and writer[0] != os.getpid() and pid_gone(writer[0])
                 try:
                     if dead or e.stat(follow_symlinks=False).st_mtime < limit:
                         os.unlink(e.path)
