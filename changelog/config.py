@@ -58,6 +58,7 @@ from changelog.config_types import (
     Level,
     Listen,
     Names,
+    ObjectInfo,
     Networks,
     NonEmpty,
     Number,
@@ -256,9 +257,14 @@ class SourceConfig(_S3Section):
     prefixes: Prefixes = Field(default_factory=lambda: MappingProxyType({}))
     exclude_buckets: Names = ()
     poll_interval: Number = Field(default=1.0, ge=0.05)
-    # HEAD each written object for its size and etag when the bucket index log lacks them: one
-    # more radosgw request per write, so off unless asked for.
-    object_info: Flag = False
+    # Where a write record's size, etag, mtime and storage class come from (the bucket index
+    # log does not carry them): "index" reads the changed keys' bucket index entries (one omap
+    # read per index shard object and round, nothing on the S3 write path); "head" asks
+    # radosgw (a HEAD or listing per write: about doubles radosgw's CPU per PUT); "none" leaves
+    # them null. ``true``/``false`` (the former flag) mean "head"/"none".
+    object_info: ObjectInfo = "index"
+    # The zone's bucket index pool ("index" method): its placement's index_pool.
+    index_pool: NonEmpty = "default.rgw.buckets.index"
     # The follower's lease on the index (the collector has its own, collector.lease_ttl).
     lease_ttl: Number = Field(default=30.0, ge=1.0)
     # Trim the bucket index logs and the data log up to what is recorded (a single zone never
@@ -301,8 +307,12 @@ class SourceConfig(_S3Section):
     def all_buckets(self) -> bool:
         return self.buckets == ("*",)
 
-    def includes(self, bucket: str, key: str | None = None) -> bool:
-        """Whether a mutation of ``bucket``/``key`` is followed under these filters."""
+    def includes(self, bucket: str, key: str | None = None, *, tenant: str = "") -> bool:
+        """Whether a mutation of ``bucket``/``key`` is followed under these filters. A tenant's
+        bucket is named ``tenant/bucket`` in the filters: pass ``tenant``, or the qualified name
+        as ``bucket``; a bare name is the bucket of no tenant."""
+        if tenant:
+            bucket = f"{tenant}/{bucket}"
         if bucket in self.exclude_buckets:
             return False
         if not self.all_buckets and bucket not in self.buckets:

@@ -314,9 +314,20 @@ def _string_list(v: object) -> object:
 
 
 def _name_item(v: object) -> object:
+    # A bucket name: a tenant's bucket is "tenant/bucket" (radosgw's admin spelling; a bare name
+    # is the bucket of no tenant). The S3 spelling "tenant:bucket" would match nothing.
     if not isinstance(v, str) or not v:
         raise invalid(f"must be a non-empty string (got {shown(v)})")
+    if ":" in v:
+        raise invalid(f"names a tenant's bucket as tenant/bucket, not tenant:bucket (got {shown(v)})")
+    tenant, slash, bucket = v.partition("/")
+    if slash and (not bucket or "/" in bucket or not _TENANT.fullmatch(tenant)):
+        raise invalid(f"must be a bucket name or tenant/bucket (got {shown(v)})")
     return v
+
+
+# radosgw's tenant names: letters, digits and underscore.
+_TENANT = re.compile(r"[A-Za-z0-9_]+")
 
 
 def _string_item(v: object) -> object:
@@ -356,6 +367,15 @@ def _frozen_table(v: Mapping[str, tuple[str, ...]]) -> Mapping[str, tuple[str, .
 # Strict: TOML has real booleans, integers and floats, so ``"16"``, ``16.0`` for an integer and
 # ``1`` for a boolean are mistakes to report, not values to coerce. An integer is a number.
 
+def _object_info(v: object) -> object:
+    # The former boolean flag: true asked for HEADs, false for nothing.
+    if v is True:
+        return "head"
+    if v is False:
+        return "none"
+    return v
+
+
 Number = Annotated[float, Field(strict=True, allow_inf_nan=False)]
 Integer = Annotated[int, Field(strict=True)]
 Flag = Annotated[bool, Field(strict=True)]
@@ -382,3 +402,5 @@ Prefixes = Annotated[Mapping[str, _Prefixes], BeforeValidator(_prefix_table), Af
 def pattern(regex: str, text: str) -> AfterValidator:
     """A validator for a ``Text`` key that may hold only ``text`` (``regex``)."""
     return AfterValidator(_pattern(regex, text))
+# How a write record gets its size and etag (``SourceConfig.object_info``).
+ObjectInfo = Annotated[Literal["index", "head", "none"], BeforeValidator(_object_info)]

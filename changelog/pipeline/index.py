@@ -161,9 +161,10 @@ class ChangeIndex:
         for m in ms:
             if m.__class__ is not Mutation and not isinstance(m, Mutation):
                 raise InvalidMutation(f"not a Mutation: {type(m).__name__}")
-            # keys.locate, inlined: blake2b-64 of bucket NUL key.
+            # keys.locate, inlined: blake2b-64 of bucket NUL key (a tenant's bucket as
+            # "tenant/bucket", a name no other bucket can have).
             h = new_hash()
-            h.update(f"{m.bucket}\x00{m.key}".encode())
+            h.update(f"{m.tenant}/{m.bucket}\x00{m.key}".encode() if m.tenant else f"{m.bucket}\x00{m.key}".encode())
             digest = h.digest()
             shard = digest[7] & mask if mask >= 0 else from_bytes(digest, "big") % shards
             vid = m.version_id

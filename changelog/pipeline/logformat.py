@@ -115,14 +115,36 @@ class IndexEntry(Protocol):
     def mutation(self) -> Mutation: ...
 
 
+# The record schema version every line carries as ``"v"`` (docs/record.schema.json). A reader
+# meeting a larger one refuses it (``NewerSchema``) instead of misreading fields it does not know.
+SCHEMA_VERSION = 1
+
+
+class NewerSchema(PermanentError):
+    """A change-log line of a schema version this code does not know."""
+
+
+def _schema_version(doc: dict[str, object]) -> None:
+    v = doc.get("v", 0)  # lines written before the schema had a version: 0
+    if type(v) is not int or v < 0:
+        raise PermanentError(f"malformed change-log line: v must be a schema version number, not {v!r}")
+    if v > SCHEMA_VERSION:
+        raise NewerSchema(
+            f"change-log record of schema version {v}: this rgw-changelog reads versions up to "
+            f"{SCHEMA_VERSION}; upgrade it to read these logs"
+        )
+
+
 @dataclass(frozen=True, slots=True)
 class LogRecord:
-    """One line of a change-log object, as consumers read it (docs/design.md §7)."""
+    """One line of a change-log object, as consumers read it (docs/design.md §7, the schema in
+    docs/record.schema.json). ``key`` is None for a bucket op; ``version_id`` None is the null
+    version; ``mtime`` is the written object's mtime (``time`` is the mutation's)."""
 
     id: str
     time: str
     bucket: str
-    key: str
+    key: str | None
     version_id: str | None
     op: str
     size: int | None
@@ -131,6 +153,10 @@ class LogRecord:
     baseline: bool
     recorded: str
     metadata: Mapping[str, str] = field(default_factory=dict)
+    tenant: str | None = None
+    mtime: str | None = None
+    storage_class: str | None = None
+    v: int = SCHEMA_VERSION
 
     @property
     def time_us(self) -> int:
@@ -140,16 +166,33 @@ class LogRecord:
     def recorded_us(self) -> int:
         return parse_rfc3339(self.recorded)
 
+    @property
+    def is_bucket_op(self) -> bool:
+        return self.op in BUCKET_OPS
+
+    @property
+    def s3_bucket(self) -> str:
+        """The bucket's name in an S3 request: ``tenant:bucket`` for a tenant's bucket."""
+        return f"{self.tenant}:{self.bucket}" if self.tenant else self.bucket
+
+    @property
+    def qualified_bucket(self) -> str:
+        """``tenant/bucket`` (radosgw's spelling, as in ``[source]`` filters), or the bucket."""
+        return f"{self.tenant}/{self.bucket}" if self.tenant else self.bucket
+
     @classmethod
     def from_json(cls, line: bytes | str) -> LogRecord:
         try:
             doc = orjson.loads(line)
+            if not isinstance(doc, dict):
+                raise TypeError(f"a line must be a JSON object, not {type(doc).__name__}")
+            _schema_version(doc)
             return cls(
                 id=doc["id"],
                 time=doc["time"],
                 bucket=doc["bucket"],
                 key=doc["key"],
-                version_id=doc.get("version_id"),
+                version_id=None if doc.get("version_id") == "null" else doc.get("version_id"),
                 op=doc["op"],
                 size=doc.get("size"),
                 etag=doc.get("etag"),
@@ -157,6 +200,10 @@ class LogRecord:
                 baseline=bool(doc.get("baseline", False)),
                 recorded=doc["recorded"],
                 metadata=doc.get("metadata") or {},
+                tenant=doc.get("tenant") or None,
+                mtime=doc.get("mtime"),
+                storage_class=doc.get("storage_class"),
+                v=doc.get("v", 0),
             )
         except (orjson.JSONDecodeError, KeyError, TypeError) as ex:
             raise PermanentError(f"malformed change-log line ({len(line)} bytes): {ex}") from ex
@@ -164,14 +211,18 @@ class LogRecord:
     def to_dict(self) -> dict[str, object]:
         """Its JSON form (docs/design.md §7), in field order."""
         doc: dict[str, object] = {
+            "v": SCHEMA_VERSION,
             "id": self.id,
             "time": self.time,
+            "op": self.op,
+            "tenant": self.tenant,
             "bucket": self.bucket,
             "key": self.key,
             "version_id": self.version_id,
-            "op": self.op,
             "size": self.size,
             "etag": self.etag,
+            "mtime": self.mtime,
+            "storage_class": self.storage_class,
             "seq": self.seq,
             "baseline": self.baseline,
             "recorded": self.recorded,
@@ -184,13 +235,16 @@ class LogRecord:
         return orjson.dumps(self.to_dict(), option=orjson.OPT_APPEND_NEWLINE)
 
 
+BUCKET_OPS = frozenset(("bucket_create", "bucket_delete"))
+
+
 def record_of(entry: IndexEntry) -> LogRecord:
     m = entry.mutation
     return LogRecord(
         id=m.event_id,
         time=rfc3339_us(m.mtime_ns // 1000),
         bucket=m.bucket,
-        key=m.key,
+        key=m.key or None,
         version_id=m.version_id,
         op=m.op.value,
         size=m.size,
@@ -199,6 +253,9 @@ def record_of(entry: IndexEntry) -> LogRecord:
         baseline=m.baseline,
         recorded=rfc3339_us(entry.time_us),
         metadata=m.metadata,
+        tenant=m.tenant or None,
+        mtime=None if m.obj_mtime_ns is None else rfc3339_us(m.obj_mtime_ns // 1000),
+        storage_class=m.storage_class,
     )
 
 
@@ -252,6 +309,7 @@ def encode_raw_many(items: Iterable[tuple[int, bytes]]) -> list[bytes]:
     docs: list[dict[str, object] | orjson.Fragment] = []
     append = docs.append
     line_break = _LINE_BREAK
+    version = SCHEMA_VERSION
     raw = b""
     try:
         for time_us, raw in items:
@@ -269,15 +327,20 @@ def encode_raw_many(items: Iterable[tuple[int, bytes]]) -> list[bytes]:
                 rfmt = second_format(rsec)
                 rlo = rsec * 1_000_000
                 rhi = rlo + 1_000_000
+            mt = d.get("mt")
             doc: dict[str, object] = {
+                "v": version,
                 "id": event_id(d["src"], d["p"]),
                 "time": fmt % (t - lo),
-                "bucket": d["b"],
-                "key": d["k"],
-                "version_id": d.get("v"),
                 "op": d["o"],
+                "tenant": d.get("tn"),
+                "bucket": d["b"],
+                "key": d["k"] or None,
+                "version_id": d.get("v"),
                 "size": d.get("s"),
                 "etag": d.get("e"),
+                "mtime": None if mt is None else rfc3339_us(mt // 1000),
+                "storage_class": d.get("sc"),
                 "seq": d["q"],
                 "baseline": bool(d.get("bl", False)),
                 "recorded": rfmt % (time_us - rlo),

@@ -31,6 +31,17 @@ class Op(enum.StrEnum):
     WRITE = "write"
     DELETE = "delete"
     DELETE_MARKER = "delete_marker"
+    # A bucket (instance) appeared or went away: ``key`` is empty (null in the log).
+    BUCKET_CREATE = "bucket_create"
+    BUCKET_DELETE = "bucket_delete"
+
+    @property
+    def of_bucket(self) -> bool:
+        return self in (Op.BUCKET_CREATE, Op.BUCKET_DELETE)
+
+
+# radosgw's tenant names: letters, digits and underscore (``rgw_user`` tenant rules).
+MAX_TENANT_BYTES = 64
 
 
 # msgpack stores integers in at most 64 bits: larger ones cannot be encoded.
@@ -71,6 +82,12 @@ def _kind(value: object) -> str:
 class Mutation:
     """One object mutation.
 
+    ``tenant`` is the bucket's tenant ("" for none) and ``bucket`` its name within the tenant.
+    ``key`` is "" for a bucket op (``Op.of_bucket``) and only then. The null version of an
+    object is ``version_id`` None, in every op (never the string "null").
+    ``size``, ``etag``, ``obj_mtime_ns`` (the object's mtime) and ``storage_class`` describe
+    what a write wrote; null when not known (a write superseded before it could be read).
+
     ``source`` names the stream the event came from (e.g. one bucket-index-log shard) and
     ``position`` its place in that stream; string order of positions is stream order. Together
     they are the event's stable identity: recording the same (source, position) twice yields
@@ -90,6 +107,9 @@ class Mutation:
     etag: str | None = None
     baseline: bool = False
     metadata: Mapping[str, str] = field(default_factory=dict)
+    tenant: str = ""
+    obj_mtime_ns: int | None = None
+    storage_class: str | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.op, Op):
@@ -117,7 +137,18 @@ class Mutation:
             raise InvalidField("size", f"must be a non-negative int below 2**64, not {self.size!r}")
         if self.etag is not None and not isinstance(self.etag, str):
             raise InvalidField("etag", f"must be a string, not {_kind(self.etag)}")
+        if self.obj_mtime_ns is not None and (
+            type(self.obj_mtime_ns) is not int or not 0 <= self.obj_mtime_ns <= MAX_MTIME_NS
+        ):
+            raise InvalidField("mtime", f"must be a non-negative int below 2**64, not {self.obj_mtime_ns!r}")
+        if self.storage_class is not None and (not isinstance(self.storage_class, str) or not self.storage_class):
+            raise InvalidField("storage_class", f"must be a non-empty string or null, not {_kind(self.storage_class)}")
         self._check_metadata()
+        if self.op.of_bucket and (
+            self.size is not None or self.etag is not None or self.obj_mtime_ns is not None
+            or self.storage_class is not None or self.metadata
+        ):
+            raise InvalidField("op", f"{self.op.value} describes a bucket: no size, etag, mtime, storage class or metadata")
 
     def _check_names(self) -> None:
         """bucket, key and version_id: strings that the S3 and radosgw naming rules allow."""
@@ -129,8 +160,20 @@ class Mutation:
             raise InvalidField("bucket", f"longer than {MAX_BUCKET_BYTES} bytes", label="bucket name")
         if "\x00" in self.bucket or "/" in self.bucket:
             raise InvalidField("bucket", f"{self.bucket!r} contains NUL or '/'", label="bucket name")
+        if not isinstance(self.tenant, str):
+            raise InvalidField("tenant", f"must be a string, not {_kind(self.tenant)}")
+        if self.tenant and (
+            len(self.tenant) > MAX_TENANT_BYTES or not all(c.isascii() and (c.isalnum() or c == "_") for c in self.tenant)
+        ):
+            raise InvalidField("tenant", f"{self.tenant!r} is not a tenant name (letters, digits and _)")
         if not isinstance(self.key, str):
             raise InvalidField("key", f"must be a string, not {_kind(self.key)}", label="object key")
+        if self.op.of_bucket:
+            if self.key:
+                raise InvalidField("key", f"must be empty for {self.op.value} (got {self.key[:80]!r})", label="object key")
+            if self.version_id is not None:
+                raise InvalidField("version_id", f"must be null for {self.op.value}")
+            return
         if not self.key:
             raise InvalidField("key", "is empty", label="object key")
         if len(_utf8("key", self.key)) > MAX_KEY_BYTES:
@@ -138,6 +181,11 @@ class Mutation:
         if self.version_id is not None:
             if not isinstance(self.version_id, str):
                 raise InvalidField("version_id", f"must be a string or null, not {_kind(self.version_id)}")
+            if self.version_id == "null":
+                # One spelling of the null version: radosgw and S3 say "null" in some places
+                # and nothing in others; a record always says null (None).
+                object.__setattr__(self, "version_id", None)
+                return
             _utf8("version_id", self.version_id)
 
     def _check_metadata(self) -> None:
@@ -179,6 +227,12 @@ class Mutation:
             doc["bl"] = True
         if self.metadata:
             doc["m"] = dict(self.metadata)
+        if self.tenant:
+            doc["tn"] = self.tenant
+        if self.obj_mtime_ns is not None:
+            doc["mt"] = self.obj_mtime_ns
+        if self.storage_class is not None:
+            doc["sc"] = self.storage_class
         data: bytes = pack(doc)
         if len(data) > MAX_ENCODED_BYTES:
             raise InvalidField(
@@ -205,6 +259,9 @@ class Mutation:
                 etag=doc.get("e"),
                 baseline=bool(doc.get("bl", False)),
                 metadata=doc.get("m") or {},
+                tenant=doc.get("tn", ""),
+                obj_mtime_ns=doc.get("mt"),
+                storage_class=doc.get("sc"),
             )
         except (ValueError, KeyError, TypeError, msgpack.UnpackException) as ex:
             raise InvalidMutation(f"undecodable index entry ({len(data)} bytes): {ex}") from ex

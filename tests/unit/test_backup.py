@@ -512,6 +512,49 @@ def test_model_rules() -> None:
     assert s.get("b", "u") == ()
 
 
+def _rec(op: str, key: str | None = "k", vid: str | None = None, bucket: str = "b", tenant: str | None = None) -> LogRecord:
+    return LogRecord(
+        id=os.urandom(16).hex(), time=rfc3339(int(time.time() * 1e6)), bucket=bucket, key=key, version_id=vid,
+        op=op, size=None if key is None else 1, etag=None if key is None else "e", seq="0", baseline=False,
+        recorded=rfc3339(0), tenant=tenant,
+    )
+
+
+def test_model_null_version_sequence_of_the_issue() -> None:
+    # write a (null), versioning Enabled, delete a ?versionId=null; Suspended, write b, delete b
+    # (a null delete marker): every null version is one version, whatever the op.
+    s = State()
+    s.apply(_rec("write", "a"))
+    s.apply(_rec("delete", "a"))
+    assert s.get("b", "a") == ()
+    s.apply(_rec("write", "b"))
+    s.apply(_rec("delete_marker", "b"))
+    (marker,) = s.get("b", "b")  # the null marker replaced the null object version
+    assert marker.delete_marker and marker.version_id is None
+    s.apply(_rec("write", "b", vid="v1"))
+    s.apply(_rec("delete_marker", "b"))
+    assert [(v.version_id, v.delete_marker) for v in s.get("b", "b")] == [(None, True), ("v1", False)]
+    # "null" in an older log line is the same null version
+    old = LogRecord.from_json(_rec("delete", "b").encode().replace(b'"version_id":null', b'"version_id":"null"'))
+    assert old.version_id is None
+    s.apply(old)
+    assert [v.version_id for v in s.get("b", "b")] == ["v1"]
+
+
+def test_model_bucket_records_and_tenants() -> None:
+    s = State()
+    s.apply(_rec("bucket_create", None))
+    s.apply(_rec("write", "k", vid="v1"))
+    s.apply(_rec("write", "k", tenant="t1"))  # another tenant's bucket of the same name
+    s.apply(_rec("bucket_delete", None))  # its last object deletes died with the bucket
+    snap = s.snapshot()
+    assert "b" not in snap and [v.version_id for v in snap["t1/b"]["k"]] == [None]
+    s.apply(_rec("bucket_create", None))
+    assert s.snapshot()["b"] == {}
+    with pytest.raises(ValueError, match="without a key"):
+        s.apply(_rec("delete", None))
+
+
 # ------------------------------------------------------------------------------- retention and cleanup
 
 

@@ -44,8 +44,8 @@ def test_defaults_are_the_embedded_setup(tmp_path: Path, monkeypatch: pytest.Mon
     assert cfg.source.buckets == ("*",) and cfg.source.all_buckets
     assert cfg.api.listen == "127.0.0.1:9480" and cfg.api.port == 9480 and cfg.api.host == "127.0.0.1"
     assert cfg.collector.part_bytes == 8 * 1024 * 1024
-    # HEADs per write are opt-in; the follower's lease has its own TTL.
-    assert cfg.source.object_info is False and cfg.source.lease_ttl == 30.0
+    # Sizes come from the bucket index by default (no HEAD); the follower's lease has its own TTL.
+    assert cfg.source.object_info == "index" and cfg.source.index_pool == "default.rgw.buckets.index" and cfg.source.lease_ttl == 30.0
     assert cfg.source.trim_logs is True
     assert cfg.logging.level == "INFO" and cfg.logging.file is None
 
@@ -110,7 +110,7 @@ file = "/var/log/rgw-changelog.log"
     assert cfg.source.includes("photos", "raw/x.jpg")
     assert not cfg.source.includes("photos", "other/x.jpg")
     assert cfg.source.includes("docs")
-    assert cfg.source.object_info is True
+    assert cfg.source.object_info == "head"  # the former flag: true asked for HEADs
     assert cfg.source.lease_ttl == 12.0 and isinstance(cfg.source.lease_ttl, float)
     assert not cfg.source.includes("tmp") and not cfg.source.includes("elsewhere")
     assert cfg.collector.interval == 10.0 and isinstance(cfg.collector.interval, float)
@@ -166,8 +166,9 @@ def test_exclude_wins_over_all_buckets(tmp_path: Path) -> None:
         ('[source]\naccess_key = "AK"\n', "source.access_key is set but source.secret_key is not"),
         ('[source]\nsecret_key = "SK"\n', "source.secret_key is set but source.access_key is not"),
         ("[source]\npoll_interval = 0\n", "source.poll_interval must be at least 0.05"),
-        ('[source]\nobject_info = "yes"\n', 'source.object_info must be true or false (got "yes")'),
-        ("[source]\nobject_info = 1\n", "source.object_info must be true or false (got 1)"),
+        ('[source]\nobject_info = "yes"\n', 'source.object_info must be one of index, head, none (got "yes")'),
+        ("[source]\nobject_info = 1\n", "source.object_info must be a string (got 1)"),
+        ('[source]\nobject_info = "HEAD"\n', 'source.object_info must be one of index, head, none (got "HEAD")'),
         ('[source]\ntrim_logs = "no"\n', 'source.trim_logs must be true or false (got "no")'),
         ("[source]\nlease_ttl = 0.5\n", "source.lease_ttl must be at least 1 (got 0.5)"),
         ('[source]\nlease_ttl = "30s"\n', 'source.lease_ttl must be a number (got "30s")'),

@@ -64,8 +64,9 @@ def test_record_fields_order_and_values():
     line = encode_entry(FakeEntry(T0, m))
     assert line.endswith(b"\n") and line.count(b"\n") == 1
     doc = orjson.loads(line)
-    assert list(doc) == ["id", "time", "bucket", "key", "version_id", "op", "size", "etag", "seq", "baseline",
-                         "recorded", "metadata"]
+    assert list(doc) == ["v", "id", "time", "op", "tenant", "bucket", "key", "version_id", "size", "etag", "mtime",
+                         "storage_class", "seq", "baseline", "recorded", "metadata"]
+    assert doc["v"] == 1 and doc["tenant"] is None and doc["mtime"] is None and doc["storage_class"] is None
     assert doc["id"] == m.event_id and len(doc["id"]) == 32
     assert doc["time"] == "2026-11-21T22:26:39.000000Z"  # ns truncated to µs
     assert doc["recorded"] == "2026-11-21T22:26:40.123456Z"
@@ -103,18 +104,22 @@ def test_encoding_is_deterministic():
 def test_encode_raw_equals_encode_entry():
     rng = random.Random(9)
     for i in range(500):
+        op = rng.choice(list(Op))
         m = mutation(
             i,
-            key=rng.choice(["k", "ключ\x00\n", "🙂/x", "a" * 1000]),
-            op=rng.choice(list(Op)),
-            version_id=rng.choice([None, "null", f"v{i}"]),
-            size=rng.choice([None, 0, i]),
-            etag=rng.choice([None, "e"]),
+            key="" if op.of_bucket else rng.choice(["k", "ключ\x00\n", "🙂/x", "a" * 1000]),
+            op=op,
+            tenant=rng.choice(["", "t_1"]),
+            obj_mtime_ns=None if op.of_bucket else rng.choice([None, rng.randrange(0, 2**62)]),
+            storage_class=None if op.of_bucket else rng.choice([None, "STANDARD", "COLD"]),
+            version_id=None if op.of_bucket else rng.choice([None, "null", f"v{i}"]),
+            size=None if op.of_bucket else rng.choice([None, 0, i]),
+            etag=None if op.of_bucket else rng.choice([None, "e"]),
             baseline=rng.random() < 0.3,
-            metadata=rng.choice([{}, {"z": "1", "a": "ü"}]),
+            metadata={} if op.of_bucket else rng.choice([{}, {"z": "1", "a": "ü"}]),
             mtime_ns=rng.randrange(0, 2**62),
         )
-        t = rng.randrange(0, 2**60)
+        t = rng.randrange(0, 2**55)  # up to year 3111: RFC 3339 has four-digit years
         assert encode_raw(t, m.encode()) == encode_entry(FakeEntry(t, m))
     with pytest.raises(InvalidMutation):
         encode_raw(T0, b"\xc1garbage")

@@ -17,7 +17,14 @@ Record semantics (per bucket/key, in record order):
   key is marked for a *resolve*: older versions may exist that the logs never showed us
   (a baseline taken from records of current versions only), so the source is asked.
 * ``delete`` without a version id: removes the null version (an unversioned delete).
-* ``delete_marker``: a delete marker becomes current (the key is absent from a restore).
+* ``delete_marker``: a delete marker becomes current (the key is absent from a restore). One
+  without a version id is the null version's marker (versioning suspended): it replaces the
+  null version, object or marker.
+* ``bucket_create``: the bucket exists (it may stay empty).
+* ``bucket_delete``: the bucket and every version in it are gone (S3 deletes only an empty
+  bucket; this record also stands for object deletes whose entries died with the bucket).
+
+A tenant's bucket is named ``tenant/bucket`` here (``LogRecord.qualified_bucket``).
 """
 
 from __future__ import annotations
@@ -144,6 +151,8 @@ class State:
         # Keys of versioned buckets whose last known version was deleted: ask the source.
         self.resolve: set[tuple[str, str]] = set()
         self.versioned: set[str] = set()
+        # Buckets whose last record was a bucket_delete: left out of the snapshot.
+        self.deleted: set[str] = set()
         self.buckets: set[str] = set(self._base)
         # (bucket, key, version) -> seq of its baseline record in this run: the tie-break of two
         # versions listed with the same time (listings in whole seconds: Tentacle, AWS).
@@ -184,7 +193,7 @@ class State:
         merged: dict[str, dict[str, Versions]] = {b: dict(self._base.get(b, {})) for b in self.buckets}
         for (bucket, key), versions in self.overlay.items():
             merged.setdefault(bucket, {})[key] = versions
-        return {b: {k: v for k, v in sorted(merged[b].items()) if v} for b in sorted(merged)}
+        return {b: {k: v for k, v in sorted(merged[b].items()) if v} for b in sorted(merged) if b not in self.deleted}
 
     def needing_content(self) -> Iterator[tuple[str, str, Version]]:
         """(bucket, key, version) of every changed key whose current version has no content yet."""
@@ -230,8 +239,12 @@ class State:
 
     def apply(self, rec: LogRecord) -> None:
         """Apply one change-log record (see the module docstring for the rules)."""
-        bucket, key, vid = rec.bucket, rec.key, rec.version_id or None
+        bucket, key, vid = rec.qualified_bucket, rec.key, rec.version_id or None
+        if key is None:
+            self._apply_bucket(bucket, rec)
+            return
         self.buckets.add(bucket)
+        self.deleted.discard(bucket)
         if vid is not None:
             self.versioned.add(bucket)
         versions = self.get(bucket, key)
@@ -240,7 +253,7 @@ class State:
                 version_id=vid,
                 size=rec.size,
                 etag=norm_etag(rec.etag),
-                last_modified=rec.time,
+                last_modified=rec.mtime or rec.time,
                 metadata=dict(rec.metadata),
             )
             same = next((v for v in versions if v.version_id == vid and not v.delete_marker), None)
@@ -268,10 +281,7 @@ class State:
             self.resolve.discard((bucket, key))
         elif rec.op == "delete_marker":
             marker = Version(version_id=vid, delete_marker=True, last_modified=rec.time)
-            rest = tuple(v for v in versions if vid is None or v.version_id != vid)
-            if vid is None:
-                # A marker without an id replaces an earlier id-less marker on top.
-                rest = rest[1:] if rest and rest[0].delete_marker and rest[0].version_id is None else rest
+            rest = tuple(v for v in versions if v.version_id != vid)
             if rec.baseline and vid is not None:
                 self._baseline_seq[(bucket, key, vid)] = rec.seq
                 self.set(bucket, key, self._by_time(bucket, key, (marker, *rest)))
@@ -287,3 +297,14 @@ class State:
                 self.resolve.discard((bucket, key))
         else:
             raise ValueError(f"unknown op {rec.op!r} in record {rec.id}")
+
+    def _apply_bucket(self, bucket: str, rec: LogRecord) -> None:
+        if rec.op == "bucket_create":
+            self.buckets.add(bucket)
+            self.deleted.discard(bucket)
+        elif rec.op == "bucket_delete":
+            self.clear_bucket(bucket)
+            self.versioned.discard(bucket)
+            self.deleted.add(bucket)
+        else:
+            raise ValueError(f"op {rec.op!r} without a key in record {rec.id}")

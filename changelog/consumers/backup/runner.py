@@ -329,12 +329,12 @@ class BackupRunner:
         baselined: set[str] = set()
         with Progress("backup: reading change logs", unit="records", enabled=self.progress) as bar:
             for _name, rec in self._records(doc.get("after"), doc.get("until"), result):
-                if not self.wanted(rec.bucket, rec.key):
+                if not self.wanted(rec.qualified_bucket, rec.key):
                     continue
                 state.apply(rec)
                 result.records += 1
-                if rec.baseline:
-                    baselined.add(rec.bucket)
+                if rec.baseline and not rec.is_bucket_op:
+                    baselined.add(rec.qualified_bucket)
                 bar.update(1)
         if base is None:
             for bucket in self._followed_buckets():

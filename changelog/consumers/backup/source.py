@@ -38,6 +38,12 @@ logger = logging.getLogger(__name__)
 LIST_PAGE = 1000
 T = TypeVar("T")
 
+
+def s3_name(bucket: str) -> str:
+    """A bucket as S3 requests spell it: a tenant's ``tenant/bucket`` (the backup's and
+    radosgw's name) is ``tenant:bucket`` in S3."""
+    return bucket.replace("/", ":", 1)
+
 # What a listing tells of one current object: (ETag, size, LastModified in microseconds).
 Probe = tuple[str | None, int, int]
 
@@ -156,7 +162,7 @@ class Source:
         return sorted(b["Name"] for b in resp.get("Buckets", []))
 
     def is_versioned(self, bucket: str) -> bool:
-        resp = self._call(f"versioning of {bucket}", lambda: self.s3.get_bucket_versioning(Bucket=bucket))
+        resp = self._call(f"versioning of {bucket}", lambda: self.s3.get_bucket_versioning(Bucket=s3_name(bucket)))
         return resp.get("Status") in ("Enabled", "Suspended")
 
     def list_page(
@@ -165,7 +171,7 @@ class Source:
         """One page of a bucket's versions (all versions and delete markers if ``versioned``,
         else its objects), in key order, each key's versions newest first."""
         if not versioned:
-            req: ListObjectsV2RequestTypeDef = {"Bucket": bucket, "MaxKeys": LIST_PAGE}
+            req: ListObjectsV2RequestTypeDef = {"Bucket": s3_name(bucket), "MaxKeys": LIST_PAGE}
             if key_marker:
                 req["StartAfter"] = key_marker
             resp = self._call(f"list {bucket}", partial(self.s3.list_objects_v2, **req))
@@ -183,7 +189,7 @@ class Source:
             ]
             more = bool(resp.get("IsTruncated")) and bool(entries)
             return ListPage(entries, entries[-1][0] if more else None, None)
-        vreq: ListObjectVersionsRequestTypeDef = {"Bucket": bucket, "MaxKeys": LIST_PAGE}
+        vreq: ListObjectVersionsRequestTypeDef = {"Bucket": s3_name(bucket), "MaxKeys": LIST_PAGE}
         if key_marker:
             vreq["KeyMarker"] = key_marker
             if version_marker:
@@ -200,7 +206,7 @@ class Source:
     def key_versions(self, bucket: str, key: str) -> list[Version]:
         """Every version of exactly ``key``, newest (the latest) first."""
         out: list[tuple[bool, datetime, Version]] = []
-        req: ListObjectVersionsRequestTypeDef = {"Bucket": bucket, "Prefix": key, "MaxKeys": LIST_PAGE}
+        req: ListObjectVersionsRequestTypeDef = {"Bucket": s3_name(bucket), "Prefix": key, "MaxKeys": LIST_PAGE}
         while True:
             resp = self._call(f"list versions of {bucket}/{key}", partial(self.s3.list_object_versions, **req))
             rows = _version_rows(resp)
@@ -218,7 +224,7 @@ class Source:
         """(ETag, size, LastModified in microseconds) of the current object ``key``, from a
         one-key listing (a listing gives LastModified to the millisecond, a GET to the second),
         or None if there is no such object."""
-        resp = self._call(f"list {bucket}/{key}", lambda: self.s3.list_objects_v2(Bucket=bucket, Prefix=key, MaxKeys=1))
+        resp = self._call(f"list {bucket}/{key}", lambda: self.s3.list_objects_v2(Bucket=s3_name(bucket), Prefix=key, MaxKeys=1))
         for o in resp.get("Contents", []):
             if o["Key"] == key:
                 return norm_etag(o.get("ETag")), int(o.get("Size", 0)), to_us(o["LastModified"])
@@ -231,7 +237,7 @@ class Source:
         in listing order (UTF-8 byte order), and the continuation token (None: the listing is
         complete). The first page starts after ``start_after``, the next ones at ``token``. What
         ``probe`` tells of one key, for a run of keys at once (see ``copier``: batched probes)."""
-        req: ListObjectsV2RequestTypeDef = {"Bucket": bucket, "Prefix": prefix, "MaxKeys": self.probe_page_keys}
+        req: ListObjectsV2RequestTypeDef = {"Bucket": s3_name(bucket), "Prefix": prefix, "MaxKeys": self.probe_page_keys}
         if token:
             req["ContinuationToken"] = token
         elif start_after:
@@ -247,7 +253,7 @@ class Source:
     def get(self, bucket: str, key: str, *, version_id: str | None = None, if_match: str | None = None) -> GetResult:
         """Open an object for reading. ``ObjectMissing`` if it (or that version) is gone,
         ``ContentChanged`` if ``if_match`` no longer matches."""
-        req: GetObjectRequestTypeDef = {"Bucket": bucket, "Key": key}
+        req: GetObjectRequestTypeDef = {"Bucket": s3_name(bucket), "Key": key}
         if version_id is not None:
             req["VersionId"] = version_id
         if if_match:
@@ -266,7 +272,7 @@ class Source:
 
     def iter_objects(self, bucket: str, prefix: str = "") -> Iterator[ObjectTypeDef]:
         """Raw ListObjectsV2 entries (Key, Size, ETag, LastModified) of a bucket."""
-        req: ListObjectsV2RequestTypeDef = {"Bucket": bucket, "Prefix": prefix, "MaxKeys": LIST_PAGE}
+        req: ListObjectsV2RequestTypeDef = {"Bucket": s3_name(bucket), "Prefix": prefix, "MaxKeys": LIST_PAGE}
         while True:
             resp = self._call(f"list {bucket}", partial(self.s3.list_objects_v2, **req))
             yield from resp.get("Contents", [])
@@ -279,17 +285,17 @@ class Source:
 
     def ensure_bucket(self, bucket: str) -> None:
         try:
-            self._call(f"HEAD bucket {bucket}", lambda: self.s3.head_bucket(Bucket=bucket))
+            self._call(f"HEAD bucket {bucket}", lambda: self.s3.head_bucket(Bucket=s3_name(bucket)))
             return
         except (ObjectMissing, PermanentError) as ex:
             if isinstance(ex, PermanentError) and "404" not in str(ex) and "NoSuchBucket" not in str(ex):
                 raise
-        self._call(f"create bucket {bucket}", lambda: self.s3.create_bucket(Bucket=bucket))
+        self._call(f"create bucket {bucket}", lambda: self.s3.create_bucket(Bucket=s3_name(bucket)))
 
     def put(
         self, bucket: str, key: str, data: bytes, *, metadata: Mapping[str, str], content_type: str | None
     ) -> None:
-        req: PutObjectRequestTypeDef = {"Bucket": bucket, "Key": key, "Body": data, "Metadata": dict(metadata)}
+        req: PutObjectRequestTypeDef = {"Bucket": s3_name(bucket), "Key": key, "Body": data, "Metadata": dict(metadata)}
         if content_type:
             req["ContentType"] = content_type
         self._call(f"PUT {bucket}/{key}", partial(self.s3.put_object, **req))
@@ -297,7 +303,7 @@ class Source:
     def create_multipart(
         self, bucket: str, key: str, *, metadata: Mapping[str, str], content_type: str | None
     ) -> str:
-        req: CreateMultipartUploadRequestTypeDef = {"Bucket": bucket, "Key": key, "Metadata": dict(metadata)}
+        req: CreateMultipartUploadRequestTypeDef = {"Bucket": s3_name(bucket), "Key": key, "Metadata": dict(metadata)}
         if content_type:
             req["ContentType"] = content_type
         resp = self._call(f"create upload {bucket}/{key}", partial(self.s3.create_multipart_upload, **req))
@@ -306,7 +312,7 @@ class Source:
     def upload_part(self, bucket: str, key: str, upload_id: str, number: int, data: bytes) -> str:
         resp = self._call(
             f"upload part {number} of {bucket}/{key}",
-            lambda: self.s3.upload_part(Bucket=bucket, Key=key, UploadId=upload_id, PartNumber=number, Body=data),
+            lambda: self.s3.upload_part(Bucket=s3_name(bucket), Key=key, UploadId=upload_id, PartNumber=number, Body=data),
         )
         return str(resp["ETag"])
 
@@ -314,14 +320,14 @@ class Source:
         done: CompletedMultipartUploadTypeDef = {"Parts": [{"PartNumber": i + 1, "ETag": e} for i, e in enumerate(etags)]}
         self._call(
             f"complete upload {bucket}/{key}",
-            lambda: self.s3.complete_multipart_upload(Bucket=bucket, Key=key, UploadId=upload_id, MultipartUpload=done),
+            lambda: self.s3.complete_multipart_upload(Bucket=s3_name(bucket), Key=key, UploadId=upload_id, MultipartUpload=done),
         )
 
     def abort_multipart(self, bucket: str, key: str, upload_id: str) -> None:
         with contextlib.suppress(ChangelogError):
             self._call(
                 f"abort upload {bucket}/{key}",
-                lambda: self.s3.abort_multipart_upload(Bucket=bucket, Key=key, UploadId=upload_id),
+                lambda: self.s3.abort_multipart_upload(Bucket=s3_name(bucket), Key=key, UploadId=upload_id),
             )
 
     def close(self) -> None:
