@@ -23,7 +23,10 @@ follower ``stats()``
     records dropped as already recorded), ``sweeps`` (int, finished sweeps over the data log),
     ``caught_up_until`` (float | None, unix time), ``lag_seconds`` ({bucket: {shard: float}}: per
     bucket-index shard, 0 when read to its end, else seconds since the oldest change not yet
-    recorded), ``source_errors`` ({kind: int}, errors talking to the source radosgw by kind).
+    recorded), ``source_errors`` ({kind: int}, errors talking to the source radosgw by kind),
+    ``skipped`` ({reason: int}, log entries skipped on purpose: ``filter``, ``internal``),
+    ``not_followed`` ({bucket: reason}, buckets seen and not followed: ``internal``),
+    ``bucket_ops`` ({op: int}, ``bucket_create`` / ``bucket_delete`` records made).
 leases
     any objects with ``ref.name``, ``held``, ``renewals`` and ``losses`` (``changelog.pipeline.lease.Lease``);
     they are summed per lease name, and the totals never go down when a lease object is dropped.
@@ -355,12 +358,19 @@ def _follower_families(fstats: Mapping[str, object]) -> Iterator[Metric]:
          "Estimated bucket-index-log entries lost with them (where an estimate was possible)"),
     ))  # fmt: skip
     skipped = CounterMetricFamily(
-        PREFIX + "follower_skipped", "Source log entries skipped on purpose, by reason (tenant, filter, internal)",
+        PREFIX + "follower_skipped", "Source log entries skipped on purpose, by reason (filter, internal)",
         labels=["reason"],
     )
     for reason, n in sorted(_by_kind(fstats, "skipped").items()):
         skipped.add_metric([reason], n)
     yield skipped
+    bucket_ops = CounterMetricFamily(
+        PREFIX + "follower_bucket_ops", "bucket_create and bucket_delete records made, by op", labels=["op"]
+    )
+    for op, n in sorted(_by_kind(fstats, "bucket_ops").items()):
+        bucket_ops.add_metric([op], n)
+    yield bucket_ops
+    yield _not_followed(fstats)
     yield from _scalars(GaugeMetricFamily, fstats, (
         ("caught_up_until", "follower_caught_up_timestamp_seconds",
          "Unix time the follower last read every pending source shard to its end"),
@@ -379,6 +389,23 @@ def _follower_families(fstats: Mapping[str, object]) -> Iterator[Metric]:
                         lag.add_metric([str(bucket), str(shard)], float(seconds))
     yield lag
     yield _kinds(fstats, "source_errors", "source_errors", "Errors talking to the source radosgw, by kind")
+
+
+def _not_followed(fstats: Mapping[str, object]) -> GaugeMetricFamily:
+    """Buckets the follower saw and does not follow, by reason (the filter's are not counted)."""
+    gauge = GaugeMetricFamily(
+        PREFIX + "follower_not_followed_buckets",
+        "Source buckets seen and not followed, by reason (internal: the change-log target's own; access_denied: the source user may not list it)",
+        labels=["reason"],
+    )
+    buckets = fstats.get("not_followed")
+    if isinstance(buckets, Mapping):
+        counts: dict[str, int] = defaultdict(int)
+        for reason in buckets.values():
+            counts[str(reason)] += 1
+        for reason, n in sorted(counts.items()):
+            gauge.add_metric([reason], n)
+    return gauge
 
 
 def _index_families(shards: list[ShardStats] | None, now: float) -> Iterator[Metric]:

@@ -233,6 +233,23 @@ def build_follower(cfg: Config, index: ChangeIndex, target: Target, controls: Co
         region=src.region,
         verify=src.tls_verify,
     )
+    bucket_index = None
+    if src.object_info == "index":
+        from rgw_module.bucket_index import BucketIndexReader, LazyOmap, OmapSource
+
+        idx = cfg.index
+
+        def open_omap() -> OmapSource:
+            # Opened on first use: an unreachable cluster or no rados binding turns into one
+            # warning and HEAD (rgw_module.bilog_reader), not a follower that cannot start.
+            from changelog.pipeline.backends.rados import OmapReader
+
+            return OmapReader(
+                conffile=idx.ceph_conf, keyring=idx.keyring, client_name=idx.client_name,
+                connect_timeout=idx.connect_timeout,
+            )  # fmt: skip
+
+        bucket_index = BucketIndexReader(LazyOmap(open_omap), src.index_pool)
     # Pausing parks the follower between sweeps; its lease and markers stay.
     return Follower(
         index,
@@ -240,6 +257,7 @@ def build_follower(cfg: Config, index: ChangeIndex, target: Target, controls: Co
         src.model_copy(update={"exclude_buckets": tuple(sorted(exclude))}),
         internal_buckets=internal,
         paused=lambda: controls.checkpoint("follower"),
+        bucket_index=bucket_index,
     )
 
 

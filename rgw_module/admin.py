@@ -21,7 +21,16 @@ Facts checked on Pacific 16.2.15 (see ``rgw_module/README.md``):
   ``DELETE ...&end-marker=M`` trims every entry up to and including M.
 * ``DELETE /admin/log?type=data&id=N&marker=M`` trims a data-log shard up to and including M
   (``end-marker`` is refused there with 400).
-* After a reshard or a bucket deletion the old instance's log answers 404 ``NoSuchKey``.
+* After a reshard or a bucket deletion the old instance's log answers 404 ``NoSuchKey`` (a bucket
+  deleted right after its last object DELETE: already gone when the data log names it).
+
+Tenants (Pacific 16.2.15, Reef 18.2, Tentacle 20.2): the admin API names a tenant's bucket
+``tenant/bucket`` everywhere: the bucket listing, ``/admin/bucket?bucket=t/b``,
+``/admin/metadata/bucket?key=t/b``, ``bucket-instance=t/b:<id>[:<shard>]`` for the log (the S3
+spelling ``t:b`` answers 404 or 400 there), and the data log's keys. S3 wants ``t:b`` (botocore's
+client-side bucket-name check refuses the colon, so it is switched off here), and lists another
+user's bucket only for a system user. The follower names buckets ``tenant/bucket`` throughout
+(``rgw_module.mapping.qualified_name``); ``s3_bucket_name`` turns that into the S3 form.
 """
 
 from __future__ import annotations
@@ -42,10 +51,11 @@ from botocore.auth import S3SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 from botocore.exceptions import BotoCoreError
+from botocore.handlers import validate_bucket_name
 
 from changelog.errors import ObjectMissing, PermanentError, TransientError
 from changelog.pipeline.s3client import make_s3_client, refusal, untrusted_certificate, unverified
-from rgw_module.mapping import BilogEntry, BucketShard, parse_time_ns
+from rgw_module.mapping import BilogEntry, BucketShard, parse_time_ns, qualified_name, s3_bucket_name
 
 if TYPE_CHECKING:
     from mypy_boto3_s3.client import S3Client
@@ -87,7 +97,7 @@ class DataLogPage:
 
 @dataclass(frozen=True, slots=True)
 class BucketStats:
-    name: str
+    name: str  # qualified: ``tenant/bucket`` for a tenant's bucket
     bucket_id: str
     # The id of the bucket's first instance: survives a reshard, changes when the bucket is
     # deleted and created again.
@@ -122,6 +132,10 @@ class BilogInfo:
         return min(later) if later else None
 
 
+class AccessDenied(PermanentError):
+    """radosgw refused an S3 read of a bucket (403): the source user may not read it."""
+
+
 @dataclass(frozen=True, slots=True)
 class ListedObject:
     """One object (version) from an S3 listing."""
@@ -132,6 +146,7 @@ class ListedObject:
     size: int | None
     etag: str | None
     mtime_ns: int
+    storage_class: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -346,8 +361,9 @@ class AdminClient:
         """The bucket's current instance; ``NotFound`` when there is no such bucket."""
         d = self._get_json("/admin/bucket", [("bucket", bucket), ("stats", "true")])
         try:
+            # "bucket" is the name within the tenant; the follower's name carries the tenant.
             return BucketStats(
-                name=str(d["bucket"]),
+                name=qualified_name(str(d.get("tenant") or ""), str(d["bucket"])),
                 bucket_id=str(d["id"]),
                 marker=str(d.get("marker") or d["id"]),
                 num_shards=int(d.get("num_shards", 0)),
@@ -459,6 +475,9 @@ class AdminClient:
                     read_timeout=self._timeouts[1],
                     max_pool=self._max_connections,
                 )
+                # A tenant's bucket is "tenant:bucket" in S3, which botocore's name check refuses
+                # before sending; radosgw is the judge of its own bucket names.
+                self._s3_client.meta.events.unregister("before-parameter-build.s3", validate_bucket_name)
             return self._s3_client
 
     def _s3_call(self, what: str, fn: Callable[[S3Client], T]) -> T:
@@ -479,7 +498,11 @@ class AdminClient:
             if r.status >= 500 or r.status in (408, 429) or r.code in ("SlowDown", "RequestTimeout"):
                 raise TransientError(message) from ex
             if r.status == 403:
-                message += " (a full sync of another user's bucket needs a system user: radosgw-admin user modify --system)"
+                message += (
+                    " (listing another user's or a tenant's bucket needs a system user:"
+                    " radosgw-admin user modify --uid=<source user> [--tenant=<its tenant>] --system)"
+                )
+                raise AccessDenied(message) from ex
             raise PermanentError(message) from ex
 
     def list_objects(
@@ -493,7 +516,8 @@ class AdminClient:
         max_keys: int = MAX_KEYS,
     ) -> ObjectPage:
         """One page of the bucket's objects (``versions``: every version and delete marker, by key
-        then newest first), after the given markers."""
+        then newest first), after the given markers. ``bucket`` is qualified (``tenant/bucket``)."""
+        bucket = s3_bucket_name(bucket)
         if not versions:
             req: ListObjectsV2RequestTypeDef = {"Bucket": bucket, "Prefix": prefix, "MaxKeys": max_keys}
             if key_marker:
@@ -507,6 +531,7 @@ class AdminClient:
                     size=int(o.get("Size", 0)),
                     etag=_strip_etag(o.get("ETag")),
                     mtime_ns=_dt_ns(o["LastModified"]),
+                    storage_class=o.get("StorageClass") or "STANDARD",
                 )
                 for o in resp.get("Contents", [])
             ]
@@ -531,6 +556,7 @@ class AdminClient:
                     size=int(o.get("Size", 0)),
                     etag=_strip_etag(o.get("ETag")),
                     mtime_ns=_dt_ns(o["LastModified"]),
+                    storage_class=o.get("StorageClass") or "STANDARD",
                 ),
             )
             for i, o in enumerate(vresp.get("Versions", []))
@@ -566,7 +592,9 @@ class AdminClient:
         A version id names the version exactly (HEAD). Without one the object may have been
         overwritten since: the listing's LastModified (radosgw truncates the index mtime to
         milliseconds) must equal the entry's mtime, else the answer would describe a newer write.
+        ``bucket`` is qualified (``tenant/bucket``).
         """
+        bucket = s3_bucket_name(bucket)
         try:
             if version_id is not None:
                 head = self._s3_call(

@@ -4,6 +4,12 @@ are mapped to mutations (``mapping``), recorded with one ``ChangeIndex.record_ma
 the shards' markers are persisted: a crash in between replays entries the index drops by their
 (source, position) high-water mark (H1). A shard that went quiet for ``hot_seconds`` stops being
 pending; its log is trimmed up to its marker (``trim``).
+
+Before recording, a round's write records get the size, etag, mtime and storage class of what
+they wrote (``[source] object_info``): from the bucket index entries of the round's shards
+("index", ``bucket_index``: one omap read per index object; a write already superseded there
+stays null), from radosgw ("head": HEAD or listing per write), or not at all ("none"). An index
+that cannot be read (no RADOS access, EPERM, no such pool) is said once, and HEAD used instead.
 """
 
 from __future__ import annotations
@@ -18,10 +24,18 @@ from changelog.errors import LeaseLost, PermanentError, TransientError
 from changelog.pipeline.loop import Stopped
 from changelog.pipeline.mutation import Mutation, Op
 from rgw_module.admin import NotFound
+from rgw_module.bucket_index import ObjectFacts
 from rgw_module.bucket_tracker import BucketTracker
 from rgw_module.follower_state import ShardCursor, marker_key, pending_key
 from rgw_module.generations import start_closing
-from rgw_module.mapping import BilogEntry, BucketShard, bilog_marker, index_name_to_key, map_entry
+from rgw_module.mapping import (
+    BilogEntry,
+    BucketShard,
+    bilog_marker,
+    index_name_to_key,
+    map_entry,
+    qualified_name,
+)
 from rgw_module.sweep_context import SweepContext
 
 logger = logging.getLogger(__name__)
@@ -48,6 +62,8 @@ class BilogReader:
         self.ctx = ctx
         self.tracker = tracker
         self._warned_info: set[str] = set()
+        # Why the bucket index cannot be read ("index" method), once found: HEAD from then on.
+        self._index_unreadable: str | None = None
 
     def drain(self) -> bool:
         """Read every pending shard to its end, in rounds; False if a shard could not be read."""
@@ -113,8 +129,10 @@ class BilogReader:
         now = ctx.now()
         observed_ns = int(now * 1_000_000_000)
         mutations: list[Mutation] = []
+        read: list[tuple[BucketShard, list[BilogEntry]]] = []
         advanced: list[ShardProgress] = []
         gone: list[ShardCursor] = []
+        failed: list[ShardCursor] = []
         complete = True
         for sh, page in zip(batch, pages, strict=True):
             if isinstance(page, NotFound):
@@ -126,21 +144,42 @@ class BilogReader:
                 complete = False
                 ctx.count_error("bilog")
                 logger.warning("bucket index log %s: %s", sh.bs.key, page)
+                failed.append(sh)
                 continue
             mutations += self._mutations(sh.bs, page, observed_ns)
+            read.append((sh.bs, page))
             marker = bilog_marker(str(page[-1].get("op_id", ""))) if page else (sh.marker or "")
             more = len(page) >= page_entries
             advanced.append(ShardProgress(sh, marker, bool(page), more))
             if more:
                 queue.append(sh)
-        if ctx.config.object_info:
-            mutations = self._with_object_info(mutations)
+        mutations = self._with_facts(read, mutations)
         ctx.record(mutations)
         ctx.fault("recorded")
         self._persist(advanced, now)
         for sh in gone:
             self._instance_gone(sh)
+        self._check_failed(failed)
         return complete
+
+    def _check_failed(self, failed: Sequence[ShardCursor]) -> None:
+        """Shards whose log read failed: is their bucket instance still there? Pacific answers
+        a deleted bucket's log with an empty 200 (not a 404) for a while, which would otherwise be
+        retried as a transient error, holding the watermark back, until it turns into a 404."""
+        st = self.ctx.state
+        for name in sorted({sh.bs.bucket for sh in failed}):
+            self.ctx.check_running()
+            try:
+                self.tracker.resolve(name)
+            except TransientError as ex:
+                logger.debug("bucket %s: %s", name, ex)
+                continue
+            for sh in failed:
+                b = st.buckets.get(name)
+                if sh.bs.bucket == name and (b is None or b.state == "gone" or not b.owns(sh.bs)):
+                    logger.info("bucket index log %s: its bucket instance is gone", sh.bs.key)
+                    self.ctx.write(remove=[pending_key(sh.bs), marker_key(sh.bs)])
+                    st.shards.pop(sh.bs, None)
 
     def _mutations(self, bs: BucketShard, page: list[BilogEntry], observed_ns: int) -> list[Mutation]:
         ctx = self.ctx
@@ -155,7 +194,7 @@ class BilogReader:
                 if entry.get("state", "complete") == "complete" and entry.get("object") \
                         and index_name_to_key(str(entry["object"])) is None:
                     internal += 1
-            elif ctx.filter.wants(m.bucket, m.key):
+            elif ctx.filter.wants(bs.bucket, m.key):
                 out.append(m)
             else:
                 unwanted += 1
@@ -232,6 +271,71 @@ class BilogReader:
             ctx.write(remove=[pending_key(sh.bs), marker_key(sh.bs)])
             st.shards.pop(sh.bs, None)
 
+    def _with_facts(self, read: Sequence[tuple[BucketShard, list[BilogEntry]]], mutations: list[Mutation]) -> list[Mutation]:
+        """Size, etag, mtime and storage class of the round's writes, as ``object_info`` says:
+        from the bucket index ("index"), from radosgw ("head"), or not at all ("none")."""
+        method = self.ctx.config.object_info
+        if method == "none" or not any(m.op is Op.WRITE for m in mutations):
+            return mutations
+        if method == "index":
+            if self.ctx.bucket_index is not None and self._index_unreadable is None:
+                return self._with_index_facts(read, mutations)
+            self._index_fallback("no RADOS access to the bucket index pool (see the [index] section)")
+            self.ctx.count_facts("head_fallback", sum(m.op is Op.WRITE for m in mutations))
+        return self._with_object_info(mutations)
+
+    def _index_fallback(self, cause: str) -> None:
+        """The bucket index cannot be read: HEAD instead, said once."""
+        if self._index_unreadable is None:
+            self._index_unreadable = cause
+            logger.warning("object facts: cannot read the bucket index (%s); asking radosgw (HEAD) instead", cause)
+
+    def _with_index_facts(
+        self, read: Sequence[tuple[BucketShard, list[BilogEntry]]], mutations: list[Mutation]
+    ) -> list[Mutation]:
+        """Facts from the bucket index: one omap read per index shard object (``bucket_index``).
+        A write whose entry is no longer its own (superseded) keeps null facts."""
+        reader = self.ctx.bucket_index
+        assert reader is not None
+        wanted = [(bs, page) for bs, page in read if any(e.get("op") in ("write", "link_olh") for e in page)]
+        results = self.ctx.parallel(lambda item: reader.facts(item[0], item[1]), wanted)
+        found: dict[tuple[str, str], ObjectFacts] = {}
+        failed: set[str] = set()
+        for (bs, _), got in zip(wanted, results, strict=True):
+            if isinstance(got, LeaseLost | TransientError | Stopped):
+                raise got
+            if isinstance(got, PermanentError):  # EPERM, no such pool, no librados...
+                self._index_fallback(str(got))
+                failed.add(bs.source)
+            elif isinstance(got, BaseException):
+                raise got
+            else:
+                found.update(((bs.source, pos), facts) for pos, facts in got.items())
+        out = list(mutations)
+        counts = {"index": 0, "superseded": 0}
+        for i, m in enumerate(mutations):
+            if m.op is not Op.WRITE or m.source in failed:
+                continue
+            facts = found.get((m.source, m.position))
+            if facts is None:
+                counts["superseded"] += 1
+                continue
+            counts["index"] += 1
+            # radosgw stores no class for the default one; S3 (listings, AWS's journal) calls it
+            # STANDARD, and a record says what the object is in S3's words.
+            out[i] = dataclasses.replace(
+                m, size=facts.size, etag=facts.etag, obj_mtime_ns=facts.mtime_ns,
+                storage_class=facts.storage_class or "STANDARD",
+            )
+        for kind, n in counts.items():
+            self.ctx.count_facts(kind, n)
+        if failed:
+            self.ctx.count_facts("head_fallback", sum(m.op is Op.WRITE and m.source in failed for m in out))
+            heads = self._with_object_info([m for m in out if m.source in failed])
+            by_id = {(m.source, m.position): m for m in heads}
+            out = [by_id.get((m.source, m.position), m) for m in out]
+        return out
+
     def _with_object_info(self, mutations: list[Mutation]) -> list[Mutation]:
         """Size and etag of written versions: the bucket index log does not carry them."""
         idx = _needing_object_info(mutations)
@@ -240,7 +344,7 @@ class BilogReader:
 
         def look(i: int) -> tuple[int, str | None] | None:
             m = mutations[i]
-            return self.ctx.admin.object_info(m.bucket, m.key, m.version_id, m.mtime_ns)
+            return self.ctx.admin.object_info(qualified_name(m.tenant, m.bucket), m.key, m.version_id, m.mtime_ns)
 
         out = list(mutations)
         for i, info in zip(idx, self.ctx.parallel(look, idx), strict=True):
@@ -253,7 +357,8 @@ class BilogReader:
                     logger.warning("size/etag of objects in bucket %s unavailable: %s", m.bucket, info)
                 continue
             if info is not None:
-                out[i] = dataclasses.replace(out[i], size=info[0], etag=info[1])
+                # The entry's timestamp is the object's mtime (H6); HEAD does not tell the class.
+                out[i] = dataclasses.replace(out[i], size=info[0], etag=info[1], obj_mtime_ns=out[i].mtime_ns)
         return out
 
 
@@ -261,10 +366,10 @@ def _needing_object_info(mutations: Sequence[Mutation]) -> list[int]:
     """The writes whose size and etag to look up. A later change of the same unversioned key
     within the same second would make a second-resolution listing (Tentacle) describe it
     instead: only the last one of such a second is looked up."""
-    last: dict[tuple[str, str], int] = {}
+    last: dict[tuple[str, str, str], int] = {}
     for i, m in enumerate(mutations):
         if m.version_id is None:
-            last[(m.bucket, m.key)] = i
+            last[(m.tenant, m.bucket, m.key)] = i
     return [
         i
         for i, m in enumerate(mutations)
@@ -272,7 +377,7 @@ def _needing_object_info(mutations: Sequence[Mutation]) -> list[int]:
         and m.size is None
         and (
             m.version_id is not None
-            or last[(m.bucket, m.key)] == i
-            or mutations[last[(m.bucket, m.key)]].mtime_ns // 1_000_000_000 != m.mtime_ns // 1_000_000_000
+            or last[(m.tenant, m.bucket, m.key)] == i
+            or mutations[last[(m.tenant, m.bucket, m.key)]].mtime_ns // 1_000_000_000 != m.mtime_ns // 1_000_000_000
         )
     ]

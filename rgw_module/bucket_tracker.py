@@ -2,6 +2,14 @@
 radosgw: the first start (every existing bucket resolved), buckets created, resharded, deleted,
 or deleted and created again, and baselines asked for. A bucket whose log is not known to be
 complete gets a *full sync* (a baseline of its objects, ``full_sync``) before it is followed.
+
+Buckets are named ``tenant/bucket`` for a tenant's (``mapping.qualified_name``). Each bucket
+*lifetime* (its marker: a reshard keeps it, deleting and creating the bucket again makes a new
+one) gets one ``bucket_create`` record when the follower first learns of it, before any other
+record of it (at the first start too, then ``baseline``), and one ``bucket_delete`` when it
+finds it gone, after every record read from it: the tracker is the only place that drops a
+bucket's state, and it records the delete first (a crash in between records it again, which
+the index drops as already seen).
 """
 
 from __future__ import annotations
@@ -17,6 +25,7 @@ from changelog.pipeline.control import (
     FOLLOWER_PENDING_PREFIX,
     FOLLOWER_REQUEST_PREFIX,
 )
+from changelog.pipeline.mutation import Mutation, Op
 from changelog.pipeline.store import omap_iter
 from rgw_module.admin import BilogInfo, BucketStats, NotFound
 from rgw_module.follower_state import (
@@ -29,7 +38,7 @@ from rgw_module.follower_state import (
     marker_key,
 )
 from rgw_module.generations import start_closing
-from rgw_module.mapping import BucketShard, bilog_marker
+from rgw_module.mapping import BucketShard, bilog_marker, bucket_mutation
 from rgw_module.sweep_context import SweepContext
 
 logger = logging.getLogger(__name__)
@@ -131,6 +140,7 @@ class BucketTracker:
             known = ctx.state.buckets.get(name)
             gen = known.gen + 1 if known is not None else 1
             logger.info("full sync of bucket %s requested: generation %d", name, gen)
+            self._lifetime(known, stats, gen)
             self.start_full_sync(stats, gen, extra_remove=[k])
 
     def resolve(self, name: str) -> None:
@@ -151,8 +161,11 @@ class BucketTracker:
             return
         gen = known.gen + 1 if known is not None else 1
         if known is not None and known.state != "gone":
-            why = "resharded" if known.marker == stats.marker else "deleted and created again"
-            self._report_loss(known, f"was replaced ({why})")
+            why = "resharded" if _same_lifetime(known, stats) else "deleted and created again"
+            if why == "resharded":
+                # A deleted instance's unread entries are not a loss: bucket_delete says it is
+                # empty and gone. A reshard (Pacific) leaves the bucket with entries unread.
+                self._report_loss(known, f"was replaced ({why})")
             logger.info(
                 "bucket %s %s: instance %s -> %s, generation %d",
                 name,
@@ -161,16 +174,92 @@ class BucketTracker:
                 stats.bucket_id,
                 gen,
             )
+        self._lifetime(known, stats, gen)
         if not self._follow_from_first_entry(stats, gen):
             self.start_full_sync(stats, gen)
+
+    def _lifetime(self, known: BucketRecord | None, stats: BucketStats, gen: int) -> None:
+        """Record the bucket ops of moving from ``known`` to the instance of ``stats`` (before the
+        state says so): a ``bucket_create`` for a bucket not known (or gone) or never announced,
+        a ``bucket_delete`` then a ``bucket_create`` for one deleted and created again; nothing
+        for a reshard of an announced bucket."""
+        ctx = self.ctx
+        live = known is not None and known.state != "gone"
+        ops: list[Mutation] = []
+        if live and known is not None and _same_lifetime(known, stats):
+            if known.announced:
+                return
+        elif live and known is not None:
+            ops.append(self._delete_op(known))
+        boot_ns = ctx.state.boot.time_ns if ctx.state.boot is not None else 0
+        created = stats.creation_ns if stats.creation_ns > 0 else int(ctx.now() * 1_000_000_000)
+        ops.append(
+            bucket_mutation(
+                Op.BUCKET_CREATE,
+                bucket=stats.name,
+                marker=stats.marker or stats.bucket_id,
+                generation=gen,
+                time_ns=created,
+                # Not clearly created after the follower's first start: part of the baseline
+                # (as its objects are: it gets a full sync).
+                baseline=boot_ns <= 0 or stats.creation_ns <= boot_ns + FRESH_MARGIN_NS,
+            )
+        )
+        self._record(ops)
+
+    def announce(self) -> None:
+        """Record the ``bucket_create`` of each bucket followed since before bucket records
+        existed (its state says it was never announced), once, as part of the baseline; a bucket
+        found replaced or gone meanwhile is resolved instead."""
+        ctx = self.ctx
+        for name, b in sorted(ctx.state.buckets.items()):
+            if b.announced or b.state == "gone":
+                continue
+            ctx.check_running()
+            try:
+                stats = ctx.admin.bucket_stats(name)
+            except NotFound:
+                self.resolve(name)
+                continue
+            if not _same_lifetime(b, stats):
+                self.resolve(name)
+                continue
+            self._lifetime(b, stats, b.gen)
+            b.announced = True
+            ctx.write({bucket_key(name): b.encode()})
+
+    def _record(self, ops: list[Mutation]) -> None:
+        """Record bucket ops *before* the state that says they happened is written: a crash in
+        between records them again, which the index drops by their (source, position)."""
+        ctx = self.ctx
+        ctx.record(ops)
+        with ctx.lock:
+            for m in ops:
+                ctx.stats.bucket_ops[m.op.value] += 1
+        ctx.fault("bucket.recorded")
+
+    def _delete_op(self, known: BucketRecord) -> Mutation:
+        """The ``bucket_delete`` of ``known``'s lifetime: stamped with the time it was found gone
+        (an upper bound), its ``seq`` after every record of its last generation."""
+        return bucket_mutation(
+            Op.BUCKET_DELETE,
+            bucket=known.name,
+            marker=known.marker or known.bucket_id,
+            generation=known.gen,
+            time_ns=int(self.ctx.now() * 1_000_000_000),
+        )
 
     def _gone(self, name: str, known: BucketRecord | None) -> None:
         """``name`` answered 404: keep a tombstone (its ``gen`` orders a bucket of the same name
         created later), drop the rest of its state."""
         ctx = self.ctx
         if known is not None and known.state != "gone":
-            self._report_loss(known, "was deleted")
-            logger.info("bucket %s is gone (deleted): dropping its follower state", name)
+            # Every record read from it is in the index (the bilog reader resolves a bucket
+            # after recording its round): the delete comes after them. What its log still held
+            # unread (Pacific and Reef drop the log with the bucket) is not a loss of final
+            # state: the delete tells a replayer the bucket is empty and gone.
+            self._record([self._delete_op(known)])
+            logger.info("bucket %s is gone (deleted): recorded bucket_delete, dropping its follower state", name)
             # A gone bucket has no log generation left to finish: a closing generation kept here
             # would hold every later sweep incomplete (and the watermark with it).
             tomb = dataclasses.replace(known, state="gone", closing=False)
@@ -182,8 +271,8 @@ class BucketTracker:
         ctx.state.closing.pop(name, None)
 
     def _report_loss(self, known: BucketRecord, why: str) -> None:
-        """The instance of ``known`` is going away: what of its log was not read is lost (an
-        accepted loss, docs/design.md §10). The estimate, per shard: the index version of the
+        """The instance of ``known`` is replaced by a reshard (the bucket lives on): what of its
+        log was not read is lost (an accepted loss, docs/design.md §10). The estimate, per shard: the index version of the
         shard's newest marker minus that of the marker read to (radosgw numbers a shard's log
         entries ``<index_ver>.<...>``, one version per entry, pending and complete ones alike,
         so it counts entries, about two per mutation on Pacific). Unknown when the instance's
@@ -290,3 +379,11 @@ class BucketTracker:
         if not info.generation_aware:
             return BilogInfo(0, 0, {0: stats.num_shards}, stats.max_markers, False)
         return info
+
+
+def _same_lifetime(known: BucketRecord, stats: BucketStats) -> bool:
+    """Whether ``stats`` is the bucket of ``known`` (resharded, maybe) rather than a bucket of the
+    same name created after it was deleted: the marker, the first instance's id, tells."""
+    if known.marker and stats.marker:
+        return known.marker == stats.marker
+    return known.bucket_id == stats.bucket_id

@@ -6,8 +6,9 @@ steps is one *sweep*:
 1. reads the data-log shards from their persisted markers to their end (``datalog_reader``):
    each entry names a bucket-index shard that changed; that shard becomes *pending*;
 2. resolves buckets it does not know, or whose instance id changed (reshard, deleted and created
-   again), and runs a page budget of *full syncs*, baseline records of a bucket's objects
-   (``bucket_tracker``, ``full_sync``);
+   again), recording a ``bucket_create`` for each bucket it learns of and a ``bucket_delete`` for
+   each it finds gone, and runs a page budget of *full syncs*, baseline records of a bucket's
+   objects (``bucket_tracker``, ``full_sync``);
 3. reads each pending bucket-index shard's log from its persisted marker to its end, in pages,
    records each round with one ``ChangeIndex.record_many`` and *then* persists the shards'
    markers (``bilog_reader``); a bucket whose log generation was read to its end moves on to
@@ -21,6 +22,9 @@ and re-logs it later while it stays busy. A shard that had activity therefore st
 ``caught_up_until`` (H8) is the start time of the last sweep that read every data-log shard and
 every pending shard to its end with no full sync outstanding: every mutation radosgw completed
 before it is in the index. The collector caps its watermark with it.
+
+A tenant's bucket is named ``tenant/bucket`` throughout (state keys, stream names, filters),
+as radosgw's admin API names it; its records carry ``tenant`` and the bare ``bucket``.
 
 The state (``follower_state``) lives in the index's control object under ``r.`` keys
 (``changelog.pipeline.control``), written only under the follower lease (fenced).
@@ -43,9 +47,11 @@ from changelog.pipeline.control import FOLLOWER_CAUGHT_UP_KEY, FOLLOWER_LOCK, FO
 from changelog.pipeline.index import ChangeIndex
 from changelog.pipeline.lease import Lease, make_cookie
 from changelog.pipeline.loop import Clocks, LoopCounts, LoopPolicy, Stopped, run_leased
+from changelog.pipeline.mutation import Op
 from changelog.pipeline.store import WriteOp
 from rgw_module.admin import AdminClient
 from rgw_module.bilog_reader import BilogReader
+from rgw_module.bucket_index import BucketIndexReader
 from rgw_module.bucket_tracker import BucketTracker
 from rgw_module.datalog_reader import DataLogReader
 from rgw_module.follower_state import dump_json, follower_state
@@ -67,6 +73,7 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 LEASE_NAME = FOLLOWER_LOCK
+BUCKET_OPS = (Op.BUCKET_CREATE.value, Op.BUCKET_DELETE.value)
 # Persist caught_up_until at most this often: it is a hint for a restarted follower, the live
 # value is in memory.
 CAUGHT_UP_PERSIST_S = 5.0
@@ -107,8 +114,9 @@ class FollowerStatsDoc(TypedDict):
     lease_held: bool
     instances_lost: int  # log streams gone before read to their end (docs/design.md §10)
     entries_lost: int  # the entries they held, where an estimate was possible
-    skipped: dict[str, int]  # reason (tenant, filter, internal) -> log entries skipped
-    not_followed: dict[str, str]  # tenant's and internal buckets seen -> reason
+    skipped: dict[str, int]  # reason (filter, internal) -> log entries skipped
+    not_followed: dict[str, str]  # buckets seen and not followed (internal ones) -> reason
+    bucket_ops: dict[str, int]  # bucket_create, bucket_delete -> records made
 
 
 class Follower:
@@ -128,6 +136,7 @@ class Follower:
         fault_hook: Callable[[str], None] | None = None,
         paused: Callable[[], bool] | None = None,
         internal_buckets: Iterable[str] = (),
+        bucket_index: BucketIndexReader | None = None,
     ) -> None:
         config = config if config is not None else SourceConfig()
         if (
@@ -166,6 +175,7 @@ class Follower:
             pool=self._pool,
             fault_hook=fault_hook,
             internal_buckets=internal_buckets,
+            bucket_index=bucket_index,
         )
         self._buckets = BucketTracker(ctx)
         self._datalog = DataLogReader(ctx, self._buckets)
@@ -235,18 +245,19 @@ class Follower:
                 "entries_lost": s.entries_lost,
                 "skipped": {reason: s.skipped.get(reason, 0) for reason in SKIP_REASONS},
                 "not_followed": dict(sorted(ctx.not_followed.items())),
+                "bucket_ops": {op: s.bucket_ops.get(op, 0) for op in BUCKET_OPS},
             }
 
     def status(self) -> dict[str, object]:
         """A JSON-able view of the follower state for ``rgw-changelog status``, with the buckets
-        this process saw and does not follow (tenant's, internal) and why."""
+        this process saw and does not follow (internal ones) and why."""
         with self._ctx.lock:
             not_followed = dict(sorted(self._ctx.not_followed.items()))
         return {**follower_state(self.index), "not_followed": not_followed}
 
     def request_full_sync(self, bucket: str) -> None:
-        """Ask for a new baseline of ``bucket`` (any process may ask; the running follower acts
-        on it at its next sweep)."""
+        """Ask for a new baseline of ``bucket`` (``tenant/bucket`` for a tenant's; any process
+        may ask; the running follower acts on it at its next sweep)."""
         op = WriteOp(set={FOLLOWER_REQUEST_PREFIX + bucket: dump_json({"at": self.clocks.clock()})})
         self.index.store.execute(self.index.control_oid, op)
 
@@ -302,6 +313,7 @@ class Follower:
         before = dataclasses.replace(ctx.stats, source_errors=dict(ctx.stats.source_errors))
         if st.boot is None or not st.boot.done:
             self._buckets.bootstrap()
+        self._buckets.announce()
         self._buckets.scan_now_and_then()
         self._buckets.take_requests()
         complete = self._datalog.read()
@@ -310,8 +322,11 @@ class Follower:
         # A log generation finished: its successor is read from its start right away.
         if advance_generations(ctx, self._buckets.resolve):
             complete = self._bilogs.drain() and complete
-        # A bucket found resharded or new during the drain starts a full sync: not caught up yet.
-        complete = complete and not st.full and not st.closing
+        # A bucket found resharded or new during the drain starts a full sync: not caught up yet
+        # (but for buckets the source user may not list: named, waiting, ``FullSyncRunner``).
+        now = ctx.now()
+        waiting = any(ctx.denied.get(name, 0.0) <= now for name in st.full)
+        complete = complete and not waiting and not st.closing
         self._trimmer.trim()
         with ctx.lock:
             ctx.stats.sweeps += 1

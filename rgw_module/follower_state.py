@@ -14,6 +14,8 @@ as ``rgw-changelog status`` shows it (no lease needed).
 ``r.cu``                            caught_up_until, microseconds
 ==================================  ===========================================================
 
+``<bucket>`` is the qualified name: ``tenant/bucket`` for a tenant's bucket.
+
 Every write happens under the follower lease (fenced), so one follower per index owns them.
 """
 
@@ -107,6 +109,9 @@ class BucketRecord:
     state: BucketState
     log_gen: int = 0  # radosgw's bucket-index-log generation being followed (Reef and later)
     closing: bool = False  # a newer log generation exists: finish this one, then move on
+    # Its bucket_create is recorded. Records written before bucket records existed say nothing
+    # (False): the follower announces those buckets once (``BucketTracker.announce``).
+    announced: bool = True
 
     def encode(self) -> bytes:
         d: dict[str, object] = {
@@ -115,6 +120,8 @@ class BucketRecord:
         if self.log_gen or self.closing:
             d["log_gen"] = self.log_gen
             d["closing"] = self.closing
+        if self.announced:
+            d["an"] = True
         return dump_json(d)
 
     @classmethod
@@ -129,6 +136,7 @@ class BucketRecord:
             cast(BucketState, str(d["state"])),
             int(d.get("log_gen", 0)),
             bool(d.get("closing", False)),
+            bool(d.get("an", False)),
         )
 
     def shard_list(self) -> list[BucketShard]:

@@ -11,7 +11,7 @@ import logging
 from collections.abc import Callable
 
 from changelog.pipeline.mutation import Mutation
-from rgw_module.admin import NotFound, ObjectPage
+from rgw_module.admin import AccessDenied, NotFound, ObjectPage
 from rgw_module.follower_state import (
     FullSyncProgress,
     ShardCursor,
@@ -35,10 +35,14 @@ class FullSyncRunner:
         self.resolve = resolve
 
     def run(self) -> bool:
-        """One sweep's budget of listing pages; True when no full sync is left."""
+        """One sweep's budget of listing pages; True when no full sync is left but those of
+        buckets the source user may not list (``_denied``)."""
         ctx, full = self.ctx, self.ctx.state.full
         budget = ctx.config.full_sync_pages
+        now = ctx.now()
         for name in sorted(full):
+            if ctx.denied.get(name, 0.0) > now:
+                continue
             while budget > 0 and name in full:
                 ctx.check_running()
                 budget -= 1
@@ -47,7 +51,23 @@ class FullSyncRunner:
                 except NotFound:
                     self.resolve(name)
                     break
-        return not full
+                except AccessDenied as ex:
+                    self._denied(name, ex, now)
+                    break
+                if ctx.denied.pop(name, None) is not None:
+                    ctx.followed_again(name)
+        return all(ctx.denied.get(name, 0.0) > now for name in full)
+
+    def _denied(self, name: str, ex: AccessDenied, now: float) -> None:
+        """The source user may not list ``name`` (another user's or a tenant's bucket, without a
+        system user). The bucket waits in full sync, its log markers kept, so nothing is lost
+        once it may be read; meanwhile it is named as not followed, asked again every
+        ``bucket_scan_interval``, and does not hold the watermark back."""
+        ctx = self.ctx
+        if name not in ctx.denied:
+            logger.warning("bucket %s cannot be listed: %s", name, ex)
+        ctx.denied[name] = now + max(60.0, ctx.config.bucket_scan_interval)
+        ctx.skipped("access_denied", 0, bucket=name)
 
     def _page(self, name: str) -> None:
         """List and record one page of ``name``, then persist how far the listing got."""
@@ -92,6 +112,7 @@ class FullSyncRunner:
                 size=o.size,
                 etag=o.etag,
                 mtime_ns=o.mtime_ns,
+                storage_class=o.storage_class,
             )
             for i, o in enumerate(page.items)
             if self.ctx.filter.wants(name, o.key)

@@ -115,7 +115,7 @@ def _switch(ctx: SweepContext, b: BucketRecord, info: BilogInfo, nxt: int) -> No
     name = b.name
     st = ctx.state
     nb = BucketRecord(
-        name, b.bucket_id, b.marker, b.gen + 1, info.generations[nxt], "incr", nxt, info.latest_gen > nxt
+        name, b.bucket_id, b.marker, b.gen + 1, info.generations[nxt], "incr", nxt, info.latest_gen > nxt, b.announced
     )
     now = ctx.now()
     hot_until = now + ctx.config.hot_seconds

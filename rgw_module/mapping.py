@@ -31,6 +31,11 @@ Object names in the log are bucket-index names: a name that starts with ``_`` is
 ``__name``, and ``_<ns>_<name>`` is an entry of an internal namespace (multipart parts and
 upload metadata). ``index_name_to_key`` undoes that.
 
+Bucket names: a tenant's bucket is ``tenant/bucket`` here (``qualified_name``), as radosgw's admin
+API and data log name it; a record carries ``tenant`` and the bare ``bucket``. Each bucket
+lifetime also gets a ``bucket_create`` and, once gone, a ``bucket_delete`` record
+(``bucket_mutation``).
+
 Entry times: ``timestamp`` is the object's mtime (H6). For writes and delete markers that is the
 time of the mutation; a ``del`` or ``unlink_instance`` carries the *deleted* version's mtime, so
 deletes are stamped with the time the follower read them (an upper bound).
@@ -85,7 +90,7 @@ class BucketShard:
     instance id instead). Generation 0 keeps the names it always had, so state written before
     generations existed stays valid."""
 
-    bucket: str
+    bucket: str  # qualified: ``tenant/bucket`` for a tenant's bucket (``qualified_name``)
     bucket_id: str
     shard: int
     log_gen: int = 0
@@ -122,6 +127,25 @@ class BucketShard:
         return None
 
 
+def qualified_name(tenant: str, bucket: str) -> str:
+    """The follower's name of a bucket: ``tenant/bucket`` for a tenant's bucket, as radosgw's admin
+    API and data log spell it (unique across tenants), the bare name for a bucket of no tenant."""
+    return f"{tenant}/{bucket}" if tenant else bucket
+
+
+def split_name(qualified: str) -> tuple[str, str]:
+    """(tenant, bucket) of a qualified name (``qualified_name``): ("", name) without a tenant."""
+    tenant, slash, bucket = qualified.partition("/")
+    return (tenant, bucket) if slash else ("", qualified)
+
+
+def s3_bucket_name(qualified: str) -> str:
+    """The bucket's name in an S3 request: ``tenant:bucket`` for a tenant's bucket (radosgw reads
+    the tenant before the colon; a ``/`` would be a path separator)."""
+    tenant, bucket = split_name(qualified)
+    return f"{tenant}:{bucket}" if tenant else bucket
+
+
 def _stream_name(kind: str, bucket: str, rest: str) -> str:
     name = f"{kind}:{bucket}:{rest}"
     if len(name) <= MAX_STREAM_BYTES and all(0x21 <= ord(c) <= 0x7E for c in name):
@@ -142,12 +166,54 @@ def str_hash_linux(text: str) -> int:
 def datalog_shard(bucket: str, shard: int, datalog_shards: int) -> int:
     """The data-log shard radosgw logs a bucket-index shard to (``RGWDataChangesLog::choose_oid``:
     hash of the bucket name plus the index shard number). Checked on the lab: ``cap5`` shards
-    0, 2, 6, 8, 9 were logged to data-log shards 24, 26, 30, 32, 33."""
-    return (str_hash_linux(bucket) + max(shard, 0)) % datalog_shards
+    0, 2, 6, 8, 9 were logged to data-log shards 24, 26, 30, 32, 33. ``bucket`` is qualified;
+    the hash is of the name within the tenant (``t1/tb1`` shards 3 and 5: data-log shards 111 and
+    113 of 128, as for ``tb1``)."""
+    return (str_hash_linux(split_name(bucket)[1]) + max(shard, 0)) % datalog_shards
 
 
 def full_sync_source(bucket: str, bucket_id: str, generation: int) -> str:
     return _stream_name("rgw-full", bucket, f"{bucket_id}:{generation}")
+
+
+def bucket_op_source(bucket: str, marker: str) -> str:
+    """The stream of one bucket's ``bucket_create`` and ``bucket_delete``: the qualified name and
+    the bucket's *marker* (its first instance id: a reshard keeps it, deleting and creating the
+    bucket again makes a new one), so each bucket lifetime has its own stream."""
+    return _stream_name("rgw-bucket", bucket, marker)
+
+
+# Positions in a bucket-op stream: the create sorts before the delete (the index drops a
+# (source, position) it has seen, so a replay after a crash records each once).
+BUCKET_CREATE_POSITION = "0"
+BUCKET_DELETE_POSITION = "1"
+# The ``seq`` tags of bucket ops within a generation: the create sorts before the baseline and
+# incremental records ("000001.0" < "000001.0.<...>" < "000001.1.<...>"), the delete after them.
+BUCKET_DELETE_TAG = "2"
+
+
+def bucket_mutation(
+    op: Op, *, bucket: str, marker: str, generation: int, time_ns: int, baseline: bool = False
+) -> Mutation:
+    """A ``bucket_create`` or ``bucket_delete`` record of the qualified ``bucket`` (lifetime
+    ``marker``): key "", no version; its ``seq`` is that of ``generation``'s first record (create)
+    or sorts after its last one (delete)."""
+    if not op.of_bucket:
+        raise ValueError(f"not a bucket op: {op}")
+    tenant, name = split_name(bucket)
+    create = op is Op.BUCKET_CREATE
+    tag = BASELINE_TAG if create else BUCKET_DELETE_TAG
+    return Mutation(
+        bucket=name,
+        tenant=tenant,
+        key="",
+        op=op,
+        mtime_ns=max(time_ns, 0),
+        source=bucket_op_source(bucket, marker),
+        position=BUCKET_CREATE_POSITION if create else BUCKET_DELETE_POSITION,
+        seq=f"{generation:0{GENERATION_WIDTH}d}.{tag}",
+        baseline=baseline,
+    )
 
 
 def parse_time_ns(text: str) -> int:
@@ -240,11 +306,11 @@ def interpret(entry: BilogEntry) -> Change | None:
             return None  # unlink_instance / link_olh_del is the record
         return Change(key, Op.DELETE, instance or None, None)
     if op == "link_olh":
-        return Change(key, Op.WRITE, instance or "null", ts)
+        return Change(key, Op.WRITE, instance or None, ts)
     if op == "link_olh_del":
-        return Change(key, Op.DELETE_MARKER, instance or "null", ts)
+        return Change(key, Op.DELETE_MARKER, instance or None, ts)
     if op == "unlink_instance":
-        return Change(key, Op.DELETE, instance or "null", None)
+        return Change(key, Op.DELETE, instance or None, None)
     return None  # cancel, syncstop, resync, unknown
 
 
@@ -271,8 +337,10 @@ def map_entry(
         return None
     position = position_of(str(entry.get("op_id", "")))
     mtime = change.mtime_ns if change.mtime_ns is not None else max(observed_ns, 0)
+    tenant, name = split_name(bs.bucket)
     return Mutation(
-        bucket=bs.bucket,
+        bucket=name,
+        tenant=tenant,
         key=change.key,
         op=change.op,
         mtime_ns=mtime,
@@ -295,10 +363,15 @@ def baseline_mutation(
     size: int | None,
     etag: str | None,
     mtime_ns: int,
+    storage_class: str | None = None,
 ) -> Mutation:
-    """A full-sync record: one existing object (version) or delete marker."""
+    """A full-sync record: one existing object (version) or delete marker of the qualified
+    ``bucket``. The listing's LastModified is the object's mtime too (milliseconds on Pacific
+    and Reef, seconds on Tentacle)."""
+    tenant, name = split_name(bucket)
     return Mutation(
-        bucket=bucket,
+        bucket=name,
+        tenant=tenant,
         key=key,
         op=Op.DELETE_MARKER if delete_marker else Op.WRITE,
         mtime_ns=mtime_ns,
@@ -308,6 +381,8 @@ def baseline_mutation(
         version_id=version_id,
         size=None if delete_marker else size,
         etag=None if delete_marker else etag,
+        obj_mtime_ns=None if delete_marker else mtime_ns,
+        storage_class=None if delete_marker else storage_class,
         baseline=True,
     )
 
@@ -315,7 +390,8 @@ def baseline_mutation(
 class BucketFilter:
     """Which buckets and keys are followed: ``buckets`` (None or ``["*"]``: all), per-bucket key
     ``prefixes``, and ``exclude`` (e.g. the change-log target bucket itself, whose own writes
-    must not be logged)."""
+    must not be logged). Every name is qualified (``tenant/bucket``; a bare name is the bucket of
+    no tenant)."""
 
     def __init__(
         self,
@@ -343,8 +419,6 @@ class BucketFilter:
         return bucket in self.exclude
 
     def follows(self, bucket: str) -> bool:
-        if "/" in bucket or ":" in bucket:
-            return False  # a tenant's bucket ("tenant/name"): not supported, never followed
         return bucket not in self.exclude and (self.all or bucket in self.buckets)
 
     def wants(self, bucket: str, key: str) -> bool:

@@ -20,13 +20,14 @@ from changelog.pipeline.loop import Clocks, Stopped
 from changelog.pipeline.mutation import Mutation
 from changelog.pipeline.store import LockRef, WriteOp
 from rgw_module.admin import AdminClient
+from rgw_module.bucket_index import BucketIndexReader
 from rgw_module.follower_state import FollowerState
 from rgw_module.mapping import BucketFilter
 
 logger = logging.getLogger(__name__)
 
 # Fault-injection points (tests): a hook raising here simulates a crash at that point.
-FAULT_STEPS = ("recorded", "datalog", "full.recorded", "trim", "closing", "advance")
+FAULT_STEPS = ("recorded", "datalog", "full.recorded", "trim", "closing", "advance", "bucket.recorded")
 
 ResultT = TypeVar("ResultT")
 ItemT = TypeVar("ItemT")
@@ -55,12 +56,22 @@ class FollowerStats:
     entries_lost: int = 0
     # Log entries skipped on purpose, by reason (SKIP_REASONS).
     skipped: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    # bucket_create / bucket_delete records made (recorded or found already recorded), by op.
+    bucket_ops: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    # Write records by where their size/etag/mtime/storage class came from (FACT_SOURCES).
+    object_facts: dict[str, int] = field(default_factory=lambda: defaultdict(int))
 
 
-# Why an entry is skipped on purpose: a tenant's bucket (not supported), the source filter
-# (buckets, prefixes, exclude_buckets), or internal (the target's own bucket, multipart parts
-# and other internal-namespace entries of the bucket index).
-SKIP_REASONS = ("tenant", "filter", "internal")
+# Why an entry is skipped on purpose: the source filter (buckets, prefixes, exclude_buckets), or
+# internal (the target's own bucket, multipart parts and other internal-namespace entries of
+# the bucket index). Tenants' buckets are followed like the others (named ``tenant/bucket``).
+SKIP_REASONS = ("filter", "internal")
+# Why a bucket seen is not followed (``not_followed``; the filter's choices are not listed).
+NOT_FOLLOWED_REASONS = ("internal", "access_denied")
+# Where a write record's facts came from: the bucket index; nowhere, its index entry already
+# described a later write (superseded, facts null); HEAD by choice (``object_info = "head"``
+# counts nothing) or as the fallback when the index pool cannot be read.
+FACT_SOURCES = ("index", "superseded", "head_fallback")
 
 
 class SweepContext:
@@ -79,6 +90,7 @@ class SweepContext:
         pool: ThreadPoolExecutor,
         fault_hook: Callable[[str], None] | None = None,
         internal_buckets: Iterable[str] = (),
+        bucket_index: BucketIndexReader | None = None,
     ) -> None:
         self.index = index
         self.store = index.store
@@ -89,9 +101,13 @@ class SweepContext:
             None if config.all_buckets else config.buckets, config.prefixes, config.exclude_buckets
         )
         self.internal_buckets = frozenset(internal_buckets)
-        # Buckets seen and not followed, with the reason (tenant and internal ones: the filter's
-        # are the operator's own choice and may be most of the zone).
+        # The bucket index reader (``object_info = "index"``); None: no RADOS access (HEAD).
+        self.bucket_index = bucket_index
+        # Buckets seen and not followed, with the reason (NOT_FOLLOWED_REASONS: the filter's are
+        # the operator's own choice and may be most of the zone).
         self.not_followed: dict[str, str] = {}
+        # Buckets the source user may not list, and when to ask again (``FullSyncRunner``).
+        self.denied: dict[str, float] = {}
         self.clocks = clocks
         self.guard = guard
         self.fence = fence
@@ -129,13 +145,18 @@ class SweepContext:
         """Why ``bucket`` is not followed (SKIP_REASONS), None if it is."""
         if self.filter.follows(bucket):
             return None
-        if "/" in bucket or ":" in bucket:
-            return "tenant"
         return "internal" if bucket in self.internal_buckets else "filter"
 
+    def followed_again(self, bucket: str) -> None:
+        """A bucket named as not followed is followed now (it may be listed again)."""
+        with self.lock:
+            self.not_followed.pop(bucket, None)
+        logger.info("bucket %s is followed again", bucket)
+
     def skipped(self, reason: str, entries: int = 1, *, bucket: str | None = None) -> None:
-        """Count ``entries`` log entries skipped for ``reason``; a tenant's or an internal
-        bucket is named once (a tenant's with a WARNING: its changes are not in the logs)."""
+        """Count ``entries`` log entries skipped for ``reason``; a bucket not followed for another
+        reason than the filter is named once (a WARNING unless it is internal: its changes are
+        not in the logs)."""
         new = False
         with self.lock:
             if entries:
@@ -143,11 +164,19 @@ class SweepContext:
             if bucket is not None and reason != "filter" and bucket not in self.not_followed:
                 self.not_followed[bucket] = reason
                 new = True
-        if new and reason == "tenant":
-            logger.warning("bucket %s belongs to a tenant: tenanted buckets are not followed, its changes"
-                           " are not logged", bucket)
-        elif new:
+        if new and reason == "internal":
             logger.info("bucket %s is not followed (%s)", bucket, reason)
+        elif new and reason == "access_denied":
+            logger.warning("bucket %s is not followed (%s): it waits, its log kept, until the source user may "
+                           "list it", bucket, reason)
+        elif new:
+            logger.warning("bucket %s is not followed (%s): its changes are not logged", bucket, reason)
+
+    def count_facts(self, source: str, records: int) -> None:
+        """Count ``records`` write records whose facts came from ``source`` (FACT_SOURCES)."""
+        if records:
+            with self.lock:
+                self.stats.object_facts[source] += records
 
     def lost(self, bucket: str, instance: str, entries: int | None, why: str) -> None:
         """A log stream of ``bucket`` went away before it was read to its end (an accepted loss,

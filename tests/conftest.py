@@ -1,4 +1,6 @@
-"""Session-wide fixtures: the real Ceph lab (`ceph_lab`) and an S3 client to its radosgw (`s3_client`).
+"""Session-wide fixtures: the real Ceph lab (`ceph_lab`), an S3 client to its radosgw (`s3_client`),
+and the record schema guard (every change-log line a test produces is checked against
+docs/record.schema.json; `tests/record_schema.py`).
 
 Every test that uses `ceph_lab` (directly or through another fixture) is marked `ceph`. The terminal
 summary says how many of those ran against real Ceph; with RGW_CHANGELOG_REQUIRE_CEPH=1 the session
@@ -10,7 +12,7 @@ from __future__ import annotations
 import os
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,6 +32,7 @@ from tests.lab import (  # noqa: E402
     shut_down,
 )
 from tests.lab import s3_client as make_s3_client  # noqa: E402
+from tests.record_schema import Guard  # noqa: E402
 
 REQUIRE_ENV = "RGW_CHANGELOG_REQUIRE_CEPH"
 
@@ -137,3 +140,53 @@ class CephTally:
             )
         else:
             terminalreporter.write_line(line, yellow=bool(self.skipped), green=not self.skipped)
+
+
+# ---- every change-log line the suites emit is a valid record (docs/record.schema.json) --------
+
+GUARD_KEY = pytest.StashKey[Guard]()
+CALL_FAILED_KEY = pytest.StashKey[bool]()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def record_schema_guard(request: pytest.FixtureRequest) -> Iterator[Guard]:
+    """Validates every line ``encode_raw_many`` (the only producer of committed lines) returns in
+    this process against docs/record.schema.json, for the whole session."""
+    from changelog.pipeline import logformat
+
+    guard = Guard(logformat.encode_raw_many)
+    request.config.stash[GUARD_KEY] = guard
+    guard.install()
+    try:
+        yield guard
+    finally:
+        guard.uninstall()
+
+
+@pytest.fixture(autouse=True)
+def _no_refused_records(request: pytest.FixtureRequest, record_schema_guard: Guard) -> Iterator[None]:
+    """Fails a test that produced a refused line even if the code under test caught the raise (a
+    collector retrying its pass). A test that already failed on it is not reported twice."""
+    before = len(record_schema_guard.refused)
+    yield
+    refused = record_schema_guard.refused[before:]
+    if refused and not request.node.stash.get(CALL_FAILED_KEY, False):
+        pytest.fail(f"{len(refused)} change-log lines refused by the record schema; first: {refused[0]}", pytrace=False)
+
+
+@pytest.hookimpl(hookwrapper=True)  # the old-style wrapper: setup.cfg allows pytest 7
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Generator[None, Any, None]:
+    outcome = yield
+    report: pytest.TestReport = outcome.get_result()
+    if report.when == "call":
+        item.stash[CALL_FAILED_KEY] = report.failed
+
+
+def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
+    guard = config.stash.get(GUARD_KEY, None)
+    if guard is not None:
+        terminalreporter.write_line(
+            f"record schema: {guard.lines} change-log lines validated in {guard.seconds:.2f}s, "
+            f"{len(guard.refused)} refused",
+            red=bool(guard.refused),
+        )

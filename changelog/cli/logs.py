@@ -1,13 +1,15 @@
-"""``rgw-changelog logs list|cat`` (read the committed change logs) and ``zone enable-log-data``
-(the radosgw setting the follower needs)."""
+"""``rgw-changelog logs list|cat`` (read the committed change logs, as JSON Lines records or as
+CloudEvents) and ``zone enable-log-data`` (the radosgw setting the follower needs)."""
 
 from __future__ import annotations
 
 import dataclasses
 import logging
 from typing import TYPE_CHECKING
+from urllib.parse import quote
 
 import click
+import orjson
 
 from changelog.cli.base import (
     TIME,
@@ -22,6 +24,7 @@ from changelog.progress import Progress
 from changelog.times import fmt_time
 
 if TYPE_CHECKING:
+    from changelog.pipeline.logformat import LogRecord
     from changelog.pipeline.reader import LogObject
     from changelog.pipeline.targets import Target
 
@@ -67,17 +70,88 @@ def _log_doc(obj: LogObject) -> dict[str, object]:
     return d
 
 
+# CloudEvents 1.0, structured mode, JSON event format (one event per line): the record is the
+# event's data unchanged, so a consumer of either format sees the same fields.
+CLOUDEVENTS_SPEC = "1.0"
+# The event's ``source``: rgw-changelog://<zone>/[<tenant>/]<bucket>, the bucket percent-encoded
+# (a bucket never holds "/", a tenant only letters, digits and _: one path segment means no
+# tenant). Stable for a bucket whatever the endpoint it is reached by, so that source + id
+# identifies an event across re-reads, as CloudEvents asks.
+SOURCE_SCHEME = "rgw-changelog"
+# radosgw's zone when none was configured.
+DEFAULT_ZONE = "default"
+# ``type``: reverse-DNS prefix, then what changed and how.
+EVENT_TYPES = {
+    "write": "com.rgw-changelog.object.write",
+    "delete": "com.rgw-changelog.object.delete",
+    "delete_marker": "com.rgw-changelog.object.delete_marker",
+    "bucket_create": "com.rgw-changelog.bucket.create",
+    "bucket_delete": "com.rgw-changelog.bucket.delete",
+}
+# ``dataschema``: the record schema's $id (docs/record.schema.json), one per schema version.
+RECORD_SCHEMA_ID = "urn:rgw-changelog:schema:record:1"
+
+
+def event_source(zone: str, rec: LogRecord) -> str:
+    bucket = quote(rec.bucket, safe="")
+    path = f"{rec.tenant}/{bucket}" if rec.tenant else bucket
+    return f"{SOURCE_SCHEME}://{quote(zone, safe='')}/{path}"
+
+
+def cloud_event(rec: LogRecord, *, zone: str) -> dict[str, object]:
+    """The CloudEvents 1.0 event (structured-mode JSON) of one record. ``subject`` is the object
+    key, absent for a bucket op (CloudEvents makes it optional); ``time`` is the mutation's."""
+    event: dict[str, object] = {
+        "specversion": CLOUDEVENTS_SPEC,
+        "id": rec.id,
+        "source": event_source(zone, rec),
+        "type": EVENT_TYPES[rec.op],
+    }
+    if rec.key is not None:
+        event["subject"] = rec.key
+    event["time"] = rec.time
+    event["datacontenttype"] = "application/json"
+    event["dataschema"] = RECORD_SCHEMA_ID
+    event["data"] = rec.to_dict()
+    return event
+
+
 @logs_group.command("cat")
 @click.option("--since", type=TIME, help="Records recorded at or after this time.")
 @click.option("--until", type=TIME, help="Records recorded before this time.")
-@click.option("--bucket", help="Only this bucket.")
+@click.option("--bucket", help="Only this bucket (tenant/bucket for a tenant's).")
 @click.option("--prefix", help="Only keys with this prefix.")
 @click.option("--after", metavar="NAME", help="Only log objects after this one (a consumer's checkpoint).")
-def logs_cat(since: int | None, until: int | None, bucket: str | None, prefix: str | None, after: str | None) -> None:
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["jsonl", "cloudevents"]),
+    default="jsonl",
+    show_default=True,
+    help="jsonl: the records as written (docs/record.schema.json); cloudevents: one CloudEvents 1.0 "
+    "JSON event per line, the record as its data.",
+)
+@click.option(
+    "--zone",
+    default=DEFAULT_ZONE,
+    show_default=True,
+    help="The zone's name in each event's source (rgw-changelog://ZONE/[TENANT/]BUCKET); cloudevents only.",
+)
+def logs_cat(
+    since: int | None,
+    until: int | None,
+    bucket: str | None,
+    prefix: str | None,
+    after: str | None,
+    fmt: str,
+    zone: str,
+) -> None:
     """Print change-log records as JSON Lines on stdout, in log order, each id once.
 
     --since/--until select by the time a record reached the index ("recorded"), the order the
-    logs are written in.
+    logs are written in. --format cloudevents wraps each record in a CloudEvents 1.0 event
+    (source rgw-changelog://ZONE/[TENANT/]BUCKET, type com.rgw-changelog.object.write etc.,
+    subject the key).
     """
     from changelog.pipeline import reader
 
@@ -88,9 +162,10 @@ def logs_cat(since: int | None, until: int | None, bucket: str | None, prefix: s
         for rec in reader.read_records(
             target, since_us=since, until_us=until, after=after, bucket=bucket, key_prefix=prefix
         ):
-            line = rec.encode()
-            if not line.endswith(b"\n"):
-                line += b"\n"
+            if fmt == "cloudevents":
+                line = orjson.dumps(cloud_event(rec, zone=zone), option=orjson.OPT_APPEND_NEWLINE)
+            else:
+                line = rec.encode()
             sink.write(line)
             n += 1
             bar.update(1, nbytes=len(line))

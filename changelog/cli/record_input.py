@@ -24,6 +24,7 @@ import orjson
 
 from changelog.errors import InvalidMutation
 from changelog.pipeline.index import HookStream
+from changelog.pipeline.logformat import SCHEMA_VERSION
 from changelog.pipeline.mutation import MAX_MTIME_NS, InvalidField, Mutation, Op
 from changelog.times import TIME_HELP, parse_time
 
@@ -38,7 +39,9 @@ MAX_MTIME_S = MAX_MTIME_NS // 1_000_000_000
 
 FIELDS = frozenset({
     "bucket", "key", "op", "version_id", "size", "etag", "mtime", "mtime_ns", "time",
-    "seq", "source", "position", "baseline", "metadata",
+    "seq", "source", "position", "baseline", "metadata", "tenant", "storage_class",
+    # of a change-log line: its schema version; id and recorded are made again when recorded
+    "v", "id", "recorded",
 })  # fmt: skip
 _LEN = struct.Struct("<I")
 
@@ -158,6 +161,14 @@ class LineReader:
         baseline = doc.get("baseline", False)
         if not isinstance(baseline, bool):
             raise BadLine(lineno, f"must be true or false, not {_kind(baseline)}", field_name="baseline")
+        # A change-log line (schema 1, with "v") says the mutation time in ``time`` and the
+        # written object's in ``mtime``; other input gives one of mtime_ns, mtime or time.
+        obj_mtime_ns: int | None = None
+        if "v" in doc and doc["v"] != SCHEMA_VERSION:
+            raise BadLine(lineno, f"schema version {doc['v']!r} is not {SCHEMA_VERSION}", field_name="v")
+        if "v" in doc and doc.get("mtime") is not None:
+            obj_mtime_ns = _mtime_ns({"mtime": doc["mtime"]}, lineno)
+            doc = {k: v for k, v in doc.items() if k != "mtime"}
         mtime_ns = _mtime_ns(doc, lineno)
         position = _number(doc.get("position"), lineno, "position")
         if position is None:
@@ -165,8 +176,9 @@ class LineReader:
         seq = _number(doc.get("seq"), lineno, "seq") or f"{mtime_ns:020d}.{position}"
         source = doc.get("source")
         return Mutation(
-            bucket=doc.get("bucket", ""),  # type: ignore[arg-type]  # Mutation checks every type
-            key=doc.get("key", ""),  # type: ignore[arg-type]
+            tenant=doc.get("tenant") or "",  # type: ignore[arg-type]  # Mutation checks every type
+            bucket=doc.get("bucket", ""),  # type: ignore[arg-type]
+            key="" if doc.get("key", "") is None else doc.get("key", ""),  # type: ignore[arg-type]
             op=doc.get("op", "write"),  # type: ignore[arg-type]
             mtime_ns=mtime_ns,
             source=(self._source or self._stream.source) if source is None else source,  # type: ignore[arg-type]
@@ -175,6 +187,8 @@ class LineReader:
             version_id=doc.get("version_id"),  # type: ignore[arg-type]
             size=doc.get("size"),  # type: ignore[arg-type]
             etag=doc.get("etag"),  # type: ignore[arg-type]
+            obj_mtime_ns=obj_mtime_ns,
+            storage_class=doc.get("storage_class"),  # type: ignore[arg-type]
             baseline=baseline,
             metadata={} if doc.get("metadata") is None else doc["metadata"],  # type: ignore[arg-type]
         )

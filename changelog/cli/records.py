@@ -166,10 +166,12 @@ def _probe_target(target: Target, url: str) -> str:
 def record_cmd(batch: int, source: str | None, partial: bool, as_json: bool) -> None:
     """Record mutations given as JSON Lines on stdin through the write hook.
 
-    One object per line: bucket, key, op (write | delete | delete_marker; default write), and
-    optionally version_id, size, etag, mtime (a time or epoch seconds; default now) or mtime_ns,
-    seq, source and position (the event's identity: a repeated source+position is recorded
-    once), baseline, metadata.
+    One object per line: bucket, key, op (write | delete | delete_marker | bucket_create |
+    bucket_delete, whose key is null; default write), and optionally tenant, version_id, size,
+    etag, storage_class, mtime (a time or epoch seconds; default now) or mtime_ns, seq, source
+    and position (the event's identity: a repeated source+position is recorded once), baseline,
+    metadata. A change-log line (with "v") is accepted as it is: its time is the mutation time
+    and its mtime the object's.
 
     The whole input is checked first: if any line is bad, every bad line is listed (line,
     field, why) and nothing is recorded, unless --partial.

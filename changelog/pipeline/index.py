@@ -19,7 +19,7 @@ import orjson
 from changelog.errors import CompareFailed, ConfigError, InvalidMutation, TransientError
 from changelog.pipeline import keys
 from changelog.pipeline.control import META_KEY as META_KEY  # re-exported: the CLI reads it from here
-from changelog.pipeline.mutation import Mutation, event_id, packer
+from changelog.pipeline.mutation import Mutation, Op, event_id, packer
 from changelog.pipeline.store import Cmp, LockRef, ObjectStore, WriteOp
 
 logger = logging.getLogger(__name__)
@@ -65,6 +65,16 @@ _UNKNOWN = "\x00unknown"  # not a position (positions are printable ASCII): a st
 _Pending = tuple[Mutation, bytes, str]
 
 
+def bucket_op_shard(op: Op, shards: int) -> int:
+    """Where a bucket op is recorded: a ``bucket_create`` in the first shard, a
+    ``bucket_delete`` in the last. A pass drains the shards in order, each in time order, so in
+    the committed logs a bucket's create comes before the bucket's records of the same pass and
+    its delete after them (the follower records a create before the bucket's first entries and
+    a delete after its last ones; every record before a pass's cutoff is in that pass or an
+    earlier one)."""
+    return 0 if op is Op.BUCKET_CREATE else shards - 1
+
+
 class ChangeIndex:
     """A sharded change index on an ``ObjectStore``. Thread-safe."""
 
@@ -104,6 +114,7 @@ class ChangeIndex:
         return f"{self.prefix}.shard.{n:04d}"
 
     def shard_of(self, bucket: str, key: str) -> int:
+        """The shard of an object's records (a bucket op's: ``bucket_op_shard``)."""
         return keys.shard_of(bucket, key, self.shards)
 
     def _open(self, create: bool) -> None:
@@ -167,6 +178,8 @@ class ChangeIndex:
             h.update(f"{m.tenant}/{m.bucket}\x00{m.key}".encode() if m.tenant else f"{m.bucket}\x00{m.key}".encode())
             digest = h.digest()
             shard = digest[7] & mask if mask >= 0 else from_bytes(digest, "big") % shards
+            if m.op.of_bucket:
+                shard = bucket_op_shard(m.op, shards)
             vid = m.version_id
             objver = digest.hex() + (null_ver if vid is None else "." + version_hash(vid))
             by_shard[shard].append((m, m.encode_with(pack), objver))

@@ -169,9 +169,11 @@ class LogReader:
                     if not self.seen.add(rec.id):
                         self.skipped += 1
                         continue
-                    if bucket is not None and rec.bucket != bucket:
+                    # A tenant's bucket is asked for as "tenant/bucket"; a bucket op (no key)
+                    # concerns every key of its bucket, so a key prefix keeps it.
+                    if bucket is not None and rec.qualified_bucket != bucket:
                         continue
-                    if key_prefix is not None and not rec.key.startswith(key_prefix):
+                    if key_prefix is not None and rec.key is not None and not rec.key.startswith(key_prefix):
                         continue
                     if since_us is not None or until_us is not None:
                         t = rec.recorded_us

@@ -64,7 +64,7 @@ class Serve:
     interval: float = 0.5
     settle: float = 0.5
     trim_logs: bool = True
-    object_info: bool = False
+    object_info: str = "index"
     # A `file://` target in this directory instead of the log bucket; when it faults, the
     # collector should fail its passes fast (one retry) so that health says so quickly.
     target_root: Path | None = None
@@ -102,7 +102,7 @@ region = "default"
 buckets = {json.dumps(self.buckets)}
 poll_interval = {self.poll_interval}
 trim_logs = {str(self.trim_logs).lower()}
-object_info = {str(self.object_info).lower()}
+object_info = "{self.object_info}"
 
 [target]
 {target}
@@ -172,7 +172,9 @@ def wait_for_watermark(s3: Any, serve: Serve, t: float, timeout: float = 120.0) 
         time.sleep(0.5)
 
 
-def committed(s3: Any, bucket: str) -> list[LogRecord]:
+def committed(s3: Any, bucket: str, *, bucket_ops: bool = False) -> list[LogRecord]:
+    """Every committed record in the log bucket, in committed order; bucket_create and
+    bucket_delete only with ``bucket_ops`` (these tests count object mutations)."""
     out: list[LogRecord] = []
     for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=f"{LOG_PREFIX}/"):
         for o in page.get("Contents", []):
@@ -181,12 +183,13 @@ def committed(s3: Any, bucket: str) -> list[LogRecord]:
                 continue
             body = s3.get_object(Bucket=bucket, Key=name)["Body"].read()
             out.extend(iter_records(io.BytesIO(body), compression_of(name)))
-    return out
+    return out if bucket_ops else [r for r in out if not r.is_bucket_op]
 
 
-def committed_in(root: Path) -> list[LogRecord]:
+def committed_in(root: Path, *, bucket_ops: bool = False) -> list[LogRecord]:
     """Every record of every committed log object under a directory target's ``root``, read
-    object by object (not through the reader, which would drop a repeated id)."""
+    object by object (not through the reader, which would drop a repeated id); bucket ops only
+    with ``bucket_ops``."""
     from changelog.pipeline.targets import DirectoryTarget
 
     target = DirectoryTarget(root, create=False)
@@ -194,18 +197,18 @@ def committed_in(root: Path) -> list[LogRecord]:
     for o in target.list():
         if parse_log_name(o.name) is not None:
             out.extend(iter_records(io.BytesIO(target.get(o.name)), compression_of(o.name)))
-    return out
+    return out if bucket_ops else [r for r in out if not r.is_bucket_op]
 
 
 def view(r: LogRecord) -> tuple[str, str, str, str | None]:
-    return (r.bucket, r.key, r.op, None if r.version_id in (None, "null") else r.version_id)
+    return (r.bucket, r.key or "", r.op, None if r.version_id in (None, "null") else r.version_id)
 
 
 def final_state_from(records: list[LogRecord], bucket: str) -> dict[str, list[str]]:
     """key -> live versions in order (the last one current) replayed from the records."""
     state: dict[str, dict[str | None, str]] = {}
-    for r in sorted((r for r in records if r.bucket == bucket), key=lambda r: (r.key, r.seq)):
-        versions = state.setdefault(r.key, {})
+    for r in sorted((r for r in records if r.bucket == bucket and r.key is not None), key=lambda r: (r.key or "", r.seq)):
+        versions = state.setdefault(r.key or "", {})
         vid = None if r.version_id in (None, "null") else r.version_id
         versions.pop(vid, None)
         if r.op == "write":
@@ -275,7 +278,7 @@ def test_serve_logs_every_mutation_kind_once(serve: Serve, s3_client: Any) -> No
     s3.put_bucket_versioning(Bucket=versioned, VersioningConfiguration={"Status": "Enabled"})
     serve.buckets = [plain, versioned]
     # Sizes and etags are looked up (one radosgw request per write): each write must get its own.
-    serve.object_info = True
+    serve.object_info = "head"
     proc = serve.start()
     wait_for_watermark(s3, serve, time.time())
     expected: list[tuple[str, str, str, str | None]] = []
@@ -336,7 +339,7 @@ def test_serve_logs_every_mutation_kind_once(serve: Serve, s3_client: Any) -> No
     assert len({r.id for r in records}) == len(records), "a record was committed twice"
     assert not any(r.baseline for r in records)
     assert sorted(view(r) for r in records) == sorted(expected)
-    # The bucket index log has no size or etag; with [source] object_info = true serve looks
+    # The bucket index log has no size or etag; with [source] object_info = "head" serve looks
     # them up, and every write was looked up before it was overwritten or deleted: each one
     # has its own size, none is left null.
     got_sizes: dict[tuple[str, str, str | None], list[int | None]] = defaultdict(list)
@@ -350,6 +353,9 @@ def test_serve_logs_every_mutation_kind_once(serve: Serve, s3_client: Any) -> No
     assert got_sizes == sizes
     assert_same_state(records, s3, plain)
     assert_same_state(records, s3, versioned)
+    # Both buckets existed when serve first started: each is announced once, as a baseline.
+    ops = [(r.op, r.bucket, r.baseline, r.key) for r in committed(s3, serve.log_bucket, bucket_ops=True) if r.is_bucket_op]
+    assert sorted(ops) == [("bucket_create", plain, True, None), ("bucket_create", versioned, True, None)]
     log = serve.log_tail()
     assert "SIGTERM received" in log and "follower" in log
 

@@ -92,7 +92,7 @@ def committed_keys(root: Path, bucket: str) -> Counter[str]:
     from changelog.pipeline.reader import read_records
     from changelog.pipeline.targets import DirectoryTarget
 
-    return Counter(r.key for r in read_records(DirectoryTarget(root, create=False)) if r.bucket == bucket)
+    return Counter(r.key for r in read_records(DirectoryTarget(root, create=False)) if r.bucket == bucket and r.key)
 
 
 def wait_health(port: int, want: int, proc: subprocess.Popen[bytes], timeout: float) -> tuple[float, dict[str, Any]]:

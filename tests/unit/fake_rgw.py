@@ -13,7 +13,11 @@ and Tentacle reshard in place to a new log generation and keep the old one; thei
 entries name the generation; Tentacle's data-log page marker is "" at the end of a shard; its
 listings give whole seconds. The data log coalesces as radosgw's does (``rgw_data_log_window``).
 
-A tenant's bucket is a bucket named ``tenant/name``, as radosgw lists and logs it. Not modelled:
+A tenant's bucket is a bucket named ``tenant/name``, as radosgw's admin API lists, logs and
+answers it (``/admin/bucket`` says ``"bucket": "name", "tenant": "tenant"``; the S3 spelling
+``tenant:name`` answers 404 there and 400 as a ``bucket-instance``); its data-log shard is hashed
+from the name within the tenant, as radosgw's. A deleted bucket's log answers 404 at once, as on
+Pacific and Reef (measured a few milliseconds after the last DELETE). Not modelled:
 versioning suspension, multipart internals, concurrent writes during a reshard. The data-log markers were not captured: they are opaque, sortable strings here.
 """
 
@@ -43,7 +47,7 @@ from rgw_module.admin import (
     NotFound,
     ObjectPage,
 )
-from rgw_module.mapping import BucketShard, str_hash_linux
+from rgw_module.mapping import BilogEntry, BucketShard, datalog_shard, split_name, str_hash_linux
 
 Release = Literal["pacific", "reef", "tentacle"]
 RELEASES: tuple[Release, ...] = ("pacific", "reef", "tentacle")
@@ -231,6 +235,8 @@ class FakeRadosgw(AdminClient):
         with self._lock:
             if name in self._buckets:
                 raise PermanentError(f"fake radosgw: bucket {name} exists")
+            if ":" in name or name.count("/") > 1:
+                raise PermanentError(f"fake radosgw: {name!r} is not a bucket name (tenant/name)")
             bucket_id = self._new_instance_id()
             self._buckets[name] = _Bucket(
                 name, bucket_id, bucket_id, self._now_ns(), versioned, {0: _new_generation(shards)}
@@ -348,7 +354,7 @@ class FakeRadosgw(AdminClient):
 
     def datalog_shard_of(self, bucket: str, shard: int) -> int:
         """The data-log shard a bucket-index shard is logged to (``RGWDataChangesLog::choose_oid``)."""
-        return (str_hash_linux(bucket) + max(shard, 0)) % len(self._dl)
+        return datalog_shard(bucket, shard, len(self._dl))
 
     def bilog(self, bucket: str, *, gen: int | None = None) -> dict[int, list[dict[str, Any]]]:
         """The entries still in each shard's log of generation ``gen`` (default: the newest)."""
@@ -495,7 +501,7 @@ class FakeRadosgw(AdminClient):
 
     def bilog_list(
         self, bs: BucketShard, marker: str = "", *, max_entries: int = MAX_ENTRIES
-    ) -> list[dict[str, Any]]:
+    ) -> list[BilogEntry]:
         self._gate("bilog_list", bs.key, marker)
         return super().bilog_list(bs, marker, max_entries=max_entries)
 
@@ -660,6 +666,9 @@ class FakeRadosgw(AdminClient):
                 "fake radosgw: bucket-index log wants bucket-instance=: HTTP 400 InvalidArgument"
             )
         parts = raw.split(":")
+        if len(parts) > 2 and not parts[2].lstrip("-").isdigit():
+            # "t1:b:<id>", the S3 spelling of a tenant's bucket: radosgw cannot parse it.
+            raise PermanentError(f"fake radosgw: bucket-instance {raw}: HTTP 400 InvalidArgument")
         b = self._buckets.get(parts[0])
         if (b is None or b.bucket_id != parts[1]) and len(parts) >= 2:
             b = self._retired.get(f"{parts[0]}:{parts[1]}")
@@ -767,10 +776,11 @@ class FakeRadosgw(AdminClient):
         b = self._buckets.get(name)
         if b is None:
             raise self._missing(f"bucket {name}", "NoSuchBucket")
+        tenant, bare = split_name(name)
         return {
-            "bucket": name,
+            "bucket": bare,
             "num_shards": b.num_shards,
-            "tenant": "",
+            "tenant": tenant,
             "id": b.bucket_id,
             "marker": b.marker,
             "index_type": "Normal",

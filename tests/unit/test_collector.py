@@ -4,6 +4,7 @@ watermark; and the reader on what it wrote."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import random
@@ -233,6 +234,28 @@ def test_drain_exactly_once_any_target(any_env):
     again = c.run_pass()
     assert again.objects == () and again.entries == 0
     c.close()
+
+
+@pytest.mark.parametrize("roll_entries", [7, 100_000])
+def test_bucket_create_comes_first_and_bucket_delete_last_in_the_committed_logs(env, roll_entries):
+    """The records of one bucket land in every shard; its create (recorded before them) and its
+    delete (recorded after) land in the first and the last shard, so the committed order has the
+    create before and the delete after every record of the bucket, one object or several."""
+    def bucket_op(op: Op, position: str) -> Mutation:
+        return Mutation(bucket="gone", key="", op=op, mtime_ns=1, source="rgw-bucket:gone:id", position=position,
+                        seq=f"000001.{position}")
+
+    env.index.record_many([bucket_op(Op.BUCKET_CREATE, "0")])
+    keyed = [dataclasses.replace(m, bucket="gone") for m in mutations(60, start=500)]
+    env.index.record_many(keyed)
+    env.index.record_many([bucket_op(Op.BUCKET_DELETE, "2")])
+    env.record(40)  # other buckets' records, before and after in time
+    c = env.collector(roll_entries=roll_entries)
+    c.run_pass()
+    c.close()
+    order = [r.op for r in env.log_records() if r.bucket == "gone"]
+    assert order[0] == "bucket_create" and order[-1] == "bucket_delete" and len(order) == 62
+    assert {env.index.shard_of("gone", m.key) for m in keyed} >= {0, env.shards - 1}  # really everywhere
 
 
 def test_settle_window_and_late_writer_below_the_floor(env):

@@ -229,7 +229,9 @@ def test_bad_source_name_is_a_usage_error(run: Any) -> None:
          '"metadata": {"m": "' + "v" * 600_000 + '"}}',
          "line 1: metadata: too large: the record encodes to 600044 bytes (limit 524288)"),
         ('{"bucket": "b", "key": "k", "colour": "red"}', "line 1: colour: unknown field (known: baseline, bucket, "
-         "etag, key, metadata, mtime, mtime_ns, op, position, seq, size, source, time, version_id)"),
+         "etag, id, key, metadata, mtime, mtime_ns, op, position, recorded, seq, size, source, storage_class, tenant, "
+         "time, v, version_id)"),
+        ('{"v": 2, "bucket": "b", "key": "k"}', "line 1: v: schema version 2 is not 1"),
         ("[1]", "line 1: expected a JSON object, not list [1]"),
     ],
 )  # fmt: skip
@@ -375,3 +377,61 @@ def test_bad_log_file_is_one_line_and_exit_2(
         "",
         f"config error: logging.file: cannot open {path}: {why}\n",
     )
+
+
+# --------------------------------------------------------------------------- schema 1 lines
+
+
+def test_a_change_log_line_records_as_it_was(run: Any, conf: Path) -> None:
+    """A schema 1 line fed back to `record` keeps its tenant, bucket op, null version and object
+    mtime (its ``time`` is the mutation time, its ``mtime`` the object's), and flushes to the
+    same fields."""
+    lines = [
+        {"v": 1, "time": "2026-12-01T10:00:00.000001Z", "op": "bucket_create", "tenant": "t1", "bucket": "b",
+         "key": None},
+        {"v": 1, "time": "2026-12-01T10:00:01.000000Z", "op": "write", "tenant": "t1", "bucket": "b", "key": "k",
+         "version_id": "null", "size": 5, "etag": "e", "mtime": "2026-12-01T10:00:00.500000Z",
+         "storage_class": "STANDARD"},
+        {"v": 1, "time": "2026-12-01T10:00:02.000000Z", "op": "bucket_delete", "tenant": None, "bucket": "c",
+         "key": None},
+    ]
+    got = run("record", input="".join(orjson.dumps(d).decode() + "\n" for d in lines))
+    assert got.exit_code == 0, got.output
+    index = open_index(load_config(conf))
+    try:
+        ms = sorted((e.mutation for s in range(index.shards) for e in index.scan(s)), key=lambda m: m.mtime_ns)
+    finally:
+        index.store.close()
+    assert [(m.op.value, m.tenant, m.bucket, m.key, m.version_id) for m in ms] == [
+        ("bucket_create", "t1", "b", "", None), ("write", "t1", "b", "k", None), ("bucket_delete", "", "c", "", None)
+    ]
+    assert ms[1].obj_mtime_ns == 1_796_119_200_500_000_000 and ms[1].mtime_ns == 1_796_119_201_000_000_000
+    assert ms[1].storage_class == "STANDARD" and ms[1].size == 5
+    bad = run("record", input='{"bucket": "b", "key": null, "op": "write"}\n')
+    assert bad.exit_code != 0 and "line 1" in bad.output and "key" in bad.output
+
+
+def test_mutation_rules_of_schema_1() -> None:
+    def m(**kw: Any) -> Mutation:
+        doc: dict[str, Any] = {"bucket": "b", "key": "k", "op": "write", "mtime_ns": 1, "source": "s",
+                               "position": "1", "seq": "1"}
+        doc.update(kw)
+        return Mutation(**doc)
+
+    assert m(version_id="null").version_id is None  # one spelling of the null version
+    assert m(op="bucket_delete", key="").key == ""
+    for kw, field in [
+        ({"op": "bucket_create"}, "key"),  # a bucket op has no key
+        ({"op": "bucket_delete", "key": "", "size": 1}, "op"),
+        ({"op": "bucket_delete", "key": "", "version_id": "v"}, "version_id"),
+        ({"tenant": "a/b"}, "tenant"),
+        ({"tenant": 3}, "tenant"),
+        ({"storage_class": ""}, "storage_class"),
+        ({"obj_mtime_ns": -1}, "mtime"),
+        ({"key": ""}, "key"),
+    ]:
+        with pytest.raises(InvalidField) as ex:
+            m(**kw)
+        assert ex.value.field == field, kw
+    encoded = m(tenant="t_1", obj_mtime_ns=7, storage_class="COLD", version_id="v1")
+    assert Mutation.decode(encoded.encode()) == encoded

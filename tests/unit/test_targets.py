@@ -235,7 +235,7 @@ def test_s3_errors_translated_by_status(status, code, error):
     [
         (404, "NoSuchBucket", "NotFound", "HTTP 404 NoSuchBucket"),
         (503, "SlowDown", "TransientError", "HTTP 503 SlowDown"),
-        (403, "AccessDenied", "PermanentError", "needs a system user"),
+        (403, "AccessDenied", "AccessDenied", "needs a system user"),  # a PermanentError
         (400, "InvalidArgument", "PermanentError", "HTTP 400 InvalidArgument"),
     ],
 )

@@ -24,13 +24,18 @@ librados error is translated here, at the edge, into ``changelog.errors``. What 
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import errno
 import logging
 import math
+import os
 import struct
+import threading
 from collections import deque
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
+from ctypes import Array
 
 import rados
 
@@ -487,3 +492,194 @@ class RadosStore:
             self._ioctx.close()
         finally:
             self._cluster.shutdown()
+
+
+# -- bucket index omap reads -------------------------------------------------------------------
+#
+# radosgw's bucket index keys are binary: a versioned instance entry is
+# ``b"\x801000_" + name + b"\0i" + instance``. The binding cannot carry them: it passes keys as C
+# strings (cut at the NUL) and decodes the keys it returns as UTF-8 (UnicodeDecodeError on 0x80),
+# both checked with python3-rados 16.2.15. So these reads call librados' C API through ctypes,
+# with the length-carrying variants (``rados_read_op_omap_get_vals_by_keys2``,
+# ``rados_omap_get_next2``, in librados since Nautilus), on a client of their own.
+
+
+def _load_librados() -> ctypes.CDLL:
+    path = ctypes.util.find_library("rados") or "librados.so.2"
+    try:
+        lib = ctypes.CDLL(path, use_errno=True)
+    except OSError as ex:
+        raise PermanentError(f"cannot load librados ({path}): {ex}") from ex
+    vp, cp, sz = ctypes.c_void_p, ctypes.c_char_p, ctypes.c_size_t
+    for name, args in {
+        "rados_create2": [ctypes.POINTER(vp), cp, cp, ctypes.c_uint64],
+        "rados_conf_read_file": [vp, cp],
+        "rados_conf_set": [vp, cp, cp],
+        "rados_connect": [vp],
+        "rados_shutdown": [vp],
+        "rados_ioctx_create": [vp, cp, ctypes.POINTER(vp)],
+        "rados_ioctx_destroy": [vp],
+        "rados_create_read_op": [],
+        "rados_release_read_op": [vp],
+        "rados_read_op_omap_get_vals_by_keys2": [
+            vp, ctypes.POINTER(cp), sz, ctypes.POINTER(sz), ctypes.POINTER(vp), ctypes.POINTER(ctypes.c_int),
+        ],
+        "rados_read_op_omap_get_vals2": [
+            vp, cp, cp, ctypes.c_uint64, ctypes.POINTER(vp), ctypes.POINTER(ctypes.c_ubyte),
+            ctypes.POINTER(ctypes.c_int),
+        ],
+        "rados_read_op_operate": [vp, vp, cp, ctypes.c_int],
+        "rados_omap_get_next2": [
+            vp, ctypes.POINTER(ctypes.POINTER(ctypes.c_char)), ctypes.POINTER(ctypes.POINTER(ctypes.c_char)),
+            ctypes.POINTER(sz), ctypes.POINTER(sz),
+        ],
+        "rados_omap_get_end": [vp],
+    }.items():
+        fn = getattr(lib, name, None)
+        if fn is None:
+            raise PermanentError(f"librados ({path}) lacks {name} (Nautilus or later is needed)")
+        fn.argtypes = args
+        fn.restype = None if name in ("rados_shutdown", "rados_ioctx_destroy", "rados_release_read_op",
+                                      "rados_omap_get_end") else (vp if name == "rados_create_read_op"
+                                                                  else ctypes.c_int)
+    return lib
+
+
+class OmapReader:
+    """Reads omap values by (binary) keys from objects of any pool of a cluster: the bucket
+    index read of ``rgw_module.bucket_index``. Thread-safe (librados is; ctypes releases the GIL
+    during each call). I/O contexts are opened per pool on first use and kept."""
+
+    def __init__(
+        self,
+        *,
+        conffile: str,
+        keyring: str | None = None,
+        client_name: str = "client.admin",
+        connect_timeout: float = 10,
+        op_timeout: float = 30,
+    ) -> None:
+        self._lib = _load_librados()
+        self._where = f"Ceph ({conffile}, {client_name})"
+        self._ioctxs: dict[str, ctypes.c_void_p] = {}
+        self._lock = threading.Lock()
+        seconds = max(1, math.ceil(connect_timeout))
+        conf = {
+            "client_mount_timeout": str(seconds),
+            "rados_mon_op_timeout": str(seconds),
+            "rados_osd_op_timeout": str(max(1, math.ceil(op_timeout))),
+        }
+        if keyring:
+            conf["keyring"] = keyring
+        cluster = ctypes.c_void_p()
+        name = client_name.encode()
+        self._check(self._lib.rados_create2(ctypes.byref(cluster), b"ceph", name, 0), "create client")
+        self._cluster = cluster
+        try:
+            self._check(self._lib.rados_conf_read_file(cluster, conffile.encode()), f"read {conffile}")
+            for key, value in conf.items():
+                self._check(self._lib.rados_conf_set(cluster, key.encode(), value.encode()), f"set {key}")
+            self._check(self._lib.rados_connect(cluster), "connect", connecting=True)
+        except BaseException:
+            self._lib.rados_shutdown(cluster)
+            raise
+        self._closed = False
+
+    def __repr__(self) -> str:
+        return f"OmapReader({self._where})"
+
+    def _check(self, ret: int, what: str, *, connecting: bool = False) -> None:
+        if ret >= 0:
+            return
+        code = -ret
+        message = f"{what} on {self._where}: {os.strerror(code)}"
+        if connecting and code in (errno.ENOENT, errno.EACCES, errno.EPERM, errno.EINVAL):
+            raise PermanentError(f"cannot connect: {message}")
+        raise _general(code, what, f"{self._where}: {os.strerror(code)}")
+
+    def _ioctx(self, pool: str) -> ctypes.c_void_p:
+        with self._lock:
+            if self._closed:
+                raise PermanentError(f"{self!r} is closed")
+            io = self._ioctxs.get(pool)
+            if io is None:
+                io = ctypes.c_void_p()
+                ret = self._lib.rados_ioctx_create(self._cluster, pool.encode(), ctypes.byref(io))
+                if ret == -errno.ENOENT:
+                    raise PermanentError(f"{self._where}: no such pool {pool!r}")
+                self._check(ret, f"open pool {pool!r}")
+                self._ioctxs[pool] = io
+            return io
+
+    def get(self, pool: str, oid: str, keys: Sequence[bytes]) -> dict[bytes, bytes]:
+        """The values of those of ``keys`` that ``oid`` holds; {} if the object does not exist.
+        One read op per BY_KEYS_CHUNK keys."""
+        unique = list(dict.fromkeys(keys))
+        out: dict[bytes, bytes] = {}
+        io = self._ioctx(pool)
+        for i in range(0, len(unique), BY_KEYS_CHUNK):
+            chunk = unique[i : i + BY_KEYS_CHUNK]
+            arr = (ctypes.c_char_p * len(chunk))(*chunk)
+            lens = (ctypes.c_size_t * len(chunk))(*(len(k) for k in chunk))
+
+            def add(op: ctypes.c_void_p, it: ctypes.c_void_p, rval: ctypes.c_int,
+                    arr: Array[ctypes.c_char_p] = arr, lens: Array[ctypes.c_size_t] = lens, n: int = len(chunk)) -> None:
+                self._lib.rados_read_op_omap_get_vals_by_keys2(op, arr, n, lens, ctypes.byref(it), ctypes.byref(rval))
+
+            page = self._read(io, oid, add)
+            if page is None:
+                return {}
+            out.update(page)
+        return out
+
+    def page(self, pool: str, oid: str, start_after: bytes = b"", limit: int = 1000) -> list[tuple[bytes, bytes]]:
+        """Up to ``limit`` keys and values after ``start_after`` (captures and tests); [] if the
+        object does not exist. ``start_after`` cannot hold a NUL (a C string in librados)."""
+        io = self._ioctx(pool)
+
+        def add(op: ctypes.c_void_p, it: ctypes.c_void_p, rval: ctypes.c_int) -> None:
+            more = ctypes.c_ubyte()
+            self._lib.rados_read_op_omap_get_vals2(op, start_after, b"", limit, ctypes.byref(it),
+                                                   ctypes.byref(more), ctypes.byref(rval))
+
+        return list((self._read(io, oid, add) or {}).items())
+
+    def _read(self, io: ctypes.c_void_p, oid: str, add: Callable[..., None]) -> dict[bytes, bytes] | None:
+        lib = self._lib
+        op = ctypes.c_void_p(lib.rados_create_read_op())
+        it = ctypes.c_void_p()
+        rval = ctypes.c_int(0)
+        out: dict[bytes, bytes] = {}
+        try:
+            add(op, it, rval)
+            ret = lib.rados_read_op_operate(op, io, oid.encode(), 0)
+            if ret == -errno.ENOENT:
+                return None
+            self._check(ret, f"read {oid}")
+            self._check(rval.value, f"read omap of {oid}")
+            key = ctypes.POINTER(ctypes.c_char)()
+            val = ctypes.POINTER(ctypes.c_char)()
+            klen, vlen = ctypes.c_size_t(), ctypes.c_size_t()
+            try:
+                while True:
+                    self._check(lib.rados_omap_get_next2(it, ctypes.byref(key), ctypes.byref(val),
+                                                         ctypes.byref(klen), ctypes.byref(vlen)), f"read {oid}")
+                    if not key:
+                        break
+                    out[ctypes.string_at(key, klen.value)] = ctypes.string_at(val, vlen.value) if val else b""
+            finally:
+                if it:
+                    lib.rados_omap_get_end(it)
+        finally:
+            lib.rados_release_read_op(op)
+        return out
+
+    def close(self) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            for io in self._ioctxs.values():
+                self._lib.rados_ioctx_destroy(io)
+            self._ioctxs.clear()
+        self._lib.rados_shutdown(self._cluster)
