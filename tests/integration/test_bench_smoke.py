@@ -34,11 +34,15 @@ FIGURES = {
     "rgw_put_with_serve",
     "rgw_put_with_notification",
     "rgw_put_serve_vs_notification",
+    "rgw_put_with_serve_head",
+    "rgw_put_serve_vs_serve_head",
+    "rgw_put_with_serve_none",
     "lag_p50",
     "lag_p99",
     "backup_incremental_requests",
     "backup_incremental_wall_time",
     "backup_incremental_requests_vs_etag_listing",
+    "backup_detection_requests",
 }
 # On a tentacle lab only; --quick leaves out the lag at the default roll time (300 s).
 JOURNAL_FIGURES = {

@@ -1,17 +1,28 @@
 """The benchmark's pure parts, which the lab runs cannot check on every release: the ``journal``
 figure's record matching, its Journal-record parser and bucket layout (Journal mode needs a
-Tentacle lab), and the backup benchmarks' change plan."""
+Tentacle lab), the backup benchmarks' change plan, request split (copy or detection) and ETag
+count, the ``rgw-put`` figure's size check, and the CPU read from ``/proc/PID/stat``."""
 
 from __future__ import annotations
 
+import os
 import random
 from pathlib import Path
 
-from tools.bench.backup_passes import as_expected, plan_changes
-from tools.bench.common import Bench, Lab
+from changelog.pipeline.logformat import LogRecord, rfc3339_us
+from tools.bench.backup_passes import (
+    BackupBuckets,
+    as_expected,
+    etag_counts,
+    plan_changes,
+    request_call,
+    split_requests,
+)
+from tools.bench.common import Bench, Lab, proc_cpu_s, stat_cpu_s
 from tools.bench.journal import Layout
 from tools.bench.journal_ledger import Change, Ledger, compare, count_text
 from tools.bench.journal_logging import journal_change, parse_journal
+from tools.bench.rgw_put import round_config, size_counts, sizes_text
 
 
 def _bench(quick: bool) -> Bench:
@@ -87,3 +98,88 @@ def test_plan_changes_splits_by_the_mix_and_checks_the_outcome() -> None:
     assert not as_expected(changes, 500, 499, {"copied": 4, "deleted": 1, "checked": 500})
     one = plan_changes(10, 0.01, (3, 1, 1), random.Random(1), minimum=1)
     assert (one.changed, len(one.overwritten), one.new, one.deleted) == (1, 1, 0, [])
+
+
+def _rec(bucket: str, key: str | None, op: str = "write", *, size: int | None = 1, etag: str | None = "e",
+         baseline: bool = False) -> LogRecord:  # fmt: skip
+    return LogRecord(
+        id=f"{bucket}/{key}/{op}", time=rfc3339_us(0), bucket=bucket, key=key, version_id=None, op=op,
+        size=size, etag=etag, seq="0", baseline=baseline, recorded=rfc3339_us(0),
+    )  # fmt: skip
+
+
+def test_stat_cpu_s_reads_utime_and_stime_after_a_command_name_with_spaces_and_parens() -> None:
+    line = "1234 (radosgw (x) y) S 1 2 3 4 5 6 7 8 9 10 250 50 0 0 20 0 40 0 100 0 0\n"
+    assert stat_cpu_s(line, 100) == 3.0
+    own = proc_cpu_s(os.getpid())
+    assert own is not None and own > 0
+    assert proc_cpu_s(2**22 + 7) is None  # above pid_max's default: no such process
+
+
+def test_size_counts_split_the_followed_buckets_writes_by_round_configuration() -> None:
+    assert round_config("r3-serve-head/0000001") == "serve-head"
+    assert round_config("r0-serve/0000001") == "serve"
+    assert round_config("warmup/0000001") is None and round_config("rx-serve/1") is None
+    records = [
+        _rec("on", "r0-serve/1"),
+        _rec("on", "r1-serve/1", size=None),
+        _rec("on", "r0-serve-head/1"),
+        _rec("on", "warmup/1", size=None),  # not a measured round
+        _rec("on", None, "bucket_create", size=None),  # the bucket's own record
+        _rec("off", "r0-serve/2", size=None),  # another bucket
+        _rec("on", "r0-serve/3", "delete", size=None),  # not a write
+    ]
+    sizes = size_counts(records, "on")
+    assert sizes == {"serve": (2, 1), "serve-head": (1, 1)}
+    text, valid = sizes_text(sizes)
+    assert not valid and text.startswith("NOT VALID: ") and "serve (object_info index) 0.500 (1/2)" in text
+    text, valid = sizes_text({"serve": (800, 800), "serve-head": (800, 800)})
+    assert valid and text == (
+        "write records with a size: serve (object_info index) 1.000 (800/800); "
+        "serve-head (object_info head) 1.000 (800/800)"
+    )
+
+
+def test_split_requests_tells_copies_from_detection() -> None:
+    b = BackupBuckets("src", "logs", "store", "mirror")
+    assert request_call("GetObject", "http://h:1/src/data/0000001") == ("GetObject", "src", "data/")
+    assert request_call("ListObjectsV2", "http://h:1/src?list-type=2&prefix=x") == ("ListObjectsV2", "src", "x")
+    assert request_call("ListObjectsV2", "http://h:1/st?list-type=2&prefix=blobs%2Fab") == ("ListObjectsV2", "st", "blobs/")
+    assert request_call("ListObjectsV2", "http://h:1/src?list-type=2") == ("ListObjectsV2", "src", "")
+    assert request_call("GetObject", "http://h:1/logs/2026%2F12") == ("GetObject", "logs", "2026/")
+    assert request_call("GetObject", "http://h:1/logs/watermark.json") == ("GetObject", "logs", "(root)")
+    calls = {
+        ("GetObject", "src", "data/"): 120,  # copy: the changed objects read
+        ("PutObject", "store", "blobs/"): 160,  # copy: their content stored
+        ("HeadObject", "store", "blobs/"): 3,  # copy: a blob's exists check
+        ("ListObjectsV2", "src", ""): 2,  # probes: detection
+        ("HeadObject", "src", "data/"): 5,  # probes: detection
+        ("GetObject", "logs", "2026/"): 2,
+        ("PutObject", "store", "manifests/"): 1,
+        ("ListObjectsV2", "store", ""): 1,  # the blobs/ listing: every exists check at once
+        ("PutObject", "mirror", "data/"): 7,  # copy
+        ("DeleteObject", "mirror", "data/"): 4,  # copy (applying a deletion)
+        ("ListObjectsV2", "mirror", ""): 21,
+    }
+    copy, detect = split_requests(calls, b)
+    assert copy == 120 + 160 + 3 + 7 + 4
+    assert detect == {
+        "GetObject logs/2026/": 2,
+        "HeadObject src/data/": 5,
+        "ListObjectsV2 mirror/": 21,
+        "ListObjectsV2 src/": 2,
+        "ListObjectsV2 store/": 1,
+        "PutObject store/manifests/": 1,
+    }
+
+
+def test_etag_counts_counts_the_writes_of_the_bucket_since_the_baseline() -> None:
+    records = [
+        _rec("src", "data/1"),
+        _rec("src", "data/2", etag=None),
+        _rec("src", "data/3", baseline=True, etag=None),
+        _rec("src", "data/4", "delete", etag=None),
+        _rec("other", "data/5", etag=None),
+    ]
+    assert etag_counts(records, "src") == (2, 1)
+    assert etag_counts(records, "src", since_baseline=False) == (3, 1)

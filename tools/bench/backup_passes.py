@@ -18,6 +18,7 @@ from __future__ import annotations
 import random
 import threading
 import time
+import urllib.parse
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -29,11 +30,14 @@ from changelog.consumers.backup import manifest as mf
 from changelog.consumers.backup.runner import BackupRunner, RunResult
 from changelog.consumers.backup.source import Source, make_client
 from changelog.consumers.backup.store import BackupStore
+from changelog.pipeline.backends.rados import OmapReader
 from changelog.pipeline.collector import Collector
 from changelog.pipeline.index import ChangeIndex
+from changelog.pipeline.logformat import LogRecord
 from changelog.pipeline.store import ObjectStore
 from changelog.pipeline.targets import S3Target
 from rgw_module.admin import AdminClient
+from rgw_module.bucket_index import BucketIndexReader, LazyOmap, OmapSource
 from rgw_module.follower import Follower
 
 if TYPE_CHECKING:
@@ -44,23 +48,46 @@ REGION = "default"  # the zonegroup name radosgw signs with
 T = TypeVar("T")
 
 
+# A request as counted: (operation, bucket, the first path segment with its "/" of the key, or of
+# a listing's prefix; "(root)" for a key with no "/", "" for a bucket request without prefix).
+Call = tuple[str, str, str]
+# Requests to the blob store that are part of storing a changed object's content (the exists
+# check of one blob, its upload).
+BLOB_OPS = frozenset({"HeadObject", "PutObject", "CreateMultipartUpload", "UploadPart", "CompleteMultipartUpload"})
+
+
+def request_call(op: str, url: str) -> Call:
+    """The ``Call`` of a path-style S3 request to ``url``."""
+    parts = urllib.parse.urlsplit(url)
+    bucket, _, key = urllib.parse.unquote(parts.path).lstrip("/").partition("/")
+    if not key:
+        prefix = urllib.parse.parse_qs(parts.query).get("prefix", [""])[0]
+        return (op, bucket, prefix.split("/", 1)[0] + "/" if "/" in prefix else prefix)
+    return (op, bucket, key.split("/", 1)[0] + "/" if "/" in key else "(root)")
+
+
 class Counted:
-    """An S3 client whose HTTP requests are counted by operation (a botocore ``before-send``
-    hook on the client)."""
+    """An S3 client whose HTTP requests are counted by operation, and by operation, bucket and
+    key prefix (a botocore ``before-send`` hook on the client)."""
 
     def __init__(self, endpoint: str, key: str, secret: str, *, pool: int = 32) -> None:
         self.client = make_client(endpoint=endpoint, access_key=key, secret_key=secret, region=REGION, pool=pool)
         self.ops: Counter[str] = Counter()
+        self.calls: Counter[Call] = Counter()
         self._mu = threading.Lock()
         self.client.meta.events.register("before-send.s3", self._count)
 
-    def _count(self, event_name: str = "", **kw: Any) -> None:
+    def _count(self, event_name: str = "", request: Any = None, **kw: Any) -> None:
+        op = event_name.rsplit(".", 1)[-1]
+        call = request_call(op, str(getattr(request, "url", "")))
         with self._mu:
-            self.ops[event_name.rsplit(".", 1)[-1]] += 1
+            self.ops[op] += 1
+            self.calls[call] += 1
 
     def reset(self) -> None:
         with self._mu:
             self.ops.clear()
+            self.calls.clear()
 
     @property
     def total(self) -> int:
@@ -96,17 +123,63 @@ class BackupBuckets:
         return (self.src, self.logs, self.store, self.mirror)
 
 
+def is_copy(call: Call, buckets: BackupBuckets) -> bool:
+    """Whether a request is part of copying a changed object (the rest detects what changed):
+    reading it from the source (GET), storing its content (the blob's exists check and upload)
+    or writing it to the mirror (PUT), and the mirror's DELETE of a deleted object. Probes
+    (HEAD, listings of the source), the change logs, the watermark, manifests, run markers and
+    segments, locks and the listing of ``blobs/`` (every blob's exists check at once) detect."""
+    op, bucket, top = call
+    if bucket == buckets.src:
+        return op == "GetObject"
+    if bucket == buckets.store:
+        return top == "blobs/" and op in BLOB_OPS
+    if bucket == buckets.mirror:
+        return op in ("PutObject", "DeleteObject")
+    return False
+
+
+def split_requests(calls: dict[Call, int], buckets: BackupBuckets) -> tuple[int, dict[str, int]]:
+    """(copy requests, detection requests by "operation role/prefix"), ``is_copy`` telling them
+    apart; the role is which of ``buckets`` the request went to."""
+    roles = {buckets.src: "src", buckets.logs: "logs", buckets.store: "store", buckets.mirror: "mirror"}
+    copy = 0
+    detect: Counter[str] = Counter()
+    for call, n in calls.items():
+        if is_copy(call, buckets):
+            copy += n
+        else:
+            op, bucket, top = call
+            detect[f"{op} {roles.get(bucket, bucket)}/{top}"] += n
+    return copy, dict(sorted(detect.items()))
+
+
 # --------------------------------------------------------------------------- the change logs
 
 
 class ChangeLogs:
     """The RGW follower and the collector writing the source bucket's change logs (an 8-shard
-    index in ``store``, logs at the root of the log bucket): what every consumer reads."""
+    index in ``store``, logs at the root of the log bucket): what every consumer reads.
 
-    def __init__(self, store: ObjectStore, admin: AdminClient, src_bucket: str) -> None:
+    The follower gets each write's size and ETag as ``serve`` does by default (``[source]
+    object_info = "index"``): from the bucket index entries, read over RADOS with ``ceph_conf``
+    and ``keyring`` (the lab's client.admin); so the backup has no record to probe."""
+
+    def __init__(
+        self, store: ObjectStore, admin: AdminClient, src_bucket: str, *, ceph_conf: str, keyring: str | None
+    ) -> None:
         self.index = ChangeIndex(store, shards=8)
-        source = SourceConfig(buckets=(src_bucket,), poll_interval=0.2, trim_datalog=False, lease_ttl=30.0)
-        self.follower = Follower(self.index, admin, source)
+        source = SourceConfig(
+            buckets=(src_bucket,), poll_interval=0.2, trim_datalog=False, lease_ttl=30.0, object_info="index"
+        )
+
+        def open_omap() -> OmapSource:
+            return OmapReader(conffile=ceph_conf, keyring=keyring)
+
+        self._omap = LazyOmap(open_omap)
+        self.follower = Follower(
+            self.index, admin, source, bucket_index=BucketIndexReader(self._omap, source.index_pool)
+        )
         self.collector: Collector | None = None
 
     def start(self, log_bucket: str, client: S3Client) -> bool:
@@ -131,6 +204,19 @@ class ChangeLogs:
         if self.collector is not None:
             self.collector.close()
         self.follower.close()
+        self._omap.close()
+
+
+def etag_counts(records: Iterable[LogRecord], bucket: str, *, since_baseline: bool = True) -> tuple[int, int]:
+    """(write records of ``bucket``, how many of them have an ETag); with ``since_baseline``
+    only the records of writes (not the full sync's ``baseline`` records)."""
+    n = with_etag = 0
+    for r in records:
+        if r.bucket != bucket or r.op != "write" or (since_baseline and r.baseline):
+            continue
+        n += 1
+        with_etag += r.etag is not None
+    return n, with_etag
 
 
 # --------------------------------------------------------------------------- the change
@@ -205,6 +291,8 @@ class Round:
     theirs_s: float
     ours_ops: dict[str, int]
     theirs_ops: dict[str, int]
+    ours_calls: dict[Call, int]
+    theirs_calls: dict[Call, int]
 
     @property
     def ours_requests(self) -> int:
@@ -255,11 +343,11 @@ class Passes:
         if before_ours:
             say(before_ours)
         result, ours_s = self.backup()
-        ours_ops = dict(self.ours.ops)
+        ours_ops, ours_calls = dict(self.ours.ops), dict(self.ours.calls)
         if before_theirs:
             say(before_theirs)
         mirror, theirs_s = self.mirror()
-        return Round(result, mirror, ours_s, theirs_s, ours_ops, dict(self.theirs.ops))
+        return Round(result, mirror, ours_s, theirs_s, ours_ops, dict(self.theirs.ops), ours_calls, dict(self.theirs.calls))
 
 
 def backed_up(s3: S3Client, buckets: BackupBuckets, backup_id: str | None) -> int:

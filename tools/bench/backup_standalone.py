@@ -115,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
         conffile=env["CEPH_CONF"], pool=env["CEPH_POOL"], namespace=f"bench-{tag}", keyring=env["CEPH_KEYRING"] or None
     )
     admin = AdminClient(endpoint, key, secret)
-    logs = ChangeLogs(store, admin, buckets.src)
+    logs = ChangeLogs(store, admin, buckets.src, ceph_conf=env["CEPH_CONF"], keyring=env["CEPH_KEYRING"] or None)
     log_client = make_client(endpoint=endpoint, access_key=key, secret_key=secret, region=REGION)
     if not logs.start(buckets.logs, log_client):
         sys.exit(f"{PROG}: follower lease busy")

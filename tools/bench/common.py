@@ -580,6 +580,36 @@ class FastPut:
             list(pool.map(lambda it: self.put(*it), items))
 
 
+def stat_cpu_s(stat: str, hz: int) -> float:
+    """User + system CPU seconds (all threads) of a ``/proc/PID/stat`` line: fields 14 and 15,
+    counted after the command name, which may hold spaces and parentheses."""
+    fields = stat[stat.rindex(")") + 2 :].split()
+    return (int(fields[11]) + int(fields[12])) / hz
+
+
+def proc_cpu_s(pid: int) -> float | None:
+    """CPU seconds process ``pid`` has used so far; None when it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return stat_cpu_s(f.read(), os.sysconf("SC_CLK_TCK"))
+    except (OSError, ValueError):
+        return None
+
+
+def lab_pids(lab: Lab) -> dict[str, int]:
+    """radosgw's and the OSD's process ids, from a `tools/ceph-lab` lab's pid files (empty for a
+    lab that has none: the CPU split is then not measured)."""
+    out: dict[str, int] = {}
+    for name, pattern in (("radosgw", "client.rgw.*.pid"), ("osd", "osd.*.pid")):
+        for pf in sorted((Path(lab.dir) / "run").glob(pattern)):
+            try:
+                out[name] = int(pf.read_text().strip())
+            except (OSError, ValueError):
+                continue
+            break
+    return out
+
+
 def rss_now_kb() -> int:
     """This process's resident set (VmRSS), KiB."""
     return _proc_status_kb("VmRSS")

@@ -321,7 +321,8 @@ def _our_records(serve: ServeProcess, layout: Layout) -> tuple[dict[str, list[Ch
         objects += 1
         for rec in read_object(serve.target, obj.name):
             cfg = owner.get(rec.bucket)
-            if cfg is not None and not rec.key.startswith("warmup/"):
+            # A bucket's own record (no key) is no object mutation of the ledger.
+            if cfg is not None and rec.key is not None and not rec.key.startswith("warmup/"):
                 change = Change(rec.bucket, rec.key, rec.op, norm_version(rec.version_id), norm_etag(rec.etag))
                 records[cfg].append(change)
     return records, objects

@@ -81,7 +81,11 @@ def run(bench: Bench) -> list[Figure]:
     bucket = bench.name("lag")
     s3.create_bucket(Bucket=bucket)
     peer = get_peer(bench, s3)
-    serve = ServeProcess(bench, s3, what="lag", buckets=[bucket], **SERVE_TIMINGS)
+    tm = SERVE_TIMINGS
+    serve = ServeProcess(
+        bench, s3, what="lag", buckets=[bucket],
+        poll_interval=tm["poll_interval"], interval=tm["interval"], settle=tm["settle"],
+    )  # fmt: skip
     seconds = bench.size(20, 8, minimum=3)
     n = int(seconds * RATE)
     ours_put: dict[str, float] = {}

@@ -1,6 +1,11 @@
 """``rgw-changelog serve`` as the RGW figures run it: a config file (index on RADOS in a namespace
 of its own, the lab's radosgw as source, change logs to ``s3://<log bucket>/logs/``) and the
-process, started and stopped (SIGTERM) around the rounds that need it."""
+process, started and stopped (SIGTERM) around the rounds that need it.
+
+``[source] object_info`` is the product's default ("index": the follower reads the bucket index
+entries over RADOS with the ``[index]`` section's ceph_conf and keyring, which the lab's client.admin
+allows) unless a figure sets it; ``configure`` changes it between runs of the same process state
+(same index namespace, same log bucket), so the follower resumes from its markers."""
 
 from __future__ import annotations
 
@@ -36,6 +41,7 @@ class ServeProcess:
         poll_interval: float | None = None,
         interval: float | None = None,
         settle: float | None = None,
+        object_info: str | None = None,
     ) -> None:
         self.bench = bench
         self.s3 = s3
@@ -43,6 +49,7 @@ class ServeProcess:
         self.log_bucket = bench.name(f"{what}-logs")
         self.buckets = buckets
         self.settings = {"poll_interval": poll_interval, "interval": interval, "settle": settle}
+        self.object_info = object_info
         self.config = bench.tmp / f"serve-{what}.toml"
         self.log = bench.tmp / f"serve-{what}.log"
         self._proc: subprocess.Popen[bytes] | None = None
@@ -50,6 +57,18 @@ class ServeProcess:
         s3.create_bucket(Bucket=self.log_bucket)
         self.target = S3Target(self.log_bucket, LOG_PREFIX, client=s3)
         self._write_config()
+
+    def configure(self, *, object_info: str | None) -> None:
+        """``[source] object_info`` of the next start (None: the product's default). Only
+        between runs: a running serve read its config when it started."""
+        assert not self.alive, "stop serve before changing its config"
+        self.object_info = object_info
+        self._write_config()
+
+    @property
+    def pid(self) -> int | None:
+        """The running serve's process id (None when stopped)."""
+        return self._proc.pid if self.alive and self._proc is not None else None
 
     def _write_config(self) -> None:
         lab = self.bench.lab
@@ -59,6 +78,7 @@ class ServeProcess:
             f"{k} = {v}\n" for k, v in (("interval", self.settings["interval"]), ("settle", self.settings["settle"]))
             if v is not None
         )
+        info = f'object_info = "{self.object_info}"' if self.object_info is not None else ""
         self.config.write_text(
             f"""# written by tools/bench
 [index]
@@ -74,6 +94,7 @@ secret_key = "{lab.secret_key}"
 region = "{S3_REGION}"
 buckets = [{", ".join(f'"{b}"' for b in self.buckets)}]
 {f"poll_interval = {poll}" if poll is not None else ""}
+{info}
 
 [target]
 url = "s3://{self.log_bucket}/{LOG_PREFIX}/"
