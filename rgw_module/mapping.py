@@ -17,12 +17,14 @@ tagging / ACL of a version          ``write`` (v, false)                        
 versioned DELETE                    ``link_olh_del`` (marker id)                        DELETE_MARKER
 DELETE ?versionId=v                 ``unlink_instance`` (v) + ``del`` (v, true)         DELETE v
 DELETE ?versionId=<marker>          ``unlink_instance`` (marker id)                     DELETE marker
-PUT, versioning suspended           ``write`` ("", true) + ``link_olh`` ("")            WRITE null
+PUT, versioning suspended           ``write`` ("", true) + ``link_olh`` ("")            WRITE None
 PUT of a new key, suspended         ``write`` ("", false)                               WRITE None
-DELETE, versioning suspended        ``link_olh_del`` ("") + ``del`` ("", true)          DELETE_MARKER null
+DELETE, versioning suspended        ``link_olh_del`` ("") + ``del`` ("", true)          DELETE_MARKER None
+DELETE ?versionId=null              ``unlink_instance`` ("null") + ...                  DELETE None
 =================================  ==================================================  ==========
 
-(None and "null" name the same object version: ``changelog.pipeline.keys.version_hash``.) So: ``link_olh`` / ``link_olh_del`` / ``unlink_instance`` carry the versioned operations, and a
+(None is the null version, in every op: radosgw's "" and "null" instances both map to it, and
+``Mutation`` normalises a "null" given by any other path.) So: ``link_olh`` / ``link_olh_del`` / ``unlink_instance`` carry the versioned operations, and a
 ``write`` or ``del`` flagged ``versioned`` is their companion and is dropped. Entries whose
 state is not ``complete`` and ops that are not object mutations (``cancel``, ``syncstop``,
 ``resync``) are dropped too.
