@@ -70,7 +70,7 @@ from typing import Protocol
 
 from changelog.errors import ChangelogError, PermanentError
 from changelog.pipeline.mutation import Op
-from rgw_module.mapping import BilogEntry, BucketShard, interpret, position_of
+from rgw_module.mapping import BilogEntry, BucketShard, interpret, is_versioned_op, position_of
 
 logger = logging.getLogger(__name__)
 
@@ -323,18 +323,6 @@ def _ver(entry: BilogEntry) -> tuple[int, int] | None:
         return None
 
 
-def _versioned(entry: BilogEntry) -> bool:
-    v = entry.get("versioned")
-    if isinstance(v, bool):
-        return v
-    if isinstance(v, str):
-        return v.lower() == "true"
-    try:
-        return bool(int(entry.get("bilog_flags", 0) or 0) & 1)
-    except (TypeError, ValueError):
-        return False
-
-
 def lookups(page: Sequence[BilogEntry]) -> list[Lookup]:
     """For each write record of ``page`` (in log order, companions included): the index keys to
     read and the ``ver`` its entry must carry. Records without a usable ``ver``, and versioned
@@ -349,7 +337,7 @@ def lookups(page: Sequence[BilogEntry]) -> list[Lookup]:
         obj = str(entry.get("object", ""))
         inst = str(entry.get("instance") or "")
         ver = _ver(entry)
-        if op == "write" and _versioned(entry):
+        if op == "write" and is_versioned_op(entry):
             if ver is not None:
                 companions[(obj, inst)] = ver
             continue

@@ -266,13 +266,19 @@ def index_name_to_key(name: str) -> str | None:
     return name
 
 
-def _versioned(entry: BilogEntry) -> bool:
+def is_versioned_op(entry: BilogEntry) -> bool:
+    """Whether the entry is flagged as part of a versioned operation: ``versioned`` (Reef and
+    later) or bit 0 of ``bilog_flags`` (Pacific: BILOG_FLAG_VERSIONED_OP); False when neither
+    can be read."""
     v = entry.get("versioned")
     if isinstance(v, bool):
         return v
     if isinstance(v, str):
         return v.lower() == "true"
-    return bool(int(entry.get("bilog_flags", 0) or 0) & 1)  # BILOG_FLAG_VERSIONED_OP
+    try:
+        return bool(int(entry.get("bilog_flags", 0) or 0) & 1)
+    except (TypeError, ValueError):
+        return False
 
 
 @dataclass(frozen=True, slots=True)
@@ -297,7 +303,7 @@ def interpret(entry: BilogEntry) -> Change | None:
         return None
     op = entry.get("op")
     instance = str(entry.get("instance") or "")
-    versioned = _versioned(entry)
+    versioned = is_versioned_op(entry)
     ts = parse_time_ns(str(entry.get("timestamp", "")))
     if op == "write":
         if versioned:

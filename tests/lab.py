@@ -15,9 +15,10 @@ import subprocess
 import sys
 import urllib.parse
 import urllib.request
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from changelog.pipeline.s3client import make_s3_client
 
@@ -193,3 +194,26 @@ def admin_get(lab: Lab, path: str, params: list[tuple[str, str | None]]) -> Any:
         urllib.request.Request(url, headers=dict(request.headers)), timeout=30
     ) as resp:
         return json.loads(resp.read())
+
+
+class _Closable(Protocol):
+    def close(self) -> None: ...
+
+
+class _Store(Protocol):
+    def list_objects(self) -> Iterable[str]: ...
+
+    def remove_object(self, oid: str) -> None: ...
+
+    def close(self) -> None: ...
+
+
+def tear_down(closables: Iterable[_Closable], store: _Store, admin: _Closable) -> None:
+    """The end of a follower test's environment: close its followers (and readers), empty and
+    close its index store (a namespace of its own), close its admin client."""
+    for c in closables:
+        c.close()
+    for oid in store.list_objects():
+        store.remove_object(oid)
+    store.close()
+    admin.close()

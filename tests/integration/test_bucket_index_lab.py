@@ -19,7 +19,7 @@ from changelog.pipeline.mutation import Mutation, Op
 from rgw_module.admin import AdminClient
 from rgw_module.bucket_index import BucketIndexReader, LazyOmap, OmapSource
 from rgw_module.follower import Follower
-from tests.lab import Lab
+from tests.lab import Lab, tear_down
 
 pytestmark = pytest.mark.ceph
 
@@ -86,14 +86,7 @@ def env(ceph_lab: Lab, s3_client: Any) -> Iterator[Env]:
     try:
         yield e
     finally:
-        for f in e.followers:
-            f.close()
-        for r in e.readers:
-            r.close()
-        for oid in store.list_objects():
-            store.remove_object(oid)
-        store.close()
-        admin.close()
+        tear_down([*e.followers, *e.readers], store, admin)
 
 
 def writes(index: ChangeIndex) -> list[Mutation]:

@@ -22,7 +22,7 @@ from changelog.pipeline.index import ChangeIndex
 from changelog.pipeline.mutation import Mutation, Op
 from rgw_module.admin import AdminClient
 from rgw_module.follower import Follower
-from tests.lab import Lab
+from tests.lab import Lab, tear_down
 
 pytestmark = pytest.mark.ceph
 
@@ -68,12 +68,7 @@ def env(ceph_lab: Lab, s3_client: Any) -> Iterator[Env]:
     try:
         yield e
     finally:
-        for f in e.followers:
-            f.close()
-        for oid in store.list_objects():
-            store.remove_object(oid)
-        store.close()
-        admin.close()
+        tear_down(e.followers, store, admin)
 
 
 def entries(index: ChangeIndex) -> list[Mutation]:

@@ -25,7 +25,7 @@ from changelog.pipeline.mutation import Mutation, Op
 from changelog.pipeline.s3client import make_s3_client
 from rgw_module.admin import AdminClient
 from rgw_module.follower import Follower
-from tests.lab import S3_REGION, S3_TIMEOUT, Lab
+from tests.lab import S3_REGION, S3_TIMEOUT, Lab, tear_down
 
 pytestmark = pytest.mark.ceph
 
@@ -102,12 +102,7 @@ def env(users: Lab, s3_client: Any) -> Iterator[Env]:
     try:
         yield e
     finally:
-        for f in e.followers:
-            f.close()
-        for oid in store.list_objects():
-            store.remove_object(oid)
-        store.close()
-        admin.close()
+        tear_down(e.followers, store, admin)
 
 
 def arrivals(index: ChangeIndex, tenant: str, bucket: str) -> list[Entry]:

@@ -31,7 +31,7 @@ from changelog.pipeline.index import ChangeIndex, RecordResult
 from changelog.pipeline.mutation import Mutation
 from rgw_module.admin import AccessDenied, NotFound
 from rgw_module.follower import Follower
-from rgw_module.mapping import qualified_name
+from rgw_module.mapping import BucketShard, qualified_name
 from tests.unit.fake_rgw import RELEASES, T0, FakeClock, FakeRadosgw, Release, assert_same_keys_as_captured
 
 # Test settings: no waiting, a lease that outlives every test's fake time, trims at once.
@@ -1199,3 +1199,24 @@ def test_a_bucket_the_source_user_may_not_list_waits_named_and_holds_nothing_bac
     caught_up(w, f)
     got = records(w.index, "t1/locked")
     assert sorted(got) == ["before", "during"] and f.status()["not_followed"] == {}
+
+
+def test_a_deleted_buckets_log_answering_not_a_list_is_found_gone(make_world: Callable[..., World]) -> None:
+    """Pacific answers the log of a bucket deleted moments ago with an empty 200 for a while (a
+    TransientError here): the follower asks whether the bucket is still there, records its
+    bucket_delete and drops its shards, instead of retrying (holding the watermark) until the
+    log turns into a 404."""
+    w = make_world()
+    rgw = w.rgw
+    f = start_follower(w, bucket_scan_interval=3600.0)  # no listing of all buckets meanwhile
+    bucket_id = fresh_bucket(w, f, "short", shards=2)
+    rgw.put("short", "k", b"1")
+    caught_up(w, f)
+    rgw.delete("short", "k")
+    rgw.delete_bucket("short")
+    for shard in range(2):
+        key = BucketShard("short", bucket_id, shard).key
+        rgw.fail_next("bilog_list", TransientError(f"bucket index log of {key} is not a list"), match=key, times=10_000)
+    caught_up(w, f)
+    assert bucket_ops(w.index, "short") == ["bucket_create", "bucket_delete"]
+    assert not [bs for bs in f._ctx.state.shards if bs.bucket == "short"]

@@ -220,6 +220,22 @@ def decode_lock_info(name: str, data: bytes) -> LockInfo | None:
     return LockInfo(name=name, cookie=cookie, holder=holder, description=description, expires_at=expires)
 
 
+def client_conf(connect_timeout: float, op_timeout: float, keyring: str | None) -> dict[str, str]:
+    """The options every client of this module sets on its cluster handle."""
+    seconds = max(1, math.ceil(connect_timeout))
+    conf = {
+        # Without these an unreachable cluster hangs for 300 s ("hunting for new mon").
+        "client_mount_timeout": str(seconds),
+        "rados_mon_op_timeout": str(seconds),
+        # An OSD op that takes longer fails with ETIMEDOUT (TransientError) instead of blocking
+        # a lease holder forever; it may still have been applied (guarded ops make retry safe).
+        "rados_osd_op_timeout": str(max(1, math.ceil(op_timeout))),
+    }
+    if keyring:
+        conf["keyring"] = keyring
+    return conf
+
+
 class RadosStore:
     """``ObjectStore`` on one pool and namespace of a Ceph cluster, through one librados client.
 
@@ -240,21 +256,11 @@ class RadosStore:
         self._conffile = conffile
         self._pool = pool
         self._namespace = namespace
-        seconds = max(1, math.ceil(connect_timeout))
-        conf = {
-            # Without these an unreachable cluster hangs for 300 s ("hunting for new mon").
-            "client_mount_timeout": str(seconds),
-            "rados_mon_op_timeout": str(seconds),
-            # An OSD op that takes longer fails with ETIMEDOUT (TransientError) instead of blocking
-            # a lease holder forever; it may still have been applied (guarded ops make retry safe).
-            "rados_osd_op_timeout": str(max(1, math.ceil(op_timeout))),
-        }
-        if keyring:
-            conf["keyring"] = keyring
+        conf = client_conf(connect_timeout, op_timeout, keyring)
         where = f"Ceph ({conffile}, {client_name}, pool {pool!r})"
         try:
             self._cluster = rados.Rados(conffile=conffile, conf=conf, name=client_name)
-            self._cluster.connect(timeout=seconds)
+            self._cluster.connect(timeout=max(1, math.ceil(connect_timeout)))
         except rados.Error as ex:
             code = _errno(ex)
             message = f"cannot connect to {where}: {ex}"
@@ -563,14 +569,7 @@ class OmapReader:
         self._where = f"Ceph ({conffile}, {client_name})"
         self._ioctxs: dict[str, ctypes.c_void_p] = {}
         self._lock = threading.Lock()
-        seconds = max(1, math.ceil(connect_timeout))
-        conf = {
-            "client_mount_timeout": str(seconds),
-            "rados_mon_op_timeout": str(seconds),
-            "rados_osd_op_timeout": str(max(1, math.ceil(op_timeout))),
-        }
-        if keyring:
-            conf["keyring"] = keyring
+        conf = client_conf(connect_timeout, op_timeout, keyring)
         cluster = ctypes.c_void_p()
         name = client_name.encode()
         self._check(self._lib.rados_create2(ctypes.byref(cluster), b"ceph", name, 0), "create client")
