@@ -26,7 +26,8 @@ follower ``stats()``
     recorded), ``source_errors`` ({kind: int}, errors talking to the source radosgw by kind),
     ``skipped`` ({reason: int}, log entries skipped on purpose: ``filter``, ``internal``),
     ``not_followed`` ({bucket: reason}, buckets seen and not followed: ``internal``),
-    ``bucket_ops`` ({op: int}, ``bucket_create`` / ``bucket_delete`` records made).
+    ``bucket_ops`` ({op: int}, ``bucket_create`` / ``bucket_delete`` records made),
+    ``object_facts`` ({source: int}, where write records' sizes came from).
 leases
     any objects with ``ref.name``, ``held``, ``renewals`` and ``losses`` (``changelog.pipeline.lease.Lease``);
     they are summed per lease name, and the totals never go down when a lease object is dropped.
@@ -370,6 +371,15 @@ def _follower_families(fstats: Mapping[str, object]) -> Iterator[Metric]:
     for op, n in sorted(_by_kind(fstats, "bucket_ops").items()):
         bucket_ops.add_metric([op], n)
     yield bucket_ops
+    facts = CounterMetricFamily(
+        PREFIX + "follower_object_facts",
+        "Write records by where their size and etag came from (index: the bucket index; superseded: "
+        "null, the write was already overwritten; head_fallback: HEAD, the index pool could not be read)",
+        labels=["source"],
+    )
+    for source, n in sorted(_by_kind(fstats, "object_facts").items()):
+        facts.add_metric([source], n)
+    yield facts
     yield _not_followed(fstats)
     yield from _scalars(GaugeMetricFamily, fstats, (
         ("caught_up_until", "follower_caught_up_timestamp_seconds",

@@ -57,7 +57,7 @@ from rgw_module.datalog_reader import DataLogReader
 from rgw_module.follower_state import dump_json, follower_state
 from rgw_module.full_sync import FullSyncRunner
 from rgw_module.generations import advance_generations, start_closing
-from rgw_module.sweep_context import FAULT_STEPS, SKIP_REASONS, SweepContext
+from rgw_module.sweep_context import FACT_SOURCES, FAULT_STEPS, SKIP_REASONS, SweepContext
 from rgw_module.trim import Trimmer
 
 __all__ = [
@@ -117,6 +117,9 @@ class FollowerStatsDoc(TypedDict):
     skipped: dict[str, int]  # reason (filter, internal) -> log entries skipped
     not_followed: dict[str, str]  # buckets seen and not followed (internal ones) -> reason
     bucket_ops: dict[str, int]  # bucket_create, bucket_delete -> records made
+    # Where write records' size and etag came from: index, superseded (null: the entry already
+    # described a later write), head_fallback (the index pool could not be read)
+    object_facts: dict[str, int]
 
 
 class Follower:
@@ -246,6 +249,7 @@ class Follower:
                 "skipped": {reason: s.skipped.get(reason, 0) for reason in SKIP_REASONS},
                 "not_followed": dict(sorted(ctx.not_followed.items())),
                 "bucket_ops": {op: s.bucket_ops.get(op, 0) for op in BUCKET_OPS},
+                "object_facts": {kind: s.object_facts.get(kind, 0) for kind in FACT_SOURCES},
             }
 
     def status(self) -> dict[str, object]:
@@ -284,6 +288,8 @@ class Follower:
     def close(self) -> None:
         self.release()
         self._pool.shutdown(wait=True, cancel_futures=True)
+        if self._ctx.bucket_index is not None:
+            self._ctx.bucket_index.close()  # its own RADOS client
 
     def run(self, stop: threading.Event) -> None:
         """Until ``stop``: standby until the follower lease is free, then a sweep every

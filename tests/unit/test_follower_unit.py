@@ -1148,6 +1148,14 @@ def test_not_followed_buckets_are_a_metric_by_reason(make_world: Callable[..., W
     assert [(s.labels, s.value) for s in ops.samples if s.name.endswith("_total")] == [
         ({"op": "bucket_create"}, 1.0), ({"op": "bucket_delete"}, 0.0)
     ]
+    # No RADOS here: the bucket index cannot be read, the sizes come from HEAD (the fallback).
+    w.rgw.put("t1/data", "k", b"12345")
+    caught_up(w, f)
+    families = {m.name: m for m in ChangelogMetrics(follower=f).collect()}
+    facts = families["rgw_changelog_follower_object_facts"]
+    assert {s.labels["source"]: s.value for s in facts.samples if s.name.endswith("_total")} == {
+        "head_fallback": 1.0, "index": 0.0, "superseded": 0.0
+    }
 
 
 def test_a_bucket_followed_before_bucket_records_existed_is_announced_once(make_world: Callable[..., World]) -> None:
