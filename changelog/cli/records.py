@@ -78,6 +78,8 @@ def config_check(as_json: bool, connect: bool) -> None:
         if cfg.source.endpoint:
             reached.append(_reach("source", lambda: _probe_source(cfg)))
         reached.append(_reach("index", lambda: _probe_index(cfg)))
+        if cfg.source.endpoint and cfg.source.object_info == "index":
+            reached.append(_reach("bucket index", lambda: _probe_bucket_index(cfg)))
         reached.append(_reach("target", lambda: _probe_target(st.target(), cfg.target.url)))
     if as_json:
         doc: dict[str, object] = {"path": cfg.path, "config": cfg.to_dict(masked=True)}
@@ -137,6 +139,28 @@ def _probe_index(cfg: Config) -> str:
         return f"{index.shards} shards, mode {index.mode}, prefix {index.prefix!r}"
     finally:
         store.close()
+
+
+def _probe_bucket_index(cfg: Config) -> str:
+    """``[source] object_info = "index"``: one omap read in the zone's bucket index pool, with the
+    ``[index]`` section's Ceph client (what the follower reads write records' sizes with; without
+    it the follower falls back to a HEAD per write)."""
+    fallback = "the follower would HEAD every write instead"
+    try:
+        from changelog.pipeline.backends.rados import OmapReader
+    except ImportError as ex:
+        raise PermanentError(f"no Ceph client here ({ex}): {fallback}") from ex
+    idx = cfg.index
+    try:
+        reader = OmapReader(conffile=idx.ceph_conf, keyring=idx.keyring, client_name=idx.client_name,
+                            connect_timeout=idx.connect_timeout)
+        try:
+            reader.get(cfg.source.index_pool, ".dir.rgw-changelog-config-check", [b"probe"])
+        finally:
+            reader.close()
+    except ChangelogError as ex:
+        raise type(ex)(f"{ex} ({fallback})") from ex
+    return f"pool {cfg.source.index_pool!r} readable by {idx.client_name}"
 
 
 def _probe_target(target: Target, url: str) -> str:

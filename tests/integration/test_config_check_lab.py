@@ -51,7 +51,7 @@ def bucket(s3_client: Any) -> Iterator[str]:
     s3_client.delete_bucket(Bucket=name)
 
 
-def lab_config(lab: Any, bucket: str, *, secret_key: str | None = None) -> str:
+def lab_config(lab: Any, bucket: str, *, secret_key: str | None = None, index_pool: str | None = None) -> str:
     keyring = f'keyring = "{lab.keyring}"' if lab.keyring else ""
     return f"""
 [index]
@@ -68,6 +68,7 @@ endpoint = "{lab.rgw_endpoint}"
 access_key = "{lab.access_key}"
 secret_key = "{secret_key or lab.secret_key}"
 region = "default"
+{f'index_pool = "{index_pool}"' if index_pool else ""}
 
 [target]
 url = "s3://{bucket}/logs/"
@@ -88,19 +89,34 @@ def test_config_check_connect_reaches_source_index_and_target(
     conf.write_text(lab_config(ceph_lab, bucket))
     p = sh("-c", str(conf), "config", "check", "--connect")
     assert p.returncode == 0, p.stderr
-    source, index, target, last = p.stderr.strip().splitlines()
+    source, index, bucket_index, target, last = p.stderr.strip().splitlines()
     assert (
         source.startswith(f"source: ok ({ceph_lab.rgw_endpoint}, admin API answers: ")
         and "data log shards" in source
     )
     assert index.startswith("index: ok (") and target == f"target: ok (s3://{bucket}/logs/)"
+    assert bucket_index == "bucket index: ok (pool 'default.rgw.buckets.index' readable by client.admin)"
     assert last == f"config ok: {conf}"
     doc = orjson.loads(sh("-c", str(conf), "config", "check", "--connect", "--json").stdout)
     assert {name: r["ok"] for name, r in doc["connect"].items()} == {
         "source": True,
         "index": True,
+        "bucket index": True,
         "target": True,
     }
+
+
+def test_config_check_connect_names_an_unreadable_bucket_index_pool(
+    ceph_lab: Any, bucket: str, tmp_path: Path
+) -> None:
+    conf = tmp_path / "lab.toml"
+    conf.write_text(lab_config(ceph_lab, bucket, index_pool="no-such-index-pool"))
+    p = sh("-c", str(conf), "config", "check", "--connect")
+    assert p.returncode == 1 and "Traceback" not in p.stderr
+    lines = p.stderr.strip().splitlines()
+    (line,) = [x for x in lines if x.startswith("bucket index: ")]
+    assert "failed:" in line and "no such pool 'no-such-index-pool'" in line and "HEAD every write" in line
+    assert lines[-1] == f"error: config check --connect: cannot use bucket index (config from {conf})"
 
 
 def test_config_check_connect_names_wrong_source_keys(ceph_lab: Any, bucket: str, tmp_path: Path) -> None:
@@ -108,7 +124,7 @@ def test_config_check_connect_names_wrong_source_keys(ceph_lab: Any, bucket: str
     conf.write_text(lab_config(ceph_lab, bucket, secret_key="not-the-secret"))
     p = sh("-c", str(conf), "config", "check", "--connect")
     assert p.returncode == 1 and "Traceback" not in p.stderr
-    source, index, target, last = p.stderr.strip().splitlines()
+    source, index, _bucket_index, target, last = p.stderr.strip().splitlines()
     assert source.startswith("source: failed: radosgw GET /admin/log?type=data at ") and "HTTP 403" in source
     assert index.startswith("index: ok (") and target.startswith("target: ok (")
     assert last == f"error: config check --connect: cannot use source (config from {conf})"
