@@ -304,6 +304,10 @@ def _follower_text(f: object) -> str:
         f"{f.get('pending_shards', 0)} pending bucket-index shards",
         f"{f.get('shard_markers', 0)} shard markers",
     ]
+    not_followed = f.get("not_followed")
+    if isinstance(not_followed, dict) and not_followed:
+        # Named, never skipped silently: the target's own bucket, or one the user may not list.
+        parts.append("not followed: " + ", ".join(f"{b} ({why})" for b, why in sorted(not_followed.items())))
     return ", ".join(parts)
 
 

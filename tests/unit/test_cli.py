@@ -740,3 +740,12 @@ def test_zone_enable_log_data_errors(run: Any, fake_admin: Path, tmp_path: Path)
     assert err == "error: zonegroup default has no zone c (it has a, b)"
     err = one_line_error(run("zone", "enable-log-data", "--radosgw-admin", str(tmp_path / "none")), 1)
     assert "not found: install radosgw" in err
+
+
+def test_status_names_the_buckets_not_followed() -> None:
+    from changelog.cli.pipeline import _follower_text
+
+    text = _follower_text({"buckets": {"a": {}}, "pending_shards": 0, "shard_markers": 2,
+                           "not_followed": {"t1/locked": "access_denied", "logs": "internal"}})
+    assert text.endswith("not followed: logs (internal), t1/locked (access_denied)")
+    assert "not followed" not in _follower_text({"buckets": {}, "not_followed": {}})
