@@ -125,7 +125,9 @@ class Copier:
             self._plan_probes()
             with ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="backup-copy") as pool:
                 self._pump(pool, bar)
-            self._flush()
+        # No last segment: the manifest, written next, holds every outcome. A crash before it
+        # costs the outcomes since the last flush (at most ``flush_items`` / ``flush_seconds``,
+        # as anywhere in the run); their blobs are found stored, not uploaded again.
 
     def _replay(self, initial: list[Item], done: Recorded, bar: Progress) -> None:
         """Apply the outcomes a crashed attempt recorded; the other items are ready to fetch."""

@@ -311,7 +311,7 @@ class BackupRunner:
         marker.check_lapse()
         if marker.lapsed:
             self._recheck(marker, blobs, base_shas)
-        self._write_manifest(marker, state, lagging=copier.lagging, listed=listed, result=result)
+        self._write_manifest(marker, state, lagging=copier.lagging, listed=listed, result=result, segments=writer.next)
         return result
 
     def _plan(
@@ -345,7 +345,14 @@ class BackupRunner:
         return listed
 
     def _write_manifest(
-        self, marker: RunMarker, state: State, *, lagging: list[mf.Lagging], listed: dict[str, str], result: RunResult
+        self,
+        marker: RunMarker,
+        state: State,
+        *,
+        lagging: list[mf.Lagging],
+        listed: dict[str, str],
+        result: RunResult,
+        segments: int,
     ) -> None:
         """Write the manifest (the run's end), then drop the run's marker and segments."""
         doc = marker.doc
@@ -369,7 +376,7 @@ class BackupRunner:
         result.manifest_bytes = mf.write(self.store, doc_m)
         self.hook("manifest-written")
         marker.stop()
-        drop_run(self.store, run_id)
+        drop_run(self.store, run_id, segments=segments)
         logger.info(
             "backup %s: %d records, %d objects copied (%d blobs uploaded, %d already stored), %d lagging",
             run_id, result.records, result.copied, result.uploaded, result.deduplicated, result.lagging,

@@ -169,7 +169,7 @@ class Segments:
         self.next = first
 
     def write(self, seg: SegmentDoc) -> None:
-        self._store.put_doc(f"{RUNS}{self._run_id}/{self.next:06d}.json.zst", seg, zstd=True)
+        self._store.put_doc(segment_name(self._run_id, self.next), seg, zstd=True)
         self.next += 1
         self._hook("segment-written")
 
@@ -217,8 +217,18 @@ def find_unfinished(
     return found, segments
 
 
-def drop_run(store: BackupStore, run_id: str) -> None:
-    """Remove a run's segments, then its marker."""
-    for info in list(store.list(f"{RUNS}{run_id}/")):
-        store.delete(info.name)
+def segment_name(run_id: str, n: int) -> str:
+    return f"{RUNS}{run_id}/{n:06d}.json.zst"
+
+
+def drop_run(store: BackupStore, run_id: str, *, segments: int | None = None) -> None:
+    """Remove a run's segments, then its marker. ``segments``: how many the run wrote, all its
+    attempts together (they are numbered on, ``Segments``), when the caller knows it: then no
+    listing is needed, and a run that wrote none costs one DELETE."""
+    if segments is None:
+        names = [info.name for info in store.list(f"{RUNS}{run_id}/")]
+    else:
+        names = [segment_name(run_id, n) for n in range(segments)]
+    for name in names:
+        store.delete(name)
     store.delete(marker_name(run_id))
