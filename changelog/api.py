@@ -10,12 +10,19 @@ routes each consumer of the logs mounts under ``/_/<consumer>/``.
     POST /_/pause[/<component>]    POST /_/resume[/<component>]   (follower, collector, consumers)
     POST /_/flush         a collector pass with no settle window now; answers its result
     GET  /_/backup/status, POST /_/backup/run    (when serve runs the backup consumer)
+    /_/crr/..., /_/metrics/crr/...   (when serve replicates: ``changelog.consumers.replication.api``)
+
+A consumer mounts either exact routes (``mount``: a handler with no arguments) or a path
+prefix (``mount_prefix``: the handler gets a ``Request`` with the method, the rest of the path,
+the query and the JSON body, and returns the document to answer or raises ``RouteError``;
+both in ``changelog.consumers.routes``). Request
+bodies up to ``MAX_BODY`` are read; a prefix route that gets one that is not JSON answers 400.
 
 **Access** (``changelog.api_access``): a caller outside ``api.allow_from`` gets 403; then, with
 ``api.token`` / ``api.read_token`` set, a missing or wrong bearer token gets 401.
 
-Errors carry ``{"error": message, "code": status}``: 403 and 401 as above, 404 for an unknown
-route, 405 for a wrong method (with ``Allow``), 500 when a handler fails (the traceback goes to
+Errors carry ``{"error": message, "code": status}``: 403 and 401 as above, 400 for a body that
+is not JSON, 404 for an unknown route (or an unknown name under a prefix route), 405 for a wrong method (with ``Allow``), 500 when a handler fails (the traceback goes to
 the log, one line to the caller).
 
 ``Controls`` holds the pause switches the collector and follower consult between units of
@@ -33,12 +40,12 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Protocol, TypedDict, cast
-from urllib.parse import urlsplit
+from typing import TypedDict, cast
+from urllib.parse import parse_qs, urlsplit
 
 import orjson
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
@@ -52,23 +59,31 @@ from changelog.api_access import (
     parse_allow_from,
     parse_listen,
 )
+from changelog.api_health import CHECK_TIMEOUT_S as CHECK_TIMEOUT_S
+from changelog.api_health import CheckReport as CheckReport
+from changelog.api_health import HealthCheck as HealthCheck
+from changelog.api_health import HealthChecks as HealthChecks
+from changelog.api_health import error_line as _one_line
+from changelog.api_health import leases_held as leases_held
+from changelog.api_health import probe as probe
+from changelog.api_health import thread_alive as thread_alive
+from changelog.consumers.routes import PrefixRoute as PrefixRoute
+from changelog.consumers.routes import Request as Request
+from changelog.consumers.routes import RouteError as RouteError
 from changelog.errors import ConfigError, PermanentError, TransientError
-from changelog.pipeline.store import LockInfo, LockRef
 
 logger = logging.getLogger(__name__)
 
 COMPONENTS = ("collector", "follower")
-# Each health check gets this long; they run concurrently, so the route answers within it.
-CHECK_TIMEOUT_S = 5.0
 # Every connection is a thread; a kernel backlog this deep keeps a burst of scrapes and curls
 # from being refused (the default of 5 drops connections under load).
 REQUEST_QUEUE = 1024
 # A client that stops sending mid-request frees its thread after this long.
 SOCKET_TIMEOUT_S = 30.0
-# The routes take no request body; a small one is read and ignored so the connection closes cleanly.
+# The largest request body read: a failed-list retry of a few hundred entries fits; the exact
+# routes take none, and a small one sent to them is read and ignored so the connection closes cleanly.
 MAX_BODY = 64 * 1024
 
-HealthCheck = Callable[[], tuple[bool, str]]
 # A JSON document a route answers (or the client receives).
 Doc = dict[str, object]
 
@@ -83,14 +98,6 @@ class ControlState(TypedDict):
 
 # By component.
 ControlStates = dict[str, ControlState]
-
-
-class CheckReport(TypedDict):
-    """One health check's answer, as ``GET /_/healthcheck`` shows it."""
-
-    ok: bool
-    detail: str
-    seconds: float
 
 
 # ---------------------------------------------------------------------------------- controls
@@ -205,172 +212,6 @@ def _rfc3339(t: float) -> str:
     return datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
-# ---------------------------------------------------------------------------------- health checks
-
-
-@dataclass
-class _Run:
-    """One execution of one health check, on its own daemon thread."""
-
-    name: str
-    check: HealthCheck
-    started: float
-    done: threading.Event = field(default_factory=threading.Event)
-    ok: bool = False
-    detail: str = ""
-    seconds: float = 0.0
-
-    def __call__(self) -> None:
-        try:
-            ok, detail = self.check()
-            self.ok, self.detail = bool(ok), str(detail)
-        except Exception as ex:
-            logger.debug("health check %s failed", self.name, exc_info=True)
-            self.ok, self.detail = False, _one_line(ex)
-        finally:
-            self.seconds = time.monotonic() - self.started
-            self.done.set()
-
-
-class HealthChecks:
-    """Runs the named checks concurrently, each bounded by ``timeout``.
-
-    A check that hangs keeps its thread (Python cannot kill one) but not the route: it is
-    reported down, and until it returns, later requests report it down again instead of
-    starting another copy, so a hung endpoint costs one thread, not one per request.
-    """
-
-    def __init__(self, checks: Mapping[str, HealthCheck], *, timeout: float = CHECK_TIMEOUT_S) -> None:
-        self.checks = dict(checks)
-        self.timeout = timeout
-        self._lock = threading.Lock()
-        self._runs: dict[str, _Run] = {}
-
-    def run(self) -> tuple[bool, dict[str, CheckReport]]:
-        now = time.monotonic()
-        deadline = now + self.timeout
-        runs: dict[str, _Run] = {}
-        with self._lock:
-            for name, check in self.checks.items():
-                run = self._runs.get(name)
-                if run is None or run.done.is_set():
-                    run = _Run(name, check, now)
-                    self._runs[name] = run
-                    threading.Thread(target=run, name=f"health-{name}", daemon=True).start()
-                runs[name] = run
-        for run in runs.values():
-            run.done.wait(max(0.0, deadline - time.monotonic()))
-        report: dict[str, CheckReport] = {}
-        for name, run in runs.items():
-            if run.done.is_set():
-                report[name] = {"ok": run.ok, "detail": run.detail, "seconds": round(run.seconds, 3)}
-            else:
-                waited = time.monotonic() - run.started
-                report[name] = {
-                    "ok": False,
-                    "detail": f"no answer after {waited:.1f} s (limit {self.timeout:g} s)",
-                    "seconds": round(waited, 3),
-                }
-        return all(r["ok"] for r in report.values()), report
-
-
-def probe(fn: Callable[[], object], *, ok: str = "reachable") -> HealthCheck:
-    """A check that is up when ``fn()`` returns and down with its error when it raises."""
-
-    def check() -> tuple[bool, str]:
-        fn()
-        return True, ok
-
-    return check
-
-
-class _Thread(Protocol):
-    @property
-    def name(self) -> str: ...
-
-    def is_alive(self) -> bool: ...
-
-
-def thread_alive(get: Callable[[], _Thread | None]) -> HealthCheck:
-    """Up while the thread ``get()`` returns (it may be replaced over time) is alive."""
-
-    def check() -> tuple[bool, str]:
-        thread = get()
-        if thread is None:
-            return False, "not started"
-        return (True, f"{thread.name} alive") if thread.is_alive() else (False, f"{thread.name} has stopped")
-
-    return check
-
-
-class _LockReader(Protocol):
-    def lock_info(self, oid: str, name: str) -> LockInfo | None: ...
-
-
-class _Lease(Protocol):
-    @property
-    def oid(self) -> str: ...
-
-    @property
-    def ref(self) -> LockRef: ...
-
-    @property
-    def store(self) -> _LockReader: ...
-
-    @property
-    def held(self) -> bool: ...
-
-    def remaining(self) -> float: ...
-
-
-def _lease_name(lease: _Lease) -> str:
-    return f"{lease.ref.name} on {lease.oid}"
-
-
-def leases_held(get: Callable[[], Iterable[_Lease]]) -> HealthCheck:
-    """Up when ``get()`` yields at least one lease and each of them is either held by this
-    process or, live, by another one: then this process is a standby (another ``serve`` does
-    the work and this one takes over when its lease expires), which is healthy. Down when a
-    lease is held by nobody, or still carries our cookie in the store although we no longer
-    trust it (lost): then no one is doing that component's work."""
-
-    def check() -> tuple[bool, str]:
-        leases = list(get())
-        if not leases:
-            return False, "no lease held"
-        held: list[_Lease] = []
-        standby: list[tuple[_Lease, LockInfo]] = []
-        lost: list[str] = []
-        for lease in leases:
-            if lease.held:
-                held.append(lease)
-                continue
-            try:
-                info = lease.store.lock_info(lease.oid, lease.ref.name)
-            except Exception as ex:
-                lost.append(f"{_lease_name(lease)} (holder unknown: {_one_line(ex)})")
-                continue
-            if info is not None and info.cookie != lease.ref.cookie:
-                standby.append((lease, info))
-            else:
-                lost.append(_lease_name(lease))
-        if lost:
-            more = f" and {len(lost) - 3} more" if len(lost) > 3 else ""
-            return False, f"{len(lost)}/{len(leases)} not held: {', '.join(lost[:3])}{more}"
-        parts = []
-        if held:
-            least = min(lease.remaining() for lease in held)
-            parts.append(f"{len(held)} held, next expiry in {least:.1f} s")
-        if standby:
-            others = ", ".join(
-                f"{lease.ref.name} held by {info.description or info.cookie} ({info.holder})" for lease, info in standby
-            )
-            parts.append(f"standby: {others}")
-        return True, "; ".join(parts)
-
-    return check
-
-
 # ---------------------------------------------------------------------------------- HTTP
 
 
@@ -380,11 +221,6 @@ class Response:
     body: bytes
     content_type: str = "application/json"
     headers: tuple[tuple[str, str], ...] = ()
-
-
-def _one_line(ex: BaseException) -> str:
-    text = str(ex).strip().splitlines()
-    return f"{type(ex).__name__}: {text[0]}" if text else type(ex).__name__
 
 
 def _json_default(obj: object) -> object:
@@ -447,22 +283,20 @@ class _Handler(BaseHTTPRequestHandler):
             self.command,
             self.path,
             self.client_address[0],
-            self._drain_body,
+            self._read_body,
             authorization=self.headers.get("Authorization"),
         )
         self._send(resp)
 
-    def _drain_body(self) -> bool:
-        """Read and drop a request body; False when it is too large to bother with."""
+    def _read_body(self) -> bytes | bool:
+        """The request body (b"" when there is none); False when it is over ``MAX_BODY``."""
         try:
             length = int(self.headers.get("Content-Length") or 0)
         except ValueError:
             return False
         if length > MAX_BODY:
             return False
-        if length > 0:
-            self.rfile.read(length)
-        return True
+        return self.rfile.read(length) if length > 0 else b""
 
     def _send(self, resp: Response) -> None:
         self.send_response(resp.status)
@@ -530,6 +364,7 @@ class ApiServer:
         self.registry = registry
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
+        self.prefixes: dict[str, PrefixRoute] = {}
         self.routes: dict[str, dict[str, Route]] = {
             "/_/healthcheck": {"GET": self._healthcheck},
             "/_/metrics": {"GET": self._metrics},
@@ -550,6 +385,20 @@ class ApiServer:
         if not path.startswith("/_/"):
             raise ValueError(f"API routes live under /_/, not {path!r}")
         self.routes.setdefault(path.rstrip("/"), {})[method] = lambda: json_response(200, dict(handler()))
+
+    def mount_prefix(self, prefix: str, handler: PrefixRoute) -> None:
+        """Send every request under ``prefix`` (``prefix`` itself and ``prefix/...``) that no
+        exact route answers to ``handler``, whatever its method."""
+        if not prefix.startswith("/_/"):
+            raise ValueError(f"API routes live under /_/, not {prefix!r}")
+        self.prefixes[prefix.rstrip("/")] = handler
+
+    def _prefix_route(self, path: str) -> tuple[PrefixRoute, str] | None:
+        """The handler of the longest mounted prefix of ``path``, and the rest of the path."""
+        for prefix in sorted(self.prefixes, key=len, reverse=True):
+            if path == prefix or path.startswith(prefix + "/"):
+                return self.prefixes[prefix], path[len(prefix) + 1 :]
+        return None
 
     def _bind(self, action: Callable[[str | None], ControlStates], component: str) -> Route:
         return lambda: self._control(action, component)
@@ -625,12 +474,13 @@ class ApiServer:
         method: str,
         target: str,
         peer: str,
-        drain_body: Callable[[], bool],
+        read_body: Callable[[], bytes | bool],
         *,
         authorization: str | None = None,
     ) -> Response:
-        """Answer one request (the HTTP handler calls this; so can tests). ``authorization`` is
-        the request's ``Authorization`` header."""
+        """Answer one request (the HTTP handler calls this; so can tests). ``read_body`` returns
+        the request body, or False when it is too large (True: no body to give);
+        ``authorization`` is the request's ``Authorization`` header."""
         if not address_allowed(peer, self.allow_from):
             logger.info("api: %s %s from %s refused (not in api.allow_from)", method, target, peer)
             return error_response(403, f"{peer} is not allowed to use this API (api.allow_from)")
@@ -638,14 +488,17 @@ class ApiServer:
         if refused is not None:
             logger.info("api: %s %s from %s refused (%s)", method, urlsplit(target).path, peer, refused)
             return error_response(401, refused, headers=(("WWW-Authenticate", 'Bearer realm="rgw-changelog"'),))
-        if not drain_body():
-            return error_response(413, f"request body over {MAX_BODY} bytes; these routes take none")
-        path = urlsplit(target).path
-        if len(path) > 1:
-            path = path.rstrip("/")
+        body = read_body()
+        if body is False:
+            return error_response(413, f"request body over {MAX_BODY} bytes")
+        url = urlsplit(target)
+        path = url.path.rstrip("/") if len(url.path) > 1 else url.path
         methods = self.routes.get(path)
         if methods is None:
-            return error_response(404, f"no route {path}")
+            found = self._prefix_route(url.path)
+            if found is None:
+                return error_response(404, f"no route {path}")
+            return self._call_prefix(found, method, url.query, body if isinstance(body, bytes) else b"")
         handler = methods.get("GET" if method == "HEAD" else method)
         if handler is None:
             allowed = sorted(methods) + (["HEAD"] if "GET" in methods else [])
@@ -656,6 +509,23 @@ class ApiServer:
             return handler()
         except Exception as ex:
             logger.exception("api: %s %s failed", method, path)
+            return error_response(500, _one_line(ex))
+
+    def _call_prefix(self, found: tuple[PrefixRoute, str], method: str, query: str, body: bytes) -> Response:
+        handler, rest = found
+        doc: object = None
+        if body.strip():
+            try:
+                doc = orjson.loads(body)
+            except orjson.JSONDecodeError as ex:
+                return error_response(400, f"the request body is not JSON: {_one_line(ex)}")
+        params = {k: v[-1] for k, v in parse_qs(query, keep_blank_values=True).items()}
+        try:
+            return json_response(200, dict(handler(Request("GET" if method == "HEAD" else method, rest, params, doc))))
+        except RouteError as ex:
+            return error_response(ex.status, str(ex))
+        except Exception as ex:
+            logger.exception("api: %s %s failed", method, rest)
             return error_response(500, _one_line(ex))
 
     # ------------------------------------------------------------------ routes
@@ -712,37 +582,40 @@ class ApiClient:
     def __repr__(self) -> str:  # no tokens
         return f"ApiClient({self.base!r})"
 
-    def request(self, method: str, path: str) -> tuple[int, object]:
-        """(status, decoded JSON body or text); raises ``ApiUnavailable`` when nothing answers,
-        ``ApiUnauthorized`` on 401."""
-        req = urllib.request.Request(self.base + path, method=method, data=b"" if method == "POST" else None)
+    def request(self, method: str, path: str, body: object = None) -> tuple[int, object]:
+        """(status, decoded JSON body or text); ``body`` (not None) is sent as JSON. Raises
+        ``ApiUnavailable`` when nothing answers, ``ApiUnauthorized`` on 401."""
+        data = orjson.dumps(body) if body is not None else (b"" if method == "POST" else None)
+        req = urllib.request.Request(self.base + path, method=method, data=data)
+        if body is not None:
+            req.add_header("Content-Type", "application/json")
         token = (self._read_token or self._token) if method in ("GET", "HEAD") else self._token
         if token:
             # http.client sends a header as Latin-1: this str goes out as the token's UTF-8 bytes.
             req.add_header("Authorization", ("Bearer " + token).encode("utf-8").decode("latin-1"))
         try:
             with urllib.request.urlopen(req, timeout=self.timeout) as resp:
-                status, ctype, body = resp.status, resp.headers.get("Content-Type", ""), resp.read()
+                status, ctype, raw = resp.status, resp.headers.get("Content-Type", ""), resp.read()
         except urllib.error.HTTPError as ex:
-            status, ctype, body = ex.code, ex.headers.get("Content-Type", ""), ex.read()
+            status, ctype, raw = ex.code, ex.headers.get("Content-Type", ""), ex.read()
         except (urllib.error.URLError, OSError) as ex:
             reason = getattr(ex, "reason", ex)
             raise ApiUnavailable(f"no rgw-changelog serve at {self.base}: {reason}") from ex
-        doc: object = json.loads(body) if ctype.startswith("application/json") else body.decode("utf-8", "replace")
+        doc: object = json.loads(raw) if ctype.startswith("application/json") else raw.decode("utf-8", "replace")
         if status == 401:
             why = doc.get("error") if isinstance(doc, dict) else doc
             raise ApiUnauthorized(f"serve at {self.base} refused {method} {path}: 401 {why}")
         return status, doc
 
-    def _answer(self, method: str, path: str) -> object:
-        status, doc = self.request(method, path)
+    def _answer(self, method: str, path: str, body: object = None) -> object:
+        status, doc = self.request(method, path, body)
         if status != 200:
             message = doc.get("error") if isinstance(doc, dict) else doc
             raise PermanentError(f"{method} {path}: {status} {message}")
         return doc
 
-    def _doc(self, method: str, path: str) -> Doc:
-        doc = self._answer(method, path)
+    def _doc(self, method: str, path: str, body: object = None) -> Doc:
+        doc = self._answer(method, path, body)
         if not isinstance(doc, dict):
             raise PermanentError(f"{method} {path}: not a JSON object: {str(doc)[:200]}")
         return doc
@@ -779,5 +652,8 @@ class ApiClient:
         """Ask the running ``serve`` for a flush pass now; its result once it is done."""
         return self._doc("POST", "/_/flush")
 
-    def post(self, path: str) -> Doc:
-        return self._doc("POST", path)
+    def post(self, path: str, body: object = None) -> Doc:
+        return self._doc("POST", path, body)
+
+    def get(self, path: str) -> Doc:
+        return self._doc("GET", path)

@@ -40,7 +40,9 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING, Annotated, ClassVar, Literal, Self, TypeAlias, get_args
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     ValidationError,
@@ -426,6 +428,78 @@ class BackupConfig(_S3Section):
         return self
 
 
+class SiteConfig(_S3Section):
+    """One ``[[replication.sites]]`` entry: an S3 site the zone's buckets are replicated to
+    (another radosgw, AWS or any S3 service)."""
+
+    section: ClassVar[str] = "replication.sites"
+
+    # Names the site in the API, the CLI, metrics and the failed list: letters, digits, - and _.
+    name: Annotated[Text, pattern(r"[A-Za-z0-9][A-Za-z0-9_-]{0,62}", "letters, digits, - and _ (up to 63)")]
+    # None: AWS S3 (the region's endpoint).
+    endpoint: HttpUrl | None = None
+    access_key: Secret | None = None
+    secret_key: Secret | None = None
+    region: NonEmpty = "us-east-1"
+    # "path" suits radosgw and most S3 services; AWS wants "virtual" (or "auto").
+    addressing_style: Literal["path", "virtual", "auto"] = "path"
+    # Source buckets replicated to this site (tenant/bucket for a tenant's); empty: every
+    # followed bucket.
+    buckets: Names = ()
+    # Source bucket -> bucket at the site; a bucket not in the map keeps its name.
+    bucket_map: Annotated[Mapping[str, Text], AfterValidator(lambda v: MappingProxyType(dict(v)))] = Field(
+        default_factory=lambda: MappingProxyType({})
+    )
+    # Only keys under these prefixes; empty: every key.
+    prefixes: Annotated[tuple[Text, ...], BeforeValidator(lambda v: [v] if isinstance(v, str) else v)] = ()
+    # The storage class of every replica written; unset: the site's default.
+    storage_class: NonEmpty | None = None
+
+    def site_bucket(self, bucket: str) -> str:
+        """The bucket at the site for source bucket ``bucket`` (``tenant/bucket`` for a tenant's)."""
+        return self.bucket_map.get(bucket, bucket.replace("/", ":"))
+
+    def wants(self, bucket: str, key: str | None) -> bool:
+        if self.buckets and bucket not in self.buckets:
+            return False
+        return key is None or not self.prefixes or any(key.startswith(p) for p in self.prefixes)
+
+
+class ReplicationConfig(Section):
+    """``[replication]``: the replication consumer (REP.1), run by ``serve`` when sites are set
+    and by ``rgw-changelog replicate``. Each site reads the committed logs from a checkpoint of
+    its own (consumer ``replication-<site>``), under a lease of its own."""
+
+    section: ClassVar[str] = "replication"
+
+    sites: tuple[SiteConfig, ...] = ()
+    # Parallel requests per site; keys are hashed to workers, so each key keeps its order.
+    workers: Integer = Field(default=8, ge=1, le=256)
+    # Seconds between two looks at the logs when a site has caught up.
+    interval: Number = Field(default=1.0, gt=0)
+    lease_ttl: Number = Field(default=30.0, ge=1.0)
+    # Attempts of one request on a transient error (botocore's capped backoff with jitter).
+    max_attempts: Integer = Field(default=5, ge=1, le=20)
+    # Failed entries are kept this long (seconds) unless retried first (default 7 days).
+    failed_retention: Number = Field(default=7 * 86400.0, gt=0)
+    # Objects above this size are streamed as a multipart upload of parts this size.
+    part_bytes: Size = Field(default=8 * MiB, ge=S3_MIN_PART, le=S3_MAX_PART)
+    # The source zone's name written into each replica's metadata; "": the source endpoint.
+    zone: Text = ""
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> Self:
+        seen: set[str] = set()
+        for site in self.sites:
+            if site.name in seen:
+                raise invalid(f"replication.sites: two sites are named {site.name!r}", line=True)
+            seen.add(site.name)
+        return self
+
+    def site(self, name: str) -> SiteConfig | None:
+        return next((s for s in self.sites if s.name == name), None)
+
+
 class HealthConfig(Section):
     """When ``GET /_/healthcheck`` says 500 although every thread is alive."""
 
@@ -453,6 +527,7 @@ SECTIONS: dict[str, type[Section]] = {
     "collector": CollectorConfig,
     "api": ApiConfig,
     "backup": BackupConfig,
+    "replication": ReplicationConfig,
     "health": HealthConfig,
     "logging": LoggingConfig,
 }
@@ -469,6 +544,7 @@ class Config(_Model):
     collector: CollectorConfig = Field(default_factory=CollectorConfig)
     api: ApiConfig = Field(default_factory=ApiConfig)
     backup: BackupConfig = Field(default_factory=BackupConfig)
+    replication: ReplicationConfig = Field(default_factory=ReplicationConfig)
     health: HealthConfig = Field(default_factory=HealthConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
     # Where it was read from; None = built-in defaults. Not a TOML key, not compared.
@@ -500,12 +576,19 @@ class Config(_Model):
         lines = []
         for sec, d in self.to_dict(masked=True).items():
             lines.append(f"[{sec}]")
+            tables: list[tuple[str, dict[str, ConfigValue]]] = []
             for k, v in d.items():
-                if v is None:
+                if isinstance(v, list) and v and isinstance(v[0], dict):
+                    tables.extend((k, t) for t in v if isinstance(t, dict))
+                elif v is None:
                     lines.append(f"# {k} = (unset)")
                 else:
                     lines.append(f"{k} = {_toml_value(v)}")
             lines.append("")
+            for k, t in tables:
+                lines.append(f"[[{sec}.{k}]]")
+                lines.extend(f"{tk} = {_toml_value(tv)}" for tk, tv in t.items() if tv is not None)
+                lines.append("")
         return "\n".join(lines)
 
 
@@ -515,10 +598,12 @@ def _section_dict(part: Section, masked: bool) -> dict[str, ConfigValue]:
         v = getattr(part, name)
         if isinstance(v, Secret):
             d[name] = (f"{MASK} (from {v.source})" if v.source else MASK) if masked else v.reveal()
+        elif isinstance(v, tuple) and v and isinstance(v[0], Section):
+            d[name] = [_section_dict(x, masked) for x in v]  # an array of tables
         elif isinstance(v, tuple):
             d[name] = list(v)
         elif isinstance(v, Mapping):
-            d[name] = {k: list(x) for k, x in v.items()}
+            d[name] = {k: list(x) if isinstance(x, tuple) else x for k, x in v.items()}
         else:
             d[name] = v
     return d

@@ -31,6 +31,12 @@ follower ``stats()``
 leases
     any objects with ``ref.name``, ``held``, ``renewals`` and ``losses`` (``changelog.pipeline.lease.Lease``);
     they are summed per lease name, and the totals never go down when a lease object is dropped.
+replication
+    a callable returning ``{site: stats}`` (``changelog.consumers.replication.api.CrrRoutes.prometheus``):
+    ``completed``, ``completed_bytes``, ``failed``, ``failed_bytes``, ``skipped`` (int, records
+    applied, refused and skipped at the site since the process started), ``backlog_records``,
+    ``backlog_bytes`` (int, committed and not yet applied), ``rpo_seconds`` (float, age of the
+    oldest of them), ``failed_entries`` (int, in the site's failed list), ``paused`` (bool).
 health
     a callable returning the current ``changelog.health.Reason`` list: ``health_ok`` (1 when
     there is none) and ``health_failing`` per (component, check) of ``changelog.health.CHECKS``.
@@ -196,6 +202,7 @@ class _Reading:
     leases: LeaseCounts | None = None
     paused: dict[str, bool] | None = None
     consumers: dict[str, Mapping[str, object]] = field(default_factory=dict)
+    replication: dict[str, Mapping[str, object]] = field(default_factory=dict)
     health: list[Reason] | None = None
 
 
@@ -244,6 +251,7 @@ class ChangelogMetrics:
         leases: Callable[[], Iterable[LeaseLike]] | None = None,
         controls: PauseState | None = None,
         consumers: Mapping[str, StatsProvider] | None = None,
+        replication: Callable[[], Mapping[str, Mapping[str, object]]] | None = None,
         health: Callable[[], Sequence[Reason]] | None = None,
         shard_stats_ttl: float = SHARD_STATS_TTL_S,
         clock: Callable[[], float] = time.time,
@@ -254,6 +262,7 @@ class ChangelogMetrics:
         self.leases = leases
         self.controls = controls
         self.consumers = dict(consumers or {})
+        self.replication = replication
         self.health = health
         self._clock = clock
         self._lease_totals = _LeaseTotals()
@@ -300,6 +309,11 @@ class ChangelogMetrics:
                 got.consumers[name] = dict(consumer.stats())
             except Exception as ex:
                 self._failed(f"consumer {name}", ex)
+        if self.replication is not None:
+            try:
+                got.replication = {str(k): dict(v) for k, v in self.replication().items()}
+            except Exception as ex:
+                self._failed("replication", ex)
         if self.controls is not None:
             try:
                 got.paused = {c: self.controls.paused(c) for c in self.controls.components}
@@ -323,6 +337,7 @@ class ChangelogMetrics:
         yield from _index_families(data.shards, self._clock())
         yield from _collector_families(data.collector)
         yield from _consumer_families(data.consumers)
+        yield from _replication_families(data.replication)
         yield from _lease_families(data.leases)
         yield from _health_families(data.health)
         yield from self._control_families(data, got is not None)
@@ -538,6 +553,38 @@ def _consumer_families(consumers: Mapping[str, Mapping[str, object]]) -> Iterato
             elif (v := _number(stats, key)) is not None:
                 gauge.add_metric([consumer], v)
         yield gauge
+
+
+# Replication stats keys exported per site: (key, name without PREFIX, help text).
+REPLICATION_COUNTERS = (
+    ("completed", "replication_completed", "Records applied at a replication site (since the process started)"),
+    ("completed_bytes", "replication_completed_bytes", "Bytes written to a replication site (since the process started)"),
+    ("failed", "replication_failed", "Records a replication site refused or kept failing (they go to its failed list)"),
+    ("failed_bytes", "replication_failed_bytes", "Bytes of the records a replication site refused or kept failing"),
+    ("skipped", "replication_skipped",
+     "Records not applied at a replication site on purpose (superseded at the source since)"),
+)  # fmt: skip
+REPLICATION_GAUGES = (
+    ("backlog_records", "replication_backlog_records", "Records in committed change logs not yet applied at a site"),
+    ("backlog_bytes", "replication_backlog_bytes", "Bytes of the writes not yet applied at a site"),
+    ("rpo_seconds", "replication_rpo_seconds", "Age of the oldest record not yet applied at a site (0 when none)"),
+    ("failed_entries", "replication_failed_entries", "Entries in a replication site's failed list"),
+    ("paused", "replication_paused", "1 while a replication site is paused (replicate pause, POST /_/crr/pause)"),
+)
+
+
+def _replication_families(sites: Mapping[str, Mapping[str, object]]) -> Iterator[Metric]:
+    """Each replication site's completions, failures, backlog, RPO and pause, labelled ``site``."""
+    for table, family in ((REPLICATION_COUNTERS, CounterMetricFamily), (REPLICATION_GAUGES, GaugeMetricFamily)):
+        for key, name, doc in table:
+            metric = family(PREFIX + name, doc, labels=["site"])
+            for site, stats in sorted(sites.items()):
+                value = stats.get(key)
+                if isinstance(value, bool):
+                    metric.add_metric([site], 1.0 if value else 0.0)
+                elif (v := _number(stats, key)) is not None:
+                    metric.add_metric([site], v)
+            yield metric
 
 
 def make_registry(metrics: ChangelogMetrics, *, process: bool = True) -> CollectorRegistry:

@@ -1,7 +1,8 @@
 """``rgw-changelog serve``: the process. It wires the pipeline (the RGW follower when
 ``[source] endpoint`` is set, the collector) and the consumers of the logs (backup, when
-``[backup] interval`` is set) to one index and one target, runs each in a thread, and serves the
-operator API (health, metrics, status, pause/resume, flush, each consumer's routes).
+``[backup] interval`` is set; one replicator per ``[[replication.sites]]`` entry) to one index
+and one target, runs each in a thread, and serves the operator API (health, metrics, status,
+pause/resume, flush, each consumer's routes, replication's ``/_/crr``).
 
 Each component runs ``run(stop)`` in a ``ComponentThread``. The first one to die sets the shared
 stop event, so the whole service stops and ``Service.run`` re-raises what it died of (the CLI
@@ -13,6 +14,7 @@ then expire on their own; nothing is left half-done that recovery does not finis
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import signal
@@ -30,6 +32,7 @@ if TYPE_CHECKING:
     from changelog.api import ApiServer, Controls, HealthCheck
     from changelog.config import Config, HealthConfig
     from changelog.consumers.framework import ConsumerRunner
+    from changelog.consumers.replication.sites import Replication
     from changelog.health import Health
     from changelog.pipeline.collector import Collector
     from changelog.pipeline.index import ChangeIndex
@@ -175,6 +178,8 @@ class Pipeline:
     controls: Controls
     follower: Follower | None = None
     consumers: list[ConsumerRunner] = field(default_factory=list)
+    # The replication sites' shared clients (their runners are among ``consumers``).
+    replication: Replication | None = None
 
     def components(self) -> dict[str, Component]:
         out: dict[str, Component] = {}
@@ -195,7 +200,16 @@ class Pipeline:
             self.follower.close()
         for runner in self.consumers:
             runner.step_down()
+        if self.replication is not None:
+            self.replication.close()
         self.index.store.close()
+
+    def replication_runners(self) -> dict[str, ConsumerRunner]:
+        """The replication sites' runners, by site name."""
+        if self.replication is None:
+            return {}
+        names = {rep.name: site for site, rep in self.replication.sites.items()}
+        return {names[r.consumer.name]: r for r in self.consumers if r.consumer.name in names}
 
 
 def same_endpoint(a: str, b: str) -> bool:
@@ -261,8 +275,41 @@ def build_follower(cfg: Config, index: ChangeIndex, target: Target, controls: Co
     )
 
 
+def consumer_names(cfg: Config) -> list[str]:
+    """The consumers ``build_consumers`` and ``build_replication`` make for ``cfg`` (their
+    pause switches' names)."""
+    from changelog.consumers.replication.state import consumer_name
+
+    names = ["backup"] if cfg.backup.url is not None and cfg.backup.interval is not None else []
+    return names + [consumer_name(site.name) for site in cfg.replication.sites]
+
+
+def build_replication(
+    cfg: Config, index: ChangeIndex, controls: Controls
+) -> tuple[Replication | None, list[ConsumerRunner]]:
+    """With ``[[replication.sites]]``: the sites' shared clients, and one runner per site, each
+    under its own lease and pause switch (``replication-<site>``)."""
+    if not cfg.replication.sites:
+        return None, []
+    from changelog.consumers.framework import ConsumerRunner
+    from changelog.consumers.replication.sites import Replication
+
+    repl = Replication(cfg, index)
+    runners = [
+        ConsumerRunner(
+            index,
+            rep,
+            lease_ttl=cfg.replication.lease_ttl,
+            paused=functools.partial(controls.checkpoint, rep.name),
+        )
+        for rep in repl.sites.values()
+    ]
+    return repl, runners
+
+
 def build_consumers(cfg: Config, index: ChangeIndex, controls: Controls) -> list[ConsumerRunner]:
-    """The consumers of the logs this config turns on inside ``serve``."""
+    """The consumers of the logs this config turns on inside ``serve``, but replication's
+    (``build_replication``)."""
     from changelog.consumers.framework import ConsumerRunner
 
     runners = []
@@ -295,8 +342,7 @@ def build_pipeline(cfg: Config) -> Pipeline:
     try:
         target = open_target(cfg)
         names = (["follower"] if cfg.source.endpoint else []) + ["collector"]
-        consumer_names = ["backup"] if cfg.backup.url is not None and cfg.backup.interval is not None else []
-        controls = Controls((*names, *consumer_names))
+        controls = Controls((*names, *consumer_names(cfg)))
         follower = build_follower(cfg, index, target, controls) if cfg.source.endpoint else None
         collector = make_collector(
             cfg,
@@ -306,10 +352,11 @@ def build_pipeline(cfg: Config) -> Pipeline:
             paused=lambda: controls.checkpoint("collector"),
         )
         consumers = build_consumers(cfg, index, controls)
+        replication, replicators = build_replication(cfg, index, controls)
     except BaseException:
         index.store.close()
         raise
-    return Pipeline(index, target, collector, controls, follower, consumers)
+    return Pipeline(index, target, collector, controls, follower, [*consumers, *replicators], replication)
 
 
 def serve(cfg: Config) -> None:
@@ -337,6 +384,14 @@ def serve(cfg: Config) -> None:
         logger.info("serve: index %s -> %s", pipeline.index.prefix, pipeline.target.url)
     for runner in pipeline.consumers:
         logger.info("serve: consumer %s every %.0fs", runner.consumer.name, runner.consumer.interval)
+    for name, site in (pipeline.replication.sites if pipeline.replication else {}).items():
+        logger.info(
+            "serve: replicating %s to site %s at %s (bucket map %s)",
+            ", ".join(site.site.buckets) or "every followed bucket",
+            name,
+            site.site.endpoint or "AWS S3",
+            dict(site.site.bucket_map) or "same names",
+        )
     service.run()
 
 
@@ -409,6 +464,14 @@ def status_doc(cfg: Config, pipeline: Pipeline, health: Health | None = None) ->
     if isinstance(consumers, dict):
         for runner in pipeline.consumers:
             consumers[runner.consumer.name] = {**dict(consumers.get(runner.consumer.name) or {}), **runner.status()}
+    sites = doc.get("replication")
+    if pipeline.replication is not None and isinstance(sites, dict):
+        from changelog.consumers.replication.api import CrrRoutes
+
+        routes = CrrRoutes(pipeline.replication, pipeline.replication_runners())
+        for name in routes.names:
+            # The site's backlog (read from the pending logs) and this process's counters.
+            sites[name] = routes.site_doc(name)
     return doc
 
 
@@ -420,6 +483,11 @@ def start_api(cfg: Config, pipeline: Pipeline, service: Service) -> ApiServer:
     from changelog.status import pass_doc
 
     health = make_health(cfg.health, pipeline)
+    crr = None
+    if pipeline.replication is not None:
+        from changelog.consumers.replication.api import CrrRoutes
+
+        crr = CrrRoutes(pipeline.replication, pipeline.replication_runners())
     metrics = ChangelogMetrics(
         health=health.reasons,
         collector=pipeline.collector,
@@ -428,6 +496,7 @@ def start_api(cfg: Config, pipeline: Pipeline, service: Service) -> ApiServer:
         leases=pipeline.leases,
         controls=pipeline.controls,
         consumers={r.consumer.name: r for r in pipeline.consumers},
+        replication=crr.prometheus if crr is not None else None,
     )
     api = ApiServer(
         cfg.api.listen,
@@ -443,5 +512,8 @@ def start_api(cfg: Config, pipeline: Pipeline, service: Service) -> ApiServer:
     for runner in pipeline.consumers:
         for (method, path), handler in runner.consumer.routes().items():
             api.mount(f"/_/{runner.consumer.name}/{path}", method, handler)
+    if crr is not None:
+        api.mount_prefix("/_/crr", crr.crr)
+        api.mount_prefix("/_/metrics/crr", crr.metrics)
     api.start()
     return api

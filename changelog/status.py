@@ -1,7 +1,8 @@
 """The status document (``rgw-changelog status --json``, ``GET /_/status``): the index per shard,
 the leases, the collector's persisted state, the follower's markers, the target's newest log
-object and watermark, and each consumer's checkpoint. Read directly from the stores, without a
-lease; a running ``serve`` adds its live counters on top (``changelog.service``).
+object and watermark, each consumer's checkpoint, and each replication site's state (paused,
+checkpoint, lease, failed entries). Read directly from the stores, without a lease; a running
+``serve`` adds its live counters on top (``changelog.service``), and each site's backlog.
 """
 
 from __future__ import annotations
@@ -110,6 +111,45 @@ def target_doc(target: Target) -> Doc:
         return {"error": one_line(str(ex))}
 
 
+def replication_doc(cfg: Config, index: ChangeIndex, *, now: float | None = None) -> dict[str, Doc]:
+    """Every configured replication site as the index's store has it (paused, checkpoint, lease,
+    failed entries: ``changelog.consumers.replication.api.stored_doc``), by name."""
+    from changelog.consumers.replication.api import stored_doc
+
+    return {site.name: stored_doc(index, site.name, now=now) for site in cfg.replication.sites}
+
+
+def _backlog_text(b: object) -> str:
+    if not isinstance(b, dict):
+        return "backlog unknown (no serve answered)"
+    rpo = b.get("rpo_seconds")
+    return f"backlog {b.get('records')} records ({b.get('bytes')} bytes)" + (f", rpo {rpo:.0f}s" if rpo else "")
+
+
+def replication_lines(doc: Doc) -> list[str]:
+    """``rgw-changelog status``'s text for the ``replication`` block: one line per site."""
+    sites = doc.get("replication")
+    if not isinstance(sites, dict):
+        return []
+    out = []
+    for name, d in sorted(sites.items()):
+        if not isinstance(d, dict):
+            continue
+        if d.get("error"):
+            out.append(f"replication {name}: unreadable: {d['error']}")
+            continue
+        cp = d.get("checkpoint") if isinstance(d.get("checkpoint"), dict) else {}
+        assert isinstance(cp, dict)
+        lease = d.get("lease")
+        paused = "paused" + (f" until {d['resume_at']}" if d.get("resume_at") else "") if d.get("paused") else "running"
+        out.append(
+            f"replication {name}: {paused}, checkpoint {cp.get('after') or '-'}, "
+            f"lease {lease.get('holder') if isinstance(lease, dict) else 'none'}, "
+            f"{d.get('failed_entries', 0)} failed entries, {_backlog_text(d.get('backlog'))}"
+        )
+    return out
+
+
 def collect_status(cfg: Config, index: ChangeIndex, target: Target | None) -> Doc:
     """What `status --json` prints, read directly from the index and the target."""
     from changelog.consumers.framework import consumers_doc
@@ -121,7 +161,7 @@ def collect_status(cfg: Config, index: ChangeIndex, target: Target | None) -> Do
     target_info: Doc = {"url": cfg.target.url}
     if target is not None:
         target_info.update(target_doc(target))
-    return {
+    doc: Doc = {
         "from": "direct",
         "index": {
             "backend": cfg.index.backend,
@@ -138,6 +178,9 @@ def collect_status(cfg: Config, index: ChangeIndex, target: Target | None) -> Do
         "consumers": consumers_doc(index, now=now),
         "target": target_info,
     }
+    if cfg.replication.sites:
+        doc["replication"] = replication_doc(cfg, index, now=now)
+    return doc
 
 
 def pass_doc(result: PassResult) -> Doc:

@@ -29,7 +29,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger("changelog.cli")
 
 
-def _stop_on_signals(stop: threading.Event) -> Callable[[], None]:
+def stop_on_signals(stop: threading.Event) -> Callable[[], None]:
     """SIGTERM/SIGINT set ``stop`` (graceful); returns a function that restores the handlers."""
     if threading.current_thread() is not threading.main_thread():
         return lambda: None
@@ -149,7 +149,7 @@ def collect_cmd(once: bool, as_json: bool) -> None:
         return
     collector = make_collector(st.config, st.index(), st.target())
     stop = threading.Event()
-    restore = _stop_on_signals(stop)
+    restore = stop_on_signals(stop)
     logger.info("collector %s running (interval %.1fs)", collector.collector_id, st.config.collector.interval)
     try:
         collector.run(stop)
@@ -346,6 +346,8 @@ def _print_status(doc: status.Doc) -> None:
     click.echo(f"  watermark: {(wm or {}).get('complete_until', '-') if isinstance(wm, dict) else wm or '-'}")
     click.echo(f"follower: {_follower_text(doc.get('follower'))}")
     for line in _consumers_text(doc.get("consumers")):
+        click.echo(line)
+    for line in status.replication_lines(doc):
         click.echo(line)
     if doc.get("controls"):
         click.echo(f"controls: {_controls_text(doc.get('controls'))}")

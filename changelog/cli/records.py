@@ -1,11 +1,12 @@
 """``rgw-changelog config check`` (the config, and with ``--connect`` the source radosgw, the
-index store and the target, each reached) and ``rgw-changelog record`` (the embedded write hook:
+index store, the target and each replication site, each reached) and ``rgw-changelog record`` (the embedded write hook:
 JSON Lines on stdin into the index, all or nothing per input; the input's checks are in
 ``record_input``)."""
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING
@@ -19,7 +20,7 @@ from changelog.progress import Progress
 
 if TYPE_CHECKING:
     from changelog.cli.record_input import Checked
-    from changelog.config import Config
+    from changelog.config import Config, SiteConfig
     from changelog.pipeline.index import ChangeIndex
     from changelog.pipeline.targets import Target
 
@@ -65,8 +66,8 @@ def _reach(name: str, probe: Callable[[], str]) -> Reached:
 @click.option(
     "--connect",
     is_flag=True,
-    help="Also reach the source radosgw's admin API (when [source] endpoint is set), the index store "
-    "and the target: one line each, exit 1 if any fails.",
+    help="Also reach the source radosgw's admin API (when [source] endpoint is set), the index store, "
+    "the target and each [[replication.sites]] entry: one line each, exit 1 if any fails.",
 )
 def config_check(as_json: bool, connect: bool) -> None:
     """Validate the config and print the effective config, secrets masked."""
@@ -84,6 +85,9 @@ def config_check(as_json: bool, connect: bool) -> None:
         if cfg.source.endpoint and cfg.source.object_info == "index" and cfg.index.backend == "rados":
             reached.append(_reach("bucket index", lambda: _probe_bucket_index(cfg)))
         reached.append(_reach("target", lambda: _probe_target(st.target(), cfg.target.url)))
+        for site in cfg.replication.sites:
+            # Each site on its own: one with wrong credentials is named, the others still probed.
+            reached.append(_reach(f"site {site.name}", functools.partial(_probe_site, cfg, site)))
     if as_json:
         doc: dict[str, object] = {"path": cfg.path, "config": cfg.to_dict(masked=True)}
         if connect:
@@ -164,6 +168,32 @@ def _probe_bucket_index(cfg: Config) -> str:
     except ChangelogError as ex:
         raise type(ex)(f"{ex} ({fallback})") from ex
     return f"pool {cfg.source.index_pool!r} readable by {idx.client_name}"
+
+
+def _probe_site(cfg: Config, site: SiteConfig) -> str:
+    """A replication site: ListBuckets with its credentials, then the versioning of each bucket
+    it is mapped to (the configured ``buckets``; the rest are only known when followed)."""
+    from changelog.consumers.replication.sites import site_client
+    from changelog.pipeline.s3client import translate_error
+
+    client = site_client(site, max_attempts=2, pool=1)
+    try:
+        try:
+            names = {b["Name"] for b in client.list_buckets().get("Buckets", [])}
+        except Exception as ex:
+            raise translate_error(ex, f"ListBuckets at {site.endpoint or 'AWS S3'}") from ex
+        states = []
+        for bucket in site.buckets:
+            dest = site.site_bucket(bucket)
+            try:
+                status = client.get_bucket_versioning(Bucket=dest).get("Status") or "unversioned"
+            except Exception as ex:
+                raise translate_error(ex, f"bucket {dest} (for {bucket})") from ex
+            states.append(f"{dest} {status.lower()}" + ("" if dest in names else " (not listed)"))
+    finally:
+        client.close()
+    mapped = f"; {', '.join(states)}" if states else "; every followed bucket, same names unless mapped"
+    return f"{site.endpoint or 'AWS S3'}, {len(names)} buckets listed{mapped}"
 
 
 def _probe_target(target: Target, url: str) -> str:

@@ -147,6 +147,21 @@ class Cursor:
         got = self.index.store.omap_get(self.index.control_oid, [self.state_prefix + k for k in keys])
         return {k[len(self.state_prefix) :]: v for k, v in got.items()}
 
+    def put_state(self, set_state: Mapping[str, bytes], remove_state: Sequence[str] = ()) -> None:
+        """Write some of the consumer's own state keys without moving the checkpoint (progress
+        within a unit of work), fenced by the lease like ``commit``."""
+        op = WriteOp(fence=self.lease.ref)
+        for k, v in set_state.items():
+            op.set[self.state_prefix + k] = v
+        op.remove.extend(self.state_prefix + k for k in remove_state)
+        self.lease.check()
+        self.index.store.execute(self.index.control_oid, op)
+
+    def read_state_prefix(self, sub: str) -> dict[str, bytes]:
+        """The consumer's own state keys that start with ``sub`` (keys without the prefix)."""
+        prefix = self.state_prefix + sub
+        return {k[len(self.state_prefix) :]: v for k, v in omap_iter(self.index.store, self.index.control_oid, prefix=prefix)}
+
     def commit(
         self,
         after: str | None,

@@ -43,6 +43,12 @@ FIGURES = {
     "backup_incremental_wall_time",
     "backup_incremental_requests_vs_etag_listing",
     "backup_detection_requests",
+    "replication_requests",
+    "replication_wall_time",
+    "replication_requests_vs_rclone_checksum",
+    "replication_throughput",
+    "replication_lag_p50",
+    "replication_lag_p99",
 }
 # On a tentacle lab only; --quick leaves out the lag at the default roll time (300 s).
 JOURNAL_FIGURES = {

@@ -35,6 +35,7 @@ FIGURES = {
     "lag": "tools.bench.lag",
     "backup": "tools.bench.backup",
     "journal": "tools.bench.journal",
+    "replication": "tools.bench.replication",
 }
 # Figures that need a given Ceph release: a lab the run boots for them alone is of that release
 # (`journal`: radosgw's bucket logging in Journal mode is new in Tentacle). On a lab of another

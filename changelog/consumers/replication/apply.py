@@ -1,0 +1,712 @@
+"""Apply ONE change-log record to ONE replication site: the state change a record describes,
+read from the source zone and written to the site's bucket through their S3 clients.
+
+What each op does at the site (docs of the interface: ``apply_record``):
+
+* ``write``: the source version (or, for the null version, the object whose ETag the record
+  names) is streamed to the site by s3transfer (multipart above the threshold; in memory at
+  most ``max_in_memory_upload_chunks`` x ``multipart_chunksize``, 10 x 8 MiB by default, plus a
+  read buffer), with its content headers, user metadata and tags, plus the replica
+  metadata (``REPLICA_META`` and ``SRC_*``) that names the source. A write whose state is gone
+  at the source (version deleted, ETag changed: a later record carries the newer state) is
+  skipped. On a versioned site a write of a version already replicated (the caller's version
+  map) is a change of its tags: only the tags of that site version are updated.
+* ``delete``: of the null version / an unversioned object, deletes the site's object (or the
+  mapped site version), unless the source has it again; of a version, deletes the mapped site
+  version.
+* ``delete_marker``: a delete marker at a versioned site, a delete at an unversioned one.
+* ``bucket_create`` / ``bucket_delete``: nothing. The site's buckets are the operator's: they
+  are made and configured (versioning, lifecycle, access) where they live.
+
+Deliberate limits:
+
+* **ACLs are not copied.** A grant names a canonical user id (or an e-mail) of the source zone's
+  user database; those ids do not exist at another zone or a cloud, where a copied grant would
+  be refused or, worse, match someone else. A replica gets the site's default ACL (owned by
+  the site credentials' user). A ``PutObjectAcl`` arrives as a write: it re-copies an
+  unversioned object and is a no-op change of tags on a replicated version.
+* Object lock, server-side encryption settings and checksums are not copied.
+* A delete marker carries no metadata to recognise it by: a careful replay finds it only as
+  the site's latest entry (or through the version map). Replayed with its map entry lost
+  after later versions of the key reached the site, it makes a second marker (an extra
+  history entry; the current state is unchanged).
+* A site of an unversioned bucket mirrors the source's *current* version: a version delete
+  there re-copies the source's new current version (or deletes the key if there is none).
+
+Idempotence: ``careful=True`` (a replay whose first application may have happened) looks for
+the record's replica at the site (``SRC_VERSION``/``SRC_ETAG``) before any upload, so a replay
+adds no version. Errors: what may pass (site or source unreachable, 5xx, throttling after
+botocore's retries) raises ``TransientError`` for the caller to retry (with ``careful=True``:
+a retry may follow a half-done apply); what will not pass (403, bad credentials, a missing site
+bucket, other 4xx) comes back as ``Applied("failed")`` with a one-line reason.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import threading
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from functools import partial
+from typing import IO, TYPE_CHECKING, Literal, Protocol, TypeVar, cast
+from urllib.parse import quote, urlencode
+
+from s3transfer.futures import NonThreadedExecutor
+from s3transfer.manager import TransferConfig, TransferManager
+
+from changelog.errors import ChangelogError, ObjectMissing, PermanentError, TransientError, one_line
+from changelog.pipeline.logformat import LogRecord
+from changelog.pipeline.s3client import TranslatedBody, refusal, s3_call, translate_error
+
+if TYPE_CHECKING:
+    from _typeshed import WriteableBuffer
+    from botocore.client import BaseClient
+    from mypy_boto3_s3.client import S3Client
+    from mypy_boto3_s3.type_defs import (
+        DeleteObjectRequestTypeDef,
+        GetObjectOutputTypeDef,
+        GetObjectRequestTypeDef,
+        HeadObjectRequestTypeDef,
+        TaggingTypeDef,
+    )
+
+logger = logging.getLogger(__name__)
+
+# User-metadata keys (x-amz-meta-...) written on every replica.
+REPLICA_META = "rgwcl-replica"
+SRC_ZONE, SRC_BUCKET, SRC_KEY, SRC_VERSION, SRC_ETAG = (
+    "rgwcl-src-zone",
+    "rgwcl-src-bucket",
+    "rgwcl-src-key",
+    "rgwcl-src-version",
+    "rgwcl-src-etag",
+)
+REPLICA_VALUE = "true"
+# The null version's id, in SRC_VERSION and as the version map's key.
+NULL = "null"
+# Site versions a careful apply HEADs looking for a replica, newest first: a replay concerns the
+# records of one uncommitted log object, so its replica, if any, is among the key's newest.
+CAREFUL_HEADS = 8
+# Read buffer between the source's response body and s3transfer: reads of whole parts in few
+# socket reads, and fixed memory whatever the object's size.
+READ_BUFFER = 256 * 1024
+# The content headers a replica gets from its source.
+CONTENT_HEADERS = ("ContentType", "CacheControl", "ContentDisposition", "ContentEncoding", "ContentLanguage")
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Destination:
+    """A site's bucket, as one apply writes to it."""
+
+    client: S3Client  # the site's client (``changelog.pipeline.s3client.make_s3_client``)
+    bucket: str  # destination bucket name at the site
+    versioned: bool  # site bucket versioning Enabled (the caller learns it once per bucket)
+    storage_class: str | None = None  # storage class of replicas, None: the site's default
+    zone: str = ""  # source zone name written into SRC_ZONE
+
+
+class VersionMap(Protocol):
+    """Source version id -> site version id, per (site bucket, key); kept by the caller."""
+
+    def get(self, key: str, src_version: str) -> str | None: ...
+
+
+@dataclass
+class Applied:
+    """What applying one record did."""
+
+    status: Literal["completed", "skipped", "failed"]
+    # skipped: why ("superseded: ..."); failed: the one-line error; completed: a note or None.
+    reason: str | None = None
+    bytes: int = 0  # content bytes copied
+    requests: int = 0  # S3 requests this apply made (source + site)
+    map_set: dict[str, str] = field(default_factory=dict)  # src_version -> site_version to remember
+    map_remove: list[str] = field(default_factory=list)  # src_versions to forget
+
+
+class ContentChanged(ChangelogError):
+    """A conditional GET found another object than the record's (412)."""
+
+
+class _Skip(Exception):
+    """The record's state is gone at the source; a later record carries the newer one."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def _translate(ex: Exception, what: str) -> ChangelogError:
+    """``translate_error``, refined: a missing version, a delete marker addressed by version
+    (405) and radosgw's 400 for an unknown version id are ``ObjectMissing``, 412 is
+    ``ContentChanged``; a missing bucket stays permanent."""
+    r = refusal(ex)
+    if r is not None:
+        if r.status == 412 or r.code == "PreconditionFailed":
+            return ContentChanged(f"{what}: {r}")
+        if r.code in ("NoSuchKey", "NoSuchVersion") or (r.status in (404, 405) and r.code != "NoSuchBucket"):
+            return ObjectMissing(f"{what}: {r}")
+        if r.status == 400 and r.code == "InvalidArgument" and "version" in r.message.lower():
+            return ObjectMissing(f"{what}: {r}")
+    return translate_error(ex, what)
+
+
+def _vid(v: object) -> str | None:
+    """A version id from a response; None for none or the null version."""
+    return None if v in (None, "", NULL) else str(v)
+
+
+def _etag(e: object) -> str | None:
+    return str(e).strip('"') or None if e else None
+
+
+def _headers(ex: BaseException | None) -> Mapping[str, str]:
+    """The HTTP headers of the S3 error response behind ``ex`` (a HEAD's 404 tells a delete
+    marker only there)."""
+    resp = getattr(ex, "response", None)
+    meta = resp.get("ResponseMetadata", {}) if isinstance(resp, dict) else {}
+    headers = meta.get("HTTPHeaders", {}) if isinstance(meta, dict) else {}
+    return headers if isinstance(headers, dict) else {}
+
+
+@dataclass(frozen=True)
+class _Head:
+    """What a HEAD says of one object version, or of a delete marker (``delete_marker``)."""
+
+    version_id: str | None
+    etag: str | None = None
+    metadata: Mapping[str, str] = field(default_factory=dict)
+    delete_marker: bool = False
+
+
+@dataclass
+class _SourceObject:
+    """An open GET of the source version to copy."""
+
+    body: IO[bytes]
+    size: int
+    etag: str | None
+    version_id: str | None
+    metadata: Mapping[str, str]
+    response: GetObjectOutputTypeDef
+
+
+class _Readable(Protocol):
+    def readinto(self, buffer: WriteableBuffer, /) -> int | None: ...
+
+    def close(self) -> None: ...
+
+
+class _Checked(io.RawIOBase):
+    """A response body that must end after exactly ``size`` bytes: a shorter or longer stream
+    raises ``TransientError`` before s3transfer completes the upload, so no cut replica is
+    ever written."""
+
+    def __init__(self, body: _Readable, size: int, what: str) -> None:
+        self._body = body
+        self._size = size
+        self._what = what
+        self.count = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: WriteableBuffer) -> int:
+        n = self._body.readinto(buffer) or 0
+        self.count += n
+        if self.count > self._size or (n == 0 and self.count != self._size):
+            raise TransientError(f"{self._what}: the body had {self.count} bytes of {self._size} (Content-Length)")
+        return n
+
+    def close(self) -> None:
+        self._body.close()
+        super().close()
+
+
+class _Recorder:
+    """The site client as s3transfer sees it: every call passed through, counted, and the
+    new version's id kept from the PUT or the multipart completion (s3transfer drops the
+    responses)."""
+
+    def __init__(self, client: S3Client) -> None:
+        self._client = client
+        self._lock = threading.Lock()  # parts are uploaded by s3transfer's threads
+        self.calls = 0
+        self.version_id: str | None = None
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._client, name)
+
+    def _count(self) -> None:
+        with self._lock:
+            self.calls += 1
+
+    def put_object(self, **kwargs: object) -> Mapping[str, object]:
+        self._count()
+        resp = cast("Mapping[str, object]", self._client.put_object(**kwargs))  # type: ignore[arg-type]
+        self.version_id = _vid(resp.get("VersionId"))
+        return resp
+
+    def complete_multipart_upload(self, **kwargs: object) -> Mapping[str, object]:
+        self._count()
+        resp = cast("Mapping[str, object]", self._client.complete_multipart_upload(**kwargs))  # type: ignore[arg-type]
+        self.version_id = _vid(resp.get("VersionId"))
+        return resp
+
+    def create_multipart_upload(self, **kwargs: object) -> object:
+        self._count()
+        return self._client.create_multipart_upload(**kwargs)  # type: ignore[arg-type]
+
+    def upload_part(self, **kwargs: object) -> object:
+        self._count()
+        return self._client.upload_part(**kwargs)  # type: ignore[arg-type]
+
+    def abort_multipart_upload(self, **kwargs: object) -> object:
+        self._count()
+        return self._client.abort_multipart_upload(**kwargs)  # type: ignore[arg-type]
+
+
+def apply_record(
+    rec: LogRecord,
+    source: S3Client,
+    dest: Destination,
+    versions: VersionMap,
+    *,
+    careful: bool = False,
+    transfer: TransferConfig | None = None,
+) -> Applied:
+    """Apply ``rec`` to ``dest``, reading the source through ``source``. ``versions``: the
+    caller's map of this site bucket's versions (read only: the changes come back in
+    ``map_set``/``map_remove``, to be kept with the checkpoint). ``careful``: the record may
+    have been applied already (a replay after a crash, a retry): check the site first.
+    ``transfer``: s3transfer's settings (boto3's ``TransferConfig`` is one); None: defaults.
+    Raises ``TransientError`` when trying again later may succeed."""
+    if rec.is_bucket_op:
+        return Applied("completed", reason="bucket operations are not replicated: buckets are the operator's")
+    if not rec.key:
+        return Applied("failed", reason=f"{rec.op} record {rec.id} without a key")
+    run = _Apply(rec, rec.key, source, dest, versions, careful=careful, transfer=transfer)
+    try:
+        return run.run()
+    except _Skip as ex:
+        return Applied("skipped", reason=ex.reason, requests=run.requests)
+    except (PermanentError, ObjectMissing, ContentChanged) as ex:
+        logger.debug("apply %s failed", rec.id, exc_info=True)
+        # What was done before the failure stays true at the site: return it to be kept.
+        return Applied(
+            "failed", reason=one_line(str(ex)), requests=run.requests, map_set=run.map_set, map_remove=run.map_remove
+        )
+
+
+class _Apply:
+    """One record's application (used once)."""
+
+    def __init__(
+        self,
+        rec: LogRecord,
+        key: str,
+        source: S3Client,
+        dest: Destination,
+        versions: VersionMap,
+        *,
+        careful: bool,
+        transfer: TransferConfig | None,
+    ) -> None:
+        self.rec = rec
+        self.key = key
+        self.source = source
+        self.dest = dest
+        self.versions = versions
+        self.careful = careful
+        self.transfer = transfer
+        self.requests = 0
+        self.bytes = 0
+        self.map_set: dict[str, str] = {}
+        self.map_remove: list[str] = []
+
+    # -- requests
+
+    def _call(self, what: str, fn: Callable[[], T]) -> T:
+        self.requests += 1
+        return s3_call(what, fn, _translate)
+
+    def _site(self, op: str, version: str | None = None) -> str:
+        v = f"?versionId={version}" if version else ""
+        return f"{op} {self.dest.bucket}/{self.key}{v} at {self.dest.client.meta.endpoint_url}"
+
+    def _src(self, op: str, version: str | None = None) -> str:
+        v = f"?versionId={version}" if version else ""
+        return f"{op} source {self.rec.s3_bucket}/{self.key}{v}"
+
+    def _done(self, reason: str | None = None) -> Applied:
+        return Applied(
+            "completed",
+            reason=reason,
+            bytes=self.bytes,
+            requests=self.requests,
+            map_set=self.map_set,
+            map_remove=self.map_remove,
+        )
+
+    def run(self) -> Applied:
+        op = self.rec.op
+        if op == "write":
+            return self.write()
+        if op == "delete":
+            return self.delete() if self.rec.version_id is None else self.delete_version(self.rec.version_id)
+        if op == "delete_marker":
+            return self.delete_marker()
+        raise PermanentError(f"record {self.rec.id}: unknown op {op!r}")
+
+    # -- the ops
+
+    def write(self) -> Applied:
+        rec, v = self.rec, self.rec.version_id
+        sv = v or NULL
+        if self.dest.versioned and v is not None:
+            mapped = self.versions.get(self.key, v)
+            # A version's content never changes: the record is a change of its tags (or ACL).
+            if mapped is not None and self.sync_tags(v, mapped):
+                return self._done("tags of the replicated version updated")
+        elif v is not None:
+            self.require_current(v)
+        checking = self.careful or rec.baseline
+        # Check before the GET when what to look for is known; else after it, with its ETag.
+        early = checking and (rec.etag is not None or (v is not None and not rec.baseline))
+        if early:
+            found = self.already_there(sv, rec.etag)
+            if found is not None:
+                return self.found(sv, found)
+        obj = self.get_source(v)
+        with obj.body:
+            if checking and not early:
+                found = self.already_there(sv, obj.etag)
+                if found is not None:
+                    return self.found(sv, found)
+            site_version = self.upload(obj, sv)
+        return self.written(sv, site_version)
+
+    def delete(self) -> Applied:
+        """The null version (or the unversioned object) was deleted at the source."""
+        head = self.source_head()
+        if head is not None and not head.delete_marker and head.version_id is None:
+            raise _Skip("superseded: rewritten at the source")
+        if self.dest.versioned:
+            mapped = self.versions.get(self.key, NULL)
+            if mapped is None and self.careful:
+                found = self.find_replica(NULL, None)
+                mapped = found.version_id if found is not None else None
+            if mapped is not None:
+                self.delete_site(mapped)
+                self.map_remove.append(NULL)
+                return self._done()
+        self.delete_site(None)
+        return self._done()
+
+    def delete_version(self, v: str) -> Applied:
+        if self.dest.versioned:
+            mapped = self.versions.get(self.key, v)
+            if mapped is None and self.careful:
+                found = self.find_replica(v, None)
+                mapped = found.version_id if found is not None else None
+            if mapped is None:
+                return self._done(f"nothing to delete: no replica of version {v} at the site")
+            self.delete_site(mapped)
+            self.map_remove.append(v)
+            return self._done()
+        head = self.site_head()
+        if head is not None and head.metadata.get(SRC_VERSION) != v:
+            raise _Skip("version delete on an unversioned site: the site holds another version")
+        # The site mirrors the source's current version, which this delete may have changed
+        # (the deleted version was current, or was a delete marker hiding an older one).
+        return self.resync_current()
+
+    def delete_marker(self) -> Applied:
+        sv = self.rec.version_id or NULL
+        if not self.dest.versioned:
+            self.delete_site(None)
+            return self._done()
+        # A marker's own id maps only to its site marker (the null id may map to a version).
+        if sv != NULL and self.versions.get(self.key, sv) is not None:
+            return self._done("the delete marker is already at the site")
+        if self.careful:
+            head = self.site_head()
+            if head is None:
+                # radosgw's 404 does not say it is a delete marker's (AWS's does): list.
+                head = self.site_latest_marker()
+            if head is not None and head.delete_marker:
+                if head.version_id is not None:
+                    self.map_set[sv] = head.version_id
+                    self.drop_old_null(sv, head.version_id)
+                return self._done("a delete marker is already current at the site")
+        marker = self.delete_site(None)
+        if marker is not None:
+            self.map_set[sv] = marker
+        # A null delete marker (suspended source) replaces the null version.
+        self.drop_old_null(sv, marker)
+        return self._done()
+
+    # -- steps
+
+    def require_current(self, v: str) -> None:
+        """An unversioned site holds the source's current version: a write of a version that
+        is no longer current (a tag change of an old one) must not replace it."""
+        head = self.source_head()
+        if head is None or head.delete_marker or head.version_id != v:
+            raise _Skip(f"superseded: version {v} is no longer the current one at the source")
+
+    def already_there(self, sv: str, etag: str | None) -> _Head | None:
+        """The site object that already holds this record's state, if any: a replica of the
+        same source version and ETag (careful), or for a baseline record an object of the same
+        ETag (the site's own copy counts, by its plain ETag)."""
+        if self.careful:
+            found = self.find_replica(sv, etag)
+            if found is not None:
+                return found
+        if self.rec.baseline and etag is not None:
+            head = self.site_head()
+            if head is not None and not head.delete_marker:
+                meta = head.metadata
+                theirs = meta.get(SRC_ETAG) if meta.get(REPLICA_META) else head.etag
+                if theirs == etag:
+                    return head
+        return None
+
+    def found(self, sv: str, head: _Head) -> Applied:
+        if self.dest.versioned and head.version_id is not None:
+            self.map_set[sv] = head.version_id
+            self.drop_old_null(sv, head.version_id)
+        if self.careful and head.metadata.get(REPLICA_META):
+            # The first application may have stopped before a later tag change was copied.
+            with contextlib.suppress(_Skip):  # the version is gone since: a later record says so
+                self.sync_tags(self.rec.version_id, head.version_id if self.dest.versioned else None)
+        return self._done("already at the site")
+
+    def written(self, sv: str, site_version: str | None) -> Applied:
+        if self.dest.versioned:
+            if site_version is None:
+                logger.warning("%s: no version id in the answer: is the bucket's versioning enabled?", self._site("PUT"))
+                return self._done("the site gave no version id: version not mapped")
+            self.map_set[sv] = site_version
+            self.drop_old_null(sv, site_version)
+        return self._done()
+
+    def drop_old_null(self, sv: str, keep: str | None) -> None:
+        """The source has one null version: once its new state is at the site, delete the
+        site version that held the previous one."""
+        if sv != NULL:
+            return
+        old = self.versions.get(self.key, NULL)
+        if old is not None and old != keep:
+            self.delete_site(old)
+
+    def resync_current(self) -> Applied:
+        """Make an unversioned site hold the source's current version, or nothing."""
+        try:
+            obj = self.open_source({"Bucket": self.rec.s3_bucket, "Key": self.key}, self._src("GET"))
+        except ObjectMissing:
+            self.delete_site(None)
+            return self._done("no current version left at the source: deleted at the site")
+        with obj.body:
+            self.upload(obj, obj.version_id or NULL)
+        return self._done("the source's current version copied")
+
+    # -- the site
+
+    def site_head(self, version: str | None = None) -> _Head | None:
+        req: HeadObjectRequestTypeDef = {"Bucket": self.dest.bucket, "Key": self.key}
+        if version is not None:
+            req["VersionId"] = version
+        return self._head(self.dest.client, req, self._site("HEAD", version))
+
+    def _head(self, client: S3Client, req: HeadObjectRequestTypeDef, what: str) -> _Head | None:
+        try:
+            resp = self._call(what, partial(client.head_object, **req))
+        except ObjectMissing as ex:
+            headers = _headers(ex.__cause__)
+            if headers.get("x-amz-delete-marker") == "true":
+                return _Head(_vid(headers.get("x-amz-version-id")), delete_marker=True)
+            return None
+        return _Head(_vid(resp.get("VersionId")), _etag(resp.get("ETag")), dict(resp.get("Metadata") or {}))
+
+    def is_replica_of(self, head: _Head, sv: str, etag: str | None) -> bool:
+        meta = head.metadata
+        return (
+            not head.delete_marker
+            and meta.get(SRC_VERSION) == sv
+            and meta.get(SRC_BUCKET) == self.rec.s3_bucket
+            and (etag is None or meta.get(SRC_ETAG) == etag)
+        )
+
+    def find_replica(self, sv: str, etag: str | None) -> _Head | None:
+        """The site version holding the replica of source version ``sv`` (and ``etag`` when
+        given): the current one, or on a versioned site one of the key's newest."""
+        current = self.site_head()
+        if current is not None and self.is_replica_of(current, sv, etag):
+            return current
+        if not self.dest.versioned:
+            return None
+        for version in self.site_versions()[:CAREFUL_HEADS]:
+            if current is not None and version == current.version_id:
+                continue
+            head = self.site_head(version)
+            if head is not None and self.is_replica_of(head, sv, etag):
+                return head
+        return None
+
+    def site_versions(self) -> list[str]:
+        """Ids of the object versions (not delete markers) of exactly this key, newest first.
+        The key's versions come first in a listing by prefix: longer keys sort after it."""
+        resp = self._call(
+            self._site("list versions of"),
+            lambda: self.dest.client.list_object_versions(Bucket=self.dest.bucket, Prefix=self.key),
+        )
+        rows = [o for o in resp.get("Versions", []) if o.get("Key") == self.key]
+        rows.sort(key=lambda o: (not o.get("IsLatest"), -o["LastModified"].timestamp()))
+        return [str(o["VersionId"]) for o in rows if o.get("VersionId")]
+
+    def site_latest_marker(self) -> _Head | None:
+        """The delete marker that is the key's latest entry at the site, if it is one."""
+        resp = self._call(
+            self._site("list versions of"),
+            lambda: self.dest.client.list_object_versions(Bucket=self.dest.bucket, Prefix=self.key),
+        )
+        for m in resp.get("DeleteMarkers", []):
+            if m.get("Key") == self.key and m.get("IsLatest"):
+                return _Head(_vid(m.get("VersionId")), delete_marker=True)
+        return None
+
+    def delete_site(self, version: str | None) -> str | None:
+        """Delete the site's key (or one version of it); the delete marker's id if one was made."""
+        req: DeleteObjectRequestTypeDef = {"Bucket": self.dest.bucket, "Key": self.key}
+        if version is not None:
+            req["VersionId"] = version
+        try:
+            resp = self._call(self._site("DELETE", version), partial(self.dest.client.delete_object, **req))
+        except ObjectMissing:
+            return None  # already gone: what a delete wants
+        return _vid(resp.get("VersionId")) if resp.get("DeleteMarker") else None
+
+    def sync_tags(self, v: str | None, site_version: str | None) -> bool:
+        """Give the site object (version) the source version's tags; False if that site
+        version is gone (the caller's map is stale)."""
+        tags = self.source_tags(v)
+        client, bucket, key = self.dest.client, self.dest.bucket, self.key
+        try:
+            if tags:
+                tagging: TaggingTypeDef = {"TagSet": [{"Key": k, "Value": val} for k, val in tags]}
+                put = partial(client.put_object_tagging, Bucket=bucket, Key=key, Tagging=tagging)
+                if site_version is not None:
+                    put = partial(put, VersionId=site_version)
+                self._call(self._site("PUT tagging", site_version), put)
+            else:
+                delete = partial(client.delete_object_tagging, Bucket=bucket, Key=key)
+                if site_version is not None:
+                    delete = partial(delete, VersionId=site_version)
+                self._call(self._site("DELETE tagging", site_version), delete)
+        except ObjectMissing:
+            return False
+        return True
+
+    def upload(self, obj: _SourceObject, sv: str) -> str | None:
+        """Stream ``obj`` to the site key; the new site version's id (None if unversioned)."""
+        extra = self.upload_args(obj, sv)
+        config = self.transfer or TransferConfig()
+        # boto3's TransferConfig(use_threads=False) runs the parts in this thread.
+        executor = NonThreadedExecutor if getattr(config, "use_threads", True) is False else None
+        recorder = _Recorder(self.dest.client)
+        what = self._site("upload to")
+        try:
+            with TransferManager(cast("BaseClient", recorder), config, executor_cls=executor) as manager:
+                future = manager.upload(obj.body, self.dest.bucket, self.key, extra_args=extra)
+                s3_call(what, future.result, _translate)
+        finally:
+            self.requests += recorder.calls
+        self.bytes += obj.size
+        return recorder.version_id
+
+    def upload_args(self, obj: _SourceObject, sv: str) -> dict[str, object]:
+        resp = obj.response
+        meta = dict(obj.metadata)
+        meta.update(
+            {
+                REPLICA_META: REPLICA_VALUE,
+                SRC_ZONE: self.dest.zone,
+                SRC_BUCKET: self.rec.s3_bucket,
+                SRC_KEY: quote(self.key, safe=""),
+                SRC_VERSION: sv,
+                SRC_ETAG: obj.etag or "",
+            }
+        )
+        args: dict[str, object] = {"Metadata": meta}
+        for name in CONTENT_HEADERS:
+            value = resp.get(name)
+            if value:
+                args[name] = value
+        expires = resp.get("Expires")
+        if isinstance(expires, datetime):
+            args["Expires"] = expires
+        if int(resp.get("TagCount") or 0) > 0:
+            tags = self.source_tags(obj.version_id)
+            if tags:
+                args["Tagging"] = urlencode(tags)
+        if self.dest.storage_class:
+            args["StorageClass"] = self.dest.storage_class
+        return args
+
+    # -- the source
+
+    def source_head(self) -> _Head | None:
+        """The source's current object (no version asked: it works on unversioned buckets)."""
+        return self._head(self.source, {"Bucket": self.rec.s3_bucket, "Key": self.key}, self._src("HEAD"))
+
+    def source_tags(self, v: str | None) -> list[tuple[str, str]]:
+        what = self._src("GET tagging", v)
+        fn = partial(self.source.get_object_tagging, Bucket=self.rec.s3_bucket, Key=self.key)
+        if v is not None:
+            fn = partial(fn, VersionId=v)
+        try:
+            resp = self._call(what, fn)
+        except ObjectMissing as ex:
+            raise _Skip(f"superseded: version gone at the source ({what})") from ex
+        return [(t["Key"], t["Value"]) for t in resp.get("TagSet", [])]
+
+    def get_source(self, v: str | None) -> _SourceObject:
+        """The GET of the record's state: its version, or the object of its ETag; ``_Skip``
+        when that state is gone (never the bytes of another version)."""
+        req: GetObjectRequestTypeDef = {"Bucket": self.rec.s3_bucket, "Key": self.key}
+        if v is not None:
+            req["VersionId"] = v
+        elif self.rec.etag:
+            req["IfMatch"] = f'"{self.rec.etag}"'
+        what = self._src("GET", v)
+        try:
+            obj = self.open_source(req, what)
+        except ContentChanged as ex:
+            raise _Skip(f"superseded: etag changed at the source ({what})") from ex
+        except ObjectMissing as ex:
+            raise _Skip(f"superseded: {'version' if v else 'object'} gone at the source ({what})") from ex
+        if v is None and obj.version_id is not None:
+            obj.body.close()
+            raise _Skip(f"superseded: the null version is no longer current at the source ({what})")
+        return obj
+
+    def open_source(self, req: GetObjectRequestTypeDef, what: str) -> _SourceObject:
+        resp = self._call(what, partial(self.source.get_object, **req))
+        size = int(resp.get("ContentLength") or 0)
+        raw = _Checked(TranslatedBody(resp["Body"], what, _translate), size, what)
+        return _SourceObject(
+            # Buffered: s3transfer reads each part with read(n) and takes a short read for
+            # the end of the stream; a raw body may return less at any time.
+            body=io.BufferedReader(raw, buffer_size=READ_BUFFER),
+            size=size,
+            etag=_etag(resp.get("ETag")),
+            version_id=_vid(resp.get("VersionId")),
+            metadata=dict(resp.get("Metadata") or {}),
+            response=resp,
+        )
