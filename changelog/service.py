@@ -383,7 +383,7 @@ def serve(cfg: Config) -> None:
         logger.warning("no [source] endpoint: serving the collector only (record mutations with `rgw-changelog record`)")
         logger.info("serve: index %s -> %s", pipeline.index.prefix, pipeline.target.url)
     for runner in pipeline.consumers:
-        logger.info("serve: consumer %s every %.0fs", runner.consumer.name, runner.consumer.interval)
+        logger.info("serve: consumer %s every %gs", runner.consumer.name, runner.consumer.interval)
     for name, site in (pipeline.replication.sites if pipeline.replication else {}).items():
         logger.info(
             "serve: replicating %s to site %s at %s (bucket map %s)",

@@ -431,9 +431,22 @@ def versions_of(s3: Any, bucket: str, *, replica: bool) -> dict[str, list[tuple[
     return out
 
 
+def collapsed(chain: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
+    """A key's versions with each run of consecutive delete markers as one: radosgw does not
+    stack a delete marker on a delete marker (a DELETE of a key whose current version is a
+    marker makes none), so where the source has two markers in a row because the version between
+    them was deleted before it reached the site, the site has one."""
+    out: list[tuple[Any, ...]] = []
+    for row in chain:
+        if row == ("marker",) and out and out[-1] == ("marker",):
+            continue
+        out.append(row)
+    return out
+
+
 def assert_site_matches(src: Any, site: Any, src_bucket: str, site_bucket: str, *, versioned: bool) -> None:
-    want = versions_of(src, src_bucket, replica=False)
-    got = versions_of(site, site_bucket, replica=True)
+    want = {k: collapsed(v) for k, v in versions_of(src, src_bucket, replica=False).items()}
+    got = {k: collapsed(v) for k, v in versions_of(site, site_bucket, replica=True).items()}
     if not versioned:  # one version per key: the current one
         want = {k: v[:1] for k, v in want.items() if v[0][0] != "marker"}
         got = {k: v[:1] for k, v in got.items() if v[0][0] != "marker"}

@@ -435,15 +435,18 @@ class _Apply:
         if sv != NULL and self.versions.get(self.key, sv) is not None:
             return self._done("the delete marker is already at the site")
         if self.careful:
-            head = self.site_head()
-            if head is None:
-                # radosgw's 404 does not say it is a delete marker's (AWS's does): list.
-                head = self.site_latest_marker()
-            if head is not None and head.delete_marker:
-                if head.version_id is not None:
-                    self.map_set[sv] = head.version_id
-                    self.drop_old_null(sv, head.version_id)
-                return self._done("a delete marker is already current at the site")
+            # Markers carry no metadata: this one is recognised by its place. At the source it is
+            # the n-th of a run of consecutive markers on top of the key's last version; a replay
+            # comes before any later record of the key, so if it reached the site, the site's top
+            # run of markers has at least n of them, the n-th from the bottom being this one.
+            n = self.marker_position(self.source, self.rec.s3_bucket, sv)
+            if n is None:
+                raise _Skip("superseded: the delete marker is gone at the source")
+            run = self.top_markers(self.dest.client, self.dest.bucket)
+            if len(run) >= n:
+                self.map_set[sv] = run[len(run) - n]
+                self.drop_old_null(sv, run[len(run) - n])
+                return self._done("the delete marker is already at the site")
         marker = self.delete_site(None)
         if marker is not None:
             self.map_set[sv] = marker
@@ -570,16 +573,49 @@ class _Apply:
         rows.sort(key=lambda o: (not o.get("IsLatest"), -o["LastModified"].timestamp()))
         return [str(o["VersionId"]) for o in rows if o.get("VersionId")]
 
-    def site_latest_marker(self) -> _Head | None:
-        """The delete marker that is the key's latest entry at the site, if it is one."""
+    def _stack(self, client: S3Client, bucket: str, where: str) -> list[tuple[str, bool]]:
+        """(version id, is a delete marker) of exactly this key, newest first (the first page of
+        its listing: a key's own entries come first, longer keys sort after it)."""
         resp = self._call(
-            self._site("list versions of"),
-            lambda: self.dest.client.list_object_versions(Bucket=self.dest.bucket, Prefix=self.key),
+            f"list versions of {where} {bucket}/{self.key}",
+            lambda: client.list_object_versions(Bucket=bucket, Prefix=self.key),
         )
-        for m in resp.get("DeleteMarkers", []):
-            if m.get("Key") == self.key and m.get("IsLatest"):
-                return _Head(_vid(m.get("VersionId")), delete_marker=True)
-        return None
+        rows: list[tuple[bool, float, str, bool]] = [
+            (not o.get("IsLatest"), -o["LastModified"].timestamp(), str(o.get("VersionId") or NULL), False)
+            for o in resp.get("Versions", [])
+            if o.get("Key") == self.key
+        ]
+        rows += [
+            (not o.get("IsLatest"), -o["LastModified"].timestamp(), str(o.get("VersionId") or NULL), True)
+            for o in resp.get("DeleteMarkers", [])
+            if o.get("Key") == self.key
+        ]
+        rows.sort(key=lambda r: (r[0], r[1]))
+        return [(vid, marker) for _, _, vid, marker in rows]
+
+    def marker_position(self, client: S3Client, bucket: str, marker: str) -> int | None:
+        """Where delete marker ``marker`` stands in its run of consecutive markers at the source,
+        counted from the bottom (1: right on top of a version or of nothing); None: no such
+        marker."""
+        stack = self._stack(client, bucket, "source")
+        ids = [vid for vid, _ in stack]
+        if marker not in ids or not stack[ids.index(marker)][1]:
+            return None
+        n = 0
+        for _, is_marker in stack[ids.index(marker) :]:
+            if not is_marker:
+                break
+            n += 1
+        return n
+
+    def top_markers(self, client: S3Client, bucket: str) -> list[str]:
+        """The site's delete markers on top of this key's newest version, newest first."""
+        out = []
+        for vid, is_marker in self._stack(client, bucket, "site"):
+            if not is_marker:
+                break
+            out.append(vid)
+        return out
 
     def delete_site(self, version: str | None) -> str | None:
         """Delete the site's key (or one version of it); the delete marker's id if one was made."""
