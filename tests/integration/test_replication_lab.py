@@ -414,9 +414,11 @@ def versions_of(s3: Any, bucket: str, *, replica: bool) -> dict[str, list[tuple[
         for dm in page.get("DeleteMarkers", []):
             rows.append((dm["Key"], -dm["LastModified"].timestamp(), 0 if dm["IsLatest"] else 1, ("marker",)))
         for v in page.get("Versions", []):
-            head = s3.head_object(Bucket=bucket, Key=v["Key"], VersionId=v["VersionId"])
+            # moto refuses versionId=null (radosgw and AWS take it): the null version is asked plainly.
+            which = {} if v["VersionId"] in (None, "null") else {"VersionId": v["VersionId"]}
+            head = s3.head_object(Bucket=bucket, Key=v["Key"], **which)
             meta = dict(head.get("Metadata") or {})
-            tags = s3.get_object_tagging(Bucket=bucket, Key=v["Key"], VersionId=v["VersionId"])["TagSet"]
+            tags = s3.get_object_tagging(Bucket=bucket, Key=v["Key"], **which)["TagSet"]
             tagset = tuple(sorted((t["Key"], t["Value"]) for t in tags))
             if replica:
                 ident = (meta.get("rgwcl-src-etag"), meta.get(SRC_VERSION))

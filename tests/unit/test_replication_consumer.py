@@ -334,3 +334,82 @@ def test_one_key_keeps_its_order_across_workers(aws: Any, logs: DirectoryTarget,
     zone.commit()
     run_once(replicator(index, logs, aws, workers=8), index).step_down()
     assert state(aws, "dst") == state(aws, "src")
+
+
+def _site_current(aws: Any, key: str) -> bytes | None:
+    try:
+        return aws.get_object(Bucket="vdst", Key=key)["Body"].read()
+    except aws.exceptions.NoSuchKey:
+        return None
+
+
+def test_a_retried_old_version_never_lands_on_a_newer_one(aws: Any, logs: DirectoryTarget, index: ChangeIndex) -> None:
+    zone = Zone(aws, logs)
+    zone.create_bucket("vsrc", versioned=True)
+    zone.put("vsrc", "k", b"v1")
+    zone.commit()
+    run_once(replicator(index, logs, aws), index).step_down()  # vdst missing: v1 -> failed list
+    st = SiteState(index, "east")
+    assert len(list(st.failed())) == 1
+    aws.create_bucket(Bucket="vdst")
+    aws.put_bucket_versioning(Bucket="vdst", VersioningConfiguration={"Status": "Enabled"})
+    zone.put("vsrc", "k", b"v2")
+    zone.commit()
+    run_once(replicator(index, logs, aws), index).step_down()
+    assert _site_current(aws, "k") == b"v2"
+    assert st.request_retry() == 1
+    run_once(replicator(index, logs, aws), index).step_down()
+    assert _site_current(aws, "k") == b"v2"
+    assert list(st.failed()) == []  # superseded: dropped, with its reason in the log
+
+
+def test_a_retried_old_marker_never_hides_a_newer_version(aws: Any, logs: DirectoryTarget, index: ChangeIndex) -> None:
+    zone = Zone(aws, logs)
+    zone.create_bucket("vsrc", versioned=True)
+    aws.create_bucket(Bucket="vdst")
+    aws.put_bucket_versioning(Bucket="vdst", VersioningConfiguration={"Status": "Enabled"})
+    zone.put("vsrc", "k", b"v1")
+    zone.commit()
+    run_once(replicator(index, logs, aws), index).step_down()
+    zone.delete("vsrc", "k")
+    zone.commit()
+    # The site refuses the marker for good (its bucket mapped to one that does not exist).
+    run_once(replicator(index, logs, aws, site=site_config(bucket_map={"vsrc": "missing"})), index).step_down()
+    st = SiteState(index, "east")
+    assert len(list(st.failed())) == 1
+    zone.put("vsrc", "k", b"v3")
+    zone.commit()
+    run_once(replicator(index, logs, aws), index).step_down()
+    assert st.request_retry() == 1
+    run_once(replicator(index, logs, aws), index).step_down()
+    assert _site_current(aws, "k") == b"v3" and list(st.failed()) == []
+
+
+class _DownSource:
+    def __getattr__(self, name: str) -> Any:
+        def fail(**kw: Any) -> Any:
+            from botocore.exceptions import EndpointConnectionError
+
+            raise EndpointConnectionError(endpoint_url="http://source:7480")
+
+        return fail
+
+
+def test_a_source_outage_holds_the_site_back_and_fails_nothing(aws: Any, logs: DirectoryTarget, index: ChangeIndex) -> None:
+    zone = Zone(aws, logs)
+    setup_buckets(zone, aws)
+    zone.put("src", "k", b"x")
+    name = zone.commit()
+    rep = replicator(index, logs, aws)
+    rep.source = _DownSource()  # type: ignore[assignment]
+    runner = ConsumerRunner(index, rep, lease_ttl=30)
+    assert runner.acquire()
+    for _ in range(3 * consumer_mod.LENIENT_AFTER):
+        with pytest.raises(TransientError):
+            runner.step(threading.Event())
+    assert load_checkpoint(index, rep.name).after is None
+    assert list(SiteState(index, "east").failed()) == []
+    rep.source = aws  # the source is back
+    runner.step(threading.Event())
+    runner.step_down()
+    assert load_checkpoint(index, rep.name).after == name and state(aws, "dst") == {"k": b"x"}

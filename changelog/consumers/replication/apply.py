@@ -279,18 +279,22 @@ def apply_record(
     *,
     careful: bool = False,
     transfer: TransferConfig | None = None,
+    retry: bool = False,
 ) -> Applied:
     """Apply ``rec`` to ``dest``, reading the source through ``source``. ``versions``: the
     caller's map of this site bucket's versions (read only: the changes come back in
     ``map_set``/``map_remove``, to be kept with the checkpoint). ``careful``: the record may
     have been applied already (a replay after a crash, a retry): check the site first.
     ``transfer``: s3transfer's settings (boto3's ``TransferConfig`` is one); None: defaults.
+    ``retry``: the record is applied out of its order (a failed entry retried after later
+    records of the key may have reached the site): a write or a delete marker is applied only
+    while it is still the source's current state, so it never lands on top of a newer one.
     Raises ``TransientError`` when trying again later may succeed."""
     if rec.is_bucket_op:
         return Applied("completed", reason="bucket operations are not replicated: buckets are the operator's")
     if not rec.key:
         return Applied("failed", reason=f"{rec.op} record {rec.id} without a key")
-    run = _Apply(rec, rec.key, source, dest, versions, careful=careful, transfer=transfer)
+    run = _Apply(rec, rec.key, source, dest, versions, careful=careful, transfer=transfer, retry=retry)
     try:
         return run.run()
     except _Skip as ex:
@@ -316,8 +320,10 @@ class _Apply:
         *,
         careful: bool,
         transfer: TransferConfig | None,
+        retry: bool = False,
     ) -> None:
         self.rec = rec
+        self.retry = retry
         self.key = key
         self.source = source
         self.dest = dest
@@ -373,7 +379,7 @@ class _Apply:
             # A version's content never changes: the record is a change of its tags (or ACL).
             if mapped is not None and self.sync_tags(v, mapped):
                 return self._done("tags of the replicated version updated")
-        elif v is not None:
+        if (v is not None and not self.dest.versioned) or self.retry:
             self.require_current(v)
         checking = self.careful or rec.baseline
         # Check before the GET when what to look for is known; else after it, with its ETag.
@@ -434,6 +440,10 @@ class _Apply:
         # A marker's own id maps only to its site marker (the null id may map to a version).
         if sv != NULL and self.versions.get(self.key, sv) is not None:
             return self._done("the delete marker is already at the site")
+        if self.retry:
+            head = self.source_head()
+            if head is None or not head.delete_marker or (head.version_id or NULL) != sv:
+                raise _Skip("superseded: the delete marker is no longer current at the source")
         if self.careful:
             # Markers carry no metadata: this one is recognised by its place. At the source it is
             # the n-th of a run of consecutive markers on top of the key's last version; a replay
@@ -456,12 +466,14 @@ class _Apply:
 
     # -- steps
 
-    def require_current(self, v: str) -> None:
+    def require_current(self, v: str | None) -> None:
         """An unversioned site holds the source's current version: a write of a version that
-        is no longer current (a tag change of an old one) must not replace it."""
+        is no longer current (a tag change of an old one) must not replace it. The same holds
+        for a retry on any site (``retry``). ``v`` None: the null version (or an unversioned
+        object)."""
         head = self.source_head()
         if head is None or head.delete_marker or head.version_id != v:
-            raise _Skip(f"superseded: version {v} is no longer the current one at the source")
+            raise _Skip(f"superseded: version {v or NULL} is no longer the current one at the source")
 
     def already_there(self, sv: str, etag: str | None) -> _Head | None:
         """The site object that already holds this record's state, if any: a replica of the

@@ -358,7 +358,11 @@ class SiteReplicator:
             else:
                 # Say which object is being applied, so that a successor knows what to take up.
                 self._note_inflight(cursor, obj.name, set())
-        lenient = self._attempts.get(obj.name, 0) >= LENIENT_AFTER and self._site_answers()
+        lenient = (
+            self._attempts.get(obj.name, 0) >= LENIENT_AFTER
+            and self._answers(self.client)
+            and self._answers(self.source)
+        )
         try:
             self._apply_all(records, partial, cursor, lenient=lenient)
         except TransientError as ex:
@@ -435,6 +439,9 @@ class SiteReplicator:
             for i, rec in queue:
                 if failure.is_set():
                     return
+                # Never start a record without the lease (a paused process that lost it while
+                # a successor applies the same records): narrows, cannot close, that window.
+                cursor.lease.check()
                 with mu:
                     started.add(i)
                 done = self._apply_one(
@@ -472,6 +479,7 @@ class SiteReplicator:
         *,
         careful: bool,
         lenient: bool,
+        retry: bool = False,
     ) -> _Done:
         ident = (rec.qualified_bucket, rec.key)
         with self._mu:
@@ -489,7 +497,9 @@ class SiteReplicator:
                     self.state, dest.bucket, changes.get(dest.bucket, {})
                 )
             try:
-                applied = apply_record(rec, self.source, dest, vmap, careful=careful, transfer=self.transfer)
+                applied = apply_record(
+                    rec, self.source, dest, vmap, careful=careful, transfer=self.transfer, retry=retry
+                )
             except TransientError as ex:
                 if not lenient:
                     raise
@@ -527,7 +537,8 @@ class SiteReplicator:
                 if FAILED + eid in out.remove_state:
                     out.remove_state.remove(FAILED + eid)
                 logger.warning("replication to %s: %s", self.site.name, applied.reason)
-            elif self._failed_ids and eid in self._failed_ids:
+            elif FAILED + eid in out.set_state or (self._failed_ids and eid in self._failed_ids):
+                # A later record of the same (bucket, key, version) reached the site.
                 out.set_state.pop(FAILED + eid, None)
                 out.remove_state.append(FAILED + eid)
             if d.bucket is not None and rec.key is not None:
@@ -570,10 +581,12 @@ class SiteReplicator:
         self._buckets[bucket] = (now, dest)
         return dest
 
-    def _site_answers(self) -> bool:
-        """Whether the site answers at all (an outage is not a reason to fail records)."""
+    @staticmethod
+    def _answers(client: S3Client) -> bool:
+        """Whether the site (or the source) answers at all: an outage of either is not a
+        reason to fail records."""
         try:
-            self.client.list_buckets()
+            client.list_buckets()
         except Exception:  # noqa: BLE001 - any failure means no
             return False
         return True
@@ -596,7 +609,7 @@ class SiteReplicator:
                 continue
             self._buckets.pop(entry.record.qualified_bucket, None)  # the site's bucket may be there now
             try:
-                done = self._apply_one(entry.record, {}, {}, careful=True, lenient=False)
+                done = self._apply_one(entry.record, {}, {}, careful=True, lenient=False, retry=True)
                 rec, applied = done.rec, done.applied
             except TransientError as ex:
                 # The site is down again: the requests stay for the next step.
