@@ -31,9 +31,9 @@ from rgw_module.generations import start_closing
 from rgw_module.mapping import (
     BilogEntry,
     BucketShard,
+    ShardMapper,
     bilog_marker,
     index_name_to_key,
-    map_entry,
     qualified_name,
 )
 from rgw_module.sweep_context import SweepContext
@@ -183,11 +183,12 @@ class BilogReader:
 
     def _mutations(self, bs: BucketShard, page: list[BilogEntry], observed_ns: int) -> list[Mutation]:
         ctx = self.ctx
-        gen = ctx.state.buckets[bs.bucket].gen
+        # The shard's stream name and seq prefix, computed once for the page (not per entry).
+        mapper = ShardMapper(bs, ctx.state.buckets[bs.bucket].gen)
         out: list[Mutation] = []
         internal = unwanted = 0
         for entry in page:
-            m = map_entry(entry, bs, generation=gen, observed_ns=observed_ns)
+            m = mapper.map(entry, observed_ns=observed_ns)
             if m is None:
                 # Companions and pending entries stand for no mutation of their own; complete
                 # entries of the internal namespace (multipart parts, ...) are skipped.

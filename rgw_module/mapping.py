@@ -45,7 +45,9 @@ deletes are stamped with the time the follower read them (an upper bound).
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -150,7 +152,9 @@ def s3_bucket_name(qualified: str) -> str:
 
 def _stream_name(kind: str, bucket: str, rest: str) -> str:
     name = f"{kind}:{bucket}:{rest}"
-    if len(name) <= MAX_STREAM_BYTES and all(0x21 <= ord(c) <= 0x7E for c in name):
+    # Printable ASCII without the space (0x21..0x7E), checked in C: a per-character loop cost
+    # more than the rest of a bilog entry's mapping.
+    if len(name) <= MAX_STREAM_BYTES and name.isascii() and name.isprintable() and " " not in name:
         return name
     # Relaxed bucket names can be long (255) or odd: a stable hash keeps the stream name short.
     digest = hashlib.blake2b(bucket.encode(), digest_size=12).hexdigest()
@@ -218,8 +222,52 @@ def bucket_mutation(
     )
 
 
+# Every bilog time radosgw writes (Pacific, Reef, Tentacle: tests/unit/rgw_bilog_captured*.json)
+# is "YYYY-MM-DDTHH:MM:SS.<9 digits>Z", or "0.000000" for a time never set.
+_SECONDS_LEN = 19
+_SECONDS_SHAPE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}")
+
+
 def parse_time_ns(text: str) -> int:
-    """radosgw's RFC 3339 times (``2026-11-21T22:24:22.997149240Z``, any fraction width) in ns."""
+    """radosgw's RFC 3339 times (``2026-11-21T22:24:22.997149240Z``, any fraction width) in ns.
+
+    The common shape is read here: its whole seconds once per distinct second (``_epoch_seconds``),
+    its fraction as digits. Anything else goes to ``_parse_time_ns_any``, whose result this one
+    equals on the common shape (tests/unit/test_mapping_speed.py)."""
+    seconds = _epoch_seconds(text[:_SECONDS_LEN])
+    if seconds is not None:
+        rest = text[_SECONDS_LEN:]
+        if not rest or rest == "Z":
+            return seconds * 1_000_000_000
+        frac = rest[1:-1] if rest[-1] == "Z" else rest[1:]
+        if rest[0] == "." and frac.isdigit():
+            return seconds * 1_000_000_000 + int(frac[:9].ljust(9, "0"))
+    return _parse_time_ns_any(text)
+
+
+# A follower's pages come in time order, so a few thousand seconds hold its working set.
+@functools.lru_cache(maxsize=4096)
+def _epoch_seconds(base: str) -> int | None:
+    """Epoch seconds of "YYYY-MM-DDTHH:MM:SS" (UTC), None for any other text or an invalid date."""
+    if _SECONDS_SHAPE.fullmatch(base) is None:
+        return None
+    try:
+        dt = datetime(
+            int(base[0:4]),
+            int(base[5:7]),
+            int(base[8:10]),
+            int(base[11:13]),
+            int(base[14:16]),
+            int(base[17:19]),
+            tzinfo=UTC,
+        )
+    except ValueError:
+        return None
+    return int(dt.timestamp())
+
+
+def _parse_time_ns_any(text: str) -> int:
+    """``parse_time_ns`` of any text: surrounding spaces, offsets, odd fractions, "0.000000"."""
     text = text.strip()
     if not text:
         return 0
@@ -250,7 +298,7 @@ def position_of(op_id: str) -> str:
     ``get_index_ver_key``): only the first field is padded, so every field is padded here.
     """
     parts = bilog_marker(op_id).split(".")
-    if len(parts) != 3 or not all(p.isdigit() for p in parts):
+    if len(parts) != 3 or not (parts[0].isdigit() and parts[1].isdigit() and parts[2].isdigit()):
         raise BadEntry(f"bucket index log entry id {op_id!r} is not <ver>.<ver>.<subop>")
     return f"{int(parts[0]):020d}.{int(parts[1]):020d}.{int(parts[2]):010d}"
 
@@ -339,24 +387,55 @@ def map_entry(
     generation: int,
     observed_ns: int,
 ) -> Mutation | None:
-    """The mutation record of one bilog entry of shard ``bs``, or None (see ``interpret``)."""
-    change = interpret(entry)
-    if change is None:
-        return None
-    position = position_of(str(entry.get("op_id", "")))
-    mtime = change.mtime_ns if change.mtime_ns is not None else max(observed_ns, 0)
-    tenant, name = split_name(bs.bucket)
-    return Mutation(
-        bucket=name,
-        tenant=tenant,
-        key=change.key,
-        op=change.op,
-        mtime_ns=mtime,
-        source=bs.source,
-        position=position,
-        seq=incremental_seq(generation, position),
-        version_id=change.version_id,
-    )
+    """The mutation record of one bilog entry of shard ``bs``, or None (see ``interpret``). For
+    a page of entries, ``ShardMapper`` does the same with the shard's constants computed once."""
+    return ShardMapper(bs, generation).map(entry, observed_ns=observed_ns)
+
+
+class ShardMapper:
+    """``map_entry`` for the entries of one shard and generation: the tenant, bucket name,
+    stream name and ``seq`` prefix they share are computed once, not per entry.
+
+    They are computed at the first mapped entry, at the step where ``map_entry`` computes them,
+    and kept only once computed: every entry fails (or not) at the same step and with the same
+    error as it does in ``map_entry``."""
+
+    __slots__ = ("bs", "generation", "_shared")
+
+    def __init__(self, bs: BucketShard, generation: int) -> None:
+        self.bs = bs
+        self.generation = generation
+        self._shared: tuple[str, str, str, str] | None = None
+
+    def _constants(self) -> tuple[str, str, str, str]:
+        """(tenant, bucket name, source, seq prefix): what every record of the shard shares."""
+        shared = self._shared
+        if shared is None:
+            tenant, name = split_name(self.bs.bucket)
+            source = self.bs.source
+            prefix = incremental_seq(self.generation, "")
+            shared = self._shared = (tenant, name, source, prefix)
+        return shared
+
+    def map(self, entry: BilogEntry, *, observed_ns: int) -> Mutation | None:
+        """The mutation record of one bilog entry of the shard, or None (see ``interpret``)."""
+        change = interpret(entry)
+        if change is None:
+            return None
+        position = position_of(str(entry.get("op_id", "")))
+        mtime = change.mtime_ns if change.mtime_ns is not None else max(observed_ns, 0)
+        tenant, name, source, seq_prefix = self._constants()
+        return Mutation(
+            bucket=name,
+            tenant=tenant,
+            key=change.key,
+            op=change.op,
+            mtime_ns=mtime,
+            source=source,
+            position=position,
+            seq=seq_prefix + position,
+            version_id=change.version_id,
+        )
 
 
 def baseline_mutation(
