@@ -31,7 +31,11 @@ from tests.unit.test_backup_support import Zone
 
 @pytest.fixture
 def aws(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
-    for k, v in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}.items():
+    for k, v in {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }.items():
         monkeypatch.setenv(k, v)
     monkeypatch.delenv("AWS_PROFILE", raising=False)
     with mock_aws():
@@ -54,9 +58,13 @@ def site_config(name: str = "east", **kw: Any) -> SiteConfig:
     return SiteConfig.model_validate({"name": name, "bucket_map": {"src": "dst", "vsrc": "vdst"}, **kw})
 
 
-def replicator(index: ChangeIndex, logs: DirectoryTarget, aws: Any, site: SiteConfig | None = None, **kw: Any) -> SiteReplicator:
+def replicator(
+    index: ChangeIndex, logs: DirectoryTarget, aws: Any, site: SiteConfig | None = None, **kw: Any
+) -> SiteReplicator:
     rc = ReplicationConfig.unchecked(workers=kw.pop("workers", 4), interval=0.01)
-    return SiteReplicator(index, logs, site or site_config(), rc, source=aws, site_client=kw.pop("client", aws), zone="z1", **kw)
+    return SiteReplicator(
+        index, logs, site or site_config(), rc, source=aws, site_client=kw.pop("client", aws), zone="z1", **kw
+    )
 
 
 def run_once(rep: SiteReplicator, index: ChangeIndex) -> ConsumerRunner:
@@ -120,12 +128,16 @@ def _ordered(resp: dict[str, Any]) -> list[tuple[str, str, bool]]:
     """(key, version id, is marker) newest first per key, markers and versions merged."""
     rows = [(v["Key"], v["LastModified"], v["VersionId"], False) for v in resp.get("Versions", [])]
     rows += [(m["Key"], m["LastModified"], m["VersionId"], True) for m in resp.get("DeleteMarkers", [])]
-    latest = {v["VersionId"] for v in resp.get("Versions", []) + resp.get("DeleteMarkers", []) if v["IsLatest"]}
+    latest = {
+        v["VersionId"] for v in resp.get("Versions", []) + resp.get("DeleteMarkers", []) if v["IsLatest"]
+    }
     rows.sort(key=lambda r: (r[0], r[2] not in latest, -r[1].timestamp()))
     return [(k, vid, m) for k, _, vid, m in rows]
 
 
-def test_a_mixed_history_converges_and_replaying_it_adds_nothing(aws: Any, logs: DirectoryTarget, index: ChangeIndex) -> None:
+def test_a_mixed_history_converges_and_replaying_it_adds_nothing(
+    aws: Any, logs: DirectoryTarget, index: ChangeIndex
+) -> None:
     zone = Zone(aws, logs)
     setup_buckets(zone, aws)
     rnd = random.Random(5)
@@ -146,7 +158,11 @@ def test_a_mixed_history_converges_and_replaying_it_adds_nothing(aws: Any, logs:
     assert state(aws, "dst") == state(aws, "src")
     assert same_chains(aws)
     got = aws.head_object(Bucket="dst", Key=next(iter(state(aws, "dst"))))
-    assert got["ContentType"] == "text/x" and "n" in got["Metadata"] and got["Metadata"]["rgwcl-src-zone"] == "z1"
+    assert (
+        got["ContentType"] == "text/x"
+        and "n" in got["Metadata"]
+        and got["Metadata"]["rgwcl-src-zone"] == "z1"
+    )
     assert rep.stats()["completed"] > 0 and rep.stats()["failed"] == 0
 
 
@@ -276,7 +292,9 @@ def test_a_refused_site_bucket_fails_into_the_list_and_a_retry_completes(
     assert state(aws, "dst") == state(aws, "src")
 
 
-def test_a_retried_entry_never_undoes_a_newer_state(aws: Any, logs: DirectoryTarget, index: ChangeIndex) -> None:
+def test_a_retried_entry_never_undoes_a_newer_state(
+    aws: Any, logs: DirectoryTarget, index: ChangeIndex
+) -> None:
     zone = Zone(aws, logs)
     zone.create_bucket("src")
     zone.put("src", "k", b"old")
@@ -294,7 +312,9 @@ def test_a_retried_entry_never_undoes_a_newer_state(aws: Any, logs: DirectoryTar
     assert list(st.failed()) == []
 
 
-def test_pause_holds_and_a_scheduled_resume_resumes(aws: Any, logs: DirectoryTarget, index: ChangeIndex) -> None:
+def test_pause_holds_and_a_scheduled_resume_resumes(
+    aws: Any, logs: DirectoryTarget, index: ChangeIndex
+) -> None:
     zone = Zone(aws, logs)
     setup_buckets(zone, aws)
     zone.put("src", "a", b"1")
@@ -311,14 +331,18 @@ def test_pause_holds_and_a_scheduled_resume_resumes(aws: Any, logs: DirectoryTar
     assert rep.backlog(load_checkpoint(index, rep.name).after).records == 0
 
 
-def test_prefixes_and_buckets_select_what_a_site_gets(aws: Any, logs: DirectoryTarget, index: ChangeIndex) -> None:
+def test_prefixes_and_buckets_select_what_a_site_gets(
+    aws: Any, logs: DirectoryTarget, index: ChangeIndex
+) -> None:
     zone = Zone(aws, logs)
     setup_buckets(zone, aws)
     zone.put("src", "in/a", b"1")
     zone.put("src", "out/b", b"2")
     zone.put("vsrc", "in/c", b"3")
     zone.commit()
-    site = SiteConfig.model_validate({"name": "east", "bucket_map": {"src": "dst"}, "buckets": ["src"], "prefixes": ["in/"]})
+    site = SiteConfig.model_validate(
+        {"name": "east", "bucket_map": {"src": "dst"}, "buckets": ["src"], "prefixes": ["in/"]}
+    )
     run_once(replicator(index, logs, aws, site=site), index).step_down()
     assert state(aws, "dst") == {"in/a": b"1"}
     assert state(aws, "vdst") == {}
@@ -343,7 +367,9 @@ def _site_current(aws: Any, key: str) -> bytes | None:
         return None
 
 
-def test_a_retried_old_version_never_lands_on_a_newer_one(aws: Any, logs: DirectoryTarget, index: ChangeIndex) -> None:
+def test_a_retried_old_version_never_lands_on_a_newer_one(
+    aws: Any, logs: DirectoryTarget, index: ChangeIndex
+) -> None:
     zone = Zone(aws, logs)
     zone.create_bucket("vsrc", versioned=True)
     zone.put("vsrc", "k", b"v1")
@@ -363,7 +389,9 @@ def test_a_retried_old_version_never_lands_on_a_newer_one(aws: Any, logs: Direct
     assert list(st.failed()) == []  # superseded: dropped, with its reason in the log
 
 
-def test_a_retried_old_marker_never_hides_a_newer_version(aws: Any, logs: DirectoryTarget, index: ChangeIndex) -> None:
+def test_a_retried_old_marker_never_hides_a_newer_version(
+    aws: Any, logs: DirectoryTarget, index: ChangeIndex
+) -> None:
     zone = Zone(aws, logs)
     zone.create_bucket("vsrc", versioned=True)
     aws.create_bucket(Bucket="vdst")
@@ -374,7 +402,9 @@ def test_a_retried_old_marker_never_hides_a_newer_version(aws: Any, logs: Direct
     zone.delete("vsrc", "k")
     zone.commit()
     # The site refuses the marker for good (its bucket mapped to one that does not exist).
-    run_once(replicator(index, logs, aws, site=site_config(bucket_map={"vsrc": "missing"})), index).step_down()
+    run_once(
+        replicator(index, logs, aws, site=site_config(bucket_map={"vsrc": "missing"})), index
+    ).step_down()
     st = SiteState(index, "east")
     assert len(list(st.failed())) == 1
     zone.put("vsrc", "k", b"v3")
@@ -395,7 +425,9 @@ class _DownSource:
         return fail
 
 
-def test_a_source_outage_holds_the_site_back_and_fails_nothing(aws: Any, logs: DirectoryTarget, index: ChangeIndex) -> None:
+def test_a_source_outage_holds_the_site_back_and_fails_nothing(
+    aws: Any, logs: DirectoryTarget, index: ChangeIndex
+) -> None:
     zone = Zone(aws, logs)
     setup_buckets(zone, aws)
     zone.put("src", "k", b"x")
