@@ -220,6 +220,18 @@ class ObjectBatch:
     info: Mapping[str, str] | None = None
 
 
+def committed_objects(logs: Target, after: str | None, *, prefix: str = "") -> Iterator[LogObject]:
+    """The log objects a consumer may read after its checkpoint ``after``: those up to the
+    collector's watermark (objects past it may still be recovered or re-uploaded)."""
+    wm = read_watermark(logs, prefix=prefix)
+    if wm is None or wm.last_object is None:
+        return
+    for obj in list_logs(logs, prefix=prefix, after=after):
+        if obj.name > wm.last_object:
+            return
+        yield obj
+
+
 class LogObjectConsumer:
     """Base for consumers that handle the committed logs one log object at a time, each object
     applied exactly once with the checkpoint (``handle`` must not write elsewhere, or must be
@@ -241,13 +253,7 @@ class LogObjectConsumer:
 
     def pending_objects(self, after: str | None) -> Iterator[LogObject]:
         """Committed log objects after ``after``, up to the collector's watermark."""
-        wm = read_watermark(self.logs, prefix=self.log_prefix)
-        if wm is None or wm.last_object is None:
-            return
-        for obj in list_logs(self.logs, prefix=self.log_prefix, after=after):
-            if obj.name > wm.last_object:
-                return
-            yield obj
+        return committed_objects(self.logs, after, prefix=self.log_prefix)
 
     def step(self, cursor: Cursor, stop: threading.Event) -> None:
         for n, obj in enumerate(self.pending_objects(cursor.checkpoint.after)):

@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING
 
 import orjson
 
-from changelog.consumers.framework import OBJECTS_PER_STEP, Cursor, RouteHandler
+from changelog.consumers.framework import OBJECTS_PER_STEP, Cursor, RouteHandler, committed_objects
 from changelog.consumers.replication.apply import Applied, Destination, apply_record
 from changelog.consumers.replication.state import (
     FAILED,
@@ -54,7 +54,7 @@ from changelog.errors import ChangelogError, PermanentError, TransientError
 from changelog.pipeline.index import ChangeIndex
 from changelog.pipeline.logformat import LogRecord
 from changelog.pipeline.loop import Clocks
-from changelog.pipeline.reader import LogObject, list_logs, read_object, read_watermark
+from changelog.pipeline.reader import LogObject, read_object
 from changelog.pipeline.s3client import translate_error
 from changelog.pipeline.targets import Target
 
@@ -332,13 +332,7 @@ class SiteReplicator:
 
     def pending_objects(self, after: str | None) -> Iterator[LogObject]:
         """Committed log objects after ``after``, up to the collector's watermark."""
-        wm = read_watermark(self.logs, prefix=self.log_prefix)
-        if wm is None or wm.last_object is None:
-            return
-        for obj in list_logs(self.logs, prefix=self.log_prefix, after=after):
-            if obj.name > wm.last_object:
-                return
-            yield obj
+        return committed_objects(self.logs, after, prefix=self.log_prefix)
 
     def _apply_object(self, cursor: Cursor, obj: LogObject, records: list[LogRecord]) -> None:
         """Apply one log object's records and commit past it with their state changes."""

@@ -15,7 +15,7 @@ from urllib.parse import urlsplit
 from changelog.config import Config, SiteConfig, open_target, reveal
 from changelog.consumers.replication.apply import SRC_ETAG, SRC_VERSION
 from changelog.consumers.replication.consumer import SiteReplicator
-from changelog.consumers.replication.state import SiteState, consumer_name, entry_id
+from changelog.consumers.replication.state import SiteState, entry_id
 from changelog.errors import ChangelogError, ConfigError, ObjectMissing, PermanentError
 from changelog.pipeline.index import ChangeIndex
 from changelog.pipeline.loop import Clocks
@@ -230,7 +230,6 @@ __all__ = [
     "Replication",
     "Status",
     "UnknownSite",
-    "consumer_name",
     "object_status",
     "overall",
     "site_client",
