@@ -17,7 +17,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from changelog.errors import LeaseLost, PermanentError, TransientError
@@ -29,6 +29,7 @@ from rgw_module.bucket_tracker import BucketTracker
 from rgw_module.follower_state import ShardCursor, marker_key, pending_key
 from rgw_module.generations import start_closing
 from rgw_module.mapping import (
+    BadEntry,
     BilogEntry,
     BucketShard,
     ShardMapper,
@@ -42,6 +43,8 @@ logger = logging.getLogger(__name__)
 
 # Persisted markers are read for this many shards per control-object read.
 MARKER_READ_BATCH = 1000
+# Rounds whose pages are being fetched (with their facts) while one round is recorded.
+PREFETCH_ROUNDS = 2
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +58,20 @@ class ShardProgress:
     more: bool
 
 
+@dataclass(frozen=True, slots=True)
+class _Fetched:
+    """What a worker fetched for one shard: its page (or why not), and the facts of the page's
+    writes from the bucket index (None: not read; an exception: why not)."""
+
+    page: list[BilogEntry] | BaseException
+    facts: dict[str, ObjectFacts] | BaseException | None = None
+
+
+def _page_end(page: Sequence[BilogEntry], marker: str) -> str:
+    """The marker after ``page`` (``marker`` itself when the page is empty)."""
+    return bilog_marker(str(page[-1].get("op_id", ""))) if page else marker
+
+
 class BilogReader:
     """Reads every pending shard to its end (module docstring)."""
 
@@ -66,14 +83,60 @@ class BilogReader:
         self._index_unreadable: str | None = None
 
     def drain(self) -> bool:
-        """Read every pending shard to its end, in rounds; False if a shard could not be read."""
+        """Read every pending shard to its end, in rounds; False if a shard could not be read.
+
+        The next round's pages (and their facts) are fetched by the worker pool while the
+        current round is mapped, recorded and persisted: each shard's next page starts where its
+        fetched page ended, and nothing of a round is persisted before it is recorded, so a
+        crash or an error drops at most pages that were never recorded (read again)."""
         queue = deque(self._candidates())
+        # Where each shard's next page starts: the end of its last fetched page.
+        read_to: dict[BucketShard, str] = {}
+        inflight: deque[tuple[list[ShardCursor], Callable[[], list[_Fetched | BaseException]]]] = deque()
+
+        def fill() -> None:
+            while queue and len(inflight) < PREFETCH_ROUNDS:
+                batch = self._take(queue)
+                inflight.append((batch, self._start(batch, read_to)))
+
         complete = True
-        while queue:
+        fill()
+        while inflight:
             self.ctx.check_running()
-            batch = [queue.popleft() for _ in range(min(len(queue), self.ctx.config.shards_per_round))]
-            complete = self._round(batch, queue) and complete
+            batch, fetching = inflight.popleft()
+            fetched = fetching()
+            for sh, got in zip(batch, fetched, strict=True):
+                if isinstance(got, _Fetched) and not isinstance(got.page, BaseException):
+                    read_to[sh.bs] = _page_end(got.page, read_to.get(sh.bs, sh.marker or ""))
+                    if len(got.page) >= self.ctx.config.page_entries:
+                        queue.append(sh)
+            fill()
+            complete = self._round(batch, fetched) and complete
         return complete
+
+    def _take(self, queue: deque[ShardCursor]) -> list[ShardCursor]:
+        return [queue.popleft() for _ in range(min(len(queue), self.ctx.config.shards_per_round))]
+
+    def _start(self, batch: list[ShardCursor], read_to: dict[BucketShard, str]) -> Callable[[], list[_Fetched | BaseException]]:
+        """Start fetching one page of each shard of ``batch`` (with its facts) on the pool."""
+        items = [(sh, read_to.get(sh.bs, sh.marker or "")) for sh in batch]
+        return self.ctx.start(self._fetch, items)
+
+    def _fetch(self, item: tuple[ShardCursor, str]) -> _Fetched:
+        """One page of one shard from ``marker``, and (``object_info = "index"``) the facts of
+        its writes from the bucket index: both on a worker thread."""
+        sh, marker = item
+        try:
+            page = self.ctx.admin.bilog_list(sh.bs, marker, max_entries=self.ctx.config.page_entries)
+        except Exception as ex:  # noqa: BLE001 - the round decides (gone, failed, fatal)
+            return _Fetched(ex)
+        reader = self.ctx.bucket_index
+        if self.ctx.config.object_info != "index" or reader is None or self._index_unreadable is not None:
+            return _Fetched(page)
+        try:
+            return _Fetched(page, reader.facts(sh.bs, page))
+        except Exception as ex:  # noqa: BLE001 - _with_index_facts decides
+            return _Fetched(page, ex)
 
     def _candidates(self) -> list[ShardCursor]:
         """Pending shards ready to read: of a known, incremental bucket instance. Resolves
@@ -118,23 +181,22 @@ class BilogReader:
                 raw = got.get(marker_key(sh.bs))
                 sh.marker = raw.decode() if raw is not None else ""
 
-    def _round(self, batch: list[ShardCursor], queue: deque[ShardCursor]) -> bool:
-        """One page of each shard of ``batch``: recorded, then the markers persisted. Shards
-        with more to read go back on ``queue``."""
+    def _round(self, batch: list[ShardCursor], fetched: list[_Fetched | BaseException]) -> bool:
+        """One fetched page of each shard of ``batch``: recorded, then the markers persisted."""
         ctx = self.ctx
         page_entries = ctx.config.page_entries
-        pages = ctx.parallel(
-            lambda sh: ctx.admin.bilog_list(sh.bs, sh.marker or "", max_entries=page_entries), batch
-        )
         now = ctx.now()
         observed_ns = int(now * 1_000_000_000)
         mutations: list[Mutation] = []
-        read: list[tuple[BucketShard, list[BilogEntry]]] = []
+        # Sources whose writes get their facts from radosgw (HEAD), and the writes found in the index.
+        head: set[str] = set()
+        found = 0
         advanced: list[ShardProgress] = []
         gone: list[ShardCursor] = []
         failed: list[ShardCursor] = []
         complete = True
-        for sh, page in zip(batch, pages, strict=True):
+        for sh, got in zip(batch, fetched, strict=True):
+            page = got.page if isinstance(got, _Fetched) else got
             if isinstance(page, NotFound):
                 gone.append(sh)
                 continue
@@ -146,14 +208,23 @@ class BilogReader:
                 logger.warning("bucket index log %s: %s", sh.bs.key, page)
                 failed.append(sh)
                 continue
-            mutations += self._mutations(sh.bs, page, observed_ns)
-            read.append((sh.bs, page))
-            marker = bilog_marker(str(page[-1].get("op_id", ""))) if page else (sh.marker or "")
+            assert isinstance(got, _Fetched)
+            facts = self._page_facts(sh.bs, page, got)
+            mapped = self._mutations(sh.bs, page, observed_ns, facts)
+            if facts is None:
+                head.add(sh.bs.source)
+            elif facts:
+                found += sum(m.obj_mtime_ns is not None for m in mapped if m.op is Op.WRITE)
+            mutations += mapped
+            marker = _page_end(page, sh.marker or "")
             more = len(page) >= page_entries
             advanced.append(ShardProgress(sh, marker, bool(page), more))
-            if more:
-                queue.append(sh)
-        mutations = self._with_facts(read, mutations)
+        writes = sum(m.op is Op.WRITE for m in mutations if m.source not in head)
+        if ctx.config.object_info == "index":
+            ctx.count_facts("index", found)
+            ctx.count_facts("superseded", writes - found)
+        if head and ctx.config.object_info != "none":
+            mutations = self._with_heads(mutations, head)
         ctx.record(mutations)
         ctx.fault("recorded")
         self._persist(advanced, now)
@@ -181,14 +252,16 @@ class BilogReader:
                     self.ctx.write(remove=[pending_key(sh.bs), marker_key(sh.bs)])
                     st.shards.pop(sh.bs, None)
 
-    def _mutations(self, bs: BucketShard, page: list[BilogEntry], observed_ns: int) -> list[Mutation]:
+    def _mutations(
+        self, bs: BucketShard, page: list[BilogEntry], observed_ns: int, facts: dict[str, ObjectFacts] | None
+    ) -> list[Mutation]:
         ctx = self.ctx
         # The shard's stream name and seq prefix, computed once for the page (not per entry).
         mapper = ShardMapper(bs, ctx.state.buckets[bs.bucket].gen)
         out: list[Mutation] = []
         internal = unwanted = 0
         for entry in page:
-            m = mapper.map(entry, observed_ns=observed_ns)
+            m = mapper.map(entry, observed_ns=observed_ns, facts=facts)
             if m is None:
                 # Companions and pending entries stand for no mutation of their own; complete
                 # entries of the internal namespace (multipart parts, ...) are skipped.
@@ -272,18 +345,31 @@ class BilogReader:
             ctx.write(remove=[pending_key(sh.bs), marker_key(sh.bs)])
             st.shards.pop(sh.bs, None)
 
-    def _with_facts(self, read: Sequence[tuple[BucketShard, list[BilogEntry]]], mutations: list[Mutation]) -> list[Mutation]:
-        """Size, etag, mtime and storage class of the round's writes, as ``object_info`` says:
-        from the bucket index ("index"), from radosgw ("head"), or not at all ("none")."""
-        method = self.ctx.config.object_info
-        if method == "none" or not any(m.op is Op.WRITE for m in mutations):
-            return mutations
-        if method == "index":
-            if self.ctx.bucket_index is not None and self._index_unreadable is None:
-                return self._with_index_facts(read, mutations)
-            self._index_fallback("no RADOS access to the bucket index pool (see the [index] section)")
-            self.ctx.count_facts("head_fallback", sum(m.op is Op.WRITE for m in mutations))
-        return self._with_object_info(mutations)
+    def _page_facts(self, bs: BucketShard, page: list[BilogEntry], got: _Fetched) -> dict[str, ObjectFacts] | None:
+        """The facts of the page's writes from the bucket index, by position, as ``_fetch`` read
+        them (``object_info = "index"``; a write superseded there is absent). None: from radosgw
+        instead (HEAD: ``object_info = "head"``, or the index cannot be read) or not at all."""
+        if self.ctx.config.object_info != "index":
+            return None
+        reader = self.ctx.bucket_index
+        facts = got.facts
+        if facts is None and reader is not None and self._index_unreadable is None:
+            try:  # not read with the page (it was then thought unreadable): read it now
+                facts = reader.facts(bs, page)
+            except Exception as ex:  # noqa: BLE001 - sorted below
+                facts = ex
+        if facts is None:
+            if reader is None:
+                self._index_fallback("no RADOS access to the bucket index pool (see the [index] section)")
+            return None
+        if isinstance(facts, LeaseLost | TransientError | Stopped | BadEntry):
+            raise facts  # BadEntry: the page is bad (its mapping says so too), not the index
+        if isinstance(facts, PermanentError):  # EPERM, no such pool, no librados...
+            self._index_fallback(str(facts))
+            return None
+        if isinstance(facts, BaseException):
+            raise facts
+        return facts
 
     def _index_fallback(self, cause: str) -> None:
         """The bucket index cannot be read: HEAD instead, said once."""
@@ -291,51 +377,15 @@ class BilogReader:
             self._index_unreadable = cause
             logger.warning("object facts: cannot read the bucket index (%s); asking radosgw (HEAD) instead", cause)
 
-    def _with_index_facts(
-        self, read: Sequence[tuple[BucketShard, list[BilogEntry]]], mutations: list[Mutation]
-    ) -> list[Mutation]:
-        """Facts from the bucket index: one omap read per index shard object (``bucket_index``).
-        A write whose entry is no longer its own (superseded) keeps null facts."""
-        reader = self.ctx.bucket_index
-        assert reader is not None
-        wanted = [(bs, page) for bs, page in read if any(e.get("op") in ("write", "link_olh") for e in page)]
-        results = self.ctx.parallel(lambda item: reader.facts(item[0], item[1]), wanted)
-        found: dict[tuple[str, str], ObjectFacts] = {}
-        failed: set[str] = set()
-        for (bs, _), got in zip(wanted, results, strict=True):
-            if isinstance(got, LeaseLost | TransientError | Stopped):
-                raise got
-            if isinstance(got, PermanentError):  # EPERM, no such pool, no librados...
-                self._index_fallback(str(got))
-                failed.add(bs.source)
-            elif isinstance(got, BaseException):
-                raise got
-            else:
-                found.update(((bs.source, pos), facts) for pos, facts in got.items())
-        out = list(mutations)
-        counts = {"index": 0, "superseded": 0}
-        for i, m in enumerate(mutations):
-            if m.op is not Op.WRITE or m.source in failed:
-                continue
-            facts = found.get((m.source, m.position))
-            if facts is None:
-                counts["superseded"] += 1
-                continue
-            counts["index"] += 1
-            # radosgw stores no class for the default one; S3 (listings, AWS's journal) calls it
-            # STANDARD, and a record says what the object is in S3's words.
-            out[i] = dataclasses.replace(
-                m, size=facts.size, etag=facts.etag, obj_mtime_ns=facts.mtime_ns,
-                storage_class=facts.storage_class or "STANDARD",
-            )
-        for kind, n in counts.items():
-            self.ctx.count_facts(kind, n)
-        if failed:
-            self.ctx.count_facts("head_fallback", sum(m.op is Op.WRITE and m.source in failed for m in out))
-            heads = self._with_object_info([m for m in out if m.source in failed])
-            by_id = {(m.source, m.position): m for m in heads}
-            out = [by_id.get((m.source, m.position), m) for m in out]
-        return out
+    def _with_heads(self, mutations: list[Mutation], sources: set[str]) -> list[Mutation]:
+        """The writes of ``sources`` with their facts from radosgw (HEAD or listing)."""
+        subset = [m for m in mutations if m.source in sources]
+        if self.ctx.config.object_info == "index":
+            self.ctx.count_facts("head_fallback", sum(m.op is Op.WRITE for m in subset))
+        if not any(m.op is Op.WRITE for m in subset):
+            return mutations
+        by_id = {(m.source, m.position): m for m in self._with_object_info(subset)}
+        return [by_id.get((m.source, m.position), m) for m in mutations]
 
     def _with_object_info(self, mutations: list[Mutation]) -> list[Mutation]:
         """Size and etag of written versions: the bucket index log does not carry them."""

@@ -51,7 +51,7 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TypedDict
+from typing import Protocol, TypedDict
 
 from changelog.errors import PermanentError
 from changelog.pipeline.mutation import MAX_STREAM_BYTES, Mutation, Op
@@ -291,12 +291,20 @@ def bilog_marker(op_id: str) -> str:
     return op_id.partition("#")[2] if "#" in op_id else op_id
 
 
+# ``position_of``'s fast path: [<shard>#]<ver>.<ver>.<subop> in ASCII digits no wider than the
+# padded fields (wider ones, and other digits ``int()`` reads, take the general path).
+_ASCII_POSITION = re.compile(r"(?:[^#]*#)?([0-9]{1,20})\.([0-9]{1,20})\.([0-9]{1,10})")
+
+
 def position_of(op_id: str) -> str:
     """A fixed-width position whose string order is the shard log's order.
 
     radosgw names entries ``<index_ver:011>.<object version>.<subop>`` (``cls_rgw``'s
     ``get_index_ver_key``): only the first field is padded, so every field is padded here.
     """
+    m = _ASCII_POSITION.fullmatch(op_id)
+    if m is not None:  # the common shape, without int(): zfill pads as the format below does
+        return f"{m[1].zfill(20)}.{m[2].zfill(20)}.{m[3].zfill(10)}"
     parts = bilog_marker(op_id).split(".")
     if len(parts) != 3 or not (parts[0].isdigit() and parts[1].isdigit() and parts[2].isdigit()):
         raise BadEntry(f"bucket index log entry id {op_id!r} is not <ver>.<ver>.<subop>")
@@ -392,6 +400,20 @@ def map_entry(
     return ShardMapper(bs, generation).map(entry, observed_ns=observed_ns)
 
 
+class Facts(Protocol):
+    """What a write wrote, as ``rgw_module.bucket_index.ObjectFacts`` says (None: the default
+    storage class)."""
+
+    @property
+    def size(self) -> int: ...
+    @property
+    def etag(self) -> str: ...
+    @property
+    def mtime_ns(self) -> int: ...
+    @property
+    def storage_class(self) -> str | None: ...
+
+
 class ShardMapper:
     """``map_entry`` for the entries of one shard and generation: the tenant, bucket name,
     stream name and ``seq`` prefix they share are computed once, not per entry.
@@ -417,14 +439,31 @@ class ShardMapper:
             shared = self._shared = (tenant, name, source, prefix)
         return shared
 
-    def map(self, entry: BilogEntry, *, observed_ns: int) -> Mutation | None:
-        """The mutation record of one bilog entry of the shard, or None (see ``interpret``)."""
+    def map(
+        self, entry: BilogEntry, *, observed_ns: int, facts: Mapping[str, Facts] | None = None
+    ) -> Mutation | None:
+        """The mutation record of one bilog entry of the shard, or None (see ``interpret``).
+        ``facts``: what the page's writes wrote, by position (from the bucket index); a write
+        found there carries them (radosgw stores no class for the default one: STANDARD)."""
         change = interpret(entry)
         if change is None:
             return None
         position = position_of(str(entry.get("op_id", "")))
         mtime = change.mtime_ns if change.mtime_ns is not None else max(observed_ns, 0)
         tenant, name, source, seq_prefix = self._constants()
+        fact = facts.get(position) if facts and change.op is Op.WRITE else None
+        if fact is None:
+            return Mutation(
+                bucket=name,
+                tenant=tenant,
+                key=change.key,
+                op=change.op,
+                mtime_ns=mtime,
+                source=source,
+                position=position,
+                seq=seq_prefix + position,
+                version_id=change.version_id,
+            )
         return Mutation(
             bucket=name,
             tenant=tenant,
@@ -435,6 +474,10 @@ class ShardMapper:
             position=position,
             seq=seq_prefix + position,
             version_id=change.version_id,
+            size=fact.size,
+            etag=fact.etag,
+            obj_mtime_ns=fact.mtime_ns,
+            storage_class=fact.storage_class or "STANDARD",
         )
 
 

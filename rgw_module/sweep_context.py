@@ -208,6 +208,19 @@ class SweepContext:
             return [call(i) for i in items]
         return list(self._pool.map(call, items))
 
+    def start(self, fn: Callable[[ItemT], ResultT], items: Sequence[ItemT]) -> Callable[[], list[ResultT | BaseException]]:
+        """``parallel``, started now and collected later: the returned function waits for the
+        results (the bilog reader fetches the next round while it records the current one)."""
+
+        def call(item: ItemT) -> ResultT | BaseException:
+            try:
+                return fn(item)
+            except Exception as ex:  # noqa: BLE001 - handed back to the caller, which decides
+                return ex
+
+        futures = [self._pool.submit(call, item) for item in items]
+        return lambda: [f.result() for f in futures]
+
     def record(self, mutations: list[Mutation]) -> RecordResult:
         """Record ``mutations`` in the index (under the lease), counted."""
         if not mutations:

@@ -38,7 +38,11 @@ class Op(enum.StrEnum):
 
     @property
     def of_bucket(self) -> bool:
-        return self in (Op.BUCKET_CREATE, Op.BUCKET_DELETE)
+        return self in _BUCKET_OPS
+
+
+# Op.of_bucket: a set of strings (an Op is one) is looked up in C; asked several times a record.
+_BUCKET_OPS = frozenset({"bucket_create", "bucket_delete"})
 
 
 # radosgw's tenant names: letters, digits and underscore (``rgw_user`` tenant rules).
@@ -116,7 +120,7 @@ class Mutation:
     storage_class: str | None = None
 
     def __post_init__(self) -> None:
-        if not isinstance(self.op, Op):
+        if self.op.__class__ is not Op and not isinstance(self.op, Op):
             try:
                 object.__setattr__(self, "op", Op(self.op))
             except ValueError as ex:
@@ -191,6 +195,8 @@ class Mutation:
             _utf8("version_id", self.version_id)
 
     def _check_metadata(self) -> None:
+        if self.metadata.__class__ is dict and not self.metadata:
+            return  # the common case, without the ABC check
         if not isinstance(self.metadata, Mapping):
             raise InvalidField("metadata", f"must be an object of strings, not {_kind(self.metadata)}")
         for k, v in self.metadata.items():

@@ -39,6 +39,7 @@ FIGURES = {
     "rgw_put_with_serve_none",
     "lag_p50",
     "lag_p99",
+    "follower_catchup",
     "backup_incremental_requests",
     "backup_incremental_wall_time",
     "backup_incremental_requests_vs_etag_listing",

@@ -22,6 +22,7 @@ import pytest
 from rgw_module.bucket_index import (
     BadIndexEntry,
     BucketIndexReader,
+    careful_dir_entry,
     decode_dir_entry,
     index_oid,
     instance_key,
@@ -309,3 +310,45 @@ def test_a_newer_struct_is_read_up_to_what_is_known() -> None:
     old, new = decode_dir_entry(raw), decode_dir_entry(newer)
     assert new.struct_v == 9
     assert (new.name, new.size, new.etag, new.ver_epoch, new.mtime_ns) == (old.name, old.size, old.etag, old.ver_epoch, old.mtime_ns)
+
+
+# -- the fast decoder against the careful one (issue 17) -----------------------------------------
+
+
+def _same(data: bytes) -> None:
+    """``decode_dir_entry`` (fast pass, careful fallback) and ``careful_dir_entry`` agree: the
+    same entry, or the same BadIndexEntry message."""
+    try:
+        want: object = careful_dir_entry(data)
+    except BadIndexEntry as ex:
+        want = str(ex)
+    try:
+        got: object = decode_dir_entry(data)
+    except BadIndexEntry as ex:
+        got = str(ex)
+    assert got == want, data
+
+
+@pytest.mark.parametrize("release", RELEASES)
+def test_the_fast_decoder_reads_every_captured_entry_as_the_careful_one(release: str) -> None:
+    n = 0
+    for case in load(release)["cases"]:
+        for _, _, raw in case_values(case):
+            assert decode_dir_entry(raw) == careful_dir_entry(raw)
+            n += 1
+    assert n >= 20
+
+
+def test_the_fast_decoder_agrees_on_every_truncation_and_corruption() -> None:
+    rng = random.Random(17)
+    raws = [raw for release in RELEASES for case in load(release)["cases"] for _, _, raw in case_values(case)]
+    for raw in raws[:40]:
+        for n in range(len(raw)):
+            _same(raw[:n])
+    for _ in range(20_000):
+        data = bytearray(rng.choice(raws))
+        for _ in range(rng.randint(1, 4)):
+            data[rng.randrange(len(data))] = rng.randrange(256)
+        _same(bytes(data))
+    for _ in range(2_000):
+        _same(bytes(rng.randrange(256) for _ in range(rng.randint(0, 60))))

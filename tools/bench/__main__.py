@@ -33,6 +33,7 @@ FIGURES = {
     "drain": "tools.bench.drain",
     "rgw-put": "tools.bench.rgw_put",
     "lag": "tools.bench.lag",
+    "catchup": "tools.bench.catchup",
     "backup": "tools.bench.backup",
     "journal": "tools.bench.journal",
     "replication": "tools.bench.replication",

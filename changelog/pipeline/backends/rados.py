@@ -536,8 +536,7 @@ def _load_librados() -> ctypes.CDLL:
         ],
         "rados_read_op_operate": [vp, vp, cp, ctypes.c_int],
         "rados_omap_get_next2": [
-            vp, ctypes.POINTER(ctypes.POINTER(ctypes.c_char)), ctypes.POINTER(ctypes.POINTER(ctypes.c_char)),
-            ctypes.POINTER(sz), ctypes.POINTER(sz),
+            vp, ctypes.POINTER(vp), ctypes.POINTER(vp), ctypes.POINTER(sz), ctypes.POINTER(sz),
         ],
         "rados_omap_get_end": [vp],
     }.items():
@@ -656,16 +655,21 @@ class OmapReader:
                 return None
             self._check(ret, f"read {oid}")
             self._check(rval.value, f"read omap of {oid}")
-            key = ctypes.POINTER(ctypes.c_char)()
-            val = ctypes.POINTER(ctypes.c_char)()
+            # The pointers, their references and the functions are made once, not per key: this
+            # loop runs for every key the follower reads (one per write it records).
+            key = ctypes.c_void_p()
+            val = ctypes.c_void_p()
             klen, vlen = ctypes.c_size_t(), ctypes.c_size_t()
+            refs = (ctypes.byref(key), ctypes.byref(val), ctypes.byref(klen), ctypes.byref(vlen))
+            step, string_at = lib.rados_omap_get_next2, ctypes.string_at
             try:
                 while True:
-                    self._check(lib.rados_omap_get_next2(it, ctypes.byref(key), ctypes.byref(val),
-                                                         ctypes.byref(klen), ctypes.byref(vlen)), f"read {oid}")
-                    if not key:
+                    r = step(it, *refs)
+                    if r < 0:
+                        self._check(r, f"read {oid}")
+                    if not key.value:
                         break
-                    out[ctypes.string_at(key, klen.value)] = ctypes.string_at(val, vlen.value) if val else b""
+                    out[string_at(key.value, klen.value)] = string_at(val.value, vlen.value) if val.value else b""
             finally:
                 if it:
                     lib.rados_omap_get_end(it)
