@@ -17,9 +17,11 @@ none spells a control key itself.
 | ``r.rq.<bucket>`` | any process | a request for a new baseline of a bucket |
 | ``r.cu`` | RGW follower | caught_up_until, persisted |
 | ``k.<consumer>`` | each consumer of the logs | its checkpoint (``changelog.consumers``) |
+| ``pm.<role>.<instance>`` | ``partitions`` | a live instance of a partitioned role: its expiry |
 | lock ``collector`` | collector | the control lease (one active collector) |
 | lock ``follower`` | RGW follower | the follower lease (one active follower) |
 | lock ``consumer.<name>`` | a consumer | that consumer's lease |
+| lock ``part.<role>.<n>`` | ``partitions`` | partition ``n`` of a partitioned role |
 
 Shard objects carry one lock, ``drain``, taken by the active collector for the length of a pass.
 """
@@ -58,3 +60,15 @@ def consumer_key(name: str) -> str:
 
 def consumer_lock(name: str) -> str:
     return "consumer." + name
+
+
+# Partitioned roles (``changelog.pipeline.partitions``): members and one lock per partition.
+PARTITION_MEMBER_PREFIX = "pm."
+
+
+def partition_member_key(role: str, instance: str) -> str:
+    return f"{PARTITION_MEMBER_PREFIX}{role}.{instance}"
+
+
+def partition_lock(role: str, n: int) -> str:
+    return f"part.{role}.{n:04d}"
