@@ -356,6 +356,34 @@ def test_small_pages_and_rounds_lose_nothing(make_world: Callable[..., World], r
     assert history(w.index, "pg") == {"a": ["write"] * 15, **{f"k{i}": ["write"] for i in range(15)}}
 
 
+@pytest.mark.parametrize("after", [0, 3, 9])
+def test_a_crash_with_later_rounds_prefetched_records_each_mutation_once_in_order(
+    make_world: Callable[..., World], after: int
+) -> None:
+    """Pages of later rounds are fetched while a round is recorded (issue 17): a crash after the
+    ``after``-th recorded round, with later pages fetched and not recorded, loses nothing and
+    records nothing twice once a successor takes over."""
+    w = make_world()
+    rgw = w.rgw
+    f1 = start_follower(w, page_entries=3, shards_per_round=1, fault_hook=crash_at("recorded", after=after))
+    fresh_bucket(w, f1, "pf", shards=3)
+    for i in range(20):
+        rgw.put("pf", "hot", str(i).encode())
+        rgw.put("pf", f"k{i:02d}")
+        if i % 4 == 0:
+            rgw.delete("pf", f"k{i:02d}")
+    w.clock.advance(1.0)
+    with pytest.raises(Crash):
+        f1.run_until_caught_up(timeout=120)
+    f1.close()
+    f2 = start_follower(w, page_entries=3, shards_per_round=1)
+    caught_up(w, f2)
+    want = {"hot": ["write"] * 20}
+    for i in range(20):
+        want[f"k{i:02d}"] = ["write", "delete"] if i % 4 == 0 else ["write"]
+    assert history(w.index, "pf") == want
+
+
 def test_a_long_data_log_is_read_in_pages(make_world: Callable[..., World]) -> None:
     # Tentacle: the FIFO data log answers marker "" at the end of a shard.
     w = make_world("tentacle", datalog_shards=1)
