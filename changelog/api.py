@@ -11,6 +11,8 @@ routes each consumer of the logs mounts under ``/_/<consumer>/``.
     POST /_/flush         a collector pass with no settle window now; answers its result
     GET  /_/backup/status, POST /_/backup/run    (when serve runs the backup consumer)
     /_/crr/..., /_/metrics/crr/...   (when serve replicates: ``changelog.consumers.replication.api``)
+    GET  /_/usage?bucket=&tenant=&since=&until=&interval=   (with [usage] enabled: per-bucket totals
+                          and interval series, ``changelog.consumers.usage.query``)
 
 A consumer mounts either exact routes (``mount``: a handler with no arguments) or a path
 prefix (``mount_prefix``: the handler gets a ``Request`` with the method, the rest of the path,

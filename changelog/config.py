@@ -54,6 +54,7 @@ from pydantic import (
 from changelog.config_types import (
     ENV_SUFFIX,
     MASK,
+    Duration,
     Flag,
     HttpUrl,
     Integer,
@@ -500,6 +501,39 @@ class ReplicationConfig(Section):
         return next((s for s in self.sites if s.name == name), None)
 
 
+class UsageConfig(Section):
+    """``[usage]``: usage metrics (UTAPI.3), a consumer of the logs run by ``serve`` when
+    ``enabled`` and by ``rgw-changelog usage run``; its state is in ``shards`` objects beside
+    the index (``changelog.consumers.usage``)."""
+
+    section: ClassVar[str] = "usage"
+
+    enabled: Flag = False
+    # Seconds of one interval of the series; it must divide an hour (hourly and daily roll-ups).
+    interval: Integer = Field(default=300, ge=1, le=3600)
+    # State objects; fixed once the state exists (a store made with another count is refused).
+    shards: Integer = Field(default=16, ge=1, le=1024)
+    # How long intervals are kept: the fine ones, the hourly and the daily roll-ups (by data
+    # time: the latest record time seen, so a rebuild from the logs keeps the same ones).
+    retention: Duration = Field(default=2 * 86400.0, gt=0)
+    retention_hourly: Duration = Field(default=60 * 86400.0, gt=0)
+    retention_daily: Duration = Field(default=800 * 86400.0, gt=0)
+    # Prometheus gauges of the current totals: the top N buckets by bytes, plus these buckets
+    # (tenant/bucket for a tenant's) whatever their rank.
+    metrics_top: Integer = Field(default=20, ge=0, le=10_000)
+    metrics_buckets: Names = ()
+    # Seconds between two looks at the logs when caught up.
+    poll_interval: Number = Field(default=5.0, gt=0)
+    lease_ttl: Number = Field(default=30.0, ge=1.0)
+
+    @field_validator("interval")
+    @classmethod
+    def _divides_an_hour(cls, v: int) -> int:
+        if 3600 % v:
+            raise invalid(f"must divide an hour (3600 s), e.g. 60, 300, 600, 900 (got {v})")
+        return v
+
+
 class HealthConfig(Section):
     """When ``GET /_/healthcheck`` says 500 although every thread is alive."""
 
@@ -528,6 +562,7 @@ SECTIONS: dict[str, type[Section]] = {
     "api": ApiConfig,
     "backup": BackupConfig,
     "replication": ReplicationConfig,
+    "usage": UsageConfig,
     "health": HealthConfig,
     "logging": LoggingConfig,
 }
@@ -545,6 +580,7 @@ class Config(_Model):
     api: ApiConfig = Field(default_factory=ApiConfig)
     backup: BackupConfig = Field(default_factory=BackupConfig)
     replication: ReplicationConfig = Field(default_factory=ReplicationConfig)
+    usage: UsageConfig = Field(default_factory=UsageConfig)
     health: HealthConfig = Field(default_factory=HealthConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
     # Where it was read from; None = built-in defaults. Not a TOML key, not compared.

@@ -307,6 +307,16 @@ def _size(v: object) -> object:
     raise invalid(f'must be a size in bytes, or a string such as "64MiB" (got {shown(v)})')
 
 
+def _duration(v: object) -> object:
+    """Seconds: a number, or a string such as "2d", "12h", "90m", "1w"."""
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+    if isinstance(v, int | float) and not isinstance(v, bool):
+        return float(v)
+    if isinstance(v, str) and (m := re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*", v)):
+        return float(m.group(1)) * units[m.group(2) or "s"]
+    raise invalid(f'must be a duration in seconds, or a string such as "2d", "12h", "30m" (got {shown(v)})')
+
+
 def _string_list(v: object) -> object:
     if not isinstance(v, list | tuple):
         raise invalid(f"must be a list of strings (got {shown(v)})")
@@ -390,6 +400,7 @@ Listen = Annotated[str, Field(strict=True), AfterValidator(_listen)]
 Level = Annotated[str, Field(strict=True), AfterValidator(_level)]
 # Bytes: an integer or a string such as "64MiB"; bounds are reported in bytes.
 Size = Annotated[int, BeforeValidator(_size), Field(strict=True), Unit("bytes")]
+Duration = Annotated[float, BeforeValidator(_duration), Field(strict=True, allow_inf_nan=False)]
 _Name = Annotated[str, BeforeValidator(_name_item)]
 Names = Annotated[tuple[_Name, ...], BeforeValidator(_string_list)]
 _Network = Annotated[str, BeforeValidator(_string_item), AfterValidator(_network)]

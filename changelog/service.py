@@ -1,8 +1,9 @@
 """``rgw-changelog serve``: the process. It wires the pipeline (the RGW follower when
 ``[source] endpoint`` is set, the collector) and the consumers of the logs (backup, when
-``[backup] interval`` is set; one replicator per ``[[replication.sites]]`` entry) to one index
-and one target, runs each in a thread, and serves the operator API (health, metrics, status,
-pause/resume, flush, each consumer's routes, replication's ``/_/crr``).
+``[backup] interval`` is set; usage metrics when ``[usage] enabled``; one replicator per
+``[[replication.sites]]`` entry) to one index and one target, runs each in a thread, and serves the
+operator API (health, metrics, status, pause/resume, flush, each consumer's routes, replication's
+``/_/crr``, usage's ``/_/usage`` and its bounded per-bucket gauges).
 
 Each component runs ``run(stop)`` in a ``ComponentThread``. The first one to die sets the shared
 stop event, so the whole service stops and ``Service.run`` re-raises what it died of (the CLI
@@ -29,14 +30,18 @@ from urllib.parse import urlsplit
 from changelog.errors import PermanentError
 
 if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry
+
     from changelog.api import ApiServer, Controls, HealthCheck
     from changelog.config import Config, HealthConfig
     from changelog.consumers.framework import ConsumerRunner
     from changelog.consumers.replication.sites import Replication
+    from changelog.consumers.usage.model import Layout
     from changelog.health import Health
     from changelog.pipeline.collector import Collector
     from changelog.pipeline.index import ChangeIndex
     from changelog.pipeline.lease import Lease
+    from changelog.pipeline.store import ObjectStore
     from changelog.pipeline.targets import Target
     from rgw_module.follower import Follower
 
@@ -281,6 +286,7 @@ def consumer_names(cfg: Config) -> list[str]:
     from changelog.consumers.replication.state import consumer_name
 
     names = ["backup"] if cfg.backup.url is not None and cfg.backup.interval is not None else []
+    names += ["usage"] if cfg.usage.enabled else []
     return names + [consumer_name(site.name) for site in cfg.replication.sites]
 
 
@@ -307,12 +313,24 @@ def build_replication(
     return repl, runners
 
 
-def build_consumers(cfg: Config, index: ChangeIndex, controls: Controls) -> list[ConsumerRunner]:
+def build_consumers(
+    cfg: Config, index: ChangeIndex, controls: Controls, target: Target | None = None
+) -> list[ConsumerRunner]:
     """The consumers of the logs this config turns on inside ``serve``, but replication's
-    (``build_replication``)."""
+    (``build_replication``). ``target``: the change logs (opened from ``cfg`` when not given)."""
     from changelog.consumers.framework import ConsumerRunner
 
     runners = []
+    if cfg.usage.enabled:
+        from changelog.config import open_target
+        from changelog.consumers.usage.consumer import usage_consumer
+
+        usage = usage_consumer(cfg.usage, index, target if target is not None else open_target(cfg))
+        runners.append(
+            ConsumerRunner(
+                index, usage, lease_ttl=cfg.usage.lease_ttl, paused=lambda: controls.checkpoint("usage")
+            )
+        )
     if cfg.backup.url is not None and cfg.backup.interval is not None:
         from changelog.consumers.backup.consumer import BackupConsumer
 
@@ -351,7 +369,7 @@ def build_pipeline(cfg: Config) -> Pipeline:
             watermark_cap=follower.caught_up_until_us if follower is not None else None,
             paused=lambda: controls.checkpoint("collector"),
         )
-        consumers = build_consumers(cfg, index, controls)
+        consumers = build_consumers(cfg, index, controls, target)
         replication, replicators = build_replication(cfg, index, controls)
     except BaseException:
         index.store.close()
@@ -504,7 +522,7 @@ def start_api(cfg: Config, pipeline: Pipeline, service: Service) -> ApiServer:
         status_provider=lambda: status_doc(cfg, pipeline, health),
         health_checks=health_checks(pipeline, service, health),
         controls=pipeline.controls,
-        registry=make_registry(metrics),
+        registry=usage_registry(cfg, pipeline, make_registry(metrics)),
         flush=lambda: pass_doc(pipeline.collector.request_flush()),
         token=reveal(cfg.api.token),
         read_token=reveal(cfg.api.read_token),
@@ -512,8 +530,42 @@ def start_api(cfg: Config, pipeline: Pipeline, service: Service) -> ApiServer:
     for runner in pipeline.consumers:
         for (method, path), handler in runner.consumer.routes().items():
             api.mount(f"/_/{runner.consumer.name}/{path}", method, handler)
+    mount_usage(cfg, pipeline, api)
     if crr is not None:
         api.mount_prefix("/_/crr", crr.crr)
         api.mount_prefix("/_/metrics/crr", crr.metrics)
     api.start()
     return api
+
+
+def _usage_state(pipeline: Pipeline) -> tuple[ObjectStore, Layout, Callable[[], Mapping[str, int]]] | None:
+    from changelog.consumers.usage.consumer import UsageConsumer
+
+    for runner in pipeline.consumers:
+        if isinstance(runner.consumer, UsageConsumer):
+            state = runner.consumer.state
+            return state.store, state.layout, state.snapshot
+    return None
+
+
+def usage_registry(cfg: Config, pipeline: Pipeline, registry: CollectorRegistry) -> CollectorRegistry:
+    """``registry`` plus the usage gauges (bounded: ``[usage] metrics_top``, ``metrics_buckets``)
+    when ``serve`` runs the usage consumer."""
+    found = _usage_state(pipeline)
+    if found is not None:
+        from changelog.consumers.usage.prom import UsageMetrics
+
+        store, layout, stats = found
+        registry.register(
+            UsageMetrics(store, layout, top=cfg.usage.metrics_top, buckets=cfg.usage.metrics_buckets, stats=stats)
+        )
+    return registry
+
+
+def mount_usage(cfg: Config, pipeline: Pipeline, api: ApiServer) -> None:
+    """``GET /_/usage`` when ``serve`` runs the usage consumer."""
+    found = _usage_state(pipeline)
+    if found is not None:
+        from changelog.consumers.usage.query import UsageRoute
+
+        api.mount_prefix("/_/usage", UsageRoute(found[0], found[1]))

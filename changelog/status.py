@@ -180,7 +180,22 @@ def collect_status(cfg: Config, index: ChangeIndex, target: Target | None) -> Do
     }
     if cfg.replication.sites:
         doc["replication"] = replication_doc(cfg, index, now=now)
+    if cfg.usage.enabled:
+        doc["usage"] = usage_doc(cfg, index)
     return doc
+
+
+def usage_doc(cfg: Config, index: ChangeIndex) -> Doc:
+    """With ``[usage] enabled``: the live buckets the usage state counts and their sums (the
+    checkpoint is among the consumers)."""
+    from changelog.consumers.usage.consumer import layout_of
+    from changelog.consumers.usage.query import Query, bucket_totals
+
+    try:
+        totals = bucket_totals(index.store, layout_of(cfg.usage, index.prefix), Query())
+    except ChangelogError as ex:
+        return {"error": one_line(str(ex))}
+    return {"buckets": len(totals), "objects": sum(t.objects for t in totals), "bytes": sum(t.nbytes for t in totals)}
 
 
 def pass_doc(result: PassResult) -> Doc:

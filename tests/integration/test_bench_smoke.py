@@ -50,6 +50,7 @@ FIGURES = {
     "replication_throughput",
     "replication_lag_p50",
     "replication_lag_p99",
+    "usage_records_per_s",
 }
 # On a tentacle lab only; --quick leaves out the lag at the default roll time (300 s).
 JOURNAL_FIGURES = {

@@ -37,6 +37,7 @@ FIGURES = {
     "backup": "tools.bench.backup",
     "journal": "tools.bench.journal",
     "replication": "tools.bench.replication",
+    "usage": "tools.bench.usage",
 }
 # Figures that need a given Ceph release: a lab the run boots for them alone is of that release
 # (`journal`: radosgw's bucket logging in Journal mode is new in Tentacle). On a lab of another
