@@ -17,7 +17,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from changelog.errors import LeaseLost, PermanentError, TransientError
@@ -37,7 +37,7 @@ from rgw_module.mapping import (
     index_name_to_key,
     qualified_name,
 )
-from rgw_module.sweep_context import SweepContext
+from rgw_module.sweep_context import Started, SweepContext
 
 logger = logging.getLogger(__name__)
 
@@ -92,7 +92,7 @@ class BilogReader:
         queue = deque(self._candidates())
         # Where each shard's next page starts: the end of its last fetched page.
         read_to: dict[BucketShard, str] = {}
-        inflight: deque[tuple[list[ShardCursor], Callable[[], list[_Fetched | BaseException]]]] = deque()
+        inflight: deque[tuple[list[ShardCursor], Started[_Fetched]]] = deque()
 
         def fill() -> None:
             while queue and len(inflight) < PREFETCH_ROUNDS:
@@ -100,24 +100,36 @@ class BilogReader:
                 inflight.append((batch, self._start(batch, read_to)))
 
         complete = True
-        fill()
-        while inflight:
-            self.ctx.check_running()
-            batch, fetching = inflight.popleft()
-            fetched = fetching()
-            for sh, got in zip(batch, fetched, strict=True):
-                if isinstance(got, _Fetched) and not isinstance(got.page, BaseException):
-                    read_to[sh.bs] = _page_end(got.page, read_to.get(sh.bs, sh.marker or ""))
-                    if len(got.page) >= self.ctx.config.page_entries:
-                        queue.append(sh)
+        try:
             fill()
-            complete = self._round(batch, fetched) and complete
+            while inflight:
+                self.ctx.check_running()
+                batch, fetching = inflight.popleft()
+                fetched = fetching.results()
+                for sh, got in zip(batch, fetched, strict=True):
+                    if isinstance(got, _Fetched) and not isinstance(got.page, BaseException) and self._current(sh):
+                        read_to[sh.bs] = _page_end(got.page, read_to.get(sh.bs, sh.marker or ""))
+                        if len(got.page) >= self.ctx.config.page_entries:
+                            queue.append(sh)
+                fill()
+                complete = self._round(batch, fetched) and complete
+        finally:
+            for _, fetching in inflight:  # the drain ended early: nobody will read these
+                fetching.cancel()
         return complete
+
+    def _current(self, sh: ShardCursor) -> bool:
+        """Whether ``sh`` is still a shard to read: an earlier round may have found its bucket
+        gone, replaced or in a new full sync after its page was fetched (the tracker then forgot
+        the shard), and such a page must not be recorded, nor its marker written back."""
+        st = self.ctx.state
+        b = st.buckets.get(sh.bs.bucket)
+        return st.shards.get(sh.bs) is sh and b is not None and b.state == "incr" and b.owns(sh.bs)
 
     def _take(self, queue: deque[ShardCursor]) -> list[ShardCursor]:
         return [queue.popleft() for _ in range(min(len(queue), self.ctx.config.shards_per_round))]
 
-    def _start(self, batch: list[ShardCursor], read_to: dict[BucketShard, str]) -> Callable[[], list[_Fetched | BaseException]]:
+    def _start(self, batch: list[ShardCursor], read_to: dict[BucketShard, str]) -> Started[_Fetched]:
         """Start fetching one page of each shard of ``batch`` (with its facts) on the pool."""
         items = [(sh, read_to.get(sh.bs, sh.marker or "")) for sh in batch]
         return self.ctx.start(self._fetch, items)
@@ -196,6 +208,8 @@ class BilogReader:
         failed: list[ShardCursor] = []
         complete = True
         for sh, got in zip(batch, fetched, strict=True):
+            if not self._current(sh):
+                continue  # stale: dropped by an earlier round (``_current``)
             page = got.page if isinstance(got, _Fetched) else got
             if isinstance(page, NotFound):
                 gone.append(sh)

@@ -10,9 +10,9 @@ import logging
 import threading
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import Generic, TypeVar
 
 from changelog.config import SourceConfig
 from changelog.pipeline.index import ChangeIndex, RecordResult
@@ -72,6 +72,22 @@ NOT_FOLLOWED_REASONS = ("internal", "access_denied")
 # described a later write (superseded, facts null); HEAD by choice (``object_info = "head"``
 # counts nothing) or as the fallback when the index pool cannot be read.
 FACT_SOURCES = ("index", "superseded", "head_fallback")
+
+
+class Started(Generic[ResultT]):
+    """Work ``SweepContext.start`` put on the worker pool: ``results`` waits for it (an exception
+    in place of a result that raised); ``cancel`` drops what has not started yet (a drain that
+    ended early: nobody will read it)."""
+
+    def __init__(self, futures: list[Future[ResultT | BaseException]]) -> None:
+        self._futures = futures
+
+    def results(self) -> list[ResultT | BaseException]:
+        return [f.result() for f in self._futures]
+
+    def cancel(self) -> None:
+        for f in self._futures:
+            f.cancel()
 
 
 class SweepContext:
@@ -208,9 +224,9 @@ class SweepContext:
             return [call(i) for i in items]
         return list(self._pool.map(call, items))
 
-    def start(self, fn: Callable[[ItemT], ResultT], items: Sequence[ItemT]) -> Callable[[], list[ResultT | BaseException]]:
-        """``parallel``, started now and collected later: the returned function waits for the
-        results (the bilog reader fetches the next round while it records the current one)."""
+    def start(self, fn: Callable[[ItemT], ResultT], items: Sequence[ItemT]) -> Started[ResultT]:
+        """``parallel``, started now and collected later (``Started.results``): the bilog reader
+        fetches the next rounds while it records the current one."""
 
         def call(item: ItemT) -> ResultT | BaseException:
             try:
@@ -218,8 +234,7 @@ class SweepContext:
             except Exception as ex:  # noqa: BLE001 - handed back to the caller, which decides
                 return ex
 
-        futures = [self._pool.submit(call, item) for item in items]
-        return lambda: [f.result() for f in futures]
+        return Started([self._pool.submit(call, item) for item in items])
 
     def record(self, mutations: list[Mutation]) -> RecordResult:
         """Record ``mutations`` in the index (under the lease), counted."""

@@ -19,7 +19,7 @@ from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import orjson
 import pytest
@@ -71,11 +71,13 @@ class World:
 def make_world(tmp_path: Path) -> Iterator[Callable[..., World]]:
     worlds: list[World] = []
 
-    def make(release: Release = "reef", *, datalog_shards: int = 16) -> World:
+    def make(
+        release: Release = "reef", *, datalog_shards: int = 16, rgw_class: type[FakeRadosgw] = FakeRadosgw
+    ) -> World:
         clock = FakeClock()
         store = SqliteStore(str(tmp_path / f"index-{len(worlds)}.db"))
         index = ArrivalIndex(store, shards=4, clock=clock.time)
-        w = World(clock, FakeRadosgw(clock, release=release, datalog_shards=datalog_shards), index)
+        w = World(clock, rgw_class(clock, release=release, datalog_shards=datalog_shards), index)
         worlds.append(w)
         return w
 
@@ -382,6 +384,105 @@ def test_a_crash_with_later_rounds_prefetched_records_each_mutation_once_in_orde
     for i in range(20):
         want[f"k{i:02d}"] = ["write", "delete"] if i % 4 == 0 else ["write"]
     assert history(w.index, "pf") == want
+
+
+class RacingRgw(FakeRadosgw):
+    """A radosgw where something happens to a bucket between two listings of a sweep: once
+    armed, the listing of ``bucket``'s shard 0 waits until its shard 1 was listed (the page a
+    prefetching reader fetches for its next round), then runs ``action`` and answers."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.bucket = ""
+        self.action: Callable[[], None] | None = None
+        self.shard1_listed = threading.Event()
+
+    def bilog_list(self, bs: BucketShard, marker: str = "", **kwargs: Any) -> Any:  # type: ignore[override]
+        if self.action is not None and bs.bucket == self.bucket:
+            if bs.shard == 1:
+                page = super().bilog_list(bs, marker, **kwargs)
+                self.shard1_listed.set()
+                return page
+            if bs.shard == 0:
+                self.shard1_listed.wait(timeout=2.0)
+                action, self.action = self.action, None
+                action()
+        return super().bilog_list(bs, marker, **kwargs)
+
+
+def racing_bucket(w: World, f: Follower, bucket: str) -> tuple[str, str, str]:
+    """A 2-shard bucket with one key on each shard, written twice (both shards pending), and
+    followed by ``f`` up to the second writes: (bucket id, key on shard 0, key on shard 1)."""
+    rgw = w.rgw
+    bucket_id = fresh_bucket(w, f, bucket, shards=2)
+    k0 = next(k for k in (f"a{i}" for i in range(100)) if rgw.shard_of(bucket, k).shard == 0)
+    k1 = next(k for k in (f"b{i}" for i in range(100)) if rgw.shard_of(bucket, k).shard == 1)
+    rgw.put(bucket, k0)
+    rgw.put(bucket, k1)
+    caught_up(w, f)
+    rgw.put(bucket, k0, b"2")
+    rgw.put(bucket, k1, b"2")
+    return bucket_id, k0, k1
+
+
+def test_a_page_fetched_before_its_bucket_was_deleted_is_not_recorded_after_the_delete(
+    make_world: Callable[..., World],
+) -> None:
+    """Issue 17's prefetch: shard 1's page is fetched for the next round, then the bucket is
+    deleted and shard 0 answers 404. The bucket_delete stays the bucket's last record, and no
+    marker of the forgotten bucket is written back (found by review)."""
+    w = make_world("reef", rgw_class=RacingRgw)
+    rgw = cast(RacingRgw, w.rgw)
+    f = start_follower(w, shards_per_round=1)
+    bucket_id, k0, k1 = racing_bucket(w, f, "gb")
+
+    def delete() -> None:
+        rgw.delete("gb", k0)
+        rgw.delete("gb", k1)
+        rgw.delete_bucket("gb")
+
+    rgw.bucket, rgw.action = "gb", delete
+    caught_up(w, f)
+    assert rgw.shard1_listed.is_set() and rgw.action is None
+    assert bucket_state(f, "gb")["state"] == "gone"
+    assert_delete_is_last(w.index, "gb", bucket_id)
+    status = f.status()
+    assert (status["pending_shards"], status["shard_markers"]) == (0, 0), status
+
+
+def test_a_page_of_an_old_instance_is_not_recorded_with_the_new_generation(make_world: Callable[..., World]) -> None:
+    """Pacific: a reshard makes a new instance while shard 1's page of the old one is fetched
+    ahead; that page is not recorded under the new generation (it would sort after the new
+    instance's baseline and bring back a key deleted before the reshard)."""
+    w = make_world("pacific", rgw_class=RacingRgw)
+    rgw = cast(RacingRgw, w.rgw)
+    f = start_follower(w, shards_per_round=1)
+    old_id, _, k1 = racing_bucket(w, f, "rs")
+
+    def reshard() -> None:
+        rgw.delete("rs", k1)  # in the old instance's log, never read: an accepted loss
+        rgw.reshard("rs", 3)
+
+    rgw.bucket, rgw.action = "rs", reshard
+    caught_up(w, f)
+    assert rgw.shard1_listed.is_set() and rgw.action is None
+    old = [m for _, m in arrivals(w.index, "rs") if old_id in m.source and not m.op.of_bucket]
+    assert old and all(m.seq.startswith("000001.") for m in old), [(m.key, m.seq) for m in old]
+    assert history(w.index, "rs")[k1] == ["write"]  # the first write; the second and the delete were lost
+
+
+def test_a_page_read_before_a_full_sync_is_not_recorded_as_the_new_generation(make_world: Callable[..., World]) -> None:
+    """A shard whose log generation is gone (404) starts a full sync of its bucket; another
+    shard's page read in a later round is not recorded as an incremental record of the new
+    generation, nor its marker written over the full sync's start marker."""
+    w = make_world("reef")
+    rgw = w.rgw
+    f = start_follower(w, shards_per_round=1)
+    _, k0, _ = racing_bucket(w, f, "nf")
+    rgw.fail_next("bilog_list", NotFound, match=rgw.shard_of("nf", k0).key)
+    caught_up(w, f)
+    stale = [m for _, m in arrivals(w.index, "nf") if not m.baseline and not m.op.of_bucket and m.seq.startswith("000002.1")]
+    assert not stale, [(m.key, m.seq) for m in stale]
 
 
 def test_a_long_data_log_is_read_in_pages(make_world: Callable[..., World]) -> None:
