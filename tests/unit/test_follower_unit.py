@@ -397,7 +397,7 @@ class RacingRgw(FakeRadosgw):
         self.action: Callable[[], None] | None = None
         self.shard1_listed = threading.Event()
 
-    def bilog_list(self, bs: BucketShard, marker: str = "", **kwargs: Any) -> Any:  # type: ignore[override]
+    def bilog_list(self, bs: BucketShard, marker: str = "", **kwargs: Any) -> Any:
         if self.action is not None and bs.bucket == self.bucket:
             if bs.shard == 1:
                 page = super().bilog_list(bs, marker, **kwargs)
