@@ -418,10 +418,10 @@ def index_oid(bs: BucketShard) -> str:
 # -- matching ------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class Lookup:
+class Lookup(NamedTuple):
     """One write record's index read: the keys its entry may be under (the first whose ``ver``
-    matches wins) and the ``ver`` its write gave the head object."""
+    matches wins) and the ``ver`` its write gave the head object. (A named tuple: one is made per
+    write the follower reads.)"""
 
     position: str  # of the record-producing entry
     keys: tuple[bytes, ...]

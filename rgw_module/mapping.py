@@ -51,7 +51,7 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Protocol, TypedDict
+from typing import NamedTuple, Protocol, TypedDict
 
 from changelog.errors import PermanentError
 from changelog.pipeline.mutation import MAX_STREAM_BYTES, Mutation, Op
@@ -337,9 +337,9 @@ def is_versioned_op(entry: BilogEntry) -> bool:
         return False
 
 
-@dataclass(frozen=True, slots=True)
-class Change:
-    """What one bilog entry means for the user: an op on a key (and version)."""
+class Change(NamedTuple):
+    """What one bilog entry means for the user: an op on a key (and version). (A named tuple:
+    one is made per entry the follower reads.)"""
 
     key: str
     op: Op
