@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 import click
 
 from changelog.cli.base import TIME, cli, emit_json, json_option, state, table
-from changelog.consumers.usage.model import DEFAULT_CONSUMER
+from changelog.consumers.usage.model import DEFAULT_CONSUMER, check_consumer_name
 from changelog.errors import ChangelogError, PermanentError, TransientError, one_line
 
 if TYPE_CHECKING:
@@ -29,10 +29,21 @@ logger = logging.getLogger("changelog.cli")
 ONCE_ATTEMPTS = 4
 ONCE_BACKOFF_S = 2.0
 
+
+def _consumer_name(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    """A name that makes object names of its own (``model.check_consumer_name``)."""
+    try:
+        check_consumer_name(value)
+    except PermanentError as ex:
+        raise click.BadParameter(str(ex), ctx, param) from None
+    return value
+
+
 consumer_option = click.option(
     "--consumer",
     "consumer",
     default=DEFAULT_CONSUMER,
+    callback=_consumer_name,
     show_default=True,
     metavar="NAME",
     help="Which usage state of the index (another name: another checkpoint and state).",
@@ -99,7 +110,9 @@ def run_cmd(once: bool, consumer: str) -> None:
     st = state()
     cfg = st.config
     runner = ConsumerRunner(
-        st.index(), usage_consumer(cfg.usage, st.index(), st.target(), name=consumer), lease_ttl=cfg.usage.lease_ttl
+        st.index(),
+        usage_consumer(cfg.usage, st.index(), st.target(), name=consumer),
+        lease_ttl=cfg.usage.lease_ttl,
     )
     if not once:
         from changelog.service import Service
@@ -117,15 +130,21 @@ def run_cmd(once: bool, consumer: str) -> None:
     cp = runner.checkpoint()
     if why is not None:
         raise PermanentError(f"usage {consumer}: not caught up: {why} (checkpoint {cp.after or '-'})")
-    click.echo(f"usage {consumer}: caught up; checkpoint {cp.after or '-'}, {cp.records} records in all", err=True)
+    click.echo(
+        f"usage {consumer}: caught up; checkpoint {cp.after or '-'}, {cp.records} records in all", err=True
+    )
 
 
 @usage_group.command("show")
-@click.option("--bucket", metavar="B", help="Only this bucket (tenant/bucket or tenant:bucket for a tenant's).")
+@click.option(
+    "--bucket", metavar="B", help="Only this bucket (tenant/bucket or tenant:bucket for a tenant's)."
+)
 @click.option("--tenant", metavar="T", help="Only this tenant's buckets.")
 @click.option("--since", type=TIME, help="A series of the intervals from this time.")
 @click.option("--until", type=TIME, help="... up to this time (default: now).")
-@click.option("--interval", metavar="I", help="Series interval: 300, 5m, 1h, 1d (a multiple of [usage] interval).")
+@click.option(
+    "--interval", metavar="I", help="Series interval: 300, 5m, 1h, 1d (a multiple of [usage] interval)."
+)
 @consumer_option
 @json_option
 def show_cmd(
@@ -157,11 +176,23 @@ def show_cmd(
         return
     rows: list[list[str]] = []
     for b in doc:
-        rows.append([str(b["tenant"] or "-"), str(b["bucket"]), "", str(b["objects"]), str(b["bytes"])])
+        name = f"{b['bucket']} (deleted)" if b.get("deleted") else str(b["bucket"])
+        rows.append([str(b["tenant"] or "-"), name, "", str(b["objects"]), str(b["bytes"])])
         for i in b.get("series") or []:  # type: ignore[attr-defined]
             rows.append(["", "", str(i["start"]), str(i["objects"]), str(i["bytes"]),
                          f"+{i['objects_added']}/-{i['objects_removed']}", f"+{i['bytes_added']}/-{i['bytes_removed']}",
                          str(i["writes"]), str(i["deletes"]), str(i["delete_markers"])])  # fmt: skip
     width = max((len(r) for r in rows), default=5)
-    header = ["TENANT", "BUCKET", "INTERVAL", "OBJECTS", "BYTES", "OBJ +/-", "BYTES +/-", "WRITES", "DELETES", "MARKERS"]
+    header = [
+        "TENANT",
+        "BUCKET",
+        "INTERVAL",
+        "OBJECTS",
+        "BYTES",
+        "OBJ +/-",
+        "BYTES +/-",
+        "WRITES",
+        "DELETES",
+        "MARKERS",
+    ]
     table([r + [""] * (width - len(r)) for r in rows], header[:width])

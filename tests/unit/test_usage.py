@@ -39,6 +39,7 @@ class Records:
     writer: LogWriter
     n: int = 0
     pending: list[dict[str, Any]] = field(default_factory=list)
+    last_recorded: int = 0
 
     def add(
         self,
@@ -54,6 +55,9 @@ class Records:
     ) -> None:
         self.n += 1
         t = int((T0 + at) * 1_000_000)
+        # Arrival order is the order the lines are added in, and a mutation arrives after it
+        # happened (recorded >= time), as the recorder stamps it.
+        self.last_recorded = max(t, self.last_recorded + 1)
         self.pending.append(
             {
                 "v": 1,
@@ -68,8 +72,7 @@ class Records:
                 "etag": "e" if op == "write" else None,
                 "seq": f"{self.n:016d}",
                 "baseline": baseline,
-                # Arrival order is the order the lines are added in.
-                "recorded": rfc3339(int(T0 * 1_000_000) + self.n),
+                "recorded": rfc3339(self.last_recorded),
             }
         )
 
@@ -125,12 +128,18 @@ def _q(t: Totals) -> str:
     return f"{t.tenant}/{t.bucket}" if t.tenant else t.bucket
 
 
-@pytest.fixture
-def env(tmp_path: Path) -> Iterator[Env]:
+def make_env(tmp_path: Path) -> Env:
+    """An index, a log directory and a record builder under ``tmp_path`` (close ``index.store``)."""
     index = ChangeIndex(SqliteStore(str(tmp_path / "index.db")), shards=2)
     logs = DirectoryTarget(tmp_path / "logs", fsync=False)
-    yield Env(index, logs, Records(LogWriter(logs)), {"shards": 4, "interval": 60})
-    index.store.close()
+    return Env(index, logs, Records(LogWriter(logs)), {"shards": 4, "interval": 60})
+
+
+@pytest.fixture
+def env(tmp_path: Path) -> Iterator[Env]:
+    made = make_env(tmp_path)
+    yield made
+    made.index.store.close()
 
 
 # --------------------------------------------------------------------------- counting rules
@@ -469,6 +478,11 @@ def test_config_durations() -> None:
 
 @pytest.fixture
 def cli_conf(tmp_path: Path, env: Env) -> Path:
+    return write_cli_conf(tmp_path)
+
+
+def write_cli_conf(tmp_path: Path) -> Path:
+    """A configuration of ``make_env(tmp_path)``'s index and logs, [usage] as its layout."""
     p = tmp_path / "rgw-changelog.toml"
     p.write_text(
         f"""
@@ -489,7 +503,7 @@ shards = 4
     return p
 
 
-def _cli(conf: Path, *args: str) -> Any:
+def run_cli(conf: Path, *args: str) -> Any:
     from click.testing import CliRunner
 
     from changelog.cli import cli
@@ -504,24 +518,24 @@ def test_cli_run_once_and_show_shapes(env: Env, cli_conf: Path) -> None:
     r.add(0, "write", "b", "k", size=3)
     r.add(61, "write", "b", "k2", size=4, tenant="t")
     r.commit()
-    res = _cli(cli_conf, "usage", "run", "--once")
+    res = run_cli(cli_conf, "usage", "run", "--once")
     assert res.exit_code == 0, res.output
     assert "caught up" in res.stderr
-    res = _cli(cli_conf, "usage", "show", "--json")
+    res = run_cli(cli_conf, "usage", "show", "--json")
     assert orjson.loads(res.stdout) == [
         {"tenant": "", "bucket": "b", "objects": 1, "bytes": 3},
         {"tenant": "t", "bucket": "b", "objects": 1, "bytes": 4},
     ]
-    res = _cli(cli_conf, "usage", "show", "--json", "--bucket", "b", "--since", str(T0), "--interval", "1h")
+    res = run_cli(cli_conf, "usage", "show", "--json", "--bucket", "b", "--since", str(T0), "--interval", "1h")
     (doc,) = orjson.loads(res.stdout)
     assert doc["interval"] == 3600 and [i["start"] for i in doc["series"]] == [rfc3339(T0 * 1_000_000)]
     assert doc["series"][0]["objects_added"] == 1 and doc["series"][0]["bytes"] == 3
-    status = orjson.loads(_cli(cli_conf, "status", "--json", "--direct").stdout)
+    status = orjson.loads(run_cli(cli_conf, "status", "--json", "--direct").stdout)
     assert status["usage"] == {"buckets": 2, "objects": 2, "bytes": 7}
     assert status["consumers"]["usage"]["after"] == env.recs.writer.last_object
-    res = _cli(cli_conf, "usage", "show", "--tenant", "t")
+    res = run_cli(cli_conf, "usage", "show", "--tenant", "t")
     assert res.exit_code == 0 and "t " in res.stdout and res.stdout.count("\n") == 2
-    res = _cli(cli_conf, "usage", "show", "--interval", "90s", "--bucket", "b")
+    res = run_cli(cli_conf, "usage", "show", "--interval", "90s", "--bucket", "b")
     assert res.exit_code == 1 and "not a multiple" in res.stderr and len(res.stderr.strip().splitlines()) == 1
 
 

@@ -11,7 +11,9 @@ a null delete marker replaces the null version; deleting a version removes it; a
 multipart upload and a copy are one write of the final size. Parts of uploads in progress, which
 radosgw counts until the upload completes or is aborted, are not in the logs and not counted.
 
-Intervals are by the record's mutation time. A write, delete or marker adds to the deltas of
+Intervals are by the record's mutation time (``data_time_us``: capped at its arrival time plus
+``CLOCK_SKEW_US``, so one radosgw host with a clock far ahead can neither move every retention
+horizon nor count its writes in a future interval). A write, delete or marker adds to the deltas of
 its interval at each resolution; a baseline record (a bucket's objects before the follower
 started) seeds the totals and the inventory only, so a baseline of an object already known
 replaces it instead of counting it twice.
@@ -49,6 +51,13 @@ StoredTotals = Callable[[], Iterable[tuple[str, Totals]]]
 
 OBJECT_OPS = ("write", "delete", "delete_marker")
 
+# How far a record's ``time`` (radosgw's clock) may run ahead of its ``recorded`` time (the
+# recorder's clock when it arrived) before the arrival time stands in for it. A mutation is
+# recorded after it happens, so a later ``time`` is clock skew; an hour spares any skew NTP
+# leaves, and costs retention at most an hour early (retentions are days). Both times are in the
+# logs, so a replay computes the same.
+CLOCK_SKEW_US = 3600 * 1_000_000
+
 
 @dataclass
 class Changes:
@@ -85,6 +94,12 @@ def interval_start(t_us: int, res: int) -> int:
     return (t_us // 1_000_000) // res * res
 
 
+def data_time_us(r: LogRecord) -> int:
+    """The time a record counts at (its interval, and the data time that drives retention):
+    its mutation time, but no later than its arrival + ``CLOCK_SKEW_US``."""
+    return min(r.time_us, r.recorded_us + CLOCK_SKEW_US)
+
+
 class ShardBatch:
     """The records of one log object that fall in one state shard, applied to what the shard
     holds: ``keys()`` to read, ``load`` their values, ``apply``, then ``changes``."""
@@ -102,7 +117,7 @@ class ShardBatch:
     def _prepare(self, r: LogRecord) -> _Rec:
         # Every key a record needs, computed once (time parsing and hashing are the hot path).
         bid = self.layout.shard(r.tenant or "", r.bucket)[1]
-        t_us = r.time_us
+        t_us = data_time_us(r)
         inv = inventory_key(bid, r.key, r.version_id) if r.op in OBJECT_OPS and r.key is not None else None
         series = tuple(series_key(res, bid, interval_start(t_us, res)) for res in self.layout.resolutions)
         return _Rec(r, bid, t_us, r.recorded_us, inv, series)
@@ -249,21 +264,35 @@ class ShardBatch:
         if not moved:
             return
         out.horizons.update(moved)
-        longest = max(self.layout.retention.values()) * 1_000_000
         buckets: dict[str, Totals | None] = dict(stored())
         buckets.update((k[2:], t) for k, t in self._totals.items())
         for bid, tot in sorted(buckets.items()):
             for res, cut in moved.items():
                 out.remove_ranges.append((series_prefix(res, bid), series_key(res, bid, cut)))
-            if tot is not None and not tot.live and tot.changed_us < self.max_us - longest:
+            if tot is not None and not tot.live and self._aged_out(tot):
+                # A deleted bucket leaves with its last interval at every resolution (after its
+                # totals go, nothing would prune what is left of its series).
                 out.set.pop(totals_key(bid), None)
                 out.remove.append(totals_key(bid))
+                for res in self.layout.resolutions:
+                    prefix = series_prefix(res, bid)
+                    out.remove_ranges.append((prefix, prefix_end(prefix)))
+                    # Ranges go before ``set`` in an op: a late record's interval goes too.
+                    for key in [k for k in out.set if k.startswith(prefix)]:
+                        del out.set[key]
         for res, cut in moved.items():
             out.set[horizon_key(res)] = str(cut).encode()
             # Ranges go before ``set`` in an op: an interval set now but past the horizon is dropped.
             for key in [k for k in out.set if k.startswith(SERIES_PREFIX) and k.startswith(f"s.{res:06d}.")]:
                 if int(key.rsplit(".", 1)[1]) < cut:
                     del out.set[key]
+
+    def _aged_out(self, tot: Totals) -> bool:
+        """Whether a bucket's last interval is past the horizon at every resolution."""
+        return all(
+            interval_start(tot.changed_us, res) < self.layout.horizon(self.max_us, res)
+            for res in self.layout.resolutions
+        )
 
 
 def prefix_reader(store: ObjectStore, oid: str) -> PrefixReader:
@@ -286,6 +315,7 @@ __all__ = [
     "PrefixReader",
     "ShardBatch",
     "StoredTotals",
+    "data_time_us",
     "interval_start",
     "prefix_reader",
     "stored_totals",

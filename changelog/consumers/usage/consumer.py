@@ -28,7 +28,13 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from changelog.consumers.framework import Cursor, LogObjectConsumer, ObjectBatch, RouteHandler
-from changelog.consumers.usage.apply import PrefixReader, ShardBatch, prefix_reader, stored_totals
+from changelog.consumers.usage.apply import (
+    PrefixReader,
+    ShardBatch,
+    data_time_us,
+    prefix_reader,
+    stored_totals,
+)
 from changelog.consumers.usage.model import (
     APPLIED_KEY,
     DEFAULT_CONSUMER,
@@ -38,7 +44,7 @@ from changelog.consumers.usage.model import (
     Totals,
     horizon_key,
 )
-from changelog.errors import CompareFailed, LeaseLost, PermanentError
+from changelog.errors import CompareFailed, LeaseLost
 from changelog.pipeline.logformat import LogRecord
 from changelog.pipeline.reader import LogObject
 from changelog.pipeline.store import Cmp, ObjectStore, WriteOp
@@ -79,23 +85,14 @@ class UsageState:
         """What shard ``n`` says about itself."""
         keys = [APPLIED_KEY, MAXTIME_KEY, META_KEY, *(horizon_key(r) for r in self.layout.resolutions)]
         got = self.store.omap_get(self.layout.oid(n), keys)
-        self._check_meta(got.get(META_KEY))
+        self.layout.check_meta(got.get(META_KEY))
         return Head(
             applied=got.get(APPLIED_KEY, b"").decode(),
             data_us=int(got.get(MAXTIME_KEY, b"0")),
             horizons={r: int(got[horizon_key(r)]) for r in self.layout.resolutions if horizon_key(r) in got},
-            has_meta=META_KEY in got,
+            # An older meta (without the interval) is written again with the next change.
+            has_meta=got.get(META_KEY) == self.layout.meta(),
         )
-
-    def _check_meta(self, raw: bytes | None) -> None:
-        if raw is not None and raw != self._meta():
-            raise PermanentError(
-                f"usage state {self.layout.oid(0)}... was made with {raw.decode(errors='replace')}, "
-                f"not {{'shards': {self.layout.shards}}}: keep [usage] shards as it was"
-            )
-
-    def _meta(self) -> bytes:
-        return b'{"shards":%d}' % self.layout.shards
 
     def apply(
         self, n: int, obj: str, records: list[LogRecord], *, data_us: int, head: Head | None = None
@@ -116,7 +113,7 @@ class UsageState:
         op = WriteOp(asserts=[(APPLIED_KEY, Cmp.EQ, head.applied)], set=changes.set, remove=changes.remove)
         op.remove_ranges.extend(changes.remove_ranges)
         if not head.has_meta:
-            op.set[META_KEY] = self._meta()
+            op.set[META_KEY] = self.layout.meta()
         try:
             self.store.execute(oid, op)
         except CompareFailed as ex:
@@ -150,7 +147,8 @@ class Head:
 class UsageConsumer(LogObjectConsumer):
     """``usage``: per-bucket totals and interval series, kept in ``state``'s shards.
 
-    The **data time** (the latest record time in the logs so far) drives retention in every
+    The **data time** (the latest record time in the logs so far, each record's time capped at
+    its arrival time + ``apply.CLOCK_SKEW_US``: ``apply.data_time_us``) drives retention in every
     shard alike: it is the maximum of the shards' ``m`` when the lease is taken, then grows with
     each log object's records. A shard whose retention horizon it moves past is written (pruned)
     even when the object has no records for it, so an idle shard ages out like the others and a
@@ -179,16 +177,19 @@ class UsageConsumer(LogObjectConsumer):
     def _open(self, cursor: Cursor) -> None:
         """A new lease: what another process wrote since is read again."""
         if cursor is not self._cursor:
+            heads = {n: self.state.head(n) for n in range(self.state.layout.shards)}
+            self._heads = heads
+            self._data_us = max((h.data_us for h in heads.values()), default=0)
+            # Last: a read that failed (a TransientError) leaves the cache marked stale, and the
+            # next step with the same cursor reads every head again.
             self._cursor = cursor
-            self._heads = {n: self.state.head(n) for n in range(self.state.layout.shards)}
-            self._data_us = max((h.data_us for h in self._heads.values()), default=0)
 
     def handle(self, cursor: Cursor, obj: LogObject, records: list[LogRecord]) -> ObjectBatch:
         self._open(cursor)
         by_shard: dict[int, list[LogRecord]] = defaultdict(list)
         for r in records:
             by_shard[self.state.layout.shard(r.tenant or "", r.bucket)[0]].append(r)
-            self._data_us = max(self._data_us, r.time_us)
+            self._data_us = max(self._data_us, data_time_us(r))
         layout = self.state.layout
         todo = [
             n

@@ -9,8 +9,8 @@ omap keys in that shard:
 | key | value | meaning |
 |---|---|---|
 | ``a`` | log object name | the last log object applied to this shard (the compare-and-set guard) |
-| ``m`` | decimal µs | the latest record time seen by this shard (data time: drives retention) |
-| ``meta`` | JSON | ``{"shards": S}``: a store made with another S is refused |
+| ``m`` | decimal µs | the latest record time seen by this shard (data time: drives retention; ``apply.data_time_us``) |
+| ``meta`` | JSON | ``{"shards": S, "interval": I}``: a store made with another S or I is refused |
 | ``p.<res:06d>`` | decimal s | retention horizon of resolution ``res``: series before it are pruned |
 | ``t.<bid>`` | JSON | the bucket's current totals (``Totals``) |
 | ``i.<bid>.<h:032x>`` | ``size,marker,rec`` | the inventory: one live object version or marker |
@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -47,6 +48,11 @@ INVENTORY_PREFIX = "i."
 SERIES_PREFIX = "s."
 # The end of a prefix range: "." + 1.
 _AFTER_DOT = "/"
+
+# A consumer name is part of object names and of the checkpoint key ``k.<name>``: no ".", and not
+# the index's own objects (``<prefix>.shard.<n>``, ``<prefix>.control``).
+CONSUMER_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
+RESERVED_NAMES = frozenset(("shard", "control"))
 
 # Delta fields, in their stored order.
 DELTA_FIELDS = (
@@ -221,6 +227,7 @@ class Layout:
         retention_hourly: int = 60 * DAY,
         retention_daily: int = 800 * DAY,
     ) -> Layout:
+        check_consumer_name(consumer)
         if interval < 1 or HOUR % interval:
             raise PermanentError(f"usage interval {interval}s must divide an hour")
         keep: dict[int, int] = {}
@@ -255,3 +262,38 @@ class Layout:
                 f"interval {interval}s is not a multiple of a stored one ({', '.join(f'{r}s' for r in self.resolutions)})"
             )
         return max(fits)
+
+    def meta(self) -> bytes:
+        """The ``meta`` value a state of this layout holds."""
+        return b'{"shards":%d,"interval":%d}' % (self.shards, self.interval)
+
+    def check_meta(self, raw: bytes | None) -> None:
+        """Refuse a state made with another shard count or interval (an absent ``meta``: a shard
+        never written; a ``meta`` without ``interval``: made before it was stored, matches)."""
+        if raw is None or raw == self.meta():
+            return
+        try:
+            doc = orjson.loads(raw)
+            shards, interval = int(doc["shards"]), doc.get("interval")
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError):
+            raise PermanentError(f"usage state {self.oid(0)}...: unreadable meta {raw[:80]!r}") from None
+        made = raw.decode(errors="replace")
+        if shards != self.shards:
+            raise PermanentError(
+                f"usage state {self.oid(0)}... was made with {made}, not shards {self.shards}: "
+                "keep [usage] shards as it was"
+            )
+        if interval is not None and int(interval) != self.interval:
+            raise PermanentError(
+                f"usage state {self.oid(0)}... was made with {made}, not interval {self.interval}: "
+                "keep [usage] interval as it was (or use another --consumer)"
+            )
+
+
+def check_consumer_name(name: str) -> None:
+    """A usage consumer name: ``^[a-z0-9][a-z0-9_-]*$``, not ``shard`` or ``control``."""
+    if not CONSUMER_NAME.fullmatch(name) or name in RESERVED_NAMES:
+        raise PermanentError(
+            f"usage consumer name {name!r}: use lower-case letters, digits, '-' and '_' "
+            f"(not starting with '-' or '_'), and not {' or '.join(sorted(RESERVED_NAMES))}"
+        )

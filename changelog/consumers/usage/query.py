@@ -2,7 +2,7 @@
 ``rgw-changelog usage show`` and ``GET /_/usage`` give them. Read straight from the state shards
 (no lease needed; a reader may see a log object applied to some shards and not yet to others).
 
-A series lists the intervals in ``[since, until)`` in which something happened (empty intervals
+A series lists the intervals in ``[since, until)`` (no ``since``: from the oldest kept) in which something happened (empty intervals
 are left out), each with its deltas and the bucket's ``objects`` and ``bytes`` at its end. End
 totals are not stored: they are the current totals minus the deltas of every later interval,
 exact even when a bucket's records arrive out of time order. An ``interval`` that is a multiple
@@ -17,9 +17,11 @@ from dataclasses import dataclass
 from changelog.consumers.routes import Request, RouteError
 from changelog.consumers.usage.apply import prefix_reader, stored_totals
 from changelog.consumers.usage.model import (
+    META_KEY,
     Delta,
     Layout,
     Totals,
+    horizon_key,
     prefix_end,
     series_key,
     series_prefix,
@@ -54,35 +56,56 @@ def split_bucket(name: str, tenant: str | None) -> tuple[str | None, str]:
     return tenant, name
 
 
-def bucket_totals(store: ObjectStore, layout: Layout, q: Query) -> list[Totals]:
-    """The current totals of every live bucket ``q`` selects, by tenant and name."""
-    out: list[Totals] = []
+def _check_meta(store: ObjectStore, layout: Layout, raw: bytes | None) -> None:
+    """Refuse a state made with another shard count or interval: a shard without ``meta`` is
+    one never written, or one a larger shard count than the state's names; shard 0 tells."""
+    layout.check_meta(raw)
+    if raw is None:
+        layout.check_meta(store.omap_get(layout.oid(0), [META_KEY]).get(META_KEY))
+
+
+def stored_buckets(store: ObjectStore, layout: Layout, q: Query) -> list[Totals]:
+    """The totals of every bucket ``q`` selects, live or deleted (kept until its series age
+    out), by tenant and name."""
     if q.bucket is not None:
         tenant, bucket = split_bucket(q.bucket, q.tenant)
         n, bid = layout.shard(tenant or "", bucket)
-        raw = store.omap_get(layout.oid(n), [totals_key(bid)]).get(totals_key(bid))
+        got = store.omap_get(layout.oid(n), [totals_key(bid), META_KEY])
+        _check_meta(store, layout, got.get(META_KEY))
+        raw = got.get(totals_key(bid))
         found = [Totals.decode(raw)] if raw is not None else []
     else:
-        found = [
-            t for n in range(layout.shards) for _, t in stored_totals(prefix_reader(store, layout.oid(n)))
-        ]
-    for t in found:
-        if t.live and (q.tenant is None or t.tenant == q.tenant):
-            out.append(t)
+        found = []
+        for n in range(layout.shards):
+            oid = layout.oid(n)
+            _check_meta(store, layout, store.omap_get(oid, [META_KEY]).get(META_KEY))
+            found.extend(t for _, t in stored_totals(prefix_reader(store, oid)))
+    out = [t for t in found if q.tenant is None or t.tenant == q.tenant]
     return sorted(out, key=lambda t: (t.tenant, t.bucket))
+
+
+def bucket_totals(store: ObjectStore, layout: Layout, q: Query) -> list[Totals]:
+    """The current totals of every live bucket ``q`` selects, by tenant and name."""
+    return [t for t in stored_buckets(store, layout, q) if t.live]
 
 
 def series(store: ObjectStore, layout: Layout, totals: Totals, q: Query) -> list[dict[str, object]]:
     """``totals``' bucket's intervals in ``[q.since_us, q.until_us)`` (see the module doc)."""
     interval = q.interval or layout.interval
     res = layout.resolution_for(interval)
-    since_s = (q.since_us or 0) // 1_000_000 // interval * interval
+    n, bid = layout.shard(totals.tenant, totals.bucket)
     until_s = None if q.until_us is None else q.until_us // 1_000_000
+    since_s = None if q.since_us is None else q.since_us // 1_000_000 // interval * interval
+    if since_s is None or (until_s is not None and (until_s - since_s) // interval > MAX_INTERVALS):
+        # No earlier interval is kept than the retention horizon: a range from before it (or
+        # with no start) starts there.
+        raw = store.omap_get(layout.oid(n), [horizon_key(res)]).get(horizon_key(res))
+        oldest = int(raw or b"0") // interval * interval
+        since_s = oldest if since_s is None else max(since_s, oldest)
     if until_s is not None and (until_s - since_s) // interval > MAX_INTERVALS:
         raise PermanentError(
             f"usage: more than {MAX_INTERVALS} intervals asked for; use a coarser --interval"
         )
-    n, bid = layout.shard(totals.tenant, totals.bucket)
     prefix = series_prefix(res, bid)
     groups: dict[int, Delta] = {}
     # Every interval from ``since`` on: the later ones are needed for the end totals.
@@ -111,19 +134,28 @@ def series(store: ObjectStore, layout: Layout, totals: Totals, q: Query) -> list
 
 def usage_doc(store: ObjectStore, layout: Layout, q: Query) -> list[dict[str, object]]:
     """One entry per bucket: ``tenant``, ``bucket``, ``objects``, ``bytes`` (current totals),
-    and with a time range ``interval`` (seconds) and ``series``."""
+    and with a time range ``interval`` (seconds) and ``series``. Without a range, the live
+    buckets; with one, also each deleted bucket with intervals in it (``"deleted": true``: its
+    history is still billed)."""
+    ranged = q.since_us is not None or q.until_us is not None
     out: list[dict[str, object]] = []
-    for t in bucket_totals(store, layout, q):
+    for t in stored_buckets(store, layout, q) if ranged else bucket_totals(store, layout, q):
         doc: dict[str, object] = t.doc()
-        if q.since_us is not None or q.until_us is not None:
+        if ranged:
+            found = series(store, layout, t, q)
+            if not t.live:
+                if not found:
+                    continue
+                doc["deleted"] = True
             doc["interval"] = q.interval or layout.interval
-            doc["series"] = series(store, layout, t, q)
+            doc["series"] = found
         out.append(doc)
     return out
 
 
 def parse_interval(text: str) -> int:
-    """``300``, ``300s``, ``5m``, ``1h``, ``1d`` -> seconds."""
+    """``300``, ``300s``, ``5m``, ``1h``, ``1d``, ``1w`` -> seconds. Intervals are aligned on the
+    epoch, so a week starts on a Thursday 00:00 UTC (1970-01-01 was one)."""
     t = text.strip().lower()
     units = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
     try:
