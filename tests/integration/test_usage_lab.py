@@ -346,6 +346,31 @@ def series_of(srv: Serving, consumer: str, interval: str) -> Any:
 # --------------------------------------------------------------------------- the test
 
 
+def suspended_and_recreated(s3: Any, susp: str, again: str) -> None:
+    """Two buckets the mixed workload does not cover: versioning suspended over versions and a
+    null version (a null write replaces the null version, a null delete marker removes it), and a
+    bucket deleted and created again (only its second life counts)."""
+    s3.create_bucket(Bucket=susp)
+    s3.put_bucket_versioning(Bucket=susp, VersioningConfiguration={"Status": "Enabled"})
+    s3.put_object(Bucket=susp, Key="a", Body=b"1" * 100)
+    s3.put_object(Bucket=susp, Key="a", Body=b"2" * 200)
+    s3.put_bucket_versioning(Bucket=susp, VersioningConfiguration={"Status": "Suspended"})
+    s3.put_object(Bucket=susp, Key="a", Body=b"3" * 300)  # the null version
+    s3.put_object(Bucket=susp, Key="a", Body=b"4" * 400)  # replaces it
+    s3.put_object(Bucket=susp, Key="b", Body=b"5" * 500)
+    s3.delete_object(Bucket=susp, Key="b")  # a null marker: b's null version goes
+    s3.put_object(Bucket=susp, Key="c", Body=b"6" * 600)
+    s3.create_bucket(Bucket=again)
+    for i in range(3):
+        s3.put_object(Bucket=again, Key=f"k{i}", Body=b"x" * (10 + i))
+    for i in range(3):
+        s3.delete_object(Bucket=again, Key=f"k{i}")
+    s3.delete_bucket(Bucket=again)
+    s3.create_bucket(Bucket=again)
+    s3.put_object(Bucket=again, Key="k0", Body=b"y" * 70)
+    s3.put_object(Bucket=again, Key="n", Body=b"z" * 80)
+
+
 def test_usage_equals_bucket_stats_through_crashes_and_replays_the_same(
     users: Lab, s3_client: Any, serving: Any
 ) -> None:
@@ -369,7 +394,8 @@ def test_usage_equals_bucket_stats_through_crashes_and_replays_the_same(
     work.multipart(pre, "big/pre.bin")
     work.ops.clear()  # the baseline: not counted as operations in the series
 
-    srv = serving([pre, plain, vers, qualified_tenant])
+    susp, again = f"us-susp-{tag}", f"us-again-{tag}"
+    srv = serving([pre, plain, vers, qualified_tenant, susp, again])
     srv.start()
     # The other buckets are created clearly after the follower's first start (followed from
     # their first entry: every operation on them is an incremental record).
@@ -382,6 +408,7 @@ def test_usage_equals_bucket_stats_through_crashes_and_replays_the_same(
     s3_client.create_bucket(Bucket=vers)
     s3_client.put_bucket_versioning(Bucket=vers, VersioningConfiguration={"Status": "Enabled"})
     tenant_s3.create_bucket(Bucket=tenant_bucket)
+    suspended_and_recreated(s3_client, susp, again)
 
     runner = threading.Thread(target=work.run, args=(60.0,), daemon=True)
     runner.start()
@@ -401,6 +428,8 @@ def test_usage_equals_bucket_stats_through_crashes_and_replays_the_same(
     for bucket in clients:
         tenant, name = bucket.split("/", 1) if "/" in bucket else ("", bucket)
         assert got.get((tenant, name), (0, 0)) == bucket_stats(lab, bucket), f"{bucket}: usage != bucket stats"
+    for bucket in (susp, again):
+        assert got.get(("", bucket), (0, 0)) == bucket_stats(lab, bucket), f"{bucket}: usage != bucket stats"
     # Every operation counted once over the intervals (the baseline in none).
     series = {(b["tenant"], b["bucket"]): b["series"] for b in series_of(srv, "usage", "60")}
     for bucket in clients:

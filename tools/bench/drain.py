@@ -135,7 +135,7 @@ def _throughput(bench: Bench, s3: Any, bucket: str) -> Figure:
         median(ours),
         median(theirs),
         "raw omap read + orjson + one PUT",
-        goal=("ratio", ">=", 0.6),
+        goal=("ratio", ">=", 0.7),
         params={
             "backlog": n,
             "shards": SHARDS,
