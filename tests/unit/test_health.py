@@ -42,7 +42,17 @@ def tmpfs(path: Path, size: str = "16m") -> Iterator[Path]:
 
 
 def remount(path: Path, mode: str) -> None:
-    subprocess.run(["mount", "-o", f"remount,{mode}", str(path)], check=True)
+    """Remount read-only or read-write. A read-only remount fails ("mount point is busy") while a
+    file on it is open for writing, e.g. a collector pass writing the watermark at that moment:
+    tried again until the pass has closed it (up to 20 s)."""
+    deadline = time.monotonic() + 20
+    while True:
+        proc = subprocess.run(["mount", "-o", f"remount,{mode}", str(path)], capture_output=True, text=True)
+        if proc.returncode == 0:
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"mount -o remount,{mode} {path}: {proc.stderr.strip()}")
+        time.sleep(0.05)
 
 
 def muts(n: int, start: int = 0) -> list[Mutation]:
