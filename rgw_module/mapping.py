@@ -161,8 +161,10 @@ def _stream_name(kind: str, bucket: str, rest: str) -> str:
     return f"{kind}:#{digest}:{rest}"[:MAX_STREAM_BYTES]
 
 
+@functools.lru_cache(maxsize=65536)
 def str_hash_linux(text: str) -> int:
-    """Ceph's ``ceph_str_hash_linux`` (32-bit)."""
+    """Ceph's ``ceph_str_hash_linux`` (src/common/ceph_hash.cc: the Linux dcache hash) of
+    ``text``'s UTF-8 bytes, unsigned 32 bits."""
     h = 0
     for c in text.encode():
         h = ((h + (c << 4) + (c >> 4)) * 11) & 0xFFFFFFFF
@@ -175,7 +177,8 @@ def datalog_shard(bucket: str, shard: int, datalog_shards: int) -> int:
     0, 2, 6, 8, 9 were logged to data-log shards 24, 26, 30, 32, 33. ``bucket`` is qualified;
     the hash is of the name within the tenant (``t1/tb1`` shards 3 and 5: data-log shards 111 and
     113 of 128, as for ``tb1``)."""
-    return (str_hash_linux(split_name(bucket)[1]) + max(shard, 0)) % datalog_shards
+    # The sum is an unsigned 32-bit int in radosgw: it wraps before the remainder.
+    return ((str_hash_linux(split_name(bucket)[1]) + max(shard, 0)) & 0xFFFFFFFF) % datalog_shards
 
 
 def full_sync_source(bucket: str, bucket_id: str, generation: int) -> str:

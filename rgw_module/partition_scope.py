@@ -8,8 +8,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 
-from rgw_module.datalog_shard import datalog_shard
-from rgw_module.mapping import BucketShard
+from rgw_module.mapping import BucketShard, datalog_shard
 
 
 @dataclass(frozen=True)
@@ -27,7 +26,7 @@ class PartitionScope:
 
     def owns_shard(self, bs: BucketShard) -> bool:
         """The partition reading ``bs``'s log: the owner of the data-log shard it is logged to."""
-        return self.owns_datalog(datalog_shard(bs, self.datalog_shards))
+        return self.owns_datalog(datalog_shard(bs.bucket, bs.shard, self.datalog_shards))
 
     def owns_bucket(self, qualified: str) -> bool:
         """The partition doing ``qualified``'s bucket-level work (scan, full sync, reshards)."""

@@ -1,4 +1,4 @@
-"""``rgw_module.datalog_shard`` on the lab: every data-log entry radosgw writes for a sharded
+"""``rgw_module.mapping.datalog_shard`` on the lab: every data-log entry radosgw writes for a sharded
 bucket is in the shard the rule predicts (the ground truth for the follower's partitions)."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from rgw_module.admin import AdminClient
-from rgw_module.datalog_shard import datalog_shard
+from rgw_module.mapping import datalog_shard
 from tests.lab import Lab
 
 pytestmark = pytest.mark.ceph
@@ -30,7 +30,7 @@ def test_every_data_log_entry_is_in_the_predicted_shard(ceph_lab: Lab, s3_client
             page = admin.datalog_list(n, marker)
             for e in page.entries:
                 if e.shard.bucket in names:
-                    assert datalog_shard(e.shard, num) == n, (e.shard, n)
+                    assert datalog_shard(e.shard.bucket, e.shard.shard, num) == n, (e.shard, n)
                     seen[(e.shard.bucket, e.shard.shard)] = n
             if not page.truncated or not page.entries:
                 break

@@ -1,4 +1,4 @@
-"""``rgw_module.datalog_shard``: radosgw's choice of data-log shard, against values computed
+"""``rgw_module.mapping.datalog_shard``: radosgw's choice of data-log shard, against values computed
 with Ceph's own C code (``ceph_str_hash_linux`` as in src/common/ceph_hash.cc, compiled here)."""
 
 from __future__ import annotations
@@ -10,8 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from rgw_module.datalog_shard import datalog_shard, str_hash_linux
-from rgw_module.mapping import BucketShard
+from rgw_module.mapping import datalog_shard, str_hash_linux
 
 C = r"""
 #include <stdio.h>
@@ -52,6 +51,6 @@ def test_the_hash_equals_ceph_s_c_code(tmp_path: Path) -> None:
 
 def test_the_shard_adds_the_index_shard_and_ignores_the_tenant() -> None:
     h = str_hash_linux("b")
-    assert datalog_shard(BucketShard("b", "zone.1", 5), 128) == (h + 5) % 128
-    assert datalog_shard(BucketShard("b", "zone.1", -1), 128) == h % 128  # unsharded
-    assert datalog_shard(BucketShard("t1/b", "zone.1", 5), 128) == (h + 5) % 128
+    assert datalog_shard("b", 5, 128) == (h + 5) % 128
+    assert datalog_shard("b", -1, 128) == h % 128  # unsharded
+    assert datalog_shard("t1/b", 5, 128) == (h + 5) % 128
