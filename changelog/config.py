@@ -534,6 +534,19 @@ class UsageConfig(Section):
         return v
 
 
+class ScaleConfig(Section):
+    """``[scale]``: scale-out. With ``partitioned``, every ``serve`` of the index with this
+    setting takes its fair share of the follower's ``follower_partitions`` partitions (by lease;
+    ``rgw_module.follower_partitions``); the collector stays one active instance."""
+
+    section: ClassVar[str] = "scale"
+
+    partitioned: Flag = False
+    # Fixed for an index once its follower state is partitioned (a bucket's partition is a hash
+    # of its name modulo this): another count is refused in one line.
+    follower_partitions: Integer = Field(default=8, ge=1, le=256)
+
+
 class HealthConfig(Section):
     """When ``GET /_/healthcheck`` says 500 although every thread is alive."""
 
@@ -563,6 +576,7 @@ SECTIONS: dict[str, type[Section]] = {
     "backup": BackupConfig,
     "replication": ReplicationConfig,
     "usage": UsageConfig,
+    "scale": ScaleConfig,
     "health": HealthConfig,
     "logging": LoggingConfig,
 }
@@ -581,6 +595,7 @@ class Config(_Model):
     backup: BackupConfig = Field(default_factory=BackupConfig)
     replication: ReplicationConfig = Field(default_factory=ReplicationConfig)
     usage: UsageConfig = Field(default_factory=UsageConfig)
+    scale: ScaleConfig = Field(default_factory=ScaleConfig)
     health: HealthConfig = Field(default_factory=HealthConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
     # Where it was read from; None = built-in defaults. Not a TOML key, not compared.

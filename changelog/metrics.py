@@ -414,6 +414,13 @@ def _follower_families(fstats: Mapping[str, object]) -> Iterator[Metric]:
                         lag.add_metric([str(bucket), str(shard)], float(seconds))
     yield lag
     yield _kinds(fstats, "source_errors", "source_errors", "Errors talking to the source radosgw, by kind")
+    held = fstats.get("partitions_held")
+    if isinstance(held, list):
+        gauge = GaugeMetricFamily(
+            PREFIX + "follower_partitions_held", "Follower partitions this process holds ([scale] partitioned)"
+        )
+        gauge.add_metric([], float(len(held)))
+        yield gauge
 
 
 def _not_followed(fstats: Mapping[str, object]) -> GaugeMetricFamily:

@@ -44,6 +44,9 @@ if TYPE_CHECKING:
     from changelog.pipeline.store import ObjectStore
     from changelog.pipeline.targets import Target
     from rgw_module.follower import Follower
+    from rgw_module.follower_partitions import PartitionedFollower
+
+    AnyFollower = Follower | PartitionedFollower
 
 logger = logging.getLogger(__name__)
 
@@ -181,7 +184,7 @@ class Pipeline:
     target: Target
     collector: Collector
     controls: Controls
-    follower: Follower | None = None
+    follower: AnyFollower | None = None
     consumers: list[ConsumerRunner] = field(default_factory=list)
     # The replication sites' shared clients (their runners are among ``consumers``).
     replication: Replication | None = None
@@ -197,7 +200,7 @@ class Pipeline:
 
     def leases(self) -> list[Lease]:
         """Every lease this process takes (for the health check and the metrics)."""
-        held = [self.follower.lease] if self.follower is not None else []
+        held = self.follower.leases() if self.follower is not None else []
         return [*held, *self.collector.leases(), *(r.lease for r in self.consumers)]
 
     def close(self) -> None:
@@ -228,7 +231,7 @@ def same_endpoint(a: str, b: str) -> bool:
     )
 
 
-def build_follower(cfg: Config, index: ChangeIndex, target: Target, controls: Controls) -> Follower:
+def build_follower(cfg: Config, index: ChangeIndex, target: Target, controls: Controls) -> AnyFollower:
     """The follower of ``[source]``. The target's bucket is not followed when it lives on the
     followed zone: the change logs' own writes are not mutations to log."""
     from changelog.config import reveal
@@ -269,11 +272,30 @@ def build_follower(cfg: Config, index: ChangeIndex, target: Target, controls: Co
             )  # fmt: skip
 
         bucket_index = BucketIndexReader(LazyOmap(open_omap), src.index_pool)
+    config = src.model_copy(update={"exclude_buckets": tuple(sorted(exclude))})
+    if cfg.scale.partitioned:
+        from rgw_module.follower_partitions import PartitionedFollower
+
+        return PartitionedFollower(
+            index,
+            admin,
+            config,
+            count=cfg.scale.follower_partitions,
+            internal_buckets=internal,
+            paused=lambda: controls.checkpoint("follower"),
+            bucket_index=bucket_index,
+        )
+    from rgw_module.follower_partitions import merge_partitions
+
+    # Partitioned before: one follower's state again (refused while a partitioned serve runs).
+    merged = merge_partitions(index)
+    if merged is not None:
+        logger.warning("follower state of %d partitions merged back into one follower's ([scale] partitioned = false)", merged)
     # Pausing parks the follower between sweeps; its lease and markers stay.
     return Follower(
         index,
         admin,
-        src.model_copy(update={"exclude_buckets": tuple(sorted(exclude))}),
+        config,
         internal_buckets=internal,
         paused=lambda: controls.checkpoint("follower"),
         bucket_index=bucket_index,
@@ -416,7 +438,7 @@ def serve(cfg: Config) -> None:
 def role_leases(pipeline: Pipeline) -> list[Lease]:
     """The control leases: one per role (shard leases come and go with each pass)."""
     follower = pipeline.follower
-    held = [follower.lease] if follower is not None else []
+    held = follower.leases() if follower is not None else []
     return [*held, pipeline.collector.control_lease, *(r.lease for r in pipeline.consumers)]
 
 

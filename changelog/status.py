@@ -93,9 +93,11 @@ def collector_doc(index: ChangeIndex) -> Doc:
 def follower_doc(index: ChangeIndex) -> Doc | None:
     """The RGW follower's persisted state, or the one-line reason it cannot be read."""
     from rgw_module.follower import follower_state
+    from rgw_module.follower_partitions import partitioned_state
 
     try:
-        return follower_state(index)
+        parts = partitioned_state(index)
+        return parts if parts["partitioned"] else follower_state(index)
     except ChangelogError as ex:
         return {"error": one_line(str(ex))}
     except Exception as ex:  # noqa: BLE001 - status must answer with a message, not a traceback

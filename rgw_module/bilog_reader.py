@@ -26,7 +26,7 @@ from changelog.pipeline.mutation import Mutation, Op
 from rgw_module.admin import NotFound
 from rgw_module.bucket_index import ObjectFacts
 from rgw_module.bucket_tracker import BucketTracker
-from rgw_module.follower_state import ShardCursor, marker_key, pending_key
+from rgw_module.follower_state import ShardCursor
 from rgw_module.generations import start_closing
 from rgw_module.mapping import (
     BadEntry,
@@ -178,7 +178,7 @@ class BilogReader:
             elif b.state == "incr":
                 out.append(sh)
         if stale:
-            ctx.write(remove=[pending_key(bs) for bs in stale])
+            ctx.write(remove=[ctx.keys.pending(bs) for bs in stale])
             for bs in stale:
                 st.shards.pop(bs, None)
         self._load_markers([sh for sh in out if sh.marker is None])
@@ -188,9 +188,9 @@ class BilogReader:
         ctx = self.ctx
         for i in range(0, len(cursors), MARKER_READ_BATCH):
             chunk = cursors[i : i + MARKER_READ_BATCH]
-            got = ctx.store.omap_get(ctx.control_oid, [marker_key(sh.bs) for sh in chunk])
+            got = ctx.store.omap_get(ctx.control_oid, [ctx.keys.marker(sh.bs) for sh in chunk])
             for sh in chunk:
-                raw = got.get(marker_key(sh.bs))
+                raw = got.get(ctx.keys.marker(sh.bs))
                 sh.marker = raw.decode() if raw is not None else ""
 
     def _round(self, batch: list[ShardCursor], fetched: list[_Fetched | BaseException]) -> bool:
@@ -263,7 +263,7 @@ class BilogReader:
                 b = st.buckets.get(name)
                 if sh.bs.bucket == name and (b is None or b.state == "gone" or not b.owns(sh.bs)):
                     logger.info("bucket index log %s: its bucket instance is gone", sh.bs.key)
-                    self.ctx.write(remove=[pending_key(sh.bs), marker_key(sh.bs)])
+                    self.ctx.write(remove=[self.ctx.keys.pending(sh.bs), self.ctx.keys.marker(sh.bs)])
                     st.shards.pop(sh.bs, None)
 
     def _mutations(
@@ -304,18 +304,18 @@ class BilogReader:
         for p in advanced:
             sh = p.cursor
             if p.marker != (sh.marker or ""):
-                sets[marker_key(sh.bs)] = p.marker.encode()
+                sets[ctx.keys.marker(sh.bs)] = p.marker.encode()
             if p.had_entries:
                 value = sh.heat(now + ctx.config.hot_seconds)
                 if value is not None:
-                    sets[pending_key(sh.bs)] = value
+                    sets[ctx.keys.pending(sh.bs)] = value
             elif not p.more and now >= sh.hot_until:
-                removes.append(pending_key(sh.bs))
+                removes.append(ctx.keys.pending(sh.bs))
                 cooled.append(sh)
         ctx.write(sets, removes)
         with ctx.lock:
             for p in advanced:
-                self._advance(p, persisted_hot=pending_key(p.cursor.bs) in sets, now=now)
+                self._advance(p, persisted_hot=ctx.keys.pending(p.cursor.bs) in sets, now=now)
             for sh in cooled:
                 st.shards.pop(sh.bs, None)
                 if ctx.trim_bilogs and sh.marker and sh.marker != sh.trimmed:
@@ -356,7 +356,7 @@ class BilogReader:
                 self.tracker.start_full_sync(stats, b.gen + 1)
             b = st.buckets.get(name)
         if b is None or not b.owns(sh.bs):
-            ctx.write(remove=[pending_key(sh.bs), marker_key(sh.bs)])
+            ctx.write(remove=[ctx.keys.pending(sh.bs), ctx.keys.marker(sh.bs)])
             st.shards.pop(sh.bs, None)
 
     def _page_facts(self, bs: BucketShard, page: list[BilogEntry], got: _Fetched) -> dict[str, ObjectFacts] | None:

@@ -20,9 +20,6 @@ from collections.abc import Iterable, Sequence
 
 from changelog.errors import TransientError
 from changelog.pipeline.control import (
-    FOLLOWER_BOOT_KEY,
-    FOLLOWER_MARKER_PREFIX,
-    FOLLOWER_PENDING_PREFIX,
     FOLLOWER_REQUEST_PREFIX,
 )
 from changelog.pipeline.mutation import Mutation, Op
@@ -32,10 +29,6 @@ from rgw_module.follower_state import (
     BootRecord,
     BucketRecord,
     FullSyncProgress,
-    bucket_key,
-    datalog_key,
-    full_sync_key,
-    marker_key,
 )
 from rgw_module.generations import start_closing
 from rgw_module.mapping import BucketShard, bilog_marker, bucket_mutation
@@ -79,8 +72,8 @@ class BucketTracker:
             st.boot = BootRecord(boot_ns)
             ctx.write(
                 {
-                    FOLLOWER_BOOT_KEY: st.boot.encode(),
-                    **{datalog_key(i): m.encode() for i, m in st.datalog.items()},
+                    ctx.keys.boot: st.boot.encode(),
+                    **{ctx.keys.datalog(i): m.encode() for i, m in st.datalog.items()},
                 }
             )
             logger.info("follower bootstrap: %d data-log shards, radosgw time %d", n, boot_ns)
@@ -90,7 +83,7 @@ class BucketTracker:
             if name not in st.buckets or st.buckets[name].state == "gone":
                 self.resolve(name)
         st.boot = BootRecord(st.boot.time_ns, done=True)
-        ctx.write({FOLLOWER_BOOT_KEY: st.boot.encode()})
+        ctx.write({ctx.keys.boot: st.boot.encode()})
         self.last_scan = ctx.clocks.monotonic()
         logger.info("follower bootstrap done: %d buckets, %d to full-sync", len(names), len(st.full))
 
@@ -127,6 +120,8 @@ class BucketTracker:
         ctx = self.ctx
         for k, _ in list(omap_iter(ctx.store, ctx.control_oid, prefix=FOLLOWER_REQUEST_PREFIX)):
             name = k[len(FOLLOWER_REQUEST_PREFIX) :]
+            if not ctx.owns(name):
+                continue  # another partition's
             if not ctx.filter.follows(name):
                 logger.warning("full sync of %s asked for, but the source filter does not follow it", name)
                 ctx.write(remove=[k])
@@ -147,7 +142,7 @@ class BucketTracker:
         """Bring the bucket record of ``name`` up to date with radosgw: new bucket, reshard,
         deleted, or deleted and created again."""
         ctx = self.ctx
-        if not ctx.filter.follows(name):
+        if not ctx.filter.follows(name) or not ctx.owns(name):
             return
         try:
             stats: BucketStats | None = ctx.admin.bucket_stats(name)
@@ -226,7 +221,7 @@ class BucketTracker:
                 continue
             self._lifetime(b, stats, b.gen)
             b.announced = True
-            ctx.write({bucket_key(name): b.encode()})
+            ctx.write({ctx.keys.bucket(name): b.encode()})
 
     def _record(self, ops: list[Mutation]) -> None:
         """Record bucket ops *before* the state that says they happened is written: a crash in
@@ -263,7 +258,7 @@ class BucketTracker:
             # A gone bucket has no log generation left to finish: a closing generation kept here
             # would hold every later sweep incomplete (and the watermark with it).
             tomb = dataclasses.replace(known, state="gone", closing=False)
-            ctx.write({bucket_key(name): tomb.encode()}, self.bucket_keys(name) + [full_sync_key(name)])
+            ctx.write({ctx.keys.bucket(name): tomb.encode()}, self.bucket_keys(name) + [ctx.keys.full(name)])
             ctx.state.forget(name)
             ctx.state.buckets[name] = tomb
         else:
@@ -280,7 +275,7 @@ class BucketTracker:
         instance still readable and read to its end lost nothing and is not reported."""
         ctx = self.ctx
         shards = known.shard_list()
-        got = ctx.store.omap_get(ctx.control_oid, [marker_key(bs) for bs in shards])
+        got = ctx.store.omap_get(ctx.control_oid, [ctx.keys.marker(bs) for bs in shards])
         estimate: int | None = 0
         for bs in shards:
             try:
@@ -288,7 +283,7 @@ class BucketTracker:
             except (NotFound, TransientError):
                 estimate = None
                 break
-            read = got.get(marker_key(bs), b"").decode()
+            read = got.get(ctx.keys.marker(bs), b"").decode()
             estimate = (estimate or 0) + max(0, _index_ver(head) - _index_ver(read))
         if estimate != 0:
             ctx.lost(known.name, known.bucket_id, estimate, why)
@@ -312,7 +307,7 @@ class BucketTracker:
             name, stats.bucket_id, stats.marker, gen, info.generations.get(0, stats.num_shards), "incr", 0,
             info.latest_gen > 0,
         )  # fmt: skip
-        ctx.write({bucket_key(name): b.encode()}, self.bucket_keys(name, keep=stats.bucket_id))
+        ctx.write({ctx.keys.bucket(name): b.encode()}, self.bucket_keys(name, keep=stats.bucket_id))
         st.forget(name, keep=stats.bucket_id)
         st.closing.pop(name, None)
         st.buckets[name] = b
@@ -322,10 +317,10 @@ class BucketTracker:
         return True
 
     def bucket_keys(self, name: str, *, keep: str | None = None) -> list[str]:
-        """The r.m / r.p keys of ``name`` (of every instance but ``keep``)."""
+        """The marker and pending keys of ``name`` (of every instance but ``keep``)."""
         ctx = self.ctx
         out: list[str] = []
-        for prefix in (FOLLOWER_MARKER_PREFIX, FOLLOWER_PENDING_PREFIX):
+        for prefix in (ctx.keys.marker_prefix, ctx.keys.pending_prefix):
             for k, _ in omap_iter(ctx.store, ctx.control_oid, prefix=f"{prefix}{name}:"):
                 bs = BucketShard.parse(k[len(prefix) :])
                 if bs is not None and bs.bucket == name and bs.bucket_id != keep:
@@ -349,9 +344,9 @@ class BucketTracker:
             info.latest_gen,
         )
         fs = FullSyncProgress(stats.bucket_id, gen, started=ctx.now())
-        sets: dict[str, bytes] = {bucket_key(name): b.encode(), full_sync_key(name): fs.encode()}
+        sets: dict[str, bytes] = {ctx.keys.bucket(name): b.encode(), ctx.keys.full(name): fs.encode()}
         for bs in b.shard_list():
-            sets[marker_key(bs)] = info.max_markers.get(bs.shard, "").encode()
+            sets[ctx.keys.marker(bs)] = info.max_markers.get(bs.shard, "").encode()
         removes = [k for k in self.bucket_keys(name) if k not in sets] + list(extra_remove)
         ctx.write(sets, removes)
         st.forget(name)

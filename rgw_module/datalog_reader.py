@@ -10,14 +10,13 @@ from __future__ import annotations
 import logging
 
 from changelog.errors import LeaseLost, PermanentError
-from changelog.pipeline.control import FOLLOWER_BUCKET_PREFIX
 from changelog.pipeline.loop import Stopped
 from rgw_module.admin import DataLogEntry, NotFound
 from rgw_module.bucket_tracker import BucketTracker
-from rgw_module.follower_state import ShardCursor, datalog_key, pending_key
+from rgw_module.follower_state import ShardCursor
 from rgw_module.generations import start_closing
 from rgw_module.mapping import datalog_shard
-from rgw_module.sweep_context import SweepContext
+from rgw_module.sweep_context import PARTITION, SweepContext
 
 logger = logging.getLogger(__name__)
 
@@ -112,11 +111,11 @@ class DataLogReader:
             page = ctx.admin.datalog_list(n, marker)
             sets = self._mark_pending(page.entries, ctx.now())
             if page.marker and page.marker != marker:
-                sets[datalog_key(n)] = page.marker.encode()
+                sets[ctx.keys.datalog(n)] = page.marker.encode()
             if sets:
                 ctx.write(sets)
                 ctx.fault("datalog")
-                if any(k.startswith(FOLLOWER_BUCKET_PREFIX) for k in sets):
+                if any(k.startswith(ctx.keys.bucket_prefix) for k in sets):
                     ctx.fault("closing")  # a newer generation seen and persisted, not yet read
             ctx.state.datalog[n] = page.marker or marker
             if not page.truncated or not page.entries:
@@ -130,6 +129,8 @@ class DataLogReader:
         for e in entries:
             bs = e.shard
             reason = ctx.skip_reason(bs.bucket)
+            if reason == PARTITION:
+                continue
             if reason is not None:
                 ctx.skipped(reason, bucket=bs.bucket)
             if ctx.filter.excluded(bs.bucket):
@@ -155,6 +156,6 @@ class DataLogReader:
                     sh.since = now
                 value = sh.heat(now + ctx.config.hot_seconds)
                 if value is not None:
-                    sets[pending_key(bs)] = value
+                    sets[ctx.keys.pending(bs)] = value
                     sh.persisted_hot = sh.hot_until
         return sets

@@ -43,7 +43,7 @@ from typing import TypedDict
 
 from changelog.config import SourceConfig
 from changelog.errors import PermanentError, TransientError
-from changelog.pipeline.control import FOLLOWER_CAUGHT_UP_KEY, FOLLOWER_LOCK, FOLLOWER_REQUEST_PREFIX
+from changelog.pipeline.control import FOLLOWER_LOCK, FOLLOWER_REQUEST_PREFIX
 from changelog.pipeline.index import ChangeIndex
 from changelog.pipeline.lease import Lease, make_cookie
 from changelog.pipeline.loop import Clocks, LoopCounts, LoopPolicy, Stopped, run_leased
@@ -57,6 +57,7 @@ from rgw_module.datalog_reader import DataLogReader
 from rgw_module.follower_state import dump_json, follower_state
 from rgw_module.full_sync import FullSyncRunner
 from rgw_module.generations import advance_generations, start_closing
+from rgw_module.partition_scope import PartitionScope
 from rgw_module.sweep_context import FACT_SOURCES, FAULT_STEPS, SKIP_REASONS, SweepContext
 from rgw_module.trim import Trimmer
 
@@ -77,6 +78,7 @@ BUCKET_OPS = (Op.BUCKET_CREATE.value, Op.BUCKET_DELETE.value)
 # Persist caught_up_until at most this often: it is a hint for a restarted follower, the live
 # value is in memory.
 CAUGHT_UP_PERSIST_S = 5.0
+PARTITION_CAUGHT_UP_PERSIST_S = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,6 +142,9 @@ class Follower:
         paused: Callable[[], bool] | None = None,
         internal_buckets: Iterable[str] = (),
         bucket_index: BucketIndexReader | None = None,
+        partition: PartitionScope | None = None,
+        lease: Lease | None = None,
+        pool: ThreadPoolExecutor | None = None,
     ) -> None:
         config = config if config is not None else SourceConfig()
         if (
@@ -151,13 +156,17 @@ class Follower:
             raise PermanentError(
                 "follower: poll_interval, page_entries, workers and shards_per_round must be > 0"
             )
-        self.name = "follower"
+        self.name = "follower" if partition is None else f"follower partition {partition.index}"
         self.config = config
         self.index = index
         self.admin = admin
         self.clocks = clocks if clocks is not None else Clocks()
         self.follower_id = follower_id or make_cookie("follower")
-        self.lease = Lease(
+        self.partition = partition
+        # A partition's lease, pool and bucket-index reader belong to its runner
+        # (``rgw_module.follower_partitions``): this follower does not release or close them.
+        self._owns_shared = lease is None
+        self.lease = lease or Lease(
             index.store,
             index.control_oid,
             name=LEASE_NAME,
@@ -167,7 +176,7 @@ class Follower:
             monotonic=self.clocks.monotonic,
         )
         self._paused = paused
-        self._pool = ThreadPoolExecutor(max_workers=config.workers, thread_name_prefix="rgw-follower")
+        self._pool = pool or ThreadPoolExecutor(max_workers=config.workers, thread_name_prefix="rgw-follower")
         self._ctx = ctx = SweepContext(
             index,
             admin,
@@ -179,6 +188,7 @@ class Follower:
             fault_hook=fault_hook,
             internal_buckets=internal_buckets,
             bucket_index=bucket_index,
+            scope=partition,
         )
         self._buckets = BucketTracker(ctx)
         self._datalog = DataLogReader(ctx, self._buckets)
@@ -257,7 +267,7 @@ class Follower:
         this process saw and does not follow (internal ones) and why."""
         with self._ctx.lock:
             not_followed = dict(sorted(self._ctx.not_followed.items()))
-        return {**follower_state(self.index), "not_followed": not_followed}
+        return {**follower_state(self.index, self._ctx.keys, self.lease.ref.name), "not_followed": not_followed}
 
     def request_full_sync(self, bucket: str) -> None:
         """Ask for a new baseline of ``bucket`` (``tenant/bucket`` for a tenant's; any process
@@ -285,7 +295,13 @@ class Follower:
     def release(self) -> None:
         self.lease.release()
 
+    def leases(self) -> list[Lease]:
+        """The leases this follower takes (for the health check and the metrics)."""
+        return [self.lease]
+
     def close(self) -> None:
+        if not self._owns_shared:
+            return
         self.release()
         self._pool.shutdown(wait=True, cancel_futures=True)
         if self._ctx.bucket_index is not None:
@@ -367,7 +383,7 @@ class Follower:
         """Read the persisted state (after taking the lease: another follower may have moved it)."""
         ctx, st = self._ctx, self._ctx.state
         now = ctx.now()
-        st.load(ctx.store, ctx.control_oid, now)
+        st.load(ctx.store, ctx.control_oid, now, ctx.keys)
         for b in st.buckets.values():
             if b.closing and b.state != "gone":
                 start_closing(ctx, b, now, persist=False)
@@ -388,6 +404,9 @@ class Follower:
                 return
             ctx.state.caught_up_us = us
         now = self.clocks.monotonic()
-        if now - self._caught_up_persisted >= CAUGHT_UP_PERSIST_S:
-            ctx.write({FOLLOWER_CAUGHT_UP_KEY: str(us).encode()})
+        # A partition's is what the collector reads (the minimum over the partitions caps its
+        # watermark): persisted more often.
+        every = CAUGHT_UP_PERSIST_S if self.partition is None else PARTITION_CAUGHT_UP_PERSIST_S
+        if now - self._caught_up_persisted >= every:
+            ctx.write({ctx.keys.caught_up: str(us).encode()})
             self._caught_up_persisted = now

@@ -29,14 +29,9 @@ from typing import Literal, cast
 import orjson
 
 from changelog.pipeline.control import (
-    FOLLOWER_BOOT_KEY,
-    FOLLOWER_BUCKET_PREFIX,
-    FOLLOWER_CAUGHT_UP_KEY,
-    FOLLOWER_DATALOG_PREFIX,
-    FOLLOWER_FULL_PREFIX,
     FOLLOWER_LOCK,
-    FOLLOWER_MARKER_PREFIX,
-    FOLLOWER_PENDING_PREFIX,
+    FOLLOWER_PARTITION_PREFIX,
+    FOLLOWER_PREFIX,
 )
 from changelog.pipeline.index import ChangeIndex
 from changelog.pipeline.store import ObjectStore, omap_iter
@@ -55,24 +50,67 @@ def dump_json(obj: object) -> bytes:
     return orjson.dumps(obj)
 
 
-def datalog_key(n: int) -> str:
-    return f"{FOLLOWER_DATALOG_PREFIX}{n:04d}"
+@dataclass(frozen=True, slots=True)
+class StateKeys:
+    """Where one follower keeps its state in the control object: under ``r.`` for a follower of
+    the whole zone, under ``rp.<p>.`` for follower partition ``p`` (``[scale] partitioned``;
+    each partition is a follower of its own buckets, docs/design.md §14). Requests for a full
+    sync stay under ``r.rq.``: the partition owning the bucket takes them."""
+
+    prefix: str = FOLLOWER_PREFIX
+    partition: int | None = None
+
+    @classmethod
+    def of(cls, partition: int | None) -> StateKeys:
+        if partition is None:
+            return ZONE_KEYS
+        return cls(f"{FOLLOWER_PARTITION_PREFIX}{partition}.", partition)
+
+    @property
+    def boot(self) -> str:
+        return self.prefix + "boot"
+
+    @property
+    def caught_up(self) -> str:
+        return self.prefix + "cu"
+
+    @property
+    def datalog_prefix(self) -> str:
+        return self.prefix + "dl."
+
+    @property
+    def pending_prefix(self) -> str:
+        return self.prefix + "p."
+
+    @property
+    def marker_prefix(self) -> str:
+        return self.prefix + "m."
+
+    @property
+    def bucket_prefix(self) -> str:
+        return self.prefix + "k."
+
+    @property
+    def full_prefix(self) -> str:
+        return self.prefix + "f."
+
+    def datalog(self, n: int) -> str:
+        return f"{self.prefix}dl.{n:04d}"
+
+    def pending(self, bs: BucketShard) -> str:
+        return self.prefix + "p." + bs.key
+
+    def marker(self, bs: BucketShard) -> str:
+        return self.prefix + "m." + bs.key
+
+    def bucket(self, name: str) -> str:
+        return self.prefix + "k." + name
+
+    def full(self, name: str) -> str:
+        return self.prefix + "f." + name
 
 
-def pending_key(bs: BucketShard) -> str:
-    return FOLLOWER_PENDING_PREFIX + bs.key
-
-
-def marker_key(bs: BucketShard) -> str:
-    return FOLLOWER_MARKER_PREFIX + bs.key
-
-
-def bucket_key(name: str) -> str:
-    return FOLLOWER_BUCKET_PREFIX + name
-
-
-def full_sync_key(name: str) -> str:
-    return FOLLOWER_FULL_PREFIX + name
+ZONE_KEYS = StateKeys()
 
 
 def pending_value(hot_until: float) -> bytes:
@@ -218,23 +256,23 @@ class FollowerState:
     excluded_seen: dict[BucketShard, float] = field(default_factory=dict)  # shards of excluded buckets
     generation_aware: bool | None = None  # radosgw has log generations (Reef+); None: not known yet
 
-    def load(self, store: ObjectStore, oid: str, now: float) -> None:
-        got = store.omap_get(oid, [FOLLOWER_BOOT_KEY, FOLLOWER_CAUGHT_UP_KEY])
-        self.boot = BootRecord.decode(got[FOLLOWER_BOOT_KEY]) if FOLLOWER_BOOT_KEY in got else None
-        self.caught_up_us = int(got[FOLLOWER_CAUGHT_UP_KEY]) if FOLLOWER_CAUGHT_UP_KEY in got else None
+    def load(self, store: ObjectStore, oid: str, now: float, keys: StateKeys = ZONE_KEYS) -> None:
+        got = store.omap_get(oid, [keys.boot, keys.caught_up])
+        self.boot = BootRecord.decode(got[keys.boot]) if keys.boot in got else None
+        self.caught_up_us = int(got[keys.caught_up]) if keys.caught_up in got else None
         self.datalog = {
-            int(k[len(FOLLOWER_DATALOG_PREFIX) :]): v.decode()
-            for k, v in omap_iter(store, oid, prefix=FOLLOWER_DATALOG_PREFIX)
+            int(k[len(keys.datalog_prefix) :]): v.decode()
+            for k, v in omap_iter(store, oid, prefix=keys.datalog_prefix)
         }
         self.datalog_trimmed = {}
         self.buckets = {
-            name: BucketRecord.decode(name, v) for name, v in _by_name(store, oid, FOLLOWER_BUCKET_PREFIX)
+            name: BucketRecord.decode(name, v) for name, v in _by_name(store, oid, keys.bucket_prefix)
         }
         self.full = {
-            name: FullSyncProgress.decode(v) for name, v in _by_name(store, oid, FOLLOWER_FULL_PREFIX)
+            name: FullSyncProgress.decode(v) for name, v in _by_name(store, oid, keys.full_prefix)
         }
         self.shards = {}
-        for k, v in _by_name(store, oid, FOLLOWER_PENDING_PREFIX):
+        for k, v in _by_name(store, oid, keys.pending_prefix):
             bs = BucketShard.parse(k)
             if bs is not None:
                 hot = float(orjson.loads(v).get("hot_until", 0.0))
@@ -252,17 +290,18 @@ def _by_name(store: ObjectStore, oid: str, prefix: str) -> list[tuple[str, bytes
     return [(k[len(prefix) :], v) for k, v in omap_iter(store, oid, prefix=prefix)]
 
 
-def follower_state(index: ChangeIndex) -> dict[str, object]:
-    """The persisted follower state, read directly from the control object."""
+def follower_state(index: ChangeIndex, keys: StateKeys = ZONE_KEYS, lock_name: str = FOLLOWER_LOCK) -> dict[str, object]:
+    """The persisted state of a follower (of the zone, or of one partition: ``keys`` and its
+    lease ``lock_name``), read directly from the control object."""
     store, oid = index.store, index.control_oid
-    got = store.omap_get(oid, [FOLLOWER_BOOT_KEY, FOLLOWER_CAUGHT_UP_KEY])
-    buckets = {name: orjson.loads(v) for name, v in _by_name(store, oid, FOLLOWER_BUCKET_PREFIX)}
-    full = {name: orjson.loads(v) for name, v in _by_name(store, oid, FOLLOWER_FULL_PREFIX)}
-    pending = sum(1 for _ in omap_iter(store, oid, prefix=FOLLOWER_PENDING_PREFIX))
-    markers = sum(1 for _ in omap_iter(store, oid, prefix=FOLLOWER_MARKER_PREFIX))
-    cu = int(got[FOLLOWER_CAUGHT_UP_KEY]) / 1_000_000 if FOLLOWER_CAUGHT_UP_KEY in got else None
-    lock = store.lock_info(oid, FOLLOWER_LOCK)
-    boot = got.get(FOLLOWER_BOOT_KEY)
+    got = store.omap_get(oid, [keys.boot, keys.caught_up])
+    buckets = {name: orjson.loads(v) for name, v in _by_name(store, oid, keys.bucket_prefix)}
+    full = {name: orjson.loads(v) for name, v in _by_name(store, oid, keys.full_prefix)}
+    pending = sum(1 for _ in omap_iter(store, oid, prefix=keys.pending_prefix))
+    markers = sum(1 for _ in omap_iter(store, oid, prefix=keys.marker_prefix))
+    cu = int(got[keys.caught_up]) / 1_000_000 if keys.caught_up in got else None
+    lock = store.lock_info(oid, lock_name)
+    boot = got.get(keys.boot)
     return {
         "bootstrapped": BootRecord.decode(boot).done if boot is not None else False,
         "caught_up_until": cu,

@@ -15,9 +15,6 @@ from rgw_module.admin import AccessDenied, NotFound, ObjectPage
 from rgw_module.follower_state import (
     FullSyncProgress,
     ShardCursor,
-    bucket_key,
-    full_sync_key,
-    pending_key,
     pending_value,
 )
 from rgw_module.mapping import baseline_mutation
@@ -95,7 +92,7 @@ class FullSyncRunner:
                 fs.prefix_idx += 1
                 fs.key_marker = fs.version_marker = ""
         if fs.prefix_idx < len(prefixes):
-            ctx.write({full_sync_key(name): fs.encode()})
+            ctx.write({ctx.keys.full(name): fs.encode()})
         else:
             self._done(name, fs)
 
@@ -125,7 +122,7 @@ class FullSyncRunner:
         b = st.buckets[name]
         b.state = "incr"
         now = ctx.now()
-        sets = {bucket_key(name): b.encode()}
+        sets = {ctx.keys.bucket(name): b.encode()}
         for bs in b.shard_list():
             with ctx.lock:
                 sh = st.shards.get(bs) or ShardCursor(bs, since=now)
@@ -133,8 +130,8 @@ class FullSyncRunner:
                 sh.persisted_hot = sh.hot_until
                 sh.at_end = False
                 st.shards[bs] = sh
-            sets[pending_key(bs)] = pending_value(sh.hot_until)
-        ctx.write(sets, [full_sync_key(name)])
+            sets[ctx.keys.pending(bs)] = pending_value(sh.hot_until)
+        ctx.write(sets, [ctx.keys.full(name)])
         del st.full[name]
         with ctx.lock:
             ctx.stats.full_syncs_done += 1

@@ -16,9 +16,6 @@ from rgw_module.admin import BilogInfo, NotFound
 from rgw_module.follower_state import (
     BucketRecord,
     ShardCursor,
-    bucket_key,
-    marker_key,
-    pending_key,
     pending_value,
 )
 from rgw_module.mapping import BucketShard
@@ -35,7 +32,7 @@ def start_closing(ctx: SweepContext, b: BucketRecord, now: float, *, persist: bo
     shards = b.shard_list()
     ctx.state.closing[b.name] = set(shards)
     hot_until = now + ctx.config.hot_seconds
-    sets: dict[str, bytes] = {bucket_key(b.name): b.encode()}
+    sets: dict[str, bytes] = {ctx.keys.bucket(b.name): b.encode()}
     for bs in shards:
         sh = ctx.state.shards.get(bs)
         if sh is None:
@@ -44,7 +41,7 @@ def start_closing(ctx: SweepContext, b: BucketRecord, now: float, *, persist: bo
         sh.since = min(sh.since, now) if sh.since else now
         sh.hot_until = max(sh.hot_until, hot_until)
         sh.persisted_hot = sh.hot_until
-        sets[pending_key(bs)] = pending_value(sh.hot_until)
+        sets[ctx.keys.pending(bs)] = pending_value(sh.hot_until)
     logger.info(
         "bucket %s: a newer bucket-index-log generation than %d exists (resharded): finishing %d shards",
         b.name, b.log_gen, len(shards),
@@ -87,7 +84,7 @@ def advance_generations(ctx: SweepContext, resolve: Callable[[str], None]) -> bo
             # removed?): keep following this one.
             b.closing = False
             closing.pop(name, None)
-            ctx.write({bucket_key(name): b.encode()})
+            ctx.write({ctx.keys.bucket(name): b.encode()})
             continue
         if ctx.trim_bilogs:
             _trim_generation(ctx, b.shard_list())
@@ -100,8 +97,8 @@ def advance_generations(ctx: SweepContext, resolve: Callable[[str], None]) -> bo
 def _trim_generation(ctx: SweepContext, old: list[BucketShard]) -> None:
     """Trim the shards of a finished generation up to their persisted markers: everything up to
     them is recorded, and nothing is written to a finished generation any more."""
-    got = ctx.store.omap_get(ctx.control_oid, [marker_key(bs) for bs in old])
-    jobs = [(bs, got[marker_key(bs)].decode()) for bs in old if got.get(marker_key(bs))]
+    got = ctx.store.omap_get(ctx.control_oid, [ctx.keys.marker(bs) for bs in old])
+    jobs = [(bs, got[ctx.keys.marker(bs)].decode()) for bs in old if got.get(ctx.keys.marker(bs))]
     results = ctx.parallel(lambda j: ctx.admin.bilog_trim(j[0], j[1]), jobs)
     for (bs, _m), r in zip(jobs, results, strict=True):
         if isinstance(r, BaseException) and not isinstance(r, NotFound):
@@ -121,9 +118,9 @@ def _switch(ctx: SweepContext, b: BucketRecord, info: BilogInfo, nxt: int) -> No
     hot_until = now + ctx.config.hot_seconds
     old = b.shard_list()
     new_shards = nb.shard_list()
-    sets: dict[str, bytes] = {bucket_key(name): nb.encode()}
-    sets.update((pending_key(bs), pending_value(hot_until)) for bs in new_shards)
-    ctx.write(sets, [k for bs in old for k in (marker_key(bs), pending_key(bs))])
+    sets: dict[str, bytes] = {ctx.keys.bucket(name): nb.encode()}
+    sets.update((ctx.keys.pending(bs), pending_value(hot_until)) for bs in new_shards)
+    ctx.write(sets, [k for bs in old for k in (ctx.keys.marker(bs), ctx.keys.pending(bs))])
     for bs in old:
         st.shards.pop(bs, None)
         st.to_trim.pop(bs, None)

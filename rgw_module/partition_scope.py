@@ -1,37 +1,42 @@
-"""What one partition of the follower owns (docs/partitions-plan.md): its data-log shards
-(``n % count == index``), the bucket-index shards radosgw logs to them (``datalog_shard``), and
-the buckets whose bucket-level work is its own (a hash of the qualified name). Pure functions of
-the partition, the partition count and the zone's data-log shard count."""
+"""What one partition of the follower owns (``[scale] partitioned``, docs/design.md §14): the
+buckets whose qualified name hashes to it, with everything about them (their bucket-index
+shards and log generations, full syncs, bucket records, requests), and the data-log shards
+``n % count == index`` for trimming only (every partition reads the whole data log, keeping the
+entries of its own buckets).
+
+Why buckets and not data-log shards: a key's records must come from one follower at a time,
+in ``seq`` order (H6), across reshards; a reshard moves a key to another bucket-index shard, so
+another data-log shard, while its bucket stays. With buckets as the unit, a reshard, a log
+generation, a full sync and a bucket's delete are each handled by one partition exactly as the
+single follower does. The cost: every partition reads the data log (one entry per busy
+bucket-index shard per ``rgw_data_log_window``, small beside the bucket-index logs), and one hot
+bucket is one partition's work.
+"""
 
 from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
 
-from rgw_module.mapping import BucketShard, datalog_shard
 
-
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class PartitionScope:
     index: int
     count: int
-    datalog_shards: int
 
     def __post_init__(self) -> None:
-        if not 0 <= self.index < self.count or self.datalog_shards < 1:
-            raise ValueError(f"partition {self.index} of {self.count} over {self.datalog_shards} data-log shards")
-
-    def owns_datalog(self, n: int) -> bool:
-        return n % self.count == self.index
-
-    def owns_shard(self, bs: BucketShard) -> bool:
-        """The partition reading ``bs``'s log: the owner of the data-log shard it is logged to."""
-        return self.owns_datalog(datalog_shard(bs.bucket, bs.shard, self.datalog_shards))
+        if not 0 <= self.index < self.count:
+            raise ValueError(f"partition {self.index} of {self.count}")
 
     def owns_bucket(self, qualified: str) -> bool:
-        """The partition doing ``qualified``'s bucket-level work (scan, full sync, reshards)."""
-        h = int.from_bytes(hashlib.blake2b(qualified.encode(), digest_size=8).digest(), "big")
-        return h % self.count == self.index
+        """Whether ``qualified`` (``tenant/bucket`` for a tenant's) is this partition's."""
+        return bucket_partition(qualified, self.count) == self.index
 
-    def datalog(self) -> list[int]:
-        return [n for n in range(self.datalog_shards) if self.owns_datalog(n)]
+    def owns_datalog(self, n: int) -> bool:
+        """Whether this partition trims data-log shard ``n`` (up to every partition's marker)."""
+        return n % self.count == self.index
+
+
+def bucket_partition(qualified: str, count: int) -> int:
+    """The partition of ``count`` owning bucket ``qualified``: a stable hash of the name."""
+    return int.from_bytes(hashlib.blake2b(qualified.encode(), digest_size=8).digest(), "big") % count

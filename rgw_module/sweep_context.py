@@ -21,8 +21,9 @@ from changelog.pipeline.mutation import Mutation
 from changelog.pipeline.store import LockRef, WriteOp
 from rgw_module.admin import AdminClient
 from rgw_module.bucket_index import BucketIndexReader
-from rgw_module.follower_state import FollowerState
+from rgw_module.follower_state import FollowerState, StateKeys
 from rgw_module.mapping import BucketFilter
+from rgw_module.partition_scope import PartitionScope
 
 logger = logging.getLogger(__name__)
 
@@ -66,6 +67,8 @@ class FollowerStats:
 # internal (the target's own bucket, multipart parts and other internal-namespace entries of
 # the bucket index). Tenants' buckets are followed like the others (named ``tenant/bucket``).
 SKIP_REASONS = ("filter", "internal")
+# Another partition's bucket (``[scale] partitioned``): followed there, not counted here.
+PARTITION = "partition"
 # Why a bucket seen is not followed (``not_followed``; the filter's choices are not listed).
 NOT_FOLLOWED_REASONS = ("internal", "access_denied")
 # Where a write record's facts came from: the bucket index; nowhere, its index entry already
@@ -107,8 +110,13 @@ class SweepContext:
         fault_hook: Callable[[str], None] | None = None,
         internal_buckets: Iterable[str] = (),
         bucket_index: BucketIndexReader | None = None,
+        scope: PartitionScope | None = None,
     ) -> None:
         self.index = index
+        # A partition of the follower (``[scale] partitioned``): its buckets, and where its state
+        # lives; None: the whole zone, state under ``r.``.
+        self.scope = scope
+        self.keys = StateKeys.of(None if scope is None else scope.index)
         self.store = index.store
         self.control_oid = index.control_oid
         self.admin = admin
@@ -157,8 +165,16 @@ class SweepContext:
         with self.lock:
             self.stats.source_errors[kind] += 1
 
+    def owns(self, bucket: str) -> bool:
+        """Whether ``bucket`` is this follower's: always, but for a partition (another
+        partition's bucket is followed there, and is not counted or named here)."""
+        return self.scope is None or self.scope.owns_bucket(bucket)
+
     def skip_reason(self, bucket: str) -> str | None:
-        """Why ``bucket`` is not followed (SKIP_REASONS), None if it is."""
+        """Why ``bucket`` is not followed (SKIP_REASONS, or ``PARTITION``: another partition's),
+        None if it is."""
+        if self.scope is not None and not self.scope.owns_bucket(bucket):
+            return PARTITION
         if self.filter.follows(bucket):
             return None
         return "internal" if bucket in self.internal_buckets else "filter"
@@ -173,6 +189,8 @@ class SweepContext:
         """Count ``entries`` log entries skipped for ``reason``; a bucket not followed for another
         reason than the filter is named once (a WARNING unless it is internal: its changes are
         not in the logs)."""
+        if reason == PARTITION:
+            return  # followed by another partition
         new = False
         with self.lock:
             if entries:

@@ -7,9 +7,10 @@ change-log target's own writes) are trimmed as they come, since nobody records t
 from __future__ import annotations
 
 import logging
+import re
 
 from rgw_module.admin import NotFound
-from rgw_module.follower_state import ShardCursor
+from rgw_module.follower_state import ShardCursor, StateKeys
 from rgw_module.mapping import BucketShard
 from rgw_module.sweep_context import SweepContext
 
@@ -97,7 +98,7 @@ class Trimmer:
     def _trim_datalog(self, now: float) -> None:
         ctx, st = self.ctx, self.ctx.state
         due: list[tuple[int, str]] = []
-        for n, m in sorted(st.datalog.items()):
+        for n, m in sorted(self._datalog_markers().items()):
             done, at = st.datalog_trimmed.get(n, ("", float("-inf")))
             if m and m != done and now - at >= ctx.config.trim_interval:
                 due.append((n, m))
@@ -109,3 +110,33 @@ class Trimmer:
             st.datalog_trimmed[n] = (m, now)
             with ctx.lock:
                 ctx.stats.datalog_trims += 1
+
+    def _datalog_markers(self) -> dict[int, str]:
+        """How far the data log may be trimmed, by shard: this follower's markers; for a
+        partition, the shards it trims (``owns_datalog``), each up to the *lowest* marker of
+        every partition (all read the whole data log). A partition that never ran has no marker
+        and holds its shards back: nothing is trimmed that one of them has not read."""
+        ctx, st = self.ctx, self.ctx.state
+        scope = ctx.scope
+        if scope is None:
+            return dict(st.datalog)
+        mine = [n for n in st.datalog if scope.owns_datalog(n)]
+        others = [StateKeys.of(p) for p in range(scope.count) if p != scope.index]
+        wanted = [k.datalog(n) for n in mine for k in others]
+        got = ctx.store.omap_get(ctx.control_oid, wanted) if wanted else {}
+        out: dict[int, str] = {}
+        for n in mine:
+            markers = [st.datalog[n], *(got[k.datalog(n)].decode() for k in others if k.datalog(n) in got)]
+            if len(markers) == len(others) + 1:
+                out[n] = min(markers, key=marker_order)
+        return out
+
+
+def marker_order(marker: str) -> tuple[int, ...]:
+    """A data-log marker as a sortable tuple: its numbers in order. FIFO markers (Pacific and
+    later) are ``<part:020d>:<offset:020d>``, the old omap ones ``1_<sec>.<usec>_<n>.1``; both
+    sort by their numbers, and the empty marker (nothing read) sorts first."""
+    return tuple(int(x) for x in _DIGITS.findall(marker))
+
+
+_DIGITS = re.compile(r"\d+")

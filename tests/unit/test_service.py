@@ -244,6 +244,9 @@ class FakeFollower:
         self.admin = FakeAdmin2()
         self.lease = lease
 
+    def leases(self) -> list[Any]:
+        return [self.lease]
+
 
 def test_health_checks_with_a_follower(tmp_path: Any) -> None:
     from changelog import config as config_mod
