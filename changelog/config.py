@@ -31,19 +31,15 @@ from __future__ import annotations
 import difflib
 import json
 import os
-import re
-import ssl
 import tomllib
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Annotated, ClassVar, Literal, Self, TypeAlias, get_args
+from typing import TYPE_CHECKING, Annotated, ClassVar, Literal, Self, TypeAlias
 
 from pydantic import (
     AfterValidator,
-    BaseModel,
     BeforeValidator,
-    ConfigDict,
     Field,
     ValidationError,
     ValidationInfo,
@@ -51,8 +47,9 @@ from pydantic import (
     model_validator,
 )
 
+from changelog.config_base import S3Section, Section, _Model
+from changelog.consumers.lifecycle.rules import LifecycleConfig
 from changelog.config_types import (
-    ENV_SUFFIX,
     MASK,
     Duration,
     Flag,
@@ -73,11 +70,9 @@ from changelog.config_types import (
     Text,
     config_error,
     invalid,
-    known_keys,
     parse_size,
     pattern,
     reveal,
-    shown,
     split_listen,
     suggest,
 )
@@ -106,125 +101,6 @@ RGW_PAGE = 1000
 ConfigValue: TypeAlias = "str | int | float | bool | None | list[ConfigValue] | dict[str, ConfigValue]"
 
 
-class _Model(BaseModel):
-    # Sections built in code raise pydantic's ValidationError; keep the inputs out of its text
-    # (and so out of tracebacks in the log): they may be secrets.
-    model_config = ConfigDict(frozen=True, extra="forbid", hide_input_in_errors=True)
-
-    @classmethod
-    def unchecked(cls, **values: object) -> Self:
-        """For tests only: build without any check, so that values an operator may not set (a
-        0.5 s lease, a 10 ms interval) can be used. Unknown names are still refused; lists
-        become tuples, tables read-only mappings, integers floats where a float is declared;
-        keys not given take their defaults."""
-        out: dict[str, object] = {}
-        for key, v in values.items():
-            if key not in cls.model_fields:
-                raise TypeError(f"{cls.__name__} has no key {key!r}")
-            out[key] = _plain(v, cls.model_fields[key].annotation)
-        return cls.model_construct(None, **out)
-
-
-def _plain(v: object, annotation: object) -> object:
-    if isinstance(annotation, type) and issubclass(annotation, _Model) and isinstance(v, Mapping):
-        return annotation.unchecked(**v)
-    if isinstance(v, list):
-        return tuple(v)
-    if isinstance(v, Mapping):
-        return MappingProxyType({k: tuple(x) if isinstance(x, list | tuple) else (x,) for k, x in v.items()})
-    if isinstance(v, int) and not isinstance(v, bool) and (annotation is float or float in get_args(annotation)):
-        return float(v)
-    if isinstance(v, str) and Secret in get_args(annotation):
-        return Secret(v)
-    return v
-
-
-class Section(_Model):
-    """A section of the file (``section`` is its name there). Keys ending in ``_env`` name the
-    environment variable a secret is read from (the environment is the validation context's
-    ``env``, else ``os.environ``)."""
-
-    section: ClassVar[str] = ""
-
-    @model_validator(mode="before")
-    @classmethod
-    def _secrets_from_env(cls, data: object, info: ValidationInfo) -> object:
-        if not isinstance(data, dict):
-            return data
-        ctx = info.context
-        env: Mapping[str, str] = ctx["env"] if isinstance(ctx, dict) and "env" in ctx else os.environ
-        secrets = {k[: -len(ENV_SUFFIX)] for k in known_keys(cls) if k.endswith(ENV_SUFFIX)}
-        out = dict(data)
-        for key, v in data.items():
-            base = key[: -len(ENV_SUFFIX)] if isinstance(key, str) and key.endswith(ENV_SUFFIX) else None
-            if base not in secrets:
-                continue
-            name = f"{cls.section}.{key}"
-            if base in data:
-                raise invalid(f"set {cls.section}.{base} or {name}, not both", line=True)
-            if not isinstance(v, str) or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", v):
-                raise invalid(f"{name} must name an environment variable (got {shown(v)})", line=True)
-            if v not in env:
-                raise invalid(f"{name} names ${v}, which is not set in the environment", line=True)
-            del out[key]
-            out[base] = Secret(env[v], source="$" + v)
-        return out
-
-
-class _S3Section(Section):
-    """A section with S3 credentials (both keys or neither) and TLS settings: ``verify`` (check
-    the server's certificate, default true) and ``ca_bundle`` (a PEM file of the CAs to trust,
-    e.g. a private CA; default: the system's)."""
-
-    verify: Flag = True
-    ca_bundle: PathStr | None = None
-
-    @property
-    def tls_verify(self) -> bool | str:
-        """What an HTTP client takes as ``verify``: False, the CA bundle's path, or True."""
-        if not self.verify:
-            return False
-        return self.ca_bundle if self.ca_bundle is not None else True
-
-    @field_validator("ca_bundle")
-    @classmethod
-    def _readable_bundle(cls, v: str | None) -> str | None:
-        # Checked here, so that a wrong path is one line at start-up rather than a TLS error on
-        # the first request (where botocore and urllib3 word it differently).
-        if v is not None:
-            problem = _ca_bundle_problem(v)
-            if problem:
-                raise invalid(f"{cls.section}.ca_bundle: {v} {problem}", line=True)
-        return v
-
-    @model_validator(mode="after")
-    def _both_keys(self) -> Self:
-        access, secret = getattr(self, "access_key", None), getattr(self, "secret_key", None)
-        if (access is None) != (secret is None):
-            have, missing = ("access_key", "secret_key") if secret is None else ("secret_key", "access_key")
-            sec = self.section
-            raise invalid(f"{sec}.{have} is set but {sec}.{missing} is not: set both (or neither)", line=True)
-        return self
-
-
-def _ca_bundle_problem(path: str) -> str | None:
-    """Why ``path`` cannot serve as a CA bundle (None: it loads, with at least one CA)."""
-    try:
-        ctx = ssl.create_default_context(cafile=path)
-    except FileNotFoundError:
-        return "not found"
-    except IsADirectoryError:
-        return "is a directory, not a PEM file"
-    except PermissionError:
-        return "cannot be read (permission denied)"
-    except (ssl.SSLError, ValueError, OSError) as ex:
-        return f"is not a PEM file of CA certificates ({getattr(ex, 'reason', None) or ex})"
-    # Any certificate counts: OpenSSL also trusts a self-signed server certificate given here.
-    if not ctx.cert_store_stats()["x509"]:
-        return "holds no certificate"
-    return None
-
-
 class IndexConfig(Section):
     section: ClassVar[str] = "index"
 
@@ -247,7 +123,7 @@ class IndexConfig(Section):
         return self
 
 
-class SourceConfig(_S3Section):
+class SourceConfig(S3Section):
     """The radosgw zone followed, and the follower's tuning."""
 
     section: ClassVar[str] = "source"
@@ -326,7 +202,7 @@ class SourceConfig(_S3Section):
         return any(key.startswith(p) for p in wanted)
 
 
-class TargetConfig(_S3Section):
+class TargetConfig(S3Section):
     section: ClassVar[str] = "target"
 
     url: TargetUrl = Field(default="file://./changelog-logs/", validate_default=True)
@@ -401,7 +277,7 @@ class ApiConfig(Section):
         return split_listen(self.listen)[1]
 
 
-class BackupConfig(_S3Section):
+class BackupConfig(S3Section):
     section: ClassVar[str] = "backup"
 
     url: TargetUrl | None = None
@@ -429,7 +305,7 @@ class BackupConfig(_S3Section):
         return self
 
 
-class SiteConfig(_S3Section):
+class SiteConfig(S3Section):
     """One ``[[replication.sites]]`` entry: an S3 site the zone's buckets are replicated to
     (another radosgw, AWS or any S3 service)."""
 
@@ -576,6 +452,7 @@ SECTIONS: dict[str, type[Section]] = {
     "backup": BackupConfig,
     "replication": ReplicationConfig,
     "usage": UsageConfig,
+    "lifecycle": LifecycleConfig,
     "scale": ScaleConfig,
     "health": HealthConfig,
     "logging": LoggingConfig,
@@ -595,6 +472,7 @@ class Config(_Model):
     backup: BackupConfig = Field(default_factory=BackupConfig)
     replication: ReplicationConfig = Field(default_factory=ReplicationConfig)
     usage: UsageConfig = Field(default_factory=UsageConfig)
+    lifecycle: LifecycleConfig = Field(default_factory=LifecycleConfig)
     scale: ScaleConfig = Field(default_factory=ScaleConfig)
     health: HealthConfig = Field(default_factory=HealthConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
@@ -702,7 +580,7 @@ def _inherit_source(cfg: Config) -> Config:
     ``ca_bundle``), unless it sets them itself."""
     src = cfg.source
 
-    def inherit(part: TargetConfig | BackupConfig) -> dict[str, object]:
+    def inherit(part: TargetConfig | BackupConfig | LifecycleConfig) -> dict[str, object]:
         update: dict[str, object] = {
             "endpoint": part.endpoint or src.endpoint,
             "access_key": part.access_key or src.access_key,
@@ -719,6 +597,8 @@ def _inherit_source(cfg: Config) -> Config:
         update["target"] = cfg.target.model_copy(update=inherit(cfg.target))
     if cfg.backup.url is not None and cfg.backup.url.startswith("s3://"):
         update["backup"] = cfg.backup.model_copy(update=inherit(cfg.backup))
+    if cfg.lifecycle.enabled:
+        update["lifecycle"] = cfg.lifecycle.model_copy(update=inherit(cfg.lifecycle))
     return cfg.model_copy(update=update) if update else cfg
 
 

@@ -309,6 +309,7 @@ def consumer_names(cfg: Config) -> list[str]:
 
     names = ["backup"] if cfg.backup.url is not None and cfg.backup.interval is not None else []
     names += ["usage"] if cfg.usage.enabled else []
+    names += ["lifecycle"] if cfg.lifecycle.enabled else []
     return names + [consumer_name(site.name) for site in cfg.replication.sites]
 
 
@@ -352,6 +353,16 @@ def build_consumers(
             ConsumerRunner(
                 index, usage, lease_ttl=cfg.usage.lease_ttl, paused=lambda: controls.checkpoint("usage")
             )
+        )
+    if cfg.lifecycle.enabled:
+        from changelog.config import open_target
+        from changelog.consumers.lifecycle.consumer import lifecycle_client, lifecycle_consumer
+
+        lc = cfg.lifecycle
+        logs = target if target is not None else open_target(cfg)
+        lifecycle = lifecycle_consumer(lc, index, logs, None if lc.dry_run else lifecycle_client(lc))
+        runners.append(
+            ConsumerRunner(index, lifecycle, lease_ttl=lc.lease_ttl, paused=lambda: controls.checkpoint("lifecycle"))
         )
     if cfg.backup.url is not None and cfg.backup.interval is not None:
         from changelog.consumers.backup.consumer import BackupConsumer

@@ -9,7 +9,7 @@ imports it.
 
 from __future__ import annotations
 
-from changelog.cli import backup, logs, pipeline, records, replicate, shards, usage  # noqa: F401 - they register their commands
+from changelog.cli import backup, lifecycle, logs, pipeline, records, replicate, shards, usage  # noqa: F401 - they register their commands
 from changelog.cli.base import cli, main, setup_logging, teardown_logging
 from changelog.times import TIME_HELP, fmt_age, fmt_time, parse_time
 

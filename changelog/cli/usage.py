@@ -62,15 +62,15 @@ cli.add_command(usage_group, "usage")
 
 
 def drain(runner: ConsumerRunner, stop: threading.Event) -> str | None:
-    """Take the lease and step until the checkpoint reaches the watermark's last log object (as
+    """(A log-object consumer: usage, lifecycle.) Take the lease and step until the checkpoint reaches the watermark's last log object (as
     it was before the step); release the lease. None when caught up, else why not."""
-    from changelog.consumers.usage.consumer import UsageConsumer
+    from changelog.consumers.framework import LogObjectConsumer
     from changelog.pipeline.reader import read_watermark
 
     consumer = runner.consumer
-    assert isinstance(consumer, UsageConsumer)
+    assert isinstance(consumer, LogObjectConsumer)
     if not runner.acquire():
-        return "the usage lease is held by another process (serve?)"
+        return f"the {consumer.name} lease is held by another process (serve?)"
     failures = 0
     try:
         while not stop.is_set():

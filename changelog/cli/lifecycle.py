@@ -1,0 +1,187 @@
+"""``rgw-changelog lifecycle [run|plan|status|failed|retry-failed]``: lifecycle (ILM.1) outside
+``serve`` or beside it (``changelog.consumers.lifecycle``; docs/lifecycle-plan.md).
+
+``run`` keeps the schedule from the committed logs and acts on what is due, in the foreground
+(under the consumer's lease, as in ``serve``; ``--once`` up to the collector's watermark and
+what is due then, then exits). ``plan``, ``status`` and ``failed`` read the schedule directly (no
+lease, whether or not a ``serve`` runs). ``retry-failed`` puts the failed entries back, due now.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import click
+
+from changelog.cli.base import TIME, cli, emit_json, json_option, state, table
+from changelog.cli.usage import drain
+from changelog.consumers.lifecycle.model import DEFAULT_CONSUMER
+from changelog.consumers.usage.model import check_consumer_name
+from changelog.errors import PermanentError
+from changelog.times import fmt_time
+
+
+def _consumer_name(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    try:
+        check_consumer_name(value)
+    except PermanentError as ex:
+        raise click.BadParameter(str(ex), ctx, param) from None
+    return value
+
+
+consumer_option = click.option(
+    "--consumer",
+    "consumer",
+    default=DEFAULT_CONSUMER,
+    callback=_consumer_name,
+    show_default=True,
+    metavar="NAME",
+    help="Which lifecycle schedule of the index (another name: another checkpoint and schedule).",
+)
+
+
+@click.group("lifecycle")
+def lifecycle_group() -> None:
+    """Lifecycle: expire, expire noncurrent versions and transition objects when due, from the
+    change logs (never a bucket listing).
+
+    With [lifecycle] enabled = true and [[lifecycle.rules]], `serve` keeps the schedule and acts
+    on it; `plan` and `status` work beside it.
+    """
+
+
+cli.add_command(lifecycle_group, "lifecycle")
+
+
+def _check_rules() -> None:
+    cfg = state().config
+    if not cfg.lifecycle.rules:
+        raise PermanentError("no [[lifecycle.rules]] in the configuration: nothing to schedule")
+
+
+@lifecycle_group.command("run")
+@click.option("--once", is_flag=True, help="Apply the logs up to the watermark, act on what is due, then exit.")
+@click.option("--dry-run", is_flag=True, help="Keep the schedule only: act on nothing.")
+@consumer_option
+def run_cmd(once: bool, dry_run: bool, consumer: str) -> None:
+    """Keep the schedule and act on what is due until SIGTERM/SIGINT (standby while another
+    process holds the lease), or with --once up to the collector's watermark."""
+    from changelog.consumers.framework import ConsumerRunner
+    from changelog.consumers.lifecycle.consumer import lifecycle_client, lifecycle_consumer
+
+    _check_rules()
+    st = state()
+    lc = st.config.lifecycle
+    client = None if (dry_run or lc.dry_run) else lifecycle_client(lc)
+    lifecycle = lifecycle_consumer(lc, st.index(), st.target(), client, name=consumer)
+    runner = ConsumerRunner(st.index(), lifecycle, lease_ttl=lc.lease_ttl)
+    if not once:
+        from changelog.service import Service
+
+        Service({consumer: runner}).run()
+        return
+    from changelog.cli.pipeline import stop_on_signals
+
+    stop = threading.Event()
+    restore = stop_on_signals(stop)
+    try:
+        why = drain(runner, stop)
+    finally:
+        restore()
+    cp = runner.checkpoint()
+    if why is not None:
+        raise PermanentError(f"lifecycle {consumer}: not caught up: {why} (checkpoint {cp.after or '-'})")
+    done = lifecycle.executor.snapshot() if lifecycle.executor is not None else {}
+    acted = ", ".join(f"{k} {v}" for k, v in done.items() if v) or "nothing acted on"
+    click.echo(f"lifecycle {consumer}: caught up; checkpoint {cp.after or '-'}; {acted}", err=True)
+
+
+@lifecycle_group.command("plan")
+@click.option("--bucket", metavar="B", help="Only this bucket (tenant/bucket for a tenant's).")
+@click.option("--until", "until_us", type=TIME, help="Only what is due up to this time.")
+@click.option("--limit", default=1000, show_default=True, type=click.IntRange(1, 1_000_000))
+@consumer_option
+@json_option
+def plan_cmd(bucket: str | None, until_us: int | None, limit: int, consumer: str, as_json: bool) -> None:
+    """What will be done when: the scheduled actions, earliest first (a dry run: nothing is
+    acted on, whether or not a serve runs)."""
+    from changelog.consumers.lifecycle.consumer import layout_of
+    from changelog.consumers.lifecycle.plan import plan
+
+    st = state()
+    index = st.index(create=False)
+    layout = layout_of(st.config.lifecycle, index.prefix, name=consumer)
+    actions = plan(index.store, layout, bucket=bucket, until_us=until_us, limit=limit)
+    if as_json:
+        emit_json(actions)
+        return
+    rows = [
+        [str(a["due"]), str(a["action"]), str(a["bucket"]), str(a["key"]), str(a["version_id"] or "-"), str(a["rule"])]
+        for a in actions
+    ]
+    table(rows, ["DUE", "ACTION", "BUCKET", "KEY", "VERSION", "RULE"])
+
+
+@lifecycle_group.command("status")
+@consumer_option
+@json_option
+def status_cmd(consumer: str, as_json: bool) -> None:
+    """How many actions are due now, scheduled later and failed, by action, and the next one."""
+    from changelog.consumers.lifecycle.consumer import layout_of
+    from changelog.consumers.lifecycle.plan import status
+
+    st = state()
+    index = st.index(create=False)
+    layout = layout_of(st.config.lifecycle, index.prefix, name=consumer)
+    doc = status(index.store, layout, now_us=int(time.time() * 1_000_000))
+    if as_json:
+        emit_json(doc)
+        return
+    by_action = doc["by_action"]
+    assert isinstance(by_action, dict)
+    rows = [[a, str(d["due_now"]), str(d["later"]), str(d["failed"])] for a, d in by_action.items()]
+    rows.append(["all", str(doc["due_now"]), str(doc["scheduled_later"]), str(doc["failed"])])
+    table(rows, ["ACTION", "DUE NOW", "LATER", "FAILED"])
+    click.echo(f"next due: {doc['next_due'] or '-'}")
+
+
+@lifecycle_group.command("failed")
+@consumer_option
+@json_option
+def failed_cmd(consumer: str, as_json: bool) -> None:
+    """The actions that failed (refused by S3, e.g. object lock), with the error."""
+    from changelog.consumers.lifecycle.consumer import layout_of
+    from changelog.consumers.lifecycle.rules import RuleSet
+    from changelog.consumers.lifecycle.schedule import Schedule
+
+    st = state()
+    index = st.index(create=False)
+    lc = st.config.lifecycle
+    schedule = Schedule(index.store, layout_of(lc, index.prefix, name=consumer), RuleSet.of(lc))
+    docs = [doc for n in range(schedule.layout.shards) for _, doc in schedule.failed(n)]
+    if as_json:
+        emit_json(docs)
+        return
+    rows = [
+        [str(fmt_time(int(str(d.get("failed_us", 0))))), str(d.get("action")), str(d.get("bucket")), str(d.get("key")),
+         str(d.get("error"))]
+        for d in docs
+    ]  # fmt: skip
+    table(rows, ["FAILED AT", "ACTION", "BUCKET", "KEY", "ERROR"])
+
+
+@lifecycle_group.command("retry-failed")
+@consumer_option
+def retry_cmd(consumer: str) -> None:
+    """Put every failed action back in the schedule, due now (re-checked before acting)."""
+    from changelog.consumers.lifecycle.consumer import layout_of
+    from changelog.consumers.lifecycle.rules import RuleSet
+    from changelog.consumers.lifecycle.schedule import Schedule
+
+    st = state()
+    index = st.index(create=False)
+    lc = st.config.lifecycle
+    schedule = Schedule(index.store, layout_of(lc, index.prefix, name=consumer), RuleSet.of(lc))
+    n = sum(schedule.retry_failed(s) for s in range(schedule.layout.shards))
+    click.echo(f"lifecycle {consumer}: {n} failed actions scheduled again")

@@ -1,0 +1,371 @@
+"""The lifecycle executor: takes the schedule's due entries in batches, re-checks each object just
+before acting, acts, and removes the entry.
+
+**Re-check** (one HEAD, two for a noncurrent version, plus GetObjectTagging when the rule names
+tags): an action on the current version (expire, transition) needs the key's current version to
+be the entry's (same version id; for the null version, same ETag and an mtime within a second),
+an action on a noncurrent version needs that version to exist with the entry's ETag and not to
+be current again. Anything else is a version that changed: the entry is dropped, never acted on
+(the record that changed it has scheduled, or will schedule, what is due now).
+
+**Acting:** expirations go out as DeleteObjects, up to ``delete_batch`` keys per request per
+bucket: without a version id for the current version (S3 then writes a delete marker in a
+versioned bucket and a null marker in a suspended one, as its own lifecycle does), with it for a
+noncurrent one. A transition is a CopyObject of the object onto itself with the rule's storage
+class (``CopySourceIfMatch`` on the ETag), preceded by a note in the key's schedule state so the
+copy's write record keeps the original's age; when the copy made a new version (a versioned
+bucket), the original version is deleted after it (same content, so nothing is lost).
+
+**Crashes:** the entry is removed after the action, guarded by its value as read. A crash
+between the two leaves the entry; the next batch re-checks it and finds the version gone, a
+delete marker current, or the copy already in the target class (then only the original version
+left by a half-done versioned transition is deleted): nothing is done twice. Our own deletes and
+copies flow back through the change logs as ordinary records and update the schedule.
+
+Errors: an S3 refusal (403, a missing bucket, other 4xx) moves the entry to the failed list
+(``f.``); a transient one (5xx, throttling, network) ends the batch, keeps the entry, and is
+raised after what was done is recorded, for the leased loop to back off.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import defaultdict
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from functools import partial
+from typing import TYPE_CHECKING, Literal
+
+from changelog.consumers.lifecycle.model import DueEntry, Note
+from changelog.consumers.lifecycle.rules import S3_DELETE_MAX, Action
+from changelog.consumers.lifecycle.schedule import Pending, Schedule
+from changelog.errors import ChangelogError, ObjectMissing, PermanentError, TransientError, one_line
+from changelog.pipeline.s3client import refusal, s3_call, translate_error
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3.client import S3Client
+    from mypy_boto3_s3.type_defs import ObjectIdentifierTypeDef
+
+logger = logging.getLogger(__name__)
+
+NULL = "null"
+# S3 error codes of DeleteObjects' per-key errors that may pass: the entry stays for later.
+_TRANSIENT_CODES = frozenset(
+    {"InternalError", "SlowDown", "ServiceUnavailable", "RequestTimeout", "OperationAborted"}
+)
+# The key is gone: the expiration is moot.
+_GONE_CODES = frozenset({"NoSuchKey", "NoSuchVersion"})
+COUNTERS = ("expired", "noncurrent_expired", "transitioned", "skipped", "failed", "requests")
+# An object's Last-Modified has whole seconds; the record's mtime more.
+MTIME_SLACK_US = 1_000_000
+
+
+class Changed(ChangelogError):
+    """A conditional request found another object than the entry's (412)."""
+
+
+def _translate(ex: Exception, what: str) -> ChangelogError:
+    """``translate_error``, refined: a missing version, a delete marker addressed by version
+    (405) and radosgw's 400 for an unknown version id are ``ObjectMissing``; 412 is ``Changed``."""
+    r = refusal(ex)
+    if r is not None:
+        if r.status == 412 or r.code == "PreconditionFailed":
+            return Changed(f"{what}: {r}")
+        if r.code in _GONE_CODES or (r.status in (404, 405) and r.code != "NoSuchBucket"):
+            return ObjectMissing(f"{what}: {r}")
+        if r.status == 400 and r.code == "InvalidArgument" and "version" in r.message.lower():
+            return ObjectMissing(f"{what}: {r}")
+    return translate_error(ex, what)
+
+
+def _vid(v: object) -> str | None:
+    """A version id from a response; None for none or the null version."""
+    return None if v in (None, "", NULL) else str(v)
+
+
+@dataclass(frozen=True)
+class ObjectHead:
+    """What a HEAD says: the version, its ETag, storage class and mtime; ``marker`` when the
+    current version is a delete marker."""
+
+    version: str | None
+    etag: str | None = None
+    storage_class: str = "STANDARD"
+    mtime_us: int | None = None
+    marker: bool = False
+
+
+Verdict = Literal["act", "done", "skip"]
+
+
+@dataclass
+class BatchResult:
+    """What one batch did, per shard: entries to remove, entries that failed."""
+
+    taken: int = 0
+    done: dict[int, list[Pending]] = field(default_factory=lambda: defaultdict(list))
+    failed: dict[int, dict[str, tuple[Pending, str]]] = field(default_factory=lambda: defaultdict(dict))
+    transient: TransientError | None = None
+
+    def finish(self, p: Pending) -> None:
+        self.done[p.shard].append(p)
+
+    def fail(self, p: Pending, reason: str) -> None:
+        self.failed[p.shard][p.dkey] = (p, one_line(reason))
+
+
+class Executor:
+    """Acts on what is due in one ``Schedule`` through one S3 client (credentials that may delete
+    and copy in every bucket a rule names)."""
+
+    def __init__(
+        self,
+        schedule: Schedule,
+        client: S3Client,
+        *,
+        batch: int = 1000,
+        delete_batch: int = S3_DELETE_MAX,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.schedule = schedule
+        self.client = client
+        self.batch = batch
+        self.delete_batch = delete_batch
+        self.clock = clock
+        self.counts: dict[str, int] = defaultdict(int)
+
+    def snapshot(self) -> dict[str, int]:
+        return {name: self.counts.get(name, 0) for name in COUNTERS}
+
+    def run_batch(self, now_us: int | None = None) -> int:
+        """Act on up to ``batch`` due entries. Returns how many were taken (0: nothing is due).
+        Raises ``TransientError`` after recording what was done when S3 failed transiently."""
+        now = int(self.clock() * 1_000_000) if now_us is None else now_us
+        pending = self.schedule.due(now, self.batch)
+        res = BatchResult(taken=len(pending))
+        deletes: dict[str, list[Pending]] = defaultdict(list)
+        expiring = {
+            (p.entry.s3_bucket, p.entry.key, p.entry.ver) for p in pending if p.entry.action is Action.EXPIRE
+        }
+        for p in pending:
+            if res.transient is not None:
+                break
+            e = p.entry
+            if e.action is Action.TRANSITION and (e.s3_bucket, e.key, e.ver) in expiring:
+                # Left for the next batch, which finds the version expired (or, if the expiry's
+                # rule did not apply after all, moves it): no copy of what is deleted now.
+                continue
+            self._guarded(res, p, partial(self._prepare, res, p, deletes))
+        for bucket, group in deletes.items():
+            for i in range(0, len(group), self.delete_batch):
+                if res.transient is None:
+                    self._delete(res, bucket, group[i : i + self.delete_batch])
+        for n in sorted(set(res.done) | set(res.failed)):
+            self.schedule.finish(n, res.done.get(n, []), res.failed.get(n, {}), now_us=now)
+        if res.transient is not None:
+            raise res.transient
+        return res.taken
+
+    def _guarded(self, res: BatchResult, p: Pending, fn: Callable[[], None]) -> None:
+        try:
+            fn()
+        except TransientError as ex:
+            res.transient = ex
+        except PermanentError as ex:
+            self.counts["failed"] += 1
+            logger.warning("lifecycle %s %s/%s: %s", p.entry.action.value, p.entry.s3_bucket, p.entry.key, ex)
+            res.fail(p, str(ex))
+
+    def _skip(self, res: BatchResult, p: Pending, why: str) -> None:
+        self.counts["skipped"] += 1
+        logger.debug(
+            "lifecycle %s %s/%s skipped: %s", p.entry.action.value, p.entry.s3_bucket, p.entry.key, why
+        )
+        res.finish(p)
+
+    def _prepare(self, res: BatchResult, p: Pending, deletes: dict[str, list[Pending]]) -> None:
+        """Re-check one entry; an expiration that passes joins its bucket's deletes, a transition
+        is made now."""
+        e = p.entry
+        verdict, why = self.check(e)
+        if verdict == "skip":
+            self._skip(res, p, why)
+        elif verdict == "done":
+            res.finish(p)
+        elif e.action is Action.TRANSITION:
+            self._transition(res, p)
+        else:
+            deletes[e.s3_bucket].append(p)
+
+    # ------------------------------------------------------------------ re-check
+
+    def _call(self, what: str, fn: Callable[[], object]) -> object:
+        self.counts["requests"] += 1
+        return s3_call(what, fn, _translate)
+
+    def head(
+        self, bucket: str, key: str, version: str | None = None, *, null: bool = False
+    ) -> ObjectHead | None:
+        """The current version of ``key`` (or ``version``; ``null``: the null version), None when
+        there is none."""
+        kw: dict[str, str] = {"Bucket": bucket, "Key": key}
+        if version is not None or null:
+            kw["VersionId"] = version or NULL
+        try:
+            resp = self._call(f"HEAD {bucket}/{key}", lambda: self.client.head_object(**kw))  # type: ignore[arg-type]
+        except ObjectMissing as ex:
+            cause = getattr(ex.__cause__, "response", None)
+            headers = (
+                cause.get("ResponseMetadata", {}).get("HTTPHeaders", {}) if isinstance(cause, dict) else {}
+            )
+            if headers.get("x-amz-delete-marker") == "true":
+                return ObjectHead(_vid(headers.get("x-amz-version-id")), marker=True)
+            return None
+        assert isinstance(resp, Mapping)
+        lm = resp.get("LastModified")
+        return ObjectHead(
+            _vid(resp.get("VersionId")),
+            str(resp.get("ETag") or "").strip('"') or None,
+            str(resp.get("StorageClass") or "STANDARD"),
+            int(lm.timestamp() * 1_000_000) if lm is not None else None,
+        )
+
+    def check(self, e: DueEntry) -> tuple[Verdict, str]:
+        """Whether to act on ``e`` now: ("act", ""), ("done", why) when an earlier attempt did it,
+        or ("skip", why) when the object is not the entry's any more."""
+        if e.action is Action.NONCURRENT:
+            verdict, why = self._check_noncurrent(e)
+        else:
+            verdict, why = self._check_current(e)
+        if verdict == "act" and e.tags and not self._tags_match(e):
+            return "skip", "its tags do not match the rule's"
+        return verdict, why
+
+    def _check_current(self, e: DueEntry) -> tuple[Verdict, str]:
+        h = self.head(e.s3_bucket, e.key)
+        if h is None or h.marker:
+            return "skip", "no current version (deleted)"
+        if e.action is Action.TRANSITION and h.storage_class == e.storage_class and h.etag == e.etag:
+            if h.version != e.ver:
+                self._drop_original(e)  # a copy made before a crash: only the original is left
+            return "done", f"already in {e.storage_class}"
+        if h.version != e.ver:
+            return "skip", f"the current version is {h.version or NULL}, not {e.ver or NULL}"
+        if e.etag is not None and h.etag != e.etag:
+            return "skip", "its ETag changed"
+        if e.ver is None and h.mtime_us is not None and abs(h.mtime_us - e.mtime_us) > MTIME_SLACK_US:
+            return "skip", "it was written again"
+        return "act", ""
+
+    def _check_noncurrent(self, e: DueEntry) -> tuple[Verdict, str]:
+        h = self.head(e.s3_bucket, e.key, e.ver, null=e.ver is None)
+        if h is None:
+            return "skip", "the version is gone"
+        if e.etag is not None and h.etag is not None and h.etag != e.etag:
+            return "skip", "its ETag changed"
+        cur = self.head(e.s3_bucket, e.key)
+        if cur is not None and not cur.marker and cur.version == e.ver:
+            return "skip", "it is current again"
+        return "act", ""
+
+    def _tags_match(self, e: DueEntry) -> bool:
+        kw: dict[str, str] = {"Bucket": e.s3_bucket, "Key": e.key}
+        if e.ver is not None or e.action is Action.NONCURRENT:
+            kw["VersionId"] = e.ver or NULL
+        resp = self._call(f"GET tagging {e.s3_bucket}/{e.key}", lambda: self.client.get_object_tagging(**kw))  # type: ignore[arg-type]
+        assert isinstance(resp, Mapping)
+        have = {str(t["Key"]): str(t["Value"]) for t in resp.get("TagSet", [])}
+        return all(have.get(k) == v for k, v in e.tags.items())
+
+    # ------------------------------------------------------------------ acting
+
+    def _delete(self, res: BatchResult, bucket: str, group: Sequence[Pending]) -> None:
+        """One DeleteObjects for ``group`` (one bucket); entries of one object go as one key."""
+        ident: dict[tuple[str, str | None], list[Pending]] = defaultdict(list)
+        for p in group:
+            ver = p.entry.ver or NULL if p.entry.action is Action.NONCURRENT else None
+            ident[(p.entry.key, ver)].append(p)
+        objects: list[ObjectIdentifierTypeDef] = [
+            {"Key": k, "VersionId": v} if v is not None else {"Key": k} for k, v in ident
+        ]
+        try:
+            resp = self._call(
+                f"DeleteObjects {bucket} ({len(objects)} keys)",
+                lambda: self.client.delete_objects(
+                    Bucket=bucket, Delete={"Objects": objects, "Quiet": False}
+                ),
+            )
+        except TransientError as ex:
+            res.transient = ex
+            return
+        except PermanentError as ex:
+            for p in group:
+                self.counts["failed"] += 1
+                res.fail(p, str(ex))
+            return
+        assert isinstance(resp, Mapping)
+        # An error names the version it failed on; some servers leave it out (moto): then the key.
+        errors: dict[tuple[str, str | None], Mapping[str, object]] = {}
+        for x in resp.get("Errors", []):
+            errors[(str(x.get("Key")), str(x["VersionId"]) if x.get("VersionId") else "*")] = x
+        for (key, ver), ps in ident.items():
+            err = errors.get((key, ver)) or errors.get((key, "*"))
+            code = str(err.get("Code", "")) if err else ""
+            for p in ps:
+                if err is None or code in _GONE_CODES:
+                    self.counts[
+                        "noncurrent_expired" if p.entry.action is Action.NONCURRENT else "expired"
+                    ] += 1
+                    res.finish(p)
+                elif code in _TRANSIENT_CODES:
+                    res.transient = res.transient or TransientError(f"DeleteObjects {bucket}/{key}: {code}")
+                else:
+                    self.counts["failed"] += 1
+                    res.fail(p, f"DeleteObjects {bucket}/{key}: {code} {err.get('Message', '')}")
+
+    def _transition(self, res: BatchResult, p: Pending) -> None:
+        """Copy the version onto itself in the rule's storage class; the note first, so the copy's
+        record keeps the original's age (a crash after the note and before the copy leaves a note
+        the key's next write consumes, matching only a write of the same ETag and class)."""
+        e = p.entry
+        assert e.storage_class is not None
+        if not self.schedule.set_note(p, Note(e.etag or "", e.storage_class, e.born_us)):
+            return  # the key changed in the schedule since the entry was read: taken again later
+        source: dict[str, str] = {"Bucket": e.s3_bucket, "Key": e.key}
+        if e.ver is not None:
+            source["VersionId"] = e.ver
+        extra: dict[str, str] = {"CopySourceIfMatch": f'"{e.etag}"'} if e.etag else {}
+        try:
+            resp = self._call(
+                f"CopyObject {e.s3_bucket}/{e.key} to {e.storage_class}",
+                lambda: self.client.copy_object(
+                    Bucket=e.s3_bucket, Key=e.key, CopySource=source,  # type: ignore[arg-type]
+                    StorageClass=e.storage_class, MetadataDirective="COPY", **extra,  # type: ignore[arg-type]
+                ),
+            )  # fmt: skip
+        except (Changed, ObjectMissing) as ex:
+            self.schedule.set_note(p, None)
+            self._skip(res, p, str(ex))
+            return
+        except PermanentError:
+            self.schedule.set_note(p, None)  # no copy will come: the note must not outlive it
+            raise
+        assert isinstance(resp, Mapping)
+        if _vid(resp.get("VersionId")) not in (None, e.ver):
+            self._drop_original(e)
+        self.counts["transitioned"] += 1
+        res.finish(p)
+
+    def _drop_original(self, e: DueEntry) -> None:
+        """Delete the version a transition copied from, when the copy is another version."""
+        try:
+            self._call(
+                f"DELETE {e.s3_bucket}/{e.key}?versionId={e.ver or NULL}",
+                lambda: self.client.delete_object(Bucket=e.s3_bucket, Key=e.key, VersionId=e.ver or NULL),
+            )
+        except ObjectMissing:
+            pass
+
+
+__all__ = ["COUNTERS", "BatchResult", "Changed", "Executor", "ObjectHead"]

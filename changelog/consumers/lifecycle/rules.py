@@ -1,0 +1,288 @@
+"""Lifecycle rules (ILM.1): the ``[lifecycle]`` section and its ``[[lifecycle.rules]]``, checked into
+frozen pydantic models with one-line errors, and compiled into ``RuleSet``: which rules a record's
+(bucket, key) falls under and when each of its actions is due.
+
+A version is due for an action at ``born + days × day_seconds`` (µs, no rounding to midnight as
+S3 does; ``day_seconds`` compresses days like radosgw's ``rgw_lc_debug_interval``): ``born`` is
+the object's mtime for expiry and transition of the current version, the time it became
+noncurrent for noncurrent expiry. The schedule (``schedule``) stores those due times; the rules
+are kept in ``RuleSet.fingerprint`` so a schedule made under other rules is noticed.
+
+The two models are ``Section`` subclasses so that ``changelog.config`` can hold them as the
+``lifecycle`` section (docs/lifecycle-plan.md, "Wiring").
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Annotated, ClassVar, Self
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from changelog.config_base import S3Section, Section
+from changelog.config_types import (
+    Flag,
+    HttpUrl,
+    Integer,
+    NonEmpty,
+    Number,
+    Secret,
+    Text,
+    config_error,
+    invalid,
+    shown,
+)
+from changelog.errors import ConfigError
+
+# S3 caps one DeleteObjects request at 1000 keys.
+S3_DELETE_MAX = 1000
+
+
+def _bucket_name(v: str) -> str:
+    # As everywhere in the config: a tenant's bucket is tenant/bucket (radosgw's admin spelling).
+    if ":" in v:
+        raise invalid(f"names a tenant's bucket as tenant/bucket, not tenant:bucket (got {shown(v)})")
+    tenant, slash, bucket = v.partition("/")
+    if slash and (not tenant or not bucket or "/" in bucket):
+        raise invalid(f"must be a bucket name or tenant/bucket (got {shown(v)})")
+    return v
+
+
+Days = Annotated[int, Field(strict=True, ge=1, le=100 * 366)]
+
+
+class RuleConfig(Section):
+    """One ``[[lifecycle.rules]]`` entry: which objects (bucket, key prefix, tags) and what is done
+    to them after how many days."""
+
+    section: ClassVar[str] = "lifecycle.rules"
+
+    # Names the rule in the plan, the status and the failed list; "": its position (rule-<n>).
+    id: Text = ""
+    bucket: Annotated[NonEmpty, AfterValidator(_bucket_name)]
+    prefix: Text = ""
+    # Every one of these tags must be on the object (read only for objects that are due).
+    tags: Annotated[Mapping[str, Text], AfterValidator(lambda v: MappingProxyType(dict(v)))] = Field(
+        default_factory=lambda: MappingProxyType({})
+    )
+    # The current version is deleted (a delete marker in a versioned bucket, as S3 does).
+    expire_days: Days | None = None
+    # A noncurrent version is deleted this long after it became noncurrent.
+    noncurrent_expire_days: Days | None = None
+    # The current version is copied in place to ``storage_class`` (a placement's storage class).
+    transition_days: Annotated[int, Field(strict=True, ge=0, le=100 * 366)] | None = None
+    storage_class: NonEmpty | None = None
+    abort_incomplete_multipart_days: Days | None = None
+
+    @model_validator(mode="after")
+    def _coherent(self) -> Self:
+        where = f"lifecycle.rules (bucket {self.bucket!r}{f', id {self.id!r}' if self.id else ''})"
+        if (self.transition_days is None) != (self.storage_class is None):
+            raise invalid(f"{where}: transition_days and storage_class go together", line=True)
+        if self.abort_incomplete_multipart_days is not None:
+            # The follower drops the bucket index log's _multipart_ entries (rgw_module/mapping.py):
+            # no record says an upload began, so nothing could be scheduled. Refused rather than
+            # accepted and silently never applied.
+            raise invalid(
+                f"{where}: abort_incomplete_multipart_days is not supported yet (the change logs do not "
+                "record multipart uploads; docs/lifecycle-plan.md)",
+                line=True,
+            )
+        if self.expire_days is None and self.noncurrent_expire_days is None and self.transition_days is None:
+            raise invalid(
+                f"{where}: give at least one of expire_days, noncurrent_expire_days, transition_days",
+                line=True,
+            )
+        if (
+            self.transition_days is not None
+            and self.expire_days is not None
+            and self.transition_days >= self.expire_days
+        ):
+            # S3 refuses it too: the object would be gone before it moves.
+            raise invalid(f"{where}: transition_days must be less than expire_days", line=True)
+        return self
+
+
+class LifecycleConfig(S3Section):
+    """``[lifecycle]``: the lifecycle consumer (ILM.1), its schedule (``shards`` objects beside the
+    index) and its executor. The executor acts through ``endpoint`` with ``access_key`` /
+    ``secret_key`` (default: the source's); they must be allowed to delete and copy objects in
+    every bucket a rule names (the bucket owners', or a system user's)."""
+
+    section: ClassVar[str] = "lifecycle"
+
+    enabled: Flag = False
+    endpoint: HttpUrl | None = None
+    access_key: Secret | None = None
+    secret_key: Secret | None = None
+    region: NonEmpty = "us-east-1"
+    # Only keep the schedule (plan, status); act on nothing.
+    dry_run: Flag = False
+    # Seconds in a lifecycle "day" (86400; a test or lab compresses days, like radosgw's
+    # rgw_lc_debug_interval). Fixed once the schedule exists: stored due times depend on it.
+    day_seconds: Number = Field(default=86400.0, gt=0)
+    # Schedule objects; fixed once the schedule exists.
+    shards: Integer = Field(default=16, ge=1, le=1024)
+    # Due entries taken per executor batch (over all shards).
+    batch: Integer = Field(default=1000, ge=1, le=100_000)
+    # Keys per DeleteObjects request (S3's cap is 1000).
+    delete_batch: Integer = Field(default=S3_DELETE_MAX, ge=1, le=S3_DELETE_MAX)
+    # Seconds between two looks at the logs and the schedule when nothing is due.
+    poll_interval: Number = Field(default=5.0, gt=0)
+    lease_ttl: Number = Field(default=30.0, ge=1.0)
+    rules: tuple[RuleConfig, ...] = ()
+
+    @model_validator(mode="after")
+    def _unique_ids(self) -> Self:
+        if self.enabled and not self.rules:
+            raise invalid("lifecycle.enabled is true but no [[lifecycle.rules]] are given", line=True)
+        seen: set[str] = set()
+        for n, rule in enumerate(self.rules):
+            rid = rule.id or f"rule-{n}"
+            if rid in seen:
+                raise invalid(f"lifecycle.rules: two rules are named {rid!r}", line=True)
+            seen.add(rid)
+        return self
+
+
+def parse_lifecycle(data: Mapping[str, object]) -> LifecycleConfig:
+    """The ``[lifecycle]`` section from its TOML table, or ``ConfigError`` (one line)."""
+    try:
+        # Validated as the ``lifecycle`` key of a whole config, so messages name it as
+        # ``config check`` does (``lifecycle.rules[0].expire_days must be ...``).
+        return _Whole.model_validate({"lifecycle": dict(data)}).lifecycle
+    except ValidationError as ex:
+        raise config_error(ex, {"lifecycle": LifecycleConfig}) from None
+
+
+class _Whole(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid", hide_input_in_errors=True)
+
+    lifecycle: LifecycleConfig
+
+
+# --------------------------------------------------------------------------- compiled rules
+
+
+class Action(enum.StrEnum):
+    EXPIRE = "expire"  # the current version: DeleteObject without a version id
+    NONCURRENT = "noncurrent"  # a noncurrent version: DeleteObject of that version
+    TRANSITION = "transition"  # the current version: CopyObject in place to a storage class
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    """A checked rule, numbered by its position in the config."""
+
+    n: int
+    id: str
+    bucket: str  # qualified: tenant/bucket or bucket
+    prefix: str
+    tags: Mapping[str, str]
+    expire_days: int | None
+    noncurrent_expire_days: int | None
+    transition_days: int | None
+    storage_class: str | None
+
+    def matches(self, key: str) -> bool:
+        return key.startswith(self.prefix)
+
+
+@dataclass(frozen=True, slots=True)
+class Due:
+    """One action due for a version at ``due_us`` under ``rule``."""
+
+    due_us: int
+    action: Action
+    rule: Rule
+
+
+class RuleSet:
+    """The rules of ``[lifecycle]`` by bucket, with the length of a day in µs."""
+
+    def __init__(self, rules: tuple[Rule, ...], *, day_seconds: float) -> None:
+        self.rules = rules
+        self.day_us = round(day_seconds * 1_000_000)
+        self._by_bucket: dict[str, tuple[Rule, ...]] = {}
+        for r in rules:
+            self._by_bucket[r.bucket] = (*self._by_bucket.get(r.bucket, ()), r)
+
+    @classmethod
+    def of(cls, section: LifecycleConfig) -> RuleSet:
+        rules = tuple(
+            Rule(
+                n,
+                r.id or f"rule-{n}",
+                r.bucket,
+                r.prefix,
+                MappingProxyType(dict(r.tags)),
+                r.expire_days,
+                r.noncurrent_expire_days,
+                r.transition_days,
+                r.storage_class,
+            )
+            for n, r in enumerate(section.rules)
+        )
+        return cls(rules, day_seconds=section.day_seconds)
+
+    def governs(self, qualified_bucket: str) -> bool:
+        """Whether any rule names the bucket: the schedule keeps the versions of such buckets
+        only (all their keys, so a rule's prefix or days may change later: ``reschedule``)."""
+        return qualified_bucket in self._by_bucket
+
+    def for_key(self, qualified_bucket: str, key: str) -> tuple[Rule, ...]:
+        return tuple(r for r in self._by_bucket.get(qualified_bucket, ()) if r.matches(key))
+
+    def current(
+        self, qualified_bucket: str, key: str, *, born_us: int, storage_class: str | None
+    ) -> list[Due]:
+        """The actions due for a current version born at ``born_us`` (its mtime)."""
+        out: list[Due] = []
+        for r in self.for_key(qualified_bucket, key):
+            if r.expire_days is not None:
+                out.append(Due(born_us + r.expire_days * self.day_us, Action.EXPIRE, r))
+            if r.transition_days is not None and r.storage_class != (storage_class or "STANDARD"):
+                out.append(Due(born_us + r.transition_days * self.day_us, Action.TRANSITION, r))
+        return out
+
+    def noncurrent(self, qualified_bucket: str, key: str, *, since_us: int) -> list[Due]:
+        """The actions due for a version noncurrent since ``since_us``."""
+        return [
+            Due(since_us + r.noncurrent_expire_days * self.day_us, Action.NONCURRENT, r)
+            for r in self.for_key(qualified_bucket, key)
+            if r.noncurrent_expire_days is not None
+        ]
+
+    def fingerprint(self) -> str:
+        """A short hash of the rules and the day length: a schedule computed under others is stale."""
+        doc = [
+            [r.id, r.bucket, r.prefix, sorted(r.tags.items()), r.expire_days, r.noncurrent_expire_days,
+             r.transition_days, r.storage_class]
+            for r in self.rules
+        ]  # fmt: skip
+        raw = json.dumps([self.day_us, doc], sort_keys=True).encode()
+        return hashlib.blake2b(raw, digest_size=8).hexdigest()
+
+
+def check_section(section: LifecycleConfig) -> None:
+    """Refuse a section the engine cannot run (raised as ``ConfigError``): rules are needed."""
+    if section.enabled and not section.rules:
+        raise ConfigError("lifecycle.enabled is true but no [[lifecycle.rules]] are given")
+
+
+__all__ = [
+    "S3_DELETE_MAX",
+    "Action",
+    "Due",
+    "LifecycleConfig",
+    "Rule",
+    "RuleConfig",
+    "RuleSet",
+    "check_section",
+    "parse_lifecycle",
+]

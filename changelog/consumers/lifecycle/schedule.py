@@ -1,0 +1,485 @@
+"""The due-time schedule: what each record of the change logs does to it, applied exactly once per
+log object and shard, and read back by the executor in due order (layout: ``model``).
+
+**What a record does** (a key's versions are kept oldest first, in the records' per-key order;
+the newest is current, every other one noncurrent since the record that superseded it):
+
+* a ``write`` or ``delete_marker`` of a version the key already has with the same ETag and mtime
+  is an update in place (tags or ACL: radosgw logs them as writes): the version keeps its place
+  and its age, and its actions are computed again (its tags may now match another rule);
+* any other ``write`` / ``delete_marker`` first removes the entry of the same version id, if any
+  (an unversioned overwrite, a null version rewritten while versioning is suspended, a null
+  delete marker), then becomes the newest: the one before it becomes noncurrent at this
+  record's time, so its current-version actions (expire, transition) are cancelled and its
+  noncurrent expiry is scheduled;
+* a ``delete`` removes that version (the null version for an unversioned delete) and cancels its
+  actions; if it was current, the one below becomes current again: its noncurrent expiry is
+  cancelled and its current actions are scheduled (perhaps due at once, as S3 would find them);
+* a ``bucket_delete`` drops every version recorded before it (as the usage consumer does);
+* baseline records (a bucket's existing versions, oldest first) are applied the same way: an
+  existing object is scheduled from its mtime, a version listed before the key's newer one is
+  noncurrent since that one's mtime.
+
+Only buckets a rule names are kept (every key of them, so a changed rule can be applied again
+from the schedule alone: ``reschedule``). A record's time is ``usage.apply.data_time_us`` (its
+mutation time, at most an hour past its arrival): one radosgw host with a clock far ahead cannot
+push ages into the future.
+
+**Exactly once** (``Schedule.apply``), as the usage consumer: per shard, read ``a`` and ``g``;
+skip the shard when ``a >= O``; else read the keys' states, compute, and write one op that sets
+``a = O`` and a new ``g``, guarded by ``assert a == <read>`` and ``assert g == <read>``. The
+executor's own writes (removing done entries, a transition's note) change ``g`` too, so neither
+writer can overwrite what the other wrote after it read.
+"""
+
+from __future__ import annotations
+
+import bisect
+import json
+import secrets
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+
+from changelog.consumers.lifecycle.model import (
+    APPLIED_KEY,
+    DUE_PREFIX,
+    FAILED_PREFIX,
+    GEN_KEY,
+    KEY_PREFIX,
+    META_KEY,
+    DueEntry,
+    KeyState,
+    Layout,
+    Note,
+    Version,
+    bucket_prefix,
+    due_end,
+    due_key,
+    key_hash,
+    prefix_end,
+    state_key,
+    version_hash,
+)
+from changelog.consumers.lifecycle.rules import RuleSet
+from changelog.consumers.usage.apply import data_time_us
+from changelog.errors import CompareFailed, LeaseLost, PermanentError
+from changelog.pipeline.logformat import LogRecord, parse_rfc3339
+from changelog.pipeline.store import Cmp, ObjectStore, WriteOp, omap_iter
+
+# (key, raw value) pairs of a prefix, paged from the store.
+PrefixReader = Callable[[str], Iterator[tuple[str, bytes]]]
+
+
+def new_gen() -> str:
+    return secrets.token_hex(8)
+
+
+@dataclass
+class Changes:
+    """One shard's write: keys to set and to remove."""
+
+    set: dict[str, bytes] = field(default_factory=dict)
+    remove: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class _Rec:
+    rec: LogRecord
+    bid: str
+    skey: str | None  # the key's state key; None for a bucket op
+    t_us: int
+    rec_us: int
+
+
+def mtime_us(r: LogRecord, t_us: int) -> int:
+    """The written object's mtime (the record's ``mtime``, else its time), at most its time:
+    what its age counts from."""
+    return min(parse_rfc3339(r.mtime), t_us) if r.mtime else t_us
+
+
+class ShardBatch:
+    """The records of one log object that fall in one schedule shard, applied to what the shard
+    holds: ``keys()`` to read, ``load``, ``apply``, then ``changes``. Pure: the same records on the
+    same values give the same changes."""
+
+    def __init__(self, rules: RuleSet, layout: Layout, records: Sequence[LogRecord]) -> None:
+        self.rules = rules
+        self.layout = layout
+        self._states: dict[str, KeyState | None] = {}
+        self._dirty: set[str] = set()
+        # Due keys set (value) or removed (None) by this batch; the last word wins.
+        self._dues: dict[str, bytes | None] = {}
+        self._prepared = [p for p in map(self._prepare, records) if p is not None]
+
+    def _prepare(self, r: LogRecord) -> _Rec | None:
+        if not self.rules.governs(r.qualified_bucket):
+            return None
+        bid = self.layout.shard(r.tenant or "", r.bucket)[1]
+        skey = state_key(bid, key_hash(r.key)) if r.key is not None and not r.is_bucket_op else None
+        return _Rec(r, bid, skey, data_time_us(r), r.recorded_us)
+
+    def keys(self) -> list[str]:
+        return sorted({p.skey for p in self._prepared if p.skey is not None})
+
+    def load(self, values: Mapping[str, bytes]) -> None:
+        for k in self.keys():
+            raw = values.get(k)
+            self._states[k] = KeyState.decode(raw) if raw is not None else None
+
+    def apply(self, read_prefix: PrefixReader) -> None:
+        for p in self._prepared:
+            r = p.rec
+            if r.op == "bucket_delete":
+                self._drop_bucket(p, read_prefix)
+            elif p.skey is not None and r.key is not None:
+                st = self._states.get(p.skey) or KeyState(r.tenant or "", r.bucket, r.key)
+                self._states[p.skey] = st
+                self._dirty.add(p.skey)
+                if r.op == "delete":
+                    self._delete(p, st)
+                elif r.op in ("write", "delete_marker"):
+                    self._write(p, st)
+
+    # ------------------------------------------------------------------ records
+
+    def _write(self, p: _Rec, st: KeyState) -> None:
+        r = p.rec
+        marker = r.op == "delete_marker"
+        mtime = mtime_us(r, p.t_us)
+        same = st.find(r.version_id)
+        if same is not None:
+            old = st.versions[same]
+            if old.marker == marker and (marker or old.etag == r.etag) and old.mtime_us == mtime:
+                # Tags or ACL changed (or a re-baseline listed it again): same place, same age.
+                old.sc = r.storage_class or old.sc
+                old.rec_us = p.rec_us
+                self._schedule(p.bid, p.rec.qualified_bucket, st, old)
+                return
+            self._cancel(old)
+            del st.versions[same]
+        born = mtime
+        note, st.note = st.note, None  # a note is for the key's next write only
+        if (
+            note is not None
+            and not marker
+            and note.etag == r.etag
+            and note.sc == (r.storage_class or "STANDARD")
+        ):
+            born = note.born_us
+        new = Version(
+            r.seq,
+            r.version_id,
+            marker,
+            None if marker else r.etag,
+            r.storage_class,
+            mtime,
+            born,
+            None,
+            p.rec_us,
+        )
+        bisect.insort(st.versions, new, key=lambda v: v.seq)
+        self._settle(p, st, new)
+
+    def _delete(self, p: _Rec, st: KeyState) -> None:
+        at = st.find(p.rec.version_id)
+        if at is None:
+            return  # a version written before the bucket was governed, or deleted already
+        self._cancel(st.versions.pop(at))
+        self._settle(p, st)
+
+    def _settle(self, p: _Rec, st: KeyState, fresh: Version | None = None) -> None:
+        """The newest version is current, every other one noncurrent (since this record when it
+        just became so); ``fresh`` and the versions whose state changed are scheduled again."""
+        for i, v in enumerate(st.versions):
+            current = i == len(st.versions) - 1
+            if current and v.nc_us is not None:
+                v.nc_us = None
+            elif not current and v.nc_us is None:
+                v.nc_us = p.t_us
+            elif v is not fresh:
+                continue
+            self._schedule(p.bid, p.rec.qualified_bucket, st, v)
+
+    def _schedule(self, bid: str, qualified: str, st: KeyState, v: Version) -> None:
+        self._cancel(v)
+        if v.marker:
+            return
+        if v.nc_us is None:
+            dues = self.rules.current(qualified, st.key, born_us=v.born_us, storage_class=v.sc)
+        else:
+            dues = self.rules.noncurrent(qualified, st.key, since_us=v.nc_us)
+        kh, vh = key_hash(st.key), version_hash(v.ver)
+        for d in dues:
+            dkey = due_key(d.due_us, bid, kh, vh, d.rule.n, d.action)
+            entry = DueEntry(
+                st.tenant, st.bucket, st.key, v.ver, v.etag, v.mtime_us, v.born_us, d.action, d.rule.id,
+                d.rule.storage_class, dict(d.rule.tags),
+            )  # fmt: skip
+            self._dues[dkey] = entry.encode()
+            v.due.append(dkey)
+
+    def recompute(self, skey: str, st: KeyState) -> None:
+        """Schedule every version of a stored key again under the current rules (``reschedule``):
+        a key of a bucket no rule names any more is dropped."""
+        bid = skey[len(KEY_PREFIX) :].split(".", 1)[0]
+        qualified = f"{st.tenant}/{st.bucket}" if st.tenant else st.bucket
+        self._states[skey] = st
+        self._dirty.add(skey)
+        governed = self.rules.governs(qualified)
+        for v in st.versions:
+            if governed:
+                self._schedule(bid, qualified, st, v)
+            else:
+                self._cancel(v)
+        if not governed:
+            st.versions, st.note = [], None
+
+    def _cancel(self, v: Version) -> None:
+        for dkey in v.due:
+            self._dues[dkey] = None
+        v.due = []
+
+    def _drop_bucket(self, p: _Rec, read_prefix: PrefixReader) -> None:
+        """A deleted bucket holds nothing: drop every version recorded before the delete (one
+        recorded after it belongs to the bucket's next lifetime)."""
+        prefix = bucket_prefix(p.bid)
+        for k, raw in read_prefix(prefix):
+            if k not in self._states:
+                self._states[k] = KeyState.decode(raw)
+        for k, st in sorted(self._states.items()):
+            if st is None or not k.startswith(prefix):
+                continue
+            keep = [v for v in st.versions if v.rec_us > p.rec_us]
+            for v in st.versions:
+                if v.rec_us <= p.rec_us:
+                    self._cancel(v)
+            st.versions, st.note = keep, None
+            self._dirty.add(k)
+
+    # ------------------------------------------------------------------ the write
+
+    def changes(self, applied: str | None) -> Changes:
+        """The shard's write: every state and due key this batch changed, and (unless None)
+        the log object applied."""
+        out = Changes()
+        for k in sorted(self._dirty):
+            st = self._states.get(k)
+            if st is None or (not st.versions and st.note is None):
+                out.remove.append(k)
+            else:
+                out.set[k] = st.encode()
+        for dkey, raw in sorted(self._dues.items()):
+            if raw is None:
+                out.remove.append(dkey)
+            else:
+                out.set[dkey] = raw
+        if applied is not None:
+            out.set[APPLIED_KEY] = applied.encode()
+        return out
+
+
+# --------------------------------------------------------------------------- the store
+
+
+@dataclass(frozen=True)
+class Head:
+    """A shard's own keys: the last log object applied, the write token, whether its meta is
+    this layout's (False: absent or another rules fingerprint)."""
+
+    applied: str
+    gen: str
+    has_meta: bool
+    current_rules: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Pending:
+    """A due entry as read: its shard, key and raw value (the guard of its removal)."""
+
+    shard: int
+    dkey: str
+    raw: bytes
+    entry: DueEntry
+
+
+class Schedule:
+    """The schedule shards of one ``Layout`` in a store: the guarded apply of a log object, the
+    due entries, and the executor's guarded writes."""
+
+    def __init__(self, store: ObjectStore, layout: Layout, rules: RuleSet) -> None:
+        self.store = store
+        self.layout = layout
+        self.rules = rules
+        self._next_shard = 0
+
+    def read_prefix(self, n: int) -> PrefixReader:
+        oid = self.layout.oid(n)
+
+        def read(prefix: str) -> Iterator[tuple[str, bytes]]:
+            return omap_iter(self.store, oid, end_before=prefix_end(prefix), prefix=prefix)
+
+        return read
+
+    def head(self, n: int) -> Head:
+        got = self.store.omap_get(self.layout.oid(n), [APPLIED_KEY, GEN_KEY, META_KEY])
+        raw = got.get(META_KEY)
+        same_rules = self.layout.check_meta(raw)
+        return Head(
+            got.get(APPLIED_KEY, b"").decode(),
+            got.get(GEN_KEY, b"").decode(),
+            raw == self.layout.meta(),
+            same_rules,
+        )
+
+    def apply(self, n: int, obj: str, records: Sequence[LogRecord], *, head: Head | None = None) -> bool:
+        """Apply ``records`` (of log object ``obj``) to shard ``n`` unless it has them already.
+        True when written. ``LeaseLost`` when another process wrote the shard meanwhile."""
+        oid = self.layout.oid(n)
+        head = head or self.head(n)
+        if head.applied >= obj:
+            return False
+        if not head.current_rules:
+            raise PermanentError(
+                f"lifecycle schedule {oid} was computed under other rules: reschedule it first"
+            )
+        batch = ShardBatch(self.rules, self.layout, records)
+        batch.load(self.store.omap_get(oid, batch.keys()))
+        batch.apply(self.read_prefix(n))
+        changes = batch.changes(obj)
+        op = WriteOp(
+            asserts=[(APPLIED_KEY, Cmp.EQ, head.applied), (GEN_KEY, Cmp.EQ, head.gen)],
+            set=changes.set,
+            remove=changes.remove,
+        )
+        op.set[GEN_KEY] = new_gen().encode()
+        if not head.has_meta:
+            op.set[META_KEY] = self.layout.meta()
+        self._execute(oid, op, f"applying {obj}")
+        return True
+
+    def _execute(self, oid: str, op: WriteOp, what: str) -> None:
+        try:
+            self.store.execute(oid, op)
+        except CompareFailed as ex:
+            raise LeaseLost(f"lifecycle schedule {oid} was written by another process while {what}") from ex
+
+    def reschedule(self, n: int, *, page: int = 200) -> int:
+        """Compute shard ``n``'s due entries again under the current rules, from the versions it
+        holds (no bucket is listed), then mark it with their fingerprint. Pages of ``page`` keys,
+        each one op guarded by ``g``; interrupted, it starts again from the first key (each page
+        is complete in itself). Returns the keys rescheduled."""
+        oid = self.layout.oid(n)
+        head = self.head(n)
+        gen, count, after = head.gen, 0, KEY_PREFIX
+        while True:
+            rows = self.store.omap_page(
+                oid, start_after=after, end_before=prefix_end(KEY_PREFIX), prefix=KEY_PREFIX, limit=page
+            )
+            batch = ShardBatch(self.rules, self.layout, [])
+            for k, raw in rows:
+                batch.recompute(k, KeyState.decode(raw))
+            changes = batch.changes(None)
+            op = WriteOp(asserts=[(GEN_KEY, Cmp.EQ, gen)], set=changes.set, remove=changes.remove)
+            gen = new_gen()
+            op.set[GEN_KEY] = gen.encode()
+            if not rows:
+                op.set[META_KEY] = self.layout.meta()
+            self._execute(oid, op, "rescheduling")
+            if not rows:
+                return count
+            count += len(rows)
+            after = rows[-1][0]
+
+    # ------------------------------------------------------------------ the executor's side
+
+    def due(self, now_us: int, limit: int) -> list[Pending]:
+        """Up to ``limit`` entries due at or before ``now_us``, earliest first within each shard.
+        The shards are read in turn from one that moves on with every call, each up to what is
+        left of ``limit``: a shard's backlog neither starves the others nor waits for them."""
+        out: list[Pending] = []
+        first, self._next_shard = self._next_shard, (self._next_shard + 1) % self.layout.shards
+        for i in range(self.layout.shards):
+            n = (first + i) % self.layout.shards
+            after = DUE_PREFIX
+            while len(out) < limit:
+                page = self.store.omap_page(
+                    self.layout.oid(n), start_after=after, end_before=due_end(now_us), prefix=DUE_PREFIX,
+                    limit=min(limit - len(out), 1000),
+                )  # fmt: skip
+                if not page:
+                    break
+                out.extend(Pending(n, k, raw, DueEntry.decode(raw)) for k, raw in page)
+                after = page[-1][0]
+        return out
+
+    def finish(
+        self, n: int, done: Sequence[Pending], failed: Mapping[str, tuple[Pending, str]], *, now_us: int
+    ) -> int:
+        """Remove the entries acted on (or found moot) and move the failed ones to the failed
+        list, in one op guarded by each entry's value: an entry another writer changed or removed
+        since it was read stays as it is (it is taken again, and re-checked, when due). Returns
+        how many were removed; 0 when the guard failed."""
+        op = WriteOp()
+        for p in done:
+            op.asserts.append((p.dkey, Cmp.EQ, p.raw.decode()))
+            op.remove.append(p.dkey)
+        for p, reason in failed.values():
+            op.asserts.append((p.dkey, Cmp.EQ, p.raw.decode()))
+            op.remove.append(p.dkey)
+            doc = {**json.loads(p.raw), "error": reason, "failed_us": now_us, "due_key": p.dkey}
+            op.set[FAILED_PREFIX + p.dkey[len(DUE_PREFIX) :]] = json.dumps(doc, ensure_ascii=True).encode()
+        if op.is_empty():
+            return 0
+        op.set[GEN_KEY] = new_gen().encode()
+        try:
+            self.store.execute(self.layout.oid(n), op)
+        except CompareFailed:
+            return 0
+        return len(op.remove)
+
+    def set_note(self, p: Pending, note: Note | None) -> bool:
+        """Record (or clear) a transition in flight on the entry's key, guarded by the key's state
+        as read. False when the key is gone from the schedule or changed meanwhile."""
+        n, bid = self.layout.shard(p.entry.tenant, p.entry.bucket)
+        oid, skey = self.layout.oid(n), state_key(bid, key_hash(p.entry.key))
+        raw = self.store.omap_get(oid, [skey]).get(skey)
+        if raw is None:
+            return False
+        st = KeyState.decode(raw)
+        st.note = note
+        op = WriteOp(
+            asserts=[(skey, Cmp.EQ, raw.decode())], set={skey: st.encode(), GEN_KEY: new_gen().encode()}
+        )
+        try:
+            self.store.execute(oid, op)
+        except CompareFailed:
+            return False
+        return True
+
+    def failed(self, n: int) -> Iterator[tuple[str, dict[str, object]]]:
+        for k, raw in omap_iter(self.store, self.layout.oid(n), prefix=FAILED_PREFIX):
+            yield k, json.loads(raw)
+
+    def retry_failed(self, n: int) -> int:
+        """Put shard ``n``'s failed entries back in the schedule, due now (re-checked as ever)."""
+        op = WriteOp()
+        for k, doc in self.failed(n):
+            due = str(doc.pop("due_key"))
+            doc.pop("error", None)
+            doc.pop("failed_us", None)
+            op.remove.append(k)
+            op.set[due] = DueEntry.decode(json.dumps(doc).encode()).encode()
+        if op.is_empty():
+            return 0
+        op.set[GEN_KEY] = new_gen().encode()
+        self.store.execute(self.layout.oid(n), op)
+        return len(op.remove)
+
+
+def all_states(store: ObjectStore, layout: Layout, n: int) -> Iterator[tuple[str, KeyState]]:
+    """Every key state of shard ``n``, paged."""
+    for k, raw in omap_iter(store, layout.oid(n), prefix=KEY_PREFIX):
+        yield k, KeyState.decode(raw)
+
+
+__all__ = ["Changes", "Head", "Pending", "Schedule", "ShardBatch", "all_states", "mtime_us"]
