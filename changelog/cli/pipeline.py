@@ -295,6 +295,8 @@ def _follower_text(f: object) -> str:
         return "-" if f is None else str(f)
     if "error" in f:
         return f"unreadable: {f['error']}"
+    if f.get("partitioned"):
+        return _partitions_text(f)
     lease = f.get("lease")
     cu = f.get("caught_up_until")
     parts = [
@@ -308,6 +310,30 @@ def _follower_text(f: object) -> str:
     if isinstance(not_followed, dict) and not_followed:
         # Named, never skipped silently: the target's own bucket, or one the user may not list.
         parts.append("not followed: " + ", ".join(f"{b} ({why})" for b, why in sorted(not_followed.items())))
+    return ", ".join(parts)
+
+
+def _partitions_text(f: dict[str, object]) -> str:
+    """A partitioned follower ([scale] partitioned): who holds which partition, the zone's
+    caught-up time (the slowest partition's), and the buckets over all partitions."""
+    cu = f.get("caught_up_until")
+    holders = f.get("holders") or {}
+    by_partition = f.get("by_partition") or {}
+    assert isinstance(holders, dict) and isinstance(by_partition, dict)
+    buckets = sum(len(d.get("buckets") or {}) for d in by_partition.values() if isinstance(d, dict))
+    pending = sum(int(d.get("pending_shards") or 0) for d in by_partition.values() if isinstance(d, dict))
+    parts = [
+        f"{f.get('count')} partitions",
+        "held by " + "; ".join(f"{who}: {sorted(ns)}" for who, ns in sorted(holders.items())) if holders else "held by nobody",
+        f"caught up until {fmt_time(float(str(cu)) * 1_000_000)} (lag {fmt_age(time.time() - float(str(cu)))})"
+        if isinstance(cu, int | float)
+        else "not caught up yet",
+        f"{buckets} buckets",
+        f"{pending} pending bucket-index shards",
+    ]
+    unheld = f.get("unheld")
+    if unheld:
+        parts.append(f"unheld partitions: {unheld}")
     return ", ".join(parts)
 
 

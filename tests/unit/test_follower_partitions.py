@@ -159,6 +159,11 @@ def test_two_instances_share_the_partitions_and_record_each_mutation_once(zone: 
     assert state["caught_up_until"] == min(cus)
     stats = a.stats()
     assert stats["partitions_held"] == a.partitions.held() and stats["mutations_recorded"] > 0
+    # `rgw-changelog status` (text) says who holds what.
+    from changelog.cli.pipeline import _follower_text
+
+    text = _follower_text(state)
+    assert text.startswith("4 partitions, held by A: ") and "; B: " in text and "8 buckets" in text, text
 
 
 def test_a_dead_instance_s_partitions_are_taken_within_the_ttl(zone: Zone) -> None:
