@@ -48,7 +48,6 @@ from pydantic import (
 )
 
 from changelog.config_base import S3Section, Section, _Model
-from changelog.consumers.lifecycle.rules import LifecycleConfig
 from changelog.config_types import (
     MASK,
     Duration,
@@ -76,6 +75,7 @@ from changelog.config_types import (
     split_listen,
     suggest,
 )
+from changelog.consumers.lifecycle.rules import LifecycleConfig
 from changelog.errors import ConfigError, PermanentError
 from changelog.pipeline.loop import Clocks
 

@@ -26,7 +26,7 @@ from changelog.pipeline.mutation import Mutation, Op
 from rgw_module.admin import NotFound
 from rgw_module.bucket_index import ObjectFacts
 from rgw_module.bucket_tracker import BucketTracker
-from rgw_module.follower_state import ShardCursor
+from rgw_module.follower_state import ShardCursor, dump_json
 from rgw_module.generations import start_closing
 from rgw_module.mapping import (
     BadEntry,
@@ -35,6 +35,8 @@ from rgw_module.mapping import (
     ShardMapper,
     bilog_marker,
     index_name_to_key,
+    multipart_meta,
+    parse_time_ns,
     qualified_name,
 )
 from rgw_module.sweep_context import Started, SweepContext
@@ -206,6 +208,9 @@ class BilogReader:
         advanced: list[ShardProgress] = []
         gone: list[ShardCursor] = []
         failed: list[ShardCursor] = []
+        # Multipart uploads begun (their state key -> value) or ended (-> None) in this round,
+        # persisted with its markers (``_persist``): exactly what was read, replays included.
+        uploads: dict[str, bytes | None] = {}
         complete = True
         for sh, got in zip(batch, fetched, strict=True):
             if not self._current(sh):
@@ -224,7 +229,7 @@ class BilogReader:
                 continue
             assert isinstance(got, _Fetched)
             facts = self._page_facts(sh.bs, page, got)
-            mapped = self._mutations(sh.bs, page, observed_ns, facts)
+            mapped = self._mutations(sh.bs, page, observed_ns, facts, uploads)
             if facts is None:
                 head.add(sh.bs.source)
             elif facts:
@@ -241,7 +246,7 @@ class BilogReader:
             mutations = self._with_heads(mutations, head)
         ctx.record(mutations)
         ctx.fault("recorded")
-        self._persist(advanced, now)
+        self._persist(advanced, now, uploads)
         for sh in gone:
             self._instance_gone(sh)
         self._check_failed(failed)
@@ -267,7 +272,12 @@ class BilogReader:
                     st.shards.pop(sh.bs, None)
 
     def _mutations(
-        self, bs: BucketShard, page: list[BilogEntry], observed_ns: int, facts: dict[str, ObjectFacts] | None
+        self,
+        bs: BucketShard,
+        page: list[BilogEntry],
+        observed_ns: int,
+        facts: dict[str, ObjectFacts] | None,
+        uploads: dict[str, bytes | None],
     ) -> list[Mutation]:
         ctx = self.ctx
         # The shard's stream name and seq prefix, computed once for the page (not per entry).
@@ -278,10 +288,12 @@ class BilogReader:
             m = mapper.map(entry, observed_ns=observed_ns, facts=facts)
             if m is None:
                 # Companions and pending entries stand for no mutation of their own; complete
-                # entries of the internal namespace (multipart parts, ...) are skipped.
+                # entries of the internal namespace (multipart parts, ...) are skipped, but a
+                # multipart upload's meta object says an upload began or ended.
                 if entry.get("state", "complete") == "complete" and entry.get("object") \
                         and index_name_to_key(str(entry["object"])) is None:
                     internal += 1
+                    self._upload_change(bs, entry, uploads)
             elif ctx.filter.wants(bs.bucket, m.key):
                 out.append(m)
             else:
@@ -295,11 +307,12 @@ class BilogReader:
             ctx.skipped("filter", unwanted)
         return out
 
-    def _persist(self, advanced: Sequence[ShardProgress], now: float) -> None:
-        """Persist the markers of a recorded round; drop shards that went quiet."""
+    def _persist(self, advanced: Sequence[ShardProgress], now: float, uploads: dict[str, bytes | None]) -> None:
+        """Persist the markers of a recorded round, with the multipart uploads it saw begin or
+        end; drop shards that went quiet."""
         ctx, st = self.ctx, self.ctx.state
-        sets: dict[str, bytes] = {}
-        removes: list[str] = []
+        sets: dict[str, bytes] = {k: v for k, v in uploads.items() if v is not None}
+        removes: list[str] = [k for k, v in uploads.items() if v is None]
         cooled: list[ShardCursor] = []
         for p in advanced:
             sh = p.cursor
@@ -320,6 +333,22 @@ class BilogReader:
                 st.shards.pop(sh.bs, None)
                 if ctx.trim_bilogs and sh.marker and sh.marker != sh.trimmed:
                     st.to_trim[sh.bs] = sh.marker
+
+    def _upload_change(self, bs: BucketShard, entry: BilogEntry, uploads: dict[str, bytes | None]) -> None:
+        """A multipart upload's meta object written (the upload began: its key and start time
+        kept, for lifecycle's abort of incomplete uploads) or removed (completed or aborted)."""
+        found = multipart_meta(str(entry.get("object", "")))
+        if found is None or not self.ctx.filter.wants(bs.bucket, found[0]):
+            return
+        key, upload_id = found
+        state_key = self.ctx.keys.upload(bs.bucket, upload_id)
+        op = entry.get("op")
+        if op == "write":
+            # 0 for a time radosgw left unset: then the time it was read, an upper bound.
+            started = parse_time_ns(str(entry.get("timestamp", ""))) or int(self.ctx.now() * 1_000_000_000)
+            uploads[state_key] = dump_json({"key": key, "started_ns": started, "bucket_id": bs.bucket_id})
+        elif op == "del":
+            uploads[state_key] = None
 
     def _advance(self, p: ShardProgress, *, persisted_hot: bool, now: float) -> None:
         """The in-memory side of a persisted round (under the lock)."""

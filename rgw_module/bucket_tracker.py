@@ -258,7 +258,9 @@ class BucketTracker:
             # A gone bucket has no log generation left to finish: a closing generation kept here
             # would hold every later sweep incomplete (and the watermark with it).
             tomb = dataclasses.replace(known, state="gone", closing=False)
-            ctx.write({ctx.keys.bucket(name): tomb.encode()}, self.bucket_keys(name) + [ctx.keys.full(name)])
+            # Its uploads in progress went with it.
+            uploads = [k for k, _ in omap_iter(ctx.store, ctx.control_oid, prefix=ctx.keys.upload(name, ""))]
+            ctx.write({ctx.keys.bucket(name): tomb.encode()}, self.bucket_keys(name) + [ctx.keys.full(name), *uploads])
             ctx.state.forget(name)
             ctx.state.buckets[name] = tomb
         else:

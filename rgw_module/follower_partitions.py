@@ -30,7 +30,7 @@ from changelog.config import SourceConfig
 from changelog.errors import LeaseLost, PermanentError, TransientError
 from changelog.pipeline.control import (
     FOLLOWER_LOCK,
-    FOLLOWER_PARTITION_PREFIX,
+    FOLLOWER_PARTITION_META_KEY,
     FOLLOWER_PREFIX,
     FOLLOWER_ROLE,
     partition_lock,
@@ -50,7 +50,7 @@ from rgw_module.trim import marker_order
 
 logger = logging.getLogger(__name__)
 
-META_KEY = FOLLOWER_PARTITION_PREFIX + "meta"
+META_KEY = FOLLOWER_PARTITION_META_KEY
 # Keys per write while splitting or merging (the last write, rp.meta or the r. removal, commits).
 MIGRATE_BATCH = 1000
 
@@ -406,11 +406,13 @@ def _split(index: ChangeIndex, count: int, lease: Lease) -> None:
 
 
 def _bucket_of(rest: str) -> str | None:
-    """The bucket a follower key (without its prefix) is about: ``k.``/``f.`` name it, ``p.``
-    and ``m.`` name a bucket-index shard."""
+    """The bucket a follower key (without its prefix) is about: ``k.``/``f.`` name it, ``u.``
+    names it before ``:<upload id>``, ``p.`` and ``m.`` name a bucket-index shard."""
     kind, _, tail = rest.partition(".")
     if kind in ("k", "f"):
         return tail
+    if kind == "u":
+        return tail.rpartition(":")[0] or None
     if kind in ("p", "m"):
         bs = BucketShard.parse(tail)
         return None if bs is None else bs.bucket

@@ -12,6 +12,7 @@ as ``rgw-changelog status`` shows it (no lease needed).
 ``r.f.<bucket>``                    ``FullSyncProgress``
 ``r.rq.<bucket>``                   a full sync asked for (``Follower.request_full_sync``)
 ``r.cu``                            caught_up_until, microseconds
+``r.u.<bucket>:<upload id>``        a multipart upload in progress (key, start)
 ==================================  ===========================================================
 
 ``<bucket>`` is the qualified name: ``tenant/bucket`` for a tenant's bucket.
@@ -32,6 +33,7 @@ from changelog.pipeline.control import (
     FOLLOWER_LOCK,
     FOLLOWER_PARTITION_PREFIX,
     FOLLOWER_PREFIX,
+    FOLLOWER_UPLOAD_KIND,
 )
 from changelog.pipeline.index import ChangeIndex
 from changelog.pipeline.store import ObjectStore, omap_iter
@@ -94,6 +96,10 @@ class StateKeys:
     def full_prefix(self) -> str:
         return self.prefix + "f."
 
+    @property
+    def upload_prefix(self) -> str:
+        return self.prefix + FOLLOWER_UPLOAD_KIND
+
     def datalog(self, n: int) -> str:
         return f"{self.prefix}dl.{n:04d}"
 
@@ -108,6 +114,10 @@ class StateKeys:
 
     def full(self, name: str) -> str:
         return self.prefix + "f." + name
+
+    def upload(self, name: str, upload_id: str) -> str:
+        """A multipart upload in progress in bucket ``name`` (``changelog.pipeline.uploads``)."""
+        return f"{self.prefix}{FOLLOWER_UPLOAD_KIND}{name}:{upload_id}"
 
 
 ZONE_KEYS = StateKeys()

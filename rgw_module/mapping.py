@@ -325,6 +325,23 @@ def index_name_to_key(name: str) -> str | None:
     return name
 
 
+MULTIPART_PREFIX = "_multipart_"
+MULTIPART_META_SUFFIX = ".meta"
+
+
+def multipart_meta(name: str) -> tuple[str, str] | None:
+    """(key, upload id) of a bucket-index name that is a multipart upload's meta object,
+    ``_multipart_<key>.<upload id>.meta`` (RGWMPObj: the upload id, ``2~<random>``, has no
+    dot); None for any other name. radosgw writes that entry when the upload is initiated and
+    removes it when the upload is completed or aborted, both logged in the bucket index log."""
+    if not (name.startswith(MULTIPART_PREFIX) and name.endswith(MULTIPART_META_SUFFIX)):
+        return None
+    key, dot, upload_id = name[len(MULTIPART_PREFIX) : -len(MULTIPART_META_SUFFIX)].rpartition(".")
+    if not dot or not key or not upload_id:
+        return None
+    return key, upload_id
+
+
 def is_versioned_op(entry: BilogEntry) -> bool:
     """Whether the entry is flagged as part of a versioned operation: ``versioned`` (Reef and
     later) or bit 0 of ``bilog_flags`` (Pacific: BILOG_FLAG_VERSIONED_OP); False when neither

@@ -16,6 +16,7 @@ none spells a control key itself.
 | ``r.f.<bucket>`` | RGW follower | a bucket's full sync (baseline) in progress |
 | ``r.rq.<bucket>`` | any process | a request for a new baseline of a bucket |
 | ``r.cu`` | RGW follower | caught_up_until, persisted |
+| ``r.u.<bucket>:<upload id>`` | RGW follower | a multipart upload in progress: key, start (``changelog.pipeline.uploads``) |
 | ``rp.<p>.<...>`` | RGW follower partition ``p`` | the ``r.`` keys of one partition's buckets (``[scale]``) |
 | ``k.<consumer>`` | each consumer of the logs | its checkpoint (``changelog.consumers``) |
 | ``pm.<role>.<instance>`` | ``partitions`` | a live instance of a partitioned role: its expiry |
@@ -49,9 +50,11 @@ FOLLOWER_BUCKET_PREFIX = "r.k."
 FOLLOWER_FULL_PREFIX = "r.f."
 FOLLOWER_REQUEST_PREFIX = "r.rq."
 FOLLOWER_CAUGHT_UP_KEY = "r.cu"
+FOLLOWER_UPLOAD_KIND = "u."  # after the follower's (or a partition's) prefix
 # A follower partition's keys: the ``r.`` keys above under ``rp.<p>.`` (rgw_module.follower_state.StateKeys).
 FOLLOWER_PARTITION_PREFIX = "rp."
 FOLLOWER_ROLE = "follower"  # its partitions' role name (changelog.pipeline.partitions)
+FOLLOWER_PARTITION_META_KEY = "rp.meta"  # {"count": n}: the follower state is cut into n partitions
 FOLLOWER_LOCK = "follower"
 
 # Consumers of the committed logs: one checkpoint key and one lock each.

@@ -278,6 +278,32 @@ class FakeRadosgw(AdminClient):
             self._log(b, "link_olh_del", key, vid, now)
             return vid
 
+    def initiate_upload(self, bucket: str, key: str) -> str:
+        """CreateMultipartUpload: the upload's meta object is written in the multipart namespace
+        (``_multipart_<key>.<upload id>.meta``, in the key's index shard), as Pacific logs it."""
+        with self._lock:
+            b = self._bucket(bucket)
+            self._counter += 1
+            upload_id = "2~" + _digest_id(f"upload{self._counter}", 32).replace(".", "_")
+            self._log(b, "write", key, "", self._now_ns(), name=f"_multipart_{key}.{upload_id}.meta")
+            return upload_id
+
+    def upload_part(self, bucket: str, key: str, upload_id: str, part: int) -> None:
+        with self._lock:
+            self._log(self._bucket(bucket), "write", key, "", self._now_ns(), name=f"_multipart_{key}.{upload_id}.{part}")
+
+    def end_upload(self, bucket: str, key: str, upload_id: str, parts: int, *, complete: bool) -> None:
+        """CompleteMultipartUpload (the object written) or AbortMultipartUpload: the parts and
+        the meta object are removed from the index, each removal logged."""
+        with self._lock:
+            b = self._bucket(bucket)
+            now = self._now_ns()
+            for part in range(1, parts + 1):
+                self._log(b, "del", key, "", now, name=f"_multipart_{key}.{upload_id}.{part}")
+            self._log(b, "del", key, "", now, name=f"_multipart_{key}.{upload_id}.meta")
+        if complete:
+            self.put(bucket, key, b"multipart")
+
     def delete_version(self, bucket: str, key: str, version_id: str) -> None:
         with self._lock:
             b = self._bucket(bucket)
@@ -387,9 +413,9 @@ class FakeRadosgw(AdminClient):
         self._counter += 1
         return _digest_id(f"version-{self._counter}")
 
-    def _log(self, b: _Bucket, template: str, key: str, instance: str, ts_ns: int) -> None:
+    def _log(self, b: _Bucket, template: str, key: str, instance: str, ts_ns: int, *, name: str | None = None) -> None:
         """Append one entry, made from the captured ``template``, to the shard ``key`` is in;
-        tell the data log."""
+        tell the data log. ``name``: the index name, when not the key's (the multipart namespace)."""
         gen = b.generations[b.latest_gen]
         n = index_shard(key, gen.num_shards)
         shard = gen.shards[n]
@@ -403,7 +429,7 @@ class FakeRadosgw(AdminClient):
         e["op_id"] = f"{n}#{bare}" if n >= 0 else bare
         tag = str(tpl["op_tag"])
         e["op_tag"] = tag[: max(0, len(tag) - 8)] + f"{self._counter:08x}"
-        e["object"] = index_name(key)
+        e["object"] = index_name(key) if name is None else name
         e["instance"] = instance
         e["index_ver"] = shard.index_ver
         e["timestamp"] = rfc3339_ns(ts_ns)
