@@ -58,7 +58,9 @@ class DataLogReader:
             self.last_full_read = now
             return every
         n = max(every) + 1
-        names = sorted(ctx.filter.buckets | ctx.filter.exclude)
+        # A partition's own buckets only (``[scale] partitioned``; every partition still reads
+        # every shard now and then, so all its markers move and the data log can be trimmed).
+        names = sorted(name for name in ctx.filter.buckets | ctx.filter.exclude if ctx.owns(name))
         if len(names) * (DEFAULT_INDEX_SHARDS + 1) >= n:
             return every
         newest = self._check_followed_buckets()
@@ -77,7 +79,7 @@ class DataLogReader:
         ctx, st = self.ctx, self.ctx.state
         newest: dict[str, int] = {}
         for name in sorted(ctx.filter.buckets):
-            if not ctx.filter.follows(name):
+            if not ctx.filter.follows(name) or not ctx.owns(name):
                 continue
             b = st.buckets.get(name)
             try:

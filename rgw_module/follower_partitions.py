@@ -7,11 +7,9 @@ are free one lease TTL after its last renewal, and the others take them at their
 
 The partition count is fixed for an index (``rp.meta``): a bucket's partition is a hash of its
 name modulo the count, so another count would hand buckets to partitions without their state.
-An index followed unpartitioned (``r.`` keys) is split once, on the first partitioned start,
-under the single follower's lease (so none runs meanwhile): every key is copied to its bucket's
-partition (the data-log markers to every partition: each reads the whole data log), ``rp.meta``
-is written last and the ``r.`` keys removed after it. A crash in between starts the split again
-from the ``r.`` keys, which are still whole. ``merge_partitions`` is the way back.
+An index followed unpartitioned (``r.`` keys) is split on the first partitioned start, and
+merged back when ``partitioned`` is turned off (``follower_migrate``). Every round first checks
+``rp.meta``: a state merged away meanwhile is never restarted from nothing.
 
 ``caught_up_until`` of the whole zone is the minimum over the partitions' persisted values
 (the collector's watermark cap): a partition nobody has run yet holds it back.
@@ -24,14 +22,9 @@ import threading
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 
-import orjson
-
 from changelog.config import SourceConfig
-from changelog.errors import LeaseLost, PermanentError, TransientError
+from changelog.errors import LeaseLost, TransientError
 from changelog.pipeline.control import (
-    FOLLOWER_LOCK,
-    FOLLOWER_PARTITION_META_KEY,
-    FOLLOWER_PREFIX,
     FOLLOWER_ROLE,
     partition_lock,
 )
@@ -39,20 +32,25 @@ from changelog.pipeline.index import ChangeIndex
 from changelog.pipeline.lease import Lease, Renewer, make_cookie
 from changelog.pipeline.loop import Clocks, Stopped
 from changelog.pipeline.partitions import Partitions
-from changelog.pipeline.store import WriteOp, omap_iter
 from rgw_module.admin import AdminClient
 from rgw_module.bucket_index import BucketIndexReader
 from rgw_module.follower import Follower
-from rgw_module.follower_state import ZONE_KEYS, StateKeys, follower_state
-from rgw_module.mapping import BucketShard
-from rgw_module.partition_scope import PartitionScope, bucket_partition
-from rgw_module.trim import marker_order
+from rgw_module.follower_migrate import (
+    META_KEY,
+    merge_partitions,
+    prepare_partitions,
+    read_meta,
+    read_meta_doc,
+)
+from rgw_module.follower_state import StateKeys, follower_state
+from rgw_module.partition_scope import PartitionScope
 
 logger = logging.getLogger(__name__)
 
-META_KEY = FOLLOWER_PARTITION_META_KEY
-# Keys per write while splitting or merging (the last write, rp.meta or the r. removal, commits).
-MIGRATE_BATCH = 1000
+# Stats that describe a follower now, not counters since the start (not kept once it is replaced).
+LIVE_ONLY = frozenset({"lag_seconds", "pending_shards", "full_syncs_running", "caught_up_until", "lease_held"})
+
+__all__ = ["META_KEY", "PartitionedFollower", "merge_partitions", "partitioned_state", "prepare_partitions", "read_meta"]
 
 
 class PartitionedFollower:
@@ -97,7 +95,8 @@ class PartitionedFollower:
         )
         self._pool = ThreadPoolExecutor(max_workers=config.workers, thread_name_prefix="rgw-follower")
         self._followers: dict[int, Follower] = {}
-        self._retired: list[Follower] = []  # of partitions lost and taken again: their counters
+        # The counters of followers replaced (partitions lost and taken again).
+        self._retired_stats: dict[str, object] = {}
         self._held: list[int] = []
         self._retry_at: dict[int, tuple[float, float]] = {}  # partition -> (when, backoff)
         self._prepared = False
@@ -122,7 +121,8 @@ class PartitionedFollower:
                     self.step(stop)
                 except Stopped:
                     break
-                except TransientError as ex:
+                except (TransientError, LeaseLost) as ex:
+                    # LeaseLost: the split's lease, lost in a long split (it is resumed).
                     self.errors["transient"] += 1
                     logger.warning("follower partitions: %s", ex)
                 stop.wait(max(0.0, self.config.poll_interval - (self.clocks.monotonic() - t0)))
@@ -131,7 +131,13 @@ class PartitionedFollower:
 
     def step(self, stop: threading.Event | None = None) -> list[int]:
         """One round: refresh the share, sweep each partition held. The partitions held."""
-        if not self._prepared:
+        # Every round: the state may have been merged back (``partitioned = false`` elsewhere,
+        # with this instance holding nothing): then it is split again from the merged state,
+        # never restarted from nothing (and not while an unpartitioned follower runs).
+        doc = read_meta_doc(self.index)
+        if doc is None or int(str(doc["count"])) != self.count or doc.get("merging") or not self._prepared:
+            if doc is None or doc.get("merging"):
+                self._drop_all()
             prepare_partitions(self.index, self.count)
             self._prepared = True
         held = self.partitions.refresh()
@@ -139,7 +145,7 @@ class PartitionedFollower:
             if n not in self._held and n in self._followers:
                 # Taken again (a new lease): a fresh follower, which loads the state another
                 # instance may have moved meanwhile.
-                self._retired.append(self._followers.pop(n))
+                self._retire(self._followers.pop(n))
         self._held = held
         for n in held:
             if stop is not None and stop.is_set():
@@ -168,6 +174,18 @@ class PartitionedFollower:
         else:
             self._retry_at.pop(n, None)
 
+    def _retire(self, f: Follower) -> None:
+        """Keep a replaced follower's counters (not the follower: its state may be large)."""
+        for k, v in f.stats().items():
+            if k not in LIVE_ONLY:
+                self._retired_stats[k] = _merge(self._retired_stats.get(k), v)
+
+    def _drop_all(self) -> None:
+        """The state was merged away under us: every partition's follower is stale."""
+        for n in list(self._followers):
+            self._retire(self._followers.pop(n))
+        self._held = []
+
     def _follower(self, n: int) -> Follower:
         return Follower(
             self.index,
@@ -195,7 +213,7 @@ class PartitionedFollower:
     # ------------------------------------------------------------------ what the service asks
 
     def leases(self) -> list[Lease]:
-        return [self.partitions.lease(n) for n in self.partitions.held()]
+        return self.partitions.held_leases()
 
     def caught_up_until_us(self) -> int | None:
         """Every mutation radosgw completed before this time (unix µs) is in the index: the
@@ -223,12 +241,12 @@ class PartitionedFollower:
         """``Follower.stats`` summed over the partitions this process ran (counters since it
         started; lag and pending shards of those it holds), with ``partitions_held``."""
         held = set(self._held)
-        followers = [(n in held, f) for n, f in sorted(self._followers.items())]
-        followers += [(False, f) for f in self._retired]
-        out: dict[str, object] = {}
+        # Snapshots: the follower thread changes these while a scrape or health check reads.
+        followers = [(n in held, f) for n, f in sorted(list(self._followers.items()))]
+        out: dict[str, object] = dict(self._retired_stats)
         for live, f in followers:
             for k, v in f.stats().items():
-                if k in ("lag_seconds", "pending_shards", "full_syncs_running") and not live:
+                if k in LIVE_ONLY and not live:
                     continue
                 out[k] = _merge(out.get(k), v)
         out["caught_up_until"] = self.caught_up_until()
@@ -288,149 +306,3 @@ def _merge(a: object, b: object) -> object:
             out[k] = _merge(out.get(k), v)
         return out
     return b
-
-
-# ---------------------------------------------------------------------- split and merge
-
-
-def read_meta(index: ChangeIndex) -> int | None:
-    """The partition count the index's follower state is cut into, None if not partitioned."""
-    raw = index.store.omap_get(index.control_oid, [META_KEY]).get(META_KEY)
-    return None if raw is None else int(orjson.loads(raw)["count"])
-
-
-def prepare_partitions(index: ChangeIndex, count: int) -> None:
-    """Before the first partitioned sweep: check the count against ``rp.meta``, or write it,
-    splitting an unpartitioned follower's state first (module docstring)."""
-    have = read_meta(index)
-    if have is not None:
-        if have != count:
-            raise PermanentError(
-                f"scale.follower_partitions is {count}, but this index's follower state is cut into {have} "
-                "partitions; set it back to that (the count is fixed for an index)"
-            )
-        return
-    _with_zone_lease(index, lambda lease: _split(index, count, lease))
-
-
-def merge_partitions(index: ChangeIndex) -> int | None:
-    """Turn a partitioned follower state back into one follower's (``[scale] partitioned =
-    false`` after it was true), under every partition's lease; the former count, or None when
-    the state was not partitioned. Data-log markers: each shard's lowest (re-reads, no loss);
-    caught_up_until: the lowest."""
-    count = read_meta(index)
-    if count is None:
-        return None
-    store, oid = index.store, index.control_oid
-    leases = [
-        Lease(store, oid, name=partition_lock(FOLLOWER_ROLE, n), ttl=30.0, description="merge")
-        for n in range(count)
-    ]
-    try:
-        for lease in leases:
-            if not lease.acquire():
-                raise TransientError(
-                    "follower partitions are held by a running serve: stop it (or every partitioned serve) first"
-                )
-        sets: dict[str, bytes] = {}
-        removes: list[str] = []
-        datalog: dict[str, list[str]] = {}
-        cu: list[int] = []
-        boot: bytes | None = None
-        for n in range(count):
-            keys = StateKeys.of(n)
-            for k, v in omap_iter(store, oid, prefix=keys.prefix):
-                removes.append(k)
-                rest = k[len(keys.prefix) :]
-                if rest.startswith("dl."):
-                    datalog.setdefault(FOLLOWER_PREFIX + rest, []).append(v.decode())
-                elif rest == "cu":
-                    cu.append(int(v))
-                elif rest == "boot":
-                    boot = boot or v
-                else:
-                    sets[FOLLOWER_PREFIX + rest] = v
-        for k, markers in datalog.items():
-            sets[k] = min(markers, key=marker_order).encode()
-        if cu and len(cu) == count:
-            sets[ZONE_KEYS.caught_up] = str(min(cu)).encode()
-        if boot is not None:
-            sets[ZONE_KEYS.boot] = boot
-        _write_batches(index, sets, leases[0])
-        _remove_batches(index, [k for k in removes], leases[0], last=[META_KEY])
-        return count
-    finally:
-        for lease in leases:
-            lease.release()
-
-
-def _with_zone_lease(index: ChangeIndex, work: Callable[[Lease], None]) -> None:
-    lease = Lease(index.store, index.control_oid, name=FOLLOWER_LOCK, ttl=60.0, description="partition split")
-    if not lease.acquire():
-        raise TransientError(
-            "an unpartitioned follower holds the follower lease: stop it before partitioning"
-        )
-    try:
-        if read_meta(index) is None:
-            work(lease)
-    finally:
-        lease.release()
-
-
-def _split(index: ChangeIndex, count: int, lease: Lease) -> None:
-    store, oid = index.store, index.control_oid
-    sets: dict[str, bytes] = {}
-    removes: list[str] = []
-    zone = ZONE_KEYS
-    everyone = (zone.boot, zone.caught_up)
-    for k, v in omap_iter(store, oid, prefix=zone.prefix):
-        rest = k[len(zone.prefix) :]
-        if rest.startswith("rq."):
-            continue  # requests stay: the owner partition takes them
-        removes.append(k)
-        if k in everyone or rest.startswith("dl."):
-            targets: Iterable[int] = range(count)
-        else:
-            bucket = _bucket_of(rest)
-            if bucket is None:
-                logger.warning("follower state key %s not understood: dropped in the split", k)
-                continue
-            targets = (bucket_partition(bucket, count),)
-        for n in targets:
-            sets[StateKeys.of(n).prefix + rest] = v
-    _write_batches(index, sets, lease)
-    _write_batches(index, {META_KEY: orjson.dumps({"count": count})}, lease)
-    _remove_batches(index, removes, lease, last=[])
-    if removes:
-        logger.info("follower state split into %d partitions: %d keys", count, len(removes))
-
-
-def _bucket_of(rest: str) -> str | None:
-    """The bucket a follower key (without its prefix) is about: ``k.``/``f.`` name it, ``u.``
-    names it before ``:<upload id>``, ``p.`` and ``m.`` name a bucket-index shard."""
-    kind, _, tail = rest.partition(".")
-    if kind in ("k", "f"):
-        return tail
-    if kind == "u":
-        return tail.rpartition(":")[0] or None
-    if kind in ("p", "m"):
-        bs = BucketShard.parse(tail)
-        return None if bs is None else bs.bucket
-    return None
-
-
-def _write_batches(index: ChangeIndex, sets: dict[str, bytes], lease: Lease) -> None:
-    items = sorted(sets.items())
-    for i in range(0, len(items), MIGRATE_BATCH):
-        index.store.execute(
-            index.control_oid, WriteOp(set=dict(items[i : i + MIGRATE_BATCH]), fence=lease.ref)
-        )
-
-
-def _remove_batches(index: ChangeIndex, removes: list[str], lease: Lease, *, last: list[str]) -> None:
-    for i in range(0, len(removes), MIGRATE_BATCH):
-        index.store.execute(
-            index.control_oid, WriteOp(remove=removes[i : i + MIGRATE_BATCH], fence=lease.ref)
-        )
-    if last:
-        index.store.execute(index.control_oid, WriteOp(remove=last, fence=lease.ref))

@@ -133,10 +133,17 @@ class Trimmer:
 
 
 def marker_order(marker: str) -> tuple[int, ...]:
-    """A data-log marker as a sortable tuple: its numbers in order. FIFO markers (Pacific and
-    later) are ``<part:020d>:<offset:020d>``, the old omap ones ``1_<sec>.<usec>_<n>.1``; both
-    sort by their numbers, and the empty marker (nothing read) sorts first."""
-    return tuple(int(x) for x in _DIGITS.findall(marker))
+    """A data-log marker as a sortable tuple: its generation, then its numbers in order. FIFO
+    markers (Pacific and later) are ``<part:020d>:<offset:020d>``, the old omap ones
+    ``1_<sec>.<usec>_<n>.1``; a later data-log generation (after a change of the data log's
+    backing) prefixes ``G<gen:020d>@`` (radosgw's ``gencursor``), generation 0 nothing. The empty
+    marker (nothing read) sorts first."""
+    gen = 0
+    m = _GENERATION.match(marker)
+    if m is not None:
+        gen, marker = int(m[1]), marker[m.end() :]
+    return (gen, *(int(x) for x in _DIGITS.findall(marker)))
 
 
 _DIGITS = re.compile(r"\d+")
+_GENERATION = re.compile(r"G(\d+)@")

@@ -97,6 +97,10 @@ class Partitions:
         """The partitions held now (a lost lease drops out: its renewal was refused)."""
         return sorted(n for n, lease in self._leases.items() if lease.held)
 
+    def held_leases(self) -> list[Lease]:
+        """The leases of the partitions held now (a snapshot: safe from another thread)."""
+        return [lease for _, lease in sorted(list(self._leases.items())) if lease.held]
+
     def lease(self, n: int) -> Lease:
         """Partition ``n``'s lease: its ``ref`` fences the partition's writes."""
         return self._leases[n]
