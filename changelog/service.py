@@ -285,12 +285,6 @@ def build_follower(cfg: Config, index: ChangeIndex, target: Target, controls: Co
             paused=lambda: controls.checkpoint("follower"),
             bucket_index=bucket_index,
         )
-    from rgw_module.follower_partitions import merge_partitions
-
-    # Partitioned before: one follower's state again (refused while a partitioned serve runs).
-    merged = merge_partitions(index)
-    if merged is not None:
-        logger.warning("follower state of %d partitions merged back into one follower's ([scale] partitioned = false)", merged)
     # Pausing parks the follower between sweeps; its lease and markers stay.
     return Follower(
         index,

@@ -54,7 +54,7 @@ from rgw_module.bilog_reader import BilogReader
 from rgw_module.bucket_index import BucketIndexReader
 from rgw_module.bucket_tracker import BucketTracker
 from rgw_module.datalog_reader import DataLogReader
-from rgw_module.follower_migrate import read_meta
+from rgw_module.follower_migrate import merge_partitions, read_meta
 from rgw_module.follower_state import dump_json, follower_state
 from rgw_module.full_sync import FullSyncRunner
 from rgw_module.generations import advance_generations, start_closing
@@ -384,12 +384,12 @@ class Follower:
         """Read the persisted state (after taking the lease: another follower may have moved it)."""
         ctx, st = self._ctx, self._ctx.state
         if self.partition is None and read_meta(self.index) is not None:
-            # Partitioned elsewhere ([scale] partitioned = true in another serve): following
-            # the zone from an empty r. state beside the partitions would record it all twice.
-            raise TransientError(
-                "this index's follower state is partitioned ([scale] partitioned = true elsewhere): "
-                "set it here too, or stop every partitioned serve so that this one merges it back"
-            )
+            # Partitioned before ([scale] partitioned = true): merged back into one follower's
+            # state first. Refused (TransientError: tried again) while a partitioned serve runs:
+            # following the zone from an empty r. state beside the partitions would record it
+            # all twice.
+            merged = merge_partitions(self.index, now=self.clocks.clock())
+            logger.warning("follower state of %s partitions merged back into one follower's", merged)
         now = ctx.now()
         st.load(ctx.store, ctx.control_oid, now, ctx.keys)
         for b in st.buckets.values():
