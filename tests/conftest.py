@@ -150,11 +150,12 @@ CALL_FAILED_KEY = pytest.StashKey[bool]()
 
 @pytest.fixture(scope="session", autouse=True)
 def record_schema_guard(request: pytest.FixtureRequest) -> Iterator[Guard]:
-    """Validates every line ``encode_raw_many`` (the only producer of committed lines) returns in
-    this process against docs/record.schema.json, for the whole session."""
+    """Validates every line ``encode_raw_many`` and ``encode_index_entries`` (the producers of
+    committed lines) return in this process against docs/record.schema.json, for the whole
+    session."""
     from changelog.pipeline import logformat
 
-    guard = Guard(logformat.encode_raw_many)
+    guard = Guard(logformat.encode_raw_many, logformat.encode_index_entries)
     request.config.stash[GUARD_KEY] = guard
     guard.install()
     try:

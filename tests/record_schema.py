@@ -18,7 +18,7 @@ import functools
 import re
 import sys
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,6 +29,8 @@ from jsonschema import Draft202012Validator
 SCHEMA_PATH = Path(__file__).resolve().parent.parent / "docs" / "record.schema.json"
 
 EncodeMany = Callable[[Iterable[tuple[int, bytes]]], list[bytes]]
+# logformat.encode_index_entries(entries, *, time_start, time_end) -> (times, lines)
+EncodeEntries = Callable[..., tuple[list[int], list[bytes]]]
 
 
 class InvalidRecord(AssertionError):
@@ -223,11 +225,11 @@ def check_line(line: bytes) -> dict[str, Any]:
 
 
 class Guard:
-    """Wraps ``encode_raw_many`` wherever a module bound it, so that every line it returns is
-    validated; ``lines`` counts them (the session reports it, so a guard that sees nothing shows)."""
+    """Wraps the producers of change-log lines (``encode_raw_many``, ``encode_index_entries``)
+    wherever a module bound them, so that every line they return is validated; ``lines`` counts
+    them (the session reports it, so a guard that sees nothing shows)."""
 
-    def __init__(self, original: EncodeMany) -> None:
-        self.original = original
+    def __init__(self, original: EncodeMany, original_entries: EncodeEntries) -> None:
         self.lines = 0
         self.seconds = 0.0  # spent validating (the guard's cost to the session)
         # What was refused, kept as well as raised: a caller that retries on any exception (a
@@ -236,31 +238,46 @@ class Guard:
 
         @functools.wraps(original)
         def encode_raw_many(items: Iterable[tuple[int, bytes]]) -> list[bytes]:
-            lines = original(items)
-            started = time.perf_counter()
-            for line in lines:
-                try:
-                    check_line(line)
-                except InvalidRecord as ex:
-                    self.refused.append(str(ex))
-                    raise
-            self.lines += len(lines)
-            self.seconds += time.perf_counter() - started
-            return lines
+            return self._checked(original(items))
 
-        self.wrapper: EncodeMany = encode_raw_many
+        @functools.wraps(original_entries)
+        def encode_index_entries(
+            entries: Sequence[tuple[str, bytes]], *, time_start: int, time_end: int
+        ) -> tuple[list[int], list[bytes]]:
+            times, lines = original_entries(entries, time_start=time_start, time_end=time_end)
+            return times, self._checked(lines)
 
-    def _holders(self, fn: object) -> Iterator[Any]:
+        # name -> (the original, its wrapper)
+        self.wrapped: dict[str, tuple[object, object]] = {
+            "encode_raw_many": (original, encode_raw_many),
+            "encode_index_entries": (original_entries, encode_index_entries),
+        }
+
+    def _checked(self, lines: list[bytes]) -> list[bytes]:
+        started = time.perf_counter()
+        for line in lines:
+            try:
+                check_line(line)
+            except InvalidRecord as ex:
+                self.refused.append(str(ex))
+                raise
+        self.lines += len(lines)
+        self.seconds += time.perf_counter() - started
+        return lines
+
+    def _holders(self, name: str, fn: object) -> Iterator[Any]:
         # `from changelog.pipeline.logformat import encode_raw_many` binds the function in the
         # importing module at import time: every module already holding it must be patched too.
         for module in list(sys.modules.values()):
-            if module is not None and getattr(module, "encode_raw_many", None) is fn:
+            if module is not None and getattr(module, name, None) is fn:
                 yield module
 
     def install(self) -> None:
-        for module in self._holders(self.original):
-            module.encode_raw_many = self.wrapper
+        for name, (original, wrapper) in self.wrapped.items():
+            for module in self._holders(name, original):
+                setattr(module, name, wrapper)
 
     def uninstall(self) -> None:
-        for module in self._holders(self.wrapper):
-            module.encode_raw_many = self.original
+        for name, (original, wrapper) in self.wrapped.items():
+            for module in self._holders(name, wrapper):
+                setattr(module, name, original)

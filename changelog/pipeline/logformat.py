@@ -12,11 +12,12 @@ import enum
 import functools
 import gzip
 import io
+import os
 import re
 import struct
 import time
 import zlib
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import IO, Protocol
@@ -292,10 +293,74 @@ _LINE_BREAK = orjson.Fragment(b"\n")
 _SEPARATOR = b",\n,"
 
 
+# The C encoder (changelog/_speedups.c, built by the package build when a compiler is there):
+# ``(items, schema version) -> lines``, or None for a value shape it leaves to Python; and the
+# same for index entries, ``(entries, time start, time end, schema version) -> (times, lines)``.
+NativeEncoder = Callable[[list[tuple[int, bytes]] | tuple[tuple[int, bytes], ...], int], list[bytes] | None]
+NativeEntriesEncoder = Callable[
+    [Sequence[tuple[str, bytes]], int, int, int], tuple[list[int], list[bytes]] | None
+]
+
+
+def _native_encoder() -> tuple[NativeEncoder, NativeEntriesEncoder] | tuple[None, None]:
+    """The C encoder, unless it is not built or ``RGW_CHANGELOG_PURE_PYTHON=1`` (tests and
+    debugging) asks for the Python one."""
+    if os.environ.get("RGW_CHANGELOG_PURE_PYTHON", "") == "1":
+        return None, None
+    try:
+        from changelog import _speedups
+    except ImportError:
+        return None, None
+    return _speedups.encode_raw_many, _speedups.encode_entries
+
+
+_NATIVE, _NATIVE_ENTRIES = _native_encoder()
+# Which encoder ``encode_raw_many`` uses: "native" or "python" (for status and the benchmarks).
+ENCODER = "python" if _NATIVE is None else "native"
+
+
 def encode_raw_many(items: Iterable[tuple[int, bytes]]) -> list[bytes]:
     """The JSON lines of many ``(recorded time, stored value)`` pairs, in order: exactly
-    ``encode_raw`` of each (this is its only implementation: the collector's pass and the
-    byte-identical rebuild of recovery both go through here). The collector's hot path.
+    ``encode_raw`` of each (the collector's pass and the byte-identical rebuild of recovery both
+    go through here). The collector's hot path: the C encoder when it is built, else
+    ``_encode_raw_many_py``; the two are one contract (tests/unit/test_drain_speed.py)."""
+    if _NATIVE is not None:
+        return encode_raw_many_native(_NATIVE, items)
+    return _encode_raw_many_py(items)
+
+
+def encode_raw_many_native(native: NativeEncoder, items: Iterable[tuple[int, bytes]]) -> list[bytes]:
+    """``encode_raw_many`` by ``native``; a batch it does not handle whole (a value shape it
+    does not know, an undecodable value) is encoded again by ``_encode_raw_many_py``, which
+    raises the one error for an invalid value."""
+    batch = items if isinstance(items, list | tuple) else list(items)
+    lines = native(batch, SCHEMA_VERSION)
+    return _encode_raw_many_py(batch) if lines is None else lines
+
+
+def encode_index_entries(
+    entries: Sequence[tuple[str, bytes]], *, time_start: int, time_end: int
+) -> tuple[list[int], list[bytes]]:
+    """``encode_raw_many`` of index entries ``(key, stored value)`` whose keys hold their
+    recorded time in hex at ``[time_start:time_end]`` (1 to 16 digits; the collector's pages):
+    the times, ``int(key[time_start:time_end], 16)``, and the lines. With the C encoder the
+    times are parsed there too (in Python, the times and the pairs cost a third of what the C
+    encoding does); anything it does not take goes the Python way, with the same result or
+    error."""
+    if _NATIVE_ENTRIES is not None:
+        got = _NATIVE_ENTRIES(entries, time_start, time_end, SCHEMA_VERSION)
+        if got is not None:
+            return got
+    times = [int(key[time_start:time_end], 16) for key, _ in entries]
+    pairs = list(zip(times, [raw for _, raw in entries], strict=True))
+    # Not through ``encode_raw_many``: this is a producer of lines of its own (the tests'
+    # record-schema guard wraps each producer once).
+    return times, _encode_raw_many_py(pairs) if _NATIVE is None else encode_raw_many_native(_NATIVE, pairs)
+
+
+def _encode_raw_many_py(items: Iterable[tuple[int, bytes]]) -> list[bytes]:
+    """``encode_raw_many`` in Python: the reference the C encoder matches byte for byte, and
+    the encoder where it is not built.
 
     The documents go through one ``orjson.dumps`` call, as one array with a raw newline
     between them (orjson's compact output of a document is the same inside an array as alone,

@@ -21,7 +21,13 @@ from changelog.config import CollectorConfig
 from changelog.errors import ConfigError, InvalidMutation, ObjectMissing, PermanentError, TransientError
 from changelog.pipeline import keys
 from changelog.pipeline.commit import PendingCommit, ShardRange
-from changelog.pipeline.logformat import Compression, ObjectEncoder, encode_raw, encode_raw_many, rfc3339_us
+from changelog.pipeline.logformat import (
+    Compression,
+    ObjectEncoder,
+    encode_index_entries,
+    encode_raw,
+    rfc3339_us,
+)
 from changelog.pipeline.targets import Part, Target, UploadMissing
 
 logger = logging.getLogger(__name__)
@@ -229,9 +235,7 @@ class LogWriter:
         # Pages come in key order, so with the first and the last every key is a data key.
         keys.time_of(keys_[0])
         keys.time_of(keys_[-1])
-        width = keys.TIME_WIDTH + 2
-        times = [int(key[2:width], 16) for key in keys_]
-        lines = _encode(shard, entries, times)
+        times, lines = _encode(shard, entries)
         if roll:
             n = _lines_below(lines, self._up.roll_bytes - self._enc.raw_bytes)
             if n < len(lines):
@@ -357,14 +361,19 @@ class LogWriter:
             logger.warning("could not abort upload %s of %s (GC will): %s", upload_id, self.name, ex)
 
 
-def _encode(shard: int, entries: Sequence[tuple[str, bytes]], times: list[int]) -> list[bytes]:
-    """The log lines of ``entries``; an invalid one is named by its shard and key."""
+# The recorded time in a data key: d.<t:016x>...
+_TIME_START, _TIME_END = 2, 2 + keys.TIME_WIDTH
+
+
+def _encode(shard: int, entries: Sequence[tuple[str, bytes]]) -> tuple[list[int], list[bytes]]:
+    """The recorded times (from the keys) and the log lines of ``entries``; an invalid one is
+    named by its shard and key."""
     try:
-        return encode_raw_many(zip(times, [raw for _, raw in entries], strict=True))
+        return encode_index_entries(entries, time_start=_TIME_START, time_end=_TIME_END)
     except InvalidMutation:
-        for (key, raw), t in zip(entries, times, strict=True):
+        for key, raw in entries:
             try:
-                encode_raw(t, raw)
+                encode_raw(int(key[_TIME_START:_TIME_END], 16), raw)
             except InvalidMutation as ex:
                 raise InvalidMutation(f"shard {shard} key {key}: {ex}") from ex
         raise

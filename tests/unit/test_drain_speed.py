@@ -2,22 +2,35 @@
 one, or a reworked Python loop) must produce exactly the lines of the reference below, a frozen
 copy of the encoder as of 2026-12-06, on varied records and whatever the page boundaries. A log
 object must be rebuildable byte for byte (docs/design.md §6), so this is a contract, not a
-snapshot to refresh."""
+snapshot to refresh.
+
+Every test runs against both encoders: the Python one and the C one (changelog/_speedups.c),
+which must handle these records itself, never by handing them back to Python. The C case is
+skipped only where the module is not built; tests/unit/test_speedups.py fails when
+``RGW_CHANGELOG_REQUIRE_NATIVE=1`` (CI) and it is missing."""
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import random
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import msgpack
 import orjson
 import pytest
 
 from changelog.errors import InvalidMutation
-from changelog.pipeline.logformat import SCHEMA_VERSION, encode_raw_many
+from changelog.pipeline.logformat import SCHEMA_VERSION, _encode_raw_many_py, encode_raw_many_native
 from changelog.pipeline.mutation import Mutation, Op
+
+try:
+    from changelog import _speedups
+except ImportError:
+    _speedups = None  # type: ignore[assignment]
+
+Encode = Callable[[list[tuple[int, bytes]]], list[bytes]]
 
 T0 = 1_795_300_000_123_456  # 2026-11-21T22:26:40.123456Z
 
@@ -100,23 +113,52 @@ def _items(seed: int, n: int) -> list[tuple[int, bytes]]:
     return out
 
 
+def _native_only(items: list[tuple[int, bytes]]) -> list[bytes]:
+    """The C encoder alone: a record it handed back to Python would pass by Python's output."""
+    assert _speedups is not None
+    lines = _speedups.encode_raw_many(items, SCHEMA_VERSION)
+    assert lines is not None, "the C encoder handed a batch of ordinary records back to Python"
+    return lines
+
+
+@pytest.fixture(params=["python", "native"])
+def encoder(request: pytest.FixtureRequest) -> Encode:
+    if request.param == "python":
+        return _encode_raw_many_py
+    if _speedups is None:
+        pytest.skip("changelog._speedups is not built (no C compiler at install time)")
+    return _native_only
+
+
 @pytest.mark.parametrize("seed", range(4))
-def test_encode_raw_many_equals_the_reference(seed: int) -> None:
+def test_encode_raw_many_equals_the_reference(encoder: Encode, seed: int) -> None:
     items = _items(seed, 600)
-    assert encode_raw_many(items) == [_ref_line(t, raw) for t, raw in items]
+    assert encoder(items) == [_ref_line(t, raw) for t, raw in items]
 
 
-def test_lines_do_not_depend_on_the_page_boundaries() -> None:
+def test_lines_do_not_depend_on_the_page_boundaries(encoder: Encode) -> None:
     items = _items(7, 900)
-    whole = b"".join(encode_raw_many(items))
+    whole = b"".join(encoder(items))
     rng = random.Random(7)
     cuts = sorted(rng.sample(range(1, len(items)), 40))
     pages: Iterable[list[tuple[int, bytes]]] = (items[a:b] for a, b in zip([0, *cuts], [*cuts, len(items)], strict=True))
-    assert b"".join(line for page in pages for line in encode_raw_many(page)) == whole
+    assert b"".join(line for page in pages for line in encoder(page)) == whole
 
 
-def test_an_undecodable_entry_is_refused_not_skipped() -> None:
+@pytest.mark.parametrize("impl", ["python", "native"])
+def test_an_undecodable_entry_is_refused_not_skipped(impl: str) -> None:
     items = _items(3, 20)
+    if impl == "python":
+        encode: Encode = _encode_raw_many_py
+    elif _speedups is None:
+        pytest.skip("changelog._speedups is not built (no C compiler at install time)")
+    else:
+        encode = functools.partial(encode_raw_many_native, _speedups.encode_raw_many)
     for bad in (b"\xc1garbage", b"\x80", msgpack.packb({"b": "x"}), items[0][1] + b"\x00"):
+        batch = [*items[:10], (T0, bad), *items[10:]]
+        if _speedups is not None:
+            # The C encoder refuses nothing itself: it hands the batch back, and the Python
+            # encoder raises the one error with its one message.
+            assert _speedups.encode_raw_many(batch, SCHEMA_VERSION) is None
         with pytest.raises(InvalidMutation):
-            encode_raw_many([*items[:10], (T0, bad), *items[10:]])
+            encode(batch)

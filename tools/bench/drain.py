@@ -31,7 +31,7 @@ import msgpack
 import orjson
 
 from changelog.config import CollectorConfig
-from changelog.pipeline import keys
+from changelog.pipeline import keys, logformat
 from changelog.pipeline.collector import Collector
 from changelog.pipeline.index import ChangeIndex
 from changelog.pipeline.targets import S3Target
@@ -139,6 +139,7 @@ def _throughput(bench: Bench, s3: Any, bucket: str) -> Figure:
         params={
             "backlog": n,
             "shards": SHARDS,
+            "encoder": logformat.ENCODER,
             "reps": reps,
             "page": 1000,
             "roll_entries": 100_000,
@@ -187,6 +188,7 @@ def _rss(bench: Bench, s3: Any, bucket: str) -> Figure:
     params: dict[str, Any] = {
         "backlog": n,
         "shards": SHARDS,
+        "encoder": logformat.ENCODER,
         "ours_startup_mb": round(ours["startup_kb"] / 1024, 1),
         "ours_seconds": round(ours["seconds"], 2),
         "ours_entries_per_s": round(n / ours["seconds"]),

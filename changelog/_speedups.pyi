@@ -1,0 +1,11 @@
+"""Types of the C encoder (changelog/_speedups.c), for mypy."""
+
+from collections.abc import Sequence
+
+def encode_raw_many(
+    items: list[tuple[int, bytes]] | tuple[tuple[int, bytes], ...], version: int, /
+) -> list[bytes] | None: ...
+def event_id(data: bytes, /) -> str: ...
+def encode_entries(
+    entries: Sequence[tuple[str, bytes]], time_start: int, time_end: int, version: int, /
+) -> tuple[list[int], list[bytes]] | None: ...
