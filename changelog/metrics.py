@@ -337,6 +337,7 @@ class ChangelogMetrics:
         yield from _index_families(data.shards, self._clock())
         yield from _collector_families(data.collector)
         yield from _consumer_families(data.consumers)
+        yield from _lifecycle_families(data.consumers)
         yield from _replication_families(data.replication)
         yield from _lease_families(data.leases)
         yield from _health_families(data.health)
@@ -560,6 +561,35 @@ def _consumer_families(consumers: Mapping[str, Mapping[str, object]]) -> Iterato
             elif (v := _number(stats, key)) is not None:
                 gauge.add_metric([consumer], v)
         yield gauge
+
+
+# Lifecycle (a consumer whose stats have these keys): what its executor did, by action.
+LIFECYCLE_ACTIONS = (
+    "expired", "noncurrent_expired", "transitioned", "skipped", "failed",
+    "uploads_aborted", "uploads_gone", "uploads_failed",
+)  # fmt: skip
+
+
+def _lifecycle_families(consumers: Mapping[str, Mapping[str, object]]) -> Iterator[Metric]:
+    """``rgw_changelog_lifecycle_actions_total{consumer,action}`` (expired, noncurrent_expired,
+    transitioned, skipped after a re-check, failed, and incomplete uploads aborted, found gone,
+    failed) and ``rgw_changelog_lifecycle_requests_total{consumer}`` (S3 requests of the executor)."""
+    actions = CounterMetricFamily(
+        PREFIX + "lifecycle_actions", "Lifecycle actions taken by this process, by action", labels=["consumer", "action"]
+    )
+    requests = CounterMetricFamily(
+        PREFIX + "lifecycle_requests", "S3 requests of the lifecycle executor", labels=["consumer"]
+    )
+    for consumer, stats in sorted(consumers.items()):
+        if "expired" not in stats:
+            continue
+        for action in LIFECYCLE_ACTIONS:
+            if (v := _number(stats, action)) is not None:
+                actions.add_metric([consumer, action], v)
+        if (v := _number(stats, "requests")) is not None:
+            requests.add_metric([consumer], v)
+    yield actions
+    yield requests
 
 
 # Replication stats keys exported per site: (key, name without PREFIX, help text).

@@ -96,3 +96,24 @@ def test_the_shortest_matching_rule_applies_and_partitioned_tables_are_read(env:
     due = reaper.due(int(now * S))
     assert [(u.upload_id, r.rule) for u, r in due] == [(uid, "short")]
     assert reaper.run() == 1 and open_uploads(s3, "bkt") == set()
+
+
+def test_lifecycle_counters_are_exported_as_metrics() -> None:
+    from prometheus_client import generate_latest
+
+    from changelog.metrics import ChangelogMetrics, make_registry
+
+    class Lifecycle:
+        def stats(self) -> dict[str, object]:
+            return {"records_consumed": 5, "expired": 3, "noncurrent_expired": 1, "uploads_aborted": 2, "requests": 9}
+
+    class Other:
+        def stats(self) -> dict[str, object]:
+            return {"records_consumed": 7}
+
+    metrics = ChangelogMetrics(consumers={"lifecycle": Lifecycle(), "usage": Other()})
+    text = generate_latest(make_registry(metrics, process=False)).decode()
+    assert 'rgw_changelog_lifecycle_actions_total{action="expired",consumer="lifecycle"} 3.0' in text
+    assert 'rgw_changelog_lifecycle_actions_total{action="uploads_aborted",consumer="lifecycle"} 2.0' in text
+    assert 'rgw_changelog_lifecycle_requests_total{consumer="lifecycle"} 9.0' in text
+    assert 'consumer="usage"' not in "\n".join(line for line in text.splitlines() if "lifecycle_" in line)
