@@ -79,7 +79,7 @@ def test_rules_parse_with_defaults() -> None:
             "transition_days must be less than expire_days",
         ),
         ({"rules": [{"bucket": "t:b", "expire_days": 3}]}, "tenant/bucket, not tenant:bucket"),
-        ({"rules": [{"bucket": "b", "abort_incomplete_multipart_days": 3}]}, "not supported yet"),
+        ({"rules": [{"bucket": "b", "abort_incomplete_multipart_days": 0}]}, "abort_incomplete_multipart_days"),
         (
             {"rules": [{"bucket": "b", "expire_days": 1}, {"bucket": "c", "expire_days": 1, "id": "rule-0"}]},
             "two rules are named 'rule-0'",

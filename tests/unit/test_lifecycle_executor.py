@@ -220,6 +220,43 @@ def test_transition_copies_in_place_and_keeps_the_objects_age(aws: None, tmp_pat
     assert after == {"k": ("expire", before["k"])}
 
 
+class RadosgwCopy:
+    """moto's client with radosgw's CopyObject answer: no x-amz-version-id, even when the copy
+    is a new version (measured on 16.2 to 20.2); every other call goes to moto unchanged."""
+
+    def __init__(self, s3: Any) -> None:
+        self._s3 = s3
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._s3, name)
+
+    def copy_object(self, **kw: Any) -> Any:
+        resp = dict(self._s3.copy_object(**kw))
+        resp.pop("VersionId", None)
+        return resp
+
+
+def test_a_versioned_transition_drops_the_original_when_the_copy_names_no_version(
+    aws: None, tmp_path: Path
+) -> None:
+    lb = lab(tmp_path, [{"bucket": "ver", "transition_days": 1, "storage_class": "STANDARD_IA"},
+                        {"bucket": "plain", "transition_days": 1, "storage_class": "STANDARD_IA"}])  # fmt: skip
+    # An S3Client by delegation (every call but copy_object is moto's).
+    lb.executor.client = RadosgwCopy(lb.s3)  # type: ignore[assignment]
+    lb.bucket("ver", versioned=True)
+    lb.bucket("plain")
+    v1 = lb.put("ver", "k", b"data")
+    lb.put("plain", "k", b"data")
+    lb.commit()
+    lb.step(ahead=5)
+    stack = lb.stack("ver", "k")
+    # The new version found by a HEAD, the original deleted: one version, in the class.
+    assert len(stack) == 1 and stack[0][0] != v1
+    assert lb.s3.head_object(Bucket="ver", Key="k")["StorageClass"] == "STANDARD_IA"
+    assert lb.s3.head_object(Bucket="plain", Key="k")["StorageClass"] == "STANDARD_IA"
+    assert lb.executor.counts["transitioned"] == 2
+
+
 def test_a_crash_after_acting_and_before_the_entry_is_removed_is_harmless(
     aws: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -38,7 +38,12 @@ FIGURES = {
     "journal": "tools.bench.journal",
     "replication": "tools.bench.replication",
     "usage": "tools.bench.usage",
+    "lifecycle": "tools.bench.lifecycle",
+    "scale": "tools.bench.scale",
 }
+# Figures `all` leaves out (minutes even with --quick, or several processes of their own): asked
+# for by name only.
+BY_NAME_ONLY = {"lifecycle", "scale"}
 # Figures that need a given Ceph release: a lab the run boots for them alone is of that release
 # (`journal`: radosgw's bucket logging in Journal mode is new in Tentacle). On a lab of another
 # release the figure says so in one line and is not produced.
@@ -50,7 +55,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         prog="python -m tools.bench",
         description="rgw-changelog benchmarks: each figure beside its baseline, measured in the same run.",
     )
-    ap.add_argument("figure", choices=[*FIGURES, "all"], help="which figure (all: every one, in order)")
+    ap.add_argument("figure", choices=[*FIGURES, "all"], help="which figure (all: every one in order, but lifecycle and scale)")
     ap.add_argument("--json", action="store_true", help="one JSON object per figure on stdout (table on stderr)")
     ap.add_argument("--scale", type=float, default=1.0, help="multiply every workload size (default 1)")
     ap.add_argument("--quick", action="store_true", help="small workloads (~1.5 min for all, ~3.5 with journal; the CI smoke test)")
@@ -162,7 +167,7 @@ def report(args: argparse.Namespace, outcome: Outcome, *, total: float, load_sta
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    names = list(FIGURES) if args.figure == "all" else [args.figure]
+    names = [n for n in FIGURES if n not in BY_NAME_ONLY] if args.figure == "all" else [args.figure]
     tmp = Path(tempfile.mkdtemp(prefix="rgw-changelog-bench-"))
     lab, booted = open_lab(args, tmp)
     bench = Bench(

@@ -26,6 +26,7 @@ from changelog.consumers.lifecycle.model import DEFAULT_CONSUMER, Layout
 from changelog.consumers.lifecycle.plan import plan, status
 from changelog.consumers.lifecycle.rules import LifecycleConfig, RuleSet
 from changelog.consumers.lifecycle.schedule import Schedule
+from changelog.consumers.lifecycle.uploads_gc import UploadReaper, uploads_doc
 from changelog.pipeline.logformat import LogRecord
 from changelog.pipeline.reader import LogObject
 from changelog.pipeline.targets import Target
@@ -62,8 +63,11 @@ class LifecycleConsumer(LogObjectConsumer):
         name: str = DEFAULT_CONSUMER,
         interval: float = 5.0,
         log_prefix: str = "",
+        reaper: UploadReaper | None = None,
     ) -> None:
         super().__init__(logs, log_prefix=log_prefix)
+        # Aborts incomplete multipart uploads (abort_incomplete_multipart_days); None: no rule does.
+        self.reaper = reaper
         self.name = name
         self.interval = interval
         self.schedule = schedule
@@ -104,6 +108,9 @@ class LifecycleConsumer(LogObjectConsumer):
         super().step(cursor, stop)
         if self.executor is None:
             return
+        if self.reaper is not None:
+            cursor.lease.check()
+            self.reaper.run()
         for _ in range(BATCHES_PER_STEP):
             if stop.is_set():
                 return
@@ -116,6 +123,8 @@ class LifecycleConsumer(LogObjectConsumer):
         out: dict[str, object] = {**super().stats(), **self.counts}
         if self.executor is not None:
             out.update(self.executor.snapshot())
+        if self.reaper is not None:
+            out.update(self.reaper.snapshot())
         return out
 
     def routes(self) -> Mapping[tuple[str, str], RouteHandler]:
@@ -130,7 +139,10 @@ class LifecycleConsumer(LogObjectConsumer):
     def _status_doc(self) -> Mapping[str, object]:
         doc = status(self.schedule.store, self.schedule.layout, now_us=int(time.time() * 1_000_000))
         done = self.executor.snapshot() if self.executor is not None else {}
-        return {**doc, "dry_run": self.executor is None, "done": done}
+        if self.reaper is not None:
+            done.update(self.reaper.snapshot())
+        uploads = uploads_doc(self.reaper, int(time.time() * 1_000_000)) if self.reaper is not None else None
+        return {**doc, "dry_run": self.executor is None, "done": done, "incomplete_uploads": uploads}
 
 
 def layout_of(section: LifecycleConfig, index_prefix: str, *, name: str = DEFAULT_CONSUMER) -> Layout:
@@ -150,13 +162,18 @@ def lifecycle_consumer(
     name: str = DEFAULT_CONSUMER,
 ) -> LifecycleConsumer:
     """The lifecycle consumer ``name`` of ``index``; ``client`` None: schedule only, no actions."""
-    schedule = Schedule(index.store, layout_of(section, index.prefix, name=name), RuleSet.of(section))
+    rules = RuleSet.of(section)
+    schedule = Schedule(index.store, layout_of(section, index.prefix, name=name), rules)
     executor = (
         Executor(schedule, client, batch=section.batch, delete_batch=section.delete_batch)
         if client is not None
         else None
     )
-    return LifecycleConsumer(schedule, executor, logs, name=name, interval=section.poll_interval)
+    reaper = UploadReaper(
+        index.store, index.control_oid, rules.abort_rules(), client, day_us=rules.day_us,
+        interval=section.uploads_interval,
+    )  # fmt: skip
+    return LifecycleConsumer(schedule, executor, logs, name=name, interval=section.poll_interval, reaper=reaper)
 
 
 def lifecycle_client(section: LifecycleConfig) -> S3Client:

@@ -352,7 +352,15 @@ class Executor:
             self.schedule.set_note(p, None)  # no copy will come: the note must not outlive it
             raise
         assert isinstance(resp, Mapping)
-        if _vid(resp.get("VersionId")) not in (None, e.ver):
+        if "VersionId" in resp:
+            copy_vid = _vid(resp.get("VersionId"))
+        else:
+            # radosgw (16.2 to 20.2) answers CopyObject without x-amz-version-id even when the
+            # copy is a new version (a versioned or suspended bucket): the key's current version
+            # says. Without this the original version stayed behind as a noncurrent duplicate.
+            h = self.head(e.s3_bucket, e.key)
+            copy_vid = h.version if h is not None and not h.marker else e.ver
+        if copy_vid != e.ver:
             self._drop_original(e)
         self.counts["transitioned"] += 1
         res.finish(p)

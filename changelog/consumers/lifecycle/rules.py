@@ -37,6 +37,7 @@ from changelog.config_types import (
     invalid,
     shown,
 )
+from changelog.consumers.lifecycle.uploads_gc import AbortRule
 from changelog.errors import ConfigError
 
 # S3 caps one DeleteObjects request at 1000 keys.
@@ -84,18 +85,11 @@ class RuleConfig(Section):
         where = f"lifecycle.rules (bucket {self.bucket!r}{f', id {self.id!r}' if self.id else ''})"
         if (self.transition_days is None) != (self.storage_class is None):
             raise invalid(f"{where}: transition_days and storage_class go together", line=True)
-        if self.abort_incomplete_multipart_days is not None:
-            # The follower drops the bucket index log's _multipart_ entries (rgw_module/mapping.py):
-            # no record says an upload began, so nothing could be scheduled. Refused rather than
-            # accepted and silently never applied.
+        actions = (self.expire_days, self.noncurrent_expire_days, self.transition_days, self.abort_incomplete_multipart_days)
+        if all(a is None for a in actions):
             raise invalid(
-                f"{where}: abort_incomplete_multipart_days is not supported yet (the change logs do not "
-                "record multipart uploads; docs/lifecycle-plan.md)",
-                line=True,
-            )
-        if self.expire_days is None and self.noncurrent_expire_days is None and self.transition_days is None:
-            raise invalid(
-                f"{where}: give at least one of expire_days, noncurrent_expire_days, transition_days",
+                f"{where}: give at least one of expire_days, noncurrent_expire_days, transition_days, "
+                "abort_incomplete_multipart_days",
                 line=True,
             )
         if (
@@ -134,6 +128,8 @@ class LifecycleConfig(S3Section):
     delete_batch: Integer = Field(default=S3_DELETE_MAX, ge=1, le=S3_DELETE_MAX)
     # Seconds between two looks at the logs and the schedule when nothing is due.
     poll_interval: Number = Field(default=5.0, gt=0)
+    # Seconds between two looks at the multipart uploads in progress (abort_incomplete_multipart_days).
+    uploads_interval: Number = Field(default=60.0, gt=0)
     lease_ttl: Number = Field(default=30.0, ge=1.0)
     rules: tuple[RuleConfig, ...] = ()
 
@@ -188,6 +184,7 @@ class Rule:
     noncurrent_expire_days: int | None
     transition_days: int | None
     storage_class: str | None
+    abort_days: int | None = None  # abort_incomplete_multipart_days (``uploads_gc``)
 
     def matches(self, key: str) -> bool:
         return key.startswith(self.prefix)
@@ -225,10 +222,15 @@ class RuleSet:
                 r.noncurrent_expire_days,
                 r.transition_days,
                 r.storage_class,
+                r.abort_incomplete_multipart_days,
             )
             for n, r in enumerate(section.rules)
         )
         return cls(rules, day_seconds=section.day_seconds)
+
+    def abort_rules(self) -> list[AbortRule]:
+        """The rules that abort incomplete multipart uploads (``uploads_gc``)."""
+        return [AbortRule(r.id, r.bucket, r.prefix, r.abort_days) for r in self.rules if r.abort_days is not None]
 
     def governs(self, qualified_bucket: str) -> bool:
         """Whether any rule names the bucket: the schedule keeps the versions of such buckets

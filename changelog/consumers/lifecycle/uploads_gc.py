@@ -24,6 +24,7 @@ from changelog.errors import ChangelogError, ObjectMissing, PermanentError
 from changelog.pipeline.s3client import refusal, s3_call, translate_error
 from changelog.pipeline.store import ObjectStore
 from changelog.pipeline.uploads import Upload, incomplete_uploads
+from changelog.times import fmt_time
 
 if TYPE_CHECKING:
     from mypy_boto3_s3.client import S3Client
@@ -141,3 +142,21 @@ class UploadReaper:
         self.counts["uploads_aborted"] += 1
         self._done.add((u.bucket, u.upload_id))
         logger.info("lifecycle: %s", what)
+
+
+def uploads_doc(reaper: UploadReaper, now_us: int) -> dict[str, object]:
+    """For ``lifecycle status``: the uploads in progress under an abort rule, how many are due
+    now, and the next one to come due."""
+    tracked = due = 0
+    next_due: int | None = None
+    for u in incomplete_uploads(reaper.store, reaper.control_oid):
+        rule = reaper.rule_for(u)
+        if rule is None:
+            continue
+        tracked += 1
+        at = u.started_ns // 1000 + rule.days * reaper.day_us
+        if at <= now_us:
+            due += 1
+        else:
+            next_due = at if next_due is None else min(next_due, at)
+    return {"under_rules": tracked, "due_now": due, "next_due": fmt_time(next_due)}
