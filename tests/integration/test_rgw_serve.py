@@ -264,7 +264,7 @@ def leases_released(serve: Serve) -> dict[str, Any]:
 
     store = RadosStore(conffile=serve.lab.conf, pool=serve.lab.pool, namespace=serve.ns, keyring=serve.lab.keyring or None)
     try:
-        return {n: store.lock_info("changelog.pipeline.control", n) for n in ("follower", "collector")}
+        return {n: store.lock_info("changelog.control", n) for n in ("follower", "collector")}
     finally:
         store.close()
 
