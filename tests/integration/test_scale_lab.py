@@ -323,6 +323,7 @@ def kill_while_working(
     return takeovers, sampler.longest_unheld()
 
 
+@pytest.mark.scale_out
 def test_three_partitioned_serves_through_kills_every_mutation_once(
     ceph_lab: Lab, s3_client: Any, fleet: Fleet, control: Any
 ) -> None:
