@@ -692,9 +692,10 @@ def test_incomplete_multipart_uploads_are_aborted_from_the_bucket_index_log(
     follower: Lab, s3_client: Any, serving: Any
 ) -> None:
     """``abort_incomplete_multipart_days``: the uploads in progress are known from the bucket
-    index log (the upload's meta object written, then removed at complete or abort), never a
-    listing. An upload under the rule is aborted once due; one completed, one outside the rule's
-    prefix and one begun later are left alone."""
+    index log where radosgw logs the upload's meta object (Pacific), else from listing the
+    multipart uploads under the rule's prefix (Reef, Tentacle). An upload under the rule is
+    aborted once due; one completed, one outside the rule's prefix and one begun later are left
+    alone."""
     s3 = s3_client
     bucket = f"lc-mpu-{uuid.uuid4().hex[:8]}"
     rules = f'''[[lifecycle.rules]]

@@ -67,7 +67,7 @@ def test_due_uploads_are_aborted_and_the_others_left(env: tuple[ChangeIndex, obj
     assert [u.upload_id for u, _ in reaper.due(int(now * S))] == [old]
     assert reaper.run() == 1
     assert open_uploads(s3, "bkt") == {young, unruled} and open_uploads(s3, "other") == {elsewhere}
-    assert reaper.snapshot() == {"uploads_aborted": 1, "uploads_gone": 0, "uploads_failed": 0}
+    assert reaper.snapshot() == {"uploads_aborted": 1, "uploads_gone": 0, "uploads_failed": 0, "uploads_listings": 2}
     # Not again: the follower has not read the abort yet, but this process remembers it.
     assert reaper.run(force=True) == 0
     # Later the young one is due too; one completed meanwhile costs one request and no harm.
@@ -82,6 +82,20 @@ def test_due_uploads_are_aborted_and_the_others_left(env: tuple[ChangeIndex, obj
     assert later.run() == 2  # the old one (still in the table) and the young one
     assert later.snapshot()["uploads_gone"] == 2
     assert s3.get_object(Bucket="bkt", Key="tmp/young")["Body"].read() == b"x"  # type: ignore[attr-defined]
+
+
+def test_uploads_the_log_did_not_show_are_found_by_listing_the_rule_s_prefix(env: tuple[ChangeIndex, object]) -> None:
+    """radosgw Reef and later log no bucket-index-log entry for an upload's meta object: the
+    uploads of the buckets an abort rule names are also listed (with the rule's prefix)."""
+    index, s3 = env
+    s3.create_bucket(Bucket="bkt")  # type: ignore[attr-defined]
+    untracked = str(s3.create_multipart_upload(Bucket="bkt", Key="tmp/x")["UploadId"])  # type: ignore[attr-defined]
+    outside = str(s3.create_multipart_upload(Bucket="bkt", Key="keep/x")["UploadId"])  # type: ignore[attr-defined]
+    later = time.time() + 10  # moto's Initiated is now: 10 s later, 5 one-second days have passed
+    reaper = UploadReaper(index.store, index.control_oid, [AbortRule("r", "bkt", "tmp/", 5)], s3, day_us=S, clock=lambda: later)  # type: ignore[arg-type]
+    assert [u.upload_id for u in reaper.uploads()] == [untracked]
+    assert reaper.run() == 1
+    assert open_uploads(s3, "bkt") == {outside}
 
 
 def test_the_shortest_matching_rule_applies_and_partitioned_tables_are_read(env: tuple[ChangeIndex, object]) -> None:

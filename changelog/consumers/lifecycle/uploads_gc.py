@@ -1,7 +1,10 @@
 """Lifecycle's garbage collection of incomplete multipart uploads (``abort_incomplete_multipart_days``):
 the uploads in progress come from what the RGW follower saw in the bucket index logs (an upload's
-meta object written and not yet removed: ``changelog.pipeline.uploads``), never from a
-``ListMultipartUploads`` scan. An upload is due ``days × day_seconds`` after it began; the reaper
+meta object written and not yet removed: ``changelog.pipeline.uploads``; radosgw Pacific logs
+it), and, because Reef and later write no bucket-index-log entry for it (measured on 20.2.4:
+``bilog list`` stays empty through CreateMultipartUpload and UploadPart), from
+``ListMultipartUploads`` of each bucket an abort rule names, with the rule's prefix: a read of
+the bucket index's multipart namespace (the uploads in progress), never of the bucket's objects. An upload is due ``days × day_seconds`` after it began; the reaper
 aborts it (``AbortMultipartUpload``). An upload completed or aborted meanwhile answers
 ``NoSuchUpload``, which is fine: aborting is idempotent, so a crash or a second reaper costs a
 request, never a wrong action. The follower drops the upload from its table when it reads the
@@ -18,6 +21,7 @@ import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import TYPE_CHECKING
 
 from changelog.errors import ChangelogError, ObjectMissing, PermanentError
@@ -33,7 +37,7 @@ logger = logging.getLogger(__name__)
 
 # At most this many aborts per run (the rest wait for the next run).
 ABORTS_PER_RUN = 1000
-COUNTERS = ("uploads_aborted", "uploads_gone", "uploads_failed")
+COUNTERS = ("uploads_aborted", "uploads_gone", "uploads_failed", "uploads_listings")
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,10 +97,47 @@ class UploadReaper:
         found = [r for r in self.rules if r.bucket == u.bucket and u.key.startswith(r.prefix)]
         return min(found, key=lambda r: r.days, default=None)
 
+    def uploads(self) -> list[Upload]:
+        """The uploads in progress: the follower's table (from the bucket index log), and, for
+        the buckets an abort rule names, ``ListMultipartUploads`` with the rule's prefix (radosgw
+        Reef and later log no bucket-index-log entry for an upload's meta object; the listing
+        reads the bucket index's multipart namespace only, one request per 1,000 uploads)."""
+        found = {(u.bucket, u.upload_id): u for u in incomplete_uploads(self.store, self.control_oid)}
+        if self.client is not None:
+            for rule in self.rules:
+                for u in self._listed(rule):
+                    found.setdefault((u.bucket, u.upload_id), u)
+        return list(found.values())
+
+    def _listed(self, rule: AbortRule) -> list[Upload]:
+        assert self.client is not None
+        client = self.client
+        out: list[Upload] = []
+        key_marker = upload_marker = ""
+        while True:
+            kw: dict[str, str] = {"Bucket": s3_bucket(rule.bucket), "Prefix": rule.prefix}
+            if key_marker:
+                kw.update(KeyMarker=key_marker, UploadIdMarker=upload_marker)
+            try:
+                page = s3_call(f"list the uploads of {rule.bucket}", partial(client.list_multipart_uploads, **kw))  # type: ignore[arg-type]
+            except ChangelogError as ex:
+                if isinstance(ex, PermanentError):
+                    logger.warning("lifecycle: %s", ex)  # a bucket gone or not ours: the table still counts
+                    return out
+                raise
+            self.counts["uploads_listings"] += 1
+            for u in page.get("Uploads", []):
+                started = u.get("Initiated")
+                ns = int(started.timestamp() * 1_000_000_000) if started is not None else 0
+                out.append(Upload(rule.bucket, str(u["Key"]), str(u["UploadId"]), ns))
+            if not page.get("IsTruncated"):
+                return out
+            key_marker, upload_marker = str(page.get("NextKeyMarker", "")), str(page.get("NextUploadIdMarker", ""))
+
     def due(self, now_us: int) -> list[tuple[Upload, AbortRule]]:
         """The uploads due at ``now_us``, oldest first, not yet aborted by this process."""
         out: list[tuple[Upload, AbortRule]] = []
-        for u in incomplete_uploads(self.store, self.control_oid):
+        for u in self.uploads():
             rule = self.rule_for(u)
             if rule is None or (u.bucket, u.upload_id) in self._done:
                 continue
@@ -149,7 +190,7 @@ def uploads_doc(reaper: UploadReaper, now_us: int) -> dict[str, object]:
     now, and the next one to come due."""
     tracked = due = 0
     next_due: int | None = None
-    for u in incomplete_uploads(reaper.store, reaper.control_oid):
+    for u in reaper.uploads():
         rule = reaper.rule_for(u)
         if rule is None:
             continue
