@@ -15,30 +15,12 @@ import time
 import click
 
 from changelog.cli.base import TIME, cli, emit_json, json_option, state, table
-from changelog.cli.usage import drain
+from changelog.cli.usage import consumer_name_option, drain
 from changelog.consumers.lifecycle.model import DEFAULT_CONSUMER
-from changelog.consumers.usage.model import check_consumer_name
 from changelog.errors import PermanentError
 from changelog.times import fmt_time
 
-
-def _consumer_name(ctx: click.Context, param: click.Parameter, value: str) -> str:
-    try:
-        check_consumer_name(value)
-    except PermanentError as ex:
-        raise click.BadParameter(str(ex), ctx, param) from None
-    return value
-
-
-consumer_option = click.option(
-    "--consumer",
-    "consumer",
-    default=DEFAULT_CONSUMER,
-    callback=_consumer_name,
-    show_default=True,
-    metavar="NAME",
-    help="Which lifecycle schedule of the index (another name: another checkpoint and schedule).",
-)
+consumer_option = consumer_name_option(DEFAULT_CONSUMER, "lifecycle schedule")
 
 
 @click.group("lifecycle")

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import logging
 import threading
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import TYPE_CHECKING, TypeVar
 
 import click
 
@@ -24,6 +25,7 @@ if TYPE_CHECKING:
     from changelog.consumers.framework import ConsumerRunner
 
 logger = logging.getLogger("changelog.cli")
+FC = TypeVar("FC", bound=Callable[..., object])
 
 # `run --once`: a step failing on a transient error is tried this many times in a row.
 ONCE_ATTEMPTS = 4
@@ -39,15 +41,20 @@ def _consumer_name(ctx: click.Context, param: click.Parameter, value: str) -> st
     return value
 
 
-consumer_option = click.option(
-    "--consumer",
-    "consumer",
-    default=DEFAULT_CONSUMER,
-    callback=_consumer_name,
-    show_default=True,
-    metavar="NAME",
-    help="Which usage state of the index (another name: another checkpoint and state).",
-)
+def consumer_name_option(default: str, what: str) -> Callable[[FC], FC]:
+    """``--consumer NAME``: which state of a consumer kept beside the index (usage, lifecycle)."""
+    return click.option(
+        "--consumer",
+        "consumer",
+        default=default,
+        callback=_consumer_name,
+        show_default=True,
+        metavar="NAME",
+        help=f"Which {what} of the index (another name: another checkpoint and state).",
+    )
+
+
+consumer_option = consumer_name_option(DEFAULT_CONSUMER, "usage state")
 
 
 @click.group("usage")
