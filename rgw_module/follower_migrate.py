@@ -37,10 +37,18 @@ import orjson
 
 from changelog.errors import PermanentError, TransientError
 from changelog.pipeline.control import (
+    FOLLOWER_BOOT_KIND,
+    FOLLOWER_BUCKET_KIND,
+    FOLLOWER_CAUGHT_UP_KIND,
+    FOLLOWER_DATALOG_KIND,
+    FOLLOWER_FULL_KIND,
     FOLLOWER_LOCK,
+    FOLLOWER_MARKER_KIND,
     FOLLOWER_PARTITION_META_KEY,
+    FOLLOWER_PENDING_KIND,
     FOLLOWER_REQUEST_PREFIX,
     FOLLOWER_ROLE,
+    FOLLOWER_UPLOAD_KIND,
     partition_lock,
     partition_member_key,
 )
@@ -114,7 +122,7 @@ def _split(index: ChangeIndex, count: int, leases: Sequence[Lease]) -> None:
         zone = ZONE_KEYS
         for k, v in state:
             rest = k[len(zone.prefix) :]
-            if k in (zone.boot, zone.caught_up) or rest.startswith("dl."):
+            if k in (zone.boot, zone.caught_up) or rest.startswith(FOLLOWER_DATALOG_KIND):
                 targets: Iterable[int] = range(count)
             else:
                 bucket = bucket_of(rest)
@@ -133,12 +141,13 @@ def _split(index: ChangeIndex, count: int, leases: Sequence[Lease]) -> None:
 def bucket_of(rest: str) -> str | None:
     """The bucket a follower key (without its prefix) is about: ``k.``/``f.`` name it, ``u.``
     names it before ``:<upload id>``, ``p.`` and ``m.`` name a bucket-index shard."""
-    kind, _, tail = rest.partition(".")
-    if kind in ("k", "f"):
+    head, dot, tail = rest.partition(".")
+    kind = head + dot
+    if kind in (FOLLOWER_BUCKET_KIND, FOLLOWER_FULL_KIND):
         return tail
-    if kind == "u":
+    if kind == FOLLOWER_UPLOAD_KIND:
         return tail.rpartition(":")[0] or None
-    if kind in ("p", "m"):
+    if kind in (FOLLOWER_PENDING_KIND, FOLLOWER_MARKER_KIND):
         bs = BucketShard.parse(tail)
         return None if bs is None else bs.bucket
     return None
@@ -209,12 +218,12 @@ def _merge_state(index: ChangeIndex, count: int, leases: Sequence[Lease]) -> Non
         keys = StateKeys.of(n)
         for k, v in omap_iter(store, oid, prefix=keys.prefix):
             rest = k[len(keys.prefix) :]
-            if rest.startswith("dl."):
+            if rest.startswith(FOLLOWER_DATALOG_KIND):
                 markers.setdefault(zone.prefix + rest, []).append(v.decode())
                 have[zone.prefix + rest] = have.get(zone.prefix + rest, 0) + 1
-            elif rest == "cu":
+            elif rest == FOLLOWER_CAUGHT_UP_KIND:
                 cus.append(int(v))
-            elif rest == "boot":
+            elif rest == FOLLOWER_BOOT_KIND:
                 boots.append(BootRecord.decode(v))
             else:
                 sets[zone.prefix + rest] = v

@@ -30,8 +30,15 @@ from typing import Literal, cast
 import orjson
 
 from changelog.pipeline.control import (
+    FOLLOWER_BOOT_KIND,
+    FOLLOWER_BUCKET_KIND,
+    FOLLOWER_CAUGHT_UP_KIND,
+    FOLLOWER_DATALOG_KIND,
+    FOLLOWER_FULL_KIND,
     FOLLOWER_LOCK,
+    FOLLOWER_MARKER_KIND,
     FOLLOWER_PARTITION_PREFIX,
+    FOLLOWER_PENDING_KIND,
     FOLLOWER_PREFIX,
     FOLLOWER_UPLOAD_KIND,
 )
@@ -70,54 +77,54 @@ class StateKeys:
 
     @property
     def boot(self) -> str:
-        return self.prefix + "boot"
+        return self.prefix + FOLLOWER_BOOT_KIND
 
     @property
     def caught_up(self) -> str:
-        return self.prefix + "cu"
+        return self.prefix + FOLLOWER_CAUGHT_UP_KIND
 
     @property
     def datalog_prefix(self) -> str:
-        return self.prefix + "dl."
+        return self.prefix + FOLLOWER_DATALOG_KIND
 
     @property
     def pending_prefix(self) -> str:
-        return self.prefix + "p."
+        return self.prefix + FOLLOWER_PENDING_KIND
 
     @property
     def marker_prefix(self) -> str:
-        return self.prefix + "m."
+        return self.prefix + FOLLOWER_MARKER_KIND
 
     @property
     def bucket_prefix(self) -> str:
-        return self.prefix + "k."
+        return self.prefix + FOLLOWER_BUCKET_KIND
 
     @property
     def full_prefix(self) -> str:
-        return self.prefix + "f."
+        return self.prefix + FOLLOWER_FULL_KIND
 
     @property
     def upload_prefix(self) -> str:
         return self.prefix + FOLLOWER_UPLOAD_KIND
 
     def datalog(self, n: int) -> str:
-        return f"{self.prefix}dl.{n:04d}"
+        return f"{self.datalog_prefix}{n:04d}"
 
     def pending(self, bs: BucketShard) -> str:
-        return self.prefix + "p." + bs.key
+        return self.pending_prefix + bs.key
 
     def marker(self, bs: BucketShard) -> str:
-        return self.prefix + "m." + bs.key
+        return self.marker_prefix + bs.key
 
     def bucket(self, name: str) -> str:
-        return self.prefix + "k." + name
+        return self.bucket_prefix + name
 
     def full(self, name: str) -> str:
-        return self.prefix + "f." + name
+        return self.full_prefix + name
 
     def upload(self, name: str, upload_id: str) -> str:
         """A multipart upload in progress in bucket ``name`` (``changelog.pipeline.uploads``)."""
-        return f"{self.prefix}{FOLLOWER_UPLOAD_KIND}{name}:{upload_id}"
+        return f"{self.upload_prefix}{name}:{upload_id}"
 
 
 ZONE_KEYS = StateKeys()

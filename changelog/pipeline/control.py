@@ -40,17 +40,18 @@ COLLECTOR_PENDING_PREFIX = "c.pending."
 COLLECTOR_LOCK = "collector"
 SHARD_LOCK = "drain"
 
-# The RGW follower's keys.
+# The RGW follower's keys: its prefix (``r.``, or ``rp.<p>.`` for a partition), then a kind
+# (rgw_module.follower_state.StateKeys builds them).
 FOLLOWER_PREFIX = "r."
-FOLLOWER_BOOT_KEY = "r.boot"
-FOLLOWER_DATALOG_PREFIX = "r.dl."
-FOLLOWER_PENDING_PREFIX = "r.p."
-FOLLOWER_MARKER_PREFIX = "r.m."
-FOLLOWER_BUCKET_PREFIX = "r.k."
-FOLLOWER_FULL_PREFIX = "r.f."
-FOLLOWER_REQUEST_PREFIX = "r.rq."
-FOLLOWER_CAUGHT_UP_KEY = "r.cu"
-FOLLOWER_UPLOAD_KIND = "u."  # after the follower's (or a partition's) prefix
+FOLLOWER_BOOT_KIND = "boot"
+FOLLOWER_CAUGHT_UP_KIND = "cu"
+FOLLOWER_DATALOG_KIND = "dl."
+FOLLOWER_PENDING_KIND = "p."
+FOLLOWER_MARKER_KIND = "m."
+FOLLOWER_BUCKET_KIND = "k."
+FOLLOWER_FULL_KIND = "f."
+FOLLOWER_UPLOAD_KIND = "u."
+FOLLOWER_REQUEST_PREFIX = "r.rq."  # shared by the partitions: the bucket's owner takes it
 # A follower partition's keys: the ``r.`` keys above under ``rp.<p>.`` (rgw_module.follower_state.StateKeys).
 FOLLOWER_PARTITION_PREFIX = "rp."
 FOLLOWER_ROLE = "follower"  # its partitions' role name (changelog.pipeline.partitions)

@@ -1288,8 +1288,8 @@ def test_not_followed_buckets_are_a_metric_by_reason(make_world: Callable[..., W
 
 
 def test_a_bucket_followed_before_bucket_records_existed_is_announced_once(make_world: Callable[..., World]) -> None:
-    from changelog.pipeline.control import FOLLOWER_BUCKET_PREFIX
     from changelog.pipeline.store import WriteOp
+    from rgw_module.follower_state import ZONE_KEYS
 
     w = make_world()
     rgw = w.rgw
@@ -1300,7 +1300,7 @@ def test_a_bucket_followed_before_bucket_records_existed_is_announced_once(make_
     w.followers.remove(f)
     f.close()
     # The state an older follower wrote: no "an" in the bucket record.
-    key = FOLLOWER_BUCKET_PREFIX + "t1/old"
+    key = ZONE_KEYS.bucket("t1/old")
     doc = orjson.loads(w.index.store.omap_get(w.index.control_oid, [key])[key])
     del doc["an"]
     w.index.store.execute(w.index.control_oid, WriteOp(set={key: orjson.dumps(doc)}))
