@@ -97,10 +97,12 @@ class Trimmer:
 
     def _trim_datalog(self, now: float) -> None:
         ctx, st = self.ctx, self.ctx.state
+        # Only shards not trimmed within ``trim_interval`` (a partition reads the other
+        # partitions' markers for those alone).
+        shards = [n for n in st.datalog if now - st.datalog_trimmed.get(n, ("", float("-inf")))[1] >= ctx.config.trim_interval]
         due: list[tuple[int, str]] = []
-        for n, m in sorted(self._datalog_markers().items()):
-            done, at = st.datalog_trimmed.get(n, ("", float("-inf")))
-            if m and m != done and now - at >= ctx.config.trim_interval:
+        for n, m in sorted(self._datalog_markers(shards).items()):
+            if m and m != st.datalog_trimmed.get(n, ("", 0.0))[0]:
                 due.append((n, m))
         for (n, m), r in zip(due, ctx.parallel(lambda item: ctx.admin.datalog_trim(*item), due), strict=True):
             if isinstance(r, BaseException):
@@ -111,16 +113,16 @@ class Trimmer:
             with ctx.lock:
                 ctx.stats.datalog_trims += 1
 
-    def _datalog_markers(self) -> dict[int, str]:
-        """How far the data log may be trimmed, by shard: this follower's markers; for a
-        partition, the shards it trims (``owns_datalog``), each up to the *lowest* marker of
-        every partition (all read the whole data log). A partition that never ran has no marker
-        and holds its shards back: nothing is trimmed that one of them has not read."""
+    def _datalog_markers(self, shards: list[int]) -> dict[int, str]:
+        """How far data-log ``shards`` may be trimmed: this follower's markers; for a partition,
+        those of the shards it trims (``owns_datalog``), each up to the *lowest* marker of every
+        partition (all read the whole data log). A partition that never ran has no marker and
+        holds its shards back: nothing is trimmed that one of them has not read."""
         ctx, st = self.ctx, self.ctx.state
         scope = ctx.scope
         if scope is None:
-            return dict(st.datalog)
-        mine = [n for n in st.datalog if scope.owns_datalog(n)]
+            return {n: st.datalog[n] for n in shards}
+        mine = [n for n in shards if scope.owns_datalog(n)]
         others = [StateKeys.of(p) for p in range(scope.count) if p != scope.index]
         wanted = [k.datalog(n) for n in mine for k in others]
         got = ctx.store.omap_get(ctx.control_oid, wanted) if wanted else {}
