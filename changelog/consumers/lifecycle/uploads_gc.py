@@ -87,6 +87,7 @@ class UploadReaper:
         self.clock = clock
         self.counts: dict[str, int] = defaultdict(int)
         self._done: set[tuple[str, str]] = set()  # (bucket, upload id) aborted or found gone
+        self._last_listed: list[Upload] = []  # what the last ListMultipartUploads round found
         self._last = float("-inf")
 
     def snapshot(self) -> dict[str, int]:
@@ -102,11 +103,15 @@ class UploadReaper:
         the buckets an abort rule names, ``ListMultipartUploads`` with the rule's prefix (radosgw
         Reef and later log no bucket-index-log entry for an upload's meta object; the listing
         reads the bucket index's multipart namespace only, one request per 1,000 uploads)."""
-        found = {(u.bucket, u.upload_id): u for u in incomplete_uploads(self.store, self.control_oid)}
         if self.client is not None:
-            for rule in self.rules:
-                for u in self._listed(rule):
-                    found.setdefault((u.bucket, u.upload_id), u)
+            self._last_listed = [u for rule in self.rules for u in self._listed(rule)]
+        return self.known()
+
+    def known(self) -> list[Upload]:
+        """``uploads`` without new requests: the table, and what the last listing found."""
+        found = {(u.bucket, u.upload_id): u for u in incomplete_uploads(self.store, self.control_oid)}
+        for u in self._last_listed:
+            found.setdefault((u.bucket, u.upload_id), u)
         return list(found.values())
 
     def _listed(self, rule: AbortRule) -> list[Upload]:
@@ -186,11 +191,11 @@ class UploadReaper:
 
 
 def uploads_doc(reaper: UploadReaper, now_us: int) -> dict[str, object]:
-    """For ``lifecycle status``: the uploads in progress under an abort rule, how many are due
-    now, and the next one to come due."""
+    """For ``lifecycle status``: the uploads in progress under an abort rule (as the reaper last
+    saw them: a status request sends no S3 request), how many are due now, and the next one."""
     tracked = due = 0
     next_due: int | None = None
-    for u in reaper.uploads():
+    for u in reaper.known():
         rule = reaper.rule_for(u)
         if rule is None:
             continue
