@@ -9,13 +9,12 @@ lease, whether or not a ``serve`` runs). ``retry-failed`` puts the failed entrie
 
 from __future__ import annotations
 
-import threading
 import time
 
 import click
 
 from changelog.cli.base import TIME, cli, emit_json, json_option, state, table
-from changelog.cli.usage import consumer_name_option, drain
+from changelog.cli.usage import consumer_name_option, run_consumer
 from changelog.consumers.lifecycle.model import DEFAULT_CONSUMER
 from changelog.errors import PermanentError
 from changelog.times import fmt_time
@@ -58,22 +57,9 @@ def run_cmd(once: bool, dry_run: bool, consumer: str) -> None:
     client = None if (dry_run or lc.dry_run) else lifecycle_client(lc)
     lifecycle = lifecycle_consumer(lc, st.index(), st.target(), client, name=consumer)
     runner = ConsumerRunner(st.index(), lifecycle, lease_ttl=lc.lease_ttl)
-    if not once:
-        from changelog.service import Service
-
-        Service({consumer: runner}).run()
+    cp = run_consumer(runner, once=once, what=f"lifecycle {consumer}")
+    if cp is None:
         return
-    from changelog.cli.pipeline import stop_on_signals
-
-    stop = threading.Event()
-    restore = stop_on_signals(stop)
-    try:
-        why = drain(runner, stop)
-    finally:
-        restore()
-    cp = runner.checkpoint()
-    if why is not None:
-        raise PermanentError(f"lifecycle {consumer}: not caught up: {why} (checkpoint {cp.after or '-'})")
     done = lifecycle.executor.snapshot() if lifecycle.executor is not None else {}
     acted = ", ".join(f"{k} {v}" for k, v in done.items() if v) or "nothing acted on"
     click.echo(f"lifecycle {consumer}: caught up; checkpoint {cp.after or '-'}; {acted}", err=True)

@@ -22,7 +22,7 @@ from changelog.consumers.usage.model import DEFAULT_CONSUMER, check_consumer_nam
 from changelog.errors import ChangelogError, PermanentError, TransientError, one_line
 
 if TYPE_CHECKING:
-    from changelog.consumers.framework import ConsumerRunner
+    from changelog.consumers.framework import Checkpoint, ConsumerRunner
 
 logger = logging.getLogger("changelog.cli")
 FC = TypeVar("FC", bound=Callable[..., object])
@@ -121,11 +121,22 @@ def run_cmd(once: bool, consumer: str) -> None:
         usage_consumer(cfg.usage, st.index(), st.target(), name=consumer),
         lease_ttl=cfg.usage.lease_ttl,
     )
+    cp = run_consumer(runner, once=once, what=f"usage {consumer}")
+    if cp is not None:
+        click.echo(
+            f"usage {consumer}: caught up; checkpoint {cp.after or '-'}, {cp.records} records in all", err=True
+        )
+
+
+def run_consumer(runner: ConsumerRunner, *, once: bool, what: str) -> Checkpoint | None:
+    """``<consumer> run``: without ``once`` the leased loop until SIGTERM/SIGINT (None); with it
+    ``drain`` under a stop that the signals set, then the checkpoint, or one line saying why
+    it is not caught up (``what``: the consumer, for that line)."""
     if not once:
         from changelog.service import Service
 
-        Service({consumer: runner}).run()
-        return
+        Service({runner.consumer.name: runner}).run()
+        return None
     from changelog.cli.pipeline import stop_on_signals
 
     stop = threading.Event()
@@ -136,10 +147,8 @@ def run_cmd(once: bool, consumer: str) -> None:
         restore()
     cp = runner.checkpoint()
     if why is not None:
-        raise PermanentError(f"usage {consumer}: not caught up: {why} (checkpoint {cp.after or '-'})")
-    click.echo(
-        f"usage {consumer}: caught up; checkpoint {cp.after or '-'}, {cp.records} records in all", err=True
-    )
+        raise PermanentError(f"{what}: not caught up: {why} (checkpoint {cp.after or '-'})")
+    return cp
 
 
 @usage_group.command("show")
