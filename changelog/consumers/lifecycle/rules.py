@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Annotated, ClassVar, Self
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import AfterValidator, Field, model_validator
 
 from changelog.config_base import S3Section, Section
 from changelog.config_types import (
@@ -33,12 +33,10 @@ from changelog.config_types import (
     Number,
     Secret,
     Text,
-    config_error,
     invalid,
     shown,
 )
 from changelog.consumers.lifecycle.uploads_gc import AbortRule
-from changelog.errors import ConfigError
 
 # S3 caps one DeleteObjects request at 1000 keys.
 S3_DELETE_MAX = 1000
@@ -147,19 +145,11 @@ class LifecycleConfig(S3Section):
 
 
 def parse_lifecycle(data: Mapping[str, object]) -> LifecycleConfig:
-    """The ``[lifecycle]`` section from its TOML table, or ``ConfigError`` (one line)."""
-    try:
-        # Validated as the ``lifecycle`` key of a whole config, so messages name it as
-        # ``config check`` does (``lifecycle.rules[0].expire_days must be ...``).
-        return _Whole.model_validate({"lifecycle": dict(data)}).lifecycle
-    except ValidationError as ex:
-        raise config_error(ex, {"lifecycle": LifecycleConfig}) from None
+    """The ``[lifecycle]`` section from its TOML table, or ``ConfigError`` (one line), checked as
+    ``config check`` checks it (``lifecycle.rules[0].expire_days must be ...``)."""
+    from changelog.config import parse_config  # changelog.config imports this module
 
-
-class _Whole(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid", hide_input_in_errors=True)
-
-    lifecycle: LifecycleConfig
+    return parse_config({"lifecycle": dict(data)}).lifecycle
 
 
 # --------------------------------------------------------------------------- compiled rules
@@ -271,12 +261,6 @@ class RuleSet:
         return hashlib.blake2b(raw, digest_size=8).hexdigest()
 
 
-def check_section(section: LifecycleConfig) -> None:
-    """Refuse a section the engine cannot run (raised as ``ConfigError``): rules are needed."""
-    if section.enabled and not section.rules:
-        raise ConfigError("lifecycle.enabled is true but no [[lifecycle.rules]] are given")
-
-
 __all__ = [
     "S3_DELETE_MAX",
     "Action",
@@ -285,6 +269,5 @@ __all__ = [
     "Rule",
     "RuleConfig",
     "RuleSet",
-    "check_section",
     "parse_lifecycle",
 ]
