@@ -24,37 +24,34 @@ Besides entries/s, ``params`` has our process's CPU per 1,000 entries and radosg
 
 from __future__ import annotations
 
-import functools
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from changelog.config import SourceConfig
-from changelog.pipeline.control import FOLLOWER_PREFIX
 from changelog.pipeline.index import ChangeIndex
-from changelog.pipeline.store import WriteOp, omap_iter
+from changelog.pipeline.store import WriteOp
 from rgw_module.admin import AdminClient
 from rgw_module.bucket_index import BucketIndexReader, LazyOmap, OmapSource
 from rgw_module.follower import Follower
+from rgw_module.follower_state import ZONE_KEYS
 from rgw_module.mapping import BucketShard, bilog_marker
 from tools.bench.common import (
     Bench,
-    FastPut,
     Figure,
     interleaved,
     lab_pids,
     median,
     proc_cpu_s,
-    remove_bucket,
     say,
+    seed_backlog,
     wipe_namespace,
 )
 
 GROUP = "follower"
 BUCKETS = 4
 SHARDS = 16
-BODY = b"x" * 64
 
 
 def _source(bench: Bench, buckets: tuple[str, ...]) -> SourceConfig:
@@ -95,25 +92,10 @@ class Catchup:
         self.entries = 0
 
     def setup(self, puts: int) -> None:
-        bench, s3 = self.bench, self.bench.s3()
-        for b in self.buckets:
-            s3.create_bucket(Bucket=b)
-            bench.on_exit(f"bucket {b}", functools.partial(remove_bucket, s3, b))
+        bench = self.bench
         bench.on_exit("namespace", lambda: wipe_namespace(bench, self.namespace))
         # Followed while empty: every marker at the start of the backlog.
-        seed = ChangeIndex(self.store, shards=SHARDS, prefix="seed")
-        follower = self._follower(seed)
-        try:
-            follower.run_until_caught_up(timeout=120)
-        finally:
-            follower.close()
-        self.state = dict(omap_iter(self.store, seed.control_oid, prefix=FOLLOWER_PREFIX))
-        say(f"catchup: writing {puts} PUTs into {BUCKETS} buckets")
-        t0 = time.monotonic()
-        FastPut(bench.lab).put_many(
-            [(self.buckets[i % BUCKETS], f"obj/{i:08d}", BODY) for i in range(puts)], workers=16
-        )
-        say(f"catchup: backlog written in {time.monotonic() - t0:.0f}s")
+        self.state = seed_backlog(bench, self.store, self.buckets, self._follower, puts, "catchup")
 
     def _follower(self, index: ChangeIndex) -> Follower:
         f = Follower(index, _admin(self.bench), _source(self.bench, self.buckets), bucket_index=_bucket_index(self.bench))
@@ -140,11 +122,11 @@ class Catchup:
         admin = _admin(self.bench)
         workers = SourceConfig().workers
         page = SourceConfig().page_entries
-        datalog = {k: v.decode() for k, v in self.state.items() if k.startswith(f"{FOLLOWER_PREFIX}dl.")}
+        datalog = {k: v.decode() for k, v in self.state.items() if k.startswith(ZONE_KEYS.datalog_prefix)}
         shards: list[tuple[BucketShard, str]] = []
         for key, raw in self.state.items():
-            if key.startswith(f"{FOLLOWER_PREFIX}m."):
-                bs = BucketShard.parse(key[len(FOLLOWER_PREFIX) + 2 :])
+            if key.startswith(ZONE_KEYS.marker_prefix):
+                bs = BucketShard.parse(key[len(ZONE_KEYS.marker_prefix) :])
                 if bs is not None:
                     shards.append((bs, raw.decode()))
         count = 0

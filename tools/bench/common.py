@@ -8,6 +8,7 @@ sqlite3, boto3), so this package imports ``rados`` itself: the product keeps tha
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import http.client
@@ -578,6 +579,36 @@ class FastPut:
     def put_many(self, items: Sequence[tuple[str, str, bytes]], *, workers: int = 16) -> None:
         with ThreadPoolExecutor(workers) as pool:
             list(pool.map(lambda it: self.put(*it), items))
+
+
+def seed_backlog(
+    bench: Bench, store: Any, buckets: Sequence[str], make_follower: Callable[[Any], Any], puts: int, what: str
+) -> dict[str, bytes]:
+    """A follower backlog for the catch-up figures: ``buckets`` created (removed at exit) and
+    followed while empty by ``make_follower(seed index)`` (a leased ``Follower``) into a seed
+    index in ``store``, then ``puts`` small PUTs spread over them round robin. Returns the
+    follower's state (``r.`` keys) as it was before the backlog: copied into a fresh index, it
+    starts a follower at the backlog's first entry."""
+    from changelog.pipeline.control import FOLLOWER_PREFIX
+    from changelog.pipeline.index import ChangeIndex
+    from changelog.pipeline.store import omap_iter
+
+    s3 = bench.s3()
+    for b in buckets:
+        s3.create_bucket(Bucket=b)
+        bench.on_exit(f"bucket {b}", functools.partial(remove_bucket, s3, b))
+    seed = ChangeIndex(store, shards=16, prefix="seed")
+    follower = make_follower(seed)
+    try:
+        follower.run_until_caught_up(timeout=120)
+    finally:
+        follower.close()
+    state = dict(omap_iter(store, seed.control_oid, prefix=FOLLOWER_PREFIX))
+    say(f"{what}: writing {puts} PUTs into {len(buckets)} buckets")
+    t0 = time.monotonic()
+    FastPut(bench.lab).put_many([(buckets[i % len(buckets)], f"obj/{i:08d}", b"x" * 64) for i in range(puts)], workers=16)
+    say(f"{what}: backlog written in {time.monotonic() - t0:.0f}s")
+    return state
 
 
 def stat_cpu_s(stat: str, hz: int) -> float:

@@ -34,10 +34,9 @@ from pathlib import Path
 from typing import IO, Any
 
 from changelog.config import SourceConfig
-from changelog.pipeline.control import FOLLOWER_PREFIX
 from changelog.pipeline.index import ChangeIndex
 from changelog.pipeline.reader import read_watermark
-from changelog.pipeline.store import WriteOp, omap_iter
+from changelog.pipeline.store import WriteOp
 from changelog.pipeline.targets import DirectoryTarget
 from rgw_module.admin import AdminClient
 from rgw_module.follower import Follower
@@ -46,14 +45,13 @@ from rgw_module.follower_state import StateKeys
 from tools.bench.common import (
     REPO,
     Bench,
-    FastPut,
     Figure,
     interleaved,
     lab_pids,
     median,
     proc_cpu_s,
-    remove_bucket,
     say,
+    seed_backlog,
     wipe_namespace,
 )
 from tools.bench.serve import free_port
@@ -64,7 +62,6 @@ GROUP = "scale"
 BUCKETS = 16
 PARTITIONS = 8
 SHARDS = 16
-BODY = b"x" * 64
 
 
 @dataclass
@@ -86,13 +83,15 @@ class Backlog:
         self.end_us = 0
 
     def setup(self, puts: int) -> None:
-        bench, s3 = self.bench, self.bench.s3()
-        for b in self.buckets:
-            s3.create_bucket(Bucket=b)
-            bench.on_exit(f"bucket {b}", functools.partial(remove_bucket, s3, b))
+        bench = self.bench
         bench.on_exit("namespace", lambda: wipe_namespace(bench, self.namespace))
         bench.on_exit("store", self.store.close)
-        seed = ChangeIndex(self.store, shards=SHARDS, prefix="seed")
+        self.state = seed_backlog(bench, self.store, self.buckets, self._seed_follower, puts, "scale")
+        # radosgw stamps a mutation when it completes: every PUT acknowledged is before this.
+        self.end_us = int(time.time() * 1_000_000) + 1
+
+    def _seed_follower(self, seed: ChangeIndex) -> Follower:
+        bench = self.bench
         source = SourceConfig.unchecked(
             endpoint=bench.lab.rgw_endpoint, access_key=bench.lab.access_key, secret_key=bench.lab.secret_key,
             buckets=self.buckets, trim_logs=False, trim_datalog=False, lease_ttl=120.0, poll_interval=0.05,
@@ -102,19 +101,7 @@ class Backlog:
         )
         if not follower.acquire():
             raise RuntimeError("scale: the follower lease of a fresh index is taken")
-        try:
-            follower.run_until_caught_up(timeout=120)
-        finally:
-            follower.close()
-        self.state = dict(omap_iter(self.store, seed.control_oid, prefix=FOLLOWER_PREFIX))
-        say(f"scale: writing {puts} PUTs into {BUCKETS} buckets")
-        t0 = time.monotonic()
-        FastPut(bench.lab).put_many(
-            [(self.buckets[i % BUCKETS], f"obj/{i:08d}", BODY) for i in range(puts)], workers=16
-        )
-        # radosgw stamps a mutation when it completes: every PUT acknowledged is before this.
-        self.end_us = int(time.time() * 1_000_000) + 1
-        say(f"scale: backlog written in {time.monotonic() - t0:.0f}s")
+        return follower
 
     def fresh_index(self, prefix: str, *, partitioned: bool) -> None:
         """An index at the start of the backlog, its follower state cut into partitions."""
