@@ -67,6 +67,7 @@ from changelog.config_types import (
     Size,
     TargetUrl,
     Text,
+    UserIds,
     config_error,
     invalid,
     parse_size,
@@ -142,6 +143,12 @@ class SourceConfig(S3Section):
     # radosgw (a HEAD or listing per write: about doubles radosgw's CPU per PUT); "none" leaves
     # them null. ``true``/``false`` (the former flag) mean "head"/"none".
     object_info: ObjectInfo = "index"
+    # Put who wrote each change into its record (``metadata.writer``): the content writer of a
+    # write (its bucket index entry's owner: the requester of a PutObject or CopyObject, the
+    # initiator of a multipart upload) and the requester of a delete marker; plain deletes and
+    # full-sync records carry none. Read with the facts ("index" method), at no request. Two-way
+    # replication recognises its peer's replica writes by it (``replica_writers``).
+    record_writer: Flag = False
     # The zone's bucket index pool ("index" method): its placement's index_pool.
     index_pool: NonEmpty = "default.rgw.buckets.index"
     # The follower's lease on the index (the collector has its own, collector.lease_ttl).
@@ -174,6 +181,16 @@ class SourceConfig(S3Section):
     # Backoff after a transient radosgw error: doubles from base up to max seconds.
     backoff_base: Number = Field(default=0.5, gt=0)
     backoff_max: Number = Field(default=30.0, gt=0)
+
+    @model_validator(mode="after")
+    def _writer_from_the_index(self) -> Self:
+        if self.record_writer and self.object_info != "index":
+            raise invalid(
+                f'source.record_writer needs object_info = "index" (the writer is read from the bucket index), '
+                f"not {self.object_info!r}",
+                line=True,
+            )
+        return self
 
     @field_validator("buckets")
     @classmethod
@@ -331,6 +348,21 @@ class SiteConfig(S3Section):
     prefixes: Annotated[tuple[Text, ...], BeforeValidator(lambda v: [v] if isinstance(v, str) else v)] = ()
     # The storage class of every replica written; unset: the site's default.
     storage_class: NonEmpty | None = None
+    # Two-way replication (REP.2): the site is another zone that replicates to this one too.
+    # Its replicas are never sent back (no echo) and both directions follow last writer wins
+    # (README "Two-way replication"). Unversioned buckets only, for now.
+    two_way: Flag = False
+    # The peer's ``[replication] zone`` (what its replicas here name as their source);
+    # "": the site's ``name``.
+    peer_zone: Text = ""
+    # The identities the peer's replicator writes into this zone as (radosgw user ids, as the
+    # bucket index records a writer): records carrying one (``[source] record_writer``) are
+    # echoes, dropped with no request. Without it an echo costs a GET's headers.
+    replica_writers: UserIds = ()
+
+    @property
+    def peer(self) -> str:
+        return self.peer_zone or self.name
 
     def site_bucket(self, bucket: str) -> str:
         """The bucket at the site for source bucket ``bucket`` (``tenant/bucket`` for a tenant's)."""
@@ -371,6 +403,12 @@ class ReplicationConfig(Section):
             if site.name in seen:
                 raise invalid(f"replication.sites: two sites are named {site.name!r}", line=True)
             seen.add(site.name)
+            if site.two_way and not self.zone:
+                raise invalid(
+                    f"replication.sites: site {site.name!r} is two_way: set replication.zone to this zone's name "
+                    "(the peer's peer_zone)",
+                    line=True,
+                )
         return self
 
     def site(self, name: str) -> SiteConfig | None:

@@ -34,7 +34,8 @@ leases
 replication
     a callable returning ``{site: stats}`` (``changelog.consumers.replication.api.CrrRoutes.prometheus``):
     ``completed``, ``completed_bytes``, ``failed``, ``failed_bytes``, ``skipped`` (int, records
-    applied, refused and skipped at the site since the process started), ``backlog_records``,
+    applied, refused and skipped at the site since the process started; of the skipped, two-way's
+    ``echoes`` and ``older``), ``backlog_records``,
     ``backlog_bytes`` (int, committed and not yet applied), ``rpo_seconds`` (float, age of the
     oldest of them), ``failed_entries`` (int, in the site's failed list), ``paused`` (bool).
 health
@@ -599,7 +600,11 @@ REPLICATION_COUNTERS = (
     ("failed", "replication_failed", "Records a replication site refused or kept failing (they go to its failed list)"),
     ("failed_bytes", "replication_failed_bytes", "Bytes of the records a replication site refused or kept failing"),
     ("skipped", "replication_skipped",
-     "Records not applied at a replication site on purpose (superseded at the source since)"),
+     "Records not applied at a replication site on purpose (superseded at the source since, echoes, older)"),
+    ("echoes", "replication_echoes",
+     "Two-way: records not sent back to the peer because the peer's replicator wrote them (echoes)"),
+    ("older", "replication_older",
+     "Two-way: records not applied because the peer holds a newer write (last writer wins)"),
 )  # fmt: skip
 REPLICATION_GAUGES = (
     ("backlog_records", "replication_backlog_records", "Records in committed change logs not yet applied at a site"),

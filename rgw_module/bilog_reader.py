@@ -281,7 +281,7 @@ class BilogReader:
     ) -> list[Mutation]:
         ctx = self.ctx
         # The shard's stream name and seq prefix, computed once for the page (not per entry).
-        mapper = ShardMapper(bs, ctx.state.buckets[bs.bucket].gen)
+        mapper = ShardMapper(bs, ctx.state.buckets[bs.bucket].gen, writer=ctx.config.record_writer)
         out: list[Mutation] = []
         internal = unwanted = 0
         for entry in page:

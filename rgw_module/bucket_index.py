@@ -121,6 +121,10 @@ class DirEntry(NamedTuple):
     flags: int
     versioned_epoch: int
     struct_v: int
+    # The identity that wrote the content (``meta.owner``: the ACL owner of the written attrs, the
+    # requester of a PutObject/CopyObject, the initiator of a multipart upload; measured in
+    # docs/design.md §15): the follower's ``writer`` (``[source] record_writer``).
+    owner: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,6 +135,7 @@ class ObjectFacts:
     etag: str
     mtime_ns: int
     storage_class: str | None
+    owner: str = ""  # who wrote the content (``DirEntry.owner``)
 
 
 class _Reader:
@@ -249,7 +254,9 @@ def _fast_dir_entry(data: bytes) -> DirEntry | None:
     (n,) = u32(data, pos)
     etag = data[pos + 4 : pos + 4 + n].decode()
     pos += 4 + n
-    pos += 4 + u32(data, pos)[0]  # owner
+    (n,) = u32(data, pos)
+    owner = data[pos + 4 : pos + 4 + n].decode()
+    pos += 4 + n
     pos += 4 + u32(data, pos)[0]  # owner_display_name
     if mv >= 2:
         pos += 4 + u32(data, pos)[0]  # content_type
@@ -304,7 +311,7 @@ def _fast_dir_entry(data: bytes) -> DirEntry | None:
     # Positional, in DirEntry's field order (the keyword form costs a third of the pass).
     return _make_entry((
         name, instance, exists, pool, epoch, index_ver, size, sec * 1_000_000_000 + nsec, etag,
-        storage_class or None, accounted, flags, versioned_epoch, v,
+        storage_class or None, accounted, flags, versioned_epoch, v, owner,
     ))  # fmt: skip
 
 
@@ -359,23 +366,23 @@ def careful_dir_entry(data: bytes) -> DirEntry:
         raise
     except (struct.error, ValueError, IndexError) as ex:  # defensive: _Reader checks bounds
         raise BadIndexEntry(f"bucket index entry undecodable: {ex}") from ex
-    size, mtime_ns, etag, storage_class, accounted = meta
+    size, mtime_ns, etag, storage_class, accounted, owner = meta
     return DirEntry(
         name=name, instance=instance, exists=exists, ver_pool=pool, ver_epoch=epoch,
         index_ver=index_ver, size=size, mtime_ns=mtime_ns, etag=etag,
         storage_class=storage_class or None, accounted_size=accounted, flags=flags,
-        versioned_epoch=versioned_epoch, struct_v=v,
+        versioned_epoch=versioned_epoch, struct_v=v, owner=owner,
     )  # fmt: skip
 
 
-def _meta(r: _Reader) -> tuple[int, int, str, str, int]:
-    """``rgw_bucket_dir_entry_meta``: (size, mtime_ns, etag, storage_class, accounted_size)."""
+def _meta(r: _Reader) -> tuple[int, int, str, str, int, str]:
+    """``rgw_bucket_dir_entry_meta``: (size, mtime_ns, etag, storage_class, accounted_size, owner)."""
     v, end = r.start("rgw_bucket_dir_entry_meta")
     r.u8()  # category
     size = r.u64()
     mtime_ns = r.time_ns()
     etag = r.string()
-    r.skip_string()  # owner
+    owner = r.string()
     r.skip_string()  # owner_display_name
     if v >= 2:
         r.skip_string()  # content_type
@@ -384,7 +391,7 @@ def _meta(r: _Reader) -> tuple[int, int, str, str, int]:
         r.skip_string()  # user_data
     storage_class = r.string() if v >= 6 else ""
     r.finish(end, "rgw_bucket_dir_entry_meta")
-    return size, mtime_ns, etag, storage_class, accounted
+    return size, mtime_ns, etag, storage_class, accounted, owner
 
 
 # -- names ---------------------------------------------------------------------------------------
@@ -563,7 +570,7 @@ class BucketIndexReader:
                     decoded[key] = None if raw is None else _decode_or_none(raw, bs, key)
                 d = decoded[key]
                 if d is not None and w.matches(d):
-                    out[w.position] = ObjectFacts(d.size, d.etag, d.mtime_ns, d.storage_class)
+                    out[w.position] = ObjectFacts(d.size, d.etag, d.mtime_ns, d.storage_class, d.owner)
                     break
         return out
 

@@ -432,6 +432,12 @@ class Facts(Protocol):
     def mtime_ns(self) -> int: ...
     @property
     def storage_class(self) -> str | None: ...
+    @property
+    def owner(self) -> str: ...
+
+
+# The ``metadata`` key of the writer's identity (``[source] record_writer``).
+WRITER = "writer"
 
 
 class ShardMapper:
@@ -440,13 +446,17 @@ class ShardMapper:
 
     They are computed at the first mapped entry, at the step where ``map_entry`` computes them,
     and kept only once computed: every entry fails (or not) at the same step and with the same
-    error as it does in ``map_entry``."""
+    error as it does in ``map_entry``.
 
-    __slots__ = ("bs", "generation", "_shared")
+    ``writer``: records carry who wrote them (``metadata.writer``, ``[source] record_writer``):
+    a write found in the index its entry's owner, a delete marker its bilog entry's ``owner``."""
 
-    def __init__(self, bs: BucketShard, generation: int) -> None:
+    __slots__ = ("bs", "generation", "writer", "_shared")
+
+    def __init__(self, bs: BucketShard, generation: int, *, writer: bool = False) -> None:
         self.bs = bs
         self.generation = generation
+        self.writer = writer
         self._shared: tuple[str, str, str, str] | None = None
 
     def _constants(self) -> tuple[str, str, str, str]:
@@ -473,6 +483,11 @@ class ShardMapper:
         tenant, name, source, seq_prefix = self._constants()
         fact = facts.get(position) if facts and change.op is Op.WRITE else None
         if fact is None:
+            meta: dict[str, str] = {}
+            if self.writer and change.op is Op.DELETE_MARKER:
+                owner = entry.get("owner")
+                if isinstance(owner, str) and owner:
+                    meta = {WRITER: owner}
             return Mutation(
                 bucket=name,
                 tenant=tenant,
@@ -483,6 +498,7 @@ class ShardMapper:
                 position=position,
                 seq=seq_prefix + position,
                 version_id=change.version_id,
+                metadata=meta,
             )
         return Mutation(
             bucket=name,
@@ -498,6 +514,7 @@ class ShardMapper:
             etag=fact.etag,
             obj_mtime_ns=fact.mtime_ns,
             storage_class=fact.storage_class or "STANDARD",
+            metadata={WRITER: fact.owner} if self.writer and fact.owner else {},
         )
 
 

@@ -155,6 +155,8 @@ def drain_site(
 def _drained_text(d: Drained) -> str:
     s = d.stats
     counts = f"{s.get('completed', 0)} completed, {s.get('skipped', 0)} skipped, {s.get('failed', 0)} failed"
+    if s.get("echoes") or s.get("older"):
+        counts += f" (two-way: {s.get('echoes', 0)} echoes dropped, {s.get('older', 0)} older than the peer's)"
     where = f"checkpoint {d.checkpoint or '-'}, watermark {d.watermark or '-'}"
     if d.reached:
         return f"site {d.site}: caught up; {counts}; {where}"

@@ -19,6 +19,7 @@ from typing import Any, cast
 
 import pytest
 
+from changelog.pipeline.mutation import Op
 from rgw_module.bucket_index import (
     BadIndexEntry,
     BucketIndexReader,
@@ -31,8 +32,10 @@ from rgw_module.bucket_index import (
     plain_key,
 )
 from rgw_module.mapping import (
+    WRITER,
     BilogEntry,
     BucketShard,
+    ShardMapper,
     index_name_to_key,
     map_entry,
     parse_time_ns,
@@ -89,6 +92,7 @@ def as_text(*values: object) -> list[str]:
 def test_every_captured_entry_decodes_as_radosgw_admin_bi_list_shows_it(release: str) -> None:
     doc = load(release)
     checked = 0
+    owners: set[str] = set()
     for case in doc["cases"]:
         shown = {
             e["idx"]: e["entry"]
@@ -110,10 +114,15 @@ def test_every_captured_entry_decodes_as_radosgw_admin_bi_list_shows_it(release:
             assert as_text(d.ver_pool, d.ver_epoch) == as_text(want["ver"]["pool"], want["ver"]["epoch"])
             assert as_text(d.size, d.etag, d.accounted_size) == as_text(meta["size"], meta["etag"], meta["accounted_size"])
             assert d.storage_class == (None if sc in ("", "STANDARD") else sc)
+            # The content writer ([source] record_writer): the captures' writer is "tester".
+            assert d.owner == meta["owner"]
+            assert careful_dir_entry(raw).owner == d.owner
+            owners.add(d.owner)
             if d.mtime_ns:
                 assert d.mtime_ns // 1000 == parse_time_ns(meta["mtime"]) // 1000
             checked += 1
     assert checked >= 40
+    assert "tester" in owners
 
 
 @pytest.mark.parametrize("release", RELEASES)
@@ -352,3 +361,42 @@ def test_the_fast_decoder_agrees_on_every_truncation_and_corruption() -> None:
         _same(bytes(data))
     for _ in range(2_000):
         _same(bytes(rng.randrange(256) for _ in range(rng.randint(0, 60))))
+
+
+# -- the writer ([source] record_writer) ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("release", RELEASES)
+def test_records_carry_their_writer_only_when_asked(release: str) -> None:
+    """With ``writer=True`` every write found in the index and every delete marker names who
+    wrote it (the captures' requester: "tester"); plain deletes, unmatched writes and a mapper
+    without the setting carry no metadata at all (the logs stay as they were)."""
+    doc = load(release)
+    seen: dict[str, int] = defaultdict(int)
+    for case, omap in zip(doc["cases"], states(doc), strict=True):
+
+        def read(pool: str, oid: str, keys: Sequence[bytes], *, omap: Any = omap) -> dict[bytes, bytes]:
+            return {k: omap[oid][k] for k in keys if k in omap.get(oid, {})}
+
+        reader = BucketIndexReader(read, doc["pool"])
+        pages: dict[BucketShard, list[BilogEntry]] = defaultdict(list)
+        for e in case.get("mid_entries", []) + case["entries"]:
+            pages[BucketShard(case["bucket"], e["bucket_id"], e["shard"], e.get("log_gen", 0))].append(e)
+        for bs, page in pages.items():
+            found = reader.facts(bs, page)
+            marking, plain = ShardMapper(bs, 1, writer=True), ShardMapper(bs, 1)
+            for e in page:
+                m, p = marking.map(e, observed_ns=0, facts=found), plain.map(e, observed_ns=0, facts=found)
+                if m is None or p is None:
+                    assert m is p is None
+                    continue
+                assert p.metadata == {}
+                matched = m.op is Op.WRITE and position_of(e["op_id"]) in found
+                if matched or m.op is Op.DELETE_MARKER:
+                    assert m.metadata == {WRITER: "tester"}, (case["case"], e)
+                    seen[m.op.value] += 1
+                else:
+                    assert m.metadata == {}, (case["case"], e)
+                    seen["none"] += 1
+                assert m.encode() != p.encode() if m.metadata else m.encode() == p.encode()
+    assert seen["write"] >= 20 and seen["delete_marker"] >= 1 and seen["none"] >= 2, dict(seen)

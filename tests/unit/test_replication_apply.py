@@ -21,6 +21,7 @@ from changelog.consumers.replication.apply import (
     SRC_BUCKET,
     SRC_ETAG,
     SRC_KEY,
+    SRC_MTIME,
     SRC_VERSION,
     SRC_ZONE,
     Applied,
@@ -154,6 +155,7 @@ def test_write_copies_content_headers_metadata_and_tags(plain: World, key: str, 
     assert got["Metadata"] == {
         "color": "blue", REPLICA_META: "true", SRC_ZONE: "zone-a", SRC_BUCKET: "src",
         SRC_KEY: quote(key, safe=""), SRC_VERSION: "null", SRC_ETAG: etag,
+        SRC_MTIME: str(int(plain.s3.head_object(Bucket="src", Key=key)["LastModified"].timestamp())),
     }
     tags = plain.s3.get_object_tagging(Bucket=bucket, Key=key)["TagSet"]
     assert sorted((t["Key"], t["Value"]) for t in tags) == [("team", "storage"), ("tier", "gold")]

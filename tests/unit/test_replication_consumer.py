@@ -445,3 +445,31 @@ def test_a_source_outage_holds_the_site_back_and_fails_nothing(
     runner.step(threading.Event())
     runner.step_down()
     assert load_checkpoint(index, rep.name).after == name and state(aws, "dst") == {"k": b"x"}
+
+
+def test_a_two_way_site_drops_echoes_and_keeps_the_peers_newer_writes(
+    aws: Any, logs: DirectoryTarget, index: ChangeIndex
+) -> None:
+    """Two-way (REP.2) through the consumer: an echo (a record whose writer is the peer's
+    replicator) costs no request and is counted; a write older than the peer's version is
+    not sent (counted as older); this zone's own writes reach the peer."""
+    zone = Zone(aws, logs)
+    setup_buckets(zone, aws)
+    zone.put("src", "mine", b"from here")
+    # The peer's replica of its own write, as this zone's follower records it.
+    echo = zone.put("src", "theirs", b"from the peer", log=False)
+    zone.pending.append(zone.record("src", "theirs", "write", size=13, etag=echo["etag"],
+                                    metadata={"writer": "rep-into-z1"}))
+    # A key the peer wrote later than this zone did (its origin mtime far ahead).
+    zone.put("src", "late", b"older here")
+    aws.put_object(Bucket="dst", Key="late", Body=b"newer there")
+    zone.commit()
+    site = site_config(two_way=True, peer_zone="z2", replica_writers=["rep-into-z1"])
+    rep = replicator(index, logs, aws, site=site)
+    run_once(rep, index).step_down()
+    stats = rep.stats()
+    assert (stats["echoes"], stats["completed"]) == (1, 1), stats
+    assert state(aws, "dst")["mine"] == b"from here"
+    assert "theirs" not in state(aws, "dst")
+    # "late": the peer's object (same second, z2 > z1 in the zone order) wins the tie.
+    assert state(aws, "dst")["late"] == b"newer there" and stats["older"] == 1

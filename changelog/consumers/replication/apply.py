@@ -84,6 +84,16 @@ SRC_ZONE, SRC_BUCKET, SRC_KEY, SRC_VERSION, SRC_ETAG = (
     "rgwcl-src-version",
     "rgwcl-src-etag",
 )
+# The source object's mtime (whole seconds since the epoch, as HEAD's Last-Modified gives it):
+# a replica's place in two-way replication's last-writer-wins order (its own mtime is the time
+# it was copied).
+SRC_MTIME = "rgwcl-src-mtime"
+# The record metadata key of who wrote a change (``[source] record_writer``).
+WRITER = "writer"
+# ``Applied.reason`` prefixes of two-way skips: an echo (a replica the peer wrote here), and a
+# write or delete older than what the peer holds (last writer wins).
+ECHO = "echo: "
+OLDER = "last writer wins: "
 REPLICA_VALUE = "true"
 # The null version's id, in SRC_VERSION and as the version map's key.
 NULL = "null"
@@ -108,6 +118,25 @@ class Destination:
     versioned: bool  # site bucket versioning Enabled (the caller learns it once per bucket)
     storage_class: str | None = None  # storage class of replicas, None: the site's default
     zone: str = ""  # source zone name written into SRC_ZONE
+    # Two-way replication (REP.2): the site also replicates to this zone. Its replica writes
+    # here are echoes (never sent back): recognised by their writer (``replica_writers``: the
+    # identities its replicator writes here as) or, when a record has no writer, by the
+    # source object's replica metadata naming ``peer_zone``. Writes and deletes follow last
+    # writer wins (``docs/design.md`` §15).
+    two_way: bool = False
+    peer_zone: str = ""
+    replica_writers: frozenset[str] = frozenset()
+
+
+class Before(Protocol):
+    """What this zone's log said of a key before a record (``two_way.Before``)."""
+
+    @property
+    def overwrote(self) -> str | None: ...
+    @property
+    def written(self) -> str | None: ...
+    @property
+    def written_echo(self) -> bool: ...
 
 
 class VersionMap(Protocol):
@@ -161,6 +190,26 @@ def _vid(v: object) -> str | None:
     return None if v in (None, "", NULL) else str(v)
 
 
+def _seconds(t: object) -> int | None:
+    """Whole seconds since the epoch of a response's ``LastModified``."""
+    return int(t.timestamp()) if isinstance(t, datetime) else None
+
+
+def origin_order(mtime: int | None, zone: str, metadata: Mapping[str, str]) -> tuple[int, str]:
+    """Where an object version stands in two-way replication's last-writer-wins order: its
+    origin's mtime in whole seconds (a replica's ``SRC_MTIME``, else its own Last-Modified),
+    then its origin zone's name (a replica's ``SRC_ZONE``, else ``zone``, where it was
+    written): in a tie within a second the zone named last wins. Both sites compute the same
+    order for the same version from a HEAD (Last-Modified has whole seconds), so they pick the
+    same winner; and a zone's own versions of one second keep their order against the other
+    zone's (an ETag tie-break would interleave them)."""
+    if metadata.get(REPLICA_META) == REPLICA_VALUE:
+        origin = metadata.get(SRC_MTIME, "")
+        if origin.isdigit():
+            return int(origin), metadata.get(SRC_ZONE) or zone
+    return mtime or 0, zone
+
+
 def _etag(e: object) -> str | None:
     return str(e).strip('"') or None if e else None
 
@@ -182,6 +231,7 @@ class _Head:
     etag: str | None = None
     metadata: Mapping[str, str] = field(default_factory=dict)
     delete_marker: bool = False
+    mtime: int | None = None  # Last-Modified, whole seconds since the epoch
 
 
 @dataclass
@@ -233,11 +283,14 @@ class _Recorder:
     new version's id kept from the PUT or the multipart completion (s3transfer drops the
     responses)."""
 
-    def __init__(self, client: S3Client) -> None:
+    def __init__(self, client: S3Client, condition: Mapping[str, str] | None = None) -> None:
         self._client = client
         self._lock = threading.Lock()  # parts are uploaded by s3transfer's threads
         self.calls = 0
         self.version_id: str | None = None
+        # ``IfMatch``/``IfNoneMatch`` for the request that makes the object (s3transfer passes
+        # no conditions through its extra arguments).
+        self._condition = dict(condition or {})
 
     def __getattr__(self, name: str) -> object:
         return getattr(self._client, name)
@@ -248,12 +301,14 @@ class _Recorder:
 
     def put_object(self, **kwargs: object) -> Mapping[str, object]:
         self._count()
+        kwargs.update(self._condition)
         resp = cast("Mapping[str, object]", self._client.put_object(**kwargs))  # type: ignore[arg-type]
         self.version_id = _vid(resp.get("VersionId"))
         return resp
 
     def complete_multipart_upload(self, **kwargs: object) -> Mapping[str, object]:
         self._count()
+        kwargs.update(self._condition)
         resp = cast("Mapping[str, object]", self._client.complete_multipart_upload(**kwargs))  # type: ignore[arg-type]
         self.version_id = _vid(resp.get("VersionId"))
         return resp
@@ -280,6 +335,7 @@ def apply_record(
     careful: bool = False,
     transfer: TransferConfig | None = None,
     retry: bool = False,
+    before: Before | None = None,
 ) -> Applied:
     """Apply ``rec`` to ``dest``, reading the source through ``source``. ``versions``: the
     caller's map of this site bucket's versions (read only: the changes come back in
@@ -289,12 +345,21 @@ def apply_record(
     ``retry``: the record is applied out of its order (a failed entry retried after later
     records of the key may have reached the site): a write or a delete marker is applied only
     while it is still the source's current state, so it never lands on top of a newer one.
+    ``before`` (two-way): what this zone's log said of the key before ``rec``
+    (``two_way.KeyMemory``): the peer's replica this zone's users overwrote, what a delete
+    deleted.
     Raises ``TransientError`` when trying again later may succeed."""
     if rec.is_bucket_op:
         return Applied("completed", reason="bucket operations are not replicated: buckets are the operator's")
     if not rec.key:
         return Applied("failed", reason=f"{rec.op} record {rec.id} without a key")
+    writer = rec.metadata.get(WRITER)
+    if writer is not None and writer in dest.replica_writers:
+        return Applied("skipped", reason=f"{ECHO}written here by {writer}, the peer's replicator")
+    if dest.two_way and dest.versioned:
+        return Applied("failed", reason=f"two-way replication of versioned bucket {dest.bucket} is not supported yet")
     run = _Apply(rec, rec.key, source, dest, versions, careful=careful, transfer=transfer, retry=retry)
+    run.before = before
     try:
         return run.run()
     except _Skip as ex:
@@ -334,6 +399,9 @@ class _Apply:
         self.bytes = 0
         self.map_set: dict[str, str] = {}
         self.map_remove: list[str] = []
+        self.before: Before | None = None
+        # Two-way: the peer's object must still be the one ``last_writer_wins`` judged.
+        self.condition: dict[str, str] | None = None
 
     # -- requests
 
@@ -390,11 +458,19 @@ class _Apply:
                 return self.found(sv, found)
         obj = self.get_source(v)
         with obj.body:
+            if self.dest.two_way:
+                self.last_writer_wins(obj)
             if checking and not early:
                 found = self.already_there(sv, obj.etag)
                 if found is not None:
                     return self.found(sv, found)
-            site_version = self.upload(obj, sv)
+            try:
+                site_version = self.upload(obj, sv)
+            except ContentChanged as ex:
+                if self.condition is None:
+                    raise
+                # The peer's object changed since it was judged: judge again on the retry.
+                raise TransientError(f"{self._site('PUT')}: changed at the site meanwhile ({ex})") from ex
         return self.written(sv, site_version)
 
     def delete(self) -> Applied:
@@ -402,6 +478,8 @@ class _Apply:
         head = self.source_head()
         if head is not None and not head.delete_marker and head.version_id is None:
             raise _Skip("superseded: rewritten at the source")
+        if self.dest.two_way:
+            return self.delete_two_way()
         if self.dest.versioned:
             mapped = self.versions.get(self.key, NULL)
             if mapped is None and self.careful:
@@ -462,6 +540,67 @@ class _Apply:
             self.map_set[sv] = marker
         # A null delete marker (suspended source) replaces the null version.
         self.drop_old_null(sv, marker)
+        return self._done()
+
+    # -- two-way (REP.2)
+
+    def last_writer_wins(self, obj: _SourceObject) -> None:
+        """Before a write reaches the peer: ``_Skip`` when it is an echo (the source object is
+        the peer's own replica) or when the peer holds a newer write. One HEAD at the peer.
+
+        The write is this zone's current version (the source GET checked it), so it replaces
+        this zone's own earlier replica there, and a peer write it overwrote here
+        (``Before.overwrote``). Against any other peer write, last writer wins
+        (``origin_order``): a site never overwrites a newer version with an older one."""
+        meta = obj.metadata
+        if meta.get(REPLICA_META) == REPLICA_VALUE and meta.get(SRC_ZONE) == self.dest.peer_zone:
+            raise _Skip(f"{ECHO}the source object is a replica from {self.dest.peer_zone}")
+        theirs = self.site_head()
+        # The write replaces only what was judged here: radosgw (16.2 to 20.2) honours these on
+        # a PutObject in an unversioned bucket, the ETag unquoted; 20.2 on a multipart
+        # completion too (older ones ignore it there: a race of a few milliseconds remains).
+        self.condition = {"IfNoneMatch": "*"} if theirs is None else {"IfMatch": theirs.etag or ""}
+        if theirs is None or theirs.delete_marker:
+            return
+        ours = origin_order(_seconds(obj.response.get("LastModified")), self.dest.zone, {})
+        if self.is_own_replica(theirs):
+            if theirs.metadata.get(SRC_ETAG) == obj.etag and origin_order(0, "", theirs.metadata) == ours:
+                raise _Skip("already at the site")
+            return  # an earlier version of this zone's
+        if self.before is not None and self.before.overwrote == theirs.etag:
+            return  # the peer still holds what this zone's users overwrote here
+        there = origin_order(theirs.mtime, self.dest.peer_zone, theirs.metadata)
+        if there > ours:
+            raise _Skip(f"{OLDER}the site holds a newer write ({there} > {ours})")
+
+    def is_own_replica(self, head: _Head) -> bool:
+        """``head`` is a replica of this zone's (written by its replicator)."""
+        meta = head.metadata
+        return meta.get(REPLICA_META) == REPLICA_VALUE and meta.get(SRC_ZONE) == self.dest.zone
+
+    def delete_two_way(self) -> Applied:
+        """A delete reaches the peer unless the peer holds a newer write than what was
+        deleted. The record's ``time`` is the deleted object's mtime; what it was comes from
+        the log (``Before``): this zone's own write, or the peer's content (an echo). This
+        zone's own replica there, and a peer write this zone's users had overwritten, are
+        older. A delete of the peer's content removes only that content, not a later write
+        there; a delete of this zone's write removes what is older in the order. Nothing
+        there: nothing to do and no request written (the peer's own delete, echoed back, ends
+        here)."""
+        theirs = self.site_head()
+        if theirs is None or theirs.delete_marker:
+            return self._done("nothing to delete at the site")
+        before = self.before
+        if self.is_own_replica(theirs) or (before is not None and before.overwrote == theirs.etag):
+            older = True
+        elif before is not None and before.written_echo:
+            older = theirs.etag == before.written
+        else:
+            deleted = (self.rec.time_us // 1_000_000, self.dest.zone)
+            older = origin_order(theirs.mtime, self.dest.peer_zone, theirs.metadata) < deleted
+        if not older:
+            raise _Skip(f"{OLDER}the site holds a newer write than the deleted object")
+        self.delete_site(None)
         return self._done()
 
     # -- steps
@@ -547,7 +686,12 @@ class _Apply:
             if headers.get("x-amz-delete-marker") == "true":
                 return _Head(_vid(headers.get("x-amz-version-id")), delete_marker=True)
             return None
-        return _Head(_vid(resp.get("VersionId")), _etag(resp.get("ETag")), dict(resp.get("Metadata") or {}))
+        return _Head(
+            _vid(resp.get("VersionId")),
+            _etag(resp.get("ETag")),
+            dict(resp.get("Metadata") or {}),
+            mtime=_seconds(resp.get("LastModified")),
+        )
 
     def is_replica_of(self, head: _Head, sv: str, etag: str | None) -> bool:
         meta = head.metadata
@@ -667,7 +811,7 @@ class _Apply:
         config = self.transfer or TransferConfig()
         # boto3's TransferConfig(use_threads=False) runs the parts in this thread.
         executor = NonThreadedExecutor if getattr(config, "use_threads", True) is False else None
-        recorder = _Recorder(self.dest.client)
+        recorder = _Recorder(self.dest.client, self.condition)
         what = self._site("upload to")
         try:
             with TransferManager(cast("BaseClient", recorder), config, executor_cls=executor) as manager:
@@ -691,6 +835,9 @@ class _Apply:
                 SRC_ETAG: obj.etag or "",
             }
         )
+        mtime = _seconds(resp.get("LastModified"))
+        if mtime is not None:
+            meta[SRC_MTIME] = str(mtime)
         args: dict[str, object] = {"Metadata": meta}
         for name in CONTENT_HEADERS:
             value = resp.get(name)

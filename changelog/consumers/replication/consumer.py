@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING
 import orjson
 
 from changelog.consumers.framework import OBJECTS_PER_STEP, Cursor, RouteHandler, committed_objects
-from changelog.consumers.replication.apply import Applied, Destination, apply_record
+from changelog.consumers.replication.apply import ECHO, OLDER, Applied, Destination, apply_record
 from changelog.consumers.replication.state import (
     FAILED,
     INFLIGHT,
@@ -50,6 +50,7 @@ from changelog.consumers.replication.state import (
     entry_id,
     version_id_key,
 )
+from changelog.consumers.replication.two_way import KeyMemory
 from changelog.errors import ChangelogError, PermanentError, TransientError
 from changelog.pipeline.index import ChangeIndex
 from changelog.pipeline.logformat import LogRecord
@@ -88,6 +89,9 @@ class Counters:
     failed: int = 0
     failed_bytes: int = 0
     skipped: int = 0
+    # Two-way: skipped as echoes (the peer's replicas), and as older than the peer's version.
+    echoes: int = 0
+    older: int = 0
     requests: int = 0
     retried: int = 0
     window: deque[tuple[float, int, int]] = field(default_factory=deque)
@@ -100,6 +104,11 @@ class Counters:
             self.window.append((now, 1, applied.bytes))
         elif applied.status == "skipped":
             self.skipped += 1
+            reason = applied.reason or ""
+            if reason.startswith(ECHO):
+                self.echoes += 1
+            elif reason.startswith(OLDER):
+                self.older += 1
         else:
             self.failed += 1
             self.failed_bytes += rec.size or 0
@@ -273,6 +282,8 @@ class SiteReplicator:
         self._inflight: set[tuple[str, str | None]] = set()
         self._mu = threading.Lock()
         self._bucket_mu = threading.Lock()
+        # Two-way: each key's last echo and write in this zone's log (``two_way``).
+        self._keys = KeyMemory()
 
     def __repr__(self) -> str:
         return f"SiteReplicator({self.site.name!r})"
@@ -490,9 +501,11 @@ class SiteReplicator:
                 vmap = versions[dest.bucket] = _Versions(
                     self.state, dest.bucket, changes.get(dest.bucket, {})
                 )
+            before = None if retry or not dest.two_way else self._keys.before(rec)
             try:
                 applied = apply_record(
-                    rec, self.source, dest, vmap, careful=careful, transfer=self.transfer, retry=retry
+                    rec, self.source, dest, vmap, careful=careful, transfer=self.transfer, retry=retry,
+                    before=before,
                 )
             except TransientError as ex:
                 if not lenient:
@@ -500,6 +513,8 @@ class SiteReplicator:
                 applied = Applied("failed", reason=f"kept failing: {ex}")
             if rec.key is not None:
                 vmap.apply(rec.key, applied)
+            if dest.two_way and not retry:
+                self._keys.note(rec, applied)
             if applied.status == "skipped" or applied.reason:
                 logger.debug(
                     "replication to %s: %s %s/%s (%s): %s %s",
@@ -566,6 +581,9 @@ class SiteReplicator:
                 versioned=resp.get("Status") == "Enabled",
                 storage_class=self.site.storage_class,
                 zone=self.zone,
+                two_way=self.site.two_way,
+                peer_zone=self.site.peer,
+                replica_writers=frozenset(self.site.replica_writers),
             )
         except Exception as ex:  # noqa: BLE001 - classified below
             err = translate_error(ex, f"bucket {name} at site {self.site.name}")
@@ -698,6 +716,8 @@ class SiteReplicator:
                 "failed": c.failed,
                 "failed_bytes": c.failed_bytes,
                 "skipped": c.skipped,
+                "echoes": c.echoes,
+                "older": c.older,
                 "retried": c.retried,
                 "requests": c.requests,
                 "throughput_ops": round(ops, 3),

@@ -1,0 +1,275 @@
+"""Two-way replication (REP.2) in ``changelog.consumers.replication.apply``, on moto: zone A's
+bucket ``a`` and zone B's bucket ``b``, each replicated to the other with ``two_way``. Echoes
+(the peer's replicas) are never sent back, by their writer or by their replica metadata;
+writes and deletes follow last writer wins (``origin_order``); random crossing workloads on
+both sides converge to one state."""
+
+from __future__ import annotations
+
+import itertools
+import random
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+from moto import mock_aws
+
+from changelog.consumers.replication.apply import (
+    REPLICA_META,
+    SRC_ETAG,
+    SRC_MTIME,
+    SRC_ZONE,
+    WRITER,
+    Applied,
+    Destination,
+    apply_record,
+    origin_order,
+)
+from changelog.consumers.replication.two_way import KeyMemory
+from changelog.pipeline.logformat import LogRecord
+from changelog.pipeline.s3client import make_s3_client
+
+_ids = itertools.count(1)
+
+
+def rec(op: str, bucket: str, key: str, *, etag: str | None = None, time: datetime | None = None,
+        writer: str | None = None) -> LogRecord:
+    n = next(_ids)
+    t = (time or datetime.now(UTC)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return LogRecord(
+        id=f"e{n}", time=t, bucket=bucket, key=key, version_id=None, op=op, size=None, etag=etag,
+        seq=f"{n:020d}", baseline=False, recorded=t, metadata={WRITER: writer} if writer else {},
+    )
+
+
+class NoVersions:
+    def get(self, key: str, src_version: str) -> str | None:
+        return None
+
+
+class Zones:
+    """Zone A (bucket ``aaa``) and zone B (``bbb``) in one moto account. The replicator that
+    writes into zone X does so as user ``rep-X``: zone X's records by ``rep-X`` are echoes."""
+
+    def __init__(self) -> None:
+        self.s3 = make_s3_client(None, access_key="testing", secret_key="testing", region="us-east-1",
+                                 max_attempts=2, connect_timeout=5.0, read_timeout=30.0)
+        for b in ("aaa", "bbb"):
+            self.s3.create_bucket(Bucket=b)
+        # Each replicator's memory of echoes, by the zone whose records it reads.
+        self.memory = {"aaa": KeyMemory(), "bbb": KeyMemory()}
+
+    def dest(self, to: str) -> Destination:
+        """The destination of zone ``to``'s peer's replicator (its writes land in ``to``)."""
+        frm = "bbb" if to == "aaa" else "aaa"
+        return Destination(self.s3, to, versioned=False, zone=f"zone-{frm}", two_way=True,
+                           peer_zone=f"zone-{to}", replica_writers=frozenset({f"rep-{frm}"}))
+
+    def replicate(self, r: LogRecord) -> Applied:
+        """Apply a record of zone ``r.bucket`` to the other zone, as its replicator does."""
+        memory = self.memory[r.bucket]
+        out = apply_record(r, self.s3, self.dest("bbb" if r.bucket == "aaa" else "aaa"), NoVersions(),
+                           before=memory.before(r))
+        memory.note(r, out)
+        return out
+
+    def put(self, bucket: str, key: str, body: bytes, **kw: Any) -> LogRecord:
+        etag = self.s3.put_object(Bucket=bucket, Key=key, Body=body, **kw)["ETag"].strip('"')
+        return rec("write", bucket, key, etag=etag)
+
+    def state(self, bucket: str) -> dict[str, bytes]:
+        keys = [o["Key"] for o in self.s3.list_objects_v2(Bucket=bucket).get("Contents", [])]
+        return {k: bytes(self.s3.get_object(Bucket=bucket, Key=k)["Body"].read()) for k in keys}
+
+
+@pytest.fixture
+def zones(monkeypatch: pytest.MonkeyPatch) -> Iterator[Zones]:
+    for k, v in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                 "AWS_DEFAULT_REGION": "us-east-1"}.items():
+        monkeypatch.setenv(k, v)
+    with mock_aws():
+        yield Zones()
+
+
+def test_origin_order_uses_a_replicas_source_and_breaks_ties_by_zone() -> None:
+    replica = {REPLICA_META: "true", SRC_MTIME: "100", SRC_ZONE: "zone-x", SRC_ETAG: "e1"}
+    assert origin_order(500, "zone-b", replica) == (100, "zone-x")  # its own mtime: when copied
+    assert origin_order(100, "zone-x", {}) == (100, "zone-x")  # the original, seen at its zone
+    assert origin_order(100, "zone-b", {}) > origin_order(100, "zone-a", {})  # a tie within a second
+    assert origin_order(101, "zone-a", {}) > origin_order(100, "zone-b", {})
+    assert origin_order(7, "zone-a", {REPLICA_META: "true", SRC_MTIME: "bad"}) == (7, "zone-a")
+
+
+def test_an_echo_is_dropped_by_its_writer_with_no_request(zones: Zones) -> None:
+    zones.put("aaa", "k", b"from a")
+    r = zones.put("bbb", "k", b"a replica written here by a's replicator")
+    echo = rec("write", "bbb", "k", etag=r.etag, writer="rep-bbb")
+    out = zones.replicate(echo)
+    assert (out.status, out.requests) == ("skipped", 0) and out.reason and out.reason.startswith("echo")
+    assert zones.state("aaa") == {"k": b"from a"}
+
+
+def test_an_echo_without_a_writer_is_recognised_by_its_replica_metadata(zones: Zones) -> None:
+    first = zones.replicate(zones.put("aaa", "k", b"v1"))
+    assert first.status == "completed"
+    meta = zones.s3.head_object(Bucket="bbb", Key="k")["Metadata"]
+    assert meta[SRC_ZONE] == "zone-aaa" and meta[SRC_MTIME].isdigit()
+    # B's follower recorded the replica write without a writer: sent back, it stops at the GET.
+    etag = zones.s3.head_object(Bucket="bbb", Key="k")["ETag"].strip('"')
+    out = zones.replicate(rec("write", "bbb", "k", etag=etag))
+    assert out.status == "skipped" and out.reason and out.reason.startswith("echo"), out
+    assert out.requests == 1
+    assert zones.state("aaa") == zones.state("bbb") == {"k": b"v1"}
+
+
+@pytest.mark.parametrize("site_origin", [10**10, 1])
+def test_a_write_never_replaces_a_newer_one_at_the_peer(zones: Zones, site_origin: int) -> None:
+    # B holds A-origin content stamped far in the future (or the past).
+    zones.s3.put_object(Bucket="bbb", Key="k", Body=b"there",
+                        Metadata={REPLICA_META: "true", SRC_MTIME: str(site_origin), SRC_ETAG: "zz"})
+    out = zones.replicate(zones.put("aaa", "k", b"here"))
+    newer_there = site_origin > 10**9
+    assert out.status == ("skipped" if newer_there else "completed"), out
+    assert zones.state("bbb")["k"] == (b"there" if newer_there else b"here")
+
+
+def test_a_delete_removes_the_peers_older_copy_but_not_a_newer_write(zones: Zones) -> None:
+    zones.replicate(zones.put("aaa", "old", b"1"))
+    deleted_at = zones.s3.head_object(Bucket="aaa", Key="old")["LastModified"]
+    zones.s3.delete_object(Bucket="aaa", Key="old")
+    out = zones.replicate(rec("delete", "aaa", "old", time=deleted_at))
+    assert out.status == "completed" and "old" not in zones.state("bbb")
+    # The echo of that delete at B (no writer: plain deletes carry none) writes nothing at A.
+    back = zones.replicate(rec("delete", "bbb", "old", time=deleted_at))
+    assert back.status == "completed" and back.reason == "nothing to delete at the site"
+    # A write at B newer than what A deleted survives A's delete.
+    zones.s3.put_object(Bucket="bbb", Key="new", Body=b"newer",
+                        Metadata={REPLICA_META: "true", SRC_MTIME: str(10**10), SRC_ETAG: "n"})
+    zones.s3.put_object(Bucket="aaa", Key="new", Body=b"x")
+    zones.s3.delete_object(Bucket="aaa", Key="new")
+    out = zones.replicate(rec("delete", "aaa", "new", time=datetime.now(UTC)))
+    assert out.status == "skipped" and zones.state("bbb")["new"] == b"newer"
+
+
+def test_versioned_two_way_buckets_are_refused_in_one_line(zones: Zones) -> None:
+    d = zones.dest("bbb")
+    d = Destination(d.client, d.bucket, True, zone=d.zone, two_way=True, peer_zone=d.peer_zone)
+    out = apply_record(zones.put("aaa", "k", b"x"), zones.s3, d, NoVersions())
+    assert out.status == "failed" and out.reason and "versioned" in out.reason and "\n" not in out.reason
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_crossing_writes_and_deletes_on_both_sides_converge(zones: Zones, seed: int) -> None:
+    """Both zones write and delete the same few keys; each zone's records (its users' and, as
+    its follower would see them, the peer replicator's writes and deletes) reach the other side
+    in a random interleaving. When every record is applied, both zones hold the same keys and
+    bytes, and no replica write was ever sent back."""
+    rnd = random.Random(seed)
+    pending: dict[str, list[LogRecord]] = {"aaa": [], "bbb": []}
+    keys = [f"k{i}" for i in range(4)]
+
+    def mutate(bucket: str) -> None:
+        key = rnd.choice(keys)
+        if rnd.random() < 0.3:
+            try:
+                t = zones.s3.head_object(Bucket=bucket, Key=key)["LastModified"]
+            except Exception:  # noqa: BLE001 - absent: nothing to delete
+                return
+            zones.s3.delete_object(Bucket=bucket, Key=key)
+            pending[bucket].append(rec("delete", bucket, key, time=t))
+        else:
+            pending[bucket].append(zones.put(bucket, key, f"{bucket}-{rnd.random()}".encode()))
+
+    echoes_sent = 0
+
+    def head(bucket: str, key: str) -> tuple[str, datetime] | None:
+        try:
+            h = zones.s3.head_object(Bucket=bucket, Key=key)
+        except Exception:  # noqa: BLE001 - absent
+            return None
+        return h["ETag"], h["LastModified"]
+
+    def step(bucket: str) -> None:
+        nonlocal echoes_sent
+        r = pending[bucket].pop(0)
+        to = "bbb" if bucket == "aaa" else "aaa"
+        key = r.key or ""
+        before = head(to, key)
+        out = zones.replicate(r)
+        after = head(to, key)
+        if r.metadata.get(WRITER):
+            echoes_sent += out.status != "skipped"
+        if after != before:  # the replicator wrote at ``to``: its follower records it
+            if after is None:  # a plain delete: the deleted object's mtime, no writer
+                assert before is not None
+                pending[to].append(rec("delete", to, key, time=before[1]))
+            else:
+                etag = zones.s3.head_object(Bucket=to, Key=r.key or "")["ETag"].strip('"')
+                pending[to].append(rec("write", to, r.key or "", etag=etag, writer=f"rep-{to}"))
+
+    for _ in range(60):
+        choice = rnd.random()
+        if choice < 0.4:
+            mutate(rnd.choice(["aaa", "bbb"]))
+        else:
+            side = rnd.choice([b for b in ("aaa", "bbb") if pending[b]] or ["aaa"])
+            if pending[side]:
+                step(side)
+    while pending["aaa"] or pending["bbb"]:
+        step(rnd.choice([b for b in ("aaa", "bbb") if pending[b]]))
+    assert echoes_sent == 0
+    assert zones.state("aaa") == zones.state("bbb")
+
+
+def test_the_two_way_settings_parse_and_a_missing_zone_name_is_one_line() -> None:
+    from changelog.config import parse_config
+    from changelog.errors import ConfigError
+
+    site = {"name": "b", "endpoint": "http://127.0.0.1:9", "two_way": True, "replica_writers": ["rep-into-a"]}
+    cfg = parse_config({"source": {"record_writer": True}, "replication": {"zone": "a", "sites": [site]}})
+    s = cfg.replication.sites[0]
+    assert (cfg.source.record_writer, s.two_way, s.peer, s.replica_writers) == (True, True, "b", ("rep-into-a",))
+    with pytest.raises(ConfigError) as err:
+        parse_config({"replication": {"sites": [site]}})
+    assert "replication.zone" in str(err.value) and "\n" not in str(err.value)
+    with pytest.raises(ConfigError) as err:
+        parse_config({"replication": {"zone": "a", "sites": [{**site, "replica_writers": [""]}]}})
+    assert "replica_writers" in str(err.value)
+    with pytest.raises(ConfigError, match='record_writer needs object_info = "index"'):
+        parse_config({"source": {"record_writer": True, "object_info": "head"}})
+
+
+class _Racing:
+    """The peer's client, with a user write at the peer landing between the replicator's HEAD
+    and its PUT (``racing`` times)."""
+
+    def __init__(self, client: Any, racing: int = 1) -> None:
+        self._client = client
+        self.racing = racing
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._client, name)
+
+    def put_object(self, **kw: Any) -> Any:
+        if self.racing:
+            self.racing -= 1
+            self._client.put_object(Bucket=kw["Bucket"], Key=kw["Key"], Body=b"written at the peer meanwhile")
+        return self._client.put_object(**kw)
+
+
+@pytest.mark.parametrize("there_before", [False, True])
+def test_a_peer_write_racing_the_replica_is_never_overwritten(zones: Zones, there_before: bool) -> None:
+    from changelog.errors import TransientError
+
+    if there_before:
+        zones.s3.put_object(Bucket="bbb", Key="k", Body=b"old", Metadata={REPLICA_META: "true", SRC_MTIME: "1"})
+    r = zones.put("aaa", "k", b"from a")
+    d = zones.dest("bbb")
+    racing = Destination(_Racing(zones.s3), d.bucket, False, zone=d.zone, two_way=True, peer_zone=d.peer_zone)  # type: ignore[arg-type]
+    with pytest.raises(TransientError, match="changed at the site meanwhile"):
+        apply_record(r, zones.s3, racing, NoVersions())
+    assert zones.state("bbb")["k"] == b"written at the peer meanwhile"
+    # The retry judges again: the peer's write (the same second, zone-bbb > zone-aaa) stays.
+    out = apply_record(r, zones.s3, d, NoVersions(), careful=True)
+    assert out.status == "skipped" and zones.state("bbb")["k"] == b"written at the peer meanwhile"
