@@ -527,6 +527,17 @@ class Config(_Model):
             )
         return self
 
+    @model_validator(mode="after")
+    def _two_way_needs_writers(self) -> Self:
+        for site in self.replication.sites:
+            if site.two_way and not self.source.record_writer:
+                raise invalid(
+                    f"replication.sites: site {site.name!r} is two_way: set [source] record_writer = true "
+                    "(echoes are recognised by their writer)",
+                    line=True,
+                )
+        return self
+
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Config):
             return NotImplemented

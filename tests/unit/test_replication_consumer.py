@@ -473,3 +473,30 @@ def test_a_two_way_site_drops_echoes_and_keeps_the_peers_newer_writes(
     assert "theirs" not in state(aws, "dst")
     # "late": the peer's object (same second, z2 > z1 in the zone order) wins the tie.
     assert state(aws, "dst")["late"] == b"newer there" and stats["older"] == 1
+
+
+@pytest.mark.parametrize("restart", [False, True])
+def test_a_two_way_write_over_a_replica_beats_it_across_a_restart(
+    aws: Any, logs: DirectoryTarget, index: ChangeIndex, restart: bool
+) -> None:
+    """This zone's user overwrote the peer's replica: the peer's original would win the order
+    (its clock is ahead), but the log says the user's write came after it.
+    A replicator that takes over after the echo was committed reads that back from the log."""
+    zone = Zone(aws, logs)
+    setup_buckets(zone, aws)
+    # The peer's write, stamped as if by a clock far ahead: the order alone would keep it.
+    aws.put_object(Bucket="dst", Key="k", Body=b"the peer's write",
+                   Metadata={"rgwcl-replica": "true", "rgwcl-src-mtime": str(10**10), "rgwcl-src-zone": "z2"})
+    echo = zone.put("src", "k", b"the peer's write", log=False)  # its replica here
+    zone.pending.append(zone.record("src", "k", "write", size=16, etag=echo["etag"],
+                                    metadata={"writer": "rep-into-z1"}))
+    zone.commit()
+    site = site_config(two_way=True, peer_zone="z2", replica_writers=["rep-into-z1"])
+    first = replicator(index, logs, aws, site=site)
+    run_once(first, index).step_down()
+    assert first.stats()["echoes"] == 1
+    zone.put("src", "k", b"the user's later write")
+    zone.commit()
+    second = replicator(index, logs, aws, site=site) if restart else first
+    run_once(second, index).step_down()
+    assert state(aws, "dst")["k"] == b"the user's later write"

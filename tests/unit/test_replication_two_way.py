@@ -236,6 +236,8 @@ def test_the_two_way_settings_parse_and_a_missing_zone_name_is_one_line() -> Non
     with pytest.raises(ConfigError) as err:
         parse_config({"replication": {"zone": "a", "sites": [{**site, "replica_writers": [""]}]}})
     assert "replica_writers" in str(err.value)
+    with pytest.raises(ConfigError, match="two_way: set .source. record_writer = true"):
+        parse_config({"replication": {"zone": "a", "sites": [site]}})
     with pytest.raises(ConfigError, match='record_writer needs object_info = "index"'):
         parse_config({"source": {"record_writer": True, "object_info": "head"}})
 

@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING
 import orjson
 
 from changelog.consumers.framework import OBJECTS_PER_STEP, Cursor, RouteHandler, committed_objects
-from changelog.consumers.replication.apply import ECHO, OLDER, Applied, Destination, apply_record
+from changelog.consumers.replication.apply import ECHO, OLDER, WRITER, Applied, Destination, apply_record
 from changelog.consumers.replication.state import (
     FAILED,
     INFLIGHT,
@@ -53,9 +53,9 @@ from changelog.consumers.replication.state import (
 from changelog.consumers.replication.two_way import KeyMemory
 from changelog.errors import ChangelogError, PermanentError, TransientError
 from changelog.pipeline.index import ChangeIndex
-from changelog.pipeline.logformat import LogRecord
+from changelog.pipeline.logformat import LogRecord, parse_log_name
 from changelog.pipeline.loop import Clocks
-from changelog.pipeline.reader import LogObject, read_object
+from changelog.pipeline.reader import LogObject, list_logs, read_object
 from changelog.pipeline.s3client import translate_error
 from changelog.pipeline.targets import Target
 
@@ -79,6 +79,10 @@ THROUGHPUT_WINDOW = 60.0
 # The backlog (read from the pending log objects) is recomputed at most this often (seconds).
 BACKLOG_TTL = 10.0
 
+
+# Two-way: log time read again on taking the lease to recall each key's last records
+# (``SiteReplicator._recall``); the memory matters within a second or a clock skew of a write.
+RECALL_SECONDS = 120.0
 
 @dataclass
 class Counters:
@@ -317,6 +321,9 @@ class SiteReplicator:
                     self.site.name, self._crashed_in, len(self._crashed_progress),
                 )  # fmt: skip
             self._failed_ids = {e.id for e in self.state.failed()}
+            if self.site.two_way:
+                self._keys = KeyMemory()
+                self._recall(after)
         self._take_retries(cursor)
         if now - self._last_expire >= EXPIRE_EVERY:
             self._expire(cursor, now)
@@ -326,6 +333,25 @@ class SiteReplicator:
             records = list(read_object(self.logs, obj.name))
             self._apply_object(cursor, obj, records)
         self.last_error = None
+
+    def _recall(self, after: str | None) -> None:
+        """Two-way, on taking the lease: what the log said of each key just before the
+        checkpoint (``KeyMemory``), read again from the committed objects of the last
+        ``RECALL_SECONDS`` of log time. Which records were echoes is in the records themselves
+        (their writer), so the memory is the one a predecessor had."""
+        name = parse_log_name(after) if after else None
+        if name is None:
+            return
+        writers = frozenset(self.site.replica_writers)
+        since = name.cutoff_us - int(RECALL_SECONDS * 1_000_000)
+        for obj in list_logs(self.logs, prefix=self.log_prefix, since_us=since):
+            if obj.name > name.name:
+                break
+            for rec in read_object(self.logs, obj.name):
+                if rec.key is None or not self.site.wants(rec.qualified_bucket, rec.key):
+                    continue
+                echo = rec.metadata.get(WRITER) in writers
+                self._keys.note(rec, Applied("skipped", reason=ECHO) if echo else Applied("completed"))
 
     def _check_paused(self, now: float) -> bool:
         doc = self.state.pause_doc()
@@ -354,9 +380,11 @@ class SiteReplicator:
                 # A predecessor died while applying this object: the records it finished are
                 # done (their outcomes were saved as they completed); the one each of its workers
                 # had in hand may have reached the site.
-                for i, d in self._crashed_progress.items():
+                for i, d in sorted(self._crashed_progress.items()):
                     if i < len(records):
                         partial.done[i] = _Done(records[i], d.applied, d.bucket)
+                        if self.site.two_way:
+                            self._keys.note(records[i], d.applied)
                 partial.uncertain = self._in_hand(records, partial.done, self._crashed_workers)
                 partial.uncertain |= self._crashed_uncertain - set(partial.done)
                 self._note_inflight(cursor, obj.name, partial.uncertain)
