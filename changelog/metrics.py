@@ -568,6 +568,7 @@ def _consumer_families(consumers: Mapping[str, Mapping[str, object]]) -> Iterato
 LIFECYCLE_ACTIONS = (
     "expired", "noncurrent_expired", "transitioned", "skipped", "failed",
     "uploads_aborted", "uploads_gone", "uploads_failed",
+    "leftovers_aborted", "leftovers_gone", "leftovers_active", "leftovers_failed",
 )  # fmt: skip
 
 

@@ -351,10 +351,13 @@ def build_consumers(
     if cfg.lifecycle.enabled:
         from changelog.config import open_target
         from changelog.consumers.lifecycle.consumer import lifecycle_client, lifecycle_consumer
+        from changelog.consumers.lifecycle.leftovers import leftover_reaper
 
         lc = cfg.lifecycle
         logs = target if target is not None else open_target(cfg)
-        lifecycle = lifecycle_consumer(lc, index, logs, None if lc.dry_run else lifecycle_client(lc))
+        client = None if lc.dry_run else lifecycle_client(lc)
+        reaper = leftover_reaper(cfg) if client is not None else None
+        lifecycle = lifecycle_consumer(lc, index, logs, client, leftovers=reaper)
         runners.append(
             ConsumerRunner(index, lifecycle, lease_ttl=lc.lease_ttl, paused=lambda: controls.checkpoint("lifecycle"))
         )

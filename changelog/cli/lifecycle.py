@@ -15,8 +15,10 @@ import click
 
 from changelog.cli.base import TIME, cli, emit_json, json_option, state, table
 from changelog.cli.usage import consumer_name_option, run_consumer
-from changelog.consumers.lifecycle.model import DEFAULT_CONSUMER
+from changelog.consumers.lifecycle.model import DEFAULT_CONSUMER, Layout
+from changelog.consumers.lifecycle.rules import RuleSet
 from changelog.errors import PermanentError
+from changelog.pipeline.store import ObjectStore
 from changelog.times import fmt_time
 
 consumer_option = consumer_name_option(DEFAULT_CONSUMER, "lifecycle schedule")
@@ -37,8 +39,11 @@ cli.add_command(lifecycle_group, "lifecycle")
 
 def _check_rules() -> None:
     cfg = state().config
-    if not cfg.lifecycle.rules:
-        raise PermanentError("no [[lifecycle.rules]] in the configuration: nothing to schedule")
+    if cfg.lifecycle.source == "config" and not cfg.lifecycle.rules:
+        raise PermanentError(
+            'no [[lifecycle.rules]] in the configuration (and [lifecycle] source is not "bucket"): '
+            "nothing to schedule"
+        )
 
 
 @lifecycle_group.command("run")
@@ -50,12 +55,14 @@ def run_cmd(once: bool, dry_run: bool, consumer: str) -> None:
     process holds the lease), or with --once up to the collector's watermark."""
     from changelog.consumers.framework import ConsumerRunner
     from changelog.consumers.lifecycle.consumer import lifecycle_client, lifecycle_consumer
+    from changelog.consumers.lifecycle.leftovers import leftover_reaper
 
     _check_rules()
     st = state()
     lc = st.config.lifecycle
     client = None if (dry_run or lc.dry_run) else lifecycle_client(lc)
-    lifecycle = lifecycle_consumer(lc, st.index(), st.target(), client, name=consumer)
+    leftovers = leftover_reaper(st.config) if client is not None else None
+    lifecycle = lifecycle_consumer(lc, st.index(), st.target(), client, name=consumer, leftovers=leftovers)
     runner = ConsumerRunner(st.index(), lifecycle, lease_ttl=lc.lease_ttl)
     cp = run_consumer(runner, once=once, what=f"lifecycle {consumer}")
     if cp is None:
@@ -95,14 +102,20 @@ def plan_cmd(bucket: str | None, until_us: int | None, limit: int, consumer: str
 @consumer_option
 @json_option
 def status_cmd(consumer: str, as_json: bool) -> None:
-    """How many actions are due now, scheduled later and failed, by action, and the next one."""
+    """How many actions are due now, scheduled later and failed, by action, and the next one.
+    With [lifecycle] source = "bucket": the buckets whose configurations the schedule follows,
+    and the parts of their rules left out (read from the buckets now)."""
     from changelog.consumers.lifecycle.consumer import layout_of
     from changelog.consumers.lifecycle.plan import status
 
     st = state()
     index = st.index(create=False)
-    layout = layout_of(st.config.lifecycle, index.prefix, name=consumer)
+    lc = st.config.lifecycle
+    layout = layout_of(lc, index.prefix, name=consumer)
     doc = status(index.store, layout, now_us=int(time.time() * 1_000_000))
+    doc["source"] = lc.source
+    if lc.source == "bucket":
+        doc["bucket_rules"] = _bucket_rules_doc(index.store, layout)
     if as_json:
         emit_json(doc)
         return
@@ -112,6 +125,24 @@ def status_cmd(consumer: str, as_json: bool) -> None:
     rows.append(["all", str(doc["due_now"]), str(doc["scheduled_later"]), str(doc["failed"])])
     table(rows, ["ACTION", "DUE NOW", "LATER", "FAILED"])
     click.echo(f"next due: {doc['next_due'] or '-'}")
+    br = doc.get("bucket_rules")
+    if isinstance(br, dict):
+        click.echo(f"rules: from {br['buckets_with_configuration']} buckets' lifecycle configurations ({br['rules']} rules)")
+        for line in br["left_out"]:
+            click.echo(f"left out: {line}")
+
+
+def _bucket_rules_doc(store: ObjectStore, layout: Layout) -> dict[str, object]:
+    """The configurations of the buckets the schedule follows (``source = "bucket"``), read now."""
+    from changelog.consumers.lifecycle.bucket_rules import BucketRules
+    from changelog.consumers.lifecycle.consumer import lifecycle_client
+    from changelog.consumers.lifecycle.schedule import Schedule
+
+    lc = state().config.lifecycle
+    schedule = Schedule(store, layout, RuleSet((), day_seconds=lc.day_seconds))
+    rules = BucketRules(lifecycle_client(lc), lc.day_seconds)
+    rules.refresh(b for n in range(layout.shards) for b, _ in schedule.bucket_marks(n))
+    return rules.doc()
 
 
 @lifecycle_group.command("failed")
@@ -120,7 +151,6 @@ def status_cmd(consumer: str, as_json: bool) -> None:
 def failed_cmd(consumer: str, as_json: bool) -> None:
     """The actions that failed (refused by S3, e.g. object lock), with the error."""
     from changelog.consumers.lifecycle.consumer import layout_of
-    from changelog.consumers.lifecycle.rules import RuleSet
     from changelog.consumers.lifecycle.schedule import Schedule
 
     st = state()
@@ -144,7 +174,6 @@ def failed_cmd(consumer: str, as_json: bool) -> None:
 def retry_cmd(consumer: str) -> None:
     """Put every failed action back in the schedule, due now (re-checked before acting)."""
     from changelog.consumers.lifecycle.consumer import layout_of
-    from changelog.consumers.lifecycle.rules import RuleSet
     from changelog.consumers.lifecycle.schedule import Schedule
 
     st = state()

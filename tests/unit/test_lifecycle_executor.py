@@ -375,3 +375,71 @@ def test_the_factory_builds_the_consumer_from_its_section(aws: None, tmp_path: P
     assert consumer.schedule.layout.oid(1) == f"{lb.index.prefix}.lc-two.0001"
     assert consumer.schedule.layout.day_us == S
     assert lifecycle_consumer(lb.section, lb.index, lb.logs, None).executor is None
+
+
+class SlowHeads:
+    """moto's client whose HEADs take 50 ms, counting how many run at once."""
+
+    def __init__(self, s3: Any) -> None:
+        self._s3 = s3
+        self._lock = threading.Lock()
+        self.running = self.most = 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._s3, name)
+
+    def head_object(self, **kw: Any) -> Any:
+        with self._lock:
+            self.running += 1
+            self.most = max(self.most, self.running)
+        try:
+            time.sleep(0.05)
+            return self._s3.head_object(**kw)
+        finally:
+            with self._lock:
+                self.running -= 1
+
+
+def test_the_re_checks_of_a_batch_run_in_parallel_and_the_actions_in_order(aws: None, tmp_path: Path) -> None:
+    lb = lab(tmp_path, [{"bucket": "plain", "expire_days": 2}])
+    lb.bucket("plain")
+    for i in range(12):
+        lb.put("plain", f"k{i:02d}", b"x")
+    lb.commit()
+    lb.step(ahead=0)
+    lb.put("plain", "k05", b"rewritten", log=False)  # changed since its record: dropped, not deleted
+    slow = SlowHeads(lb.s3)
+    lb.executor.client = slow  # type: ignore[assignment]
+    lb.executor.workers = 4
+    t0 = time.monotonic()
+    assert lb.executor.run_batch(int((time.time() + 5) * S)) == 12
+    took = time.monotonic() - t0
+    assert slow.most == 4 and took < 12 * 0.05  # four at a time, not one after another
+    assert lb.keys("plain") == ["k05"] and lb.planned() == []
+    assert (lb.executor.counts["expired"], lb.executor.counts["skipped"]) == (11, 1)
+
+
+def test_a_transition_keeps_the_objects_acl(aws: None, tmp_path: Path) -> None:
+    lb = lab(tmp_path, [{"bucket": "plain", "transition_days": 1, "storage_class": "STANDARD_IA"},
+                        {"bucket": "ver", "transition_days": 1, "storage_class": "STANDARD_IA"}])  # fmt: skip
+    lb.bucket("plain")
+    lb.bucket("ver", versioned=True)
+    lb.put("plain", "public", b"x", ACL="public-read")
+    lb.put("plain", "private", b"x")
+    lb.put("ver", "public", b"x", ACL="public-read")
+    lb.commit()
+
+    def grants(bucket: str, key: str) -> list[tuple[str, str]]:
+        acl = lb.s3.get_object_acl(Bucket=bucket, Key=key)
+        return sorted(
+            (str(g["Grantee"].get("URI") or g["Grantee"].get("ID")), str(g["Permission"]))
+            for g in acl["Grants"]
+        )
+
+    before = {(b, k): grants(b, k) for b, k in (("plain", "public"), ("plain", "private"), ("ver", "public"))}
+    all_users = ("http://acs.amazonaws.com/groups/global/AllUsers", "READ")
+    assert all_users in before[("plain", "public")] and all_users not in before[("plain", "private")]
+    lb.step(ahead=3)
+    for (b, k), was in before.items():
+        assert lb.s3.head_object(Bucket=b, Key=k)["StorageClass"] == "STANDARD_IA"
+        assert grants(b, k) == was, (b, k)

@@ -9,6 +9,13 @@ lease before each), so a large backlog of due entries does not keep the loop fro
 
 When the lease is taken, a shard whose due entries were computed under other rules (its
 ``meta`` has another fingerprint) is rescheduled from the versions it holds before anything else.
+
+With ``source = "bucket"`` (``bucket_rules``) the rules change while the consumer runs: before a
+log object is applied, the configuration of each bucket it mentions is fetched (unless fetched
+within ``bucket_rules_interval``); every step also reads again the stale ones of the buckets it
+tracks. A bucket whose rules' fingerprint differs from the one its entries were computed under
+(its ``r.`` key) is rescheduled alone (``Schedule.reschedule_bucket``) before its records are
+applied and before the executor's next batch.
 """
 
 from __future__ import annotations
@@ -21,8 +28,10 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 from changelog.consumers.framework import Cursor, LogObjectConsumer, ObjectBatch, RouteHandler
+from changelog.consumers.lifecycle.bucket_rules import BucketRules
 from changelog.consumers.lifecycle.executor import Executor
-from changelog.consumers.lifecycle.model import DEFAULT_CONSUMER, Layout
+from changelog.consumers.lifecycle.leftovers import LeftoverReaper
+from changelog.consumers.lifecycle.model import DEFAULT_CONSUMER, Layout, dumps, rules_key
 from changelog.consumers.lifecycle.plan import plan, status
 from changelog.consumers.lifecycle.rules import LifecycleConfig, RuleSet
 from changelog.consumers.lifecycle.schedule import Schedule
@@ -64,10 +73,17 @@ class LifecycleConsumer(LogObjectConsumer):
         interval: float = 5.0,
         log_prefix: str = "",
         reaper: UploadReaper | None = None,
+        bucket_rules: BucketRules | None = None,
+        leftovers: LeftoverReaper | None = None,
     ) -> None:
         super().__init__(logs, log_prefix=log_prefix)
         # Aborts incomplete multipart uploads (abort_incomplete_multipart_days); None: no rule does.
         self.reaper = reaper
+        # source = "bucket": the buckets' own lifecycle configurations; None: [[lifecycle.rules]].
+        self.bucket_rules = bucket_rules
+        # Replication's abandoned multipart uploads at its sites (backup's: `backup cleanup`).
+        self.leftovers = leftovers
+        self._synced: dict[str, str] = {}  # bucket -> fingerprint its entries were computed under
         self.name = name
         self.interval = interval
         self.schedule = schedule
@@ -76,19 +92,74 @@ class LifecycleConsumer(LogObjectConsumer):
         self.counts: dict[str, int] = defaultdict(int)
 
     def _open(self, cursor: Cursor) -> None:
-        """A new lease: shards computed under other rules are rescheduled first."""
+        """A new lease: shards computed under other rules are rescheduled first (with ``source =
+        "bucket"``: under the configurations of the buckets they hold, fetched now), and the
+        buckets the schedule holds rules for are tracked for refreshes."""
         if cursor is self._cursor:
             return
+        self._synced = {}
         for n in range(self.schedule.layout.shards):
             if not self.schedule.head(n).current_rules:
                 cursor.lease.check()
-                keys = self.schedule.reschedule(n)
+                marks: dict[str, bytes] = {}
+                if self.bucket_rules is not None:
+                    held = self.schedule.buckets_held(n)
+                    self.bucket_rules.refresh(held)
+                    self._set_rules()
+                    marks = self._marks(held)
+                keys = self.schedule.reschedule(n, marks=marks)
                 logger.info("lifecycle: shard %d rescheduled under the current rules (%d keys)", n, keys)
                 self.counts["rescheduled_keys"] += keys
+            if self.bucket_rules is not None:
+                self._synced.update(self.schedule.bucket_marks(n))
+        if self.bucket_rules is not None:
+            self.bucket_rules.track(self._synced)
         self._cursor = cursor
+
+    def _marks(self, buckets: set[str]) -> dict[str, bytes]:
+        out: dict[str, bytes] = {}
+        for b in buckets:
+            fp = self.schedule.rules.bucket_fingerprint(b)
+            if fp:
+                tenant, _, name = b.rpartition("/")
+                out[rules_key(self.schedule.layout.shard(tenant, name)[1])] = dumps({"t": tenant, "b": name, "fp": fp})
+        return out
+
+    def _set_rules(self) -> None:
+        assert self.bucket_rules is not None
+        rules = self.bucket_rules.ruleset()
+        self.schedule.rules = rules  # the executor reads the same schedule's rules
+        if self.reaper is not None:
+            self.reaper.rules = tuple(rules.abort_rules())
+
+    def _sync_rules(self, cursor: Cursor, buckets: set[str] | list[str]) -> None:
+        """``source = "bucket"``: fetch the stale configurations of ``buckets`` and reschedule
+        those whose rules differ from what their entries were computed under."""
+        assert self.bucket_rules is not None
+        if self.bucket_rules.refresh(buckets):
+            self._set_rules()
+        for b in sorted(buckets):
+            fp = self.schedule.rules.bucket_fingerprint(b)
+            if fp == self._synced.get(b, ""):
+                continue
+            cursor.lease.check()
+            tenant, _, name = b.rpartition("/")
+            keys = self.schedule.reschedule_bucket(self.schedule.layout.shard(tenant, name)[0], tenant, name)
+            logger.info("lifecycle: bucket %s rescheduled under its current rules (%d keys)", b, keys)
+            self.counts["rescheduled_keys"] += keys
+            self.counts["buckets_rescheduled"] += 1
+            if fp:
+                self._synced[b] = fp
+            else:
+                self._synced.pop(b, None)
 
     def handle(self, cursor: Cursor, obj: LogObject, records: list[LogRecord]) -> ObjectBatch:
         self._open(cursor)
+        buckets = {r.qualified_bucket for r in records}
+        if self.bucket_rules is not None:
+            self._sync_rules(cursor, buckets)
+        if self.leftovers is not None:
+            self.leftovers.saw(buckets)
         by_shard: dict[int, list[LogRecord]] = defaultdict(list)
         for r in records:
             if self.schedule.rules.governs(r.qualified_bucket):
@@ -106,11 +177,16 @@ class LifecycleConsumer(LogObjectConsumer):
     def step(self, cursor: Cursor, stop: threading.Event) -> None:
         self._open(cursor)
         super().step(cursor, stop)
+        if self.bucket_rules is not None:
+            self._sync_rules(cursor, self.bucket_rules.stale())
         if self.executor is None:
             return
         if self.reaper is not None:
             cursor.lease.check()
             self.reaper.run()
+        if self.leftovers is not None:
+            cursor.lease.check()
+            self.leftovers.run()
         for _ in range(BATCHES_PER_STEP):
             if stop.is_set():
                 return
@@ -123,8 +199,9 @@ class LifecycleConsumer(LogObjectConsumer):
         out: dict[str, object] = {**super().stats(), **self.counts}
         if self.executor is not None:
             out.update(self.executor.snapshot())
-        if self.reaper is not None:
-            out.update(self.reaper.snapshot())
+        for part in (self.reaper, self.bucket_rules, self.leftovers):
+            if part is not None:
+                out.update(part.snapshot())
         return out
 
     def routes(self) -> Mapping[tuple[str, str], RouteHandler]:
@@ -139,18 +216,29 @@ class LifecycleConsumer(LogObjectConsumer):
     def _status_doc(self) -> Mapping[str, object]:
         doc = status(self.schedule.store, self.schedule.layout, now_us=int(time.time() * 1_000_000))
         done = self.executor.snapshot() if self.executor is not None else {}
-        if self.reaper is not None:
-            done.update(self.reaper.snapshot())
+        for part in (self.reaper, self.leftovers):
+            if part is not None:
+                done.update(part.snapshot())
         uploads = uploads_doc(self.reaper, int(time.time() * 1_000_000)) if self.reaper is not None else None
-        return {**doc, "dry_run": self.executor is None, "done": done, "incomplete_uploads": uploads}
+        return {
+            **doc,
+            "dry_run": self.executor is None,
+            "done": done,
+            "incomplete_uploads": uploads,
+            "source": "config" if self.bucket_rules is None else "bucket",
+            "bucket_rules": self.bucket_rules.doc() if self.bucket_rules is not None else None,
+        }
+
+
+# The schedule's rules fingerprint with source = "bucket": each bucket's is in its r. key.
+BUCKET_SOURCE = "bucket"
 
 
 def layout_of(section: LifecycleConfig, index_prefix: str, *, name: str = DEFAULT_CONSUMER) -> Layout:
     """The schedule layout ``[lifecycle]`` gives for consumer ``name`` of the index ``index_prefix``."""
     rules = RuleSet.of(section)
-    return Layout.make(
-        index_prefix, consumer=name, shards=section.shards, day_us=rules.day_us, rules=rules.fingerprint()
-    )
+    fingerprint = BUCKET_SOURCE if section.source == "bucket" else rules.fingerprint()
+    return Layout.make(index_prefix, consumer=name, shards=section.shards, day_us=rules.day_us, rules=fingerprint)
 
 
 def lifecycle_consumer(
@@ -160,12 +248,16 @@ def lifecycle_consumer(
     client: S3Client | None,
     *,
     name: str = DEFAULT_CONSUMER,
+    rules_client: S3Client | None = None,
+    leftovers: LeftoverReaper | None = None,
 ) -> LifecycleConsumer:
-    """The lifecycle consumer ``name`` of ``index``; ``client`` None: schedule only, no actions."""
+    """The lifecycle consumer ``name`` of ``index``; ``client`` None: schedule only, no actions.
+    With ``source = "bucket"`` the configurations are read through ``rules_client`` (default:
+    ``client``, else a client of ``[lifecycle]``'s endpoint)."""
     rules = RuleSet.of(section)
     schedule = Schedule(index.store, layout_of(section, index.prefix, name=name), rules)
     executor = (
-        Executor(schedule, client, batch=section.batch, delete_batch=section.delete_batch)
+        Executor(schedule, client, batch=section.batch, delete_batch=section.delete_batch, workers=section.workers)
         if client is not None
         else None
     )
@@ -173,7 +265,14 @@ def lifecycle_consumer(
         index.store, index.control_oid, rules.abort_rules(), client, day_us=rules.day_us,
         interval=section.uploads_interval,
     )  # fmt: skip
-    return LifecycleConsumer(schedule, executor, logs, name=name, interval=section.poll_interval, reaper=reaper)
+    bucket_rules = None
+    if section.source == "bucket":
+        reader = rules_client or client or lifecycle_client(section)
+        bucket_rules = BucketRules(reader, section.day_seconds, interval=section.bucket_rules_interval)
+    return LifecycleConsumer(
+        schedule, executor, logs, name=name, interval=section.poll_interval, reaper=reaper,
+        bucket_rules=bucket_rules, leftovers=leftovers,
+    )  # fmt: skip
 
 
 def lifecycle_client(section: LifecycleConfig) -> S3Client:

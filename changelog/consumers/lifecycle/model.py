@@ -16,6 +16,8 @@ omap keys there:
 | ``d.<due:016x>.<bid>.<kh>.<vh>.<rule:04d>.<action>`` | JSON ``DueEntry`` | one action due at
   ``due`` (µs): sorted by due time, so "what is due now" is one page from ``d.`` |
 | ``f.<same as d. without "d.">`` | JSON ``DueEntry`` + ``error`` | the failed list |
+| ``r.<bid>`` | JSON ``{"t", "b", "fp"}`` | ``source = "bucket"``: the fingerprint of the bucket's
+  rules its entries were computed under (absent: the bucket has no lifecycle configuration) |
 
 ``bid`` is the bucket's 16-hex hash, ``kh`` a 32-hex hash of the key, ``vh`` a 16-hex hash of the
 version id (the null version: of ""). Values are ASCII JSON (``ensure_ascii``): the executor's
@@ -41,6 +43,7 @@ META_KEY = "meta"
 KEY_PREFIX = "k."
 DUE_PREFIX = "d."
 FAILED_PREFIX = "f."
+RULES_PREFIX = "r."
 # The end of a prefix range: "." + 1.
 _AFTER_DOT = "/"
 # Width of a due time: µs in 16 hex digits sort as numbers until the year 2500 and beyond.
@@ -63,6 +66,10 @@ def version_hash(version_id: str | None) -> str:
 
 def state_key(bid: str, kh: str) -> str:
     return f"{KEY_PREFIX}{bid}.{kh}"
+
+
+def rules_key(bid: str) -> str:
+    return f"{RULES_PREFIX}{bid}"
 
 
 def bucket_prefix(bid: str) -> str:

@@ -20,7 +20,7 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Annotated, ClassVar, Self
+from typing import Annotated, ClassVar, Literal, Self
 
 from pydantic import AfterValidator, Field, model_validator
 
@@ -40,6 +40,9 @@ from changelog.consumers.lifecycle.uploads_gc import AbortRule
 
 # S3 caps one DeleteObjects request at 1000 keys.
 S3_DELETE_MAX = 1000
+# The shortest idle time before a destination's multipart upload counts as abandoned: five
+# times replication's 120 s read timeout of one part's request, so a live upload never is.
+LEFTOVERS_MIN_S = 600.0
 
 
 def _bucket_name(v: str) -> str:
@@ -129,12 +132,34 @@ class LifecycleConfig(S3Section):
     # Seconds between two looks at the multipart uploads in progress (abort_incomplete_multipart_days).
     uploads_interval: Number = Field(default=60.0, gt=0)
     lease_ttl: Number = Field(default=30.0, ge=1.0)
+    # Where the rules come from: "config" ([[lifecycle.rules]]) or "bucket" (each bucket's own S3
+    # lifecycle configuration, ``bucket_rules``; turn radosgw's own LC off for those buckets).
+    source: Literal["config", "bucket"] = "config"
+    # Seconds a bucket's fetched lifecycle configuration is trusted before it is read again.
+    bucket_rules_interval: Number = Field(default=300.0, gt=0)
+    # Parallel re-check requests (HEAD, GetObjectTagging) of one executor batch.
+    workers: Integer = Field(default=8, ge=1, le=64)
+    # Multipart uploads that backup and replication left on their destinations are aborted once
+    # idle this many (real, 86,400 s) days; 0: never. Not compressed by day_seconds: the margin
+    # is against real part timeouts, and at least LEFTOVERS_MIN_S.
+    leftovers_days: Number = Field(default=1.0, ge=0)
     rules: tuple[RuleConfig, ...] = ()
 
     @model_validator(mode="after")
     def _unique_ids(self) -> Self:
-        if self.enabled and not self.rules:
+        if self.source == "bucket" and self.rules:
+            raise invalid(
+                'lifecycle.source = "bucket" reads the rules from the buckets: remove [[lifecycle.rules]]',
+                line=True,
+            )
+        if self.enabled and self.source == "config" and not self.rules:
             raise invalid("lifecycle.enabled is true but no [[lifecycle.rules]] are given", line=True)
+        if 0 < self.leftovers_days * 86400 < LEFTOVERS_MIN_S:
+            raise invalid(
+                f"lifecycle.leftovers_days must be 0 (off) or at least {LEFTOVERS_MIN_S / 86400:.4f} "
+                f"({LEFTOVERS_MIN_S:g} s: well above any part's timeout)",
+                line=True,
+            )
         seen: set[str] = set()
         for n, rule in enumerate(self.rules):
             rid = rule.id or f"rule-{n}"
@@ -192,10 +217,12 @@ class Due:
 class RuleSet:
     """The rules of ``[lifecycle]`` by bucket, with the length of a day in µs."""
 
-    def __init__(self, rules: tuple[Rule, ...], *, day_seconds: float) -> None:
+    def __init__(
+        self, rules: tuple[Rule, ...], *, day_seconds: float, governed: frozenset[str] = frozenset()
+    ) -> None:
         self.rules = rules
         self.day_us = round(day_seconds * 1_000_000)
-        self._by_bucket: dict[str, tuple[Rule, ...]] = {}
+        self._by_bucket: dict[str, tuple[Rule, ...]] = {b: () for b in governed}
         for r in rules:
             self._by_bucket[r.bucket] = (*self._by_bucket.get(r.bucket, ()), r)
 
@@ -223,9 +250,25 @@ class RuleSet:
         return [AbortRule(r.id, r.bucket, r.prefix, r.abort_days) for r in self.rules if r.abort_days is not None]
 
     def governs(self, qualified_bucket: str) -> bool:
-        """Whether any rule names the bucket: the schedule keeps the versions of such buckets
-        only (all their keys, so a rule's prefix or days may change later: ``reschedule``)."""
+        """Whether any rule names the bucket (or, with ``source = "bucket"``, it has a lifecycle
+        configuration, even one without a rule we act on): the schedule keeps the versions of
+        such buckets only (all their keys, so a rule's prefix or days may change later:
+        ``reschedule``)."""
         return qualified_bucket in self._by_bucket
+
+    def has(self, qualified_bucket: str, rule_id: str, action: Action) -> bool:
+        """Whether ``rule_id`` still gives ``action`` in the bucket: an entry of a rule removed or
+        changed since it was scheduled is not acted on (``executor``)."""
+        for r in self._by_bucket.get(qualified_bucket, ()):
+            if r.id == rule_id:
+                days = {
+                    Action.EXPIRE: r.expire_days,
+                    Action.NONCURRENT: r.noncurrent_expire_days,
+                    Action.TRANSITION: r.transition_days,
+                }[action]
+                if days is not None:
+                    return True
+        return False
 
     def for_key(self, qualified_bucket: str, key: str) -> tuple[Rule, ...]:
         return tuple(r for r in self._by_bucket.get(qualified_bucket, ()) if r.matches(key))
@@ -252,16 +295,28 @@ class RuleSet:
 
     def fingerprint(self) -> str:
         """A short hash of the rules and the day length: a schedule computed under others is stale."""
-        doc = [
-            [r.id, r.bucket, r.prefix, sorted(r.tags.items()), r.expire_days, r.noncurrent_expire_days,
-             r.transition_days, r.storage_class]
-            for r in self.rules
-        ]  # fmt: skip
-        raw = json.dumps([self.day_us, doc], sort_keys=True).encode()
-        return hashlib.blake2b(raw, digest_size=8).hexdigest()
+        return rules_fingerprint(self.rules, self.day_us)
+
+    def bucket_fingerprint(self, qualified_bucket: str) -> str:
+        """The hash of one bucket's rules ("" when the bucket is not governed): with
+        ``source = "bucket"`` a bucket whose hash changed is rescheduled alone."""
+        if qualified_bucket not in self._by_bucket:
+            return ""
+        return rules_fingerprint(self._by_bucket[qualified_bucket], self.day_us)
+
+
+def rules_fingerprint(rules: tuple[Rule, ...], day_us: int) -> str:
+    doc = [
+        [r.id, r.bucket, r.prefix, sorted(r.tags.items()), r.expire_days, r.noncurrent_expire_days,
+         r.transition_days, r.storage_class]
+        for r in rules
+    ]  # fmt: skip
+    raw = json.dumps([day_us, doc], sort_keys=True).encode()
+    return hashlib.blake2b(raw, digest_size=8).hexdigest()
 
 
 __all__ = [
+    "LEFTOVERS_MIN_S",
     "S3_DELETE_MAX",
     "Action",
     "Due",

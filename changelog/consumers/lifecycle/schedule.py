@@ -47,6 +47,7 @@ from changelog.consumers.lifecycle.model import (
     GEN_KEY,
     KEY_PREFIX,
     META_KEY,
+    RULES_PREFIX,
     DueEntry,
     KeyState,
     Layout,
@@ -55,8 +56,10 @@ from changelog.consumers.lifecycle.model import (
     bucket_prefix,
     due_end,
     due_key,
+    dumps,
     key_hash,
     prefix_end,
+    rules_key,
     state_key,
     version_hash,
 )
@@ -363,17 +366,31 @@ class Schedule:
         except CompareFailed as ex:
             raise LeaseLost(f"lifecycle schedule {oid} was written by another process while {what}") from ex
 
-    def reschedule(self, n: int, *, page: int = 200) -> int:
+    def reschedule(self, n: int, *, page: int = 200, marks: Mapping[str, bytes] | None = None) -> int:
         """Compute shard ``n``'s due entries again under the current rules, from the versions it
-        holds (no bucket is listed), then mark it with their fingerprint. Pages of ``page`` keys,
-        each one op guarded by ``g``; interrupted, it starts again from the first key (each page
-        is complete in itself). Returns the keys rescheduled."""
+        holds (no bucket is listed), then mark it with their fingerprint (and set ``marks``, the
+        buckets' ``r.`` keys, with ``source = "bucket"``). Pages of ``page`` keys, each one op
+        guarded by ``g``; interrupted, it starts again from the first key (each page is complete
+        in itself). Returns the keys rescheduled."""
+        last = {META_KEY: self.layout.meta(), **(marks or {})}
+        return self._recompute(n, KEY_PREFIX, last, page=page)
+
+    def reschedule_bucket(self, n: int, tenant: str, bucket: str, *, page: int = 200) -> int:
+        """``reschedule`` for one bucket of shard ``n`` (``source = "bucket"``: its rules changed),
+        its ``r.`` key set to its rules' fingerprint last (removed when it has no configuration:
+        its keys are dropped). Returns the keys rescheduled."""
+        bid = self.layout.shard(tenant, bucket)[1]
+        qualified = f"{tenant}/{bucket}" if tenant else bucket
+        fp = self.rules.bucket_fingerprint(qualified)
+        mark = dumps({"t": tenant, "b": bucket, "fp": fp}) if fp else None
+        return self._recompute(n, bucket_prefix(bid), {rules_key(bid): mark}, page=page)
+
+    def _recompute(self, n: int, prefix: str, last: Mapping[str, bytes | None], *, page: int) -> int:
         oid = self.layout.oid(n)
-        head = self.head(n)
-        gen, count, after = head.gen, 0, KEY_PREFIX
+        gen, count, after = self.head(n).gen, 0, prefix
         while True:
             rows = self.store.omap_page(
-                oid, start_after=after, end_before=prefix_end(KEY_PREFIX), prefix=KEY_PREFIX, limit=page
+                oid, start_after=after, end_before=prefix_end(prefix), prefix=prefix, limit=page
             )
             batch = ShardBatch(self.rules, self.layout, [])
             for k, raw in rows:
@@ -383,12 +400,33 @@ class Schedule:
             gen = new_gen()
             op.set[GEN_KEY] = gen.encode()
             if not rows:
-                op.set[META_KEY] = self.layout.meta()
+                for k, v in last.items():
+                    if v is None:
+                        op.remove.append(k)
+                    else:
+                        op.set[k] = v
             self._execute(oid, op, "rescheduling")
             if not rows:
                 return count
             count += len(rows)
             after = rows[-1][0]
+
+    def bucket_marks(self, n: int) -> Iterator[tuple[str, str]]:
+        """(qualified bucket, rules fingerprint) of every bucket shard ``n`` holds rules for
+        (``source = "bucket"``)."""
+        for _, raw in omap_iter(self.store, self.layout.oid(n), prefix=RULES_PREFIX):
+            doc = json.loads(raw)
+            t, b = str(doc["t"]), str(doc["b"])
+            yield (f"{t}/{b}" if t else b), str(doc["fp"])
+
+    def buckets_held(self, n: int) -> set[str]:
+        """Every bucket shard ``n`` keeps keys of (a page of every key state: used once, when the
+        rules' source changed)."""
+        out: set[str] = set()
+        for _, raw in omap_iter(self.store, self.layout.oid(n), prefix=KEY_PREFIX):
+            doc = json.loads(raw)
+            out.add(f"{doc['t']}/{doc['b']}" if doc["t"] else str(doc["b"]))
+        return out
 
     # ------------------------------------------------------------------ the executor's side
 
