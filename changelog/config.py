@@ -409,6 +409,14 @@ class ReplicationConfig(Section):
                     "(the peer's peer_zone)",
                     line=True,
                 )
+            if site.two_way and site.peer == self.zone:
+                raise invalid(
+                    f"replication.sites: site {site.name!r} is two_way: its peer_zone {site.peer!r} is this zone's "
+                    "own name (replication.zone); the two zones need different names",
+                    line=True,
+                )
+        if sum(site.two_way for site in self.sites) > 1:
+            raise invalid("replication.sites: only one site may be two_way (two zones replicating to each other)", line=True)
         return self
 
     def site(self, name: str) -> SiteConfig | None:

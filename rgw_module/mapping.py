@@ -54,6 +54,7 @@ from datetime import UTC, datetime
 from typing import NamedTuple, Protocol, TypedDict
 
 from changelog.errors import PermanentError
+from changelog.pipeline.logformat import rfc3339_us
 from changelog.pipeline.mutation import MAX_STREAM_BYTES, Mutation, Op
 
 # Width of the per-bucket generation in ``seq``: string order must stay numeric order.
@@ -438,6 +439,9 @@ class Facts(Protocol):
 
 # The ``metadata`` key of the writer's identity (``[source] record_writer``).
 WRITER = "writer"
+# The ``metadata`` key of a plain delete's deleted object's mtime (the ``del`` entry's
+# ``timestamp``; the record's ``time`` is when the follower saw the delete), with the writer.
+DELETED_MTIME = "deleted_mtime"
 
 
 class ShardMapper:
@@ -488,6 +492,10 @@ class ShardMapper:
                 owner = entry.get("owner")
                 if isinstance(owner, str) and owner:
                     meta = {WRITER: owner}
+            elif self.writer and change.op is Op.DELETE and entry.get("op") == "del":
+                deleted = _parse_time_ns_any(str(entry.get("timestamp", "")))
+                if deleted > 0:
+                    meta = {DELETED_MTIME: rfc3339_us(deleted // 1000)}
             return Mutation(
                 bucket=name,
                 tenant=tenant,

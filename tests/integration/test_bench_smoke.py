@@ -19,7 +19,8 @@ import pytest
 
 from tests.lab import Lab
 
-pytestmark = pytest.mark.ceph
+# The bench smoke test runs on one release in CI (tentacle: its figures cover every other's).
+pytestmark = [pytest.mark.ceph, pytest.mark.bench]
 
 REPO = Path(__file__).resolve().parents[2]
 

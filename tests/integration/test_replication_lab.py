@@ -672,6 +672,7 @@ def test_replication_converges_through_crashes_and_an_outage(
         proxy.close()
 
 
+@pytest.mark.release_neutral  # the consumer's control plane
 def test_wrong_credentials_fail_then_retry_completes(
     ceph_lab: Lab, cloud: str, s3_client: Any, make_rep: Any
 ) -> None:
@@ -718,6 +719,7 @@ def test_wrong_credentials_fail_then_retry_completes(
         rep.kill()
 
 
+@pytest.mark.release_neutral  # the consumer's control plane
 def test_pause_and_resume_per_site(ceph_lab: Lab, cloud: str, s3_client: Any, make_rep: Any) -> None:
     tag = uuid.uuid4().hex[:8]
     bucket = f"rp-pause-{tag}"

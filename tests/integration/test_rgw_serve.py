@@ -593,6 +593,7 @@ def kill_and_restart(serve: Serve) -> None:
     serve.start()
 
 
+@pytest.mark.release_neutral  # the SIGKILL part runs on every release in the test above
 @pytest.mark.skipif(os.geteuid() != 0, reason="mounting a tmpfs needs root")
 def test_serve_crash_test_through_target_faults(serve: Serve, s3_client: Any, tmp_path: Path) -> None:
     """Under a steady workload, with a `file://` target on a tmpfs: SIGKILL and restart; the

@@ -8,7 +8,9 @@ from __future__ import annotations
 import contextlib
 import random
 import threading
+import time
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -484,12 +486,15 @@ def test_a_two_way_write_over_a_replica_beats_it_across_a_restart(
     A replicator that takes over after the echo was committed reads that back from the log."""
     zone = Zone(aws, logs)
     setup_buckets(zone, aws)
-    # The peer's write, stamped as if by a clock far ahead: the order alone would keep it.
+    # The peer's write, stamped by a clock 30 s ahead (its replica here stamped alike): the order
+    # alone would keep it.
+    ahead = int(time.time()) + 30
     aws.put_object(Bucket="dst", Key="k", Body=b"the peer's write",
-                   Metadata={"rgwcl-replica": "true", "rgwcl-src-mtime": str(10**10), "rgwcl-src-zone": "z2"})
+                   Metadata={"rgwcl-replica": "true", "rgwcl-src-mtime": str(ahead), "rgwcl-src-zone": "z2"})
     echo = zone.put("src", "k", b"the peer's write", log=False)  # its replica here
-    zone.pending.append(zone.record("src", "k", "write", size=16, etag=echo["etag"],
-                                    metadata={"writer": "rep-into-z1"}))
+    echo_rec = zone.record("src", "k", "write", size=16, etag=echo["etag"], metadata={"writer": "rep-into-z1"})
+    echo_rec["time"] = f"{datetime.fromtimestamp(ahead, UTC):%Y-%m-%dT%H:%M:%S}.000000Z"
+    zone.pending.append(echo_rec)
     zone.commit()
     site = site_config(two_way=True, peer_zone="z2", replica_writers=["rep-into-z1"])
     first = replicator(index, logs, aws, site=site)

@@ -58,7 +58,7 @@ from s3transfer.futures import NonThreadedExecutor
 from s3transfer.manager import TransferConfig, TransferManager
 
 from changelog.errors import ChangelogError, ObjectMissing, PermanentError, TransientError, one_line
-from changelog.pipeline.logformat import LogRecord
+from changelog.pipeline.logformat import LogRecord, parse_rfc3339
 from changelog.pipeline.s3client import TranslatedBody, refusal, s3_call, translate_error
 
 if TYPE_CHECKING:
@@ -90,6 +90,11 @@ SRC_ZONE, SRC_BUCKET, SRC_KEY, SRC_VERSION, SRC_ETAG = (
 SRC_MTIME = "rgwcl-src-mtime"
 # The record metadata key of who wrote a change (``[source] record_writer``).
 WRITER = "writer"
+# Two-way: seconds a peer's clock may run ahead of this zone's: a peer write stamped later than
+# this after its replica was written here is a later write, not the content the replica brought.
+CLOCK_SLACK = 2
+# The record metadata key of a plain delete's deleted object's mtime (``[source] record_writer``).
+DELETED_MTIME = "deleted_mtime"
 # ``Applied.reason`` prefixes of two-way skips: an echo (a replica the peer wrote here), and a
 # write or delete older than what the peer holds (last writer wins).
 ECHO = "echo: "
@@ -133,6 +138,8 @@ class Before(Protocol):
 
     @property
     def overwrote(self) -> str | None: ...
+    @property
+    def overwrote_at(self) -> int: ...
     @property
     def written(self) -> str | None: ...
     @property
@@ -567,9 +574,9 @@ class _Apply:
             if theirs.metadata.get(SRC_ETAG) == obj.etag and origin_order(0, "", theirs.metadata) == ours:
                 raise _Skip("already at the site")
             return  # an earlier version of this zone's
-        if self.before is not None and self.before.overwrote == theirs.etag:
-            return  # the peer still holds what this zone's users overwrote here
         there = origin_order(theirs.mtime, self.dest.peer_zone, theirs.metadata)
+        if self.overwrote(theirs, there[0]):
+            return  # the peer still holds what this zone's users overwrote here
         if there > ours:
             raise _Skip(f"{OLDER}the site holds a newer write ({there} > {ours})")
 
@@ -578,26 +585,49 @@ class _Apply:
         meta = head.metadata
         return meta.get(REPLICA_META) == REPLICA_VALUE and meta.get(SRC_ZONE) == self.dest.zone
 
+    def overwrote(self, theirs: _Head, origin: int) -> bool:
+        """The peer's object is the content of the key's last echo here, which this zone's
+        users then replaced: the same ETag, written at the peer no later than the replica
+        arrived here (``CLOCK_SLACK``; a later rewrite of the same bytes is a newer write)."""
+        before = self.before
+        return (
+            before is not None
+            and before.overwrote is not None
+            and before.overwrote == theirs.etag
+            and origin <= before.overwrote_at + CLOCK_SLACK
+        )
+
+    def deleted_at(self) -> int:
+        """The deleted object's mtime, whole seconds: the follower's ``deleted_mtime`` (the
+        bilog ``del`` entry's timestamp), else the record's ``time`` (when the follower saw
+        the delete: later, so a peer write in between loses to the delete)."""
+        raw = self.rec.metadata.get(DELETED_MTIME)
+        if raw:
+            with contextlib.suppress(ValueError):
+                return parse_rfc3339(raw) // 1_000_000
+        return self.rec.time_us // 1_000_000
+
     def delete_two_way(self) -> Applied:
         """A delete reaches the peer unless the peer holds a newer write than what was
-        deleted. The record's ``time`` is the deleted object's mtime; what it was comes from
-        the log (``Before``): this zone's own write, or the peer's content (an echo). This
-        zone's own replica there, and a peer write this zone's users had overwritten, are
-        older. A delete of the peer's content removes only that content, not a later write
-        there; a delete of this zone's write removes what is older in the order. Nothing
+        deleted. What it deleted comes from the log (``Before``): this zone's own write (then
+        whatever is older in the order goes: the deleted object's mtime and this zone), or the
+        peer's content, an echo (then only that content: the same ETag, or for a multipart
+        replica whose ETag differs, a peer write no newer than the replica). This zone's own
+        replica there, and a peer write this zone's users had replaced, are older. Nothing
         there: nothing to do and no request written (the peer's own delete, echoed back, ends
         here)."""
         theirs = self.site_head()
         if theirs is None or theirs.delete_marker:
             return self._done("nothing to delete at the site")
-        before = self.before
-        if self.is_own_replica(theirs) or (before is not None and before.overwrote == theirs.etag):
+        before, deleted = self.before, self.deleted_at()
+        there = origin_order(theirs.mtime, self.dest.peer_zone, theirs.metadata)
+        if self.is_own_replica(theirs) or self.overwrote(theirs, there[0]):
             older = True
         elif before is not None and before.written_echo:
-            older = theirs.etag == before.written
+            older = theirs.etag == before.written or there <= (deleted, self.dest.peer_zone)
+            older = older and there[0] <= deleted + CLOCK_SLACK
         else:
-            deleted = (self.rec.time_us // 1_000_000, self.dest.zone)
-            older = origin_order(theirs.mtime, self.dest.peer_zone, theirs.metadata) < deleted
+            older = there < (deleted, self.dest.zone)
         if not older:
             raise _Skip(f"{OLDER}the site holds a newer write than the deleted object")
         self.delete_site(None)

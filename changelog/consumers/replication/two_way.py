@@ -34,8 +34,10 @@ KEYS_KEPT = 100_000
 class Before:
     """What this zone's log said of a key before a record."""
 
-    # The ETag of the key's last echo: this zone's later records are newer than that content.
+    # The ETag of the key's last echo: this zone's later records are newer than that content;
+    # and when the replica was written here (whole seconds): a peer write made later is not it.
     overwrote: str | None = None
+    overwrote_at: int = 0
     # The key's last write record, if no delete followed it: its ETag, and whether it was an
     # echo (the peer's content).
     written: str | None = None
@@ -66,10 +68,12 @@ class KeyMemory:
         echo = applied.status == "skipped" and (applied.reason or "").startswith(ECHO)
         with self._mu:
             old = self._seen.get(key) or _NOTHING
-            if rec.op == "write":
-                new = Before(rec.etag if echo else old.overwrote, rec.etag, echo)
+            if rec.op == "write" and echo:
+                new = Before(rec.etag, rec.time_us // 1_000_000, rec.etag, True)
+            elif rec.op == "write":
+                new = Before(old.overwrote, old.overwrote_at, rec.etag, False)
             else:
-                new = Before(old.overwrote)
+                new = Before(old.overwrote, old.overwrote_at)
             self._seen[key] = new
             self._seen.move_to_end(key)
             while len(self._seen) > self.kept:
