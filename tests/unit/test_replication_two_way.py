@@ -275,3 +275,31 @@ def test_a_peer_write_racing_the_replica_is_never_overwritten(zones: Zones, ther
     # The retry judges again: the peer's write (the same second, zone-bbb > zone-aaa) stays.
     out = apply_record(r, zones.s3, d, NoVersions(), careful=True)
     assert out.status == "skipped" and zones.state("bbb")["k"] == b"written at the peer meanwhile"
+
+
+class _Recording:
+    """The peer's client, keeping the arguments of each PutObject."""
+
+    def __init__(self, client: Any) -> None:
+        self._client = client
+        self.puts: list[dict[str, Any]] = []
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._client, name)
+
+    def put_object(self, **kw: Any) -> Any:
+        self.puts.append(kw)
+        return self._client.put_object(**kw)
+
+
+def test_a_replica_gives_the_bucket_owner_full_control_and_is_conditional(zones: Zones) -> None:
+    """The replicator owns its replicas: the bucket's owner is granted full control (radosgw
+    answers it 403 otherwise); and the PUT replaces only what was judged."""
+    rec_client = _Recording(zones.s3)
+    d = zones.dest("bbb")
+    dest = Destination(rec_client, d.bucket, False, zone=d.zone, two_way=True, peer_zone=d.peer_zone)  # type: ignore[arg-type]
+    assert apply_record(zones.put("aaa", "k", b"x"), zones.s3, dest, NoVersions()).status == "completed"
+    assert [(p.get("ACL"), p.get("IfNoneMatch")) for p in rec_client.puts] == [("bucket-owner-full-control", "*")]
+    etag = zones.s3.head_object(Bucket="bbb", Key="k")["ETag"].strip('"')
+    assert apply_record(zones.put("aaa", "k", b"y"), zones.s3, dest, NoVersions()).status == "completed"
+    assert rec_client.puts[-1].get("IfMatch") == etag
