@@ -483,10 +483,16 @@ class _Apply:
     def delete(self) -> Applied:
         """The null version (or the unversioned object) was deleted at the source."""
         head = self.source_head()
+        stale = None
         if head is not None and not head.delete_marker and head.version_id is None:
-            raise _Skip("superseded: rewritten at the source")
+            if not (self.dest.two_way and self.stale_peer_replica(head)):
+                raise _Skip("superseded: rewritten at the source")
+            stale = head
         if self.dest.two_way:
-            return self.delete_two_way()
+            done = self.delete_two_way()
+            if stale is not None:
+                self.delete_source_replica()
+            return done
         if self.dest.versioned:
             mapped = self.versions.get(self.key, NULL)
             if mapped is None and self.careful:
@@ -606,6 +612,24 @@ class _Apply:
             with contextlib.suppress(ValueError):
                 return parse_rfc3339(raw) // 1_000_000
         return self.rec.time_us // 1_000_000
+
+    def stale_peer_replica(self, head: _Head) -> bool:
+        """The source's object, found where this zone's user deleted the key, is the peer's
+        replica of a write older than the deleted object: it landed after the delete (the peer's
+        replicator found the key absent here: a plain delete leaves no tombstone), and the
+        delete, newer, stands on both sides."""
+        meta = head.metadata
+        if meta.get(REPLICA_META) != REPLICA_VALUE or meta.get(SRC_ZONE) != self.dest.peer_zone:
+            return False
+        return origin_order(head.mtime, self.dest.peer_zone, meta) < (self.deleted_at(), self.dest.zone)
+
+    def delete_source_replica(self) -> None:
+        """Delete the stale peer replica at the source (``stale_peer_replica``): its echo was
+        dropped, so nothing else would. This zone's follower records the delete; sent to the
+        peer, it finds the key gone there."""
+        what = self._src("DELETE stale replica of")
+        with contextlib.suppress(ObjectMissing):
+            self._call(what, partial(self.source.delete_object, Bucket=self.rec.s3_bucket, Key=self.key))
 
     def delete_two_way(self) -> Applied:
         """A delete reaches the peer unless the peer holds a newer write than what was
