@@ -59,9 +59,12 @@ CRASH_OBJECTS = 400
 KILLS = 3
 # Plenty of executor batches for the crash bucket, so kills land between them.
 BATCH, DELETE_BATCH = 40, 10
-# Parallel re-checks, but few: with the default 8 the crash bucket's 400 objects were done within
-# one kill window (1 run in 7 at load ~20: [0, 369, 400]), and the kills must land mid-bucket.
+# Parallel re-checks, but few, and the actions paced ([lifecycle] max_actions_per_second): the
+# kills must land mid-bucket. Unpaced, the crash bucket's 400 objects were done within one or two
+# kill windows (with 8 workers 1 run in 7 at load ~20: [0, 369, 400]; with 2, CI's Tentacle lane:
+# [0, 296, 400]); at 40 a second they take 10 s, and a kill window is one listing of the bucket.
 WORKERS = 2
+MAX_RATE = 40
 
 
 def free_port() -> int:
@@ -202,6 +205,7 @@ shards = 4
 batch = {BATCH}
 delete_batch = {DELETE_BATCH}
 workers = {WORKERS}
+max_actions_per_second = {MAX_RATE}
 poll_interval = 0.3
 uploads_interval = 0.5
 lease_ttl = 3.0

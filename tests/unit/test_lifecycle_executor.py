@@ -24,6 +24,7 @@ from changelog.consumers.lifecycle.plan import plan, status
 from changelog.consumers.lifecycle.rules import RuleSet, parse_lifecycle
 from changelog.consumers.lifecycle.schedule import Schedule
 from changelog.errors import TransientError
+from changelog.pacing import Pacer
 from changelog.pipeline.backends.sqlite import SqliteStore
 from changelog.pipeline.index import ChangeIndex
 from changelog.pipeline.s3client import make_s3_client
@@ -448,3 +449,31 @@ def test_a_transition_keeps_the_objects_acl(aws: None, tmp_path: Path) -> None:
     for (b, k), was in before.items():
         assert lb.s3.head_object(Bucket=b, Key=k)["StorageClass"] == "STANDARD_IA"
         assert grants(b, k) == was, (b, k)
+
+
+def test_max_actions_per_second_spreads_the_deletes_over_time(aws: None, tmp_path: Path) -> None:
+    """``[lifecycle] max_actions_per_second``: each DeleteObjects waits for the previous one's
+    share of time (keys / rate); the factory gives the executor the section's rate."""
+    lb = lab(tmp_path, [{"bucket": "plain", "expire_days": 1}])
+    lb.bucket("plain")
+    for i in range(12):
+        lb.put("plain", f"k{i:02d}", b"x")
+    lb.commit()
+    lb.step(ahead=0)
+    slept: list[float] = []
+    now = [0.0]
+
+    def sleep(s: float) -> None:
+        slept.append(round(s, 6))
+        now[0] += s
+
+    lb.executor.pacer = Pacer(10, clock=lambda: now[0], sleep=sleep)
+    lb.executor.delete_batch = 5
+    assert lb.executor.run_batch(int((time.time() + 3) * S)) == 12
+    assert lb.keys("plain") == [] and slept == [0.5, 0.5]  # 5 keys, then 5 after 0.5 s, then 2 after 0.5 s
+    section = parse_lifecycle(
+        {"day_seconds": 1, "max_actions_per_second": 25, "rules": [{"bucket": "plain", "expire_days": 1}]}
+    )
+    consumer = lifecycle_consumer(section, lb.index, lb.logs, lb.s3, name="paced")
+    assert consumer.executor is not None and consumer.executor.pacer.rate == 25
+    assert consumer.reaper is not None and consumer.reaper.pacer is consumer.executor.pacer

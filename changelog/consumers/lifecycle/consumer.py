@@ -36,6 +36,7 @@ from changelog.consumers.lifecycle.plan import plan, status
 from changelog.consumers.lifecycle.rules import LifecycleConfig, RuleSet
 from changelog.consumers.lifecycle.schedule import Schedule
 from changelog.consumers.lifecycle.uploads_gc import UploadReaper, uploads_doc
+from changelog.pacing import Pacer
 from changelog.pipeline.logformat import LogRecord
 from changelog.pipeline.reader import LogObject
 from changelog.pipeline.targets import Target
@@ -256,14 +257,18 @@ def lifecycle_consumer(
     ``client``, else a client of ``[lifecycle]``'s endpoint)."""
     rules = RuleSet.of(section)
     schedule = Schedule(index.store, layout_of(section, index.prefix, name=name), rules)
+    pacer = Pacer(section.max_actions_per_second)  # one budget for expiry, transition and aborts
     executor = (
-        Executor(schedule, client, batch=section.batch, delete_batch=section.delete_batch, workers=section.workers)
+        Executor(
+            schedule, client, batch=section.batch, delete_batch=section.delete_batch, workers=section.workers,
+            pacer=pacer,
+        )  # fmt: skip
         if client is not None
         else None
     )
     reaper = UploadReaper(
         index.store, index.control_oid, rules.abort_rules(), client, day_us=rules.day_us,
-        interval=section.uploads_interval,
+        interval=section.uploads_interval, pacer=pacer,
     )  # fmt: skip
     bucket_rules = None
     if section.source == "bucket":

@@ -46,6 +46,7 @@ from changelog.consumers.lifecycle.model import DueEntry, Note
 from changelog.consumers.lifecycle.rules import S3_DELETE_MAX, Action
 from changelog.consumers.lifecycle.schedule import Pending, Schedule
 from changelog.errors import ChangelogError, ObjectMissing, PermanentError, TransientError, one_line
+from changelog.pacing import Pacer
 from changelog.pipeline.s3client import refusal, s3_call, translate_error
 
 if TYPE_CHECKING:
@@ -152,6 +153,7 @@ class Executor:
         batch: int = 1000,
         delete_batch: int = S3_DELETE_MAX,
         workers: int = 8,
+        pacer: Pacer | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.schedule = schedule
@@ -159,6 +161,7 @@ class Executor:
         self.batch = batch
         self.delete_batch = delete_batch
         self.workers = workers
+        self.pacer = pacer or Pacer(0)
         self.clock = clock
         self.counts: dict[str, int] = defaultdict(int)
         self._counts_lock = threading.Lock()  # re-checks count their requests from worker threads
@@ -356,6 +359,7 @@ class Executor:
         objects: list[ObjectIdentifierTypeDef] = [
             {"Key": k, "VersionId": v} if v is not None else {"Key": k} for k, v in ident
         ]
+        self.pacer.take(len(objects))
         try:
             resp = self._call(
                 f"DeleteObjects {bucket} ({len(objects)} keys)",
@@ -409,6 +413,7 @@ class Executor:
             source["VersionId"] = e.ver
         extra: dict[str, str] = {"CopySourceIfMatch": f'"{e.etag}"'} if e.etag else {}
         extra.update(grants)
+        self.pacer.take()
         try:
             resp = self._call(
                 f"CopyObject {e.s3_bucket}/{e.key} to {e.storage_class}",

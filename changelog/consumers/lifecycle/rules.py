@@ -139,6 +139,10 @@ class LifecycleConfig(S3Section):
     bucket_rules_interval: Number = Field(default=300.0, gt=0)
     # Parallel re-check requests (HEAD, GetObjectTagging) of one executor batch.
     workers: Integer = Field(default=8, ge=1, le=64)
+    # Objects acted on (expired, transitioned, uploads aborted) per second at most; 0: no limit.
+    # Spreads a day's due actions so that users of the cluster do not feel them (radosgw's own
+    # lifecycle has only its worker counts for this).
+    max_actions_per_second: Number = Field(default=0.0, ge=0)
     # Multipart uploads that backup and replication left on their destinations are aborted once
     # idle this many (real, 86,400 s) days; 0: never. Not compressed by day_seconds: the margin
     # is against real part timeouts, and at least LEFTOVERS_MIN_S.

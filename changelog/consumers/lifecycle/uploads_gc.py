@@ -25,6 +25,7 @@ from functools import partial
 from typing import TYPE_CHECKING
 
 from changelog.errors import ChangelogError, ObjectMissing, PermanentError
+from changelog.pacing import Pacer
 from changelog.pipeline.s3client import refusal, s3_call, translate_error
 from changelog.pipeline.store import ObjectStore
 from changelog.pipeline.uploads import Upload, incomplete_uploads
@@ -76,9 +77,11 @@ class UploadReaper:
         *,
         day_us: int,
         interval: float = 60.0,
+        pacer: Pacer | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.store = store
+        self.pacer = pacer or Pacer(0)
         self.control_oid = control_oid
         self.rules = tuple(rules)
         self.client = client
@@ -169,6 +172,7 @@ class UploadReaper:
         assert self.client is not None
         client = self.client
         what = f"abort upload {u.upload_id} of {u.bucket}/{u.key} (rule {rule.rule})"
+        self.pacer.take()
         try:
             s3_call(
                 what,
