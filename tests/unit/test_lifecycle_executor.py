@@ -454,7 +454,7 @@ def test_a_transition_keeps_the_objects_acl(aws: None, tmp_path: Path) -> None:
 def test_max_actions_per_second_spreads_the_deletes_over_time(aws: None, tmp_path: Path) -> None:
     """``[lifecycle] max_actions_per_second``: each DeleteObjects waits for the previous one's
     share of time (keys / rate); the factory gives the executor the section's rate."""
-    lb = lab(tmp_path, [{"bucket": "plain", "expire_days": 1}])
+    lb = lab(tmp_path, [{"bucket": "plain", "expire_days": 30}])
     lb.bucket("plain")
     for i in range(12):
         lb.put("plain", f"k{i:02d}", b"x")
@@ -469,7 +469,7 @@ def test_max_actions_per_second_spreads_the_deletes_over_time(aws: None, tmp_pat
 
     lb.executor.pacer = Pacer(10, clock=lambda: now[0], sleep=sleep)
     lb.executor.delete_batch = 5
-    assert lb.executor.run_batch(int((time.time() + 3) * S)) == 12
+    assert lb.executor.run_batch(int((time.time() + 40) * S)) == 12
     assert lb.keys("plain") == [] and slept == [0.5, 0.5]  # 5 keys, then 5 after 0.5 s, then 2 after 0.5 s
     section = parse_lifecycle(
         {"day_seconds": 1, "max_actions_per_second": 25, "rules": [{"bucket": "plain", "expire_days": 1}]}
@@ -477,3 +477,51 @@ def test_max_actions_per_second_spreads_the_deletes_over_time(aws: None, tmp_pat
     consumer = lifecycle_consumer(section, lb.index, lb.logs, lb.s3, name="paced")
     assert consumer.executor is not None and consumer.executor.pacer.rate == 25
     assert consumer.reaper is not None and consumer.reaper.pacer is consumer.executor.pacer
+
+
+def test_a_chain_of_transitions_moves_down_it_once_and_never_back(aws: None, tmp_path: Path) -> None:
+    """Two transitions of one key (STANDARD_IA at 1 day, ONEZONE_IA at 3): the object moves to
+    each in turn, as S3's waterfall does, and once in the later class the earlier transition is
+    not due again (before, the later copy's record scheduled the earlier one at once: the
+    object went back and forth between the classes forever). An object written straight into
+    the chain's last class is not moved at all."""
+    lb = lab(tmp_path, [{"bucket": "plain", "id": "ia", "transition_days": 1, "storage_class": "STANDARD_IA"},
+                        {"bucket": "plain", "id": "oz", "transition_days": 3, "storage_class": "ONEZONE_IA"}])  # fmt: skip
+    lb.bucket("plain")
+    lb.put("plain", "k", b"data")
+    lb.put("plain", "last", b"data", StorageClass="ONEZONE_IA")
+    lb.commit()
+
+    def cls(key: str = "k") -> str:
+        return str(lb.s3.head_object(Bucket="plain", Key=key)["StorageClass"])
+
+    lb.step(ahead=2)
+    assert cls() == "STANDARD_IA" and cls("last") == "ONEZONE_IA"
+    lb.record_current("plain", "k")  # the copy's record: the same age, the new class
+    lb.commit()
+    assert [(a, k) for a, k, _ in lb.planned()] == [("transition", "k")]  # ONEZONE_IA only
+    lb.step(ahead=4)
+    assert cls() == "ONEZONE_IA"
+    lb.record_current("plain", "k")
+    lb.commit()
+    consumer = lb.step(ahead=10)
+    assert cls() == "ONEZONE_IA" and lb.planned() == []
+    assert consumer.stats()["transitioned"] == 2  # the executor's counts since the start: nothing moved back
+
+
+def test_transitions_due_together_go_straight_to_the_last_class(aws: None, tmp_path: Path) -> None:
+    """Both steps of the waterfall passed when the executor first looks (an old object): one copy,
+    into the later class, as S3 would; the earlier step's entry is dropped after it."""
+    lb = lab(tmp_path, [{"bucket": "plain", "id": "ia", "transition_days": 1, "storage_class": "STANDARD_IA"},
+                        {"bucket": "plain", "id": "oz", "transition_days": 3, "storage_class": "ONEZONE_IA"}])  # fmt: skip
+    lb.bucket("plain")
+    lb.put("plain", "k", b"data")
+    lb.commit()
+    consumer = lb.step(ahead=5)
+    assert lb.s3.head_object(Bucket="plain", Key="k")["StorageClass"] == "ONEZONE_IA"
+    assert consumer.stats()["transitioned"] == 1
+    lb.record_current("plain", "k")
+    lb.commit()
+    consumer = lb.step(ahead=6)
+    assert lb.s3.head_object(Bucket="plain", Key="k")["StorageClass"] == "ONEZONE_IA"
+    assert (consumer.stats()["transitioned"], lb.planned()) == (1, [])

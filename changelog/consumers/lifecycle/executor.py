@@ -181,9 +181,17 @@ class Executor:
         }
         # Left for the next batch, which finds the version expired (or, if the expiry's rule did
         # not apply after all, moves it): no copy of what is deleted now.
+        # Of several transitions of one version due together (a waterfall whose steps all passed),
+        # only the last: S3 goes straight to it; the others find the version changed (dropped).
+        last_move: dict[tuple[str, str, str | None], str] = {}
+        for p in pending:
+            if p.entry.action is Action.TRANSITION:
+                v = (p.entry.s3_bucket, p.entry.key, p.entry.ver)
+                last_move[v] = max(last_move.get(v, ""), p.dkey)
         todo = [
             p for p in pending
-            if not (p.entry.action is Action.TRANSITION and (p.entry.s3_bucket, p.entry.key, p.entry.ver) in expiring)
+            if p.entry.action is not Action.TRANSITION
+            or ((v := (p.entry.s3_bucket, p.entry.key, p.entry.ver)) not in expiring and last_move[v] == p.dkey)
         ]  # fmt: skip
         moved: set[tuple[str, str]] = set()  # keys a transition copied in this batch
         # A pool per batch (threads start as checks come, ~0.1 ms each, against ~5 ms per HEAD):

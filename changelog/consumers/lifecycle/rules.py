@@ -280,12 +280,23 @@ class RuleSet:
     def current(
         self, qualified_bucket: str, key: str, *, born_us: int, storage_class: str | None
     ) -> list[Due]:
-        """The actions due for a current version born at ``born_us`` (its mtime)."""
+        """The actions due for a current version born at ``born_us`` (its mtime).
+
+        The transitions of the rules matching the key are one waterfall, in order of days (as
+        S3's): a version already in the class of one of them is due only for the later ones
+        (else the copy into a later class would make an earlier one due again, at once, and
+        the object would go back and forth)."""
+        rules = self.for_key(qualified_bucket, key)
+        sc = storage_class or "STANDARD"
+        reached = max(
+            ((r.transition_days, r.n) for r in rules if r.transition_days is not None and r.storage_class == sc),
+            default=None,
+        )
         out: list[Due] = []
-        for r in self.for_key(qualified_bucket, key):
+        for r in rules:
             if r.expire_days is not None:
                 out.append(Due(born_us + r.expire_days * self.day_us, Action.EXPIRE, r))
-            if r.transition_days is not None and r.storage_class != (storage_class or "STANDARD"):
+            if r.transition_days is not None and (reached is None or (r.transition_days, r.n) > reached):
                 out.append(Due(born_us + r.transition_days * self.day_us, Action.TRANSITION, r))
         return out
 
