@@ -118,11 +118,12 @@ def s3_client(env: dict[str, str]) -> S3Client:
     )
 
 
-def workload(s3: Any) -> list[tuple[str, str, str]]:
+def workload(s3: Any) -> list[tuple[str, str | None, str]]:
     """Mixed mutations; returns the (bucket, key, op) each one must produce."""
-    want: list[tuple[str, str, str]] = []
+    want: list[tuple[str, str | None, str]] = []
     s3.create_bucket(Bucket="photos")
     s3.create_bucket(Bucket="docs")
+    want += [("photos", None, "bucket_create"), ("docs", None, "bucket_create")]
     s3.put_bucket_versioning(Bucket="docs", VersioningConfiguration={"Status": "Enabled"})
     for i in range(20):
         s3.put_object(Bucket="photos", Key=f"2026/img-{i:03d}.jpg", Body=os.urandom(4096))
