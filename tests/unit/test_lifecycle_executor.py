@@ -406,19 +406,26 @@ class SlowHeads:
                 self.running -= 1
 
 
-def test_the_re_checks_of_a_batch_run_in_parallel_and_the_actions_in_order(aws: None, tmp_path: Path) -> None:
-    lb = lab(tmp_path, [{"bucket": "plain", "expire_days": 2}])
+def twelve_scheduled(tmp_path: Path, *, expire_days: int) -> Lab:
+    """Bucket ``plain`` with twelve objects ``k00``..``k11`` whose records are applied (scheduled
+    to expire after ``expire_days``), nothing due yet."""
+    lb = lab(tmp_path, [{"bucket": "plain", "expire_days": expire_days}])
     lb.bucket("plain")
     for i in range(12):
         lb.put("plain", f"k{i:02d}", b"x")
     lb.commit()
     lb.step(ahead=0)
+    return lb
+
+
+def test_the_re_checks_of_a_batch_run_in_parallel_and_the_actions_in_order(aws: None, tmp_path: Path) -> None:
+    lb = twelve_scheduled(tmp_path, expire_days=30)
     lb.put("plain", "k05", b"rewritten", log=False)  # changed since its record: dropped, not deleted
     slow = SlowHeads(lb.s3)
     lb.executor.client = slow  # type: ignore[assignment]
     lb.executor.workers = 4
     t0 = time.monotonic()
-    assert lb.executor.run_batch(int((time.time() + 5) * S)) == 12
+    assert lb.executor.run_batch(int((time.time() + 40) * S)) == 12
     took = time.monotonic() - t0
     assert slow.most == 4 and took < 12 * 0.05  # four at a time, not one after another
     assert lb.keys("plain") == ["k05"] and lb.planned() == []
@@ -454,12 +461,7 @@ def test_a_transition_keeps_the_objects_acl(aws: None, tmp_path: Path) -> None:
 def test_max_actions_per_second_spreads_the_deletes_over_time(aws: None, tmp_path: Path) -> None:
     """``[lifecycle] max_actions_per_second``: each DeleteObjects waits for the previous one's
     share of time (keys / rate); the factory gives the executor the section's rate."""
-    lb = lab(tmp_path, [{"bucket": "plain", "expire_days": 30}])
-    lb.bucket("plain")
-    for i in range(12):
-        lb.put("plain", f"k{i:02d}", b"x")
-    lb.commit()
-    lb.step(ahead=0)
+    lb = twelve_scheduled(tmp_path, expire_days=30)
     slept: list[float] = []
     now = [0.0]
 
