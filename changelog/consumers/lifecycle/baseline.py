@@ -196,7 +196,9 @@ class Baseliner:
             self.counts["baseline_failed"] = self.counts.get("baseline_failed", 0) + 1
             return
         cont_key = mark.key_marker if mark.version_marker else None
-        keys = [(vs, vs[0].key == cont_key) for vs in page.keys]
+        # The page's last key may go on in the next page (when there is one).
+        last = len(page.keys) - 1 if page.next_key is not None else -1
+        keys = [(vs, vs[0].key == cont_key, i != last) for i, vs in enumerate(page.keys)]
         new = replace(
             mark,
             key_marker=page.next_key or "",

@@ -279,15 +279,18 @@ class ShardBatch:
         versions: Sequence[ListedVersion],
         *,
         continued: bool,
+        complete: bool = True,
         listed_us: int,
     ) -> None:
         """A listing page's versions of one key (newest first, as listed; at ``listed_us``).
         Not ``continued`` (the page lists the key from its newest version): the key takes the
         listed stack, each version noncurrent since the mtime of the one above it; a version the
         schedule already had (same id, ETag, mtime to the listing's precision) keeps its mtime,
-        age and arrival; the others the schedule had are gone and their entries cancelled.
-        ``continued`` (the key's older versions, after a page boundary): those the schedule
-        lacks go under what it holds. Each version is scheduled by ``_schedule``, as a record's."""
+        age and arrival; the others the schedule had are gone and their entries cancelled, but
+        when the key may go on in the next page (not ``complete``), the versions an earlier
+        listing found below these stay under them (the next page lists them). ``continued``
+        (the key's older versions, after a page boundary): those the schedule lacks go under
+        what it holds. Each version is scheduled by ``_schedule``, as a record's."""
         if not versions:
             return
         qualified = f"{tenant}/{bucket}" if tenant else bucket
@@ -310,11 +313,17 @@ class ShardBatch:
                 self._schedule(bid, qualified, old, v)
             return
         prev: dict[str | None, Version] = {}
+        kept: list[Version] = []
         if old is not None:
+            ids = {lv.ver for lv in versions}
+            floor = versions[-1].seq
             for v in old.versions:
+                if not complete and is_listed(v.seq) and v.seq < floor and v.ver not in ids:
+                    kept.append(v)  # listed after these before: the next page's
+                    continue
                 self._cancel(v)
                 prev[v.ver] = v
-        st = KeyState(tenant, bucket, key, note=old.note if old is not None else None)
+        st = KeyState(tenant, bucket, key, kept, note=old.note if old is not None else None)
         for lv in reversed(versions):
             keep = prev.get(lv.ver)
             if keep is not None and same_version(keep, lv.marker, lv.etag, lv.mtime_us, loose=True):
@@ -542,12 +551,13 @@ class Schedule:
         self,
         head: Head,
         mark: BaselineMark,
-        keys: Sequence[tuple[Sequence[ListedVersion], bool]],
+        keys: Sequence[tuple[Sequence[ListedVersion], bool, bool]],
         *,
         listed_us: int,
     ) -> None:
-        """Apply one listing page of ``mark``'s bucket (per key: its versions newest first, and
-        whether they continue the previous page's last key) and write ``mark`` (the position
+        """Apply one listing page of ``mark``'s bucket (per key: its versions newest first,
+        whether they continue the previous page's last key, and whether the key ends in this
+        page: ``ShardBatch.listed``) and write ``mark`` (the position
         after this page), in one op guarded by ``head``'s ``g``: ``head`` must be read before
         the page was listed, so a write to the shard since (a record applied by a stale
         process) fails this one (``LeaseLost``) rather than be replaced by an older listing."""
@@ -558,10 +568,12 @@ class Schedule:
                 f"lifecycle schedule {oid} was computed under other rules: reschedule it first"
             )
         batch = ShardBatch(self.rules, self.layout, [])
-        skeys = sorted({state_key(bid, key_hash(vs[0].key)) for vs, _ in keys if vs})
+        skeys = sorted({state_key(bid, key_hash(vs[0].key)) for vs, _, _ in keys if vs})
         batch.load(self.store.omap_get(oid, skeys), skeys)
-        for versions, continued in keys:
-            batch.listed(mark.tenant, mark.bucket, versions, continued=continued, listed_us=listed_us)
+        for versions, continued, complete in keys:
+            batch.listed(
+                mark.tenant, mark.bucket, versions, continued=continued, complete=complete, listed_us=listed_us
+            )
         changes = batch.changes(None)
         op = WriteOp(asserts=[(GEN_KEY, Cmp.EQ, head.gen)], set=changes.set, remove=changes.remove)
         op.set[GEN_KEY] = new_gen().encode()
