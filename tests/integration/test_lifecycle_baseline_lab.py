@@ -6,14 +6,26 @@ is then restarted with rules for both buckets: each is listed once (ListObjectVe
 existing versions are scheduled, and they expire as S3 lifecycle would (the exact set, from the
 ledger of writes: ``test_lifecycle_lab.expected``), noncurrent versions and delete markers
 included. A third bucket, named by a rule from the start, is listed once by the first process
-and never again."""
+and never again.
+
+And the listing's paging on radosgw itself (``baseline.list_page`` with pages of 1 to 3
+versions, so pages end on null versions, delete markers and mid-key): every version is
+scheduled once, the same as with one page (radosgw's ``NextKeyMarker``/``NextVersionIdMarker``,
+``null`` included, resume exactly where the page ended)."""
 
 from __future__ import annotations
 
 import time
 import uuid
+from pathlib import Path
 from typing import Any
 
+from changelog.consumers.lifecycle.baseline import Baseliner
+from changelog.consumers.lifecycle.consumer import layout_of
+from changelog.consumers.lifecycle.plan import plan
+from changelog.consumers.lifecycle.rules import RuleSet, parse_lifecycle
+from changelog.consumers.lifecycle.schedule import Schedule, all_states
+from changelog.pipeline.backends.sqlite import SqliteStore
 from tests.integration import test_lifecycle_lab as lab
 from tests.integration.test_lifecycle_lab import DAY, Ledger, RuleSpec, Serving, diff, wait_for
 from tests.lab import Lab
@@ -137,3 +149,61 @@ def test_rules_added_later_apply_to_the_objects_already_there(
     # tmp/*, v/a v/c v/d; a1 and b1, then a2 c1 d1 under the markers the expiry wrote.
     assert (stats.get("expired"), stats.get("noncurrent_expired"), stats.get("failed")) == (9, 5, 0), stats
     print(f"quiet {time.monotonic() - restarted:.1f}s after the restart; stats {stats}")
+
+
+def test_the_listing_pages_through_radosgw_versions_exactly_once(s3_client: Any, tmp_path: Path) -> None:
+    s3 = s3_client
+    bucket = f"lcb-pages-{uuid.uuid4().hex[:8]}"
+    s3.create_bucket(Bucket=bucket)
+    s3.put_object(Bucket=bucket, Key="a/null-then-versions", Body=b"0")  # a null version, below
+    s3.put_object(Bucket=bucket, Key="b/null-only", Body=b"0")
+    s3.put_bucket_versioning(Bucket=bucket, VersioningConfiguration={"Status": "Enabled"})
+    for body in (b"1", b"2"):
+        s3.put_object(Bucket=bucket, Key="a/null-then-versions", Body=body)
+    for i in range(3):
+        for n in range(1 + i):
+            s3.put_object(Bucket=bucket, Key=f"c/{i}", Body=b"%d" % n)
+    s3.delete_object(Bucket=bucket, Key="c/1")  # a marker over its versions
+    s3.put_bucket_versioning(Bucket=bucket, VersioningConfiguration={"Status": "Suspended"})
+    s3.put_object(Bucket=bucket, Key="c/2", Body=b"null over versions")
+    s3.delete_object(Bucket=bucket, Key="d/marker-only")  # a null marker, nothing below
+    truth = sorted(
+        (v["Key"], v["VersionId"], kind)
+        for page in s3.get_paginator("list_object_versions").paginate(Bucket=bucket)
+        for kind in ("Versions", "DeleteMarkers")
+        for v in page.get(kind, [])
+    )
+    section = parse_lifecycle(
+        {
+            "day_seconds": 1,
+            "shards": 2,
+            "rules": [{"bucket": bucket, "expire_days": 30, "noncurrent_expire_days": 30}],
+        }
+    )
+
+    def scheduled(page_keys: int) -> tuple[list[Any], list[Any], int]:
+        store = SqliteStore(str(tmp_path / f"schedule-{page_keys}.db"))
+        schedule = Schedule(store, layout_of(section, "idx"), RuleSet.of(section))
+        lister = Baseliner(schedule, s3, page_keys=page_keys, pages_per_step=1)
+        assert lister.want([bucket]) == 1
+        while lister.run(lambda: None):
+            pass
+        mark = schedule.baseline_mark("", bucket)
+        assert mark is not None and mark.done and mark.versions == len(truth), (page_keys, mark, truth)
+        actions = [(a["action"], a["key"], a["version_id"], a["due"]) for a in plan(store, schedule.layout)]
+        stacks = sorted(
+            (st.key, [(v.ver, v.marker, v.etag, v.nc_us) for v in st.versions])
+            for n in range(2)
+            for _, st in all_states(store, schedule.layout, n)
+        )
+        return actions, stacks, mark.pages
+
+    whole, whole_stacks, pages = scheduled(1000)
+    assert pages == 1
+    assert sum(len(vs) for _, vs in whole_stacks) == len(truth)
+    # Current: a/'s newest, b/, c/0, c/2's null; noncurrent: a/'s two below, c/1's 2, c/2's 3.
+    assert sorted(a for a, *_ in whole) == ["expire"] * 4 + ["noncurrent"] * 7, whole
+    for page_keys in (1, 2, 3):
+        actions, stacks, pages = scheduled(page_keys)
+        assert (actions, stacks) == (whole, whole_stacks), f"pages of {page_keys}"
+        print(f"pages of {page_keys}: {pages} pages, {len(truth)} versions, each once")
