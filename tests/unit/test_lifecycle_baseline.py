@@ -320,3 +320,40 @@ def test_source_bucket_a_bucket_given_its_first_configuration_is_listed(aws: Non
     lister = Lister(lb.s3)
     run(lb, ahead=0, bucket_rules=lb.bucket_rules, lister=lister)
     assert len(lister.calls) == 1 and lb.planned() == [("expire", "keep/b", None)]
+
+
+def test_a_bucket_whose_rules_are_not_read_yet_waits_and_is_not_marked(aws: None, tmp_path: Path) -> None:
+    lb = Lab(tmp_path, [{"bucket": "plain", "expire_days": 3}])
+    lb.bucket("plain")
+    lb.put("plain", "a", b"x", log=False)
+    lister = Lister(lb.s3)
+    baseliner = Baseliner(lb.schedule, lister, pages_per_step=4)  # type: ignore[arg-type]
+    assert baseliner.want(["plain"]) == 1
+    rules = lb.schedule.rules
+    lb.schedule.rules = RuleSet((), day_seconds=1)  # source = "bucket": its configuration not read yet
+    assert baseliner.run(lambda: None) is False
+    assert (baseliner.pending, lister.calls, mark(lb, "plain")) == (1, [], None)
+    lb.schedule.rules = rules  # read: listed
+    assert baseliner.run(lambda: None) is False
+    assert baseliner.pending == 0 and len(lister.calls) == 1 and lb.planned() == [("expire", "a", None)]
+    m = mark(lb, "plain")
+    assert m is not None and m.done and m.versions == 1
+
+
+def test_the_listing_counters_are_exported_as_metrics() -> None:
+    from prometheus_client import generate_latest
+
+    from changelog.metrics import ChangelogMetrics, make_registry
+
+    class Lifecycle:
+        def stats(self) -> dict[str, object]:
+            return {"expired": 0, "baseline_versions": 1500, "baseline_pages": 2, "baseline_buckets_done": 1,
+                    "baseline_pending": 3}  # fmt: skip
+
+    text = generate_latest(
+        make_registry(ChangelogMetrics(consumers={"lifecycle": Lifecycle()}), process=False)
+    ).decode()
+    assert 'rgw_changelog_lifecycle_baseline_versions_total{consumer="lifecycle"} 1500.0' in text
+    assert 'rgw_changelog_lifecycle_baseline_pages_total{consumer="lifecycle"} 2.0' in text
+    assert 'rgw_changelog_lifecycle_baseline_buckets_total{consumer="lifecycle"} 1.0' in text
+    assert 'rgw_changelog_lifecycle_baseline_pending_buckets{consumer="lifecycle"} 3.0' in text

@@ -159,18 +159,26 @@ class Baseliner:
 
     def run(self, check: Callable[[], None]) -> bool:
         """List up to ``pages_per_step`` pages of the queued buckets, ``check()`` (the lease)
-        before each. True when more is left for the next step. A transient S3 error is raised
-        (the step backs off; the position is where the last page left it)."""
-        for _ in range(self.pages_per_step):
-            if not self._queue:
-                return False
+        before each. True when pages were listed and more are left for the next step. A
+        transient S3 error is raised (the step backs off; the position is where the last page
+        left it)."""
+        pages = 0
+        later: list[str] = []
+        while pages < self.pages_per_step and self._queue:
             bucket = next(iter(self._queue))
-            check()
             if not self.schedule.rules.governs(bucket):
-                self.forget(bucket)
+                # Its rules not read yet by this process (source = "bucket" reads the tracked
+                # buckets' configurations 200 per step): listed once they are. A bucket that
+                # lost them is forgotten by the consumer (``forget``).
+                del self._queue[bucket]
+                later.append(bucket)
                 continue
+            check()
             self._page(bucket)
-        return bool(self._queue)
+            pages += 1
+        for b in later:
+            self._queue[b] = None
+        return pages > 0 and bool(self._queue)
 
     def _page(self, bucket: str) -> None:
         tenant, _, name = bucket.rpartition("/")
