@@ -357,3 +357,59 @@ def test_the_listing_counters_are_exported_as_metrics() -> None:
     assert 'rgw_changelog_lifecycle_baseline_pages_total{consumer="lifecycle"} 2.0' in text
     assert 'rgw_changelog_lifecycle_baseline_buckets_total{consumer="lifecycle"} 1.0' in text
     assert 'rgw_changelog_lifecycle_baseline_pending_buckets{consumer="lifecycle"} 3.0' in text
+
+
+def test_lifecycle_status_shows_each_governed_buckets_listing(aws: None, tmp_path: Path) -> None:
+    import json
+
+    from click.testing import CliRunner
+
+    from changelog.cli import cli
+    from changelog.pipeline.backends.sqlite import SqliteStore
+    from changelog.pipeline.index import ChangeIndex
+
+    conf = tmp_path / "rgw-changelog.toml"
+    conf.write_text(f"""
+[index]
+backend = "sqlite"
+path = "{tmp_path / "index.db"}"
+shards = 2
+
+[target]
+url = "file://{tmp_path / "logs"}/"
+
+[lifecycle]
+day_seconds = 1
+shards = 2
+
+[[lifecycle.rules]]
+bucket = "plain"
+expire_days = 3
+
+[[lifecycle.rules]]
+bucket = "later"
+expire_days = 3
+""")  # fmt: skip
+    index = ChangeIndex(SqliteStore(str(tmp_path / "index.db")), shards=2)
+    section = parse_lifecycle({"day_seconds": 1, "shards": 2, "rules": [
+        {"bucket": "plain", "expire_days": 3}, {"bucket": "later", "expire_days": 3}]})  # fmt: skip
+    schedule = Schedule(index.store, layout_of(section, index.prefix), RuleSet.of(section))
+    (tmp_path / "lab").mkdir()
+    lb = Lab(tmp_path / "lab", [])  # moto's buckets
+    lb.bucket("plain")
+    for k in ("a", "b"):
+        lb.put("plain", k, b"x", log=False)
+    baseliner = Baseliner(schedule, lb.s3)
+    baseliner.want(["plain"])
+    baseliner.run(lambda: None)
+    runner = CliRunner()
+    res = runner.invoke(cli, ["-c", str(conf), "lifecycle", "status", "--json"], catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)["baseline"] == [
+        {"bucket": "later", "pages": 0, "state": "pending", "versions": 0},
+        {"bucket": "plain", "pages": 1, "state": "done", "versions": 2},
+    ]
+    res = runner.invoke(cli, ["-c", str(conf), "lifecycle", "status"], catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    rows = [line.split() for line in res.stdout.splitlines()]
+    assert ["later", "pending", "0"] in rows and ["plain", "done", "2"] in rows, res.stdout
