@@ -258,7 +258,8 @@ class LifecycleConsumer(LogObjectConsumer):
     def _baseline_doc(self) -> dict[str, object] | None:
         if self.baseliner is None:
             return None
-        governed = self._synced if self.bucket_rules is not None else self.schedule.rules.governed()
+        # A copy: the API thread reads while the consumer's thread may change them.
+        governed = list(self._synced) if self.bucket_rules is not None else self.schedule.rules.governed()
         return {**self.baseliner.doc(), "buckets": baseline_doc(self.schedule, governed)}
 
 
@@ -285,7 +286,8 @@ def lifecycle_consumer(
 ) -> LifecycleConsumer:
     """The lifecycle consumer ``name`` of ``index``; ``client`` None: schedule only, no actions.
     With ``source = "bucket"`` the configurations are read through ``rules_client`` (default:
-    ``client``, else a client of ``[lifecycle]``'s endpoint)."""
+    ``client``, else a client of ``[lifecycle]``'s endpoint), and so are the buckets that gain
+    rules listed (``baseline``)."""
     rules = RuleSet.of(section)
     schedule = Schedule(index.store, layout_of(section, index.prefix, name=name), rules)
     pacer = Pacer(section.max_actions_per_second)  # one budget for expiry, transition and aborts
