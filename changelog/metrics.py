@@ -572,26 +572,56 @@ LIFECYCLE_ACTIONS = (
 )  # fmt: skip
 
 
+# The one-time listing of a bucket that gained lifecycle rules: (stats key, name, help).
+LIFECYCLE_BASELINE = (
+    ("baseline_versions", "lifecycle_baseline_versions",
+     "Versions the lifecycle consumer listed in buckets that gained rules, and scheduled"),
+    ("baseline_pages", "lifecycle_baseline_pages", "ListObjectVersions pages of the lifecycle baseline listing"),
+    ("baseline_buckets_done", "lifecycle_baseline_buckets", "Buckets the lifecycle consumer listed to their end"),
+)  # fmt: skip
+
+
 def _lifecycle_families(consumers: Mapping[str, Mapping[str, object]]) -> Iterator[Metric]:
     """``rgw_changelog_lifecycle_actions_total{consumer,action}`` (expired, noncurrent_expired,
     transitioned, skipped after a re-check, failed, and incomplete uploads aborted, found gone,
-    failed) and ``rgw_changelog_lifecycle_requests_total{consumer}`` (S3 requests of the executor)."""
+    failed), ``rgw_changelog_lifecycle_requests_total{consumer}`` (S3 requests of the executor),
+    and the one-time listing of the buckets that gained rules:
+    ``rgw_changelog_lifecycle_baseline_versions_total{consumer}`` (versions listed and scheduled),
+    ``_baseline_pages_total``, ``_baseline_buckets_total`` (listed to their end) and the gauge
+    ``rgw_changelog_lifecycle_baseline_pending_buckets{consumer}`` (queued, not listed yet)."""
     actions = CounterMetricFamily(
         PREFIX + "lifecycle_actions", "Lifecycle actions taken by this process, by action", labels=["consumer", "action"]
     )
     requests = CounterMetricFamily(
         PREFIX + "lifecycle_requests", "S3 requests of the lifecycle executor", labels=["consumer"]
     )
+    baseline = [
+        (key, CounterMetricFamily(PREFIX + name, text, labels=["consumer"]))
+        for key, name, text in LIFECYCLE_BASELINE
+    ]
+    pending = GaugeMetricFamily(
+        PREFIX + "lifecycle_baseline_pending_buckets",
+        "Buckets that gained lifecycle rules and wait for their one-time listing",
+        labels=["consumer"],
+    )
     for consumer, stats in sorted(consumers.items()):
-        if "expired" not in stats:
+        if "expired" not in stats and "baseline_versions" not in stats:
             continue
         for action in LIFECYCLE_ACTIONS:
             if (v := _number(stats, action)) is not None:
                 actions.add_metric([consumer, action], v)
         if (v := _number(stats, "requests")) is not None:
             requests.add_metric([consumer], v)
+        for key, family in baseline:
+            if (v := _number(stats, key)) is not None:
+                family.add_metric([consumer], v)
+        if (v := _number(stats, "baseline_pending")) is not None:
+            pending.add_metric([consumer], v)
     yield actions
     yield requests
+    for _, family in baseline:
+        yield family
+    yield pending
 
 
 # Replication stats keys exported per site: (key, name without PREFIX, help text).

@@ -27,7 +27,7 @@ consumer_option = consumer_name_option(DEFAULT_CONSUMER, "lifecycle schedule")
 @click.group("lifecycle")
 def lifecycle_group() -> None:
     """Lifecycle: expire, expire noncurrent versions and transition objects when due, from the
-    change logs (never a bucket listing).
+    change logs (no daily bucket listing: a bucket is listed once, when it gains its first rule).
 
     With [lifecycle] enabled = true and [[lifecycle.rules]], `serve` keeps the schedule and acts
     on it; `plan` and `status` work beside it.
@@ -116,6 +116,7 @@ def status_cmd(consumer: str, as_json: bool) -> None:
     doc["source"] = lc.source
     if lc.source == "bucket":
         doc["bucket_rules"] = _bucket_rules_doc(index.store, layout)
+    doc["baseline"] = _baseline_doc(index.store, layout)
     if as_json:
         emit_json(doc)
         return
@@ -130,6 +131,12 @@ def status_cmd(consumer: str, as_json: bool) -> None:
         click.echo(f"rules: from {br['buckets_with_configuration']} buckets' lifecycle configurations ({br['rules']} rules)")
         for line in br["left_out"]:
             click.echo(f"left out: {line}")
+    bl = doc["baseline"]
+    assert isinstance(bl, list)
+    if bl:
+        click.echo("existing objects of the buckets with rules (listed once):")
+        rows = [[str(b["bucket"]), str(b["state"]), str(b["versions"])] for b in bl]
+        table(rows, ["BUCKET", "LISTING", "VERSIONS"])
 
 
 def _bucket_rules_doc(store: ObjectStore, layout: Layout) -> dict[str, object]:
@@ -143,6 +150,22 @@ def _bucket_rules_doc(store: ObjectStore, layout: Layout) -> dict[str, object]:
     rules = BucketRules(lifecycle_client(lc), lc.day_seconds)
     rules.refresh(b for n in range(layout.shards) for b, _ in schedule.bucket_marks(n))
     return rules.doc()
+
+
+def _baseline_doc(store: ObjectStore, layout: Layout) -> list[dict[str, object]]:
+    """Per bucket with rules, its one-time listing: ``pending``, ``listing`` or ``done``, with
+    the versions listed (``baseline``)."""
+    from changelog.consumers.lifecycle.baseline import baseline_doc
+    from changelog.consumers.lifecycle.schedule import Schedule
+
+    lc = state().config.lifecycle
+    rules = RuleSet.of(lc)
+    schedule = Schedule(store, layout, rules)
+    if lc.source == "bucket":
+        governed = [b for n in range(layout.shards) for b, _ in schedule.bucket_marks(n)]
+    else:
+        governed = rules.governed()
+    return baseline_doc(schedule, governed)
 
 
 @lifecycle_group.command("failed")

@@ -16,6 +16,11 @@ within ``bucket_rules_interval``); every step also reads again the stale ones of
 tracks. A bucket whose rules' fingerprint differs from the one its entries were computed under
 (its ``r.`` key) is rescheduled alone (``Schedule.reschedule_bucket``) before its records are
 applied and before the executor's next batch.
+
+A bucket that gains rules (named by ``[[lifecycle.rules]]`` when the lease is taken, or given its
+first configuration with ``source = "bucket"``) and was never listed is listed once
+(``baseline``): its existing versions are scheduled as their records would have been, a few pages
+per step, after the step's log objects and before the executor's batches.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 from changelog.consumers.framework import Cursor, LogObjectConsumer, ObjectBatch, RouteHandler
+from changelog.consumers.lifecycle.baseline import Baseliner, baseline_doc
 from changelog.consumers.lifecycle.bucket_rules import BucketRules
 from changelog.consumers.lifecycle.executor import Executor
 from changelog.consumers.lifecycle.leftovers import LeftoverReaper
@@ -76,8 +82,11 @@ class LifecycleConsumer(LogObjectConsumer):
         reaper: UploadReaper | None = None,
         bucket_rules: BucketRules | None = None,
         leftovers: LeftoverReaper | None = None,
+        baseliner: Baseliner | None = None,
     ) -> None:
         super().__init__(logs, log_prefix=log_prefix)
+        # Lists once each bucket that gains rules (its existing objects); None: never listed.
+        self.baseliner = baseliner
         # Aborts incomplete multipart uploads (abort_incomplete_multipart_days); None: no rule does.
         self.reaper = reaper
         # source = "bucket": the buckets' own lifecycle configurations; None: [[lifecycle.rules]].
@@ -115,6 +124,13 @@ class LifecycleConsumer(LogObjectConsumer):
                 self._synced.update(self.schedule.bucket_marks(n))
         if self.bucket_rules is not None:
             self.bucket_rules.track(self._synced)
+        if self.baseliner is not None:
+            # Every bucket governed now that was never listed to its end (a new rule's bucket,
+            # a listing a crash interrupted, a schedule older than the listing).
+            governed = self._synced if self.bucket_rules is not None else self.schedule.rules.governed()
+            queued = self.baseliner.want(sorted(governed))
+            if queued:
+                logger.info("lifecycle: %d buckets to list once for their existing objects", queued)
         self._cursor = cursor
 
     def _marks(self, buckets: set[str]) -> dict[str, bytes]:
@@ -153,6 +169,11 @@ class LifecycleConsumer(LogObjectConsumer):
                 self._synced[b] = fp
             else:
                 self._synced.pop(b, None)
+            if self.baseliner is not None:
+                if fp:
+                    self.baseliner.want([b])  # its first configuration: list it unless done
+                else:
+                    self.baseliner.forget(b)
 
     def handle(self, cursor: Cursor, obj: LogObject, records: list[LogRecord]) -> ObjectBatch:
         self._open(cursor)
@@ -180,6 +201,9 @@ class LifecycleConsumer(LogObjectConsumer):
         super().step(cursor, stop)
         if self.bucket_rules is not None:
             self._sync_rules(cursor, self.bucket_rules.stale())
+        if self.baseliner is not None and self.baseliner.pending:
+            if self.baseliner.run(cursor.lease.check) and not stop.is_set():
+                self.wake()  # more pages: the next step comes at once, after the logs
         if self.executor is None:
             return
         if self.reaper is not None:
@@ -200,7 +224,7 @@ class LifecycleConsumer(LogObjectConsumer):
         out: dict[str, object] = {**super().stats(), **self.counts}
         if self.executor is not None:
             out.update(self.executor.snapshot())
-        for part in (self.reaper, self.bucket_rules, self.leftovers):
+        for part in (self.reaper, self.bucket_rules, self.leftovers, self.baseliner):
             if part is not None:
                 out.update(part.snapshot())
         return out
@@ -228,7 +252,15 @@ class LifecycleConsumer(LogObjectConsumer):
             "incomplete_uploads": uploads,
             "source": "config" if self.bucket_rules is None else "bucket",
             "bucket_rules": self.bucket_rules.doc() if self.bucket_rules is not None else None,
+            "baseline": self._baseline_doc(),
         }
+
+    def _baseline_doc(self) -> dict[str, object] | None:
+        if self.baseliner is None:
+            return None
+        # A copy: the API thread reads while the consumer's thread may change them.
+        governed = list(self._synced) if self.bucket_rules is not None else self.schedule.rules.governed()
+        return {**self.baseliner.doc(), "buckets": baseline_doc(self.schedule, governed)}
 
 
 # The schedule's rules fingerprint with source = "bucket": each bucket's is in its r. key.
@@ -254,7 +286,8 @@ def lifecycle_consumer(
 ) -> LifecycleConsumer:
     """The lifecycle consumer ``name`` of ``index``; ``client`` None: schedule only, no actions.
     With ``source = "bucket"`` the configurations are read through ``rules_client`` (default:
-    ``client``, else a client of ``[lifecycle]``'s endpoint)."""
+    ``client``, else a client of ``[lifecycle]``'s endpoint), and so are the buckets that gain
+    rules listed (``baseline``)."""
     rules = RuleSet.of(section)
     schedule = Schedule(index.store, layout_of(section, index.prefix, name=name), rules)
     pacer = Pacer(section.max_actions_per_second)  # one budget for expiry, transition and aborts
@@ -271,12 +304,14 @@ def lifecycle_consumer(
         interval=section.uploads_interval, pacer=pacer,
     )  # fmt: skip
     bucket_rules = None
+    reader = rules_client or client or lifecycle_client(section)
     if section.source == "bucket":
-        reader = rules_client or client or lifecycle_client(section)
         bucket_rules = BucketRules(reader, section.day_seconds, interval=section.bucket_rules_interval)
+    # Listing requests are not actions: not paced (one request per page of 1,000 versions).
+    baseliner = Baseliner(schedule, reader)
     return LifecycleConsumer(
         schedule, executor, logs, name=name, interval=section.poll_interval, reaper=reaper,
-        bucket_rules=bucket_rules, leftovers=leftovers,
+        bucket_rules=bucket_rules, leftovers=leftovers, baseliner=baseliner,
     )  # fmt: skip
 
 

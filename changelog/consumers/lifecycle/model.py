@@ -18,6 +18,12 @@ omap keys there:
 | ``f.<same as d. without "d.">`` | JSON ``DueEntry`` + ``error`` | the failed list |
 | ``r.<bid>`` | JSON ``{"t", "b", "fp"}`` | ``source = "bucket"``: the fingerprint of the bucket's
   rules its entries were computed under (absent: the bucket has no lifecycle configuration) |
+| ``b.<bid>`` | JSON ``BaselineMark`` | the bucket's one-time listing (``baseline``): ``listing``
+  with the position after the last page applied, or ``done``; absent: never listed (pending) |
+
+A version the listing found has a ``seq`` of ``listed_seq`` (``-`` and a countdown): it sorts
+before every record's ``seq`` (they start with a digit), and a key's listed versions sort oldest
+first.
 
 ``bid`` is the bucket's 16-hex hash, ``kh`` a 32-hex hash of the key, ``vh`` a 16-hex hash of the
 version id (the null version: of ""). Values are ASCII JSON (``ensure_ascii``): the executor's
@@ -44,6 +50,10 @@ KEY_PREFIX = "k."
 DUE_PREFIX = "d."
 FAILED_PREFIX = "f."
 RULES_PREFIX = "r."
+BASELINE_PREFIX = "b."
+# A listed version's seq: this prefix sorts before the digits every record's seq starts with.
+LISTED_SEQ_PREFIX = "-"
+_LISTED_MAX = 10**15 - 1
 # The end of a prefix range: "." + 1.
 _AFTER_DOT = "/"
 # Width of a due time: µs in 16 hex digits sort as numbers until the year 2500 and beyond.
@@ -70,6 +80,20 @@ def state_key(bid: str, kh: str) -> str:
 
 def rules_key(bid: str) -> str:
     return f"{RULES_PREFIX}{bid}"
+
+
+def baseline_key(bid: str) -> str:
+    return f"{BASELINE_PREFIX}{bid}"
+
+
+def listed_seq(pos: int) -> str:
+    """The seq of the ``pos``-th version of a bucket's listing (key order, each key newest first):
+    a key's later-listed (older) versions get smaller ones, and all sort before the records'."""
+    return f"{LISTED_SEQ_PREFIX}{_LISTED_MAX - pos:015d}"
+
+
+def is_listed(seq: str) -> bool:
+    return seq.startswith(LISTED_SEQ_PREFIX)
 
 
 def bucket_prefix(bid: str) -> str:
@@ -224,6 +248,65 @@ class DueEntry:
             str(d["r"]),
             d.get("sc"),
             dict(d.get("tags") or {}),
+        )
+
+
+BASELINE_LISTING = "listing"
+BASELINE_DONE = "done"
+
+
+@dataclass(frozen=True, slots=True)
+class BaselineMark:
+    """A bucket's one-time listing (``b.<bid>``): ``state`` ``listing`` (``key_marker`` and
+    ``version_marker``: where the next page starts) or ``done``; ``versions`` and ``pages``
+    applied so far (``versions`` also numbers the next listed version's ``seq``)."""
+
+    tenant: str
+    bucket: str
+    state: str = BASELINE_LISTING
+    key_marker: str = ""
+    version_marker: str = ""
+    versions: int = 0
+    pages: int = 0
+    started_us: int = 0
+    done_us: int | None = None
+
+    @property
+    def qualified_bucket(self) -> str:
+        return f"{self.tenant}/{self.bucket}" if self.tenant else self.bucket
+
+    @property
+    def done(self) -> bool:
+        return self.state == BASELINE_DONE
+
+    def encode(self) -> bytes:
+        return dumps(
+            {
+                "t": self.tenant,
+                "b": self.bucket,
+                "state": self.state,
+                "km": self.key_marker,
+                "vm": self.version_marker,
+                "n": self.versions,
+                "pages": self.pages,
+                "started_us": self.started_us,
+                "done_us": self.done_us,
+            }
+        )
+
+    @classmethod
+    def decode(cls, raw: bytes) -> BaselineMark:
+        d = json.loads(raw)
+        return cls(
+            str(d["t"]),
+            str(d["b"]),
+            str(d["state"]),
+            str(d.get("km") or ""),
+            str(d.get("vm") or ""),
+            int(d.get("n") or 0),
+            int(d.get("pages") or 0),
+            int(d.get("started_us") or 0),
+            None if d.get("done_us") is None else int(d["done_us"]),
         )
 
 

@@ -260,6 +260,10 @@ class RuleSet:
         ``reschedule``)."""
         return qualified_bucket in self._by_bucket
 
+    def governed(self) -> list[str]:
+        """Every bucket ``governs`` is true of, sorted (the buckets the baseline listing covers)."""
+        return sorted(self._by_bucket)
+
     def has(self, qualified_bucket: str, rule_id: str, action: Action) -> bool:
         """Whether ``rule_id`` still gives ``action`` in the bucket: an entry of a rule removed or
         changed since it was scheduled is not acted on (``executor``)."""

@@ -18,7 +18,14 @@ the newest is current, every other one noncurrent since the record that supersed
 * a ``bucket_delete`` drops every version recorded before it (as the usage consumer does);
 * baseline records (a bucket's existing versions, oldest first) are applied the same way: an
   existing object is scheduled from its mtime, a version listed before the key's newer one is
-  noncurrent since that one's mtime.
+  noncurrent since that one's mtime;
+* so is a page of the consumer's own one-time listing of a bucket that gained rules
+  (``ShardBatch.listed``, driven by ``baseline``): a key the page lists from its newest version
+  takes the listed stack (the listing is newer than every record applied before it: the versions
+  only the schedule had are gone), keeping the age of the versions it already knew; the rest of a
+  key whose versions run over a page boundary goes under what the schedule holds. The records
+  applied after correct what the listing saw earlier; a record of a version listed (its mtime to
+  the millisecond, or the second) is an update in place, not a new version.
 
 Only buckets a rule names are kept (every key of them, so a changed rule can be applied again
 from the schedule alone: ``reschedule``). A record's time is ``usage.apply.data_time_us`` (its
@@ -42,21 +49,25 @@ from dataclasses import dataclass, field
 
 from changelog.consumers.lifecycle.model import (
     APPLIED_KEY,
+    BASELINE_PREFIX,
     DUE_PREFIX,
     FAILED_PREFIX,
     GEN_KEY,
     KEY_PREFIX,
     META_KEY,
     RULES_PREFIX,
+    BaselineMark,
     DueEntry,
     KeyState,
     Layout,
     Note,
     Version,
+    baseline_key,
     bucket_prefix,
     due_end,
     due_key,
     dumps,
+    is_listed,
     key_hash,
     prefix_end,
     rules_key,
@@ -94,6 +105,41 @@ class _Rec:
     rec_us: int
 
 
+@dataclass(frozen=True, slots=True)
+class ListedVersion:
+    """One version (or delete marker) a bucket listing found: ``mtime_us`` is its LastModified
+    (radosgw lists milliseconds; Tentacle whole seconds), ``seq`` its ``model.listed_seq``."""
+
+    key: str
+    ver: str | None
+    marker: bool
+    etag: str | None
+    sc: str | None
+    mtime_us: int
+    seq: str
+
+
+# A listing's LastModified is truncated (milliseconds, or seconds): within this of a record's
+# mtime, the null version with the same ETag is the one the record wrote.
+LISTED_MTIME_SLACK_US = 1_000_000
+
+
+def same_version(old: Version, marker: bool, etag: str | None, mtime: int, *, loose: bool) -> bool:
+    """Whether a write of (``marker``, ``etag``, ``mtime``) with ``old``'s version id is ``old``
+    itself. ``loose``: one side comes from a listing, whose mtime is truncated: a version id
+    names one version; the null version needs its mtime within ``LISTED_MTIME_SLACK_US``."""
+    if old.marker != marker or (not marker and old.etag != etag):
+        return False
+    if old.mtime_us == mtime:
+        return True
+    return loose and (old.ver is not None or abs(old.mtime_us - mtime) < LISTED_MTIME_SLACK_US)
+
+
+def _fresh(lv: ListedVersion, listed_us: int) -> Version:
+    """A listed version the schedule did not know: its age counts from its mtime."""
+    return Version(lv.seq, lv.ver, lv.marker, lv.etag, lv.sc, lv.mtime_us, lv.mtime_us, None, listed_us)
+
+
 def mtime_us(r: LogRecord, t_us: int) -> int:
     """The written object's mtime (the record's ``mtime``, else its time), at most its time:
     what its age counts from."""
@@ -124,8 +170,8 @@ class ShardBatch:
     def keys(self) -> list[str]:
         return sorted({p.skey for p in self._prepared if p.skey is not None})
 
-    def load(self, values: Mapping[str, bytes]) -> None:
-        for k in self.keys():
+    def load(self, values: Mapping[str, bytes], keys: Sequence[str] | None = None) -> None:
+        for k in self.keys() if keys is None else keys:
             raw = values.get(k)
             self._states[k] = KeyState.decode(raw) if raw is not None else None
 
@@ -152,8 +198,13 @@ class ShardBatch:
         same = st.find(r.version_id)
         if same is not None:
             old = st.versions[same]
-            if old.marker == marker and (marker or old.etag == r.etag) and old.mtime_us == mtime:
-                # Tags or ACL changed (or a re-baseline listed it again): same place, same age.
+            if same_version(old, marker, r.etag, mtime, loose=is_listed(old.seq)):
+                # Tags or ACL changed (or a re-baseline listed it again, or this is the record
+                # of a version our listing found first): same place, same age.
+                if old.mtime_us != mtime:  # listed: the record's mtime is the precise one
+                    if old.born_us == old.mtime_us:
+                        old.born_us = mtime
+                    old.mtime_us = mtime
                 old.sc = r.storage_class or old.sc
                 old.rec_us = p.rec_us
                 self._schedule(p.bid, p.rec.qualified_bucket, st, old)
@@ -220,6 +271,72 @@ class ShardBatch:
             )  # fmt: skip
             self._dues[dkey] = entry.encode()
             v.due.append(dkey)
+
+    def listed(
+        self,
+        tenant: str,
+        bucket: str,
+        versions: Sequence[ListedVersion],
+        *,
+        continued: bool,
+        complete: bool = True,
+        listed_us: int,
+    ) -> None:
+        """A listing page's versions of one key (newest first, as listed; at ``listed_us``).
+        Not ``continued`` (the page lists the key from its newest version): the key takes the
+        listed stack, each version noncurrent since the mtime of the one above it; a version the
+        schedule already had (same id, ETag, mtime to the listing's precision) keeps its mtime,
+        age and arrival; the others the schedule had are gone and their entries cancelled, but
+        when the key may go on in the next page (not ``complete``), the versions an earlier
+        listing found below these stay under them (the next page lists them). ``continued``
+        (the key's older versions, after a page boundary): those the schedule lacks go under
+        what it holds. Each version is scheduled by ``_schedule``, as a record's."""
+        if not versions:
+            return
+        qualified = f"{tenant}/{bucket}" if tenant else bucket
+        if not self.rules.governs(qualified):
+            return
+        key = versions[0].key
+        bid = self.layout.shard(tenant, bucket)[1]
+        skey = state_key(bid, key_hash(key))
+        old = self._states.get(skey)
+        self._dirty.add(skey)
+        if continued and old is not None:
+            have = {v.ver for v in old.versions}
+            for lv in versions:
+                if lv.ver in have:
+                    continue
+                v = _fresh(lv, listed_us)
+                old.versions.insert(0, v)  # older than every version held: the smallest seq
+                if len(old.versions) > 1:
+                    v.nc_us = old.versions[1].mtime_us
+                self._schedule(bid, qualified, old, v)
+            return
+        prev: dict[str | None, Version] = {}
+        kept: list[Version] = []
+        if old is not None:
+            ids = {lv.ver for lv in versions}
+            floor = versions[-1].seq
+            for v in old.versions:
+                if not complete and is_listed(v.seq) and v.seq < floor and v.ver not in ids:
+                    kept.append(v)  # listed after these before: the next page's
+                    continue
+                self._cancel(v)
+                prev[v.ver] = v
+        st = KeyState(tenant, bucket, key, kept, note=old.note if old is not None else None)
+        for lv in reversed(versions):
+            keep = prev.get(lv.ver)
+            if keep is not None and same_version(keep, lv.marker, lv.etag, lv.mtime_us, loose=True):
+                v = Version(lv.seq, lv.ver, lv.marker, keep.etag, lv.sc or keep.sc, keep.mtime_us, keep.born_us,
+                            None, keep.rec_us)  # fmt: skip
+            else:
+                v = _fresh(lv, listed_us)
+            st.versions.append(v)
+        for below, above in zip(st.versions, st.versions[1:], strict=False):
+            below.nc_us = above.mtime_us
+        self._states[skey] = st
+        for v in st.versions:
+            self._schedule(bid, qualified, st, v)
 
     def recompute(self, skey: str, st: KeyState) -> None:
         """Schedule every version of a stored key again under the current rules (``reschedule``):
@@ -372,7 +489,11 @@ class Schedule:
         buckets' ``r.`` keys, with ``source = "bucket"``). Pages of ``page`` keys, each one op
         guarded by ``g``; interrupted, it starts again from the first key (each page is complete
         in itself). Returns the keys rescheduled."""
-        last = {META_KEY: self.layout.meta(), **(marks or {})}
+        last: dict[str, bytes | None] = {META_KEY: self.layout.meta(), **(marks or {})}
+        for mark in self.baseline_marks(n):
+            if not self.rules.governs(mark.qualified_bucket):
+                # No rule names it any more: should one again, it is listed again.
+                last[baseline_key(self.layout.shard(mark.tenant, mark.bucket)[1])] = None
         return self._recompute(n, KEY_PREFIX, last, page=page)
 
     def reschedule_bucket(self, n: int, tenant: str, bucket: str, *, page: int = 200) -> int:
@@ -383,7 +504,10 @@ class Schedule:
         qualified = f"{tenant}/{bucket}" if tenant else bucket
         fp = self.rules.bucket_fingerprint(qualified)
         mark = dumps({"t": tenant, "b": bucket, "fp": fp}) if fp else None
-        return self._recompute(n, bucket_prefix(bid), {rules_key(bid): mark}, page=page)
+        last: dict[str, bytes | None] = {rules_key(bid): mark}
+        if not fp:
+            last[baseline_key(bid)] = None  # a configuration put back later lists it again
+        return self._recompute(n, bucket_prefix(bid), last, page=page)
 
     def _recompute(self, n: int, prefix: str, last: Mapping[str, bytes | None], *, page: int) -> int:
         oid = self.layout.oid(n)
@@ -410,6 +534,53 @@ class Schedule:
                 return count
             count += len(rows)
             after = rows[-1][0]
+
+    # ------------------------------------------------------------------ the baseline listing
+
+    def baseline_mark(self, tenant: str, bucket: str) -> BaselineMark | None:
+        """The bucket's listing state (None: never listed since it gained rules)."""
+        n, bid = self.layout.shard(tenant, bucket)
+        raw = self.store.omap_get(self.layout.oid(n), [baseline_key(bid)]).get(baseline_key(bid))
+        return BaselineMark.decode(raw) if raw is not None else None
+
+    def baseline_marks(self, n: int) -> Iterator[BaselineMark]:
+        for _, raw in omap_iter(self.store, self.layout.oid(n), prefix=BASELINE_PREFIX):
+            yield BaselineMark.decode(raw)
+
+    def apply_listing(
+        self,
+        head: Head,
+        mark: BaselineMark,
+        keys: Sequence[tuple[Sequence[ListedVersion], bool, bool]],
+        *,
+        listed_us: int,
+    ) -> None:
+        """Apply one listing page of ``mark``'s bucket (per key: its versions newest first,
+        whether they continue the previous page's last key, and whether the key ends in this
+        page: ``ShardBatch.listed``) and write ``mark`` (the position
+        after this page), in one op guarded by ``head``'s ``g``: ``head`` must be read before
+        the page was listed, so a write to the shard since (a record applied by a stale
+        process) fails this one (``LeaseLost``) rather than be replaced by an older listing."""
+        n, bid = self.layout.shard(mark.tenant, mark.bucket)
+        oid = self.layout.oid(n)
+        if not head.current_rules:
+            raise PermanentError(
+                f"lifecycle schedule {oid} was computed under other rules: reschedule it first"
+            )
+        batch = ShardBatch(self.rules, self.layout, [])
+        skeys = sorted({state_key(bid, key_hash(vs[0].key)) for vs, _, _ in keys if vs})
+        batch.load(self.store.omap_get(oid, skeys), skeys)
+        for versions, continued, complete in keys:
+            batch.listed(
+                mark.tenant, mark.bucket, versions, continued=continued, complete=complete, listed_us=listed_us
+            )
+        changes = batch.changes(None)
+        op = WriteOp(asserts=[(GEN_KEY, Cmp.EQ, head.gen)], set=changes.set, remove=changes.remove)
+        op.set[GEN_KEY] = new_gen().encode()
+        op.set[baseline_key(bid)] = mark.encode()
+        if not head.has_meta:
+            op.set[META_KEY] = self.layout.meta()
+        self._execute(oid, op, f"applying a listing page of {mark.qualified_bucket}")
 
     def bucket_marks(self, n: int) -> Iterator[tuple[str, str]]:
         """(qualified bucket, rules fingerprint) of every bucket shard ``n`` holds rules for
@@ -520,4 +691,7 @@ def all_states(store: ObjectStore, layout: Layout, n: int) -> Iterator[tuple[str
         yield k, KeyState.decode(raw)
 
 
-__all__ = ["Changes", "Head", "Pending", "Schedule", "ShardBatch", "all_states", "mtime_us"]
+__all__ = [
+    "Changes", "Head", "ListedVersion", "Pending", "Schedule", "ShardBatch", "all_states", "mtime_us",
+    "same_version",
+]  # fmt: skip
