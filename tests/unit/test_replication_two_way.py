@@ -348,3 +348,30 @@ def test_a_careful_replay_of_a_replica_already_at_the_peer_writes_nothing_there(
     assert apply_record(r, zones.s3, zones.dest("bbb"), NoVersions(), careful=True).status == "completed"
     assert "PutObjectTagging" in calls
     assert zones.s3.get_object_tagging(Bucket="bbb", Key="k")["TagSet"] == [{"Key": "t", "Value": "1"}]
+
+
+def test_a_delete_of_a_replica_leaves_a_peer_write_of_the_replicas_second(zones: Zones) -> None:
+    """A's v1 reaches B; in the same second A's user writes v2 and B's user deletes the replica
+    of v1. The delete and v2 cross: v2 stays on both sides (README). B's delete names only the
+    replica's mtime (when it arrived, the second of v2): judged by the order alone, v2 was "no
+    newer than the replica" and deleted at A, and A's replicator then sent that delete back to
+    B after v2's replica: v2 lost everywhere, one write more at B (the two-site lab test found
+    both, keys e/000 and e/004). The ETags tell v1's replica from v2; the order is for a
+    multipart replica only, whose ETag differs from its original's."""
+    import time as _time
+
+    _time.sleep(1.02 - _time.time() % 1)  # the next writes share their second
+    assert zones.replicate(zones.put("aaa", "k", b"v1")).status == "completed"  # the replica at B
+    etag = zones.s3.head_object(Bucket="bbb", Key="k")["ETag"].strip('"')
+    echo = rec("write", "bbb", "k", etag=etag, writer="rep-bbb")
+    v2 = zones.put("aaa", "k", b"v2, A's user, the second the replica arrived")
+    deleted_mtime = zones.s3.head_object(Bucket="bbb", Key="k")["LastModified"]
+    zones.s3.delete_object(Bucket="bbb", Key="k")
+    delete = dataclasses.replace(
+        rec("delete", "bbb", "k"), metadata={"deleted_mtime": deleted_mtime.strftime("%Y-%m-%dT%H:%M:%S.%fZ")}
+    )
+    assert zones.replicate(echo).status == "skipped"
+    out = zones.replicate(delete)
+    assert out.status == "skipped" and out.reason and out.reason.startswith("last writer wins"), out
+    assert zones.replicate(v2).status == "completed"
+    assert zones.state("aaa") == zones.state("bbb") == {"k": b"v2, A's user, the second the replica arrived"}

@@ -648,7 +648,10 @@ class _Apply:
         if self.is_own_replica(theirs) or self.overwrote(theirs, there[0]):
             older = True
         elif before is not None and before.written_echo:
-            older = theirs.etag == before.written or there <= (deleted, self.dest.peer_zone)
+            # The order only where the ETags cannot tell (a multipart original or replica: their
+            # ETags differ): a peer write of the replica's second is not the replica's content.
+            multipart = "-" in (before.written or "") or "-" in (theirs.etag or "")
+            older = theirs.etag == before.written or (multipart and there <= (deleted, self.dest.peer_zone))
             older = older and there[0] <= deleted + CLOCK_SLACK
         else:
             older = there < (deleted, self.dest.zone)
