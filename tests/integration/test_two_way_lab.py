@@ -71,6 +71,10 @@ CROSS_AFTER = 50  # the crossing comes this many conflict keys (about 50 s) afte
 # writes half of them twice and deletes the other half once.
 ARRIVALS = 10
 ARRIVAL_WAIT = 20.0  # seconds a replica is waited for (the link may be down meanwhile)
+# Half of those deletes come this long after the write: the deleting zone's follower has
+# mostly read the replica's index entry (one deleted before is a known limit, see below), and the
+# write's own replica has mostly not arrived yet.
+ARRIVAL_DELETE_AFTER = 0.6
 MULTIPARTS = 3  # of them: 9 MiB objects uploaded in two parts (above the replicator's 8 MiB parts)
 OWN_KEYS = 150  # keys only one zone writes ("a/..." or "b/...")
 SHARED_KEYS = 50  # keys both zones write at random moments ("s/...")
@@ -505,6 +509,7 @@ def arrival_load(
                     time.sleep(0.1)
             arrived[key] = None if seen is None else time.time() - seen
             put(clients[x], zones[x].bucket, x, key, body_of(x, 50_000 + n, 1500), ledger)
+            time.sleep(ARRIVAL_DELETE_AFTER if (n // 2) % 2 else 0.0)
             start = time.time()
             clients[y].delete_object(Bucket=zones[y].bucket, Key=key)
             ledger.add(Mutation(y, key, start, time.time(), None))
@@ -742,8 +747,25 @@ def test_two_way_converges_through_crashes_and_an_outage(
                     lost.append(f"{key}: {state_a.get(key)} != last written {want}")
         assert not lost, lost[:10]
 
+        # Each zone's committed records of the bucket: what its replicator read.
+        records = {}
+        of_key: dict[tuple[str, str], list[Any]] = defaultdict(list)
+        for z in (a, b):
+            recs = [r for r in committed(z.s3, z.log_bucket) if r.bucket == bucket]
+            records[z.name] = Counter(
+                "echo"
+                if r.metadata.get("writer") == z.into
+                else ("user" if r.metadata.get("writer") else "none")
+                for r in recs
+            )
+            for r in recs:
+                if r.key is not None:
+                    of_key[(z.name, r.key)].append(r)
+
         # 4. Last writer wins: the conflicting writes, and clearly last writes of shared keys.
         decided = wrong = clear = 0
+        unremembered: list[str] = []
+        deleted_after = 0
         mismatches = []
         for key, ms in sorted(ledger.by_key.items()):
             if key.startswith("c/"):
@@ -755,11 +777,27 @@ def test_two_way_converges_through_crashes_and_an_outage(
                     wrong += 1
                     mismatches.append(f"{key}: " + ", ".join(f"{m.zone}@{m.mtime} {m.t:.3f}" for m in ms))
             elif key.startswith(("d/", "e/")):
-                # A write and a delete that cross leave the write.
+                # A write and a delete that cross leave the write; a delete of the write's own
+                # replica (it arrived first) deletes it. Which one the delete deleted, the
+                # deleting zone's records say: the last write before it. Known limit (README):
+                # where that zone's follower read the replica's index entry only after the
+                # delete, its record has no writer and the replica is not remembered as an echo:
+                # the order alone decides, and a write of the replica's second loses.
+                y = next(m.zone for m in ms if m.md5 is None)
                 w = max((m for m in ms if m.md5 is not None), key=lambda m: m.t)
-                if state_a.get(key) != w.md5:
+                recs_y = of_key[(y, key)]
+                deletes = [i for i, r in enumerate(recs_y) if r.op == "delete"]
+                prior = [r for r in recs_y[: deletes[0]] if r.op == "write"] if deletes else []
+                want: str | None = w.md5
+                if prior and prior[-1].metadata.get("writer") != zones[y].into:
+                    unremembered.append(key)
+                    continue
+                if prior and prior[-1].etag == w.md5:
+                    want = None  # the delete came after the write's replica
+                    deleted_after += 1
+                if state_a.get(key) != want:
                     mismatches.append(
-                        f"{key}: the write crossing a delete is lost (held before: {crossed.get(key)}, "
+                        f"{key}: holds {state_a.get(key)}, not {want} (the write; held before: {crossed.get(key)}, "
                         f"replica seen {arrived.get(key)} s before the write)"
                     )
             elif key.startswith("s/"):
@@ -787,15 +825,6 @@ def test_two_way_converges_through_crashes_and_an_outage(
             # Keys only this zone's users write: the peer's replicator has nothing to write here.
             echoed_own[z.name] = sum(
                 n for k, n in writes.items() if k.startswith((f"{z.name}/", f"m/{z.name}/"))
-            )
-        records = {}
-        for z in (a, b):
-            recs = [r for r in committed(z.s3, z.log_bucket) if r.bucket == bucket]
-            records[z.name] = Counter(
-                "echo"
-                if r.metadata.get("writer") == z.into
-                else ("user" if r.metadata.get("writer") else "none")
-                for r in recs
             )
         for z in (a, b):
             with contextlib.suppress(OSError, urllib.error.URLError, ValueError, KeyError):
@@ -826,7 +855,9 @@ def test_two_way_converges_through_crashes_and_an_outage(
             f"{clear} shared keys with a clear last write; {len(crossed)} writes crossing a delete "
             f"({sum(crossed.values())} of a key the deleting zone held); {len(arrived)} writes crossing the "
             f"delete of a replica just arrived ({sum(v is not None and v < 1 for v in arrived.values())} "
-            f"written within 1 s of its arrival)"
+            f"written within 1 s of its arrival); {deleted_after} of them deleted after the write's replica "
+            f"arrived; not checked (the deleted replica's record had no writer, "
+            f"a known limit): {unremembered}"
         )
         assert converged is not None and converged < CONVERGE_BOUND
         assert kills["a"] >= KILLS and kills["b"] >= KILLS
