@@ -15,11 +15,18 @@ proxy the test can cut (the link between the sites):
 * last writer wins: a key written in both zones within a second holds the write with the later
   (Last-Modified in whole seconds, zone name) on both sides, as read by a HEAD at the writing
   zone just after each PUT; a key whose last mutation is a write made well after every other
-  mutation of it (either zone) holds that write.
+  mutation of it (either zone) holds that write; each object is its zone's users' write or a
+  replica of the peer's, never a replica of its own zone's write come back;
+* a write and a delete that cross leave the write: zone Y deletes the replica of zone X's
+  write v1 while X writes v2 (long after v1, or the very second v1's replica reached Y); what
+  Y's delete deleted is read from Y's records (its own replica of v2, if that came first, is
+  deleted with it).
 
 Known limits (README "Two-way replication") are kept out of the workload: every write has
 bytes of its own (no same-bytes rewrite), no tag-only change, multipart uploads only on keys
-one zone writes.
+one zone writes. One cannot be: a replica deleted before the zone's follower read its index
+entry leaves a record with no writer, not remembered as an echo; such keys are listed, not
+asserted.
 """
 
 from __future__ import annotations
