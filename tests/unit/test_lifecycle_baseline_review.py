@@ -72,7 +72,7 @@ def test_a_late_record_of_an_older_version_between_pages_of_a_split_key_keeps_th
     lb.bucket("ver", versioned=True)
     lb.put("ver", "a", b"1", log=False)
     v1 = lb.put("ver", "k", b"1", log=False)
-    set_rules(lb, [{"bucket": "ver", "noncurrent_expire_days": 2, "expire_days": 30}])
+    set_rules(lb, [{"bucket": "ver", "noncurrent_expire_days": 10, "expire_days": 60}])
     lb.commit()
     time.sleep(0.01)
     v2 = lb.put("ver", "k", b"2")
@@ -88,21 +88,21 @@ def test_a_late_record_of_an_older_version_between_pages_of_a_split_key_keeps_th
     planned = sorted(x for x in lb.planned() if x[1] == "k")
     print("planned for k:", planned)
     assert planned == sorted([("expire", "k", v3), ("noncurrent", "k", v2), ("noncurrent", "k", v1)])
-    run(lb, ahead=10)
-    assert lb.stack("ver", "k") == [(v3, False)]  # v2 and v1 noncurrent for 2 days and more
+    run(lb, ahead=20)
+    assert lb.stack("ver", "k") == [(v3, False)]  # v2 and v1 noncurrent for 10 days and more
 
 
 def test_a_transition_copy_listed_before_its_record_keeps_the_objects_age(aws: None, tmp_path: Path) -> None:
     """z is written after the rule (its record applied) and transitioned at once (day 0) in the
     step that lists page 1 (a); page 2 lists z's copy before the copy's record comes. The copy
     is then a fresh version (age from the copy's mtime), and its record an update in place that
-    leaves the transition's note unused: z expires 5 days after the copy, not after its write
+    leaves the transition's note unused: z expires 30 days after the copy, not after its write
     (S3 keeps an object's age across transitions; the records-only path does, via the note)."""
     lb = Lab(tmp_path, [])
     lb.bucket("plain")
     lb.put("plain", "a", b"a", log=False)
     set_rules(
-        lb, [{"bucket": "plain", "transition_days": 0, "storage_class": "STANDARD_IA", "expire_days": 5}]
+        lb, [{"bucket": "plain", "transition_days": 0, "storage_class": "STANDARD_IA", "expire_days": 30}]
     )
     lb.commit()
     lb.put("plain", "z", b"z")
@@ -118,7 +118,7 @@ def test_a_transition_copy_listed_before_its_record_keeps_the_objects_age(aws: N
     run(lb, ahead=0)
     got = dues(lb, "z", Action.EXPIRE)
     print("z expire due - its write's mtime: %s s" % [(d - born) / S for d in got])
-    assert len(got) == 1 and abs(got[0] - (born + 5 * S)) < S
+    assert len(got) == 1 and abs(got[0] - (born + 30 * S)) < S
 
 
 def test_a_listed_old_object_due_for_two_transitions_goes_straight_to_the_last(
@@ -164,12 +164,12 @@ def test_delete_markers_split_over_pages_of_one_are_scheduled_once_from_the_one_
     v2 = lb.put("ver", "k", b"2", log=False)
     time.sleep(1.1)
     m2 = lb.s3.delete_object(Bucket="ver", Key="k")["VersionId"]
-    set_rules(lb, [{"bucket": "ver", "noncurrent_expire_days": 3, "expire_days": 30}])
+    set_rules(lb, [{"bucket": "ver", "noncurrent_expire_days": 10, "expire_days": 30}])
     lb.commit()
-    consumer = run(lb, ahead=0, page_keys=1, pages_per_step=1)
+    consumer = run(lb, ahead=0, page_keys=1, pages_per_step=1)  # v1 due 10 s after m1: not yet
     assert (consumer.stats()["baseline_versions"], consumer.stats()["baseline_pages"]) == (4, 4)
     assert sorted(lb.planned()) == sorted([("noncurrent", "k", v2), ("noncurrent", "k", v1)])
-    want = sorted(int((mtime_of_marker(lb, m) + 3) * S) for m in (m1, m2))
+    want = sorted(int((mtime_of_marker(lb, m) + 10) * S) for m in (m1, m2))
     got = sorted(dues(lb, "k", Action.NONCURRENT))
     assert all(abs(g - w) < S for g, w in zip(got, want, strict=True)), (got, want)
     # Between the two due times: v1 (below m1) is expired, v2 (below m2) not yet.
