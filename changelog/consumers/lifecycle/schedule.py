@@ -290,7 +290,10 @@ class ShardBatch:
         when the key may go on in the next page (not ``complete``), the versions an earlier
         listing found below these stay under them (the next page lists them). ``continued``
         (the key's older versions, after a page boundary): those the schedule lacks go under
-        what it holds. Each version is scheduled by ``_schedule``, as a record's."""
+        what it holds. Each version is scheduled by ``_schedule``, as a record's, once the key
+        is ``complete`` (or ``finished``): a key split over pages (it alone fills one) gets no
+        due entry before, so the executor never expires the version the next page starts
+        after (gone, radosgw would start after the whole key: ``baseline.list_page``)."""
         if not versions:
             return
         qualified = f"{tenant}/{bucket}" if tenant else bucket
@@ -310,7 +313,9 @@ class ShardBatch:
                 old.versions.insert(0, v)  # older than every version held: the smallest seq
                 if len(old.versions) > 1:
                     v.nc_us = old.versions[1].mtime_us
-                self._schedule(bid, qualified, old, v)
+            if complete:
+                for v in old.versions:
+                    self._schedule(bid, qualified, old, v)
             return
         prev: dict[str | None, Version] = {}
         kept: list[Version] = []
@@ -335,6 +340,22 @@ class ShardBatch:
         for below, above in zip(st.versions, st.versions[1:], strict=False):
             below.nc_us = above.mtime_us
         self._states[skey] = st
+        if complete:
+            for v in st.versions:
+                self._schedule(bid, qualified, st, v)
+
+    def finished(self, tenant: str, bucket: str, key: str) -> None:
+        """A key split over pages whose last listed versions ended a page (the next page starts
+        past it): schedule its versions now, as a ``complete`` page of it would."""
+        qualified = f"{tenant}/{bucket}" if tenant else bucket
+        if not self.rules.governs(qualified):
+            return
+        bid = self.layout.shard(tenant, bucket)[1]
+        skey = state_key(bid, key_hash(key))
+        st = self._states.get(skey)
+        if st is None:
+            return
+        self._dirty.add(skey)
         for v in st.versions:
             self._schedule(bid, qualified, st, v)
 
@@ -554,10 +575,12 @@ class Schedule:
         keys: Sequence[tuple[Sequence[ListedVersion], bool, bool]],
         *,
         listed_us: int,
+        ended: str | None = None,
     ) -> None:
         """Apply one listing page of ``mark``'s bucket (per key: its versions newest first,
         whether they continue the previous page's last key, and whether the key ends in this
-        page: ``ShardBatch.listed``) and write ``mark`` (the position
+        page: ``ShardBatch.listed``; ``ended``: a split key the previous page ended exactly,
+        ``ShardBatch.finished``) and write ``mark`` (the position
         after this page), in one op guarded by ``head``'s ``g``: ``head`` must be read before
         the page was listed, so a write to the shard since (a record applied by a stale
         process) fails this one (``LeaseLost``) rather than be replaced by an older listing."""
@@ -568,11 +591,19 @@ class Schedule:
                 f"lifecycle schedule {oid} was computed under other rules: reschedule it first"
             )
         batch = ShardBatch(self.rules, self.layout, [])
-        skeys = sorted({state_key(bid, key_hash(vs[0].key)) for vs, _, _ in keys if vs})
+        names = {vs[0].key for vs, _, _ in keys if vs} | ({ended} if ended is not None else set())
+        skeys = sorted(state_key(bid, key_hash(k)) for k in names)
         batch.load(self.store.omap_get(oid, skeys), skeys)
+        if ended is not None:
+            batch.finished(mark.tenant, mark.bucket, ended)
         for versions, continued, complete in keys:
             batch.listed(
-                mark.tenant, mark.bucket, versions, continued=continued, complete=complete, listed_us=listed_us
+                mark.tenant,
+                mark.bucket,
+                versions,
+                continued=continued,
+                complete=complete,
+                listed_us=listed_us,
             )
         changes = batch.changes(None)
         op = WriteOp(asserts=[(GEN_KEY, Cmp.EQ, head.gen)], set=changes.set, remove=changes.remove)
