@@ -63,11 +63,12 @@ def test_a_split_keys_boundary_version_expired_between_pages_keeps_the_rest_of_t
 def test_a_late_record_of_an_older_version_between_pages_of_a_split_key_keeps_the_version_order(
     aws: None, tmp_path: Path
 ) -> None:
-    """k has v1 (before the rule), v2 and v3 (after it; their records lag). Page 1 lists a and
-    v3 (k split after v3); then the records of v2 and v3 are applied; page 2 lists v2 and v1.
-    The record of v2 (a version older than v3, which the listing has) goes on top of v3, and page
-    2 skips v2 (held): the stack stays v1, v3, v2 for good. v3 (current) loses its expiry (its
-    noncurrent entry is dropped as "current again"), v2 (noncurrent) its noncurrent expiry."""
+    """k has v1 (before the rule), v2 and v3 (after it; their records lag). Pages of one version
+    (a page ends after its last complete key, so only a key that alone fills a page is split):
+    page 1 lists a, page 2 v3 (k split after v3); then the records of v2 and v3 are applied;
+    pages 3 and 4 list v2 and v1. The record of v2 (a version older than v3, which the listing
+    has) goes on top of v3; page 3 lists v2 after v3, so it moves back under v3: the stack is
+    v1, v2, v3, v3 current (its expiry), v2 and v1 noncurrent (their noncurrent expiry)."""
     lb = Lab(tmp_path, [])
     lb.bucket("ver", versioned=True)
     lb.put("ver", "a", b"1", log=False)
@@ -79,12 +80,12 @@ def test_a_late_record_of_an_older_version_between_pages_of_a_split_key_keeps_th
     time.sleep(0.01)
     v3 = lb.put("ver", "k", b"3")
     late, lb.pending = lb.pending, []  # the follower lags: their records come after page 1
-    run(lb, ahead=0, page_keys=2, pages_per_step=1, steps=1)
+    run(lb, ahead=0, page_keys=1, pages_per_step=1, steps=2)
     m = mark(lb, "ver")
     assert m is not None and (m.key_marker, m.version_marker) == ("k", v3)  # k split after v3
     lb.pending = late
     lb.commit()
-    run(lb, ahead=0, page_keys=2, pages_per_step=1)
+    run(lb, ahead=0, page_keys=1, pages_per_step=1)
     planned = sorted(x for x in lb.planned() if x[1] == "k")
     print("planned for k:", planned)
     assert planned == sorted([("expire", "k", v3), ("noncurrent", "k", v2), ("noncurrent", "k", v1)])

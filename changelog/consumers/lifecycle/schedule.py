@@ -305,17 +305,7 @@ class ShardBatch:
         old = self._states.get(skey)
         self._dirty.add(skey)
         if continued and old is not None:
-            have = {v.ver for v in old.versions}
-            for lv in versions:
-                if lv.ver in have:
-                    continue
-                v = _fresh(lv, listed_us)
-                old.versions.insert(0, v)  # older than every version held: the smallest seq
-                if len(old.versions) > 1:
-                    v.nc_us = old.versions[1].mtime_us
-            if complete:
-                for v in old.versions:
-                    self._schedule(bid, qualified, old, v)
+            self._continued(bid, qualified, old, versions, complete=complete, listed_us=listed_us)
             return
         prev: dict[str | None, Version] = {}
         kept: list[Version] = []
@@ -340,6 +330,44 @@ class ShardBatch:
         for below, above in zip(st.versions, st.versions[1:], strict=False):
             below.nc_us = above.mtime_us
         self._states[skey] = st
+        if complete:
+            for v in st.versions:
+                self._schedule(bid, qualified, st, v)
+
+    def _continued(
+        self,
+        bid: str,
+        qualified: str,
+        st: KeyState,
+        versions: Sequence[ListedVersion],
+        *,
+        complete: bool,
+        listed_us: int,
+    ) -> None:
+        """A continued page's versions of a split key: every one is older than what the previous
+        pages listed (the page starts after their last). Those the schedule lacks go under them
+        (their listed seqs are the smallest); one a record put in the key meanwhile (the
+        follower lagging: a record's seq sorts on top) takes its listed seq and goes there too.
+        A version whose neighbour above changed is noncurrent since that one's mtime."""
+        above = {
+            id(v): (st.versions[i + 1] if i + 1 < len(st.versions) else None)
+            for i, v in enumerate(st.versions)
+        }
+        held = {v.ver: v for v in st.versions}
+        for lv in versions:
+            v = held.get(lv.ver)
+            if v is None:
+                st.versions.append(_fresh(lv, listed_us))
+            elif not is_listed(v.seq) and same_version(v, lv.marker, lv.etag, lv.mtime_us, loose=True):
+                v.seq = lv.seq
+        st.versions.sort(key=lambda v: v.seq)
+        for i, v in enumerate(st.versions):
+            up = st.versions[i + 1] if i + 1 < len(st.versions) else None
+            if id(v) in above and above[id(v)] is up:
+                continue
+            v.nc_us = None if up is None else up.mtime_us
+            if not complete:
+                self._cancel(v)  # scheduled with the key's last page
         if complete:
             for v in st.versions:
                 self._schedule(bid, qualified, st, v)
