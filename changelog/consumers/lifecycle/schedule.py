@@ -140,6 +140,15 @@ def _fresh(lv: ListedVersion, listed_us: int) -> Version:
     return Version(lv.seq, lv.ver, lv.marker, lv.etag, lv.sc, lv.mtime_us, lv.mtime_us, None, listed_us)
 
 
+def _take_note(st: KeyState, v: Version) -> None:
+    """``v`` is the copy the key's transition note announced (same ETag, the target class):
+    its age counts from the original's, as a record of it would (``_write``); the note is used."""
+    note = st.note
+    if note is not None and not v.marker and v.etag == note.etag and (v.sc or "STANDARD") == note.sc:
+        v.born_us = note.born_us
+        st.note = None
+
+
 def mtime_us(r: LogRecord, t_us: int) -> int:
     """The written object's mtime (the record's ``mtime``, else its time), at most its time:
     what its age counts from."""
@@ -207,6 +216,7 @@ class ShardBatch:
                     old.mtime_us = mtime
                 old.sc = r.storage_class or old.sc
                 old.rec_us = p.rec_us
+                _take_note(st, old)  # the record of a transition's copy our listing found first
                 self._schedule(p.bid, p.rec.qualified_bucket, st, old)
                 return
             self._cancel(old)
@@ -326,6 +336,7 @@ class ShardBatch:
                             None, keep.rec_us)  # fmt: skip
             else:
                 v = _fresh(lv, listed_us)
+                _take_note(st, v)
             st.versions.append(v)
         for below, above in zip(st.versions, st.versions[1:], strict=False):
             below.nc_us = above.mtime_us
@@ -357,7 +368,8 @@ class ShardBatch:
         for lv in versions:
             v = held.get(lv.ver)
             if v is None:
-                st.versions.append(_fresh(lv, listed_us))
+                st.versions.append(v := _fresh(lv, listed_us))
+                _take_note(st, v)
             elif not is_listed(v.seq) and same_version(v, lv.marker, lv.etag, lv.mtime_us, loose=True):
                 v.seq = lv.seq
         st.versions.sort(key=lambda v: v.seq)
