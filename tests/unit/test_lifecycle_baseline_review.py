@@ -182,3 +182,26 @@ def mtime_of_marker(lb: Lab, marker: str) -> float:
     r = lb.s3.list_object_versions(Bucket="ver")
     (m,) = [d for d in r.get("DeleteMarkers", []) if d["VersionId"] == marker]
     return float(m["LastModified"].timestamp())
+
+
+def test_a_key_listed_to_its_end_over_pages_is_not_listed_again_after_it(aws: None, tmp_path: Path) -> None:
+    """a (3 versions) is split by pages of 2 and ends in page 2; page 2 ends after a (b
+    dropped: c follows). Page 3 starts after the whole key a: S3 starts at b, moto (as radosgw)
+    lists a's versions again, a page of them: they are dropped and the listing goes on through
+    them (it went back to a's newest for ever before), so it ends, each version scheduled once."""
+    lb = Lab(tmp_path, [])
+    lb.bucket("ver", versioned=True)
+    va = [lb.put("ver", "a", b"%d" % n, log=False) for n in range(3)]
+    vb = lb.put("ver", "b", b"1", log=False)
+    vc = lb.put("ver", "c", b"1", log=False)
+    set_rules(lb, [{"bucket": "ver", "noncurrent_expire_days": 30, "expire_days": 30}])
+    lb.commit()
+    consumer = run(lb, ahead=0, page_keys=2, pages_per_step=1, steps=10)
+    m = mark(lb, "ver")
+    print("mark:", m, "stats:", consumer.stats())
+    assert m is not None and m.done and m.versions == 5
+    assert consumer.stats()["baseline_versions"] == 5
+    assert sorted(lb.planned()) == sorted(
+        [("expire", "a", va[2]), ("noncurrent", "a", va[1]), ("noncurrent", "a", va[0]), ("expire", "b", vb),
+         ("expire", "c", vc)]
+    )  # fmt: skip

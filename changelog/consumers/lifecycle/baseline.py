@@ -74,6 +74,8 @@ class Page:
     next_version: str | None
     # The last key goes on in the next page (it alone filled this one: ``next_version`` set).
     split: bool = False
+    # The next page starts after (or inside) a key listed to its end (``BaselineMark.key_done``).
+    key_done: bool = False
 
     @property
     def versions(self) -> int:
@@ -116,14 +118,17 @@ def list_page(client: S3Client, bucket: str, mark: BaselineMark, *, limit: int =
             rows.append((rank, (o["Key"], ver, kind == 1, etag, sc, t)))
     rows.sort(key=lambda r: r[0])
     truncated = bool(resp.get("IsTruncated")) and bool(rows)
-    if mark.key_marker and not mark.version_marker:
+    if mark.key_done:
         # After a whole key: S3 starts after it, but radosgw (its index key for a key-marker
         # alone is the plain name, which sorts before the key's version entries) and moto list
-        # that key's versions again: they were applied with the previous page. Kept only when
-        # nothing else came (the key grew past a page since): listed again from its newest.
-        rest = [r for r in rows if r[1][0] != mark.key_marker]
-        if rest or not truncated:
-            rows = rest
+        # that key's versions again: they were applied with an earlier page.
+        last_ver = rows[-1][1][1] if rows else None
+        rows = [r for r in rows if r[1][0] != mark.key_marker]
+        if truncated and not rows:
+            # Nothing but that key (it has a page of versions): on through it, still dropped.
+            # Should that version be gone by the next page, radosgw starts after the whole key.
+            at = str(resp.get("NextVersionIdMarker") or last_ver or "null")
+            return Page([], mark.key_marker, at, key_done=True)
     split = False
     next_key = next_version = None
     if truncated:
@@ -142,7 +147,7 @@ def list_page(client: S3Client, bucket: str, mark: BaselineMark, *, limit: int =
             keys[-1].append(lv)
         else:
             keys.append([lv])
-    return Page(keys, next_key, next_version, split)
+    return Page(keys, next_key, next_version, split, key_done=truncated and not split)
 
 
 @dataclass
@@ -229,7 +234,7 @@ class Baseliner:
             self._failed[bucket] = str(ex)
             self.counts["baseline_failed"] = self.counts.get("baseline_failed", 0) + 1
             return
-        cont_key = mark.key_marker if mark.version_marker else None
+        cont_key = mark.key_marker if mark.version_marker and not mark.key_done else None
         # The page's last key goes on in the next page only when it alone filled this one.
         last = len(page.keys) - 1 if page.split else -1
         keys = [(vs, vs[0].key == cont_key, i != last) for i, vs in enumerate(page.keys)]
@@ -239,6 +244,7 @@ class Baseliner:
             mark,
             key_marker=page.next_key or "",
             version_marker=page.next_version or "",
+            key_done=page.key_done,
             versions=mark.versions + page.versions,
             pages=mark.pages + 1,
         )

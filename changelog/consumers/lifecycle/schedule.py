@@ -23,7 +23,9 @@ the newest is current, every other one noncurrent since the record that supersed
   (``ShardBatch.listed``, driven by ``baseline``): a key the page lists from its newest version
   takes the listed stack (the listing is newer than every record applied before it: the versions
   only the schedule had are gone), keeping the age of the versions it already knew; the rest of a
-  key whose versions run over a page boundary goes under what the schedule holds. The records
+  key split over pages (it alone fills one) goes under what the previous pages listed, and the
+  key is scheduled once its last page is applied; a listed copy of a transition takes the
+  original's age from the key's note. The records
   applied after correct what the listing saw earlier; a record of a version listed (its mtime to
   the millisecond, or the second) is an update in place, not a new version.
 
