@@ -72,6 +72,10 @@ class Page:
     keys: list[list[ListedVersion]]
     next_key: str | None
     next_version: str | None
+    # The last key goes on in the next page (it alone filled this one: ``next_version`` set).
+    split: bool = False
+    # The next page starts after (or inside) a key listed to its end (``BaselineMark.key_done``).
+    key_done: bool = False
 
     @property
     def versions(self) -> int:
@@ -86,7 +90,14 @@ def list_page(client: S3Client, bucket: str, mark: BaselineMark, *, limit: int =
     """The page of ``bucket`` (qualified) after ``mark``'s position. Versions and delete
     markers come in two lists: each key's are merged newest first (the latest, then newer
     LastModified, then each list's own order: Tentacle lists whole seconds), and numbered
-    (``listed_seq``) from ``mark.versions`` on, so a key's older versions get smaller seqs."""
+    (``listed_seq``) from ``mark.versions`` on, so a key's older versions get smaller seqs.
+
+    A truncated page ends after its last complete key: the versions of the key it stops in are
+    dropped (the next page, after that complete key, lists them again from the key's newest).
+    A page never ends at a version id-marker that may be gone by the next page (the executor
+    expires, a client deletes): radosgw then starts after the whole key (cls_rgw
+    ``encode_list_index_key``: ENOENT gives ``name + "\\x01"``), and the key's older versions
+    would never be listed. Only a key that alone fills a page is split (``Page.split``)."""
     req: dict[str, object] = {"Bucket": s3_bucket(bucket), "MaxKeys": limit}
     if mark.key_marker:
         req["KeyMarker"] = mark.key_marker
@@ -106,6 +117,29 @@ def list_page(client: S3Client, bucket: str, mark: BaselineMark, *, limit: int =
             rank = (o["Key"].encode(errors="surrogatepass"), not o.get("IsLatest"), -t, kind, i)
             rows.append((rank, (o["Key"], ver, kind == 1, etag, sc, t)))
     rows.sort(key=lambda r: r[0])
+    truncated = bool(resp.get("IsTruncated")) and bool(rows)
+    if mark.key_done:
+        # After a whole key: S3 starts after it, but radosgw (its index key for a key-marker
+        # alone is the plain name, which sorts before the key's version entries) and moto list
+        # that key's versions again: they were applied with an earlier page.
+        last_ver = rows[-1][1][1] if rows else None
+        rows = [r for r in rows if r[1][0] != mark.key_marker]
+        if truncated and not rows:
+            # Nothing but that key (it has a page of versions): on through it, still dropped.
+            # Should that version be gone by the next page, radosgw starts after the whole key.
+            at = str(resp.get("NextVersionIdMarker") or last_ver or "null")
+            return Page([], mark.key_marker, at, key_done=True)
+    split = False
+    next_key = next_version = None
+    if truncated:
+        last_key = rows[-1][1][0]
+        whole = [r for r in rows if r[1][0] != last_key]
+        if whole:
+            rows, next_key, next_version = whole, whole[-1][1][0], ""
+        else:
+            split = True
+            next_key = str(resp.get("NextKeyMarker") or last_key)
+            next_version = str(resp.get("NextVersionIdMarker") or rows[-1][1][1] or "null")
     keys: list[list[ListedVersion]] = []
     for pos, (_, (key, ver, marker, etag, sc, t)) in enumerate(rows, start=mark.versions):
         lv = ListedVersion(key, ver, marker, etag, sc, t, listed_seq(pos))
@@ -113,10 +147,7 @@ def list_page(client: S3Client, bucket: str, mark: BaselineMark, *, limit: int =
             keys[-1].append(lv)
         else:
             keys.append([lv])
-    if resp.get("IsTruncated") and rows:
-        nk = str(resp.get("NextKeyMarker") or rows[-1][1][0])
-        return Page(keys, nk, str(resp.get("NextVersionIdMarker") or ""))
-    return Page(keys, None, None)
+    return Page(keys, next_key, next_version, split, key_done=truncated and not split)
 
 
 @dataclass
@@ -203,20 +234,23 @@ class Baseliner:
             self._failed[bucket] = str(ex)
             self.counts["baseline_failed"] = self.counts.get("baseline_failed", 0) + 1
             return
-        cont_key = mark.key_marker if mark.version_marker else None
-        # The page's last key may go on in the next page (when there is one).
-        last = len(page.keys) - 1 if page.next_key is not None else -1
+        cont_key = mark.key_marker if mark.version_marker and not mark.key_done else None
+        # The page's last key goes on in the next page only when it alone filled this one.
+        last = len(page.keys) - 1 if page.split else -1
         keys = [(vs, vs[0].key == cont_key, i != last) for i, vs in enumerate(page.keys)]
+        # A split key whose last versions ended the previous page: this one starts past it.
+        ended = cont_key if cont_key is not None and not (keys and keys[0][1]) else None
         new = replace(
             mark,
             key_marker=page.next_key or "",
             version_marker=page.next_version or "",
+            key_done=page.key_done,
             versions=mark.versions + page.versions,
             pages=mark.pages + 1,
         )
         if page.next_key is None:
             new = replace(new, state=BASELINE_DONE, done_us=now)
-        self.schedule.apply_listing(head, new, keys, listed_us=now)
+        self.schedule.apply_listing(head, new, keys, listed_us=now, ended=ended)
         self.counts["baseline_pages"] = self.counts.get("baseline_pages", 0) + 1
         self.counts["baseline_versions"] = self.counts.get("baseline_versions", 0) + page.versions
         self._failed.pop(bucket, None)

@@ -258,7 +258,9 @@ BASELINE_DONE = "done"
 @dataclass(frozen=True, slots=True)
 class BaselineMark:
     """A bucket's one-time listing (``b.<bid>``): ``state`` ``listing`` (``key_marker`` and
-    ``version_marker``: where the next page starts) or ``done``; ``versions`` and ``pages``
+    ``version_marker``: where the next page starts; ``key_done``: the key at ``key_marker`` is
+    listed to its end, its versions the next page lists again are dropped; else a version
+    marker is inside a key that alone filled a page) or ``done``; ``versions`` and ``pages``
     applied so far (``versions`` also numbers the next listed version's ``seq``)."""
 
     tenant: str
@@ -270,6 +272,7 @@ class BaselineMark:
     pages: int = 0
     started_us: int = 0
     done_us: int | None = None
+    key_done: bool = False
 
     @property
     def qualified_bucket(self) -> str:
@@ -280,19 +283,20 @@ class BaselineMark:
         return self.state == BASELINE_DONE
 
     def encode(self) -> bytes:
-        return dumps(
-            {
-                "t": self.tenant,
-                "b": self.bucket,
-                "state": self.state,
-                "km": self.key_marker,
-                "vm": self.version_marker,
-                "n": self.versions,
-                "pages": self.pages,
-                "started_us": self.started_us,
-                "done_us": self.done_us,
-            }
-        )
+        doc: dict[str, object] = {
+            "t": self.tenant,
+            "b": self.bucket,
+            "state": self.state,
+            "km": self.key_marker,
+            "vm": self.version_marker,
+            "n": self.versions,
+            "pages": self.pages,
+            "started_us": self.started_us,
+            "done_us": self.done_us,
+        }
+        if self.key_done:
+            doc["kd"] = True
+        return dumps(doc)
 
     @classmethod
     def decode(cls, raw: bytes) -> BaselineMark:
@@ -307,6 +311,7 @@ class BaselineMark:
             int(d.get("pages") or 0),
             int(d.get("started_us") or 0),
             None if d.get("done_us") is None else int(d["done_us"]),
+            bool(d.get("kd")),
         )
 
 

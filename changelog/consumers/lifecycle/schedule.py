@@ -23,7 +23,9 @@ the newest is current, every other one noncurrent since the record that supersed
   (``ShardBatch.listed``, driven by ``baseline``): a key the page lists from its newest version
   takes the listed stack (the listing is newer than every record applied before it: the versions
   only the schedule had are gone), keeping the age of the versions it already knew; the rest of a
-  key whose versions run over a page boundary goes under what the schedule holds. The records
+  key split over pages (it alone fills one) goes under what the previous pages listed, and the
+  key is scheduled once its last page is applied; a listed copy of a transition takes the
+  original's age from the key's note. The records
   applied after correct what the listing saw earlier; a record of a version listed (its mtime to
   the millisecond, or the second) is an update in place, not a new version.
 
@@ -140,6 +142,15 @@ def _fresh(lv: ListedVersion, listed_us: int) -> Version:
     return Version(lv.seq, lv.ver, lv.marker, lv.etag, lv.sc, lv.mtime_us, lv.mtime_us, None, listed_us)
 
 
+def _take_note(st: KeyState, v: Version) -> None:
+    """``v`` is the copy the key's transition note announced (same ETag, the target class):
+    its age counts from the original's, as a record of it would (``_write``); the note is used."""
+    note = st.note
+    if note is not None and not v.marker and v.etag == note.etag and (v.sc or "STANDARD") == note.sc:
+        v.born_us = note.born_us
+        st.note = None
+
+
 def mtime_us(r: LogRecord, t_us: int) -> int:
     """The written object's mtime (the record's ``mtime``, else its time), at most its time:
     what its age counts from."""
@@ -207,6 +218,7 @@ class ShardBatch:
                     old.mtime_us = mtime
                 old.sc = r.storage_class or old.sc
                 old.rec_us = p.rec_us
+                _take_note(st, old)  # the record of a transition's copy our listing found first
                 self._schedule(p.bid, p.rec.qualified_bucket, st, old)
                 return
             self._cancel(old)
@@ -290,7 +302,10 @@ class ShardBatch:
         when the key may go on in the next page (not ``complete``), the versions an earlier
         listing found below these stay under them (the next page lists them). ``continued``
         (the key's older versions, after a page boundary): those the schedule lacks go under
-        what it holds. Each version is scheduled by ``_schedule``, as a record's."""
+        what it holds. Each version is scheduled by ``_schedule``, as a record's, once the key
+        is ``complete`` (or ``finished``): a key split over pages (it alone fills one) gets no
+        due entry before, so the executor never expires the version the next page starts
+        after (gone, radosgw would start after the whole key: ``baseline.list_page``)."""
         if not versions:
             return
         qualified = f"{tenant}/{bucket}" if tenant else bucket
@@ -302,15 +317,7 @@ class ShardBatch:
         old = self._states.get(skey)
         self._dirty.add(skey)
         if continued and old is not None:
-            have = {v.ver for v in old.versions}
-            for lv in versions:
-                if lv.ver in have:
-                    continue
-                v = _fresh(lv, listed_us)
-                old.versions.insert(0, v)  # older than every version held: the smallest seq
-                if len(old.versions) > 1:
-                    v.nc_us = old.versions[1].mtime_us
-                self._schedule(bid, qualified, old, v)
+            self._continued(bid, qualified, old, versions, complete=complete, listed_us=listed_us)
             return
         prev: dict[str | None, Version] = {}
         kept: list[Version] = []
@@ -331,10 +338,66 @@ class ShardBatch:
                             None, keep.rec_us)  # fmt: skip
             else:
                 v = _fresh(lv, listed_us)
+                _take_note(st, v)
             st.versions.append(v)
         for below, above in zip(st.versions, st.versions[1:], strict=False):
             below.nc_us = above.mtime_us
         self._states[skey] = st
+        if complete:
+            for v in st.versions:
+                self._schedule(bid, qualified, st, v)
+
+    def _continued(
+        self,
+        bid: str,
+        qualified: str,
+        st: KeyState,
+        versions: Sequence[ListedVersion],
+        *,
+        complete: bool,
+        listed_us: int,
+    ) -> None:
+        """A continued page's versions of a split key: every one is older than what the previous
+        pages listed (the page starts after their last). Those the schedule lacks go under them
+        (their listed seqs are the smallest); one a record put in the key meanwhile (the
+        follower lagging: a record's seq sorts on top) takes its listed seq and goes there too.
+        A version whose neighbour above changed is noncurrent since that one's mtime."""
+        above = {
+            id(v): (st.versions[i + 1] if i + 1 < len(st.versions) else None)
+            for i, v in enumerate(st.versions)
+        }
+        held = {v.ver: v for v in st.versions}
+        for lv in versions:
+            v = held.get(lv.ver)
+            if v is None:
+                st.versions.append(v := _fresh(lv, listed_us))
+                _take_note(st, v)
+            elif not is_listed(v.seq) and same_version(v, lv.marker, lv.etag, lv.mtime_us, loose=True):
+                v.seq = lv.seq
+        st.versions.sort(key=lambda v: v.seq)
+        for i, v in enumerate(st.versions):
+            up = st.versions[i + 1] if i + 1 < len(st.versions) else None
+            if id(v) in above and above[id(v)] is up:
+                continue
+            v.nc_us = None if up is None else up.mtime_us
+            if not complete:
+                self._cancel(v)  # scheduled with the key's last page
+        if complete:
+            for v in st.versions:
+                self._schedule(bid, qualified, st, v)
+
+    def finished(self, tenant: str, bucket: str, key: str) -> None:
+        """A key split over pages whose last listed versions ended a page (the next page starts
+        past it): schedule its versions now, as a ``complete`` page of it would."""
+        qualified = f"{tenant}/{bucket}" if tenant else bucket
+        if not self.rules.governs(qualified):
+            return
+        bid = self.layout.shard(tenant, bucket)[1]
+        skey = state_key(bid, key_hash(key))
+        st = self._states.get(skey)
+        if st is None:
+            return
+        self._dirty.add(skey)
         for v in st.versions:
             self._schedule(bid, qualified, st, v)
 
@@ -554,10 +617,12 @@ class Schedule:
         keys: Sequence[tuple[Sequence[ListedVersion], bool, bool]],
         *,
         listed_us: int,
+        ended: str | None = None,
     ) -> None:
         """Apply one listing page of ``mark``'s bucket (per key: its versions newest first,
         whether they continue the previous page's last key, and whether the key ends in this
-        page: ``ShardBatch.listed``) and write ``mark`` (the position
+        page: ``ShardBatch.listed``; ``ended``: a split key the previous page ended exactly,
+        ``ShardBatch.finished``) and write ``mark`` (the position
         after this page), in one op guarded by ``head``'s ``g``: ``head`` must be read before
         the page was listed, so a write to the shard since (a record applied by a stale
         process) fails this one (``LeaseLost``) rather than be replaced by an older listing."""
@@ -568,11 +633,19 @@ class Schedule:
                 f"lifecycle schedule {oid} was computed under other rules: reschedule it first"
             )
         batch = ShardBatch(self.rules, self.layout, [])
-        skeys = sorted({state_key(bid, key_hash(vs[0].key)) for vs, _, _ in keys if vs})
+        names = {vs[0].key for vs, _, _ in keys if vs} | ({ended} if ended is not None else set())
+        skeys = sorted(state_key(bid, key_hash(k)) for k in names)
         batch.load(self.store.omap_get(oid, skeys), skeys)
+        if ended is not None:
+            batch.finished(mark.tenant, mark.bucket, ended)
         for versions, continued, complete in keys:
             batch.listed(
-                mark.tenant, mark.bucket, versions, continued=continued, complete=complete, listed_us=listed_us
+                mark.tenant,
+                mark.bucket,
+                versions,
+                continued=continued,
+                complete=complete,
+                listed_us=listed_us,
             )
         changes = batch.changes(None)
         op = WriteOp(asserts=[(GEN_KEY, Cmp.EQ, head.gen)], set=changes.set, remove=changes.remove)
