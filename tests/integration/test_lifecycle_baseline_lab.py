@@ -9,9 +9,10 @@ included. A third bucket, named by a rule from the start, is listed once by the 
 and never again.
 
 And the listing's paging on radosgw itself (``baseline.list_page`` with pages of 1 to 3
-versions, so pages end on null versions, delete markers and mid-key): every version is
-scheduled once, the same as with one page (radosgw's ``NextKeyMarker``/``NextVersionIdMarker``,
-``null`` included, resume exactly where the page ended)."""
+versions, so pages end on null versions, delete markers and keys that alone fill a page):
+every version is scheduled once, the same as with one page (a page ends after its last whole
+key; radosgw lists that key again after a bare key marker, and those versions are dropped; a
+key split by a page resumes at ``NextVersionIdMarker``, ``null`` included)."""
 
 from __future__ import annotations
 
