@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
@@ -159,7 +160,7 @@ class Baseliner:
     pages_per_step: int = PAGES_PER_STEP
     page_keys: int = PAGE_KEYS
     clock: Callable[[], float] = time.time
-    counts: dict[str, int] = field(default_factory=dict)
+    counts: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     # Buckets to list, in the order they were wanted (dict: ordered, no duplicates).
     _queue: dict[str, None] = field(default_factory=dict)
     _failed: dict[str, str] = field(default_factory=dict)
@@ -232,7 +233,7 @@ class Baseliner:
             logger.warning("lifecycle: cannot list bucket %s for its existing objects: %s", bucket, ex)
             self._queue.pop(bucket, None)
             self._failed[bucket] = str(ex)
-            self.counts["baseline_failed"] = self.counts.get("baseline_failed", 0) + 1
+            self.counts["baseline_failed"] += 1
             return
         cont_key = mark.key_marker if mark.version_marker and not mark.key_done else None
         # The page's last key goes on in the next page only when it alone filled this one.
@@ -251,15 +252,15 @@ class Baseliner:
         if page.next_key is None:
             new = replace(new, state=BASELINE_DONE, done_us=now)
         self.schedule.apply_listing(head, new, keys, listed_us=now, ended=ended)
-        self.counts["baseline_pages"] = self.counts.get("baseline_pages", 0) + 1
-        self.counts["baseline_versions"] = self.counts.get("baseline_versions", 0) + page.versions
+        self.counts["baseline_pages"] += 1
+        self.counts["baseline_versions"] += page.versions
         self._failed.pop(bucket, None)
         if new.done:
             self._done(bucket, new)
 
     def _done(self, bucket: str, mark: BaselineMark) -> None:
         self._queue.pop(bucket, None)
-        self.counts["baseline_buckets_done"] = self.counts.get("baseline_buckets_done", 0) + 1
+        self.counts["baseline_buckets_done"] += 1
         logger.info(
             "lifecycle: bucket %s listed: %d versions in %d pages scheduled",
             bucket,

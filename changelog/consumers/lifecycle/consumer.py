@@ -127,8 +127,7 @@ class LifecycleConsumer(LogObjectConsumer):
         if self.baseliner is not None:
             # Every bucket governed now that was never listed to its end (a new rule's bucket,
             # a listing a crash interrupted, a schedule older than the listing).
-            governed = self._synced if self.bucket_rules is not None else self.schedule.rules.governed()
-            queued = self.baseliner.want(sorted(governed))
+            queued = self.baseliner.want(sorted(self._governed()))
             if queued:
                 logger.info("lifecycle: %d buckets to list once for their existing objects", queued)
         self._cursor = cursor
@@ -258,9 +257,12 @@ class LifecycleConsumer(LogObjectConsumer):
     def _baseline_doc(self) -> dict[str, object] | None:
         if self.baseliner is None:
             return None
-        # A copy: the API thread reads while the consumer's thread may change them.
-        governed = list(self._synced) if self.bucket_rules is not None else self.schedule.rules.governed()
-        return {**self.baseliner.doc(), "buckets": baseline_doc(self.schedule, governed)}
+        return {**self.baseliner.doc(), "buckets": baseline_doc(self.schedule, self._governed())}
+
+    def _governed(self) -> list[str]:
+        """The buckets with rules: with ``source = "bucket"`` those the schedule holds a
+        configuration for (a copy: the API thread reads while the consumer's thread changes them)."""
+        return list(self._synced) if self.bucket_rules is not None else self.schedule.rules.governed()
 
 
 # The schedule's rules fingerprint with source = "bucket": each bucket's is in its r. key.

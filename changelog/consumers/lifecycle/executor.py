@@ -179,8 +179,6 @@ class Executor:
         expiring = {
             (p.entry.s3_bucket, p.entry.key, p.entry.ver) for p in pending if p.entry.action is Action.EXPIRE
         }
-        # Left for the next batch, which finds the version expired (or, if the expiry's rule did
-        # not apply after all, moves it): no copy of what is deleted now.
         # Of several transitions of one version due together (a waterfall whose steps all passed),
         # only the last: S3 goes straight to it; the others find the version changed (dropped).
         last_move: dict[tuple[str, str, str | None], str] = {}
@@ -188,6 +186,9 @@ class Executor:
             if p.entry.action is Action.TRANSITION:
                 v = (p.entry.s3_bucket, p.entry.key, p.entry.ver)
                 last_move[v] = max(last_move.get(v, ""), p.dkey)
+        # A transition of a version expiring now is left for the next batch, which finds the
+        # version expired (or, if the expiry's rule did not apply after all, moves it): no copy
+        # of what is deleted now.
         todo = [
             p for p in pending
             if p.entry.action is not Action.TRANSITION

@@ -192,6 +192,11 @@ def _translate(ex: Exception, what: str) -> ChangelogError:
     return translate_error(ex, what)
 
 
+def _at(fn: Callable[..., T], version: str | None) -> Callable[..., T]:
+    """``fn`` (an S3 call on a key) for ``version``; None: the key's current object."""
+    return partial(fn, VersionId=version) if version is not None else fn
+
+
 def _vid(v: object) -> str | None:
     """A version id from a response; None for none or the null version."""
     return None if v in (None, "", NULL) else str(v)
@@ -850,23 +855,16 @@ class _Apply:
             # Only a change is written: a tagging request is one more mutation at the site (a
             # careful replay finds its replica's tags already right), and radosgw 18.2's
             # DeleteObjectTagging resets the object's listed ETag and its Last-Modified.
-            get = partial(client.get_object_tagging, Bucket=bucket, Key=key)
-            if site_version is not None:
-                get = partial(get, VersionId=site_version)
-            there = self._call(self._site("GET tagging", site_version), get).get("TagSet", [])
-            if sorted((t["Key"], t["Value"]) for t in there) == sorted(tags):
+            there = self._tag_set(client, bucket, site_version, self._site("GET tagging", site_version))
+            if sorted(there) == sorted(tags):
                 return True
             if tags:
                 tagging: TaggingTypeDef = {"TagSet": [{"Key": k, "Value": val} for k, val in tags]}
                 put = partial(client.put_object_tagging, Bucket=bucket, Key=key, Tagging=tagging)
-                if site_version is not None:
-                    put = partial(put, VersionId=site_version)
-                self._call(self._site("PUT tagging", site_version), put)
+                self._call(self._site("PUT tagging", site_version), _at(put, site_version))
             else:
                 delete = partial(client.delete_object_tagging, Bucket=bucket, Key=key)
-                if site_version is not None:
-                    delete = partial(delete, VersionId=site_version)
-                self._call(self._site("DELETE tagging", site_version), delete)
+                self._call(self._site("DELETE tagging", site_version), _at(delete, site_version))
         except ObjectMissing:
             return False
         return True
@@ -933,13 +931,15 @@ class _Apply:
 
     def source_tags(self, v: str | None) -> list[tuple[str, str]]:
         what = self._src("GET tagging", v)
-        fn = partial(self.source.get_object_tagging, Bucket=self.rec.s3_bucket, Key=self.key)
-        if v is not None:
-            fn = partial(fn, VersionId=v)
         try:
-            resp = self._call(what, fn)
+            return self._tag_set(self.source, self.rec.s3_bucket, v, what)
         except ObjectMissing as ex:
             raise _Skip(f"superseded: version gone at the source ({what})") from ex
+
+    def _tag_set(self, client: S3Client, bucket: str, version: str | None, what: str) -> list[tuple[str, str]]:
+        """The (key, value) tags of this key (``version``; None: the current object) in ``bucket``."""
+        get = partial(client.get_object_tagging, Bucket=bucket, Key=self.key)
+        resp = self._call(what, _at(get, version))
         return [(t["Key"], t["Value"]) for t in resp.get("TagSet", [])]
 
     def get_source(self, v: str | None) -> _SourceObject:
