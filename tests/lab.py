@@ -7,18 +7,22 @@ one with `tools/ceph-lab up` and removes it at the end. The fixtures live in tes
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import json
 import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import urllib.parse
 import urllib.request
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
+
+import pytest
 
 from changelog.pipeline.s3client import make_s3_client
 
@@ -158,6 +162,31 @@ def shut_down(directory: Path) -> None:
     proc = run_tool("down", str(directory))
     if proc.returncode != 0:
         raise RuntimeError(f"tools/ceph-lab down {directory} failed: {proc.stderr.strip()[-2000:]}")
+
+
+@contextlib.contextmanager
+def second_lab(release: str, *, prefix: str) -> Iterator[Lab]:
+    """A lab of ``release`` beside the session's (another site or zone), in a new temporary
+    directory named from ``prefix``, removed after the block; its ports are the first free ones
+    from CEPH_LAB_PORT_OFFSET like every lab's. A failed boot fails the test in one line."""
+    directory = Path(tempfile.mkdtemp(prefix=prefix))
+    saved = os.environ.get("CEPH_RELEASE")
+    os.environ["CEPH_RELEASE"] = release
+    try:
+        lab = boot(directory)
+    except Exception as ex:
+        with contextlib.suppress(Exception):
+            shut_down(directory)
+        pytest.fail(f"second lab: {ex}", pytrace=False)
+    finally:
+        if saved is None:
+            os.environ.pop("CEPH_RELEASE", None)
+        else:
+            os.environ["CEPH_RELEASE"] = saved
+    try:
+        yield lab
+    finally:
+        shut_down(directory)
 
 
 def s3_client(lab: Lab) -> S3Client:

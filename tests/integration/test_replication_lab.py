@@ -26,7 +26,6 @@ import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import urllib.error
@@ -42,7 +41,7 @@ import pytest
 from changelog.consumers.replication.apply import SRC_VERSION
 from changelog.pipeline.s3client import make_s3_client
 from tests.integration.test_rgw_serve import committed
-from tests.lab import Lab, boot, shut_down
+from tests.lab import Lab, second_lab
 from tests.lab import s3_client as lab_client
 
 REPO = Path(__file__).resolve().parents[2]
@@ -62,24 +61,8 @@ def free_port() -> int:
 @pytest.fixture(scope="module")
 def site_lab(ceph_lab: Lab) -> Iterator[Lab]:
     """A second lab radosgw of the same release: the other site."""
-    directory = Path(tempfile.mkdtemp(prefix="ceph-lab-site-"))
-    saved = os.environ.get("CEPH_RELEASE")
-    os.environ["CEPH_RELEASE"] = ceph_lab.release
-    try:
-        lab = boot(directory)
-    except Exception as ex:
-        with contextlib.suppress(Exception):
-            shut_down(directory)
-        pytest.fail(f"second lab: {ex}", pytrace=False)
-    finally:
-        if saved is None:
-            os.environ.pop("CEPH_RELEASE", None)
-        else:
-            os.environ["CEPH_RELEASE"] = saved
-    try:
+    with second_lab(ceph_lab.release, prefix="ceph-lab-site-") as lab:
         yield lab
-    finally:
-        shut_down(directory)
 
 
 @pytest.fixture(scope="module")

@@ -41,7 +41,6 @@ import re
 import signal
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import urllib.error
@@ -58,7 +57,7 @@ import pytest
 
 from tests.integration.test_replication_lab import Proxy, free_port
 from tests.integration.test_rgw_serve import committed
-from tests.lab import Lab, boot, shut_down
+from tests.lab import Lab, second_lab
 from tests.lab import s3_client as lab_client
 
 REPO = Path(__file__).resolve().parents[2]
@@ -104,24 +103,8 @@ ACCESS = re.compile(r' beast: \S+ \S+ - (\S+) \[[^\]]*\] "(\w+) (\S+) HTTP/[\d.]
 def peer_lab(ceph_lab: Lab) -> Iterator[Lab]:
     """A second lab radosgw of the same release (zone b); its ports follow the first free ones
     from CEPH_LAB_PORT_OFFSET like every lab's."""
-    directory = Path(tempfile.mkdtemp(prefix="ceph-lab-zone-b-"))
-    saved = os.environ.get("CEPH_RELEASE")
-    os.environ["CEPH_RELEASE"] = ceph_lab.release
-    try:
-        lab = boot(directory)
-    except Exception as ex:
-        with contextlib.suppress(Exception):
-            shut_down(directory)
-        pytest.fail(f"second lab: {ex}", pytrace=False)
-    finally:
-        if saved is None:
-            os.environ.pop("CEPH_RELEASE", None)
-        else:
-            os.environ["CEPH_RELEASE"] = saved
-    try:
+    with second_lab(ceph_lab.release, prefix="ceph-lab-zone-b-") as lab:
         yield lab
-    finally:
-        shut_down(directory)
 
 
 def make_user(lab: Lab, uid: str) -> tuple[str, str]:
