@@ -7,6 +7,7 @@ the bilog read and the index read (the race, injected in the omap read).
 
 from __future__ import annotations
 
+import threading
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
@@ -36,8 +37,11 @@ class Env:
         self.admin = admin
         self.followers: list[Follower] = []
         self.readers: list[BucketIndexReader] = []
-        # Called once before the first omap read (the race injection).
-        self.before_read: list[Any] = []
+        # The race injection: called once before the first omap read that asks for its key
+        # (the index entry's name), whichever thread reads it: the follower fetches the next
+        # rounds' pages and their index entries in the background, even after a caught-up run.
+        self.before_read: dict[bytes, Any] = {}
+        self._injecting = threading.Lock()
 
     def reader(self) -> BucketIndexReader:
         def open_omap() -> OmapSource:
@@ -48,8 +52,11 @@ class Env:
         lazy = LazyOmap(open_omap)
 
         def read(pool: str, oid: str, keys: Sequence[bytes]) -> Mapping[bytes, bytes]:
-            while self.before_read:
-                self.before_read.pop(0)()
+            with self._injecting:  # a concurrent read of the key waits for the injection
+                for key in keys:
+                    hook = self.before_read.pop(key, None)
+                    if hook is not None:
+                        hook()
             return lazy(pool, oid, keys)
 
         reader = BucketIndexReader(read, INDEX_POOL)
@@ -167,10 +174,10 @@ def test_overwrite_between_the_log_read_and_the_index_read_leaves_the_write_null
     f = env.follower([b], env.reader())
     f.run_until_caught_up(timeout=60)
 
-    s3.put_object(Bucket=b, Key="race", Body=b"first write")
     # The race: the page holding the first write is read, then the key is overwritten, then
-    # the index is read.
-    env.before_read.append(lambda: s3.put_object(Bucket=b, Key="race", Body=b"the overwrite, longer"))
+    # the index is read. Armed before the write: a background fetch may read the page at once.
+    env.before_read[b"race"] = lambda: s3.put_object(Bucket=b, Key="race", Body=b"the overwrite, longer")
+    s3.put_object(Bucket=b, Key="race", Body=b"first write")
     f.run_until_caught_up(timeout=60)
     f.run_until_caught_up(timeout=60)
 
