@@ -71,8 +71,8 @@ class BadEntry(PermanentError):
 
 class BilogEntry(TypedDict, total=False):
     """One bucket-index-log entry as radosgw's admin API lists it: the fields read here (the
-    others, such as ``ver``, ``owner`` or ``zones_trace``, are left alone). Captured entries are
-    in ``tests/unit/rgw_bilog_*.json``."""
+    others, such as ``zones_trace``, are left alone). Captured entries are in
+    ``tests/unit/rgw_bilog_*.json``."""
 
     op_id: str  # "<shard>#<index_ver>.<object version>.<subop>"
     op: str  # write, del, link_olh, link_olh_del, unlink_instance, cancel, ...
@@ -82,6 +82,8 @@ class BilogEntry(TypedDict, total=False):
     timestamp: str
     versioned: bool | str  # Reef and later
     bilog_flags: int | str  # Pacific: bit 0 is BILOG_FLAG_VERSIONED_OP
+    owner: str  # a delete marker's maker ("" on other entries)
+    ver: dict[str, int]  # {"pool", "epoch"}: on link_olh / link_olh_del the OLH epoch
 
 
 @dataclass(frozen=True, slots=True, order=True)
@@ -442,6 +444,11 @@ WRITER = "writer"
 # The ``metadata`` key of a plain delete's deleted object's mtime (the ``del`` entry's
 # ``timestamp``; the record's ``time`` is when the follower saw the delete), with the writer.
 DELETED_MTIME = "deleted_mtime"
+# The ``metadata`` key of a version's or delete marker's OLH epoch (its place in the key's stack of
+# versions: radosgw orders them by it, newest first), with the writer: the ``link_olh`` or
+# ``link_olh_del`` entry's ``ver.epoch``. Two-way replication of versioned buckets places the
+# peer's replica at the same epoch.
+OLH_EPOCH = "olh_epoch"
 
 
 class ShardMapper:
@@ -496,6 +503,8 @@ class ShardMapper:
                 deleted = _parse_time_ns_any(str(entry.get("timestamp", "")))
                 if deleted > 0:
                     meta = {DELETED_MTIME: rfc3339_us(deleted // 1000)}
+            if self.writer:
+                _olh_epoch(entry, meta)
             return Mutation(
                 bucket=name,
                 tenant=tenant,
@@ -522,8 +531,19 @@ class ShardMapper:
             etag=fact.etag,
             obj_mtime_ns=fact.mtime_ns,
             storage_class=fact.storage_class or "STANDARD",
-            metadata={WRITER: fact.owner} if self.writer and fact.owner else {},
+            metadata=_olh_epoch(entry, {WRITER: fact.owner} if fact.owner else {}) if self.writer else {},
         )
+
+
+def _olh_epoch(entry: BilogEntry, meta: dict[str, str]) -> dict[str, str]:
+    """``meta`` with the OLH epoch of a versioned write's or delete marker's entry (``link_olh``,
+    ``link_olh_del``: their ``ver.epoch``), when it has one."""
+    if entry.get("op") in ("link_olh", "link_olh_del"):
+        ver = entry.get("ver")
+        epoch = ver.get("epoch") if isinstance(ver, dict) else None
+        if isinstance(epoch, int) and epoch > 0:
+            meta[OLH_EPOCH] = str(epoch)
+    return meta
 
 
 def baseline_mutation(

@@ -32,6 +32,7 @@ from rgw_module.bucket_index import (
     plain_key,
 )
 from rgw_module.mapping import (
+    OLH_EPOCH,
     WRITER,
     BilogEntry,
     BucketShard,
@@ -392,11 +393,14 @@ def test_records_carry_their_writer_only_when_asked(release: str) -> None:
                     continue
                 assert p.metadata == {}
                 matched = m.op is Op.WRITE and position_of(e["op_id"]) in found
+                # A version or marker also carries its OLH epoch, from its log entry.
+                epoch = {OLH_EPOCH: str(e["ver"]["epoch"])} if e["op"] in ("link_olh", "link_olh_del") else {}
+                seen["epoch"] += bool(epoch)
                 if matched or m.op is Op.DELETE_MARKER:
-                    assert m.metadata == {WRITER: "tester"}, (case["case"], e)
+                    assert m.metadata == {WRITER: "tester", **epoch}, (case["case"], e)
                     seen[m.op.value] += 1
                 else:
-                    assert m.metadata == {}, (case["case"], e)
+                    assert m.metadata == epoch, (case["case"], e)
                     seen["none"] += 1
                 assert m.encode() != p.encode() if m.metadata else m.encode() == p.encode()
-    assert seen["write"] >= 20 and seen["delete_marker"] >= 1 and seen["none"] >= 2, dict(seen)
+    assert seen["write"] >= 20 and seen["delete_marker"] >= 1 and seen["none"] >= 2 and seen["epoch"] >= 3, dict(seen)

@@ -153,13 +153,6 @@ def test_a_delete_removes_the_peers_older_copy_but_not_a_newer_write(zones: Zone
     assert out.status == "skipped" and zones.state("bbb")["new"] == b"newer"
 
 
-def test_versioned_two_way_buckets_are_refused_in_one_line(zones: Zones) -> None:
-    d = zones.dest("bbb")
-    d = Destination(d.client, d.bucket, True, zone=d.zone, two_way=True, peer_zone=d.peer_zone)
-    out = apply_record(zones.put("aaa", "k", b"x"), zones.s3, d, NoVersions())
-    assert out.status == "failed" and out.reason and "versioned" in out.reason and "\n" not in out.reason
-
-
 @pytest.mark.parametrize("seed", range(40))
 def test_crossing_writes_and_deletes_on_both_sides_converge(zones: Zones, seed: int) -> None:
     """Both zones write and delete the same few keys; each zone's records (its users' and, as

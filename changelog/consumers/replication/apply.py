@@ -57,6 +57,7 @@ from urllib.parse import quote, urlencode
 from s3transfer.futures import NonThreadedExecutor
 from s3transfer.manager import TransferConfig, TransferManager
 
+from changelog.consumers.replication import rgwx
 from changelog.errors import ChangelogError, ObjectMissing, PermanentError, TransientError, one_line
 from changelog.pipeline.logformat import LogRecord, parse_rfc3339
 from changelog.pipeline.s3client import TranslatedBody, refusal, s3_call, translate_error
@@ -95,6 +96,8 @@ WRITER = "writer"
 CLOCK_SLACK = 2
 # The record metadata key of a plain delete's deleted object's mtime (``[source] record_writer``).
 DELETED_MTIME = "deleted_mtime"
+# The record metadata key of a version's or delete marker's OLH epoch (``[source] record_writer``).
+OLH_EPOCH = "olh_epoch"
 # ``Applied.reason`` prefixes of two-way skips: an echo (a replica the peer wrote here), and a
 # write or delete older than what the peer holds (last writer wins).
 ECHO = "echo: "
@@ -295,8 +298,12 @@ class _Recorder:
     new version's id kept from the PUT or the multipart completion (s3transfer drops the
     responses)."""
 
-    def __init__(self, client: S3Client, condition: Mapping[str, str] | None = None) -> None:
+    def __init__(
+        self, client: S3Client, condition: Mapping[str, str] | None = None, place: Mapping[str, str] | None = None
+    ) -> None:
         self._client = client
+        # ``rgwx`` parameters of the request that makes the object (in s3transfer's thread).
+        self._place = dict(place or {})
         self._lock = threading.Lock()  # parts are uploaded by s3transfer's threads
         self.calls = 0
         self.version_id: str | None = None
@@ -314,14 +321,16 @@ class _Recorder:
     def put_object(self, **kwargs: object) -> Mapping[str, object]:
         self._count()
         kwargs.update(self._condition)
-        resp = cast("Mapping[str, object]", self._client.put_object(**kwargs))  # type: ignore[arg-type]
+        with rgwx.params(self._place):
+            resp = cast("Mapping[str, object]", self._client.put_object(**kwargs))  # type: ignore[arg-type]
         self.version_id = _vid(resp.get("VersionId"))
         return resp
 
     def complete_multipart_upload(self, **kwargs: object) -> Mapping[str, object]:
         self._count()
         kwargs.update(self._condition)
-        resp = cast("Mapping[str, object]", self._client.complete_multipart_upload(**kwargs))  # type: ignore[arg-type]
+        with rgwx.params(self._place):
+            resp = cast("Mapping[str, object]", self._client.complete_multipart_upload(**kwargs))  # type: ignore[arg-type]
         self.version_id = _vid(resp.get("VersionId"))
         return resp
 
@@ -368,8 +377,6 @@ def apply_record(
     writer = rec.metadata.get(WRITER)
     if writer is not None and writer in dest.replica_writers:
         return Applied("skipped", reason=f"{ECHO}written here by {writer}, the peer's replicator")
-    if dest.two_way and dest.versioned:
-        return Applied("failed", reason=f"two-way replication of versioned bucket {dest.bucket} is not supported yet")
     run = _Apply(rec, rec.key, source, dest, versions, careful=careful, transfer=transfer, retry=retry)
     run.before = before
     try:
@@ -441,6 +448,8 @@ class _Apply:
 
     def run(self) -> Applied:
         op = self.rec.op
+        if self.dest.two_way and self.dest.versioned:
+            return self.mirror()
         if op == "write":
             return self.write()
         if op == "delete":
@@ -665,6 +674,135 @@ class _Apply:
         self.delete_site(None)
         return self._done()
 
+    # -- two-way on versioned buckets (REP.2): one stack on both sides
+
+    def mirror(self) -> Applied:
+        """Both zones hold every version and delete marker of a key under the same version id
+        and at the same OLH epoch (the source's, from the record's ``olh_epoch``), written by a
+        system user through ``rgwx``: radosgw orders a key's stack by epoch, newest first, then
+        the smaller id on top, so both stacks are one, in one order. The epoch is a Lamport
+        clock: a zone's write gets its key's highest epoch + 1, replicas included, so what a
+        user wrote after a replica arrived is above it on both sides; concurrent writes tie and
+        the smaller version id is current on both. Echoes: a replica's records name the
+        replicator as writer (dropped before this), and a version or marker already at the
+        peer is not written again (a replay, or an echo that lost its writer)."""
+        v = self.rec.version_id
+        if v is None:
+            raise PermanentError(
+                f"record {self.rec.id}: the null version of versioned bucket {self.rec.s3_bucket} is not "
+                "replicated two-way (written before versioning was enabled, or while suspended)"
+            )
+        rgwx.enable(self.dest.client)
+        if self.rec.op == "write":
+            return self.mirror_write(v)
+        if self.rec.op == "delete":
+            return self.mirror_delete(v)
+        if self.rec.op == "delete_marker":
+            return self.mirror_marker(v)
+        raise PermanentError(f"record {self.rec.id}: unknown op {self.rec.op!r}")
+
+    def olh_epoch(self) -> int:
+        raw = self.rec.metadata.get(OLH_EPOCH, "")
+        if not raw.isdigit():
+            raise PermanentError(
+                f"record {self.rec.id} has no {OLH_EPOCH} (a full-sync record, or [source] record_writer was "
+                "off): its place in the key's versions is unknown"
+            )
+        return int(raw)
+
+    def mirror_write(self, v: str) -> Applied:
+        theirs = self.site_head(v)
+        if theirs is not None:
+            # A replay, or a change of the version's tags (a write of the same version). Tags
+            # follow the version's origin: only this zone's own versions' tags are sent, so a
+            # tag change never goes back and forth.
+            if self.is_own_replica(theirs):
+                with contextlib.suppress(_Skip):
+                    self.sync_tags(v, v)
+            return self._done("the version is already at the site")
+        obj = self.get_source(v)
+        with obj.body:
+            meta = obj.metadata
+            if meta.get(REPLICA_META) == REPLICA_VALUE and meta.get(SRC_ZONE) == self.dest.peer_zone:
+                # The peer's version, no longer there: deleted since (its delete follows).
+                raise _Skip(f"{ECHO}the source version is a replica from {self.dest.peer_zone}, gone there since")
+            placed = self.upload(obj, v, place=rgwx.version(v, self.olh_epoch()))
+        if placed != v:
+            if placed is not None:
+                self.delete_site(placed)
+            raise PermanentError(
+                f"{self._site('PUT')}: the site made version {placed} instead of {v}: the replicator's user "
+                "there must be a system user (radosgw-admin user modify --uid ... --system) to place versions"
+            )
+        return self._done()
+
+    def mirror_delete(self, v: str) -> Applied:
+        """A version (or delete marker) deleted here is deleted at the peer, if it is there:
+        a delete that finds nothing writes nothing (the peer's own delete, echoed back, ends
+        here)."""
+        theirs = self.site_head(v)
+        if theirs is None and v not in self.site_stack_ids():
+            return self._done(f"nothing to delete: version {v} is not at the site")
+        self.delete_site(v)
+        return self._done()
+
+    def mirror_marker(self, m: str) -> Applied:
+        if (self.careful or self.retry) and m in self.site_stack_ids():
+            self.delete_placeholder(m)
+            return self._done("the delete marker is already at the site")
+        if self.careful or self.retry:
+            stack = self._stack(self.source, self.rec.s3_bucket, "source")
+            if m not in [vid for vid, _ in stack]:
+                raise _Skip(f"superseded: delete marker {m} is gone at the source")
+        epoch = self.olh_epoch()
+        self.place_marker(m, epoch)
+        if m in self.site_stack_ids():
+            return self._done()
+        # radosgw 16.2 and 18.2 drop a delete marker while the key's current entry is one (ceph
+        # PR #41897, reverted in 20.2): put a version on top (the OLH epoch + 1), place the
+        # marker at its epoch, remove that version. Readers of the key may see the empty
+        # placeholder for the few milliseconds it is current.
+        placeholder = self.placeholder(m)
+        self.rgwx_put(placeholder)
+        self.place_marker(m, epoch)
+        self.delete_site(placeholder)
+        if m not in self.site_stack_ids():
+            raise TransientError(f"{self._site('DELETE')}: delete marker {m} was not placed at the site")
+        return self._done("placed under a placeholder version (the key's current entry was a delete marker)")
+
+    @staticmethod
+    def placeholder(m: str) -> str:
+        """The placeholder version's id for placing marker ``m``: fixed, so that a replay after
+        a crash mid-way deletes it."""
+        return f"{m}-rgwcl-placeholder"
+
+    def delete_placeholder(self, m: str) -> None:
+        if self.careful:
+            self.delete_site(self.placeholder(m))
+
+    def place_marker(self, m: str, epoch: int) -> None:
+        delete = partial(self.dest.client.delete_object, Bucket=self.dest.bucket, Key=self.key)
+        with rgwx.params(rgwx.version(m, epoch)):
+            self._call(self._site("DELETE (marker)", m), delete)
+
+    def rgwx_put(self, version: str) -> None:
+        meta = {REPLICA_META: REPLICA_VALUE, SRC_ZONE: self.dest.zone}
+        put = partial(
+            self.dest.client.put_object,
+            Bucket=self.dest.bucket,
+            Key=self.key,
+            Body=b"",
+            Metadata=meta,
+            ACL="bucket-owner-full-control",
+        )
+        with rgwx.params({rgwx.VERSION_ID: version}):
+            self._call(self._site("PUT placeholder", version), put)
+
+    def site_stack_ids(self) -> set[str]:
+        """The version and delete marker ids of exactly this key at the site (a HEAD by version
+        id cannot tell a delete marker from nothing on 16.2: both are a bare 404)."""
+        return {vid for vid, _ in self._stack(self.dest.client, self.dest.bucket, "site")}
+
     # -- steps
 
     def require_current(self, v: str | None) -> None:
@@ -869,13 +1007,14 @@ class _Apply:
             return False
         return True
 
-    def upload(self, obj: _SourceObject, sv: str) -> str | None:
-        """Stream ``obj`` to the site key; the new site version's id (None if unversioned)."""
+    def upload(self, obj: _SourceObject, sv: str, *, place: Mapping[str, str] | None = None) -> str | None:
+        """Stream ``obj`` to the site key; the new site version's id (None if unversioned).
+        ``place``: ``rgwx`` parameters of the request that makes the object."""
         extra = self.upload_args(obj, sv)
         config = self.transfer or TransferConfig()
         # boto3's TransferConfig(use_threads=False) runs the parts in this thread.
         executor = NonThreadedExecutor if getattr(config, "use_threads", True) is False else None
-        recorder = _Recorder(self.dest.client, self.condition)
+        recorder = _Recorder(self.dest.client, self.condition, place)
         what = self._site("upload to")
         try:
             with TransferManager(cast("BaseClient", recorder), config, executor_cls=executor) as manager:
