@@ -14,8 +14,12 @@ direction, and what echo prevention costs per echo record.
   dropped with no request); the config refuses two_way without it, so the GET fallback (the
   source object's replica metadata) is not measured here.
 
+With ``--versioned`` the buckets are versioned (the replicators' users are system users), and
+a third phase deletes ``--echoes`` versions by id in each zone: those records carry no writer,
+so each costs the peer's replicator a HEAD and a listing (requests per echo).
+
 ``python -m tools.bench.two_way [--lab-a DIR] [--lab-b DIR] [--n 500] [--rate 10] [--echoes 200]
-[--json]``: each lab is booted with `tools/ceph-lab up DIR` unless live, and stopped at the end
+[--versioned] [--json]``: each lab is booted with `tools/ceph-lab up DIR` unless live, and stopped at the end
 if this run booted it. Default dirs: the lab the environment names (else /tmp/labs/bench-2way-a)
 and ``<that>-site``.
 """
@@ -187,8 +191,10 @@ listen = "127.0.0.1:{self.port}"
             return False
 
 
-def replicator_user(lab: Lab, uid: str) -> tuple[str, str]:
-    doc = json.loads(radosgw_admin(lab, "user", "create", f"--uid={uid}", f"--display-name={uid}"))
+def replicator_user(lab: Lab, uid: str, *, system: bool = False) -> tuple[str, str]:
+    """A replicator's user; ``system`` for versioned buckets (it places versions by id)."""
+    flags = ["--system"] if system else []
+    doc = json.loads(radosgw_admin(lab, "user", "create", f"--uid={uid}", f"--display-name={uid}", *flags))
     return doc["keys"][0]["access_key"], doc["keys"][0]["secret_key"]
 
 
@@ -210,13 +216,20 @@ def make_bucket(s3: Any, bucket: str, replicator: str) -> None:
     )
 
 
-def two_zones(a: Lab, b: Lab, tmp: Path, *, record_writer: bool) -> tuple[ZoneServe, ZoneServe]:
+def two_zones(
+    a: Lab, b: Lab, tmp: Path, *, record_writer: bool, versioned: bool = False
+) -> tuple[ZoneServe, ZoneServe]:
     tag = uuid.uuid4().hex[:8]
     bucket = f"tw-bench-{tag}"
     into_a, into_b = f"bench-into-a-{tag}", f"bench-into-b-{tag}"
-    keys_a, keys_b = replicator_user(a, into_a), replicator_user(b, into_b)
-    make_bucket(s3_of(a), bucket, into_a)
-    make_bucket(s3_of(b), bucket, into_b)
+    keys_a, keys_b = (
+        replicator_user(a, into_a, system=versioned),
+        replicator_user(b, into_b, system=versioned),
+    )
+    for lab, into in ((a, into_a), (b, into_b)):
+        make_bucket(s3_of(lab), bucket, into)
+        if versioned:
+            s3_of(lab).put_bucket_versioning(Bucket=bucket, VersioningConfiguration={"Status": "Enabled"})
     # Each replicator's identity works at its peer (a lab booted beside another run may not be
     # the one its endpoint answers for): fail here rather than time out later.
     s3_of(b, *keys_b).head_bucket(Bucket=bucket)
@@ -319,9 +332,39 @@ def echo_phase(src: ZoneServe, dst: ZoneServe, n: int) -> dict[str, float]:
     }
 
 
+def version_delete_phase(src: ZoneServe, dst: ZoneServe, n: int) -> dict[str, float]:
+    """Versioned buckets: ``src``'s users delete ``n`` versions by id. The deletes reach ``dst``;
+    their records there carry no writer (radosgw logs none for a version delete), so ``dst``'s
+    replicator finds each version gone at ``src``: its requests over those records."""
+    s3 = s3_of(src.lab)
+    made = [
+        (
+            f"vdel/{src.zone}/{i:06d}",
+            s3.put_object(Bucket=src.buckets[0], Key=f"vdel/{src.zone}/{i:06d}", Body=os.urandom(1024))[
+                "VersionId"
+            ],
+        )
+        for i in range(n)
+    ]
+    settle([src, dst])
+    settle([src, dst])
+    before = dst.live()
+    for key, vid in made:
+        s3.delete_object(Bucket=src.buckets[0], Key=key, VersionId=vid)
+    settle([src, dst])
+    settle([src, dst])
+    after = dst.live()
+    requests = int(after["requests"]) - int(before["requests"])
+    return {
+        "version_deletes": n,
+        "requests": requests,
+        "requests_per_echo": round(requests / n, 3) if n else 0.0,
+    }
+
+
 def run_one(a: Lab, b: Lab, tmp: Path, args: argparse.Namespace, *, record_writer: bool) -> dict[str, Any]:
-    za, zb = two_zones(a, b, tmp, record_writer=record_writer)
-    say(f"two-way, record_writer={record_writer}: serves up")
+    za, zb = two_zones(a, b, tmp, record_writer=record_writer, versioned=args.versioned)
+    say(f"two-way, record_writer={record_writer}, versioned={args.versioned}: serves up")
     try:
         za.start()
         zb.start()
@@ -331,8 +374,11 @@ def run_one(a: Lab, b: Lab, tmp: Path, args: argparse.Namespace, *, record_write
             "a->b (echoes at b)": echo_phase(za, zb, args.echoes),
             "b->a (echoes at a)": echo_phase(zb, za, args.echoes),
         }
+        if args.versioned:
+            echo["a->b (version deletes: echoes at b)"] = version_delete_phase(za, zb, args.echoes)
+            echo["b->a (version deletes: echoes at a)"] = version_delete_phase(zb, za, args.echoes)
         say(f"  echo cost: {echo}")
-        return {"record_writer": record_writer, "lag": lag, "echo": echo}
+        return {"record_writer": record_writer, "versioned": args.versioned, "lag": lag, "echo": echo}
     finally:
         za.stop()
         zb.stop()
@@ -348,6 +394,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--n", type=int, default=500, help="objects each zone writes in the lag phase")
     ap.add_argument("--rate", type=float, default=10.0, help="writes per second per zone in the lag phase")
     ap.add_argument("--echoes", type=int, default=200, help="objects one zone writes in an echo phase")
+    ap.add_argument(
+        "--versioned",
+        action="store_true",
+        help="versioned buckets (system-user replicators; adds the version-delete echo cost)",
+    )
     ap.add_argument("--json", action="store_true")
     return ap.parse_args(argv)
 
@@ -371,6 +422,7 @@ def main(argv: list[str] | None = None) -> int:
         "n": args.n,
         "rate": args.rate,
         "echoes": args.echoes,
+        "versioned": args.versioned,
         "runs": results,
         "logs": str(tmp),
     }

@@ -757,6 +757,9 @@ class _Apply:
         epoch = self.olh_epoch()
         self.place_marker(m, epoch)
         if m in self.site_stack_ids():
+            # A replay after a crash mid-way below: the placeholder that the marker was placed
+            # on the first time round may still be there.
+            self.delete_placeholder(m)
             return self._done()
         # radosgw 16.2 and 18.2 drop a delete marker while the key's current entry is one (ceph
         # PR #41897, reverted in 20.2): put a version on top (the OLH epoch + 1), place the
@@ -777,7 +780,9 @@ class _Apply:
         return f"{m}-rgwcl-placeholder"
 
     def delete_placeholder(self, m: str) -> None:
-        if self.careful:
+        """On a replay (``careful``): the placeholder of ``m`` is deleted, if a crash left it
+        (deleting a version id that is not there writes nothing, not even a log entry)."""
+        if self.careful or self.retry:
             self.delete_site(self.placeholder(m))
 
     def place_marker(self, m: str, epoch: int) -> None:
