@@ -209,3 +209,16 @@ def test_a_marker_already_at_the_peer_is_not_placed_again_on_a_replay(s3: Any) -
     # Only the fixed placeholder id of a half-done placement is deleted (nothing there).
     assert [m for m, _ in calls.writes()] == ["DELETE"] and "rgwcl-placeholder" in calls.writes()[0][1]
     assert len(stack(s3, "bbb", "k")) == 2
+
+
+def test_a_marker_deep_in_a_long_stack_is_found_past_the_first_listing_page(s3: Any) -> None:
+    """A HEAD by id cannot tell a marker from nothing: the key's listing is read to its end."""
+    s3.put_object(Bucket="bbb", Key="k", Body=b"b0")
+    marker = s3.delete_object(Bucket="bbb", Key="k")["VersionId"]
+    for i in range(1001):
+        s3.put_object(Bucket="bbb", Key="k", Body=b"%d" % i)
+    s3.put_object(Bucket="bbb", Key="k0", Body=b"a longer key, listed after k's entries")
+    out = apply_record(rec("delete", "aaa", "k", marker), s3, dest(s3), NoVersions())
+    assert out.status == "completed" and out.reason is None, out
+    resp = s3.list_object_versions(Bucket="bbb", Prefix="k", MaxKeys=2000)
+    assert marker not in [m["VersionId"] for m in resp.get("DeleteMarkers", [])]

@@ -71,6 +71,7 @@ if TYPE_CHECKING:
         GetObjectOutputTypeDef,
         GetObjectRequestTypeDef,
         HeadObjectRequestTypeDef,
+        ListObjectVersionsRequestTypeDef,
         TaggingTypeDef,
     )
 
@@ -285,7 +286,9 @@ class _Checked(io.RawIOBase):
         n = self._body.readinto(buffer) or 0
         self.count += n
         if self.count > self._size or (n == 0 and self.count != self._size):
-            raise TransientError(f"{self._what}: the body had {self.count} bytes of {self._size} (Content-Length)")
+            raise TransientError(
+                f"{self._what}: the body had {self.count} bytes of {self._size} (Content-Length)"
+            )
         return n
 
     def close(self) -> None:
@@ -299,7 +302,10 @@ class _Recorder:
     responses)."""
 
     def __init__(
-        self, client: S3Client, condition: Mapping[str, str] | None = None, place: Mapping[str, str] | None = None
+        self,
+        client: S3Client,
+        condition: Mapping[str, str] | None = None,
+        place: Mapping[str, str] | None = None,
     ) -> None:
         self._client = client
         # ``rgwx`` parameters of the request that makes the object (in s3transfer's thread).
@@ -387,7 +393,11 @@ def apply_record(
         logger.debug("apply %s failed", rec.id, exc_info=True)
         # What was done before the failure stays true at the site: return it to be kept.
         return Applied(
-            "failed", reason=one_line(str(ex)), requests=run.requests, map_set=run.map_set, map_remove=run.map_remove
+            "failed",
+            reason=one_line(str(ex)),
+            requests=run.requests,
+            map_set=run.map_set,
+            map_remove=run.map_remove,
         )
 
 
@@ -725,7 +735,9 @@ class _Apply:
             meta = obj.metadata
             if meta.get(REPLICA_META) == REPLICA_VALUE and meta.get(SRC_ZONE) == self.dest.peer_zone:
                 # The peer's version, no longer there: deleted since (its delete follows).
-                raise _Skip(f"{ECHO}the source version is a replica from {self.dest.peer_zone}, gone there since")
+                raise _Skip(
+                    f"{ECHO}the source version is a replica from {self.dest.peer_zone}, gone there since"
+                )
             placed = self.upload(obj, v, place=rgwx.version(v, self.olh_epoch()))
         if placed != v:
             if placed is not None:
@@ -804,9 +816,20 @@ class _Apply:
             self._call(self._site("PUT placeholder", version), put)
 
     def site_stack_ids(self) -> set[str]:
-        """The version and delete marker ids of exactly this key at the site (a HEAD by version
-        id cannot tell a delete marker from nothing on 16.2: both are a bare 404)."""
-        return {vid for vid, _ in self._stack(self.dest.client, self.dest.bucket, "site")}
+        """The version and delete marker ids of exactly this key at the site, every page of
+        them (a HEAD by version id cannot tell a delete marker from nothing: both are a bare
+        404 on 16.2 to 20.2). A key's entries come first in a listing by prefix."""
+        client, key = self.dest.client, self.key
+        ids: set[str] = set()
+        req: ListObjectVersionsRequestTypeDef = {"Bucket": self.dest.bucket, "Prefix": key}
+        while True:
+            resp = self._call(self._site("list versions of"), partial(client.list_object_versions, **req))
+            rows = [*resp.get("Versions", []), *resp.get("DeleteMarkers", [])]
+            ids.update(str(o.get("VersionId") or NULL) for o in rows if o.get("Key") == key)
+            if any(o.get("Key") != key for o in rows) or not resp.get("IsTruncated"):
+                return ids
+            req["KeyMarker"] = str(resp.get("NextKeyMarker", ""))
+            req["VersionIdMarker"] = str(resp.get("NextVersionIdMarker", ""))
 
     # -- steps
 
@@ -849,7 +872,9 @@ class _Apply:
     def written(self, sv: str, site_version: str | None) -> Applied:
         if self.dest.versioned:
             if site_version is None:
-                logger.warning("%s: no version id in the answer: is the bucket's versioning enabled?", self._site("PUT"))
+                logger.warning(
+                    "%s: no version id in the answer: is the bucket's versioning enabled?", self._site("PUT")
+                )
                 return self._done("the site gave no version id: version not mapped")
             self.map_set[sv] = site_version
             self.drop_old_null(sv, site_version)
@@ -1080,7 +1105,9 @@ class _Apply:
         except ObjectMissing as ex:
             raise _Skip(f"superseded: version gone at the source ({what})") from ex
 
-    def _tag_set(self, client: S3Client, bucket: str, version: str | None, what: str) -> list[tuple[str, str]]:
+    def _tag_set(
+        self, client: S3Client, bucket: str, version: str | None, what: str
+    ) -> list[tuple[str, str]]:
         """The (key, value) tags of this key (``version``; None: the current object) in ``bucket``."""
         get = partial(client.get_object_tagging, Bucket=bucket, Key=self.key)
         resp = self._call(what, _at(get, version))
