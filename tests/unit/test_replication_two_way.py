@@ -17,6 +17,7 @@ import pytest
 from moto import mock_aws
 
 from changelog.consumers.replication.apply import (
+    ECHO,
     REPLICA_META,
     SRC_ETAG,
     SRC_MTIME,
@@ -368,3 +369,21 @@ def test_a_delete_of_a_replica_leaves_a_peer_write_of_the_replicas_second(zones:
     assert out.status == "skipped" and out.reason and out.reason.startswith("last writer wins"), out
     assert zones.replicate(v2).status == "completed"
     assert zones.state("aaa") == zones.state("bbb") == {"k": b"v2, A's user, the second the replica arrived"}
+
+
+def test_a_tag_change_of_a_zones_own_object_reaches_the_peer_once(zones: Zones) -> None:
+    """PutObjectTagging logs a write of the same object (same ETag): its replica is already at
+    the peer, and only its tags are brought up to date there; the peer's record of that tagging
+    names the replica's writer, an echo."""
+    first = zones.put("aaa", "k", b"x")
+    assert zones.replicate(first).status == "completed"
+    zones.s3.put_object_tagging(Bucket="aaa", Key="k", Tagging={"TagSet": [{"Key": "t", "Value": "1"}]})
+    out = zones.replicate(rec("write", "aaa", "k", etag=first.etag))
+    assert out.status == "skipped" and "tags updated" in (out.reason or ""), out
+    assert zones.s3.get_object_tagging(Bucket="bbb", Key="k")["TagSet"] == [{"Key": "t", "Value": "1"}]
+    assert zones.state("bbb")["k"] == b"x"
+    # Applied again (a replay): nothing to change, nothing written.
+    again = zones.replicate(rec("write", "aaa", "k", etag=first.etag))
+    assert again.status == "skipped" and "tags updated" not in (again.reason or "")
+    echo = zones.replicate(rec("write", "bbb", "k", etag=first.etag, writer="rep-aaa"))
+    assert echo.status == "skipped" and (echo.reason or "").startswith(ECHO)

@@ -104,6 +104,9 @@ OLH_EPOCH = "olh_epoch"
 ECHO = "echo: "
 OLDER = "last writer wins: "
 REPLICA_VALUE = "true"
+# Two-way, versioned: the epochs a placeholder version is tried at, from a delete marker's
+# own, to find the key's OLH epoch at the site (``mirror_marker``).
+PLACEHOLDER_TRIES = 16
 # The null version's id, in SRC_VERSION and as the version map's key.
 NULL = "null"
 # Site versions a careful apply HEADs looking for a replica, newest first: a replay concerns the
@@ -429,6 +432,7 @@ class _Apply:
         self.map_set: dict[str, str] = {}
         self.map_remove: list[str] = []
         self.before: Before | None = None
+        self.tags_written = False  # ``sync_tags`` changed the site's tags
         # Two-way: the peer's object must still be the one ``last_writer_wins`` judged.
         self.condition: dict[str, str] | None = None
 
@@ -602,7 +606,11 @@ class _Apply:
         ours = origin_order(_seconds(obj.response.get("LastModified")), self.dest.zone, {})
         if self.is_own_replica(theirs):
             if theirs.metadata.get(SRC_ETAG) == obj.etag and origin_order(0, "", theirs.metadata) == ours:
-                raise _Skip("already at the site")
+                # The same write: a replay, or a change of its tags (PutObjectTagging logs a write
+                # of the same object; on 16.2 it also moves the mtime, and the object is copied
+                # again below). Tags follow the object's origin: this zone's object, its tags.
+                self.sync_tags(None, None)
+                raise _Skip("already at the site" + (" (its tags updated)" if self.tags_written else ""))
             return  # an earlier version of this zone's
         there = origin_order(theirs.mtime, self.dest.peer_zone, theirs.metadata)
         if self.overwrote(theirs, there[0]):
@@ -739,13 +747,7 @@ class _Apply:
                     f"{ECHO}the source version is a replica from {self.dest.peer_zone}, gone there since"
                 )
             placed = self.upload(obj, v, place=rgwx.version(v, self.olh_epoch()))
-        if placed != v:
-            if placed is not None:
-                self.delete_site(placed)
-            raise PermanentError(
-                f"{self._site('PUT')}: the site made version {placed} instead of {v}: the replicator's user "
-                "there must be a system user (radosgw-admin user modify --uid ... --system) to place versions"
-            )
+        self.placed("PUT", placed, v)
         return self._done()
 
     def mirror_delete(self, v: str) -> Applied:
@@ -765,6 +767,9 @@ class _Apply:
         if self.careful or self.retry:
             stack = self._stack(self.source, self.rec.s3_bucket, "source")
             if m not in [vid for vid, _ in stack]:
+                # Gone at the source since (an undelete): a crash mid-way below may have left
+                # its placeholder at the site, current.
+                self.delete_placeholder(m)
                 raise _Skip(f"superseded: delete marker {m} is gone at the source")
         epoch = self.olh_epoch()
         self.place_marker(m, epoch)
@@ -774,13 +779,32 @@ class _Apply:
             self.delete_placeholder(m)
             return self._done()
         # radosgw 16.2 and 18.2 drop a delete marker while the key's current entry is one (ceph
-        # PR #41897, reverted in 20.2): put a version on top (the OLH epoch + 1), place the
-        # marker at its epoch, remove that version. Readers of the key may see the empty
-        # placeholder for the few milliseconds it is current.
+        # PR #41897, reverted in 20.2): make a placeholder version current, place the marker,
+        # remove the placeholder. cls_rgw (rgw_bucket_link_olh, rgw_bucket_unlink_instance,
+        # BIOLHEntry::start_modify) decides how, with the key's OLH epoch O, which S3 does not
+        # show:
+        # * a link at epoch P < O is written below the top and changes nothing else; at P >= O
+        #   it sets O = P and becomes current (on a tie, if its id sorts first: the
+        #   placeholder's id sorts before any radosgw makes);
+        # * an unlink at epoch P < O only drops the entry from the key's list: right for an
+        #   entry below the top, but the current one would stay the key's head, gone (every
+        #   later PutObject of the key answers 404, measured on 16.2); without an epoch it
+        #   raises O by one, and the peer's next write, at its own epoch, then lands below the
+        #   top here.
+        # So the placeholder goes in at the marker's epoch, then one higher, ... until it is
+        # current (P = max(epoch, O); each miss is removed below the top at its own epoch, at
+        # no cost to O); the marker goes in at its epoch; the placeholder is removed at P, and
+        # the key's head moves to whatever its list has on top. O ends as a plain placement of
+        # the marker would leave it. Readers may see the empty placeholder for a few
+        # milliseconds.
         placeholder = self.placeholder(m)
-        self.rgwx_put(placeholder)
-        self.place_marker(m, epoch)
-        self.delete_site(placeholder)
+        for at in range(epoch, epoch + PLACEHOLDER_TRIES):
+            self.rgwx_put(placeholder, at)
+            if self.current_id() == placeholder:
+                self.place_marker(m, epoch)
+                self.delete_at(placeholder, at)
+                break
+            self.delete_at(placeholder, at)
         if m not in self.site_stack_ids():
             raise TransientError(f"{self._site('DELETE')}: delete marker {m} was not placed at the site")
         return self._done("placed under a placeholder version (the key's current entry was a delete marker)")
@@ -788,8 +812,9 @@ class _Apply:
     @staticmethod
     def placeholder(m: str) -> str:
         """The placeholder version's id for placing marker ``m``: fixed, so that a replay after
-        a crash mid-way deletes it."""
-        return f"{m}-rgwcl-placeholder"
+        a crash mid-way deletes it; "--" first, so that it sorts before every version id
+        radosgw makes (letters, digits, "-", ".", "_")."""
+        return f"--rgwcl-placeholder-{m}"
 
     def delete_placeholder(self, m: str) -> None:
         """On a replay (``careful``): the placeholder of ``m`` is deleted, if a crash left it
@@ -797,12 +822,40 @@ class _Apply:
         if self.careful or self.retry:
             self.delete_site(self.placeholder(m))
 
+    def placed(self, what: str, made: str | None, wanted: str) -> None:
+        """The site made ``made`` where ``wanted`` was asked for: a user that is not a system
+        user (its ``rgwx-`` parameters are ignored). The stray entry is removed again."""
+        if made == wanted:
+            return
+        if made is not None:
+            self.delete_site(made)
+        raise PermanentError(
+            f"{self._site(what)}: the site made {made or 'nothing'} instead of {wanted}: the replicator's user there "
+            "must be a system user (radosgw-admin user modify --uid ... --system) to place versions"
+        )
+
     def place_marker(self, m: str, epoch: int) -> None:
         delete = partial(self.dest.client.delete_object, Bucket=self.dest.bucket, Key=self.key)
         with rgwx.params(rgwx.version(m, epoch)):
-            self._call(self._site("DELETE (marker)", m), delete)
+            resp = self._call(self._site("DELETE (marker)", m), delete)
+        # 16.2 and 18.2 answer a dropped marker with its id too (the caller lists the key).
+        self.placed("DELETE (marker)", _vid(resp.get("VersionId")), m)
 
-    def rgwx_put(self, version: str) -> None:
+    def delete_at(self, version: str, epoch: int) -> None:
+        """Delete one version at the site at OLH epoch ``epoch`` (not the key's epoch + 1): only
+        a version below the top, or the current one at the key's OLH epoch (``mirror_marker``)."""
+        delete = partial(
+            self.dest.client.delete_object, Bucket=self.dest.bucket, Key=self.key, VersionId=version
+        )
+        with contextlib.suppress(ObjectMissing), rgwx.params({rgwx.EPOCH: str(rgwx.clamp_epoch(epoch))}):
+            self._call(self._site("DELETE", version), delete)
+
+    def current_id(self) -> str | None:
+        """The version id of the site key's current entry (a marker's too)."""
+        head = self.site_head()
+        return head.version_id if head is not None else None
+
+    def rgwx_put(self, version: str, epoch: int) -> None:
         meta = {REPLICA_META: REPLICA_VALUE, SRC_ZONE: self.dest.zone}
         put = partial(
             self.dest.client.put_object,
@@ -812,8 +865,9 @@ class _Apply:
             Metadata=meta,
             ACL="bucket-owner-full-control",
         )
-        with rgwx.params({rgwx.VERSION_ID: version}):
-            self._call(self._site("PUT placeholder", version), put)
+        with rgwx.params(rgwx.version(version, epoch)):
+            resp = self._call(self._site("PUT placeholder", version), put)
+        self.placed("PUT placeholder", _vid(resp.get("VersionId")), version)
 
     def site_stack_ids(self) -> set[str]:
         """The version and delete marker ids of exactly this key at the site, every page of
@@ -1026,6 +1080,7 @@ class _Apply:
             there = self._tag_set(client, bucket, site_version, self._site("GET tagging", site_version))
             if sorted(there) == sorted(tags):
                 return True
+            self.tags_written = True
             if tags:
                 tagging: TaggingTypeDef = {"TagSet": [{"Key": k, "Value": val} for k, val in tags]}
                 put = partial(client.put_object_tagging, Bucket=bucket, Key=key, Tagging=tagging)
