@@ -20,11 +20,11 @@
  * is index._prepare_py, one call per batch: each record's shard (blake2b-64 of the object), its
  * stored value (msgpack.Packer(use_bin_type=True) of Mutation.encode_with's map, byte for byte)
  * and its key tail (".<obj>.<ver>.<event>": keys.data_key after the time), read from the
- * Mutation's slots. fast_keys(pending, t, streams, shard) is index._fast_keys_py: the data keys
- * from time t on and the streams' marks, or None where a record is not new. Both return None
- * for anything but the plain shapes (a str subclass, a surrogate, a value too large, a Mutation
- * subclass, a time past 2**64) and the Python reference decides, errors included. They hold the
- * GIL: they build Python objects all along.
+ * Mutation's slots. It returns None for anything but the plain shapes (a str subclass, a
+ * surrogate, a value too large, a Mutation subclass) and the Python reference decides, errors
+ * included. It holds the GIL: it builds Python objects all along. (The keys themselves, the time
+ * and the tail joined per shard, cost the same in C as in Python, measured: bound by reaching
+ * the batch's objects in memory, not by the interpreter; they stay in Python.)
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -1189,109 +1189,6 @@ static PyObject *prepare_records(PyObject *module, PyObject *args)
     return by_shard;
 }
 
-/* fast_keys(pending, t, streams, shard) -> (keys, old marks, new marks) | None: index._fast_keys_py. */
-static PyObject *fast_keys(PyObject *module, PyObject *args)
-{
-    PyObject *pending, *first, *streams, *shard, *sets = NULL, *old = NULL, *high = NULL, *result = NULL;
-    uint64_t t;
-    static const char hex[] = "0123456789abcdef";
-    (void)module;
-    if (!PyArg_ParseTuple(args, "O!OO!O:fast_keys", &PyList_Type, &pending, &first, &PyDict_Type, &streams, &shard))
-        return NULL;
-    Py_ssize_t count = PyList_GET_SIZE(pending);
-    if (uint_of(first, &t) || (count > 0 && t > UINT64_MAX - (uint64_t)(count - 1)))
-        Py_RETURN_NONE; /* a time past 16 hex digits: Python's way */
-    sets = _PyDict_NewPresized(count);
-    old = PyDict_New();
-    high = PyDict_New();
-    if (sets == NULL || old == NULL || high == NULL)
-        goto done;
-    for (Py_ssize_t i = 0; i < count; i++) {
-        PyObject *p = PyList_GET_ITEM(pending, i);
-        if (!PyTuple_CheckExact(p) || PyTuple_GET_SIZE(p) != 3)
-            goto fallback;
-        PyObject *m = PyTuple_GET_ITEM(p, 0), *value = PyTuple_GET_ITEM(p, 1), *tail = PyTuple_GET_ITEM(p, 2);
-        PyObject *src, *pos;
-        if (Py_TYPE(m) == slots_type) {
-            src = slot(m, F_SOURCE);
-            pos = slot(m, F_POSITION);
-            if (src == NULL || pos == NULL)
-                goto fallback;
-            Py_INCREF(src);
-            Py_INCREF(pos);
-        } else {
-            src = PyObject_GetAttrString(m, "source");
-            pos = src ? PyObject_GetAttrString(m, "position") : NULL;
-            if (pos == NULL) {
-                Py_XDECREF(src);
-                goto done;
-            }
-        }
-        PyObject *top = PyDict_GetItemWithError(high, src); /* borrowed */
-        int fresh;
-        if (top == NULL) {
-            if (PyErr_Occurred())
-                goto drop;
-            PyObject *ident = PyTuple_Pack(2, shard, src);
-            PyObject *mark = ident ? PyDict_GetItemWithError(streams, ident) : NULL;
-            Py_XDECREF(ident);
-            if (mark == NULL) {
-                if (PyErr_Occurred())
-                    goto drop;
-                fresh = 0; /* a stream not in the cache */
-            } else if (mark == Py_None) {
-                fresh = 1;
-            } else if ((fresh = PyObject_RichCompareBool(pos, mark, Py_GT)) < 0) {
-                goto drop;
-            }
-            if (fresh && PyDict_SetItem(old, src, mark) < 0)
-                goto drop;
-        } else if ((fresh = PyObject_RichCompareBool(pos, top, Py_GT)) < 0) {
-            goto drop;
-        }
-        if (!fresh || PyDict_SetItem(high, src, pos) < 0) {
-            Py_DECREF(src);
-            Py_DECREF(pos);
-            if (!fresh)
-                goto fallback;
-            goto done;
-        }
-        Py_DECREF(src);
-        Py_DECREF(pos);
-        /* The key: "d." + the time in 16 hex digits + the tail. */
-        if (!PyUnicode_CheckExact(tail) || !PyUnicode_IS_ASCII(tail))
-            goto fallback;
-        Py_ssize_t tail_len = PyUnicode_GET_LENGTH(tail);
-        PyObject *key = PyUnicode_New(18 + tail_len, 127);
-        if (key == NULL)
-            goto done;
-        char *w = (char *)PyUnicode_DATA(key);
-        uint64_t n = (uint64_t)t + (uint64_t)i;
-        w[0] = 'd', w[1] = '.';
-        for (int k = 0; k < 16; k++)
-            w[2 + k] = hex[(n >> (4 * (15 - k))) & 15];
-        memcpy(w + 18, PyUnicode_DATA(tail), (size_t)tail_len);
-        int err = PyDict_SetItem(sets, key, value);
-        Py_DECREF(key);
-        if (err < 0)
-            goto done;
-        continue;
-    drop:
-        Py_DECREF(src);
-        Py_DECREF(pos);
-        goto done;
-    }
-    result = PyTuple_Pack(3, sets, old, high);
-    goto done;
-fallback:
-    result = Py_NewRef(Py_None);
-done:
-    Py_XDECREF(sets);
-    Py_XDECREF(old);
-    Py_XDECREF(high);
-    return result;
-}
-
 static PyMethodDef METHODS[] = {
     {"encode_raw_many", encode_raw_many, METH_VARARGS,
      "encode_raw_many(items, version) -> list[bytes] | None: the JSON lines of (recorded time, "
@@ -1304,9 +1201,6 @@ static PyMethodDef METHODS[] = {
      "prepare_records(batch, shards, mutation_type) -> dict[int, list[(mutation, value, tail)]] | None: "
      "changelog.pipeline.index._prepare_py of a batch of exactly ``mutation_type``, or None for a "
      "record only the Python way handles."},
-    {"fast_keys", fast_keys, METH_VARARGS,
-     "fast_keys(pending, t, streams, shard) -> (keys, old marks, new marks) | None: "
-     "changelog.pipeline.index._fast_keys_py."},
     {"event_id", event_id, METH_VARARGS,
      "event_id(data) -> str: blake2b-128 hex of data (the hash encode_raw_many uses; for tests)."},
     {NULL, NULL, 0, NULL},

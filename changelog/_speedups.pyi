@@ -14,10 +14,3 @@ def encode_entries(
 def prepare_records(
     batch: Sequence[Mutation], shards: int, mutation_type: type, /
 ) -> dict[int, list[tuple[Mutation, bytes, str]]] | None: ...
-def fast_keys(
-    pending: list[tuple[Mutation, bytes, str]],
-    t: int,
-    streams: dict[tuple[int, str], str | None],
-    shard: int,
-    /,
-) -> tuple[dict[str, bytes], dict[str, str | None], dict[str, str]] | None: ...

@@ -68,29 +68,25 @@ _UNKNOWN = "\x00unknown"  # not a position (positions are printable ASCII): a st
 _Pending = tuple[Mutation, bytes, str]
 # In a tail, "<obj hash>.<version hash>" (the object key's suffix in object mode).
 _OBJVER = slice(1, 1 + 16 + 1 + 8)
-# The first pass of ``record_many`` (``_prepare_py``) and the fast path's keys (``_fast_keys_py``)
-# in C, or None where the module is not built or RGW_CHANGELOG_PURE_PYTHON=1 asks for Python.
-# Both are one contract with the Python reference (tests/unit/test_record_speed.py): the same
-# shards, keys and values byte for byte; None back from C means "Python decides" (a shape it does
-# not handle, an invalid record), so every error and its message is the Python one.
+# The first pass of ``record_many`` (``_prepare_py``) in C, or None where the module is not built
+# or RGW_CHANGELOG_PURE_PYTHON=1 asks for Python. One contract with the Python reference
+# (tests/unit/test_record_speed.py): the same shards, values and key tails, byte for byte; None
+# back from C means "Python decides" (a shape it does not handle, an invalid record), so every
+# error and its message is the Python one.
 _NativePrepare = Callable[[Sequence[Mutation], int, type], dict[int, list[_Pending]] | None]
-_NativeFastKeys = Callable[
-    [list[_Pending], int, dict[tuple[int, str], str | None], int],
-    tuple[dict[str, bytes], dict[str, str | None], dict[str, str]] | None,
-]
 
 
-def _native_record() -> tuple[_NativePrepare, _NativeFastKeys] | tuple[None, None]:
+def _native_prepare() -> _NativePrepare | None:
     if os.environ.get("RGW_CHANGELOG_PURE_PYTHON", "") == "1":
-        return None, None
+        return None
     try:
         from changelog import _speedups
     except ImportError:
-        return None, None
-    return _speedups.prepare_records, _speedups.fast_keys
+        return None
+    return _speedups.prepare_records
 
 
-_NATIVE_PREPARE, _NATIVE_FAST_KEYS = _native_record()
+_NATIVE_PREPARE = _native_prepare()
 
 
 def bucket_op_shard(op: Op, shards: int) -> int:
@@ -555,18 +551,8 @@ def _fast_keys(
 ) -> tuple[dict[str, bytes], dict[str, str | None], dict[str, str]] | None:
     """The keys of ``ChangeIndex._fast_keys`` from the first reserved time ``t`` on: (keys,
     old marks, new marks), or None when a record is not new above its stream's cached mark
-    (``streams``: (shard, source) -> mark). In C when it is built."""
-    if _NATIVE_FAST_KEYS is not None:
-        got = _NATIVE_FAST_KEYS(pending, t, streams, shard)
-        if got is not None:
-            return got
-    return _fast_keys_py(pending, t, streams, shard)
-
-
-def _fast_keys_py(
-    pending: list[_Pending], t: int, streams: dict[tuple[int, str], str | None], shard: int
-) -> tuple[dict[str, bytes], dict[str, str | None], dict[str, str]] | None:
-    """``_fast_keys`` in Python: the reference the C one matches."""
+    (``streams``: (shard, source) -> mark) or comes out of order. (In C this costs the same:
+    it is bound by reaching the batch's objects in memory, measured.)"""
     sets: dict[str, bytes] = {}
     old: dict[str, str | None] = {}
     high: dict[str, str] = {}

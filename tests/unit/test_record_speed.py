@@ -1,6 +1,6 @@
-"""The record path in C (changelog/_speedups.c: ``prepare_records``, ``fast_keys``) against the
-Python reference in changelog.pipeline.index (``_prepare_py``, ``_fast_keys_py``), byte for byte
-(issue 17): the shard, the stored value and the data key of every record, for awkward records
+"""The record path in C (changelog/_speedups.c: ``prepare_records``) against the Python
+reference in changelog.pipeline.index (``_prepare_py``), byte for byte (issue 17): the shard,
+the stored value and the data key tail of every record, for awkward records
 (unicode and control characters, the longest keys and buckets, every msgpack width of strings,
 ints and maps, tenants, versions, bucket ops), for records the C code must hand back to Python
 (then the same result, or the same error), and the whole ``record_many`` on sqlite both ways.
@@ -10,7 +10,6 @@ tests/unit/test_speedups.py fails a CI build that lost the module."""
 
 from __future__ import annotations
 
-import itertools
 import random
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,7 +21,7 @@ from changelog.errors import InvalidMutation
 from changelog.pipeline import index as index_mod
 from changelog.pipeline import keys
 from changelog.pipeline.backends.sqlite import SqliteStore
-from changelog.pipeline.index import ChangeIndex, _fast_keys_py, _Pending, _prepare_py
+from changelog.pipeline.index import ChangeIndex, _fast_keys, _Pending, _prepare_py
 from changelog.pipeline.mutation import Mutation, Op, event_id
 
 try:
@@ -315,45 +314,27 @@ def _pending(n: int, sources: int = 3) -> list[_Pending]:
     return next(iter(_prepare_py(ms, 1).values()))
 
 
-@needs_native
-def test_fast_keys_is_python_for_every_cache_state() -> None:
-    assert _speedups is not None
+def test_fast_keys_are_the_data_keys_and_refuse_what_is_not_new() -> None:
     pend = _pending(600)
-    cases: list[dict[tuple[int, str], str | None]] = [
-        {(0, "s0"): None, (0, "s1"): None, (0, "s2"): None},  # new streams
-        {(0, "s0"): "00000000", (0, "s1"): None, (0, "s2"): None},  # s0 at its first position: a replay
-        {(0, "s0"): "", (0, "s1"): "0", (0, "s2"): None},  # marks below
-        {(0, "s0"): None, (0, "s1"): None},  # s2 not cached
-        {(1, "s0"): None, (1, "s1"): None, (1, "s2"): None},  # another shard's marks
-        {(0, "s0"): None, (0, "s1"): None, (0, "s2"): "99999999"},  # s2 far ahead
-    ]
-    # Times across a 256 boundary (the Python formats the high part once per 256), at 0, near 2**64.
-    for streams, t in itertools.product(cases, [0, 1, 250, 2**40 + 255, 2**64 - 601, 2**64 - 600]):
-        got = _speedups.fast_keys(pend, t, streams, 0)
-        want = _fast_keys_py(pend, t, streams, 0)
-        assert got == want, (streams, t)
-        if want is not None:
-            assert list(got[0]) == list(want[0])  # key order: the op sets them in this order
-            assert all(
-                k == keys.time_bound(t + i) + p[2] for i, (k, p) in enumerate(zip(want[0], pend, strict=True))
-            )
-
-
-@needs_native
-def test_fast_keys_refuses_out_of_order_and_duplicates() -> None:
-    assert _speedups is not None
-    pend = _pending(20, sources=2)
-    streams: dict[tuple[int, str], str | None] = {(0, "s0"): None, (0, "s1"): None}
-    swapped = [pend[0], pend[2], pend[1], *pend[3:]]
-    swapped[1], swapped[2] = pend[4], pend[2]  # s0: 0, 4, 2: goes back
-    for bad in (swapped, [*pend, pend[-1]], [pend[0], pend[0]]):
-        assert _speedups.fast_keys(bad, 10, streams, 0) is None
-        assert _fast_keys_py(bad, 10, streams, 0) is None
-    # Past 2**64, and a tail that is not plain ASCII: handed back to Python.
-    assert _speedups.fast_keys(pend, 2**64 - 5, streams, 0) is None
-    odd = [(pend[0][0], pend[0][1], pend[0][2] + "é")]
-    assert _speedups.fast_keys(odd, 1, streams, 0) is None
-    assert index_mod._fast_keys(odd, 1, streams, 0) == _fast_keys_py(odd, 1, streams, 0)
+    fresh: dict[tuple[int, str], str | None] = {(0, "s0"): None, (0, "s1"): "", (0, "s2"): None}
+    # Times across a 256 boundary (the high part is formatted once per 256 keys), near 2**64.
+    for t in (0, 1, 250, 2**40 + 255, 2**64 - 600):
+        got = _fast_keys(pend, t, fresh, 0)
+        assert got is not None
+        sets, old, high = got
+        assert list(sets) == [keys.time_bound(t + i) + p[2] for i, p in enumerate(pend)]
+        assert list(sets.values()) == [p[1] for p in pend]
+        assert old == {"s0": None, "s1": "", "s2": None}
+        assert high == {"s0": "00000597", "s1": "00000598", "s2": "00000599"}
+    replay = {**fresh, (0, "s0"): "00000000"}  # s0's first position was recorded before
+    for streams, batch in [
+        (replay, pend),
+        ({(0, "s0"): None, (0, "s1"): None}, pend),  # s2 not cached
+        ({(1, "s0"): None, (1, "s1"): None, (1, "s2"): None}, pend),  # another shard's marks
+        (fresh, [pend[0], pend[6], pend[3]]),  # s0 goes back
+        (fresh, [pend[0], pend[0]]),  # a duplicate
+    ]:
+        assert _fast_keys(batch, 10, streams, 0) is None
 
 
 # --- the whole record path, both ways -----------------------------------------------------------
@@ -379,7 +360,6 @@ def test_record_many_stores_the_same_bytes_both_ways(
     for native in (True, False):
         if not native:
             monkeypatch.setattr(index_mod, "_NATIVE_PREPARE", None)
-            monkeypatch.setattr(index_mod, "_NATIVE_FAST_KEYS", None)
         store = SqliteStore(str(tmp_path / f"{native}.db"))
         index = ChangeIndex(store, shards=8, mode=mode, clock=lambda: 1_800_000_000.0)
         results = [index.record_many(b) for b in batches]
