@@ -10,6 +10,7 @@ tests/unit/test_speedups.py fails a CI build that lost the module."""
 
 from __future__ import annotations
 
+import os
 import random
 from collections.abc import Iterator
 from pathlib import Path
@@ -113,6 +114,15 @@ def _native_prepare(batch: list[Mutation], shards: int) -> dict[int, list[_Pendi
 def _plain(by_shard: dict[int, list[_Pending]]) -> list[tuple[int, list[tuple[int, bytes, str]]]]:
     """Comparable: shards in their order, each record as (its place in the batch, value, tail)."""
     return [(shard, [(id(m), value, tail) for m, value, tail in pend]) for shard, pend in by_shard.items()]
+
+
+def test_native_record_path_is_used_where_required() -> None:
+    """CI sets RGW_CHANGELOG_REQUIRE_NATIVE=1: there the record path must be the C one (unless
+    RGW_CHANGELOG_PURE_PYTHON=1 asks for Python)."""
+    if os.environ.get("RGW_CHANGELOG_REQUIRE_NATIVE", "") != "1":
+        pytest.skip("RGW_CHANGELOG_REQUIRE_NATIVE=1 not set (CI sets it)")
+    pure = os.environ.get("RGW_CHANGELOG_PURE_PYTHON", "") == "1"
+    assert (index_mod._NATIVE_PREPARE is None) is pure
 
 
 # --- the Python reference, pinned ---------------------------------------------------------------
