@@ -15,6 +15,16 @@
  *
  * The encoding runs without the GIL (the collector's reader and uploader threads go on): the
  * values are bytes, held by references taken before and dropped after. It links only libc.
+ *
+ * The record path (changelog.pipeline.index, issue 17): prepare_records(batch, shards, Mutation)
+ * is index._prepare_py, one call per batch: each record's shard (blake2b-64 of the object), its
+ * stored value (msgpack.Packer(use_bin_type=True) of Mutation.encode_with's map, byte for byte)
+ * and its key tail (".<obj>.<ver>.<event>": keys.data_key after the time), read from the
+ * Mutation's slots. It returns None for anything but the plain shapes (a str subclass, a
+ * surrogate, a value too large, a Mutation subclass) and the Python reference decides, errors
+ * included. It holds the GIL: it builds Python objects all along. (The keys themselves, the time
+ * and the tail joined per shard, cost the same in C as in Python, measured: bound by reaching
+ * the batch's objects in memory, not by the interpreter; they stay in Python.)
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -23,6 +33,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+
+#include <structmember.h> /* T_OBJECT_EX, READONLY: the Mutation's slots */
 
 #include "_speedups_blake2b.h"
 
@@ -770,6 +782,413 @@ static PyObject *event_id(PyObject *module, PyObject *args)
     return PyUnicode_FromStringAndSize(hex, 32);
 }
 
+/* ---- the record path (changelog.pipeline.index) ---------------------------------------------- */
+
+/* blake2b(msg) with an ``outlen``-byte digest (1..64): hashlib.blake2b(digest_size=outlen). */
+static void b2_digest(const uint8_t *msg, size_t len, size_t outlen, uint8_t *out)
+{
+    uint64_t h[8];
+    uint8_t block[128];
+    size_t off = 0;
+    memcpy(h, B2_IV, sizeof h);
+    h[0] ^= 0x01010000ULL ^ (uint64_t)outlen; /* depth 1, fanout 1, no key */
+    while (len - off > 128) {
+        b2_compress(h, msg + off, (uint64_t)(off + 128), 0);
+        off += 128;
+    }
+    memcpy(block, msg + off, len - off);
+    memset(block + (len - off), 0, sizeof block - (len - off));
+    b2_compress(h, block, (uint64_t)len, 1);
+    for (size_t i = 0; i < outlen; i++)
+        out[i] = (uint8_t)(h[i / 8] >> (8 * (i % 8)));
+}
+
+static void put_hex(char *w, const uint8_t *bytes, size_t n)
+{
+    static const char hex[] = "0123456789abcdef";
+    for (size_t i = 0; i < n; i++) {
+        w[2 * i] = hex[bytes[i] >> 4];
+        w[2 * i + 1] = hex[bytes[i] & 15];
+    }
+}
+
+/* The Mutation fields, read straight from their slots (a frozen slots dataclass: every slot is
+ * set by __init__). The offsets are those of the class passed in, looked up once per class. */
+enum {
+    F_BUCKET, F_KEY, F_OP, F_MTIME, F_SOURCE, F_POSITION, F_SEQ, F_VERSION, F_SIZE, F_ETAG,
+    F_BASELINE, F_METADATA, F_TENANT, F_OBJ_MTIME, F_STORAGE_CLASS, F_COUNT
+};
+static const char *const FIELD_NAMES[F_COUNT] = {
+    "bucket", "key", "op", "mtime_ns", "source", "position", "seq", "version_id", "size", "etag",
+    "baseline", "metadata", "tenant", "obj_mtime_ns", "storage_class",
+};
+static PyTypeObject *slots_type; /* strong reference: the class the offsets are of */
+static Py_ssize_t slot_offset[F_COUNT];
+
+/* 0: the offsets of ``type`` are known; FALLBACK: it is not a class of plain object slots. */
+static int slots_of(PyTypeObject *type)
+{
+    Py_ssize_t offsets[F_COUNT];
+    if (type == slots_type)
+        return 0;
+    for (int f = 0; f < F_COUNT; f++) {
+        PyObject *d = PyDict_GetItemString(type->tp_dict, FIELD_NAMES[f]); /* borrowed */
+        if (d == NULL || !Py_IS_TYPE(d, &PyMemberDescr_Type))
+            return FALLBACK;
+        PyMemberDef *member = ((PyMemberDescrObject *)d)->d_member;
+        if (member->type != T_OBJECT_EX || (member->flags & READONLY))
+            return FALLBACK;
+        offsets[f] = member->offset;
+    }
+    Py_INCREF(type);
+    Py_XSETREF(slots_type, type);
+    memcpy(slot_offset, offsets, sizeof offsets);
+    return 0;
+}
+
+/* A field of ``m`` (borrowed; NULL if the slot is empty). */
+static inline PyObject *slot(PyObject *m, int f)
+{
+    return *(PyObject **)((char *)m + slot_offset[f]);
+}
+
+/* The UTF-8 of an exact str (no copy for ASCII), or NULL (not exact, or a lone surrogate: the
+ * error is cleared, Python decides). */
+static const char *utf8_of(PyObject *s, Py_ssize_t *n)
+{
+    if (!PyUnicode_CheckExact(s))
+        return NULL;
+    const char *u = PyUnicode_AsUTF8AndSize(s, n);
+    if (u == NULL)
+        PyErr_Clear();
+    return u;
+}
+
+/* msgpack as msgpack.Packer(use_bin_type=True) writes it. Callers reserve room first. */
+static void mp_str_header(Out *o, size_t n)
+{
+    uint8_t *w = (uint8_t *)o->buf + o->len;
+    if (n < 32) {
+        w[0] = (uint8_t)(0xA0 | n);
+        o->len += 1;
+    } else if (n < 256) {
+        w[0] = 0xD9, w[1] = (uint8_t)n;
+        o->len += 2;
+    } else if (n < 65536) {
+        w[0] = 0xDA, w[1] = (uint8_t)(n >> 8), w[2] = (uint8_t)n;
+        o->len += 3;
+    } else {
+        w[0] = 0xDB, w[1] = (uint8_t)(n >> 24), w[2] = (uint8_t)(n >> 16), w[3] = (uint8_t)(n >> 8), w[4] = (uint8_t)n;
+        o->len += 5;
+    }
+}
+
+static void mp_str(Out *o, const char *s, size_t n)
+{
+    mp_str_header(o, n);
+    put(o, s, n);
+}
+
+/* A non-negative int, in the smallest form (positive fixint, uint8 .. uint64). */
+static void mp_uint(Out *o, uint64_t u)
+{
+    uint8_t *w = (uint8_t *)o->buf + o->len;
+    int width;
+    if (u < 128) {
+        w[0] = (uint8_t)u;
+        o->len += 1;
+        return;
+    }
+    if (u < 256)
+        w[0] = 0xCC, width = 1;
+    else if (u < 65536)
+        w[0] = 0xCD, width = 2;
+    else if (u <= UINT32_MAX)
+        w[0] = 0xCE, width = 4;
+    else
+        w[0] = 0xCF, width = 8;
+    for (int k = 0; k < width; k++)
+        w[1 + k] = (uint8_t)(u >> (8 * (width - 1 - k)));
+    o->len += 1 + (size_t)width;
+}
+
+/* An exact int in 0 .. 2**64 - 1, or FALLBACK. */
+static int uint_of(PyObject *v, uint64_t *out)
+{
+    if (!PyLong_CheckExact(v))
+        return FALLBACK;
+    unsigned long long u = PyLong_AsUnsignedLongLong(v);
+    if (u == (unsigned long long)-1 && PyErr_Occurred()) {
+        PyErr_Clear(); /* negative or too large: Python's error */
+        return FALLBACK;
+    }
+    *out = u;
+    return 0;
+}
+
+/* keys.NULL_VERSION_HASH: blake2b-32 of "\0null" in hex (set at module init). */
+static char NULL_VERSION_HEX[8];
+
+/* mutation.MAX_ENCODED_BYTES: a larger value is Python's error to raise. */
+#define MAX_ENCODED_BYTES (512 * 1024)
+
+typedef struct {
+    const char *s;
+    Py_ssize_t n;
+} Str;
+
+/* Mutation.encode_with's bytes, into ``o`` (emptied first); and the key tail
+ * ".<obj>.<ver>.<evt16>" (43 chars) into ``tail``; and the shard. FALLBACK for anything that
+ * is not the plain shape (Python then decides, errors included); -1 without memory. */
+static int prepare_one(PyObject *m, long long shards, Out *o, Out *scratch, char tail[43], long long *shard)
+{
+    enum { S_BUCKET, S_KEY, S_OP, S_SOURCE, S_POSITION, S_SEQ, S_COUNT };
+    static const int required[S_COUNT] = {F_BUCKET, F_KEY, F_OP, F_SOURCE, F_POSITION, F_SEQ};
+    Str str[S_COUNT], vid = {0}, etag = {0}, tenant = {0}, sc = {0};
+    uint64_t mtime, size = 0, obj_mtime = 0;
+    int has_size = 0, has_obj_mtime = 0, baseline = 0;
+    PyObject *v, *meta;
+
+    for (int k = 0; k < S_COUNT; k++) {
+        v = slot(m, required[k]);
+        if (v == NULL)
+            return FALLBACK;
+        if (required[k] == F_OP) { /* an Op: a str subclass whose text is its value */
+            if (!PyUnicode_Check(v) || (str[k].s = PyUnicode_AsUTF8AndSize(v, &str[k].n)) == NULL) {
+                PyErr_Clear();
+                return FALLBACK;
+            }
+        } else if ((str[k].s = utf8_of(v, &str[k].n)) == NULL) {
+            return FALLBACK;
+        }
+    }
+    if ((v = slot(m, F_MTIME)) == NULL || uint_of(v, &mtime))
+        return FALLBACK;
+#define OPT_STR(field, var) \
+    if ((v = slot(m, field)) == NULL || (v != Py_None && (var.s = utf8_of(v, &var.n)) == NULL)) \
+        return FALLBACK;
+    OPT_STR(F_VERSION, vid)
+    OPT_STR(F_ETAG, etag)
+    OPT_STR(F_STORAGE_CLASS, sc)
+#undef OPT_STR
+    if ((v = slot(m, F_SIZE)) == NULL || (v != Py_None && uint_of(v, &size)))
+        return FALLBACK;
+    has_size = v != Py_None;
+    if ((v = slot(m, F_OBJ_MTIME)) == NULL || (v != Py_None && uint_of(v, &obj_mtime)))
+        return FALLBACK;
+    has_obj_mtime = v != Py_None;
+    if ((v = slot(m, F_BASELINE)) == NULL || (v != Py_True && v != Py_False))
+        return FALLBACK;
+    baseline = v == Py_True;
+    if ((v = slot(m, F_TENANT)) == NULL || (tenant.s = utf8_of(v, &tenant.n)) == NULL)
+        return FALLBACK;
+    if ((meta = slot(m, F_METADATA)) == NULL || !PyDict_CheckExact(meta))
+        return FALLBACK;
+
+    /* The value: the fields in encode_with's order, the optional ones only when set. */
+    Py_ssize_t nmeta = PyDict_GET_SIZE(meta);
+    size_t need = 64;
+    for (int k = 0; k < S_COUNT; k++)
+        need += 5 + (size_t)str[k].n;
+    need += 5 + (size_t)vid.n + 5 + (size_t)etag.n + 5 + (size_t)tenant.n + 5 + (size_t)sc.n + 3 * 9 + 8;
+    o->len = 0;
+    if (out_reserve(o, need))
+        return -1;
+    int fields = 7 + (vid.s != NULL) + has_size + (etag.s != NULL) + baseline + (nmeta > 0)
+                 + (tenant.n > 0) + has_obj_mtime + (sc.s != NULL);
+    o->buf[o->len++] = (char)(0x80 | fields); /* at most 15: a fixmap */
+    PUT_LIT(o, "\xa1" "b");
+    mp_str(o, str[S_BUCKET].s, (size_t)str[S_BUCKET].n);
+    PUT_LIT(o, "\xa1" "k");
+    mp_str(o, str[S_KEY].s, (size_t)str[S_KEY].n);
+    PUT_LIT(o, "\xa1" "o");
+    mp_str(o, str[S_OP].s, (size_t)str[S_OP].n);
+    PUT_LIT(o, "\xa1" "t");
+    mp_uint(o, mtime);
+    PUT_LIT(o, "\xa3" "src");
+    mp_str(o, str[S_SOURCE].s, (size_t)str[S_SOURCE].n);
+    PUT_LIT(o, "\xa1" "p");
+    mp_str(o, str[S_POSITION].s, (size_t)str[S_POSITION].n);
+    PUT_LIT(o, "\xa1" "q");
+    mp_str(o, str[S_SEQ].s, (size_t)str[S_SEQ].n);
+    if (vid.s != NULL) {
+        PUT_LIT(o, "\xa1" "v");
+        mp_str(o, vid.s, (size_t)vid.n);
+    }
+    if (has_size) {
+        PUT_LIT(o, "\xa1" "s");
+        mp_uint(o, size);
+    }
+    if (etag.s != NULL) {
+        PUT_LIT(o, "\xa1" "e");
+        mp_str(o, etag.s, (size_t)etag.n);
+    }
+    if (baseline)
+        PUT_LIT(o, "\xa2" "bl" "\xc3");
+    if (nmeta > 0) {
+        PyObject *mk, *mv;
+        Py_ssize_t pos = 0;
+        if (out_reserve(o, 8))
+            return -1;
+        PUT_LIT(o, "\xa1" "m");
+        if (nmeta < 16) {
+            o->buf[o->len++] = (char)(0x80 | nmeta);
+        } else if (nmeta < 65536) {
+            uint8_t *w = (uint8_t *)o->buf + o->len;
+            w[0] = 0xDE, w[1] = (uint8_t)(nmeta >> 8), w[2] = (uint8_t)nmeta;
+            o->len += 3;
+        } else {
+            return FALLBACK;
+        }
+        while (PyDict_Next(meta, &pos, &mk, &mv)) {
+            Str ks, vs;
+            if ((ks.s = utf8_of(mk, &ks.n)) == NULL || (vs.s = utf8_of(mv, &vs.n)) == NULL)
+                return FALLBACK;
+            if ((size_t)ks.n + (size_t)vs.n > MAX_ENCODED_BYTES)
+                return FALLBACK;
+            if (out_reserve(o, 10 + (size_t)ks.n + (size_t)vs.n))
+                return -1;
+            mp_str(o, ks.s, (size_t)ks.n);
+            mp_str(o, vs.s, (size_t)vs.n);
+        }
+        if (PyDict_GET_SIZE(meta) != nmeta)
+            return FALLBACK;
+    }
+    if (tenant.n > 0) {
+        PUT_LIT(o, "\xa2" "tn");
+        mp_str(o, tenant.s, (size_t)tenant.n);
+    }
+    if (has_obj_mtime) {
+        PUT_LIT(o, "\xa2" "mt");
+        mp_uint(o, obj_mtime);
+    }
+    if (sc.s != NULL) {
+        PUT_LIT(o, "\xa2" "sc");
+        mp_str(o, sc.s, (size_t)sc.n);
+    }
+    if (o->len > MAX_ENCODED_BYTES)
+        return FALLBACK;
+
+    /* The shard and the object hash: blake2b-64 of "[tenant/]bucket\0key". */
+    uint8_t digest[16];
+    size_t n = (size_t)tenant.n + 1 + (size_t)str[S_BUCKET].n + 1 + (size_t)str[S_KEY].n
+               + (size_t)str[S_SOURCE].n + (size_t)str[S_POSITION].n;
+    scratch->len = 0;
+    if (out_reserve(scratch, n))
+        return -1;
+    if (tenant.n > 0) {
+        put(scratch, tenant.s, (size_t)tenant.n);
+        PUT_LIT(scratch, "/");
+    }
+    put(scratch, str[S_BUCKET].s, (size_t)str[S_BUCKET].n);
+    PUT_LIT(scratch, "\0");
+    put(scratch, str[S_KEY].s, (size_t)str[S_KEY].n);
+    b2_digest((const uint8_t *)scratch->buf, scratch->len, 8, digest);
+    uint64_t h = 0;
+    for (int k = 0; k < 8; k++)
+        h = h << 8 | digest[k];
+    *shard = (long long)(h % (uint64_t)shards);
+    if (str[S_OP].n == 13 && memcmp(str[S_OP].s, "bucket_create", 13) == 0)
+        *shard = 0;
+    else if (str[S_OP].n == 13 && memcmp(str[S_OP].s, "bucket_delete", 13) == 0)
+        *shard = shards - 1;
+    tail[0] = '.';
+    put_hex(tail + 1, digest, 8);
+    tail[17] = '.';
+    /* The version hash: blake2b-32 of the version id; the null version's of "\0null". */
+    if (vid.s == NULL || (vid.n == 4 && memcmp(vid.s, "null", 4) == 0)) {
+        memcpy(tail + 18, NULL_VERSION_HEX, 8); /* most records: hashed once */
+    } else {
+        b2_digest((const uint8_t *)vid.s, (size_t)vid.n, 4, digest);
+        put_hex(tail + 18, digest, 4);
+    }
+    tail[26] = '.';
+    /* The event id: blake2b-128 of "source\nposition", its first 8 bytes in hex. */
+    scratch->len = 0;
+    put(scratch, str[S_SOURCE].s, (size_t)str[S_SOURCE].n);
+    PUT_LIT(scratch, "\n");
+    put(scratch, str[S_POSITION].s, (size_t)str[S_POSITION].n);
+    b2_digest((const uint8_t *)scratch->buf, scratch->len, 16, digest);
+    put_hex(tail + 27, digest, 8);
+    return 0;
+}
+
+/* prepare_records(batch, shards, mutation_type) -> {shard: [(m, value, tail)]} | None */
+static PyObject *prepare_records(PyObject *module, PyObject *args)
+{
+    PyObject *items, *type, *seq, *by_shard = NULL, *lists[4096] = {NULL};
+    long long shards;
+    Out value = {0}, scratch = {0};
+    int rc = 0;
+    (void)module;
+    if (!PyArg_ParseTuple(args, "OLO!:prepare_records", &items, &shards, &PyType_Type, &type))
+        return NULL;
+    if (shards < 1 || shards > 4096) {
+        PyErr_SetString(PyExc_ValueError, "shards must be 1 to 4096");
+        return NULL;
+    }
+    if (slots_of((PyTypeObject *)type))
+        Py_RETURN_NONE;
+    seq = PySequence_Fast(items, "items must be a sequence");
+    if (seq == NULL)
+        return NULL;
+    Py_ssize_t count = PySequence_Fast_GET_SIZE(seq);
+    PyObject **ms = PySequence_Fast_ITEMS(seq);
+    by_shard = PyDict_New();
+    for (Py_ssize_t i = 0; by_shard != NULL && rc == 0 && i < count; i++) {
+        PyObject *m = ms[i];
+        long long shard;
+        char tail[43];
+        if (Py_TYPE(m) != (PyTypeObject *)type) {
+            rc = FALLBACK;
+            break;
+        }
+        rc = prepare_one(m, shards, &value, &scratch, tail, &shard);
+        if (rc)
+            break;
+        PyObject *raw = PyBytes_FromStringAndSize(value.buf, (Py_ssize_t)value.len);
+        PyObject *tail_str = PyUnicode_FromStringAndSize(tail, 43);
+        PyObject *pending = raw && tail_str ? PyTuple_Pack(3, m, raw, tail_str) : NULL;
+        Py_XDECREF(raw);
+        Py_XDECREF(tail_str);
+        if (pending == NULL) {
+            rc = -1;
+            break;
+        }
+        PyObject *list = lists[shard];
+        if (list == NULL) {
+            PyObject *key = PyLong_FromLongLong(shard);
+            list = PyList_New(0);
+            if (key == NULL || list == NULL || PyDict_SetItem(by_shard, key, list) < 0) {
+                Py_XDECREF(key);
+                Py_XDECREF(list);
+                Py_DECREF(pending);
+                rc = -1;
+                break;
+            }
+            Py_DECREF(key);
+            Py_DECREF(list); /* the dict holds it */
+            lists[shard] = list;
+        }
+        rc = PyList_Append(list, pending);
+        Py_DECREF(pending);
+    }
+    Py_DECREF(seq);
+    PyMem_RawFree(value.buf);
+    PyMem_RawFree(scratch.buf);
+    if (rc == FALLBACK) {
+        Py_XDECREF(by_shard);
+        Py_RETURN_NONE;
+    }
+    if (rc < 0 || by_shard == NULL) {
+        if (!PyErr_Occurred())
+            PyErr_NoMemory();
+        Py_XDECREF(by_shard);
+        return NULL;
+    }
+    return by_shard;
+}
+
 static PyMethodDef METHODS[] = {
     {"encode_raw_many", encode_raw_many, METH_VARARGS,
      "encode_raw_many(items, version) -> list[bytes] | None: the JSON lines of (recorded time, "
@@ -778,6 +1197,10 @@ static PyMethodDef METHODS[] = {
      "encode_entries(entries, time_start, time_end, version) -> (list[int], list[bytes]) | None: "
      "encode_raw_many of index entries (key, stored value) whose key holds the recorded time in "
      "hex at [time_start:time_end]: the times and the lines."},
+    {"prepare_records", prepare_records, METH_VARARGS,
+     "prepare_records(batch, shards, mutation_type) -> dict[int, list[(mutation, value, tail)]] | None: "
+     "changelog.pipeline.index._prepare_py of a batch of exactly ``mutation_type``, or None for a "
+     "record only the Python way handles."},
     {"event_id", event_id, METH_VARARGS,
      "event_id(data) -> str: blake2b-128 hex of data (the hash encode_raw_many uses; for tests)."},
     {NULL, NULL, 0, NULL},
@@ -791,6 +1214,9 @@ static struct PyModuleDef MODULE = {
 
 PyMODINIT_FUNC PyInit__speedups(void)
 {
+    uint8_t null_version[4];
     init_escape();
+    b2_digest((const uint8_t *)"\0null", 5, 4, null_version);
+    put_hex(NULL_VERSION_HEX, null_version, 4);
     return PyModule_Create(&MODULE);
 }

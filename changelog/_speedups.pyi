@@ -1,6 +1,8 @@
-"""Types of the C encoder (changelog/_speedups.c), for mypy."""
+"""Types of the C encoder and record path (changelog/_speedups.c), for mypy."""
 
 from collections.abc import Sequence
+
+from changelog.pipeline.mutation import Mutation
 
 def encode_raw_many(
     items: list[tuple[int, bytes]] | tuple[tuple[int, bytes], ...], version: int, /
@@ -9,3 +11,6 @@ def event_id(data: bytes, /) -> str: ...
 def encode_entries(
     entries: Sequence[tuple[str, bytes]], time_start: int, time_end: int, version: int, /
 ) -> tuple[list[int], list[bytes]] | None: ...
+def prepare_records(
+    batch: Sequence[Mutation], shards: int, mutation_type: type, /
+) -> dict[int, list[tuple[Mutation, bytes, str]]] | None: ...

@@ -53,6 +53,10 @@ static void b2_compress(uint64_t h[8], const uint8_t block[128], uint64_t counte
     v[12] ^= counter; /* messages here are far below 2**64 bytes: the high word stays 0 */
     if (last)
         v[14] = ~v[14];
+    /* Unrolled: the message schedule becomes constant offsets (about twice as fast at -O2). */
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC unroll 12
+#endif
     for (int r = 0; r < 12; r++) {
         const uint8_t *s = B2_SIGMA[r % 10];
         B2_G(v[0], v[4], v[8], v[12], m[s[0]], m[s[1]]);

@@ -8,6 +8,7 @@ protocol are in docs/design.md §2-3; the layout helpers are in ``changelog.pipe
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections import defaultdict
@@ -19,7 +20,7 @@ import orjson
 from changelog.errors import CompareFailed, ConfigError, InvalidMutation, TransientError
 from changelog.pipeline import keys
 from changelog.pipeline.control import META_KEY as META_KEY  # re-exported: the CLI reads it from here
-from changelog.pipeline.mutation import Mutation, Op, event_id, packer
+from changelog.pipeline.mutation import Mutation, Op, packer
 from changelog.pipeline.store import Cmp, LockRef, ObjectStore, WriteOp
 
 logger = logging.getLogger(__name__)
@@ -61,8 +62,31 @@ class ShardStats:
 
 _HEX2 = [f"{i:02x}" for i in range(256)]
 _UNKNOWN = "\x00unknown"  # not a position (positions are printable ASCII): a stream not in the cache
-# A record on its way into a shard: (mutation, encoded value, "<obj hash>.<version hash>").
+# A record on its way into a shard: (mutation, encoded value, key tail). The tail is all of its data
+# key after the time: ".<obj hash>.<version hash>.<first 16 hex chars of the event id>"
+# (``keys.data_key``), so a key is ``keys.time_bound(t) + tail``.
 _Pending = tuple[Mutation, bytes, str]
+# In a tail, "<obj hash>.<version hash>" (the object key's suffix in object mode).
+_OBJVER = slice(1, 1 + 16 + 1 + 8)
+# The first pass of ``record_many`` (``_prepare_py``) in C, or None where the module is not built
+# or RGW_CHANGELOG_PURE_PYTHON=1 asks for Python. One contract with the Python reference
+# (tests/unit/test_record_speed.py): the same shards, values and key tails, byte for byte; None
+# back from C means "Python decides" (a shape it does not handle, an invalid record), so every
+# error and its message is the Python one.
+_NativePrepare = Callable[[Sequence[Mutation], int, type], dict[int, list[_Pending]] | None]
+
+
+def _native_prepare() -> _NativePrepare | None:
+    if os.environ.get("RGW_CHANGELOG_PURE_PYTHON", "") == "1":
+        return None
+    try:
+        from changelog import _speedups
+    except ImportError:
+        return None
+    return _speedups.prepare_records
+
+
+_NATIVE_PREPARE = _native_prepare()
 
 
 def bucket_op_shard(op: Op, shards: int) -> int:
@@ -73,6 +97,48 @@ def bucket_op_shard(op: Op, shards: int) -> int:
     a delete after its last ones; every record before a pass's cutoff is in that pass or an
     earlier one)."""
     return 0 if op is Op.BUCKET_CREATE else shards - 1
+
+
+def _prepare(batch: Sequence[Mutation], shards: int) -> dict[int, list[_Pending]]:
+    """The first pass of ``record_many`` over the whole batch, before anything is sent: type
+    check, shard, encoded value and key tail of each record (so bad input fails here), grouped
+    by shard in order of first appearance. In C when it is built (one call per batch)."""
+    if _NATIVE_PREPARE is not None:
+        got = _NATIVE_PREPARE(batch, shards, Mutation)
+        if got is not None:
+            return got
+    return _prepare_py(batch, shards)
+
+
+def _prepare_py(batch: Iterable[Mutation], shards: int) -> dict[int, list[_Pending]]:
+    """``_prepare`` in Python: the reference the C one matches byte for byte."""
+    by_shard: dict[int, list[_Pending]] = defaultdict(list)
+    # Power-of-two shard counts up to 256: the low byte of the digest is the modulo.
+    mask = shards - 1 if shards <= 256 and shards & (shards - 1) == 0 else -1
+    new_hash = keys.OBJECT_HASHER.copy
+    new_event_hash = keys.EVENT_HASHER.copy
+    from_bytes = int.from_bytes
+    null_ver = "." + keys.NULL_VERSION_HASH + "."
+    version_hash = keys.version_hash
+    pack = packer().pack
+    for m in batch:
+        if m.__class__ is not Mutation and not isinstance(m, Mutation):
+            raise InvalidMutation(f"not a Mutation: {type(m).__name__}")
+        # keys.locate, inlined: blake2b-64 of bucket NUL key (a tenant's bucket as
+        # "tenant/bucket", a name no other bucket can have).
+        h = new_hash()
+        h.update(f"{m.tenant}/{m.bucket}\x00{m.key}".encode() if m.tenant else f"{m.bucket}\x00{m.key}".encode())
+        digest = h.digest()
+        shard = digest[7] & mask if mask >= 0 else from_bytes(digest, "big") % shards
+        if m.op.of_bucket:
+            shard = bucket_op_shard(m.op, shards)
+        vid = m.version_id
+        # The event id (``mutation.event_id``), inlined: its first 16 hex chars end the key.
+        e = new_event_hash()
+        e.update(f"{m.source}\n{m.position}".encode())
+        ver = null_ver if vid is None else f".{version_hash(vid)}."
+        by_shard[shard].append((m, m.encode_with(pack), f".{digest.hex()}{ver}{e.hexdigest()[:16]}"))
+    return dict(by_shard)
 
 
 class ChangeIndex:
@@ -157,32 +223,8 @@ class ChangeIndex:
         may surface after other shards were written: as with any failure, re-recording the
         batch is safe (those records are then duplicates).
         """
-        # One pass over the batch, before anything is sent: type check, shard and object hash
-        # (one digest), encoding (so bad input fails here). A record travels as a plain tuple
-        # (mutation, encoded value, "<obj>.<ver>"); the event hash and the key are made per shard.
-        by_shard: dict[int, list[_Pending]] = defaultdict(list)
-        shards = self.shards
-        # Power-of-two shard counts up to 256: the low byte of the digest is the modulo.
-        mask = shards - 1 if shards <= 256 and shards & (shards - 1) == 0 else -1
-        new_hash = keys.OBJECT_HASHER.copy
-        from_bytes = int.from_bytes
-        null_ver = "." + keys.NULL_VERSION_HASH
-        version_hash = keys.version_hash
-        pack = packer().pack
-        for m in ms:
-            if m.__class__ is not Mutation and not isinstance(m, Mutation):
-                raise InvalidMutation(f"not a Mutation: {type(m).__name__}")
-            # keys.locate, inlined: blake2b-64 of bucket NUL key (a tenant's bucket as
-            # "tenant/bucket", a name no other bucket can have).
-            h = new_hash()
-            h.update(f"{m.tenant}/{m.bucket}\x00{m.key}".encode() if m.tenant else f"{m.bucket}\x00{m.key}".encode())
-            digest = h.digest()
-            shard = digest[7] & mask if mask >= 0 else from_bytes(digest, "big") % shards
-            if m.op.of_bucket:
-                shard = bucket_op_shard(m.op, shards)
-            vid = m.version_id
-            objver = digest.hex() + (null_ver if vid is None else "." + version_hash(vid))
-            by_shard[shard].append((m, m.encode_with(pack), objver))
+        batch = ms if isinstance(ms, list | tuple) else list(ms)
+        by_shard = _prepare(batch, self.shards)
         total = RecordResult(0, 0)
         attempt = 0
         while by_shard:
@@ -286,10 +328,7 @@ class ChangeIndex:
                 return None, RecordResult(0, len(pending)), lambda: None
             t, _ = self._reserve(shard, floor, len(fresh))
             # The keys of the fresh records (``keys.data_key``).
-            sets = {
-                f"{keys.time_bound(t + i)}.{objver}.{event_id(m.source, m.position)[:16]}": value
-                for i, (m, value, objver) in enumerate(fresh)
-            }
+            sets = {f"{keys.time_bound(t + i)}{tail}": value for i, (_, value, tail) in enumerate(fresh)}
         sources = sorted(old)
         op = WriteOp(asserts=[(keys.FLOOR_KEY, Cmp.LT, keys.time_hex(t))])
         for src in sources:
@@ -326,34 +365,9 @@ class ChangeIndex:
         if self.mode == "object" or floor is None:
             return None
         t, prev = self._reserve(shard, floor, len(pending))
-        new_hash = keys.EVENT_HASHER.copy
-        streams = self._streams
-        sets: dict[str, bytes] = {}
-        old: dict[str, str | None] = {}
-        high: dict[str, str] = {}
-        n = t
-        hi = f"d.{n >> 8:014x}"  # the key's time is hi + _HEX2[low byte]: one format per 256 keys
-        for m, value, objver in pending:
-            src = m.source
-            pos = m.position
-            top = high.get(src)
-            if top is None:
-                mark = streams.get((shard, src), _UNKNOWN)
-                if mark is _UNKNOWN or (mark is not None and pos <= mark):
-                    break
-                old[src] = mark
-            elif pos <= top:
-                break
-            high[src] = pos
-            # keys.data_key, inlined: d.<t:016x>.<obj>.<ver>.<first 16 hex chars of the event id>
-            h = new_hash()
-            h.update(f"{src}\n{pos}".encode())
-            low = n & 255
-            if not low:
-                hi = f"d.{n >> 8:014x}"
-            sets[f"{hi}{_HEX2[low]}.{objver}.{h.hexdigest()[:16]}"] = value
-            n += 1
-        else:
+        got = _fast_keys(pending, t, self._streams, shard)
+        if got is not None:
+            sets, old, high = got
             return floor, t, sets, old, high
         # Give the reserved times back (unless another thread reserved after us).
         with self._lock:
@@ -367,7 +381,7 @@ class ChangeIndex:
         """Object mode: one entry per object+version. ``op`` also removes the entries the fresh
         ones replace (asserting they are still the live ones) and points each object key at its
         new entry."""
-        okeys = sorted({keys.OBJECT_PREFIX + p[2] for p in fresh})
+        okeys = sorted({keys.OBJECT_PREFIX + p[2][_OBJVER] for p in fresh})
         live = {k: v.decode() for k, v in self.store.omap_get(oid, okeys).items()}
         for okey, dkey in live.items():
             op.asserts.append((okey, Cmp.EQ, dkey))
@@ -379,8 +393,8 @@ class ChangeIndex:
             guard = min(keys.time_of(k) for k in op.remove)
             op.asserts[0] = (keys.FLOOR_KEY, Cmp.LT, keys.time_hex(guard))
         osets = op.set
-        for (dkey, value), (_, _, objver) in zip(sets.items(), fresh, strict=True):
-            okey = keys.OBJECT_PREFIX + objver
+        for (dkey, value), (_, _, tail) in zip(sets.items(), fresh, strict=True):
+            okey = keys.OBJECT_PREFIX + tail[_OBJVER]
             prev_key = osets.get(okey)
             if prev_key is not None:  # two writes of one object+version in one batch: keep the newer
                 osets.pop(prev_key.decode(), None)
@@ -530,6 +544,38 @@ class ChangeIndex:
             count += len(batch)
             after = batch[-1][0]
         return ShardStats(shard, count, oldest, self.floor(shard))
+
+
+def _fast_keys(
+    pending: list[_Pending], t: int, streams: dict[tuple[int, str], str | None], shard: int
+) -> tuple[dict[str, bytes], dict[str, str | None], dict[str, str]] | None:
+    """The keys of ``ChangeIndex._fast_keys`` from the first reserved time ``t`` on: (keys,
+    old marks, new marks), or None when a record is not new above its stream's cached mark
+    (``streams``: (shard, source) -> mark) or comes out of order. (In C this costs the same:
+    it is bound by reaching the batch's objects in memory, measured.)"""
+    sets: dict[str, bytes] = {}
+    old: dict[str, str | None] = {}
+    high: dict[str, str] = {}
+    n = t
+    hi = f"d.{n >> 8:014x}"  # the key's time is hi + _HEX2[low byte]: one format per 256 keys
+    for m, value, tail in pending:
+        src = m.source
+        pos = m.position
+        top = high.get(src)
+        if top is None:
+            mark = streams.get((shard, src), _UNKNOWN)
+            if mark is _UNKNOWN or (mark is not None and pos <= mark):
+                return None
+            old[src] = mark
+        elif pos <= top:
+            return None
+        high[src] = pos
+        low = n & 255
+        if not low:
+            hi = f"d.{n >> 8:014x}"
+        sets[f"{hi}{_HEX2[low]}{tail}"] = value
+        n += 1
+    return sets, old, high
 
 
 class HookStream:
