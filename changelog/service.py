@@ -397,9 +397,10 @@ def build_collector(
             count=cfg.scale.collector_partitions,
             compression=cfg.target.compression,
             watermark_cap=cap,
-            paused=lambda: controls.checkpoint("collector"),
+            paused=functools.partial(controls.checkpoint, "collector"),
         )
-    return make_collector(cfg, index, target, watermark_cap=cap, paused=lambda: controls.checkpoint("collector"))
+    paused = functools.partial(controls.checkpoint, "collector")
+    return make_collector(cfg, index, target, watermark_cap=cap, paused=paused)
 
 
 def build_pipeline(cfg: Config) -> Pipeline:

@@ -72,7 +72,9 @@ class Published:
 
 def read_count(index: ChangeIndex) -> int | None:
     """The stream count the index was cut into; None: never partitioned."""
-    raw = index.store.omap_get(index.control_oid, [COLLECTOR_STREAMS_META_KEY]).get(COLLECTOR_STREAMS_META_KEY)
+    raw = index.store.omap_get(index.control_oid, [COLLECTOR_STREAMS_META_KEY]).get(
+        COLLECTOR_STREAMS_META_KEY
+    )
     return None if raw is None else int(orjson.loads(raw)["count"])
 
 
@@ -80,7 +82,9 @@ def prepare_streams(index: ChangeIndex, count: int) -> None:
     """Record the stream count on first use; refuse another one (``PermanentError``)."""
     have = read_count(index)
     if have is None:
-        index.store.execute(index.control_oid, WriteOp(set={COLLECTOR_STREAMS_META_KEY: orjson.dumps({"count": count})}))
+        index.store.execute(
+            index.control_oid, WriteOp(set={COLLECTOR_STREAMS_META_KEY: orjson.dumps({"count": count})})
+        )
         logger.info("collector: the index is cut into %d streams", count)
     elif have != count:
         raise PermanentError(
@@ -104,12 +108,18 @@ def combined(states: list[CollectorState], *, last_object: str | None = None) ->
     newest = [s.last_object for s in states if s.last_object is not None]
     for name in newest:
         parsed = parse_log_name(name)
-        if parsed is not None and parsed.cutoff_us <= readable and (last_object is None or name > last_object):
+        if (
+            parsed is not None
+            and parsed.cutoff_us <= readable
+            and (last_object is None or name > last_object)
+        ):
             last_object = name
     return Published(min(s.watermark_us for s in states), readable, last_object)
 
 
-def publish(index: ChangeIndex, target: Target, *, log_prefix: str, count: int, now_us: int) -> Published | None:
+def publish(
+    index: ChangeIndex, target: Target, *, log_prefix: str, count: int, now_us: int
+) -> Published | None:
     """Write the watermark object over every stream, unless it would not move forward (two
     instances may publish at once: the later of two racing writes may carry the older values,
     which the next publish mends). None while a stream has committed nothing through."""
@@ -126,8 +136,11 @@ def publish(index: ChangeIndex, target: Target, *, log_prefix: str, count: int, 
     # Both figures are lower bounds that only grow: the higher of what is there and what the
     # states say now is still true (a racing publisher may have written older ones).
     had = Published(_int(old.get("complete_until_us")), _int(old.get("readable_until_us")), pub.last_object)
-    pub = Published(max(pub.complete_until_us, had.complete_until_us),
-                    max(pub.readable_until_us, had.readable_until_us), pub.last_object)
+    pub = Published(
+        max(pub.complete_until_us, had.complete_until_us),
+        max(pub.readable_until_us, had.readable_until_us),
+        pub.last_object,
+    )
     if pub == had and old.get("streams") == count:
         return pub
     body = encode_watermark(
@@ -157,7 +170,9 @@ def streams_state(index: ChangeIndex) -> dict[str, object]:
     for _, raw in omap_iter(store, oid, prefix=COLLECTOR_PENDING_PREFIX):
         p = PendingCommit.decode(raw)
         parsed = parse_log_name(p.name)
-        pending.setdefault(parsed.stream if parsed is not None and parsed.stream is not None else -1, []).append(p.name)
+        pending.setdefault(
+            parsed.stream if parsed is not None and parsed.stream is not None else -1, []
+        ).append(p.name)
     holders: dict[str, list[int]] = {}
     for n in range(count):
         info = store.lock_info(oid, partition_lock(COLLECTOR_ROLE, n))
@@ -281,7 +296,9 @@ class StreamedCollector:
             # the two never drain side by side, their names would interleave for the readers.
             self._drop_all()
             self.partitions.close()
-            raise LockBusy(f"the unpartitioned collector lease is held by {info.description}: streams stand by")
+            raise LockBusy(
+                f"the unpartitioned collector lease is held by {info.description}: streams stand by"
+            )
         held = self.partitions.refresh()
         for n in held:
             if n not in self._held and n in self._streams:
@@ -341,8 +358,13 @@ class StreamedCollector:
 
     def _publish(self) -> Published | None:
         try:
-            pub = publish(self.index, self.target, log_prefix=self.log_prefix, count=self.count,
-                          now_us=int(self._clocks.clock() * 1_000_000))
+            pub = publish(
+                self.index,
+                self.target,
+                log_prefix=self.log_prefix,
+                count=self.count,
+                now_us=int(self._clocks.clock() * 1_000_000),
+            )
         except (TransientError, PermanentError) as ex:
             logger.warning("collector streams: the watermark was not published: %s", ex)
             return None
@@ -374,24 +396,39 @@ class StreamedCollector:
     def request_flush(self, timeout: float = FLUSH_TIMEOUT) -> PassResult:
         """For the running service (``POST /_/flush``): ask every instance to flush its
         streams (``c.flush``, read at each round), flush this one's now, and wait until every
-        stream has committed through the time of the request; then publish. The result: that
-        readable cutoff and the combined watermark (the objects are every stream's, not
-        listed here). ``TransientError`` when that takes longer than ``timeout``."""
+        record recorded before the request is readable; then publish. The result: the readable
+        cutoff and the combined watermark (the objects are every stream's, not listed here).
+        ``TransientError`` when that takes longer than ``timeout``.
+
+        Two rounds: once every stream committed through the time asked, each one's records of
+        before it lie in objects at or below the highest cutoff reached (``goal``); a second
+        flush brings every stream through that one, and the readers' bound with them."""
         asked = int(self._clocks.clock() * 1_000_000)
-        self.index.store.execute(self.index.control_oid, WriteOp(set={FLUSH_KEY: str(asked).encode()}))
-        self._flush_local.set()
-        self._wake.set()
         deadline = self._clocks.monotonic() + timeout
+        goal, second = asked, False
+        self._ask(goal)
         while True:
             states = stream_states(self.index, self.count)
-            if min(s.through_us for s in states) >= asked:
-                break
+            if min(s.through_us for s in states) >= goal:
+                if second:
+                    break
+                goal, second = max(s.through_us for s in states), True
+                if min(s.through_us for s in states) >= goal:
+                    break
+                self._ask(goal)
+                continue
             if self._clocks.monotonic() > deadline:
-                behind = [n for n, s in enumerate(states) if s.through_us < asked]
+                behind = [n for n, s in enumerate(states) if s.through_us < goal]
                 raise TransientError(f"no flush of collector streams {behind} within {timeout:.0f}s")
             self._clocks.sleep(FLUSH_POLL)
         pub = self._publish() or combined(states)
         return PassResult(pub.readable_until_us, (), 0, 0, (), pub.complete_until_us or None)
+
+    def _ask(self, until_us: int) -> None:
+        """Every stream whose last cutoff is below ``until_us`` passes without a settle window."""
+        self.index.store.execute(self.index.control_oid, WriteOp(set={FLUSH_KEY: str(until_us).encode()}))
+        self._flush_local.set()
+        self._wake.set()
 
     # ------------------------------------------------------------------ what the service asks
 
