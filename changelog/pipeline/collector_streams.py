@@ -1,4 +1,4 @@
-"""The collector cut into streams (``[scale] partitioned``, docs/design.md §15): every ``serve``
+"""The collector cut into streams (``[scale] partitioned``, docs/design.md §16): every ``serve``
 of the index with the setting runs a ``StreamedCollector``, which takes its fair share of
 ``collector_partitions`` partition leases (``changelog.pipeline.partitions``, role
 ``collector``) and runs one ``Collector`` stream per partition held (``collector.Stream``):
