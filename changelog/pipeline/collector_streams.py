@@ -252,6 +252,7 @@ class StreamedCollector:
         self._lock = threading.Lock()
         self._retired: dict[str, object] = {}
         self._published: Published | None = None
+        self._seen: Published | None = None  # combined from the stored states at the last round
         self.errors: dict[str, int] = {"transient": 0, "leases_lost": 0}
 
     def __repr__(self) -> str:
@@ -288,8 +289,11 @@ class StreamedCollector:
         if not self._prepared:
             prepare_streams(self.index, self.count)
             self._prepared = True
-        got = self.index.store.omap_get(self.index.control_oid, [FLUSH_KEY])
+        keys = [collector_state_key(n) for n in range(self.count)]
+        got = self.index.store.omap_get(self.index.control_oid, [FLUSH_KEY, *keys])
         flush_us = int(got[FLUSH_KEY]) if FLUSH_KEY in got else 0
+        # Every instance knows the combined watermark (its metric), not only the publisher.
+        self._seen = combined([CollectorState.decode(got.get(k)) for k in keys])
         info = self.index.store.lock_info(self.index.control_oid, COLLECTOR_LOCK)
         if info is not None and (info.expires_at is None or info.expires_at > self._clocks.clock()):
             # An unpartitioned collector (a serve without [scale] partitioned, or `collect`):
@@ -470,8 +474,8 @@ class StreamedCollector:
         out["last_error"] = next((st.get("last_error") for st in failed), None)
         out["last_failure"] = next((st.get("last_failure") for st in failed), None)
         out["target_errors"] = errors
-        pub = self._published
-        out["complete_until"] = pub.complete_until_us / 1_000_000 if pub and pub.complete_until_us else None
+        pubs = [p for p in (self._published, self._seen) if p is not None and p.complete_until_us]
+        out["complete_until"] = max(p.complete_until_us for p in pubs) / 1_000_000 if pubs else None
         out["active"] = self.active
         out["partitions_held"] = self.partitions.held()
         out["partitions_count"] = self.count

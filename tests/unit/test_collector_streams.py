@@ -44,6 +44,7 @@ from changelog.pipeline.mutation import Mutation, Op
 from changelog.pipeline.reader import LogReader, list_logs, read_object, read_watermark
 from changelog.pipeline.store import omap_iter
 from changelog.pipeline.targets import DirectoryTarget, S3Target, Target
+from changelog.status import collector_doc
 
 moto = pytest.importorskip("moto")
 
@@ -268,6 +269,11 @@ def test_two_instances_drain_disjoint_streams_every_record_once_in_key_order(any
     assert {a.instance, b.instance} == set(doc["holders"])  # type: ignore[arg-type]
     wm = read_watermark(env.target, prefix="logs")
     assert wm is not None and wm.readable_until_us and wm.complete_until_us
+    # `status --json` (collector part): who holds which stream; every instance's metrics know
+    # the combined watermark, not only the publisher's.
+    status = collector_doc(env.index)
+    assert status["streams"]["holders"] == doc["holders"]  # type: ignore[index]
+    assert a.stats()["complete_until"] and b.stats()["complete_until"]
     print(f"\nstreams: {len(names)} objects from {STREAMS} streams, {len(env.recorded)} records")
     a.close()
     b.close()
