@@ -458,8 +458,9 @@ class UsageConfig(Section):
 
 class ScaleConfig(Section):
     """``[scale]``: scale-out. With ``partitioned``, every ``serve`` of the index with this
-    setting takes its fair share of the follower's ``follower_partitions`` partitions (by lease;
-    ``rgw_module.follower_partitions``); the collector stays one active instance."""
+    setting takes its fair share of the follower's ``follower_partitions`` partitions and of the
+    collector's ``collector_partitions`` streams (by lease; ``rgw_module.follower_partitions``,
+    ``changelog.pipeline.collector_streams``)."""
 
     section: ClassVar[str] = "scale"
 
@@ -467,6 +468,10 @@ class ScaleConfig(Section):
     # Fixed for an index once its follower state is partitioned (a bucket's partition is a hash
     # of its name modulo this): another count is refused in one line.
     follower_partitions: Integer = Field(default=8, ge=1, le=256)
+    # Collector streams: stream n drains the index shards s % n. Fixed for an index once used
+    # (a key's stream must not change while its records are in flight). More streams than
+    # index shards leave some empty.
+    collector_partitions: Integer = Field(default=4, ge=1, le=256)
 
 
 class HealthConfig(Section):

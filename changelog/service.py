@@ -39,6 +39,7 @@ if TYPE_CHECKING:
     from changelog.consumers.usage.model import Layout
     from changelog.health import Health
     from changelog.pipeline.collector import Collector
+    from changelog.pipeline.collector_streams import StreamedCollector
     from changelog.pipeline.index import ChangeIndex
     from changelog.pipeline.lease import Lease
     from changelog.pipeline.store import ObjectStore
@@ -47,6 +48,7 @@ if TYPE_CHECKING:
     from rgw_module.follower_partitions import PartitionedFollower
 
     AnyFollower = Follower | PartitionedFollower
+    AnyCollector = Collector | StreamedCollector
 
 logger = logging.getLogger(__name__)
 
@@ -182,7 +184,7 @@ class Pipeline:
 
     index: ChangeIndex
     target: Target
-    collector: Collector
+    collector: AnyCollector
     controls: Controls
     follower: AnyFollower | None = None
     consumers: list[ConsumerRunner] = field(default_factory=list)
@@ -376,12 +378,37 @@ def build_consumers(
     return runners
 
 
+def build_collector(
+    cfg: Config, index: ChangeIndex, target: Target, controls: Controls, follower: AnyFollower | None
+) -> AnyCollector:
+    """The collector: one active instance, or with ``[scale] partitioned`` this process's share
+    of the collector streams (``changelog.pipeline.collector_streams``). Its watermark is capped
+    by the follower's caught-up time."""
+    from changelog.config import make_collector
+
+    cap = follower.caught_up_until_us if follower is not None else None
+    if cfg.scale.partitioned:
+        from changelog.pipeline.collector_streams import StreamedCollector
+
+        return StreamedCollector(
+            index,
+            target,
+            cfg.collector,
+            count=cfg.scale.collector_partitions,
+            compression=cfg.target.compression,
+            watermark_cap=cap,
+            paused=functools.partial(controls.checkpoint, "collector"),
+        )
+    paused = functools.partial(controls.checkpoint, "collector")
+    return make_collector(cfg, index, target, watermark_cap=cap, paused=paused)
+
+
 def build_pipeline(cfg: Config) -> Pipeline:
     """Open the index and the target and build every component ``cfg`` turns on. Without
     ``[source] endpoint`` (the embedded setup: mutations come from ``rgw-changelog record``)
     there is no follower."""
     from changelog.api import Controls
-    from changelog.config import make_collector, open_index, open_target
+    from changelog.config import open_index, open_target
 
     src = cfg.source
     if src.endpoint and (src.access_key is None or src.secret_key is None):
@@ -392,13 +419,7 @@ def build_pipeline(cfg: Config) -> Pipeline:
         names = (["follower"] if cfg.source.endpoint else []) + ["collector"]
         controls = Controls((*names, *consumer_names(cfg)))
         follower = build_follower(cfg, index, target, controls) if cfg.source.endpoint else None
-        collector = make_collector(
-            cfg,
-            index,
-            target,
-            watermark_cap=follower.caught_up_until_us if follower is not None else None,
-            paused=lambda: controls.checkpoint("collector"),
-        )
+        collector = build_collector(cfg, index, target, controls, follower)
         consumers = build_consumers(cfg, index, controls, target)
         replication, replicators = build_replication(cfg, index, controls)
     except BaseException:
@@ -447,7 +468,7 @@ def role_leases(pipeline: Pipeline) -> list[Lease]:
     """The control leases: one per role (shard leases come and go with each pass)."""
     follower = pipeline.follower
     held = follower.leases() if follower is not None else []
-    return [*held, pipeline.collector.control_lease, *(r.lease for r in pipeline.consumers)]
+    return [*held, *pipeline.collector.role_leases(), *(r.lease for r in pipeline.consumers)]
 
 
 def make_health(policy: HealthConfig, pipeline: Pipeline) -> Health:

@@ -77,17 +77,24 @@ def shard_docs(index: ChangeIndex, *, now: float | None = None) -> list[ShardDoc
 
 
 def collector_doc(index: ChangeIndex) -> Doc:
-    """The collector's persisted state and its pending commits (``Collector.read_state``)."""
+    """The collector's persisted state and its pending commits (``Collector.read_state``);
+    with ``[scale] partitioned`` also ``streams``: who holds which stream, each one's state
+    (``collector_streams.streams_state``)."""
     from changelog.pipeline.collector import Collector
+    from changelog.pipeline.collector_streams import streams_state
 
     state, pending = Collector.read_state(index)
-    return {
+    doc: Doc = {
         "generation": state.generation,
         "last_cutoff": fmt_time(state.last_cutoff_us) if state.last_cutoff_us else None,
         "last_object": state.last_object,
         "watermark": fmt_time(state.watermark_us) if state.watermark_us else None,
         "pending_commits": [p.name for p in pending],
     }
+    streams = streams_state(index)
+    if streams["partitioned"]:
+        doc["streams"] = streams
+    return doc
 
 
 def follower_doc(index: ChangeIndex) -> Doc | None:

@@ -12,6 +12,13 @@ needs; a lost lease stops the pass at once (``LeaseLost``).
 Pages are read ahead by ``changelog.pipeline.readahead``, objects encoded and uploaded by
 ``changelog.pipeline.upload``, the records kept in the control object are ``changelog.pipeline.commit``'s, and
 the service loop is ``changelog.pipeline.loop.run_leased``.
+
+With ``[scale] partitioned`` a collector is one *stream* (``Stream``): partition ``n`` of the
+role ``collector``, held by lease (``changelog.pipeline.collector_streams`` runs the streams an
+instance holds). It drains the index shards ``s % count == n``, under the partition's lease in
+place of the control lease, keeps its state and seq under ``c.stream.<nnn>.``, names its objects
+``<cutoff>-<seq>-p<nnn>``, and cuts off strictly above its last cutoff, so that once a pass ends
+(``through_us``) the stream commits nothing at or below that cutoff again: the readers' bound.
 """
 
 from __future__ import annotations
@@ -25,6 +32,8 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 
+import orjson
+
 from changelog.config import CollectorConfig
 from changelog.errors import LeaseLost, LockBusy, ObjectMissing, PermanentError, TransientError
 from changelog.pipeline import keys
@@ -32,13 +41,25 @@ from changelog.pipeline.commit import CollectorState, PendingCommit, ShardRange
 from changelog.pipeline.control import (
     COLLECTOR_LOCK,
     COLLECTOR_PENDING_PREFIX,
-    COLLECTOR_SEQ_KEY,
+    COLLECTOR_ROLE,
     COLLECTOR_STATE_KEY,
+    COLLECTOR_STREAM_PREFIX,
+    COLLECTOR_STREAMS_META_KEY,
     SHARD_LOCK,
+    collector_seq_key,
+    collector_state_key,
+    partition_lock,
 )
 from changelog.pipeline.index import ChangeIndex
 from changelog.pipeline.lease import Lease, Renewer, make_cookie
-from changelog.pipeline.logformat import Compression, encode_watermark, log_name, rfc3339_us, watermark_name
+from changelog.pipeline.logformat import (
+    Compression,
+    encode_watermark,
+    log_name,
+    parse_log_name,
+    rfc3339_us,
+    watermark_name,
+)
 from changelog.pipeline.loop import Clocks, LoopPolicy, Wake, run_leased
 from changelog.pipeline.readahead import Page, ReadAhead
 from changelog.pipeline.store import WriteOp, omap_iter
@@ -53,6 +74,7 @@ __all__ = [
     "PassResult",
     "PendingCommit",
     "ShardRange",
+    "Stream",
 ]
 
 logger = logging.getLogger(__name__)
@@ -96,6 +118,28 @@ class PassResult:
     recovered: int
     skipped_shards: tuple[int, ...]
     watermark_us: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class Stream:
+    """A collector stream (``[scale] partitioned``): partition ``n`` of ``count``, whose lease
+    (``changelog.pipeline.partitions``, held and renewed by its owner) fences the stream's writes
+    as the control lease fences the unpartitioned collector's. It drains the index shards
+    ``s % count == n``: a key's shard is fixed, so every record of a key is in this stream."""
+
+    n: int
+    count: int
+    lease: Lease
+
+    def owns(self, shard: int) -> bool:
+        return shard % self.count == self.n
+
+    def owns_name(self, name: str) -> bool:
+        """A pending commit this stream recovers: its own, and (stream 0) the unpartitioned
+        collector's, left when the index went partitioned."""
+        parsed = parse_log_name(name)
+        stream = parsed.stream if parsed is not None else None
+        return stream == self.n or (stream is None and self.n == 0)
 
 
 @dataclass(slots=True)
@@ -168,6 +212,7 @@ class Collector:
         watermark_cap: Callable[[], int | None] | None = None,
         fault_hook: Callable[[str], None] | None = None,
         paused: Callable[[], bool] | None = None,
+        stream: Stream | None = None,
     ) -> None:
         cfg = self.config = config if config is not None else CollectorConfig()
         check_sizes(cfg, target)
@@ -177,7 +222,13 @@ class Collector:
         self.compression = Compression.parse(compression)
         self.log_prefix = log_prefix.strip("/")
         self.collector_id = collector_id or make_cookie("collector")
-        self.name = f"collector {self.collector_id}"
+        self.stream = stream
+        self.name = f"collector {self.collector_id}" + (f" stream {stream.n}" if stream is not None else "")
+        n = stream.n if stream is not None else None
+        self._state_key = collector_state_key(n)
+        self._seq_key = collector_seq_key(n)
+        # The shards this collector drains: every one, or its stream's.
+        self._drains = [s for s in range(index.shards) if stream is None or stream.owns(s)]
         self._clocks = clocks if clocks is not None else Clocks()
         self._cap = watermark_cap
         self._hook = fault_hook
@@ -190,9 +241,10 @@ class Collector:
         self._counts = _Counts()
         self._visible: dict[str, int] = {}  # objects completed whose commit is not finished: stored bytes
         monotonic = self._clocks.monotonic
-        self._control = Lease(self.store, index.control_oid, name=COLLECTOR_LOCK, ttl=cfg.lease_ttl,
-                              description=f"change-log collector {self.collector_id}",
-                              cookie=f"{self.collector_id}:{make_cookie()}", monotonic=monotonic)
+        self._control = stream.lease if stream is not None else Lease(
+            self.store, index.control_oid, name=COLLECTOR_LOCK, ttl=cfg.lease_ttl,
+            description=f"change-log collector {self.collector_id}",
+            cookie=f"{self.collector_id}:{make_cookie()}", monotonic=monotonic)
         self._shards = [
             Lease(self.store, index.shard_oid(n), name=SHARD_LOCK, ttl=cfg.lease_ttl,
                   description=f"drained by {self.collector_id}", cookie=self._control.ref.cookie,
@@ -303,6 +355,10 @@ class Collector:
     def control_lease(self) -> Lease:
         return self._control
 
+    def role_leases(self) -> list[Lease]:
+        """The lease of the role (the control lease; shard leases come and go with each pass)."""
+        return [self._control]
+
     @property
     def active(self) -> bool:
         """True while this collector holds the control lease."""
@@ -315,16 +371,25 @@ class Collector:
             return True
         if self._active or self._renewer is not None:
             self.step_down()  # a lease was lost: stop the old renewals before starting over
-        if not self._control.acquire():
-            return False
+        if self.stream is None:
+            if not self._control.acquire():
+                return False
+            if busy := self._streams_running():
+                self._control.release()
+                raise LockBusy(f"collector streams {busy} are held by partitioned serves ([scale] partitioned): "
+                               "stop them, or run this one partitioned too")
+        elif not self._control.held:
+            return False  # the stream's partition lease is its owner's to take
         try:
             self._renewer = Renewer(self.config.lease_ttl, name="collector-leases", monotonic=self._clocks.monotonic,
                                     workers=RENEW_WORKERS)
-            self._renewer.add(self._control)
+            if self.stream is None:
+                self._renewer.add(self._control)
             self._renewer.start()
             self._load_state()
-            self._state = replace(self._state, generation=self._state.generation + 1)
-            self._control_write(WriteOp(set={COLLECTOR_STATE_KEY: self._state.encode()}))
+            self._state = replace(self._state, generation=self._state.generation + 1,
+                                  last_cutoff_us=max(self._state.last_cutoff_us, self._other_cutoffs()))
+            self._control_write(WriteOp(set={self._state_key: self._state.encode()}))
         except BaseException:
             self.step_down()
             raise
@@ -346,7 +411,8 @@ class Collector:
             self._renewer = None
         for lease in self._shards:
             lease.release()
-        self._control.release()
+        if self.stream is None:
+            self._control.release()
 
     close = step_down
 
@@ -384,9 +450,37 @@ class Collector:
     # ------------------------------------------------------------------ state
 
     def _load_state(self) -> None:
-        got = self.store.omap_get(self.index.control_oid, [COLLECTOR_STATE_KEY, COLLECTOR_SEQ_KEY])
-        self._state = CollectorState.decode(got.get(COLLECTOR_STATE_KEY))
-        self._seq = int(got.get(COLLECTOR_SEQ_KEY, b"0"))
+        got = self.store.omap_get(self.index.control_oid, [self._state_key, self._seq_key])
+        self._state = CollectorState.decode(got.get(self._state_key))
+        self._seq = int(got.get(self._seq_key, b"0"))
+
+    def _streams_running(self) -> list[int]:
+        """The collector streams held now by a live instance (none unless the index was run
+        with ``[scale] partitioned``): the unpartitioned collector does not run beside them."""
+        got = self.store.omap_get(self.index.control_oid, [COLLECTOR_STREAMS_META_KEY])
+        if COLLECTOR_STREAMS_META_KEY not in got:
+            return []
+        now = self._clocks.clock()
+        busy = []
+        for n in range(int(orjson.loads(got[COLLECTOR_STREAMS_META_KEY])["count"])):
+            info = self.store.lock_info(self.index.control_oid, partition_lock(COLLECTOR_ROLE, n))
+            if info is not None and (info.expires_at is None or info.expires_at > now):
+                busy.append(n)
+        return busy
+
+    def _other_cutoffs(self) -> int:
+        """At a takeover: the floor under this collector's cutoffs from the collectors of the
+        index's other mode, so that names never go back across a switch of ``[scale]
+        partitioned`` (a reader's checkpoint may be any of their names). A stream starts above
+        the unpartitioned collector's last cutoff; the unpartitioned collector above every
+        stream's."""
+        if self.stream is not None:
+            got = self.store.omap_get(self.index.control_oid, [COLLECTOR_STATE_KEY])
+            return CollectorState.decode(got.get(COLLECTOR_STATE_KEY)).last_cutoff_us
+        cutoffs = [CollectorState.decode(raw).last_cutoff_us
+                   for key, raw in omap_iter(self.store, self.index.control_oid, prefix=COLLECTOR_STREAM_PREFIX)
+                   if key.endswith(".state")]
+        return max(cutoffs) + 1 if cutoffs else 0
 
     @staticmethod
     def read_state(index: ChangeIndex) -> tuple[CollectorState, list[PendingCommit]]:
@@ -402,8 +496,11 @@ class Collector:
         return self.read_state(self.index)[0]
 
     def pending(self) -> list[PendingCommit]:
-        """Uncommitted (or committed but not yet trimmed) log objects, oldest first."""
-        return self.read_state(self.index)[1]
+        """Uncommitted (or committed but not yet trimmed) log objects, oldest first: every one
+        for the unpartitioned collector, a stream's own (``Stream.owns_name``) for a stream."""
+        pending = self.read_state(self.index)[1]
+        stream = self.stream
+        return pending if stream is None else [p for p in pending if stream.owns_name(p.name)]
 
     # ------------------------------------------------------------------ service loop (LeasedRole)
 
@@ -421,14 +518,16 @@ class Collector:
             logger.warning("collector %s lost the control lease while taking over: %s", self.collector_id, ex)
             return False
 
-    def step(self, stop: threading.Event) -> None:
+    def step(self, stop: threading.Event, *, flush_after_us: int | None = None) -> None:
         """One pass; it commits what it encoded and ends early once ``stop`` is set. With flush
-        requests waiting, a pass with no settle window, whose result answers them."""
+        requests waiting, a pass with no settle window, whose result answers them; the same
+        for a stream when a flush was asked at ``flush_after_us``, after its last cutoff."""
         with self._flush_lock:
             flushes, self._flushes = self._flushes, []
+        asked = flush_after_us is not None and flush_after_us > self._state.last_cutoff_us
         self._stop = stop
         try:
-            result = self.run_pass(settle=0.0 if flushes else None)
+            result = self.run_pass(settle=0.0 if flushes or asked else None)
         except BaseException as ex:
             for f in flushes:
                 f.finish(None, ex)
@@ -506,10 +605,10 @@ class Collector:
         self._maybe_gc()
         recovered = self._recover_all()
         cutoff = self._cut_off(settle)
-        skipped = tuple(self._take_shards(range(self.index.shards)))
+        skipped = tuple(self._take_shards(self._drains))
         if skipped:
             logger.warning("shards %s are locked by another drainer; skipped this pass", list(skipped))
-        drained = [shard for shard in range(self.index.shards) if shard not in skipped]
+        drained = [shard for shard in self._drains if shard not in skipped]
         # Every floor first (each fenced by its shard lease): from here on the keys below the
         # cutoff of every shard to drain can only shrink, so the pages below can be read ahead.
         for shard in drained:
@@ -518,6 +617,11 @@ class Collector:
             self.index.raise_floor(shard, cutoff, fence=lease.ref)
             self._fault("floor")
         objects, entries, stopped = self._drain(drained, cutoff)
+        if self.stream is not None:
+            # Every object of this pass is committed (a failed commit raised), recovery came
+            # first, and the next cutoff is above this one: nothing will sort at or below it.
+            self._state = replace(self._state, through_us=cutoff)
+            self._control_write(WriteOp(set={self._state_key: self._state.encode()}))
         watermark = None if skipped or stopped else self._advance_watermark(cutoff)
         if stopped:
             logger.info("stopping: pass ended early after %d objects; the rest stays in the index", len(objects))
@@ -533,12 +637,15 @@ class Collector:
             cap = self._cap()
             if cap is not None:
                 self._caps.append((observed_us, cap))
-        cutoff = max(observed_us - int(settle * 1_000_000), self._state.last_cutoff_us)
+        # A stream cuts off strictly above its last pass: its objects of a new pass sort above
+        # ``through_us`` (the unpartitioned collector orders by seq within a cutoff instead).
+        floor = self._state.last_cutoff_us + (1 if self.stream is not None else 0)
+        cutoff = max(observed_us - int(settle * 1_000_000), floor)
         if cutoff != self._state.last_cutoff_us:
             # Persisted before any object carries it: cutoffs (and so names) never go back,
             # even across a takeover by a collector whose clock is behind.
             self._state = replace(self._state, last_cutoff_us=cutoff)
-            self._control_write(WriteOp(set={COLLECTOR_STATE_KEY: self._state.encode()}))
+            self._control_write(WriteOp(set={self._state_key: self._state.encode()}))
         return cutoff
 
     def _drain(self, shards: Sequence[int], cutoff: int) -> tuple[list[str], int, bool]:
@@ -595,10 +702,11 @@ class Collector:
     def _open_writer(self, cutoff: int) -> LogWriter:
         seq = self._seq + 1
         # Allocated (fenced) before the name is used anywhere: names are never reused.
-        self._control_write(WriteOp(set={COLLECTOR_SEQ_KEY: str(seq).encode()}))
+        self._control_write(WriteOp(set={self._seq_key: str(seq).encode()}))
         self._seq = seq
         self._fault("seq")
-        name = log_name(self.log_prefix, cutoff, seq, self.compression)
+        name = log_name(self.log_prefix, cutoff, seq, self.compression,
+                        stream=self.stream.n if self.stream is not None else None)
         return LogWriter(self._uploads, name, seq=seq, cutoff_us=cutoff, generation=self._state.generation,
                          compression=self.compression)
 
@@ -661,7 +769,7 @@ class Collector:
         """Drop the pending record and remember the object, in one fenced op."""
         if self._state.last_object is None or pending.name > self._state.last_object:
             self._state = replace(self._state, last_object=pending.name)
-        self._control_write(WriteOp(set={COLLECTOR_STATE_KEY: self._state.encode()}, remove=[pending.key]))
+        self._control_write(WriteOp(set={self._state_key: self._state.encode()}, remove=[pending.key]))
 
     # ------------------------------------------------------------------ recovery
 
@@ -753,6 +861,8 @@ class Collector:
     # ------------------------------------------------------------------ housekeeping
 
     def _maybe_gc(self) -> None:
+        if self.stream is not None and self.stream.n != 0:
+            return  # one stream's holder cleans the target for all
         now = self._clocks.monotonic()
         if now - self._last_gc < self.config.gc_interval:
             return
@@ -787,8 +897,10 @@ class Collector:
         wm = max(wm, self._state.watermark_us)
         if wm != self._state.watermark_us:
             self._state = replace(self._state, watermark_us=wm)
-            self._control_write(WriteOp(set={COLLECTOR_STATE_KEY: self._state.encode()}))
+            self._control_write(WriteOp(set={self._state_key: self._state.encode()}))
         self._fault("watermark")
+        if self.stream is not None:
+            return wm  # published over every stream (``collector_streams.publish``)
         published = (wm, self._state.last_object)
         if wm and published != self._published:
             body = encode_watermark(complete_until_us=wm, last_object=self._state.last_object,

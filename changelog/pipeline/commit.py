@@ -88,14 +88,21 @@ class PendingCommit:
 
 @dataclass(frozen=True, slots=True)
 class CollectorState:
-    """``c.state`` in the control object."""
+    """``c.state`` in the control object (``c.stream.<nnn>.state`` for a collector stream)."""
 
     last_cutoff_us: int = 0
     last_object: str | None = None
     watermark_us: int = 0
     generation: int = 0
+    # A stream's only: every object of the stream with a cutoff at or below it is committed,
+    # and the stream's next cutoffs are above it (the readers' bound, ``readable_until_us``).
+    through_us: int = 0
 
     def encode(self) -> bytes:
+        if not self.through_us:
+            # The unpartitioned collector's record stays as it was stored before streams.
+            return orjson.dumps({f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+                                 if f.name != "through_us"})
         return _encode(self)
 
     @classmethod
@@ -109,6 +116,7 @@ class CollectorState:
                 last_object=d.get("last_object"),
                 watermark_us=int(d.get("watermark_us", 0)),
                 generation=int(d.get("generation", 0)),
+                through_us=int(d.get("through_us", 0)),
             )
         except (orjson.JSONDecodeError, TypeError, ValueError, AttributeError) as ex:
             raise PermanentError(f"unreadable collector state ({len(data)} bytes): {ex}") from ex

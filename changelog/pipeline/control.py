@@ -7,7 +7,10 @@ none spells a control key itself.
 | ``meta`` | ``index`` | shards, mode, format version of the index |
 | ``c.state`` | ``collector`` | watermark, last log object, passes |
 | ``c.seq`` | ``collector`` | the last log-object sequence number allocated |
-| ``c.pending.<name>`` | ``collector`` | a log object written but not yet trimmed (a pending commit) |
+| ``c.pending.<name>`` | ``collector`` | a log object written but not yet trimmed (a pending commit; every stream's) |
+| ``c.streams`` | ``collector_streams`` | ``{"count": n}``: the collector is cut into n streams (``[scale]``) |
+| ``c.stream.<nnn>.state`` | collector stream ``n`` | its ``c.state``: cutoff, watermark, committed-through |
+| ``c.stream.<nnn>.seq`` | collector stream ``n`` | its ``c.seq`` |
 | ``r.boot`` | RGW follower | first start: radosgw time, zone |
 | ``r.dl.<n>`` | RGW follower | data-log shard ``n``: marker read up to |
 | ``r.p.<bucket-shard>`` | RGW follower | a bucket-index shard with entries to read |
@@ -20,7 +23,7 @@ none spells a control key itself.
 | ``rp.<p>.<...>`` | RGW follower partition ``p`` | the ``r.`` keys of one partition's buckets (``[scale]``) |
 | ``k.<consumer>`` | each consumer of the logs | its checkpoint (``changelog.consumers``) |
 | ``pm.<role>.<instance>`` | ``partitions`` | a live instance of a partitioned role: its expiry |
-| lock ``collector`` | collector | the control lease (one active collector) |
+| lock ``collector`` | collector | the control lease (one active collector, unpartitioned) |
 | lock ``follower`` | RGW follower | the follower lease (one active follower) |
 | lock ``consumer.<name>`` | a consumer | that consumer's lease |
 | lock ``part.<role>.<n>`` | ``partitions`` | partition ``n`` of a partitioned role |
@@ -39,6 +42,21 @@ COLLECTOR_SEQ_KEY = "c.seq"
 COLLECTOR_PENDING_PREFIX = "c.pending."
 COLLECTOR_LOCK = "collector"
 SHARD_LOCK = "drain"
+# Collector streams (``[scale] partitioned``): partition ``n`` of the role ``collector`` writes
+# stream ``n``, its state and seq under ``c.stream.<nnn>.`` (pending commits stay under
+# ``c.pending.``: a stream's names are unique, they say their stream).
+COLLECTOR_ROLE = "collector"
+COLLECTOR_STREAMS_META_KEY = "c.streams"
+COLLECTOR_STREAM_PREFIX = "c.stream."
+
+
+def collector_state_key(stream: int | None) -> str:
+    return COLLECTOR_STATE_KEY if stream is None else f"{COLLECTOR_STREAM_PREFIX}{stream:03d}.state"
+
+
+def collector_seq_key(stream: int | None) -> str:
+    return COLLECTOR_SEQ_KEY if stream is None else f"{COLLECTOR_STREAM_PREFIX}{stream:03d}.seq"
+
 
 # The RGW follower's keys: its prefix (``r.``, or ``rp.<p>.`` for a partition), then a kind
 # (rgw_module.follower_state.StateKeys builds them).

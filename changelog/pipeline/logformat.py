@@ -43,7 +43,7 @@ WATERMARK_NAME = "_watermark.json"
 _CUTOFF_FMT = "%Y%m%dT%H%M%S"
 _NAME_RE = re.compile(
     r"^(?:(?P<prefix>.*)/)?(?P<y>\d{4})/(?P<m>\d{2})/(?P<d>\d{2})/(?P<h>\d{2})/"
-    r"(?P<cutoff>(?P<date>\d{8})T(?P<hms>\d{6})\.(?P<us>\d{6})Z)-(?P<seq>\d{10})\.jsonl(?P<ext>\.gz|\.zst)?$"
+    r"(?P<cutoff>(?P<date>\d{8})T(?P<hms>\d{6})\.(?P<us>\d{6})Z)-(?P<seq>\d{10})(?:-p(?P<stream>\d{3}))?\.jsonl(?P<ext>\.gz|\.zst)?$"
 )
 
 
@@ -433,12 +433,15 @@ def _encode_raw_many_py(items: Iterable[tuple[int, bytes]]) -> list[bytes]:
 
 @dataclass(frozen=True, slots=True, order=True)
 class LogName:
-    """A parsed log object name. Orders like the names themselves: by cutoff, then seq."""
+    """A parsed log object name. Orders like the names themselves: by cutoff, then seq (a
+    stream's names, ``-p<nnn>`` after the seq, sort by cutoff first too)."""
 
     cutoff_us: int
     seq: int
     compression: Compression
     name: str
+    # The collector stream (partition) that wrote it; None: the one unpartitioned collector.
+    stream: int | None = None
 
 
 def format_cutoff(cutoff_us: int) -> str:
@@ -456,12 +459,18 @@ def hour_dir(prefix: str, t_us: int) -> str:
     return _join(prefix, time.strftime("%Y/%m/%d/%H/", time.gmtime(t_us // 1_000_000)))
 
 
-def log_name(prefix: str, cutoff_us: int, seq: int, compression: Compression | str) -> str:
-    """``<prefix>/YYYY/MM/DD/HH/<cutoff>-<seq:010d>.jsonl[.gz|.zst]``."""
+def log_name(
+    prefix: str, cutoff_us: int, seq: int, compression: Compression | str, *, stream: int | None = None
+) -> str:
+    """``<prefix>/YYYY/MM/DD/HH/<cutoff>-<seq:010d>.jsonl[.gz|.zst]``; a collector stream's
+    (``[scale] partitioned``): ``<cutoff>-<seq:010d>-p<stream:03d>.jsonl[...]``, its seq its own."""
     if not 0 <= seq < 10**10:
         raise ValueError(f"log sequence out of range: {seq}")
     c = Compression.parse(compression)
-    return f"{hour_dir(prefix, cutoff_us)}{format_cutoff(cutoff_us)}-{seq:010d}{c.extension}"
+    tail = "" if stream is None else f"-p{stream:03d}"
+    if stream is not None and not 0 <= stream < 1000:
+        raise ValueError(f"log stream out of range: {stream}")
+    return f"{hour_dir(prefix, cutoff_us)}{format_cutoff(cutoff_us)}-{seq:010d}{tail}{c.extension}"
 
 
 def parse_log_name(name: str) -> LogName | None:
@@ -482,7 +491,8 @@ def parse_log_name(name: str) -> LogName | None:
     ):
         return None
     cutoff_us = to_us(sec) + int(match["us"])
-    return LogName(cutoff_us, int(match["seq"]), _BY_SUFFIX[match["ext"] or ""], name)
+    stream = int(match["stream"]) if match["stream"] is not None else None
+    return LogName(cutoff_us, int(match["seq"]), _BY_SUFFIX[match["ext"] or ""], name, stream)
 
 
 def compression_of(name: str) -> Compression:
@@ -506,16 +516,27 @@ def watermark_name(prefix: str) -> str:
     return _join(prefix, WATERMARK_NAME)
 
 
-def encode_watermark(*, complete_until_us: int, last_object: str | None, updated_us: int) -> bytes:
-    return orjson.dumps(
-        {
-            "complete_until": rfc3339_us(complete_until_us),
-            "complete_until_us": complete_until_us,
-            "last_object": last_object,
-            "updated": rfc3339_us(updated_us),
-        },
-        option=orjson.OPT_APPEND_NEWLINE,
-    )
+def encode_watermark(
+    *,
+    complete_until_us: int,
+    last_object: str | None,
+    updated_us: int,
+    readable_until_us: int | None = None,
+    streams: int | None = None,
+) -> bytes:
+    """The watermark object. With collector streams (``streams``, their count) it also says
+    ``readable_until_us``: every stream has committed every object whose cutoff is at or below
+    it, and will only commit objects above it; readers list stream objects up to it only."""
+    doc: dict[str, object] = {
+        "complete_until": rfc3339_us(complete_until_us),
+        "complete_until_us": complete_until_us,
+        "last_object": last_object,
+        "updated": rfc3339_us(updated_us),
+    }
+    if streams is not None:
+        doc["streams"] = streams
+        doc["readable_until_us"] = readable_until_us if readable_until_us is not None else 0
+    return orjson.dumps(doc, option=orjson.OPT_APPEND_NEWLINE)
 
 
 # --- compression ------------------------------------------------------------------------------

@@ -7,6 +7,13 @@ object before it in that order (the collector commits them one at a time and rec
 pending one before writing the next), so a consumer resumes with a start-after listing from
 the name of the last object it finished: nothing is skipped and nothing read twice. Every
 record recorded at or after time T is in an object whose cutoff is after T.
+
+Collector streams (``[scale] partitioned``) commit side by side, each in increasing cutoff, so
+a stream's object may appear below a name another stream committed earlier. Their objects are
+listed only up to the watermark's ``readable_until_us`` (the lowest cutoff every stream has
+committed through, and will never commit at or below again): below it the order is final, and
+the one-name checkpoint stays exact. The bound is read, before listing again, when the first
+stream name shows up; the logs of an unpartitioned collector are listed as ever.
 """
 
 from __future__ import annotations
@@ -51,6 +58,9 @@ class Watermark:
     complete_until_us: int
     last_object: str | None
     updated_us: int | None
+    # Collector streams only (``[scale] partitioned``): stream objects up to this cutoff are
+    # listed (module docstring); None: an unpartitioned collector's watermark.
+    readable_until_us: int | None = None
 
 
 class RecentIds:
@@ -89,19 +99,38 @@ def list_logs(
     after: str | None = None,
 ) -> Iterator[LogObject]:
     """Committed log objects under ``prefix`` in order: those whose cutoff is after
-    ``since_us`` and whose name is after ``after`` (a checkpoint). Other names are skipped."""
+    ``since_us`` and whose name is after ``after`` (a checkpoint). Other names are skipped.
+    Collector streams' objects end at the watermark's ``readable_until_us`` (module docstring)."""
     start = ""
     if since_us is not None:
         start = start_after_time(prefix, since_us)
     if after:
         start = max(start, after)
-    for info in target.list(_dir(prefix), start_after=start):
-        parsed = parse_log_name(info.name)
-        if parsed is None:
-            continue
-        if since_us is not None and parsed.cutoff_us <= since_us:
-            continue
-        yield LogObject(info.name, parsed.cutoff_us, parsed.seq, parsed.compression.value, info.size)
+    bound: int | None = None
+    bounded = False
+    while True:
+        relist = False
+        for info in target.list(_dir(prefix), start_after=start):
+            parsed = parse_log_name(info.name)
+            if parsed is None:
+                continue
+            if since_us is not None and parsed.cutoff_us <= since_us:
+                continue
+            if parsed.stream is not None and not bounded:
+                # Read before the listing that is yielded from: every object at or below the
+                # bound was committed before it was published, so that listing holds them all.
+                wm = read_watermark(target, prefix=prefix)
+                # No watermark yet: nothing is final. One without the bound: the unpartitioned
+                # collector's again (it finished every stream's pending objects first).
+                bound = 0 if wm is None else wm.readable_until_us
+                bounded = relist = True
+                break
+            if bound is not None and parsed.cutoff_us > bound:
+                return  # later names sort at or above this cutoff: none is final yet
+            yield LogObject(info.name, parsed.cutoff_us, parsed.seq, parsed.compression.value, info.size)
+            start = info.name
+        if not relist:
+            return
 
 
 def read_object(target: Target, name: str) -> Iterator[LogRecord]:
@@ -204,8 +233,12 @@ def read_watermark(target: Target, *, prefix: str = "") -> Watermark | None:
     if not isinstance(until, int):
         until = parse_rfc3339(str(doc["complete_until"]))
     updated, last = doc.get("updated"), doc.get("last_object")
+    readable = doc.get("readable_until_us")
     return Watermark(
-        until, str(last) if last is not None else None, parse_rfc3339(updated) if isinstance(updated, str) else None
+        until,
+        str(last) if last is not None else None,
+        parse_rfc3339(updated) if isinstance(updated, str) else None,
+        int(readable) if isinstance(readable, int) else None,
     )
 
 

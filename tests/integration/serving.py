@@ -1,7 +1,8 @@
 """Several `rgw-changelog serve` processes on one index, for the scale-out lab test
 (tests/integration/test_scale_lab.py): each instance has its own config file (only `[api] listen`
 differs) and log file, is started as a subprocess, SIGKILLed and restarted by the test; who holds
-which follower partition is read straight from the partition leases on the control object.
+which follower partition and which collector stream is read straight from the partition leases
+on the control object.
 
 With ``isolated`` (root and util-linux `unshare`), each process runs with a host name and a pid
 namespace of its own, as if on a host of its own: a lease's holder cookie then names a host that
@@ -30,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from changelog.pipeline.control import FOLLOWER_ROLE, partition_lock
+from changelog.pipeline.control import COLLECTOR_ROLE, FOLLOWER_ROLE, partition_lock
 from changelog.pipeline.logformat import LogRecord, compression_of, iter_records, parse_log_name
 from tests.lab import Lab
 
@@ -102,6 +103,7 @@ class Fleet:
     buckets: list[str]
     size: int = 3
     partitions: int = 8
+    streams: int = 4  # collector partitions
     lease_ttl: float = 6.0
     poll_interval: float = 0.3
     trim_interval: float = 1.0
@@ -152,6 +154,7 @@ roll_seconds = 5
 [scale]
 partitioned = true
 follower_partitions = {self.partitions}
+collector_partitions = {self.streams}
 
 [api]
 listen = "127.0.0.1:{port}"
@@ -246,6 +249,11 @@ level = "INFO"
         with urllib.request.urlopen(url, timeout=30) as resp:
             return json.loads(resp.read())
 
+    def post(self, n: int, path: str, timeout: float = 320) -> Any:
+        req = urllib.request.Request(f"http://127.0.0.1:{self.slots[n].port}{path}", data=b"", method="POST")
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            return json.loads(resp.read())
+
     def wait_api(self, n: int, timeout: float = 60) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -267,32 +275,39 @@ level = "INFO"
 
     # -- the partition leases ----------------------------------------------------------------
 
-    def holders(self, store: Any) -> dict[int, Identity | None]:
-        """Partition -> the process holding its lease now (None: free or expired)."""
+    def holders(self, store: Any, role: str = FOLLOWER_ROLE) -> dict[int, Identity | None]:
+        """Partition of ``role`` -> the process holding its lease now (None: free or expired)."""
         now = time.time()
         out: dict[int, Identity | None] = {}
-        for p in range(self.partitions):
-            info = store.lock_info(CONTROL_OID, partition_lock(FOLLOWER_ROLE, p))
+        for p in range(self.partitions if role == FOLLOWER_ROLE else self.streams):
+            info = store.lock_info(CONTROL_OID, partition_lock(role, p))
             live = info is not None and (info.expires_at is None or info.expires_at > now)
             out[p] = cookie_identity(info.cookie) if live and info is not None else None
         return out
 
-    def unheld(self, store: Any) -> list[int]:
-        """The partitions no live instance holds (free, expired, or held by a dead process)."""
+    def unheld(self, store: Any, role: str = FOLLOWER_ROLE) -> list[int]:
+        """The partitions of ``role`` no live instance holds (free, expired, or held by a dead
+        process)."""
         live = self.live()
-        return [p for p, who in self.holders(store).items() if who not in live]
+        return [p for p, who in self.holders(store, role).items() if who not in live]
+
+    def unheld_any(self, store: Any) -> list[str]:
+        """Every role's unheld partitions: ``f<p>`` for the follower's, ``c<p>`` for the
+        collector's streams."""
+        return [f"f{p}" for p in self.unheld(store)] + [f"c{p}" for p in self.unheld(store, COLLECTOR_ROLE)]
 
 
 class Sampler:
-    """Samples which partitions no live instance holds, every ``every`` seconds, in a thread of
-    its own, to tell how long each partition stayed unheld at a stretch (after a kill, or
-    between one instance releasing it and another taking it)."""
+    """Samples which partitions (the follower's and the collector's) no live instance holds,
+    every ``every`` seconds, in a thread of its own, to tell how long each partition stayed
+    unheld at a stretch (after a kill, or between one instance releasing it and another taking
+    it)."""
 
     def __init__(self, fleet: Fleet, store: Any, every: float = 0.1) -> None:
         self.fleet = fleet
         self.store = store
         self.every = every
-        self.samples: list[tuple[float, list[int]]] = []
+        self.samples: list[tuple[float, list[str]]] = []
         self.errors: list[BaseException] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -308,15 +323,16 @@ class Sampler:
     def _run(self) -> None:
         while not self._stop.is_set():
             try:
-                self.samples.append((time.monotonic(), self.fleet.unheld(self.store)))
+                self.samples.append((time.monotonic(), self.fleet.unheld_any(self.store)))
             except BaseException as ex:  # noqa: BLE001 - reported by the test
                 self.errors.append(ex)
             self._stop.wait(self.every)
 
-    def longest_unheld(self) -> dict[int, float]:
-        """Partition -> its longest stretch unheld (first to last sample, plus one interval)."""
-        since: dict[int, float] = {}
-        longest: dict[int, float] = {}
+    def longest_unheld(self) -> dict[str, float]:
+        """Partition (``f<p>``, ``c<p>``) -> its longest stretch unheld (first to last sample,
+        plus one interval)."""
+        since: dict[str, float] = {}
+        longest: dict[str, float] = {}
         for t, unheld in self.samples:
             for p in unheld:
                 since.setdefault(p, t)
@@ -326,23 +342,34 @@ class Sampler:
         return longest
 
 
-def watermark_us(s3: Any, log_bucket: str) -> int:
+def watermark_doc(s3: Any, log_bucket: str) -> dict[str, Any]:
     try:
         body = s3.get_object(Bucket=log_bucket, Key=f"{LOG_PREFIX}/_watermark.json")["Body"].read()
     except s3.exceptions.NoSuchKey:
-        return 0
-    return int(json.loads(body)["complete_until_us"])
+        return {}
+    doc: dict[str, Any] = json.loads(body)
+    return doc
+
+
+def watermark_us(s3: Any, log_bucket: str) -> int:
+    return int(watermark_doc(s3, log_bucket).get("complete_until_us", 0))
 
 
 def committed(s3: Any, bucket: str) -> list[LogRecord]:
-    """Every record of every committed log object in ``bucket``, object by object (not through
-    the reader, which would drop a repeated id)."""
-    out: list[LogRecord] = []
+    """Every record of every committed log object in ``bucket``, object by object in name order
+    (the order a reader merges the collector streams in; not through the reader, which would
+    drop a repeated id)."""
+    return [r for _, r in committed_by_object(s3, bucket)]
+
+
+def committed_by_object(s3: Any, bucket: str) -> list[tuple[str, LogRecord]]:
+    """(object name, record) of every committed log object in ``bucket``, in name order."""
+    out: list[tuple[str, LogRecord]] = []
     for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=f"{LOG_PREFIX}/"):
         for o in page.get("Contents", []):
             name = o["Key"]
             if parse_log_name(name) is None:
                 continue
             body = s3.get_object(Bucket=bucket, Key=name)["Body"].read()
-            out.extend(iter_records(io.BytesIO(body), compression_of(name)))
+            out.extend((name, r) for r in iter_records(io.BytesIO(body), compression_of(name)))
     return out

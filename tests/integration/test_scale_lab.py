@@ -1,24 +1,30 @@
-"""Follower partitions (issue 17) on the lab: three `rgw-changelog serve` processes on one index
-with `[scale] partitioned = true` share the follower's partitions by lease.
+"""Follower partitions and collector streams (issue 17) on the lab: three `rgw-changelog serve`
+processes on one index with `[scale] partitioned = true` share the follower's partitions and the
+collector's streams by lease.
 
 * A workload of >= 5,000 acknowledged mutations (PUT, overwrite, DELETE; versioned buckets with
   version deletes and delete markers) over 20 buckets from four client threads, each thread with
   keys of its own so that every key has one order (the ledger's). Meanwhile a random instance
-  holding partitions is SIGKILLed >= 5 times; each time, the seconds until every partition is
-  held again by a live instance are printed and must stay within lease_ttl + poll + slack. Each
+  holding partitions is SIGKILLed >= 5 times; each time, the seconds until every partition (the
+  follower's, then the collector's streams) is held again by a live instance are printed and
+  must stay within lease_ttl + poll + slack. Each
   instance runs in a pid namespace of its own (as on a host of its own: its locks cannot be
   broken by pid, they expire; `serving.Fleet.isolated`, when root). The killed instance is
   restarted either 2 s later (a newcomer arriving during the takeover) or only once the
   survivors took its partitions.
-* At quiescence every acknowledged mutation is in the committed logs exactly once (no repeated
-  id, no phantom), per key in the ledger's order by ``seq``; the data log was trimmed past every
-  entry of the workload; `status --json` shows three holders and no unheld partition; SIGTERM
-  stops each instance with 0 and releases its partitions.
+* At quiescence (a `POST /_/flush` to one instance flushes every stream) every acknowledged
+  mutation is in the committed logs exactly once (no repeated id, no phantom), per key in the
+  ledger's order by ``seq`` and in the order of the log objects' names (the order every reader
+  merges the streams in), every stream wrote objects, and the reader (bounded by the watermark's
+  ``readable_until_us``) reads them all; the data log was trimmed past every entry of the
+  workload; `status --json` shows three holders and no unheld partition of either role;
+  SIGTERM stops each instance with 0 and releases its partitions.
 * Data-log markers as radosgw hands them out sort in log order under ``rgw_module.trim.marker_order``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
 import re
@@ -29,16 +35,29 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from changelog.pipeline.logformat import LogRecord
+from changelog.pipeline.control import COLLECTOR_ROLE
+from changelog.pipeline.logformat import LogRecord, parse_log_name
+from changelog.pipeline.reader import read_records
+from changelog.pipeline.targets import S3Target
 from rgw_module.admin import AdminClient
 from rgw_module.trim import marker_order
-from tests.integration.serving import REPO, Fleet, Sampler, can_isolate, committed, watermark_us
+from tests.integration.serving import (
+    LOG_PREFIX,
+    REPO,
+    Fleet,
+    Sampler,
+    can_isolate,
+    committed_by_object,
+    watermark_doc,
+    watermark_us,
+)
 from tests.lab import Lab
 
 pytestmark = pytest.mark.ceph
@@ -172,9 +191,10 @@ def control(ceph_lab: Lab, fleet: Fleet) -> Iterator[Any]:
 
 
 def wait_all_held(fleet: Fleet, store: Any, timeout: float) -> float:
-    """Seconds until every partition is held by a live instance."""
+    """Seconds until every partition (the follower's and the collector's) is held by a live
+    instance."""
     t0 = time.monotonic()
-    while unheld := fleet.unheld(store):
+    while unheld := fleet.unheld_any(store):
         if time.monotonic() - t0 > timeout:
             raise AssertionError(f"partitions {unheld} unheld after {timeout:.0f}s\n{fleet.log_tail()}")
         fleet.check_running()
@@ -182,33 +202,49 @@ def wait_all_held(fleet: Fleet, store: Any, timeout: float) -> float:
     return time.monotonic() - t0
 
 
-def kill_one(
-    fleet: Fleet, store: Any, rnd: random.Random, *, restart_after: float | None
-) -> tuple[int, int, float]:
+@dataclass(frozen=True)
+class Kill:
+    """One SIGKILL: the instance, the follower partitions and collector streams it held, the
+    seconds until each role's partitions were all held by live instances again, and how it
+    was restarted."""
+
+    n: int
+    held: int
+    streams: int
+    follower_took: float
+    collector_took: float
+    path: str = ""
+
+
+def kill_one(fleet: Fleet, store: Any, rnd: random.Random, *, restart_after: float | None) -> Kill:
     """SIGKILL a live instance holding partitions; restart it ``restart_after`` seconds later, or
-    (None) once the others hold every partition. (instance, partitions it held, seconds until
-    every partition was held by a live instance again)."""
+    (None) once the others hold every partition."""
     bound = fleet.lease_ttl + fleet.poll_interval + SLACK
     wait_all_held(fleet, store, timeout=bound + 30)
-    holders = fleet.holders(store)
-    victim = rnd.choice([s for s in fleet.slots if s.alive and s.identity in holders.values()])
+    holders, streams = fleet.holders(store), fleet.holders(store, COLLECTOR_ROLE)
+    owners = {*holders.values(), *streams.values()}
+    victim = rnd.choice([s for s in fleet.slots if s.alive and s.identity in owners])
     held = sum(1 for who in holders.values() if who == victim.identity)
+    held_streams = sum(1 for who in streams.values() if who == victim.identity)
     t0 = time.monotonic()
     fleet.kill(victim.n)
     restarted = False
-    while fleet.unheld(store):
+    took: dict[str, float] = {}
+    while len(took) < 2:
+        for role in ("follower", COLLECTOR_ROLE):
+            if role not in took and not fleet.unheld(store, role):
+                took[role] = time.monotonic() - t0
         if restart_after is not None and not restarted and time.monotonic() - t0 >= restart_after:
             fleet.start(victim.n)
             restarted = True
         if time.monotonic() - t0 > bound + 30:
             raise AssertionError(
-                f"partitions {fleet.unheld(store)} unheld for 30s past the bound\n{fleet.log_tail()}"
+                f"partitions {fleet.unheld_any(store)} unheld for 30s past the bound\n{fleet.log_tail()}"
             )
         time.sleep(0.1)
-    took = time.monotonic() - t0
     if not restarted:
         fleet.start(victim.n)
-    return victim.n, held, took
+    return Kill(victim.n, held, held_streams, took["follower"], took[COLLECTOR_ROLE])
 
 
 def wait_watermark(fleet: Fleet, s3: Any, t: float, timeout: float) -> None:
@@ -246,15 +282,25 @@ def wait_datalog_trimmed(admin: AdminClient, buckets: set[str], before: float, t
     return left
 
 
-def wait_balanced(fleet: Fleet, timeout: float) -> Any:
-    """The follower part of `/_/status` once three instances hold 3, 3 and 2 partitions."""
+def wait_balanced(fleet: Fleet, timeout: float) -> tuple[Any, Any]:
+    """The follower part of `/_/status` once three instances hold 3, 3 and 2 partitions, and the
+    collector's streams part once they hold 2, 1 and 1 streams."""
     deadline = time.monotonic() + timeout
     while True:
-        doc = fleet.get(0, "/_/status")["follower"]
-        if doc.get("unheld") == [] and sorted(len(v) for v in doc.get("holders", {}).values()) == [2, 3, 3]:
-            return doc
+        status = fleet.get(0, "/_/status")
+        doc, streams = status["follower"], status["collector"].get("streams", {})
+        if (
+            doc.get("unheld") == []
+            and sorted(len(v) for v in doc.get("holders", {}).values()) == [2, 3, 3]
+            and streams.get("unheld") == []
+            and sorted(len(v) for v in streams.get("holders", {}).values()) == [1, 1, 2]
+        ):
+            return doc, streams
         if time.monotonic() > deadline:
-            raise AssertionError(f"partitions not shared 3/3/2 within {timeout:.0f}s: {doc.get('holders')}")
+            raise AssertionError(
+                f"partitions not shared 3/3/2 and 2/1/1 within {timeout:.0f}s: {doc.get('holders')} "
+                f"{streams.get('holders')}"
+            )
         time.sleep(0.3)
 
 
@@ -268,8 +314,13 @@ def status_json(fleet: Fleet) -> Any:
 
 
 def assert_exactly_once_in_order(records: list[LogRecord], ledger: Ledger) -> None:
+    """Every mutation of the ledger once, per key in the ledger's order: by ``seq``, and in the
+    order of the logs (``records`` come in log-object name order: the streams merged)."""
     ids = Counter(r.id for r in records)
     assert not [i for i, n in ids.items() if n > 1], "records committed twice"
+    in_log_order: Ledger = {}
+    for r in records:
+        in_log_order.setdefault((r.bucket, r.key or ""), []).append(view(r))
     got: Ledger = {}
     for r in sorted(records, key=lambda r: r.seq):
         got.setdefault((r.bucket, r.key or ""), []).append(view(r))
@@ -280,6 +331,7 @@ def assert_exactly_once_in_order(records: list[LogRecord], ledger: Ledger) -> No
         assert Counter(have) == Counter(ops), (bk, "missing", list((Counter(ops) - Counter(have)).items())[:3],
                                                "phantom", list((Counter(have) - Counter(ops)).items())[:3])  # fmt: skip
         assert have == ops, f"{bk}: the records' seq order is not the order radosgw acknowledged"
+        assert in_log_order.get(bk, []) == ops, f"{bk}: the logs, streams merged by name, have another order"
 
 
 def start_fleet(fleet: Fleet, control: Any, s3: Any, tag: str) -> Workload:
@@ -303,19 +355,20 @@ def start_fleet(fleet: Fleet, control: Any, s3: Any, tag: str) -> Workload:
 
 def kill_while_working(
     fleet: Fleet, control: Any, work: Workload, rnd: random.Random
-) -> tuple[list[tuple[int, int, float, str]], dict[int, float]]:
-    """SIGKILLs (at least ``KILLS``) until the workload is done: each kill's (instance,
-    partitions it held, seconds until all were held again, restart), and each partition's
-    longest stretch unheld meanwhile."""
-    takeovers: list[tuple[int, int, float, str]] = []
+) -> tuple[list[Kill], dict[str, float]]:
+    """SIGKILLs (at least ``KILLS``) until the workload is done: each kill, and each
+    partition's longest stretch unheld meanwhile."""
+    takeovers: list[Kill] = []
     with Sampler(fleet, control) as sampler:
         while work.running() or len(takeovers) < KILLS:
             time.sleep(rnd.uniform(1.0, 2.5))
             # Every other kill: restarted 2 s later (a newcomer wanting its share meanwhile),
             # or only after the survivors took its partitions.
             later = len(takeovers) % 2 == 0
-            n, held, took = kill_one(fleet, control, rnd, restart_after=None if later else 2.0)
-            takeovers.append((n, held, took, "restarted after" if later else "restarted at 2 s"))
+            kill = kill_one(fleet, control, rnd, restart_after=None if later else 2.0)
+            takeovers.append(
+                dataclasses.replace(kill, path="restarted after" if later else "restarted at 2 s")
+            )
         for t in work.threads:
             t.join()
     assert not sampler.errors, sampler.errors[:3]
@@ -342,32 +395,58 @@ def test_three_partitioned_serves_through_kills_every_mutation_once(
     wait_all_held(fleet, control, timeout=fleet.lease_ttl + 30)
     wait_watermark(fleet, s3, t_end + 1.0, timeout=120)
     t_drained = time.monotonic()
+    # One instance's flush flushes every stream: what is committed is then readable.
+    flushed = fleet.post(0, "/_/flush")
+    t_flushed = time.monotonic() - t_drained
 
     admin = AdminClient(ceph_lab.rgw_endpoint, ceph_lab.access_key, ceph_lab.secret_key, region="default")
     left = wait_datalog_trimmed(admin, set(fleet.buckets), t_end, timeout=30)
     trims = sum(
         int(fleet.get(s.n, "/_/status")["follower"]["live"].get("datalog_trims", 0)) for s in fleet.slots
     )
-    balanced = wait_balanced(fleet, timeout=fleet.lease_ttl * 3)
-    status = status_json(fleet)["follower"]
+    balanced, balanced_streams = wait_balanced(fleet, timeout=fleet.lease_ttl * 3)
+    full_status = status_json(fleet)
+    status, streams_status = full_status["follower"], full_status["collector"]["streams"]
+    wm = watermark_doc(s3, fleet.log_bucket)
+    by_object = committed_by_object(s3, fleet.log_bucket)
+    logs = S3Target(fleet.log_bucket, f"{LOG_PREFIX}/", client=s3)
+    read = [r for r in read_records(logs) if not r.is_bucket_op]
     codes = fleet.terminate_all()
-    released = fleet.holders(control)
-    records = [r for r in committed(s3, fleet.log_bucket) if not r.is_bucket_op]
+    released = {
+        **fleet.holders(control),
+        **{-1 - p: w for p, w in fleet.holders(control, COLLECTOR_ROLE).items()},
+    }
+    records = [r for _, r in by_object if not r.is_bucket_op]
+    streams_written = Counter(parse_log_name(name).stream for name in {n for n, _ in by_object})  # type: ignore[union-attr]
 
     bound = fleet.lease_ttl + fleet.poll_interval + SLACK
     hosts = "one pid namespace each" if fleet.isolated else "one pid namespace"
     print(f"\nscale test ({ceph_lab.release}, {hosts}): {mutations} mutations in {work_s:.1f}s, "
           f"{len(records)} records, drained {t_drained - t_work - work_s:.1f}s after the workload; "
           f"datalog trims counted by the live instances: {trims}; total {time.monotonic() - t_start:.0f}s")  # fmt: skip
+    print(f"  collector streams: {fleet.streams}, records per stream "
+          f"{dict(sorted(Counter(parse_log_name(n).stream for n, r in by_object if not r.is_bucket_op).items()))}, "  # type: ignore[union-attr]
+          f"objects per stream {dict(sorted(streams_written.items()))}; flush over every stream {t_flushed:.2f}s")  # fmt: skip
     print(
-        "  longest unheld stretch per partition: "
+        "  longest unheld stretch per partition (f: follower, c: collector stream): "
         + ", ".join(f"{p}: {s:.1f}s" for p, s in sorted(longest.items()))
     )
-    for n, held, took, path in takeovers:
-        print(f"  SIGKILL serve {n} holding {held} partitions ({path}): all held again after {took:.2f}s "
-              f"(bound {bound:.1f}s)")  # fmt: skip
+    for k in takeovers:
+        print(f"  SIGKILL serve {k.n} holding {k.held} follower partitions and {k.streams} collector streams "
+              f"({k.path}): all held again after {k.follower_took:.2f}s (follower), {k.collector_took:.2f}s "
+              f"(collector) (bound {bound:.1f}s)")  # fmt: skip
     assert mutations >= 5000, mutations
     assert_exactly_once_in_order(records, ledger)
+    assert set(streams_written) == set(range(fleet.streams)), streams_written
+    assert flushed["cutoff_us"] <= wm["readable_until_us"], (flushed, wm)
+    assert sorted(r.id for r in read) == sorted(r.id for r in records), (
+        "the reader's records differ from the logs'"
+    )
+    assert streams_status["partitioned"] is True and streams_status["count"] == fleet.streams, streams_status
+    assert streams_status["unheld"] == [] and sorted(streams_status["by_partition"]) == [
+        str(p) for p in range(fleet.streams)
+    ]
+    assert len(balanced_streams["holders"]) == 3
     assert codes == {s.n: 0 for s in fleet.slots}, (codes, fleet.log_tail())
     assert set(released.values()) == {None}, f"partitions not released at SIGTERM: {released}"
     assert left == 0, f"{left} data-log entries of the workload left untrimmed"
@@ -375,7 +454,7 @@ def test_three_partitioned_serves_through_kills_every_mutation_once(
     assert sorted(status["by_partition"]) == [str(p) for p in range(fleet.partitions)]
     assert len(balanced["holders"]) == 3
     assert len(takeovers) >= KILLS
-    assert all(took <= bound for _, _, took, _ in takeovers), takeovers
+    assert all(max(k.follower_took, k.collector_took) <= bound for k in takeovers), takeovers
     # Not only after a kill: no partition stays unheld longer (a release for a newcomer, too).
     assert max(longest.values(), default=0.0) <= bound, longest
 

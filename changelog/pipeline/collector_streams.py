@@ -1,0 +1,489 @@
+"""The collector cut into streams (``[scale] partitioned``, docs/design.md §16): every ``serve``
+of the index with the setting runs a ``StreamedCollector``, which takes its fair share of
+``collector_partitions`` partition leases (``changelog.pipeline.partitions``, role
+``collector``) and runs one ``Collector`` stream per partition held (``collector.Stream``):
+the index shards ``s % count == n``, its own seq, names, pending records and state. A dead
+instance's streams are free one lease TTL after its last renewal; whoever takes one recovers
+its pending commits under their names and cutoffs.
+
+The stream count is fixed for an index (``c.streams``): a key's shard, and so its stream, must
+not change while its records are in flight. The published watermark (``publish``, by the holder
+of stream 0, or a flush) is the minimum over the streams: ``complete_until_us`` of their
+watermarks, ``readable_until_us`` of the cutoffs they committed through (the readers' bound,
+``changelog.pipeline.reader``).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import orjson
+
+from changelog.config import CollectorConfig
+from changelog.errors import LeaseLost, LockBusy, ObjectMissing, PermanentError, TransientError
+from changelog.pipeline.collector import FLUSH_TIMEOUT, Collector, CollectorState, PassResult, Stream
+from changelog.pipeline.commit import PendingCommit
+from changelog.pipeline.control import (
+    COLLECTOR_LOCK,
+    COLLECTOR_PENDING_PREFIX,
+    COLLECTOR_ROLE,
+    COLLECTOR_STREAMS_META_KEY,
+    collector_state_key,
+    partition_lock,
+)
+from changelog.pipeline.index import ChangeIndex
+from changelog.pipeline.lease import Lease, make_cookie
+from changelog.pipeline.logformat import (
+    Compression,
+    encode_watermark,
+    parse_log_name,
+    rfc3339_us,
+    watermark_name,
+)
+from changelog.pipeline.loop import Clocks, Stopped, Wake
+from changelog.pipeline.partitions import Partitions
+from changelog.pipeline.store import WriteOp, omap_iter
+from changelog.pipeline.targets import Target
+
+logger = logging.getLogger(__name__)
+
+# A flush request: the time it was asked (unix µs); every instance flushes its streams once
+# they are behind it.
+FLUSH_KEY = "c.flush"
+# How often a flush looks whether every stream has passed its time.
+FLUSH_POLL = 0.1
+# ``Collector.step``'s flush_after_us for a flush asked of this instance: after every cutoff.
+FLUSH_ALWAYS = 2**62
+
+__all__ = ["StreamedCollector", "prepare_streams", "publish", "read_count", "streams_state"]
+
+
+@dataclass(frozen=True, slots=True)
+class Published:
+    """The watermark over every stream, as ``publish`` computes it from the stored states."""
+
+    complete_until_us: int
+    readable_until_us: int
+    last_object: str | None
+
+
+def read_count(index: ChangeIndex) -> int | None:
+    """The stream count the index was cut into; None: never partitioned."""
+    raw = index.store.omap_get(index.control_oid, [COLLECTOR_STREAMS_META_KEY]).get(
+        COLLECTOR_STREAMS_META_KEY
+    )
+    return None if raw is None else int(orjson.loads(raw)["count"])
+
+
+def prepare_streams(index: ChangeIndex, count: int) -> None:
+    """Record the stream count on first use; refuse another one (``PermanentError``)."""
+    have = read_count(index)
+    if have is None:
+        index.store.execute(
+            index.control_oid, WriteOp(set={COLLECTOR_STREAMS_META_KEY: orjson.dumps({"count": count})})
+        )
+        logger.info("collector: the index is cut into %d streams", count)
+    elif have != count:
+        raise PermanentError(
+            f"[scale] collector_partitions = {count}, but the index's collector is cut into {have} streams "
+            "(fixed once used: a key's stream must not change while its records are in flight)"
+        )
+
+
+def stream_states(index: ChangeIndex, count: int) -> list[CollectorState]:
+    """Every stream's stored state, stream 0 first (a default one where none is stored yet)."""
+    keys = [collector_state_key(n) for n in range(count)]
+    got = index.store.omap_get(index.control_oid, keys)
+    return [CollectorState.decode(got.get(k)) for k in keys]
+
+
+def combined(states: list[CollectorState], *, last_object: str | None = None) -> Published:
+    """The minimum over the streams; ``last_object``: the newest name at or below the readable
+    bound that a stream is known to have committed (never below ``last_object``, the one
+    published before: a consumer's upper end, as the backup's ``until``)."""
+    readable = min(s.through_us for s in states)
+    newest = [s.last_object for s in states if s.last_object is not None]
+    for name in newest:
+        parsed = parse_log_name(name)
+        if (
+            parsed is not None
+            and parsed.cutoff_us <= readable
+            and (last_object is None or name > last_object)
+        ):
+            last_object = name
+    return Published(min(s.watermark_us for s in states), readable, last_object)
+
+
+def publish(
+    index: ChangeIndex, target: Target, *, log_prefix: str, count: int, now_us: int
+) -> Published | None:
+    """Write the watermark object over every stream, unless it would not move forward (two
+    instances may publish at once: the later of two racing writes may carry the older values,
+    which the next publish mends). None while a stream has committed nothing through."""
+    name = watermark_name(log_prefix)
+    try:
+        doc: object = orjson.loads(target.get(name))
+    except (ObjectMissing, orjson.JSONDecodeError):
+        doc = None
+    old = doc if isinstance(doc, dict) else {}
+    prev_last = old.get("last_object")
+    pub = combined(stream_states(index, count), last_object=prev_last if isinstance(prev_last, str) else None)
+    if not pub.readable_until_us:
+        return None
+    # Both figures are lower bounds that only grow: the higher of what is there and what the
+    # states say now is still true (a racing publisher may have written older ones).
+    had = Published(_int(old.get("complete_until_us")), _int(old.get("readable_until_us")), pub.last_object)
+    pub = Published(
+        max(pub.complete_until_us, had.complete_until_us),
+        max(pub.readable_until_us, had.readable_until_us),
+        pub.last_object,
+    )
+    if pub == had and old.get("streams") == count:
+        return pub
+    body = encode_watermark(
+        complete_until_us=pub.complete_until_us,
+        last_object=pub.last_object,
+        updated_us=now_us,
+        readable_until_us=pub.readable_until_us,
+        streams=count,
+    )
+    target.put(name, body, metadata={})
+    return pub
+
+
+def _int(v: object) -> int:
+    return v if isinstance(v, int) else 0
+
+
+def streams_state(index: ChangeIndex) -> dict[str, object]:
+    """``status`` of a partitioned collector (no lease needed): the count, the combined
+    watermark, which instance holds which stream, and each stream's stored state."""
+    count = read_count(index)
+    if count is None:
+        return {"partitioned": False}
+    store, oid = index.store, index.control_oid
+    states = stream_states(index, count)
+    pending: dict[int, list[str]] = {}
+    for _, raw in omap_iter(store, oid, prefix=COLLECTOR_PENDING_PREFIX):
+        p = PendingCommit.decode(raw)
+        parsed = parse_log_name(p.name)
+        pending.setdefault(
+            parsed.stream if parsed is not None and parsed.stream is not None else -1, []
+        ).append(p.name)
+    holders: dict[str, list[int]] = {}
+    for n in range(count):
+        info = store.lock_info(oid, partition_lock(COLLECTOR_ROLE, n))
+        if info is not None:
+            holders.setdefault(info.cookie, []).append(n)
+    pub = combined(states)
+    return {
+        "partitioned": True,
+        "count": count,
+        "watermark": rfc3339_us(pub.complete_until_us) if pub.complete_until_us else None,
+        "readable_until": rfc3339_us(pub.readable_until_us) if pub.readable_until_us else None,
+        "holders": holders,
+        "unheld": [n for n in range(count) if not any(n in v for v in holders.values())],
+        "by_partition": {
+            str(n): {
+                "last_cutoff": rfc3339_us(s.last_cutoff_us) if s.last_cutoff_us else None,
+                "through": rfc3339_us(s.through_us) if s.through_us else None,
+                "watermark": rfc3339_us(s.watermark_us) if s.watermark_us else None,
+                "last_object": s.last_object,
+                "generation": s.generation,
+                "pending": pending.get(n, []),
+            }
+            for n, s in enumerate(states)
+        },
+        **({"unpartitioned_pending": pending[-1]} if -1 in pending else {}),
+    }
+
+
+class StreamedCollector:
+    """This instance's share of the collector streams (module docstring). The same face as
+    ``Collector`` to the service: ``run``, ``stats``, ``leases``, ``role_leases``,
+    ``request_flush``, ``active``."""
+
+    def __init__(
+        self,
+        index: ChangeIndex,
+        target: Target,
+        config: CollectorConfig | None = None,
+        *,
+        count: int,
+        compression: Compression | str = Compression.NONE,
+        log_prefix: str = "",
+        clocks: Clocks | None = None,
+        instance: str | None = None,
+        watermark_cap: Callable[[], int | None] | None = None,
+        fault_hook: Callable[[str], None] | None = None,
+        paused: Callable[[], bool] | None = None,
+    ) -> None:
+        self.config = config if config is not None else CollectorConfig()
+        self.index = index
+        self.target = target
+        self.count = count
+        self.compression = Compression.parse(compression)
+        self.log_prefix = log_prefix.strip("/")
+        self.instance = instance or make_cookie("collector")
+        self.name = "collector"
+        self._clocks = clocks if clocks is not None else Clocks()
+        self._cap = watermark_cap
+        self._hook = fault_hook
+        self._paused = paused
+        self.partitions = Partitions(
+            index.store,
+            index.control_oid,
+            role=COLLECTOR_ROLE,
+            count=count,
+            instance=self.instance,
+            ttl=self.config.lease_ttl,
+            clock=self._clocks.clock,
+            monotonic=self._clocks.monotonic,
+        )
+        self._streams: dict[int, Collector] = {}
+        self._held: list[int] = []
+        self._retry_at: dict[int, tuple[float, float]] = {}  # stream -> (when, backoff)
+        self._prepared = False
+        self._wake = Wake()
+        self._flush_local = threading.Event()
+        self._lock = threading.Lock()
+        self._retired: dict[str, object] = {}
+        self._published: Published | None = None
+        self._seen: Published | None = None  # combined from the stored states at the last round
+        self.errors: dict[str, int] = {"transient": 0, "leases_lost": 0}
+
+    def __repr__(self) -> str:
+        return f"StreamedCollector({self.instance!r}, {self.count} streams, {self.target.url!r})"
+
+    # ------------------------------------------------------------------ the loop
+
+    def run(self, stop: threading.Event) -> None:
+        """Until ``stop``: refresh this instance's share, then a pass of every stream held,
+        every ``interval`` (sooner on a flush request). A transient error backs off that stream
+        only; a lost lease drops it (another instance has it); a permanent error is raised."""
+        try:
+            while not stop.is_set():
+                if self._paused is not None and self._paused():
+                    stop.wait(self.config.pause_poll)
+                    continue
+                t0 = self._clocks.monotonic()
+                try:
+                    self.step(stop)
+                except Stopped:
+                    break
+                except (TransientError, LeaseLost) as ex:
+                    self.errors["transient"] += 1
+                    logger.warning("collector streams: %s", ex)
+                left = max(0.0, self.config.interval - (self._clocks.monotonic() - t0))
+                self._wake.wait(stop, left)
+        finally:
+            self.step_down()
+
+    def step(self, stop: threading.Event | None = None) -> list[int]:
+        """One round: refresh the share, a pass of each stream held (without a settle window
+        when a flush asks for one), publish the watermark when holding stream 0. The streams
+        held."""
+        if not self._prepared:
+            prepare_streams(self.index, self.count)
+            self._prepared = True
+        keys = [collector_state_key(n) for n in range(self.count)]
+        got = self.index.store.omap_get(self.index.control_oid, [FLUSH_KEY, *keys])
+        flush_us = int(got[FLUSH_KEY]) if FLUSH_KEY in got else 0
+        # Every instance knows the combined watermark (its metric), not only the publisher.
+        self._seen = combined([CollectorState.decode(got.get(k)) for k in keys])
+        info = self.index.store.lock_info(self.index.control_oid, COLLECTOR_LOCK)
+        if info is not None and (info.expires_at is None or info.expires_at > self._clocks.clock()):
+            # An unpartitioned collector (a serve without [scale] partitioned, or `collect`):
+            # the two never drain side by side, their names would interleave for the readers.
+            self._drop_all()
+            self.partitions.close()
+            raise LockBusy(
+                f"the unpartitioned collector lease is held by {info.description}: streams stand by"
+            )
+        held = self.partitions.refresh()
+        for n in held:
+            if n not in self._held and n in self._streams:
+                # Taken again (a new lease): a fresh stream collector, which loads the state
+                # another instance may have moved meanwhile.
+                self._retire(self._streams.pop(n))
+        self._held = held
+        local = self._flush_local.is_set()
+        self._flush_local.clear()
+        for n in held:
+            if stop is not None and stop.is_set():
+                raise Stopped()
+            self._pass(n, stop, flush_us=flush_us, local=local)
+        if 0 in self._held:
+            self._publish()
+        return held
+
+    def _stream(self, n: int) -> Collector:
+        c = self._streams.get(n)
+        if c is None:
+            c = self._streams[n] = Collector(
+                self.index,
+                self.target,
+                self.config,
+                compression=self.compression,
+                log_prefix=self.log_prefix,
+                clocks=self._clocks,
+                collector_id=self.instance,
+                watermark_cap=self._cap,
+                fault_hook=self._hook,
+                stream=Stream(n, self.count, self.partitions.lease(n)),
+            )
+        return c
+
+    def _pass(self, n: int, stop: threading.Event | None, *, flush_us: int, local: bool) -> None:
+        when, backoff = self._retry_at.get(n, (0.0, 0.0))
+        if self._clocks.monotonic() < when:
+            return
+        c = self._stream(n)
+        try:
+            if not c.try_takeover():
+                return
+            # A flush asked for after this stream's last cutoff: no settle window this time.
+            c.step(stop or threading.Event(), flush_after_us=FLUSH_ALWAYS if local else flush_us)
+        except LeaseLost as ex:
+            self.errors["leases_lost"] += 1
+            logger.warning("collector stream %d lost its lease, stopped writing: %s", n, ex)
+            self._held = [h for h in self._held if h != n]
+            self._retire(self._streams.pop(n))
+        except TransientError as ex:
+            self.errors["transient"] += 1
+            backoff = min(max(backoff * 2, self.config.backoff_base), self.config.backoff_max)
+            self._retry_at[n] = (self._clocks.monotonic() + backoff, backoff)
+            logger.warning("collector stream %d: pass failed, next in %.1fs: %s", n, backoff, ex)
+        else:
+            self._retry_at.pop(n, None)
+
+    def _publish(self) -> Published | None:
+        try:
+            pub = publish(
+                self.index,
+                self.target,
+                log_prefix=self.log_prefix,
+                count=self.count,
+                now_us=int(self._clocks.clock() * 1_000_000),
+            )
+        except (TransientError, PermanentError) as ex:
+            logger.warning("collector streams: the watermark was not published: %s", ex)
+            return None
+        if pub is not None:
+            self._published = pub
+        return pub
+
+    def _retire(self, c: Collector) -> None:
+        """Keep a replaced stream collector's counters; stop its shard-lease renewals."""
+        c.step_down()
+        with self._lock:
+            for k, v in c.stats().items():
+                if k in _COUNTERS:
+                    self._retired[k] = int(str(self._retired.get(k, 0))) + int(str(v or 0))
+
+    def _drop_all(self) -> None:
+        for n in list(self._streams):
+            self._retire(self._streams.pop(n))
+        self._held = []
+
+    def step_down(self) -> None:
+        self._drop_all()
+        self.partitions.close()
+
+    close = step_down
+
+    # ------------------------------------------------------------------ flush
+
+    def request_flush(self, timeout: float = FLUSH_TIMEOUT) -> PassResult:
+        """For the running service (``POST /_/flush``): ask every instance to flush its
+        streams (``c.flush``, read at each round), flush this one's now, and wait until every
+        record recorded before the request is readable; then publish. The result: the readable
+        cutoff and the combined watermark (the objects are every stream's, not listed here).
+        ``TransientError`` when that takes longer than ``timeout``.
+
+        Two rounds: once every stream committed through the time asked, each one's records of
+        before it lie in objects at or below the highest cutoff reached (``goal``); a second
+        flush brings every stream through that one, and the readers' bound with them."""
+        asked = int(self._clocks.clock() * 1_000_000)
+        deadline = self._clocks.monotonic() + timeout
+        goal, second = asked, False
+        self._ask(goal)
+        while True:
+            states = stream_states(self.index, self.count)
+            if min(s.through_us for s in states) >= goal:
+                if second:
+                    break
+                goal, second = max(s.through_us for s in states), True
+                if min(s.through_us for s in states) >= goal:
+                    break
+                self._ask(goal)
+                continue
+            if self._clocks.monotonic() > deadline:
+                behind = [n for n, s in enumerate(states) if s.through_us < goal]
+                raise TransientError(f"no flush of collector streams {behind} within {timeout:.0f}s")
+            self._clocks.sleep(FLUSH_POLL)
+        pub = self._publish() or combined(states)
+        return PassResult(pub.readable_until_us, (), 0, 0, (), pub.complete_until_us or None)
+
+    def _ask(self, until_us: int) -> None:
+        """Every stream whose last cutoff is below ``until_us`` passes without a settle window."""
+        self.index.store.execute(self.index.control_oid, WriteOp(set={FLUSH_KEY: str(until_us).encode()}))
+        self._flush_local.set()
+        self._wake.set()
+
+    # ------------------------------------------------------------------ what the service asks
+
+    @property
+    def active(self) -> bool:
+        return bool(self.partitions.held())
+
+    def leases(self) -> list[Lease]:
+        """The partition leases held, and the shard leases of the streams run here."""
+        out = self.partitions.held_leases()
+        for c in list(self._streams.values()):
+            out += c.leases()[1:]
+        return out
+
+    def role_leases(self) -> list[Lease]:
+        return self.partitions.held_leases()
+
+    def stats(self) -> dict[str, object]:
+        """``Collector.stats`` over the streams this process ran: counters summed, the last
+        pass's figures of the latest, ``complete_until`` the combined watermark last
+        published or computed, ``partitions_held``."""
+        with self._lock:
+            out: dict[str, object] = dict(self._retired)
+        streams = [c.stats() for _, c in sorted(list(self._streams.items()))]
+        errors: dict[str, int] = {}
+        last_end = None
+        for st in streams:
+            for k in _COUNTERS:
+                out[k] = int(str(out.get(k, 0))) + int(str(st.get(k) or 0))
+            for kind, v in dict(st.get("target_errors") or {}).items():  # type: ignore[call-overload]
+                errors[kind] = errors.get(kind, 0) + int(v)
+            end = st.get("last_pass_end")
+            if isinstance(end, float) and (last_end is None or end >= last_end):
+                last_end = end
+                for k in ("last_pass_entries", "last_pass_seconds", "last_pass_end"):
+                    out[k] = st.get(k)
+        failed = [st for st in streams if int(str(st.get("failed_passes") or 0))]
+        out["failed_passes"] = max((int(str(st["failed_passes"])) for st in failed), default=0)
+        out["last_error"] = next((st.get("last_error") for st in failed), None)
+        out["last_failure"] = next((st.get("last_failure") for st in failed), None)
+        out["target_errors"] = errors
+        pubs = [p for p in (self._published, self._seen) if p is not None and p.complete_until_us]
+        out["complete_until"] = max(p.complete_until_us for p in pubs) / 1_000_000 if pubs else None
+        out["active"] = self.active
+        out["partitions_held"] = self.partitions.held()
+        out["partitions_count"] = self.count
+        for k in ("passes", "entries_emitted", "objects_committed", "bytes_committed"):
+            out.setdefault(k, 0)
+        for k in ("last_pass_entries", "last_pass_seconds", "last_pass_end"):
+            out.setdefault(k, None)
+        return out
+
+
+_COUNTERS = ("passes", "entries_emitted", "objects_committed", "bytes_committed")
