@@ -83,7 +83,10 @@ def _native_prepare() -> _NativePrepare | None:
         from changelog import _speedups
     except ImportError:
         return None
-    return _speedups.prepare_records
+    # A module built from an older source (a checkout updated without a rebuild) lacks it:
+    # Python serves, as without the module.
+    prepare: _NativePrepare | None = getattr(_speedups, "prepare_records", None)
+    return prepare
 
 
 _NATIVE_PREPARE = _native_prepare()
