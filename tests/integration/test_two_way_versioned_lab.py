@@ -373,7 +373,9 @@ def test_versioned_two_way_keeps_one_stack_through_crashes_and_an_outage(
         disagree = {key: tops for key, tops in disagree.items() if tops[0] != tops[1]}
         print(f"current entries differ on {len(disagree)} of {len(sa)} keys: {list(disagree.items())[:5]}")
         for key, tops in disagree.items():
-            assert sa[key][0][0] in tops, (key, tops, sa[key][:3])
+            first, is_marker, _ = sa[key][0]
+            # A HEAD answers a current delete marker with a bare 404 on 16.2 and 18.2 (no id).
+            assert first in tops or (is_marker and None in tops), (key, tops, sa[key][:3])
 
         # 2. Nothing lost, nothing back: every version a user made and did not delete is on both
         # sides with its content; every version a user deleted is on neither.
