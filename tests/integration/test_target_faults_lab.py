@@ -56,11 +56,15 @@ def remount(path: Path, mode: str) -> None:
 
 
 def health(port: int) -> tuple[int, dict[str, Any]]:
+    """The healthcheck's status and body; (0, {}) while serve's API is not listening yet (a
+    start under load can take longer than the test's first look)."""
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/_/healthcheck", timeout=15) as resp:
             return resp.status, json.loads(resp.read())
     except urllib.error.HTTPError as ex:
         return ex.code, json.loads(ex.read())
+    except (urllib.error.URLError, ConnectionError):
+        return 0, {}
 
 
 def status(port: int) -> dict[str, Any]:
