@@ -216,8 +216,9 @@ def test_a_crash_after_the_placeholder_then_the_marker_undeleted_leaves_the_plac
     a's delete of mA finds nothing at b. The empty placeholder stays b's current version: b's
     users read an empty object that no one wrote, a never has it."""
     z, k = zones, key_of("crash")
-    if z.lab.release not in ("pacific", "reef"):
-        pytest.skip("20.2 places a marker on a marker: no placeholder")
+    # 20.2 places a marker on a marker: no placeholder, nothing to kill; the rest of the
+    # scenario (the undelete, then b's marker reaching a) runs on every release.
+    dance = z.lab.release in ("pacific", "reef")
     v1 = z.put(z.a, k, b"v1")
     assert z.apply("write", z.a, k, v1).status == "completed"
     m_b = z.marker(z.b, k)
@@ -234,8 +235,12 @@ def test_a_crash_after_the_placeholder_then_the_marker_undeleted_leaves_the_plac
 
     z.sys.meta.events.register("before-send.s3", kill_after_placeholder, unique_id="h4-kill")
     try:
-        with pytest.raises(Killed):
-            z.apply("delete_marker", z.a, k, m_a)
+        if dance:
+            with pytest.raises(Killed):
+                z.apply("delete_marker", z.a, k, m_a)
+        else:
+            assert z.apply("delete_marker", z.a, k, m_a).status == "completed"
+            assert not [x for x in sent if "rgwcl-placeholder" in x], sent
     finally:
         z.sys.meta.events.unregister("before-send.s3", unique_id="h4-kill")
     print("\n".join(sent))
