@@ -765,8 +765,7 @@ class _Apply:
             self.delete_placeholder(m)
             return self._done("the delete marker is already at the site")
         if self.careful or self.retry:
-            stack = self._stack(self.source, self.rec.s3_bucket, "source")
-            if m not in [vid for vid, _ in stack]:
+            if m not in self.stack_ids(self.source, self.rec.s3_bucket, self._src("list versions of")):
                 # Gone at the source since (an undelete): a crash mid-way below may have left
                 # its placeholder at the site, current.
                 self.delete_placeholder(m)
@@ -870,14 +869,18 @@ class _Apply:
         self.placed("PUT placeholder", _vid(resp.get("VersionId")), version)
 
     def site_stack_ids(self) -> set[str]:
-        """The version and delete marker ids of exactly this key at the site, every page of
+        """The version and delete marker ids of exactly this key at the site (``stack_ids``)."""
+        return self.stack_ids(self.dest.client, self.dest.bucket, self._site("list versions of"))
+
+    def stack_ids(self, client: S3Client, bucket: str, what: str) -> set[str]:
+        """The version and delete marker ids of exactly this key in ``bucket``, every page of
         them (a HEAD by version id cannot tell a delete marker from nothing: both are a bare
         404 on 16.2 to 20.2). A key's entries come first in a listing by prefix."""
-        client, key = self.dest.client, self.key
+        key = self.key
         ids: set[str] = set()
-        req: ListObjectVersionsRequestTypeDef = {"Bucket": self.dest.bucket, "Prefix": key}
+        req: ListObjectVersionsRequestTypeDef = {"Bucket": bucket, "Prefix": key}
         while True:
-            resp = self._call(self._site("list versions of"), partial(client.list_object_versions, **req))
+            resp = self._call(what, partial(client.list_object_versions, **req))
             rows = [*resp.get("Versions", []), *resp.get("DeleteMarkers", [])]
             ids.update(str(o.get("VersionId") or NULL) for o in rows if o.get("Key") == key)
             if any(o.get("Key") != key for o in rows) or not resp.get("IsTruncated"):
