@@ -144,9 +144,12 @@ def test_destination_lock_renews_in_the_background(tmp_path: Path) -> None:
     with lock:
         first = read_lock(store, "cleanup")
         assert first is not None
-        ft.t += lock.renew_every  # 1 s: margin 1 s, so ttl/3 and (ttl - margin)/2 agree
+        # acquire's confirmation wait (1 s of fake time) used up one renew interval (1 s: margin
+        # 1 s, so ttl/3 and (ttl - margin)/2 agree): a renewal is due now. (Moving the clock on
+        # first would reach the local deadline, 2 s, before the renewer had run: lost, a race.)
         eventually("a renewal", lambda: (doc := read_lock(store, "cleanup")) is not None
                    and doc.expires > first.expires)
+        ft.t += lock.renew_every / 2
         assert lock.held
     assert read_lock(store, "cleanup") is None  # released: deleted
 
