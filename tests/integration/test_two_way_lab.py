@@ -594,6 +594,46 @@ def clear_last_write(ms: list[Mutation]) -> Mutation | None:
 # --------------------------------------------------------------------------- the test
 
 
+def load_with_faults(
+    zones: dict[str, Zone], loads: list[threading.Thread], *, seed: int, jitter: float
+) -> tuple[Counter[str], dict[str, float]]:
+    """Start the load threads and, while they run, SIGKILL (and restart) each zone's serve
+    ``KILLS`` times, alternating, spread over the load (``jitter`` seconds either way), and cut the
+    link between the zones from 25 s for ``OUTAGE`` seconds. Returns the kills per zone and the
+    outage's ``cut``/``restored`` times (monotonic, from the start)."""
+    a, b = zones["a"], zones["b"]
+    for t in loads:
+        t.start()
+    rnd = random.Random(seed)
+    t0 = time.monotonic()
+    plan = sorted(
+        (LOAD_SECONDS * (i + 0.5) / (2 * KILLS) + rnd.uniform(-jitter, jitter), ZONES[i % 2])
+        for i in range(2 * KILLS)
+    )
+    kills: Counter[str] = Counter()
+    outage: dict[str, float] = {}
+    while any(t.is_alive() for t in loads) or plan or "restored" not in outage:
+        now = time.monotonic() - t0
+        if "cut" not in outage and now >= 25:
+            a.link.cut()
+            b.link.cut()
+            outage["cut"] = now
+        if "cut" in outage and "restored" not in outage and now - outage["cut"] >= OUTAGE:
+            a.link.restore()
+            b.link.restore()
+            outage["restored"] = now
+        # A kill that the load outlived is made right after it.
+        if plan and (now >= plan[0][0] or not any(t.is_alive() for t in loads)):
+            _, z = plan.pop(0)
+            zones[z].kill()
+            zones[z].start()
+            kills[z] += 1
+        for z in (a, b):
+            z.check_running()
+        time.sleep(0.5)
+    return kills, outage
+
+
 @pytest.mark.two_sites
 def test_two_way_converges_through_crashes_and_an_outage(
     ceph_lab: Lab, peer_lab: Lab, tmp_path: Path
@@ -647,36 +687,8 @@ def test_two_way_converges_through_crashes_and_an_outage(
                 target=arrival_load, args=(zones, ledger, arrived), kwargs={"total": ARRIVALS}, daemon=True
             )
         )
-        for t in loads:
-            t.start()
-        rnd = random.Random(17)
         t0 = time.monotonic()
-        # Kills alternate between the zones, spread over the load; the link is down from 25 s.
-        plan = sorted(
-            (LOAD_SECONDS * (i + 0.5) / (2 * KILLS) + rnd.uniform(-3, 3), ZONES[i % 2])
-            for i in range(2 * KILLS)
-        )
-        kills: Counter[str] = Counter()
-        outage: dict[str, float] = {}
-        while any(t.is_alive() for t in loads) or plan or "restored" not in outage:
-            now = time.monotonic() - t0
-            if "cut" not in outage and now >= 25:
-                a.link.cut()
-                b.link.cut()
-                outage["cut"] = now
-            if "cut" in outage and "restored" not in outage and now - outage["cut"] >= OUTAGE:
-                a.link.restore()
-                b.link.restore()
-                outage["restored"] = now
-            # A kill that the load outlived is made right after it.
-            if plan and (now >= plan[0][0] or not any(t.is_alive() for t in loads)):
-                _, z = plan.pop(0)
-                zones[z].kill()
-                zones[z].start()
-                kills[z] += 1
-            for z in (a, b):
-                z.check_running()
-            time.sleep(0.5)
+        kills, outage = load_with_faults(zones, loads, seed=17, jitter=3.0)
         for t in loads:
             t.join()
         load_end = time.monotonic()

@@ -38,6 +38,7 @@ from tests.integration.test_two_way_lab import (
     Zone,
     body_of,
     lab_client_as,
+    load_with_faults,
     make_bucket,
     rgw_log,
 )
@@ -307,32 +308,8 @@ def test_versioned_two_way_keeps_one_stack_through_crashes_and_an_outage(
         loads.append(
             threading.Thread(target=conflict_load, args=(zones, ledger), kwargs={"seed": 7}, daemon=True)
         )
-        for t in loads:
-            t.start()
-        rnd = random.Random(3)
-        plan = sorted(
-            (LOAD_SECONDS * (i + 0.5) / (2 * KILLS) + rnd.uniform(-2, 2), ZONES[i % 2])
-            for i in range(2 * KILLS)
-        )
-        t0 = time.monotonic()
-        outage: dict[str, float] = {}
-        while any(t.is_alive() for t in loads) or plan or "restored" not in outage:
-            now = time.monotonic() - t0
-            if "cut" not in outage and now >= 25:
-                a.link.cut()
-                b.link.cut()
-                outage["cut"] = now
-            if "cut" in outage and "restored" not in outage and now - outage["cut"] >= OUTAGE:
-                a.link.restore()
-                b.link.restore()
-                outage["restored"] = now
-            if plan and (now >= plan[0][0] or not any(t.is_alive() for t in loads)):
-                _, z = plan.pop(0)
-                zones[z].kill()
-                zones[z].start()
-            for z in (a, b):
-                z.check_running()
-            time.sleep(0.5)
+        kills, outage = load_with_faults(zones, loads, seed=3, jitter=2.0)
+        assert kills == {"a": KILLS, "b": KILLS} and outage["restored"] - outage["cut"] >= OUTAGE
         for t in loads:
             t.join()
         load_end, load_end_wall = time.monotonic(), time.time()
