@@ -378,3 +378,56 @@ def test_two_way_status_bucket_ops_and_a_changed_config(
             with contextlib.suppress(Exception):
                 zs.kill()
 
+
+
+def test_two_way_keys_written_again_and_again_on_both_sides(
+    ceph_lab: Lab, s3_client: Any, two_zones: tuple[TwoWayServe, TwoWayServe]
+) -> None:
+    """Keys written over and over at both zones (each write a few hundred ms after the other
+    zone's, so replicas and user writes cross), then: one last write at either zone, clearly
+    after everything else (that write is on both sides); and a delete at one zone crossing a
+    write at the other (README: "a write and a delete that cross leave the write")."""
+    import random
+
+    a, b = two_zones
+    bucket = {"a": a.buckets[0], "b": b.buckets[0]}
+    a.start()
+    b.start()
+    rnd = random.Random(11)
+    keys = [f"again/{i}" for i in range(6)]
+    crossing = [f"cross/{i}" for i in range(6)]
+    try:
+        for k in crossing:
+            s3_client.put_object(Bucket=bucket["a"], Key=k, Body=b"first, at a")
+        for n in range(12):
+            for k in keys:
+                z = "a" if (n + keys.index(k)) % 2 == 0 else "b"
+                s3_client.put_object(Bucket=bucket[z], Key=k, Body=f"{k} round {n} at {z}".encode())
+            time.sleep(rnd.uniform(0.2, 0.6))
+        both_caught_up(a, b, s3_client)
+        # The crossing: b's user deletes the replica of a's write while a's user writes again.
+        for k in crossing:
+            s3_client.delete_object(Bucket=bucket["b"], Key=k)
+            s3_client.put_object(Bucket=bucket["a"], Key=k, Body=b"second, at a")
+        time.sleep(3.5)
+        last: dict[str, bytes] = {}
+        for k in keys:
+            z = rnd.choice("ab")
+            last[k] = f"{k} last at {z}".encode()
+            s3_client.put_object(Bucket=bucket[z], Key=k, Body=last[k])
+        waited = both_caught_up(a, b, s3_client)
+        print(f"\nagain and again: converged {waited:.1f}s after the last writes; "
+              f"a {live(a)['completed']} completed / {live(a)['echoes']} echoes, "
+              f"b {live(b)['completed']} completed / {live(b)['echoes']} echoes")  # fmt: skip
+        ca, cb = contents(s3_client, bucket["a"]), contents(s3_client, bucket["b"])
+        problems = [f"{k}: a {ca.get(k)!r}, b {cb.get(k)!r}" for k in sorted(set(ca) | set(cb)) if ca.get(k) != cb.get(k)]
+        problems += [f"{k}: {ca.get(k)!r}, last written {v!r}" for k, v in last.items() if ca.get(k) != v]
+        problems += [f"{k}: {ca.get(k)!r} after the crossing" for k in crossing if ca.get(k) != b"second, at a"]
+        for zs in (a, b):
+            failed = zs.get(f"/_/crr/failed?site={zs.peer}")["Versions"]
+            problems += [f"zone {zs.zone}: failed {f}" for f in failed]
+        assert not problems, "\n".join(problems)
+    finally:
+        for zs in (a, b):
+            with contextlib.suppress(Exception):
+                zs.kill()
