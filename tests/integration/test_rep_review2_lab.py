@@ -431,3 +431,33 @@ def test_two_way_keys_written_again_and_again_on_both_sides(
         for zs in (a, b):
             with contextlib.suppress(Exception):
                 zs.kill()
+
+
+def test_two_way_a_copy_of_a_replica_reaches_the_peer(
+    ceph_lab: Lab, s3_client: Any, two_zones: tuple[TwoWayServe, TwoWayServe]
+) -> None:
+    """Zone b's user writes ``orig``; its replica reaches zone a. Zone a's user copies it
+    (CopyObject, metadata copied as S3 does by default) to a new key, and over another key of
+    its own: both are zone a's users' writes and must reach zone b."""
+    a, b = two_zones
+    ba, bb = a.buckets[0], b.buckets[0]
+    a.start()
+    b.start()
+    try:
+        s3_client.put_object(Bucket=bb, Key="orig", Body=b"written at b")
+        s3_client.put_object(Bucket=ba, Key="mine", Body=b"written at a")
+        both_caught_up(a, b, s3_client)
+        assert s3_client.get_object(Bucket=ba, Key="orig")["Body"].read() == b"written at b"
+        time.sleep(1.5)  # the copy over "mine" is clearly the key's last write
+        s3_client.copy_object(Bucket=ba, Key="copy", CopySource={"Bucket": ba, "Key": "orig"})
+        s3_client.copy_object(Bucket=ba, Key="mine", CopySource={"Bucket": ba, "Key": "orig"})
+        both_caught_up(a, b, s3_client)
+        ca, cb = contents(s3_client, ba), contents(s3_client, bb)
+        print(f"\nzone a: {ca}\nzone b: {cb}\na live {live(a)}")
+        assert cb.get("copy") == b"written at b", "zone a's copy of a replica never reached zone b"
+        assert cb.get("mine") == b"written at b", "zone a's copy over its own key never reached zone b"
+        assert ca == cb
+    finally:
+        for zs in (a, b):
+            with contextlib.suppress(Exception):
+                zs.kill()

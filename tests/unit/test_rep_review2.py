@@ -254,3 +254,25 @@ def _q(s: str) -> str:
     from urllib.parse import quote
 
     return quote(s, safe="")
+
+
+def test_two_way_a_users_copy_of_a_replica_reaches_the_peer(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two-way: zone B's user wrote ``orig``; its replica is in zone A. Zone A's user then copies
+    that object to a new key (CopyObject, the default metadata directive COPY: the replica
+    metadata naming B comes along). The copy is a write of zone A's user (its record names that
+    writer, not B's replicator): it must reach zone B, not be dropped as an echo."""
+    from tests.unit.test_replication_two_way import Zones, rec
+
+    for k, v in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                 "AWS_DEFAULT_REGION": "us-east-1"}.items():  # fmt: skip
+        monkeypatch.setenv(k, v)
+    with mock_aws():
+        zones = Zones()
+        assert zones.replicate(zones.put("bbb", "orig", b"B's user wrote this")).status == "completed"
+        assert zones.state("aaa") == {"orig": b"B's user wrote this"}
+        # Zone A's user copies the replica to a new key (and the follower records its writer).
+        resp = zones.s3.copy_object(Bucket="aaa", Key="copy", CopySource={"Bucket": "aaa", "Key": "orig"})
+        etag = resp["CopyObjectResult"]["ETag"].strip('"')
+        out = zones.replicate(rec("write", "aaa", "copy", etag=etag, writer="user-of-a"))
+        assert out.status == "completed", out
+        assert zones.state("bbb").get("copy") == b"B's user wrote this"
