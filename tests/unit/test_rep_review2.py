@@ -276,3 +276,28 @@ def test_two_way_a_users_copy_of_a_replica_reaches_the_peer(monkeypatch: pytest.
         out = zones.replicate(rec("write", "aaa", "copy", etag=etag, writer="user-of-a"))
         assert out.status == "completed", out
         assert zones.state("bbb").get("copy") == b"B's user wrote this"
+
+
+def test_two_way_a_users_newer_copy_of_a_replica_is_not_overwritten_as_an_own_replica(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Two-way: zone A's ``orig`` has a replica at zone B. Zone A's user writes ``k``; a few
+    seconds later (before A's replicator gets to that record: an outage, a pause) zone B's user
+    copies the replica ``orig`` onto ``k``, a newer write. A's replicator must keep B's newer
+    write (last writer wins), not take it for an earlier replica of its own (the copy carries the
+    replica metadata naming zone A) and overwrite it."""
+    import time
+
+    from tests.unit.test_replication_two_way import Zones
+
+    for k, v in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                 "AWS_DEFAULT_REGION": "us-east-1"}.items():  # fmt: skip
+        monkeypatch.setenv(k, v)
+    with mock_aws():
+        zones = Zones()
+        assert zones.replicate(zones.put("aaa", "orig", b"A's orig")).status == "completed"
+        older = zones.put("aaa", "k", b"A's user wrote k first")
+        time.sleep(2.1)  # B's copy is clearly later, in whole seconds
+        zones.s3.copy_object(Bucket="bbb", Key="k", CopySource={"Bucket": "bbb", "Key": "orig"})
+        out = zones.replicate(older)
+        assert zones.state("bbb")["k"] == b"A's orig", f"B's newer copy was overwritten ({out})"
