@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import random
 import time
 import urllib.parse
 import uuid
@@ -64,9 +65,7 @@ def status_of(rep: Replicating, bucket: str, key: str) -> dict[str, Any]:
     return doc
 
 
-def test_odd_objects_arrive_whole_and_read_completed(
-    ceph_lab: Lab, s3_client: Any, make_rep: Any
-) -> None:
+def test_odd_objects_arrive_whole_and_read_completed(ceph_lab: Lab, s3_client: Any, make_rep: Any) -> None:
     tag = uuid.uuid4().hex[:8]
     src, dst, other = f"rv2-src-{tag}", f"rv2-dst-{tag}", f"rv2-oth-{tag}"
     for b in (src, dst, other):
@@ -133,7 +132,13 @@ def test_odd_objects_arrive_whole_and_read_completed(
                 problems.append(f"{k!r}: {len(got)} bytes at the site, {len(data)} at the source")
         for k in ("headers", "copy-same", "copy-replaced"):
             a, b = s3_client.head_object(Bucket=src, Key=k), s3_client.head_object(Bucket=dst, Key=k)
-            for h in ("ContentType", "CacheControl", "ContentDisposition", "ContentLanguage", "ContentEncoding"):
+            for h in (
+                "ContentType",
+                "CacheControl",
+                "ContentDisposition",
+                "ContentLanguage",
+                "ContentEncoding",
+            ):
                 if a.get(h) != b.get(h):
                     problems.append(f"{k!r}: {h} {b.get(h)!r} at the site, {a.get(h)!r} at the source")
             user = {m: v for m, v in b["Metadata"].items() if not m.startswith("rgwcl-")}
@@ -173,7 +178,9 @@ def allow(s3: Any, bucket: str, user: str) -> None:
         "Action": ["s3:*"],
         "Resource": [f"arn:aws:s3:::{bucket}", f"arn:aws:s3:::{bucket}/*"],
     }
-    s3.put_bucket_policy(Bucket=bucket, Policy=json.dumps({"Version": "2012-10-17", "Statement": [statement]}))
+    s3.put_bucket_policy(
+        Bucket=bucket, Policy=json.dumps({"Version": "2012-10-17", "Statement": [statement]})
+    )
 
 
 @dataclass
@@ -330,7 +337,9 @@ def test_two_way_status_bucket_ops_and_a_changed_config(
         # Bucket-level changes at both zones: nothing to replicate, no ping-pong.
         before = {z.zone: live(z) for z in (a, b)}
         for bucket in (ba, bb):
-            s3_client.put_bucket_tagging(Bucket=bucket, Tagging={"TagSet": [{"Key": "env", "Value": "review two"}]})
+            s3_client.put_bucket_tagging(
+                Bucket=bucket, Tagging={"TagSet": [{"Key": "env", "Value": "review two"}]}
+            )
             s3_client.put_bucket_acl(Bucket=bucket, ACL="public-read")
             s3_client.put_bucket_acl(Bucket=bucket, ACL="private")
             s3_client.delete_bucket_tagging(Bucket=bucket)
@@ -366,7 +375,9 @@ def test_two_way_status_bucket_ops_and_a_changed_config(
         print(f"after the restart: a completed {sent_back}, b completed "
               f"{after['b']['completed'] - before['b']['completed']}; a echoes {after['a']['echoes']}")  # fmt: skip
         if sent_back:
-            problems.append(f"zone a sent {sent_back} of b's writes back after a restart without replica_writers")
+            problems.append(
+                f"zone a sent {sent_back} of b's writes back after a restart without replica_writers"
+            )
         assert contents(s3_client, ba) == contents(s3_client, bb)
         for zs in (a, b):
             failed = zs.get(f"/_/crr/failed?site={zs.peer}")["Versions"]
@@ -379,7 +390,6 @@ def test_two_way_status_bucket_ops_and_a_changed_config(
                 zs.kill()
 
 
-
 def test_two_way_keys_written_again_and_again_on_both_sides(
     ceph_lab: Lab, s3_client: Any, two_zones: tuple[TwoWayServe, TwoWayServe]
 ) -> None:
@@ -387,8 +397,6 @@ def test_two_way_keys_written_again_and_again_on_both_sides(
     zone's, so replicas and user writes cross), then: one last write at either zone, clearly
     after everything else (that write is on both sides); and a delete at one zone crossing a
     write at the other (README: "a write and a delete that cross leave the write")."""
-    import random
-
     a, b = two_zones
     bucket = {"a": a.buckets[0], "b": b.buckets[0]}
     a.start()
@@ -420,9 +428,15 @@ def test_two_way_keys_written_again_and_again_on_both_sides(
               f"a {live(a)['completed']} completed / {live(a)['echoes']} echoes, "
               f"b {live(b)['completed']} completed / {live(b)['echoes']} echoes")  # fmt: skip
         ca, cb = contents(s3_client, bucket["a"]), contents(s3_client, bucket["b"])
-        problems = [f"{k}: a {ca.get(k)!r}, b {cb.get(k)!r}" for k in sorted(set(ca) | set(cb)) if ca.get(k) != cb.get(k)]
+        problems = [
+            f"{k}: a {ca.get(k)!r}, b {cb.get(k)!r}"
+            for k in sorted(set(ca) | set(cb))
+            if ca.get(k) != cb.get(k)
+        ]
         problems += [f"{k}: {ca.get(k)!r}, last written {v!r}" for k, v in last.items() if ca.get(k) != v]
-        problems += [f"{k}: {ca.get(k)!r} after the crossing" for k in crossing if ca.get(k) != b"second, at a"]
+        problems += [
+            f"{k}: {ca.get(k)!r} after the crossing" for k in crossing if ca.get(k) != b"second, at a"
+        ]
         for zs in (a, b):
             failed = zs.get(f"/_/crr/failed?site={zs.peer}")["Versions"]
             problems += [f"zone {zs.zone}: failed {f}" for f in failed]

@@ -8,9 +8,11 @@ Each test states what an operator expects; a failure is a bug the review found."
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import boto3
 import pytest
@@ -18,7 +20,14 @@ from moto import mock_aws
 
 from changelog.config import ReplicationConfig, SiteConfig
 from changelog.consumers.framework import ConsumerRunner
-from changelog.consumers.replication.apply import REPLICA_META, SRC_BUCKET, SRC_ETAG, SRC_MTIME, SRC_VERSION, SRC_ZONE
+from changelog.consumers.replication.apply import (
+    REPLICA_META,
+    SRC_BUCKET,
+    SRC_ETAG,
+    SRC_MTIME,
+    SRC_VERSION,
+    SRC_ZONE,
+)
 from changelog.consumers.replication.consumer import SiteReplicator
 from changelog.consumers.replication.sites import object_status
 from changelog.consumers.replication.state import SiteState
@@ -27,6 +36,7 @@ from changelog.pipeline.index import ChangeIndex
 from changelog.pipeline.loop import Clocks
 from changelog.pipeline.targets import DirectoryTarget
 from tests.unit.test_backup_support import Zone
+from tests.unit.test_replication_two_way import Zones, rec
 
 
 @pytest.fixture
@@ -62,7 +72,9 @@ def replicator(
     index: ChangeIndex, logs: DirectoryTarget, aws: Any, site: SiteConfig | None = None, **kw: Any
 ) -> SiteReplicator:
     rc = ReplicationConfig.unchecked(workers=2, interval=0.01)
-    return SiteReplicator(index, logs, site or site_config(), rc, source=aws, site_client=aws, zone="z1", **kw)
+    return SiteReplicator(
+        index, logs, site or site_config(), rc, source=aws, site_client=aws, zone="z1", **kw
+    )
 
 
 def run_once(rep: SiteReplicator, index: ChangeIndex) -> None:
@@ -210,7 +222,15 @@ def test_two_way_status_of_a_zones_own_write_at_the_peer_is_completed(
 
 @pytest.mark.parametrize(
     "key",
-    ["ünï/ключ ✓.txt", "with space/and+plus", "100%/%2F%zz", "/leading-slash", "trailing/", "q?a=1&b#frag", "x" * 900],
+    [
+        "ünï/ключ ✓.txt",
+        "with space/and+plus",
+        "100%/%2F%zz",
+        "/leading-slash",
+        "trailing/",
+        "q?a=1&b#frag",
+        "x" * 900,
+    ],
 )
 def test_odd_keys_replicate_and_report_completed(
     aws: Any, logs: DirectoryTarget, index: ChangeIndex, key: str
@@ -251,8 +271,6 @@ def test_tags_with_spaces_and_plus_signs_arrive_as_written(
 
 
 def _q(s: str) -> str:
-    from urllib.parse import quote
-
     return quote(s, safe="")
 
 
@@ -261,8 +279,6 @@ def test_two_way_a_users_copy_of_a_replica_reaches_the_peer(monkeypatch: pytest.
     that object to a new key (CopyObject, the default metadata directive COPY: the replica
     metadata naming B comes along). The copy is a write of zone A's user (its record names that
     writer, not B's replicator): it must reach zone B, not be dropped as an echo."""
-    from tests.unit.test_replication_two_way import Zones, rec
-
     for k, v in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
                  "AWS_DEFAULT_REGION": "us-east-1"}.items():  # fmt: skip
         monkeypatch.setenv(k, v)
@@ -286,9 +302,6 @@ def test_two_way_a_users_newer_copy_of_a_replica_is_not_overwritten_as_an_own_re
     copies the replica ``orig`` onto ``k``, a newer write. A's replicator must keep B's newer
     write (last writer wins), not take it for an earlier replica of its own (the copy carries the
     replica metadata naming zone A) and overwrite it."""
-    import time
-
-    from tests.unit.test_replication_two_way import Zones
 
     for k, v in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
                  "AWS_DEFAULT_REGION": "us-east-1"}.items():  # fmt: skip
