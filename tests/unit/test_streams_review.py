@@ -1,0 +1,161 @@
+"""Review of scale-out mode (``[scale] partitioned``): collector streams and the readers' bound,
+as an operator meets them (the index switched to partitioned with logs already there, streams
+committing side by side in several processes). Each test states the invariant it checks;
+failing ones are bugs found by the review (docs/design.md §16).
+
+A "process" is a stream ``Collector`` with a partition lease of its own (as in
+``test_collector_streams``): the tests drive their interleaving by hand.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from test_collector_streams import STREAMS, Env
+
+from changelog.consumers.framework import committed_objects
+from changelog.pipeline.collector import Collector, Stream
+from changelog.pipeline.collector_streams import prepare_streams, publish
+from changelog.pipeline.control import COLLECTOR_ROLE, partition_lock
+from changelog.pipeline.lease import Lease
+from changelog.pipeline.logformat import parse_log_name
+from changelog.pipeline.mutation import Mutation, Op
+from changelog.pipeline.reader import list_logs, read_watermark
+from changelog.pipeline.targets import DirectoryTarget
+
+
+@pytest.fixture
+def env(tmp_path: Path) -> Env:
+    return Env(tmp_path, DirectoryTarget(tmp_path / "target"))
+
+
+def stream_collectors(env: Env, count: int) -> tuple[list[Lease], Callable[..., Collector]]:
+    """Partition leases held by hand (one per "process") and a factory of stream collectors."""
+    prepare_streams(env.index, count)
+    leases = [Lease(env.index.store, env.index.control_oid, name=partition_lock(COLLECTOR_ROLE, n), ttl=30.0,
+                    cookie=f"p{n}") for n in range(count)]  # fmt: skip
+    assert all(lease.acquire() for lease in leases)
+
+    def stream(n: int, hook: Callable[[str], None] | None = None) -> Collector:
+        return Collector(env.index, env.target, env.config(), log_prefix="logs", fault_hook=hook,
+                         stream=Stream(n, count, leases[n]))  # fmt: skip
+
+    return leases, stream
+
+
+def read_on(env: Env) -> list[str]:
+    """The consumer reads on from its checkpoint (without ``Env.consume``'s own check of the
+    bound, which would stop the scenario at its first step); the names of the objects read."""
+    names: list[str] = []
+    for obj, rec in env.consumer.records():
+        env.consumed.append(rec)
+        if not names or names[-1] != obj.name:
+            names.append(obj.name)
+    return names
+
+
+def pending_hook(action: Callable[[], None]) -> Callable[[str], None]:
+    """A fault hook that runs ``action`` once, when the pass has recorded its pending commit
+    (the object is being uploaded: another process goes on meanwhile)."""
+    done: list[bool] = []
+
+    def hook(step: str) -> None:
+        if step == "pending" and not done:
+            done.append(True)
+            action()
+
+    return hook
+
+
+# --------------------------------------------------------------------------- the readers' bound
+
+
+@pytest.mark.parametrize("history", ["unpartitioned_logs_before", "fresh_index"])
+def test_switch_to_partitioned_a_slow_stream_commit_is_not_skipped_by_a_consumer(env, history):
+    """The index ran unpartitioned (its logs and watermark are there), then every ``serve``
+    turns ``[scale] partitioned`` on. Stream 0 (one process) cuts off and uploads a big object;
+    meanwhile stream 1 (another process) cuts off later, commits, and a consumer reads on. The
+    consumer must not pass stream 0's object: every record once, through its one-name
+    checkpoint (design §16, the readers' bound)."""
+    count = env.count = 2
+    if history == "unpartitioned_logs_before":
+        plain = env.plain()
+        env.record(100)
+        plain.run_pass()
+        plain.close()
+        read_on(env)
+        wm = read_watermark(env.target, prefix="logs")
+        assert wm is not None and wm.readable_until_us is None
+    leases, stream = stream_collectors(env, count)
+    env.record(200)
+    s1 = stream(1)
+    read_meanwhile: list[str] = []
+
+    def other_process() -> None:
+        time.sleep(0.002)  # stream 1's cutoff is later than stream 0's
+        s1.run_pass()
+        read_meanwhile.extend(read_on(env))
+
+    s0 = stream(0, pending_hook(other_process))
+    s0.run_pass()
+    s0_objects = [n for n, _ in env.committed() if parse_log_name(n).stream == 0]  # type: ignore[union-attr]
+    assert s0_objects
+    for _ in range(2):
+        s0.run_pass()
+        s1.run_pass()
+        publish(env.index, env.target, log_prefix="logs", count=count, now_us=int(time.time() * 1e6))
+        read_on(env)
+    read_ids = {r.id for r in env.consumed}
+    missed = [m for m in env.recorded if m.event_id not in read_ids]
+    assert not missed, (
+        f"the consumer never read {len(missed)} of {len(env.recorded)} records: while no stream "
+        f"watermark was published, it read stream 1's objects {read_meanwhile} unbounded (the "
+        f"watermark left by the unpartitioned collector has no readable_until_us) and its checkpoint "
+        f"passed stream 0's object {s0_objects[0]}, committed later with a lower cutoff"
+    )
+    s0.close()
+    s1.close()
+    for lease in leases:
+        lease.release()
+
+
+# --------------------------------------------------------------------------- consumers' upper end
+
+
+def mutations_in_stream(env: Env, stream: int, n: int, *, start: int = 0) -> list[Mutation]:
+    """``n`` writes of keys whose index shard belongs to ``stream`` (of ``env.count``)."""
+    keys = [f"k{i}" for i in range(200) if env.index.shard_of("b0", f"k{i}") % env.count == stream][:8]
+    return [
+        Mutation(bucket="b0", key=keys[i % len(keys)], op=Op.WRITE, mtime_ns=1_795_000_000_000_000_000 + i,
+                 source="src", position=f"{i:010d}", seq=f"{i:010d}", size=i, etag="e")
+        for i in range(start, start + n)
+    ]  # fmt: skip
+
+
+def test_consumers_read_a_busy_stream_that_is_not_stream_0(env):
+    """One `serve` with the default 4 streams under steady load; every write lands in stream
+    1's index shards (a quiet index with a few hot keys, or more streams than index shards,
+    which "leaves streams empty"). The consumers that stop at the watermark's ``last_object``
+    (replication, usage, lifecycle, the backup's ``until``: ``framework.committed_objects``)
+    must read every object at or below the watermark's ``readable_until`` as ``logs cat``
+    does, not wait for the load to stop."""
+    env.count = STREAMS
+    sc = env.streamed()
+    for r in range(6):
+        env.index.record_many(mutations_in_stream(env, 1, 30, start=30 * r))
+        sc.step()
+        time.sleep(0.01)
+    wm = read_watermark(env.target, prefix="logs")
+    assert wm is not None and wm.readable_until_us is not None
+    readable = [o.name for o in list_logs(env.target, prefix="logs")]  # what `logs cat` reads
+    assert len(readable) >= 4, readable
+    got = [o.name for o in committed_objects(env.target, None, prefix="logs")]
+    assert got == readable, (
+        f"under steady load in stream 1 the consumers read {len(got)} of the {len(readable)} "
+        f"objects below readable_until (the watermark's last_object is {wm.last_object!r}): "
+        "replication, usage, lifecycle and backup stand still while `logs cat` reads on"
+    )
+    sc.close()
