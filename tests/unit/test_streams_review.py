@@ -14,6 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from test_collector import Crash, crash_at, dead
 from test_collector_streams import STREAMS, Env
 
 from changelog.consumers.framework import committed_objects
@@ -23,7 +24,7 @@ from changelog.pipeline.control import COLLECTOR_ROLE, partition_lock
 from changelog.pipeline.lease import Lease
 from changelog.pipeline.logformat import parse_log_name
 from changelog.pipeline.mutation import Mutation, Op
-from changelog.pipeline.reader import list_logs, read_watermark
+from changelog.pipeline.reader import list_logs, read_object, read_watermark
 from changelog.pipeline.targets import DirectoryTarget
 
 
@@ -118,6 +119,54 @@ def test_switch_to_partitioned_a_slow_stream_commit_is_not_skipped_by_a_consumer
     )
     s0.close()
     s1.close()
+    for lease in leases:
+        lease.release()
+
+
+def test_an_unpartitioned_commit_cut_short_is_not_skipped_after_a_restart_partitioned(env):
+    """The unpartitioned collector is SIGKILLed mid-commit (its object pending, not visible);
+    the operator restarts the fleet with ``[scale] partitioned``. Stream 0 finishes that commit
+    (design §16), but another process's stream 2 happens to pass first and a checkpointed
+    reader reads on meanwhile. The reader must still get the recovered records (they are
+    committed under the old name, below the stream objects)."""
+    count = env.count = 4
+    before = env.plain()
+    env.record(100)
+    before.run_pass()
+    before.close()
+    read_on(env)
+    plain = env.plain(hook=crash_at("pending"))
+    env.record(200)
+    with pytest.raises(Crash):
+        plain.run_pass()
+    dead(plain)
+    [stuck] = Collector.read_state(env.index)[1]
+    assert parse_log_name(stuck.name).stream is None  # type: ignore[union-attr]
+    # The unpartitioned collector had committed before: its watermark is there.
+    assert read_watermark(env.target, prefix="logs") is not None
+    leases, stream = stream_collectors(env, count)
+    env.record(100)
+    s2 = stream(2)
+    time.sleep(0.002)
+    s2.run_pass()
+    read_meanwhile = read_on(env)
+    s0 = stream(0)
+    assert s0.run_pass().recovered == 1
+    others = [stream(n) for n in (1, 3)]
+    for _ in range(2):
+        for c in (s0, s2, *others):
+            c.run_pass()
+        publish(env.index, env.target, log_prefix="logs", count=count, now_us=int(time.time() * 1e6))
+        read_on(env)
+    read_ids = {r.id for r in env.consumed}
+    stuck_ids = {r.id for r in read_object(env.target, stuck.name)}
+    assert stuck_ids <= read_ids, (
+        f"the reader never read {len(stuck_ids - read_ids)} records of {stuck.name}, the unpartitioned "
+        f"commit stream 0 finished after the restart: it had read {read_meanwhile} first (the "
+        "unpartitioned watermark left no readable_until_us) and its checkpoint was past that name"
+    )
+    for c in (s0, s2, *others):
+        c.close()
     for lease in leases:
         lease.release()
 
