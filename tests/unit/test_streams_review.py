@@ -75,7 +75,9 @@ def pending_hook(action: Callable[[], None]) -> Callable[[str], None]:
 
 
 @pytest.mark.parametrize("history", ["unpartitioned_logs_before", "fresh_index"])
-def test_switch_to_partitioned_a_slow_stream_commit_is_not_skipped_by_a_consumer(env, history):
+def test_switch_to_partitioned_a_slow_stream_commit_is_not_skipped_by_a_consumer(
+    env: Env, history: str
+) -> None:
     """The index ran unpartitioned (its logs and watermark are there), then every ``serve``
     turns ``[scale] partitioned`` on. Stream 0 (one process) cuts off and uploads a big object;
     meanwhile stream 1 (another process) cuts off later, commits, and a consumer reads on. The
@@ -123,7 +125,7 @@ def test_switch_to_partitioned_a_slow_stream_commit_is_not_skipped_by_a_consumer
         lease.release()
 
 
-def test_an_unpartitioned_commit_cut_short_is_not_skipped_after_a_restart_partitioned(env):
+def test_an_unpartitioned_commit_cut_short_is_not_skipped_after_a_restart_partitioned(env: Env) -> None:
     """The unpartitioned collector is SIGKILLed mid-commit (its object pending, not visible);
     the operator restarts the fleet with ``[scale] partitioned``. Stream 0 finishes that commit
     (design §16), but another process's stream 2 happens to pass first and a checkpointed
@@ -184,7 +186,7 @@ def mutations_in_stream(env: Env, stream: int, n: int, *, start: int = 0) -> lis
     ]  # fmt: skip
 
 
-def test_consumers_read_a_busy_stream_that_is_not_stream_0(env):
+def test_consumers_read_a_busy_stream_that_is_not_stream_0(env: Env) -> None:
     """One `serve` with the default 4 streams under steady load; every write lands in stream
     1's index shards (a quiet index with a few hot keys, or more streams than index shards,
     which "leaves streams empty"). The consumers that stop at the watermark's ``last_object``
