@@ -210,3 +210,40 @@ def test_consumers_read_a_busy_stream_that_is_not_stream_0(env: Env) -> None:
         "replication, usage, lifecycle and backup stand still while `logs cat` reads on"
     )
     sc.close()
+
+
+# --------------------------------------------------------------------------- the two modes
+
+
+def test_an_unpartitioned_collector_and_streams_starting_together_never_drain_side_by_side(env: Env) -> None:
+    """A rolling change of ``[scale] partitioned``: one `serve` starts partitioned while another
+    (or `collect`) starts unpartitioned at the same moment. The streams look at the collector
+    lease at the start of their round and take their partitions after; the unpartitioned
+    collector looks at the partition leases once, at its takeover. The design promises the two
+    never drain side by side (§16: their names would interleave for the readers)."""
+    env.count = STREAMS
+    env.record(200)
+    streamed = env.streamed()
+    plain = env.plain()
+    took: list[bool] = []
+    refresh = streamed.partitions.refresh
+
+    def refresh_after_the_other_took_over() -> list[int]:
+        # The other process's takeover lands between the streams' look at the collector lease
+        # and their partition refresh (the interleaving two processes can have).
+        took.append(plain.try_takeover())
+        return refresh()
+
+    streamed.partitions.refresh = refresh_after_the_other_took_over  # type: ignore[method-assign]
+    streamed.step()
+    env.record(100)
+    plain_objects = list(plain.run_pass().objects) if plain.active else []
+    stream_objects = sorted({n for n, _ in env.committed() if parse_log_name(n).stream is not None})  # type: ignore[union-attr]
+    print(f"\nside by side: unpartitioned took over {took}, streams held {streamed.partitions.held()}")
+    assert not (took[0] and streamed.partitions.held()), (
+        f"the unpartitioned collector took over (and committed {plain_objects}) while the streams "
+        f"{streamed.partitions.held()} were held and committed {stream_objects}: the two modes drained "
+        "side by side"
+    )
+    plain.close()
+    streamed.close()
