@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 from test_collector import Crash, crash_at, dead
-from test_collector_streams import STREAMS, Env
+from test_collector_streams import STREAMS, Env, rounds
 
 from changelog.consumers.framework import committed_objects
 from changelog.pipeline.collector import Collector, Stream
@@ -247,3 +247,44 @@ def test_an_unpartitioned_collector_and_streams_starting_together_never_drain_si
     )
     plain.close()
     streamed.close()
+
+
+def test_back_to_partitioned_the_watermark_s_last_object_is_readable(env: Env) -> None:
+    """Partitioned, then unpartitioned for a while (its objects committed, the watermark's
+    ``last_object`` one of them), then partitioned again. Until every stream has passed once,
+    the published ``readable_until_us`` comes from the streams' states of the first period. The
+    backup reads up to the watermark's ``last_object`` through the bounded reader and then
+    records that name as its checkpoint (``backup.runner._records``, manifest ``checkpoint``):
+    every object up to ``last_object`` must be readable, or the run skips them for good."""
+    env.count = STREAMS
+    first = env.streamed()
+    env.record(100)
+    rounds(first, n=2)
+    first.close()
+    plain = env.plain()
+    env.record(100)
+    plain.run_pass()
+    plain.close()
+    unpartitioned = sorted({n for n, _ in env.committed() if parse_log_name(n).stream is None})  # type: ignore[union-attr]
+    assert unpartitioned
+    # Partitioned again: stream 0's holder passes and publishes; another process holds the
+    # other streams and has not passed yet.
+    leases, stream = stream_collectors(env, STREAMS)
+    env.record(50)
+    s0 = stream(0)
+    s0.run_pass()
+    publish(env.index, env.target, log_prefix="logs", count=STREAMS, now_us=int(time.time() * 1e6))
+    wm = read_watermark(env.target, prefix="logs")
+    assert wm is not None and wm.last_object is not None
+    listed = [o.name for o in list_logs(env.target, prefix="logs")]
+    up_to_last = sorted(n for n, _ in env.committed() if n <= wm.last_object)
+    hidden = sorted(set(up_to_last) - set(listed))
+    assert not hidden, (
+        f"the watermark names last_object {wm.last_object} but its readable_until_us "
+        f"{wm.readable_until_us} (from the streams' first partitioned period) hides {len(hidden)} "
+        f"objects up to it from every reader, e.g. {hidden[:2]}: a backup run now records "
+        "last_object as its checkpoint without having read them"
+    )
+    s0.close()
+    for lease in leases:
+        lease.release()
