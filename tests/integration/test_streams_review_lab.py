@@ -16,9 +16,9 @@ from typing import Any
 
 import pytest
 
-from changelog.consumers.framework import committed_objects
 from changelog.pipeline import keys
-from changelog.pipeline.reader import read_records
+from changelog.pipeline.logformat import parse_log_name
+from changelog.pipeline.reader import LogReader, read_records
 from changelog.pipeline.targets import S3Target
 from tests.integration.serving import LOG_PREFIX, Fleet, watermark_doc
 from tests.lab import Lab
@@ -73,14 +73,16 @@ def usage_objects(fleet: Fleet, bucket: str) -> int:
     return sum(int(b["objects"]) for b in doc["buckets"] if b["bucket"] == bucket)
 
 
-def test_usage_counts_a_busy_stream_while_the_load_goes_on(
+def test_the_consumers_upper_end_covers_what_logs_cat_reads_under_load(
     ceph_lab: Lab, s3_client: Any, usage_fleet: UsageFleet
 ) -> None:
-    """One partitioned `serve` (4 collector streams) with `[usage] enabled`; a client writes new
+    """One partitioned `serve` (4 collector streams) with `[usage] enabled`; clients write new
     objects whose index shards are all in stream 1 (a few hot keys, or an index with fewer
-    shards than streams). While the load goes on, `logs cat` reads the records (the readers'
-    bound moves); the usage consumer, which reads up to the watermark's ``last_object``, must
-    count them too, not only once the load stops."""
+    shards than streams). While the load goes on, the watermark is sampled with the log
+    objects committed: `logs cat` reads every object whose cutoff is at or below its
+    ``readable_until_us``; the consumers (usage here; replication, lifecycle, the backup's
+    ``until``) read up to its ``last_object``. No object `logs cat` can read may lie above
+    ``last_object``, or the consumers stand still while the load lasts."""
     fleet, s3 = usage_fleet, s3_client
     bucket = f"sr-busy-{fleet.ns[-10:]}"
     s3.create_bucket(Bucket=bucket)
@@ -88,7 +90,7 @@ def test_usage_counts_a_busy_stream_while_the_load_goes_on(
     fleet.write_configs()
     fleet.start(0)
     fleet.wait_api(0)
-    names = keys_in_stream(bucket, 1, fleet.streams, 3000)
+    names = keys_in_stream(bucket, 1, fleet.streams, 2400)
     stop = threading.Event()
     written: list[str] = []
 
@@ -99,34 +101,163 @@ def test_usage_counts_a_busy_stream_while_the_load_goes_on(
             s3.put_object(Bucket=bucket, Key=name, Body=b"x" * 10)
             written.append(name)
 
-    # Enough writers that every pass of stream 1 has records.
     workers = [threading.Thread(target=load, args=(names[t::WRITERS],), daemon=True) for t in range(WRITERS)]
     t0 = time.monotonic()
     for worker in workers:
         worker.start()
-    logs = S3Target(fleet.log_bucket, f"{LOG_PREFIX}/", client=s3)
-    read_by_logs_cat = counted = reachable = 0
+    samples: list[tuple[float, str | None, list[str], int]] = []  # (t, last_object, above it, usage)
     try:
-        # Until `logs cat` has read 600 of the load's records (many collector rounds and usage
-        # polls at this pace), or the usage consumer counts some.
-        while any(w.is_alive() for w in workers) and read_by_logs_cat < 600 and counted == 0:
+        while any(w.is_alive() for w in workers):
             time.sleep(0.5)
             fleet.check_running()
-            read_by_logs_cat = sum(1 for r in read_records(logs) if r.bucket == bucket and not r.is_bucket_op)
-            reachable = sum(1 for _ in committed_objects(logs, None))
-            counted = usage_objects(fleet, bucket)
+            wm = watermark_doc(s3, fleet.log_bucket)  # read first: what it bounds is listed after
+            bound, last = wm.get("readable_until_us"), wm.get("last_object")
+            if not bound:
+                continue
+            readable = [o["Key"][len(LOG_PREFIX) + 1 :] for o in list_all(s3, fleet.log_bucket)]
+            readable = [n for n in readable if (p := parse_log_name(n)) is not None and p.cutoff_us <= bound]
+            above = [n for n in readable if last is None or n > last]
+            samples.append((time.monotonic() - t0, last, above, usage_objects(fleet, bucket)))
     finally:
         stop.set()
         for worker in workers:
             worker.join(60)
-    wm = watermark_doc(s3, fleet.log_bucket)
-    consumer = fleet.get(0, "/_/status").get("consumers", {}).get("usage")
+    bad = [s for s in samples if s[2]]
     print(f"\nbusy stream ({ceph_lab.release}): {len(written)} PUTs in {time.monotonic() - t0:.1f}s; "
-          f"`logs cat` read {read_by_logs_cat} records, the consumers could reach {reachable} objects, "
-          f"usage counted {counted} objects; watermark {wm}; usage consumer {consumer}")  # fmt: skip
-    assert read_by_logs_cat > 0, f"the readers' bound never moved\n{fleet.log_tail()}"
-    assert counted > 0, (
-        f"`logs cat` read {read_by_logs_cat} records of the load, but the usage consumer counted none "
-        f"while the load went on: the watermark's last_object {wm.get('last_object')!r} (the consumers' "
-        f"upper end) stays below every stream 1 object (readable_until_us {wm.get('readable_until_us')}); usage consumer: {consumer}\n{fleet.log_tail()}"
+          f"{len(samples)} samples, {len(bad)} with readable objects above last_object; usage counted "
+          f"{[s[3] for s in samples]}")  # fmt: skip
+    assert samples, f"the readers' bound never moved\n{fleet.log_tail()}"
+    assert not bad, (
+        f"{len(bad)} of {len(samples)} samples during the load: objects `logs cat` reads lie above the "
+        f"watermark's last_object, where every consumer stops; first at {bad[0][0]:.1f}s: last_object "
+        f"{bad[0][1]!r}, {len(bad[0][2])} readable objects above it (e.g. {bad[0][2][:2]}), usage "
+        f"counted {bad[0][3]} objects of {len(written)} PUTs by the end"
     )
+
+
+def list_all(s3: Any, bucket: str) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=f"{LOG_PREFIX}/"):
+        out += page.get("Contents", [])
+    return out
+
+
+class SwitchFleet(UsageFleet):
+    """A ``UsageFleet`` whose ``[scale] partitioned`` the test switches between restarts."""
+
+    partitioned = True
+    lab_s3: Any = None
+
+    def _config(self, port: int) -> str:
+        conf = super()._config(port)
+        return conf if self.partitioned else conf.replace("partitioned = true", "partitioned = false")
+
+
+def test_switching_modes_with_the_load_going_on_every_write_read_once(
+    ceph_lab: Lab, s3_client: Any, tmp_path: Path
+) -> None:
+    """An operator switches an index from unpartitioned to partitioned (two `serve`s) and back
+    while clients write, the unpartitioned `serve` SIGKILLed at the switch (whatever it was
+    committing is left pending). A checkpointed reader (one name, as every consumer) reads on
+    all along, and the usage consumer counts. At the end every write is read once by it, the
+    logs hold it once, and usage counts every object."""
+    from changelog.pipeline.backends.rados import RadosStore
+
+    tag = uuid.uuid4().hex[:10]
+    s3 = s3_client
+    log_bucket, bucket = f"sr-logs-{tag}", f"sr-sw-{tag}"
+    s3.create_bucket(Bucket=log_bucket)
+    s3.create_bucket(Bucket=bucket)
+    fleet = SwitchFleet(ceph_lab, tmp_path, f"test-sswitch-{tag}", log_bucket, [bucket], size=2)
+    fleet.lab_s3 = s3
+    logs = S3Target(log_bucket, f"{LOG_PREFIX}/", client=s3)
+    reader = LogReader(logs)
+    read: list[str] = []
+    stop = threading.Event()
+    written: list[str] = []
+
+    def load(t: int) -> None:
+        i = 0
+        while not stop.is_set():
+            key = f"w{t}-{i:06d}"  # new keys only: one record each
+            s3.put_object(Bucket=bucket, Key=key, Body=b"y" * 7)
+            written.append(key)
+            i += 1
+
+    def read_on(seconds: float) -> None:
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            read.extend(r.key or "" for _, r in reader.records() if mine(r, bucket))
+            time.sleep(0.3)
+
+    workers = [threading.Thread(target=load, args=(t,), daemon=True) for t in range(3)]
+    try:
+        fleet.partitioned = False
+        fleet.write_configs()
+        fleet.start(0)
+        fleet.wait_api(0)
+        wait_complete_until(fleet, time.time())  # the follower's first listing is done
+        for w in workers:
+            w.start()
+        read_on(8.0)
+        fleet.kill(0)  # mid-work: a commit may be left pending
+        fleet.partitioned = True
+        fleet.write_configs()
+        fleet.start(0)
+        fleet.start(1)
+        read_on(15.0)
+        fleet.terminate_all()
+        fleet.partitioned = False
+        fleet.write_configs()
+        fleet.start(0)
+        fleet.wait_api(0)
+        read_on(8.0)
+        stop.set()
+        for w in workers:
+            w.join(60)
+        t_end = time.time()
+        deadline = time.monotonic() + 120
+        while int(watermark_doc(s3, log_bucket).get("complete_until_us", 0)) < int((t_end + 1) * 1e6):
+            assert time.monotonic() < deadline, (
+                f"the watermark did not pass the load's end\n{fleet.log_tail()}"
+            )
+            time.sleep(0.5)
+        fleet.post(0, "/_/flush")
+        read_on(3.0)
+        counted = usage_objects(fleet, bucket)
+        in_logs = [r.key for r in read_records_all(logs) if mine(r, bucket)]
+    finally:
+        stop.set()
+        fleet.kill_all()
+        store = RadosStore(
+            conffile=ceph_lab.conf, pool=ceph_lab.pool, namespace=fleet.ns, keyring=ceph_lab.keyring or None
+        )
+        for oid in store.list_objects():
+            store.remove_object(oid)
+        store.close()
+    print(f"\nswitch ({ceph_lab.release}): {len(written)} PUTs; the checkpointed reader read {len(read)}, "
+          f"the logs hold {len(in_logs)} records, usage counts {counted}")  # fmt: skip
+    assert sorted(in_logs) == sorted(written), "the logs do not hold every write exactly once"
+    missed = sorted(set(written) - set(read))
+    assert not missed and len(read) == len(set(read)), (
+        f"the checkpointed reader missed {len(missed)} writes (e.g. {missed[:3]}) or read one twice "
+        f"({len(read) - len(set(read))})"
+    )
+    assert counted == len(set(written)), f"usage counts {counted} objects, {len(set(written))} written"
+
+
+def wait_complete_until(fleet: SwitchFleet, t: float, timeout: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout
+    while int(watermark_doc(fleet.lab_s3, fleet.log_bucket).get("complete_until_us", 0)) < int(t * 1e6):
+        assert time.monotonic() < deadline, f"the watermark did not pass {t}\n{fleet.log_tail()}"
+        time.sleep(0.5)
+
+
+def mine(r: Any, bucket: str) -> bool:
+    """A write of the load (the follower's first listing of the new bucket may also carry
+    baseline records of the keys written meanwhile: state, not mutations)."""
+    return bool(r.bucket == bucket and not r.is_bucket_op and not r.baseline)
+
+
+def read_records_all(logs: S3Target) -> list[Any]:
+    return list(read_records(logs))
