@@ -18,9 +18,10 @@ from test_collector import Crash, crash_at, dead
 from test_collector_streams import STREAMS, Env, rounds
 
 from changelog.consumers.framework import committed_objects
+from changelog.errors import LockBusy
 from changelog.pipeline.collector import Collector, Stream
 from changelog.pipeline.collector_streams import prepare_streams, publish
-from changelog.pipeline.control import COLLECTOR_ROLE, partition_lock
+from changelog.pipeline.control import COLLECTOR_LOCK, COLLECTOR_ROLE, partition_lock
 from changelog.pipeline.lease import Lease
 from changelog.pipeline.logformat import parse_log_name
 from changelog.pipeline.mutation import Mutation, Op
@@ -288,3 +289,42 @@ def test_back_to_partitioned_the_watermark_s_last_object_is_readable(env: Env) -
     s0.close()
     for lease in leases:
         lease.release()
+
+
+def test_streams_that_stood_by_once_keep_their_leases_after(env: Env) -> None:
+    """A partitioned `serve` runs its streams; an unpartitioned collector (an old-config `serve`
+    retrying every ``standby_retry``, or `collect --once`) holds the collector lease for a moment
+    (its takeover takes the lease, then finds the streams held and lets go). A round of the
+    streams that sees it stands by (``LockBusy``) and the next takes the streams back. From
+    then on their partition leases must be renewed like before: still held several TTLs later
+    (the service's interval can be longer than a TTL)."""
+    env.count = STREAMS
+    ttl = 1.0
+    sc = env.streamed(lease_ttl=ttl)
+    env.record(50)
+    assert sc.step() == list(range(STREAMS))
+    other = Lease(env.index.store, env.index.control_oid, name=COLLECTOR_LOCK, ttl=30.0, cookie="old-serve")
+    assert other.acquire()
+    with pytest.raises(LockBusy):
+        sc.step()  # stands by
+    other.release()
+    env.record(50)
+    assert sc.step() == list(range(STREAMS))
+    time.sleep(3 * ttl)
+    held = sc.partitions.held()
+    infos = [
+        env.index.store.lock_info(env.index.control_oid, partition_lock(COLLECTOR_ROLE, n))
+        for n in range(STREAMS)
+    ]
+    live = [
+        n
+        for n, i in enumerate(infos)
+        if i is not None and i.cookie == sc.instance and (i.expires_at or 0) > time.time()
+    ]
+    print(f"\nafter standing by once: held {held}, live leases in the store {live}")
+    assert held == list(range(STREAMS)) and live == list(range(STREAMS)), (
+        f"{3 * ttl:.0f}s after taking the streams back, this instance holds streams {held} and the "
+        f"store has live leases of it for {live}: Partitions.close() at standing by stopped its "
+        "renewer thread for good, and the partitions taken afterwards are never renewed"
+    )
+    sc.close()
