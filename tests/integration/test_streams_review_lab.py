@@ -105,7 +105,8 @@ def test_the_consumers_upper_end_covers_what_logs_cat_reads_under_load(
     t0 = time.monotonic()
     for worker in workers:
         worker.start()
-    samples: list[tuple[float, str | None, list[str], int]] = []  # (t, last_object, above it, usage)
+    # (t, last_object, readable objects above it, usage count, readable objects)
+    samples: list[tuple[float, str | None, list[str], int, int]] = []
     try:
         while any(w.is_alive() for w in workers):
             time.sleep(0.5)
@@ -117,15 +118,15 @@ def test_the_consumers_upper_end_covers_what_logs_cat_reads_under_load(
             readable = [o["Key"][len(LOG_PREFIX) + 1 :] for o in list_all(s3, fleet.log_bucket)]
             readable = [n for n in readable if (p := parse_log_name(n)) is not None and p.cutoff_us <= bound]
             above = [n for n in readable if last is None or n > last]
-            samples.append((time.monotonic() - t0, last, above, usage_objects(fleet, bucket)))
+            samples.append((time.monotonic() - t0, last, above, usage_objects(fleet, bucket), len(readable)))
     finally:
         stop.set()
         for worker in workers:
             worker.join(60)
     bad = [s for s in samples if s[2]]
     print(f"\nbusy stream ({ceph_lab.release}): {len(written)} PUTs in {time.monotonic() - t0:.1f}s; "
-          f"{len(samples)} samples, {len(bad)} with readable objects above last_object; usage counted "
-          f"{[s[3] for s in samples]}")  # fmt: skip
+          f"{len(samples)} samples, {len(bad)} with readable objects above last_object; (readable objects, "
+          f"usage count): {[(s[4], s[3]) for s in samples]}")  # fmt: skip
     assert samples, f"the readers' bound never moved\n{fleet.log_tail()}"
     assert not bad, (
         f"{len(bad)} of {len(samples)} samples during the load: objects `logs cat` reads lie above the "
@@ -261,3 +262,76 @@ def mine(r: Any, bucket: str) -> bool:
 
 def read_records_all(logs: S3Target) -> list[Any]:
     return list(read_records(logs))
+
+
+def test_the_consumers_upper_end_under_a_steady_write_hook_feed(
+    ceph_lab: Lab, s3_client: Any, usage_fleet: UsageFleet
+) -> None:
+    """As above, with the records fed steadily by the write hook (``ChangeIndex.record_many``
+    on the lab's RADOS index, as an embedded hook or `rgw-changelog record` does) beside the
+    follower, so that every pass of stream 1 has records (the follower alone records in bursts
+    seconds apart on this lab: passes in between are empty and let ``last_object`` catch up).
+    No object `logs cat` can read may lie above the watermark's ``last_object``."""
+    from changelog.pipeline.backends.rados import RadosStore
+    from changelog.pipeline.index import ChangeIndex
+    from changelog.pipeline.mutation import Mutation, Op
+
+    fleet, s3 = usage_fleet, s3_client
+    bucket = f"sr-hook-{fleet.ns[-10:]}"
+    s3.create_bucket(Bucket=bucket)
+    fleet.buckets = [bucket]
+    fleet.write_configs()
+    fleet.start(0)
+    fleet.wait_api(0)
+    store = RadosStore(
+        conffile=ceph_lab.conf, pool=ceph_lab.pool, namespace=fleet.ns, keyring=ceph_lab.keyring or None
+    )
+    index = ChangeIndex(store, shards=INDEX_SHARDS, create=False)
+    names = keys_in_stream(bucket, 1, fleet.streams, 4000)
+    stop = threading.Event()
+    fed: list[str] = []
+
+    def feed() -> None:
+        i = 0
+        while not stop.is_set() and i < len(names):
+            batch = names[i : i + 20]
+            index.record_many([
+                Mutation(bucket=bucket, key=k, op=Op.WRITE, mtime_ns=time.time_ns(), source="review-hook",
+                         position=f"{i + j:020d}", seq=f"{i + j:020d}", size=5, etag="e")
+                for j, k in enumerate(batch)
+            ])  # fmt: skip
+            fed.extend(batch)
+            i += len(batch)
+            time.sleep(0.05)
+
+    feeder = threading.Thread(target=feed, daemon=True)
+    t0 = time.monotonic()
+    feeder.start()
+    samples: list[tuple[float, str | None, list[str], int, int]] = []
+    try:
+        while feeder.is_alive() and time.monotonic() - t0 < 20:
+            time.sleep(0.5)
+            fleet.check_running()
+            wm = watermark_doc(s3, fleet.log_bucket)
+            bound, last = wm.get("readable_until_us"), wm.get("last_object")
+            if not bound:
+                continue
+            readable = [o["Key"][len(LOG_PREFIX) + 1 :] for o in list_all(s3, fleet.log_bucket)]
+            readable = [n for n in readable if (p := parse_log_name(n)) is not None and p.cutoff_us <= bound]
+            above = [n for n in readable if last is None or n > last]
+            samples.append((time.monotonic() - t0, last, above, usage_objects(fleet, bucket), len(readable)))
+    finally:
+        stop.set()
+        feeder.join(60)
+        store.close()
+    bad = [s for s in samples if s[2]]
+    print(f"\nwrite hook feed ({ceph_lab.release}): {len(fed)} records in {time.monotonic() - t0:.1f}s; "
+          f"{len(samples)} samples, {len(bad)} with readable objects above last_object; (readable objects, "
+          f"above last_object, usage count): {[(s[4], len(s[2]), s[3]) for s in samples]}")  # fmt: skip
+    assert samples, f"the readers' bound never moved\n{fleet.log_tail()}"
+    assert not bad, (
+        f"{len(bad)} of {len(samples)} samples during the feed: objects `logs cat` reads lie above the "
+        f"watermark's last_object, where every consumer stops; e.g. at {bad[-1][0]:.1f}s: last_object "
+        f"{bad[-1][1]!r}, {len(bad[-1][2])} of {bad[-1][4]} readable objects above it, usage counted "
+        f"{bad[-1][3]} of {len(fed)} records fed"
+    )
