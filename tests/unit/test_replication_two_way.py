@@ -19,7 +19,9 @@ from moto import mock_aws
 from changelog.consumers.replication.apply import (
     ECHO,
     REPLICA_META,
+    SRC_BUCKET,
     SRC_ETAG,
+    SRC_KEY,
     SRC_MTIME,
     SRC_ZONE,
     WRITER,
@@ -95,12 +97,19 @@ def zones(monkeypatch: pytest.MonkeyPatch) -> Iterator[Zones]:
 
 
 def test_origin_order_uses_a_replicas_source_and_breaks_ties_by_zone() -> None:
-    replica = {REPLICA_META: "true", SRC_MTIME: "100", SRC_ZONE: "zone-x", SRC_ETAG: "e1"}
-    assert origin_order(500, "zone-b", replica) == (100, "zone-x")  # its own mtime: when copied
-    assert origin_order(100, "zone-x", {}) == (100, "zone-x")  # the original, seen at its zone
-    assert origin_order(100, "zone-b", {}) > origin_order(100, "zone-a", {})  # a tie within a second
-    assert origin_order(101, "zone-a", {}) > origin_order(100, "zone-b", {})
-    assert origin_order(7, "zone-a", {REPLICA_META: "true", SRC_MTIME: "bad"}) == (7, "zone-a")
+    of = {"key": "k", "bucket": "src"}
+    replica = {
+        REPLICA_META: "true", SRC_MTIME: "100", SRC_ZONE: "zone-x", SRC_ETAG: "e1", SRC_KEY: "k", SRC_BUCKET: "src"
+    }  # fmt: skip
+    assert origin_order(500, "zone-b", replica, **of) == (100, "zone-x")  # its own mtime: when copied
+    assert origin_order(100, "zone-x", {}, **of) == (100, "zone-x")  # the original, seen at its zone
+    assert origin_order(100, "zone-b", {}, **of) > origin_order(100, "zone-a", {}, **of)  # a tie within a second
+    assert origin_order(101, "zone-a", {}, **of) > origin_order(100, "zone-b", {}, **of)
+    bad = {**replica, SRC_MTIME: "bad"}
+    assert origin_order(7, "zone-a", bad, **of) == (7, "zone-a")
+    # A user's copy of a replica (to another key, or from another bucket) is an original.
+    assert origin_order(500, "zone-b", replica, key="copy", bucket="src") == (500, "zone-b")
+    assert origin_order(500, "zone-b", replica, key="k", bucket="other") == (500, "zone-b")
 
 
 def test_an_echo_is_dropped_by_its_writer_with_no_request(zones: Zones) -> None:
@@ -129,7 +138,8 @@ def test_an_echo_without_a_writer_is_recognised_by_its_replica_metadata(zones: Z
 def test_a_write_never_replaces_a_newer_one_at_the_peer(zones: Zones, site_origin: int) -> None:
     # B holds A-origin content stamped far in the future (or the past).
     zones.s3.put_object(Bucket="bbb", Key="k", Body=b"there",
-                        Metadata={REPLICA_META: "true", SRC_MTIME: str(site_origin), SRC_ETAG: "zz"})
+                        Metadata={REPLICA_META: "true", SRC_MTIME: str(site_origin), SRC_ETAG: "zz",
+                                  SRC_KEY: "k", SRC_BUCKET: "aaa"})
     out = zones.replicate(zones.put("aaa", "k", b"here"))
     newer_there = site_origin > 10**9
     assert out.status == ("skipped" if newer_there else "completed"), out
@@ -147,7 +157,8 @@ def test_a_delete_removes_the_peers_older_copy_but_not_a_newer_write(zones: Zone
     assert back.status == "completed" and back.reason == "nothing to delete at the site"
     # A write at B newer than what A deleted survives A's delete.
     zones.s3.put_object(Bucket="bbb", Key="new", Body=b"newer",
-                        Metadata={REPLICA_META: "true", SRC_MTIME: str(10**10), SRC_ETAG: "n"})
+                        Metadata={REPLICA_META: "true", SRC_MTIME: str(10**10), SRC_ETAG: "n",
+                                  SRC_KEY: "new", SRC_BUCKET: "aaa"})
     zones.s3.put_object(Bucket="aaa", Key="new", Body=b"x")
     zones.s3.delete_object(Bucket="aaa", Key="new")
     out = zones.replicate(rec("delete", "aaa", "new", time=datetime.now(UTC)))
@@ -260,7 +271,8 @@ def test_a_peer_write_racing_the_replica_is_never_overwritten(zones: Zones, ther
     from changelog.errors import TransientError
 
     if there_before:
-        zones.s3.put_object(Bucket="bbb", Key="k", Body=b"old", Metadata={REPLICA_META: "true", SRC_MTIME: "1"})
+        zones.s3.put_object(Bucket="bbb", Key="k", Body=b"old",
+                            Metadata={REPLICA_META: "true", SRC_MTIME: "1", SRC_KEY: "k", SRC_BUCKET: "aaa"})
     r = zones.put("aaa", "k", b"from a")
     d = zones.dest("bbb")
     racing = Destination(_Racing(zones.s3), d.bucket, False, zone=d.zone, two_way=True, peer_zone=d.peer_zone)  # type: ignore[arg-type]

@@ -20,6 +20,8 @@ from changelog.consumers.replication.apply import (
     OLH_EPOCH,
     REPLICA_META,
     REPLICA_VALUE,
+    SRC_BUCKET,
+    SRC_KEY,
     SRC_ZONE,
     WRITER,
     Destination,
@@ -171,7 +173,7 @@ def test_an_echo_is_dropped_by_its_writer_with_no_request(s3: Any) -> None:
 def test_a_peer_version_deleted_there_is_not_sent_back(s3: Any) -> None:
     """Zone aaa holds a replica of bbb's version, which bbb's user has deleted since; aaa's
     record of the replica lost its writer: the replica's metadata stops it (no resurrection)."""
-    meta = {REPLICA_META: REPLICA_VALUE, SRC_ZONE: "zone-bbb"}
+    meta = {REPLICA_META: REPLICA_VALUE, SRC_ZONE: "zone-bbb", SRC_KEY: "k", SRC_BUCKET: "bbb"}
     v = s3.put_object(Bucket="aaa", Key="k", Body=b"from b", Metadata=meta)["VersionId"]
     calls = Calls(s3)
     out = apply_record(rec("write", "aaa", "k", v), s3, dest(s3), NoVersions())

@@ -214,15 +214,30 @@ def _seconds(t: object) -> int | None:
     return int(t.timestamp()) if isinstance(t, datetime) else None
 
 
-def origin_order(mtime: int | None, zone: str, metadata: Mapping[str, str]) -> tuple[int, str]:
-    """Where an object version stands in two-way replication's last-writer-wins order: its
-    origin's mtime in whole seconds (a replica's ``SRC_MTIME``, else its own Last-Modified),
-    then its origin zone's name (a replica's ``SRC_ZONE``, else ``zone``, where it was
-    written): in a tie within a second the zone named last wins. Both sites compute the same
-    order for the same version from a HEAD (Last-Modified has whole seconds), so they pick the
-    same winner; and a zone's own versions of one second keep their order against the other
-    zone's (an ETag tie-break would interleave them)."""
-    if metadata.get(REPLICA_META) == REPLICA_VALUE:
+def is_replica(metadata: Mapping[str, str], key: str, bucket: str) -> bool:
+    """``metadata`` is a replica's of ``key`` from source bucket ``bucket``, as a replicator
+    wrote it. A user's CopyObject of a replica carries the same metadata (S3 copies user
+    metadata unless told otherwise), naming the key and bucket it was copied from: that copy is
+    a user's write, not a replica."""
+    return (
+        metadata.get(REPLICA_META) == REPLICA_VALUE
+        and metadata.get(SRC_KEY) == quote(key, safe="")
+        and metadata.get(SRC_BUCKET) == bucket
+    )
+
+
+def origin_order(
+    mtime: int | None, zone: str, metadata: Mapping[str, str], *, key: str, bucket: str
+) -> tuple[int, str]:
+    """Where an object version of ``key`` stands in two-way replication's last-writer-wins
+    order: its origin's mtime in whole seconds (a replica's ``SRC_MTIME``, else its own
+    Last-Modified), then its origin zone's name (a replica's ``SRC_ZONE``, else ``zone``, where
+    it was written): in a tie within a second the zone named last wins. ``bucket``: the source
+    bucket a replica of it names (``is_replica``; a user's copy of a replica is an original).
+    Both sites compute the same order for the same version from a HEAD (Last-Modified has whole
+    seconds), so they pick the same winner; and a zone's own versions of one second keep their
+    order against the other zone's (an ETag tie-break would interleave them)."""
+    if is_replica(metadata, key, bucket):
         origin = metadata.get(SRC_MTIME, "")
         if origin.isdigit():
             return int(origin), metadata.get(SRC_ZONE) or zone
@@ -554,15 +569,17 @@ class _Apply:
     def delete_marker(self) -> Applied:
         sv = self.rec.version_id or NULL
         if not self.dest.versioned:
+            # A retry comes after later records of the key: on an unversioned site an old
+            # marker would delete the newer write they brought.
+            if self.retry:
+                self.require_current_marker(sv)
             self.delete_site(None)
             return self._done()
         # A marker's own id maps only to its site marker (the null id may map to a version).
         if sv != NULL and self.versions.get(self.key, sv) is not None:
             return self._done("the delete marker is already at the site")
         if self.retry:
-            head = self.source_head()
-            if head is None or not head.delete_marker or (head.version_id or NULL) != sv:
-                raise _Skip("superseded: the delete marker is no longer current at the source")
+            self.require_current_marker(sv)
         if self.careful:
             # Markers carry no metadata: this one is recognised by its place. At the source it is
             # the n-th of a run of consecutive markers on top of the key's last version; a replay
@@ -583,6 +600,12 @@ class _Apply:
         self.drop_old_null(sv, marker)
         return self._done()
 
+    def require_current_marker(self, sv: str) -> None:
+        """A retried delete marker still hides the key at the source, else ``_Skip``."""
+        head = self.source_head()
+        if head is None or not head.delete_marker or (head.version_id or NULL) != sv:
+            raise _Skip("superseded: the delete marker is no longer current at the source")
+
     # -- two-way (REP.2)
 
     def last_writer_wins(self, obj: _SourceObject) -> None:
@@ -593,8 +616,7 @@ class _Apply:
         this zone's own earlier replica there, and a peer write it overwrote here
         (``Before.overwrote``). Against any other peer write, last writer wins
         (``origin_order``): a site never overwrites a newer version with an older one."""
-        meta = obj.metadata
-        if meta.get(REPLICA_META) == REPLICA_VALUE and meta.get(SRC_ZONE) == self.dest.peer_zone:
+        if self.is_peer_replica(obj.metadata):
             raise _Skip(f"{ECHO}the source object is a replica from {self.dest.peer_zone}")
         theirs = self.site_head()
         # The write replaces only what was judged here: radosgw (16.2 to 20.2) honours these on
@@ -603,25 +625,43 @@ class _Apply:
         self.condition = {"IfNoneMatch": "*"} if theirs is None else {"IfMatch": theirs.etag or ""}
         if theirs is None or theirs.delete_marker:
             return
-        ours = origin_order(_seconds(obj.response.get("LastModified")), self.dest.zone, {})
+        ours = origin_order(_seconds(obj.response.get("LastModified")), self.dest.zone, {}, **self.mine)
         if self.is_own_replica(theirs):
-            if theirs.metadata.get(SRC_ETAG) == obj.etag and origin_order(0, "", theirs.metadata) == ours:
+            if theirs.metadata.get(SRC_ETAG) == obj.etag and origin_order(0, "", theirs.metadata, **self.mine) == ours:
                 # The same write: a replay, or a change of its tags (PutObjectTagging logs a write
                 # of the same object; on 16.2 it also moves the mtime, and the object is copied
                 # again below). Tags follow the object's origin: this zone's object, its tags.
                 self.sync_tags(None, None)
                 raise _Skip("already at the site" + (" (its tags updated)" if self.tags_written else ""))
             return  # an earlier version of this zone's
-        there = origin_order(theirs.mtime, self.dest.peer_zone, theirs.metadata)
+        there = origin_order(theirs.mtime, self.dest.peer_zone, theirs.metadata, **self.mine)
         if self.overwrote(theirs, there[0]):
             return  # the peer still holds what this zone's users overwrote here
         if there > ours:
             raise _Skip(f"{OLDER}the site holds a newer write ({there} > {ours})")
 
+    @property
+    def mine(self) -> dict[str, str]:
+        """``origin_order``'s key and bucket for a site object: this zone's replicas there name
+        this key of this zone's bucket."""
+        return {"key": self.key, "bucket": self.rec.s3_bucket}
+
+    @property
+    def theirs(self) -> dict[str, str]:
+        """``origin_order``'s key and bucket for a source object: the peer's replicas here name
+        this key of the peer's bucket (this zone's site bucket)."""
+        return {"key": self.key, "bucket": self.dest.bucket}
+
     def is_own_replica(self, head: _Head) -> bool:
-        """``head`` is a replica of this zone's (written by its replicator)."""
-        meta = head.metadata
-        return meta.get(REPLICA_META) == REPLICA_VALUE and meta.get(SRC_ZONE) == self.dest.zone
+        """``head``, at the site, is a replica of this zone's (written by its replicator), not
+        a peer user's copy of one."""
+        return is_replica(head.metadata, **self.mine) and head.metadata.get(SRC_ZONE) == self.dest.zone
+
+    def is_peer_replica(self, meta: Mapping[str, str]) -> bool:
+        """A source object (or version) with ``meta`` is the peer's replica here, not a user's
+        copy of one. (Not decided by the record's writer: with a replicator's user missing from
+        ``replica_writers``, this is what stops its echoes.)"""
+        return is_replica(meta, **self.theirs) and meta.get(SRC_ZONE) == self.dest.peer_zone
 
     def overwrote(self, theirs: _Head, origin: int) -> bool:
         """The peer's object is the content of the key's last echo here, which this zone's
@@ -651,9 +691,12 @@ class _Apply:
         replicator found the key absent here: a plain delete leaves no tombstone), and the
         delete, newer, stands on both sides."""
         meta = head.metadata
-        if meta.get(REPLICA_META) != REPLICA_VALUE or meta.get(SRC_ZONE) != self.dest.peer_zone:
+        if not (is_replica(meta, **self.theirs) and meta.get(SRC_ZONE) == self.dest.peer_zone):
             return False
-        return origin_order(head.mtime, self.dest.peer_zone, meta) < (self.deleted_at(), self.dest.zone)
+        return origin_order(head.mtime, self.dest.peer_zone, meta, **self.theirs) < (
+            self.deleted_at(),
+            self.dest.zone,
+        )
 
     def delete_source_replica(self) -> None:
         """Delete the stale peer replica at the source (``stale_peer_replica``): its echo was
@@ -676,7 +719,7 @@ class _Apply:
         if theirs is None or theirs.delete_marker:
             return self._done("nothing to delete at the site")
         before, deleted = self.before, self.deleted_at()
-        there = origin_order(theirs.mtime, self.dest.peer_zone, theirs.metadata)
+        there = origin_order(theirs.mtime, self.dest.peer_zone, theirs.metadata, **self.mine)
         if self.is_own_replica(theirs) or self.overwrote(theirs, there[0]):
             older = True
         elif before is not None and before.written_echo:
@@ -740,8 +783,7 @@ class _Apply:
             return self._done("the version is already at the site")
         obj = self.get_source(v)
         with obj.body:
-            meta = obj.metadata
-            if meta.get(REPLICA_META) == REPLICA_VALUE and meta.get(SRC_ZONE) == self.dest.peer_zone:
+            if self.is_peer_replica(obj.metadata):
                 # The peer's version, no longer there: deleted since (its delete follows).
                 raise _Skip(
                     f"{ECHO}the source version is a replica from {self.dest.peer_zone}, gone there since"
@@ -855,7 +897,12 @@ class _Apply:
         return head.version_id if head is not None else None
 
     def rgwx_put(self, version: str, epoch: int) -> None:
-        meta = {REPLICA_META: REPLICA_VALUE, SRC_ZONE: self.dest.zone}
+        meta = {
+            REPLICA_META: REPLICA_VALUE,
+            SRC_ZONE: self.dest.zone,
+            SRC_BUCKET: self.rec.s3_bucket,
+            SRC_KEY: quote(self.key, safe=""),
+        }
         put = partial(
             self.dest.client.put_object,
             Bucket=self.dest.bucket,
@@ -1140,7 +1187,8 @@ class _Apply:
         if int(resp.get("TagCount") or 0) > 0:
             tags = self.source_tags(obj.version_id)
             if tags:
-                args["Tagging"] = urlencode(tags)
+                # %20, not "+": radosgw decodes this header without turning "+" into a space.
+                args["Tagging"] = urlencode(tags, quote_via=quote)
         if self.dest.storage_class:
             args["StorageClass"] = self.dest.storage_class
         if self.dest.two_way:

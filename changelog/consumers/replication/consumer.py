@@ -72,6 +72,10 @@ logger = logging.getLogger(__name__)
 LENIENT_AFTER = 5
 # How long a bucket's versioning state at the site is trusted.
 BUCKET_TTL = 60.0
+# A refusal ("no such bucket", 403) is remembered only this long: the operator's fix (creating
+# the site's bucket, granting access) reaches the next writes, while a log object full of
+# records for a missing bucket still costs one lookup every few seconds, not one each.
+REFUSAL_TTL = 2.0
 # Failed entries past their retention are looked for this often (seconds).
 EXPIRE_EVERY = 600.0
 # Completions are averaged over this window for the throughput (seconds).
@@ -591,14 +595,14 @@ class SiteReplicator:
 
     def _destination(self, bucket: str) -> Destination | str:
         """The site's bucket for source ``bucket`` (cached ``BUCKET_TTL``), or why it cannot be
-        written (a permanent refusal, one line)."""
+        written (a permanent refusal, one line; cached ``REFUSAL_TTL``)."""
         with self._bucket_mu:  # one lookup per bucket, whichever worker asks first
             return self._lookup_destination(bucket)
 
     def _lookup_destination(self, bucket: str) -> Destination | str:
         now = self.clocks.monotonic()
         got = self._buckets.get(bucket)
-        if got is not None and now - got[0] < BUCKET_TTL:
+        if got is not None and now - got[0] < (BUCKET_TTL if isinstance(got[1], Destination) else REFUSAL_TTL):
             return got[1]
         name = self.site.site_bucket(bucket)
         try:

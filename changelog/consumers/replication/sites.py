@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Literal
 from urllib.parse import urlsplit
 
 from changelog.config import Config, SiteConfig, open_target, reveal
-from changelog.consumers.replication.apply import SRC_ETAG, SRC_VERSION
+from changelog.consumers.replication.apply import SRC_ETAG, SRC_VERSION, SRC_ZONE, is_replica
 from changelog.consumers.replication.consumer import SiteReplicator
 from changelog.consumers.replication.state import SiteState, entry_id
 from changelog.errors import ChangelogError, ConfigError, ObjectMissing, PermanentError
@@ -221,6 +221,13 @@ def _site_status(
     assert isinstance(meta, dict)
     if site_version is not None:
         return "COMPLETED"
+    src_meta = src.get("Metadata") or {}
+    assert isinstance(src_meta, dict)
+    if rep.site.two_way and is_replica(src_meta, key, dest) and src_meta.get(SRC_ZONE) == rep.site.peer:
+        # Two-way: the source's object is the peer's replica of a write its user made there;
+        # done when the peer still holds that write (the original, by its ETag).
+        original = str(got.get("ETag", "")).strip('"')
+        return "COMPLETED" if not is_replica(meta, key, bucket) and original == src_meta.get(SRC_ETAG) else "PENDING"
     if meta.get(SRC_VERSION) == (src_version or "null") and (etag is None or meta.get(SRC_ETAG) == etag):
         return "COMPLETED"
     return "PENDING"
