@@ -139,6 +139,11 @@ class Partitions:
             logger.debug("partitions %s: leaving the member list: %s", self.role, ex)
         if self._own_renewer and self._started:
             self._renewer.stop()
+            # A role that stands by (the streams while an unpartitioned collector holds its
+            # lease) refreshes again later: it gets a renewer of its own again (a stopped
+            # thread cannot be restarted; without one, the leases taken back were never renewed).
+            self._renewer = Renewer(self.ttl, name=f"partitions-{self.role}", monotonic=self._monotonic)
+            self._started = False
 
     def doc(self) -> dict[str, object]:
         """For ``status --json``: the live members, and which instance holds which partition."""

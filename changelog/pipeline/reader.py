@@ -121,8 +121,17 @@ def list_logs(
                 # bound was committed before it was published, so that listing holds them all.
                 wm = read_watermark(target, prefix=prefix)
                 # No watermark yet: nothing is final. One without the bound: the unpartitioned
-                # collector's again (it finished every stream's pending objects first).
-                bound = 0 if wm is None else wm.readable_until_us
+                # collector's (before a switch to streams, or again after one: it finished every
+                # stream's pending objects first), final up to its last object's cutoff; a stream
+                # object above it waits for the streams' first published bound (a stream may
+                # still commit below it, and a checkpoint would then skip that object).
+                if wm is None:
+                    bound = 0
+                elif wm.readable_until_us is not None:
+                    bound = wm.readable_until_us
+                else:
+                    last = parse_log_name(wm.last_object) if wm.last_object else None
+                    bound = last.cutoff_us if last is not None else 0
                 bounded = relist = True
                 break
             if bound is not None and parsed.cutoff_us > bound:
