@@ -10,6 +10,7 @@ past the end of a scenario, every mutation of it is in a committed object.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -25,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from botocore.exceptions import ClientError
 
 from tests.integration.serving import free_port
 from tests.lab import Lab, s3_client
@@ -102,31 +104,36 @@ def now_us() -> int:
 
 def cli_env() -> dict[str, str]:
     path = os.environ.get("PYTHONPATH")
-    return {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": f"{REPO}{os.pathsep}{path}" if path else str(REPO)}
+    return {
+        **os.environ,
+        "PYTHONUNBUFFERED": "1",
+        "PYTHONPATH": f"{REPO}{os.pathsep}{path}" if path else str(REPO),
+    }
 
 
-@pytest.fixture(scope="module")
-def serve(ceph_lab: Lab, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Serve]:
-    if not ceph_lab.rgw_endpoint:
+@contextlib.contextmanager
+def running_serve(lab: Lab, folder: Path, extra: str = "") -> Iterator[Serve]:
+    """A `serve` of a new index (its own namespace) following the lab, logs in ``folder``/logs;
+    yielded once its first watermark is written. ``extra``: more TOML, appended."""
+    if not lab.rgw_endpoint:
         pytest.fail("this test needs radosgw; the lab runs without it")
-    folder = tmp_path_factory.mktemp("newuser-serve")
     logs_dir = folder / "logs"
     port = free_port()
-    keyring = f'keyring = "{ceph_lab.keyring}"\n' if ceph_lab.keyring else ""
+    keyring = f'keyring = "{lab.keyring}"\n' if lab.keyring else ""
     config = folder / "rgw-changelog.toml"
     config.write_text(
         f"""
 [index]
 backend = "rados"
-ceph_conf = "{ceph_lab.conf}"
-{keyring}pool = "{ceph_lab.pool}"
+ceph_conf = "{lab.conf}"
+{keyring}pool = "{lab.pool}"
 namespace = "newuser-{uuid.uuid4().hex[:12]}"
 shards = 4
 
 [source]
-endpoint = "{ceph_lab.rgw_endpoint}"
-access_key = "{ceph_lab.access_key}"
-secret_key = "{ceph_lab.secret_key}"
+endpoint = "{lab.rgw_endpoint}"
+access_key = "{lab.access_key}"
+secret_key = "{lab.secret_key}"
 region = "default"
 poll_interval = 0.2
 record_writer = true
@@ -141,21 +148,29 @@ settle = 0.3
 
 [api]
 listen = "127.0.0.1:{port}"
+{extra}
 """
     )
     log = folder / "serve.log"
     cli = Path(sys.executable).with_name("rgw-changelog")
     with log.open("wb") as out:
-        proc = subprocess.Popen([str(cli), "-c", str(config), "serve"], stdout=out, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, env=cli_env(), cwd=folder)
+        proc = subprocess.Popen(
+            [str(cli), "-c", str(config), "serve"],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=cli_env(),
+            cwd=folder,
+        )
     s = Serve(proc, port, config, log, logs_dir)
     try:
         started = time.monotonic()
         while s.complete_until_us() == 0:
-            assert proc.poll() is None, f"serve exited; its log ends:\n{s.log_tail()}"
+            assert proc.poll() is None, f"serve exited with {proc.returncode}; its log ends:\n{s.log_tail()}"
             assert time.monotonic() - started < UP_TIMEOUT_S, f"no watermark; serve log:\n{s.log_tail()}"
             s.post("/_/flush")
             time.sleep(0.5)
+        print(f"serve up, first watermark after {time.monotonic() - started:.1f} s")
         yield s
     finally:
         if proc.poll() is None:
@@ -167,15 +182,27 @@ listen = "127.0.0.1:{port}"
                 proc.wait(timeout=10)
 
 
+@pytest.fixture(scope="module")
+def serve(ceph_lab: Lab, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Serve]:
+    with running_serve(ceph_lab, tmp_path_factory.mktemp("newuser-serve")) as s:
+        yield s
+
+
 def aws(lab: Lab, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     exe = shutil.which("aws")
     if exe is None:
         pytest.fail("the AWS CLI is not installed (apt-get install awscli)")
-    env = {**os.environ, "AWS_ACCESS_KEY_ID": lab.access_key, "AWS_SECRET_ACCESS_KEY": lab.secret_key,
-           "AWS_DEFAULT_REGION": "default", "AWS_REQUEST_CHECKSUM_CALCULATION": "when_required",
-           "AWS_RESPONSE_CHECKSUM_VALIDATION": "when_required"}
-    proc = subprocess.run([exe, "--endpoint-url", lab.rgw_endpoint, *args], capture_output=True, text=True,
-                          timeout=120, env=env)
+    env = {
+        **os.environ,
+        "AWS_ACCESS_KEY_ID": lab.access_key,
+        "AWS_SECRET_ACCESS_KEY": lab.secret_key,
+        "AWS_DEFAULT_REGION": "default",
+        "AWS_REQUEST_CHECKSUM_CALCULATION": "when_required",
+        "AWS_RESPONSE_CHECKSUM_VALIDATION": "when_required",
+    }
+    proc = subprocess.run(
+        [exe, "--endpoint-url", lab.rgw_endpoint, *args], capture_output=True, text=True, timeout=120, env=env
+    )
     if check:
         assert proc.returncode == 0, (args, proc.stderr)
     return proc
@@ -186,9 +213,15 @@ def rclone(lab: Lab, *args: str) -> None:
     if exe is None:
         pytest.fail("rclone is not installed (apt-get install rclone)")
     env = {k: v for k, v in os.environ.items() if k != "AWS_CA_BUNDLE"}  # rclone refuses it on plain http
-    env.update({"RCLONE_CONFIG_LAB_TYPE": "s3", "RCLONE_CONFIG_LAB_PROVIDER": "Ceph",
-                "RCLONE_CONFIG_LAB_ENDPOINT": lab.rgw_endpoint, "RCLONE_CONFIG_LAB_ACCESS_KEY_ID": lab.access_key,
-                "RCLONE_CONFIG_LAB_SECRET_ACCESS_KEY": lab.secret_key})
+    env.update(
+        {
+            "RCLONE_CONFIG_LAB_TYPE": "s3",
+            "RCLONE_CONFIG_LAB_PROVIDER": "Ceph",
+            "RCLONE_CONFIG_LAB_ENDPOINT": lab.rgw_endpoint,
+            "RCLONE_CONFIG_LAB_ACCESS_KEY_ID": lab.access_key,
+            "RCLONE_CONFIG_LAB_SECRET_ACCESS_KEY": lab.secret_key,
+        }
+    )
     proc = subprocess.run([exe, *args], capture_output=True, text=True, timeout=120, env=env)
     assert proc.returncode == 0, (args, proc.stderr)
 
@@ -208,7 +241,9 @@ def check_schema(records: list[dict[str, Any]]) -> None:
     assert len(ids) == len(set(ids)), "an id repeats in the committed logs"
 
 
-def test_aws_cli_and_rclone_unversioned_one_record_per_mutation(serve: Serve, ceph_lab: Lab, tmp_path: Path) -> None:
+def test_aws_cli_and_rclone_unversioned_one_record_per_mutation(
+    serve: Serve, ceph_lab: Lab, tmp_path: Path
+) -> None:
     s3 = s3_client(ceph_lab)
     bucket = f"nu-plain-{uuid.uuid4().hex[:8]}"
     aws(ceph_lab, "s3", "mb", f"s3://{bucket}")
@@ -220,20 +255,58 @@ def test_aws_cli_and_rclone_unversioned_one_record_per_mutation(serve: Serve, ce
     aws(ceph_lab, "s3", "cp", str(small), f"s3://{bucket}/{uni}")
     aws(ceph_lab, "s3", "cp", str(big), f"s3://{bucket}/big.bin")
     aws(ceph_lab, "s3", "cp", f"s3://{bucket}/{uni}", f"s3://{bucket}/copy.txt")
-    aws(ceph_lab, "s3api", "put-object-tagging", "--bucket", bucket, "--key", uni,
-        "--tagging", "TagSet=[{Key=a,Value=b}]")
+    aws(
+        ceph_lab,
+        "s3api",
+        "put-object-tagging",
+        "--bucket",
+        bucket,
+        "--key",
+        uni,
+        "--tagging",
+        "TagSet=[{Key=a,Value=b}]",
+    )
     aws(ceph_lab, "s3api", "put-object-acl", "--bucket", bucket, "--key", "copy.txt", "--acl", "public-read")
     aws(ceph_lab, "s3", "rm", f"s3://{bucket}/copy.txt")
     for k in ("batch/1", "batch/2", "batch/3"):
         aws(ceph_lab, "s3api", "put-object", "--bucket", bucket, "--key", k, "--body", str(small))
-    aws(ceph_lab, "s3api", "delete-objects", "--bucket", bucket, "--delete",
-        json.dumps({"Objects": [{"Key": "batch/1"}, {"Key": "batch/2"}, {"Key": "batch/3"}, {"Key": "never-was"}]}))
+    aws(
+        ceph_lab,
+        "s3api",
+        "delete-objects",
+        "--bucket",
+        bucket,
+        "--delete",
+        json.dumps(
+            {"Objects": [{"Key": "batch/1"}, {"Key": "batch/2"}, {"Key": "batch/3"}, {"Key": "never-was"}]}
+        ),
+    )
     rclone(ceph_lab, "copyto", str(small), f"lab:{bucket}/rclone/x y.txt")
     rclone(ceph_lab, "deletefile", f"lab:{bucket}/rclone/x y.txt")
     # Failed requests: none may leave a record.
-    assert aws(ceph_lab, "s3", "cp", f"s3://{bucket}/no-such-source", f"s3://{bucket}/c2", check=False).returncode != 0
-    assert aws(ceph_lab, "s3api", "put-object", "--bucket", bucket, "--key", "bad-md5", "--body", str(small),
-               "--content-md5", "AAAAAAAAAAAAAAAAAAAAAA==", check=False).returncode != 0
+    assert (
+        aws(
+            ceph_lab, "s3", "cp", f"s3://{bucket}/no-such-source", f"s3://{bucket}/c2", check=False
+        ).returncode
+        != 0
+    )
+    assert (
+        aws(
+            ceph_lab,
+            "s3api",
+            "put-object",
+            "--bucket",
+            bucket,
+            "--key",
+            "bad-md5",
+            "--body",
+            str(small),
+            "--content-md5",
+            "AAAAAAAAAAAAAAAAAAAAAA==",
+            check=False,
+        ).returncode
+        != 0
+    )
     aws(ceph_lab, "s3", "rm", f"s3://{bucket}/never-was-either")  # success, but nothing deleted
     facts = {k: s3.head_object(Bucket=bucket, Key=k) for k in (uni, "big.bin")}
     end = now_us()
@@ -264,7 +337,9 @@ def test_aws_cli_and_rclone_unversioned_one_record_per_mutation(serve: Serve, ce
     assert objects[uni][0]["etag"] == hashlib.md5(small.read_bytes()).hexdigest()
     for rec in records:
         if rec["op"] == "delete":
-            assert rec["size"] is None and rec["etag"] is None and "writer" not in rec.get("metadata", {}), rec
+            assert rec["size"] is None and rec["etag"] is None and "writer" not in rec.get("metadata", {}), (
+                rec
+            )
             assert "deleted_mtime" in rec["metadata"], rec
 
 
@@ -278,11 +353,21 @@ def test_multipart_reuploaded_and_aborted_parts(serve: Serve, ceph_lab: Lab) -> 
     e1 = s3.upload_part(Bucket=bucket, Key="m/ünï part.bin", UploadId=up, PartNumber=1, Body=again)["ETag"]
     e2 = s3.upload_part(Bucket=bucket, Key="m/ünï part.bin", UploadId=up, PartNumber=2, Body=last)["ETag"]
     # A completion naming a wrong part ETag fails: no record.
-    with pytest.raises(Exception):
-        s3.complete_multipart_upload(Bucket=bucket, Key="m/ünï part.bin", UploadId=up, MultipartUpload={
-            "Parts": [{"PartNumber": 1, "ETag": '"' + "0" * 32 + '"'}, {"PartNumber": 2, "ETag": e2}]})
-    s3.complete_multipart_upload(Bucket=bucket, Key="m/ünï part.bin", UploadId=up, MultipartUpload={
-        "Parts": [{"PartNumber": 1, "ETag": e1}, {"PartNumber": 2, "ETag": e2}]})
+    with pytest.raises(ClientError):
+        s3.complete_multipart_upload(
+            Bucket=bucket,
+            Key="m/ünï part.bin",
+            UploadId=up,
+            MultipartUpload={
+                "Parts": [{"PartNumber": 1, "ETag": '"' + "0" * 32 + '"'}, {"PartNumber": 2, "ETag": e2}]
+            },
+        )
+    s3.complete_multipart_upload(
+        Bucket=bucket,
+        Key="m/ünï part.bin",
+        UploadId=up,
+        MultipartUpload={"Parts": [{"PartNumber": 1, "ETag": e1}, {"PartNumber": 2, "ETag": e2}]},
+    )
     dropped = s3.create_multipart_upload(Bucket=bucket, Key="m/aborted")["UploadId"]
     s3.upload_part(Bucket=bucket, Key="m/aborted", UploadId=dropped, PartNumber=1, Body=b"x" * 1024)
     s3.abort_multipart_upload(Bucket=bucket, Key="m/aborted", UploadId=dropped)
@@ -303,16 +388,37 @@ def test_versioned_bucket_markers_and_version_deletes(serve: Serve, ceph_lab: La
     s3 = s3_client(ceph_lab)
     bucket = f"nu-ver-{uuid.uuid4().hex[:8]}"
     aws(ceph_lab, "s3", "mb", f"s3://{bucket}")
-    aws(ceph_lab, "s3api", "put-bucket-versioning", "--bucket", bucket,
-        "--versioning-configuration", "Status=Enabled")
+    aws(
+        ceph_lab,
+        "s3api",
+        "put-bucket-versioning",
+        "--bucket",
+        bucket,
+        "--versioning-configuration",
+        "Status=Enabled",
+    )
     body = tmp_path / "v"
     body.write_bytes(b"v")
-    v1 = json.loads(aws(ceph_lab, "s3api", "put-object", "--bucket", bucket, "--key", "k", "--body", str(body)).stdout)
-    v2 = json.loads(aws(ceph_lab, "s3api", "put-object", "--bucket", bucket, "--key", "k", "--body", str(body)).stdout)
+    v1 = json.loads(
+        aws(ceph_lab, "s3api", "put-object", "--bucket", bucket, "--key", "k", "--body", str(body)).stdout
+    )
+    v2 = json.loads(
+        aws(ceph_lab, "s3api", "put-object", "--bucket", bucket, "--key", "k", "--body", str(body)).stdout
+    )
     marker = json.loads(aws(ceph_lab, "s3api", "delete-object", "--bucket", bucket, "--key", "k").stdout)
     aws(ceph_lab, "s3api", "delete-object", "--bucket", bucket, "--key", "k")  # a marker on a marker: nothing
     aws(ceph_lab, "s3api", "delete-object", "--bucket", bucket, "--key", "k", "--version-id", v1["VersionId"])
-    aws(ceph_lab, "s3api", "delete-object", "--bucket", bucket, "--key", "k", "--version-id", marker["VersionId"])
+    aws(
+        ceph_lab,
+        "s3api",
+        "delete-object",
+        "--bucket",
+        bucket,
+        "--key",
+        "k",
+        "--version-id",
+        marker["VersionId"],
+    )
     # A batch delete by version id, and one of a version that does not exist (success, nothing).
     v3 = s3.put_object(Bucket=bucket, Key="j k", Body=b"j")["VersionId"]
     s3.delete_objects(Bucket=bucket, Delete={"Objects": [{"Key": "j k", "VersionId": v3}]})
@@ -324,8 +430,13 @@ def test_versioned_bucket_markers_and_version_deletes(serve: Serve, ceph_lab: La
     objects = by_object(records)
     got = {k: [(r["op"], r["version_id"]) for r in v] for k, v in objects.items()}
     assert got == {
-        "k": [("write", v1["VersionId"]), ("write", v2["VersionId"]), ("delete_marker", marker["VersionId"]),
-              ("delete", v1["VersionId"]), ("delete", marker["VersionId"])],
+        "k": [
+            ("write", v1["VersionId"]),
+            ("write", v2["VersionId"]),
+            ("delete_marker", marker["VersionId"]),
+            ("delete", v1["VersionId"]),
+            ("delete", marker["VersionId"]),
+        ],
         "j k": [("write", v3), ("delete", v3)],
     }, got
     for rec in records:
@@ -337,3 +448,18 @@ def test_versioned_bucket_markers_and_version_deletes(serve: Serve, ceph_lab: La
             assert rec["metadata"].get("writer") == "tester", rec
         if rec["op"] == "write" and rec["size"] is None:
             assert rec["etag"] is None and "writer" not in rec["metadata"], rec
+
+
+def test_serve_with_a_backup_interval_on_a_new_index_stays_up(ceph_lab: Lab, tmp_path: Path) -> None:
+    """README: `[backup] interval` makes `serve` run the backup consumer. On a new index the
+    backup consumer's first step comes before the collector's first watermark (which waits for
+    the follower's first catch-up), raises PermanentError "no change-log watermark ... the
+    collector has not completed a pass yet", and `serve` stops: it never comes up."""
+    extra = f"""
+[backup]
+url = "file://{tmp_path}/backups/"
+interval = 3600
+"""
+    with running_serve(ceph_lab, tmp_path, extra) as s:
+        assert s.proc.poll() is None
+        assert s.post("/_/backup/run") == 200

@@ -77,12 +77,21 @@ def one_line_error(result: Result, code: int) -> str:
     return lines[0]
 
 
-def console(conf: Path, *args: str, stdin: str | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+def console(
+    conf: Path, *args: str, stdin: str | None = None, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
     """The installed console script with this worktree's code, as an operator runs it."""
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     exe = Path(sys.executable).with_name("rgw-changelog")
-    return subprocess.run([str(exe), "-c", str(conf), *args], input=stdin, capture_output=True, text=True,
-                          timeout=timeout, env=env, check=False)
+    return subprocess.run(
+        [str(exe), "-c", str(conf), *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+        check=False,
+    )
 
 
 def committed(run: Any) -> list[dict[str, Any]]:
@@ -140,12 +149,14 @@ def test_backup_consumer_before_the_first_watermark_does_not_stop_serve(tmp_path
     watermark ... the collector has not completed a pass yet": the consumer loop ends and takes
     the whole `serve` down (seen on the Reef lab, test_newuser_review_lab.py). A collector that has
     not finished its first pass is a wait, not a fault."""
-    cfg = parse_config({
-        "index": {"path": str(tmp_path / "index.db")},
-        "target": {"url": f"file://{tmp_path}/logs/"},
-        "source": {"endpoint": "http://127.0.0.1:1", "access_key": "a", "secret_key": "b"},
-        "backup": {"url": f"file://{tmp_path}/dest/", "interval": 3600.0},
-    })
+    cfg = parse_config(
+        {
+            "index": {"path": str(tmp_path / "index.db")},
+            "target": {"url": f"file://{tmp_path}/logs/"},
+            "source": {"endpoint": "http://127.0.0.1:1", "access_key": "a", "secret_key": "b"},
+            "backup": {"url": f"file://{tmp_path}/dest/", "interval": 3600.0},
+        }
+    )
     index = ChangeIndex(SqliteStore(str(tmp_path / "index.db")), shards=2)
     try:
         runner = ConsumerRunner(index, BackupConsumer(cfg, interval=3600.0), lease_ttl=5)
@@ -159,7 +170,9 @@ def test_backup_consumer_before_the_first_watermark_does_not_stop_serve(tmp_path
             print(f"step raised {type(ex).__name__}: {ex}")
         finally:
             runner.step_down()
-        assert stopped_by is None, f"a backup step before the collector's first pass stops serve: {stopped_by}"
+        assert stopped_by is None, (
+            f"a backup step before the collector's first pass stops serve: {stopped_by}"
+        )
     finally:
         index.store.close()
 
@@ -173,12 +186,17 @@ def test_serve_refuses_backup_interval_without_a_source_at_start(tmp_path: Path,
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    conf.write_text(conf.read_text().replace('listen = "127.0.0.1:1"', f'listen = "127.0.0.1:{port}"')
-                    + f'\n[backup]\nurl = "file://{tmp_path}/dest/"\ninterval = 3600\n')
+    conf.write_text(
+        conf.read_text().replace('listen = "127.0.0.1:1"', f'listen = "127.0.0.1:{port}"')
+        + f'\n[backup]\nurl = "file://{tmp_path}/dest/"\ninterval = 3600\n'
+    )
     proc = console(conf, "serve", timeout=60)
     last = proc.stderr.strip().splitlines()[-1]
     print(proc.stderr[-2000:])
-    assert proc.returncode == 2 and last.startswith("config error:") and "source" in last, (proc.returncode, last)
+    assert proc.returncode == 2 and last.startswith("config error:") and "source" in last, (
+        proc.returncode,
+        last,
+    )
 
 
 # --------------------------------------------------------------------------- what held up
@@ -188,14 +206,14 @@ def test_serve_refuses_backup_interval_without_a_source_at_start(tmp_path: Path,
     ("text", "expected"),
     [
         ("[bogus]\nx = 1\n", "unknown section [bogus]"),
-        ("[index]\nshards = \"x\"\n", "index.shards must be an integer"),
+        ('[index]\nshards = "x"\n', "index.shards must be an integer"),
         ("[index]\nshards = 0\n", "index.shards must be at least 1"),
         ("[index\n", "is not valid TOML"),
-        ("[target]\nurl = \"ftp://x/\"\n", "target.url must start with s3:// or file://"),
-        ("[target]\nurl = \"s3://Bad_Bucket!/x/\"\n", "valid bucket name"),
-        ("[source]\nbuckets = [\"a:b\"]\n", "tenant/bucket, not tenant:bucket"),
+        ('[target]\nurl = "ftp://x/"\n', "target.url must start with s3:// or file://"),
+        ('[target]\nurl = "s3://Bad_Bucket!/x/"\n', "valid bucket name"),
+        ('[source]\nbuckets = ["a:b"]\n', "tenant/bucket, not tenant:bucket"),
         ("[index]\nnope = 1\n", "index.nope"),
-        ("[logging]\nfile = \"/proc/nope/x.log\"\n", "logging.file"),
+        ('[logging]\nfile = "/proc/nope/x.log"\n', "logging.file"),
     ],
 )
 def test_bad_config_is_one_line_exit_2(run: Any, tmp_path: Path, text: str, expected: str) -> None:
@@ -213,7 +231,9 @@ def test_logs_cat_filters_and_cloudevents(run: Any) -> None:
     # --prefix keeps the bucket's bucket records (README).
     r = run("logs", "cat", "--bucket", "b", "--prefix", "a/")
     assert sorted((d["op"], d["key"]) for d in map(orjson.loads, r.stdout.splitlines())) == [
-        ("bucket_create", None), ("write", "a/1")]
+        ("bucket_create", None),
+        ("write", "a/1"),
+    ]
     r = run("logs", "cat", "--format", "cloudevents", "--zone", "us-east", "--bucket", "tn/b")
     (event,) = [orjson.loads(x) for x in r.stdout.splitlines()]
     assert event["source"] == "rgw-changelog://us-east/tn/b" and event["subject"] == "a/2"
@@ -248,7 +268,9 @@ def test_a_target_that_cannot_be_created_is_one_line(run: Any, tmp_path: Path, c
     assert r.exit_code == 1 and "target: failed:" in r.output
 
 
-def test_backup_on_the_embedded_default_without_a_source_is_one_line(run: Any, tmp_path: Path, conf: Path) -> None:
+def test_backup_on_the_embedded_default_without_a_source_is_one_line(
+    run: Any, tmp_path: Path, conf: Path
+) -> None:
     r = run("backup", "run")
     assert "backup.url is not set" in one_line_error(r, 2)
     conf.write_text(conf.read_text() + f'\n[backup]\nurl = "file://{tmp_path}/dest/"\n')
