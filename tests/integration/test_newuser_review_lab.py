@@ -463,3 +463,127 @@ interval = 3600
     with running_serve(ceph_lab, tmp_path, extra) as s:
         assert s.proc.poll() is None
         assert s.post("/_/backup/run") == 200
+
+
+def tenant_user(lab: Lab, tenant: str, uid: str) -> tuple[str, str]:
+    key, secret = f"{tenant.upper()}KEY", f"{tenant}secret"
+    try:
+        lab.radosgw_admin(
+            "user", "create", "--tenant", tenant, "--uid", uid, "--display-name", uid,
+            "--access-key", key, "--secret", secret,
+        )  # fmt: skip
+    except RuntimeError as ex:
+        if "exists" not in str(ex):
+            raise
+    return key, secret
+
+
+def test_tenant_bucket_suspended_versioning_and_bucket_delete(
+    serve: Serve, ceph_lab: Lab, tmp_path: Path
+) -> None:
+    tenant = "nuh4"
+    key, secret = tenant_user(ceph_lab, tenant, "owner")
+    tlab = Lab(**{**ceph_lab.__dict__, "access_key": key, "secret_key": secret})
+    tb = f"nu-ten-{uuid.uuid4().hex[:8]}"
+    body = tmp_path / "b"
+    body.write_bytes(b"tenant body")
+    aws(tlab, "s3", "mb", f"s3://{tb}")
+    aws(tlab, "s3", "cp", str(body), f"s3://{tb}/ünï key")
+    aws(tlab, "s3", "rm", f"s3://{tb}/ünï key")
+    aws(tlab, "s3", "rb", f"s3://{tb}")
+    # Suspended versioning (README "The null version"): a PUT writes the null version, a DELETE
+    # makes a null delete marker; a record never says "null".
+    sb = f"nu-sus-{uuid.uuid4().hex[:8]}"
+    aws(ceph_lab, "s3", "mb", f"s3://{sb}")
+    aws(
+        ceph_lab,
+        "s3api",
+        "put-bucket-versioning",
+        "--bucket",
+        sb,
+        "--versioning-configuration",
+        "Status=Enabled",
+    )
+    v1 = json.loads(
+        aws(ceph_lab, "s3api", "put-object", "--bucket", sb, "--key", "k", "--body", str(body)).stdout
+    )
+    aws(
+        ceph_lab,
+        "s3api",
+        "put-bucket-versioning",
+        "--bucket",
+        sb,
+        "--versioning-configuration",
+        "Status=Suspended",
+    )
+    aws(ceph_lab, "s3api", "put-object", "--bucket", sb, "--key", "k", "--body", str(body))
+    aws(ceph_lab, "s3api", "delete-object", "--bucket", sb, "--key", "k")
+    end = now_us()
+    serve.wait_complete(end)
+
+    records = serve.records(tb, sb)
+    check_schema(records)
+    ten = [(r["op"], r["key"]) for r in sorted(records, key=lambda r: r["seq"]) if r["bucket"] == tb]
+    assert all(r["tenant"] == tenant for r in records if r["bucket"] == tb), records
+    assert ten == [
+        ("bucket_create", None),
+        ("write", "ünï key"),
+        ("delete", "ünï key"),
+        ("bucket_delete", None),
+    ], ten
+    sus = [
+        (r["op"], r["version_id"])
+        for r in sorted(records, key=lambda r: r["seq"])
+        if r["bucket"] == sb and r["key"]
+    ]
+    assert sus == [("write", v1["VersionId"]), ("write", None), ("delete_marker", None)], sus
+    # `logs cat --bucket tenant/bucket` as README spells it.
+    out = subprocess.run(
+        [str(Path(sys.executable).with_name("rgw-changelog")), "-c", str(serve.config), "logs", "cat", "--bucket",
+         f"{tenant}/{tb}"],
+        capture_output=True, text=True, timeout=60, env=cli_env(), check=False,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert len(out.stdout.splitlines()) == 4, out.stdout
+
+
+ODD_KEYS = [
+    "_multipart_looks.internal.meta",
+    "__two_underscores",
+    "_shadow_x",
+    "line\nbreak",
+    "tab\tkey",
+    "%41 percent",
+    "+plus+ & amp=eq?q#h",
+    "  leading and trailing spaces  ",
+    "dir//double/slash/",
+    "😀/" + "é" * 400,
+    "x" * 1024,
+]
+
+
+def test_odd_keys_each_one_write_and_one_delete(serve: Serve, ceph_lab: Lab) -> None:
+    s3 = s3_client(ceph_lab)
+    bucket = f"nu-keys-{uuid.uuid4().hex[:8]}"
+    s3.create_bucket(Bucket=bucket)
+    sizes = {}
+    for n, key in enumerate(ODD_KEYS):
+        body = b"y" * (n + 1)
+        s3.put_object(Bucket=bucket, Key=key, Body=body)
+        sizes[key] = len(body)
+    s3.copy_object(
+        Bucket=bucket, Key="__two_underscores", CopySource={"Bucket": bucket, "Key": "__two_underscores"},
+        Metadata={"m": "1"}, MetadataDirective="REPLACE",
+    )  # fmt: skip
+    s3.delete_objects(Bucket=bucket, Delete={"Objects": [{"Key": k} for k in ODD_KEYS]})
+    end = now_us()
+    serve.wait_complete(end)
+
+    records = serve.records(bucket)
+    check_schema(records)
+    got = {k: [r["op"] for r in v] for k, v in by_object(records).items()}
+    want = {k: ["write", "delete"] for k in ODD_KEYS}
+    want["__two_underscores"] = ["write", "write", "delete"]
+    assert got == want, {
+        k: (got.get(k), want.get(k)) for k in set(got) | set(want) if got.get(k) != want.get(k)
+    }

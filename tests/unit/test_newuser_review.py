@@ -199,6 +199,35 @@ def test_serve_refuses_backup_interval_without_a_source_at_start(tmp_path: Path,
     )
 
 
+def test_config_check_refuses_what_every_other_command_refuses(run: Any, tmp_path: Path) -> None:
+    """README: `config check` validates. A RADOS index whose `ceph_conf` does not exist passes it
+    ("config ok", exit 0), while `status`, `collect`, `serve` and the rest stop on the same file
+    with `config error: index.ceph_conf: ... not found` (exit 2): the check is made in
+    `open_store` only, which `config check` without --connect never calls."""
+    bad = tmp_path / "rados.toml"
+    bad.write_text('[index]\nbackend = "rados"\nceph_conf = "/nonexistent/ceph.conf"\n')
+    line = one_line_error(run("status", config=bad), 2)
+    assert line == "config error: index.ceph_conf: /nonexistent/ceph.conf not found", line
+    r = run("config", "check", config=bad)
+    assert r.exit_code == 2 and "index.ceph_conf" in r.stderr, (r.exit_code, r.stderr)
+
+
+def test_a_missing_keyring_is_named_in_one_line(run: Any, tmp_path: Path) -> None:
+    """A RADOS index whose `keyring` file does not exist: the user is told `cannot connect to
+    Ceph (...): [errno 2] RADOS object not found (error connecting to the cluster)` on the lab (exit 1,
+    after librados's own stray stderr line), which names neither the keyring nor the fix.
+    `ceph_conf` is checked when the store opens (config error, exit 2); `keyring` is not."""
+    conf = tmp_path / "ceph.conf"
+    conf.write_text("[global]\nmon host = 127.0.0.1:1\n")
+    bad = tmp_path / "rados.toml"
+    bad.write_text(
+        f'[index]\nbackend = "rados"\nceph_conf = "{conf}"\nkeyring = "{tmp_path}/no.keyring"\n'
+        "connect_timeout = 1\n"
+    )
+    line = one_line_error(run("status", config=bad), 2)
+    assert "index.keyring" in line and "no.keyring" in line, line
+
+
 # --------------------------------------------------------------------------- what held up
 
 
