@@ -636,3 +636,39 @@ def test_versioned_multipart_copy_of_a_version_and_a_retried_completion(serve: S
     assert got["a"][2] == ("write", v_a), got["a"]  # the tagging change of the older version
     writes = {(r["key"], r["version_id"]) for r in records if r["op"] == "write"}
     assert writes == live, (writes, live)
+
+
+def cli(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    exe = Path(sys.executable).with_name("rgw-changelog")
+    return subprocess.run(
+        [str(exe), "-c", str(config), *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=cli_env(),
+        check=False,
+    )
+
+
+def test_zone_enable_log_data_dry_run_names_an_unknown_zone(ceph_lab: Lab, tmp_path: Path) -> None:
+    """`zone enable-log-data --zone NAME` refuses a zone the zonegroup does not have (one line,
+    exit 1), but with `--dry-run` the same unknown zone is filtered away silently: no output,
+    exit 0, as if there were nothing to report. A dry run should say what the real run would."""
+    if not ceph_lab.bin:
+        pytest.fail("this test needs the lab's own radosgw-admin (CEPH_BIN)")
+    keyring = f'keyring = "{ceph_lab.keyring}"\n' if ceph_lab.keyring else ""
+    config = tmp_path / "zone.toml"
+    config.write_text(f'[index]\nbackend = "rados"\nceph_conf = "{ceph_lab.conf}"\n{keyring}')
+    admin = ("--radosgw-admin", f"{ceph_lab.bin}/radosgw-admin")
+    ok = cli(config, "zone", "enable-log-data", "--dry-run", *admin)
+    assert ok.returncode == 0 and ok.stdout.strip() == "zone default: log_data on", (ok.stdout, ok.stderr)
+    real = cli(config, "zone", "enable-log-data", "--zone", "nosuch", *admin)
+    assert real.returncode == 1 and real.stderr.strip().endswith("has no zone nosuch (it has default)"), (
+        real.stderr
+    )
+    dry = cli(config, "zone", "enable-log-data", "--dry-run", "--zone", "nosuch", *admin)
+    assert (dry.returncode, dry.stderr.strip()) == (1, real.stderr.strip()), (
+        dry.returncode,
+        dry.stdout,
+        dry.stderr,
+    )
