@@ -228,6 +228,21 @@ def test_a_missing_keyring_is_named_in_one_line(run: Any, tmp_path: Path) -> Non
     assert "index.keyring" in line and "no.keyring" in line, line
 
 
+def test_usage_show_a_bad_interval_is_a_usage_error(run: Any) -> None:
+    """README: usage errors exit 2, and `GET /_/usage?interval=7` answers 400 (a bad parameter).
+    `usage show --interval 7` says `error: interval 7s is not a multiple of a stored one (...)`
+    and exits 1, as a runtime failure: the check is made in the usage model (a PermanentError),
+    after the option's own parsing (`click.BadParameter` only for a value that is not an
+    interval at all)."""
+    assert run("record", input=jsonl(TENANT_AND_PLAIN)).exit_code == 0
+    assert run("flush", "--direct").exit_code == 0
+    assert run("usage", "run", "--once").exit_code == 0
+    syntax = one_line_error(run("usage", "show", "--interval", "xyz"), 2)
+    assert syntax.startswith("usage error:"), syntax
+    line = one_line_error(run("usage", "show", "--interval", "7"), 2)
+    assert line.startswith("usage error:") and "not a multiple" in line, line
+
+
 # --------------------------------------------------------------------------- what held up
 
 
