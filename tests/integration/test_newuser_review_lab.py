@@ -600,7 +600,7 @@ def test_versioned_multipart_copy_of_a_version_and_a_retried_completion(serve: S
     up = s3.create_multipart_upload(Bucket=bucket, Key="mp")["UploadId"]
     e1 = s3.upload_part(Bucket=bucket, Key="mp", UploadId=up, PartNumber=1, Body=b"p" * (5 * MIB))["ETag"]
     e2 = s3.upload_part(Bucket=bucket, Key="mp", UploadId=up, PartNumber=2, Body=b"q")["ETag"]
-    parts = {"Parts": [{"PartNumber": 1, "ETag": e1}, {"PartNumber": 2, "ETag": e2}]}
+    parts: Any = {"Parts": [{"PartNumber": 1, "ETag": e1}, {"PartNumber": 2, "ETag": e2}]}
     v_mp = s3.complete_multipart_upload(Bucket=bucket, Key="mp", UploadId=up, MultipartUpload=parts)[
         "VersionId"
     ]

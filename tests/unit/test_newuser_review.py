@@ -100,7 +100,7 @@ def committed(run: Any) -> list[dict[str, Any]]:
     return [orjson.loads(line) for line in r.stdout.splitlines() if line.strip()]
 
 
-TENANT_AND_PLAIN = [
+TENANT_AND_PLAIN: list[dict[str, Any]] = [
     {"bucket": "b", "key": "a/1", "size": 1, "etag": "e1"},
     {"bucket": "b", "tenant": "tn", "key": "a/2", "size": 2, "etag": "e2"},
     {"bucket": "b", "key": None, "op": "bucket_create"},
@@ -288,7 +288,7 @@ def test_logs_cat_filters_and_cloudevents(run: Any) -> None:
 
 
 def test_bad_record_input_lists_every_bad_line_and_records_nothing(run: Any) -> None:
-    lines = [
+    lines: list[dict[str, Any]] = [
         {"bucket": "b", "key": "ok"},
         {"bucket": "b", "tenant": "t-n", "key": "x"},
         {"bucket": "b", "key": "x", "size": -5},
