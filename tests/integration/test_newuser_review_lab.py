@@ -672,3 +672,31 @@ def test_zone_enable_log_data_dry_run_names_an_unknown_zone(ceph_lab: Lab, tmp_p
         dry.stdout,
         dry.stderr,
     )
+
+
+def test_bucket_removed_with_its_objects_by_radosgw_admin(serve: Serve, ceph_lab: Lab) -> None:
+    """`radosgw-admin bucket rm --purge-objects`: README (Buckets) promises one `bucket_delete`
+    after the bucket's last record, in committed order, even when its last object entries died
+    with it."""
+    s3 = s3_client(ceph_lab)
+    bucket = f"nu-purge-{uuid.uuid4().hex[:8]}"
+    s3.create_bucket(Bucket=bucket)
+    for k in ("a", "b", "c"):
+        s3.put_object(Bucket=bucket, Key=k, Body=b"z")
+    # The writes are recorded before the bucket goes (else they may die with it, as documented).
+    serve.wait_complete(now_us())
+    ceph_lab.radosgw_admin("bucket", "rm", f"--bucket={bucket}", "--purge-objects")
+    started = time.monotonic()
+    while not any(r["op"] == "bucket_delete" for r in serve.records(bucket)):
+        assert time.monotonic() - started < FLOW_TIMEOUT_S, (
+            f"no bucket_delete; serve log:\n{serve.log_tail()}"
+        )
+        serve.post("/_/flush")
+        time.sleep(0.5)
+    print(f"bucket_delete committed after {time.monotonic() - started:.1f} s")
+    records = serve.records(bucket)
+    check_schema(records)
+    ops = [(r["op"], r["key"]) for r in records]
+    assert ops[0] == ("bucket_create", None) and ops[-1] == ("bucket_delete", None), ops
+    assert sorted(k for op, k in ops if op == "write") == ["a", "b", "c"], ops
+    assert [op for op, _ in ops].count("bucket_delete") == 1, ops
