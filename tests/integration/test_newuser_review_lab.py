@@ -700,3 +700,22 @@ def test_bucket_removed_with_its_objects_by_radosgw_admin(serve: Serve, ceph_lab
     assert ops[0] == ("bucket_create", None) and ops[-1] == ("bucket_delete", None), ops
     assert sorted(k for op, k in ops if op == "write") == ["a", "b", "c"], ops
     assert [op for op, _ in ops].count("bucket_delete") == 1, ops
+
+
+def test_rapid_overwrites_never_carry_another_writes_size(serve: Serve, ceph_lab: Lab) -> None:
+    """README's record table: a write superseded before the follower read it has null facts; a
+    record never carries another write's size. Twenty overwrites of one key, each of its own
+    size, as fast as the client goes."""
+    s3 = s3_client(ceph_lab)
+    bucket = f"nu-over-{uuid.uuid4().hex[:8]}"
+    s3.create_bucket(Bucket=bucket)
+    etags = [s3.put_object(Bucket=bucket, Key="hot", Body=b"h" * n)["ETag"].strip('"') for n in range(1, 21)]
+    serve.wait_complete(now_us())
+    records = serve.records(bucket)
+    check_schema(records)
+    writes = [r for r in sorted(records, key=lambda r: r["seq"]) if r["op"] == "write"]
+    assert len(writes) == 20, [(r["size"], r["etag"]) for r in writes]
+    for n, (rec, etag) in enumerate(zip(writes, etags, strict=True), start=1):
+        assert (rec["size"], rec["etag"]) in ((n, etag), (None, None)), (n, rec)
+    assert (writes[-1]["size"], writes[-1]["etag"]) == (20, etags[-1]), writes[-1]
+    print(f"{sum(r['size'] is None for r in writes)} of 20 writes superseded before they were read")
