@@ -202,6 +202,7 @@ def test_backup_consumer_runs_backups_and_commits_their_position(
     cfg = parse_config(
         {
             "target": {"url": f"file://{tmp_path}/logs/"},
+            "source": {"endpoint": "https://s3.amazonaws.com", "access_key": "testing", "secret_key": "testing"},
             "backup": {"url": f"file://{tmp_path}/dest/", "interval": 60.0},
         }
     )

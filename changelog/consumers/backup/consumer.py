@@ -122,6 +122,9 @@ class BackupConsumer:
     name = "backup"
 
     def __init__(self, config: Config, *, interval: float, workers: int = WORKERS, clocks: Clocks | None = None) -> None:
+        if config.source.endpoint is None:
+            # Found at start (exit 2), not by the first run half a second later.
+            raise ConfigError("backup copies the source zone's objects: set [source] endpoint")
         self.config = config
         self.interval = float(interval)
         self.workers = workers

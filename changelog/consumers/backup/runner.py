@@ -229,7 +229,10 @@ class BackupRunner:
         the logs hold nothing new since ``base``."""
         wm = read_watermark(self.logs, prefix=self.log_prefix)
         if wm is None:
-            raise PermanentError(
+            # Transient: a new index's collector publishes its first watermark after its first
+            # pass (with a follower, after the follower's first catch-up); serve's backup
+            # consumer waits for it and runs then, where a permanent error would stop serve.
+            raise TransientError(
                 f"no change-log watermark in {self.logs.url}: the collector has not completed a pass yet"
             )
         after = base.checkpoint if base else None
