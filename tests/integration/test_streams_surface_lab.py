@@ -102,11 +102,9 @@ def wait_shared(fleet: Fleet, timeout: float) -> dict[str, Any]:
     while True:
         fleet.check_running()
         streams = fleet.get(0, "/_/status")["collector"].get("streams", {})
-        if streams.get("unheld") == [] and sorted(len(v) for v in streams.get("holders", {}).values()) == [
-            2,
-            2,
-        ]:
-            return streams
+        shares = sorted(len(v) for v in streams.get("holders", {}).values())
+        if streams.get("unheld") == [] and shares == [2, 2]:
+            return dict(streams)
         if time.monotonic() > deadline:
             raise AssertionError(
                 f"streams not shared 2/2 within {timeout:.0f}s: {streams}\n{fleet.log_tail()}"
@@ -169,22 +167,22 @@ def test_two_partitioned_serves_show_streams_and_holders_in_status_and_metrics(
         assert "unheld" not in summary
         rows = streams_table(text)
         assert [int(r[0]) for r in rows] == list(range(STREAMS))
-        for n, holder, seq, last, pending, through in rows:
-            assert holder == holder_of[int(n)]
-            parsed = parse_log_name(last)
-            assert parsed is not None and parsed.stream == int(n), last
+        for stream, holder, seq, name, pending, through in rows:
+            assert holder == holder_of[int(stream)]
+            parsed = parse_log_name(name)
+            assert parsed is not None and parsed.stream == int(stream), name
             assert int(seq) >= parsed.seq and int(pending) >= 0 and through.endswith("Z")
 
     scrapes = [scrape(fleet, slot.n) for slot in fleet.slots]
-    for n, got in enumerate(scrapes):
+    for i, got in enumerate(scrapes):
         assert got["rgw_changelog_collector_streams"][""] == STREAMS
         assert got["rgw_changelog_readable_until_timestamp_seconds"][""] > 0
         held = got["rgw_changelog_collector_stream_held"]
-        assert held == {str(s): 1.0 if slot_of[s] == n else 0.0 for s in range(STREAMS)}, (n, held, slot_of)
+        assert held == {str(s): 1.0 if slot_of[s] == i else 0.0 for s in range(STREAMS)}, (i, held, slot_of)
         for s in range(STREAMS):
             last = parse_log_name(streams["by_partition"][str(s)]["last_object"])
             assert last is not None
-            assert got["rgw_changelog_collector_stream_seq"][str(s)] == last.seq, (n, s)
+            assert got["rgw_changelog_collector_stream_seq"][str(s)] == last.seq, (i, s)
             assert got["rgw_changelog_collector_stream_last_commit_timestamp_seconds"][
                 str(s)
             ] == pytest.approx(last.cutoff_us / 1e6)
