@@ -26,7 +26,6 @@ import orjson
 from changelog.config import CollectorConfig
 from changelog.errors import CompareFailed, LeaseLost, LockBusy, ObjectMissing, PermanentError, TransientError
 from changelog.pipeline.collector import FLUSH_TIMEOUT, Collector, CollectorState, PassResult, Stream
-from changelog.pipeline.commit import PendingCommit
 from changelog.pipeline.control import (
     COLLECTOR_LOCK,
     COLLECTOR_PENDING_PREFIX,
@@ -99,8 +98,10 @@ class StreamView:
 def pending_by_stream(index: ChangeIndex) -> dict[int, list[str]]:
     """The pending commits by the stream that wrote them (-1: the unpartitioned collector's)."""
     pending: dict[int, list[str]] = {}
-    for _, raw in omap_iter(index.store, index.control_oid, prefix=COLLECTOR_PENDING_PREFIX):
-        name = PendingCommit.decode(raw).name
+    for key, _ in omap_iter(index.store, index.control_oid, prefix=COLLECTOR_PENDING_PREFIX):
+        # The key names the object (``PendingCommit.key``): nothing to decode, nothing that can
+        # fail a collector round on a record only the stream's recovery should judge.
+        name = key[len(COLLECTOR_PENDING_PREFIX) :]
         parsed = parse_log_name(name)
         stream = parsed.stream if parsed is not None and parsed.stream is not None else -1
         pending.setdefault(stream, []).append(name)
