@@ -176,7 +176,8 @@ def streams_lines(doc: Doc) -> tuple[str, list[list[str]]] | None:
     )
     rows = []
     by_partition = streams.get("by_partition")
-    for n, d in sorted(by_partition.items() if isinstance(by_partition, dict) else [], key=lambda kv: int(kv[0])):
+    items = by_partition.items() if isinstance(by_partition, dict) else []
+    for n, d in sorted(items, key=lambda kv: int(kv[0])):
         if isinstance(d, dict):
             rows.append(
                 [

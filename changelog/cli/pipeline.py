@@ -358,7 +358,8 @@ def _print_status(doc: status.Doc) -> None:
     streams = status.streams_lines(doc)
     lease = lease_text(doc.get("collector_lease"))
     # Partitioned, the control lease is normally free: the streams' leases are below.
-    click.echo(f"collector lease: {lease}" + (" (partitioned: see the streams)" if streams and lease == "-" else ""))
+    note = " (partitioned: see the streams)" if streams and lease == "-" else ""
+    click.echo(f"collector lease: {lease}{note}")
     coll = doc.get("collector") or {}
     if isinstance(coll, dict) and coll:
         click.echo(
