@@ -17,7 +17,10 @@ collector ``stats()``
     unix time of the watermark's ``complete_until``), ``target_errors`` ({kind: int}, errors from
     the target by kind, one per failed attempt: ``transient`` (retried), ``permanent``,
     ``missing``: an object or upload that should be there is not), ``failed_passes`` (int,
-    passes of the service loop failed in a row).
+    passes of the service loop failed in a row); with ``[scale] partitioned`` also
+    ``partitions_count`` (int, the streams), ``readable_until`` (float | None, the readers'
+    bound) and ``streams`` ({stream: {held, committed_seq, last_commit, through, watermark,
+    pending_commits}}, ``collector_streams._view_stats``).
 follower ``stats()``
     ``mutations_recorded`` (int, records written to the index), ``mutations_duplicate`` (int,
     records dropped as already recorded), ``sweeps`` (int, finished sweeps over the data log),
@@ -337,6 +340,7 @@ class ChangelogMetrics:
         yield from _follower_families(data.follower)
         yield from _index_families(data.shards, self._clock())
         yield from _collector_families(data.collector)
+        yield from _stream_families(data.collector, data.shards)
         yield from _consumer_families(data.consumers)
         yield from _lifecycle_families(data.consumers)
         yield from _replication_families(data.replication)
@@ -495,6 +499,71 @@ def _collector_families(cstats: Mapping[str, object]) -> Iterator[Metric]:
         ("complete_until", "watermark_timestamp_seconds", "The watermark: every change before it is in the log"),
     ))  # fmt: skip
     yield _kinds(cstats, "target_errors", "target_errors", "Errors writing change logs to the target, by kind")
+
+
+# Each collector stream's figures ([scale] partitioned), labelled ``stream``: (key in the
+# stream's stats, metric name without PREFIX, help text).
+STREAM_GAUGES = (
+    ("held", "collector_stream_held", "1 while this process holds the collector stream (its partition lease), else 0"),
+    ("committed_seq", "collector_stream_seq", "Seq of the collector stream's newest committed log object"),
+    ("last_commit", "collector_stream_last_commit_timestamp_seconds",
+     "Cutoff (unix time) of the collector stream's newest committed log object"),
+    ("through", "collector_stream_committed_through_timestamp_seconds",
+     "Unix time through which every log object of the collector stream is committed"),
+    ("watermark", "collector_stream_watermark_timestamp_seconds", "The collector stream's own watermark"),
+    ("pending_commits", "collector_stream_pending_commits",
+     "Log objects of the collector stream written and not yet committed (their entries not yet trimmed)"),
+)  # fmt: skip
+
+
+def _stream_families(cstats: Mapping[str, object], shards: list[ShardStats] | None) -> Iterator[Metric]:
+    """With ``[scale] partitioned``: the stream count, the readers' watermark, and each stream's
+    ``STREAM_GAUGES`` and index backlog (the entries of its shards, ``shard % count``). Every
+    instance exports every stream from the control object as it read it at its last round
+    (``collector_streams.StreamedCollector.stats``), not only the streams it holds: a stream
+    whose holder died still has series (``held`` 0 on every instance), and one scrape of any
+    instance shows them all. Aggregate across instances with ``max by (stream)``; ``held``
+    summed by stream is 1 while the stream is held. No series when unpartitioned."""
+    count_g = GaugeMetricFamily(
+        PREFIX + "collector_streams", "Collector streams the index is cut into ([scale] partitioned)"
+    )
+    readable = GaugeMetricFamily(
+        PREFIX + "readable_until_timestamp_seconds",
+        "The readers' bound over the collector streams: every stream committed through it",
+    )
+    gauges = [
+        (key, GaugeMetricFamily(PREFIX + name, doc, labels=["stream"])) for key, name, doc in STREAM_GAUGES
+    ]
+    backlog = GaugeMetricFamily(
+        PREFIX + "collector_stream_backlog_entries",
+        "Entries waiting in the change-index shards of a collector stream",
+        labels=["stream"],
+    )
+    streams = cstats.get("streams")
+    count = _number(cstats, "partitions_count")
+    if isinstance(streams, Mapping) and count:
+        count_g.add_metric([], count)
+        if (v := _number(cstats, "readable_until")) is not None:
+            readable.add_metric([], v)
+        for n, st in sorted(streams.items(), key=lambda kv: int(kv[0])):
+            if not isinstance(st, Mapping):
+                continue
+            for key, family in gauges:
+                value = st.get(key)
+                if isinstance(value, bool):
+                    family.add_metric([str(n)], 1.0 if value else 0.0)
+                elif (v := _number(st, key)) is not None:
+                    family.add_metric([str(n)], v)
+        if shards is not None:
+            waiting = [0] * int(count)
+            for s in shards:
+                waiting[s.shard % int(count)] += s.entries
+            for n, entries in enumerate(waiting):
+                backlog.add_metric([str(n)], entries)
+    yield from (count_g, readable)
+    for _, family in gauges:
+        yield family
+    yield backlog
 
 
 def _lease_families(leases: LeaseCounts | None) -> Iterator[Metric]:

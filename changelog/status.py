@@ -159,6 +159,42 @@ def replication_lines(doc: Doc) -> list[str]:
     return out
 
 
+def streams_lines(doc: Doc) -> tuple[str, list[list[str]]] | None:
+    """``rgw-changelog status``'s text for a partitioned collector (``collector.streams``): a
+    summary line (the count, the readers' bound ``readable_until``, the combined watermark, the
+    streams nobody holds) and a table's rows, one per stream: its number, its holder (the
+    instance, or ``unheld``), its seq, its last committed object, its pending commits and the
+    time it committed through. None when unpartitioned."""
+    coll = doc.get("collector")
+    streams = coll.get("streams") if isinstance(coll, dict) else None
+    if not isinstance(streams, dict) or not streams.get("partitioned"):
+        return None
+    unheld = streams.get("unheld")
+    line = (
+        f"collector streams: {streams.get('count')}, readable until {streams.get('readable_until') or '-'}, "
+        f"watermark {streams.get('watermark') or '-'}" + (f", unheld: {unheld}" if unheld else "")
+    )
+    rows = []
+    by_partition = streams.get("by_partition")
+    items = by_partition.items() if isinstance(by_partition, dict) else []
+    for n, d in sorted(items, key=lambda kv: int(kv[0])):
+        if isinstance(d, dict):
+            rows.append(
+                [
+                    str(n),
+                    str(d.get("holder") or "unheld"),
+                    str(d.get("seq", "-")),
+                    str(d.get("last_object") or "-"),
+                    str(len(d.get("pending") or [])),
+                    str(d.get("through") or "-"),
+                ]
+            )
+    return line, rows
+
+
+STREAMS_HEADER = ["STREAM", "HOLDER", "SEQ", "LAST OBJECT", "PENDING", "COMMITTED THROUGH"]
+
+
 def collect_status(cfg: Config, index: ChangeIndex, target: Target | None) -> Doc:
     """What `status --json` prints, read directly from the index and the target."""
     from changelog.consumers.framework import consumers_doc

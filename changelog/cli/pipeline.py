@@ -355,13 +355,19 @@ def _print_status(doc: status.Doc) -> None:
         f"index: {idx.get('backend')} prefix {idx.get('prefix')!r}, {idx.get('shards')} shards, mode {idx.get('mode')}; "
         f"{idx.get('entries')} entries, oldest entry age {fmt_age(idx.get('oldest_age_s'))}"
     )
-    click.echo(f"collector lease: {lease_text(doc.get('collector_lease'))}")
+    streams = status.streams_lines(doc)
+    lease = lease_text(doc.get("collector_lease"))
+    # Partitioned, the control lease is normally free: the streams' leases are below.
+    note = " (partitioned: see the streams)" if streams and lease == "-" else ""
+    click.echo(f"collector lease: {lease}{note}")
     coll = doc.get("collector") or {}
     if isinstance(coll, dict) and coll:
         click.echo(
             f"  generation {coll.get('generation')}, last cutoff {coll.get('last_cutoff') or '-'}, "
             f"pending commits {len(coll.get('pending_commits') or [])}"
         )
+    if streams is not None:
+        click.echo(streams[0])
     tgt = doc.get("target") or {}
     assert isinstance(tgt, dict)
     click.echo(f"target: {tgt.get('url')}")
@@ -378,6 +384,9 @@ def _print_status(doc: status.Doc) -> None:
     if doc.get("controls"):
         click.echo(f"controls: {_controls_text(doc.get('controls'))}")
     click.echo("")
+    if streams is not None:
+        table(streams[1], status.STREAMS_HEADER)
+        click.echo("")
     shards = doc.get("shards") or []
     assert isinstance(shards, list)
     table(

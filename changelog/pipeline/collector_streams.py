@@ -17,20 +17,21 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import orjson
 
 from changelog.config import CollectorConfig
-from changelog.errors import LeaseLost, LockBusy, ObjectMissing, PermanentError, TransientError
+from changelog.errors import CompareFailed, LeaseLost, LockBusy, ObjectMissing, PermanentError, TransientError
 from changelog.pipeline.collector import FLUSH_TIMEOUT, Collector, CollectorState, PassResult, Stream
-from changelog.pipeline.commit import PendingCommit
 from changelog.pipeline.control import (
     COLLECTOR_LOCK,
     COLLECTOR_PENDING_PREFIX,
     COLLECTOR_ROLE,
     COLLECTOR_STREAMS_META_KEY,
+    collector_seq_key,
     collector_state_key,
     partition_lock,
 )
@@ -45,7 +46,7 @@ from changelog.pipeline.logformat import (
 )
 from changelog.pipeline.loop import Clocks, Stopped, Wake
 from changelog.pipeline.partitions import Partitions
-from changelog.pipeline.store import WriteOp, omap_iter
+from changelog.pipeline.store import Cmp, WriteOp, omap_iter
 from changelog.pipeline.targets import Target
 
 logger = logging.getLogger(__name__)
@@ -58,7 +59,7 @@ FLUSH_POLL = 0.1
 # ``Collector.step``'s flush_after_us for a flush asked of this instance: after every cutoff.
 FLUSH_ALWAYS = 2**62
 
-__all__ = ["StreamedCollector", "prepare_streams", "publish", "read_count", "streams_state"]
+__all__ = ["StreamView", "StreamedCollector", "prepare_streams", "publish", "read_count", "streams_state"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +71,61 @@ class Published:
     last_object: str | None
 
 
+@dataclass(frozen=True, slots=True)
+class StreamView:
+    """One stream as the control object has it (``status``, the metrics): its stored state, the
+    last seq it allocated, its pending commits (log objects written, their entries not yet
+    trimmed)."""
+
+    n: int
+    state: CollectorState
+    seq: int
+    pending: tuple[str, ...]
+
+    @property
+    def committed_seq(self) -> int | None:
+        """The seq of the stream's newest committed log object (None: none yet)."""
+        parsed = parse_log_name(self.state.last_object) if self.state.last_object else None
+        return parsed.seq if parsed is not None else None
+
+    @property
+    def last_commit_us(self) -> int | None:
+        """The cutoff of the stream's newest committed log object (None: none yet)."""
+        parsed = parse_log_name(self.state.last_object) if self.state.last_object else None
+        return parsed.cutoff_us if parsed is not None else None
+
+
+def pending_by_stream(index: ChangeIndex) -> dict[int, list[str]]:
+    """The pending commits by the stream that wrote them (-1: the unpartitioned collector's)."""
+    pending: dict[int, list[str]] = {}
+    for key, _ in omap_iter(index.store, index.control_oid, prefix=COLLECTOR_PENDING_PREFIX):
+        # The key names the object (``PendingCommit.key``): nothing to decode, nothing that can
+        # fail a collector round on a record only the stream's recovery should judge.
+        name = key[len(COLLECTOR_PENDING_PREFIX) :]
+        parsed = parse_log_name(name)
+        stream = parsed.stream if parsed is not None and parsed.stream is not None else -1
+        pending.setdefault(stream, []).append(name)
+    return pending
+
+
+def views(got: dict[str, bytes], count: int, pending: dict[int, list[str]]) -> list[StreamView]:
+    """Every stream's view from one ``omap_get`` of its state and seq keys, stream 0 first."""
+    return [
+        StreamView(
+            n,
+            CollectorState.decode(got.get(collector_state_key(n))),
+            int(got.get(collector_seq_key(n), b"0")),
+            tuple(pending.get(n, ())),
+        )
+        for n in range(count)
+    ]
+
+
+def view_keys(count: int) -> list[str]:
+    """The control keys ``views`` reads: each stream's state and seq."""
+    return [k for n in range(count) for k in (collector_state_key(n), collector_seq_key(n))]
+
+
 def read_count(index: ChangeIndex) -> int | None:
     """The stream count the index was cut into; None: never partitioned."""
     raw = index.store.omap_get(index.control_oid, [COLLECTOR_STREAMS_META_KEY]).get(
@@ -79,14 +135,28 @@ def read_count(index: ChangeIndex) -> int | None:
 
 
 def prepare_streams(index: ChangeIndex, count: int) -> None:
-    """Record the stream count on first use; refuse another one (``PermanentError``)."""
+    """Record the stream count on first use; refuse another one (``PermanentError``).
+
+    The first write is a compare-and-set (``c.streams`` asserted absent in the same op): two
+    instances starting together with different ``collector_partitions`` both read no count, and
+    without the guard the later write would win after the earlier one had started cutting the
+    index its way. With it exactly one count is stored and the other instance fails."""
     have = read_count(index)
     if have is None:
-        index.store.execute(
-            index.control_oid, WriteOp(set={COLLECTOR_STREAMS_META_KEY: orjson.dumps({"count": count})})
-        )
-        logger.info("collector: the index is cut into %d streams", count)
-    elif have != count:
+        key = COLLECTOR_STREAMS_META_KEY
+        # An absent key compares as the empty value (changelog.pipeline.store): "only if absent".
+        op = WriteOp(asserts=[(key, Cmp.EQ, "")], set={key: orjson.dumps({"count": count})})
+        try:
+            index.store.execute(index.control_oid, op)
+        except CompareFailed:
+            have = read_count(index)
+            if have is None:  # only if someone removed the key in between: try again later
+                raise TransientError("the stream count changed while it was being recorded") from None
+            logger.info("collector: another instance recorded the stream count first (%d)", have)
+        else:
+            logger.info("collector: the index is cut into %d streams", count)
+            return
+    if have != count:
         raise PermanentError(
             f"[scale] collector_partitions = {count}, but the index's collector is cut into {have} streams "
             "(fixed once used: a key's stream must not change while its records are in flight)"
@@ -158,44 +228,46 @@ def _int(v: object) -> int:
     return v if isinstance(v, int) else 0
 
 
-def streams_state(index: ChangeIndex) -> dict[str, object]:
+def streams_state(index: ChangeIndex, *, now: float | None = None) -> dict[str, object]:
     """``status`` of a partitioned collector (no lease needed): the count, the combined
-    watermark, which instance holds which stream, and each stream's stored state."""
+    watermark, which instance holds which stream (a lock expired at ``now`` is nobody's: its
+    holder stopped renewing it), and each stream's stored state, seq and pending commits."""
     count = read_count(index)
     if count is None:
         return {"partitioned": False}
+    now = time.time() if now is None else now
     store, oid = index.store, index.control_oid
-    states = stream_states(index, count)
-    pending: dict[int, list[str]] = {}
-    for _, raw in omap_iter(store, oid, prefix=COLLECTOR_PENDING_PREFIX):
-        p = PendingCommit.decode(raw)
-        parsed = parse_log_name(p.name)
-        pending.setdefault(
-            parsed.stream if parsed is not None and parsed.stream is not None else -1, []
-        ).append(p.name)
-    holders: dict[str, list[int]] = {}
+    pending = pending_by_stream(index)
+    streams = views(store.omap_get(oid, view_keys(count)), count, pending)
+    holder: dict[int, str] = {}
     for n in range(count):
         info = store.lock_info(oid, partition_lock(COLLECTOR_ROLE, n))
-        if info is not None:
-            holders.setdefault(info.cookie, []).append(n)
-    pub = combined(states)
+        if info is not None and (info.expires_at is None or info.expires_at > now):
+            holder[n] = info.cookie
+    holders: dict[str, list[int]] = {}
+    for n, who in sorted(holder.items()):
+        holders.setdefault(who, []).append(n)
+    pub = combined([v.state for v in streams])
     return {
         "partitioned": True,
         "count": count,
         "watermark": rfc3339_us(pub.complete_until_us) if pub.complete_until_us else None,
         "readable_until": rfc3339_us(pub.readable_until_us) if pub.readable_until_us else None,
         "holders": holders,
-        "unheld": [n for n in range(count) if not any(n in v for v in holders.values())],
+        "unheld": [n for n in range(count) if n not in holder],
         "by_partition": {
-            str(n): {
-                "last_cutoff": rfc3339_us(s.last_cutoff_us) if s.last_cutoff_us else None,
-                "through": rfc3339_us(s.through_us) if s.through_us else None,
-                "watermark": rfc3339_us(s.watermark_us) if s.watermark_us else None,
-                "last_object": s.last_object,
-                "generation": s.generation,
-                "pending": pending.get(n, []),
+            str(v.n): {
+                "holder": holder.get(v.n),
+                "seq": v.seq,
+                "committed_seq": v.committed_seq,
+                "last_cutoff": rfc3339_us(v.state.last_cutoff_us) if v.state.last_cutoff_us else None,
+                "through": rfc3339_us(v.state.through_us) if v.state.through_us else None,
+                "watermark": rfc3339_us(v.state.watermark_us) if v.state.watermark_us else None,
+                "last_object": v.state.last_object,
+                "generation": v.state.generation,
+                "pending": list(v.pending),
             }
-            for n, s in enumerate(states)
+            for v in streams
         },
         **({"unpartitioned_pending": pending[-1]} if -1 in pending else {}),
     }
@@ -253,6 +325,7 @@ class StreamedCollector:
         self._retired: dict[str, object] = {}
         self._published: Published | None = None
         self._seen: Published | None = None  # combined from the stored states at the last round
+        self._views: tuple[StreamView, ...] = ()  # every stream as stored, at the last round
         self.errors: dict[str, int] = {"transient": 0, "leases_lost": 0}
 
     def __repr__(self) -> str:
@@ -289,11 +362,14 @@ class StreamedCollector:
         if not self._prepared:
             prepare_streams(self.index, self.count)
             self._prepared = True
-        keys = [collector_state_key(n) for n in range(self.count)]
-        got = self.index.store.omap_get(self.index.control_oid, [FLUSH_KEY, *keys])
+        got = self.index.store.omap_get(self.index.control_oid, [FLUSH_KEY, *view_keys(self.count)])
         flush_us = int(got[FLUSH_KEY]) if FLUSH_KEY in got else 0
-        # Every instance knows the combined watermark (its metric), not only the publisher.
-        self._seen = combined([CollectorState.decode(got.get(k)) for k in keys])
+        # Every instance knows the combined watermark and every stream's progress (its
+        # metrics), not only the publisher and the holders: read with the flush request, plus
+        # one page of pending commits (there are few: they live from upload to trim).
+        streams = views(got, self.count, pending_by_stream(self.index))
+        self._seen = combined([v.state for v in streams])
+        self._views = tuple(streams)
         info = self.index.store.lock_info(self.index.control_oid, COLLECTOR_LOCK)
         if info is not None and (info.expires_at is None or info.expires_at > self._clocks.clock()):
             # An unpartitioned collector (a serve without [scale] partitioned, or `collect`):
@@ -453,7 +529,9 @@ class StreamedCollector:
     def stats(self) -> dict[str, object]:
         """``Collector.stats`` over the streams this process ran: counters summed, the last
         pass's figures of the latest, ``complete_until`` the combined watermark last
-        published or computed, ``partitions_held``."""
+        published or computed, ``partitions_held``; ``readable_until`` (the readers' bound) and
+        ``streams``: every stream as the control object had it at this instance's last round,
+        held here or not (``_view_stats``)."""
         with self._lock:
             out: dict[str, object] = dict(self._retired)
         streams = [c.stats() for _, c in sorted(list(self._streams.items()))]
@@ -477,8 +555,12 @@ class StreamedCollector:
         pubs = [p for p in (self._published, self._seen) if p is not None and p.complete_until_us]
         out["complete_until"] = max(p.complete_until_us for p in pubs) / 1_000_000 if pubs else None
         out["active"] = self.active
-        out["partitions_held"] = self.partitions.held()
+        held = self.partitions.held()
+        out["partitions_held"] = held
         out["partitions_count"] = self.count
+        bound = max((p.readable_until_us for p in (self._published, self._seen) if p is not None), default=0)
+        out["readable_until"] = bound / 1_000_000 if bound else None
+        out["streams"] = {str(v.n): _view_stats(v, held=v.n in held) for v in self._views}
         for k in ("passes", "entries_emitted", "objects_committed", "bytes_committed"):
             out.setdefault(k, 0)
         for k in ("last_pass_entries", "last_pass_seconds", "last_pass_end"):
@@ -487,3 +569,21 @@ class StreamedCollector:
 
 
 _COUNTERS = ("passes", "entries_emitted", "objects_committed", "bytes_committed")
+
+
+def _view_stats(v: StreamView, *, held: bool) -> dict[str, object]:
+    """A stream in ``StreamedCollector.stats()["streams"]`` (``changelog.metrics``): times in
+    unix seconds, None where the stream has none yet."""
+
+    def secs(us: int | None) -> float | None:
+        return us / 1_000_000 if us else None
+
+    return {
+        "held": held,
+        "seq": v.seq,
+        "committed_seq": v.committed_seq,
+        "last_commit": secs(v.last_commit_us),
+        "through": secs(v.state.through_us),
+        "watermark": secs(v.state.watermark_us),
+        "pending_commits": len(v.pending),
+    }
