@@ -710,18 +710,31 @@ def load_config(path: str | os.PathLike[str] | None = None, *, env: Mapping[str,
 # --------------------------------------------------------------------------- factories
 
 
-def open_store(cfg: Config) -> ObjectStore:
-    """The index's object store: the embedded sqlite file, or a RADOS pool."""
+def check_index_files(cfg: Config) -> None:
+    """The files ``[index]`` names exist (``ConfigError`` naming the key): checked where the
+    store opens and by ``config check``, not by the config's own validation (a config may be
+    read on a machine that does not run it)."""
     ic = cfg.index
     if ic.backend == "sqlite":
-        from changelog.pipeline.backends.sqlite import SqliteStore
-
         parent = Path(ic.path).parent
         if not parent.is_dir():
             raise ConfigError(f"index.path: directory {parent} does not exist")
-        return SqliteStore(ic.path)
+        return
     if not Path(ic.ceph_conf).is_file():
         raise ConfigError(f"index.ceph_conf: {ic.ceph_conf} not found")
+    if ic.keyring is not None and not Path(ic.keyring).is_file():
+        # librados would say "RADOS object not found (error connecting to the cluster)".
+        raise ConfigError(f"index.keyring: {ic.keyring} not found")
+
+
+def open_store(cfg: Config) -> ObjectStore:
+    """The index's object store: the embedded sqlite file, or a RADOS pool."""
+    ic = cfg.index
+    check_index_files(cfg)
+    if ic.backend == "sqlite":
+        from changelog.pipeline.backends.sqlite import SqliteStore
+
+        return SqliteStore(ic.path)
     try:
         from changelog.pipeline.backends.rados import RadosStore
     except ImportError as ex:

@@ -21,7 +21,7 @@ import logging
 import os
 import subprocess
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TypedDict, cast
 
 from changelog.errors import PermanentError, TransientError
@@ -104,6 +104,13 @@ def log_data_zones(zonegroup_doc: ZonegroupDoc) -> dict[str, bool]:
     return {str(z.get("name")): _is_on(z.get("log_data")) for z in zonegroup_doc.get("zones", [])}
 
 
+def require_zones(zonegroup: str, known: Mapping[str, bool], zones: Sequence[str] | None) -> None:
+    """``PermanentError`` naming what ``zones`` asks for that the zonegroup does not have."""
+    missing = sorted(set(zones or ()) - set(known))
+    if missing:
+        raise PermanentError(f"zonegroup {zonegroup} has no zone {', '.join(missing)} (it has {', '.join(known)})")
+
+
 def enable_log_data(
     *,
     zonegroup: str = "default",
@@ -114,11 +121,7 @@ def enable_log_data(
     zones changed: radosgw must be restarted for them to take effect. Idempotent."""
     admin = admin or RadosgwAdmin()
     doc = admin.zonegroup(zonegroup)
-    known = log_data_zones(doc)
-    if zones is not None:
-        missing = sorted(set(zones) - set(known))
-        if missing:
-            raise PermanentError(f"zonegroup {zonegroup} has no zone {', '.join(missing)} (it has {', '.join(known)})")
+    require_zones(zonegroup, log_data_zones(doc), zones)
     changed: list[str] = []
     for z in doc.get("zones", []):
         name = str(z.get("name"))

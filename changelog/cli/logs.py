@@ -116,10 +116,18 @@ def cloud_event(rec: LogRecord, *, zone: str) -> dict[str, object]:
     return event
 
 
+def _bucket_name(_ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
+    """A record's bucket as the records spell it: a tenant's is tenant/bucket. The S3 spelling
+    tenant:bucket would match no record (an empty answer, as if the bucket had none)."""
+    if value is not None and ":" in value:
+        raise click.BadParameter(f"a tenant's bucket is written tenant/bucket: {value.replace(':', '/', 1)}")
+    return value
+
+
 @logs_group.command("cat")
 @click.option("--since", type=TIME, help="Records recorded at or after this time.")
 @click.option("--until", type=TIME, help="Records recorded before this time.")
-@click.option("--bucket", help="Only this bucket (tenant/bucket for a tenant's).")
+@click.option("--bucket", callback=_bucket_name, help="Only this bucket (tenant/bucket for a tenant's).")
 @click.option("--prefix", help="Only keys with this prefix.")
 @click.option("--after", metavar="NAME", help="Only log objects after this one (a consumer's checkpoint).")
 @click.option(
@@ -206,7 +214,7 @@ def zone_enable_log_data(
     radosgw must be restarted afterwards; mutations made before that are covered by the
     follower's full sync.
     """
-    from rgw_module.zone import RadosgwAdmin, enable_log_data, log_data_zones
+    from rgw_module.zone import RadosgwAdmin, enable_log_data, log_data_zones, require_zones
 
     cfg = state().config
     admin = RadosgwAdmin(
@@ -217,6 +225,7 @@ def zone_enable_log_data(
     )
     if dry_run:
         zones_on = log_data_zones(admin.zonegroup(zonegroup))
+        require_zones(zonegroup, zones_on, list(zones) or None)  # as without --dry-run
         if zones:
             zones_on = {z: on for z, on in zones_on.items() if z in zones}
         if as_json:

@@ -73,6 +73,9 @@ def config_check(as_json: bool, connect: bool) -> None:
     """Validate the config and print the effective config, secrets masked."""
     st = state()
     cfg = st.config
+    from changelog.config import check_index_files
+
+    check_index_files(cfg)  # what every other command stops on (exit 2)
     where = cfg.path or "built-in defaults (no config file)"
     reached: list[Reached] = []
     if connect:

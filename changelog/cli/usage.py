@@ -186,6 +186,11 @@ def show_cmd(
         since = 0
     index = st.index(create=False)
     layout = layout_of(st.config.usage, index.prefix, name=consumer)
+    if seconds is not None:
+        try:
+            layout.resolution_for(seconds)
+        except PermanentError as ex:  # a bad option, as GET /_/usage?interval= answers 400
+            raise click.BadParameter(str(ex), param_hint="--interval") from ex
     doc = usage_doc(index.store, layout, Query(tenant, bucket, since, until, seconds))
     if as_json:
         emit_json(doc)

@@ -187,9 +187,10 @@ class Mutation:
         if self.version_id is not None:
             if not isinstance(self.version_id, str):
                 raise InvalidField("version_id", f"must be a string or null, not {_kind(self.version_id)}")
-            if self.version_id == "null":
+            if self.version_id in ("null", ""):
                 # One spelling of the null version: radosgw and S3 say "null" in some places
-                # and nothing in others; a record always says null (None).
+                # and nothing ("", the bucket index's instance) in others; a record always
+                # says null (None).
                 object.__setattr__(self, "version_id", None)
                 return
             _utf8("version_id", self.version_id)

@@ -85,7 +85,7 @@ from changelog.consumers.backup.runs import (
 )
 from changelog.consumers.backup.source import Source
 from changelog.consumers.backup.store import BackupStore, owner_id
-from changelog.errors import ChangelogError, PermanentError, TransientError
+from changelog.errors import ChangelogError, TransientError
 from changelog.pipeline.logformat import LogRecord, rfc3339_us
 from changelog.pipeline.reader import LogReader, read_watermark
 from changelog.pipeline.targets import Target
