@@ -387,8 +387,14 @@ class Collector:
                 self._renewer.add(self._control)
             self._renewer.start()
             self._load_state()
+            floor = self._other_cutoffs()
             self._state = replace(self._state, generation=self._state.generation + 1,
-                                  last_cutoff_us=max(self._state.last_cutoff_us, self._other_cutoffs()))
+                                  last_cutoff_us=max(self._state.last_cutoff_us, floor))
+            if self.stream is not None:
+                # The stream cuts above the unpartitioned collector's last cutoff from now on,
+                # and that collector finished the stream's pending commits: nothing of the stream
+                # at or below it is to come (the readers' bound may pass it).
+                self._state = replace(self._state, through_us=max(self._state.through_us, floor))
             self._control_write(WriteOp(set={self._state_key: self._state.encode()}))
         except BaseException:
             self.step_down()

@@ -30,6 +30,7 @@ from changelog.pipeline.control import (
     COLLECTOR_LOCK,
     COLLECTOR_PENDING_PREFIX,
     COLLECTOR_ROLE,
+    COLLECTOR_STATE_KEY,
     COLLECTOR_STREAMS_META_KEY,
     collector_seq_key,
     collector_state_key,
@@ -46,6 +47,7 @@ from changelog.pipeline.logformat import (
 )
 from changelog.pipeline.loop import Clocks, Stopped, Wake
 from changelog.pipeline.partitions import Partitions
+from changelog.pipeline.reader import newest_final
 from changelog.pipeline.store import Cmp, WriteOp, omap_iter
 from changelog.pipeline.targets import Target
 
@@ -170,11 +172,15 @@ def stream_states(index: ChangeIndex, count: int) -> list[CollectorState]:
     return [CollectorState.decode(got.get(k)) for k in keys]
 
 
-def combined(states: list[CollectorState], *, last_object: str | None = None) -> Published:
+def combined(states: list[CollectorState], *, last_object: str | None = None, floor_us: int = 0) -> Published:
     """The minimum over the streams; ``last_object``: the newest name at or below the readable
     bound that a stream is known to have committed (never below ``last_object``, the one
-    published before: a consumer's upper end, as the backup's ``until``)."""
-    readable = min(s.through_us for s in states)
+    published before: a consumer's upper end, as the backup's ``until``). ``floor_us``: the
+    unpartitioned collector's last cutoff, below which no stream commits again (a stream takes
+    over above it, and that collector finished every stream's pending commits), so a stream that
+    has not passed since it ran is through it (else its objects would hide behind a stale
+    bound)."""
+    readable = min(max(s.through_us, floor_us) for s in states)
     newest = [s.last_object for s in states if s.last_object is not None]
     for name in newest:
         parsed = parse_log_name(name)
@@ -200,7 +206,11 @@ def publish(
         doc = None
     old = doc if isinstance(doc, dict) else {}
     prev_last = old.get("last_object")
-    pub = combined(stream_states(index, count), last_object=prev_last if isinstance(prev_last, str) else None)
+    got = index.store.omap_get(index.control_oid, [COLLECTOR_STATE_KEY])
+    floor = CollectorState.decode(got.get(COLLECTOR_STATE_KEY)).last_cutoff_us
+    pub = combined(
+        stream_states(index, count), last_object=prev_last if isinstance(prev_last, str) else None, floor_us=floor
+    )
     if not pub.readable_until_us:
         return None
     # Both figures are lower bounds that only grow: the higher of what is there and what the
@@ -211,6 +221,12 @@ def publish(
         max(pub.readable_until_us, had.readable_until_us),
         pub.last_object,
     )
+    # The newest object at or below the bound, by listing what came since (``combined`` knows
+    # each stream's newest only: under steady load all but the slowest stream's are above the
+    # bound, and the consumers, which stop at ``last_object``, would stall).
+    newest = newest_final(target, prefix=log_prefix, after=pub.last_object, until_us=pub.readable_until_us)
+    if newest is not None:
+        pub = Published(pub.complete_until_us, pub.readable_until_us, newest)
     if pub == had and old.get("streams") == count:
         return pub
     body = encode_watermark(
@@ -370,6 +386,10 @@ class StreamedCollector:
         streams = views(got, self.count, pending_by_stream(self.index))
         self._seen = combined([v.state for v in streams])
         self._views = tuple(streams)
+        held = self.partitions.refresh()
+        # Looked at after the partitions are taken, as the unpartitioned collector looks at
+        # them after taking its lease: whichever of two starting at once looks last sees the
+        # other and stands by, so the two never drain side by side.
         info = self.index.store.lock_info(self.index.control_oid, COLLECTOR_LOCK)
         if info is not None and (info.expires_at is None or info.expires_at > self._clocks.clock()):
             # An unpartitioned collector (a serve without [scale] partitioned, or `collect`):
@@ -379,7 +399,6 @@ class StreamedCollector:
             raise LockBusy(
                 f"the unpartitioned collector lease is held by {info.description}: streams stand by"
             )
-        held = self.partitions.refresh()
         for n in held:
             if n not in self._held and n in self._streams:
                 # Taken again (a new lease): a fresh stream collector, which loads the state

@@ -142,6 +142,20 @@ def list_logs(
             return
 
 
+def newest_final(target: Target, *, prefix: str, after: str | None, until_us: int) -> str | None:
+    """The newest committed log object after ``after`` whose cutoff is at or below ``until_us``
+    (names sort by cutoff first: the listing stops at the first one above it); None if none."""
+    newest = None
+    for info in target.list(_dir(prefix), start_after=after or ""):
+        parsed = parse_log_name(info.name)
+        if parsed is None:
+            continue
+        if parsed.cutoff_us > until_us:
+            break
+        newest = info.name
+    return newest
+
+
 def read_object(target: Target, name: str) -> Iterator[LogRecord]:
     """The records of one log object, streamed and decompressed by extension."""
     parsed = parse_log_name(name)
