@@ -35,6 +35,9 @@ from tests.lab import Lab
 
 __all__ = ["make_rep"]  # the fixture, used by the one-way test
 
+# The replication consumer's own behaviour: CI runs it on Pacific only.
+pytestmark = [pytest.mark.ceph, pytest.mark.release_neutral]
+
 MIB = 1024 * 1024
 PART = 8 * MIB  # the part size Replicating's config sets (part_bytes = "8MiB")
 
