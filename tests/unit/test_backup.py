@@ -946,6 +946,10 @@ def test_cli_commands(aws: Any, zone: Zone, tmp_path: Path, monkeypatch: pytest.
     assert bucket_state(aws, "clib-old")["a"][:2] == (b"alpha", {"k": "v"})
     res = cli.invoke(backup_group, ["restore", "--bucket", "clib", "--to-bucket", "x"], catch_exceptions=False)
     assert res.exit_code != 0  # neither --backup nor --at
+    res = cli.invoke(
+        backup_group, ["restore", "--backup", first["backup_id"], "--bucket", "clib", "--to-bucket", "Bad_Name!"]
+    )
+    assert res.exit_code == 2 and "'Bad_Name!' is not a bucket name" in res.output, res.output
     res = cli.invoke(backup_group, ["verify", "--json"], catch_exceptions=False)
     assert orjson.loads(res.stdout)["ok"] is True
     res = cli.invoke(backup_group, ["cleanup", "--dry-run", "--json"], catch_exceptions=False)
