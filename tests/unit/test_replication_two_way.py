@@ -28,7 +28,9 @@ from changelog.consumers.replication.apply import (
     Applied,
     Destination,
     apply_record,
+    is_replica,
     origin_order,
+    src_key,
 )
 from changelog.consumers.replication.two_way import KeyMemory
 from changelog.pipeline.logformat import LogRecord
@@ -94,6 +96,17 @@ def zones(monkeypatch: pytest.MonkeyPatch) -> Iterator[Zones]:
         monkeypatch.setenv(k, v)
     with mock_aws():
         yield Zones()
+
+
+def test_src_key_names_a_short_key_and_digests_a_long_one() -> None:
+    """A replica's SRC_KEY: the key percent-encoded, or the digest of one whose encoding would
+    not fit AWS's 2 KB of user metadata (a 1,024-byte key of 3-byte characters: 3 KB)."""
+    assert src_key("a b/é") == "a%20b%2F%C3%A9"
+    long = "\u20ac" * 341  # 1,023 UTF-8 bytes, 3,069 characters percent-encoded
+    digest = src_key(long)
+    assert digest.startswith("sha256:") and len(digest) == 71 and digest != src_key(long + "x")
+    meta = {SRC_KEY: digest, SRC_BUCKET: "b" * 63, SRC_ZONE: "zone-a", SRC_ETAG: "e" * 34, REPLICA_META: "true"}
+    assert is_replica(meta, long, "b" * 63) and not is_replica(meta, long[:-1], "b" * 63)
 
 
 def test_origin_order_uses_a_replicas_source_and_breaks_ties_by_zone() -> None:

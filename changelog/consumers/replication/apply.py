@@ -44,6 +44,7 @@ bucket, other 4xx) comes back as ``Applied("failed")`` with a one-line reason.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
 import logging
 import threading
@@ -104,6 +105,8 @@ OLH_EPOCH = "olh_epoch"
 ECHO = "echo: "
 OLDER = "last writer wins: "
 REPLICA_VALUE = "true"
+# The longest percent-encoded key kept as it is in ``SRC_KEY`` (longer: its digest).
+SRC_KEY_MAX = 512
 # Two-way, versioned: the epochs a placeholder version is tried at, from a delete marker's
 # own, to find the key's OLH epoch at the site (``mirror_marker``).
 PLACEHOLDER_TRIES = 16
@@ -214,6 +217,16 @@ def _seconds(t: object) -> int | None:
     return int(t.timestamp()) if isinstance(t, datetime) else None
 
 
+def src_key(key: str) -> str:
+    """``SRC_KEY``'s value: the key percent-encoded (a header value is ASCII), or for a key
+    whose encoding is longer than ``SRC_KEY_MAX`` its SHA-256 (AWS allows 2 KB of user metadata
+    in all, and a 1,024-byte key of 3-byte characters encodes to 3 KB)."""
+    quoted = quote(key, safe="")
+    if len(quoted) <= SRC_KEY_MAX:
+        return quoted
+    return "sha256:" + hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()
+
+
 def is_replica(metadata: Mapping[str, str], key: str, bucket: str) -> bool:
     """``metadata`` is a replica's of ``key`` from source bucket ``bucket``, as a replicator
     wrote it. A user's CopyObject of a replica carries the same metadata (S3 copies user
@@ -221,7 +234,7 @@ def is_replica(metadata: Mapping[str, str], key: str, bucket: str) -> bool:
     a user's write, not a replica."""
     return (
         metadata.get(REPLICA_META) == REPLICA_VALUE
-        and metadata.get(SRC_KEY) == quote(key, safe="")
+        and metadata.get(SRC_KEY) == src_key(key)
         and metadata.get(SRC_BUCKET) == bucket
     )
 
@@ -901,7 +914,7 @@ class _Apply:
             REPLICA_META: REPLICA_VALUE,
             SRC_ZONE: self.dest.zone,
             SRC_BUCKET: self.rec.s3_bucket,
-            SRC_KEY: quote(self.key, safe=""),
+            SRC_KEY: src_key(self.key),
         }
         put = partial(
             self.dest.client.put_object,
@@ -1168,7 +1181,7 @@ class _Apply:
                 REPLICA_META: REPLICA_VALUE,
                 SRC_ZONE: self.dest.zone,
                 SRC_BUCKET: self.rec.s3_bucket,
-                SRC_KEY: quote(self.key, safe=""),
+                SRC_KEY: src_key(self.key),
                 SRC_VERSION: sv,
                 SRC_ETAG: obj.etag or "",
             }
