@@ -234,7 +234,8 @@ def is_replica(metadata: Mapping[str, str], key: str, bucket: str) -> bool:
     a user's write, not a replica."""
     return (
         metadata.get(REPLICA_META) == REPLICA_VALUE
-        and metadata.get(SRC_KEY) == src_key(key)
+        # (the full encoding too: what a long key's replica written before the digest holds)
+        and metadata.get(SRC_KEY) in (src_key(key), quote(key, safe=""))
         and metadata.get(SRC_BUCKET) == bucket
     )
 
