@@ -536,7 +536,7 @@ def test_cli_run_once_and_show_shapes(env: Env, cli_conf: Path) -> None:
     res = run_cli(cli_conf, "usage", "show", "--tenant", "t")
     assert res.exit_code == 0 and "t " in res.stdout and res.stdout.count("\n") == 2
     res = run_cli(cli_conf, "usage", "show", "--interval", "90s", "--bucket", "b")
-    assert res.exit_code == 1 and "not a multiple" in res.stderr and len(res.stderr.strip().splitlines()) == 1
+    assert res.exit_code == 2 and "not a multiple" in res.stderr and len(res.stderr.strip().splitlines()) == 1
 
 
 def test_route_shapes_and_errors(env: Env) -> None:
