@@ -25,6 +25,12 @@
  * included. It holds the GIL: it builds Python objects all along. (The keys themselves, the time
  * and the tail joined per shard, cost the same in C as in Python, measured: bound by reaching
  * the batch's objects in memory, not by the interpreter; they stay in Python.)
+ *
+ * The follower's catch-up (rgw_module, issue 17): map_bilog_page is ShardMapper.map over the
+ * rest of a bilog page (the Mutations made here straight into their slots, each value held to
+ * what Mutation.__post_init__ checks), dir_entry is bucket_index._fast_dir_entry and
+ * index_lookups is bucket_index.lookups; each hands back to the Python reference whatever is not
+ * the plain shape (tests/unit/test_catchup_cpu.py compares them).
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -1189,6 +1195,879 @@ static PyObject *prepare_records(PyObject *module, PyObject *args)
     return by_shard;
 }
 
+
+/* ---- the follower's bilog mapping (rgw_module.mapping.ShardMapper.map_page) -------------------
+ *
+ * map_bilog_page(entries, start, facts, observed_ns, consts, ops, mutation_type) maps
+ * entries[start:] as ShardMapper.map does each one (writer records off), for a shard whose
+ * constants (tenant, bucket name, stream name, seq prefix) a record made the checked way has
+ * already proved valid. Each result is the Mutation, None (the entry stands for no record: a
+ * companion, a pending entry, the internal namespace, an op that is no mutation), or Ellipsis:
+ * "Python decides" (any shape not handled here, any value the Mutation's checks could refuse,
+ * any time or entry id the fast paths of parse_time_ns / position_of do not take), so every
+ * error and its message stays the Python one. ops: (WRITE, DELETE, DELETE_MARKER). */
+
+#define MAP_MAX_KEY 1024 /* mutation.MAX_KEY_BYTES: an ASCII key of at most this many chars */
+
+/* A str-keyed item of a dict entry (borrowed, NULL if absent; -1 with an exception set). */
+static int item_of(PyObject *d, PyObject *key, PyObject **out)
+{
+    *out = PyDict_GetItemWithError(d, key);
+    return (*out == NULL && PyErr_Occurred()) ? -1 : 0;
+}
+
+static int ascii_digits(const char *s, Py_ssize_t n)
+{
+    if (n < 1)
+        return 0;
+    for (Py_ssize_t i = 0; i < n; i++)
+        if (s[i] < '0' || s[i] > '9')
+            return 0;
+    return 1;
+}
+
+static int two(const char *s) { return (s[0] - '0') * 10 + (s[1] - '0'); }
+
+/* parse_time_ns's common shape ("YYYY-MM-DDTHH:MM:SS", then nothing, "Z" or "." ASCII digits
+ * and an optional "Z"), a valid date of years 1970-2262 (ns fit int64). 0 and *ns, or FALLBACK. */
+static int time_ns_of(PyObject *text, int64_t *ns)
+{
+    static const int mdays[12] = {31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31};
+    if (!PyUnicode_CheckExact(text) || !PyUnicode_IS_ASCII(text))
+        return FALLBACK;
+    Py_ssize_t n = PyUnicode_GET_LENGTH(text);
+    const char *s = (const char *)PyUnicode_1BYTE_DATA(text);
+    if (n < 19 || s[4] != '-' || s[7] != '-' || s[10] != 'T' || s[13] != ':' || s[16] != ':')
+        return FALLBACK;
+    if (!ascii_digits(s, 4) || !ascii_digits(s + 5, 2) || !ascii_digits(s + 8, 2) || !ascii_digits(s + 11, 2)
+        || !ascii_digits(s + 14, 2) || !ascii_digits(s + 17, 2))
+        return FALLBACK;
+    int y = (s[0] - '0') * 1000 + (s[1] - '0') * 100 + two(s + 2), mo = two(s + 5), d = two(s + 8);
+    int h = two(s + 11), mi = two(s + 14), sec = two(s + 17);
+    if (y < 1970 || y > 2261 || mo < 1 || mo > 12 || h > 23 || mi > 59 || sec > 59 || d < 1)
+        return FALLBACK;
+    int leap = (y % 4 == 0 && y % 100 != 0) || y % 400 == 0;
+    if (d > mdays[mo - 1] + (mo == 2 && leap))
+        return FALLBACK;
+    /* days from 1970-01-01 (the civil-from-days inverse, proleptic Gregorian) */
+    int64_t yy = mo <= 2 ? y - 1 : y;
+    int64_t era = yy / 400, yoe = yy - era * 400;
+    int64_t doy = (153 * (mo + (mo > 2 ? -3 : 9)) + 2) / 5 + d - 1;
+    int64_t doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    int64_t days = era * 146097 + doe - 719468;
+    int64_t t = ((days * 24 + h) * 60 + mi) * 60 + sec;
+    int64_t frac = 0;
+    const char *r = s + 19;
+    Py_ssize_t rn = n - 19;
+    if (!(rn == 0 || (rn == 1 && r[0] == 'Z'))) {
+        Py_ssize_t fn = r[rn - 1] == 'Z' ? rn - 2 : rn - 1;
+        if (r[0] != '.' || !ascii_digits(r + 1, fn))
+            return FALLBACK;
+        for (int i = 0; i < 9; i++)
+            frac = frac * 10 + (i < fn ? r[1 + i] - '0' : 0);
+    }
+    *ns = t * 1000000000LL + frac;
+    return 0;
+}
+
+/* position_of's fast path: [<anything but '#'>#]<1-20 digits>.<1-20 digits>.<1-10 digits>, the
+ * fields zero-padded to 20.20.10. A new str, NULL and FALLBACK, or NULL with an exception. */
+static PyObject *position_str(PyObject *op_id, int *rc)
+{
+    *rc = FALLBACK;
+    if (!PyUnicode_CheckExact(op_id) || !PyUnicode_IS_ASCII(op_id))
+        return NULL;
+    Py_ssize_t n = PyUnicode_GET_LENGTH(op_id);
+    const char *s = (const char *)PyUnicode_1BYTE_DATA(op_id);
+    const char *hash = memchr(s, '#', (size_t)n);
+    if (hash != NULL) {
+        n -= hash + 1 - s;
+        s = hash + 1;
+    }
+    static const int widths[3] = {20, 20, 10};
+    const char *field[3];
+    Py_ssize_t len[3];
+    Py_ssize_t at = 0;
+    for (int f = 0; f < 3; f++) {
+        Py_ssize_t b = at;
+        while (at < n && s[at] >= '0' && s[at] <= '9')
+            at++;
+        field[f] = s + b;
+        len[f] = at - b;
+        if (len[f] < 1 || len[f] > widths[f])
+            return NULL;
+        if (f < 2) {
+            if (at >= n || s[at] != '.')
+                return NULL;
+            at++;
+        }
+    }
+    if (at != n)
+        return NULL;
+    char out[52];
+    char *w = out;
+    for (int f = 0; f < 3; f++) {
+        memset(w, '0', (size_t)(widths[f] - len[f]));
+        memcpy(w + widths[f] - len[f], field[f], (size_t)len[f]);
+        w += widths[f];
+        if (f < 2)
+            *w++ = '.';
+    }
+    *rc = 0;
+    PyObject *pos = PyUnicode_FromStringAndSize(out, 52);
+    if (pos == NULL)
+        *rc = -1;
+    return pos;
+}
+
+enum { K_STATE, K_OBJECT, K_OP, K_INSTANCE, K_VERSIONED, K_FLAGS, K_TIMESTAMP, K_OP_ID, K_SIZE, K_ETAG,
+       K_MTIME, K_CLASS, K_COUNT };
+static const char *const MAP_NAMES[K_COUNT] = {
+    "state", "object", "op", "instance", "versioned", "bilog_flags", "timestamp", "op_id",
+    "size", "etag", "mtime_ns", "storage_class",
+};
+static PyObject *map_names[K_COUNT];
+static PyObject *s_ver, *s_pool, *s_epoch;
+static PyObject *s_complete, *s_write, *s_del, *s_link_olh, *s_link_olh_del, *s_unlink, *s_null, *s_standard;
+
+static int map_init(void)
+{
+    for (int k = 0; k < K_COUNT; k++)
+        if ((map_names[k] = PyUnicode_InternFromString(MAP_NAMES[k])) == NULL)
+            return -1;
+    s_complete = PyUnicode_InternFromString("complete");
+    s_write = PyUnicode_InternFromString("write");
+    s_del = PyUnicode_InternFromString("del");
+    s_link_olh = PyUnicode_InternFromString("link_olh");
+    s_link_olh_del = PyUnicode_InternFromString("link_olh_del");
+    s_unlink = PyUnicode_InternFromString("unlink_instance");
+    s_null = PyUnicode_InternFromString("null");
+    s_standard = PyUnicode_InternFromString("STANDARD");
+    s_ver = PyUnicode_InternFromString("ver");
+    s_pool = PyUnicode_InternFromString("pool");
+    s_epoch = PyUnicode_InternFromString("epoch");
+    if (!s_ver || !s_pool || !s_epoch)
+        return -1;
+    return s_complete && s_write && s_del && s_link_olh && s_link_olh_del && s_unlink && s_null && s_standard ? 0 : -1;
+}
+
+static int str_eq(PyObject *s, PyObject *lit)
+{
+    return s == lit || PyUnicode_Compare(s, lit) == 0;
+}
+
+/* An exact int in 0..2**64-1: 0, else FALLBACK (the error, if any, cleared). */
+static int u64_ok(PyObject *v)
+{
+    if (!PyLong_CheckExact(v))
+        return FALLBACK;
+    unsigned long long u = PyLong_AsUnsignedLongLong(v);
+    if (u == (unsigned long long)-1 && PyErr_Occurred()) {
+        PyErr_Clear();
+        return FALLBACK;
+    }
+    return 0;
+}
+
+/* One entry: *out the Mutation (new), Py_None or Py_Ellipsis (new references); -1 on error. */
+static int map_one(PyObject *e, PyObject *facts, PyObject *observed, PyObject *const consts[4], PyObject *const ops[3],
+                   PyTypeObject *type, PyObject **out)
+{
+    PyObject *v[K_COUNT] = {NULL};
+#define GIVE(o) do { *out = (o); Py_INCREF(*out); return 0; } while (0)
+    if (!PyDict_CheckExact(e))
+        GIVE(Py_Ellipsis);
+    for (int k = 0; k <= K_OP_ID; k++)
+        if (item_of(e, map_names[k], &v[k]) < 0)
+            return -1;
+    /* interpret: state, then the key */
+    if (v[K_STATE] != NULL) {
+        if (!PyUnicode_CheckExact(v[K_STATE]))
+            GIVE(Py_Ellipsis);
+        if (!str_eq(v[K_STATE], s_complete))
+            GIVE(Py_None);
+    }
+    PyObject *obj = v[K_OBJECT];
+    if (obj == NULL || !PyUnicode_CheckExact(obj) || !PyUnicode_IS_ASCII(obj))
+        GIVE(Py_Ellipsis);
+    Py_ssize_t klen = PyUnicode_GET_LENGTH(obj);
+    const char *k = (const char *)PyUnicode_1BYTE_DATA(obj);
+    if (klen == 0)
+        GIVE(Py_None);
+    if (k[0] == '_')
+        GIVE(klen > 1 && k[1] == '_' ? Py_Ellipsis : Py_None); /* "__x" is the key "_x" */
+    if (klen > MAP_MAX_KEY)
+        GIVE(Py_Ellipsis);
+    /* the op, instance, versioned flag and time, in interpret's order */
+    PyObject *op = v[K_OP];
+    if (op != NULL && !PyUnicode_CheckExact(op))
+        GIVE(Py_Ellipsis);
+    PyObject *inst = v[K_INSTANCE], *version = Py_None;
+    if (inst != NULL && inst != Py_None && inst != Py_False) {
+        if (!PyUnicode_CheckExact(inst) || !PyUnicode_IS_ASCII(inst))
+            GIVE(Py_Ellipsis);
+        if (PyUnicode_GET_LENGTH(inst) > 0 && !str_eq(inst, s_null))
+            version = inst;
+    }
+    int versioned;
+    PyObject *ver = v[K_VERSIONED];
+    if (ver == Py_True || ver == Py_False) {
+        versioned = ver == Py_True;
+    } else if (ver != NULL && PyUnicode_Check(ver)) {
+        GIVE(Py_Ellipsis);
+    } else {
+        PyObject *flags = v[K_FLAGS];
+        if (flags == NULL || flags == Py_None) {
+            versioned = 0;
+        } else if (PyLong_CheckExact(flags)) {
+            int overflow;
+            long long f = PyLong_AsLongLongAndOverflow(flags, &overflow);
+            if (overflow || (f == -1 && PyErr_Occurred())) {
+                PyErr_Clear();
+                GIVE(Py_Ellipsis);
+            }
+            versioned = (int)(f & 1);
+        } else {
+            GIVE(Py_Ellipsis);
+        }
+    }
+    int64_t ts;
+    if (v[K_TIMESTAMP] == NULL || time_ns_of(v[K_TIMESTAMP], &ts))
+        GIVE(Py_Ellipsis);
+    /* which change */
+    PyObject *mop;
+    int stamped; /* the entry's time is the mutation's */
+    if (op == NULL) {
+        GIVE(Py_None);
+    } else if (str_eq(op, s_write)) {
+        if (versioned)
+            GIVE(Py_None);
+        mop = ops[0];
+        stamped = 1;
+    } else if (str_eq(op, s_del)) {
+        if (versioned)
+            GIVE(Py_None);
+        mop = ops[1];
+        stamped = 0;
+    } else if (str_eq(op, s_link_olh)) {
+        mop = ops[0];
+        stamped = 1;
+    } else if (str_eq(op, s_link_olh_del)) {
+        mop = ops[2];
+        stamped = 1;
+    } else if (str_eq(op, s_unlink)) {
+        mop = ops[1];
+        stamped = 0;
+    } else {
+        GIVE(Py_None);
+    }
+    if (stamped && ts < 0)
+        GIVE(Py_Ellipsis);
+    if (v[K_OP_ID] == NULL)
+        GIVE(Py_Ellipsis);
+    int rc;
+    PyObject *position = position_str(v[K_OP_ID], &rc);
+    if (position == NULL) {
+        if (rc < 0)
+            return -1;
+        GIVE(Py_Ellipsis);
+    }
+    /* Held while the facts are read (an attribute read could run code that changes the entry). */
+    Py_INCREF(obj);
+    Py_INCREF(version);
+    PyObject *fact = NULL, *size = Py_None, *etag = Py_None, *fmtime = Py_None, *sclass = Py_None;
+    PyObject *held[4] = {NULL};
+    if (facts != NULL && mop == ops[0]) {
+        fact = PyDict_GetItemWithError(facts, position);
+        if (fact == NULL && PyErr_Occurred())
+            goto error;
+        Py_XINCREF(fact);
+    }
+    if (fact != NULL) {
+        for (int i = 0; i < 4; i++)
+            if ((held[i] = PyObject_GetAttr(fact, map_names[K_SIZE + i])) == NULL) {
+                PyErr_Clear();
+                goto python;
+            }
+        size = held[0], etag = held[1], fmtime = held[2], sclass = held[3];
+        if (u64_ok(size) || !PyUnicode_Check(etag) || u64_ok(fmtime))
+            goto python;
+        if (sclass == Py_None || (PyUnicode_CheckExact(sclass) && PyUnicode_GET_LENGTH(sclass) == 0))
+            sclass = s_standard;
+        else if (!PyUnicode_CheckExact(sclass))
+            goto python;
+    }
+    PyObject *mtime = stamped ? PyLong_FromLongLong(ts) : (Py_INCREF(observed), observed);
+    PyObject *seq = mtime ? PyUnicode_Concat(consts[3], position) : NULL;
+    PyObject *meta = seq ? PyDict_New() : NULL;
+    PyObject *m = meta ? type->tp_alloc(type, 0) : NULL;
+    if (m == NULL) {
+        Py_XDECREF(mtime);
+        Py_XDECREF(seq);
+        Py_XDECREF(meta);
+        goto error;
+    }
+    PyObject *fields[F_COUNT];
+    fields[F_BUCKET] = consts[1];
+    fields[F_KEY] = obj;
+    fields[F_OP] = mop;
+    fields[F_SOURCE] = consts[2];
+    fields[F_POSITION] = position;
+    fields[F_VERSION] = version;
+    fields[F_SIZE] = size;
+    fields[F_ETAG] = etag;
+    fields[F_BASELINE] = Py_False;
+    fields[F_TENANT] = consts[0];
+    fields[F_OBJ_MTIME] = fmtime;
+    fields[F_STORAGE_CLASS] = sclass;
+    for (int f = 0; f < F_COUNT; f++) {
+        if (f == F_MTIME || f == F_SEQ || f == F_METADATA)
+            continue;
+        Py_INCREF(fields[f]);
+        *(PyObject **)((char *)m + slot_offset[f]) = fields[f];
+    }
+    /* the three made here: their references move into the record */
+    *(PyObject **)((char *)m + slot_offset[F_MTIME]) = mtime;
+    *(PyObject **)((char *)m + slot_offset[F_SEQ]) = seq;
+    *(PyObject **)((char *)m + slot_offset[F_METADATA]) = meta;
+    for (int i = 0; i < 4; i++)
+        Py_XDECREF(held[i]);
+    Py_XDECREF(fact);
+    Py_DECREF(obj);
+    Py_DECREF(version);
+    Py_DECREF(position);
+    *out = m;
+    return 0;
+python:
+    for (int i = 0; i < 4; i++)
+        Py_XDECREF(held[i]);
+    Py_XDECREF(fact);
+    Py_DECREF(obj);
+    Py_DECREF(version);
+    Py_DECREF(position);
+    GIVE(Py_Ellipsis);
+error:
+    for (int i = 0; i < 4; i++)
+        Py_XDECREF(held[i]);
+    Py_XDECREF(fact);
+    Py_DECREF(obj);
+    Py_DECREF(version);
+    Py_DECREF(position);
+    return -1;
+#undef GIVE
+}
+
+/* map_bilog_page(entries, start, facts, observed_ns, consts, ops, mutation_type) -> list | None */
+static PyObject *map_bilog_page(PyObject *module, PyObject *args)
+{
+    PyObject *entries, *facts, *observed, *consts, *ops, *type;
+    Py_ssize_t start;
+    (void)module;
+    if (!PyArg_ParseTuple(args, "O!nOO!O!O!O!:map_bilog_page", &PyList_Type, &entries, &start, &facts,
+                          &PyLong_Type, &observed, &PyTuple_Type, &consts, &PyTuple_Type, &ops, &PyType_Type,
+                          &type))
+        return NULL;
+    if (PyTuple_GET_SIZE(consts) != 4 || PyTuple_GET_SIZE(ops) != 3 || start < 0)
+        Py_RETURN_NONE;
+    for (int i = 0; i < 4; i++)
+        if (!PyUnicode_CheckExact(PyTuple_GET_ITEM(consts, i)))
+            Py_RETURN_NONE;
+    if (facts != Py_None && !PyDict_CheckExact(facts))
+        Py_RETURN_NONE;
+    if (!PyLong_CheckExact(observed) || u64_ok(observed) || slots_of((PyTypeObject *)type))
+        Py_RETURN_NONE;
+    PyObject *const cs[4] = {PyTuple_GET_ITEM(consts, 0), PyTuple_GET_ITEM(consts, 1), PyTuple_GET_ITEM(consts, 2),
+                             PyTuple_GET_ITEM(consts, 3)};
+    PyObject *const os[3] = {PyTuple_GET_ITEM(ops, 0), PyTuple_GET_ITEM(ops, 1), PyTuple_GET_ITEM(ops, 2)};
+    PyObject *f = facts == Py_None || PyDict_GET_SIZE(facts) == 0 ? NULL : facts;
+    Py_ssize_t n = PyList_GET_SIZE(entries);
+    PyObject *out = PyList_New(n > start ? n - start : 0);
+    if (out == NULL)
+        return NULL;
+    for (Py_ssize_t i = start; i < n; i++) {
+        PyObject *got, *e;
+        if (PyList_GET_SIZE(entries) != n) { /* changed under us (code run by a facts read) */
+            Py_DECREF(out);
+            Py_RETURN_NONE;
+        }
+        e = PyList_GET_ITEM(entries, i);
+        Py_INCREF(e);
+        int rc = map_one(e, f, observed, cs, os, (PyTypeObject *)type, &got);
+        Py_DECREF(e);
+        if (rc < 0) {
+            Py_DECREF(out);
+            return NULL;
+        }
+        PyList_SET_ITEM(out, i - start, got);
+    }
+    return out;
+}
+
+/* ---- bucket index entries (rgw_module.bucket_index._fast_dir_entry) ---------------------------
+ *
+ * dir_entry(data) -> tuple | None: _fast_dir_entry's one pass over a well-formed
+ * rgw_bucket_dir_entry (struct v3 or later, no pending operations), as the tuple of DirEntry's
+ * fields in order; None wherever that pass gives None or raises (every read here is
+ * bounds-checked against the whole value, the strings are decoded by Python's strict UTF-8
+ * decoder), and the careful reader then decides. Ellipsis for an argument that is not bytes. */
+
+typedef struct {
+    const uint8_t *d;
+    Py_ssize_t n;
+} Buf;
+
+static int b_u8(const Buf *b, Py_ssize_t pos, uint64_t *out)
+{
+    if (pos < 0 || pos + 1 > b->n)
+        return -1;
+    *out = b->d[pos];
+    return 0;
+}
+
+static int b_le(const Buf *b, Py_ssize_t pos, int width, uint64_t *out)
+{
+    if (pos < 0 || pos + width > b->n)
+        return -1;
+    uint64_t v = 0;
+    for (int i = width - 1; i >= 0; i--)
+        v = (v << 8) | b->d[pos + i];
+    *out = v;
+    return 0;
+}
+
+/* A u32-length-prefixed string at *pos: its bytes' start and length; *pos moves past it. */
+static int b_str(const Buf *b, Py_ssize_t *pos, Py_ssize_t *start, Py_ssize_t *len)
+{
+    uint64_t n;
+    if (b_le(b, *pos, 4, &n) < 0 || *pos + 4 + (Py_ssize_t)n > b->n)
+        return -1;
+    *start = *pos + 4;
+    *len = (Py_ssize_t)n;
+    *pos += 4 + (Py_ssize_t)n;
+    return 0;
+}
+
+static int b_packed(const Buf *b, Py_ssize_t *pos, uint64_t *out)
+{
+    uint64_t c;
+    if (b_u8(b, *pos, &c) < 0)
+        return -1;
+    if (c < 0x80) {
+        *out = c;
+        *pos += 1;
+        return 0;
+    }
+    int width = (int)(c & 0x7F);
+    if ((width != 1 && width != 2 && width != 4 && width != 8) || b_le(b, *pos + 1, width, out) < 0)
+        return -1;
+    *pos += 1 + width;
+    return 0;
+}
+
+static PyObject *utf8_str(const Buf *b, Py_ssize_t start, Py_ssize_t len)
+{
+    PyObject *s = PyUnicode_DecodeUTF8((const char *)b->d + start, len, "strict");
+    if (s == NULL && PyErr_ExceptionMatches(PyExc_UnicodeDecodeError))
+        PyErr_Clear(); /* not UTF-8: the careful reader says so */
+    return s;
+}
+
+static PyObject *dir_entry(PyObject *module, PyObject *arg)
+{
+    (void)module;
+    if (!PyBytes_CheckExact(arg))
+        return Py_INCREF(Py_Ellipsis), Py_Ellipsis;
+    Buf b = {(const uint8_t *)PyBytes_AS_STRING(arg), PyBytes_GET_SIZE(arg)};
+    uint64_t v, length, mv, mlen, size, sec, nsec, accounted, t, pool = (uint64_t)-1, epoch = 0, index_ver = 0;
+    uint64_t flags = 0, versioned_epoch = 0, exists;
+    Py_ssize_t name_at, name_len, etag_at, etag_len, owner_at, owner_len, sc_at = 0, sc_len = 0, inst_at = 0,
+               inst_len = 0, s0, s1;
+    if (b_u8(&b, 0, &v) < 0 || b_le(&b, 2, 4, &length) < 0)
+        Py_RETURN_NONE;
+    Py_ssize_t end = 6 + (Py_ssize_t)length;
+    if (v < 3 || end > b.n)
+        Py_RETURN_NONE;
+    Py_ssize_t pos = 6;
+    if (b_str(&b, &pos, &name_at, &name_len) < 0 || b_u8(&b, pos + 8, &exists) < 0)
+        Py_RETURN_NONE;
+    /* rgw_bucket_dir_entry_meta */
+    if (b_u8(&b, pos + 9, &mv) < 0 || b_le(&b, pos + 11, 4, &mlen) < 0)
+        Py_RETURN_NONE;
+    pos += 15;
+    Py_ssize_t mend = pos + (Py_ssize_t)mlen;
+    if (mv < 1 || mend > end)
+        Py_RETURN_NONE;
+    if (b_le(&b, pos + 1, 8, &size) < 0 || b_le(&b, pos + 9, 4, &sec) < 0 || b_le(&b, pos + 13, 4, &nsec) < 0)
+        Py_RETURN_NONE;
+    pos += 17;
+    if (b_str(&b, &pos, &etag_at, &etag_len) < 0 || b_str(&b, &pos, &owner_at, &owner_len) < 0
+        || b_str(&b, &pos, &s0, &s1) < 0) /* owner_display_name */
+        Py_RETURN_NONE;
+    if (mv >= 2 && b_str(&b, &pos, &s0, &s1) < 0) /* content_type */
+        Py_RETURN_NONE;
+    accounted = size;
+    if (mv >= 4) {
+        if (b_le(&b, pos, 8, &accounted) < 0)
+            Py_RETURN_NONE;
+        pos += 8;
+    }
+    if (mv >= 5 && b_str(&b, &pos, &s0, &s1) < 0) /* user_data */
+        Py_RETURN_NONE;
+    if (mv >= 6 && b_str(&b, &pos, &sc_at, &sc_len) < 0)
+        Py_RETURN_NONE;
+    if (pos > mend)
+        Py_RETURN_NONE;
+    pos = mend;
+    if (b_le(&b, pos, 4, &t) < 0 || t != 0) /* pending operations: the careful reader */
+        Py_RETURN_NONE;
+    pos += 4;
+    if (b_str(&b, &pos, &s0, &s1) < 0) /* locator (v >= 2: always, v >= 3 here) */
+        Py_RETURN_NONE;
+    if (v >= 4) {
+        uint64_t ev, elen;
+        if (b_u8(&b, pos, &ev) < 0 || b_le(&b, pos + 2, 4, &elen) < 0)
+            Py_RETURN_NONE;
+        pos += 6;
+        Py_ssize_t vend = pos + (Py_ssize_t)elen;
+        if (ev < 1 || vend > end || b_packed(&b, &pos, &pool) < 0 || b_packed(&b, &pos, &epoch) < 0 || pos > vend)
+            Py_RETURN_NONE;
+        pos = vend;
+    }
+    if (v >= 5 && (b_packed(&b, &pos, &index_ver) < 0 || b_str(&b, &pos, &s0, &s1) < 0)) /* tag */
+        Py_RETURN_NONE;
+    if (v >= 6 && b_str(&b, &pos, &inst_at, &inst_len) < 0)
+        Py_RETURN_NONE;
+    if (v >= 7) {
+        if (b_le(&b, pos, 2, &flags) < 0)
+            Py_RETURN_NONE;
+        pos += 2;
+    }
+    if (v >= 8) {
+        if (b_le(&b, pos, 8, &versioned_epoch) < 0)
+            Py_RETURN_NONE;
+        pos += 8;
+    }
+    if (pos > end)
+        Py_RETURN_NONE;
+    PyObject *f[15] = {NULL};
+    f[0] = utf8_str(&b, name_at, name_len);
+    f[1] = v >= 6 ? utf8_str(&b, inst_at, inst_len) : PyUnicode_FromStringAndSize("", 0);
+    f[2] = PyBool_FromLong(exists != 0);
+    f[3] = PyLong_FromLongLong((long long)pool); /* int64: -1 is "no pool" */
+    f[4] = PyLong_FromUnsignedLongLong(epoch);
+    f[5] = PyLong_FromUnsignedLongLong(index_ver);
+    f[6] = PyLong_FromUnsignedLongLong(size);
+    f[7] = PyLong_FromUnsignedLongLong(sec * 1000000000ULL + nsec);
+    f[8] = utf8_str(&b, etag_at, etag_len);
+    if (sc_len == 0) {
+        f[9] = Py_None;
+        Py_INCREF(Py_None);
+    } else {
+        f[9] = utf8_str(&b, sc_at, sc_len);
+    }
+    f[10] = PyLong_FromUnsignedLongLong(accounted);
+    f[11] = PyLong_FromUnsignedLongLong(flags);
+    f[12] = PyLong_FromUnsignedLongLong(versioned_epoch);
+    f[13] = PyLong_FromUnsignedLongLong(v);
+    f[14] = utf8_str(&b, owner_at, owner_len);
+    PyObject *out = PyTuple_New(15);
+    for (int i = 0; i < 15; i++) {
+        if (f[i] == NULL) {
+            for (int j = 0; j < 15; j++)
+                Py_XDECREF(f[j]);
+            Py_XDECREF(out);
+            if (PyErr_Occurred())
+                return NULL;
+            Py_RETURN_NONE;
+        }
+    }
+    if (out == NULL) {
+        for (int j = 0; j < 15; j++)
+            Py_DECREF(f[j]);
+        return NULL;
+    }
+    for (int i = 0; i < 15; i++)
+        PyTuple_SET_ITEM(out, i, f[i]);
+    return out;
+}
+
+/* ---- bucket index lookups (rgw_module.bucket_index.lookups) ------------------------------------
+ *
+ * index_lookups(page, lookup_type, instance_prefix) -> list | None: bucket_index.lookups(page),
+ * each Lookup made as the named tuple ``lookup_type`` of (position, keys, pool, epoch, mtime_ns);
+ * None for a page with any shape only the Python code handles (a str subclass, a ver field that
+ * is not a plain int, an entry id or time off the fast paths, a name UTF-8 cannot encode): the
+ * Python code then does the whole page, errors included. */
+
+
+/* The ver of an entry (_ver): 0 and *has=1 with the values, *has=0 for none; FALLBACK. */
+static int ver_of(PyObject *e, int *has, long long *pool, long long *epoch)
+{
+    PyObject *ver = PyDict_GetItemWithError(e, s_ver);
+    *has = 0;
+    if (ver == NULL)
+        return PyErr_Occurred() ? -1 : 0;
+    if (!PyDict_Check(ver))
+        return 0;
+    if (!PyDict_CheckExact(ver))
+        return FALLBACK;
+    PyObject *p = PyDict_GetItemWithError(ver, s_pool), *q = p || !PyErr_Occurred() ? PyDict_GetItemWithError(ver, s_epoch) : NULL;
+    if (PyErr_Occurred())
+        return -1;
+    int overflow = 0;
+    *pool = -1;
+    *epoch = 0;
+    if (p != NULL) {
+        if (!PyLong_CheckExact(p))
+            return FALLBACK;
+        *pool = PyLong_AsLongLongAndOverflow(p, &overflow);
+        if (overflow || (*pool == -1 && PyErr_Occurred()))
+            return PyErr_Clear(), FALLBACK;
+    }
+    if (q != NULL) {
+        if (!PyLong_CheckExact(q))
+            return FALLBACK;
+        *epoch = PyLong_AsLongLongAndOverflow(q, &overflow);
+        if (overflow || (*epoch == -1 && PyErr_Occurred()))
+            return PyErr_Clear(), FALLBACK;
+    }
+    *has = 1;
+    return 0;
+}
+
+/* is_versioned_op: 0/1, or FALLBACK. */
+static int versioned_of(PyObject *e)
+{
+    PyObject *ver = PyDict_GetItemWithError(e, map_names[K_VERSIONED]);
+    if (ver == NULL && PyErr_Occurred())
+        return -1;
+    if (ver == Py_True)
+        return 1;
+    if (ver == Py_False)
+        return 0;
+    if (ver != NULL && PyUnicode_Check(ver))
+        return FALLBACK;
+    PyObject *flags = PyDict_GetItemWithError(e, map_names[K_FLAGS]);
+    if (flags == NULL && PyErr_Occurred())
+        return -1;
+    if (flags == NULL || flags == Py_None)
+        return 0;
+    if (!PyLong_CheckExact(flags))
+        return FALLBACK;
+    int overflow;
+    long long f = PyLong_AsLongLongAndOverflow(flags, &overflow);
+    if (overflow || (f == -1 && PyErr_Occurred()))
+        return PyErr_Clear(), FALLBACK;
+    return (int)(f & 1);
+}
+
+static PyObject *key_bytes(PyObject *prefix, PyObject *name, PyObject *inst)
+{
+    Py_ssize_t pn, nn, in;
+    const char *p = PyBytes_AS_STRING(prefix), *n, *i;
+    pn = PyBytes_GET_SIZE(prefix);
+    if ((n = PyUnicode_AsUTF8AndSize(name, &nn)) == NULL || (i = PyUnicode_AsUTF8AndSize(inst, &in)) == NULL)
+        return NULL;
+    PyObject *out = PyBytes_FromStringAndSize(NULL, pn + nn + 2 + in);
+    if (out == NULL)
+        return NULL;
+    char *w = PyBytes_AS_STRING(out);
+    memcpy(w, p, (size_t)pn);
+    memcpy(w + pn, n, (size_t)nn);
+    memcpy(w + pn + nn, "\0i", 2);
+    memcpy(w + pn + nn + 2, i, (size_t)in);
+    return out;
+}
+
+static PyObject *plain_bytes(PyObject *name)
+{
+    Py_ssize_t nn;
+    const char *n = PyUnicode_AsUTF8AndSize(name, &nn);
+    return n == NULL ? NULL : PyBytes_FromStringAndSize(n, nn);
+}
+
+static PyObject *new_lookup(PyTypeObject *type, PyObject *position, PyObject *keys, long long pool, long long epoch,
+                            PyObject *mtime)
+{
+    PyObject *t = type->tp_alloc(type, 5);
+    PyObject *a = PyLong_FromLongLong(pool), *b = PyLong_FromLongLong(epoch);
+    if (t == NULL || a == NULL || b == NULL) {
+        Py_XDECREF(t);
+        Py_XDECREF(a);
+        Py_XDECREF(b);
+        Py_XDECREF(mtime);
+        Py_DECREF(keys);
+        return NULL;
+    }
+    Py_INCREF(position);
+    PyTuple_SET_ITEM(t, 0, position);
+    PyTuple_SET_ITEM(t, 1, keys);
+    PyTuple_SET_ITEM(t, 2, a);
+    PyTuple_SET_ITEM(t, 3, b);
+    if (mtime == NULL) {
+        Py_INCREF(Py_None);
+        mtime = Py_None;
+    }
+    PyTuple_SET_ITEM(t, 4, mtime);
+    return t;
+}
+
+/* One entry into ``out`` (and ``companions``): 0, FALLBACK or -1. */
+static int lookup_one(PyObject *e, PyTypeObject *type, PyObject *iprefix, PyObject *companions, PyObject *out)
+{
+    PyObject *v[K_COUNT] = {NULL};
+    if (!PyDict_CheckExact(e))
+        return FALLBACK;
+    for (int k = 0; k <= K_OP_ID; k++)
+        if (item_of(e, map_names[k], &v[k]) < 0)
+            return -1;
+    PyObject *op = v[K_OP];
+    if (op == NULL || !PyUnicode_Check(op))
+        return 0; /* neither "write" nor "link_olh" */
+    if (!PyUnicode_CheckExact(op))
+        return FALLBACK;
+    int is_write = str_eq(op, s_write);
+    if (!is_write && !str_eq(op, s_link_olh))
+        return 0;
+    if (v[K_STATE] != NULL) {
+        if (!PyUnicode_CheckExact(v[K_STATE]))
+            return FALLBACK;
+        if (!str_eq(v[K_STATE], s_complete))
+            return 0;
+    }
+    PyObject *obj = v[K_OBJECT], *inst = v[K_INSTANCE];
+    if (obj == NULL || !PyUnicode_CheckExact(obj))
+        return FALLBACK;
+    if (inst == NULL || inst == Py_None || inst == Py_False)
+        inst = PyTuple_GET_ITEM(iprefix, 1); /* "" */
+    else if (!PyUnicode_CheckExact(inst))
+        return FALLBACK;
+    int has;
+    long long pool = -1, epoch = 0;
+    int rc = ver_of(e, &has, &pool, &epoch);
+    if (rc)
+        return rc;
+    if (is_write) {
+        int versioned = versioned_of(e);
+        if (versioned < 0 || versioned == FALLBACK)
+            return versioned;
+        if (versioned) {
+            if (has) {
+                PyObject *key = PyTuple_Pack(2, obj, inst), *val = Py_BuildValue("(LL)", pool, epoch);
+                rc = key && val ? PyDict_SetItem(companions, key, val) : -1;
+                Py_XDECREF(key);
+                Py_XDECREF(val);
+                return rc;
+            }
+            return 0;
+        }
+    }
+    Py_ssize_t olen = PyUnicode_GET_LENGTH(obj);
+    if (olen == 0)
+        return 0;
+    if (PyUnicode_READ_CHAR(obj, 0) == '_' && !(olen > 1 && PyUnicode_READ_CHAR(obj, 1) == '_'))
+        return 0; /* the internal namespace */
+    if (v[K_OP_ID] == NULL)
+        return FALLBACK;
+    PyObject *position = position_str(v[K_OP_ID], &rc);
+    if (position == NULL)
+        return rc;
+    PyObject *prefix = PyTuple_GET_ITEM(iprefix, 0), *lookup = NULL, *keys = NULL;
+    if (is_write) {
+        if (!has) {
+            Py_DECREF(position);
+            return 0;
+        }
+        PyObject *k1, *k2 = NULL;
+        if (PyUnicode_GET_LENGTH(inst) > 0) {
+            k1 = key_bytes(prefix, obj, inst);
+            keys = k1 ? PyTuple_Pack(1, k1) : NULL;
+        } else {
+            k1 = plain_bytes(obj);
+            k2 = k1 ? key_bytes(prefix, obj, inst) : NULL;
+            keys = k2 ? PyTuple_Pack(2, k1, k2) : NULL;
+        }
+        Py_XDECREF(k1);
+        Py_XDECREF(k2);
+        lookup = keys ? new_lookup(type, position, keys, pool, epoch, NULL) : NULL;
+    } else {
+        PyObject *ck = PyTuple_Pack(2, obj, inst);
+        PyObject *companion = ck ? PyDict_GetItemWithError(companions, ck) : NULL;
+        Py_XDECREF(ck);
+        if (companion == NULL && PyErr_Occurred())
+            goto failed;
+        int64_t ts = 0;
+        if (companion == NULL) {
+            if (v[K_TIMESTAMP] == NULL || time_ns_of(v[K_TIMESTAMP], &ts)) {
+                Py_DECREF(position);
+                return FALLBACK;
+            }
+            if (ts == 0) {
+                Py_DECREF(position);
+                return 0;
+            }
+        }
+        PyObject *k1 = key_bytes(prefix, obj, inst);
+        keys = k1 ? PyTuple_Pack(1, k1) : NULL;
+        Py_XDECREF(k1);
+        if (keys != NULL) {
+            if (companion != NULL)
+                lookup = new_lookup(type, position, keys, PyLong_AsLongLong(PyTuple_GET_ITEM(companion, 0)),
+                                    PyLong_AsLongLong(PyTuple_GET_ITEM(companion, 1)), NULL);
+            else
+                lookup = new_lookup(type, position, keys, -1, 0, PyLong_FromLongLong(ts));
+        }
+    }
+    if (lookup == NULL)
+        goto failed;
+    Py_DECREF(position);
+    rc = PyList_Append(out, lookup);
+    Py_DECREF(lookup);
+    return rc;
+failed:
+    Py_DECREF(position);
+    if (PyErr_ExceptionMatches(PyExc_UnicodeEncodeError)) { /* a lone surrogate: Python raises it */
+        PyErr_Clear();
+        return FALLBACK;
+    }
+    return -1;
+}
+
+/* index_lookups(page, lookup_type, (instance_prefix, "")) -> list | None */
+static PyObject *index_lookups(PyObject *module, PyObject *args)
+{
+    PyObject *page, *type, *iprefix;
+    (void)module;
+    if (!PyArg_ParseTuple(args, "O!O!O!:index_lookups", &PyList_Type, &page, &PyType_Type, &type, &PyTuple_Type,
+                          &iprefix))
+        return NULL;
+    if (PyTuple_GET_SIZE(iprefix) != 2 || !PyBytes_CheckExact(PyTuple_GET_ITEM(iprefix, 0))
+        || !PyUnicode_CheckExact(PyTuple_GET_ITEM(iprefix, 1)) || PyUnicode_GET_LENGTH(PyTuple_GET_ITEM(iprefix, 1))
+        || !PyType_IsSubtype((PyTypeObject *)type, &PyTuple_Type) || ((PyTypeObject *)type)->tp_itemsize != sizeof(PyObject *))
+        Py_RETURN_NONE;
+    PyObject *out = PyList_New(0), *companions = PyDict_New();
+    int rc = out && companions ? 0 : -1;
+    Py_ssize_t n = PyList_GET_SIZE(page);
+    for (Py_ssize_t i = 0; rc == 0 && i < n; i++) {
+        if (PyList_GET_SIZE(page) != n) {
+            rc = FALLBACK;
+            break;
+        }
+        PyObject *e = PyList_GET_ITEM(page, i);
+        Py_INCREF(e);
+        rc = lookup_one(e, (PyTypeObject *)type, iprefix, companions, out);
+        Py_DECREF(e);
+    }
+    Py_XDECREF(companions);
+    if (rc) {
+        Py_XDECREF(out);
+        if (rc < 0)
+            return NULL;
+        Py_RETURN_NONE;
+    }
+    return out;
+}
+
 static PyMethodDef METHODS[] = {
     {"encode_raw_many", encode_raw_many, METH_VARARGS,
      "encode_raw_many(items, version) -> list[bytes] | None: the JSON lines of (recorded time, "
@@ -1201,6 +2080,16 @@ static PyMethodDef METHODS[] = {
      "prepare_records(batch, shards, mutation_type) -> dict[int, list[(mutation, value, tail)]] | None: "
      "changelog.pipeline.index._prepare_py of a batch of exactly ``mutation_type``, or None for a "
      "record only the Python way handles."},
+    {"map_bilog_page", map_bilog_page, METH_VARARGS,
+     "map_bilog_page(entries, start, facts, observed_ns, consts, ops, mutation_type) -> list | None: "
+     "rgw_module.mapping.ShardMapper.map of entries[start:] (a Mutation, None, or Ellipsis where "
+     "Python decides), or None for arguments only Python handles."},
+    {"dir_entry", dir_entry, METH_O,
+     "dir_entry(data) -> tuple | None: rgw_module.bucket_index._fast_dir_entry's fields of a "
+     "well-formed bucket index entry, None where the careful reader decides (Ellipsis: not bytes)."},
+    {"index_lookups", index_lookups, METH_VARARGS,
+     "index_lookups(page, lookup_type, (instance_prefix, '')) -> list | None: "
+     "rgw_module.bucket_index.lookups(page), or None where the Python code decides."},
     {"event_id", event_id, METH_VARARGS,
      "event_id(data) -> str: blake2b-128 hex of data (the hash encode_raw_many uses; for tests)."},
     {NULL, NULL, 0, NULL},
@@ -1218,5 +2107,7 @@ PyMODINIT_FUNC PyInit__speedups(void)
     init_escape();
     b2_digest((const uint8_t *)"\0null", 5, 4, null_version);
     put_hex(NULL_VERSION_HEX, null_version, 4);
+    if (map_init() < 0)
+        return NULL;
     return PyModule_Create(&MODULE);
 }

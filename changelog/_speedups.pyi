@@ -1,6 +1,8 @@
 """Types of the C encoder and record path (changelog/_speedups.c), for mypy."""
 
 from collections.abc import Sequence
+from types import EllipsisType
+from typing import Any
 
 from changelog.pipeline.mutation import Mutation
 
@@ -14,3 +16,15 @@ def encode_entries(
 def prepare_records(
     batch: Sequence[Mutation], shards: int, mutation_type: type, /
 ) -> dict[int, list[tuple[Mutation, bytes, str]]] | None: ...
+def map_bilog_page(
+    entries: list[Any],
+    start: int,
+    facts: dict[str, Any] | None,
+    observed_ns: int,
+    consts: tuple[str, str, str, str],
+    ops: tuple[Any, Any, Any],
+    mutation_type: type,
+    /,
+) -> list[Any] | None: ...
+def dir_entry(data: bytes, /) -> tuple[Any, ...] | None | EllipsisType: ...
+def index_lookups(page: list[Any], lookup_type: type, consts: tuple[bytes, str], /) -> list[Any] | None: ...

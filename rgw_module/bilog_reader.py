@@ -284,8 +284,17 @@ class BilogReader:
         mapper = ShardMapper(bs, ctx.state.buckets[bs.bucket].gen, writer=ctx.config.record_writer)
         out: list[Mutation] = []
         internal = unwanted = 0
-        for entry in page:
-            m = mapper.map(entry, observed_ns=observed_ns, facts=facts)
+        # No key prefixes for the bucket: every key is wanted (``BucketFilter.wants``), asked once.
+        every_key = ctx.filter.wants_every_key(bs.bucket)
+        try:
+            mapped: list[Mutation | None] | None = mapper.map_page(page, observed_ns=observed_ns, facts=facts)
+        except Exception:  # noqa: BLE001 - raised again below, in the order of the page's entries
+            # One entry cannot be mapped: mapped again one by one, each with its skip work, so
+            # that an earlier entry's error (a multipart upload's) is the one raised, as before.
+            mapped = None
+            mapper = ShardMapper(bs, mapper.generation, writer=mapper.writer)
+        for k, entry in enumerate(page):
+            m = mapped[k] if mapped is not None else mapper.map(entry, observed_ns=observed_ns, facts=facts)
             if m is None:
                 # Companions and pending entries stand for no mutation of their own; complete
                 # entries of the internal namespace (multipart parts, ...) are skipped, but a
@@ -294,7 +303,7 @@ class BilogReader:
                         and index_name_to_key(str(entry["object"])) is None:
                     internal += 1
                     self._upload_change(bs, entry, uploads)
-            elif ctx.filter.wants(bs.bucket, m.key):
+            elif every_key or ctx.filter.wants(bs.bucket, m.key):
                 out.append(m)
             else:
                 unwanted += 1

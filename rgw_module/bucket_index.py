@@ -62,11 +62,12 @@ the entry's last update, equal here too, but nothing makes it name the head obje
 from __future__ import annotations
 
 import logging
+import os
 import struct
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import NamedTuple, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from changelog.errors import ChangelogError, PermanentError
 from rgw_module.mapping import (
@@ -224,11 +225,35 @@ def decode_dir_entry(data: bytes) -> DirEntry:
     compares them on every captured entry, every truncation and random corruption."""
     if len(data) > MAX_ENTRY_BYTES:
         raise BadIndexEntry(f"bucket index entry of {len(data)} bytes is too large")
+    if _NATIVE_DIR_ENTRY is not None:
+        got = _NATIVE_DIR_ENTRY(data)
+        if got.__class__ is tuple:
+            return _make_entry(got)
+        if got is None:
+            return careful_dir_entry(data)
     try:
         fast = _fast_dir_entry(data)
     except (struct.error, ValueError, IndexError):  # UnicodeDecodeError is a ValueError
         fast = None
     return fast if fast is not None else careful_dir_entry(data)
+
+
+def _native_dir_entry() -> Callable[[bytes], Any] | None:
+    """``_speedups.dir_entry``: ``_fast_dir_entry`` in C (its fields as a tuple, None where the
+    careful reader decides, Ellipsis for what is not bytes), or None where the module is not
+    built or RGW_CHANGELOG_PURE_PYTHON=1 asks for Python (tests/unit/test_catchup_cpu.py
+    compares both on every captured entry, truncation and random corruption)."""
+    if os.environ.get("RGW_CHANGELOG_PURE_PYTHON", "") == "1":
+        return None
+    try:
+        from changelog import _speedups
+    except ImportError:
+        return None
+    got: Callable[[bytes], Any] | None = getattr(_speedups, "dir_entry", None)
+    return got
+
+
+_NATIVE_DIR_ENTRY = _native_dir_entry()
 
 
 def _fast_dir_entry(data: bytes) -> DirEntry | None:
@@ -459,7 +484,19 @@ def _ver(entry: BilogEntry) -> tuple[int, int] | None:
 def lookups(page: Sequence[BilogEntry]) -> list[Lookup]:
     """For each write record of ``page`` (in log order, companions included): the index keys to
     read and the ``ver`` its entry must carry. Records without a usable ``ver``, and versioned
-    writes whose companion ``write`` is not in ``page``, are left out."""
+    writes whose companion ``write`` is not in ``page``, are left out.
+
+    In C where it is built (``_speedups.index_lookups``), which hands back to ``_lookups_py``
+    (the reference) any page with a shape it does not handle (tests/unit/test_catchup_cpu.py)."""
+    if _NATIVE_LOOKUPS is not None and page.__class__ is list:
+        got: list[Lookup] | None = _NATIVE_LOOKUPS(page, Lookup, _LOOKUP_CONSTS)
+        if got is not None:
+            return got
+    return _lookups_py(page)
+
+
+def _lookups_py(page: Sequence[BilogEntry]) -> list[Lookup]:
+    """``lookups`` in Python."""
     out: list[Lookup] = []
     # (object, instance) -> ver of the latest versioned ``write`` companion seen.
     companions: dict[tuple[str, str], tuple[int, int]] = {}
@@ -493,6 +530,23 @@ def lookups(page: Sequence[BilogEntry]) -> list[Lookup]:
             elif mtime_ns := parse_time_ns(str(entry.get("timestamp", ""))):
                 out.append(Lookup(position, (instance_key(obj, inst),), -1, 0, mtime_ns))
     return out
+
+
+def _native_lookups() -> Callable[..., Any] | None:
+    if os.environ.get("RGW_CHANGELOG_PURE_PYTHON", "") == "1":
+        return None
+    try:
+        from changelog import _speedups
+    except ImportError:
+        return None
+    got: Callable[..., Any] | None = getattr(_speedups, "index_lookups", None)
+    return got
+
+
+# ``lookups`` in C, or None (not built, or RGW_CHANGELOG_PURE_PYTHON=1), and what it is given
+# besides the page: the instance keys' prefix and the empty instance.
+_NATIVE_LOOKUPS = _native_lookups()
+_LOOKUP_CONSTS = (INSTANCE_PREFIX, "")
 
 
 class OmapSource(Protocol):
