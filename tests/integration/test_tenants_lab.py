@@ -66,7 +66,9 @@ class Env:
         """A new bucket of the tenant user; returns its name within the tenant. ``after``: made
         clearly after that follower's first start (followed from its first entry, no baseline)."""
         if after is not None:
-            after.run_until_caught_up(timeout=60)
+            # A follower of "*" starts with a full sync of every bucket the session's lab holds
+            # by now (thousands of objects after the other lab tests): a bound, not a figure.
+            after.run_until_caught_up(timeout=300)
             time.sleep(2.5)
         name = f"tn-{uuid.uuid4().hex[:12]}"
         self.tenant_s3.create_bucket(Bucket=name)
