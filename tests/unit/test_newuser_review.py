@@ -208,8 +208,13 @@ def test_config_check_refuses_what_every_other_command_refuses(run: Any, tmp_pat
     bad.write_text('[index]\nbackend = "rados"\nceph_conf = "/nonexistent/ceph.conf"\n')
     line = one_line_error(run("status", config=bad), 2)
     assert line == "config error: index.ceph_conf: /nonexistent/ceph.conf not found", line
+    # config check validates (exit 0: the package checks its shipped config on machines without
+    # Ceph) and names the missing file in a warning.
     r = run("config", "check", config=bad)
-    assert r.exit_code == 2 and "index.ceph_conf" in r.stderr, (r.exit_code, r.stderr)
+    assert r.exit_code == 0 and "warning: index.ceph_conf: /nonexistent/ceph.conf not found" in r.stderr, (
+        r.exit_code,
+        r.stderr,
+    )
 
 
 def test_a_missing_keyring_is_named_in_one_line(run: Any, tmp_path: Path) -> None:
