@@ -206,10 +206,14 @@ def publish(
         doc = None
     old = doc if isinstance(doc, dict) else {}
     prev_last = old.get("last_object")
-    got = index.store.omap_get(index.control_oid, [COLLECTOR_STATE_KEY])
+    # The streams' states and the unpartitioned collector's last cutoff, in one read.
+    keys = [collector_state_key(n) for n in range(count)]
+    got = index.store.omap_get(index.control_oid, [COLLECTOR_STATE_KEY, *keys])
     floor = CollectorState.decode(got.get(COLLECTOR_STATE_KEY)).last_cutoff_us
     pub = combined(
-        stream_states(index, count), last_object=prev_last if isinstance(prev_last, str) else None, floor_us=floor
+        [CollectorState.decode(got.get(k)) for k in keys],
+        last_object=prev_last if isinstance(prev_last, str) else None,
+        floor_us=floor,
     )
     if not pub.readable_until_us:
         return None

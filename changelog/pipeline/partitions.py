@@ -86,7 +86,7 @@ class Partitions:
         self._order = preference(instance, count)
         self._leases: dict[int, Lease] = {}
         self._own_renewer = renewer is None
-        self._renewer = renewer or Renewer(ttl, name=f"partitions-{role}", monotonic=monotonic)
+        self._renewer = renewer or self._new_renewer()
         self._started = False
         self.taken = 0
         self.released = 0
@@ -142,8 +142,11 @@ class Partitions:
             # A role that stands by (the streams while an unpartitioned collector holds its
             # lease) refreshes again later: it gets a renewer of its own again (a stopped
             # thread cannot be restarted; without one, the leases taken back were never renewed).
-            self._renewer = Renewer(self.ttl, name=f"partitions-{self.role}", monotonic=self._monotonic)
+            self._renewer = self._new_renewer()
             self._started = False
+
+    def _new_renewer(self) -> Renewer:
+        return Renewer(self.ttl, name=f"partitions-{self.role}", monotonic=self._monotonic)
 
     def doc(self) -> dict[str, object]:
         """For ``status --json``: the live members, and which instance holds which partition."""
