@@ -705,7 +705,7 @@ class _Apply:
         replicator found the key absent here: a plain delete leaves no tombstone), and the
         delete, newer, stands on both sides."""
         meta = head.metadata
-        if not (is_replica(meta, **self.theirs) and meta.get(SRC_ZONE) == self.dest.peer_zone):
+        if not self.is_peer_replica(meta):
             return False
         return origin_order(head.mtime, self.dest.peer_zone, meta, **self.theirs) < (
             self.deleted_at(),
