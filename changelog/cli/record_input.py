@@ -141,7 +141,9 @@ class LineReader:
             m = self._mutation(doc, lineno)
             data = m.encode()  # checks the size limit
         except InvalidField as ex:
-            raise BadLine(lineno, ex.why, field_name=ex.field) from None
+            # An absent field is "missing", not the "is empty" of an empty one.
+            why = "missing" if ex.why == "is empty" and ex.field not in doc else ex.why
+            raise BadLine(lineno, why, field_name=ex.field) from None
         except BadLine:
             raise
         except InvalidMutation as ex:

@@ -204,7 +204,8 @@ def test_bad_source_name_is_a_usage_error(run: Any) -> None:
          "line 1: mtime: 1e+30 is out of range: epoch seconds from 0 to 18446744073 (2554-07-21)"),
         ('{"bucket": "b", "key": "k", "metadata": [1]}', "line 1: metadata: must be an object of strings, not list [1]"),
         ('{"bucket": 5, "key": "k"}', "line 1: bucket: must be a string, not int 5"),
-        ('{"key": "k"}', "line 1: bucket: is empty"),
+        ('{"key": "k"}', "line 1: bucket: missing"),
+        ('{"bucket": "b"}', "line 1: key: missing"),
         ('{"bucket": "b", "key": ["k"]}', "line 1: key: must be a string, not list ['k']"),
         ('{"bucket": "b", "key": "k", "time": -5}', "line 1: time: -5 is out of range: epoch seconds from 0 to "
          "18446744073 (2554-07-21)"),
