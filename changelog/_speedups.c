@@ -2068,6 +2068,100 @@ static PyObject *index_lookups(PyObject *module, PyObject *args)
     return out;
 }
 
+/* ---------------------------------------------------------------------------------------------
+ * A bucket index read: OmapReader.get's read op in one call. librados is reached through the
+ * addresses of its C functions, which the caller (ctypes) looked up, so this module needs no
+ * librados at build time; the prototypes are librados' own (librados.h, Nautilus and later).
+ */
+typedef void *(*create_read_op_fn)(void);
+typedef void (*release_read_op_fn)(void *);
+typedef void (*get_vals_by_keys2_fn)(void *, char const *const *, size_t, const size_t *, void **, int *);
+typedef int (*read_op_operate_fn)(void *, void *, const char *, int);
+typedef int (*omap_get_next2_fn)(void *, char **, char **, size_t *, size_t *);
+typedef void (*omap_get_end_fn)(void *);
+
+static PyObject *omap_get_keys(PyObject *module, PyObject *args)
+{
+    unsigned long long f_create, f_release, f_by_keys, f_operate, f_next, f_end, ioctx;
+    const char *oid;
+    PyObject *keys;
+    (void)module;
+    if (!PyArg_ParseTuple(args, "(KKKKKK)KyO!:omap_get_keys", &f_create, &f_release, &f_by_keys, &f_operate,
+                          &f_next, &f_end, &ioctx, &oid, &PyList_Type, &keys))
+        return NULL;
+    Py_ssize_t n = PyList_GET_SIZE(keys);
+    const char **kp = PyMem_Malloc(sizeof(char *) * (size_t)(n ? n : 1));
+    size_t *kl = PyMem_Malloc(sizeof(size_t) * (size_t)(n ? n : 1));
+    if (!kp || !kl) {
+        PyMem_Free(kp);
+        PyMem_Free(kl);
+        return PyErr_NoMemory();
+    }
+    /* The keys stay alive (the list holds them, and we hold the list) while librados reads them:
+     * it copies them when the op is built. */
+    Py_INCREF(keys);
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *k = PyList_GET_ITEM(keys, i);
+        if (!PyBytes_CheckExact(k)) {
+            PyMem_Free(kp);
+            PyMem_Free(kl);
+            Py_DECREF(keys);
+            PyErr_SetString(PyExc_TypeError, "omap_get_keys: keys must be bytes");
+            return NULL;
+        }
+        kp[i] = PyBytes_AS_STRING(k);
+        kl[i] = (size_t)PyBytes_GET_SIZE(k);
+    }
+    void *op = ((create_read_op_fn)(uintptr_t)f_create)();
+    void *it = NULL;
+    int rval = 0, ret;
+    if (!op) {
+        PyMem_Free(kp);
+        PyMem_Free(kl);
+        Py_DECREF(keys);
+        return PyErr_NoMemory();
+    }
+    ((get_vals_by_keys2_fn)(uintptr_t)f_by_keys)(op, kp, (size_t)n, kl, &it, &rval);
+    Py_DECREF(keys);
+    PyMem_Free(kp);
+    PyMem_Free(kl);
+    Py_BEGIN_ALLOW_THREADS
+    ret = ((read_op_operate_fn)(uintptr_t)f_operate)(op, (void *)(uintptr_t)ioctx, oid, 0);
+    Py_END_ALLOW_THREADS
+    PyObject *out = NULL;
+    if (ret >= 0 && rval >= 0) {
+        out = PyDict_New();
+        while (out) {
+            char *k = NULL, *v = NULL;
+            size_t klen = 0, vlen = 0;
+            int r = ((omap_get_next2_fn)(uintptr_t)f_next)(it, &k, &v, &klen, &vlen);
+            if (r < 0) {
+                Py_CLEAR(out);
+                ret = r;
+                break;
+            }
+            if (!k)
+                break;
+            PyObject *key = PyBytes_FromStringAndSize(k, (Py_ssize_t)klen);
+            PyObject *val = PyBytes_FromStringAndSize(v ? v : "", v ? (Py_ssize_t)vlen : 0);
+            if (!key || !val || PyDict_SetItem(out, key, val) < 0)
+                Py_CLEAR(out);
+            Py_XDECREF(key);
+            Py_XDECREF(val);
+        }
+    }
+    if (it)
+        ((omap_get_end_fn)(uintptr_t)f_end)(it);
+    ((release_read_op_fn)(uintptr_t)f_release)(op);
+    if (!out && PyErr_Occurred())
+        return NULL;
+    if (!out) {
+        out = Py_None;
+        Py_INCREF(out);
+    }
+    return Py_BuildValue("iiN", ret, rval, out);
+}
+
 static PyMethodDef METHODS[] = {
     {"encode_raw_many", encode_raw_many, METH_VARARGS,
      "encode_raw_many(items, version) -> list[bytes] | None: the JSON lines of (recorded time, "
@@ -2090,6 +2184,10 @@ static PyMethodDef METHODS[] = {
     {"index_lookups", index_lookups, METH_VARARGS,
      "index_lookups(page, lookup_type, (instance_prefix, '')) -> list | None: "
      "rgw_module.bucket_index.lookups(page), or None where the Python code decides."},
+    {"omap_get_keys", omap_get_keys, METH_VARARGS,
+     "omap_get_keys((create, release, by_keys2, operate, next2, end), ioctx, oid, keys) -> "
+     "(ret, rval, dict | None): one omap read by keys through librados' functions at those "
+     "addresses (ctypes'); the dict only when ret and rval are >= 0."},
     {"event_id", event_id, METH_VARARGS,
      "event_id(data) -> str: blake2b-128 hex of data (the hash encode_raw_many uses; for tests)."},
     {NULL, NULL, 0, NULL},
