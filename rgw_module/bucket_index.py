@@ -66,7 +66,6 @@ import os
 import struct
 import threading
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any, NamedTuple, Protocol
 
 from changelog.errors import ChangelogError, PermanentError
@@ -128,9 +127,9 @@ class DirEntry(NamedTuple):
     owner: str = ""
 
 
-@dataclass(frozen=True, slots=True)
-class ObjectFacts:
-    """What a write record gets from the index."""
+class ObjectFacts(NamedTuple):
+    """What a write record gets from the index. (A named tuple: one is made per write the
+    follower reads, in a quarter of a frozen dataclass's time.)"""
 
     size: int
     etag: str
