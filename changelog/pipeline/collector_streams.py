@@ -244,6 +244,13 @@ def publish(
     return pub
 
 
+def _floor(got: dict[str, bytes]) -> int:
+    """``combined``'s ``floor_us`` from an ``omap_get`` that read ``COLLECTOR_STATE_KEY``: the
+    unpartitioned collector's last cutoff (0 if it never ran), as ``publish`` reads it, so the
+    status and the metrics give the bound the watermark object gets."""
+    return CollectorState.decode(got.get(COLLECTOR_STATE_KEY)).last_cutoff_us
+
+
 def _int(v: object) -> int:
     return v if isinstance(v, int) else 0
 
@@ -258,7 +265,8 @@ def streams_state(index: ChangeIndex, *, now: float | None = None) -> dict[str, 
     now = time.time() if now is None else now
     store, oid = index.store, index.control_oid
     pending = pending_by_stream(index)
-    streams = views(store.omap_get(oid, view_keys(count)), count, pending)
+    got = store.omap_get(oid, [COLLECTOR_STATE_KEY, *view_keys(count)])
+    streams = views(got, count, pending)
     holder: dict[int, str] = {}
     for n in range(count):
         info = store.lock_info(oid, partition_lock(COLLECTOR_ROLE, n))
@@ -267,7 +275,7 @@ def streams_state(index: ChangeIndex, *, now: float | None = None) -> dict[str, 
     holders: dict[str, list[int]] = {}
     for n, who in sorted(holder.items()):
         holders.setdefault(who, []).append(n)
-    pub = combined([v.state for v in streams])
+    pub = combined([v.state for v in streams], floor_us=_floor(got))
     return {
         "partitioned": True,
         "count": count,
@@ -382,13 +390,15 @@ class StreamedCollector:
         if not self._prepared:
             prepare_streams(self.index, self.count)
             self._prepared = True
-        got = self.index.store.omap_get(self.index.control_oid, [FLUSH_KEY, *view_keys(self.count)])
+        got = self.index.store.omap_get(
+            self.index.control_oid, [FLUSH_KEY, COLLECTOR_STATE_KEY, *view_keys(self.count)]
+        )
         flush_us = int(got[FLUSH_KEY]) if FLUSH_KEY in got else 0
         # Every instance knows the combined watermark and every stream's progress (its
         # metrics), not only the publisher and the holders: read with the flush request, plus
         # one page of pending commits (there are few: they live from upload to trim).
         streams = views(got, self.count, pending_by_stream(self.index))
-        self._seen = combined([v.state for v in streams])
+        self._seen = combined([v.state for v in streams], floor_us=_floor(got))
         self._views = tuple(streams)
         held = self.partitions.refresh()
         # Looked at after the partitions are taken, as the unpartitioned collector looks at

@@ -21,10 +21,10 @@ from test_collector_streams import STREAMS, Env, rounds
 from changelog.consumers.framework import committed_objects
 from changelog.errors import LockBusy
 from changelog.pipeline.collector import Collector, Stream
-from changelog.pipeline.collector_streams import prepare_streams, publish
+from changelog.pipeline.collector_streams import prepare_streams, publish, streams_state
 from changelog.pipeline.control import COLLECTOR_LOCK, COLLECTOR_ROLE, partition_lock
 from changelog.pipeline.lease import Lease
-from changelog.pipeline.logformat import parse_log_name
+from changelog.pipeline.logformat import parse_log_name, rfc3339_us
 from changelog.pipeline.mutation import Mutation, Op
 from changelog.pipeline.reader import list_logs, read_object, read_watermark
 from changelog.pipeline.targets import DirectoryTarget
@@ -288,6 +288,10 @@ def test_back_to_partitioned_the_watermark_s_last_object_is_readable(env: Env) -
         f"objects up to it from every reader, e.g. {hidden[:2]}: a backup run now records "
         "last_object as its checkpoint without having read them"
     )
+    # ``status`` (and the metrics, from the same combination) give the bound just published,
+    # not the first period's.
+    assert wm.readable_until_us is not None
+    assert streams_state(env.index)["readable_until"] == rfc3339_us(wm.readable_until_us)
     s0.close()
     for lease in leases:
         lease.release()
