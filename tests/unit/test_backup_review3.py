@@ -28,7 +28,11 @@ from tests.unit.test_backup_support import Zone, bucket_state
 
 @pytest.fixture
 def aws(monkeypatch: pytest.MonkeyPatch) -> Any:
-    for k, v in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}.items():
+    for k, v in {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }.items():
         monkeypatch.setenv(k, v)
     monkeypatch.delenv("AWS_PROFILE", raising=False)
     with mock_aws():
@@ -71,11 +75,17 @@ def test_same_bytes_rewritten_with_new_metadata_keeps_the_new_metadata(
     zone.commit()
     run(store, logs, aws)
     aws.copy_object(
-        Bucket="site", Key="index.html", CopySource={"Bucket": "site", "Key": "index.html"},
-        MetadataDirective="REPLACE", ContentType="text/html", Metadata={"rev": "2"},
+        Bucket="site",
+        Key="index.html",
+        CopySource={"Bucket": "site", "Key": "index.html"},
+        MetadataDirective="REPLACE",
+        ContentType="text/html",
+        Metadata={"rev": "2"},
     )
     head = aws.head_object(Bucket="site", Key="index.html")
-    zone.pending.append(zone.record("site", "index.html", "write", size=head["ContentLength"], etag=head["ETag"].strip('"')))
+    zone.pending.append(
+        zone.record("site", "index.html", "write", size=head["ContentLength"], etag=head["ETag"].strip('"'))
+    )
     zone.commit()
     r = run(store, logs, aws)
     assert r.backup_id is not None
@@ -109,7 +119,9 @@ def test_bucket_subset_run_loses_no_change_of_the_other_buckets(
     full = run(store, logs, aws)
     assert full.backup_id is not None
     for bucket in ("aaa", "bbb"):
-        assert restored(store, aws, full.backup_id, bucket, f"{bucket}-full") == bucket_state(aws, bucket), bucket
+        assert restored(store, aws, full.backup_id, bucket, f"{bucket}-full") == bucket_state(aws, bucket), (
+            bucket
+        )
 
 
 def test_bucket_subset_first_run_then_full_run_lists_the_others(
@@ -130,7 +142,9 @@ def test_bucket_subset_first_run_then_full_run_lists_the_others(
     full = run(store, logs, aws)
     assert full.backup_id is not None
     for bucket in ("aaa", "bbb"):
-        assert restored(store, aws, full.backup_id, bucket, f"{bucket}-full") == bucket_state(aws, bucket), bucket
+        assert restored(store, aws, full.backup_id, bucket, f"{bucket}-full") == bucket_state(aws, bucket), (
+            bucket
+        )
 
 
 def test_restore_of_a_bucket_a_subset_run_left_out_names_its_true_time(
@@ -149,7 +163,9 @@ def test_restore_of_a_bucket_a_subset_run_left_out_names_its_true_time(
     zone.commit()
     partial = run(store, logs, aws, only=["aaa"])
     assert partial.backup_id is not None and partial.as_of_us > first.as_of_us
-    res = restore(store, Source(aws), bucket="bbb", to_bucket="bbb-r", backup_id=partial.backup_id, progress=False)
+    res = restore(
+        store, Source(aws), bucket="bbb", to_bucket="bbb-r", backup_id=partial.backup_id, progress=False
+    )
     assert bucket_state(aws, "bbb-r")["k"][0] == b"b1"
     assert res.as_of == mf.load(store, first.backup_id).doc["as_of"]
 
