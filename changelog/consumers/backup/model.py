@@ -29,7 +29,6 @@ A tenant's bucket is named ``tenant/bucket`` here (``LogRecord.qualified_bucket`
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import NotRequired, Required, TypedDict
@@ -260,17 +259,10 @@ class State:
             if same is not None and vid is not None and same.sha256 is not None:
                 # A replay of a version we hold (versions are immutable): keep its content.
                 new = same
-            elif (
-                same is not None
-                and vid is None
-                and same.sha256 is not None
-                and new.etag is not None
-                and same.etag == new.etag
-                and same.size == new.size
-                and (not rec.metadata or dict(rec.metadata) == dict(same.metadata))
-            ):
-                # Rewritten with the same bytes (same ETag and size): nothing to copy.
-                new = dataclasses.replace(same, last_modified=rec.time)
+            # An unversioned rewrite with the same ETag and size is read again all the same: a
+            # CopyObject onto itself (MetadataDirective REPLACE) keeps both and changes only the
+            # Content-Type or user metadata, which no record carries. Its blob is not uploaded
+            # again (``blobs``: the base's blobs are trusted).
             rest = tuple(v for v in versions if v.version_id != vid)
             if rec.baseline and vid is not None:
                 self._baseline_seq[(bucket, key, vid)] = rec.seq
