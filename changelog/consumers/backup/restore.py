@@ -21,6 +21,7 @@ from changelog.consumers.backup.model import Version
 from changelog.consumers.backup.source import Source
 from changelog.consumers.backup.store import PART_BYTES, BackupStore
 from changelog.errors import ChangelogError, PermanentError
+from changelog.pipeline.logformat import rfc3339_us
 from changelog.progress import Progress
 
 logger = logging.getLogger(__name__)
@@ -102,7 +103,13 @@ def restore(
         raise PermanentError(
             f"backup {info.backup_id} has no bucket {bucket!r} (it has: {', '.join(m.bucket_names()) or 'none'})"
         )
-    result = RestoreResult(info.backup_id, info.as_of, bucket, to_bucket, prefix)
+    as_of = info.as_of
+    left = m.behind.get(bucket)
+    if left is not None and left["as_of_us"] is not None:
+        # Left out by that run (``backup run --bucket``): its state is an earlier backup's.
+        as_of = rfc3339_us(left["as_of_us"])
+        logger.warning("backup %s did not back up %s: restoring its state as of %s", info.backup_id, bucket, as_of)
+    result = RestoreResult(info.backup_id, as_of, bucket, to_bucket, prefix)
     result.lagging = sum(1 for lag in m.lagging if lag.get("bucket") == bucket)
     objects = list(m.objects(bucket, prefix))
     dest.ensure_bucket(to_bucket)
