@@ -231,3 +231,38 @@ def test_cli_run_bucket_option_keeps_the_other_buckets(
     last = mf.list_backups(store)[-1].backup_id
     m = mf.load(store, last)
     assert m.keys("bbb")["k"]["sha256"] == hashlib.sha256(b"b2").hexdigest()
+
+
+class Crash(Exception):
+    pass
+
+
+def test_full_run_resuming_a_crashed_subset_run_reads_the_buckets_behind(
+    store: BackupStore, zone: Zone, aws: Any, logs: DirectoryTarget
+) -> None:
+    """A `--bucket` run fails after its plan; the next (full) run resumes it. It must read the
+    logs from where the bucket left behind stopped, not from where the crashed run started."""
+    zone.create_bucket("aaa")
+    zone.create_bucket("bbb")
+    zone.put("aaa", "k", b"a1")
+    zone.put("bbb", "k", b"b1")
+    zone.commit()
+    run(store, logs, aws)
+    zone.put("bbb", "k", b"b2")
+    zone.commit()
+    run(store, logs, aws, only=["aaa"])  # bbb's b2 left behind
+    zone.put("aaa", "k", b"a3")
+    zone.commit()
+
+    def crash(point: str) -> None:
+        if point == "planned":
+            raise Crash()
+
+    with pytest.raises(Crash):
+        run(store, logs, aws, only=["aaa"], hook=crash)
+    full = run(store, logs, aws)
+    assert full.resumed and full.backup_id is not None
+    for bucket in ("aaa", "bbb"):
+        assert restored(store, aws, full.backup_id, bucket, f"{bucket}-full") == bucket_state(aws, bucket), (
+            bucket
+        )
