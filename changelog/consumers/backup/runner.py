@@ -232,10 +232,25 @@ class BackupRunner:
         else:
             marker_doc["owner"] = self.owner
             marker_doc["released"] = False
+            # The crashed attempt may have covered fewer buckets (``only``): read from where
+            # this one's buckets need it (records already applied are skipped by position).
+            after = self._read_from(base)
+            if marker_doc["after"] is not None and (after is None or after < marker_doc["after"]):
+                marker_doc["after"] = after
         result = self._run_marked(RunMarker(self.store, marker_doc, self.marker_ttl, self.clock, self.monotonic),
                                   base, segments, resumed=resumed)
         result.seconds = self.monotonic() - t_start
         return result
+
+    def _read_from(self, base: mf.Manifest | None) -> str | None:
+        """The log object after which this run reads: the base's checkpoint, or the position of
+        a bucket a previous run left behind that this run covers, if older (None: from the
+        logs' beginning)."""
+        after = base.checkpoint if base else None
+        for bucket, left in (base.behind if base else {}).items():
+            if self.covers(bucket) and (after is None or left["after"] is None or left["after"] < after):
+                after = left["after"]
+        return after
 
     def _new_marker(self, base: mf.Manifest | None) -> MarkerDoc | None:
         """The marker of a new run: the log range after ``base`` up to the watermark. None when
@@ -248,11 +263,7 @@ class BackupRunner:
             raise TransientError(
                 f"no change-log watermark in {self.logs.url}: the collector has not completed a pass yet"
             )
-        after = base.checkpoint if base else None
-        # A bucket a previous run left behind, covered now, is read from its own position.
-        for bucket, left in (base.behind if base else {}).items():
-            if self.covers(bucket) and (after is None or left["after"] is None or left["after"] < after):
-                after = left["after"]
+        after = self._read_from(base)
         until = wm.last_object
         if base is not None and (until is None or (after is not None and until <= after)):
             logger.info("nothing new since backup %s (checkpoint %s)", base.backup_id, after)
