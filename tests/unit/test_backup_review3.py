@@ -266,3 +266,38 @@ def test_full_run_resuming_a_crashed_subset_run_reads_the_buckets_behind(
         assert restored(store, aws, full.backup_id, bucket, f"{bucket}-full") == bucket_state(aws, bucket), (
             bucket
         )
+
+
+HEADERS = {
+    "ContentEncoding": "gzip",
+    "CacheControl": "max-age=60",
+    "ContentDisposition": 'attachment; filename="a.txt"',
+    "ContentLanguage": "de",
+}
+
+
+def test_restore_keeps_the_content_headers(
+    store: BackupStore, zone: Zone, aws: Any, logs: DirectoryTarget
+) -> None:
+    """Content-Encoding, Cache-Control, Content-Disposition and Content-Language come back with
+    a restore (as replication copies them): a gzip-encoded object restored without its
+    Content-Encoding is served as garbage. Small and multipart-sized objects both."""
+    import gzip
+
+    zone.create_bucket("web")
+    small = gzip.compress(b"hello " * 100)
+    big = gzip.compress(b"x" * 100) + b"\0" * (6 * 1024 * 1024)
+    for key, body in (("small.txt", small), ("big.bin", big)):
+        aws.put_object(Bucket="web", Key=key, Body=body, ContentType="text/plain", **HEADERS)
+        head = aws.head_object(Bucket="web", Key=key)
+        zone.pending.append(zone.record("web", key, "write", size=len(body), etag=head["ETag"].strip('"')))
+    zone.commit()
+    r = run(store, logs, aws)
+    assert r.backup_id is not None
+    res = restore(
+        store, Source(aws), bucket="web", to_bucket="web-r", backup_id=r.backup_id, part_bytes=5 * 1024 * 1024
+    )
+    assert not res.failed
+    for key in ("small.txt", "big.bin"):
+        got = aws.head_object(Bucket="web-r", Key=key)
+        assert {h: got.get(h) for h in HEADERS} == HEADERS, key
