@@ -8,7 +8,7 @@ state of every backed-up bucket as of the change-log watermark the backup reache
      "checkpoint": <name of the last change-log object consumed, or null>,
      "buckets": {bucket: {"versioned": bool,
                           "objects": {key: {"version_id", "size", "etag", "sha256",
-                                            "last_modified", "metadata"?, "content_type"?,
+                                            "last_modified", "metadata"?, "content_type"?, "headers"?,
                                             "delete_marker"?, "older"?: [...]}}}},
      "lagging": [{"bucket", "key", "version_id", "etag", "reason"}],
      "listed": {bucket: T}, "stats": {...},

@@ -56,7 +56,13 @@ class VersionDoc(TypedDict, total=False):
     last_modified: str | None
     metadata: dict[str, str]
     content_type: str
+    headers: dict[str, str]  # content headers by their S3 API name (``CONTENT_HEADERS``)
     older: NotRequired[list[VersionDoc]]
+
+
+# The content headers kept with a version besides Content-Type (the ones replication copies),
+# by their S3 API (boto3) names: a restore writes them back.
+CONTENT_HEADERS = ("CacheControl", "ContentDisposition", "ContentEncoding", "ContentLanguage")
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +77,7 @@ class Version:
     sha256: str | None = None  # None: content not copied (yet)
     metadata: Mapping[str, str] = field(default_factory=dict)
     content_type: str | None = None
+    headers: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def needs_content(self) -> bool:
@@ -93,6 +100,8 @@ class Version:
             d["metadata"] = dict(sorted(self.metadata.items()))
         if self.content_type:
             d["content_type"] = self.content_type
+        if self.headers:
+            d["headers"] = dict(sorted(self.headers.items()))
         return d
 
     @classmethod
@@ -106,6 +115,7 @@ class Version:
             sha256=d.get("sha256"),
             metadata=dict(d.get("metadata") or {}),
             content_type=d.get("content_type"),
+            headers=dict(d.get("headers") or {}),
         )
 
 

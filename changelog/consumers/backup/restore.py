@@ -1,5 +1,6 @@
 """``backup restore``: write the state of one bucket as of a backup into another bucket, every
-object's content checked against its SHA-256 while it streams from the blob store.
+object's content checked against its SHA-256 while it streams from the blob store, with its
+user metadata, Content-Type and content headers (``model.CONTENT_HEADERS``; not its tags or ACL).
 
 Small objects are read whole, checked, then PUT; large ones go up in parts and the hash is
 compared before the upload is completed, so a corrupt blob never becomes a visible object (the
@@ -61,9 +62,11 @@ def _restore_one(store: BackupStore, dest: Source, bucket: str, key: str, v: Ver
         if not rest:
             if h.hexdigest() != v.sha256:
                 raise ContentMismatch(f"blob {v.sha256} of {key!r} hashes to {h.hexdigest()}")
-            dest.put(bucket, key, first, metadata=meta, content_type=v.content_type)
+            dest.put(bucket, key, first, metadata=meta, content_type=v.content_type, headers=v.headers)
             return len(first)
-        upload_id = dest.create_multipart(bucket, key, metadata=meta, content_type=v.content_type)
+        upload_id = dest.create_multipart(
+            bucket, key, metadata=meta, content_type=v.content_type, headers=v.headers
+        )
         try:
             etags = [dest.upload_part(bucket, key, upload_id, 1, first)]
             n = len(first)
