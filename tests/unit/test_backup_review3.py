@@ -301,3 +301,32 @@ def test_restore_keeps_the_content_headers(
     for key in ("small.txt", "big.bin"):
         got = aws.head_object(Bucket="web-r", Key=key)
         assert {h: got.get(h) for h in HEADERS} == HEADERS, key
+
+
+@pytest.mark.parametrize(
+    ("args", "said"),
+    [
+        (["backup", "run", "--bucket", "nosuch"], "no bucket 'nosuch'"),
+        (
+            ["backup", "restore", "--at", "-1s", "--bucket", "aaa", "--to-bucket", "ab"],
+            "is not a bucket name",
+        ),
+    ],
+)
+def test_cli_bucket_names_checked_up_front(
+    args: list[str], said: str, tmp_path: Path, zone: Zone, aws: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`backup run --bucket` of a bucket the source does not have wrote a backup of nothing
+    (exit 0) and left every real bucket behind; a two-letter --to-bucket failed at the server
+    (exit 1). Both are bad input: one line, exit 2, nothing written."""
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(_config(tmp_path).read_text() + "[source]\nendpoint = 'https://s3.amazonaws.com'\n")
+    monkeypatch.setattr("changelog.consumers.backup.consumer.make_client", lambda **_kw: aws)
+    zone.create_bucket("aaa")
+    zone.put("aaa", "k", b"a1")
+    zone.commit()
+    res = CliRunner().invoke(cli, ["-c", str(cfg), *args])
+    assert res.exit_code == 2, res.output
+    out = res.output.strip().splitlines()
+    assert len(out) == 1 and said in out[0], res.output
+    assert not list((tmp_path / "dest").rglob("*.json.zst"))
