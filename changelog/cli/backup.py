@@ -69,9 +69,13 @@ cli.add_command(backup_group, "backup")
 def run_cmd(buckets: tuple[str, ...], workers: int, as_json: bool) -> None:
     """Back up what changed since the last backup (the first run takes a baseline)."""
     with _env() as env:
+        src = env.source() if buckets else None
         for name in buckets:
             if not env.config.source.includes(name):
                 raise click.BadParameter(f"{name!r} is not a followed bucket ([source] buckets, exclude_buckets)")
+            # A misspelt name would back up nothing and leave every bucket behind.
+            if src is not None and not src.bucket_exists(name):
+                raise click.BadParameter(f"the source has no bucket {name!r}")
         result = env.runner(only=buckets, workers=workers, progress=None).run()
     if as_json:
         emit_json(result.to_dict())
@@ -114,10 +118,10 @@ def _backup_id(_ctx: click.Context, _param: click.Parameter, value: str | tuple[
 
 
 def _s3_bucket(_ctx: click.Context, _param: click.Parameter, value: str) -> str:
-    """A bucket name S3 clients accept (letters, digits, ".", "-", "_"; at most 255), refused
-    here in one line rather than by the client's request validation."""
-    if not re.fullmatch(r"[A-Za-z0-9._-]{1,255}", value):
-        raise click.BadParameter(f"{value!r} is not a bucket name (letters, digits, '.', '-', '_')")
+    """A bucket name S3 clients and radosgw accept (letters, digits, ".", "-", "_"; 3 to 255),
+    refused here in one line rather than by the client's request validation or the server."""
+    if not re.fullmatch(r"[A-Za-z0-9._-]{3,255}", value):
+        raise click.BadParameter(f"{value!r} is not a bucket name (3 to 255 letters, digits, '.', '-', '_')")
     return value
 
 

@@ -162,6 +162,18 @@ class Source:
         resp = self._call("list buckets", self.s3.list_buckets)
         return sorted(b["Name"] for b in resp.get("Buckets", []))
 
+    def bucket_exists(self, bucket: str) -> bool:
+        """Whether the source has ``bucket`` (a HEAD: False on 404)."""
+        try:
+            self._call(f"HEAD bucket {bucket}", lambda: self.s3.head_bucket(Bucket=s3_name(bucket)))
+        except ObjectMissing:
+            return False
+        except PermanentError as ex:
+            if "404" in str(ex) or "NoSuchBucket" in str(ex):
+                return False
+            raise
+        return True
+
     def is_versioned(self, bucket: str) -> bool:
         resp = self._call(f"versioning of {bucket}", lambda: self.s3.get_bucket_versioning(Bucket=s3_name(bucket)))
         return resp.get("Status") in ("Enabled", "Suspended")
