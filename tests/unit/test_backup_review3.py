@@ -330,3 +330,22 @@ def test_cli_bucket_names_checked_up_front(
     out = res.output.strip().splitlines()
     assert len(out) == 1 and said in out[0], res.output
     assert not list((tmp_path / "dest").rglob("*.json.zst"))
+
+
+def test_bucket_left_behind_then_deleted_does_not_fail_later_runs(
+    store: BackupStore, zone: Zone, aws: Any, logs: DirectoryTarget
+) -> None:
+    """A bucket a first `--bucket` run left behind (never backed up) and deleted since: the next
+    full run must not fail listing it (every later run would fail the same way)."""
+    zone.create_bucket("aaa")
+    zone.create_bucket("bbb")
+    zone.put("aaa", "k", b"a1")
+    zone.commit()
+    run(store, logs, aws, only=["aaa"])
+    aws.delete_bucket(Bucket="bbb")
+    zone.put("aaa", "k", b"a2")
+    zone.commit()
+    full = run(store, logs, aws)
+    assert full.backup_id is not None
+    m = mf.load(store, full.backup_id)
+    assert m.bucket_names() == ["aaa"] and not m.behind
