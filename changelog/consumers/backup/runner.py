@@ -386,7 +386,11 @@ class BackupRunner:
         followed = self._followed_buckets() if base is None else []
         to_list = followed if base is None else [b for b, left in was_behind.items() if left["after"] is None]
         for bucket in to_list:
-            if bucket in baselined or not self.covers(bucket):
+            if bucket in baselined or not self.covers(bucket) or bucket in state.deleted:
+                continue
+            if base is not None and not self.source.bucket_exists(bucket):
+                # Left behind before its first backup and deleted since: nothing to back up.
+                logger.info("bucket %s, left behind by an earlier run, is gone", bucket)
                 continue
             self._list_bucket(state, bucket, list_pages, segments, result)
             listed[bucket] = rfc3339_us(int(self.clock() * 1_000_000))
