@@ -57,13 +57,26 @@ cli.add_command(backup_group, "backup")
 
 
 @backup_group.command("run")
-@click.option("--bucket", "buckets", multiple=True, metavar="NAME", help="Only these buckets (repeatable).")
+@click.option(
+    "--bucket",
+    "buckets",
+    multiple=True,
+    metavar="NAME",
+    help="Only these of the followed buckets (repeatable); the others catch up at their next run.",
+)
 @click.option("--workers", default=WORKERS, show_default=True, type=click.IntRange(1, 256), help="Parallel copies.")
 @json_option
 def run_cmd(buckets: tuple[str, ...], workers: int, as_json: bool) -> None:
     """Back up what changed since the last backup (the first run takes a baseline)."""
     with _env() as env:
-        result = env.runner(buckets=buckets, workers=workers, progress=None).run()
+        src = env.source() if buckets else None
+        for name in buckets:
+            if not env.config.source.includes(name):
+                raise click.BadParameter(f"{name!r} is not a followed bucket ([source] buckets, exclude_buckets)")
+            # A misspelt name would back up nothing and leave every bucket behind.
+            if src is not None and not src.bucket_exists(name):
+                raise click.BadParameter(f"the source has no bucket {name!r}")
+        result = env.runner(only=buckets, workers=workers, progress=None).run()
     if as_json:
         emit_json(result.to_dict())
         return
@@ -96,16 +109,26 @@ def list_cmd(as_json: bool) -> None:
         click.echo("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
 
 
+def _backup_id(_ctx: click.Context, _param: click.Parameter, value: str | tuple[str, ...] | None) -> object:
+    """A backup id as `backup list` prints them, refused here in one line (a usage error)."""
+    for text in (value,) if isinstance(value, str) else value or ():
+        if not mf.is_backup_id(text):
+            raise click.BadParameter(f"{text!r} is not a backup id (YYYYMMDDTHHMMSS.ffffffZ-xxxx, see `backup list`)")
+    return value
+
+
 def _s3_bucket(_ctx: click.Context, _param: click.Parameter, value: str) -> str:
-    """A bucket name S3 clients accept (letters, digits, ".", "-", "_"; at most 255), refused
-    here in one line rather than by the client's request validation."""
-    if not re.fullmatch(r"[A-Za-z0-9._-]{1,255}", value):
-        raise click.BadParameter(f"{value!r} is not a bucket name (letters, digits, '.', '-', '_')")
+    """A bucket name S3 clients and radosgw accept (letters, digits, ".", "-", "_"; 3 to 255),
+    refused here in one line rather than by the client's request validation or the server."""
+    if not re.fullmatch(r"[A-Za-z0-9._-]{3,255}", value):
+        raise click.BadParameter(f"{value!r} is not a bucket name (3 to 255 letters, digits, '.', '-', '_')")
     return value
 
 
 @backup_group.command("restore")
-@click.option("--backup", "backup_id", metavar="ID", help="The backup to restore (see `backup list`).")
+@click.option(
+    "--backup", "backup_id", metavar="ID", callback=_backup_id, help="The backup to restore (see `backup list`)."
+)
 @click.option("--at", "at_us", type=TIME, help="Restore the latest backup whose state is as of TIME or earlier.")
 @click.option("--bucket", required=True, metavar="SRC", help="The backed-up bucket to restore.")
 @click.option(
@@ -144,7 +167,9 @@ def restore_cmd(
 
 
 @backup_group.command("verify")
-@click.option("--backup", "backup_ids", multiple=True, metavar="ID", help="Only these backups (default: all).")
+@click.option(
+    "--backup", "backup_ids", multiple=True, metavar="ID", callback=_backup_id, help="Only these backups (default: all)."
+)
 @click.option("--quick", is_flag=True, help="Check existence and size only (a listing), not content.")
 @click.option("--workers", default=WORKERS, show_default=True, type=click.IntRange(1, 256))
 @json_option

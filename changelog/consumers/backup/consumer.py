@@ -84,16 +84,17 @@ class BackupResources:
     def runner(
         self,
         *,
-        buckets: tuple[str, ...] = (),
+        only: tuple[str, ...] = (),
         workers: int = WORKERS,
         clocks: Clocks | None = None,
         progress: bool | None = False,
     ) -> BackupRunner:
         """A ``BackupRunner`` for this config: the source's bucket filters apply, the backup
-        store's and the change logs' own buckets are never backed up."""
+        store's and the change logs' own buckets are never backed up. ``only``: back up just
+        these of the followed buckets (the others are left ``behind``, ``runner``)."""
         cfg = self.config
         exclude = {b for b in (_s3_bucket(cfg.backup.url or ""), _s3_bucket(cfg.target.url)) if b}
-        src_buckets = list(buckets) if buckets else (None if cfg.source.all_buckets else list(cfg.source.buckets))
+        src_buckets = None if cfg.source.all_buckets else list(cfg.source.buckets)
         clocks = clocks or Clocks()
         return BackupRunner(
             self.store(),
@@ -101,6 +102,7 @@ class BackupResources:
             self.source(workers=workers),
             includes=cfg.source.includes,
             buckets=src_buckets,
+            only=only or None,
             exclude_buckets=exclude,
             workers=workers,
             clock=clocks.clock,

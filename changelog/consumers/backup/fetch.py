@@ -171,6 +171,7 @@ class Fetcher:
             sha256=digest,
             metadata=dict(got.metadata),
             content_type=got.content_type,
+            headers=dict(got.headers),
             last_modified=got.last_modified or v.last_modified,
         )
         return Outcome(item, "copied", version, uploaded, size if uploaded else 0)

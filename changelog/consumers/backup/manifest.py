@@ -8,10 +8,11 @@ state of every backed-up bucket as of the change-log watermark the backup reache
      "checkpoint": <name of the last change-log object consumed, or null>,
      "buckets": {bucket: {"versioned": bool,
                           "objects": {key: {"version_id", "size", "etag", "sha256",
-                                            "last_modified", "metadata"?, "content_type"?,
+                                            "last_modified", "metadata"?, "content_type"?, "headers"?,
                                             "delete_marker"?, "older"?: [...]}}}},
      "lagging": [{"bucket", "key", "version_id", "etag", "reason"}],
-     "listed": {bucket: T}, "stats": {...}}
+     "listed": {bucket: T}, "stats": {...},
+     "behind"?: {bucket: {"after": <log object or null>, "as_of_us": int or null}}}
 
 ``as_of`` is the watermark's ``complete_until``: every mutation before it is reflected, except
 the ``lagging`` keys (content that changed again before it could be read; see ``runner``) and,
@@ -19,6 +20,12 @@ for a bucket baselined by listing, changes between ``as_of`` and ``listed[bucket
 reflected too (a listing is not a snapshot). A key whose newest version is a delete marker is
 kept (with its older versions) but is absent from a restore. The same facts are in the object's
 metadata (``as-of``, ``objects``, ``bytes``) so that ``backup list`` reads no manifest body.
+
+``behind`` names the followed buckets a ``backup run --bucket`` left out: their records after
+``after`` (null: from the logs' beginning, the bucket never backed up) are not applied yet, and
+their state is that of an earlier backup, as of ``as_of_us``. The next run that covers such a
+bucket reads the logs from there for it (and lists it when ``after`` is null), so a run of some
+buckets loses nothing of the others.
 
 The backup id is the run's UTC start time (microseconds) plus 4 random hex digits
 (``20261121T221800.123456Z-1a2b``), so ids sort by time.
@@ -31,7 +38,7 @@ import secrets
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TypedDict, cast
+from typing import NotRequired, TypedDict, cast
 
 from changelog.consumers.backup.model import (
     Version,
@@ -102,6 +109,13 @@ class Lagging(TypedDict):
     reason: str  # "vanished" | "changed"
 
 
+class BehindDoc(TypedDict):
+    """A followed bucket a run left out (``backup run --bucket``): where its records resume."""
+
+    after: str | None  # its last log object applied (None: none, from the logs' beginning)
+    as_of_us: int | None  # when its state in the manifest is from (None: not backed up yet)
+
+
 class BucketDoc(TypedDict):
     versioned: bool
     objects: dict[str, VersionDoc]  # key -> its versions (``model.key_to_dict``)
@@ -122,6 +136,7 @@ class ManifestDoc(TypedDict):
     lagging: list[Lagging]
     listed: dict[str, str]  # bucket -> when a first run listed it
     stats: dict[str, int]
+    behind: NotRequired[dict[str, BehindDoc]]
 
 
 class Manifest:
@@ -147,6 +162,11 @@ class Manifest:
     @property
     def as_of_us(self) -> int:
         return int(self.doc["as_of_us"])
+
+    @property
+    def behind(self) -> dict[str, BehindDoc]:
+        """Buckets left out by a run of some buckets (module doc)."""
+        return dict(self.doc.get("behind", {}))
 
     @property
     def lagging(self) -> list[Lagging]:
@@ -211,6 +231,7 @@ def build(
     lagging: Sequence[Lagging],
     listed: Mapping[str, str],
     stats: Mapping[str, int],
+    behind: Mapping[str, BehindDoc] | None = None,
 ) -> ManifestDoc:
     buckets: dict[str, BucketDoc] = {}
     for bucket, keys in snapshot.items():
@@ -218,7 +239,7 @@ def build(
             "versioned": bucket in versioned,
             "objects": {k: key_to_dict(v) for k, v in keys.items() if v},
         }
-    return {
+    doc: ManifestDoc = {
         "format": FORMAT,
         "backup_id": backup_id,
         "base": base,
@@ -232,6 +253,9 @@ def build(
         "listed": dict(listed),
         "stats": dict(stats),
     }
+    if behind:
+        doc["behind"] = dict(sorted(behind.items()))
+    return doc
 
 
 def totals(doc: ManifestDoc) -> tuple[int, int]:

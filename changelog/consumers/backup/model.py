@@ -29,7 +29,6 @@ A tenant's bucket is named ``tenant/bucket`` here (``LogRecord.qualified_bucket`
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import NotRequired, Required, TypedDict
@@ -57,7 +56,13 @@ class VersionDoc(TypedDict, total=False):
     last_modified: str | None
     metadata: dict[str, str]
     content_type: str
+    headers: dict[str, str]  # content headers by their S3 API name (``CONTENT_HEADERS``)
     older: NotRequired[list[VersionDoc]]
+
+
+# The content headers kept with a version besides Content-Type (the ones replication copies),
+# by their S3 API (boto3) names: a restore writes them back.
+CONTENT_HEADERS = ("CacheControl", "ContentDisposition", "ContentEncoding", "ContentLanguage")
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +77,7 @@ class Version:
     sha256: str | None = None  # None: content not copied (yet)
     metadata: Mapping[str, str] = field(default_factory=dict)
     content_type: str | None = None
+    headers: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def needs_content(self) -> bool:
@@ -94,6 +100,8 @@ class Version:
             d["metadata"] = dict(sorted(self.metadata.items()))
         if self.content_type:
             d["content_type"] = self.content_type
+        if self.headers:
+            d["headers"] = dict(sorted(self.headers.items()))
         return d
 
     @classmethod
@@ -107,6 +115,7 @@ class Version:
             sha256=d.get("sha256"),
             metadata=dict(d.get("metadata") or {}),
             content_type=d.get("content_type"),
+            headers=dict(d.get("headers") or {}),
         )
 
 
@@ -260,17 +269,10 @@ class State:
             if same is not None and vid is not None and same.sha256 is not None:
                 # A replay of a version we hold (versions are immutable): keep its content.
                 new = same
-            elif (
-                same is not None
-                and vid is None
-                and same.sha256 is not None
-                and new.etag is not None
-                and same.etag == new.etag
-                and same.size == new.size
-                and (not rec.metadata or dict(rec.metadata) == dict(same.metadata))
-            ):
-                # Rewritten with the same bytes (same ETag and size): nothing to copy.
-                new = dataclasses.replace(same, last_modified=rec.time)
+            # An unversioned rewrite with the same ETag and size is read again all the same: a
+            # CopyObject onto itself (MetadataDirective REPLACE) keeps both and changes only the
+            # Content-Type or user metadata, which no record carries. Its blob is not uploaded
+            # again (``blobs``: the base's blobs are trusted).
             rest = tuple(v for v in versions if v.version_id != vid)
             if rec.baseline and vid is not None:
                 self._baseline_seq[(bucket, key, vid)] = rec.seq

@@ -1,5 +1,6 @@
 """``backup restore``: write the state of one bucket as of a backup into another bucket, every
-object's content checked against its SHA-256 while it streams from the blob store.
+object's content checked against its SHA-256 while it streams from the blob store, with its
+user metadata, Content-Type and content headers (``model.CONTENT_HEADERS``; not its tags or ACL).
 
 Small objects are read whole, checked, then PUT; large ones go up in parts and the hash is
 compared before the upload is completed, so a corrupt blob never becomes a visible object (the
@@ -21,6 +22,7 @@ from changelog.consumers.backup.model import Version
 from changelog.consumers.backup.source import Source
 from changelog.consumers.backup.store import PART_BYTES, BackupStore
 from changelog.errors import ChangelogError, PermanentError
+from changelog.pipeline.logformat import rfc3339_us
 from changelog.progress import Progress
 
 logger = logging.getLogger(__name__)
@@ -60,9 +62,11 @@ def _restore_one(store: BackupStore, dest: Source, bucket: str, key: str, v: Ver
         if not rest:
             if h.hexdigest() != v.sha256:
                 raise ContentMismatch(f"blob {v.sha256} of {key!r} hashes to {h.hexdigest()}")
-            dest.put(bucket, key, first, metadata=meta, content_type=v.content_type)
+            dest.put(bucket, key, first, metadata=meta, content_type=v.content_type, headers=v.headers)
             return len(first)
-        upload_id = dest.create_multipart(bucket, key, metadata=meta, content_type=v.content_type)
+        upload_id = dest.create_multipart(
+            bucket, key, metadata=meta, content_type=v.content_type, headers=v.headers
+        )
         try:
             etags = [dest.upload_part(bucket, key, upload_id, 1, first)]
             n = len(first)
@@ -102,7 +106,13 @@ def restore(
         raise PermanentError(
             f"backup {info.backup_id} has no bucket {bucket!r} (it has: {', '.join(m.bucket_names()) or 'none'})"
         )
-    result = RestoreResult(info.backup_id, info.as_of, bucket, to_bucket, prefix)
+    as_of = info.as_of
+    left = m.behind.get(bucket)
+    if left is not None and left["as_of_us"] is not None:
+        # Left out by that run (``backup run --bucket``): its state is an earlier backup's.
+        as_of = rfc3339_us(left["as_of_us"])
+        logger.warning("backup %s did not back up %s: restoring its state as of %s", info.backup_id, bucket, as_of)
+    result = RestoreResult(info.backup_id, as_of, bucket, to_bucket, prefix)
     result.lagging = sum(1 for lag in m.lagging if lag.get("bucket") == bucket)
     objects = list(m.objects(bucket, prefix))
     dest.ensure_bucket(to_bucket)

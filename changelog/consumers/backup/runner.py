@@ -41,6 +41,12 @@ Records with a version id have no race: ``GET versionId=v`` returns exactly that
 version is dropped, the next older one becomes current (read in turn), and the key is listed as
 lagging.
 
+**Some buckets** (``only``: ``backup run --bucket``). The manifest keeps one checkpoint, so a
+run that skipped the other followed buckets' records must say where each of them stopped: it
+lists them under ``behind`` (``manifest``) with their previous state. A later run reads the logs
+from the oldest position of a bucket it covers and applies each bucket's records only after its
+own position; a bucket left out since before the first backup is listed when first covered.
+
 **Resuming.** The run's marker ``runs/<id>.json`` holds the base, the log range (``after`` ..
 ``until``), the start time and an expiry it renews (``lock`` explains how cleanup respects it).
 Progress goes to segments ``runs/<id>/<n>.json.zst``: listing pages of a first run and the
@@ -149,6 +155,7 @@ class BackupRunner:
         log_prefix: str = "",
         includes: Callable[[str, str | None], bool] | None = None,
         buckets: Iterable[str] | None = None,
+        only: Iterable[str] | None = None,
         exclude_buckets: Iterable[str] = (),
         workers: int = WORKERS,
         marker_ttl: float = MARKER_TTL,
@@ -169,6 +176,8 @@ class BackupRunner:
         self.source = source
         self._includes = includes
         self.buckets = sorted(set(buckets)) if buckets is not None else None
+        # This run's buckets among the followed ones (None: all); the others fall ``behind``.
+        self.only = frozenset(only) if only else None
         self.exclude = set(exclude_buckets)
         self.marker_ttl = marker_ttl
         self.skew = skew
@@ -197,6 +206,10 @@ class BackupRunner:
             return False
         return self._includes is None or self._includes(bucket, key)
 
+    def covers(self, bucket: str) -> bool:
+        """Whether this run backs up ``bucket`` (followed, and among ``only``)."""
+        return self.wanted(bucket) and (self.only is None or bucket in self.only)
+
     def _followed_buckets(self) -> list[str]:
         names = self.buckets if self.buckets is not None else self.source.list_buckets()
         return [b for b in names if self.wanted(b)]
@@ -219,10 +232,25 @@ class BackupRunner:
         else:
             marker_doc["owner"] = self.owner
             marker_doc["released"] = False
+            # The crashed attempt may have covered fewer buckets (``only``): read from where
+            # this one's buckets need it (records already applied are skipped by position).
+            after = self._read_from(base)
+            if marker_doc["after"] is not None and (after is None or after < marker_doc["after"]):
+                marker_doc["after"] = after
         result = self._run_marked(RunMarker(self.store, marker_doc, self.marker_ttl, self.clock, self.monotonic),
                                   base, segments, resumed=resumed)
         result.seconds = self.monotonic() - t_start
         return result
+
+    def _read_from(self, base: mf.Manifest | None) -> str | None:
+        """The log object after which this run reads: the base's checkpoint, or the position of
+        a bucket a previous run left behind that this run covers, if older (None: from the
+        logs' beginning)."""
+        after = base.checkpoint if base else None
+        for bucket, left in (base.behind if base else {}).items():
+            if self.covers(bucket) and (after is None or left["after"] is None or left["after"] < after):
+                after = left["after"]
+        return after
 
     def _new_marker(self, base: mf.Manifest | None) -> MarkerDoc | None:
         """The marker of a new run: the log range after ``base`` up to the watermark. None when
@@ -235,7 +263,7 @@ class BackupRunner:
             raise TransientError(
                 f"no change-log watermark in {self.logs.url}: the collector has not completed a pass yet"
             )
-        after = base.checkpoint if base else None
+        after = self._read_from(base)
         until = wm.last_object
         if base is not None and (until is None or (after is not None and until <= after)):
             logger.info("nothing new since backup %s (checkpoint %s)", base.backup_id, after)
@@ -288,7 +316,7 @@ class BackupRunner:
             state.versioned.update(b for b in base.bucket_names() if base.versioned(b))
         writer = Segments(self.store, marker.run_id, first=len(segments), hook=self.hook)
         # 1. plan
-        listed = self._plan(state, base, doc, [s for s in segments if s["kind"] == "list"], writer, result)
+        listed, behind = self._plan(state, base, doc, [s for s in segments if s["kind"] == "list"], writer, result)
         self.hook("planned")
         # 2. copy
         done: dict[Ident, OutcomeRow] = {}
@@ -314,7 +342,9 @@ class BackupRunner:
         marker.check_lapse()
         if marker.lapsed:
             self._recheck(marker, blobs, base_shas)
-        self._write_manifest(marker, state, lagging=copier.lagging, listed=listed, result=result, segments=writer.next)
+        self._write_manifest(
+            marker, state, lagging=copier.lagging, listed=listed, behind=behind, result=result, segments=writer.next
+        )
         return result
 
     def _plan(
@@ -325,27 +355,52 @@ class BackupRunner:
         list_pages: list[ListSegment],
         segments: Segments,
         result: RunResult,
-    ) -> dict[str, str]:
+    ) -> tuple[dict[str, str], dict[str, mf.BehindDoc]]:
         """Apply the run's records to ``state``; on a first run, baseline by listing every
-        followed bucket without ``baseline`` records. Returns when each bucket was listed."""
+        followed bucket without ``baseline`` records (and so later a bucket left out since
+        before the first backup). Returns when each bucket was listed, and the buckets this run
+        leaves behind (``only``)."""
         listed: dict[str, str] = dict(base.doc.get("listed", {})) if base else {}
+        checkpoint = base.checkpoint if base else None
+        was_behind = base.behind if base else {}
+        # Where each bucket's records start: after its own position if it was left behind.
+        starts = {b: left["after"] for b, left in was_behind.items()}
+        left_out: set[str] = set()
         baselined: set[str] = set()
         with Progress("backup: reading change logs", unit="records", enabled=self.progress) as bar:
-            for _name, rec in self._records(doc.get("after"), doc.get("until"), result):
-                if not self.wanted(rec.qualified_bucket, rec.key):
+            for name, rec in self._records(doc.get("after"), doc.get("until"), result):
+                bucket = rec.qualified_bucket
+                if not self.wanted(bucket, rec.key):
+                    continue
+                start = starts.get(bucket, checkpoint)
+                if start is not None and name <= start:
+                    continue  # applied by an earlier backup
+                if not self.covers(bucket):
+                    left_out.add(bucket)
                     continue
                 state.apply(rec)
                 result.records += 1
                 if rec.baseline and not rec.is_bucket_op:
                     baselined.add(rec.qualified_bucket)
                 bar.update(1)
-        if base is None:
-            for bucket in self._followed_buckets():
-                if bucket in baselined:
-                    continue
-                self._list_bucket(state, bucket, list_pages, segments, result)
-                listed[bucket] = rfc3339_us(int(self.clock() * 1_000_000))
-        return listed
+        followed = self._followed_buckets() if base is None else []
+        to_list = followed if base is None else [b for b, left in was_behind.items() if left["after"] is None]
+        for bucket in to_list:
+            if bucket in baselined or not self.covers(bucket) or bucket in state.deleted:
+                continue
+            if base is not None and not self.source.bucket_exists(bucket):
+                # Left behind before its first backup and deleted since: nothing to back up.
+                logger.info("bucket %s, left behind by an earlier run, is gone", bucket)
+                continue
+            self._list_bucket(state, bucket, list_pages, segments, result)
+            listed[bucket] = rfc3339_us(int(self.clock() * 1_000_000))
+        behind: dict[str, mf.BehindDoc] = {}
+        if self.only is not None:
+            as_of = base.as_of_us if base else None
+            for bucket in sorted({*state.buckets, *was_behind, *left_out, *followed}):
+                if self.wanted(bucket) and not self.covers(bucket) and bucket not in state.deleted:
+                    behind[bucket] = was_behind.get(bucket) or {"after": checkpoint, "as_of_us": as_of}
+        return listed, behind
 
     def _write_manifest(
         self,
@@ -354,6 +409,7 @@ class BackupRunner:
         *,
         lagging: list[mf.Lagging],
         listed: dict[str, str],
+        behind: dict[str, mf.BehindDoc],
         result: RunResult,
         segments: int,
     ) -> None:
@@ -373,6 +429,7 @@ class BackupRunner:
             lagging=lagging,
             listed=listed,
             stats=stats,
+            behind=behind,
         )
         result.objects, result.bytes = mf.totals(doc_m)
         result.lagging = len(lagging)

@@ -15,7 +15,7 @@ from datetime import datetime
 from functools import partial
 from typing import IO, TYPE_CHECKING, TypeVar
 
-from changelog.consumers.backup.model import Version, norm_etag
+from changelog.consumers.backup.model import CONTENT_HEADERS, Version, norm_etag
 from changelog.errors import ChangelogError, ObjectMissing, PermanentError
 from changelog.pipeline.logformat import rfc3339_us, to_us
 from changelog.pipeline.s3client import TranslatedBody, make_s3_client, refusal, s3_call, translate_error
@@ -61,6 +61,7 @@ class GetResult:
     last_modified: str | None
     metadata: Mapping[str, str] = field(default_factory=dict)
     content_type: str | None = None
+    headers: Mapping[str, str] = field(default_factory=dict)  # ``model.CONTENT_HEADERS``
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,6 +161,18 @@ class Source:
     def list_buckets(self) -> list[str]:
         resp = self._call("list buckets", self.s3.list_buckets)
         return sorted(b["Name"] for b in resp.get("Buckets", []))
+
+    def bucket_exists(self, bucket: str) -> bool:
+        """Whether the source has ``bucket`` (a HEAD: False on 404)."""
+        try:
+            self._call(f"HEAD bucket {bucket}", lambda: self.s3.head_bucket(Bucket=s3_name(bucket)))
+        except ObjectMissing:
+            return False
+        except PermanentError as ex:
+            if "404" in str(ex) or "NoSuchBucket" in str(ex):
+                return False
+            raise
+        return True
 
     def is_versioned(self, bucket: str) -> bool:
         resp = self._call(f"versioning of {bucket}", lambda: self.s3.get_bucket_versioning(Bucket=s3_name(bucket)))
@@ -268,6 +281,7 @@ class Source:
             last_modified=_time(resp.get("LastModified")),
             metadata=dict(resp.get("Metadata") or {}),
             content_type=resp.get("ContentType"),
+            headers={h: str(resp[h]) for h in CONTENT_HEADERS if resp.get(h)},  # type: ignore[literal-required]
         )
 
     def iter_objects(self, bucket: str, prefix: str = "") -> Iterator[ObjectTypeDef]:
@@ -293,19 +307,38 @@ class Source:
         self._call(f"create bucket {bucket}", lambda: self.s3.create_bucket(Bucket=s3_name(bucket)))
 
     def put(
-        self, bucket: str, key: str, data: bytes, *, metadata: Mapping[str, str], content_type: str | None
+        self,
+        bucket: str,
+        key: str,
+        data: bytes,
+        *,
+        metadata: Mapping[str, str],
+        content_type: str | None,
+        headers: Mapping[str, str] | None = None,
     ) -> None:
         req: PutObjectRequestTypeDef = {"Bucket": s3_name(bucket), "Key": key, "Body": data, "Metadata": dict(metadata)}
         if content_type:
             req["ContentType"] = content_type
+        for h, value in (headers or {}).items():
+            if h in CONTENT_HEADERS:
+                req[h] = value  # type: ignore[literal-required]
         self._call(f"PUT {bucket}/{key}", partial(self.s3.put_object, **req))
 
     def create_multipart(
-        self, bucket: str, key: str, *, metadata: Mapping[str, str], content_type: str | None
+        self,
+        bucket: str,
+        key: str,
+        *,
+        metadata: Mapping[str, str],
+        content_type: str | None,
+        headers: Mapping[str, str] | None = None,
     ) -> str:
         req: CreateMultipartUploadRequestTypeDef = {"Bucket": s3_name(bucket), "Key": key, "Metadata": dict(metadata)}
         if content_type:
             req["ContentType"] = content_type
+        for h, value in (headers or {}).items():
+            if h in CONTENT_HEADERS:
+                req[h] = value  # type: ignore[literal-required]
         resp = self._call(f"create upload {bucket}/{key}", partial(self.s3.create_multipart_upload, **req))
         return str(resp["UploadId"])
 
