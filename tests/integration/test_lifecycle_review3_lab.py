@@ -1,0 +1,48 @@
+"""Review 3 of lifecycle (ILM.1) on the lab's radosgw: a user's overwrite between the executor's
+re-check of a due object and its delete. radosgw's own lifecycle deletes with
+``unmod_since = mtime`` (rgw_lc.cc ``remove_expired_obj``): an object written since is kept.
+The executor (the harness of ``tests/unit/test_lifecycle_executor``: the schedule on sqlite,
+records written by the test) acts on radosgw here; its pacer's wait is where the user writes."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.lab import Lab as CephLab
+from tests.unit.test_lifecycle_executor import Lab
+from tests.unit.test_lifecycle_review3 import racing_pacer
+
+pytestmark = pytest.mark.ceph
+
+
+def test_an_object_overwritten_after_its_recheck_is_not_deleted_by_radosgw(
+    ceph_lab: CephLab, s3_client: Any, tmp_path: Path
+) -> None:
+    bucket = f"lc-r3-{uuid.uuid4().hex[:10]}"
+    lb = Lab(tmp_path, [{"bucket": bucket, "expire_days": 1}])
+    lb.s3 = s3_client
+    lb.executor.client = s3_client
+    lb.bucket(bucket)
+    lb.put(bucket, "a", b"old a")
+    lb.put(bucket, "b", b"old b")
+    lb.commit()
+    # The overwrite's mtime must be in a later second than the original's plus the executor's
+    # one-second margin (radosgw compares whole seconds).
+    time.sleep(2.2)
+    lb.executor.pacer = racing_pacer(lambda: lb.put(bucket, "b", b"new b", log=False))
+    t0 = time.monotonic()
+    consumer = lb.step(ahead=5)
+    st = consumer.stats()
+    print(
+        f"step {time.monotonic() - t0:.2f} s;",
+        {k: st[k] for k in ("expired", "skipped", "failed", "requests")},
+    )
+    assert lb.keys(bucket) == ["b"]
+    assert s3_client.get_object(Bucket=bucket, Key="b")["Body"].read() == b"new b"
+    assert (st["expired"], st["skipped"], st["failed"]) == (1, 1, 0)
+    assert lb.planned() == []
