@@ -46,3 +46,30 @@ def test_an_object_overwritten_after_its_recheck_is_not_deleted_by_radosgw(
     assert s3_client.get_object(Bucket=bucket, Key="b")["Body"].read() == b"new b"
     assert (st["expired"], st["skipped"], st["failed"]) == (1, 1, 0)
     assert lb.planned() == []
+
+
+def test_the_conditional_expiry_still_expires_in_versioned_and_suspended_buckets(
+    ceph_lab: CephLab, s3_client: Any, tmp_path: Path
+) -> None:
+    """The condition at the version's mtime (a record's may be a HEAD's whole second) plus a
+    second: radosgw's versioned path ignores it and writes the marker; its suspended path
+    honours it silently (a success answer, nothing done) when the object looks newer than the
+    time sent, which a time without the margin did. Both expire as S3 would."""
+    ver, susp = (f"lc-r3-{kind}-{uuid.uuid4().hex[:8]}" for kind in ("ver", "susp"))
+    lb = Lab(tmp_path, [{"bucket": ver, "expire_days": 1}, {"bucket": susp, "expire_days": 1}])
+    lb.s3 = s3_client
+    lb.executor.client = s3_client
+    lb.bucket(ver, versioned=True)
+    lb.bucket(susp, versioned=True)
+    s3_client.put_bucket_versioning(Bucket=susp, VersioningConfiguration={"Status": "Suspended"})
+    v = lb.put(ver, "k", b"v")
+    lb.put(susp, "k", b"s")
+    lb.commit()
+    consumer = lb.step(ahead=5)
+    st = consumer.stats()
+    print({k: st[k] for k in ("expired", "skipped", "failed")})
+    assert (st["expired"], st["skipped"], st["failed"]) == (2, 0, 0)
+    stack = lb.stack(ver, "k")
+    assert [m for _, m in stack] == [True, False] and stack[1][0] == v
+    assert lb.stack(susp, "k") == [("null", True)]
+    assert lb.keys(ver) == [] and lb.keys(susp) == []
