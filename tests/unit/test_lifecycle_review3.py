@@ -107,3 +107,21 @@ def test_an_abort_rule_with_tags_is_refused_in_one_line(rule: dict[str, object])
         parse_lifecycle({"rules": [rule]})
     msg = str(ei.value)
     assert "abort_incomplete_multipart_days" in msg and "tags" in msg and "\n" not in msg
+
+
+def test_a_version_written_while_a_transition_waits_for_its_pace_stays_current(
+    aws: None, tmp_path: Path
+) -> None:
+    """A versioned bucket's transition copies the re-checked version (by its id) onto the key:
+    a version the user writes between the re-check and the copy (the pacer's wait came after
+    the re-check) ended under the copy of the older one, its content no longer current (and
+    due for noncurrent expiry). S3 transitions the version in place: the user's write stays
+    current. The wait now comes before the re-check, which then finds the key changed."""
+    lb = Lab(tmp_path, [{"bucket": "ver", "transition_days": 1, "storage_class": "STANDARD_IA"}])
+    lb.bucket("ver", versioned=True)
+    lb.put("ver", "k", b"old")
+    lb.commit()
+    lb.executor.pacer = racing_pacer(lambda: lb.put("ver", "k", b"new", log=False))
+    lb.step(ahead=5)
+    print("k:", lb.stack("ver", "k"))
+    assert lb.s3.get_object(Bucket="ver", Key="k")["Body"].read() == b"new"
