@@ -241,6 +241,10 @@ class Executor:
                 e = p.entry
                 if e.action is Action.TRANSITION and (e.s3_bucket, e.key) in moved:
                     continue  # a second transition of one key waits for the first one's record
+                if e.action is Action.TRANSITION:
+                    # Its pace before its re-check: a version written during a wait between them
+                    # would end under the copy of the older one (the copy names the version).
+                    self.pacer.take()
                 self._guarded(res, p, partial(self._prepare, res, p, checked, deletes, expires))
                 if e.action is Action.TRANSITION:
                     moved.add((e.s3_bucket, e.key))
@@ -502,7 +506,6 @@ class Executor:
             source["VersionId"] = e.ver
         extra: dict[str, str] = {"CopySourceIfMatch": f'"{e.etag}"'} if e.etag else {}
         extra.update(grants)
-        self.pacer.take()
         try:
             resp = self._call(
                 f"CopyObject {e.s3_bucket}/{e.key} to {e.storage_class}",
