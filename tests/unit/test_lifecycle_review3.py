@@ -125,3 +125,46 @@ def test_a_version_written_while_a_transition_waits_for_its_pace_stays_current(
     lb.step(ahead=5)
     print("k:", lb.stack("ver", "k"))
     assert lb.s3.get_object(Bucket="ver", Key="k")["Body"].read() == b"new"
+
+
+def test_an_expired_object_delete_marker_is_removed_under_an_expiration_days_rule(
+    aws: None, tmp_path: Path
+) -> None:
+    """expire_days + noncurrent_expire_days on a versioned bucket (the usual clean-up rule): the
+    object expires (a marker over it), its version then expires as noncurrent, and the marker
+    was left alone, the key's only version. S3 removes such an expired object delete marker
+    under an Expiration Days rule (once the marker is that old), and so does radosgw's own
+    lifecycle (rgw_lc.cc, current expiration of a delete marker with no version under it).
+    Left, they pile up, one per key ever written, in every listing of versions. A key written
+    again after its marker's entry (the write not yet in the logs) keeps its marker and its
+    new version (the re-check)."""
+    lb = Lab(tmp_path, [{"bucket": "ver", "expire_days": 1, "noncurrent_expire_days": 1}])
+    lb.bucket("ver", versioned=True)
+    versions = {key: lb.put("ver", key, b"x") for key in ("k", "again")}
+    lb.commit()
+    lb.step(ahead=5)  # both expire: a marker over each
+    for key in versions:
+        lb._record("delete_marker", "ver", key, version=marker_of(lb, key))
+    lb.commit()
+    lb.step(ahead=5)  # the versions below the markers expire as noncurrent
+    for key, v in versions.items():
+        assert lb.stack("ver", key) == [(marker_of(lb, key), True)]
+        lb._record("delete", "ver", key, version=v)
+    lb.commit()
+    lb.step(ahead=0)  # the lone markers are scheduled
+    again = lb.put("ver", "again", b"new", log=False)
+    before = lb.executor.snapshot()
+    consumer = lb.step(ahead=5)
+    print("stats:", consumer.stats(), "planned:", lb.planned())
+    assert lb.stack("ver", "k") == [], "the lone marker is removed"
+    assert [(v, m) for v, m in lb.stack("ver", "again")][0] == (again, False)
+    assert len(lb.stack("ver", "again")) == 2  # its marker stays, under the new version
+    st = consumer.stats()
+    assert (st["failed"] - before["failed"], st["skipped"] - before["skipped"]) == (0, 1)
+    assert lb.planned() == []
+
+
+def marker_of(lb: Lab, key: str) -> str:
+    (vid, is_marker), *_ = lb.stack("ver", key)
+    assert is_marker
+    return vid
