@@ -73,3 +73,40 @@ def test_the_conditional_expiry_still_expires_in_versioned_and_suspended_buckets
     assert [m for _, m in stack] == [True, False] and stack[1][0] == v
     assert lb.stack(susp, "k") == [("null", True)]
     assert lb.keys(ver) == [] and lb.keys(susp) == []
+
+
+def test_an_expired_object_delete_marker_is_removed_on_radosgw(
+    ceph_lab: CephLab, s3_client: Any, tmp_path: Path
+) -> None:
+    """expire_days + noncurrent_expire_days: the object expires, its version expires as
+    noncurrent, then the marker, alone, is removed (re-checked by a listing of the key's
+    versions on radosgw); a key written again keeps its marker under its new version."""
+    bucket = f"lc-r3-dm-{uuid.uuid4().hex[:8]}"
+    lb = Lab(tmp_path, [{"bucket": bucket, "expire_days": 1, "noncurrent_expire_days": 1}])
+    lb.s3 = s3_client
+    lb.executor.client = s3_client
+    lb.bucket(bucket, versioned=True)
+    versions = {key: lb.put(bucket, key, b"x") for key in ("k", "k2", "again")}
+    lb.commit()
+    lb.step(ahead=5)
+    for key in versions:
+        (marker, is_marker), _ = lb.stack(bucket, key)
+        assert is_marker
+        lb._record("delete_marker", bucket, key, version=marker)
+    lb.commit()
+    lb.step(ahead=5)
+    for key, v in versions.items():
+        assert [m for _, m in lb.stack(bucket, key)] == [True]
+        lb._record("delete", bucket, key, version=v)
+    lb.commit()
+    lb.step(ahead=0)
+    again = lb.put(bucket, "again", b"new", log=False)
+    before = lb.executor.snapshot()
+    lb.step(ahead=5)
+    st = {k: v - before[k] for k, v in lb.executor.snapshot().items()}
+    print(st)
+    assert lb.stack(bucket, "k") == [] and lb.stack(bucket, "k2") == []
+    stack = lb.stack(bucket, "again")
+    assert stack[0] == (again, False) and [m for _, m in stack] == [False, True]
+    assert (st["markers_expired"], st["skipped"], st["failed"]) == (2, 1, 0)
+    assert lb.planned() == []
