@@ -345,13 +345,18 @@ class RuleSet:
         return rules_fingerprint(self._by_bucket[qualified_bucket], self.day_us)
 
 
+# What the rules schedule, beyond the rules themselves: a schedule computed by an older meaning
+# is computed again at the next start (``Layout.check_meta``). 2: expired object delete markers.
+SCHEDULE_SEMANTICS = 2
+
+
 def rules_fingerprint(rules: tuple[Rule, ...], day_us: int) -> str:
     doc = [
         [r.id, r.bucket, r.prefix, sorted(r.tags.items()), r.expire_days, r.noncurrent_expire_days,
          r.transition_days, r.storage_class]
         for r in rules
     ]  # fmt: skip
-    raw = json.dumps([day_us, doc], sort_keys=True).encode()
+    raw = json.dumps([day_us, doc, SCHEDULE_SEMANTICS], sort_keys=True).encode()
     return hashlib.blake2b(raw, digest_size=8).hexdigest()
 
 
