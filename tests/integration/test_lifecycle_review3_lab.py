@@ -82,19 +82,19 @@ def test_an_expired_object_delete_marker_is_removed_on_radosgw(
     noncurrent, then the marker, alone, is removed (re-checked by a listing of the key's
     versions on radosgw); a key written again keeps its marker under its new version."""
     bucket = f"lc-r3-dm-{uuid.uuid4().hex[:8]}"
-    lb = Lab(tmp_path, [{"bucket": bucket, "expire_days": 1, "noncurrent_expire_days": 1}])
+    lb = Lab(tmp_path, [{"bucket": bucket, "expire_days": 10, "noncurrent_expire_days": 10}])
     lb.s3 = s3_client
     lb.executor.client = s3_client
     lb.bucket(bucket, versioned=True)
     versions = {key: lb.put(bucket, key, b"x") for key in ("k", "k2", "again")}
     lb.commit()
-    lb.step(ahead=5)
+    lb.step(ahead=60)
     for key in versions:
         (marker, is_marker), _ = lb.stack(bucket, key)
         assert is_marker
         lb._record("delete_marker", bucket, key, version=marker)
     lb.commit()
-    lb.step(ahead=5)
+    lb.step(ahead=60)
     for key, v in versions.items():
         assert [m for _, m in lb.stack(bucket, key)] == [True]
         lb._record("delete", bucket, key, version=v)
@@ -102,7 +102,7 @@ def test_an_expired_object_delete_marker_is_removed_on_radosgw(
     lb.step(ahead=0)
     again = lb.put(bucket, "again", b"new", log=False)
     before = lb.executor.snapshot()
-    lb.step(ahead=5)
+    lb.step(ahead=60)
     st = {k: v - before[k] for k, v in lb.executor.snapshot().items()}
     print(st)
     assert lb.stack(bucket, "k") == [] and lb.stack(bucket, "k2") == []

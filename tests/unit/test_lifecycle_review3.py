@@ -79,14 +79,14 @@ def test_a_versioned_key_written_after_its_recheck_keeps_its_new_version_current
 def test_rerun_after_an_expiry_whose_entry_stayed_writes_no_second_marker(aws: None, tmp_path: Path) -> None:
     """A crash after the delete and before the entry's removal: the rerun re-checks, finds the
     marker current and does nothing (one marker, as S3 leaves)."""
-    lb = Lab(tmp_path, [{"bucket": "ver", "expire_days": 1}])
+    lb = Lab(tmp_path, [{"bucket": "ver", "expire_days": 30}])
     lb.bucket("ver", versioned=True)
     lb.put("ver", "k", b"x")
     lb.commit()
     lb.step(ahead=0)
     (due,) = lb.schedule.due(10**18, 10)
     lb.s3.delete_object(Bucket="ver", Key="k")  # what the crashed executor did
-    lb.step(ahead=5)
+    lb.step(ahead=60)
     assert [m for _, m in lb.stack("ver", "k")] == [True, False]
     assert lb.schedule.due(10**18, 10) == []
     assert due.entry.key == "k"
@@ -138,15 +138,15 @@ def test_an_expired_object_delete_marker_is_removed_under_an_expiration_days_rul
     Left, they pile up, one per key ever written, in every listing of versions. A key written
     again after its marker's entry (the write not yet in the logs) keeps its marker and its
     new version (the re-check)."""
-    lb = Lab(tmp_path, [{"bucket": "ver", "expire_days": 1, "noncurrent_expire_days": 1}])
+    lb = Lab(tmp_path, [{"bucket": "ver", "expire_days": 10, "noncurrent_expire_days": 10}])
     lb.bucket("ver", versioned=True)
     versions = {key: lb.put("ver", key, b"x") for key in ("k", "again")}
     lb.commit()
-    lb.step(ahead=5)  # both expire: a marker over each
+    lb.step(ahead=60)  # both expire: a marker over each
     for key in versions:
         lb._record("delete_marker", "ver", key, version=marker_of(lb, key))
     lb.commit()
-    lb.step(ahead=5)  # the versions below the markers expire as noncurrent
+    lb.step(ahead=60)  # the versions below the markers expire as noncurrent
     for key, v in versions.items():
         assert lb.stack("ver", key) == [(marker_of(lb, key), True)]
         lb._record("delete", "ver", key, version=v)
@@ -154,7 +154,7 @@ def test_an_expired_object_delete_marker_is_removed_under_an_expiration_days_rul
     lb.step(ahead=0)  # the lone markers are scheduled
     again = lb.put("ver", "again", b"new", log=False)
     before = lb.executor.snapshot()
-    consumer = lb.step(ahead=5)
+    consumer = lb.step(ahead=60)
     print("stats:", consumer.stats(), "planned:", lb.planned())
     assert lb.stack("ver", "k") == [], "the lone marker is removed"
     assert [(v, m) for v, m in lb.stack("ver", "again")][0] == (again, False)
@@ -168,3 +168,25 @@ def marker_of(lb: Lab, key: str) -> str:
     (vid, is_marker), *_ = lb.stack("ver", key)
     assert is_marker
     return vid
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="noncurrent delete markers get no noncurrent expiry (schedule._schedule returns for a "
+    "noncurrent marker); radosgw's NonCurrentExpiration removes them. The fix changes what "
+    "test_lifecycle_baseline_review's marker test plans: left to the lead",
+)
+def test_a_noncurrent_delete_marker_expires_as_noncurrent(aws: None, tmp_path: Path) -> None:
+    """A user's delete (marker m1 over v1), then a new version v2: m1 is noncurrent. radosgw's
+    own lifecycle removes every noncurrent entry under NoncurrentVersionExpiration, markers
+    included; here m1 stays for ever (and with it the key's later marker, never alone)."""
+    lb = Lab(tmp_path, [{"bucket": "ver", "noncurrent_expire_days": 1}])
+    lb.bucket("ver", versioned=True)
+    v1 = lb.put("ver", "k", b"1")
+    lb.delete("ver", "k")
+    v2 = lb.put("ver", "k", b"2")
+    lb.commit()
+    lb.step(ahead=5)
+    print("k:", lb.stack("ver", "k"))
+    assert lb.stack("ver", "k") == [(v2, False)]
+    assert v1 is not None
