@@ -10,10 +10,11 @@ an action on a noncurrent version needs that version to exist with the entry's E
 be current again. Anything else is a version that changed: the entry is dropped, never acted on
 (the record that changed it has scheduled, or will schedule, what is due now).
 
-**Acting:** expirations go out as DeleteObjects, up to ``delete_batch`` keys per request per
-bucket: without a version id for the current version (S3 then writes a delete marker in a
-versioned bucket and a null marker in a suspended one, as its own lifecycle does), with it for a
-noncurrent one. A transition is a CopyObject of the object onto itself with the rule's storage
+**Acting:** a current version's expiry is one DeleteObject without a version id (S3 then writes
+a delete marker in a versioned bucket and a null marker in a suspended one, as its own lifecycle
+does), conditional on the object being the one re-checked (``_expire``: a user's write after
+the re-check is never deleted); noncurrent versions go out as DeleteObjects by version id, up to
+``delete_batch`` keys per request per bucket. A transition is a CopyObject of the object onto itself with the rule's storage
 class (``CopySourceIfMatch`` on the ETag; the version's ACL read first and given as
 ``x-amz-grant-*``, else the copy would get the default ACL), preceded by a note in the key's schedule state so the
 copy's write record keeps the original's age; when the copy made a new version (a versioned
@@ -32,15 +33,18 @@ raised after what was done is recorded, for the leased loop to back off.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
+from contextvars import ContextVar
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from functools import partial
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from changelog.consumers.lifecycle.model import DueEntry, Note
 from changelog.consumers.lifecycle.rules import S3_DELETE_MAX, Action
@@ -72,6 +76,32 @@ _GRANT_ARGS = {
 }
 # An object's Last-Modified has whole seconds; the record's mtime more.
 MTIME_SLACK_US = 1_000_000
+# radosgw's conditional delete (RGWDeleteObj_ObjStore_S3::get_params; an ISO 8601 time): 412
+# when the object was modified after it. boto3 does not model it: it rides in a context
+# variable set around the call and a ``before-sign`` handler adds it (as ``replication.rgwx``).
+UNMODIFIED_SINCE = "x-amz-delete-if-unmodified-since"
+_HEADERS: ContextVar[Mapping[str, str] | None] = ContextVar("rgwcl_lifecycle_headers", default=None)
+_HANDLER_ID = "rgwcl-lifecycle-headers"
+
+
+def _add_headers(request: Any, **_: object) -> None:
+    for k, v in (_HEADERS.get() or {}).items():
+        request.headers[k] = v
+
+
+def enable_headers(client: Any) -> None:
+    """Let ``headers`` reach ``client``'s requests (idempotent)."""
+    client.meta.events.register("before-sign.s3", _add_headers, unique_id=_HANDLER_ID)
+
+
+@contextlib.contextmanager
+def headers(values: Mapping[str, str]) -> Iterator[None]:
+    """Extra headers of the calls made in this block, in this thread."""
+    token = _HEADERS.set(dict(values))
+    try:
+        yield
+    finally:
+        _HEADERS.reset(token)
 
 
 class Changed(ChangelogError):
@@ -175,7 +205,10 @@ class Executor:
         now = int(self.clock() * 1_000_000) if now_us is None else now_us
         pending = self.schedule.due(now, self.batch)
         res = BatchResult(taken=len(pending))
-        deletes: dict[str, list[Pending]] = defaultdict(list)
+        deletes: dict[str, list[Pending]] = defaultdict(list)  # noncurrent versions, by bucket
+        # Current versions to expire, by (bucket, key): one conditional delete per key, however
+        # many rules made it due (a second delete would write a second marker).
+        expires: dict[tuple[str, str], list[Pending]] = defaultdict(list)
         expiring = {
             (p.entry.s3_bucket, p.entry.key, p.entry.ver) for p in pending if p.entry.action is Action.EXPIRE
         }
@@ -208,9 +241,21 @@ class Executor:
                 e = p.entry
                 if e.action is Action.TRANSITION and (e.s3_bucket, e.key) in moved:
                     continue  # a second transition of one key waits for the first one's record
-                self._guarded(res, p, partial(self._prepare, res, p, checked, deletes))
+                if e.action is Action.TRANSITION:
+                    # Its pace before its re-check: a version written during a wait between them
+                    # would end under the copy of the older one (the copy names the version).
+                    self.pacer.take()
+                self._guarded(res, p, partial(self._prepare, res, p, checked, deletes, expires))
                 if e.action is Action.TRANSITION:
                     moved.add((e.s3_bucket, e.key))
+        # Paced as DeleteObjects requests of ``delete_batch`` keys would be.
+        keys = list(expires.items())
+        for i in range(0, len(keys), self.delete_batch):
+            if res.transient is None:
+                self.pacer.take(len(keys[i : i + self.delete_batch]))
+            for (bucket, key), group in keys[i : i + self.delete_batch]:
+                if res.transient is None:
+                    self._expire(res, bucket, key, group)
         for bucket, group in deletes.items():
             for i in range(0, len(group), self.delete_batch):
                 if res.transient is None:
@@ -259,10 +304,11 @@ class Executor:
         p: Pending,
         checked: Future[tuple[Verdict, str]] | None,
         deletes: dict[str, list[Pending]],
+        expires: dict[tuple[str, str], list[Pending]],
     ) -> None:
         """Act on one entry's re-check (made now when ``checked`` is None; its error, if it
-        failed, is raised here): an expiration that passes joins its bucket's deletes, a
-        transition is made now."""
+        failed, is raised here): a noncurrent expiration that passes joins its bucket's deletes,
+        a current one its key's conditional delete, a transition is made now."""
         e = p.entry
         verdict, why = checked.result() if checked is not None else self.check(e)
         if verdict == "skip":
@@ -271,6 +317,8 @@ class Executor:
             res.finish(p)
         elif e.action is Action.TRANSITION:
             self._transition(res, p)
+        elif e.action is Action.EXPIRE:
+            expires[(e.s3_bucket, e.key)].append(p)
         else:
             deletes[e.s3_bucket].append(p)
 
@@ -359,12 +407,50 @@ class Executor:
 
     # ------------------------------------------------------------------ acting
 
+    def _expire(self, res: BatchResult, bucket: str, key: str, group: Sequence[Pending]) -> None:
+        """Expire the current version of ``key`` (the entries of ``group``, re-checked): one
+        DeleteObject without a version id (a delete marker in a versioned bucket), conditional
+        on the object being the one re-checked, as radosgw's own lifecycle deletes
+        (``unmod_since = mtime``): a user's write after the re-check (the batch's other checks,
+        the pacer's wait) must not be deleted. ``x-amz-delete-if-unmodified-since`` (radosgw,
+        every release; honoured for an unversioned bucket's object, 412 otherwise) at the
+        version's mtime plus ``MTIME_SLACK_US`` (a record's mtime may be a HEAD's whole second;
+        a user's write comes days after the version's), and ``If-Match`` on its ETag (S3, and
+        radosgw once it has conditional deletes; Reef and older ignore it, so a write into a
+        versioned bucket in that window still gets the marker over it). A 412 is a changed
+        object: skipped, as a re-check that saw it would have."""
+        e = group[0].entry
+        kw: dict[str, str] = {"Bucket": bucket, "Key": key}
+        if e.etag:
+            kw["IfMatch"] = f'"{e.etag}"'
+        since = datetime.fromtimestamp((e.mtime_us + MTIME_SLACK_US) // 1_000_000, tz=UTC)
+        enable_headers(self.client)
+        try:
+            with headers({UNMODIFIED_SINCE: since.strftime("%Y-%m-%dT%H:%M:%S.000Z")}):
+                self._call(f"DELETE {bucket}/{key}", lambda: self.client.delete_object(**kw))  # type: ignore[arg-type]
+        except (Changed, ObjectMissing) as ex:
+            for p in group:
+                self._skip(res, p, str(ex))
+            return
+        except TransientError as ex:
+            res.transient = ex
+            return
+        except PermanentError as ex:
+            for p in group:
+                self.counts["failed"] += 1
+                res.fail(p, str(ex))
+            return
+        for p in group:
+            self.counts["expired"] += 1
+            res.finish(p)
+
     def _delete(self, res: BatchResult, bucket: str, group: Sequence[Pending]) -> None:
-        """One DeleteObjects for ``group`` (one bucket); entries of one object go as one key."""
+        """One DeleteObjects for ``group`` (one bucket's noncurrent versions, each named by its
+        version id: what it deletes cannot have changed since the re-check, but for a suspended
+        bucket's null version); entries of one version go as one key."""
         ident: dict[tuple[str, str | None], list[Pending]] = defaultdict(list)
         for p in group:
-            ver = p.entry.ver or NULL if p.entry.action is Action.NONCURRENT else None
-            ident[(p.entry.key, ver)].append(p)
+            ident[(p.entry.key, p.entry.ver or NULL)].append(p)
         objects: list[ObjectIdentifierTypeDef] = [
             {"Key": k, "VersionId": v} if v is not None else {"Key": k} for k, v in ident
         ]
@@ -394,9 +480,7 @@ class Executor:
             code = str(err.get("Code", "")) if err else ""
             for p in ps:
                 if err is None or code in _GONE_CODES:
-                    self.counts[
-                        "noncurrent_expired" if p.entry.action is Action.NONCURRENT else "expired"
-                    ] += 1
+                    self.counts["noncurrent_expired"] += 1
                     res.finish(p)
                 elif code in _TRANSIENT_CODES:
                     res.transient = res.transient or TransientError(f"DeleteObjects {bucket}/{key}: {code}")
@@ -422,7 +506,6 @@ class Executor:
             source["VersionId"] = e.ver
         extra: dict[str, str] = {"CopySourceIfMatch": f'"{e.etag}"'} if e.etag else {}
         extra.update(grants)
-        self.pacer.take()
         try:
             resp = self._call(
                 f"CopyObject {e.s3_bucket}/{e.key} to {e.storage_class}",

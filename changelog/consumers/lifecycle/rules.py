@@ -100,6 +100,13 @@ class RuleConfig(Section):
         ):
             # S3 refuses it too: the object would be gone before it moves.
             raise invalid(f"{where}: transition_days must be less than expire_days", line=True)
+        if self.tags and self.abort_incomplete_multipart_days is not None:
+            # An upload in progress shows no tags: the aborts would ignore them (S3 refuses it).
+            raise invalid(
+                f"{where}: abort_incomplete_multipart_days cannot go with tags (uploads in progress "
+                "have none to match): give it a rule without tags",
+                line=True,
+            )
         return self
 
 
