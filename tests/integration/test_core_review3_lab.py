@@ -1,0 +1,122 @@
+"""Core review (3) on the real lab: `rgw-changelog serve` follows radosgw while boto3 drives
+concurrent writers of one key; the committed record of the object that stays live must carry its
+size and etag (README, "Change-log records": null only for a write superseded before the
+follower read it).
+
+A racing PUT that loses radosgw's head-object guard (-ECANCELED: answered 200, "we lost in a
+race") or a conditional PUT refused at the head write (-EEXIST: 412) completes its prepared
+index entry with a *cancel*, which rewrites the entry's ``ver`` to ``{pool: -1, epoch: 0}``
+(cls_rgw ``rgw_bucket_complete_op``) and leaves the live object's size, etag and mtime in it.
+The follower matched facts by ``ver`` only. tests/unit/test_core_review3.py has the captured
+entry.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from botocore.exceptions import ClientError
+
+from tests.integration.test_newuser_review_lab import Serve, check_schema, now_us, running_serve
+from tests.lab import Lab, s3_client
+
+# radosgw's own behaviour (its cancel path) is what is under test: every release.
+pytestmark = [pytest.mark.ceph]
+
+WRITERS = 6
+MAX_ROUNDS = 30
+
+
+@pytest.fixture(scope="module")
+def serve(ceph_lab: Lab, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Serve]:
+    with running_serve(ceph_lab, tmp_path_factory.mktemp("core3-serve")) as s:
+        yield s
+
+
+def index_ver(lab: Lab, bucket: str, key: str) -> tuple[int, int] | None:
+    """The ``ver`` (pool, epoch) of ``key``'s plain bucket index entry, as `radosgw-admin bi list` shows it."""
+    for e in json.loads(lab.radosgw_admin("bi", "list", f"--bucket={bucket}", f"--object={key}")):
+        if e.get("type") == "plain" and e["entry"].get("name") == key:
+            ver = e["entry"].get("ver") or {}
+            return int(ver.get("pool", 0)), int(ver.get("epoch", 0))
+    return None
+
+
+def race(lab: Lab, bucket: str, key: str, round_: int, conditional: bool) -> tuple[int, list[str]]:
+    """``WRITERS`` PUTs of ``key`` at once, each body of its own size: (successes, error codes)."""
+    ok: list[int] = []
+    failed: list[str] = []
+    start = threading.Barrier(WRITERS)
+
+    def put(i: int) -> None:
+        s3 = s3_client(lab)
+        body = os.urandom(1_000_000 + round_ * WRITERS + i)
+        extra: dict[str, Any] = {"IfNoneMatch": "*"} if conditional else {}
+        start.wait()
+        try:
+            s3.put_object(Bucket=bucket, Key=key, Body=body, **extra)
+            ok.append(i)
+        except ClientError as ex:
+            failed.append(str(ex.response["Error"]["Code"]))
+
+    threads = [threading.Thread(target=put, args=(i,)) for i in range(WRITERS)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return len(ok), failed
+
+
+@pytest.mark.parametrize("conditional", [False, True], ids=["overwrites", "if-none-match"])
+def test_the_live_object_keeps_its_facts_after_cancelled_racers(
+    serve: Serve, ceph_lab: Lab, conditional: bool
+) -> None:
+    s3 = s3_client(ceph_lab)
+    bucket = f"core3-race-{uuid.uuid4().hex[:8]}"
+    s3.create_bucket(Bucket=bucket)
+    if not conditional:
+        s3.put_object(Bucket=bucket, Key="seed", Body=b"s")
+    serve.wait_complete(now_us())  # the bucket is followed before the follower is held
+    # The follower is held while the writers race, so it reads the bilog and the index after
+    # the last cancel: deterministic, where a free-running follower might read in between.
+    os.kill(serve.proc.pid, signal.SIGSTOP)
+    cancelled_key = None
+    try:
+        for n in range(MAX_ROUNDS):
+            key = "hot" if not conditional else f"new-{n}"
+            if not conditional and n == 0:
+                s3.put_object(Bucket=bucket, Key=key, Body=b"first")
+            wins, failed = race(ceph_lab, bucket, key, n, conditional)
+            print(f"round {n}: {wins} of {WRITERS} answered success, refused: {failed}")
+            if conditional and wins == WRITERS:
+                pytest.skip("this radosgw ignores If-None-Match on PUT")
+            if index_ver(ceph_lab, bucket, key) == (-1, 0):
+                cancelled_key = key
+                break
+    finally:
+        os.kill(serve.proc.pid, signal.SIGCONT)
+    assert cancelled_key is not None, f"no cancelled racer in {MAX_ROUNDS} rounds (a precondition)"
+    head = s3.head_object(Bucket=bucket, Key=cancelled_key)
+    serve.wait_complete(now_us())
+
+    records = serve.records(bucket)
+    check_schema(records)
+    writes = [r for r in sorted(records, key=lambda r: r["seq"]) if r["key"] == cancelled_key]
+    assert writes and all(r["op"] == "write" for r in writes), writes
+    last = writes[-1]
+    assert (last["size"], last["etag"]) == (head["ContentLength"], head["ETag"].strip('"')), (
+        f"the live object's record: size {last['size']} etag {last['etag']}; HEAD: "
+        f"{head['ContentLength']} {head['ETag']}"
+    )
+    assert set(last["metadata"]) == {"writer"} and last["metadata"]["writer"], last
+    # Every other record of the key is of a write superseded before the follower read it.
+    assert all((r["size"], r["etag"]) == (None, None) for r in writes[:-1]), writes
+    if conditional:
+        assert len(writes) == 1, writes  # one PUT succeeded: one record

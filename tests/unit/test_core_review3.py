@@ -1,0 +1,97 @@
+"""Core review (3): a write's facts read from the bucket index after a *cancelled* racer rewrote
+its entry.
+
+radosgw prepares an index entry before it writes an object's head and, when the head write fails
+(a racing overwrite's guard: -ECANCELED, answered 200; a conditional PUT's -EEXIST: 412), it
+completes the entry with ``CLS_RGW_OP_CANCEL``. cls_rgw's ``rgw_bucket_complete_op`` sets
+``entry.ver = op.ver`` before it looks at the op, and a cancel's ``ver`` is ``{pool: -1,
+epoch: 0}`` (``cls_obj_complete_cancel``): the entry keeps the live object's meta (size, etag,
+mtime) but loses the ``ver`` of the write that made it. The follower matched facts by ``ver``
+only, so the record of the live object went out with null size and etag although no later write
+superseded it (README's record table: "null only for a write superseded before the follower
+read it").
+
+The entry below was captured on the Tentacle 20.2.4 lab (``rados getomapval`` of the index shard
+object) after six concurrent ``If-None-Match: *`` PUTs of ``r4``: one won (its bilog ``write``
+below), the others were cancelled after it.
+"""
+
+from __future__ import annotations
+
+import base64
+from typing import Any, cast
+
+from changelog.pipeline.mutation import Op
+from rgw_module.bucket_index import BucketIndexReader, decode_dir_entry
+from rgw_module.mapping import BilogEntry, BucketShard, ShardMapper, position_of
+
+CANCELLED_ENTRY = base64.b64decode(
+    "CAPbAAAAAgAAAHI0AAAAAAAAAAABBwNeAAAAAcDGLQAAAAAAMkcWa6IkeA4gAAAANjkyODE1MTM1MGVlZTU0MWM4Zjc3"
+    "YzI5MzM4ZTIwODcGAAAAdGVzdGVyBgAAAHRlc3RlcgAAAADAxi0AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAQEKAAAAiP//"
+    "////////AAY9AAAAOGEyMTcxYWYtZDcxMy00M2YyLTg3YTYtZjM2OTc1NGM2NzlmLjQxMjYuMTI1NDM3MjM1MzU5Mjc5"
+    "NDU1NAAAAAAAAAAAAAAAAAAA"
+)
+WINNER: dict[str, Any] = {
+    "op_id": "6#00000000003.4301.6",
+    "op": "write",
+    "object": "r4",
+    "instance": "",
+    "state": "complete",
+    "index_ver": 3,
+    "timestamp": "2026-12-07T05:42:10.242754722Z",
+    "ver": {"pool": 6, "epoch": 1694},
+    "bilog_flags": 0,
+    "versioned": False,
+    "owner": "",
+    "owner_display_name": "",
+}
+SIZE = 3_000_000
+ETAG = "6928151350eee541c8f77c29338e2087"
+BS = BucketShard("r1-probe-4c4241", "8a2171af-d713-43f2-87a6-f369754c679f.4126.23", 6)
+
+
+def reader() -> BucketIndexReader:
+    def read(pool: str, oid: str, keys: Any) -> dict[bytes, bytes]:
+        assert oid == ".dir.8a2171af-d713-43f2-87a6-f369754c679f.4126.23.6"
+        return {k: CANCELLED_ENTRY for k in keys if k == b"r4"}
+
+    return BucketIndexReader(read, "default.rgw.buckets.index")
+
+
+def test_the_captured_entry_is_a_cancelled_one_describing_the_winner() -> None:
+    d = decode_dir_entry(CANCELLED_ENTRY)
+    assert (d.ver_pool, d.ver_epoch) == (-1, 0)
+    assert (d.exists, d.size, d.etag) == (True, SIZE, ETAG)
+    assert d.mtime_ns == 1796622130242754722  # the winner's bilog timestamp, to the nanosecond
+
+
+def test_the_live_write_keeps_its_facts_after_a_cancelled_racer() -> None:
+    page = [cast(BilogEntry, WINNER)]
+    facts = reader().facts(BS, page)
+    got = facts.get(position_of(WINNER["op_id"]))
+    assert got is not None, "the live object's record went without facts"
+    assert (got.size, got.etag, got.mtime_ns, got.owner) == (SIZE, ETAG, 1796622130242754722, "tester")
+    (m,) = ShardMapper(BS, 1, writer=True).map_page(page, observed_ns=0, facts=facts)
+    assert m is not None and m.op is Op.WRITE
+    assert (m.size, m.etag, m.metadata) == (SIZE, ETAG, {"writer": "tester"})
+
+
+def test_an_earlier_write_gets_no_facts_from_a_cancelled_entry() -> None:
+    """The cancelled entry describes the *last* write: an earlier write of the key (another
+    mtime, another ``ver``) must stay without facts (a record never carries another write's)."""
+    earlier = {
+        **WINNER,
+        "op_id": "6#00000000002.4300.6",
+        "timestamp": "2026-12-07T05:42:10.201000000Z",
+        "ver": {"pool": 6, "epoch": 1690},
+    }
+    page = [cast(BilogEntry, earlier), cast(BilogEntry, WINNER)]
+    facts = reader().facts(BS, page)
+    assert position_of(earlier["op_id"]) not in facts
+    assert position_of(WINNER["op_id"]) in facts
+
+
+def test_a_cancelled_entry_of_another_mtime_gives_no_facts() -> None:
+    """Same ``ver`` shape, the write's mtime one nanosecond off: not its entry."""
+    off = {**WINNER, "timestamp": "2026-12-07T05:42:10.242754723Z"}
+    assert reader().facts(BS, [cast(BilogEntry, off)]) == {}
