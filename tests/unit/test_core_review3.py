@@ -95,3 +95,52 @@ def test_a_cancelled_entry_of_another_mtime_gives_no_facts() -> None:
     """Same ``ver`` shape, the write's mtime one nanosecond off: not its entry."""
     off = {**WINNER, "timestamp": "2026-12-07T05:42:10.242754723Z"}
     assert reader().facts(BS, [cast(BilogEntry, off)]) == {}
+
+
+# -- Reef 18.2.7's DeleteObjectTagging ----------------------------------------------------------
+#
+# Captured on the Reef lab: PUT k (5 bytes), PutObjectTagging, DeleteObjectTagging of an
+# unversioned bucket. radosgw logs the DeleteObjectTagging as a ``write`` stamped "0.000000" and
+# rewrites the index entry with an empty meta but the size: etag "", owner "", mtime 1 ns (HEAD then
+# answers the right etag but Last-Modified 1970). The record said time and mtime 1970-01-01 and
+# etag "".
+
+REEF_DELETED_TAGS_ENTRY = base64.b64decode(
+    "CAOJAAAAAQAAAGsLAAAAAAAAAAEHAzIAAAABBQAAAAAAAAAAAAAAAQAAAAAAAAAAAAAAAAAAAAAAAAAFAAAAAAAAAAAAAAAAAAAAAAAA"
+    "AAAAAAAAAQECAAAABwsDIAAAAF9VaVNPZVAtbmlLcFFwZzVXRXRMdGlaMjNuVThvakFxAAAAAAAAAAAAAAAAAAA="
+)
+REEF_DELETED_TAGS: dict[str, Any] = {
+    "op_id": "6#00000000003.30.6",
+    "op": "write",
+    "object": "k",
+    "instance": "",
+    "state": "complete",
+    "index_ver": 3,
+    "timestamp": "0.000000",
+    "ver": {"pool": 7, "epoch": 11},
+    "bilog_flags": 0,
+    "versioned": False,
+    "owner": "",
+    "owner_display_name": "",
+}
+REEF_BS = BucketShard("r1-dt-bf49d8", "dd8622c7-e829-4d8c-9304-4fcc3ebe9490.4128.13", 6)
+OBSERVED_NS = 1_796_622_000_000_000_000
+
+
+def test_the_reef_entry_is_the_size_with_an_empty_meta() -> None:
+    d = decode_dir_entry(REEF_DELETED_TAGS_ENTRY)
+    assert (d.ver_pool, d.ver_epoch) == (7, 11)
+    assert (d.exists, d.size, d.etag, d.mtime_ns, d.owner) == (True, 5, "", 1, "")
+
+
+def test_a_write_without_a_time_is_stamped_when_seen_and_gets_no_empty_facts() -> None:
+    def read(pool: str, oid: str, keys: Any) -> dict[bytes, bytes]:
+        return {k: REEF_DELETED_TAGS_ENTRY for k in keys if k == b"k"}
+
+    page = [cast(BilogEntry, REEF_DELETED_TAGS)]
+    facts = BucketIndexReader(read, "default.rgw.buckets.index").facts(REEF_BS, page)
+    for writer in (False, True):
+        (m,) = ShardMapper(REEF_BS, 1, writer=writer).map_page(page, observed_ns=OBSERVED_NS, facts=facts)
+        assert m is not None and m.op is Op.WRITE and m.key == "k"
+        assert m.mtime_ns == OBSERVED_NS, "a write with no time in its entry is stamped 1970"
+        assert (m.size, m.etag, m.obj_mtime_ns) == (None, None, None), (m.size, m.etag, m.obj_mtime_ns)
