@@ -175,11 +175,10 @@ def test_delete_object_tagging_is_a_write_of_its_own_time(serve: Serve, ceph_lab
 
 
 @pytest.mark.xfail(
-    os.environ.get("CEPH_RELEASE") == "reef",
     strict=True,
-    reason="radosgw 18.2.7 applies it to the key's OLH object: it logs a write of instance '' stamped "
-    "0.000000 and adds a null-instance index entry (HEAD ?versionId=null: 404), which the follower "
-    "cannot tell from a tagging change of a real null version",
+    reason="radosgw 16.2.15, 18.2.7 and 20.2.4 apply it to the key's OLH object (the version keeps its tags): "
+    "a write of instance '' is logged and a null-instance index entry of size 0 and etag '' added "
+    "(HEAD ?versionId=null: 404); the follower records a write of the null version",
 )
 def test_delete_object_tagging_of_a_versioned_key_records_no_null_version(
     serve: Serve, ceph_lab: Lab
