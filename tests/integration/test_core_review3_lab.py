@@ -198,3 +198,41 @@ def test_delete_object_tagging_of_a_versioned_key_records_no_null_version(
     check_schema(records)
     got = [(r["op"], r["version_id"]) for r in sorted(records, key=lambda r: r["seq"]) if r["key"] == "k"]
     assert got and all(vid == v for _, vid in got), got
+
+
+def test_a_bucket_deleted_and_created_again_ends_its_first_life_before_the_second_starts(
+    serve: Serve, ceph_lab: Lab
+) -> None:
+    """README (Buckets): a consumer replaying the log clears the bucket on ``bucket_delete``.
+    The first lifetime's ``bucket_delete`` was stamped when the follower found it gone, after the
+    second lifetime's creation time, so within one committed object it came after the second
+    ``bucket_create``: a replayer ended with the bucket deleted (and the backup left the live,
+    new bucket out of its snapshot)."""
+    s3 = s3_client(ceph_lab)
+    bucket = f"core3-again-{uuid.uuid4().hex[:8]}"
+    s3.create_bucket(Bucket=bucket)
+    s3.put_object(Bucket=bucket, Key="a", Body=b"first life")
+    serve.wait_complete(now_us())  # the first lifetime is followed before it ends
+    s3.delete_object(Bucket=bucket, Key="a")
+    s3.delete_bucket(Bucket=bucket)
+    s3.create_bucket(Bucket=bucket)
+    serve.wait_complete(now_us())
+    started = now_us()
+    while not any(r["op"] == "bucket_delete" for r in serve.records(bucket)):
+        assert now_us() - started < 120_000_000, f"no bucket_delete; serve log:\n{serve.log_tail()}"
+        serve.post("/_/flush")
+        serve.wait_complete(now_us())
+    records = serve.records(bucket)  # committed order
+    check_schema(records)
+    ops = [(r["op"], r["seq"][:6]) for r in records if r["key"] is None]
+    assert ops == [
+        ("bucket_create", "000001"),
+        ("bucket_delete", "000001"),
+        ("bucket_create", "000002"),
+    ], ops
+    # Replayed in committed order, the bucket exists at the end.
+    live = False
+    for r in records:
+        if r["op"] in ("bucket_create", "bucket_delete"):
+            live = r["op"] == "bucket_create"
+    assert live, records
