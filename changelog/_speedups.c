@@ -1432,7 +1432,8 @@ static int map_one(PyObject *e, PyObject *facts, PyObject *observed, PyObject *c
         }
     }
     int64_t ts;
-    if (v[K_TIMESTAMP] == NULL || time_ns_of(v[K_TIMESTAMP], &ts))
+    /* 0: a time never set, which Python stamps when seen (interpret) */
+    if (v[K_TIMESTAMP] == NULL || time_ns_of(v[K_TIMESTAMP], &ts) || ts == 0)
         GIVE(Py_Ellipsis);
     /* which change */
     PyObject *mop;

@@ -384,7 +384,9 @@ def interpret(entry: BilogEntry) -> Change | None:
     op = entry.get("op")
     instance = str(entry.get("instance") or "")
     versioned = is_versioned_op(entry)
-    ts = parse_time_ns(str(entry.get("timestamp", "")))
+    # A time never set ("0.000000": Reef's DeleteObjectTagging) is no time: the record is
+    # stamped when seen, as a delete is, not with 1970.
+    ts = parse_time_ns(str(entry.get("timestamp", ""))) or None
     if op == "write":
         if versioned:
             return None  # the link_olh that follows is the record

@@ -160,13 +160,6 @@ def test_delete_object_tagging_is_a_write_without_an_empty_etag_or_a_1970_mtime(
     assert (writes[0]["size"], writes[0]["etag"]) in ((5, etag), (None, None)), writes[0]
 
 
-@pytest.mark.xfail(
-    os.environ.get("CEPH_RELEASE") == "reef",
-    strict=True,
-    reason="mapping.ShardMapper.map stamps a write with its entry's '0.000000' (1970); the fix "
-    "(stamp it when seen, as deletes are) needs tests/unit/test_mapping_speed.py's ref_map_entry "
-    "and tests/unit/test_catchup_cpu.py's time test updated with it",
-)
 def test_delete_object_tagging_is_a_write_of_its_own_time(serve: Serve, ceph_lab: Lab) -> None:
     """A record's time is when the mutation happened (or, as for deletes, when it was seen)."""
     writes, _, before = delete_tags_records(serve, ceph_lab)

@@ -21,8 +21,6 @@ from __future__ import annotations
 import base64
 from typing import Any, cast
 
-import pytest
-
 from changelog.pipeline.mutation import Op
 from rgw_module.bucket_index import BucketIndexReader, decode_dir_entry
 from rgw_module.mapping import BilogEntry, BucketShard, ShardMapper, position_of
@@ -152,13 +150,6 @@ def test_an_entry_of_an_empty_meta_gives_no_facts() -> None:
         assert (m.size, m.etag, m.obj_mtime_ns) == (None, None, None), (m.size, m.etag, m.obj_mtime_ns)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="mapping.ShardMapper.map stamps a write with its entry's time even when that is "
-    "'0.000000' (parse_time_ns: 0); the one-line fix (treat 0 as unset, stamp when seen, as for "
-    "deletes) contradicts tests/unit/test_mapping_speed.py's frozen ref_map_entry and "
-    "tests/unit/test_catchup_cpu.py's time test, which the lead must update with it",
-)
 def test_a_write_without_a_time_is_stamped_when_seen() -> None:
     page, facts = reef_page_and_facts()
     (m,) = ShardMapper(REEF_BS, 1).map_page(page, observed_ns=OBSERVED_NS, facts=facts)

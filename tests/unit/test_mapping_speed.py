@@ -116,7 +116,9 @@ def ref_interpret(entry: BilogEntry) -> Change | None:
     op = entry.get("op")
     instance = str(entry.get("instance") or "")
     versioned = is_versioned_op(entry)
-    ts = ref_parse_time_ns(str(entry.get("timestamp", "")))
+    # 2026-12-07: a time never set ("0.000000", Reef's DeleteObjectTagging) is stamped when
+    # seen, as a delete is (it was 1970 before).
+    ts = ref_parse_time_ns(str(entry.get("timestamp", ""))) or None
     if op == "write":
         if versioned:
             return None
