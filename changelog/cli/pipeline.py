@@ -284,14 +284,16 @@ def _api_status(cfg: Config) -> status.Doc | None:
     """The running serve's own status, if one answers on ``[api] listen`` (a 401 or 403 is an
     error: fix the token or ``allow_from``, or use --direct). Its presence is probed quickly;
     the status itself may take longer (it pages the index)."""
-    from changelog.api import ApiUnauthorized
+    from changelog.api import ApiUnauthorized, ApiUnavailable
 
     try:
         if _serve_api(cfg) is None:
             return None
         client = _api_client(cfg, timeout=STATUS_TIMEOUT_S)
         doc: status.Doc = client.status()
-    except ApiUnauthorized as ex:
+    except (ApiUnauthorized, ApiUnavailable) as ex:
+        # Refused, or there and not answering: reading the same stores from here would not be
+        # quicker, nor would it show the serve's health and counters.
         raise PermanentError(f"{ex} (or use --direct)") from ex
     except ChangelogError as ex:
         logger.warning("the serve at [api] listen did not give its status, reading directly: %s", ex)
