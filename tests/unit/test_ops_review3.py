@@ -348,3 +348,46 @@ def test_status_answers_while_the_target_hangs(tmp_path: Path, monkeypatch: pyte
     print(f"status with a hung target took {time.monotonic() - t0:.2f} s: {doc['target']}")
     assert doc["index"]["entries"] == 3  # type: ignore[index]
     assert "no answer within 1 s" in str(doc["target"]["error"])  # type: ignore[index]
+
+
+# --------------------------------------------------------------------------- request bodies
+
+
+def test_a_page_of_failed_entries_can_be_posted_back_for_retry(tmp_path: Path) -> None:
+    """`GET /_/crr/failed` answers 1000 entries a page (``limit`` up to 10,000), and
+    `POST /_/crr/failed` takes those items back to retry them, Backbeat's way. The API read
+    bodies up to 64 KiB only: one default page of bare items with 40-character keys is about
+    120 KB, and the retry was refused with 413."""
+    from changelog.consumers.routes import Request
+
+    got: list[int] = []
+
+    def crr(req: Request) -> dict[str, object]:
+        assert isinstance(req.body, list)
+        got.append(len(req.body))
+        return {"requested": len(req.body)}
+
+    items = [
+        {
+            "Bucket": "photos",
+            "Key": f"2026/12/07/camera-{n:06d}/IMG_{n:08d}.jpg",
+            "VersionId": "null",
+            "StorageClass": "east",
+        }
+        for n in range(1000)
+    ]
+    body = json.dumps(items).encode()
+    print(f"a page of 1000 bare items: {len(body)} bytes")
+    port = free_port()
+    server = api_server(port)
+    server.mount_prefix("/_/crr", crr)
+    with server:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        try:
+            conn.request("POST", "/_/crr/failed", body=body, headers={"Content-Type": "application/json"})
+            resp = conn.getresponse()
+            status, answer = resp.status, json.loads(resp.read())
+        finally:
+            conn.close()
+    assert (status, answer) == (200, {"requested": 1000}), answer
+    assert got == [1000]
