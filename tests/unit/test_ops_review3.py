@@ -165,6 +165,7 @@ def test_cli_flush_waits_for_a_pass_longer_than_the_presence_probe(tmp_path: Pat
     print(f"flush pass took {passes}")
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["entries"] == 9
+    assert len(passes) == 1  # the serve ran it, not the CLI
     assert "no rgw-changelog serve" not in r.stderr
 
 
