@@ -24,8 +24,9 @@ bodies up to ``MAX_BODY`` are read; a prefix route that gets one that is not JSO
 ``api.token`` / ``api.read_token`` set, a missing or wrong bearer token gets 401.
 
 Errors carry ``{"error": message, "code": status}``: 403 and 401 as above, 400 for a body that
-is not JSON, 404 for an unknown route (or an unknown name under a prefix route), 405 for a wrong method (with ``Allow``), 500 when a handler fails (the traceback goes to
-the log, one line to the caller).
+is not JSON, 404 for an unknown route (or an unknown name under a prefix route), 405 for a wrong method (with ``Allow``), what a handler's ``RouteError`` says (409 for a flush
+of a paused collector), 500 when a handler fails (the traceback goes to the log, one line to the
+caller).
 
 ``Controls`` holds the pause switches the collector and follower consult between units of
 work. They live in memory only: a restart resumes everything.
@@ -278,7 +279,9 @@ class _Handler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:
         self._dispatch()
 
-    do_HEAD = do_POST = do_PUT = do_DELETE = do_PATCH = do_GET
+    # Every method HTTP defines is routed (a wrong one gets the JSON 405 with ``Allow``); the
+    # stdlib answers any other (BREW) with 501, as RFC 9110 has it for an unknown method.
+    do_HEAD = do_POST = do_PUT = do_DELETE = do_PATCH = do_OPTIONS = do_TRACE = do_CONNECT = do_GET
 
     def _dispatch(self) -> None:
         resp = self.api.handle(
@@ -509,6 +512,8 @@ class ApiServer:
             )
         try:
             return handler()
+        except RouteError as ex:
+            return error_response(ex.status, str(ex))
         except Exception as ex:
             logger.exception("api: %s %s failed", method, path)
             return error_response(500, _one_line(ex))
@@ -559,7 +564,8 @@ class ApiUnavailable(TransientError):
 
 
 class ApiUnauthorized(PermanentError):
-    """A ``serve`` answered 401: the token sent (if any) is not the one it wants."""
+    """A ``serve`` answered 401 (the token sent, if any, is not the one it wants) or 403 (this
+    host is outside its ``[api] allow_from``): it is there and refuses us."""
 
 
 class ApiClient:
@@ -600,13 +606,18 @@ class ApiClient:
                 status, ctype, raw = resp.status, resp.headers.get("Content-Type", ""), resp.read()
         except urllib.error.HTTPError as ex:
             status, ctype, raw = ex.code, ex.headers.get("Content-Type", ""), ex.read()
+        except TimeoutError as ex:
+            # Connected, then no answer in time: a serve is there, busy (a long flush pass).
+            raise ApiUnavailable(
+                f"serve at {self.base} did not answer {method} {path} within {self.timeout:g} s"
+            ) from ex
         except (urllib.error.URLError, OSError) as ex:
             reason = getattr(ex, "reason", ex)
             raise ApiUnavailable(f"no rgw-changelog serve at {self.base}: {reason}") from ex
         doc: object = json.loads(raw) if ctype.startswith("application/json") else raw.decode("utf-8", "replace")
-        if status == 401:
+        if status in (401, 403):
             why = doc.get("error") if isinstance(doc, dict) else doc
-            raise ApiUnauthorized(f"serve at {self.base} refused {method} {path}: 401 {why}")
+            raise ApiUnauthorized(f"serve at {self.base} refused {method} {path}: {status} {why}")
         return status, doc
 
     def _answer(self, method: str, path: str, body: object = None) -> object:

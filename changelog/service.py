@@ -549,7 +549,6 @@ def start_api(cfg: Config, pipeline: Pipeline, service: Service) -> ApiServer:
     from changelog.api import ApiServer
     from changelog.config import reveal
     from changelog.metrics import ChangelogMetrics, make_registry
-    from changelog.status import pass_doc
 
     health = make_health(cfg.health, pipeline)
     crr = None
@@ -574,7 +573,7 @@ def start_api(cfg: Config, pipeline: Pipeline, service: Service) -> ApiServer:
         health_checks=health_checks(pipeline, service, health),
         controls=pipeline.controls,
         registry=usage_registry(cfg, pipeline, make_registry(metrics)),
-        flush=lambda: pass_doc(pipeline.collector.request_flush()),
+        flush=lambda: flush_doc(pipeline),
         token=reveal(cfg.api.token),
         read_token=reveal(cfg.api.read_token),
     )
@@ -587,6 +586,18 @@ def start_api(cfg: Config, pipeline: Pipeline, service: Service) -> ApiServer:
         api.mount_prefix("/_/metrics/crr", crr.metrics)
     api.start()
     return api
+
+
+def flush_doc(pipeline: Pipeline) -> dict[str, object]:
+    """``POST /_/flush``: the result of a collector pass with no settle window. A paused
+    collector runs no pass: say so at once rather than hold the request until the collector
+    gives up waiting (``FLUSH_TIMEOUT``)."""
+    from changelog.consumers.routes import RouteError
+    from changelog.status import pass_doc
+
+    if pipeline.controls.paused("collector"):
+        raise RouteError(409, "the collector is paused: resume it first (rgw-changelog resume collector)")
+    return pass_doc(pipeline.collector.request_flush())
 
 
 def _usage_state(pipeline: Pipeline) -> tuple[ObjectStore, Layout, Callable[[], Mapping[str, int]]] | None:

@@ -7,6 +7,7 @@ checkpoint, lease, failed entries). Read directly from the stores, without a lea
 
 from __future__ import annotations
 
+import threading
 import time
 from typing import TYPE_CHECKING, TypedDict
 
@@ -24,6 +25,10 @@ if TYPE_CHECKING:
 
 # A JSON document as the status routes and `--json` print it.
 Doc = dict[str, object]
+
+# `status` answers while the target hangs (a frozen radosgw: the S3 client's read timeout and
+# retries add up to about 4 minutes there): the target's part gets this long, then shows an error.
+TARGET_STATUS_TIMEOUT_S = 10.0
 
 
 class ShardDoc(TypedDict):
@@ -111,13 +116,32 @@ def follower_doc(index: ChangeIndex) -> Doc | None:
         return {"error": one_line(str(PermanentError(f"cannot read the follower state: {ex}")))}
 
 
-def target_doc(target: Target) -> Doc:
+def target_doc(target: Target, *, timeout: float | None = None) -> Doc:
+    """The target's newest log object and watermark, or the one-line reason they cannot be read.
+    The read gets ``timeout`` (``TARGET_STATUS_TIMEOUT_S``): past it the status says so instead
+    of waiting out the S3 client's own timeouts and retries."""
     from changelog.pipeline.reader import target_status
 
-    try:
-        return dict(target_status(target))
-    except ChangelogError as ex:
-        return {"error": one_line(str(ex))}
+    got: list[Doc | BaseException] = []
+
+    def read() -> None:
+        try:
+            got.append(dict(target_status(target)))
+        except ChangelogError as ex:
+            got.append({"error": one_line(str(ex))})
+        except BaseException as ex:  # noqa: BLE001 - raised again in the caller's thread
+            got.append(ex)
+
+    limit = TARGET_STATUS_TIMEOUT_S if timeout is None else timeout
+    reader = threading.Thread(target=read, name="status-target", daemon=True)
+    reader.start()
+    reader.join(limit)
+    if not got:
+        # The thread is left to finish on its own: a read cannot be cancelled.
+        return {"error": f"no answer within {limit:g} s (the target is hung or unreachable)"}
+    if isinstance(got[0], BaseException):
+        raise got[0]
+    return got[0]
 
 
 def replication_doc(cfg: Config, index: ChangeIndex, *, now: float | None = None) -> dict[str, Doc]:

@@ -104,21 +104,28 @@ def _one_pass(st: State, *, settle: float | None) -> status.Doc:
     return status.pass_doc(result)
 
 
-def _api_client(cfg: Config) -> ApiClient:
+# Once a serve has shown it is there (``_serve_api``, within API_TIMEOUT_S), what it is asked may
+# take longer: a status pages the index (over a second for a few hundred thousand entries), a
+# flush waits for its pass (the serve gives up after collector.FLUSH_TIMEOUT, 300 s).
+STATUS_TIMEOUT_S = 120.0
+FLUSH_TIMEOUT_S = 330.0
+
+
+def _api_client(cfg: Config, *, timeout: float = API_TIMEOUT_S) -> ApiClient:
     """A client of ``[api] listen`` that sends ``[api] token`` / ``read_token``."""
     from changelog.api import ApiClient
     from changelog.config import reveal
 
     return ApiClient(
-        cfg.api.listen, timeout=API_TIMEOUT_S, token=reveal(cfg.api.token), read_token=reveal(cfg.api.read_token)
+        cfg.api.listen, timeout=timeout, token=reveal(cfg.api.token), read_token=reveal(cfg.api.read_token)
     )
 
 
 def _serve_api(cfg: Config) -> tuple[ApiClient, ControlStates] | None:
     """A client of the running ``serve`` on ``[api] listen`` and its pause switches, if one
     answers (``GET /_/controls``: cheap, unlike the health checks). A serve that refuses our
-    token (401) is an error, not an absent serve: acting directly instead would race the
-    running one."""
+    token (401), or this host (403, ``[api] allow_from``), is an error, not an absent serve:
+    acting directly instead would race the running one."""
     from changelog.api import ApiUnauthorized
 
     client = _api_client(cfg)
@@ -167,7 +174,7 @@ def flush_cmd(direct: bool, as_json: bool) -> None:
     st = state()
     found = None if direct else _serve_api(st.config)
     if found is not None:
-        client = found[0]
+        client = _api_client(st.config, timeout=FLUSH_TIMEOUT_S)
         doc = client.flush()
         _print_pass(doc, as_json=as_json, label=f"flush (by serve at {client.base})")
         return
@@ -274,17 +281,22 @@ def _reload_on_sighup(st: State) -> Callable[[], None]:
 
 
 def _api_status(cfg: Config) -> status.Doc | None:
-    """The running serve's own status, if one answers on ``[api] listen`` (a 401 is an error:
-    fix the token, or use --direct)."""
-    from changelog.api import ApiUnauthorized
+    """The running serve's own status, if one answers on ``[api] listen`` (a 401 or 403 is an
+    error: fix the token or ``allow_from``, or use --direct). Its presence is probed quickly;
+    the status itself may take longer (it pages the index)."""
+    from changelog.api import ApiUnauthorized, ApiUnavailable
 
-    client = _api_client(cfg)
     try:
+        if _serve_api(cfg) is None:
+            return None
+        client = _api_client(cfg, timeout=STATUS_TIMEOUT_S)
         doc: status.Doc = client.status()
-    except ApiUnauthorized as ex:
+    except (ApiUnauthorized, ApiUnavailable) as ex:
+        # Refused, or there and not answering: reading the same stores from here would not be
+        # quicker, nor would it show the serve's health and counters.
         raise PermanentError(f"{ex} (or use --direct)") from ex
     except ChangelogError as ex:
-        logger.debug("no serve API: %s", ex)
+        logger.warning("the serve at [api] listen did not give its status, reading directly: %s", ex)
         return None
     doc["from"] = client.base + "/_/status"
     return doc
