@@ -83,9 +83,10 @@ COMPONENTS = ("collector", "follower")
 REQUEST_QUEUE = 1024
 # A client that stops sending mid-request frees its thread after this long.
 SOCKET_TIMEOUT_S = 30.0
-# The largest request body read: a failed-list retry of a few hundred entries fits; the exact
-# routes take none, and a small one sent to them is read and ignored so the connection closes cleanly.
-MAX_BODY = 64 * 1024
+# The largest request body read: a failed-list retry of a whole page of the failed list (1,000
+# entries, ~120 KB) fits many times over; the exact routes take none, and a small one sent to
+# them is read and ignored so the connection closes cleanly.
+MAX_BODY = 4 * 1024 * 1024
 
 # A JSON document a route answers (or the client receives).
 Doc = dict[str, object]

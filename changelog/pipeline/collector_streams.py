@@ -351,6 +351,7 @@ class StreamedCollector:
         self._flush_local = threading.Event()
         self._lock = threading.Lock()
         self._retired: dict[str, object] = {}
+        self._retired_errors: dict[str, int] = {}  # target_errors of the streams dropped
         self._published: Published | None = None
         self._seen: Published | None = None  # combined from the stored states at the last round
         self._views: tuple[StreamView, ...] = ()  # every stream as stored, at the last round
@@ -492,6 +493,12 @@ class StreamedCollector:
             for k, v in c.stats().items():
                 if k in _COUNTERS:
                     self._retired[k] = int(str(self._retired.get(k, 0))) + int(str(v or 0))
+                elif k == "target_errors" and isinstance(v, dict):
+                    # A counter of the process (rgw_changelog_target_errors_total): it must not
+                    # go down when a stream is dropped.
+                    kept = self._retired_errors
+                    for kind, n in v.items():
+                        kept[kind] = kept.get(kind, 0) + int(n)
 
     def _drop_all(self) -> None:
         for n in list(self._streams):
@@ -584,6 +591,9 @@ class StreamedCollector:
         out["failed_passes"] = max((int(str(st["failed_passes"])) for st in failed), default=0)
         out["last_error"] = next((st.get("last_error") for st in failed), None)
         out["last_failure"] = next((st.get("last_failure") for st in failed), None)
+        with self._lock:
+            for kind, n in self._retired_errors.items():
+                errors[kind] = errors.get(kind, 0) + n
         out["target_errors"] = errors
         pubs = [p for p in (self._published, self._seen) if p is not None and p.complete_until_us]
         out["complete_until"] = max(p.complete_until_us for p in pubs) / 1_000_000 if pubs else None

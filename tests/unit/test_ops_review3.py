@@ -279,11 +279,6 @@ class _Refusing(DirectoryTarget):
         super().put(name, data, metadata=metadata)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="collector_streams.StreamedCollector._retire keeps only the four plain counters: a "
-    "retired stream's target_errors vanish from rgw_changelog_target_errors_total",
-)
 def test_partitioned_target_errors_counter_survives_a_stream_step_down(tmp_path: Path) -> None:
     """``rgw_changelog_target_errors_total{kind}`` is a counter: with ``[scale] partitioned``,
     a stream dropped by this process (lost lease, another collector seen, stop) took its
@@ -354,11 +349,6 @@ def test_status_answers_while_the_target_hangs(tmp_path: Path, monkeypatch: pyte
 # --------------------------------------------------------------------------- request bodies
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="api.MAX_BODY is 64 KiB; raising it (for prefix routes) needs test_replication_api's "
-    "80 KB-is-413 check moved above the new limit",
-)
 def test_a_page_of_failed_entries_can_be_posted_back_for_retry(tmp_path: Path) -> None:
     """`GET /_/crr/failed` answers 1000 entries a page (``limit`` up to 10,000), and
     `POST /_/crr/failed` takes those items back to retry them, Backbeat's way. The API read
