@@ -75,12 +75,6 @@ def test_the_conditional_expiry_still_expires_in_versioned_and_suspended_buckets
     assert lb.keys(ver) == [] and lb.keys(susp) == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="expired object delete markers are never removed (schedule._schedule gives a marker no "
-    "action); fix in commits d3e2c7d+2c9b1ae, reverted: it changes the S3 models of "
-    "test_lifecycle_lab.expected and test_lifecycle_baseline_lab (not mine)",
-)
 def test_an_expired_object_delete_marker_is_removed_on_radosgw(
     ceph_lab: CephLab, s3_client: Any, tmp_path: Path
 ) -> None:

@@ -127,12 +127,6 @@ def test_a_version_written_while_a_transition_waits_for_its_pace_stays_current(
     assert lb.s3.get_object(Bucket="ver", Key="k")["Body"].read() == b"new"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="expired object delete markers are never removed (schedule._schedule gives a marker no "
-    "action); fix in commits d3e2c7d+2c9b1ae, reverted: it changes the S3 models of "
-    "test_lifecycle_lab.expected and test_lifecycle_baseline_lab (not mine)",
-)
 def test_an_expired_object_delete_marker_is_removed_under_an_expiration_days_rule(
     aws: None, tmp_path: Path
 ) -> None:

@@ -66,7 +66,9 @@ _TRANSIENT_CODES = frozenset(
 )
 # The key is gone: the expiration is moot.
 _GONE_CODES = frozenset({"NoSuchKey", "NoSuchVersion"})
-COUNTERS = ("expired", "noncurrent_expired", "transitioned", "skipped", "failed", "requests")
+COUNTERS = (
+    "expired", "noncurrent_expired", "markers_expired", "transitioned", "skipped", "failed", "requests",
+)  # fmt: skip
 # An ACL's permissions as CopyObject's grant arguments (WRITE means nothing on an object).
 _GRANT_ARGS = {
     "FULL_CONTROL": "GrantFullControl",
@@ -363,6 +365,8 @@ class Executor:
             return "skip", f"its rule {e.rule!r} is gone (the rules changed)"
         if e.action is Action.NONCURRENT:
             verdict, why = self._check_noncurrent(e)
+        elif e.action is Action.MARKER:
+            verdict, why = self._check_marker(e)
         else:
             verdict, why = self._check_current(e)
         if verdict == "act" and e.tags and not self._tags_match(e):
@@ -394,6 +398,20 @@ class Executor:
         cur = self.head(e.s3_bucket, e.key)
         if cur is not None and not cur.marker and cur.version == e.ver:
             return "skip", "it is current again"
+        return "act", ""
+
+    def _check_marker(self, e: DueEntry) -> tuple[Verdict, str]:
+        """The entry's delete marker must still be its key's only version: the key's entries
+        come first in a listing of versions under the key as prefix, so two entries say."""
+        resp = self._call(
+            f"ListObjectVersions {e.s3_bucket}/{e.key}",
+            lambda: self.client.list_object_versions(Bucket=e.s3_bucket, Prefix=e.key, MaxKeys=2),
+        )
+        assert isinstance(resp, Mapping)
+        mine = [(False, v) for v in resp.get("Versions", []) if v.get("Key") == e.key]
+        mine += [(True, m) for m in resp.get("DeleteMarkers", []) if m.get("Key") == e.key]
+        if len(mine) != 1 or not mine[0][0] or _vid(mine[0][1].get("VersionId")) != e.ver:
+            return "skip", "the delete marker is not the key's only version"
         return "act", ""
 
     def _tags_match(self, e: DueEntry) -> bool:
@@ -447,7 +465,7 @@ class Executor:
     def _delete(self, res: BatchResult, bucket: str, group: Sequence[Pending]) -> None:
         """One DeleteObjects for ``group`` (one bucket's noncurrent versions, each named by its
         version id: what it deletes cannot have changed since the re-check, but for a suspended
-        bucket's null version); entries of one version go as one key."""
+        bucket's null version) and expired delete markers; entries of one version go as one key."""
         ident: dict[tuple[str, str | None], list[Pending]] = defaultdict(list)
         for p in group:
             ident[(p.entry.key, p.entry.ver or NULL)].append(p)
@@ -480,7 +498,9 @@ class Executor:
             code = str(err.get("Code", "")) if err else ""
             for p in ps:
                 if err is None or code in _GONE_CODES:
-                    self.counts["noncurrent_expired"] += 1
+                    self.counts[
+                        "markers_expired" if p.entry.action is Action.MARKER else "noncurrent_expired"
+                    ] += 1
                     res.finish(p)
                 elif code in _TRANSIENT_CODES:
                     res.transient = res.transient or TransientError(f"DeleteObjects {bucket}/{key}: {code}")

@@ -195,6 +195,9 @@ class Action(enum.StrEnum):
     EXPIRE = "expire"  # the current version: DeleteObject without a version id
     NONCURRENT = "noncurrent"  # a noncurrent version: DeleteObject of that version
     TRANSITION = "transition"  # the current version: CopyObject in place to a storage class
+    # An expired object delete marker (a key's only version, a marker): DeleteObject of that
+    # marker, under an expiration rule, as S3 and radosgw's own lifecycle do.
+    MARKER = "expire_marker"
 
 
 @dataclass(frozen=True, slots=True)
@@ -280,6 +283,7 @@ class RuleSet:
                     Action.EXPIRE: r.expire_days,
                     Action.NONCURRENT: r.noncurrent_expire_days,
                     Action.TRANSITION: r.transition_days,
+                    Action.MARKER: r.expire_days,
                 }[action]
                 if days is not None:
                     return True
@@ -311,6 +315,16 @@ class RuleSet:
                 out.append(Due(born_us + r.transition_days * self.day_us, Action.TRANSITION, r))
         return out
 
+    def marker(self, qualified_bucket: str, key: str, *, born_us: int) -> list[Due]:
+        """The actions due for a delete marker born at ``born_us`` that is its key's only version
+        (an expired object delete marker): S3 removes it under an expiration rule (``Days``)
+        once it is that old. A rule filtered by tags does not apply: a marker has none."""
+        return [
+            Due(born_us + r.expire_days * self.day_us, Action.MARKER, r)
+            for r in self.for_key(qualified_bucket, key)
+            if r.expire_days is not None and not r.tags
+        ]
+
     def noncurrent(self, qualified_bucket: str, key: str, *, since_us: int) -> list[Due]:
         """The actions due for a version noncurrent since ``since_us``."""
         return [
@@ -331,13 +345,18 @@ class RuleSet:
         return rules_fingerprint(self._by_bucket[qualified_bucket], self.day_us)
 
 
+# What the rules schedule, beyond the rules themselves: a schedule computed by an older meaning
+# is computed again at the next start (``Layout.check_meta``). 2: expired object delete markers.
+SCHEDULE_SEMANTICS = 2
+
+
 def rules_fingerprint(rules: tuple[Rule, ...], day_us: int) -> str:
     doc = [
         [r.id, r.bucket, r.prefix, sorted(r.tags.items()), r.expire_days, r.noncurrent_expire_days,
          r.transition_days, r.storage_class]
         for r in rules
     ]  # fmt: skip
-    raw = json.dumps([day_us, doc], sort_keys=True).encode()
+    raw = json.dumps([day_us, doc, SCHEDULE_SEMANTICS], sort_keys=True).encode()
     return hashlib.blake2b(raw, digest_size=8).hexdigest()
 
 

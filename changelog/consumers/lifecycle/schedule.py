@@ -262,15 +262,18 @@ class ShardBatch:
                 v.nc_us = None
             elif not current and v.nc_us is None:
                 v.nc_us = p.t_us
-            elif v is not fresh:
-                continue
+            elif v is not fresh and not (v.marker and len(st.versions) == 1):
+                continue  # (a marker left alone by this record is due for removal)
             self._schedule(p.bid, p.rec.qualified_bucket, st, v)
 
     def _schedule(self, bid: str, qualified: str, st: KeyState, v: Version) -> None:
         self._cancel(v)
         if v.marker:
-            return
-        if v.nc_us is None:
+            if v.nc_us is not None or len(st.versions) != 1:
+                return
+            # An expired object delete marker: its key's only version.
+            dues = self.rules.marker(qualified, st.key, born_us=v.mtime_us)
+        elif v.nc_us is None:
             dues = self.rules.current(qualified, st.key, born_us=v.born_us, storage_class=v.sc)
         else:
             dues = self.rules.noncurrent(qualified, st.key, since_us=v.nc_us)
