@@ -10,7 +10,9 @@ with a transition rule. Checked:
 
 * at quiescence every key's versions equal what S3 lifecycle would leave, computed from our own
   ledger of writes (``expected``): expired, marked, noncurrent-expired and transitioned exactly
-  where S3 would (one version in ``COLD`` per transitioned key, in a versioned bucket too), and
+  where S3 would (one version in ``COLD`` per transitioned key, in a versioned bucket too), a
+  delete marker left alone under an expiry rule removed (so every key of the versioned bucket's
+  ``v/`` is gone), and
   the schedule holds only what is not due yet, with nothing failed;
 * keys overwritten or deleted after their entry was scheduled (while serve was down, so the
   executor meets the stale entry first): the newer version is never removed before its own due
@@ -370,8 +372,11 @@ Shape = tuple[tuple[str, ...] | None, list[tuple[str, ...]]]
 
 def expected(ledger: Ledger, rules: list[RuleSpec], bucket: str, key: str) -> Shape:
     """What S3 lifecycle leaves of the key once everything due has been acted on (the rules here
-    converge: expiry, then the noncurrent expiry of what expiry made noncurrent; a rule of
-    ``HORIZON_DAYS`` is never due)."""
+    converge: expiry, then the noncurrent expiry of what expiry made noncurrent, then the removal
+    of a delete marker left as the key's only version, an expired object delete marker, under an
+    expiry rule; a rule of ``HORIZON_DAYS`` is never due). radosgw's own lifecycle leaves the
+    same (rgw_lc.cc: ``LCOpAction_CurrentExpiration`` removes a current delete marker whose key
+    has no other version, whatever the rule's tags: ``LCOpFilter_Tags`` passes markers)."""
     versioned = bucket in ledger.versioned
     mine = [r for r in rules if r.bucket == bucket]
     stack = ledger.stack.get((bucket, key), [])
@@ -384,6 +389,10 @@ def expected(ledger: Ledger, rules: list[RuleSpec], bucket: str, key: str) -> Sh
             items[-1] = ("v", cur.etag, COLD)
     if versioned and any(r.noncurrent is not None and r.matches(key, {}) for r in mine):
         items = [i for i in items[:-1] if i[0] == "m"] + items[-1:]
+    if items == [("m",)] and any(
+        r.expire is not None and r.expire < HORIZON_DAYS and key.startswith(r.prefix) for r in mine
+    ):
+        items = []  # an expired object delete marker
     if not items:
         return None, []
     return items[-1], sorted(items[:-1])
@@ -478,9 +487,9 @@ def check_shapes(srv: Serving, bucket: str) -> None:
     api = srv.get("/_/lifecycle/status")
     assert counts | {"dry_run", "done"} <= set(api), api
     assert api["dry_run"] is False
-    assert {"expired", "noncurrent_expired", "transitioned", "skipped", "failed", "requests"} <= set(
-        api["done"]
-    )
+    assert {
+        "expired", "noncurrent_expired", "markers_expired", "transitioned", "skipped", "failed", "requests"
+    } <= set(api["done"])  # fmt: skip
     cli = srv.cli_json("lifecycle", "status", "--json")
     assert counts <= set(cli), cli
     for doc in (api, cli):
@@ -492,7 +501,7 @@ def check_shapes(srv: Serving, bucket: str) -> None:
     fields = {"due", "action", "tenant", "bucket", "key", "version_id", "rule", "storage_class"}
     assert all(set(a) == fields and a["bucket"] == bucket for a in actions), actions[:3]
     assert [a["due"] for a in actions] == sorted(a["due"] for a in actions), "plan not earliest first"
-    assert {a["action"] for a in actions} <= {"expire", "noncurrent", "transition"}
+    assert {a["action"] for a in actions} <= {"expire", "noncurrent", "transition", "expire_marker"}
     assert srv.cli_json("lifecycle", "plan", "--json", "--until", "1970-01-02T00:00:00Z") == []
     assert all(set(a) == fields for a in srv.get("/_/lifecycle/plan")["actions"])
 

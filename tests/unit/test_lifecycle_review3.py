@@ -164,6 +164,35 @@ def test_an_expired_object_delete_marker_is_removed_under_an_expiration_days_rul
     assert lb.planned() == []
 
 
+def test_a_lone_delete_marker_is_removed_under_a_tag_filtered_expiration_rule(
+    aws: None, tmp_path: Path
+) -> None:
+    """radosgw's tag filter lets every delete marker through (rgw_lc.cc ``LCOpFilter_Tags``; on
+    the Reef and Pacific labs a tag-filtered Expiration Days rule removed the lone markers as an
+    unfiltered one did): a lone marker under a tag rule's prefix is removed, with no tag check
+    (a marker has no tags to read); a marker over a version stays, and so does one under
+    another prefix."""
+    lb = Lab(tmp_path, [{"bucket": "ver", "prefix": "t/", "tags": {"class": "x"}, "expire_days": 2}])
+    lb.bucket("ver", versioned=True)
+    for key in ("t/lone", "t/over", "o/lone"):
+        v = lb.put("ver", key, b"x")
+        lb.delete("ver", key)
+        if key.endswith("lone"):
+            lb.s3.delete_object(Bucket="ver", Key=key, VersionId=v)
+            lb._record("delete", "ver", key, version=v)
+    lb.commit()
+    lb.step(ahead=0)
+    assert [(a, k) for a, k, _ in lb.planned()] == [("expire_marker", "t/lone")]
+    consumer = lb.step(ahead=5)
+    st = consumer.stats()
+    print("stats:", {k: st[k] for k in ("markers_expired", "skipped", "failed", "requests")})
+    assert lb.stack("ver", "t/lone") == []
+    assert [m for _, m in lb.stack("ver", "t/over")] == [True, False]
+    assert [m for _, m in lb.stack("ver", "o/lone")] == [True]
+    assert (st["markers_expired"], st["skipped"], st["failed"]) == (1, 0, 0)
+    assert lb.planned() == []
+
+
 def marker_of(lb: Lab, key: str) -> str:
     (vid, is_marker), *_ = lb.stack("ver", key)
     assert is_marker

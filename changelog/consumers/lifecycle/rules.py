@@ -317,12 +317,17 @@ class RuleSet:
 
     def marker(self, qualified_bucket: str, key: str, *, born_us: int) -> list[Due]:
         """The actions due for a delete marker born at ``born_us`` that is its key's only version
-        (an expired object delete marker): S3 removes it under an expiration rule (``Days``)
-        once it is that old. A rule filtered by tags does not apply: a marker has none."""
+        (an expired object delete marker), under each expiration rule (``Days``) matching the
+        key: due once the marker is that old, as S3 removes it and radosgw since ceph PR 65664
+        (tracker 73240, "delete markers ... removed prematurely").
+        (Reef's and Pacific's own lifecycle removes it at its first pass after it is alone,
+        whatever its age: rgw_lc.cc, ``LCOpAction_CurrentExpiration::check``, "dm-check DELE".)
+        A rule's tags do not keep it: radosgw's tag filter lets every delete marker through
+        (``LCOpFilter_Tags``), and a marker has no tags to compare."""
         return [
             Due(born_us + r.expire_days * self.day_us, Action.MARKER, r)
             for r in self.for_key(qualified_bucket, key)
-            if r.expire_days is not None and not r.tags
+            if r.expire_days is not None
         ]
 
     def noncurrent(self, qualified_bucket: str, key: str, *, since_us: int) -> list[Due]:
