@@ -372,7 +372,8 @@ Shape = tuple[tuple[str, ...] | None, list[tuple[str, ...]]]
 
 def expected(ledger: Ledger, rules: list[RuleSpec], bucket: str, key: str) -> Shape:
     """What S3 lifecycle leaves of the key once everything due has been acted on (the rules here
-    converge: expiry, then the noncurrent expiry of what expiry made noncurrent, then the removal
+    converge: expiry, then the noncurrent expiry of what expiry made noncurrent (delete markers
+    included, as radosgw's ``LCOpAction_NonCurrentExpiration`` removes them), then the removal
     of a delete marker left as the key's only version, an expired object delete marker, under an
     expiry rule; a rule of ``HORIZON_DAYS`` is never due). radosgw's own lifecycle leaves the
     same (rgw_lc.cc: ``LCOpAction_CurrentExpiration`` removes a current delete marker whose key
@@ -388,7 +389,7 @@ def expected(ledger: Ledger, rules: list[RuleSpec], bucket: str, key: str) -> Sh
         elif any(r.transition is not None and r.matches(key, cur.tags) for r in mine):
             items[-1] = ("v", cur.etag, COLD)
     if versioned and any(r.noncurrent is not None and r.matches(key, {}) for r in mine):
-        items = [i for i in items[:-1] if i[0] == "m"] + items[-1:]
+        items = items[-1:]  # noncurrent delete markers too (``LCOpAction_NonCurrentExpiration``)
     if items == [("m",)] and any(
         r.expire is not None and r.expire < HORIZON_DAYS and key.startswith(r.prefix) for r in mine
     ):

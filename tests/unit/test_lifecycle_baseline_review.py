@@ -153,9 +153,10 @@ def test_delete_markers_split_over_pages_of_one_are_scheduled_once_from_the_one_
     aws: None, tmp_path: Path
 ) -> None:
     """k's stack is marker m2, v2, marker m1, v1 (pages of 1 split it at every entry): each
-    version is scheduled once, noncurrent since the mtime of the entry above it (a marker).
-    (A suspended bucket's null version is not modelled: moto's null write drops the key's
-    whole version history.)"""
+    version is scheduled once, noncurrent since the mtime of the entry above it (a marker), and
+    so is the noncurrent marker m1 (since v2's mtime: radosgw's noncurrent expiry removes
+    markers too); the current marker m2, over v2, is not. (A suspended bucket's null version is
+    not modelled: moto's null write drops the key's whole version history.)"""
     lb = Lab(tmp_path, [])
     lb.bucket("ver", versioned=True)
     v1 = lb.put("ver", "k", b"1", log=False)
@@ -169,18 +170,22 @@ def test_delete_markers_split_over_pages_of_one_are_scheduled_once_from_the_one_
     lb.commit()
     consumer = run(lb, ahead=0, page_keys=1, pages_per_step=1)  # v1 due 10 s after m1: not yet
     assert (consumer.stats()["baseline_versions"], consumer.stats()["baseline_pages"]) == (4, 4)
-    assert sorted(lb.planned()) == sorted([("noncurrent", "k", v2), ("noncurrent", "k", v1)])
-    want = sorted(int((mtime_of_marker(lb, m) + 10) * S) for m in (m1, m2))
+    assert sorted(lb.planned()) == sorted([("noncurrent", "k", v) for v in (v2, m1, v1)])
+    # v1 below m1, m1 below v2, v2 below m2: listed mtimes are whole seconds, 1.1 s apart.
+    want = sorted(int((mtime_of(lb, above) + 10) * S) for above in (m1, v2, m2))
     got = sorted(dues(lb, "k", Action.NONCURRENT))
     assert all(abs(g - w) < S for g, w in zip(got, want, strict=True)), (got, want)
-    # Between the two due times: v1 (below m1) is expired, v2 (below m2) not yet.
-    run(lb, ahead=(want[0] + want[1]) / 2 / S - time.time())
+    # Just after each due time, the one below is gone and the next one not yet.
+    run(lb, ahead=(want[0] + S // 2) / S - time.time())
     assert lb.stack("ver", "k") == [(m2, True), (v2, False), (m1, True)]
+    run(lb, ahead=(want[1] + S // 2) / S - time.time())
+    assert lb.stack("ver", "k") == [(m2, True), (v2, False)]
 
 
-def mtime_of_marker(lb: Lab, marker: str) -> float:
+def mtime_of(lb: Lab, version: str | None) -> float:
+    """The listed mtime of a version or delete marker of bucket ``ver``."""
     r = lb.s3.list_object_versions(Bucket="ver")
-    (m,) = [d for d in r.get("DeleteMarkers", []) if d["VersionId"] == marker]
+    (m,) = [d for d in [*r.get("Versions", []), *r.get("DeleteMarkers", [])] if d["VersionId"] == version]
     return float(m["LastModified"].timestamp())
 
 

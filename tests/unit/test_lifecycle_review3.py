@@ -199,12 +199,6 @@ def marker_of(lb: Lab, key: str) -> str:
     return vid
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="noncurrent delete markers get no noncurrent expiry (schedule._schedule returns for a "
-    "noncurrent marker); radosgw's NonCurrentExpiration removes them. The fix changes what "
-    "test_lifecycle_baseline_review's marker test plans: left to the lead",
-)
 def test_a_noncurrent_delete_marker_expires_as_noncurrent(aws: None, tmp_path: Path) -> None:
     """A user's delete (marker m1 over v1), then a new version v2: m1 is noncurrent. radosgw's
     own lifecycle removes every noncurrent entry under NoncurrentVersionExpiration, markers

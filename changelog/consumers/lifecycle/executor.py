@@ -363,14 +363,22 @@ class Executor:
         or ("skip", why) when the object is not the entry's any more or its rule is gone."""
         if not self.schedule.rules.has(e.qualified_bucket, e.rule, e.action):
             return "skip", f"its rule {e.rule!r} is gone (the rules changed)"
-        if e.action is Action.NONCURRENT:
+        if e.action is Action.NONCURRENT and e.marker:
+            verdict, why = self._check_noncurrent_marker(e)
+        elif e.action is Action.NONCURRENT:
             verdict, why = self._check_noncurrent(e)
         elif e.action is Action.MARKER:
             verdict, why = self._check_marker(e)
         else:
             verdict, why = self._check_current(e)
         # A marker has no tags: radosgw's tag filter lets delete markers through.
-        if verdict == "act" and e.tags and e.action is not Action.MARKER and not self._tags_match(e):
+        if (
+            verdict == "act"
+            and e.tags
+            and not e.marker
+            and e.action is not Action.MARKER
+            and not self._tags_match(e)
+        ):
             return "skip", "its tags do not match the rule's"
         return verdict, why
 
@@ -414,6 +422,26 @@ class Executor:
         if len(mine) != 1 or not mine[0][0] or _vid(mine[0][1].get("VersionId")) != e.ver:
             return "skip", "the delete marker is not the key's only version"
         return "act", ""
+
+    def _check_noncurrent_marker(self, e: DueEntry) -> tuple[Verdict, str]:
+        """The entry's delete marker must still be there and not current (a HEAD of a marker's
+        version is a bare 404 on radosgw): the key's versions, listed with the key as prefix,
+        page by page until the marker or another key."""
+        kw: dict[str, object] = {"Bucket": e.s3_bucket, "Prefix": e.key}
+        while True:
+            resp = self._call(
+                f"ListObjectVersions {e.s3_bucket}/{e.key}",
+                lambda: self.client.list_object_versions(**kw),  # type: ignore[arg-type]
+            )
+            assert isinstance(resp, Mapping)
+            for m in resp.get("DeleteMarkers", []):
+                if m.get("Key") == e.key and _vid(m.get("VersionId")) == e.ver:
+                    return ("skip", "it is current again") if m.get("IsLatest") else ("act", "")
+            rows = [*resp.get("Versions", []), *resp.get("DeleteMarkers", [])]
+            if not resp.get("IsTruncated") or any(r.get("Key") != e.key for r in rows):
+                return "skip", "the delete marker is gone"
+            kw["KeyMarker"] = resp.get("NextKeyMarker")
+            kw["VersionIdMarker"] = resp.get("NextVersionIdMarker")
 
     def _tags_match(self, e: DueEntry) -> bool:
         kw: dict[str, str] = {"Bucket": e.s3_bucket, "Key": e.key}

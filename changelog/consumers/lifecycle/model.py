@@ -205,6 +205,7 @@ class DueEntry:
     rule: str
     storage_class: str | None = None  # a transition's target
     tags: Mapping[str, str] = field(default_factory=dict)
+    marker: bool = False  # the version is a delete marker (a noncurrent one's expiry)
 
     @property
     def s3_bucket(self) -> str:
@@ -228,6 +229,7 @@ class DueEntry:
             "r": self.rule,
             "sc": self.storage_class,
             "tags": dict(sorted(self.tags.items())),
+            **({"m": True} if self.marker else {}),
         }
 
     def encode(self) -> bytes:
@@ -248,6 +250,7 @@ class DueEntry:
             str(d["r"]),
             d.get("sc"),
             dict(d.get("tags") or {}),
+            bool(d.get("m", False)),
         )
 
 

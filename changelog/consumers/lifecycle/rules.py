@@ -351,7 +351,8 @@ class RuleSet:
 
 
 # What the rules schedule, beyond the rules themselves: a schedule computed by an older meaning
-# is computed again at the next start (``Layout.check_meta``). 2: expired object delete markers.
+# is computed again at the next start (``Layout.check_meta``). 2: expired object delete markers,
+# and noncurrent delete markers' noncurrent expiry.
 SCHEDULE_SEMANTICS = 2
 
 

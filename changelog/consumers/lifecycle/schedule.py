@@ -268,21 +268,23 @@ class ShardBatch:
 
     def _schedule(self, bid: str, qualified: str, st: KeyState, v: Version) -> None:
         self._cancel(v)
-        if v.marker:
-            if v.nc_us is not None or len(st.versions) != 1:
-                return
+        if v.marker and v.nc_us is None:
+            if len(st.versions) != 1:
+                return  # a marker over versions: S3 and radosgw leave it
             # An expired object delete marker: its key's only version.
             dues = self.rules.marker(qualified, st.key, born_us=v.mtime_us)
         elif v.nc_us is None:
             dues = self.rules.current(qualified, st.key, born_us=v.born_us, storage_class=v.sc)
         else:
+            # A noncurrent delete marker too: radosgw's noncurrent expiry removes every entry
+            # that is not current (rgw_lc.cc ``LCOpAction_NonCurrentExpiration``).
             dues = self.rules.noncurrent(qualified, st.key, since_us=v.nc_us)
         kh, vh = key_hash(st.key), version_hash(v.ver)
         for d in dues:
             dkey = due_key(d.due_us, bid, kh, vh, d.rule.n, d.action)
             entry = DueEntry(
                 st.tenant, st.bucket, st.key, v.ver, v.etag, v.mtime_us, v.born_us, d.action, d.rule.id,
-                d.rule.storage_class, dict(d.rule.tags),
+                d.rule.storage_class, dict(d.rule.tags), v.marker,
             )  # fmt: skip
             self._dues[dkey] = entry.encode()
             v.due.append(dkey)
