@@ -635,7 +635,7 @@ def _consumer_families(consumers: Mapping[str, Mapping[str, object]]) -> Iterato
 
 # Lifecycle (a consumer whose stats have these keys): what its executor did, by action.
 LIFECYCLE_ACTIONS = (
-    "expired", "noncurrent_expired", "transitioned", "skipped", "failed",
+    "expired", "noncurrent_expired", "markers_expired", "transitioned", "skipped", "failed",
     "uploads_aborted", "uploads_gone", "uploads_failed",
     "leftovers_aborted", "leftovers_gone", "leftovers_active", "leftovers_failed",
 )  # fmt: skip
