@@ -190,6 +190,7 @@ class Executor:
     ) -> None:
         self.schedule = schedule
         self.client = client
+        enable_headers(client)  # ``_expire``'s conditional-delete header
         self.batch = batch
         self.delete_batch = delete_batch
         self.workers = workers
@@ -471,7 +472,6 @@ class Executor:
         if e.etag:
             kw["IfMatch"] = f'"{e.etag}"'
         since = datetime.fromtimestamp((e.mtime_us + MTIME_SLACK_US) // 1_000_000, tz=UTC)
-        enable_headers(self.client)
         try:
             with headers({UNMODIFIED_SINCE: since.strftime("%Y-%m-%dT%H:%M:%S.000Z")}):
                 self._call(f"DELETE {bucket}/{key}", lambda: self.client.delete_object(**kw))  # type: ignore[arg-type]
