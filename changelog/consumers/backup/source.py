@@ -165,13 +165,10 @@ class Source:
     def bucket_exists(self, bucket: str) -> bool:
         """Whether the source has ``bucket`` (a HEAD: False on 404)."""
         try:
+            # A HEAD's 404 has no body to name NoSuchBucket: ``translate_error`` makes it ObjectMissing.
             self._call(f"HEAD bucket {bucket}", lambda: self.s3.head_bucket(Bucket=s3_name(bucket)))
         except ObjectMissing:
             return False
-        except PermanentError as ex:
-            if "404" in str(ex) or "NoSuchBucket" in str(ex):
-                return False
-            raise
         return True
 
     def is_versioned(self, bucket: str) -> bool:
@@ -317,11 +314,7 @@ class Source:
         headers: Mapping[str, str] | None = None,
     ) -> None:
         req: PutObjectRequestTypeDef = {"Bucket": s3_name(bucket), "Key": key, "Body": data, "Metadata": dict(metadata)}
-        if content_type:
-            req["ContentType"] = content_type
-        for h, value in (headers or {}).items():
-            if h in CONTENT_HEADERS:
-                req[h] = value  # type: ignore[literal-required]
+        req.update(_content_args(content_type, headers))  # type: ignore[typeddict-item]
         self._call(f"PUT {bucket}/{key}", partial(self.s3.put_object, **req))
 
     def create_multipart(
@@ -334,11 +327,7 @@ class Source:
         headers: Mapping[str, str] | None = None,
     ) -> str:
         req: CreateMultipartUploadRequestTypeDef = {"Bucket": s3_name(bucket), "Key": key, "Metadata": dict(metadata)}
-        if content_type:
-            req["ContentType"] = content_type
-        for h, value in (headers or {}).items():
-            if h in CONTENT_HEADERS:
-                req[h] = value  # type: ignore[literal-required]
+        req.update(_content_args(content_type, headers))  # type: ignore[typeddict-item]
         resp = self._call(f"create upload {bucket}/{key}", partial(self.s3.create_multipart_upload, **req))
         return str(resp["UploadId"])
 
@@ -366,3 +355,12 @@ class Source:
     def close(self) -> None:
         with contextlib.suppress(Exception):
             self.s3.close()
+
+
+def _content_args(content_type: str | None, headers: Mapping[str, str] | None) -> dict[str, str]:
+    """PutObject's and CreateMultipartUpload's arguments for a restored object's Content-Type
+    and content headers (``model.CONTENT_HEADERS``; any other name is left out)."""
+    out = {h: v for h, v in (headers or {}).items() if h in CONTENT_HEADERS}
+    if content_type:
+        out["ContentType"] = content_type
+    return out
