@@ -165,10 +165,16 @@ class Source:
     def bucket_exists(self, bucket: str) -> bool:
         """Whether the source has ``bucket`` (a HEAD: False on 404)."""
         try:
-            # A HEAD's 404 has no body to name NoSuchBucket: ``translate_error`` makes it ObjectMissing.
             self._call(f"HEAD bucket {bucket}", lambda: self.s3.head_bucket(Bucket=s3_name(bucket)))
-        except ObjectMissing:
+        except ObjectMissing:  # a bodiless 404 (``translate_error``)
             return False
+        except PermanentError as ex:
+            # A server that names the code: the S3 answer itself, not the message's text (which
+            # holds the bucket's name).
+            r = refusal(ex.__cause__) if ex.__cause__ is not None else None
+            if r is not None and (r.status == 404 or r.code == "NoSuchBucket"):
+                return False
+            raise
         return True
 
     def is_versioned(self, bucket: str) -> bool:
