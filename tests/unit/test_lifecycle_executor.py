@@ -19,7 +19,7 @@ from moto import mock_aws
 
 from changelog.consumers.framework import ConsumerRunner
 from changelog.consumers.lifecycle.consumer import LifecycleConsumer, layout_of, lifecycle_consumer
-from changelog.consumers.lifecycle.executor import Executor
+from changelog.consumers.lifecycle.executor import UNMODIFIED_SINCE, Executor, headers
 from changelog.consumers.lifecycle.plan import plan, status
 from changelog.consumers.lifecycle.rules import RuleSet, parse_lifecycle
 from changelog.consumers.lifecycle.schedule import Schedule
@@ -39,13 +39,15 @@ class Lab:
     every S3 call made through ``put``/``delete`` is recorded as the follower would record it,
     and ``commit`` writes the pending records as one log object."""
 
-    def __init__(self, tmp_path: Path, rules: list[dict[str, Any]]) -> None:
+    def __init__(self, tmp_path: Path, rules: list[dict[str, Any]], day_seconds: int = 1) -> None:
         self.s3 = make_s3_client(None, access_key="testing", secret_key="testing", region="us-east-1",
                                  max_attempts=1, connect_timeout=5.0, read_timeout=30.0)  # fmt: skip
         self.index = ChangeIndex(SqliteStore(str(tmp_path / "index.db")), shards=2)
         self.logs = DirectoryTarget(tmp_path / "logs", fsync=False)
         self.writer = LogWriter(self.logs)
-        self.section = parse_lifecycle({"day_seconds": 1, "shards": 2, "batch": 100, "rules": rules})
+        self.section = parse_lifecycle(
+            {"day_seconds": day_seconds, "shards": 2, "batch": 100, "rules": rules}
+        )
         self.schedule = Schedule(
             self.index.store, layout_of(self.section, self.index.prefix), RuleSet.of(self.section)
         )
@@ -144,8 +146,8 @@ def aws(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
         yield
 
 
-def lab(tmp_path: Path, rules: list[dict[str, Any]]) -> Lab:
-    return Lab(tmp_path, rules)
+def lab(tmp_path: Path, rules: list[dict[str, Any]], day_seconds: int = 1) -> Lab:
+    return Lab(tmp_path, rules, day_seconds)
 
 
 def test_expires_exactly_the_due_objects_and_never_an_overwritten_key(aws: None, tmp_path: Path) -> None:
@@ -486,9 +488,11 @@ def test_a_chain_of_transitions_moves_down_it_once_and_never_back(aws: None, tmp
     each in turn, as S3's waterfall does, and once in the later class the earlier transition is
     not due again (before, the later copy's record scheduled the earlier one at once: the
     object went back and forth between the classes forever). An object written straight into
-    the chain's last class is not moved at all."""
+    the chain's last class is not moved at all. Days are 10 s here: with 1 s days a loaded
+    machine (CI) took over a day between the write and the first step, so both were due."""
     lb = lab(tmp_path, [{"bucket": "plain", "id": "ia", "transition_days": 1, "storage_class": "STANDARD_IA"},
-                        {"bucket": "plain", "id": "oz", "transition_days": 3, "storage_class": "ONEZONE_IA"}])  # fmt: skip
+                        {"bucket": "plain", "id": "oz", "transition_days": 3, "storage_class": "ONEZONE_IA"}],
+             day_seconds=10)  # fmt: skip
     lb.bucket("plain")
     lb.put("plain", "k", b"data")
     lb.put("plain", "last", b"data", StorageClass="ONEZONE_IA")
@@ -497,16 +501,16 @@ def test_a_chain_of_transitions_moves_down_it_once_and_never_back(aws: None, tmp
     def cls(key: str = "k") -> str:
         return str(lb.s3.head_object(Bucket="plain", Key=key)["StorageClass"])
 
-    lb.step(ahead=2)
+    lb.step(ahead=20)
     assert cls() == "STANDARD_IA" and cls("last") == "ONEZONE_IA"
     lb.record_current("plain", "k")  # the copy's record: the same age, the new class
     lb.commit()
     assert [(a, k) for a, k, _ in lb.planned()] == [("transition", "k")]  # ONEZONE_IA only
-    lb.step(ahead=4)
+    lb.step(ahead=40)
     assert cls() == "ONEZONE_IA"
     lb.record_current("plain", "k")
     lb.commit()
-    consumer = lb.step(ahead=10)
+    consumer = lb.step(ahead=100)
     assert cls() == "ONEZONE_IA" and lb.planned() == []
     assert consumer.stats()["transitioned"] == 2  # the executor's counts since the start: nothing moved back
 
@@ -527,3 +531,24 @@ def test_transitions_due_together_go_straight_to_the_last_class(aws: None, tmp_p
     consumer = lb.step(ahead=6)
     assert lb.s3.head_object(Bucket="plain", Key="k")["StorageClass"] == "ONEZONE_IA"
     assert (consumer.stats()["transitioned"], lb.planned()) == (1, [])
+
+
+def test_a_client_given_to_the_executor_later_sends_the_conditional_delete_header(
+    aws: None, tmp_path: Path
+) -> None:
+    """The conditional-delete header rides on a handler registered on the client; a client the
+    executor is given after it was made (the lab tests give it radosgw's) must carry it too (it
+    did not: the overwritten object was deleted on Pacific)."""
+    lb = lab(tmp_path, [{"bucket": "plain", "expire_days": 1}])
+    other = make_s3_client(None, access_key="testing", secret_key="testing", region="us-east-1",
+                           max_attempts=1, connect_timeout=5.0, read_timeout=30.0)  # fmt: skip
+    seen: list[bytes | None] = []
+    other.meta.events.register(
+        "before-send.s3", lambda request, **_: seen.append(request.headers.get(UNMODIFIED_SINCE))
+    )
+    lb.bucket("plain")
+    lb.executor.client = other
+    with headers({UNMODIFIED_SINCE: "2026-01-01T00:00:00Z"}):
+        lb.executor.client.head_bucket(Bucket="plain")
+    lb.executor.client.head_bucket(Bucket="plain")
+    assert seen == [b"2026-01-01T00:00:00Z", None]

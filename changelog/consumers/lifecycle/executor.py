@@ -190,7 +190,6 @@ class Executor:
     ) -> None:
         self.schedule = schedule
         self.client = client
-        enable_headers(client)  # ``_expire``'s conditional-delete header
         self.batch = batch
         self.delete_batch = delete_batch
         self.workers = workers
@@ -198,6 +197,18 @@ class Executor:
         self.clock = clock
         self.counts: dict[str, int] = defaultdict(int)
         self._counts_lock = threading.Lock()  # re-checks count their requests from worker threads
+
+    @property
+    def client(self) -> S3Client:
+        return self._client
+
+    @client.setter
+    def client(self, client: S3Client) -> None:
+        """Every client the executor is given carries ``_expire``'s conditional-delete header
+        (registered on the client, not per request; a client swapped in later gets it too)."""
+        if hasattr(client, "meta"):
+            enable_headers(client)
+        self._client = client
 
     def snapshot(self) -> dict[str, int]:
         return {name: self.counts.get(name, 0) for name in COUNTERS}
