@@ -9,7 +9,10 @@ reason names the component and the check that failed, as ``GET /_/healthcheck`` 
 * ``follower`` / ``follow_lag``: the follower this process runs last caught up with the source
   more than ``[health] max_follow_lag`` ago;
 * ``leases`` / ``lease_renewal``: a lease this process holds went a whole renewal period without
-  a renewal (renewals are failing; the lease is about to be lost).
+  a renewal (renewals are failing; the lease is about to be lost);
+* ``consumers`` / ``failing_steps``: every step of a consumer this process runs failed for more
+  than ``[health] max_consumer_failing`` (a replication site or backup target down for good:
+  the consumer retries with backoff and its checkpoint stands still).
 
 Whether a component's thread is alive and a lease is held by someone are the API's own checks
 (``changelog.api.thread_alive``, ``leases_held``); ``changelog.service`` combines them with these.
@@ -35,6 +38,7 @@ CHECKS = (
     ("collector", "backlog_age"),
     ("follower", "follow_lag"),
     ("leases", "lease_renewal"),
+    ("consumers", "failing_steps"),
 )
 
 # A check as the API runs it: (ok, detail).
@@ -158,6 +162,23 @@ def lease_reasons(leases: Iterable[RenewedLease]) -> list[Reason]:
     return out
 
 
+def consumer_reasons(name: str, stats: Mapping[str, object], policy: HealthConfig) -> list[Reason]:
+    """``failing_steps`` from a consumer runner's ``stats()``."""
+    failing = stat_number(stats, "failing_seconds") or 0.0
+    if failing <= policy.max_consumer_failing:
+        return []
+    n = int(stat_number(stats, "failed_in_row") or 0)
+    last = " ".join(str(stats.get("last_step_error") or "unknown error").split())
+    return [
+        Reason(
+            "consumers",
+            "failing_steps",
+            f"consumer {name}: every step failed for {failing:.0f} s ({n} in a row; limit "
+            f"{policy.max_consumer_failing:g} s); last: {last}",
+        )
+    ]
+
+
 def oldest_entry_us(index: ChangeIndex) -> int | None:
     """The arrival time of the oldest entry waiting in the index: one one-key read per shard
     (``ChangeIndex.stats`` would page through the whole backlog)."""
@@ -189,6 +210,7 @@ class Health:
         oldest_us: Callable[[], int | None],
         follower: StatsProvider | None = None,
         leases: Callable[[], Iterable[RenewedLease]] = tuple,
+        consumers: Mapping[str, StatsProvider] | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.policy = policy
@@ -196,6 +218,7 @@ class Health:
         self._oldest_us = oldest_us
         self._follower = follower
         self._leases = leases
+        self._consumers = dict(consumers or {})
         self._clock = clock
 
     def part(self, component: str) -> list[Reason]:
@@ -211,7 +234,22 @@ class Health:
             )
         if component == "leases":
             return lease_reasons(self._leases())
+        if component == "consumers":
+            return [r for name in self._consumers for r in self.consumer(name)]
         raise ValueError(f"no health component {component!r}")
+
+    def consumer(self, name: str) -> list[Reason]:
+        """The reasons of one consumer this process runs."""
+        return consumer_reasons(name, self._consumers[name].stats(), self.policy)
+
+    def consumer_check(self, name: str) -> Callable[[], Verdict]:
+        """The API check of one consumer, as ``check``."""
+
+        def run() -> Verdict:
+            found = self.consumer(name)
+            return (True, "ok") if not found else (False, "; ".join(r.detail for r in found))
+
+        return run
 
     def reasons(self) -> list[Reason]:
         """Every reason; a part that cannot be read is a reason itself."""

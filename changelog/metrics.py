@@ -378,6 +378,9 @@ def _follower_families(fstats: Mapping[str, object]) -> Iterator[Metric]:
          "Source bucket instances (or log generations) gone before their log was read to its end"),
         ("entries_lost", "follower_entries_lost",
          "Estimated bucket-index-log entries lost with them (where an estimate was possible)"),
+        ("late_entries", "follower_late_entries",
+         "Bucket-index-log entries radosgw added to a finished log generation after it was read to its end "
+         "(recorded late)"),
     ))  # fmt: skip
     skipped = CounterMetricFamily(
         PREFIX + "follower_skipped", "Source log entries skipped on purpose, by reason (filter, internal)",

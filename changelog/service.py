@@ -481,6 +481,7 @@ def make_health(policy: HealthConfig, pipeline: Pipeline) -> Health:
         oldest_us=lambda: oldest_entry_us(pipeline.index),
         follower=pipeline.follower,
         leases=lambda: role_leases(pipeline),
+        consumers={r.consumer.name: r for r in pipeline.consumers},
     )
 
 
@@ -491,7 +492,7 @@ def health_checks(pipeline: Pipeline, service: Service, health: Health | None = 
     checks are left out. With ``health`` (``make_health``; ``serve`` always passes it) a
     component whose thread is alive is still down for the reasons of ``changelog.health``:
     the collector for failed passes or an old backlog, the follower for its lag, the leases
-    for failing renewals."""
+    for failing renewals, a consumer for steps failing for ``max_consumer_failing``."""
     from changelog.api import leases_held, probe, thread_alive
     from changelog.health import all_of
 
@@ -511,6 +512,9 @@ def health_checks(pipeline: Pipeline, service: Service, health: Health | None = 
         for name in ("collector", "follower", "leases"):
             if name in checks:
                 checks[name] = all_of(checks[name], health.check(name))
+        for runner in pipeline.consumers:
+            name = runner.consumer.name
+            checks[name] = all_of(checks[name], health.consumer_check(name))
     return checks
 
 

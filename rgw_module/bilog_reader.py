@@ -26,7 +26,7 @@ from changelog.pipeline.mutation import Mutation, Op
 from rgw_module.admin import NotFound
 from rgw_module.bucket_index import ObjectFacts
 from rgw_module.bucket_tracker import BucketTracker
-from rgw_module.follower_state import ShardCursor, dump_json
+from rgw_module.follower_state import SealedShard, ShardCursor, dump_json
 from rgw_module.generations import start_closing
 from rgw_module.mapping import (
     BadEntry,
@@ -252,6 +252,93 @@ class BilogReader:
         self._check_failed(failed)
         return complete
 
+    def read_sealed(self) -> int:
+        """Read the sealed shards of finished log generations that are due (``generations``
+        module docstring) from their markers; record what radosgw added to them since, as late
+        entries; forget a shard whose time is up (trimmed to its marker), whose generation is
+        gone, or whose bucket instance is. Returns the late entries recorded."""
+        ctx, st = self.ctx, self.ctx.state
+        now = ctx.now()
+        due: list[tuple[BucketShard, SealedShard]] = []
+        drop: list[BucketShard] = []
+        for bs, s in sorted(st.sealed.items()):
+            b = st.buckets.get(bs.bucket)
+            if b is None or b.state == "gone" or b.bucket_id != bs.bucket_id:
+                drop.append(bs)  # deleted or replaced: its delete or new instance is recorded
+            elif b.state == "incr" and now >= s.next_poll:
+                due.append((bs, s))  # (in full sync: after it, the baseline says what exists)
+        self._forget_sealed(drop)
+        if not due:
+            return 0
+        ctx.check_running()
+        page_entries = ctx.config.page_entries
+        pages = ctx.parallel(lambda j: ctx.admin.bilog_list(j[0], j[1].marker, max_entries=page_entries), due)
+        late = 0
+        for (bs, s), page in zip(due, pages, strict=True):
+            if isinstance(page, NotFound):
+                drop.append(bs)  # the generation was removed (``bilog autotrim``)
+                continue
+            if isinstance(page, LeaseLost | PermanentError | Stopped):
+                raise page
+            if isinstance(page, BaseException):
+                ctx.count_error("bilog")
+                logger.warning("sealed bucket index log %s: %s", bs.key, page)
+                continue
+            if page:
+                late += self._record_late(bs, s, page, now)
+            more = len(page) >= page_entries
+            s.next_poll = now if more else now + ctx.config.sealed_poll_interval
+            if not page and now >= s.until:
+                if ctx.trim_bilogs and s.marker:
+                    try:
+                        ctx.admin.bilog_trim(bs, s.marker)
+                    except NotFound:
+                        pass
+                    except TransientError as ex:
+                        ctx.count_error("trim")
+                        logger.warning("trimming sealed bucket index log %s: %s", bs.key, ex)
+                        continue
+                drop.append(bs)
+        self._forget_sealed([bs for bs in drop if bs in st.sealed])
+        return late
+
+    def _record_late(self, bs: BucketShard, s: SealedShard, page: list[BilogEntry], now: float) -> int:
+        """Record one page of late entries of a sealed shard: under a ``gen`` of their own (the
+        bucket's, plus one), ordered after everything recorded of their keys so far; the bucket
+        record moves on to the ``gen`` after it first (a crash in between only skips a number),
+        then the sealed marker moves with the page's multipart uploads."""
+        ctx, st = self.ctx, self.ctx.state
+        b = st.buckets[bs.bucket]
+        late_gen = b.gen + 1
+        nb = dataclasses.replace(b, gen=b.gen + 2)
+        ctx.write({ctx.keys.bucket(b.name): nb.encode()})
+        st.buckets[b.name] = nb
+        uploads: dict[str, bytes | None] = {}
+        mutations = self._mutations(bs, page, int(now * 1_000_000_000), None, uploads, generation=late_gen)
+        if mutations and ctx.config.object_info != "none":
+            mutations = self._with_heads(mutations, {bs.source})
+        ctx.record(mutations)
+        ctx.fault("late.recorded")
+        s.marker = _page_end(page, s.marker)
+        sets: dict[str, bytes] = {k: v for k, v in uploads.items() if v is not None}
+        sets[ctx.keys.sealed(bs)] = s.encode()
+        ctx.write(sets, [k for k, v in uploads.items() if v is None])
+        with ctx.lock:
+            ctx.stats.late_entries += len(page)
+        logger.warning(
+            "bucket %s: %d entries (%d records) appeared in finished log generation %d (shard %d) after "
+            "it was read to its end; recorded now, ordered after what was recorded before",
+            bs.bucket, len(page), len(mutations), bs.log_gen, bs.shard,
+        )  # fmt: skip
+        return len(page)
+
+    def _forget_sealed(self, shards: Sequence[BucketShard]) -> None:
+        if shards:
+            self.ctx.write(remove=[self.ctx.keys.sealed(bs) for bs in shards])
+            with self.ctx.lock:
+                for bs in shards:
+                    self.ctx.state.sealed.pop(bs, None)
+
     def _check_failed(self, failed: Sequence[ShardCursor]) -> None:
         """Shards whose log read failed: is their bucket instance still there? Pacific answers
         a deleted bucket's log with an empty 200 (not a 404) for a while, which would otherwise be
@@ -278,10 +365,12 @@ class BilogReader:
         observed_ns: int,
         facts: dict[str, ObjectFacts] | None,
         uploads: dict[str, bytes | None],
+        generation: int | None = None,
     ) -> list[Mutation]:
         ctx = self.ctx
+        gen = ctx.state.buckets[bs.bucket].gen if generation is None else generation
         # The shard's stream name and seq prefix, computed once for the page (not per entry).
-        mapper = ShardMapper(bs, ctx.state.buckets[bs.bucket].gen, writer=ctx.config.record_writer)
+        mapper = ShardMapper(bs, gen, writer=ctx.config.record_writer)
         out: list[Mutation] = []
         internal = unwanted = 0
         # No key prefixes for the bucket: every key is wanted (``BucketFilter.wants``), asked once.

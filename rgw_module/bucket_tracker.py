@@ -29,6 +29,8 @@ from rgw_module.follower_state import (
     BootRecord,
     BucketRecord,
     FullSyncProgress,
+    ShardCursor,
+    pending_value,
 )
 from rgw_module.generations import start_closing
 from rgw_module.mapping import BucketShard, bilog_marker, bucket_mutation
@@ -150,10 +152,20 @@ class BucketTracker:
             stats = None
         known = ctx.state.buckets.get(name)
         if stats is None:
+            ctx.recreating.pop(name, None)
             self._gone(name, known)
             return
         if known is not None and known.state != "gone" and known.bucket_id == stats.bucket_id:
             return
+        recreated = known is not None and known.state != "gone" and not _same_lifetime(known, stats)
+        if recreated and known is not None and ctx.config.recreated_bucket_wait > 0:
+            # Deleted and created again: the old lifetime ends first (its bucket_delete)...
+            logger.info("bucket %s deleted and created again: instance %s -> %s", name, known.bucket_id, stats.bucket_id)
+            self._gone(name, known, keep=stats.bucket_id)
+            known = ctx.state.buckets.get(name)
+        waited = name in ctx.recreating
+        if known is not None and known.state == "gone" and self._old_life_uncommitted(known):
+            return  # ...and the new one starts once no collector pass can commit it before that
         gen = known.gen + 1 if known is not None else 1
         if known is not None and known.state != "gone":
             why = "resharded" if _same_lifetime(known, stats) else "deleted and created again"
@@ -172,6 +184,40 @@ class BucketTracker:
         self._lifetime(known, stats, gen)
         if not self._follow_from_first_entry(stats, gen):
             self.start_full_sync(stats, gen)
+        elif waited:
+            # The data log's news of its shards came while it waited (and were dropped with the
+            # tombstone's): every shard is read from its first entry.
+            self._all_pending(ctx.state.buckets[name])
+
+    def _old_life_uncommitted(self, tomb: BucketRecord) -> bool:
+        """Whether the new lifetime of ``tomb``'s bucket must wait: its ``bucket_delete`` (recorded
+        at ``deleted_us``, in the index's last shard) is below no collector cutoff yet, so a pass
+        could still commit it after a ``bucket_create`` recorded now (first shard): a replayer
+        would end with the bucket deleted. Waits while a collector holds its lease (nobody else
+        could help), at most ``recreated_bucket_wait``."""
+        from changelog.pipeline.collector_streams import draining
+
+        ctx = self.ctx
+        name = tomb.name
+        wait = ctx.config.recreated_bucket_wait
+        if wait <= 0 or tomb.deleted_us <= 0:
+            ctx.recreating.pop(name, None)
+            return False
+        now = ctx.now()
+        held, cutoff = draining(ctx.index, ctx.index.shards - 1, now)
+        if not held or cutoff > tomb.deleted_us:
+            ctx.recreating.pop(name, None)
+            return False
+        deadline = ctx.recreating.setdefault(name, max(now, tomb.deleted_us / 1_000_000) + wait)
+        if now < deadline:
+            return True
+        ctx.recreating.pop(name, None)
+        logger.warning(
+            "bucket %s was created again, and no collector cut off past its bucket_delete within %g s: "
+            "following its new lifetime now (a pass may commit its bucket_create before that delete)",
+            name, wait,
+        )  # fmt: skip
+        return False
 
     def _lifetime(self, known: BucketRecord | None, stats: BucketStats, gen: int) -> None:
         """Record the bucket ops of moving from ``known`` to the instance of ``stats`` (before the
@@ -244,9 +290,10 @@ class BucketTracker:
             time_ns=int(self.ctx.now() * 1_000_000_000),
         )
 
-    def _gone(self, name: str, known: BucketRecord | None) -> None:
+    def _gone(self, name: str, known: BucketRecord | None, *, keep: str | None = None) -> None:
         """``name`` answered 404: keep a tombstone (its ``gen`` orders a bucket of the same name
-        created later), drop the rest of its state."""
+        created later), drop the rest of its state (but the shards of instance ``keep``: the
+        bucket's next lifetime, when it was created again)."""
         ctx = self.ctx
         if known is not None and known.state != "gone":
             # Every record read from it is in the index (the bilog reader resolves a bucket
@@ -257,14 +304,19 @@ class BucketTracker:
             logger.info("bucket %s is gone (deleted): recorded bucket_delete, dropping its follower state", name)
             # A gone bucket has no log generation left to finish: a closing generation kept here
             # would hold every later sweep incomplete (and the watermark with it).
-            tomb = dataclasses.replace(known, state="gone", closing=False)
+            tomb = dataclasses.replace(
+                known, state="gone", closing=False, deleted_us=int(ctx.now() * 1_000_000)
+            )
             # Its uploads in progress went with it.
             uploads = [k for k, _ in omap_iter(ctx.store, ctx.control_oid, prefix=ctx.keys.upload(name, ""))]
-            ctx.write({ctx.keys.bucket(name): tomb.encode()}, self.bucket_keys(name) + [ctx.keys.full(name), *uploads])
-            ctx.state.forget(name)
+            ctx.write(
+                {ctx.keys.bucket(name): tomb.encode()},
+                self.bucket_keys(name, keep=keep) + [ctx.keys.full(name), *uploads],
+            )
+            ctx.state.forget(name, keep=keep)
             ctx.state.buckets[name] = tomb
         else:
-            ctx.state.forget(name)
+            ctx.state.forget(name, keep=keep)
         ctx.state.closing.pop(name, None)
 
     def _report_loss(self, known: BucketRecord, why: str) -> None:
@@ -317,6 +369,15 @@ class BucketTracker:
             start_closing(ctx, b, ctx.now(), persist=True)
         logger.info("following new bucket %s (%s) from its first log entry", name, stats.bucket_id)
         return True
+
+    def _all_pending(self, b: BucketRecord) -> None:
+        ctx, st = self.ctx, self.ctx.state
+        now = ctx.now()
+        hot_until = now + ctx.config.hot_seconds
+        shards = [bs for bs in b.shard_list() if bs not in st.shards]
+        ctx.write({ctx.keys.pending(bs): pending_value(hot_until) for bs in shards})
+        for bs in shards:
+            st.shards[bs] = ShardCursor(bs, hot_until=hot_until, persisted_hot=hot_until, since=now)
 
     def bucket_keys(self, name: str, *, keep: str | None = None) -> list[str]:
         """The marker and pending keys of ``name`` (of every instance but ``keep``)."""

@@ -117,6 +117,7 @@ class FollowerStatsDoc(TypedDict):
     lease_held: bool
     instances_lost: int  # log streams gone before read to their end (docs/design.md §10)
     entries_lost: int  # the entries they held, where an estimate was possible
+    late_entries: int  # added by radosgw to a finished log generation after it was read to its end
     skipped: dict[str, int]  # reason (filter, internal) -> log entries skipped
     not_followed: dict[str, str]  # buckets seen and not followed (internal ones) -> reason
     bucket_ops: dict[str, int]  # bucket_create, bucket_delete -> records made
@@ -257,6 +258,7 @@ class Follower:
                 "lease_held": self.lease.held,
                 "instances_lost": s.instances_lost,
                 "entries_lost": s.entries_lost,
+                "late_entries": s.late_entries,
                 "skipped": {reason: s.skipped.get(reason, 0) for reason in SKIP_REASONS},
                 "not_followed": dict(sorted(ctx.not_followed.items())),
                 "bucket_ops": {op: s.bucket_ops.get(op, 0) for op in BUCKET_OPS},
@@ -339,17 +341,20 @@ class Follower:
         self._buckets.announce()
         self._buckets.scan_now_and_then()
         self._buckets.take_requests()
+        for name in sorted(ctx.recreating):  # deleted and created again: may its new lifetime start?
+            self._buckets.resolve(name)
         complete = self._datalog.read()
         complete = self._full_syncs.run() and complete
         complete = self._bilogs.drain() and complete
         # A log generation finished: its successor is read from its start right away.
         if advance_generations(ctx, self._buckets.resolve):
             complete = self._bilogs.drain() and complete
+        self._bilogs.read_sealed()
         # A bucket found resharded or new during the drain starts a full sync: not caught up yet
         # (but for buckets the source user may not list: named, waiting, ``FullSyncRunner``).
         now = ctx.now()
         waiting = any(ctx.denied.get(name, 0.0) <= now for name in st.full)
-        complete = complete and not waiting and not st.closing
+        complete = complete and not waiting and not st.closing and not ctx.recreating
         self._trimmer.trim()
         with ctx.lock:
             ctx.stats.sweeps += 1

@@ -48,6 +48,7 @@ from changelog.pipeline.control import (
     FOLLOWER_PENDING_KIND,
     FOLLOWER_REQUEST_PREFIX,
     FOLLOWER_ROLE,
+    FOLLOWER_SEALED_KIND,
     FOLLOWER_UPLOAD_KIND,
     partition_lock,
     partition_member_key,
@@ -140,14 +141,14 @@ def _split(index: ChangeIndex, count: int, leases: Sequence[Lease]) -> None:
 
 def bucket_of(rest: str) -> str | None:
     """The bucket a follower key (without its prefix) is about: ``k.``/``f.`` name it, ``u.``
-    names it before ``:<upload id>``, ``p.`` and ``m.`` name a bucket-index shard."""
+    names it before ``:<upload id>``, ``p.``, ``m.`` and ``s.`` name a bucket-index shard."""
     head, dot, tail = rest.partition(".")
     kind = head + dot
     if kind in (FOLLOWER_BUCKET_KIND, FOLLOWER_FULL_KIND):
         return tail
     if kind == FOLLOWER_UPLOAD_KIND:
         return tail.rpartition(":")[0] or None
-    if kind in (FOLLOWER_PENDING_KIND, FOLLOWER_MARKER_KIND):
+    if kind in (FOLLOWER_PENDING_KIND, FOLLOWER_MARKER_KIND, FOLLOWER_SEALED_KIND):
         bs = BucketShard.parse(tail)
         return None if bs is None else bs.bucket
     return None

@@ -13,6 +13,8 @@ as ``rgw-changelog status`` shows it (no lease needed).
 ``r.rq.<bucket>``                   a full sync asked for (``Follower.request_full_sync``)
 ``r.cu``                            caught_up_until, microseconds
 ``r.u.<bucket>:<upload id>``        a multipart upload in progress (key, start)
+``r.s.<bucket>:<id>:<shard>@<gen>`` a shard of a finished log generation, re-read now and then
+                                    for entries radosgw still adds: ``{"marker", "until"}``
 ==================================  ===========================================================
 
 ``<bucket>`` is the qualified name: ``tenant/bucket`` for a tenant's bucket.
@@ -40,6 +42,7 @@ from changelog.pipeline.control import (
     FOLLOWER_PARTITION_PREFIX,
     FOLLOWER_PENDING_KIND,
     FOLLOWER_PREFIX,
+    FOLLOWER_SEALED_KIND,
     FOLLOWER_UPLOAD_KIND,
 )
 from changelog.pipeline.index import ChangeIndex
@@ -107,6 +110,10 @@ class StateKeys:
     def upload_prefix(self) -> str:
         return self.prefix + FOLLOWER_UPLOAD_KIND
 
+    @property
+    def sealed_prefix(self) -> str:
+        return self.prefix + FOLLOWER_SEALED_KIND
+
     def datalog(self, n: int) -> str:
         return f"{self.datalog_prefix}{n:04d}"
 
@@ -115,6 +122,9 @@ class StateKeys:
 
     def marker(self, bs: BucketShard) -> str:
         return self.marker_prefix + bs.key
+
+    def sealed(self, bs: BucketShard) -> str:
+        return self.sealed_prefix + bs.key
 
     def bucket(self, name: str) -> str:
         return self.bucket_prefix + name
@@ -167,6 +177,8 @@ class BucketRecord:
     # Its bucket_create is recorded. Records written before bucket records existed say nothing
     # (False): the follower announces those buckets once (``BucketTracker.announce``).
     announced: bool = True
+    # A tombstone's (state "gone"): when its bucket_delete was recorded (unix µs; 0: unknown).
+    deleted_us: int = 0
 
     def encode(self) -> bytes:
         d: dict[str, object] = {
@@ -177,6 +189,8 @@ class BucketRecord:
             d["closing"] = self.closing
         if self.announced:
             d["an"] = True
+        if self.deleted_us:
+            d["deleted_us"] = self.deleted_us
         return dump_json(d)
 
     @classmethod
@@ -192,6 +206,7 @@ class BucketRecord:
             int(d.get("log_gen", 0)),
             bool(d.get("closing", False)),
             bool(d.get("an", False)),
+            int(d.get("deleted_us", 0)),
         )
 
     def shard_list(self) -> list[BucketShard]:
@@ -253,6 +268,25 @@ class ShardCursor:
         return None
 
 
+@dataclass(slots=True)
+class SealedShard:
+    """A shard of a finished log generation (``r.s.``): read to its end when the bucket moved on
+    to the next generation, and read again every ``sealed_poll_interval`` until ``until``, for
+    entries radosgw adds to it after that (rgw_module/README.md, "Log generations")."""
+
+    marker: str
+    until: float
+    next_poll: float = 0.0  # not persisted: the first poll after a load is at once
+
+    def encode(self) -> bytes:
+        return dump_json({"marker": self.marker, "until": self.until})
+
+    @classmethod
+    def decode(cls, raw: bytes) -> SealedShard:
+        d = orjson.loads(raw)
+        return cls(str(d.get("marker", "")), float(d.get("until", 0.0)))
+
+
 @dataclass
 class FollowerState:
     """The in-memory mirror of the persisted state, plus what a sweep remembers between sweeps.
@@ -267,6 +301,7 @@ class FollowerState:
     # bucket -> shards of its closing log generation not yet read to their end since the newer
     # generation was seen (rebuilt from ``BucketRecord.closing`` on load)
     closing: dict[str, set[BucketShard]] = field(default_factory=dict)
+    sealed: dict[BucketShard, SealedShard] = field(default_factory=dict)  # finished generations' shards
     # Not persisted:
     datalog_trimmed: dict[int, tuple[str, float]] = field(default_factory=dict)  # marker, when
     to_trim: dict[BucketShard, str] = field(default_factory=dict)  # cooled shards' last markers
@@ -295,6 +330,11 @@ class FollowerState:
                 hot = float(orjson.loads(v).get("hot_until", 0.0))
                 self.shards[bs] = ShardCursor(bs, hot_until=hot, persisted_hot=hot, since=now)
         self.closing = {}
+        self.sealed = {}
+        for k, v in _by_name(store, oid, keys.sealed_prefix):
+            bs = BucketShard.parse(k)
+            if bs is not None:
+                self.sealed[bs] = SealedShard.decode(v)
 
     def forget(self, name: str, *, keep: str | None = None) -> None:
         """Drop the pending shards of ``name`` (of every instance but ``keep``) and its full sync."""
@@ -316,6 +356,7 @@ def follower_state(index: ChangeIndex, keys: StateKeys = ZONE_KEYS, lock_name: s
     full = {name: orjson.loads(v) for name, v in _by_name(store, oid, keys.full_prefix)}
     pending = sum(1 for _ in omap_iter(store, oid, prefix=keys.pending_prefix))
     markers = sum(1 for _ in omap_iter(store, oid, prefix=keys.marker_prefix))
+    sealed = sum(1 for _ in omap_iter(store, oid, prefix=keys.sealed_prefix))
     cu = int(got[keys.caught_up]) / 1_000_000 if keys.caught_up in got else None
     lock = store.lock_info(oid, lock_name)
     boot = got.get(keys.boot)
@@ -336,6 +377,7 @@ def follower_state(index: ChangeIndex, keys: StateKeys = ZONE_KEYS, lock_name: s
         },
         "pending_shards": pending,
         "shard_markers": markers,
+        "sealed_shards": sealed,
         "lease": None
         if lock is None
         else {"holder": lock.holder, "cookie": lock.cookie, "expires_at": lock.expires_at},

@@ -4,6 +4,13 @@ log generation starting empty beside the old one). A bucket whose newer generati
 generation is trimmed up to what was recorded and the next one is followed from its first entry,
 with our per-bucket ``gen`` bumped so per-key order holds across the switch (rgw_module/README.md,
 "Log generations").
+
+The finished generation's shards stay *sealed* for ``sealed_seconds``: each is read again from its
+marker every ``sealed_poll_interval`` (``BilogReader.read_sealed``), because radosgw may still add
+an entry to a generation after its successor exists (a write that completes across the reshard;
+Reef's and Squid's listing-time index repairs, upstream PR 59609). Such *late* entries are recorded
+under a per-bucket ``gen`` of their own (after everything recorded of the key before, and before
+what follows), then the shard is trimmed again at the end of its time.
 """
 
 from __future__ import annotations
@@ -15,6 +22,7 @@ from changelog.errors import TransientError
 from rgw_module.admin import BilogInfo, NotFound
 from rgw_module.follower_state import (
     BucketRecord,
+    SealedShard,
     ShardCursor,
     pending_value,
 )
@@ -86,19 +94,25 @@ def advance_generations(ctx: SweepContext, resolve: Callable[[str], None]) -> bo
             closing.pop(name, None)
             ctx.write({ctx.keys.bucket(name): b.encode()})
             continue
+        markers = _markers(ctx, b.shard_list())
         if ctx.trim_bilogs:
-            _trim_generation(ctx, b.shard_list())
+            _trim_generation(ctx, markers)
         ctx.fault("advance")  # old generation trimmed, the switch not yet written
-        _switch(ctx, b, info, nxt)
+        _switch(ctx, b, info, nxt, markers)
         moved = True
     return moved
 
 
-def _trim_generation(ctx: SweepContext, old: list[BucketShard]) -> None:
-    """Trim the shards of a finished generation up to their persisted markers: everything up to
-    them is recorded, and nothing is written to a finished generation any more."""
+def _markers(ctx: SweepContext, old: list[BucketShard]) -> dict[BucketShard, str]:
+    """The persisted markers of a generation's shards ("": nothing recorded from it)."""
     got = ctx.store.omap_get(ctx.control_oid, [ctx.keys.marker(bs) for bs in old])
-    jobs = [(bs, got[ctx.keys.marker(bs)].decode()) for bs in old if got.get(ctx.keys.marker(bs))]
+    return {bs: (got.get(ctx.keys.marker(bs)) or b"").decode() for bs in old}
+
+
+def _trim_generation(ctx: SweepContext, markers: dict[BucketShard, str]) -> None:
+    """Trim the shards of a finished generation up to their persisted markers: everything up to
+    them is recorded (what radosgw adds after them is read as late entries while sealed)."""
+    jobs = [(bs, m) for bs, m in markers.items() if m]
     results = ctx.parallel(lambda j: ctx.admin.bilog_trim(j[0], j[1]), jobs)
     for (bs, _m), r in zip(jobs, results, strict=True):
         if isinstance(r, BaseException) and not isinstance(r, NotFound):
@@ -106,9 +120,12 @@ def _trim_generation(ctx: SweepContext, old: list[BucketShard]) -> None:
             logger.warning("trimming bucket index log %s: %s", bs.key, r)
 
 
-def _switch(ctx: SweepContext, b: BucketRecord, info: BilogInfo, nxt: int) -> None:
+def _switch(
+    ctx: SweepContext, b: BucketRecord, info: BilogInfo, nxt: int, markers: dict[BucketShard, str]
+) -> None:
     """Follow generation ``nxt`` of ``b`` from its first entry: one write swaps the bucket
-    record, drops the old shards' markers and makes every new shard pending."""
+    record, turns the old shards' markers into sealed shards (``sealed_seconds``; dropped when
+    0) and makes every new shard pending."""
     name = b.name
     st = ctx.state
     nb = BucketRecord(
@@ -120,10 +137,18 @@ def _switch(ctx: SweepContext, b: BucketRecord, info: BilogInfo, nxt: int) -> No
     new_shards = nb.shard_list()
     sets: dict[str, bytes] = {ctx.keys.bucket(name): nb.encode()}
     sets.update((ctx.keys.pending(bs), pending_value(hot_until)) for bs in new_shards)
+    sealed: dict[BucketShard, SealedShard] = {}
+    if ctx.config.sealed_seconds > 0:
+        until = now + ctx.config.sealed_seconds
+        first = now + ctx.config.sealed_poll_interval  # each was just read to its end
+        sealed = {bs: SealedShard(markers.get(bs, ""), until, next_poll=first) for bs in old}
+        sets.update((ctx.keys.sealed(bs), s.encode()) for bs, s in sealed.items())
     ctx.write(sets, [k for bs in old for k in (ctx.keys.marker(bs), ctx.keys.pending(bs))])
     for bs in old:
         st.shards.pop(bs, None)
         st.to_trim.pop(bs, None)
+    with ctx.lock:
+        st.sealed.update(sealed)
     for bs in new_shards:
         st.shards[bs] = ShardCursor(bs, marker="", hot_until=hot_until, persisted_hot=hot_until, since=now)
     st.buckets[name] = nb

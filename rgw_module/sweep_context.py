@@ -28,7 +28,9 @@ from rgw_module.partition_scope import PartitionScope
 logger = logging.getLogger(__name__)
 
 # Fault-injection points (tests): a hook raising here simulates a crash at that point.
-FAULT_STEPS = ("recorded", "datalog", "full.recorded", "trim", "closing", "advance", "bucket.recorded")
+FAULT_STEPS = (
+    "recorded", "datalog", "full.recorded", "trim", "closing", "advance", "bucket.recorded", "late.recorded",
+)  # fmt: skip
 
 ResultT = TypeVar("ResultT")
 ItemT = TypeVar("ItemT")
@@ -55,6 +57,9 @@ class FollowerStats:
     # an estimate was possible.
     instances_lost: int = 0
     entries_lost: int = 0
+    # Entries radosgw added to a finished log generation after it was read to its end, read
+    # while it was sealed (``BilogReader.read_sealed``) and recorded late.
+    late_entries: int = 0
     # Log entries skipped on purpose, by reason (SKIP_REASONS).
     skipped: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     # bucket_create / bucket_delete records made (recorded or found already recorded), by op.
@@ -132,6 +137,9 @@ class SweepContext:
         self.not_followed: dict[str, str] = {}
         # Buckets the source user may not list, and when to ask again (``FullSyncRunner``).
         self.denied: dict[str, float] = {}
+        # Buckets deleted and created again whose new lifetime waits for the collector to cut
+        # off past the old one's bucket_delete, and until when at most (``BucketTracker.resolve``).
+        self.recreating: dict[str, float] = {}
         self.clocks = clocks
         self.guard = guard
         self.fence = fence

@@ -54,6 +54,25 @@ class TimeType(click.ParamType):  # type: ignore[type-arg]
 
 TIME = TimeType()
 
+
+def record_bucket(_ctx: click.Context | None, _param: click.Parameter | None, value: str | None) -> str | None:
+    """A ``--bucket`` as the records spell it: ``bucket``, or ``tenant/bucket`` for a tenant's
+    (the names a record may hold, ``Mutation``). Anything else would match no record (an empty
+    answer, as if the bucket had none): refused in one line. The S3 spelling ``tenant:bucket``
+    is answered with the records' one."""
+    from changelog.pipeline.mutation import MAX_BUCKET_BYTES, valid_tenant
+
+    if value is None:
+        return None
+    if ":" in value and "/" not in value:
+        raise click.BadParameter(f"a tenant's bucket is written tenant/bucket: {value.replace(':', '/', 1)}")
+    tenant, slash, name = value.partition("/") if "/" in value else ("", "", value)
+    bad_name = not name or "/" in name or "\x00" in name or len(name.encode()) > MAX_BUCKET_BYTES
+    if bad_name or (slash and not valid_tenant(tenant)):
+        raise click.BadParameter(f"{value!r} is not a bucket: bucket, or tenant/bucket for a tenant's")
+    return value
+
+
 # --------------------------------------------------------------------------- logging
 
 

@@ -13,7 +13,7 @@ import time
 
 import click
 
-from changelog.cli.base import TIME, cli, emit_json, json_option, state, table
+from changelog.cli.base import TIME, cli, emit_json, json_option, record_bucket, state, table
 from changelog.cli.usage import consumer_name_option, run_consumer
 from changelog.consumers.lifecycle.model import DEFAULT_CONSUMER, Layout
 from changelog.consumers.lifecycle.rules import RuleSet
@@ -73,7 +73,7 @@ def run_cmd(once: bool, dry_run: bool, consumer: str) -> None:
 
 
 @lifecycle_group.command("plan")
-@click.option("--bucket", metavar="B", help="Only this bucket (tenant/bucket for a tenant's).")
+@click.option("--bucket", metavar="B", callback=record_bucket, help="Only this bucket (tenant/bucket for a tenant's).")
 @click.option("--until", "until_us", type=TIME, help="Only what is due up to this time.")
 @click.option("--limit", default=1000, show_default=True, type=click.IntRange(1, 1_000_000))
 @consumer_option

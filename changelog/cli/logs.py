@@ -17,6 +17,7 @@ from changelog.cli.base import (
     emit_json,
     json_option,
     out,
+    record_bucket,
     state,
     table,
 )
@@ -116,18 +117,10 @@ def cloud_event(rec: LogRecord, *, zone: str) -> dict[str, object]:
     return event
 
 
-def _bucket_name(_ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
-    """A record's bucket as the records spell it: a tenant's is tenant/bucket. The S3 spelling
-    tenant:bucket would match no record (an empty answer, as if the bucket had none)."""
-    if value is not None and ":" in value:
-        raise click.BadParameter(f"a tenant's bucket is written tenant/bucket: {value.replace(':', '/', 1)}")
-    return value
-
-
 @logs_group.command("cat")
 @click.option("--since", type=TIME, help="Records recorded at or after this time.")
 @click.option("--until", type=TIME, help="Records recorded before this time.")
-@click.option("--bucket", callback=_bucket_name, help="Only this bucket (tenant/bucket for a tenant's).")
+@click.option("--bucket", callback=record_bucket, help="Only this bucket (tenant/bucket for a tenant's).")
 @click.option("--prefix", help="Only keys with this prefix.")
 @click.option("--after", metavar="NAME", help="Only log objects after this one (a consumer's checkpoint).")
 @click.option(

@@ -232,7 +232,9 @@ def status_cmd(bucket: str, key: str, version_id: str | None, as_json: bool) -> 
     if as_json:
         emit_json(doc)
         return
-    click.echo(f"{doc['bucket']}/{doc['key']} version {doc['version_id']}: {doc['status']}")
+    absent = "" if doc.get("at_source") else " (no such object at the source: deleted, or never written)"
+    version = f" version {doc['version_id']}" if doc.get("version_id") else ""
+    click.echo(f"{doc['bucket']}/{doc['key']}{version}: {doc['status']}{absent}")
     sites = doc.get("sites")
     for name, status in sorted(sites.items() if isinstance(sites, dict) else []):
         click.echo(f"  {name}: {status}")

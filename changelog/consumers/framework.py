@@ -355,9 +355,17 @@ class ConsumerRunner:
             "steps": self.counts.steps,
             "transient_errors": self.counts.transient_errors,
             "leases_lost": self.counts.leases_lost,
+            # Every step failed (transiently) for this long, this many in a row (0: not failing).
+            "failing_seconds": self.failing_seconds(),
+            "failed_in_row": self.counts.failed_in_row,
+            "last_step_error": self.counts.last_error,
             "checkpoint": cp.after,
             "checkpoint_updated": cp.updated,
         }
+
+    def failing_seconds(self) -> float:
+        since = self.counts.failing_since
+        return 0.0 if since is None else max(0.0, self.clocks.monotonic() - since)
 
     def status(self) -> dict[str, object]:
         return {**self.checkpoint().doc(), "live": dict(self.stats())}

@@ -136,6 +136,29 @@ def read_count(index: ChangeIndex) -> int | None:
     return None if raw is None else int(orjson.loads(raw)["count"])
 
 
+def draining(index: ChangeIndex, shard: int, now: float) -> tuple[bool, int]:
+    """Whether a collector holds the lease to drain index ``shard`` now (the unpartitioned
+    collector's, or the lease of the stream the shard belongs to), and the last cutoff of the
+    collector that drains it (unix µs; 0: none yet): the unpartitioned collector's, or, once the
+    index was cut into streams, the larger of it and the stream's. A cutoff is persisted before
+    the pass that drains below it raises its floors, so an entry of ``shard`` recorded before it
+    is committed by that pass (or its recovery), and one recorded after reading it lands in a
+    later pass (``BucketTracker``: a bucket deleted and created again)."""
+    store, oid = index.store, index.control_oid
+    got = store.omap_get(oid, [COLLECTOR_STATE_KEY, COLLECTOR_STREAMS_META_KEY])
+    cutoff = CollectorState.decode(got.get(COLLECTOR_STATE_KEY)).last_cutoff_us
+    locks = [COLLECTOR_LOCK]
+    raw = got.get(COLLECTOR_STREAMS_META_KEY)
+    if raw is not None:
+        n = shard % int(orjson.loads(raw)["count"])
+        key = collector_state_key(n)
+        cutoff = max(cutoff, CollectorState.decode(store.omap_get(oid, [key]).get(key)).last_cutoff_us)
+        locks.append(partition_lock(COLLECTOR_ROLE, n))
+    infos = [store.lock_info(oid, lock) for lock in locks]
+    held = any(i is not None and (i.expires_at is None or i.expires_at > now) for i in infos)
+    return held, cutoff
+
+
 def prepare_streams(index: ChangeIndex, count: int) -> None:
     """Record the stream count on first use; refuse another one (``PermanentError``).
 

@@ -69,6 +69,7 @@ FOLLOWER_MARKER_KIND = "m."
 FOLLOWER_BUCKET_KIND = "k."
 FOLLOWER_FULL_KIND = "f."
 FOLLOWER_UPLOAD_KIND = "u."
+FOLLOWER_SEALED_KIND = "s."  # a finished log generation's shard, still re-read now and then
 FOLLOWER_REQUEST_PREFIX = "r.rq."  # shared by the partitions: the bucket's owner takes it
 # A follower partition's keys: the ``r.`` keys above under ``rp.<p>.`` (rgw_module.follower_state.StateKeys).
 FOLLOWER_PARTITION_PREFIX = "rp."

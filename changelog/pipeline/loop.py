@@ -104,6 +104,10 @@ class LoopCounts:
     transient_errors: int = 0
     leases_lost: int = 0
     last_error: str | None = field(default=None)
+    # The steps failed in a row since the last one that did not (0: the last one did), and
+    # since when (``monotonic``; None: not failing).
+    failed_in_row: int = 0
+    failing_since: float | None = None
 
 
 def run_leased(
@@ -148,11 +152,15 @@ def run_leased(
             except TransientError as ex:
                 counts.transient_errors += 1
                 counts.last_error = str(ex)
+                counts.failed_in_row += 1
+                if counts.failing_since is None:
+                    counts.failing_since = monotonic()
                 logger.warning("%s: step failed, next in %.1fs: %s", role.name, delay, ex)
                 stop.wait(delay)
                 delay = min(delay * 2, policy.backoff_max)
                 continue
             counts.steps += 1
+            counts.failed_in_row, counts.failing_since = 0, None
             delay = policy.backoff_base
             left = max(0.0, policy.interval - (monotonic() - t0))
             if wake is None:

@@ -50,6 +50,11 @@ MAX_TENANT_BYTES = 64
 _TENANT_CHARS = re.compile(r"[A-Za-z0-9_]+")
 
 
+def valid_tenant(name: str) -> bool:
+    """A tenant name a record may hold (letters, digits and _, up to ``MAX_TENANT_BYTES``)."""
+    return 0 < len(name) <= MAX_TENANT_BYTES and _TENANT_CHARS.fullmatch(name) is not None
+
+
 # msgpack stores integers in at most 64 bits: larger ones cannot be encoded.
 MAX_UINT64 = 2**64 - 1
 # mtime_ns is a uint64 of nanoseconds: up to 2554-07-21, far past any real object's mtime.
@@ -170,7 +175,7 @@ class Mutation:
             raise InvalidField("bucket", f"{self.bucket!r} contains NUL or '/'", label="bucket name")
         if not isinstance(self.tenant, str):
             raise InvalidField("tenant", f"must be a string, not {_kind(self.tenant)}")
-        if self.tenant and (len(self.tenant) > MAX_TENANT_BYTES or _TENANT_CHARS.fullmatch(self.tenant) is None):
+        if self.tenant and not valid_tenant(self.tenant):
             raise InvalidField("tenant", f"{self.tenant!r} is not a tenant name (letters, digits and _)")
         if not isinstance(self.key, str):
             raise InvalidField("key", f"must be a string, not {_kind(self.key)}", label="object key")

@@ -193,20 +193,16 @@ def test_delete_object_tagging_of_a_versioned_key_records_no_null_version(
     assert got and all(vid == v for _, vid in got), got
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="changelog.pipeline.index.bucket_op_shard puts every bucket_create in the first shard and "
-    "every bucket_delete in the last, and a pass drains shards in order: recorded in one pass, the new "
-    "lifetime's create is committed before the old lifetime's delete",
-)
 def test_a_bucket_deleted_and_created_again_ends_its_first_life_before_the_second_starts(
     serve: Serve, ceph_lab: Lab
 ) -> None:
     """README (Buckets): a consumer replaying the log clears the bucket on ``bucket_delete``.
     Recorded in the same collector pass (the bucket deleted and created again within one pass),
     the second lifetime's ``bucket_create`` (first index shard) is committed before the first
-    lifetime's ``bucket_delete`` (last shard): a replayer ends with the bucket deleted (the backup
-    leaves the live, new bucket out of its snapshot unless an object record of it comes later)."""
+    lifetime's ``bucket_delete`` (last shard): a replayer ended with the bucket deleted (the backup
+    left the live, new bucket out of its snapshot unless an object record of it came later). The
+    follower now waits, while the collector runs, for a cutoff past the delete before it starts the
+    new lifetime (``[source] recreated_bucket_wait``)."""
     s3 = s3_client(ceph_lab)
     bucket = f"core3-again-{uuid.uuid4().hex[:8]}"
     s3.create_bucket(Bucket=bucket)

@@ -65,6 +65,7 @@ class Serve:
     settle: float = 0.5
     trim_logs: bool = True
     object_info: str = "index"
+    sealed_poll_interval: float = 60.0
     # A `file://` target in this directory instead of the log bucket; when it faults, the
     # collector should fail its passes fast (one retry) so that health says so quickly.
     target_root: Path | None = None
@@ -103,6 +104,7 @@ buckets = {json.dumps(self.buckets)}
 poll_interval = {self.poll_interval}
 trim_logs = {str(self.trim_logs).lower()}
 object_info = "{self.object_info}"
+sealed_poll_interval = {self.sealed_poll_interval}
 
 [target]
 {target}
@@ -805,6 +807,7 @@ def test_serve_through_queued_reshards(serve: Serve, s3_client: Any) -> None:
     s3.create_bucket(Bucket=bucket)
     serve.buckets = [bucket]
     serve.trim_logs = False
+    serve.sealed_poll_interval = 2.0  # finished generations read again soon (default 60 s)
     serve.start()
     wait_for_watermark(s3, serve, time.time())
 
@@ -837,7 +840,11 @@ def test_serve_through_queued_reshards(serve: Serve, s3_client: Any) -> None:
     reshards = len(seen) - 1
     assert reshards >= 3, f"only {reshards} reshards: {seen}"
     assert not work.errors or not lab.generations, work.errors[:3]
+    time.sleep(3 * serve.sealed_poll_interval)  # a poll of each sealed generation after the last write
     stop_when_committed(serve, s3)
+    late = sum(
+        p.read_text(errors="replace").count("appeared in finished log generation") for p in serve.tmp.glob("serve-*.log")
+    )
 
     records = [r for r in committed(s3, serve.log_bucket) if r.bucket == bucket]
     ids = Counter(r.id for r in records)
@@ -856,7 +863,8 @@ def test_serve_through_queued_reshards(serve: Serve, s3_client: Any) -> None:
     print(
         f"queued reshards ({lab.release}): {mutations} mutations, shards {[n for _, n in seen]}, "
         f"{len(records)} records, {sum(logged.values())} logged by radosgw, "
-        f"{sum(unlogged.values())} acknowledged but never logged by radosgw: {sorted(unlogged)[:3]}"
+        f"{sum(unlogged.values())} acknowledged but never logged by radosgw: {sorted(unlogged)[:3]}; "
+        f"{late} pages of late entries in finished generations"
     )
     assert len({i for i, _ in seen}) == 1, "a reshard in place keeps the instance id"
     assert not [r for r in records if r.baseline]

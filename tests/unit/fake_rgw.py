@@ -213,6 +213,9 @@ class FakeRadosgw(AdminClient):
         self.list_page = MAX_KEYS  # S3 listing page size: lower it to make full syncs page
         self.window = DATA_LOG_WINDOW
         self.calls: list[Call] = []
+        # bucket -> the log generation its next entries go to (default: the newest): radosgw
+        # adding an entry to a finished generation (a write completing across a reshard).
+        self.log_generation: dict[str, int] = {}
         self.produced: list[dict[str, Any]] = []  # every bilog entry ever written
         self._templates = _templates(release)
         self._zone = self._templates["write"]["op_tag"].split(".")[0]
@@ -416,7 +419,8 @@ class FakeRadosgw(AdminClient):
     def _log(self, b: _Bucket, template: str, key: str, instance: str, ts_ns: int, *, name: str | None = None) -> None:
         """Append one entry, made from the captured ``template``, to the shard ``key`` is in;
         tell the data log. ``name``: the index name, when not the key's (the multipart namespace)."""
-        gen = b.generations[b.latest_gen]
+        gen_no = self.log_generation.get(b.name, b.latest_gen)
+        gen = b.generations[gen_no]
         n = index_shard(key, gen.num_shards)
         shard = gen.shards[n]
         shard.index_ver += 1
@@ -436,7 +440,7 @@ class FakeRadosgw(AdminClient):
         e["ver"] = {"pool": tpl["ver"]["pool"], "epoch": self._counter}
         shard.entries.append(e)
         self.produced.append(e)
-        self._datalog_change(BucketShard(b.name, b.bucket_id, n, b.latest_gen))
+        self._datalog_change(BucketShard(b.name, b.bucket_id, n, gen_no))
 
     def _datalog_change(self, bs: BucketShard) -> None:
         """``RGWDataChangesLog::add_entry``: log the shard unless it was logged within the window;

@@ -20,6 +20,7 @@ from changelog.errors import PermanentError, TransientError
 from changelog.pipeline.backends.sqlite import SqliteStore
 from changelog.pipeline.lease import Renewer
 from rgw_module.follower import Follower
+from rgw_module.follower_migrate import bucket_of
 from rgw_module.follower_partitions import (
     META_KEY,
     PartitionedFollower,
@@ -302,3 +303,11 @@ def test_data_log_markers_sort_by_their_numbers() -> None:
     for markers in (fifo, omap):
         assert sorted(reversed(markers), key=marker_order) == markers
     assert marker_order("") < marker_order(fifo[0])
+
+
+def test_a_sealed_shard_s_key_goes_with_its_bucket_when_split() -> None:
+    """``r.s.`` keys (shards of finished log generations, still re-read) belong to their bucket's
+    partition like its markers; before they were not understood, and dropped by a split."""
+    assert bucket_of("s.photos:abc.4126.1:3@2") == "photos"
+    assert bucket_of("s.tenant/photos:abc.4126.1:0@1") == "tenant/photos"
+    assert bucket_of("m.photos:abc.4126.1:3@2") == bucket_of("p.photos:abc.4126.1:3") == "photos"

@@ -6,6 +6,7 @@ without it."""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import os
 import subprocess
@@ -413,4 +414,59 @@ def test_a_failing_pass_is_counted_and_a_good_one_resets(tmp_path: Path) -> None
         assert collector.stats()["failed_passes"] == 0 and len(logged_keys(target)) == 3  # type: ignore[arg-type]
     finally:
         collector.step_down()
+        index.store.close()
+
+
+class Flaky:
+    """A consumer whose steps fail (transiently) while ``failing`` is set."""
+
+    name = "flaky"
+    interval = 0.01
+
+    def __init__(self) -> None:
+        self.wake: Any = lambda: None
+        self.failing = True
+
+    def step(self, cursor: Any, stop: threading.Event) -> None:
+        if self.failing:
+            raise TransientError("replication site s3.example: connection refused")
+
+    def stats(self) -> dict[str, object]:
+        return {"records_consumed": 0}
+
+    def routes(self) -> dict[Any, Any]:
+        return {}
+
+
+def test_a_consumer_failing_for_good_makes_serve_unhealthy_until_a_step_succeeds(tmp_path: Path) -> None:
+    """A consumer whose every step fails (its site or target down for good) was healthy forever:
+    only ``consumer_errors_total`` told. Failing longer than ``max_consumer_failing`` is now a
+    reason, named by consumer, with the last error; one good step clears it."""
+    from changelog.consumers.framework import ConsumerRunner
+    from changelog.pipeline.loop import run_leased
+
+    cfg = cfg_for(tmp_path, tmp_path / "logs", max_consumer_failing=0.3)
+    index = config_mod.open_index(cfg)
+    consumer = Flaky()
+    runner = ConsumerRunner(index, consumer, lease_ttl=5)  # type: ignore[arg-type]
+    runner.policy = dataclasses.replace(runner.policy, backoff_base=0.05, backoff_max=0.1)
+    h = Health(cfg.health, collector=Stats(), oldest_us=lambda: None, consumers={"flaky": runner})
+    stop = threading.Event()
+    t = threading.Thread(target=run_leased, args=(runner, stop, runner.policy), kwargs={"counts": runner.counts})
+    t.start()
+    try:
+        wait_for(lambda: runner.counts.failed_in_row >= 2)
+        assert h.reasons() == []  # failing, not yet for 0.3 s
+        wait_for(lambda: h.reasons() != [])
+        (r,) = h.reasons()
+        assert (r.component, r.check) == ("consumers", "failing_steps")
+        assert r.detail.startswith("consumer flaky: every step failed for") and "connection refused" in r.detail
+        assert h.consumer_check("flaky")()[0] is False
+        consumer.failing = False
+        wait_for(lambda: runner.counts.failed_in_row == 0)
+        assert h.reasons() == [] and h.consumer_check("flaky")() == (True, "ok")
+        assert runner.stats()["failing_seconds"] == 0.0 and runner.stats()["transient_errors"] >= 2
+    finally:
+        stop.set()
+        t.join(10)
         index.store.close()

@@ -123,6 +123,15 @@ def test_logs_cat_refuses_the_s3_tenant_spelling_with_a_hint(run: Any) -> None:
     assert "tn/b" in line, line
 
 
+@pytest.mark.parametrize("verb", [("logs", "cat"), ("lifecycle", "plan")])
+@pytest.mark.parametrize("bad", ["x/y/z", "/b", "tn!/b", "tn/", ""])
+def test_a_bucket_no_record_can_name_is_refused_in_one_line(run: Any, verb: tuple[str, ...], bad: str) -> None:
+    """`--bucket x/y/z` (or an empty name, a bad tenant) matched no record: an empty answer, as
+    if the bucket had no changes or nothing was planned. Refused in one line, exit 2."""
+    line = one_line_error(run(*verb, "--bucket", bad), 2)
+    assert "is not a bucket" in line, line
+
+
 def test_record_never_commits_an_empty_version_id(conf: Path) -> None:
     """`record` validates every line first (README: all or nothing). A line with
     `"version_id": ""` (radosgw's bucket-index spelling of the null version) passes and is

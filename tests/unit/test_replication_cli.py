@@ -79,7 +79,10 @@ def test_status_prints_one_line_per_site(env: Env, run: Run) -> None:
     assert out == ["src/dir/b c.txt version null: FAILED", "  east: COMPLETED", "  west: FAILED"]
     doc = orjson.loads(ok(run("replicate", "status", "src", "a.txt", "--json")).stdout)
     assert doc == {"bucket": "src", "key": "a.txt", "version_id": "null", "status": "FAILED",
-                   "sites": {"east": "COMPLETED", "west": "FAILED"}}  # fmt: skip
+                   "sites": {"east": "COMPLETED", "west": "FAILED"}, "at_source": True}  # fmt: skip
+    # A key the source never had: nothing to replicate (COMPLETED), and said so.
+    out = ok(run("replicate", "status", "src", "no-such-key")).stdout.splitlines()
+    assert out[0] == "src/no-such-key: COMPLETED (no such object at the source: deleted, or never written)"
 
 
 def test_failed_list_and_retry(env: Env, run: Run) -> None:

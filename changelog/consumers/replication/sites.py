@@ -170,12 +170,14 @@ def _head(client: S3Client, bucket: str, key: str, version_id: str | None) -> di
 
 
 def object_status(repl: Replication, bucket: str, key: str, version_id: str | None = None) -> dict[str, object]:
-    """``{"bucket", "key", "version_id", "status", "sites": {site: status}}`` for one object
+    """``{"bucket", "key", "version_id", "status", "sites": {site: status}, "at_source"}`` for one object
     version (the current one when ``version_id`` is None), looked up at the source and each
     site: FAILED when the site's failed list holds it, PROCESSING while the site's replicator
     in this process is applying it, COMPLETED when the site holds a replica of exactly that
     version (its replica metadata) or, for an object deleted at the source, nothing, else
-    PENDING."""
+    PENDING. ``at_source`` False: the source has no such object (version): deleted, or never
+    written, which the source cannot tell apart for an unversioned key (COMPLETED where no site
+    holds it either)."""
     assert repl.source is not None
     src_bucket = bucket.replace("/", ":")
     src = _head(repl.source, src_bucket, key, version_id)
@@ -201,6 +203,7 @@ def object_status(repl: Replication, bucket: str, key: str, version_id: str | No
         "version_id": src_version or ("null" if src else version_id),
         "status": overall(sites),
         "sites": sites,
+        "at_source": src is not None,
     }
 
 
