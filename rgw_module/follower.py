@@ -270,7 +270,11 @@ class Follower:
         this process saw and does not follow (internal ones) and why."""
         with self._ctx.lock:
             not_followed = dict(sorted(self._ctx.not_followed.items()))
-        return {**follower_state(self.index, self._ctx.keys, self.lease.ref.name), "not_followed": not_followed}
+            # Buckets deleted and created again whose new lifetime waits for the collector, and
+            # until when at most (unix time).
+            recreating = dict(sorted(self._ctx.recreating.items()))
+        doc = follower_state(self.index, self._ctx.keys, self.lease.ref.name)
+        return {**doc, "not_followed": not_followed, "recreating": recreating}
 
     def request_full_sync(self, bucket: str) -> None:
         """Ask for a new baseline of ``bucket`` (``tenant/bucket`` for a tenant's; any process

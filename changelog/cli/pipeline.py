@@ -322,6 +322,13 @@ def _follower_text(f: object) -> str:
     if isinstance(not_followed, dict) and not_followed:
         # Named, never skipped silently: the target's own bucket, or one the user may not list.
         parts.append("not followed: " + ", ".join(f"{b} ({why})" for b, why in sorted(not_followed.items())))
+    sealed = f.get("sealed_shards")
+    if isinstance(sealed, int) and sealed:
+        parts.append(f"{sealed} shards of finished log generations still read")
+    recreating = f.get("recreating")
+    if isinstance(recreating, dict) and recreating:
+        # Deleted and created again: the new lifetime waits for the collector's next cutoff.
+        parts.append("waiting for the collector to pass their bucket_delete: " + ", ".join(sorted(recreating)))
     return ", ".join(parts)
 
 

@@ -749,3 +749,6 @@ def test_status_names_the_buckets_not_followed() -> None:
                            "not_followed": {"t1/locked": "access_denied", "logs": "internal"}})
     assert text.endswith("not followed: logs (internal), t1/locked (access_denied)")
     assert "not followed" not in _follower_text({"buckets": {}, "not_followed": {}})
+    text = _follower_text({"buckets": {}, "sealed_shards": 3, "recreating": {"b2": 1.0, "b1": 2.0}})
+    assert "3 shards of finished log generations still read" in text
+    assert text.endswith("waiting for the collector to pass their bucket_delete: b1, b2")

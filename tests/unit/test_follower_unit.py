@@ -863,13 +863,14 @@ def test_a_bucket_created_again_waits_for_a_collector_cutoff_past_its_delete(
             w.clock.advance(5.0)
             assert not f.sweep().complete  # waiting: not caught up
         assert bucket_ops(w.index, "re") == ["bucket_create", "bucket_delete"]
-        assert "b" not in history(w.index, "re")
+        assert "b" not in history(w.index, "re") and list(f.status()["recreating"]) == ["re"]
         deleted = tombstone_deleted_us(w, "re")
         collector_cut_off_at(w, deleted)  # not past it yet
         w.clock.advance(5.0)
         assert not f.sweep().complete
         collector_cut_off_at(w, deleted + 1)
         caught_up(w, f)
+        assert f.status()["recreating"] == {}
         assert bucket_ops(w.index, "re") == ["bucket_create", "bucket_delete", "bucket_create"]
         assert history(w.index, "re") == {"a": ["write", "delete"], "b": ["write"]}
     finally:
