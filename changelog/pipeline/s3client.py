@@ -22,9 +22,10 @@ import logging
 import ssl
 import threading
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
+from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 from urllib.parse import urlsplit
 
 from changelog.errors import ChangelogError, ObjectMissing, PermanentError, TransientError
@@ -59,6 +60,39 @@ def unverified(endpoint: str | None) -> None:
         _insecure_said.add(key)
     if endpoint is None or endpoint.startswith("https://"):
         logger.warning("%s: verify = false: its TLS certificate is not checked", endpoint or "AWS S3")
+
+
+class RequestExtras:
+    """What boto3 does not model, added to the requests of the calls made in a block, in this
+    thread: radosgw's ``rgwx-`` query parameters (``replication.rgwx``), its conditional-delete
+    header (``lifecycle.executor``). ``given(values)`` sets them around the calls; a
+    ``before-sign`` handler registered once per client (``enable``) applies them with ``apply``
+    before SigV4 signs the request. A context variable, not an attribute of the client: the
+    client is shared by threads, and s3transfer makes its calls in threads of its own (the
+    caller sets the values in the thread that makes the call)."""
+
+    def __init__(self, name: str, apply: Callable[[Any, Mapping[str, str]], None]) -> None:
+        self._name = name
+        self._apply = apply
+        self._values: ContextVar[Mapping[str, str] | None] = ContextVar(name, default=None)
+
+    def enable(self, client: Any) -> None:
+        """Let ``given`` reach ``client``'s requests (idempotent)."""
+        client.meta.events.register("before-sign.s3", self._before_sign, unique_id=self._name)
+
+    def _before_sign(self, request: Any, **_: object) -> None:
+        values = self._values.get()
+        if values:
+            self._apply(request, values)
+
+    @contextlib.contextmanager
+    def given(self, values: Mapping[str, str]) -> Iterator[None]:
+        """``values`` on the requests of the calls made in this block, in this thread."""
+        token = self._values.set(dict(values))
+        try:
+            yield
+        finally:
+            self._values.reset(token)
 
 
 def make_s3_client(

@@ -33,14 +33,12 @@ raised after what was done is recorded, for the leased loop to back off.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
-from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import partial
@@ -51,7 +49,7 @@ from changelog.consumers.lifecycle.rules import S3_DELETE_MAX, Action
 from changelog.consumers.lifecycle.schedule import Pending, Schedule
 from changelog.errors import ChangelogError, ObjectMissing, PermanentError, TransientError, one_line
 from changelog.pacing import Pacer
-from changelog.pipeline.s3client import refusal, s3_call, translate_error
+from changelog.pipeline.s3client import RequestExtras, refusal, s3_call, translate_error
 
 if TYPE_CHECKING:
     from mypy_boto3_s3.client import S3Client
@@ -79,31 +77,21 @@ _GRANT_ARGS = {
 # An object's Last-Modified has whole seconds; the record's mtime more.
 MTIME_SLACK_US = 1_000_000
 # radosgw's conditional delete (RGWDeleteObj_ObjStore_S3::get_params; an ISO 8601 time): 412
-# when the object was modified after it. boto3 does not model it: it rides in a context
-# variable set around the call and a ``before-sign`` handler adds it (as ``replication.rgwx``).
+# when the object was modified after it. boto3 does not model it: it rides on ``RequestExtras``
+# (as ``replication.rgwx``'s parameters).
 UNMODIFIED_SINCE = "x-amz-delete-if-unmodified-since"
-_HEADERS: ContextVar[Mapping[str, str] | None] = ContextVar("rgwcl_lifecycle_headers", default=None)
-_HANDLER_ID = "rgwcl-lifecycle-headers"
 
 
-def _add_headers(request: Any, **_: object) -> None:
-    for k, v in (_HEADERS.get() or {}).items():
+def _set_headers(request: Any, values: Mapping[str, str]) -> None:
+    for k, v in values.items():
         request.headers[k] = v
 
 
-def enable_headers(client: Any) -> None:
-    """Let ``headers`` reach ``client``'s requests (idempotent)."""
-    client.meta.events.register("before-sign.s3", _add_headers, unique_id=_HANDLER_ID)
-
-
-@contextlib.contextmanager
-def headers(values: Mapping[str, str]) -> Iterator[None]:
-    """Extra headers of the calls made in this block, in this thread."""
-    token = _HEADERS.set(dict(values))
-    try:
-        yield
-    finally:
-        _HEADERS.reset(token)
+_HEADERS = RequestExtras("rgwcl-lifecycle-headers", _set_headers)
+# Let ``headers`` reach a client's requests (idempotent).
+enable_headers = _HEADERS.enable
+# Extra headers of the calls made in this block, in this thread.
+headers = _HEADERS.given
 
 
 class Changed(ChangelogError):

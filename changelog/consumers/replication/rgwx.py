@@ -7,20 +7,18 @@ delete marker (``rgw_op.cc`` ``get_system_versioning_params``; other users' ``rg
 are ignored). Two-way replication of versioned buckets writes the peer's versions with their own
 ids and epochs through them (measured in ``tools/research/versioned_stack/``).
 
-boto3 has no argument for a query parameter it does not model, so they ride in a context
-variable set around the call (``params``) and a ``before-sign`` handler, registered once per
-client (``enable``), appends them to the URL before SigV4 signs it. A context variable, not an
-attribute of the client: the client is shared by threads, and s3transfer makes its calls in
-threads of its own (the caller sets the variable in the thread that makes the call).
+boto3 has no argument for a query parameter it does not model: they ride on
+``changelog.pipeline.s3client.RequestExtras`` (``params`` around the call, ``enable`` once per
+client), appended to the URL before SigV4 signs it.
 """
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator, Mapping
-from contextvars import ContextVar
+from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlencode
+
+from changelog.pipeline.s3client import RequestExtras
 
 VERSION_ID = "rgwx-version-id"
 EPOCH = "rgwx-versioned-epoch"
@@ -28,38 +26,24 @@ EPOCH = "rgwx-versioned-epoch"
 # 2^64 - |N| and hides the key's entries from listings, 0 means "none" (the OLH epoch + 1).
 EPOCH_MAX = 2**31 - 1
 
-_PARAMS: ContextVar[Mapping[str, str] | None] = ContextVar("rgwcl_rgwx", default=None)
-_HANDLER_ID = "rgwcl-rgwx-params"
-
 
 def clamp_epoch(epoch: int) -> int:
     """An OLH epoch radosgw accepts as given: 1 .. 2^31-1."""
     return min(max(epoch, 1), EPOCH_MAX)
 
 
-def _add(request: Any, **_: object) -> None:
-    params = _PARAMS.get()
-    if not params:
-        return
+def _append(request: Any, values: Mapping[str, str]) -> None:
     url = str(request.url)
     if VERSION_ID + "=" in url:
         return  # a retry signs the same request again
-    request.url = url + ("&" if "?" in url else "?") + urlencode(params)
+    request.url = url + ("&" if "?" in url else "?") + urlencode(values)
 
 
-def enable(client: Any) -> None:
-    """Let ``params`` reach ``client``'s requests (idempotent)."""
-    client.meta.events.register("before-sign.s3", _add, unique_id=_HANDLER_ID)
-
-
-@contextlib.contextmanager
-def params(values: Mapping[str, str]) -> Iterator[None]:
-    """The ``rgwx-`` parameters of the calls made in this block, in this thread."""
-    token = _PARAMS.set(dict(values))
-    try:
-        yield
-    finally:
-        _PARAMS.reset(token)
+_PARAMS = RequestExtras("rgwcl-rgwx-params", _append)
+# Let ``params`` reach a client's requests (idempotent).
+enable = _PARAMS.enable
+# The ``rgwx-`` parameters of the calls made in this block, in this thread.
+params = _PARAMS.given
 
 
 def version(version_id: str, epoch: int) -> dict[str, str]:
