@@ -1,5 +1,6 @@
 """Phase 2 of a backup run, the copy: every changed key whose current version has no content yet
-is fetched (``fetch``) by a pool of worker threads. Items whose record has neither version id
+is fetched (``fetch``) by a pool of worker threads, and every version held whose tags may have
+changed has its tags read again. Items whose record has neither version id
 nor ETag need a probe; those close together in a bucket wait for a range listing that probes
 them all (``probes``) when that costs fewer requests than one probe each.
 
@@ -61,6 +62,7 @@ class CopyTotals:
     uploaded: int = 0
     uploaded_bytes: int = 0
     deduplicated: int = 0
+    retagged: int = 0  # versions held whose tags were read again (no content read)
 
 
 def resolve_deleted(state: State, source: Source) -> None:
@@ -210,10 +212,14 @@ class Copier:
     def _apply(self, out: Outcome) -> None:
         """Bring an outcome into the state (and the totals, or the lagging keys)."""
         item = out.item
+        retag = not item.version.needs_content  # only its tags were to be read
         if out.kind == "copied":
             assert out.version is not None
             if not self.state.update_version(item.bucket, item.key, out.version):
                 logger.debug("version of %s/%s left the plan meanwhile", item.bucket, item.key)
+            if retag:
+                self.totals.retagged += 1
+                return
             self.totals.copied += 1
             self.totals.copied_bytes += out.version.size or 0
             if out.uploaded:
@@ -231,6 +237,10 @@ class Copier:
                 "reason": out.kind,
             }
         )
+        if retag:
+            # A version held whose tags could not be read again (deleted since: its delete
+            # record comes later): it stays as it was, with the tags read before.
+            return
         if item.version.version_id is None:
             # Unversioned and overwritten or deleted since: keep the previous backup's state.
             self.state.revert(item.bucket, item.key)

@@ -1,7 +1,13 @@
 """Copying one object of a run (in a worker thread): read it from the source under the guard its
 record allows (``GET versionId``, ``GET If-Match`` on the ETag, or the LastModified guard of a
 record without ETag: ``runner`` explains the ETag race), hash it (SHA-256) while spooling it,
-store it as a blob unless already there (``blobs``), and say what happened: an ``Outcome``.
+store it as a blob unless already there (``blobs``), read its tags when the GET says it has
+some, and say what happened: an ``Outcome``. A version whose content is already held and whose
+tags may have changed (``Version.tags_stale``) has only its tags read.
+
+The tags are read after the content, by a second request: a tagging change in between is a
+later record, which the next run applies (a backup's state of a key changed after its
+``as_of`` may be newer than ``as_of``, as a listed bucket's is).
 """
 
 from __future__ import annotations
@@ -120,6 +126,8 @@ class Fetcher:
 
     def _fetch_once(self, item: Item, *, last: bool, pre: Prefetched) -> Outcome:
         v = item.version
+        if not v.needs_content:
+            return self._retag(item)
         if v.version_id is None and v.etag is None:
             # A record without an ETag (the follower could not tell it): guard by time instead,
             # from a one-key listing or the key's entry in a range listing (``probes``).
@@ -143,6 +151,27 @@ class Fetcher:
             return Outcome(item, "changed")
         return self._store(item, v, got, last=last)
 
+    def _retag(self, item: Item) -> Outcome:
+        """Read again the tags of a version whose content is held (its id names it exactly)."""
+        v = item.version
+        try:
+            tags = self.source.tags(item.bucket, item.key, version_id=v.version_id)
+        except ObjectMissing:
+            return Outcome(item, "vanished")
+        return Outcome(item, "copied", dataclasses.replace(v, tags=tags, tags_stale=False))
+
+    def _tags(self, item: Item, v: Version, got: GetResult) -> dict[str, str]:
+        """The tags of the object just read: none without a GetObjectTagging when the GET said
+        so (``GetResult.tag_count``)."""
+        if got.tag_count <= 0:
+            return {}
+        try:
+            return self.source.tags(item.bucket, item.key, version_id=got.version_id or v.version_id)
+        except ObjectMissing:
+            # Deleted since the GET: its delete record comes later; keep the content read.
+            logger.info("%s/%s: gone before its tags could be read", item.bucket, item.key)
+            return {}
+
     def _store(self, item: Item, v: Version, got: GetResult, *, last: bool) -> Outcome:
         """Hash and spool the body, check it against its size and MD5 ETag, store the blob."""
         sha = hashlib.sha256()
@@ -164,6 +193,7 @@ class Fetcher:
             digest = sha.hexdigest()
             spool.seek(0)
             uploaded = self.blobs.ensure(digest, spool, size)
+        tags = self._tags(item, v, got)
         version = dataclasses.replace(
             v,
             size=size,
@@ -172,6 +202,8 @@ class Fetcher:
             metadata=dict(got.metadata),
             content_type=got.content_type,
             headers=dict(got.headers),
+            tags=tags,
+            tags_stale=False,
             last_modified=got.last_modified or v.last_modified,
         )
         return Outcome(item, "copied", version, uploaded, size if uploaded else 0)

@@ -9,7 +9,7 @@ state of every backed-up bucket as of the change-log watermark the backup reache
      "buckets": {bucket: {"versioned": bool,
                           "objects": {key: {"version_id", "size", "etag", "sha256",
                                             "last_modified", "metadata"?, "content_type"?, "headers"?,
-                                            "delete_marker"?, "older"?: [...]}}}},
+                                            "tags"?, "delete_marker"?, "older"?: [...]}}}},
      "lagging": [{"bucket", "key", "version_id", "etag", "reason"}],
      "listed": {bucket: T}, "stats": {...},
      "behind"?: {bucket: {"after": <log object or null>, "as_of_us": int or null}}}
@@ -26,6 +26,9 @@ metadata (``as-of``, ``objects``, ``bytes``) so that ``backup list`` reads no ma
 their state is that of an earlier backup, as of ``as_of_us``. The next run that covers such a
 bucket reads the logs from there for it (and lists it when ``after`` is null), so a run of some
 buckets loses nothing of the others.
+
+``tags`` (S3 object tags, ``{key: value}``) is left out when a version has none; manifests
+written before tags were kept have none anywhere, and their objects restore untagged.
 
 The backup id is the run's UTC start time (microseconds) plus 4 random hex digits
 (``20261121T221800.123456Z-1a2b``), so ids sort by time.

@@ -3,13 +3,17 @@ turn one change-log record (docs/design.md §7) into a change of that state.
 
 A run starts from the previous manifest (the *base*) and applies records to an *overlay* of the
 keys they touch; the base is never modified, so a key can be put back to its base state when
-its new content cannot be read any more (``runner``: the ETag race). Versions carry content metadata only;
-a version whose ``sha256`` is None still needs its content copied.
+its new content cannot be read any more (``runner``: the ETag race). Versions carry content
+metadata and their tags (S3 object tagging); a version whose ``sha256`` is None still needs its
+content copied, one marked ``tags_stale`` only its tags read again.
 
 Record semantics (per bucket/key, in record order):
 
-* ``write`` with a version id: that version becomes current (a replay of a known version
-  updates it in place). A baseline record is placed by its time among the known versions.
+* ``write`` with a version id: that version becomes current. A write of a known version is a
+  tagging change (PutObjectTagging with or without a VersionId is logged by radosgw as a
+  ``write`` of that version, the ETag unchanged) or a replay: the version stays where it is,
+  and its tags are read again if its content is held (``tags_stale``). A baseline record of a
+  new version is placed by its time among the known versions.
 * ``write`` without a version id (unversioned bucket, or the "null" version): replaces the
   null version and becomes current.
 * ``delete`` with a version id: removes exactly that version (object or delete marker); the
@@ -30,7 +34,7 @@ A tenant's bucket is named ``tenant/bucket`` here (``LogRecord.qualified_bucket`
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import NotRequired, Required, TypedDict
 
 from changelog.pipeline.logformat import LogRecord, parse_rfc3339
@@ -57,6 +61,7 @@ class VersionDoc(TypedDict, total=False):
     metadata: dict[str, str]
     content_type: str
     headers: dict[str, str]  # content headers by their S3 API name (``CONTENT_HEADERS``)
+    tags: dict[str, str]  # S3 object tags; absent: none (or a manifest from before tags were kept)
     older: NotRequired[list[VersionDoc]]
 
 
@@ -78,6 +83,10 @@ class Version:
     metadata: Mapping[str, str] = field(default_factory=dict)
     content_type: str | None = None
     headers: Mapping[str, str] = field(default_factory=dict)
+    tags: Mapping[str, str] = field(default_factory=dict)
+    # Its tags may have changed since they were read (a record rewrote this known version): read
+    # them again. Not stored: a version is written to a manifest only once they are read.
+    tags_stale: bool = False
 
     @property
     def needs_content(self) -> bool:
@@ -102,6 +111,8 @@ class Version:
             d["content_type"] = self.content_type
         if self.headers:
             d["headers"] = dict(sorted(self.headers.items()))
+        if self.tags:
+            d["tags"] = dict(sorted(self.tags.items()))
         return d
 
     @classmethod
@@ -116,6 +127,7 @@ class Version:
             metadata=dict(d.get("metadata") or {}),
             content_type=d.get("content_type"),
             headers=dict(d.get("headers") or {}),
+            tags=dict(d.get("tags") or {}),
         )
 
 
@@ -205,11 +217,15 @@ class State:
         return {b: {k: v for k, v in sorted(merged[b].items()) if v} for b in sorted(merged) if b not in self.deleted}
 
     def needing_content(self) -> Iterator[tuple[str, str, Version]]:
-        """(bucket, key, version) of every changed key whose current version has no content yet."""
+        """(bucket, key, version) of every changed key whose current version has no content yet,
+        and of every version of a changed key whose tags are to be read again."""
         for (bucket, key), versions in self.overlay.items():
             cur = current(versions)
             if cur is not None and cur.needs_content:
                 yield bucket, key, cur
+            for v in versions:
+                if v.tags_stale and not v.needs_content and not v.delete_marker:
+                    yield bucket, key, v
 
     # -- writing
 
@@ -266,16 +282,24 @@ class State:
                 metadata=dict(rec.metadata),
             )
             same = next((v for v in versions if v.version_id == vid and not v.delete_marker), None)
-            if same is not None and vid is not None and same.sha256 is not None:
-                # A replay of a version we hold (versions are immutable): keep its content.
-                new = same
-            # An unversioned rewrite with the same ETag and size is read again all the same: a
-            # CopyObject onto itself (MetadataDirective REPLACE) keeps both and changes only the
-            # Content-Type or user metadata, which no record carries. Its blob is not uploaded
-            # again (``blobs``: the base's blobs are trusted).
-            rest = tuple(v for v in versions if v.version_id != vid)
             if rec.baseline and vid is not None:
                 self._baseline_seq[(bucket, key, vid)] = rec.seq
+            if same is not None and vid is not None:
+                # A version we know (its content and metadata are immutable): a tagging change
+                # (radosgw logs PutObjectTagging as a write of the version it tags, the current
+                # one or an older one) or a replay. It keeps its place among the versions
+                # (moving it first made an older version current) and its content; only its
+                # tags are read again, if its content is held (else with its content, if read).
+                mark = replace(same, tags_stale=True) if same.sha256 is not None else same
+                self.set(bucket, key, tuple(mark if v is same else v for v in versions))
+                self.resolve.discard((bucket, key))
+                return
+            # An unversioned rewrite with the same ETag and size is read again all the same: a
+            # CopyObject onto itself (MetadataDirective REPLACE) keeps both and changes only the
+            # Content-Type or user metadata, and a PutObjectTagging or DeleteObjectTagging only
+            # the tags, which no record carries. Its blob is not uploaded again (``blobs``: the
+            # base's blobs are trusted).
+            rest = tuple(v for v in versions if v.version_id != vid)
             if rec.baseline and vid is not None and rest:
                 self.set(bucket, key, self._by_time(bucket, key, (new, *rest)))
             else:

@@ -1,6 +1,9 @@
 """``backup restore``: write the state of one bucket as of a backup into another bucket, every
 object's content checked against its SHA-256 while it streams from the blob store, with its
-user metadata, Content-Type and content headers (``model.CONTENT_HEADERS``; not its tags or ACL).
+user metadata, Content-Type, content headers (``model.CONTENT_HEADERS``) and tags; not its ACL.
+A small object's tags go with its PUT (``x-amz-tagging``), so it never shows without them; a
+large one's by a PutObjectTagging right after its upload completes (radosgw keeps no tags given
+to CreateMultipartUpload). A manifest from before tags were kept restores objects untagged.
 
 Small objects are read whole, checked, then PUT; large ones go up in parts and the hash is
 compared before the upload is completed, so a corrupt blob never becomes a visible object (the
@@ -62,7 +65,7 @@ def _restore_one(store: BackupStore, dest: Source, bucket: str, key: str, v: Ver
         if not rest:
             if h.hexdigest() != v.sha256:
                 raise ContentMismatch(f"blob {v.sha256} of {key!r} hashes to {h.hexdigest()}")
-            dest.put(bucket, key, first, metadata=meta, content_type=v.content_type, headers=v.headers)
+            dest.put(bucket, key, first, metadata=meta, content_type=v.content_type, headers=v.headers, tags=v.tags)
             return len(first)
         upload_id = dest.create_multipart(
             bucket, key, metadata=meta, content_type=v.content_type, headers=v.headers
@@ -79,10 +82,13 @@ def _restore_one(store: BackupStore, dest: Source, bucket: str, key: str, v: Ver
             if h.hexdigest() != v.sha256:
                 raise ContentMismatch(f"blob {v.sha256} of {key!r} hashes to {h.hexdigest()}")
             dest.complete_multipart(bucket, key, upload_id, etags)
-            return n
         except BaseException:
             dest.abort_multipart(bucket, key, upload_id)
             raise
+    # Outside the blob's ``with`` and the abort: the object is complete, only its tags are missing.
+    if v.tags:
+        dest.put_tags(bucket, key, v.tags)
+    return n
 
 
 def restore(

@@ -126,6 +126,7 @@ class RunResult:
     uploaded: int = 0
     uploaded_bytes: int = 0
     deduplicated: int = 0
+    retagged: int = 0  # versions held whose tags were read again (tagging changes)
     lagging: int = 0
     seconds: float = 0.0
     manifest_bytes: int = 0
@@ -141,6 +142,7 @@ class RunResult:
         self.uploaded += totals.uploaded
         self.uploaded_bytes += totals.uploaded_bytes
         self.deduplicated += totals.deduplicated
+        self.retagged += totals.retagged
 
 
 class BackupRunner:
