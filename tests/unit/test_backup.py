@@ -23,11 +23,9 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-import boto3
 import orjson
 import pytest
 from click.testing import CliRunner
-from moto import mock_aws
 from moto.server import ThreadedMotoServer
 
 from changelog.cli.backup import backup_group
@@ -57,25 +55,6 @@ def sha(data: bytes) -> str:
 
 def noop(_: float) -> None:
     pass
-
-
-@pytest.fixture
-def aws(monkeypatch: pytest.MonkeyPatch) -> Any:
-    for k, v in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}.items():
-        monkeypatch.setenv(k, v)
-    monkeypatch.delenv("AWS_PROFILE", raising=False)
-    with mock_aws():
-        yield boto3.client("s3", region_name="us-east-1")
-
-
-@pytest.fixture
-def logs(tmp_path: Path) -> DirectoryTarget:
-    return DirectoryTarget(tmp_path / "logs", fsync=False)
-
-
-@pytest.fixture
-def zone(aws: Any, logs: DirectoryTarget) -> Zone:
-    return Zone(aws, logs)
 
 
 @pytest.fixture(params=["file", "s3"])

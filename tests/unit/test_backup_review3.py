@@ -11,10 +11,8 @@ import textwrap
 from pathlib import Path
 from typing import Any
 
-import boto3
 import pytest
 from click.testing import CliRunner
-from moto import mock_aws
 
 from changelog.cli import cli
 from changelog.consumers.backup import manifest as mf
@@ -24,29 +22,6 @@ from changelog.consumers.backup.source import Source
 from changelog.consumers.backup.store import BackupStore
 from changelog.pipeline.targets import DirectoryTarget
 from tests.unit.test_backup_support import Zone, bucket_state
-
-
-@pytest.fixture
-def aws(monkeypatch: pytest.MonkeyPatch) -> Any:
-    for k, v in {
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_DEFAULT_REGION": "us-east-1",
-    }.items():
-        monkeypatch.setenv(k, v)
-    monkeypatch.delenv("AWS_PROFILE", raising=False)
-    with mock_aws():
-        yield boto3.client("s3", region_name="us-east-1")
-
-
-@pytest.fixture
-def logs(tmp_path: Path) -> DirectoryTarget:
-    return DirectoryTarget(tmp_path / "logs", fsync=False)
-
-
-@pytest.fixture
-def zone(aws: Any, logs: DirectoryTarget) -> Zone:
-    return Zone(aws, logs)
 
 
 @pytest.fixture

@@ -11,9 +11,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-import boto3
 import pytest
-from moto import mock_aws
 
 from changelog.consumers.backup import manifest as mf
 from changelog.consumers.backup.restore import restore
@@ -45,29 +43,6 @@ class TagCountingSource(Source):
         with self._mu:
             self.calls["tags"] += 1
         return super().tags(bucket, key, **kw)
-
-
-@pytest.fixture
-def aws(monkeypatch: pytest.MonkeyPatch) -> Any:
-    for k, v in {
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_DEFAULT_REGION": "us-east-1",
-    }.items():
-        monkeypatch.setenv(k, v)
-    monkeypatch.delenv("AWS_PROFILE", raising=False)
-    with mock_aws():
-        yield boto3.client("s3", region_name="us-east-1")
-
-
-@pytest.fixture
-def logs(tmp_path: Path) -> DirectoryTarget:
-    return DirectoryTarget(tmp_path / "logs", fsync=False)
-
-
-@pytest.fixture
-def zone(aws: Any, logs: DirectoryTarget) -> Zone:
-    return Zone(aws, logs)
 
 
 @pytest.fixture
