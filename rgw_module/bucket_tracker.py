@@ -163,7 +163,6 @@ class BucketTracker:
             logger.info("bucket %s deleted and created again: instance %s -> %s", name, known.bucket_id, stats.bucket_id)
             self._gone(name, known, keep=stats.bucket_id)
             known = ctx.state.buckets.get(name)
-        waited = name in ctx.recreating
         if known is not None and known.state == "gone" and self._old_life_uncommitted(known):
             return  # ...and the new one starts once no collector pass can commit it before that
         gen = known.gen + 1 if known is not None else 1
@@ -184,9 +183,11 @@ class BucketTracker:
         self._lifetime(known, stats, gen)
         if not self._follow_from_first_entry(stats, gen):
             self.start_full_sync(stats, gen)
-        elif waited:
-            # The data log's news of its shards came while it waited (and were dropped with the
-            # tombstone's): every shard is read from its first entry.
+        elif known is not None and known.state == "gone":
+            # A lifetime after a tombstone: the data log's news of its shards may have come
+            # while it waited, in this process or in one that died or lost the lease meanwhile
+            # (the news is then read and its shards dropped with the tombstone's): every shard
+            # is read from its first entry.
             self._all_pending(ctx.state.buckets[name])
 
     def _old_life_uncommitted(self, tomb: BucketRecord) -> bool:
