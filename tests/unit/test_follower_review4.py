@@ -10,6 +10,10 @@ from pathlib import Path
 
 import pytest
 
+from changelog.pipeline.collector import Stream
+from changelog.pipeline.collector_streams import prepare_streams, publish
+from changelog.pipeline.control import COLLECTOR_ROLE, partition_lock
+from changelog.pipeline.lease import Lease
 from changelog.pipeline.reader import read_records
 from changelog.pipeline.targets import DirectoryTarget
 from tests.collector_factory import collector
@@ -125,3 +129,71 @@ def test_a_recreated_bucket_waits_for_its_delete_to_be_committed_not_only_cut_of
     ops = committed(target, "re")
     assert ops == ["bucket_create", "write a", "delete a", "bucket_delete", "bucket_create", "write b"]
     c.step_down()
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="collector streams order records across streams by cutoff only: a stalled stream's older "
+    "records of a bucket sort after its bucket_delete committed by another stream",
+)
+def test_with_collector_streams_an_old_lifetimes_record_is_not_committed_after_its_bucket_delete(
+    make_world: Callable[..., World], tmp_path: Path
+) -> None:
+    """[scale] partitioned: the bucket_delete (index shard 3) is in another stream than the old
+    lifetime's write of ``k`` (its delete died with the bucket's log, a known limit that the
+    bucket_delete covers). The write's stream is stalled (its holder died, or is slow) while the
+    delete's stream commits; taken over, it commits the write with a later cutoff, after the
+    delete: a replayer brings ``k`` back into the bucket's next lifetime."""
+    w = make_world("reef")
+    rgw = w.rgw
+    target = DirectoryTarget(tmp_path / "logs", fsync=False)
+    count = 2
+    prepare_streams(w.index, count)
+    leases = [
+        Lease(w.index.store, w.index.control_oid, name=partition_lock(COLLECTOR_ROLE, n), ttl=3600.0)
+        for n in range(count)
+    ]
+    assert all(lease.acquire() for lease in leases)
+    streams = [
+        collector(w.index, target, settle=0.0, clock=w.clock.time, stream=Stream(n, count, leases[n]))
+        for n in range(count)
+    ]
+
+    def passes(*ns: int) -> None:
+        w.clock.advance(1.0)
+        for n in ns:
+            streams[n].run_pass()
+        publish(w.index, target, log_prefix="", count=count, now_us=int(w.clock.time() * 1_000_000))
+
+    f = start_follower(w, recreated_bucket_wait=600.0)
+    fresh_bucket(w, f, "re", shards=2)
+    key = next(k for k in (f"k{i}" for i in range(100)) if w.index.shard_of("re", k) % count == 0)
+    passes(0, 1)
+    rgw.put("re", key)
+    caught_up(w, f)  # the write recorded (stream 0)
+    rgw.delete("re", key)
+    rgw.delete_bucket("re")  # before the follower read the delete: lost with the log
+    caught_up(w, f)  # bucket_delete recorded (stream 1)
+    passes(1)  # stream 0 stalls
+    rgw.create_bucket("re", shards=2)
+    rgw.put("re", "new")
+    for _ in range(3):
+        w.clock.advance(1.0)
+        f.sweep()
+    passes(0, 1)
+    passes(0, 1)
+    objects: set[str] = set()
+    for r in read_records(target):
+        if r.bucket != "re":
+            continue
+        if r.op == "bucket_delete":
+            objects.clear()
+        elif r.op == "write":
+            objects.add(r.key or "")
+        elif r.op == "delete":
+            objects.discard(r.key or "")
+    assert objects == {"new"}
+    for s in streams:
+        s.close()
+    for lease in leases:
+        lease.release()
