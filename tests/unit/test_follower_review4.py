@@ -197,3 +197,60 @@ def test_with_collector_streams_an_old_lifetimes_record_is_not_committed_after_i
         s.close()
     for lease in leases:
         lease.release()
+
+
+def test_a_recreated_bucket_waits_while_a_collector_that_ran_just_now_is_taken_over(
+    make_world: Callable[..., World],
+) -> None:
+    """The collector that drains the delete's shard died (its serve killed): its lease expires
+    one TTL later, and another serve takes it at its next round. In between nobody holds it, but
+    the collector that runs next drains the shards in order, the new bucket_create before the
+    old bucket_delete: seen on the lab with two partitioned serves, a replayer ended with the
+    new lifetime's objects deleted. The follower waits while a collector cut off within
+    ``recreated_bucket_wait``, not only while one holds its lease."""
+    w = make_world("reef")
+    rgw = w.rgw
+    f = start_follower(w, recreated_bucket_wait=600.0)
+    fresh_bucket(w, f, "re", shards=2)
+    rgw.put("re", "a")
+    caught_up(w, f)
+    rgw.delete("re", "a")
+    caught_up(w, f)
+    collector_cut_off_at(w, int(w.clock.time() * 1_000_000))  # the last pass of a collector now dead
+    rgw.delete_bucket("re")
+    w.clock.advance(1.0)
+    rgw.create_bucket("re", shards=2)
+    rgw.put("re", "b")
+    for _ in range(3):
+        w.clock.advance(5.0)
+        assert not f.sweep().complete  # nobody holds the lease, but a collector will be back
+    assert bucket_ops(w.index, "re") == ["bucket_create", "bucket_delete"]
+    lease = running_collector(w)  # taken over
+    try:
+        collector_cut_off_at(w, tombstone_deleted_us(w, "re") + 1)
+        caught_up(w, f)
+        assert bucket_ops(w.index, "re") == ["bucket_create", "bucket_delete", "bucket_create"]
+        assert history(w.index, "re") == {"a": ["write", "delete"], "b": ["write"]}
+    finally:
+        lease.release()
+
+
+def test_a_recreated_bucket_does_not_wait_for_a_collector_gone_for_longer_than_the_wait(
+    make_world: Callable[..., World],
+) -> None:
+    w = make_world("reef")
+    rgw = w.rgw
+    f = start_follower(w, recreated_bucket_wait=60.0)
+    fresh_bucket(w, f, "re", shards=2)
+    rgw.put("re", "a")
+    caught_up(w, f)
+    collector_cut_off_at(w, int(w.clock.time() * 1_000_000))
+    w.clock.advance(120.0)  # the collector has not run since
+    rgw.delete("re", "a")
+    caught_up(w, f)
+    rgw.delete_bucket("re")
+    rgw.create_bucket("re", shards=2)
+    rgw.put("re", "b")
+    w.clock.advance(1.0)
+    assert f.sweep().complete
+    assert history(w.index, "re") == {"a": ["write", "delete"], "b": ["write"]}
