@@ -194,8 +194,10 @@ class BucketTracker:
         """Whether the new lifetime of ``tomb``'s bucket must wait: its ``bucket_delete`` (recorded
         at ``deleted_us``, in the index's last shard) is below no collector cutoff yet, so a pass
         could still commit it after a ``bucket_create`` recorded now (first shard): a replayer
-        would end with the bucket deleted. Waits while a collector holds its lease (nobody else
-        could help), at most ``recreated_bucket_wait``."""
+        would end with the bucket deleted. Waits while a collector holds its lease, or cut off
+        within ``recreated_bucket_wait`` (its holder died and another takes it over at its next
+        round: the lease is free in between); not when none ran for that long (nobody else
+        could help); at most ``recreated_bucket_wait``."""
         from changelog.pipeline.collector_streams import draining
 
         ctx = self.ctx
@@ -206,7 +208,8 @@ class BucketTracker:
             return False
         now = ctx.now()
         held, cutoff = draining(ctx.index, ctx.index.shards - 1, now)
-        if not held or cutoff > tomb.deleted_us:
+        recent = cutoff > (now - wait) * 1_000_000
+        if not (held or recent) or cutoff > tomb.deleted_us:
             ctx.recreating.pop(name, None)
             return False
         deadline = ctx.recreating.setdefault(name, max(now, tomb.deleted_us / 1_000_000) + wait)
