@@ -74,6 +74,16 @@ def test_a_restart_while_a_recreated_bucket_waits_loses_none_of_its_records(
         lease.release()
 
 
+@pytest.fixture
+def cleanup() -> Iterator[list[Callable[[], object]]]:
+    """Calls to make at the end of a test that failed or not (collectors' and leases' renewals
+    stopped before ``make_world`` closes the index)."""
+    calls: list[Callable[[], object]] = []
+    yield calls
+    for call in reversed(calls):
+        call()
+
+
 def committed(target: DirectoryTarget, bucket: str) -> list[str]:
     """``bucket``'s records in committed log order: ``bucket_create``, ``write b``..."""
     return [r.op if not r.key else f"{r.op} {r.key}" for r in read_records(target) if r.bucket == bucket]
@@ -85,7 +95,7 @@ def committed(target: DirectoryTarget, bucket: str) -> list[str]:
     "(fix: wait until the bucket_delete left the index; test_follower_unit simulates a cutoff alone)",
 )
 def test_a_recreated_bucket_waits_for_its_delete_to_be_committed_not_only_cut_off(
-    make_world: Callable[..., World], tmp_path: Path
+    make_world: Callable[..., World], tmp_path: Path, cleanup: list[Callable[[], object]]
 ) -> None:
     """A collector pass persists its cutoff before it drains, but a pass that dies while reading
     (a crash, a lost lease, a target failing mid-upload) commits nothing: the next pass, with a
@@ -103,6 +113,7 @@ def test_a_recreated_bucket_waits_for_its_delete_to_be_committed_not_only_cut_of
 
     c = collector(w.index, target, settle=0.0, clock=w.clock.time, fault_hook=hook)
     assert c.acquire()
+    cleanup.append(c.step_down)
     f = start_follower(w, recreated_bucket_wait=600.0)
     fresh_bucket(w, f, "re", shards=2)
     rgw.put("re", "a")
@@ -129,7 +140,6 @@ def test_a_recreated_bucket_waits_for_its_delete_to_be_committed_not_only_cut_of
     c.run_pass()
     ops = committed(target, "re")
     assert ops == ["bucket_create", "write a", "delete a", "bucket_delete", "bucket_create", "write b"]
-    c.step_down()
 
 
 @pytest.mark.xfail(
@@ -138,7 +148,7 @@ def test_a_recreated_bucket_waits_for_its_delete_to_be_committed_not_only_cut_of
     "records of a bucket sort after its bucket_delete committed by another stream",
 )
 def test_with_collector_streams_an_old_lifetimes_record_is_not_committed_after_its_bucket_delete(
-    make_world: Callable[..., World], tmp_path: Path
+    make_world: Callable[..., World], tmp_path: Path, cleanup: list[Callable[[], object]]
 ) -> None:
     """[scale] partitioned: the bucket_delete (index shard 3) is in another stream than the old
     lifetime's write of ``k`` (its delete died with the bucket's log, a known limit that the
@@ -155,10 +165,12 @@ def test_with_collector_streams_an_old_lifetimes_record_is_not_committed_after_i
         for n in range(count)
     ]
     assert all(lease.acquire() for lease in leases)
+    cleanup.extend(lease.release for lease in leases)
     streams = [
         collector(w.index, target, settle=0.0, clock=w.clock.time, stream=Stream(n, count, leases[n]))
         for n in range(count)
     ]
+    cleanup.extend(s.step_down for s in streams)
 
     def passes(*ns: int) -> None:
         w.clock.advance(1.0)
@@ -194,10 +206,6 @@ def test_with_collector_streams_an_old_lifetimes_record_is_not_committed_after_i
         elif r.op == "delete":
             objects.discard(r.key or "")
     assert objects == {"new"}
-    for s in streams:
-        s.close()
-    for lease in leases:
-        lease.release()
 
 
 def test_a_recreated_bucket_waits_while_a_collector_that_ran_just_now_is_taken_over(
