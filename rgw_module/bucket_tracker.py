@@ -163,7 +163,6 @@ class BucketTracker:
             logger.info("bucket %s deleted and created again: instance %s -> %s", name, known.bucket_id, stats.bucket_id)
             self._gone(name, known, keep=stats.bucket_id)
             known = ctx.state.buckets.get(name)
-        waited = name in ctx.recreating
         if known is not None and known.state == "gone" and self._old_life_uncommitted(known):
             return  # ...and the new one starts once no collector pass can commit it before that
         gen = known.gen + 1 if known is not None else 1
@@ -184,17 +183,21 @@ class BucketTracker:
         self._lifetime(known, stats, gen)
         if not self._follow_from_first_entry(stats, gen):
             self.start_full_sync(stats, gen)
-        elif waited:
-            # The data log's news of its shards came while it waited (and were dropped with the
-            # tombstone's): every shard is read from its first entry.
+        elif known is not None and known.state == "gone":
+            # A lifetime after a tombstone: the data log's news of its shards may have come
+            # while it waited, in this process or in one that died or lost the lease meanwhile
+            # (the news is then read and its shards dropped with the tombstone's): every shard
+            # is read from its first entry.
             self._all_pending(ctx.state.buckets[name])
 
     def _old_life_uncommitted(self, tomb: BucketRecord) -> bool:
         """Whether the new lifetime of ``tomb``'s bucket must wait: its ``bucket_delete`` (recorded
         at ``deleted_us``, in the index's last shard) is below no collector cutoff yet, so a pass
         could still commit it after a ``bucket_create`` recorded now (first shard): a replayer
-        would end with the bucket deleted. Waits while a collector holds its lease (nobody else
-        could help), at most ``recreated_bucket_wait``."""
+        would end with the bucket deleted. Waits while a collector holds its lease, or cut off
+        within ``recreated_bucket_wait`` (its holder died and another takes it over at its next
+        round: the lease is free in between); not when none ran for that long (nobody else
+        could help); at most ``recreated_bucket_wait``."""
         from changelog.pipeline.collector_streams import draining
 
         ctx = self.ctx
@@ -205,7 +208,8 @@ class BucketTracker:
             return False
         now = ctx.now()
         held, cutoff = draining(ctx.index, ctx.index.shards - 1, now)
-        if not held or cutoff > tomb.deleted_us:
+        recent = cutoff > (now - wait) * 1_000_000
+        if not (held or recent) or cutoff > tomb.deleted_us:
             ctx.recreating.pop(name, None)
             return False
         deadline = ctx.recreating.setdefault(name, max(now, tomb.deleted_us / 1_000_000) + wait)
