@@ -19,6 +19,7 @@ import logging
 from collections.abc import Iterable, Sequence
 
 from changelog.errors import TransientError
+from changelog.pipeline import keys
 from changelog.pipeline.control import (
     FOLLOWER_REQUEST_PREFIX,
 )
@@ -192,9 +193,9 @@ class BucketTracker:
 
     def _old_life_uncommitted(self, tomb: BucketRecord) -> bool:
         """Whether the new lifetime of ``tomb``'s bucket must wait: its ``bucket_delete`` (recorded
-        at ``deleted_us``, in the index's last shard) is below no collector cutoff yet, so a pass
-        could still commit it after a ``bucket_create`` recorded now (first shard): a replayer
-        would end with the bucket deleted. Waits while a collector holds its lease, or cut off
+        at ``deleted_us``, in the index's last shard) is not committed yet (``_recorded_by``), so
+        a pass could still commit it after a ``bucket_create`` recorded now (first shard): a
+        replayer would end with the bucket deleted. Waits while a collector holds its lease, or cut off
         within ``recreated_bucket_wait`` (its holder died and another takes it over at its next
         round: the lease is free in between); not when none ran for that long (nobody else
         could help); at most ``recreated_bucket_wait``."""
@@ -209,7 +210,7 @@ class BucketTracker:
         now = ctx.now()
         held, cutoff = draining(ctx.index, ctx.index.shards - 1, now)
         recent = cutoff > (now - wait) * 1_000_000
-        if not (held or recent) or cutoff > tomb.deleted_us:
+        if not (held or recent) or not self._recorded_by(tomb.deleted_us):
             ctx.recreating.pop(name, None)
             return False
         deadline = ctx.recreating.setdefault(name, max(now, tomb.deleted_us / 1_000_000) + wait)
@@ -217,11 +218,26 @@ class BucketTracker:
             return True
         ctx.recreating.pop(name, None)
         logger.warning(
-            "bucket %s was created again, and no collector cut off past its bucket_delete within %g s: "
+            "bucket %s was created again, and no collector committed its bucket_delete within %g s: "
             "following its new lifetime now (a pass may commit its bucket_create before that delete)",
             name, wait,
         )  # fmt: skip
         return False
+
+    def _recorded_by(self, deleted_us: int) -> bool:
+        """Whether the index's last shard (where a ``bucket_delete`` goes) still holds an entry
+        recorded at or before ``deleted_us``: the delete is not committed yet. A collector trims
+        what it emitted only after committing it, so this is a commit, not a cutoff (a pass that
+        persisted its cutoff and died committed nothing). One one-key read."""
+        index = self.ctx.index
+        first = index.store.omap_page(
+            index.shard_oid(index.shards - 1),
+            start_after=keys.DATA_PREFIX,
+            end_before=keys.DATA_END,
+            prefix=keys.DATA_PREFIX,
+            limit=1,
+        )
+        return bool(first) and keys.time_of(first[0][0]) <= deleted_us
 
     def _lifetime(self, known: BucketRecord | None, stats: BucketStats, gen: int) -> None:
         """Record the bucket ops of moving from ``known`` to the instance of ``stats`` (before the

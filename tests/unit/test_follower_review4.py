@@ -21,14 +21,10 @@ from tests.unit import test_follower_unit as follower_unit
 from tests.unit.test_follower_unit import (
     Crash,
     World,
-    bucket_ops,
     caught_up,
-    collector_cut_off_at,
+    committed_then_waiting,
     fresh_bucket,
-    history,
-    running_collector,
     start_follower,
-    tombstone_deleted_us,
 )
 
 
@@ -39,7 +35,7 @@ def make_world(tmp_path: Path) -> Iterator[Callable[..., World]]:
 
 
 def test_a_restart_while_a_recreated_bucket_waits_loses_none_of_its_records(
-    make_world: Callable[..., World],
+    make_world: Callable[..., World], tmp_path: Path, cleanup: list[Callable[[], object]]
 ) -> None:
     """The data log's news of the new lifetime's shards is consumed while the follower waits
     (the shards are dropped with the tombstone's); a follower that restarts (or another that
@@ -50,28 +46,31 @@ def test_a_restart_while_a_recreated_bucket_waits_loses_none_of_its_records(
     fresh_bucket(w, f1, "re", shards=2)
     rgw.put("re", "a")
     caught_up(w, f1)
-    lease = running_collector(w)
-    try:
-        rgw.delete("re", "a")
-        caught_up(w, f1)
-        collector_cut_off_at(w, int(w.clock.time() * 1_000_000))
-        rgw.delete_bucket("re")
-        w.clock.advance(1.0)
-        rgw.create_bucket("re", shards=2)
-        rgw.put("re", "b")
-        for _ in range(3):
-            w.clock.advance(5.0)
-            assert not f1.sweep().complete  # waiting for the collector
-        f1.close()  # killed while it waits
-        collector_cut_off_at(w, tombstone_deleted_us(w, "re") + 1)
-        f2 = start_follower(w, recreated_bucket_wait=600.0)
-        caught_up(w, f2)
-        w.clock.advance(120.0)  # every shard cooled: nothing more will make it read them
-        caught_up(w, f2)
-        assert bucket_ops(w.index, "re") == ["bucket_create", "bucket_delete", "bucket_create"]
-        assert history(w.index, "re") == {"a": ["write", "delete"], "b": ["write"]}
-    finally:
-        lease.release()
+    target = DirectoryTarget(tmp_path / "logs", fsync=False)
+    c = collector(w.index, target, settle=0.0, clock=w.clock.time)
+    assert c.acquire()
+    cleanup.append(c.step_down)
+    rgw.delete("re", "a")
+    caught_up(w, f1)
+    w.clock.advance(1.0)
+    c.run_pass()
+    rgw.delete_bucket("re")
+    w.clock.advance(1.0)
+    rgw.create_bucket("re", shards=2)
+    rgw.put("re", "b")
+    for _ in range(3):
+        w.clock.advance(5.0)
+        assert not f1.sweep().complete  # waiting for the collector
+    f1.close()  # killed while it waits
+    w.clock.advance(1.0)
+    c.run_pass()  # the delete committed
+    f2 = start_follower(w, recreated_bucket_wait=600.0)
+    caught_up(w, f2)
+    w.clock.advance(120.0)  # every shard cooled: nothing more will make it read them
+    caught_up(w, f2)
+    assert committed_then_waiting(w, target, "re") == [
+        "bucket_create", "write a", "delete a", "bucket_delete", "bucket_create", "write b"
+    ]
 
 
 @pytest.fixture
@@ -89,11 +88,6 @@ def committed(target: DirectoryTarget, bucket: str) -> list[str]:
     return [r.op if not r.key else f"{r.op} {r.key}" for r in read_records(target) if r.bucket == bucket]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a persisted cutoff is taken for a commit: a pass that dies after persisting it commits nothing "
-    "(fix: wait until the bucket_delete left the index; test_follower_unit simulates a cutoff alone)",
-)
 def test_a_recreated_bucket_waits_for_its_delete_to_be_committed_not_only_cut_off(
     make_world: Callable[..., World], tmp_path: Path, cleanup: list[Callable[[], object]]
 ) -> None:
@@ -209,7 +203,7 @@ def test_with_collector_streams_an_old_lifetimes_record_is_not_committed_after_i
 
 
 def test_a_recreated_bucket_waits_while_a_collector_that_ran_just_now_is_taken_over(
-    make_world: Callable[..., World],
+    make_world: Callable[..., World], tmp_path: Path, cleanup: list[Callable[[], object]]
 ) -> None:
     """The collector that drains the delete's shard died (its serve killed): its lease expires
     one TTL later, and another serve takes it at its next round. In between nobody holds it, but
@@ -225,7 +219,12 @@ def test_a_recreated_bucket_waits_while_a_collector_that_ran_just_now_is_taken_o
     caught_up(w, f)
     rgw.delete("re", "a")
     caught_up(w, f)
-    collector_cut_off_at(w, int(w.clock.time() * 1_000_000))  # the last pass of a collector now dead
+    target = DirectoryTarget(tmp_path / "logs", fsync=False)
+    dead = collector(w.index, target, settle=0.0, clock=w.clock.time)
+    assert dead.acquire()
+    w.clock.advance(1.0)
+    dead.run_pass()  # its last pass: then its serve is killed (its lease gone with it)
+    dead.step_down()
     rgw.delete_bucket("re")
     w.clock.advance(1.0)
     rgw.create_bucket("re", shards=2)
@@ -233,19 +232,20 @@ def test_a_recreated_bucket_waits_while_a_collector_that_ran_just_now_is_taken_o
     for _ in range(3):
         w.clock.advance(5.0)
         assert not f.sweep().complete  # nobody holds the lease, but a collector will be back
-    assert bucket_ops(w.index, "re") == ["bucket_create", "bucket_delete"]
-    lease = running_collector(w)  # taken over
-    try:
-        collector_cut_off_at(w, tombstone_deleted_us(w, "re") + 1)
-        caught_up(w, f)
-        assert bucket_ops(w.index, "re") == ["bucket_create", "bucket_delete", "bucket_create"]
-        assert history(w.index, "re") == {"a": ["write", "delete"], "b": ["write"]}
-    finally:
-        lease.release()
+    assert committed_then_waiting(w, target, "re") == ["bucket_create", "write a", "delete a", "bucket_delete"]
+    taker = collector(w.index, target, settle=0.0, clock=w.clock.time)  # taken over
+    assert taker.acquire()
+    cleanup.append(taker.step_down)
+    w.clock.advance(1.0)
+    taker.run_pass()
+    caught_up(w, f)
+    assert committed_then_waiting(w, target, "re") == [
+        "bucket_create", "write a", "delete a", "bucket_delete", "bucket_create", "write b"
+    ]
 
 
 def test_a_recreated_bucket_does_not_wait_for_a_collector_gone_for_longer_than_the_wait(
-    make_world: Callable[..., World],
+    make_world: Callable[..., World], tmp_path: Path
 ) -> None:
     w = make_world("reef")
     rgw = w.rgw
@@ -253,7 +253,12 @@ def test_a_recreated_bucket_does_not_wait_for_a_collector_gone_for_longer_than_t
     fresh_bucket(w, f, "re", shards=2)
     rgw.put("re", "a")
     caught_up(w, f)
-    collector_cut_off_at(w, int(w.clock.time() * 1_000_000))
+    target = DirectoryTarget(tmp_path / "logs", fsync=False)
+    gone = collector(w.index, target, settle=0.0, clock=w.clock.time)
+    assert gone.acquire()
+    w.clock.advance(1.0)
+    gone.run_pass()
+    gone.step_down()
     w.clock.advance(120.0)  # the collector has not run since
     rgw.delete("re", "a")
     caught_up(w, f)
@@ -262,4 +267,6 @@ def test_a_recreated_bucket_does_not_wait_for_a_collector_gone_for_longer_than_t
     rgw.put("re", "b")
     w.clock.advance(1.0)
     assert f.sweep().complete
-    assert history(w.index, "re") == {"a": ["write", "delete"], "b": ["write"]}
+    assert committed_then_waiting(w, target, "re") == [
+        "bucket_create", "write a", "delete a", "bucket_delete", "bucket_create", "write b"
+    ]

@@ -27,15 +27,17 @@ import pytest
 from changelog.config import SourceConfig
 from changelog.errors import TransientError
 from changelog.pipeline.backends.sqlite import SqliteStore
-from changelog.pipeline.commit import CollectorState
-from changelog.pipeline.control import COLLECTOR_LOCK, COLLECTOR_STATE_KEY
+from changelog.pipeline.control import COLLECTOR_LOCK
 from changelog.pipeline.index import ChangeIndex, RecordResult
 from changelog.pipeline.lease import Lease
 from changelog.pipeline.mutation import Mutation
+from changelog.pipeline.reader import read_records
 from changelog.pipeline.store import WriteOp, omap_iter
+from changelog.pipeline.targets import DirectoryTarget
 from rgw_module.admin import AccessDenied, NotFound
 from rgw_module.follower import Follower
 from rgw_module.mapping import BucketShard, qualified_name
+from tests.collector_factory import collector
 from tests.unit.fake_rgw import RELEASES, T0, FakeClock, FakeRadosgw, Release, assert_same_keys_as_captured
 
 # Test settings: no waiting, a lease that outlives every test's fake time, trims at once.
@@ -815,13 +817,16 @@ def test_sealed_seconds_0_keeps_no_finished_generation(make_world: Callable[...,
     assert sealed_keys(w) == []
 
 
-def collector_cut_off_at(w: World, cutoff_us: int) -> None:
-    """What a collector pass persists first: its cutoff (``c.state``)."""
-    state = CollectorState(last_cutoff_us=cutoff_us).encode()
-    w.index.store.execute(w.index.control_oid, WriteOp(set={COLLECTOR_STATE_KEY: state}))
+def committed_then_waiting(w: World, target: DirectoryTarget, bucket: str) -> list[str]:
+    """``bucket``'s records in committed order (``bucket_create``, ``write a``...), then those
+    still in the index, in arrival order."""
+    done = [r.op if not r.key else f"{r.op} {r.key}" for r in read_records(target) if r.bucket == bucket]
+    waiting = [m.op.value if not m.key else f"{m.op.value} {m.key}" for _, m in arrivals(w.index, bucket)]
+    return done + waiting
 
 
 def running_collector(w: World) -> Lease:
+    """The lease of a collector that never commits again (stuck)."""
     lease = Lease(w.index.store, w.index.control_oid, name=COLLECTOR_LOCK, ttl=3600.0)
     assert lease.acquire()
     return lease
@@ -833,26 +838,33 @@ def tombstone_deleted_us(w: World, bucket: str) -> int:
 
 
 @pytest.mark.parametrize("looked", [True, False])
-def test_a_bucket_created_again_waits_for_a_collector_cutoff_past_its_delete(
-    make_world: Callable[..., World], looked: bool
+def test_a_bucket_created_again_waits_until_the_collector_committed_its_delete(
+    make_world: Callable[..., World], looked: bool, tmp_path: Path
 ) -> None:
     """The old lifetime's bucket_delete goes to the index's last shard, the new one's
     bucket_create to the first, and a pass drains the shards in order: recorded before one
     pass, the create was committed before the delete (a replayer ended with the bucket deleted;
     seen on every release). While a collector runs, the new lifetime now waits until the
-    collector has cut off past the delete (``looked``: the follower saw the bucket gone before it
-    was created again, or not)."""
+    collector has committed the delete (it left the index) (``looked``: the follower saw the
+    bucket gone before it was created again, or not)."""
     w = make_world("reef")
     rgw = w.rgw
     f = start_follower(w, recreated_bucket_wait=60.0)
     fresh_bucket(w, f, "re", shards=2)
     rgw.put("re", "a")
     caught_up(w, f)
-    lease = running_collector(w)
+    target = DirectoryTarget(tmp_path / "logs", fsync=False)
+    c = collector(w.index, target, settle=0.0, clock=w.clock.time)
+    assert c.acquire()
+
+    def commit() -> None:
+        w.clock.advance(1.0)
+        c.run_pass()
+
     try:
         rgw.delete("re", "a")
         caught_up(w, f)
-        collector_cut_off_at(w, int(w.clock.time() * 1_000_000))
+        commit()
         rgw.delete_bucket("re")
         if looked:
             caught_up(w, f)
@@ -862,19 +874,17 @@ def test_a_bucket_created_again_waits_for_a_collector_cutoff_past_its_delete(
         for _ in range(4):
             w.clock.advance(5.0)
             assert not f.sweep().complete  # waiting: not caught up
-        assert bucket_ops(w.index, "re") == ["bucket_create", "bucket_delete"]
-        assert "b" not in history(w.index, "re") and list(f.status()["recreating"]) == ["re"]
-        deleted = tombstone_deleted_us(w, "re")
-        collector_cut_off_at(w, deleted)  # not past it yet
-        w.clock.advance(5.0)
-        assert not f.sweep().complete
-        collector_cut_off_at(w, deleted + 1)
+        old_life = ["bucket_create", "write a", "delete a", "bucket_delete"]
+        assert committed_then_waiting(w, target, "re") == old_life  # nothing of the new one yet
+        assert list(f.status()["recreating"]) == ["re"]
+        commit()  # the delete committed (and trimmed from the index)
         caught_up(w, f)
         assert f.status()["recreating"] == {}
-        assert bucket_ops(w.index, "re") == ["bucket_create", "bucket_delete", "bucket_create"]
-        assert history(w.index, "re") == {"a": ["write", "delete"], "b": ["write"]}
+        commit()
+        assert committed_then_waiting(w, target, "re") == [*old_life, "bucket_create", "write b"]
+        assert not arrivals(w.index, "re")  # all committed, in that order
     finally:
-        lease.release()
+        c.step_down()
 
 
 def test_a_bucket_created_again_waits_no_longer_than_recreated_bucket_wait(
@@ -899,7 +909,7 @@ def test_a_bucket_created_again_waits_no_longer_than_recreated_bucket_wait(
         caplog.set_level(logging.WARNING, logger="rgw_module.bucket_tracker")
         caught_up(w, f)
         assert history(w.index, "stuck")["b"] == ["write"]
-        assert "no collector cut off past its bucket_delete within 30 s" in caplog.text
+        assert "no collector committed its bucket_delete within 30 s" in caplog.text
     finally:
         lease.release()
 
@@ -1486,7 +1496,6 @@ def test_not_followed_buckets_are_a_metric_by_reason(make_world: Callable[..., W
 
 
 def test_a_bucket_followed_before_bucket_records_existed_is_announced_once(make_world: Callable[..., World]) -> None:
-    from changelog.pipeline.store import WriteOp
     from rgw_module.follower_state import ZONE_KEYS
 
     w = make_world()
