@@ -177,7 +177,7 @@ class SourceConfig(S3Section):
     # Data log shards read per round.
     shards_per_round: Integer = Field(default=16, ge=1)
     # A finished bucket-index-log generation (Reef and later reshard in place) is read again every
-    # sealed_poll_interval seconds for this long after the bucket moved on: radosgw may still add
+    # sealed_poll_interval seconds (doubling while empty) for this long after the bucket moved on: radosgw may still add
     # an entry to it (a write completing across the reshard). 0: never read again.
     sealed_seconds: Number = Field(default=3600.0, ge=0)
     sealed_poll_interval: Number = Field(default=60.0, gt=0)

@@ -26,7 +26,7 @@ from changelog.pipeline.mutation import Mutation, Op
 from rgw_module.admin import NotFound
 from rgw_module.bucket_index import ObjectFacts
 from rgw_module.bucket_tracker import BucketTracker
-from rgw_module.follower_state import SealedShard, ShardCursor, dump_json
+from rgw_module.follower_state import SEALED_BACKOFF, SealedShard, ShardCursor, dump_json
 from rgw_module.generations import start_closing
 from rgw_module.mapping import (
     BadEntry,
@@ -287,7 +287,10 @@ class BilogReader:
             if page:
                 late += self._record_late(bs, s, page, now)
             more = len(page) >= page_entries
-            s.next_poll = now if more else now + ctx.config.sealed_poll_interval
+            s.empty_polls = 0 if page else s.empty_polls + 1
+            backoff = min(2**s.empty_polls, SEALED_BACKOFF) if s.empty_polls else 1
+            later = now + ctx.config.sealed_poll_interval * backoff
+            s.next_poll = now if more else (min(later, s.until) if now < s.until else later)  # last read at until
             if not page and now >= s.until:
                 if ctx.trim_bilogs and s.marker:
                     try:

@@ -57,6 +57,12 @@ HOT_PERSIST_SLACK = 5.0
 
 BucketState = Literal["full", "incr", "gone"]
 
+# A sealed shard read empty waits ``sealed_poll_interval`` times 2, 4... up to this before its next
+# read: late entries come soonest after the reshard, and a zone resharding many big buckets
+# would otherwise list every shard of every finished generation each minute for an hour (with the
+# defaults: 7 reads of a shard instead of 60).
+SEALED_BACKOFF = 16
+
 
 def dump_json(obj: object) -> bytes:
     return orjson.dumps(obj)
@@ -272,11 +278,13 @@ class ShardCursor:
 class SealedShard:
     """A shard of a finished log generation (``r.s.``): read to its end when the bucket moved on
     to the next generation, and read again every ``sealed_poll_interval`` until ``until``, for
-    entries radosgw adds to it after that (rgw_module/README.md, "Log generations")."""
+    entries radosgw adds to it after that, the wait doubling after each empty read up to
+    ``SEALED_BACKOFF`` times (rgw_module/README.md, "Sealed generations")."""
 
     marker: str
     until: float
     next_poll: float = 0.0  # not persisted: the first poll after a load is at once
+    empty_polls: int = 0  # in a row (not persisted): the next poll waits longer (``SEALED_BACKOFF``)
 
     def encode(self) -> bytes:
         return dump_json({"marker": self.marker, "until": self.until})

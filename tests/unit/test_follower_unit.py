@@ -770,6 +770,24 @@ def test_an_entry_added_to_a_finished_generation_is_recorded_late_once(
     assert all(not entries for entries in rgw.bilog("late", gen=0).values())  # trimmed again
 
 
+def test_a_sealed_shard_is_read_less_often_while_it_stays_empty(make_world: Callable[..., World]) -> None:
+    """Every shard of every finished generation read each sealed_poll_interval for
+    sealed_seconds is 60 listings a shard with the defaults; a zone resharding many big buckets
+    would list thousands of shards a minute. An empty read doubles the wait, up to 16 times; an
+    entry found brings it back to the interval."""
+    w = make_world("reef")
+    rgw = w.rgw
+    f = start_follower(w, lease_ttl=100_000.0)  # sealed: the defaults, every 60 s for 3600 s
+    resharded_and_moved_on(w, f, "many")
+    old = next(bs for bs in map(BucketShard.parse, (k[len("r.s.") :] for k in sealed_keys(w))) if bs is not None)
+    for _ in range(3700 // 10):
+        w.clock.advance(10.0)
+        f.sweep()
+    reads = rgw.count("bilog_list", old.key)
+    print(f"reads of a sealed shard over an hour: {reads}")
+    assert 5 <= reads <= 9 and sealed_keys(w) == []
+
+
 def test_a_crash_after_recording_late_entries_records_them_once(make_world: Callable[..., World]) -> None:
     w = make_world("tentacle")
     rgw = w.rgw
