@@ -176,13 +176,13 @@ class SourceConfig(S3Section):
     datalog_full_interval: Number = Field(default=60.0, ge=0)
     # Data log shards read per round.
     shards_per_round: Integer = Field(default=16, ge=1)
-    # A finished bucket-index-log generation (Reef and later reshard in place) is read again every
-    # sealed_poll_interval seconds (doubling while empty) for this long after the bucket moved on: radosgw may still add
-    # an entry to it (a write completing across the reshard). 0: never read again.
+    # A finished bucket-index-log generation (Reef and later reshard in place) is read again after
+    # sealed_poll_interval seconds (doubling while empty) for this long after the bucket moved on:
+    # radosgw may still add an entry to it (a write completing across the reshard). 0: never.
     sealed_seconds: Number = Field(default=3600.0, ge=0)
     sealed_poll_interval: Number = Field(default=60.0, gt=0)
     # A bucket deleted and created again: its new lifetime is followed once the collector has
-    # cut off past the old lifetime's bucket_delete (so that no pass commits the new bucket_create
+    # committed the old lifetime's bucket_delete (so that no pass commits the new bucket_create
     # before that delete), or after this many seconds whatever the collector does. 0: at once.
     recreated_bucket_wait: Number = Field(default=120.0, ge=0)
     # Threads reading bucket index logs at once (each one radosgw request at a time).
