@@ -1,0 +1,76 @@
+"""Review 4 of one-way replication (REP.1) from a replication engineer's point of view, on moto:
+a sqlite index for the checkpoint and the site state, a directory target for the change logs
+(the backup tests' ``Zone`` writes them), moto as the source zone and as the site (the site's
+buckets are other buckets of the same moto, through ``bucket_map``).
+
+Each test states what an operator expects; a failure is a bug the review found."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from changelog.consumers.replication.state import SiteState
+from changelog.pipeline.index import ChangeIndex
+from changelog.pipeline.targets import DirectoryTarget
+from tests.unit.test_backup_support import Zone
+from tests.unit.test_rep_review2 import aws, body, index, logs, replicator, run_once, site_config
+
+__all__ = ["aws", "index", "logs"]  # fixtures
+
+
+def test_a_key_failing_twice_is_retried_with_its_latest_write(
+    aws: Any, logs: DirectoryTarget, index: ChangeIndex
+) -> None:
+    """An unversioned key is written while the site's bucket is missing (one failed entry), and
+    written again while it is still missing: the entry "replaces its older self" (README,
+    ``state.py``). The operator creates the bucket and retries every failed entry: the site
+    must get the source's latest content, not have the retry dropped as superseded because the
+    entry still holds the first write (whose ETag the source no longer has)."""
+    zone = Zone(aws, logs)
+    zone.create_bucket("src")
+    zone.put("src", "k", b"first")
+    zone.commit()
+    run_once(replicator(index, logs, aws), index)
+    zone.put("src", "k", b"second")
+    zone.commit()
+    run_once(replicator(index, logs, aws), index)
+    st = SiteState(index, "east")
+    entries = list(st.failed())
+    assert len(entries) == 1 and entries[0].attempts == 2
+    aws.create_bucket(Bucket="dst")  # the operator's fix
+    assert st.request_retry() == 1
+    run_once(replicator(index, logs, aws), index)
+    assert body(aws, "dst", "k") == b"second", "the retry of the failed key lost its latest write"
+    assert list(st.failed()) == []
+
+
+def test_a_delete_failing_after_a_write_of_the_key_is_retried_as_a_delete(
+    aws: Any, logs: DirectoryTarget, index: ChangeIndex
+) -> None:
+    """The site had the key; then it refused the key's records for a while (here: mapped to a
+    bucket that does not exist): a write fails, then the delete of the key fails too. Once the
+    site takes records again the operator retries: the key must be gone at the site, as at the
+    source (the delete is the entry's latest state, the write it replaced is superseded)."""
+    zone = Zone(aws, logs)
+    zone.create_bucket("src")
+    aws.create_bucket(Bucket="dst")
+    zone.put("src", "k", b"v0")
+    zone.commit()
+    run_once(replicator(index, logs, aws), index)
+    assert body(aws, "dst", "k") == b"v0"
+    refused = site_config(bucket_map={"src": "missing"})
+    zone.put("src", "k", b"v1")
+    zone.commit()
+    run_once(replicator(index, logs, aws, site=refused), index)
+    zone.delete("src", "k")
+    zone.commit()
+    run_once(replicator(index, logs, aws, site=refused), index)
+    st = SiteState(index, "east")
+    assert [e.attempts for e in st.failed()] == [2]
+    assert st.request_retry() == 1
+    run_once(replicator(index, logs, aws), index)
+    assert body(aws, "src", "k") is None
+    assert body(aws, "dst", "k") is None, (
+        "the retried entry dropped the delete: the site keeps a stale object"
+    )
+    assert list(st.failed()) == []
