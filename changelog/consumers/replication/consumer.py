@@ -570,7 +570,7 @@ class SiteReplicator:
             if applied.status == "failed":
                 old = self.state.failed_entry(eid) if self._failed_ids and eid in self._failed_ids else None
                 entry = (
-                    old.again(applied.reason or "failed", now)
+                    old.again(applied.reason or "failed", now, rec)
                     if old
                     else FailedEntry(eid, rec, applied.reason or "failed", now, now)
                 )

@@ -106,8 +106,11 @@ class FailedEntry:
             int(doc.get("attempts", 1)),
         )
 
-    def again(self, error: str, now: float) -> FailedEntry:
-        return FailedEntry(self.id, self.record, error, self.first_failed, now, self.attempts + 1)
+    def again(self, error: str, now: float, record: LogRecord | None = None) -> FailedEntry:
+        """The entry failed again, for ``record`` when a later record of its (bucket, key,
+        version) failed: the entry then holds that one, the state a retry must bring (the one
+        it replaces is superseded by it)."""
+        return FailedEntry(self.id, record or self.record, error, self.first_failed, now, self.attempts + 1)
 
     def backbeat(self, site: str) -> dict[str, object]:
         """The entry as Backbeat's failed list shows it (``StorageClass`` names the site)."""
