@@ -26,6 +26,8 @@ not an outage: its failing records become failed entries, so one bad key cannot 
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import logging
 import threading
 import zlib
@@ -44,6 +46,7 @@ from changelog.consumers.replication.state import (
     INFLIGHT,
     PROGRESS,
     RETRY,
+    UPLOAD,
     FailedEntry,
     SiteState,
     consumer_name,
@@ -229,6 +232,9 @@ class _Partial:
 
     done: dict[int, _Done] = field(default_factory=dict)
     uncertain: set[int] = field(default_factory=set)
+    # The state keys (``UPLOAD``) of the multipart uploads begun at the site for this object
+    # (and those a predecessor left, once aborted): removed with the commit.
+    uploads: set[str] = field(default_factory=set)
 
 
 @dataclass
@@ -281,6 +287,8 @@ class SiteReplicator:
         self._crashed_workers = 0
         self._crashed_uncertain: set[int] = set()
         self._crashed_progress: dict[int, _Done] = {}
+        # Multipart uploads a predecessor began at the site and may have left open (``UPLOAD``).
+        self._stale_uploads: dict[str, bytes] = {}
         self._cursor_seen: Cursor | None = None
         self._failed_ids: set[str] | None = None
         self._buckets: dict[str, tuple[float, Destination | str]] = {}
@@ -319,6 +327,7 @@ class SiteReplicator:
                     int(k[len(PROGRESS) :]): _Done.decode(v)
                     for k, v in cursor.read_state_prefix(PROGRESS).items()
                 }
+                self._stale_uploads = cursor.read_state_prefix(UPLOAD)
                 logger.warning(
                     "replication to %s: a predecessor stopped while applying %s (%d records done); "
                     "taking it up where it stopped",
@@ -395,6 +404,8 @@ class SiteReplicator:
             else:
                 # Say which object is being applied, so that a successor knows what to take up.
                 self._note_inflight(cursor, obj.name, set())
+        if obj.name == self._crashed_in:
+            self._abort_stale_uploads(partial)
         lenient = (
             self._attempts.get(obj.name, 0) >= LENIENT_AFTER
             and self._answers(self.client)
@@ -410,6 +421,7 @@ class SiteReplicator:
         out = self._fold(results)
         out.remove_state.append(INFLIGHT)
         out.remove_state.extend(f"{PROGRESS}{i:08d}" for i in partial.done)
+        out.remove_state.extend(partial.uploads)
         cursor.commit(
             obj.name, records=len(records), objects=1, set_state=out.set_state, remove_state=out.remove_state
         )
@@ -426,6 +438,27 @@ class SiteReplicator:
                     self._failed_ids.add(eid)
                 elif self._failed_ids:
                     self._failed_ids.discard(eid)
+
+    def _abort_stale_uploads(self, partial: _Partial) -> None:
+        """Abort the multipart uploads a predecessor began at the site and may have left open
+        when it died (one that completed answers 404: nothing to do). A transient failure goes
+        up: the rest are aborted at the next attempt."""
+        for name, raw in sorted(self._stale_uploads.items()):
+            doc = orjson.loads(raw)
+            bucket, key, upload = str(doc["b"]), str(doc["k"]), str(doc["u"])
+            try:
+                self.client.abort_multipart_upload(Bucket=bucket, Key=key, UploadId=upload)
+                logger.info(
+                    "replication to %s: aborted the multipart upload of %s/%s its predecessor left open",
+                    self.site.name, bucket, key,
+                )  # fmt: skip
+            except Exception as ex:  # noqa: BLE001 - classified below
+                err = translate_error(ex, f"abort upload {upload} of {bucket}/{key} at site {self.site.name}")
+                if not isinstance(err, PermanentError):
+                    raise err from ex
+                logger.debug("replication to %s: %s", self.site.name, err)
+            del self._stale_uploads[name]
+            partial.uploads.add(name)
 
     def _note_inflight(self, cursor: Cursor, name: str, uncertain: set[int]) -> None:
         """Say which object is being applied (with this process's worker count, and the records
@@ -471,6 +504,13 @@ class SiteReplicator:
         started: set[int] = set()
         mu = threading.Lock()
 
+        def note_upload(i: int, bucket: str, key: str, upload: str) -> None:
+            # Kept before any part is sent: a successor aborts it if this process dies.
+            name = f"{UPLOAD}{i:08d}.{hashlib.sha256(upload.encode()).hexdigest()[:16]}"
+            cursor.put_state({name: orjson.dumps({"b": bucket, "k": key, "u": upload})})
+            with mu:
+                partial.uploads.add(name)
+
         def run(queue: list[tuple[int, LogRecord]]) -> None:
             versions: dict[str, _Versions] = {}
             for i, rec in queue:
@@ -482,8 +522,9 @@ class SiteReplicator:
                 with mu:
                     started.add(i)
                 done = self._apply_one(
-                    rec, versions, changes, careful=i in partial.uncertain, lenient=lenient
-                )
+                    rec, versions, changes, careful=i in partial.uncertain, lenient=lenient,
+                    on_upload=functools.partial(note_upload, i),
+                )  # fmt: skip
                 # Saved before it counts as done: a successor will not apply it again.
                 cursor.put_state({f"{PROGRESS}{i:08d}": done.encode()})
                 with mu:
@@ -517,6 +558,7 @@ class SiteReplicator:
         careful: bool,
         lenient: bool,
         retry: bool = False,
+        on_upload: Callable[[str, str, str], None] | None = None,
     ) -> _Done:
         ident = (rec.qualified_bucket, rec.key)
         with self._mu:
@@ -537,7 +579,7 @@ class SiteReplicator:
             try:
                 applied = apply_record(
                     rec, self.source, dest, vmap, careful=careful, transfer=self.transfer, retry=retry,
-                    before=before,
+                    before=before, on_upload=on_upload,
                 )
             except TransientError as ex:
                 if not lenient:
