@@ -7,15 +7,23 @@ Each test states what an operator expects; a failure is a bug the review found."
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
+import pytest
+from boto3.s3.transfer import TransferConfig
+
+from changelog.consumers.framework import ConsumerRunner
 from changelog.consumers.replication.state import SiteState
+from changelog.errors import TransientError
 from changelog.pipeline.index import ChangeIndex
 from changelog.pipeline.targets import DirectoryTarget
 from tests.unit.test_backup_support import Zone
 from tests.unit.test_rep_review2 import aws, body, index, logs, replicator, run_once, site_config
 
 __all__ = ["aws", "index", "logs"]  # fixtures
+
+MIB = 1024 * 1024
 
 
 def test_a_key_failing_twice_is_retried_with_its_latest_write(
@@ -74,3 +82,61 @@ def test_a_delete_failing_after_a_write_of_the_key_is_retried_as_a_delete(
         "the retried entry dropped the delete: the site keeps a stale object"
     )
     assert list(st.failed()) == []
+
+
+class _SiteGoingDown:
+    """The site (moto) as seen through a link that goes down after the first part of an upload
+    and stays down, so that s3transfer's own abort of the upload fails too."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.down = False
+        self.tripped = False
+
+    def __getattr__(self, name: str) -> Any:
+        fn = getattr(self.inner, name)
+        if name not in ("upload_part", "abort_multipart_upload"):
+            return fn
+
+        def call(**kw: Any) -> Any:
+            if name == "upload_part" and kw.get("PartNumber", 1) > 1 and not self.tripped:
+                self.down = self.tripped = True
+            if self.down:
+                from botocore.exceptions import EndpointConnectionError
+
+                raise EndpointConnectionError(endpoint_url="http://site:7480")
+            return fn(**kw)
+
+        return call
+
+
+def test_an_upload_the_site_outage_kept_open_is_aborted_once_the_site_is_back(
+    aws: Any, logs: DirectoryTarget, index: ChangeIndex
+) -> None:
+    """The link to the site goes down in the middle of a multipart copy: the step fails (the
+    record is tried again later) and s3transfer's abort of the upload fails as well. Once the
+    site is back the object arrives whole, and the upload begun before the outage is not left
+    open at the site for good."""
+    zone = Zone(aws, logs)
+    zone.create_bucket("src")
+    aws.create_bucket(Bucket="dst")
+    data = bytes(range(256)) * (11 * MIB // 256)
+    zone.put("src", "big", data)
+    zone.commit()
+    site = _SiteGoingDown(aws)
+    transfer = TransferConfig(multipart_threshold=5 * MIB, multipart_chunksize=5 * MIB, use_threads=False)
+    rep = replicator(index, logs, aws, transfer=transfer)
+    rep.client = site  # type: ignore[assignment]
+    runner = ConsumerRunner(index, rep, lease_ttl=30)
+    assert runner.acquire()
+    try:
+        with pytest.raises(TransientError):
+            runner.step(threading.Event())
+        assert len(aws.list_multipart_uploads(Bucket="dst").get("Uploads", [])) == 1
+        site.down = False  # the link is back
+        runner.step(threading.Event())
+    finally:
+        runner.step_down()
+    assert body(aws, "dst", "big") == data
+    left = aws.list_multipart_uploads(Bucket="dst").get("Uploads", [])
+    assert left == [], f"the upload begun before the outage is still open at the site: {left}"
