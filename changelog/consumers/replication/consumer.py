@@ -232,9 +232,13 @@ class _Partial:
 
     done: dict[int, _Done] = field(default_factory=dict)
     uncertain: set[int] = field(default_factory=set)
-    # The state keys (``UPLOAD``) of the multipart uploads begun at the site for this object
-    # (and those a predecessor left, once aborted): removed with the commit.
-    uploads: set[str] = field(default_factory=set)
+    # The multipart uploads begun at the site for this object (``UPLOAD`` state key -> bucket,
+    # key, upload id), a predecessor's included: their keys are removed with the commit.
+    uploads: dict[str, bytes] = field(default_factory=dict)
+    # Those to abort before the next attempt: a predecessor's, and after a transient failure
+    # this process's (s3transfer's own abort fails when the site is down; a completed upload
+    # answers 404).
+    stale: dict[str, bytes] = field(default_factory=dict)
 
 
 @dataclass
@@ -288,7 +292,7 @@ class SiteReplicator:
         self._crashed_uncertain: set[int] = set()
         self._crashed_progress: dict[int, _Done] = {}
         # Multipart uploads a predecessor began at the site and may have left open (``UPLOAD``).
-        self._stale_uploads: dict[str, bytes] = {}
+        self._crashed_uploads: dict[str, bytes] = {}
         self._cursor_seen: Cursor | None = None
         self._failed_ids: set[str] | None = None
         self._buckets: dict[str, tuple[float, Destination | str]] = {}
@@ -316,6 +320,7 @@ class SiteReplicator:
             self._cursor_seen = cursor
             self._partials.clear()
             self._crashed_in = None
+            self._crashed_uploads = {}
             raw = cursor.read_state([INFLIGHT]).get(INFLIGHT)
             doc = orjson.loads(raw) if raw else None
             after = cursor.checkpoint.after
@@ -327,7 +332,7 @@ class SiteReplicator:
                     int(k[len(PROGRESS) :]): _Done.decode(v)
                     for k, v in cursor.read_state_prefix(PROGRESS).items()
                 }
-                self._stale_uploads = cursor.read_state_prefix(UPLOAD)
+                self._crashed_uploads = cursor.read_state_prefix(UPLOAD)
                 logger.warning(
                     "replication to %s: a predecessor stopped while applying %s (%d records done); "
                     "taking it up where it stopped",
@@ -398,14 +403,19 @@ class SiteReplicator:
                         partial.done[i] = _Done(records[i], d.applied, d.bucket)
                         if self.site.two_way:
                             self._keys.note(records[i], d.applied)
+                partial.uploads.update(self._crashed_uploads)
+                partial.stale.update(self._crashed_uploads)
                 partial.uncertain = self._in_hand(records, partial.done, self._crashed_workers)
                 partial.uncertain |= self._crashed_uncertain - set(partial.done)
                 self._note_inflight(cursor, obj.name, partial.uncertain)
             else:
                 # Say which object is being applied, so that a successor knows what to take up.
                 self._note_inflight(cursor, obj.name, set())
-        if obj.name == self._crashed_in:
+        try:
             self._abort_stale_uploads(partial)
+        except TransientError as ex:
+            self.last_error = str(ex)
+            raise
         lenient = (
             self._attempts.get(obj.name, 0) >= LENIENT_AFTER
             and self._answers(self.client)
@@ -416,6 +426,7 @@ class SiteReplicator:
         except TransientError as ex:
             self._attempts[obj.name] = self._attempts.get(obj.name, 0) + 1
             self.last_error = str(ex)
+            partial.stale.update(partial.uploads)
             raise
         results = [partial.done[i] for i in sorted(partial.done)]
         out = self._fold(results)
@@ -440,16 +451,17 @@ class SiteReplicator:
                     self._failed_ids.discard(eid)
 
     def _abort_stale_uploads(self, partial: _Partial) -> None:
-        """Abort the multipart uploads a predecessor began at the site and may have left open
-        when it died (one that completed answers 404: nothing to do). A transient failure goes
-        up: the rest are aborted at the next attempt."""
-        for name, raw in sorted(self._stale_uploads.items()):
+        """Abort the multipart uploads an earlier attempt at the object (a predecessor that died,
+        or this process before a transient failure) may have left open at the site (one that
+        completed answers 404: nothing to do). A transient failure goes up: the rest are aborted
+        at the next attempt."""
+        for name, raw in sorted(partial.stale.items()):
             doc = orjson.loads(raw)
             bucket, key, upload = str(doc["b"]), str(doc["k"]), str(doc["u"])
             try:
                 self.client.abort_multipart_upload(Bucket=bucket, Key=key, UploadId=upload)
                 logger.info(
-                    "replication to %s: aborted the multipart upload of %s/%s its predecessor left open",
+                    "replication to %s: aborted the multipart upload of %s/%s an earlier attempt began",
                     self.site.name, bucket, key,
                 )  # fmt: skip
             except Exception as ex:  # noqa: BLE001 - classified below
@@ -457,8 +469,7 @@ class SiteReplicator:
                 if not isinstance(err, PermanentError):
                     raise err from ex
                 logger.debug("replication to %s: %s", self.site.name, err)
-            del self._stale_uploads[name]
-            partial.uploads.add(name)
+            del partial.stale[name]
 
     def _note_inflight(self, cursor: Cursor, name: str, uncertain: set[int]) -> None:
         """Say which object is being applied (with this process's worker count, and the records
@@ -507,9 +518,10 @@ class SiteReplicator:
         def note_upload(i: int, bucket: str, key: str, upload: str) -> None:
             # Kept before any part is sent: a successor aborts it if this process dies.
             name = f"{UPLOAD}{i:08d}.{hashlib.sha256(upload.encode()).hexdigest()[:16]}"
-            cursor.put_state({name: orjson.dumps({"b": bucket, "k": key, "u": upload})})
+            doc = orjson.dumps({"b": bucket, "k": key, "u": upload})
+            cursor.put_state({name: doc})
             with mu:
-                partial.uploads.add(name)
+                partial.uploads[name] = doc
 
         def run(queue: list[tuple[int, LogRecord]]) -> None:
             versions: dict[str, _Versions] = {}
