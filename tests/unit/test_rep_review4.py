@@ -140,3 +140,26 @@ def test_an_upload_the_site_outage_kept_open_is_aborted_once_the_site_is_back(
     assert body(aws, "dst", "big") == data
     left = aws.list_multipart_uploads(Bucket="dst").get("Uploads", [])
     assert left == [], f"the upload begun before the outage is still open at the site: {left}"
+
+
+def test_completions_count_the_records_the_backlog_counted(
+    aws: Any, logs: DirectoryTarget, index: ChangeIndex
+) -> None:
+    """A new bucket with two objects: the backlog reads 2 records (bucket operations are not
+    replicated and not counted there), and once they are applied the site's completions
+    (``/_/metrics/crr/<site>/completions``, ``_completed_total``) read 2, not 3: a bucket
+    creation replicates nothing."""
+    zone = Zone(aws, logs)
+    zone.create_bucket("src")
+    aws.create_bucket(Bucket="dst")
+    rec = zone.record("src", "", "bucket_create")
+    rec["key"] = None
+    zone.pending.append(rec)
+    zone.put("src", "a", b"1")
+    zone.put("src", "b", b"22")
+    zone.commit()
+    rep = replicator(index, logs, aws)
+    assert rep.backlog(None).records == 2
+    run_once(rep, index)
+    stats = rep.stats()
+    assert (stats["completed"], stats["completed_bytes"]) == (2, 3), stats
