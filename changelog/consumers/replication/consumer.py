@@ -109,6 +109,8 @@ class Counters:
 
     def add(self, applied: Applied, rec: LogRecord, now: float) -> None:
         self.requests += applied.requests
+        if rec.is_bucket_op:
+            return  # not replicated (the site's buckets are the operator's), nor in the backlog
         if applied.status == "completed":
             self.completed += 1
             self.completed_bytes += applied.bytes
