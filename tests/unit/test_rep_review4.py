@@ -163,3 +163,32 @@ def test_completions_count_the_records_the_backlog_counted(
     run_once(rep, index)
     stats = rep.stats()
     assert (stats["completed"], stats["completed_bytes"]) == (2, 3), stats
+
+
+def test_a_large_object_is_copied_within_the_sites_part_count_limit(
+    aws: Any, logs: DirectoryTarget, index: ChangeIndex, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """S3 and radosgw take at most 10,000 parts per upload (``rgw_multipart_part_upload_limit``),
+    so with the default 8 MiB ``part_bytes`` an object above ~78 GiB must be copied in larger
+    parts (s3transfer's ``ChunksizeAdjuster`` does that when it knows the size). Here the limit
+    is scaled down to 2 parts (s3transfer's own adjuster, given max_parts=2), and an object of
+    three 5 MiB parts is replicated: it must arrive, in at most 2 parts, not be cut into 3."""
+    from s3transfer import upload as s3upload
+    from s3transfer.utils import ChunksizeAdjuster
+
+    class TwoParts(ChunksizeAdjuster):
+        def __init__(self) -> None:
+            super().__init__(max_parts=2)
+
+    monkeypatch.setattr(s3upload, "ChunksizeAdjuster", TwoParts)
+    zone = Zone(aws, logs)
+    zone.create_bucket("src")
+    aws.create_bucket(Bucket="dst")
+    data = bytes(range(256)) * (11 * MIB // 256)
+    zone.put("src", "big", data)
+    zone.commit()
+    transfer = TransferConfig(multipart_threshold=5 * MIB, multipart_chunksize=5 * MIB, use_threads=False)
+    run_once(replicator(index, logs, aws, transfer=transfer), index)
+    assert body(aws, "dst", "big") == data
+    etag = aws.head_object(Bucket="dst", Key="big")["ETag"].strip('"')
+    assert etag.endswith("-2"), f"copied in more parts than the site allows: ETag {etag}"
