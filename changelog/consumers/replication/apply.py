@@ -55,8 +55,9 @@ from functools import partial
 from typing import IO, TYPE_CHECKING, Literal, Protocol, TypeVar, cast
 from urllib.parse import quote, urlencode
 
-from s3transfer.futures import NonThreadedExecutor
+from s3transfer.futures import NonThreadedExecutor, TransferFuture
 from s3transfer.manager import TransferConfig, TransferManager
+from s3transfer.subscribers import BaseSubscriber
 
 from changelog.consumers.replication import rgwx
 from changelog.errors import ChangelogError, ObjectMissing, PermanentError, TransientError, one_line
@@ -398,6 +399,19 @@ class _Recorder:
     def abort_multipart_upload(self, **kwargs: object) -> object:
         self._count()
         return self._client.abort_multipart_upload(**kwargs)  # type: ignore[arg-type]
+
+
+class _KnownSize(BaseSubscriber):
+    """Tells s3transfer the size of the stream it uploads (it cannot learn it from a response
+    body): it then sizes the parts so that an object fits in 10,000 of them, S3's and radosgw's
+    limit (``rgw_multipart_part_upload_limit``), instead of cutting ``part_bytes`` parts and
+    failing past ~78 GiB at the default 8 MiB."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+
+    def on_queued(self, future: TransferFuture, **kwargs: object) -> None:
+        future.meta.provide_transfer_size(self.size)
 
 
 def apply_record(
@@ -1186,7 +1200,9 @@ class _Apply:
         what = self._site("upload to")
         try:
             with TransferManager(cast("BaseClient", recorder), config, executor_cls=executor) as manager:
-                future = manager.upload(obj.body, self.dest.bucket, self.key, extra_args=extra)
+                future = manager.upload(
+                    obj.body, self.dest.bucket, self.key, extra_args=extra, subscribers=[_KnownSize(obj.size)]
+                )
                 s3_call(what, future.result, _translate)
         finally:
             self.requests += recorder.calls
