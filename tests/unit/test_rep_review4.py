@@ -8,6 +8,7 @@ Each test states what an operator expects; a failure is a bug the review found."
 from __future__ import annotations
 
 import threading
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -192,3 +193,47 @@ def test_a_large_object_is_copied_within_the_sites_part_count_limit(
     assert body(aws, "dst", "big") == data
     etag = aws.head_object(Bucket="dst", Key="big")["ETag"].strip('"')
     assert etag.endswith("-2"), f"copied in more parts than the site allows: ETag {etag}"
+
+
+@pytest.mark.parametrize("hours", ["1e300", "nan", "inf", "10000"])
+def test_resume_in_an_absurd_number_of_hours_is_refused_and_stores_nothing(
+    tmp_path: Path, hours: str
+) -> None:
+    """`replicate resume SITE --in HOURS` with HOURS past what ``POST /_/crr/resume/<site>/schedule``
+    takes (a year), not a number, or infinite: a one-line error, exit non-zero, and nothing
+    stored: not a pause forever (nan, inf), not a resume time that every later `replicate sites`
+    and `status` fail to show (1e300: "unexpected OverflowError")."""
+    from click.testing import CliRunner
+
+    from changelog.cli import cli
+
+    config = tmp_path / "c.toml"
+    config.write_text(
+        f"""
+[index]
+backend = "sqlite"
+path = "{tmp_path / "index.db"}"
+shards = 2
+
+[target]
+url = "file://{tmp_path / "logs"}/"
+
+[source]
+endpoint = "http://127.0.0.1:9"
+access_key = "testing"
+secret_key = "testing"
+
+[[replication.sites]]
+name = "east"
+endpoint = "http://127.0.0.1:9"
+access_key = "testing"
+secret_key = "testing"
+"""
+    )
+    runner = CliRunner()
+    got = runner.invoke(cli, ["-c", str(config), "replicate", "resume", "east", "--in", hours])
+    assert got.exit_code != 0, got.output
+    assert len(got.output.strip().splitlines()) <= 3 and "Traceback" not in got.output, got.output
+    sites = runner.invoke(cli, ["-c", str(config), "replicate", "sites", "--json"])
+    assert sites.exit_code == 0, sites.output
+    assert '"paused": false' in sites.output.replace('"paused":false', '"paused": false'), sites.output
