@@ -339,10 +339,10 @@ class _Recorder:
         client: S3Client,
         condition: Mapping[str, str] | None = None,
         place: Mapping[str, str] | None = None,
-        on_upload: Callable[[str, str, str], None] | None = None,
+        on_upload: UploadNotes | None = None,
     ) -> None:
         self._client = client
-        # Told (bucket, key, upload id) of each multipart upload begun at the site, before any
+        # Told of each multipart upload before it is begun at the site and of its id before any
         # part is sent: a process killed mid-upload cannot abort it, its successor can.
         self._on_upload = on_upload
         # ``rgwx`` parameters of the request that makes the object (in s3transfer's thread).
@@ -379,10 +379,11 @@ class _Recorder:
 
     def create_multipart_upload(self, **kwargs: object) -> object:
         self._count()
+        noted = self._on_upload(str(kwargs["Bucket"]), str(kwargs["Key"])) if self._on_upload else None
         resp = cast("Mapping[str, object]", self._client.create_multipart_upload(**kwargs))  # type: ignore[arg-type]
-        if self._on_upload is not None:
+        if noted is not None:
             try:
-                self._on_upload(str(kwargs["Bucket"]), str(kwargs["Key"]), str(resp["UploadId"]))
+                noted(str(resp["UploadId"]))
             except BaseException:
                 # s3transfer registers its abort only once this call returned.
                 with contextlib.suppress(Exception):
@@ -414,6 +415,11 @@ class _KnownSize(BaseSubscriber):
         future.meta.provide_transfer_size(self.size)
 
 
+# ``on_upload(site bucket, key)``: called before a multipart upload is begun at the site (to
+# note it), returns what is called with the upload's id once it is known.
+UploadNotes = Callable[[str, str], Callable[[str], None]]
+
+
 def apply_record(
     rec: LogRecord,
     source: S3Client,
@@ -424,7 +430,7 @@ def apply_record(
     transfer: TransferConfig | None = None,
     retry: bool = False,
     before: Before | None = None,
-    on_upload: Callable[[str, str, str], None] | None = None,
+    on_upload: UploadNotes | None = None,
 ) -> Applied:
     """Apply ``rec`` to ``dest``, reading the source through ``source``. ``versions``: the
     caller's map of this site bucket's versions (read only: the changes come back in
@@ -436,8 +442,8 @@ def apply_record(
     while it is still the source's current state, so it never lands on top of a newer one.
     ``before`` (two-way): what this zone's log said of the key before ``rec``
     (``two_way.KeyMemory``): the peer's replica this zone's users overwrote, what a delete
-    deleted. ``on_upload``: told (site bucket, key, upload id) of each multipart upload begun
-    at the site, before its parts are sent (to abort it if this process dies mid-upload).
+    deleted. ``on_upload``: told of each multipart upload before it is begun at the site, and
+    of its id before its parts are sent (to abort it if this process dies mid-upload).
     Raises ``TransientError`` when trying again later may succeed."""
     if rec.is_bucket_op:
         return Applied("completed", reason="bucket operations are not replicated: buckets are the operator's")
@@ -493,7 +499,7 @@ class _Apply:
         self.map_set: dict[str, str] = {}
         self.map_remove: list[str] = []
         self.before: Before | None = None
-        self.on_upload: Callable[[str, str, str], None] | None = None
+        self.on_upload: UploadNotes | None = None
         self.tags_written = False  # ``sync_tags`` changed the site's tags
         # Two-way: the peer's object must still be the one ``last_writer_wins`` judged.
         self.condition: dict[str, str] | None = None

@@ -27,9 +27,9 @@ not an outage: its failing records become failed entries, so one bad key cannot 
 from __future__ import annotations
 
 import functools
-import hashlib
 import logging
 import threading
+import uuid
 import zlib
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping
@@ -40,7 +40,15 @@ from typing import TYPE_CHECKING
 import orjson
 
 from changelog.consumers.framework import OBJECTS_PER_STEP, Cursor, RouteHandler, committed_objects
-from changelog.consumers.replication.apply import ECHO, OLDER, WRITER, Applied, Destination, apply_record
+from changelog.consumers.replication.apply import (
+    ECHO,
+    OLDER,
+    WRITER,
+    Applied,
+    Destination,
+    UploadNotes,
+    apply_record,
+)
 from changelog.consumers.replication.state import (
     FAILED,
     INFLIGHT,
@@ -59,7 +67,7 @@ from changelog.pipeline.index import ChangeIndex
 from changelog.pipeline.logformat import LogRecord, parse_log_name
 from changelog.pipeline.loop import Clocks
 from changelog.pipeline.reader import LogObject, list_logs, read_object
-from changelog.pipeline.s3client import translate_error
+from changelog.pipeline.s3client import s3_call, translate_error
 from changelog.pipeline.targets import Target
 
 if TYPE_CHECKING:
@@ -73,6 +81,9 @@ logger = logging.getLogger(__name__)
 # Consecutive transient failures of one log object, with the site answering a probe, after which
 # its failing records go to the failed list instead of holding the site up.
 LENIENT_AFTER = 5
+# Seconds of clock difference with a site allowed when looking for an upload noted before its
+# id was known (``SiteReplicator._uploads_of``).
+UPLOAD_SKEW = 300.0
 # How long a bucket's versioning state at the site is trusted.
 BUCKET_TTL = 60.0
 # A refusal ("no such bucket", 403) is remembered only this long: the operator's fix (creating
@@ -459,19 +470,39 @@ class SiteReplicator:
         at the next attempt."""
         for name, raw in sorted(partial.stale.items()):
             doc = orjson.loads(raw)
-            bucket, key, upload = str(doc["b"]), str(doc["k"]), str(doc["u"])
+            bucket, key = str(doc["b"]), str(doc["k"])
             try:
-                self.client.abort_multipart_upload(Bucket=bucket, Key=key, UploadId=upload)
-                logger.info(
-                    "replication to %s: aborted the multipart upload of %s/%s an earlier attempt began",
-                    self.site.name, bucket, key,
-                )  # fmt: skip
-            except Exception as ex:  # noqa: BLE001 - classified below
-                err = translate_error(ex, f"abort upload {upload} of {bucket}/{key} at site {self.site.name}")
+                for upload in self._uploads_of(bucket, key, doc.get("u"), float(doc.get("t") or 0.0)):
+                    # (one that completed answers 404 NoSuchUpload: permanent, logged below)
+                    s3_call(
+                        f"abort upload {upload} of {bucket}/{key} at site {self.site.name}",
+                        functools.partial(self.client.abort_multipart_upload, Bucket=bucket, Key=key, UploadId=upload),
+                    )
+                    logger.info(
+                        "replication to %s: aborted the multipart upload of %s/%s an earlier attempt began",
+                        self.site.name, bucket, key,
+                    )  # fmt: skip
+            except ChangelogError as err:
                 if not isinstance(err, PermanentError):
-                    raise err from ex
+                    raise
                 logger.debug("replication to %s: %s", self.site.name, err)
             del partial.stale[name]
+
+    def _uploads_of(self, bucket: str, key: str, upload: str | None, noted: float) -> list[str]:
+        """The upload a note names; or, for a note written before its upload's id was known
+        (the process died between the two), the open uploads of exactly that key begun since
+        the note (give or take ``UPLOAD_SKEW`` of clock difference with the site)."""
+        if upload is not None:
+            return [upload]
+        resp = s3_call(
+            f"list uploads of {bucket}/{key} at site {self.site.name}",
+            functools.partial(self.client.list_multipart_uploads, Bucket=bucket, Prefix=key),
+        )
+        return [
+            str(u["UploadId"])
+            for u in resp.get("Uploads", [])
+            if u.get("Key") == key and u["Initiated"].timestamp() >= noted - UPLOAD_SKEW
+        ]
 
     def _note_inflight(self, cursor: Cursor, name: str, uncertain: set[int]) -> None:
         """Say which object is being applied (with this process's worker count, and the records
@@ -517,13 +548,19 @@ class SiteReplicator:
         started: set[int] = set()
         mu = threading.Lock()
 
-        def note_upload(i: int, bucket: str, key: str, upload: str) -> None:
-            # Kept before any part is sent: a successor aborts it if this process dies.
-            name = f"{UPLOAD}{i:08d}.{hashlib.sha256(upload.encode()).hexdigest()[:16]}"
-            doc = orjson.dumps({"b": bucket, "k": key, "u": upload})
-            cursor.put_state({name: doc})
-            with mu:
-                partial.uploads[name] = doc
+        def note_upload(i: int, bucket: str, key: str) -> Callable[[str], None]:
+            # Kept before the upload is begun, then with its id before any part is sent: a
+            # successor aborts it if this process dies (``_abort_stale_uploads``).
+            name = f"{UPLOAD}{i:08d}.{uuid.uuid4().hex[:16]}"
+
+            def put(upload: str | None) -> None:
+                doc = orjson.dumps({"b": bucket, "k": key, "u": upload, "t": self.clocks.clock()})
+                cursor.put_state({name: doc})
+                with mu:
+                    partial.uploads[name] = doc
+
+            put(None)
+            return put
 
         def run(queue: list[tuple[int, LogRecord]]) -> None:
             versions: dict[str, _Versions] = {}
@@ -572,7 +609,7 @@ class SiteReplicator:
         careful: bool,
         lenient: bool,
         retry: bool = False,
-        on_upload: Callable[[str, str, str], None] | None = None,
+        on_upload: UploadNotes | None = None,
     ) -> _Done:
         ident = (rec.qualified_bucket, rec.key)
         with self._mu:
