@@ -44,9 +44,10 @@ INFLIGHT = "inflight"
 # Each record's outcome within the object in flight, written as it completes (``p.<index>``) and
 # removed with the commit: a successor takes up the object where its predecessor died.
 PROGRESS = "p."
-# The multipart uploads begun at the site for the object in flight (``u.<index>.<digest>``:
-# bucket, key, upload id), written before their parts are sent and removed with the commit: a
-# successor aborts those its predecessor left open (a killed process cannot), else they would
+# The multipart uploads begun at the site for the object in flight (``u.<index>.<random>``:
+# bucket, key, upload id: none yet when noted just before the upload is begun), written before
+# their parts are sent and removed with the commit: a successor aborts those its predecessor left
+# open (a killed process cannot), else they would
 # hold their parts' space at the site for good, unseen in any listing of objects.
 UPLOAD = "u."
 # Failed-entry counts are reused this long (seconds).
