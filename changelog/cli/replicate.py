@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -26,6 +27,7 @@ from changelog.cli.base import State, cli, emit_json, json_option, state, table
 from changelog.consumers.replication.api import (
     DEFAULT_LIMIT,
     MAX_LIMIT,
+    MAX_RESUME_HOURS,
     failed_page,
     known_site,
     qualified,
@@ -311,6 +313,13 @@ def _pause_text(name: str, doc: Mapping[str, object]) -> str:
     return f"site {name}: paused since {doc.get('paused_since')}{until}"
 
 
+def _finite_hours(hours: float | None) -> float | None:
+    """``--in``: a number of hours (click's range lets "nan" through: every comparison is false)."""
+    if hours is not None and not math.isfinite(hours):
+        raise click.BadParameter(f"{hours} is not a number of hours", param_hint="'--in'")
+    return hours
+
+
 def _set_pause(site: str, as_json: bool, action: Callable[[SiteState], object]) -> None:
     st = state()
     (name,) = _site_names(st.config, (site,))
@@ -334,8 +343,9 @@ def pause_cmd(site: str, as_json: bool) -> None:
 
 @replicate_group.command("resume")
 @click.argument("site")
-@click.option("--in", "hours", type=click.FloatRange(min=0, min_open=True), metavar="HOURS",
-              help="Resume in HOURS (pausing now if it is not).")  # fmt: skip
+@click.option("--in", "hours", type=click.FloatRange(min=0, min_open=True, max=MAX_RESUME_HOURS), metavar="HOURS",
+              callback=lambda _c, _p, v: _finite_hours(v),
+              help="Resume in HOURS (pausing now if it is not; at most a year).")  # fmt: skip
 @json_option
 def resume_cmd(site: str, hours: float | None, as_json: bool) -> None:
     """Resume replication to SITE, now or --in HOURS."""

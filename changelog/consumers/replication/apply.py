@@ -55,8 +55,9 @@ from functools import partial
 from typing import IO, TYPE_CHECKING, Literal, Protocol, TypeVar, cast
 from urllib.parse import quote, urlencode
 
-from s3transfer.futures import NonThreadedExecutor
+from s3transfer.futures import NonThreadedExecutor, TransferFuture
 from s3transfer.manager import TransferConfig, TransferManager
+from s3transfer.subscribers import BaseSubscriber
 
 from changelog.consumers.replication import rgwx
 from changelog.errors import ChangelogError, ObjectMissing, PermanentError, TransientError, one_line
@@ -338,8 +339,12 @@ class _Recorder:
         client: S3Client,
         condition: Mapping[str, str] | None = None,
         place: Mapping[str, str] | None = None,
+        on_upload: UploadNotes | None = None,
     ) -> None:
         self._client = client
+        # Told of each multipart upload before it is begun at the site and of its id before any
+        # part is sent: a process killed mid-upload cannot abort it, its successor can.
+        self._on_upload = on_upload
         # ``rgwx`` parameters of the request that makes the object (in s3transfer's thread).
         self._place = dict(place or {})
         self._lock = threading.Lock()  # parts are uploaded by s3transfer's threads
@@ -374,7 +379,19 @@ class _Recorder:
 
     def create_multipart_upload(self, **kwargs: object) -> object:
         self._count()
-        return self._client.create_multipart_upload(**kwargs)  # type: ignore[arg-type]
+        noted = self._on_upload(str(kwargs["Bucket"]), str(kwargs["Key"])) if self._on_upload else None
+        resp = cast("Mapping[str, object]", self._client.create_multipart_upload(**kwargs))  # type: ignore[arg-type]
+        if noted is not None:
+            try:
+                noted(str(resp["UploadId"]))
+            except BaseException:
+                # s3transfer registers its abort only once this call returned.
+                with contextlib.suppress(Exception):
+                    self.abort_multipart_upload(
+                        Bucket=kwargs["Bucket"], Key=kwargs["Key"], UploadId=resp["UploadId"]
+                    )
+                raise
+        return resp
 
     def upload_part(self, **kwargs: object) -> object:
         self._count()
@@ -383,6 +400,24 @@ class _Recorder:
     def abort_multipart_upload(self, **kwargs: object) -> object:
         self._count()
         return self._client.abort_multipart_upload(**kwargs)  # type: ignore[arg-type]
+
+
+class _KnownSize(BaseSubscriber):
+    """Tells s3transfer the size of the stream it uploads (it cannot learn it from a response
+    body): it then sizes the parts so that an object fits in 10,000 of them, S3's and radosgw's
+    limit (``rgw_multipart_part_upload_limit``), instead of cutting ``part_bytes`` parts and
+    failing past ~78 GiB at the default 8 MiB."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+
+    def on_queued(self, future: TransferFuture, **kwargs: object) -> None:
+        future.meta.provide_transfer_size(self.size)
+
+
+# ``on_upload(site bucket, key)``: called before a multipart upload is begun at the site (to
+# note it), returns what is called with the upload's id once it is known.
+UploadNotes = Callable[[str, str], Callable[[str], None]]
 
 
 def apply_record(
@@ -395,6 +430,7 @@ def apply_record(
     transfer: TransferConfig | None = None,
     retry: bool = False,
     before: Before | None = None,
+    on_upload: UploadNotes | None = None,
 ) -> Applied:
     """Apply ``rec`` to ``dest``, reading the source through ``source``. ``versions``: the
     caller's map of this site bucket's versions (read only: the changes come back in
@@ -406,7 +442,8 @@ def apply_record(
     while it is still the source's current state, so it never lands on top of a newer one.
     ``before`` (two-way): what this zone's log said of the key before ``rec``
     (``two_way.KeyMemory``): the peer's replica this zone's users overwrote, what a delete
-    deleted.
+    deleted. ``on_upload``: told of each multipart upload before it is begun at the site, and
+    of its id before its parts are sent (to abort it if this process dies mid-upload).
     Raises ``TransientError`` when trying again later may succeed."""
     if rec.is_bucket_op:
         return Applied("completed", reason="bucket operations are not replicated: buckets are the operator's")
@@ -417,6 +454,7 @@ def apply_record(
         return Applied("skipped", reason=f"{ECHO}written here by {writer}, the peer's replicator")
     run = _Apply(rec, rec.key, source, dest, versions, careful=careful, transfer=transfer, retry=retry)
     run.before = before
+    run.on_upload = on_upload
     try:
         return run.run()
     except _Skip as ex:
@@ -461,6 +499,7 @@ class _Apply:
         self.map_set: dict[str, str] = {}
         self.map_remove: list[str] = []
         self.before: Before | None = None
+        self.on_upload: UploadNotes | None = None
         self.tags_written = False  # ``sync_tags`` changed the site's tags
         # Two-way: the peer's object must still be the one ``last_writer_wins`` judged.
         self.condition: dict[str, str] | None = None
@@ -1163,11 +1202,13 @@ class _Apply:
         config = self.transfer or TransferConfig()
         # boto3's TransferConfig(use_threads=False) runs the parts in this thread.
         executor = NonThreadedExecutor if getattr(config, "use_threads", True) is False else None
-        recorder = _Recorder(self.dest.client, self.condition, place)
+        recorder = _Recorder(self.dest.client, self.condition, place, self.on_upload)
         what = self._site("upload to")
         try:
             with TransferManager(cast("BaseClient", recorder), config, executor_cls=executor) as manager:
-                future = manager.upload(obj.body, self.dest.bucket, self.key, extra_args=extra)
+                future = manager.upload(
+                    obj.body, self.dest.bucket, self.key, extra_args=extra, subscribers=[_KnownSize(obj.size)]
+                )
                 s3_call(what, future.result, _translate)
         finally:
             self.requests += recorder.calls

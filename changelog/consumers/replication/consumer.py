@@ -26,8 +26,10 @@ not an outage: its failing records become failed entries, so one bad key cannot 
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
+import uuid
 import zlib
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping
@@ -38,12 +40,21 @@ from typing import TYPE_CHECKING
 import orjson
 
 from changelog.consumers.framework import OBJECTS_PER_STEP, Cursor, RouteHandler, committed_objects
-from changelog.consumers.replication.apply import ECHO, OLDER, WRITER, Applied, Destination, apply_record
+from changelog.consumers.replication.apply import (
+    ECHO,
+    OLDER,
+    WRITER,
+    Applied,
+    Destination,
+    UploadNotes,
+    apply_record,
+)
 from changelog.consumers.replication.state import (
     FAILED,
     INFLIGHT,
     PROGRESS,
     RETRY,
+    UPLOAD,
     FailedEntry,
     SiteState,
     consumer_name,
@@ -56,7 +67,7 @@ from changelog.pipeline.index import ChangeIndex
 from changelog.pipeline.logformat import LogRecord, parse_log_name
 from changelog.pipeline.loop import Clocks
 from changelog.pipeline.reader import LogObject, list_logs, read_object
-from changelog.pipeline.s3client import translate_error
+from changelog.pipeline.s3client import s3_call, translate_error
 from changelog.pipeline.targets import Target
 
 if TYPE_CHECKING:
@@ -70,6 +81,9 @@ logger = logging.getLogger(__name__)
 # Consecutive transient failures of one log object, with the site answering a probe, after which
 # its failing records go to the failed list instead of holding the site up.
 LENIENT_AFTER = 5
+# Seconds of clock difference with a site allowed when looking for an upload noted before its
+# id was known (``SiteReplicator._uploads_of``).
+UPLOAD_SKEW = 300.0
 # How long a bucket's versioning state at the site is trusted.
 BUCKET_TTL = 60.0
 # A refusal ("no such bucket", 403) is remembered only this long: the operator's fix (creating
@@ -106,6 +120,8 @@ class Counters:
 
     def add(self, applied: Applied, rec: LogRecord, now: float) -> None:
         self.requests += applied.requests
+        if rec.is_bucket_op:
+            return  # not replicated (the site's buckets are the operator's), nor in the backlog
         if applied.status == "completed":
             self.completed += 1
             self.completed_bytes += applied.bytes
@@ -229,6 +245,13 @@ class _Partial:
 
     done: dict[int, _Done] = field(default_factory=dict)
     uncertain: set[int] = field(default_factory=set)
+    # The multipart uploads begun at the site for this object (``UPLOAD`` state key -> bucket,
+    # key, upload id), a predecessor's included: their keys are removed with the commit.
+    uploads: dict[str, bytes] = field(default_factory=dict)
+    # Those to abort before the next attempt: a predecessor's, and after a transient failure
+    # this process's (s3transfer's own abort fails when the site is down; a completed upload
+    # answers 404).
+    stale: dict[str, bytes] = field(default_factory=dict)
 
 
 @dataclass
@@ -281,6 +304,8 @@ class SiteReplicator:
         self._crashed_workers = 0
         self._crashed_uncertain: set[int] = set()
         self._crashed_progress: dict[int, _Done] = {}
+        # Multipart uploads a predecessor began at the site and may have left open (``UPLOAD``).
+        self._crashed_uploads: dict[str, bytes] = {}
         self._cursor_seen: Cursor | None = None
         self._failed_ids: set[str] | None = None
         self._buckets: dict[str, tuple[float, Destination | str]] = {}
@@ -308,6 +333,7 @@ class SiteReplicator:
             self._cursor_seen = cursor
             self._partials.clear()
             self._crashed_in = None
+            self._crashed_uploads = {}
             raw = cursor.read_state([INFLIGHT]).get(INFLIGHT)
             doc = orjson.loads(raw) if raw else None
             after = cursor.checkpoint.after
@@ -319,6 +345,7 @@ class SiteReplicator:
                     int(k[len(PROGRESS) :]): _Done.decode(v)
                     for k, v in cursor.read_state_prefix(PROGRESS).items()
                 }
+                self._crashed_uploads = cursor.read_state_prefix(UPLOAD)
                 logger.warning(
                     "replication to %s: a predecessor stopped while applying %s (%d records done); "
                     "taking it up where it stopped",
@@ -389,12 +416,19 @@ class SiteReplicator:
                         partial.done[i] = _Done(records[i], d.applied, d.bucket)
                         if self.site.two_way:
                             self._keys.note(records[i], d.applied)
+                partial.uploads.update(self._crashed_uploads)
+                partial.stale.update(self._crashed_uploads)
                 partial.uncertain = self._in_hand(records, partial.done, self._crashed_workers)
                 partial.uncertain |= self._crashed_uncertain - set(partial.done)
                 self._note_inflight(cursor, obj.name, partial.uncertain)
             else:
                 # Say which object is being applied, so that a successor knows what to take up.
                 self._note_inflight(cursor, obj.name, set())
+        try:
+            self._abort_stale_uploads(partial)
+        except TransientError as ex:
+            self.last_error = str(ex)
+            raise
         lenient = (
             self._attempts.get(obj.name, 0) >= LENIENT_AFTER
             and self._answers(self.client)
@@ -405,11 +439,13 @@ class SiteReplicator:
         except TransientError as ex:
             self._attempts[obj.name] = self._attempts.get(obj.name, 0) + 1
             self.last_error = str(ex)
+            partial.stale.update(partial.uploads)
             raise
         results = [partial.done[i] for i in sorted(partial.done)]
         out = self._fold(results)
         out.remove_state.append(INFLIGHT)
         out.remove_state.extend(f"{PROGRESS}{i:08d}" for i in partial.done)
+        out.remove_state.extend(partial.uploads)
         cursor.commit(
             obj.name, records=len(records), objects=1, set_state=out.set_state, remove_state=out.remove_state
         )
@@ -426,6 +462,47 @@ class SiteReplicator:
                     self._failed_ids.add(eid)
                 elif self._failed_ids:
                     self._failed_ids.discard(eid)
+
+    def _abort_stale_uploads(self, partial: _Partial) -> None:
+        """Abort the multipart uploads an earlier attempt at the object (a predecessor that died,
+        or this process before a transient failure) may have left open at the site (one that
+        completed answers 404: nothing to do). A transient failure goes up: the rest are aborted
+        at the next attempt."""
+        for name, raw in sorted(partial.stale.items()):
+            doc = orjson.loads(raw)
+            bucket, key = str(doc["b"]), str(doc["k"])
+            try:
+                for upload in self._uploads_of(bucket, key, doc.get("u"), float(doc.get("t") or 0.0)):
+                    # (one that completed answers 404 NoSuchUpload: permanent, logged below)
+                    s3_call(
+                        f"abort upload {upload} of {bucket}/{key} at site {self.site.name}",
+                        functools.partial(self.client.abort_multipart_upload, Bucket=bucket, Key=key, UploadId=upload),
+                    )
+                    logger.info(
+                        "replication to %s: aborted the multipart upload of %s/%s an earlier attempt began",
+                        self.site.name, bucket, key,
+                    )  # fmt: skip
+            except ChangelogError as err:
+                if not isinstance(err, PermanentError):
+                    raise
+                logger.debug("replication to %s: %s", self.site.name, err)
+            del partial.stale[name]
+
+    def _uploads_of(self, bucket: str, key: str, upload: str | None, noted: float) -> list[str]:
+        """The upload a note names; or, for a note written before its upload's id was known
+        (the process died between the two), the open uploads of exactly that key begun since
+        the note (give or take ``UPLOAD_SKEW`` of clock difference with the site)."""
+        if upload is not None:
+            return [upload]
+        resp = s3_call(
+            f"list uploads of {bucket}/{key} at site {self.site.name}",
+            functools.partial(self.client.list_multipart_uploads, Bucket=bucket, Prefix=key),
+        )
+        return [
+            str(u["UploadId"])
+            for u in resp.get("Uploads", [])
+            if u.get("Key") == key and u["Initiated"].timestamp() >= noted - UPLOAD_SKEW
+        ]
 
     def _note_inflight(self, cursor: Cursor, name: str, uncertain: set[int]) -> None:
         """Say which object is being applied (with this process's worker count, and the records
@@ -471,6 +548,20 @@ class SiteReplicator:
         started: set[int] = set()
         mu = threading.Lock()
 
+        def note_upload(i: int, bucket: str, key: str) -> Callable[[str], None]:
+            # Kept before the upload is begun, then with its id before any part is sent: a
+            # successor aborts it if this process dies (``_abort_stale_uploads``).
+            name = f"{UPLOAD}{i:08d}.{uuid.uuid4().hex[:16]}"
+
+            def put(upload: str | None) -> None:
+                doc = orjson.dumps({"b": bucket, "k": key, "u": upload, "t": self.clocks.clock()})
+                cursor.put_state({name: doc})
+                with mu:
+                    partial.uploads[name] = doc
+
+            put(None)
+            return put
+
         def run(queue: list[tuple[int, LogRecord]]) -> None:
             versions: dict[str, _Versions] = {}
             for i, rec in queue:
@@ -482,8 +573,9 @@ class SiteReplicator:
                 with mu:
                     started.add(i)
                 done = self._apply_one(
-                    rec, versions, changes, careful=i in partial.uncertain, lenient=lenient
-                )
+                    rec, versions, changes, careful=i in partial.uncertain, lenient=lenient,
+                    on_upload=functools.partial(note_upload, i),
+                )  # fmt: skip
                 # Saved before it counts as done: a successor will not apply it again.
                 cursor.put_state({f"{PROGRESS}{i:08d}": done.encode()})
                 with mu:
@@ -517,6 +609,7 @@ class SiteReplicator:
         careful: bool,
         lenient: bool,
         retry: bool = False,
+        on_upload: UploadNotes | None = None,
     ) -> _Done:
         ident = (rec.qualified_bucket, rec.key)
         with self._mu:
@@ -537,7 +630,7 @@ class SiteReplicator:
             try:
                 applied = apply_record(
                     rec, self.source, dest, vmap, careful=careful, transfer=self.transfer, retry=retry,
-                    before=before,
+                    before=before, on_upload=on_upload,
                 )
             except TransientError as ex:
                 if not lenient:
@@ -570,7 +663,7 @@ class SiteReplicator:
             if applied.status == "failed":
                 old = self.state.failed_entry(eid) if self._failed_ids and eid in self._failed_ids else None
                 entry = (
-                    old.again(applied.reason or "failed", now)
+                    old.again(applied.reason or "failed", now, rec)
                     if old
                     else FailedEntry(eid, rec, applied.reason or "failed", now, now)
                 )

@@ -44,6 +44,12 @@ INFLIGHT = "inflight"
 # Each record's outcome within the object in flight, written as it completes (``p.<index>``) and
 # removed with the commit: a successor takes up the object where its predecessor died.
 PROGRESS = "p."
+# The multipart uploads begun at the site for the object in flight (``u.<index>.<random>``:
+# bucket, key, upload id: none yet when noted just before the upload is begun), written before
+# their parts are sent and removed with the commit: a successor aborts those its predecessor left
+# open (a killed process cannot), else they would
+# hold their parts' space at the site for good, unseen in any listing of objects.
+UPLOAD = "u."
 # Failed-entry counts are reused this long (seconds).
 COUNT_TTL = 10.0
 _counts: dict[tuple[int, str, str], tuple[float, int]] = {}
@@ -106,8 +112,11 @@ class FailedEntry:
             int(doc.get("attempts", 1)),
         )
 
-    def again(self, error: str, now: float) -> FailedEntry:
-        return FailedEntry(self.id, self.record, error, self.first_failed, now, self.attempts + 1)
+    def again(self, error: str, now: float, record: LogRecord | None = None) -> FailedEntry:
+        """The entry failed again, for ``record`` when a later record of its (bucket, key,
+        version) failed: the entry then holds that one, the state a retry must bring (the one
+        it replaces is superseded by it)."""
+        return FailedEntry(self.id, record or self.record, error, self.first_failed, now, self.attempts + 1)
 
     def backbeat(self, site: str) -> dict[str, object]:
         """The entry as Backbeat's failed list shows it (``StorageClass`` names the site)."""
