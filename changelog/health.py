@@ -25,8 +25,6 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
-from changelog.pipeline import keys
-
 if TYPE_CHECKING:
     from changelog.config import HealthConfig
     from changelog.pipeline.index import ChangeIndex
@@ -182,19 +180,8 @@ def consumer_reasons(name: str, stats: Mapping[str, object], policy: HealthConfi
 def oldest_entry_us(index: ChangeIndex) -> int | None:
     """The arrival time of the oldest entry waiting in the index: one one-key read per shard
     (``ChangeIndex.stats`` would page through the whole backlog)."""
-    oldest: int | None = None
-    for n in range(index.shards):
-        first = index.store.omap_page(
-            index.shard_oid(n),
-            start_after=keys.DATA_PREFIX,
-            end_before=keys.DATA_END,
-            prefix=keys.DATA_PREFIX,
-            limit=1,
-        )
-        if first:
-            t = keys.time_of(first[0][0])
-            oldest = t if oldest is None else min(oldest, t)
-    return oldest
+    firsts = [t for n in range(index.shards) if (t := index.first_entry_us(n)) is not None]
+    return min(firsts, default=None)
 
 
 class Health:

@@ -19,7 +19,6 @@ import logging
 from collections.abc import Iterable, Sequence
 
 from changelog.errors import TransientError
-from changelog.pipeline import keys
 from changelog.pipeline.control import (
     FOLLOWER_REQUEST_PREFIX,
 )
@@ -230,14 +229,8 @@ class BucketTracker:
         what it emitted only after committing it, so this is a commit, not a cutoff (a pass that
         persisted its cutoff and died committed nothing). One one-key read."""
         index = self.ctx.index
-        first = index.store.omap_page(
-            index.shard_oid(index.shards - 1),
-            start_after=keys.DATA_PREFIX,
-            end_before=keys.DATA_END,
-            prefix=keys.DATA_PREFIX,
-            limit=1,
-        )
-        return bool(first) and keys.time_of(first[0][0]) <= deleted_us
+        first = index.first_entry_us(index.shards - 1)
+        return first is not None and first <= deleted_us
 
     def _lifetime(self, known: BucketRecord | None, stats: BucketStats, gen: int) -> None:
         """Record the bucket ops of moving from ``known`` to the instance of ``stats`` (before the

@@ -182,6 +182,15 @@ class ChangeIndex:
             raise InvalidMutation(f"no shard {n}: this index has shards 0..{self.shards - 1}")
         return f"{self.prefix}.shard.{n:04d}"
 
+    def first_entry_us(self, n: int) -> int | None:
+        """The arrival time of the oldest entry waiting in shard ``n`` (None: it is empty): one
+        one-key read. A collector trims only what it committed, so an entry recorded at or
+        before this time is not committed yet."""
+        first = self.store.omap_page(
+            self.shard_oid(n), start_after=keys.DATA_PREFIX, end_before=keys.DATA_END, prefix=keys.DATA_PREFIX, limit=1
+        )
+        return keys.time_of(first[0][0]) if first else None
+
     def shard_of(self, bucket: str, key: str) -> int:
         """The shard of an object's records (a bucket op's: ``bucket_op_shard``)."""
         return keys.shard_of(bucket, key, self.shards)

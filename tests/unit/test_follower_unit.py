@@ -850,11 +850,6 @@ def running_collector(w: World) -> Lease:
     return lease
 
 
-def tombstone_deleted_us(w: World, bucket: str) -> int:
-    raw = w.index.store.omap_get(w.index.control_oid, [f"r.k.{bucket}"])[f"r.k.{bucket}"]
-    return int(orjson.loads(raw)["deleted_us"])
-
-
 @pytest.mark.parametrize("looked", [True, False])
 def test_a_bucket_created_again_waits_until_the_collector_committed_its_delete(
     make_world: Callable[..., World], looked: bool, tmp_path: Path
