@@ -6,9 +6,10 @@ with our per-bucket ``gen`` bumped so per-key order holds across the switch (rgw
 "Log generations").
 
 The finished generation's shards stay *sealed* for ``sealed_seconds``: each is read again from its
-marker every ``sealed_poll_interval`` (``BilogReader.read_sealed``), because radosgw may still add
-an entry to a generation after its successor exists (a write that completes across the reshard;
-Reef's and Squid's listing-time index repairs, upstream PR 59609). Such *late* entries are recorded
+marker after ``sealed_poll_interval``, doubling while it stays empty (``BilogReader.read_sealed``),
+because radosgw may still add an entry to a generation after its successor exists (a write that
+completes across the reshard; Reef's and Squid's listing-time index repairs, upstream PR 59609).
+Such *late* entries are recorded
 under a per-bucket ``gen`` of their own (after everything recorded of the key before, and before
 what follows), then the shard is trimmed again at the end of its time.
 """

@@ -140,10 +140,10 @@ def draining(index: ChangeIndex, shard: int, now: float) -> tuple[bool, int]:
     """Whether a collector holds the lease to drain index ``shard`` now (the unpartitioned
     collector's, or the lease of the stream the shard belongs to), and the last cutoff of the
     collector that drains it (unix µs; 0: none yet): the unpartitioned collector's, or, once the
-    index was cut into streams, the larger of it and the stream's. A cutoff is persisted before
-    the pass that drains below it raises its floors, so an entry of ``shard`` recorded before it
-    is committed by that pass (or its recovery), and one recorded after reading it lands in a
-    later pass (``BucketTracker``: a bucket deleted and created again)."""
+    index was cut into streams, the larger of it and the stream's. Whether a collector is around
+    to commit what waits in ``shard`` (``BucketTracker``: a bucket deleted and created again
+    waits for its delete's commit only then); a cutoff alone proves no commit (a pass may die
+    after persisting it)."""
     store, oid = index.store, index.control_oid
     got = store.omap_get(oid, [COLLECTOR_STATE_KEY, COLLECTOR_STREAMS_META_KEY])
     cutoff = CollectorState.decode(got.get(COLLECTOR_STATE_KEY)).last_cutoff_us
