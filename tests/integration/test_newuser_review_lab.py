@@ -409,7 +409,7 @@ def test_versioned_bucket_markers_and_version_deletes(serve: Serve, ceph_lab: La
     )
     marker = json.loads(aws(ceph_lab, "s3api", "delete-object", "--bucket", bucket, "--key", "k").stdout)
     aws(ceph_lab, "s3api", "delete-object", "--bucket", bucket, "--key", "k")  # a marker on a marker: nothing
-    aws(ceph_lab, "s3api", "delete-object", "--bucket", bucket, "--key", "k", "--version-id", v1["VersionId"])
+    aws(ceph_lab, "s3api", "delete-object", "--bucket", bucket, "--key", "k", f"--version-id={v1['VersionId']}")
     aws(
         ceph_lab,
         "s3api",
@@ -418,8 +418,8 @@ def test_versioned_bucket_markers_and_version_deletes(serve: Serve, ceph_lab: La
         bucket,
         "--key",
         "k",
-        "--version-id",
-        marker["VersionId"],
+        # radosgw's version ids may start with "-": one argument, or awscli takes it for an option
+        f"--version-id={marker['VersionId']}",
     )
     # A batch delete by version id, and one of a version that does not exist (success, nothing).
     v3 = s3.put_object(Bucket=bucket, Key="j k", Body=b"j")["VersionId"]
