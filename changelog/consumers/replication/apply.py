@@ -163,6 +163,15 @@ class VersionMap(Protocol):
     def get(self, key: str, src_version: str) -> str | None: ...
 
 
+class Ledger(Protocol):
+    """Two-way, versioned: the versions and delete markers the replicator placed at this site
+    bucket that its checkpoint does not cover yet (``Applied.placed`` of the records applied
+    before, kept by the caller: ``consumer`` saves them with each record's outcome). One of them
+    missing at the site now was deleted there by a user since: not placed again."""
+
+    def placed(self, key: str, version: str) -> bool: ...
+
+
 @dataclass
 class Applied:
     """What applying one record did."""
@@ -174,6 +183,8 @@ class Applied:
     requests: int = 0  # S3 requests this apply made (source + site)
     map_set: dict[str, str] = field(default_factory=dict)  # src_version -> site_version to remember
     map_remove: list[str] = field(default_factory=list)  # src_versions to forget
+    # Two-way, versioned: the version or marker ids placed at the site (for the ``Ledger``).
+    placed: list[str] = field(default_factory=list)
 
 
 class ContentChanged(ChangelogError):
@@ -431,6 +442,7 @@ def apply_record(
     retry: bool = False,
     before: Before | None = None,
     on_upload: UploadNotes | None = None,
+    ledger: Ledger | None = None,
 ) -> Applied:
     """Apply ``rec`` to ``dest``, reading the source through ``source``. ``versions``: the
     caller's map of this site bucket's versions (read only: the changes come back in
@@ -444,7 +456,9 @@ def apply_record(
     (``two_way.KeyMemory``): the peer's replica this zone's users overwrote, what a delete
     deleted. ``on_upload``: told of each multipart upload before it is begun at the site, and
     of its id before its parts are sent (to abort it if this process dies mid-upload).
-    Raises ``TransientError`` when trying again later may succeed."""
+    ``ledger`` (two-way, versioned): what the replicator placed at the site and its checkpoint
+    does not cover yet; what it placed this time comes back in ``placed``, to be kept with the
+    record's outcome. Raises ``TransientError`` when trying again later may succeed."""
     if rec.is_bucket_op:
         return Applied("completed", reason="bucket operations are not replicated: buckets are the operator's")
     if not rec.key:
@@ -455,10 +469,11 @@ def apply_record(
     run = _Apply(rec, rec.key, source, dest, versions, careful=careful, transfer=transfer, retry=retry)
     run.before = before
     run.on_upload = on_upload
+    run.ledger = ledger
     try:
         return run.run()
     except _Skip as ex:
-        return Applied("skipped", reason=ex.reason, requests=run.requests)
+        return Applied("skipped", reason=ex.reason, requests=run.requests, placed=run.placed_ids)
     except (PermanentError, ObjectMissing, ContentChanged) as ex:
         logger.debug("apply %s failed", rec.id, exc_info=True)
         # What was done before the failure stays true at the site: return it to be kept.
@@ -468,6 +483,7 @@ def apply_record(
             requests=run.requests,
             map_set=run.map_set,
             map_remove=run.map_remove,
+            placed=run.placed_ids,
         )
 
 
@@ -500,6 +516,8 @@ class _Apply:
         self.map_remove: list[str] = []
         self.before: Before | None = None
         self.on_upload: UploadNotes | None = None
+        self.ledger: Ledger | None = None
+        self.placed_ids: list[str] = []
         self.tags_written = False  # ``sync_tags`` changed the site's tags
         # Two-way: the peer's object must still be the one ``last_writer_wins`` judged.
         self.condition: dict[str, str] | None = None
@@ -526,6 +544,7 @@ class _Apply:
             requests=self.requests,
             map_set=self.map_set,
             map_remove=self.map_remove,
+            placed=self.placed_ids,
         )
 
     def run(self) -> Applied:
@@ -834,6 +853,8 @@ class _Apply:
                 with contextlib.suppress(_Skip):
                     self.sync_tags(v, v)
             return self._done("the version is already at the site")
+        if self.placed_before(v):
+            raise self.deleted_since(v)
         obj = self.get_source(v)
         with obj.body:
             if self.is_peer_replica(obj.metadata):
@@ -843,6 +864,7 @@ class _Apply:
                 )
             placed = self.upload(obj, v, place=rgwx.version(v, self.olh_epoch()))
         self.placed("PUT", placed, v)
+        self.placed_ids.append(v)
         return self._done()
 
     def mirror_delete(self, v: str) -> Applied:
@@ -860,6 +882,11 @@ class _Apply:
             self.delete_placeholder(m)
             return self._done("the delete marker is already at the site")
         if self.careful or self.retry:
+            if self.placed_before(m):
+                # Placed, then removed by a site user (an undelete); a crash mid-way may have
+                # left its placeholder.
+                self.delete_placeholder(m)
+                raise self.deleted_since(m)
             if m not in self.stack_ids(self.source, self.rec.s3_bucket, self._src("list versions of")):
                 # Gone at the source since (an undelete): a crash mid-way below may have left
                 # its placeholder at the site, current.
@@ -868,6 +895,8 @@ class _Apply:
         epoch = self.olh_epoch()
         self.place_marker(m, epoch)
         if m in self.site_stack_ids():
+            # (noted once seen: 16.2 and 18.2 answer a dropped marker with its id too)
+            self.placed_ids.append(m)
             # A replay after a crash mid-way below: the placeholder that the marker was placed
             # on the first time round may still be there.
             self.delete_placeholder(m)
@@ -901,7 +930,19 @@ class _Apply:
             self.delete_at(placeholder, at)
         if m not in self.site_stack_ids():
             raise TransientError(f"{self._site('DELETE')}: delete marker {m} was not placed at the site")
+        self.placed_ids.append(m)
         return self._done("placed under a placeholder version (the key's current entry was a delete marker)")
+
+    def placed_before(self, v: str) -> bool:
+        """The ``Ledger`` says ``v`` (missing at the site: the caller looked) was placed there
+        before: a user of the site deleted it since, and the site's record of that delete comes
+        back here. Placed again (a replay after a crash, a later record of the same version), it
+        would be back at the site, which its user deleted."""
+        return self.ledger is not None and self.ledger.placed(self.key, v)
+
+    @staticmethod
+    def deleted_since(v: str) -> _Skip:
+        return _Skip(f"superseded: {v} was placed at the site, deleted there since (its delete comes back)")
 
     @staticmethod
     def placeholder(m: str) -> str:

@@ -15,7 +15,8 @@ changed in the site's state: failed entries, the version map (``state``).
 a failed entry and the site moves on. A transient failure (the site or the source unreachable,
 5xx, throttled) ends the step without a commit: the loop backs off and the same log object is
 taken up again where it stopped: the records it finished are not applied again (their outcomes
-and version-map changes are kept), and the few that were in flight are applied **carefully**
+and version-map changes are kept; two-way, what they placed at the site: a version placed and
+missing there now was deleted there, and is not placed again), and the few that were in flight are applied **carefully**
 (``careful``: what is already at the site is recognised by its replica metadata and not written
 twice, so a versioned site gets no duplicate version). Before applying an object the consumer
 notes its name (``inflight``, removed with the commit past it): a successor that finds it set
@@ -182,12 +183,21 @@ def _map_changes(bucket: str, key: str, applied: Applied) -> Iterator[tuple[str,
 class _Versions:
     """The version map as one worker sees it while applying a log object: what the store holds,
     overlaid with what this object changed so far (``changes``: the records applied by an earlier
-    attempt of the same object, then this worker's; the same key always goes to one worker)."""
+    attempt of the same object, then this worker's; the same key always goes to one worker).
+    Two-way, versioned: also the ledger of what this object's records placed at the site bucket
+    (``apply.Ledger``: ``placed``, (key, version id), from the same records' outcomes)."""
 
-    def __init__(self, state: SiteState, bucket: str, changes: dict[str, str | None]) -> None:
+    def __init__(
+        self,
+        state: SiteState,
+        bucket: str,
+        changes: dict[str, str | None],
+        placed: set[tuple[str, str]] | None = None,
+    ) -> None:
         self._state = state
         self._bucket = bucket
         self._changes = dict(changes)
+        self._placed = set(placed or ())
 
     def get(self, key: str, src_version: str) -> str | None:
         k = version_id_key(self._bucket, key, src_version)
@@ -195,14 +205,20 @@ class _Versions:
             return self._changes[k]
         return self._state.site_version(self._bucket, key, src_version)
 
+    def placed(self, key: str, version: str) -> bool:
+        return (key, version) in self._placed
+
     def apply(self, key: str, applied: Applied) -> None:
         self._changes.update(_map_changes(self._bucket, key, applied))
+        self._placed.update((key, v) for v in applied.placed)
 
 
 @dataclass(frozen=True)
 class _Done:
     """One record's outcome within a log object: ``bucket`` is the site's bucket (None when the
-    site's bucket could not be had)."""
+    site's bucket could not be had). Saved (``PROGRESS``) as the record completes, before the
+    checkpoint: with the versions and markers it placed (``Applied.placed``), it is the
+    replicator's ledger of placements until the commit past the object removes it."""
 
     rec: LogRecord
     applied: Applied
@@ -210,17 +226,18 @@ class _Done:
 
     def encode(self) -> bytes:
         a = self.applied
-        return orjson.dumps(
-            {
-                "s": a.status,
-                "r": a.reason,
-                "n": a.bytes,
-                "q": a.requests,
-                "ms": a.map_set,
-                "mr": a.map_remove,
-                "b": self.bucket,
-            }
-        )
+        doc: dict[str, object] = {
+            "s": a.status,
+            "r": a.reason,
+            "n": a.bytes,
+            "q": a.requests,
+            "ms": a.map_set,
+            "mr": a.map_remove,
+            "b": self.bucket,
+        }
+        if a.placed:
+            doc["pl"] = a.placed
+        return orjson.dumps(doc)
 
     @staticmethod
     def decode(raw: bytes) -> _Done:
@@ -233,6 +250,7 @@ class _Done:
             int(d.get("q") or 0),
             dict(d.get("ms") or {}),
             list(d.get("mr") or []),
+            [str(v) for v in d.get("pl") or []],
         )
         return _Done(_NO_RECORD, applied, d.get("b"))
 
@@ -538,12 +556,15 @@ class SiteReplicator:
         is marked uncertain before the error goes up."""
         workers = max(1, self.config.workers)
         queues = self._queues(records, partial.done, workers)
-        # The version map as the finished records left it.
+        # The version map and the ledger of placements as the finished records left them.
         changes: dict[str, dict[str, str | None]] = {}
+        placed: dict[str, set[tuple[str, str]]] = {}
         for i in sorted(partial.done):
             d = partial.done[i]
             if d.bucket is not None and d.rec.key is not None:
                 changes.setdefault(d.bucket, {}).update(_map_changes(d.bucket, d.rec.key, d.applied))
+                key = d.rec.key
+                placed.setdefault(d.bucket, set()).update((key, v) for v in d.applied.placed)
         failure = threading.Event()
         started: set[int] = set()
         mu = threading.Lock()
@@ -574,7 +595,7 @@ class SiteReplicator:
                     started.add(i)
                 done = self._apply_one(
                     rec, versions, changes, careful=i in partial.uncertain, lenient=lenient,
-                    on_upload=functools.partial(note_upload, i),
+                    on_upload=functools.partial(note_upload, i), placed=placed,
                 )  # fmt: skip
                 # Saved before it counts as done: a successor will not apply it again.
                 cursor.put_state({f"{PROGRESS}{i:08d}": done.encode()})
@@ -610,6 +631,7 @@ class SiteReplicator:
         lenient: bool,
         retry: bool = False,
         on_upload: UploadNotes | None = None,
+        placed: Mapping[str, set[tuple[str, str]]] | None = None,
     ) -> _Done:
         ident = (rec.qualified_bucket, rec.key)
         with self._mu:
@@ -624,14 +646,14 @@ class SiteReplicator:
             vmap = versions.get(dest.bucket)
             if vmap is None:
                 vmap = versions[dest.bucket] = _Versions(
-                    self.state, dest.bucket, changes.get(dest.bucket, {})
+                    self.state, dest.bucket, changes.get(dest.bucket, {}), (placed or {}).get(dest.bucket)
                 )
             before = None if retry or not dest.two_way else self._keys.before(rec)
             try:
                 applied = apply_record(
                     rec, self.source, dest, vmap, careful=careful, transfer=self.transfer, retry=retry,
-                    before=before, on_upload=on_upload,
-                )
+                    before=before, on_upload=on_upload, ledger=vmap,
+                )  # fmt: skip
             except TransientError as ex:
                 if not lenient:
                     raise

@@ -42,7 +42,9 @@ PAUSE = "pause"
 # a successor that finds it set knows its predecessor died mid-object.
 INFLIGHT = "inflight"
 # Each record's outcome within the object in flight, written as it completes (``p.<index>``) and
-# removed with the commit: a successor takes up the object where its predecessor died.
+# removed with the commit: a successor takes up the object where its predecessor died. Two-way on
+# versioned buckets, it names what the record placed at the site (``pl``): the replicator's
+# ledger of placements (``apply.Ledger``), which therefore never outlives the checkpoint.
 PROGRESS = "p."
 # The multipart uploads begun at the site for the object in flight (``u.<index>.<random>``:
 # bucket, key, upload id: none yet when noted just before the upload is begun), written before
