@@ -21,13 +21,16 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 from botocore.exceptions import ClientError
 
 from tests.integration.test_newuser_review_lab import Serve, check_schema, now_us, running_serve
 from tests.lab import Lab, s3_client
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3.type_defs import TaggingTypeDef
 
 # radosgw's own behaviour (its cancel path) is what is under test: every release.
 pytestmark = [pytest.mark.ceph]
@@ -209,7 +212,8 @@ def key_records(serve: Serve, bucket: str, key: str) -> list[tuple[str, str | No
     return [(r["op"], r["version_id"]) for r in sorted(records, key=lambda r: r["seq"]) if r["key"] == key]
 
 
-TAG = {"TagSet": [{"Key": "t", "Value": "v"}]}
+TAG: TaggingTypeDef = {"TagSet": [{"Key": "t", "Value": "v"}]}
+CURRENT_TAG: TaggingTypeDef = {"TagSet": [{"Key": "cur", "Value": "1"}]}
 
 
 def test_delete_object_tagging_of_a_versioned_key_records_no_null_version(
@@ -294,7 +298,7 @@ def test_tag_changes_of_a_null_version_older_than_versioning_are_writes(serve: S
     assert tags(s3, bucket, "k", "null") == []
     v = s3.put_object(Bucket=bucket, Key="k", Body=b"newer")["VersionId"]
     s3.put_object_tagging(Bucket=bucket, Key="k", Tagging=TAG, VersionId="null")
-    s3.put_object_tagging(Bucket=bucket, Key="k", Tagging={"TagSet": [{"Key": "cur", "Value": "1"}]})
+    s3.put_object_tagging(Bucket=bucket, Key="k", Tagging=CURRENT_TAG)
     s3.delete_object_tagging(Bucket=bucket, Key="k")
     # radosgw's doing: the null version lost its tags, the current one kept them.
     assert (tags(s3, bucket, "k", "null"), tags(s3, bucket, "k", v)) == ([], ["cur"])
