@@ -658,7 +658,9 @@ class BucketIndexReader:
                 d = decoded[key]
                 if d is None:
                     continue
-                if _no_version(d, key) and w.matches(d):
+                # A null instance entry no null version made: no FLAG_VER, which every version's
+                # entry has (module docstring). A plain key never has the prefix: one test per write.
+                if key.startswith(INSTANCE_PREFIX) and not d.flags & FLAG_VER and not d.instance and w.matches(d):
                     out[w.position] = NO_WRITE
                     no_writes += 1
                     break
@@ -678,12 +680,6 @@ class BucketIndexReader:
             logger.debug("bucket index %s: %d write(s) of no object version (DeleteObjectTagging of an OLH)",
                          bs.key, no_writes)  # fmt: skip
         return out
-
-
-def _no_version(d: DirEntry, key: bytes) -> bool:
-    """Whether ``d``, the entry under ``key``, is a null instance entry that no null version
-    made: no FLAG_VER (module docstring). Every real version's entry has it."""
-    return not d.flags & FLAG_VER and not d.instance and key.startswith(INSTANCE_PREFIX)
 
 
 def _earlier_no_writes(page: Sequence[BilogEntry], out: dict[str, ObjectFacts]) -> int:
