@@ -660,7 +660,8 @@ class BucketIndexReader:
                     continue
                 # A null instance entry no null version made: no FLAG_VER, which every version's
                 # entry has (module docstring). A plain key never has the prefix: one test per write.
-                if key.startswith(INSTANCE_PREFIX) and not d.flags & FLAG_VER and not d.instance and w.matches(d):
+                if key.startswith(INSTANCE_PREFIX) and not d.flags & FLAG_VER and not d.instance \
+                        and w.matches(d):  # fmt: skip
                     out[w.position] = NO_WRITE
                     no_writes += 1
                     break
