@@ -49,6 +49,24 @@ So facts are taken only when the entry's ``ver`` equals the record's:
   ``write`` of the plain key;
 * tagging/ACL of a version: ``write`` (v, not versioned): the instance entry of v.
 
+A ``write`` that changed no object version: DeleteObjectTagging without a VersionId on a
+versioned bucket whose current version is not the null one (measured on Pacific 16.2.15, Reef
+18.2.7 and Tentacle 20.2.4). radosgw removes the tags attribute of the key's head object *by
+name*, which is the OLH object there, not the current version (GetObjectTagging still answers
+its tags), and completes an index op on the instance-less key: cls_rgw's ``read_key_entry``
+finds the placeholder (FLAG_VER_MARKER) under the plain key and goes to the null instance key,
+where no entry exists, so ``rgw_bucket_complete_op`` creates one from the op: size 0, etag "",
+owner "", ``versioned_epoch`` 0 and *no FLAG_VER* (HEAD ?versionId=null answers 404, listings
+do not show it). Its log entry (``write``, instance "", not versioned) is the same as that of a
+real tag change of the null version, whose entry is under the same key; but every real null
+version's entry carries FLAG_VER (``link_olh`` and the conversion of a plain entry set it, and
+``rgw_bucket_complete_op`` keeps it: ``entry.flags &= FLAG_VER``). So a write whose matched entry
+is a null instance entry without FLAG_VER gets ``NO_WRITE``: no record. An earlier such write
+of the key in the same page, superseded by that one, is one too, when only entries of other
+versions of the key come between them (nothing that could have made or removed its null
+version: ``_earlier_no_writes``). The same request on the null version itself (current or not,
+or an object written before versioning was enabled) is a real change of its tags and recorded.
+
 One exception: a *cancelled* operation on the key since (a racing PUT that lost the head's
 guard, answered 200; a conditional PUT refused at the head write, 412) rewrites the entry's
 ``ver`` to pool -1, epoch 0 and leaves its meta alone (cls_rgw ``rgw_bucket_complete_op`` sets
@@ -77,6 +95,7 @@ from typing import Any, NamedTuple, Protocol
 
 from changelog.errors import ChangelogError, PermanentError
 from rgw_module.mapping import (
+    NO_WRITE_SIZE,
     BilogEntry,
     BucketShard,
     index_name_to_key,
@@ -143,6 +162,11 @@ class ObjectFacts(NamedTuple):
     mtime_ns: int
     storage_class: str | None
     owner: str = ""  # who wrote the content (``DirEntry.owner``)
+
+
+# The facts of a ``write`` that changed no object version (module docstring): its record is
+# dropped (``rgw_module.mapping.NO_WRITE_SIZE``).
+NO_WRITE = ObjectFacts(NO_WRITE_SIZE, "", 0, None)
 
 
 class _Reader:
@@ -616,7 +640,8 @@ class BucketIndexReader:
 
     def facts(self, bs: BucketShard, page: Sequence[BilogEntry]) -> dict[str, ObjectFacts]:
         """``{position: facts}`` of the write records of ``page`` whose index entry is still the
-        one their write made; the others (superseded, deleted) are absent. One omap read."""
+        one their write made; the others (superseded, deleted) are absent; the writes that
+        changed no object version are ``NO_WRITE`` (module docstring). One omap read."""
         wanted = lookups(page)
         if not wanted:
             return {}
@@ -624,13 +649,23 @@ class BucketIndexReader:
         decoded: dict[bytes, DirEntry | None] = {}
         out: dict[str, ObjectFacts] = {}
         stamps: dict[str, int] | None = None
+        no_writes = 0
         for w in wanted:
             for key in w.keys:
                 if key not in decoded:
                     raw = values.get(key)
                     decoded[key] = None if raw is None else _decode_or_none(raw, bs, key)
                 d = decoded[key]
-                if d is None or not _describes_content(d):
+                if d is None:
+                    continue
+                # A null instance entry no null version made: no FLAG_VER, which every version's
+                # entry has (module docstring). A plain key never has the prefix: one test per write.
+                if key.startswith(INSTANCE_PREFIX) and not d.flags & FLAG_VER and not d.instance \
+                        and w.matches(d):  # fmt: skip
+                    out[w.position] = NO_WRITE
+                    no_writes += 1
+                    break
+                if not _describes_content(d):
                     continue
                 if not w.matches(d):
                     if not _cancelled(d):
@@ -641,7 +676,44 @@ class BucketIndexReader:
                         continue
                 out[w.position] = ObjectFacts(d.size, d.etag, d.mtime_ns, d.storage_class, d.owner)
                 break
+        if no_writes:
+            no_writes += _earlier_no_writes(page, out)
+            logger.debug("bucket index %s: %d write(s) of no object version (DeleteObjectTagging of an OLH)",
+                         bs.key, no_writes)  # fmt: skip
         return out
+
+
+def _earlier_no_writes(page: Sequence[BilogEntry], out: dict[str, ObjectFacts]) -> int:
+    """Mark ``NO_WRITE`` in ``out`` the writes of ``page`` found in no entry (superseded) that
+    precede a ``NO_WRITE`` of the same key with only entries of the key's other versions between
+    them: the null instance entry both went to was there all along, and never a version's (only
+    an entry of the null version, ``link_olh``/``unlink_instance``/``del`` of "" or "null", or
+    the plain object's could have changed that). Returns how many were marked."""
+    marked = 0
+    # Objects whose next instance-less write, later in the page, is a NO_WRITE.
+    chained: set[str] = set()
+    for entry in reversed(page):
+        obj = str(entry.get("object", ""))
+        inst = str(entry.get("instance") or "")
+        if (inst and inst != "null") or entry.get("state", "complete") != "complete":
+            continue  # another version's entry, or a prepared op (its completion is logged too)
+        if entry.get("op") != "write" or inst or is_versioned_op(entry):
+            chained.discard(obj)  # the null version's (or the plain object's) own op
+            continue
+        try:
+            position = position_of(str(entry.get("op_id", "")))
+        except PermanentError:
+            chained.discard(obj)
+            continue
+        got = out.get(position)
+        if got is NO_WRITE:
+            chained.add(obj)
+        elif got is None and obj in chained:
+            out[position] = NO_WRITE
+            marked += 1
+        else:
+            chained.discard(obj)
+    return marked
 
 
 def _describes_content(d: DirEntry) -> bool:

@@ -14,6 +14,8 @@ DELETE of a missing key             nothing                                     
 multipart upload internals          ``write``/``del`` of ``_multipart_<key>.<id>.*``    -
 versioned PUT / COPY / multipart    ``write`` (v, true) + ``link_olh`` (v)              WRITE v
 tagging / ACL of a version          ``write`` (v, false)                                WRITE v
+DeleteObjectTagging, no VersionId,  ``write`` ("", false)                               -
+versioned bucket, current not null
 versioned DELETE                    ``link_olh_del`` (marker id)                        DELETE_MARKER
 DELETE ?versionId=v                 ``unlink_instance`` (v) + ``del`` (v, true)         DELETE v
 DELETE ?versionId=<marker>          ``unlink_instance`` (marker id)                     DELETE marker
@@ -24,7 +26,11 @@ DELETE ?versionId=null              ``unlink_instance`` ("null") + ...          
 =================================  ==================================================  ==========
 
 (None is the null version, in every op: radosgw's "" and "null" instances both map to it, and
-``Mutation`` normalises a "null" given by any other path.) So: ``link_olh`` / ``link_olh_del`` / ``unlink_instance`` carry the versioned operations, and a
+``Mutation`` normalises a "null" given by any other path.) The DeleteObjectTagging row is an
+entry of no mutation: radosgw applies the request to the key's OLH object, not to the current
+version (which keeps its tags), and writes a null-instance index entry the bucket has no version
+for. Its log entry is that of a real tag change of the null version; only the bucket index tells
+them apart (``rgw_module.bucket_index``: ``NO_WRITE``). So: ``link_olh`` / ``link_olh_del`` / ``unlink_instance`` carry the versioned operations, and a
 ``write`` or ``del`` flagged ``versioned`` is their companion and is dropped. Entries whose
 state is not ``complete`` and ops that are not object mutations (``cancel``, ``syncstop``,
 ``resync``) are dropped too.
@@ -428,7 +434,7 @@ def map_entry(
 
 class Facts(Protocol):
     """What a write wrote, as ``rgw_module.bucket_index.ObjectFacts`` says (None: the default
-    storage class)."""
+    storage class). A ``size`` of ``NO_WRITE_SIZE`` says the entry changed no object: no record."""
 
     @property
     def size(self) -> int: ...
@@ -441,6 +447,11 @@ class Facts(Protocol):
     @property
     def owner(self) -> str: ...
 
+
+# ``Facts.size`` of a ``write`` entry that the bucket index shows changed no object version
+# (``rgw_module.bucket_index.NO_WRITE``: DeleteObjectTagging without a VersionId on a versioned
+# bucket): the entry stands for no record. Not a size, so the C mapper hands it back to ``map``.
+NO_WRITE_SIZE = -1
 
 # The ``metadata`` key of the writer's identity (``[source] record_writer``).
 WRITER = "writer"
@@ -488,7 +499,8 @@ class ShardMapper:
     ) -> Mutation | None:
         """The mutation record of one bilog entry of the shard, or None (see ``interpret``).
         ``facts``: what the page's writes wrote, by position (from the bucket index); a write
-        found there carries them (radosgw stores no class for the default one: STANDARD)."""
+        found there carries them (radosgw stores no class for the default one: STANDARD), and
+        one the index shows changed nothing (``NO_WRITE_SIZE``) makes no record."""
         change = interpret(entry)
         if change is None:
             return None
@@ -496,6 +508,8 @@ class ShardMapper:
         mtime = change.mtime_ns if change.mtime_ns is not None else max(observed_ns, 0)
         tenant, name, source, seq_prefix = self._constants()
         fact = facts.get(position) if facts and change.op is Op.WRITE else None
+        if fact is not None and fact.size == NO_WRITE_SIZE:
+            return None  # no object changed (``NO_WRITE_SIZE``)
         if fact is None:
             meta: dict[str, str] = {}
             if self.writer and change.op is Op.DELETE_MARKER:
@@ -545,7 +559,8 @@ class ShardMapper:
         it is built: entry by entry in Python until a first record is made (its checks prove the
         shard's names valid: that record's bucket, tenant and stream are every record's), then the
         rest in one C call, which hands back to ``map`` every entry whose shape or values it does
-        not take as plain (tests/unit/test_catchup_cpu.py compares both ways)."""
+        not take as plain, a fact of ``NO_WRITE_SIZE`` among them (tests/unit/test_catchup_cpu.py
+        compares both ways)."""
         native = _NATIVE_MAP
         if (
             native is None
