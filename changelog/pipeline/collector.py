@@ -70,6 +70,7 @@ from changelog.pipeline.upload import LogWriter, TargetRefused, TargetRetry, Upl
 # The records are ``changelog.pipeline.commit``'s; named here too, for the collector's users and tests.
 __all__ = [
     "FAULT_STEPS",
+    "ORDER_MARGIN_US",
     "Collector",
     "CollectorState",
     "Drained",
@@ -77,6 +78,7 @@ __all__ = [
     "PendingCommit",
     "ShardRange",
     "Stream",
+    "behind_of",
     "drained_key",
 ]
 
@@ -119,6 +121,14 @@ FLUSH_TIMEOUT = 300.0
 _DELETE_TAG = packer().pack("o") + packer().pack(Op.BUCKET_DELETE.value)
 
 
+# How far past a bucket_delete's recorded time the other streams must have committed before it
+# goes. Recorded times are arrival times made unique per shard (the previous one + 1 µs), so a
+# shard that took a burst runs ahead of the clock by a µs per record: a record of the bucket that
+# arrived before the delete may carry a slightly later time. 0.1 s covers a burst of 100,000
+# records into one shard, far beyond a follower round; it costs the delete at most one pass.
+ORDER_MARGIN_US = 100_000
+
+
 def drained_key(n: int) -> str:
     """``c.stream.<nnn>.drained``: collector stream ``n``'s ``Drained``, written with its state."""
     return f"{COLLECTOR_STREAM_PREFIX}{n:03d}.drained"
@@ -155,16 +165,25 @@ class Drained:
         return max(self.drained_us, state.watermark_us)
 
 
-def behind_of(t_us: int, n: int, peers: Mapping[int, tuple[Drained, CollectorState]]) -> list[int]:
+def behind_of(
+    t_us: int,
+    n: int,
+    peers: Mapping[int, tuple[Drained, CollectorState]],
+    *,
+    margin_us: int = ORDER_MARGIN_US,
+) -> list[int]:
     """The collector streams among ``peers`` (each one's ``Drained`` and state, from one read)
-    that have not committed every record recorded at or before ``t_us``: stream ``n`` commits a
-    ``bucket_delete`` recorded at ``t_us`` only when there are none. A stream that holds back a
-    delete recorded at that very time counts as through it if its number is higher: of the holds,
-    the lowest by (time, stream) never waits for another, so holds cannot wait in a ring."""
+    that have not committed every record recorded up to ``t_us`` (and ``margin_us`` past it):
+    stream ``n`` commits a ``bucket_delete`` recorded at ``t_us`` only when there are none. A
+    stream that holds back a delete of its own is through ``t_us`` if its hold is later by
+    (time, stream): the lowest hold never waits for another, so holds cannot wait in a ring."""
     behind = []
     for m, (d, state) in sorted(peers.items()):
         done = d.done_us(state)
-        if done > t_us or (d.held_us == t_us == done and m > n):
+        if d.held_us and d.held_us == done:
+            if (done, m) > (t_us, n):
+                continue
+        elif done > t_us + margin_us:
             continue
         behind.append(m)
     return behind
@@ -836,11 +855,11 @@ class Collector:
         after every record of its lifetime, so with a later recorded time; the records of the
         bucket in other streams can be in objects committed later than this pass's, and a reader
         that meets the delete first (in name order: cutoff, then seq) would apply them after it.
-        So: every other stream with shards must have committed every record recorded at or
-        before ``t_us`` (``behind_of``), and this pass's cutoff must be above every cutoff of
-        theirs at that moment (their ``through_us``: the objects holding those records lie at or
-        below it), so that its objects sort after theirs. Until then the delete, and what follows
-        it in its shard, wait for a later pass."""
+        So: every other stream with shards must have committed every record recorded up to
+        ``t_us`` and a margin past it (``behind_of``), and this pass's cutoff must be above
+        every cutoff of theirs at that moment (their ``through_us``: the objects holding those
+        records lie at or below it), so that its objects sort after theirs. Until then the
+        delete, and what follows it in its shard, wait for a later pass."""
         hold = self._hold
         if hold is None or hold.recorded_us != t_us:
             hold = _Hold(t_us, self._clocks.monotonic())

@@ -20,7 +20,14 @@ from typing import Any
 import pytest
 
 from changelog.pipeline.backends.sqlite import SqliteStore
-from changelog.pipeline.collector import Collector, CollectorState, Drained, Stream, behind_of
+from changelog.pipeline.collector import (
+    ORDER_MARGIN_US,
+    Collector,
+    CollectorState,
+    Drained,
+    Stream,
+    behind_of,
+)
 from changelog.pipeline.collector_streams import prepare_streams, publish, stream_progress, streams_state
 from changelog.pipeline.control import COLLECTOR_ROLE, partition_lock
 from changelog.pipeline.index import ChangeIndex
@@ -333,33 +340,40 @@ def test_a_single_stream_commits_a_delete_at_once_as_the_unpartitioned_collector
 
 def test_holds_never_wait_on_each_other_in_a_ring() -> None:
     """``behind_of``, the rule a stream holding a delete recorded at T applies to the others:
-    every bucket_delete goes to one shard today, so only one stream ever holds one, but the rule
-    must not deadlock if two did. Of streams that all hold deletes (and the rest through every
-    one of them), the hold lowest by (time, stream) is never behind another; two holds at one
-    time go by stream number; a stream holding one later is through an earlier one."""
-    t = 1_000_000
+    a stream is through T once it committed what was recorded up to T and ``ORDER_MARGIN_US``
+    past it. Every bucket_delete goes to one shard today, so only one stream ever holds one,
+    but the rule must not deadlock if two did: of streams that hold deletes (the rest through
+    every one of them), the hold lowest by (time, stream) is never behind another, also for
+    holds closer together than the margin, and it goes first."""
+    t = 1_000_000_000
+    margin = ORDER_MARGIN_US
 
     def holding(at: int) -> tuple[Drained, CollectorState]:
-        return Drained(at, at), CollectorState(through_us=at + 500, watermark_us=at - 1)
+        return Drained(at, at), CollectorState(through_us=at + 2 * margin, watermark_us=at - 1)
 
     def through(at: int) -> tuple[Drained, CollectorState]:
         return Drained(at), CollectorState(through_us=at, watermark_us=at)
 
-    assert behind_of(t, 1, {0: through(t + 1), 2: holding(t)}) == []
-    assert behind_of(t, 2, {0: through(t + 1), 1: holding(t)}) == [1]
-    assert behind_of(t, 1, {0: through(t), 2: holding(t + 5)}) == [0]  # through *before* t only
-    assert behind_of(t + 5, 2, {0: through(t + 6), 1: holding(t)}) == [1]
-    assert behind_of(t, 1, {0: through(t + 6), 2: holding(t + 5)}) == []
-    # A stream that never wrote its record counts by its watermark (before this version).
-    assert behind_of(t, 1, {0: (Drained(), CollectorState(watermark_us=t + 1))}) == []
+    assert behind_of(t, 1, {0: through(t + margin + 1)}) == []
+    assert behind_of(t, 1, {0: through(t + margin)}) == [0]  # within the margin: not yet
+    assert behind_of(t, 1, {0: through(t + margin + 1), 2: holding(t)}) == []  # same time, higher
+    assert behind_of(t, 2, {0: through(t + margin + 1), 1: holding(t)}) == [1]  # same time, lower
+    assert behind_of(t, 1, {2: holding(t + 5)}) == []  # a later hold, within the margin
+    assert behind_of(t + 5, 2, {1: holding(t)}) == [1]  # an earlier one
+    # A stream whose record is missing (last run before it existed) counts by its watermark.
+    assert behind_of(t, 1, {0: (Drained(), CollectorState(watermark_us=t + margin + 1))}) == []
+    assert behind_of(t, 1, {0: (Drained(), CollectorState(watermark_us=t))}) == [0]
     rng = random.Random(3)
-    for _ in range(500):
+    for _ in range(2000):
         count = rng.randrange(2, 7)
-        holds = {n: rng.randrange(t, t + 4) for n in range(count) if rng.random() < 0.6}
+        holds = {n: t + rng.randrange(0, 3 * margin, margin // 2) for n in range(count) if rng.random() < 0.6}
         if not holds:
             continue
         top = max(holds.values())
-        views = {n: holding(holds[n]) if n in holds else through(top + 1) for n in range(count)}
+        views = {n: holding(holds[n]) if n in holds else through(top + margin + 1) for n in range(count)}
         first = min(holds, key=lambda n: (holds[n], n))
         others = {m: v for m, v in views.items() if m != first}
         assert behind_of(holds[first], first, others) == [], (holds, first)
+        for m in holds.keys() - {first}:  # every other hold waits, for one that is lower
+            rest = {k: v for k, v in views.items() if k != m}
+            assert behind_of(holds[m], m, rest), (holds, m)
