@@ -117,7 +117,7 @@ FLUSH_TIMEOUT = 300.0
 
 # How an index entry's op field reads when it is a ``bucket_delete`` (``Mutation.encode_with``:
 # msgpack, fixed field names): the stream that drains the delete's shard looks for these bytes
-# in each entry (a bytes search: near nothing) and decodes only an entry that has them.
+# in its pages (a bytes search) and decodes only an entry that has them.
 _DELETE_TAG = packer().pack("o") + packer().pack(Op.BUCKET_DELETE.value)
 
 
@@ -843,6 +843,10 @@ class Collector:
     def _held_at(self, page: Page, cutoff: int) -> int | None:
         """The position in ``page`` (of the delete's shard) of the first ``bucket_delete`` that
         may not be committed in a pass cut off at ``cutoff`` (``_may_commit``); None: none."""
+        # One search over the page first: about a tenth of its encoding, and nearly every page
+        # has no delete (a match across two entries only costs the look at each below).
+        if _DELETE_TAG not in b"".join([raw for _, raw in page]):
+            return None
         for j, (key, raw) in enumerate(page):
             if _DELETE_TAG in raw and Mutation.decode(raw).op is Op.BUCKET_DELETE:
                 if not self._may_commit(keys.time_of(key), cutoff):
