@@ -205,15 +205,10 @@ def prepare_streams(index: ChangeIndex, count: int) -> None:
         )
 
 
-def stream_states(index: ChangeIndex, count: int) -> list[CollectorState]:
-    """Every stream's stored state, stream 0 first (a default one where none is stored yet)."""
-    return [state for state, _ in stream_progress(index, count)]
-
-
 def stream_progress(index: ChangeIndex, count: int) -> list[tuple[CollectorState, int]]:
-    """Every stream's stored state and the time before which it committed every record
-    (``Drained.done_us``: below a bucket_delete it holds back, or a pass that skipped shards),
-    stream 0 first, in one read."""
+    """Every stream's stored state (a default one where none is stored yet) and the time before
+    which it committed every record (``Drained.done_us``: below a bucket_delete it holds back,
+    or a pass that skipped shards), stream 0 first, in one read."""
     keys = [k for n in range(count) for k in (collector_state_key(n), drained_key(n))]
     got = index.store.omap_get(index.control_oid, keys)
     out = []
