@@ -28,7 +28,7 @@ import functools
 import logging
 import threading
 from collections import defaultdict
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 
@@ -50,7 +50,7 @@ from changelog.pipeline.control import (
     collector_state_key,
     partition_lock,
 )
-from changelog.pipeline.index import ChangeIndex
+from changelog.pipeline.index import ChangeIndex, bucket_op_shard
 from changelog.pipeline.lease import Lease, Renewer, make_cookie
 from changelog.pipeline.logformat import (
     Compression,
@@ -61,6 +61,7 @@ from changelog.pipeline.logformat import (
     watermark_name,
 )
 from changelog.pipeline.loop import Clocks, LoopPolicy, Wake, run_leased
+from changelog.pipeline.mutation import Mutation, Op, packer
 from changelog.pipeline.readahead import Page, ReadAhead
 from changelog.pipeline.store import WriteOp, omap_iter
 from changelog.pipeline.targets import Target, gc_uploads
@@ -69,12 +70,16 @@ from changelog.pipeline.upload import LogWriter, TargetRefused, TargetRetry, Upl
 # The records are ``changelog.pipeline.commit``'s; named here too, for the collector's users and tests.
 __all__ = [
     "FAULT_STEPS",
+    "ORDER_MARGIN_US",
     "Collector",
     "CollectorState",
+    "Drained",
     "PassResult",
     "PendingCommit",
     "ShardRange",
     "Stream",
+    "behind_of",
+    "drained_key",
 ]
 
 logger = logging.getLogger(__name__)
@@ -108,6 +113,98 @@ TRIM_WORKERS = 8
 # How long ``request_flush`` (the API's POST /_/flush) waits for its pass: a large backlog takes
 # minutes to drain, and the caller is a person at a terminal or a script that can retry.
 FLUSH_TIMEOUT = 300.0
+
+
+# How an index entry's op field reads when it is a ``bucket_delete`` (``Mutation.encode_with``:
+# msgpack, fixed field names): the stream that drains the delete's shard looks for these bytes
+# in its pages (a bytes search) and decodes only an entry that has them.
+_DELETE_TAG = packer().pack("o") + packer().pack(Op.BUCKET_DELETE.value)
+
+
+# How far past a bucket_delete's recorded time the other streams must have committed before it
+# goes. Recorded times are arrival times made unique per shard (the previous one + 1 µs), so a
+# shard that took a burst runs ahead of the clock by a µs per record: a record of the bucket that
+# arrived before the delete may carry a slightly later time. 0.1 s covers a burst of 100,000
+# records into one shard, far beyond a follower round; it costs the delete at most one pass.
+ORDER_MARGIN_US = 100_000
+
+
+def drained_key(n: int) -> str:
+    """``c.stream.<nnn>.drained``: collector stream ``n``'s ``Drained``, written with its state."""
+    return f"{COLLECTOR_STREAM_PREFIX}{n:03d}.drained"
+
+
+@dataclass(frozen=True, slots=True)
+class Drained:
+    """How far a collector stream has committed its records by their recorded time, written in
+    the op that writes its ``through_us`` at the end of a pass: every record of the stream
+    recorded before ``drained_us`` is committed, in objects whose cutoff is at or below that
+    ``through_us``. ``held_us``: the recorded time of the ``bucket_delete`` the stream holds back
+    (0: none); ``drained_us`` is then that time."""
+
+    drained_us: int = 0
+    held_us: int = 0
+
+    def encode(self) -> bytes:
+        return orjson.dumps({"drained_us": self.drained_us, "held_us": self.held_us})
+
+    @classmethod
+    def decode(cls, data: bytes | None) -> Drained:
+        if not data:
+            return cls()
+        try:
+            d = orjson.loads(data)
+            return cls(int(d.get("drained_us", 0)), int(d.get("held_us", 0)))
+        except (orjson.JSONDecodeError, TypeError, ValueError, AttributeError) as ex:
+            raise PermanentError(f"unreadable collector stream record ({len(data)} bytes): {ex}") from ex
+
+    def done_us(self, state: CollectorState) -> int:
+        """Every record recorded before it is committed: ``drained_us``, or the stream's
+        watermark where that is higher (it is also such a time, §7: a stream last run by a
+        version that did not write this record has only that)."""
+        return max(self.drained_us, state.watermark_us)
+
+
+def behind_of(
+    t_us: int,
+    n: int,
+    peers: Mapping[int, tuple[Drained, CollectorState]],
+    *,
+    margin_us: int = ORDER_MARGIN_US,
+) -> list[int]:
+    """The collector streams among ``peers`` (each one's ``Drained`` and state, from one read)
+    that have not committed every record recorded up to ``t_us`` (and ``margin_us`` past it):
+    stream ``n`` commits a ``bucket_delete`` recorded at ``t_us`` only when there are none. A
+    stream that holds back a delete of its own is through ``t_us`` if its hold is later by
+    (time, stream): the lowest hold never waits for another, so holds cannot wait in a ring."""
+    behind = []
+    for m, (d, state) in sorted(peers.items()):
+        done = d.done_us(state)
+        if d.held_us and d.held_us == done:
+            if (done, m) > (t_us, n):
+                continue
+        elif done > t_us + margin_us:
+            continue
+        behind.append(m)
+    return behind
+
+
+def _peer(got: Mapping[str, bytes], m: int) -> tuple[Drained, CollectorState]:
+    """Stream ``m``'s ``Drained`` and state from an ``omap_get`` that read both."""
+    return Drained.decode(got.get(drained_key(m))), CollectorState.decode(got.get(collector_state_key(m)))
+
+
+@dataclass(frozen=True, slots=True)
+class _Hold:
+    """The ``bucket_delete`` a collector stream holds back (``Collector._may_commit``)."""
+
+    recorded_us: int
+    since: float  # monotonic time it was first held
+    # Once no other stream is behind it: the highest cutoff of the objects that hold their
+    # records of up to it (their ``through_us`` then). The delete goes in a pass cut off above.
+    bound_us: int | None = None
+    behind: tuple[int, ...] = ()
+    logged: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,6 +256,8 @@ class _Counts:
     failed_passes: int = 0
     last_error: str | None = None
     last_failure: float | None = None
+    # Passes of a collector stream that held back a bucket_delete (``Collector._may_commit``).
+    bucket_delete_holds: int = 0
 
 
 class _FlushRequest:
@@ -179,11 +278,13 @@ class _Cursor:
     """Where a pass is in its read-ahead: the page in hand and the first entry not yet written."""
 
     reader: ReadAhead
+    cutoff: int = 0
     shard: int = 0
     page: Page = field(default_factory=list)
     i: int = 0
     done: bool = False  # no page left, or stopping
     stopped: bool = False  # the service loop is stopping: the rest stays in the index
+    held_us: int | None = None  # a bucket_delete held back: its recorded time (the rest stays)
 
     def pending(self) -> bool:
         return self.i < len(self.page)
@@ -229,6 +330,18 @@ class Collector:
         self._seq_key = collector_seq_key(n)
         # The shards this collector drains: every one, or its stream's.
         self._drains = [s for s in range(index.shards) if stream is None or stream.owns(s)]
+        self._drained_key = drained_key(stream.n) if stream is not None else None
+        # A stream that drains the shard where bucket_deletes go (the last, ``bucket_op_shard``),
+        # beside other streams that have shards: it commits a delete only once they committed
+        # what was recorded before it (``_may_commit``). Its last shard to drain, so holding the
+        # delete back leaves nothing of the pass after it. None: it never holds one back.
+        self._peers = [m for m in range(stream.count) if m != stream.n and m < index.shards] if stream else []
+        last = bucket_op_shard(Op.BUCKET_DELETE, index.shards)
+        self._delete_shard = last if self._peers and stream is not None and stream.owns(last) else None
+        self._drained = Drained()
+        self._hold: _Hold | None = None
+        # The other streams' progress, read once in a pass that meets a bucket_delete.
+        self._peer_view: dict[int, tuple[Drained, CollectorState]] | None = None
         self._clocks = clocks if clocks is not None else Clocks()
         self._cap = watermark_cap
         self._hook = fault_hook
@@ -298,10 +411,15 @@ class Collector:
         ``complete_until`` (unix seconds; None until known), ``target_errors`` ({kind: count},
         one per failed attempt), ``failed_passes`` (passes of the service loop failed in a row),
         ``last_error`` (the last failed pass's error, one line) and ``last_failure`` (unix
-        seconds), ``active``."""
+        seconds), ``active``; a collector stream's ``bucket_delete_holds`` (passes that held
+        back a ``bucket_delete`` for other streams, ``_may_commit``) and ``bucket_delete_held``
+        (the recorded time of the one held back now, unix seconds; None: none)."""
+        hold = self._hold
         with self._stats_lock:
             c = self._counts
             return {
+                "bucket_delete_holds": c.bucket_delete_holds,
+                "bucket_delete_held": hold.recorded_us / 1_000_000 if hold is not None else None,
                 "passes": c.passes,
                 "entries_emitted": c.entries_emitted,
                 "objects_committed": c.objects_committed,
@@ -456,9 +574,12 @@ class Collector:
     # ------------------------------------------------------------------ state
 
     def _load_state(self) -> None:
-        got = self.store.omap_get(self.index.control_oid, [self._state_key, self._seq_key])
+        extra = [self._drained_key] if self._drained_key is not None else []
+        got = self.store.omap_get(self.index.control_oid, [self._state_key, self._seq_key, *extra])
         self._state = CollectorState.decode(got.get(self._state_key))
         self._seq = int(got.get(self._seq_key, b"0"))
+        if self._drained_key is not None:
+            self._drained = Drained.decode(got.get(self._drained_key))
 
     def _streams_running(self) -> list[int]:
         """The collector streams held now by a live instance (none unless the index was run
@@ -622,13 +743,26 @@ class Collector:
             lease.check()
             self.index.raise_floor(shard, cutoff, fence=lease.ref)
             self._fault("floor")
-        objects, entries, stopped = self._drain(drained, cutoff)
-        if self.stream is not None:
+        self._peer_view = None
+        objects, entries, stopped, held = self._drain(drained, cutoff)
+        if self.stream is not None and self._drained_key is not None:
             # Every object of this pass is committed (a failed commit raised), recovery came
             # first, and the next cutoff is above this one: nothing will sort at or below it.
+            # Every record before the cutoff is committed too, unless shards were skipped or the
+            # pass stopped early, or before the bucket_delete held back (written in the same op:
+            # another stream reads both together, ``_may_commit``).
             self._state = replace(self._state, through_us=cutoff)
-            self._control_write(WriteOp(set={self._state_key: self._state.encode()}))
-        watermark = None if skipped or stopped else self._advance_watermark(cutoff)
+            if not skipped and not stopped:
+                done = cutoff if held is None else held
+                self._drained = Drained(max(done, self._drained.drained_us), held or 0)
+            else:
+                self._drained = Drained(self._drained.drained_us)
+            state = {self._state_key: self._state.encode(), self._drained_key: self._drained.encode()}
+            self._control_write(WriteOp(set=state))
+        if held is not None:
+            self._note_hold()
+        complete = cutoff if held is None else min(cutoff, held)
+        watermark = None if skipped or stopped else self._advance_watermark(complete)
         if stopped:
             logger.info("stopping: pass ended early after %d objects; the rest stays in the index", len(objects))
         if objects or recovered:
@@ -654,16 +788,18 @@ class Collector:
             self._control_write(WriteOp(set={self._state_key: self._state.encode()}))
         return cutoff
 
-    def _drain(self, shards: Sequence[int], cutoff: int) -> tuple[list[str], int, bool]:
+    def _drain(self, shards: Sequence[int], cutoff: int) -> tuple[list[str], int, bool, int | None]:
         """Stream the entries of ``shards`` below ``cutoff`` into log objects and commit each;
-        the objects, their entries, and whether the pass stopped early. Each writer's ``with``
-        aborts its upload if the object is not committed."""
+        the objects, their entries, whether the pass stopped early, and the recorded time of a
+        ``bucket_delete`` held back (None: none; it and what follows it in its shard stay). Each
+        writer's ``with`` aborts its upload if the object is not committed."""
         objects: list[str] = []
         entries = 0
         if not shards:
-            return objects, entries, False
-        cur = _Cursor(ReadAhead(self._page, shards, keys.time_bound(cutoff), depth=READ_AHEAD_PAGES,
-                                workers=READ_WORKERS))
+            return objects, entries, False, None
+        bound = keys.time_bound(cutoff)
+        reader = ReadAhead(self._page, shards, bound, depth=READ_AHEAD_PAGES, workers=READ_WORKERS)
+        cur = _Cursor(reader, cutoff)
         try:
             while cur.pending() or self._next_page(cur):
                 with self._open_writer(cutoff) as writer:
@@ -672,7 +808,7 @@ class Collector:
                 entries += writer.entries
         finally:
             cur.reader.close()
-        return objects, entries, cur.stopped
+        return objects, entries, cur.stopped, cur.held_us
 
     def _next_page(self, cur: _Cursor) -> bool:
         """The next page into ``cur``; False once there is none, or the loop is stopping."""
@@ -690,8 +826,104 @@ class Collector:
             return False
         cur.shard, cur.page = item
         cur.i = 0
+        if cur.shard == self._delete_shard:
+            held = self._held_at(cur.page, cur.cutoff)
+            if held is not None:
+                # The delete's shard is the stream's last: the pass ends with what came before.
+                cur.held_us = keys.time_of(cur.page[held][0])
+                cur.page = cur.page[:held]
+                cur.done = True
+                if not cur.page:
+                    return False
         self._fault("read")
         return True
+
+    # ------------------------------------------------------------------ bucket_deletes across streams
+
+    def _held_at(self, page: Page, cutoff: int) -> int | None:
+        """The position in ``page`` (of the delete's shard) of the first ``bucket_delete`` that
+        may not be committed in a pass cut off at ``cutoff`` (``_may_commit``); None: none."""
+        # One search over the page first: about a tenth of its encoding, and nearly every page
+        # has no delete (a match across two entries only costs the look at each below).
+        if _DELETE_TAG not in b"".join([raw for _, raw in page]):
+            return None
+        for j, (key, raw) in enumerate(page):
+            if _DELETE_TAG in raw and Mutation.decode(raw).op is Op.BUCKET_DELETE:
+                if not self._may_commit(keys.time_of(key), cutoff):
+                    return j
+        return None
+
+    def _may_commit(self, t_us: int, cutoff: int) -> bool:
+        """Whether this stream may commit the ``bucket_delete`` recorded at ``t_us`` in this
+        pass, cut off at ``cutoff`` (docs/design.md §16). The follower records a bucket's delete
+        after every record of its lifetime, so with a later recorded time; the records of the
+        bucket in other streams can be in objects committed later than this pass's, and a reader
+        that meets the delete first (in name order: cutoff, then seq) would apply them after it.
+        So: every other stream with shards must have committed every record recorded up to
+        ``t_us`` and a margin past it (``behind_of``), and this pass's cutoff must be above
+        every cutoff of theirs at that moment (their ``through_us``: the objects holding those
+        records lie at or below it), so that its objects sort after theirs. Until then the
+        delete, and what follows it in its shard, wait for a later pass."""
+        hold = self._hold
+        if hold is None or hold.recorded_us != t_us:
+            hold = _Hold(t_us, self._clocks.monotonic())
+        if hold.bound_us is None:
+            peers = self._peers_now()
+            behind = behind_of(t_us, self._stream_n, peers)
+            bound = None if behind else max(state.through_us for _, state in peers.values())
+            hold = replace(hold, bound_us=bound, behind=tuple(behind))
+        if hold.bound_us is not None and cutoff > hold.bound_us:
+            if hold.logged:
+                logger.info(
+                    "collector stream %d: commits the bucket_delete recorded at %s, held back %.0f s",
+                    self._stream_n,
+                    rfc3339_us(t_us),
+                    self._clocks.monotonic() - hold.since,
+                )
+            self._hold = None
+            return True
+        self._hold = hold
+        return False
+
+    def _peers_now(self) -> dict[int, tuple[Drained, CollectorState]]:
+        """The other streams' ``Drained`` and states, read once in a pass (only a pass that
+        meets a bucket_delete reads them): they only move forward, so a read from earlier in the
+        pass is a safe answer later in it."""
+        if self._peer_view is None:
+            want = [k for m in self._peers for k in (drained_key(m), collector_state_key(m))]
+            got = self.store.omap_get(self.index.control_oid, want)
+            self._peer_view = {m: _peer(got, m) for m in self._peers}
+        return self._peer_view
+
+    def _note_hold(self) -> None:
+        """A pass held a bucket_delete back: counted; said once at INFO when it has been held
+        for a lease TTL (another stream is stalled, or its holder died and is not taken over yet)."""
+        with self._stats_lock:
+            self._counts.bucket_delete_holds += 1
+        hold = self._hold
+        if hold is None or hold.logged:
+            return
+        held_for = self._clocks.monotonic() - hold.since
+        if held_for < self.config.lease_ttl:
+            return
+        self._hold = replace(hold, logged=True)
+        why = (
+            f"streams {list(hold.behind)} have not committed what was recorded before it"
+            if hold.behind
+            else "its objects must sort after the other streams' (next pass)"
+        )
+        logger.info(
+            "collector stream %d holds back the bucket_delete recorded at %s for %.0f s: %s "
+            "(a stream whose holder died is taken over one lease TTL after)",
+            self._stream_n,
+            rfc3339_us(hold.recorded_us),
+            held_for,
+            why,
+        )
+
+    @property
+    def _stream_n(self) -> int:
+        return self.stream.n if self.stream is not None else -1
 
     def _fill(self, writer: LogWriter, cur: _Cursor) -> None:
         """Add pages to ``writer`` until it is full, rolls over by age at the end of a page, or

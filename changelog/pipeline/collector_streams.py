@@ -11,6 +11,13 @@ not change while its records are in flight. The published watermark (``publish``
 of stream 0, or a flush) is the minimum over the streams: ``complete_until_us`` of their
 watermarks, ``readable_until_us`` of the cutoffs they committed through (the readers' bound,
 ``changelog.pipeline.reader``).
+
+Across streams, records are ordered by their objects' names (cutoff, then seq) only, and a
+bucket's records are in every stream. The one order a consumer relies on across them, the
+``bucket_delete`` after every record of the bucket's lifetime, is kept by the stream that
+drains the delete's shard: it commits a delete only once every other stream has committed what
+was recorded up to it, in a pass cut off above their objects (``Collector._may_commit``, each
+stream's ``Drained`` record, docs/design.md §16).
 """
 
 from __future__ import annotations
@@ -25,7 +32,15 @@ import orjson
 
 from changelog.config import CollectorConfig
 from changelog.errors import CompareFailed, LeaseLost, LockBusy, ObjectMissing, PermanentError, TransientError
-from changelog.pipeline.collector import FLUSH_TIMEOUT, Collector, CollectorState, PassResult, Stream
+from changelog.pipeline.collector import (
+    FLUSH_TIMEOUT,
+    Collector,
+    CollectorState,
+    Drained,
+    PassResult,
+    Stream,
+    drained_key,
+)
 from changelog.pipeline.control import (
     COLLECTOR_LOCK,
     COLLECTOR_PENDING_PREFIX,
@@ -77,12 +92,13 @@ class Published:
 class StreamView:
     """One stream as the control object has it (``status``, the metrics): its stored state, the
     last seq it allocated, its pending commits (log objects written, their entries not yet
-    trimmed)."""
+    trimmed), how far it committed by recorded time and the bucket_delete it holds back."""
 
     n: int
     state: CollectorState
     seq: int
     pending: tuple[str, ...]
+    drained: Drained = Drained()
 
     @property
     def committed_seq(self) -> int | None:
@@ -111,21 +127,22 @@ def pending_by_stream(index: ChangeIndex) -> dict[int, list[str]]:
 
 
 def views(got: dict[str, bytes], count: int, pending: dict[int, list[str]]) -> list[StreamView]:
-    """Every stream's view from one ``omap_get`` of its state and seq keys, stream 0 first."""
+    """Every stream's view from one ``omap_get`` of its ``view_keys``, stream 0 first."""
     return [
         StreamView(
             n,
             CollectorState.decode(got.get(collector_state_key(n))),
             int(got.get(collector_seq_key(n), b"0")),
             tuple(pending.get(n, ())),
+            Drained.decode(got.get(drained_key(n))),
         )
         for n in range(count)
     ]
 
 
 def view_keys(count: int) -> list[str]:
-    """The control keys ``views`` reads: each stream's state and seq."""
-    return [k for n in range(count) for k in (collector_state_key(n), collector_seq_key(n))]
+    """The control keys ``views`` reads: each stream's state, seq and ``Drained``."""
+    return [k for n in range(count) for k in (collector_state_key(n), collector_seq_key(n), drained_key(n))]
 
 
 def read_count(index: ChangeIndex) -> int | None:
@@ -188,11 +205,17 @@ def prepare_streams(index: ChangeIndex, count: int) -> None:
         )
 
 
-def stream_states(index: ChangeIndex, count: int) -> list[CollectorState]:
-    """Every stream's stored state, stream 0 first (a default one where none is stored yet)."""
-    keys = [collector_state_key(n) for n in range(count)]
+def stream_progress(index: ChangeIndex, count: int) -> list[tuple[CollectorState, int]]:
+    """Every stream's stored state (a default one where none is stored yet) and the time before
+    which it committed every record (``Drained.done_us``: below a bucket_delete it holds back,
+    or a pass that skipped shards), stream 0 first, in one read."""
+    keys = [k for n in range(count) for k in (collector_state_key(n), drained_key(n))]
     got = index.store.omap_get(index.control_oid, keys)
-    return [CollectorState.decode(got.get(k)) for k in keys]
+    out = []
+    for n in range(count):
+        state = CollectorState.decode(got.get(collector_state_key(n)))
+        out.append((state, Drained.decode(got.get(drained_key(n))).done_us(state)))
+    return out
 
 
 def combined(states: list[CollectorState], *, last_object: str | None = None, floor_us: int = 0) -> Published:
@@ -314,6 +337,10 @@ def streams_state(index: ChangeIndex, *, now: float | None = None) -> dict[str, 
                 "last_cutoff": rfc3339_us(v.state.last_cutoff_us) if v.state.last_cutoff_us else None,
                 "through": rfc3339_us(v.state.through_us) if v.state.through_us else None,
                 "watermark": rfc3339_us(v.state.watermark_us) if v.state.watermark_us else None,
+                # Every record recorded before it is committed (below a bucket_delete held back).
+                "drained": rfc3339_us(v.drained.drained_us) if v.drained.drained_us else None,
+                # A bucket_delete held back until the other streams committed what came before it.
+                "held_bucket_delete": rfc3339_us(v.drained.held_us) if v.drained.held_us else None,
                 "last_object": v.state.last_object,
                 "generation": v.state.generation,
                 "pending": list(v.pending),
@@ -543,16 +570,20 @@ class StreamedCollector:
         cutoff and the combined watermark (the objects are every stream's, not listed here).
         ``TransientError`` when that takes longer than ``timeout``.
 
-        Two rounds: once every stream committed through the time asked, each one's records of
-        before it lie in objects at or below the highest cutoff reached (``goal``); a second
-        flush brings every stream through that one, and the readers' bound with them."""
+        Two rounds: once every stream committed every record recorded before the time asked
+        (``Drained.done_us``: not only cut off past it, a bucket_delete held back before it
+        holds the flush too), each one's records of before it lie in objects at or below the
+        highest cutoff reached (``goal``); a second flush brings every stream through that one,
+        and the readers' bound with them."""
         asked = int(self._clocks.clock() * 1_000_000)
         deadline = self._clocks.monotonic() + timeout
         goal, second = asked, False
         self._ask(goal)
         while True:
-            states = stream_states(self.index, self.count)
-            if min(s.through_us for s in states) >= goal:
+            progress = stream_progress(self.index, self.count)
+            states = [state for state, _ in progress]
+            reached = [s.through_us for s in states] if second else [done for _, done in progress]
+            if min(reached) >= goal:
                 if second:
                     break
                 goal, second = max(s.through_us for s in states), True
@@ -561,7 +592,7 @@ class StreamedCollector:
                 self._ask(goal)
                 continue
             if self._clocks.monotonic() > deadline:
-                behind = [n for n, s in enumerate(states) if s.through_us < goal]
+                behind = [n for n, r in enumerate(reached) if r < goal]
                 raise TransientError(f"no flush of collector streams {behind} within {timeout:.0f}s")
             self._clocks.sleep(FLUSH_POLL)
         pub = self._publish() or combined(states)
@@ -590,7 +621,8 @@ class StreamedCollector:
         return self.partitions.held_leases()
 
     def stats(self) -> dict[str, object]:
-        """``Collector.stats`` over the streams this process ran: counters summed, the last
+        """``Collector.stats`` over the streams this process ran: counters summed (also
+        ``bucket_delete_holds``), ``bucket_delete_held`` the oldest one held back now, the last
         pass's figures of the latest, ``complete_until`` the combined watermark last
         published or computed, ``partitions_held``; ``readable_until`` (the readers' bound) and
         ``streams``: every stream as the control object had it at this instance's last round,
@@ -627,14 +659,17 @@ class StreamedCollector:
         bound = max((p.readable_until_us for p in (self._published, self._seen) if p is not None), default=0)
         out["readable_until"] = bound / 1_000_000 if bound else None
         out["streams"] = {str(v.n): _view_stats(v, held=v.n in held) for v in self._views}
-        for k in ("passes", "entries_emitted", "objects_committed", "bytes_committed"):
+        # The oldest bucket_delete a stream run here holds back now (unix seconds; None: none).
+        holding = [float(str(h)) for st in streams if (h := st.get("bucket_delete_held")) is not None]
+        out["bucket_delete_held"] = min(holding, default=None)
+        for k in _COUNTERS:
             out.setdefault(k, 0)
         for k in ("last_pass_entries", "last_pass_seconds", "last_pass_end"):
             out.setdefault(k, None)
         return out
 
 
-_COUNTERS = ("passes", "entries_emitted", "objects_committed", "bytes_committed")
+_COUNTERS = ("passes", "entries_emitted", "objects_committed", "bytes_committed", "bucket_delete_holds")
 
 
 def _view_stats(v: StreamView, *, held: bool) -> dict[str, object]:
@@ -652,4 +687,6 @@ def _view_stats(v: StreamView, *, held: bool) -> dict[str, object]:
         "through": secs(v.state.through_us),
         "watermark": secs(v.state.watermark_us),
         "pending_commits": len(v.pending),
+        "drained": secs(v.drained.drained_us),
+        "held_bucket_delete": secs(v.drained.held_us),
     }
