@@ -382,10 +382,9 @@ def test_partitioned_serves_one_killed_keep_each_recreated_bucket_exact(
     """Two partitioned serves ([scale] partitioned: follower partitions and collector streams
     shared); six buckets deleted and created again three times in a row, their objects written
     at once after each create, one serve killed meanwhile, the other taking its partitions and
-    streams over: no record twice, and a replayer ends with what each bucket holds. (Across
-    streams only cutoffs order records: a bucket op may sort before an older record of another
-    stream, test_follower_review4's strict xfail; each lifetime's deletes are read here before
-    its bucket goes, so that reordering cannot change the final state.)"""
+    streams over: no record twice, and a replayer ends with what each bucket holds. (The
+    stream that drains the bucket_delete holds it until the other streams committed what was
+    recorded before it: tests/unit/test_stream_bucket_order.py.)"""
     s3 = s3_client(ceph_lab)
     tag = uuid.uuid4().hex[:6]
     buckets = [f"rv4-pt-{tag}-{n}" for n in range(6)]
