@@ -62,17 +62,22 @@ class Env:
         self.followers.append(f)
         return f
 
-    def tenant_bucket(self, *, after: Follower | None = None) -> str:
-        """A new bucket of the tenant user; returns its name within the tenant. ``after``: made
-        clearly after that follower's first start (followed from its first entry, no baseline)."""
+    def tenant_bucket(self, *, after: Follower | None = None, name: str | None = None) -> str:
+        """A new bucket of the tenant user (``name``, or a new one); returns its name within the
+        tenant. ``after``: made clearly after that follower's first start (followed from its
+        first entry, no baseline)."""
         if after is not None:
             # A follower of "*" starts with a full sync of every bucket the session's lab holds
             # by now (thousands of objects after the other lab tests): a bound, not a figure.
             after.run_until_caught_up(timeout=300)
             time.sleep(2.5)
-        name = f"tn-{uuid.uuid4().hex[:12]}"
+        name = name or new_name()
         self.tenant_s3.create_bucket(Bucket=name)
         return name
+
+
+def new_name() -> str:
+    return f"tn-{uuid.uuid4().hex[:12]}"
 
 
 @pytest.fixture(scope="module")
@@ -178,8 +183,11 @@ def test_a_full_sync_of_a_tenants_bucket_needs_a_system_user(env: Env) -> None:
 
 
 def test_a_bucket_deleted_right_after_its_last_delete_ends_with_bucket_delete(env: Env) -> None:
-    f = env.follower(["*"])
-    b = env.tenant_bucket(after=f)
+    # Named before it exists (a follower of "*" would full-sync the whole lab first: minutes in
+    # CI); found through the data log once created.
+    b = new_name()
+    f = env.follower([f"{TENANT}/{b}"])
+    env.tenant_bucket(after=f, name=b)
     keys = [f"k{i}" for i in range(8)]
     for k in keys:
         env.tenant_s3.put_object(Bucket=b, Key=k, Body=b"x")
@@ -209,8 +217,11 @@ def test_a_bucket_deleted_right_after_its_last_delete_ends_with_bucket_delete(en
 
 
 def test_a_tenants_bucket_resharded_is_followed_across_the_reshard(env: Env) -> None:
-    f = env.follower(["*"])
-    b = env.tenant_bucket(after=f)
+    # Named before it exists (a follower of "*" would full-sync the whole lab first: minutes in
+    # CI); found through the data log once created.
+    b = new_name()
+    f = env.follower([f"{TENANT}/{b}"])
+    env.tenant_bucket(after=f, name=b)
     for i in range(6):
         env.tenant_s3.put_object(Bucket=b, Key=f"r{i}", Body=b"before")
     f.run_until_caught_up(timeout=60)
