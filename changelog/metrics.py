@@ -20,7 +20,8 @@ collector ``stats()``
     passes of the service loop failed in a row); with ``[scale] partitioned`` also
     ``partitions_count`` (int, the streams), ``readable_until`` (float | None, the readers'
     bound) and ``streams`` ({stream: {held, committed_seq, last_commit, through, watermark,
-    pending_commits}}, ``collector_streams._view_stats``).
+    pending_commits}}, ``collector_streams._view_stats``), ``bucket_delete_holds`` (int, passes
+    that held a ``bucket_delete`` back) and ``bucket_delete_held`` (float | None, unix time).
 follower ``stats()``
     ``mutations_recorded`` (int, records written to the index), ``mutations_duplicate`` (int,
     records dropped as already recorded), ``sweeps`` (int, finished sweeps over the data log),
@@ -485,6 +486,8 @@ def _collector_families(cstats: Mapping[str, object]) -> Iterator[Metric]:
         ("entries_emitted", "entries_emitted", "Entries written into committed change-log objects"),
         ("objects_committed", "log_objects_committed", "Change-log objects committed to the target"),
         ("bytes_committed", "log_bytes_committed", "Bytes of change-log objects committed to the target"),
+        ("bucket_delete_holds", "collector_bucket_delete_holds",
+         "Collector stream passes that held a bucket_delete back until the other streams committed what came before it"),
     ))  # fmt: skip
     rate = GaugeMetricFamily(
         PREFIX + "drain_entries_per_second", "Drain throughput of the last finished collector pass"
@@ -500,6 +503,8 @@ def _collector_families(cstats: Mapping[str, object]) -> Iterator[Metric]:
         ("failed_passes", "collector_failed_passes", "Collector passes failed in a row (0 after a good one)"),
         ("last_pass_end", "collector_last_pass_timestamp_seconds", "Unix time the last pass finished"),
         ("complete_until", "watermark_timestamp_seconds", "The watermark: every change before it is in the log"),
+        ("bucket_delete_held", "collector_bucket_delete_held_timestamp_seconds",
+         "Recorded time of the oldest bucket_delete a collector stream holds back now (absent: none)"),
     ))  # fmt: skip
     yield _kinds(cstats, "target_errors", "target_errors", "Errors writing change logs to the target, by kind")
 

@@ -18,7 +18,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from prometheus_client import generate_latest
+from prometheus_client.parser import text_string_to_metric_families
 
+from changelog.metrics import ChangelogMetrics, make_registry
 from changelog.pipeline.backends.sqlite import SqliteStore
 from changelog.pipeline.collector import (
     ORDER_MARGIN_US,
@@ -198,6 +201,10 @@ def test_a_delete_waits_for_a_stalled_stream_and_sorts_after_its_records(world: 
     stats = s1.stats()
     assert stats["bucket_delete_holds"] == 3
     assert stats["bucket_delete_held"] == t_delete / 1e6
+    text = generate_latest(make_registry(ChangelogMetrics(collector=s1), process=False)).decode()
+    exported = {x.name: x.value for f in text_string_to_metric_families(text) for x in f.samples}
+    assert exported["rgw_changelog_collector_bucket_delete_holds_total"] == 3
+    assert exported["rgw_changelog_collector_bucket_delete_held_timestamp_seconds"] == t_delete / 1e6
     state = streams_state(w.index)
     part = state["by_partition"]["1"]  # type: ignore[index]
     assert part["held_bucket_delete"] is not None and part["drained"] == part["held_bucket_delete"]
