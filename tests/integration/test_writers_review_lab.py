@@ -464,7 +464,7 @@ def test_failed_requests_leave_no_record(serve: Serve, ceph_lab: Lab) -> None:
     s3 = s3_client(ceph_lab)
     bucket = new_bucket(s3, "fail")
     s3.put_object(Bucket=bucket, Key="src", Body=b"source")
-    src = {"Bucket": bucket, "Key": "src"}
+    src: Any = {"Bucket": bucket, "Key": "src"}
     codes = {
         "md5": attempt(
             lambda: s3.put_object(Bucket=bucket, Key="md5", Body=b"x", ContentMD5="AAAAAAAAAAAAAAAAAAAAAA==")
