@@ -17,7 +17,9 @@ import datetime
 import hashlib
 import io
 import json
+import socket
 import tarfile
+import urllib.parse
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -460,6 +462,21 @@ def attempt(call: Any) -> str:
     return "ok"
 
 
+def cut_put(lab: Lab, bucket: str, key: str, *, length: int = 4_000_000, sent: int = 200_000) -> None:
+    """A PUT whose client goes away after ``sent`` of ``length`` bytes (a crashed uploader)."""
+    url = urllib.parse.urlsplit(f"{lab.rgw_endpoint}/{bucket}/{key}")
+    request = AWSRequest(
+        method="PUT",
+        url=url.geturl(),
+        headers={"Content-Length": str(length), "x-amz-content-sha256": "UNSIGNED-PAYLOAD"},
+    )
+    S3SigV4Auth(Credentials(lab.access_key, lab.secret_key), "s3", S3_REGION).add_auth(request)
+    head = f"PUT {url.path} HTTP/1.1\r\nHost: {url.netloc}\r\n"
+    head += "".join(f"{k}: {v}\r\n" for k, v in request.headers.items()) + "\r\n"
+    with socket.create_connection((url.hostname or "127.0.0.1", url.port or 80), timeout=30) as conn:
+        conn.sendall(head.encode() + b"z" * sent)
+
+
 def test_failed_requests_leave_no_record(serve: Serve, ceph_lab: Lab) -> None:
     s3 = s3_client(ceph_lab)
     bucket = new_bucket(s3, "fail")
@@ -489,6 +506,8 @@ def test_failed_requests_leave_no_record(serve: Serve, ceph_lab: Lab) -> None:
     finally:
         s3.abort_multipart_upload(Bucket=bucket, Key="mpu", UploadId=upload)
     assert codes == {"md5": "BadDigest", "missing-copy": "NoSuchKey", "mpu": "InvalidPart"}, codes
+    cut_put(ceph_lab, bucket, "cut-new")
+    cut_put(ceph_lab, bucket, "src")
     # Conditional copies: Reef and later refuse them (412; radosgw answers a failed
     # If-None-Match with 304 where S3 answers 412); Pacific reads the conditions from
     # x-amz-copy-if-*, not x-amz-copy-source-if-*, so boto3's are ignored and the copies are made.
@@ -512,4 +531,4 @@ def test_failed_requests_leave_no_record(serve: Serve, ceph_lab: Lab) -> None:
     objects = object_records(serve, bucket)
     made = {k: ["write"] for k, code in conditional.items() if code == "ok"}
     assert ops(objects) == {"src": ["write"], **made}, (ops(objects), conditional)
-    assert facts(objects["src"][0]) == (6, md5(b"source"))
+    assert facts(objects["src"][0]) == (6, md5(b"source")) == listed(s3, bucket)["src"]
