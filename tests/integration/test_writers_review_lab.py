@@ -100,6 +100,9 @@ def error_code(call: Any) -> str:
 # -- compression ---------------------------------------------------------------------------
 
 ZIPPED = "ZIPPED"  # a storage class of the default placement whose data radosgw compresses
+# zstd: the lab's Tentacle root cannot load radosgw's zlib plugin (it links libqatzip, not there),
+# and radosgw then stores the object uncompressed.
+COMPRESSION = "zstd"
 
 
 def _zipped_class_exists(lab: Lab) -> bool:
@@ -107,13 +110,13 @@ def _zipped_class_exists(lab: Lab) -> bool:
     for placement in zone["placement_pools"]:
         if placement["key"] == "default-placement":
             cls = placement["val"].get("storage_classes", {}).get(ZIPPED, {})
-            return bool(cls.get("compression_type"))
+            return bool(cls.get("compression_type") == COMPRESSION)
     return False
 
 
 @pytest.fixture(scope="module")
 def zipped(ceph_lab: Lab) -> str:
-    """The ``ZIPPED`` storage class (zlib), added to the lab's default placement once. radosgw
+    """The ``ZIPPED`` storage class (zstd), added to the lab's default placement once. radosgw
     without a realm reads its zonegroup only at start: it is restarted (by its PID file, then
     `ceph-lab up`), as tests/integration/test_lifecycle_lab.py does for its COLD class."""
     if _zipped_class_exists(ceph_lab):
@@ -124,7 +127,7 @@ def zipped(ceph_lab: Lab) -> str:
                            "--placement-id=default-placement", f"--storage-class={ZIPPED}")  # fmt: skip
     ceph_lab.radosgw_admin("zone", "placement", "add", "--rgw-zone=default", "--placement-id=default-placement",
                            f"--storage-class={ZIPPED}", "--data-pool=default.rgw.buckets.data",
-                           "--compression=zlib")  # fmt: skip
+                           f"--compression={COMPRESSION}")  # fmt: skip
     # Rewriting the zonegroup loses the zones' log_data: set again, as tools/ceph-lab does at boot.
     zg = json.loads(ceph_lab.radosgw_admin("zonegroup", "get", "--rgw-zonegroup=default"))
     for zone in zg["zones"]:
