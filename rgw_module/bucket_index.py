@@ -674,7 +674,7 @@ class BucketIndexReader:
                         stamps = _write_stamps(page)
                     if stamps.get(w.position) != d.mtime_ns:
                         continue
-                out[w.position] = ObjectFacts(d.size, d.etag, d.mtime_ns, d.storage_class, d.owner)
+                out[w.position] = ObjectFacts(d.accounted_size, d.etag, d.mtime_ns, d.storage_class, d.owner)
                 break
         if no_writes:
             no_writes += _earlier_no_writes(page, out)

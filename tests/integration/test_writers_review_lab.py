@@ -165,7 +165,8 @@ ZIPPED_BODY = b"a" * 100_000
 def test_a_compressed_object_is_listed_with_its_length_and_indexed_smaller(
     ceph_lab: Lab, zipped: str
 ) -> None:
-    """radosgw's facts behind the xfail below: the entry's ``size`` is what is stored."""
+    """radosgw's facts behind the next test: the entry's ``size`` is what is stored, its
+    ``accounted_size`` the length S3 lists (the record's ``size``)."""
     s3: Any = s3_client(ceph_lab)  # StorageClass: radosgw's own, not an AWS one
     bucket = new_bucket(s3, "zip-facts")
     s3.put_object(Bucket=bucket, Key="z", Body=ZIPPED_BODY, StorageClass=zipped)
@@ -175,11 +176,6 @@ def test_a_compressed_object_is_listed_with_its_length_and_indexed_smaller(
     assert accounted == len(ZIPPED_BODY) and stored < accounted // 10, (stored, accounted)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BucketIndexReader.facts (rgw_module/bucket_index.py) takes the index entry's stored "
-    "size, not its accounted_size: a compressed object's record has its compressed size",
-)
 def test_a_compressed_objects_record_has_its_length(serve: Serve, ceph_lab: Lab, zipped: str) -> None:
     s3: Any = s3_client(ceph_lab)  # StorageClass: radosgw's own, not an AWS one
     bucket = new_bucket(s3, "zip")
@@ -323,11 +319,6 @@ def test_swift_large_object_manifests(serve: Serve, ceph_lab: Lab, swift: Swift)
         assert facts(objects[k][0]) == (len(data), md5(data))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BucketIndexReader.facts (rgw_module/bucket_index.py) takes the index entry's stored "
-    "size (0 for an SLO manifest) instead of its accounted_size, which ListObjects answers",
-)
 def test_a_swift_slo_manifest_record_has_its_listed_size(serve: Serve, ceph_lab: Lab, swift: Swift) -> None:
     s3 = s3_client(ceph_lab)
     c = f"wr-slo-{uuid.uuid4().hex[:8]}"
