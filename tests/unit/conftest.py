@@ -12,15 +12,14 @@ import pytest
 from moto import mock_aws
 
 from changelog.pipeline.targets import DirectoryTarget
+from tests.moto_env import offline_credentials
 from tests.unit.test_backup_support import Zone
 
 
 @pytest.fixture
 def aws(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
     """An S3 client of a moto zone (us-east-1), no real credentials reachable."""
-    for k, v in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}.items():
-        monkeypatch.setenv(k, v)
-    monkeypatch.delenv("AWS_PROFILE", raising=False)
+    offline_credentials(monkeypatch)
     with mock_aws():
         yield boto3.client("s3", region_name="us-east-1")
 

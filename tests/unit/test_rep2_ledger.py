@@ -36,6 +36,7 @@ from changelog.pipeline.index import ChangeIndex
 from changelog.pipeline.logformat import LogRecord
 from changelog.pipeline.store import omap_iter
 from changelog.pipeline.targets import DirectoryTarget
+from tests.moto_env import offline_credentials
 from tests.unit.test_backup_support import Zone
 from tests.unit.test_replication_two_way_versioned import Calls, NoVersions, rec
 
@@ -62,13 +63,7 @@ class _Ids:
 @pytest.fixture
 def aws(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
     """moto, through a client whose requests' ``rgwx-version-id`` moto honours."""
-    for k, v in {
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_DEFAULT_REGION": "us-east-1",
-    }.items():
-        monkeypatch.setenv(k, v)
-    monkeypatch.delenv("AWS_PROFILE", raising=False)
+    offline_credentials(monkeypatch)
     ids = _Ids(moto.s3.models.random)
     monkeypatch.setattr(moto.s3.models, "random", ids)
 
@@ -84,11 +79,6 @@ def aws(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
             client.create_bucket(Bucket=b)
             client.put_bucket_versioning(Bucket=b, VersioningConfiguration={"Status": "Enabled"})
         yield client
-
-
-@pytest.fixture
-def logs(tmp_path: Path) -> DirectoryTarget:
-    return DirectoryTarget(tmp_path / "logs", fsync=False)
 
 
 @pytest.fixture
