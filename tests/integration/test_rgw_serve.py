@@ -827,8 +827,10 @@ def test_serve_through_queued_reshards(serve: Serve, s3_client: Any) -> None:
             lab.radosgw_admin("reshard", "add", f"--bucket={bucket}", f"--num-shards={target}", "--yes-i-really-mean-it")
             # A bound on radosgw's own reshard thread, not a figure: under CI's load on 2 cores a
             # queued reshard was seen to wait more than 90 s (the test's precondition, not ours).
+            # Pacific may refuse a PUT racing its reshard (NoSuchKey, seen in CI: that writer
+            # thread stops); the reshards still come. On Reef and later an error is the test's end.
             deadline = time.monotonic() + 240
-            while seen[-1][1] != target and time.monotonic() < deadline and not work.errors:
+            while seen[-1][1] != target and time.monotonic() < deadline and not (work.errors and lab.generations):
                 time.sleep(0.5)
                 now = shards()
                 if now != seen[-1]:
