@@ -454,13 +454,14 @@ def test_bilog_autotrim_after_a_reshard_in_place_drops_the_sealed_generation_and
         for i in range(20, 30):
             s3.put_object(Bucket=bucket, Key=f"a{i}", Body=b"b")
             expected[(f"a{i}", "write")] += 1
-        # A bound, not a timing: an empty sealed shard is read again after 2, 4... up to 16 poll
-        # intervals (here 1 s), and CI's load stretches sweeps.
+        # autotrim ran to its end: a generation it left stays listed, and its shards sealed (then
+        # there is nothing to wait for). A bound, not a timing: an empty sealed shard is read
+        # again after 2, 4... up to 16 poll intervals (here 1 s), and CI's load stretches sweeps.
+        old_generation_left = 0 in generations_of(ceph_lab, bucket)
         started = time.monotonic()
-        while sealed_shards(serve.port) and time.monotonic() - started < 90:
+        while not old_generation_left and sealed_shards(serve.port) and time.monotonic() - started < 90:
             time.sleep(0.5)
         sealed_after = sealed_shards(serve.port)
-        old_generation_left = 0 in generations_of(ceph_lab, bucket)
         serve.wait_complete(now_us())
         records = [r for r in serve.records(bucket) if r["key"] is not None]
         log = serve.log_tail(1_000_000)
