@@ -593,7 +593,7 @@ def test_replication_converges_through_crashes_and_an_outage(
     )
     try:
         rep.start()
-        work = Workload(s3_client, plain, vers, total=2100, seconds=200.0, seed=7)
+        work = Workload(s3_client, plain, vers, total=2100, seconds=160.0, seed=7)
         writer = threading.Thread(target=work.run, daemon=True)
         writer.start()
         rnd = random.Random(3)
@@ -605,7 +605,7 @@ def test_replication_converges_through_crashes_and_an_outage(
         next_kill = t0 + rnd.uniform(8, 20)
         while writer.is_alive():
             now = time.monotonic()
-            if "cut" not in outage and now - t0 > 25:
+            if "cut" not in outage and now - t0 > 20:
                 proxy.cut()
                 outage["cut"] = now
             if "cut" in outage and "restored" not in outage:

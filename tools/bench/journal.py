@@ -72,7 +72,7 @@ from tools.bench.journal_lag import IDLE, POLL, LagPoller, LagRun
 from tools.bench.journal_ledger import Change, Ledger, compare, count_text, norm_etag, norm_version
 from tools.bench.journal_logging import BucketLogging, allow_logging, journal_change, read_journal
 from tools.bench.journal_workload import OBJECT_BYTES, Buckets, Workload, remove_all
-from tools.bench.serve import ServeProcess
+from tools.bench.serve import ServeProcess, round_timings
 
 if TYPE_CHECKING:
     from mypy_boto3_s3.client import S3Client
@@ -83,7 +83,6 @@ ROLL_SHORT = 5  # s: the short ObjectRollTime (radosgw accepts 0 and up)
 CONFIGS = ("none", "serve", "journal", "both")
 WITH_SERVE = ("serve", "both")
 WITH_JOURNAL = ("journal", "both")
-SERVE_TIMINGS = "default [source]/[collector] timings (poll 1 s, interval 5 s, settle 2 s)"
 
 
 # --------------------------------------------------------------------------- the figure
@@ -215,9 +214,13 @@ def _run(bench: Bench, version: str) -> list[Figure]:
     logging = BucketLogging(bench)
     serve: ServeProcess | None = None
     created: list[str] = []
+    timings = round_timings(bench)
     try:
         roll_default = _set_up(s3, logging, layout, created)
-        serve = ServeProcess(bench, s3, what="journal", buckets=[*layout.followed, *layout.lag_buckets])
+        serve = ServeProcess(
+            bench, s3, what="journal", buckets=[*layout.followed, *layout.lag_buckets],
+            poll_interval=timings.poll_interval, interval=timings.interval, settle=timings.settle,
+        )  # fmt: skip
         rounds = _rounds(Workload(bench, s3, n), serve, layout, reps)
         counts = _count(s3, serve, logging, layout, rounds.ledgers)
         lag = _lag(bench, s3, serve, layout, roll_default)
@@ -231,7 +234,7 @@ def _run(bench: Bench, version: str) -> list[Figure]:
         "threads": bench.threads,
         "reps": reps,
         "journal_roll_s": ROLL_SHORT,
-        "serve": SERVE_TIMINGS,
+        "serve": timings.text,
     }
     return [
         *_throughput_figures(rounds, common),

@@ -46,7 +46,7 @@ from changelog.pipeline.mutation import Op
 from changelog.pipeline.reader import read_records
 from tools.bench.common import Bench, Figure, lab_pids, median, proc_cpu_s, put_round, remove_bucket, say
 from tools.bench.peer import NotificationPeer, get_peer
-from tools.bench.serve import ServeProcess
+from tools.bench.serve import ServeProcess, round_timings
 
 if TYPE_CHECKING:
     from mypy_boto3_s3.client import S3Client
@@ -101,7 +101,11 @@ def run(bench: Bench) -> list[Figure]:
     for b in (off_bucket, on_bucket):
         s3.create_bucket(Bucket=b)
     peer = get_peer(bench, s3)
-    serve = ServeProcess(bench, s3, what="put", buckets=[on_bucket])
+    timings = round_timings(bench)
+    serve = ServeProcess(
+        bench, s3, what="put", buckets=[on_bucket],
+        poll_interval=timings.poll_interval, interval=timings.interval, settle=timings.settle,
+    )  # fmt: skip
     n = bench.size(800, 150, minimum=50)
     reps = bench.reps(len(CONFIGS), 1)
     try:
@@ -117,7 +121,10 @@ def run(bench: Bench) -> list[Figure]:
         serve.close()
         for b in (off_bucket, on_bucket):
             remove_bucket(s3, b)
-    return _figures(rounds, n=n, threads=threads, reps=reps, logged=logged, sizes=sizes, peer_stats=peer_stats)
+    return _figures(
+        rounds, n=n, threads=threads, reps=reps, logged=logged, sizes=sizes, peer_stats=peer_stats,
+        timings=timings.text,
+    )  # fmt: skip
 
 
 def _rounds(
@@ -220,6 +227,7 @@ def _figures(
     logged: int,
     sizes: dict[str, tuple[int, int]],
     peer_stats: dict[str, int],
+    timings: str,
 ) -> list[Figure]:
     rates = rounds.rates
     common: dict[str, Any] = {
@@ -236,7 +244,7 @@ def _figures(
     say(f"rgw-put: CPU ms/PUT (median) {_cpu_text(rounds.cpu)}")
     serve_params = {
         **common,
-        "serve": "default [source]/[collector] timings (poll 1 s, interval 5 s, settle 2 s)",
+        "serve": timings,
         "logged": logged,
         "write_records_with_size": {c: list(v) for c, v in sizes.items()},
         "cpu_ms_per_put": cpu,

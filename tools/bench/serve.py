@@ -15,13 +15,33 @@ import socket
 import subprocess
 import sys
 import time
-from typing import IO, Any
+from typing import IO, Any, NamedTuple
 
 from changelog.pipeline.reader import read_watermark
 from changelog.pipeline.targets import S3Target
 from tools.bench.common import REPO, S3_REGION, Bench, remove_bucket, say, wipe_namespace
 
 LOG_PREFIX = "logs"
+
+
+class Timings(NamedTuple):
+    """serve's ``[source] poll_interval`` and ``[collector]`` timings (None: the product's
+    default), and how ``params`` describes them."""
+
+    poll_interval: float | None
+    interval: float | None
+    settle: float | None
+    text: str
+
+
+def round_timings(bench: Bench) -> Timings:
+    """serve's timings in the figures that start it around rounds of PUTs (rgw-put, journal): the
+    product's defaults; with --quick (the CI smoke test) shorter ones, so that each round's
+    catch-up takes seconds instead of tens (the figures are then a smoke test's, not the
+    defaults')."""
+    if not bench.quick:
+        return Timings(None, None, None, "default [source]/[collector] timings (poll 1 s, interval 5 s, settle 2 s)")
+    return Timings(0.5, 1.0, 0.5, "--quick timings (poll 0.5 s, interval 1 s, settle 0.5 s), not the defaults")
 
 
 def free_port() -> int:
