@@ -410,7 +410,7 @@ def test_usage_equals_bucket_stats_through_crashes_and_replays_the_same(
     tenant_s3.create_bucket(Bucket=tenant_bucket)
     suspended_and_recreated(s3_client, susp, again)
 
-    runner = threading.Thread(target=work.run, args=(60.0,), daemon=True)
+    runner = threading.Thread(target=work.run, args=(40.0,), daemon=True)
     runner.start()
     kills = 0
     rnd = random.Random(tag)
