@@ -35,12 +35,11 @@ from changelog.errors import CompareFailed, LeaseLost, LockBusy, ObjectMissing, 
 from changelog.pipeline.collector import (
     FLUSH_TIMEOUT,
     Collector,
-    CollectorState,
-    Drained,
     PassResult,
     Stream,
     drained_key,
 )
+from changelog.pipeline.commit import CollectorState, Drained
 from changelog.pipeline.control import (
     COLLECTOR_LOCK,
     COLLECTOR_PENDING_PREFIX,
