@@ -51,7 +51,7 @@ from changelog.pipeline.control import (
     partition_lock,
 )
 from changelog.pipeline.index import ChangeIndex, bucket_op_shard
-from changelog.pipeline.lease import Lease, Renewer, make_cookie
+from changelog.pipeline.lease import Lease, Renewer, lock_held, make_cookie
 from changelog.pipeline.logformat import (
     Compression,
     encode_watermark,
@@ -560,7 +560,7 @@ class Collector:
         busy = []
         for n in range(int(orjson.loads(got[COLLECTOR_STREAMS_META_KEY])["count"])):
             info = self.store.lock_info(self.index.control_oid, partition_lock(COLLECTOR_ROLE, n))
-            if info is not None and (info.expires_at is None or info.expires_at > now):
+            if lock_held(info, now):
                 busy.append(n)
         return busy
 
