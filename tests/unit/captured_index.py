@@ -1,15 +1,16 @@
 """Bucket index entries captured on the labs (`rados getomapval` of an index shard object),
 replayed without radosgw: a ``BucketIndexReader`` over one shard's captured omap
-(``captured_reader``) and the bucket-index-log ``write`` such a capture stands beside
-(``bilog_write``)."""
+(``captured_reader``), the bucket-index-log ``write`` such a capture stands beside
+(``bilog_write``), and that write mapped as the follower maps it (``replay_write``)."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, cast
 
-from rgw_module.bucket_index import BucketIndexReader, index_oid
-from rgw_module.mapping import BucketShard
+from changelog.pipeline.mutation import Mutation, Op
+from rgw_module.bucket_index import BucketIndexReader, ObjectFacts, index_oid
+from rgw_module.mapping import BilogEntry, BucketShard, ShardMapper, position_of
 
 INDEX_POOL = "default.rgw.buckets.index"  # the labs' (the default placement's)
 
@@ -42,3 +43,17 @@ def bilog_write(op_id: str, key: str, *, timestamp: str, ver: tuple[int, int]) -
         "owner": "",
         "owner_display_name": "",
     }
+
+
+def replay_write(
+    bs: BucketShard, reader: BucketIndexReader, entry: dict[str, Any]
+) -> tuple[ObjectFacts, Mutation]:
+    """``entry``, a write, mapped with its writer as the follower maps a page of it alone: the
+    facts ``reader`` read for it (there must be some) and its record (a write)."""
+    page = [cast(BilogEntry, entry)]
+    facts = reader.facts(bs, page)
+    got = facts.get(position_of(entry["op_id"]))
+    assert got is not None, f"the write of {entry['object']} went without facts"
+    (m,) = ShardMapper(bs, 1, writer=True).map_page(page, observed_ns=0, facts=facts)
+    assert m is not None and m.op is Op.WRITE
+    return got, m

@@ -24,7 +24,7 @@ from typing import Any, cast
 from changelog.pipeline.mutation import Op
 from rgw_module.bucket_index import BucketIndexReader, decode_dir_entry
 from rgw_module.mapping import BilogEntry, BucketShard, ShardMapper, position_of
-from tests.unit.captured_index import bilog_write, captured_reader
+from tests.unit.captured_index import bilog_write, captured_reader, replay_write
 
 CANCELLED_ENTRY = base64.b64decode(
     "CAPbAAAAAgAAAHI0AAAAAAAAAAABBwNeAAAAAcDGLQAAAAAAMkcWa6IkeA4gAAAANjkyODE1MTM1MGVlZTU0MWM4Zjc3"
@@ -50,13 +50,8 @@ def test_the_captured_entry_is_a_cancelled_one_describing_the_winner() -> None:
 
 
 def test_the_live_write_keeps_its_facts_after_a_cancelled_racer() -> None:
-    page = [cast(BilogEntry, WINNER)]
-    facts = reader().facts(BS, page)
-    got = facts.get(position_of(WINNER["op_id"]))
-    assert got is not None, "the live object's record went without facts"
+    got, m = replay_write(BS, reader(), WINNER)  # the live object's record has facts
     assert (got.size, got.etag, got.mtime_ns, got.owner) == (SIZE, ETAG, 1796622130242754722, "tester")
-    (m,) = ShardMapper(BS, 1, writer=True).map_page(page, observed_ns=0, facts=facts)
-    assert m is not None and m.op is Op.WRITE
     assert (m.size, m.etag, m.metadata) == (SIZE, ETAG, {"writer": "tester"})
 
 

@@ -19,12 +19,10 @@ release.
 from __future__ import annotations
 
 import base64
-from typing import cast
 
-from changelog.pipeline.mutation import Op
-from rgw_module.bucket_index import BucketIndexReader, decode_dir_entry
-from rgw_module.mapping import BilogEntry, BucketShard, ShardMapper, position_of
-from tests.unit.captured_index import bilog_write, captured_reader
+from rgw_module.bucket_index import decode_dir_entry
+from rgw_module.mapping import BucketShard
+from tests.unit.captured_index import bilog_write, captured_reader, replay_write
 
 COMPRESSED_ENTRY = base64.b64decode(
     "CAPZAAAAAQAAAHoFAAAAAAAAAAEHA2QAAAABdAAAAAAAAACMpBZrTJ5QFSAAAAAxYWY2ZDZmMmY2ODJmNzZmODBlNjA2"
@@ -39,10 +37,6 @@ ETAG = "1af6d6f2f682f76f80e606aeaaee1680"
 BS = BucketShard("wr-zip-capture", "70b372a2-9892-4943-817a-2c4071494992.4367.2", 0)
 
 
-def reader() -> BucketIndexReader:
-    return captured_reader(BS, {b"z": COMPRESSED_ENTRY})
-
-
 def test_the_captured_entry_holds_the_stored_and_the_accounted_size() -> None:
     d = decode_dir_entry(COMPRESSED_ENTRY)
     assert (d.exists, d.etag, d.storage_class) == (True, ETAG, "ZIPPED")
@@ -50,10 +44,5 @@ def test_the_captured_entry_holds_the_stored_and_the_accounted_size() -> None:
 
 
 def test_a_compressed_objects_record_has_its_length_not_its_stored_size() -> None:
-    page = [cast(BilogEntry, WRITE)]
-    facts = reader().facts(BS, page)
-    got = facts.get(position_of(WRITE["op_id"]))
-    assert got is not None
-    (m,) = ShardMapper(BS, 1, writer=True).map_page(page, observed_ns=0, facts=facts)
-    assert m is not None and m.op is Op.WRITE
+    _, m = replay_write(BS, captured_reader(BS, {b"z": COMPRESSED_ENTRY}), WRITE)
     assert (m.size, m.etag, m.storage_class) == (LENGTH, ETAG, "ZIPPED")
