@@ -37,7 +37,7 @@ import orjson
 from changelog.config import CollectorConfig
 from changelog.errors import LeaseLost, LockBusy, ObjectMissing, PermanentError, TransientError
 from changelog.pipeline import keys
-from changelog.pipeline.commit import CollectorState, PendingCommit, ShardRange
+from changelog.pipeline.commit import CollectorState, Drained, PendingCommit, ShardRange
 from changelog.pipeline.control import (
     COLLECTOR_LOCK,
     COLLECTOR_PENDING_PREFIX,
@@ -51,7 +51,7 @@ from changelog.pipeline.control import (
     partition_lock,
 )
 from changelog.pipeline.index import ChangeIndex, bucket_op_shard
-from changelog.pipeline.lease import Lease, Renewer, make_cookie
+from changelog.pipeline.lease import Lease, Renewer, lock_held, make_cookie
 from changelog.pipeline.logformat import (
     Compression,
     encode_watermark,
@@ -132,37 +132,6 @@ ORDER_MARGIN_US = 100_000
 def drained_key(n: int) -> str:
     """``c.stream.<nnn>.drained``: collector stream ``n``'s ``Drained``, written with its state."""
     return f"{COLLECTOR_STREAM_PREFIX}{n:03d}.drained"
-
-
-@dataclass(frozen=True, slots=True)
-class Drained:
-    """How far a collector stream has committed its records by their recorded time, written in
-    the op that writes its ``through_us`` at the end of a pass: every record of the stream
-    recorded before ``drained_us`` is committed, in objects whose cutoff is at or below that
-    ``through_us``. ``held_us``: the recorded time of the ``bucket_delete`` the stream holds back
-    (0: none); ``drained_us`` is then that time."""
-
-    drained_us: int = 0
-    held_us: int = 0
-
-    def encode(self) -> bytes:
-        return orjson.dumps({"drained_us": self.drained_us, "held_us": self.held_us})
-
-    @classmethod
-    def decode(cls, data: bytes | None) -> Drained:
-        if not data:
-            return cls()
-        try:
-            d = orjson.loads(data)
-            return cls(int(d.get("drained_us", 0)), int(d.get("held_us", 0)))
-        except (orjson.JSONDecodeError, TypeError, ValueError, AttributeError) as ex:
-            raise PermanentError(f"unreadable collector stream record ({len(data)} bytes): {ex}") from ex
-
-    def done_us(self, state: CollectorState) -> int:
-        """Every record recorded before it is committed: ``drained_us``, or the stream's
-        watermark where that is higher (it is also such a time, §7: a stream last run by a
-        version that did not write this record has only that)."""
-        return max(self.drained_us, state.watermark_us)
 
 
 def behind_of(
@@ -591,7 +560,7 @@ class Collector:
         busy = []
         for n in range(int(orjson.loads(got[COLLECTOR_STREAMS_META_KEY])["count"])):
             info = self.store.lock_info(self.index.control_oid, partition_lock(COLLECTOR_ROLE, n))
-            if info is not None and (info.expires_at is None or info.expires_at > now):
+            if lock_held(info, now):
                 busy.append(n)
         return busy
 

@@ -35,12 +35,11 @@ from changelog.errors import CompareFailed, LeaseLost, LockBusy, ObjectMissing, 
 from changelog.pipeline.collector import (
     FLUSH_TIMEOUT,
     Collector,
-    CollectorState,
-    Drained,
     PassResult,
     Stream,
     drained_key,
 )
+from changelog.pipeline.commit import CollectorState, Drained
 from changelog.pipeline.control import (
     COLLECTOR_LOCK,
     COLLECTOR_PENDING_PREFIX,
@@ -52,7 +51,7 @@ from changelog.pipeline.control import (
     partition_lock,
 )
 from changelog.pipeline.index import ChangeIndex
-from changelog.pipeline.lease import Lease, make_cookie
+from changelog.pipeline.lease import Lease, lock_held, make_cookie
 from changelog.pipeline.logformat import (
     Compression,
     encode_watermark,
@@ -172,8 +171,7 @@ def draining(index: ChangeIndex, shard: int, now: float) -> tuple[bool, int]:
         cutoff = max(cutoff, CollectorState.decode(store.omap_get(oid, [key]).get(key)).last_cutoff_us)
         locks.append(partition_lock(COLLECTOR_ROLE, n))
     infos = [store.lock_info(oid, lock) for lock in locks]
-    held = any(i is not None and (i.expires_at is None or i.expires_at > now) for i in infos)
-    return held, cutoff
+    return any(lock_held(i, now) for i in infos), cutoff
 
 
 def prepare_streams(index: ChangeIndex, count: int) -> None:
@@ -316,7 +314,7 @@ def streams_state(index: ChangeIndex, *, now: float | None = None) -> dict[str, 
     holder: dict[int, str] = {}
     for n in range(count):
         info = store.lock_info(oid, partition_lock(COLLECTOR_ROLE, n))
-        if info is not None and (info.expires_at is None or info.expires_at > now):
+        if lock_held(info, now):
             holder[n] = info.cookie
     holders: dict[str, list[int]] = {}
     for n, who in sorted(holder.items()):
@@ -456,7 +454,7 @@ class StreamedCollector:
         # them after taking its lease: whichever of two starting at once looks last sees the
         # other and stands by, so the two never drain side by side.
         info = self.index.store.lock_info(self.index.control_oid, COLLECTOR_LOCK)
-        if info is not None and (info.expires_at is None or info.expires_at > self._clocks.clock()):
+        if lock_held(info, self._clocks.clock()):
             # An unpartitioned collector (a serve without [scale] partitioned, or `collect`):
             # the two never drain side by side, their names would interleave for the readers.
             self._drop_all()

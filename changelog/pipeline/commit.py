@@ -1,11 +1,13 @@
 """The collector's records in the control object (key names in ``changelog.pipeline.control``): the
 pending commit written before a log object becomes visible (docs/design.md §5.5), from which
-recovery finishes or rebuilds it, and the collector state ``c.state``."""
+recovery finishes or rebuilds it, the collector state ``c.state``, and a collector stream's
+``Drained`` record (docs/design.md §16)."""
 
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import orjson
 
@@ -14,10 +16,30 @@ from changelog.pipeline.control import COLLECTOR_PENDING_PREFIX
 from changelog.pipeline.logformat import Compression, parse_log_name, rfc3339_us
 
 
-def _encode(record: PendingCommit | CollectorState, **replaced: object) -> bytes:
+def _encode(record: PendingCommit | CollectorState | Drained, **replaced: object) -> bytes:
     """A record's fields as one JSON object, in field order (the stored layout: a record
     written before an upgrade reads back the same), ``replaced`` given in their stead."""
     return orjson.dumps({f.name: replaced.get(f.name, getattr(record, f.name)) for f in dataclasses.fields(record)})
+
+
+_Record = TypeVar("_Record", "CollectorState", "Drained")
+
+
+def _decode(cls: type[_Record], data: bytes | None, what: str) -> _Record:
+    """A record written by ``_encode``: the default record where there is none, each field read
+    by name (absent: its default; an ``int`` field through ``int``), so that a record written
+    before a field was added reads back. Unreadable: ``PermanentError`` naming ``what``."""
+    if not data:
+        return cls()
+    try:
+        d = orjson.loads(data)
+        values: dict[str, Any] = {}
+        for f in dataclasses.fields(cls):
+            value = d.get(f.name, f.default)
+            values[f.name] = int(value) if f.type == "int" else value
+        return cls(**values)
+    except (orjson.JSONDecodeError, TypeError, ValueError, AttributeError) as ex:
+        raise PermanentError(f"unreadable {what} ({len(data)} bytes): {ex}") from ex
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,16 +129,29 @@ class CollectorState:
 
     @classmethod
     def decode(cls, data: bytes | None) -> CollectorState:
-        if not data:
-            return cls()
-        try:
-            d = orjson.loads(data)
-            return cls(
-                last_cutoff_us=int(d.get("last_cutoff_us", 0)),
-                last_object=d.get("last_object"),
-                watermark_us=int(d.get("watermark_us", 0)),
-                generation=int(d.get("generation", 0)),
-                through_us=int(d.get("through_us", 0)),
-            )
-        except (orjson.JSONDecodeError, TypeError, ValueError, AttributeError) as ex:
-            raise PermanentError(f"unreadable collector state ({len(data)} bytes): {ex}") from ex
+        return _decode(cls, data, "collector state")
+
+
+@dataclass(frozen=True, slots=True)
+class Drained:
+    """How far a collector stream has committed its records by their recorded time, written in
+    the op that writes its ``through_us`` at the end of a pass: every record of the stream
+    recorded before ``drained_us`` is committed, in objects whose cutoff is at or below that
+    ``through_us``. ``held_us``: the recorded time of the ``bucket_delete`` the stream holds back
+    (0: none); ``drained_us`` is then that time."""
+
+    drained_us: int = 0
+    held_us: int = 0
+
+    def encode(self) -> bytes:
+        return _encode(self)
+
+    @classmethod
+    def decode(cls, data: bytes | None) -> Drained:
+        return _decode(cls, data, "collector stream record")
+
+    def done_us(self, state: CollectorState) -> int:
+        """Every record recorded before it is committed: ``drained_us``, or the stream's
+        watermark where that is higher (it is also such a time, §7: a stream last run by a
+        version that did not write this record has only that)."""
+        return max(self.drained_us, state.watermark_us)

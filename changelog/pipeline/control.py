@@ -11,7 +11,7 @@ none spells a control key itself.
 | ``c.streams`` | ``collector_streams`` | ``{"count": n}``: the collector is cut into n streams (``[scale]``) |
 | ``c.stream.<nnn>.state`` | collector stream ``n`` | its ``c.state``: cutoff, watermark, committed-through |
 | ``c.stream.<nnn>.seq`` | collector stream ``n`` | its ``c.seq`` |
-| ``c.stream.<nnn>.drained`` | collector stream ``n`` | ``{"drained_us", "held_us"}``: every record it has recorded before ``drained_us`` is committed; the ``bucket_delete`` it holds back (``collector.Drained``) |
+| ``c.stream.<nnn>.drained`` | collector stream ``n`` | ``{"drained_us", "held_us"}``: every record it has recorded before ``drained_us`` is committed; the ``bucket_delete`` it holds back (``commit.Drained``) |
 | ``r.boot`` | RGW follower | first start: radosgw time, zone |
 | ``r.dl.<n>`` | RGW follower | data-log shard ``n``: marker read up to |
 | ``r.p.<bucket-shard>`` | RGW follower | a bucket-index shard with entries to read |

@@ -31,7 +31,7 @@ import time
 import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Protocol
+from typing import Protocol, TypeGuard
 
 from changelog.errors import LeaseLost, LockBusy, TransientError
 from changelog.pipeline.store import LockInfo, LockRef, ObjectStore
@@ -105,6 +105,13 @@ def dead_holder(cookie: str) -> str | None:
     if now is None:
         return None if os.path.exists(f"/proc/{pid}") else f"pid {pid} is gone"
     return None if now == start else f"pid {pid} is another process now (started later)"
+
+
+def lock_held(info: LockInfo | None, now: float) -> TypeGuard[LockInfo]:
+    """Whether a lock read with ``ObjectStore.lock_info`` is held at ``now`` (wall-clock
+    seconds): there, and not expired (a lock expired at ``now`` is nobody's: its holder stopped
+    renewing it)."""
+    return info is not None and (info.expires_at is None or info.expires_at > now)
 
 
 def renew_every(ttl: float, margin: float) -> float:

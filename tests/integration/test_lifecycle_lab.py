@@ -45,7 +45,7 @@ from typing import Any
 
 import pytest
 
-from tests.lab import Lab, is_ceph_lab_dir, run_tool
+from tests.lab import Lab, add_storage_class
 
 pytestmark = pytest.mark.ceph
 
@@ -78,60 +78,11 @@ def free_port() -> int:
 # --------------------------------------------------------------------------- lab setup
 
 
-def _cold_class_exists(lab: Lab) -> bool:
-    zg = json.loads(lab.radosgw_admin("zonegroup", "get", "--rgw-zonegroup=default"))
-    if any(str(z.get("log_data")).lower() != "true" for z in zg["zones"]):
-        return False  # an earlier attempt lost log_data: set both again
-    for target in zg.get("placement_targets", []):
-        if target.get("name") == "default-placement":
-            return COLD in (target.get("storage_classes") or [])
-    return False
-
-
 @pytest.fixture(scope="module")
 def cold_class(ceph_lab: Lab) -> str | None:
     """Why transitions cannot be tested on this lab, or None once the default placement has a
-    ``COLD`` storage class. radosgw without a realm reads its zonegroup only at start, so adding
-    the class means restarting it (by its PID file, then `ceph-lab up`, which completes the lab)."""
-    if _cold_class_exists(ceph_lab):
-        return None
-    if not is_ceph_lab_dir(ceph_lab):
-        return "the lab was not made by tools/ceph-lab: radosgw cannot be restarted to add a storage class"
-    ceph_lab.radosgw_admin("zonegroup", "placement", "add", "--rgw-zonegroup=default",
-                           "--placement-id=default-placement", f"--storage-class={COLD}")  # fmt: skip
-    ceph_lab.radosgw_admin("zone", "placement", "add", "--rgw-zone=default", "--placement-id=default-placement",
-                           f"--storage-class={COLD}", "--data-pool=default.rgw.cold.data")  # fmt: skip
-    # Rewriting the zonegroup loses the zones' log_data (no bucket index log, no data log after
-    # the restart: nothing to follow), so it is set again, as tools/ceph-lab does at boot.
-    zg = json.loads(ceph_lab.radosgw_admin("zonegroup", "get", "--rgw-zonegroup=default"))
-    for zone in zg["zones"]:
-        zone["log_data"] = True if isinstance(zone.get("log_data"), bool) else "true"
-    zg_file = Path(ceph_lab.dir) / "zonegroup-lifecycle.json"
-    zg_file.write_text(json.dumps(zg))
-    ceph_lab.radosgw_admin("zonegroup", "set", "--rgw-zonegroup=default", f"--infile={zg_file}")
-    # Made now rather than by radosgw at its first copy there (a stall of seconds on Tentacle).
-    with contextlib.suppress(RuntimeError):
-        ceph_lab.ceph("osd", "pool", "create", "default.rgw.cold.data", "8")
-    ceph_lab.ceph("osd", "pool", "application", "enable", "default.rgw.cold.data", "rgw")
-    pid_file = Path(ceph_lab.dir) / "run" / "client.rgw.gw.pid"
-    if not pid_file.is_file():
-        return f"no radosgw PID file at {pid_file}: radosgw cannot be restarted to add a storage class"
-    pid = int(pid_file.read_text().strip())
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            break
-        if time.monotonic() > deadline:  # a slow shutdown (a loaded machine): the lab can take it
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-        time.sleep(0.1)
-    res = run_tool("up", ceph_lab.dir, timeout=180)
-    assert res.returncode == 0, f"ceph-lab up (radosgw restart) failed: {res.stderr[-2000:]}"
-    return None
+    ``COLD`` storage class (``add_storage_class``: radosgw restarted)."""
+    return add_storage_class(ceph_lab, COLD, data_pool="default.rgw.cold.data")
 
 
 @pytest.fixture(scope="module")

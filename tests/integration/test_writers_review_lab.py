@@ -17,8 +17,6 @@ import datetime
 import hashlib
 import io
 import json
-import os
-import signal
 import socket
 import tarfile
 import time
@@ -26,7 +24,6 @@ import urllib.parse
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -37,7 +34,7 @@ from botocore.credentials import Credentials
 from botocore.exceptions import ClientError
 
 from tests.integration.test_newuser_review_lab import Serve, by_object, check_schema, now_us, running_serve
-from tests.lab import S3_REGION, Lab, is_ceph_lab_dir, run_tool, s3_client
+from tests.lab import S3_REGION, Lab, add_storage_class, s3_client
 
 # radosgw's writers (what each logs to the bucket index) are under test: every release.
 pytestmark = [pytest.mark.ceph]
@@ -103,50 +100,17 @@ ZIPPED = "ZIPPED"  # a storage class of the default placement whose data radosgw
 # zstd: the lab's Tentacle root cannot load radosgw's zlib plugin (it links libqatzip, not there),
 # and radosgw then stores the object uncompressed.
 COMPRESSION = "zstd"
-
-
-def _zipped_class_exists(lab: Lab) -> bool:
-    zone = json.loads(lab.radosgw_admin("zone", "get", "--rgw-zone=default"))
-    for placement in zone["placement_pools"]:
-        if placement["key"] == "default-placement":
-            cls = placement["val"].get("storage_classes", {}).get(ZIPPED, {})
-            return bool(cls.get("compression_type") == COMPRESSION)
-    return False
+DATA_POOL = "default.rgw.buckets.data"  # the default placement's own
 
 
 @pytest.fixture(scope="module")
 def zipped(ceph_lab: Lab) -> str:
-    """The ``ZIPPED`` storage class (zstd), added to the lab's default placement once. radosgw
-    without a realm reads its zonegroup only at start: it is restarted (by its PID file, then
-    `ceph-lab up`), as tests/integration/test_lifecycle_lab.py does for its COLD class."""
-    if _zipped_class_exists(ceph_lab):
-        return ZIPPED
-    if not is_ceph_lab_dir(ceph_lab):
-        pytest.skip("the lab was not made by tools/ceph-lab: radosgw cannot be restarted for a storage class")
-    ceph_lab.radosgw_admin("zonegroup", "placement", "add", "--rgw-zonegroup=default",
-                           "--placement-id=default-placement", f"--storage-class={ZIPPED}")  # fmt: skip
-    ceph_lab.radosgw_admin("zone", "placement", "add", "--rgw-zone=default", "--placement-id=default-placement",
-                           f"--storage-class={ZIPPED}", "--data-pool=default.rgw.buckets.data",
-                           f"--compression={COMPRESSION}")  # fmt: skip
-    # Rewriting the zonegroup loses the zones' log_data: set again, as tools/ceph-lab does at boot.
-    zg = json.loads(ceph_lab.radosgw_admin("zonegroup", "get", "--rgw-zonegroup=default"))
-    for zone in zg["zones"]:
-        zone["log_data"] = True if isinstance(zone.get("log_data"), bool) else "true"
-    zg_file = Path(ceph_lab.dir) / "zonegroup-writers.json"
-    zg_file.write_text(json.dumps(zg))
-    ceph_lab.radosgw_admin("zonegroup", "set", "--rgw-zonegroup=default", f"--infile={zg_file}")
-    pid = int((Path(ceph_lab.dir) / "run" / "client.rgw.gw.pid").read_text().strip())
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + 30
-    while Path(f"/proc/{pid}").exists():
-        if time.monotonic() > deadline:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-        time.sleep(0.1)
-    res = run_tool("up", ceph_lab.dir, timeout=180)
-    assert res.returncode == 0, f"ceph-lab up (radosgw restart) failed: {res.stderr[-2000:]}"
-    assert _zipped_class_exists(ceph_lab)
+    """The ``ZIPPED`` storage class (zstd), added to the lab's default placement once
+    (``add_storage_class``: radosgw restarted, as for tests/integration/test_lifecycle_lab.py's
+    COLD class)."""
+    reason = add_storage_class(ceph_lab, ZIPPED, data_pool=DATA_POOL, compression=COMPRESSION)
+    if reason is not None:
+        pytest.skip(reason)
     return ZIPPED
 
 

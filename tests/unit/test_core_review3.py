@@ -24,6 +24,7 @@ from typing import Any, cast
 from changelog.pipeline.mutation import Op
 from rgw_module.bucket_index import BucketIndexReader, decode_dir_entry
 from rgw_module.mapping import BilogEntry, BucketShard, ShardMapper, position_of
+from tests.unit.captured_index import bilog_write, captured_reader, replay_write
 
 CANCELLED_ENTRY = base64.b64decode(
     "CAPbAAAAAgAAAHI0AAAAAAAAAAABBwNeAAAAAcDGLQAAAAAAMkcWa6IkeA4gAAAANjkyODE1MTM1MGVlZTU0MWM4Zjc3"
@@ -31,31 +32,14 @@ CANCELLED_ENTRY = base64.b64decode(
     "////////AAY9AAAAOGEyMTcxYWYtZDcxMy00M2YyLTg3YTYtZjM2OTc1NGM2NzlmLjQxMjYuMTI1NDM3MjM1MzU5Mjc5"
     "NDU1NAAAAAAAAAAAAAAAAAAA"
 )
-WINNER: dict[str, Any] = {
-    "op_id": "6#00000000003.4301.6",
-    "op": "write",
-    "object": "r4",
-    "instance": "",
-    "state": "complete",
-    "index_ver": 3,
-    "timestamp": "2026-12-07T05:42:10.242754722Z",
-    "ver": {"pool": 6, "epoch": 1694},
-    "bilog_flags": 0,
-    "versioned": False,
-    "owner": "",
-    "owner_display_name": "",
-}
+WINNER = bilog_write("6#00000000003.4301.6", "r4", timestamp="2026-12-07T05:42:10.242754722Z", ver=(6, 1694))
 SIZE = 3_000_000
 ETAG = "6928151350eee541c8f77c29338e2087"
 BS = BucketShard("r1-probe-4c4241", "8a2171af-d713-43f2-87a6-f369754c679f.4126.23", 6)
 
 
 def reader() -> BucketIndexReader:
-    def read(pool: str, oid: str, keys: Any) -> dict[bytes, bytes]:
-        assert oid == ".dir.8a2171af-d713-43f2-87a6-f369754c679f.4126.23.6"
-        return {k: CANCELLED_ENTRY for k in keys if k == b"r4"}
-
-    return BucketIndexReader(read, "default.rgw.buckets.index")
+    return captured_reader(BS, {b"r4": CANCELLED_ENTRY})
 
 
 def test_the_captured_entry_is_a_cancelled_one_describing_the_winner() -> None:
@@ -66,13 +50,8 @@ def test_the_captured_entry_is_a_cancelled_one_describing_the_winner() -> None:
 
 
 def test_the_live_write_keeps_its_facts_after_a_cancelled_racer() -> None:
-    page = [cast(BilogEntry, WINNER)]
-    facts = reader().facts(BS, page)
-    got = facts.get(position_of(WINNER["op_id"]))
-    assert got is not None, "the live object's record went without facts"
+    got, m = replay_write(BS, reader(), WINNER)  # the live object's record has facts
     assert (got.size, got.etag, got.mtime_ns, got.owner) == (SIZE, ETAG, 1796622130242754722, "tester")
-    (m,) = ShardMapper(BS, 1, writer=True).map_page(page, observed_ns=0, facts=facts)
-    assert m is not None and m.op is Op.WRITE
     assert (m.size, m.etag, m.metadata) == (SIZE, ETAG, {"writer": "tester"})
 
 
@@ -109,20 +88,7 @@ REEF_DELETED_TAGS_ENTRY = base64.b64decode(
     "CAOJAAAAAQAAAGsLAAAAAAAAAAEHAzIAAAABBQAAAAAAAAAAAAAAAQAAAAAAAAAAAAAAAAAAAAAAAAAFAAAAAAAAAAAAAAAAAAAAAAAA"
     "AAAAAAAAAQECAAAABwsDIAAAAF9VaVNPZVAtbmlLcFFwZzVXRXRMdGlaMjNuVThvakFxAAAAAAAAAAAAAAAAAAA="
 )
-REEF_DELETED_TAGS: dict[str, Any] = {
-    "op_id": "6#00000000003.30.6",
-    "op": "write",
-    "object": "k",
-    "instance": "",
-    "state": "complete",
-    "index_ver": 3,
-    "timestamp": "0.000000",
-    "ver": {"pool": 7, "epoch": 11},
-    "bilog_flags": 0,
-    "versioned": False,
-    "owner": "",
-    "owner_display_name": "",
-}
+REEF_DELETED_TAGS = bilog_write("6#00000000003.30.6", "k", timestamp="0.000000", ver=(7, 11))
 REEF_BS = BucketShard("r1-dt-bf49d8", "dd8622c7-e829-4d8c-9304-4fcc3ebe9490.4128.13", 6)
 OBSERVED_NS = 1_796_622_000_000_000_000
 
@@ -134,11 +100,8 @@ def test_the_reef_entry_is_the_size_with_an_empty_meta() -> None:
 
 
 def reef_page_and_facts() -> tuple[list[BilogEntry], dict[str, Any]]:
-    def read(pool: str, oid: str, keys: Any) -> dict[bytes, bytes]:
-        return {k: REEF_DELETED_TAGS_ENTRY for k in keys if k == b"k"}
-
     page = [cast(BilogEntry, REEF_DELETED_TAGS)]
-    return page, dict(BucketIndexReader(read, "default.rgw.buckets.index").facts(REEF_BS, page))
+    return page, dict(captured_reader(REEF_BS, {b"k": REEF_DELETED_TAGS_ENTRY}).facts(REEF_BS, page))
 
 
 def test_an_entry_of_an_empty_meta_gives_no_facts() -> None:

@@ -138,6 +138,22 @@ class Died(Exception):
     """serve killed at a chosen state write (raised from ``Cursor.put_state``/``commit``)."""
 
 
+@contextlib.contextmanager
+def dying_at_outcome(n: int, why: str) -> Iterator[None]:
+    """Within the block, serve dies (``Died``) at the state write that saves record ``n``'s
+    outcome: the record was applied, its outcome (the ledger entry) is not saved."""
+    real_put = Cursor.put_state
+
+    def dies(self: Cursor, set_state: Any, remove_state: Any = ()) -> Any:
+        if f"{PROGRESS}{n:08d}" in set_state:
+            raise Died(why)
+        return real_put(self, set_state, remove_state)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(Cursor, "put_state", dies)
+        yield
+
+
 def step(index: ChangeIndex, logs: DirectoryTarget, aws: Any) -> None:
     rep = replicator(index, logs, aws)
     runner = ConsumerRunner(index, rep, lease_ttl=5)
@@ -150,7 +166,7 @@ def step(index: ChangeIndex, logs: DirectoryTarget, aws: Any) -> None:
 
 
 def test_a_version_placed_before_a_crash_is_not_placed_again_once_the_site_user_deleted_it(
-    aws: Any, logs: DirectoryTarget, index: ChangeIndex, monkeypatch: pytest.MonkeyPatch
+    aws: Any, logs: DirectoryTarget, index: ChangeIndex
 ) -> None:
     """One log object: z1's write of V, then a tag change of V (a write record of the same
     version). serve places V at z2, saves the record's outcome and dies before the next one is
@@ -162,20 +178,12 @@ def test_a_version_placed_before_a_crash_is_not_placed_again_once_the_site_user_
     v = put(zone, "k", b"v", 1)
     retag(zone, "k", v, 1)
     obj = zone.commit()
-    real_put = Cursor.put_state
-
-    def dies_at_the_second_outcome(self: Cursor, set_state: Any, remove_state: Any = ()) -> Any:
-        if f"{PROGRESS}{1:08d}" in set_state:
-            raise Died("after the tag change was applied, before its outcome was saved")
-        return real_put(self, set_state, remove_state)
-
-    monkeypatch.setattr(Cursor, "put_state", dies_at_the_second_outcome)
-    step(index, logs, aws)
+    with dying_at_outcome(1, "after the tag change was applied, before its outcome was saved"):
+        step(index, logs, aws)
     assert v in ids(aws, "vdst", "k")
     saved = orjson.loads(progress(index)[state_prefix(SITE) + f"{PROGRESS}{0:08d}"])
     assert saved["pl"] == [v], saved
     assert load_checkpoint(index, f"replication-{SITE}").after is None
-    monkeypatch.setattr(Cursor, "put_state", real_put)
 
     aws.delete_object(Bucket="vdst", Key="k", VersionId=v)  # z2's user
     step(index, logs, aws)  # the successor
@@ -233,7 +241,7 @@ def test_the_ledger_goes_with_the_commit_and_costs_no_state_write_of_its_own(
     reason="known limit (README, design §15): killed between a placement's answer and the record's saved outcome, the replay puts the version back (until the echo of the site's delete returns)",
 )
 def test_a_crash_between_the_placement_and_its_saved_outcome_places_the_version_again(
-    aws: Any, logs: DirectoryTarget, index: ChangeIndex, monkeypatch: pytest.MonkeyPatch
+    aws: Any, logs: DirectoryTarget, index: ChangeIndex
 ) -> None:
     """The window left: V's PUT answered, serve dies before the record's outcome (the ledger
     entry) is saved. z2's user deletes V; the successor replays the record in hand and finds
@@ -241,16 +249,8 @@ def test_a_crash_between_the_placement_and_its_saved_outcome_places_the_version_
     zone = Zone(aws, logs)
     v = put(zone, "k", b"v", 1)
     zone.commit()
-    real_put = Cursor.put_state
-
-    def dies_at_the_outcome(self: Cursor, set_state: Any, remove_state: Any = ()) -> Any:
-        if f"{PROGRESS}{0:08d}" in set_state:
-            raise Died("after the PUT answered, before the outcome was saved")
-        return real_put(self, set_state, remove_state)
-
-    monkeypatch.setattr(Cursor, "put_state", dies_at_the_outcome)
-    step(index, logs, aws)
-    monkeypatch.setattr(Cursor, "put_state", real_put)
+    with dying_at_outcome(0, "after the PUT answered, before the outcome was saved"):
+        step(index, logs, aws)
     assert v in ids(aws, "vdst", "k")
     aws.delete_object(Bucket="vdst", Key="k", VersionId=v)  # z2's user
     step(index, logs, aws)

@@ -26,12 +26,11 @@ from changelog.pipeline.backends.sqlite import SqliteStore
 from changelog.pipeline.collector import (
     ORDER_MARGIN_US,
     Collector,
-    CollectorState,
-    Drained,
     Stream,
     behind_of,
 )
 from changelog.pipeline.collector_streams import prepare_streams, publish, stream_progress, streams_state
+from changelog.pipeline.commit import CollectorState, Drained
 from changelog.pipeline.control import COLLECTOR_ROLE, partition_lock
 from changelog.pipeline.index import ChangeIndex
 from changelog.pipeline.lease import Lease

@@ -40,6 +40,7 @@ from rgw_module.bucket_index import (
 )
 from rgw_module.follower import Follower
 from rgw_module.mapping import BilogEntry, BucketShard, ShardMapper, is_versioned_op, position_of
+from tests.unit.captured_index import captured_reader
 from tests.unit.fake_rgw import RELEASES, FakeClock, FakeRadosgw, Release
 
 # The workload captured on each lab (radosgw 16.2.15, 18.2.7, 20.2.4; 2026-12-07), one bucket of
@@ -270,13 +271,7 @@ def bucket_shard(release: str, shard: int) -> BucketShard:
 
 
 def reader(release: str, shard: int) -> BucketIndexReader:
-    omap = omap_of(release, shard)
-
-    def read(pool: str, oid: str, keys: Sequence[bytes]) -> Mapping[bytes, bytes]:
-        assert oid == f".dir.{CAPTURED[release]['bucket_id']}.{shard}"
-        return {k: omap[k] for k in keys if k in omap}
-
-    return BucketIndexReader(read, "default.rgw.buckets.index")
+    return captured_reader(bucket_shard(release, shard), omap_of(release, shard))
 
 
 def mapped(release: str, shard: int, page: list[BilogEntry]) -> list[Mutation]:

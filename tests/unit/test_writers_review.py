@@ -19,11 +19,10 @@ release.
 from __future__ import annotations
 
 import base64
-from typing import Any, cast
 
-from changelog.pipeline.mutation import Op
-from rgw_module.bucket_index import BucketIndexReader, decode_dir_entry
-from rgw_module.mapping import BilogEntry, BucketShard, ShardMapper, position_of
+from rgw_module.bucket_index import decode_dir_entry
+from rgw_module.mapping import BucketShard
+from tests.unit.captured_index import bilog_write, captured_reader, replay_write
 
 COMPRESSED_ENTRY = base64.b64decode(
     "CAPZAAAAAQAAAHoFAAAAAAAAAAEHA2QAAAABdAAAAAAAAACMpBZrTJ5QFSAAAAAxYWY2ZDZmMmY2ODJmNzZmODBlNjA2"
@@ -31,32 +30,11 @@ COMPRESSED_ENTRY = base64.b64decode(
     "AAAHBQE+AAAANzBiMzcyYTItOTg5Mi00OTQzLTgxN2EtMmM0MDcxNDk0OTkyLjQzNjUuMTIyNDM1MTY5Njc4NDA1NjE1"
     "NjEAAAAAAAAAAAAAAAAAAA=="
 )
-WRITE: dict[str, Any] = {
-    "op_id": "0#00000000001.64.6",
-    "op": "write",
-    "object": "z",
-    "instance": "",
-    "state": "complete",
-    "index_ver": 1,
-    "timestamp": "2026-12-07T12:20:28.357604940Z",
-    "ver": {"pool": 7, "epoch": 5},
-    "bilog_flags": 0,
-    "versioned": False,
-    "owner": "",
-    "owner_display_name": "",
-}
+WRITE = bilog_write("0#00000000001.64.6", "z", timestamp="2026-12-07T12:20:28.357604940Z", ver=(7, 5))
 LENGTH = 100_000  # what was PUT; HEAD's Content-Length and ListObjects' Size
 STORED = 116  # zlib's output for 100,000 equal bytes
 ETAG = "1af6d6f2f682f76f80e606aeaaee1680"
 BS = BucketShard("wr-zip-capture", "70b372a2-9892-4943-817a-2c4071494992.4367.2", 0)
-
-
-def reader() -> BucketIndexReader:
-    def read(pool: str, oid: str, keys: Any) -> dict[bytes, bytes]:
-        assert oid == ".dir.70b372a2-9892-4943-817a-2c4071494992.4367.2.0"
-        return {k: COMPRESSED_ENTRY for k in keys if k == b"z"}
-
-    return BucketIndexReader(read, "default.rgw.buckets.index")
 
 
 def test_the_captured_entry_holds_the_stored_and_the_accounted_size() -> None:
@@ -66,10 +44,5 @@ def test_the_captured_entry_holds_the_stored_and_the_accounted_size() -> None:
 
 
 def test_a_compressed_objects_record_has_its_length_not_its_stored_size() -> None:
-    page = [cast(BilogEntry, WRITE)]
-    facts = reader().facts(BS, page)
-    got = facts.get(position_of(WRITE["op_id"]))
-    assert got is not None
-    (m,) = ShardMapper(BS, 1, writer=True).map_page(page, observed_ns=0, facts=facts)
-    assert m is not None and m.op is Op.WRITE
+    _, m = replay_write(BS, captured_reader(BS, {b"z": COMPRESSED_ENTRY}), WRITE)
     assert (m.size, m.etag, m.storage_class) == (LENGTH, ETAG, "ZIPPED")
