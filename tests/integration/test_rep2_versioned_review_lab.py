@@ -26,6 +26,7 @@ from typing import Any
 
 import pytest
 
+from changelog.consumers.replication import apply
 from changelog.consumers.replication.apply import OLH_EPOCH, Applied, Destination, apply_record
 from changelog.pipeline.logformat import LogRecord
 from changelog.pipeline.s3client import make_s3_client
@@ -414,15 +415,91 @@ def test_careful_replays_of_a_marker_keep_the_peers_next_write_current(zones: Zo
     assert z.current(z.b, k) == v1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known limit (README): versioning suspended at the site is seen within the replicator's bucket cache time (60 s)",
-)
-def test_a_site_bucket_suspended_since_fails_in_one_line_and_keeps_the_null_version(zones: Zones) -> None:
+def learn_the_site(z: Zones) -> Applied:
+    """A placement of a's version over b's own current version of the same key: radosgw 16.2
+    checks ``If-None-Match: *`` against the version placed (new: no 412), 20.2 against the key's
+    current entry (a 412: the replicator then stops sending it to that site, ``KEY_CONDITIONS``).
+    In a new pair of buckets (their bilogs, read for the epochs, stay short: the module's
+    buckets hold more than ``Zones.epoch`` reads by the end on 20.2)."""
+    tag = uuid.uuid4().hex[:4]
+    a, b = f"{z.a}-l{tag}", f"{z.b}-l{tag}"
+    for bucket in (a, b):
+        z.user.create_bucket(Bucket=bucket)
+        z.user.put_bucket_versioning(Bucket=bucket, VersioningConfiguration={"Status": "Enabled"})
+
+    def into(bucket: str, src: str) -> Destination:
+        return Destination(
+            z.sys, bucket, True, zone=f"zone-{src}", two_way=True, peer_zone=f"zone-{bucket}",
+            replica_writers=frozenset({"x"}),
+        )  # fmt: skip
+
+    k = key_of("learn")
+    vb = z.put(b, k, b"b's own")
+    # A new key at a: no 412 on any release.
+    assert apply_record(z.rec("write", b, k, vb), z.user, into(a, b), NoVersions()).status == "completed"
+    v = z.put(a, k, b"from a, over b's")
+    out = apply_record(z.rec("write", a, k, v), z.user, into(b, a), NoVersions())
+    print(f"apply write {v} {a}->{b}: {out}")
+    assert out.status == "completed", out
+    assert z.current(a, k) == z.current(b, k) == v
+    return out
+
+
+def endpoint_learnt(z: Zones) -> bool:
+    return str(z.sys.meta.endpoint_url) in apply.KEY_CONDITIONS
+
+
+def test_the_null_version_guard_costs_no_request_on_16_2_and_one_412_per_site_on_20_2(
+    zones: Zones, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The guard's cost. 16.2: the header only (HEAD by id, source GET, PUT: 3 requests), the
+    site never learnt. 20.2: the first placement over a key with a current entry is refused (412)
+    and costs 4 requests more (the bucket's versioning, HEAD by id, the source GET again, the PUT
+    again: the body is sent twice); then 3 again, the guard no longer sent there."""
+    monkeypatch.setattr(apply, "KEY_CONDITIONS", set())  # a replicator process just started
+    endpoint = str(zones.sys.meta.endpoint_url)
+    first = learn_the_site(zones)
+    second = learn_the_site(zones)
+    print(
+        f"{zones.lab.release}: requests {first.requests} then {second.requests}, learnt {apply.KEY_CONDITIONS}"
+    )
+    per_version, per_key = (3, 3), (7, 3)
+    if zones.lab.release == "pacific":
+        assert (first.requests, second.requests) == per_version
+        assert endpoint not in apply.KEY_CONDITIONS
+    elif zones.lab.release == "tentacle":
+        assert (first.requests, second.requests) == per_key
+        assert endpoint in apply.KEY_CONDITIONS
+    else:  # 18.2: not measured here yet; one of the two, and learnt only on a 412
+        got = (first.requests, second.requests)
+        assert got in (per_version, per_key)
+        assert (endpoint in apply.KEY_CONDITIONS) == (got == per_key)
+
+
+@pytest.mark.parametrize("learnt", [False, True], ids=["first-placement", "after-a-placement-on-a-key"])
+def test_a_site_bucket_suspended_since_fails_in_one_line_and_keeps_the_null_version(
+    zones: Zones, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest, learnt: bool
+) -> None:
     """b's operator suspends versioning on b (the replicator learned "Enabled" once). a's next
-    version must not replace b's users' null version, and the record fails in one line."""
+    version must not replace b's users' null version, and the record fails in one line. (The
+    guard, ``If-None-Match: *`` on the placement, is checked against the version placed on 16.2;
+    20.2 checks it against the key's current entry, and the replicator stops sending it there at
+    the first 412 in a bucket with versioning on: ``learnt``, a placement on a key with a current
+    entry at that site first.)"""
+    monkeypatch.setattr(apply, "KEY_CONDITIONS", set())  # a replicator process just started
     z, k = zones, key_of("suspended")
-    bucket = f"{z.b}-s"
+    if learnt:
+        learn_the_site(z)
+        if endpoint_learnt(z):
+            request.applymarker(
+                pytest.mark.xfail(
+                    strict=True,
+                    reason="known limit (README, design §15): 20.2 checks If-None-Match against the key's "
+                    "current entry; once the replicator stopped sending it to a site, versioning suspended "
+                    "there is seen within the replicator's bucket cache time (60 s)",
+                )
+            )
+    bucket = f"{z.b}-s-{uuid.uuid4().hex[:4]}"
     z.user.create_bucket(Bucket=bucket)
     z.user.put_bucket_versioning(Bucket=bucket, VersioningConfiguration={"Status": "Enabled"})
     z.user.put_bucket_versioning(Bucket=bucket, VersioningConfiguration={"Status": "Suspended"})
@@ -442,5 +519,6 @@ def test_a_site_bucket_suspended_since_fails_in_one_line_and_keeps_the_null_vers
     print(f"out {out} error {error} stack {st}")
     null = z.user.get_object(Bucket=bucket, Key=k, VersionId="null")["Body"].read()
     assert null == b"b's null version"
-    assert error is None and out is not None and out.status in ("failed", "completed"), (out, error)
-    assert out.status == "completed" or "\n" not in (out.reason or "")
+    assert error is None and out is not None and out.status == "failed", (out, error)
+    assert "versioning is Suspended" in (out.reason or "") and "\n" not in (out.reason or ""), out
+    assert v not in [x for x, _ in st]

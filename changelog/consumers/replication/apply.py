@@ -108,6 +108,10 @@ OLDER = "last writer wins: "
 REPLICA_VALUE = "true"
 # The longest percent-encoded key kept as it is in ``SRC_KEY`` (longer: its digest).
 SRC_KEY_MAX = 512
+# Two-way, versioned: the site endpoints whose radosgw checks a PUT's ``If-None-Match`` against
+# the key's current entry (20.2), not against the version placed (16.2): ``mirror_write``'s
+# guard of a null version is not sent there (learnt at the first 412, per process).
+KEY_CONDITIONS: set[str] = set()
 # Two-way, versioned: the epochs a placeholder version is tried at, from a delete marker's
 # own, to find the key's OLH epoch at the site (``mirror_marker``).
 PLACEHOLDER_TRIES = 16
@@ -699,7 +703,10 @@ class _Apply:
             return
         ours = origin_order(_seconds(obj.response.get("LastModified")), self.dest.zone, {}, **self.mine)
         if self.is_own_replica(theirs):
-            if theirs.metadata.get(SRC_ETAG) == obj.etag and origin_order(0, "", theirs.metadata, **self.mine) == ours:
+            if (
+                theirs.metadata.get(SRC_ETAG) == obj.etag
+                and origin_order(0, "", theirs.metadata, **self.mine) == ours
+            ):
                 # The same write: a replay, or a change of its tags (PutObjectTagging logs a write
                 # of the same object; on 16.2 it also moves the mtime, and the object is copied
                 # again below). Tags follow the object's origin: this zone's object, its tags.
@@ -855,17 +862,61 @@ class _Apply:
             return self._done("the version is already at the site")
         if self.placed_before(v):
             raise self.deleted_since(v)
-        obj = self.get_source(v)
-        with obj.body:
-            if self.is_peer_replica(obj.metadata):
-                # The peer's version, no longer there: deleted since (its delete follows).
-                raise _Skip(
-                    f"{ECHO}the source version is a replica from {self.dest.peer_zone}, gone there since"
-                )
-            placed = self.upload(obj, v, place=rgwx.version(v, self.olh_epoch()))
+        # A version placed in a bucket whose versioning is suspended replaces the null version
+        # (radosgw answers with the id asked for: measured on 16.2 and 20.2), and the caller's
+        # knowledge of the bucket may be a minute old. 16.2 checks ``If-None-Match: *`` against
+        # the version placed: a new id passes, the null version of a suspended bucket is a 412.
+        # 20.2 checks it against the key's current entry (a 412 on most placements): learnt at
+        # the first 412 in a bucket with versioning on, then not sent to that site again.
+        endpoint = str(self.dest.client.meta.endpoint_url)
+        while True:
+            guarded = endpoint not in KEY_CONDITIONS
+            obj = self.get_source(v)
+            with obj.body:
+                if self.is_peer_replica(obj.metadata):
+                    # The peer's version, no longer there: deleted since (its delete follows).
+                    raise _Skip(
+                        f"{ECHO}the source version is a replica from {self.dest.peer_zone}, gone there since"
+                    )
+                if guarded and obj.size >= (self.transfer or TransferConfig()).multipart_threshold:
+                    # 16.2 and 18.2 ignore the condition on a multipart completion: one request
+                    # more for an upload of several.
+                    self.require_site_versioning()
+                self.condition = {"IfNoneMatch": "*"} if guarded else None
+                try:
+                    placed = self.upload(obj, v, place=rgwx.version(v, self.olh_epoch()))
+                    break
+                except ContentChanged as ex:
+                    if not guarded:
+                        raise TransientError(f"{self._site('PUT', v)}: {ex}") from ex
+                    self.require_site_versioning()
+                    if self.site_head(v) is not None:
+                        return self._done("the version is already at the site (placed meanwhile)")
+            logger.info(
+                "%s: the site checks If-None-Match against the key's current entry: not sent there again",
+                self._site("PUT", v),
+            )
+            KEY_CONDITIONS.add(endpoint)
         self.placed("PUT", placed, v)
         self.placed_ids.append(v)
         return self._done()
+
+    def require_site_versioning(self) -> None:
+        """The site bucket's versioning, read again (the caller learns it once a minute): a
+        ``PermanentError`` unless Enabled. Only where a placement could replace the null version
+        of a bucket whose versioning was suspended since: before a multipart upload, and when
+        a placement's condition failed."""
+        where = f"bucket {self.dest.bucket} at {self.dest.client.meta.endpoint_url}"
+        resp = self._call(
+            f"GET versioning of {where}",
+            lambda: self.dest.client.get_bucket_versioning(Bucket=self.dest.bucket),
+        )
+        status = resp.get("Status") or "not enabled"
+        if status != "Enabled":
+            raise PermanentError(
+                f"site {where}: versioning is {status}: a version placed there would replace its null "
+                "version (enable versioning there, then retry the failed entries)"
+            )
 
     def mirror_delete(self, v: str) -> Applied:
         """A version (or delete marker) deleted here is deleted at the peer, if it is there:
@@ -1005,8 +1056,19 @@ class _Apply:
             Metadata=meta,
             ACL="bucket-owner-full-control",
         )
-        with rgwx.params(rgwx.version(version, epoch)):
-            resp = self._call(self._site("PUT placeholder", version), put)
+        guarded = str(self.dest.client.meta.endpoint_url) not in KEY_CONDITIONS
+        try:
+            # The condition as for a version (``mirror_write``): not the null version.
+            with rgwx.params(rgwx.version(version, epoch)):
+                resp = self._call(
+                    self._site("PUT placeholder", version), partial(put, IfNoneMatch="*") if guarded else put
+                )
+        except ContentChanged:
+            self.require_site_versioning()
+            # Versioning is on: the placeholder is there already (a crash mid-way), or the site
+            # checks the condition against the key's current entry (20.2): put again.
+            with rgwx.params(rgwx.version(version, epoch)):
+                resp = self._call(self._site("PUT placeholder", version), put)
         self.placed("PUT placeholder", _vid(resp.get("VersionId")), version)
 
     def site_stack_ids(self) -> set[str]:
