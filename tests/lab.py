@@ -229,6 +229,19 @@ def admin_get(lab: Lab, path: str, params: list[tuple[str, str | None]]) -> Any:
         return json.loads(resp.read())
 
 
+def log_data_again(lab: Lab, file_name: str) -> None:
+    """Every zone of the lab's zonegroup logs data again. Rewriting the zonegroup (a placement
+    added, a zone added or removed) loses the zones' log_data: no bucket index log, no data log
+    (at radosgw's next start, and at once for radosgw-admin), nothing to follow. Set as
+    tools/ceph-lab does at boot; ``file_name``: the JSON handed to `zonegroup set`, in the lab."""
+    zg = json.loads(lab.radosgw_admin("zonegroup", "get", "--rgw-zonegroup=default"))
+    for zone in zg["zones"]:
+        zone["log_data"] = True if isinstance(zone.get("log_data"), bool) else "true"
+    zg_file = Path(lab.dir) / file_name
+    zg_file.write_text(json.dumps(zg))
+    lab.radosgw_admin("zonegroup", "set", "--rgw-zonegroup=default", f"--infile={zg_file}")
+
+
 def storage_class_ready(lab: Lab, name: str, *, compression: str | None = None) -> bool:
     """Whether the lab's default placement has storage class ``name`` (its data compressed with
     ``compression``, where given) and every zone still logs data (rewriting the zonegroup, as
@@ -264,14 +277,7 @@ def add_storage_class(lab: Lab, name: str, *, data_pool: str, compression: str |
     lab.radosgw_admin("zone", "placement", "add", "--rgw-zone=default", "--placement-id=default-placement",
                       f"--storage-class={name}", f"--data-pool={data_pool}",
                       *([f"--compression={compression}"] if compression else []))  # fmt: skip
-    # Rewriting the zonegroup loses the zones' log_data (no bucket index log, no data log after
-    # the restart: nothing to follow), so it is set again, as tools/ceph-lab does at boot.
-    zg = json.loads(lab.radosgw_admin("zonegroup", "get", "--rgw-zonegroup=default"))
-    for zone in zg["zones"]:
-        zone["log_data"] = True if isinstance(zone.get("log_data"), bool) else "true"
-    zg_file = Path(lab.dir) / f"zonegroup-{name.lower()}.json"
-    zg_file.write_text(json.dumps(zg))
-    lab.radosgw_admin("zonegroup", "set", "--rgw-zonegroup=default", f"--infile={zg_file}")
+    log_data_again(lab, f"zonegroup-{name.lower()}.json")
     # Made now rather than by radosgw at its first write there (a stall of seconds on Tentacle);
     # for a pool that is there (the default data pool) both commands change nothing.
     with contextlib.suppress(RuntimeError):
