@@ -225,9 +225,7 @@ def test_a_pool_deleted_under_the_store_fails_the_same_way(ceph_lab: Lab) -> Non
         cluster.create_pool(pool)
         opened = {way: _store(ceph_lab, "", way, pool=pool, op_timeout=10) for way in WAYS}
         if opened["native"]._native is None:
-            pytest.skip(
-                "changelog._speedups is not built (or built from an older source: no write_op_send)"
-            )
+            pytest.skip("changelog._speedups is not built (or built from an older source: no write_op_send)")
         try:
             for store in opened.values():
                 assert store.execute_many([("o", WriteOp(set={"k": b"v"}))]) == [None]
