@@ -124,6 +124,9 @@ def test_native_record_path_is_used_where_required() -> None:
         pytest.skip("RGW_CHANGELOG_REQUIRE_NATIVE=1 not set (CI sets it)")
     pure = os.environ.get("RGW_CHANGELOG_PURE_PYTHON", "") == "1"
     assert (index_mod._NATIVE_PREPARE is None) is pure
+    assert (index_mod._NATIVE_MARKS is None) is pure
+    # The RADOS store's write op in C (tests/integration/test_record_native_lab.py runs it).
+    assert all(hasattr(_speedups, name) for name in ("write_op_send", "write_op_wait", "fast_marks"))
 
 
 # --- the Python reference, pinned ---------------------------------------------------------------
