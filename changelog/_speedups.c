@@ -23,8 +23,11 @@
  * Mutation's slots. It returns None for anything but the plain shapes (a str subclass, a
  * surrogate, a value too large, a Mutation subclass) and the Python reference decides, errors
  * included. It holds the GIL: it builds Python objects all along. (The keys themselves, the time
- * and the tail joined per shard, cost the same in C as in Python, measured: bound by reaching
- * the batch's objects in memory, not by the interpreter; they stay in Python.)
+ * and the tail joined per shard, cost the same in C as in Python when each is a Python str,
+ * measured: bound by reaching the batch's objects in memory. For the RADOS store they are no
+ * Python objects at all: fast_marks is the fast path's check (index._fast_marks_py) and
+ * write_op_send writes the keys into one buffer and the op into librados, through librados'
+ * functions at addresses ctypes looked up, as omap_get_keys reads: no librados at build time.)
  *
  * The follower's catch-up (rgw_module, issue 17): map_bilog_page is ShardMapper.map over the
  * rest of a bilog page (the Mutations made here straight into their slots, each value held to
@@ -1161,6 +1164,11 @@ static PyObject *prepare_records(PyObject *module, PyObject *args)
             rc = -1;
             break;
         }
+        /* Not tracked by the cyclic GC: (mutation, bytes, str) can be in no reference cycle (a
+         * frozen Mutation holds strs, ints and a dict of strs), and 16,000 tracked tuples a batch
+         * that live until its ops are sent made the collector's full passes over every live object
+         * (the caller's batches included) cost ~0.9 us a record, measured (issue 17). */
+        PyObject_GC_UnTrack(pending);
         PyObject *list = lists[shard];
         if (list == NULL) {
             PyObject *key = PyLong_FromLongLong(shard);
@@ -2163,6 +2171,435 @@ static PyObject *omap_get_keys(PyObject *module, PyObject *args)
     return Py_BuildValue("iiN", ret, rval, out);
 }
 
+/* fast_marks(pending, streams, shard, mutation_type) -> (old, high) | None is
+ * changelog.pipeline.index._fast_marks: the fast path's check that every record of a shard's
+ * batch is new above its source's cached mark and in order, without making its key (the key is
+ * made when the op is sent, write_op_send's records). None: "not the fast path" (a stream not
+ * cached, a replay, a duplicate, out of order) or a shape only Python handles. */
+static PyObject *fast_marks(PyObject *module, PyObject *args)
+{
+    PyObject *pending, *streams, *type, *shard;
+    (void)module;
+    if (!PyArg_ParseTuple(args, "O!O!OO!:fast_marks", &PyList_Type, &pending, &PyDict_Type, &streams, &shard,
+                          &PyType_Type, &type))
+        return NULL;
+    if (!PyLong_CheckExact(shard) || slots_of((PyTypeObject *)type))
+        Py_RETURN_NONE;
+    PyObject *old = PyDict_New(), *high = PyDict_New();
+    int rc = old && high ? 0 : -1;
+    Py_ssize_t n = PyList_GET_SIZE(pending);
+    for (Py_ssize_t i = 0; rc == 0 && i < n; i++) {
+        PyObject *p = PyList_GET_ITEM(pending, i);
+        if (!PyTuple_CheckExact(p) || PyTuple_GET_SIZE(p) != 3 || Py_TYPE(PyTuple_GET_ITEM(p, 0)) != (PyTypeObject *)type) {
+            rc = FALLBACK;
+            break;
+        }
+        PyObject *m = PyTuple_GET_ITEM(p, 0);
+        PyObject *src = slot(m, F_SOURCE), *pos = slot(m, F_POSITION);
+        if (!src || !pos || !PyUnicode_CheckExact(src) || !PyUnicode_CheckExact(pos)) {
+            rc = FALLBACK;
+            break;
+        }
+        PyObject *top = PyDict_GetItemWithError(high, src); /* borrowed */
+        if (!top && PyErr_Occurred()) {
+            rc = -1;
+            break;
+        }
+        if (!top) {
+            PyObject *k = PyTuple_Pack(2, shard, src);
+            PyObject *mark = k ? PyDict_GetItemWithError(streams, k) : NULL; /* borrowed */
+            Py_XDECREF(k);
+            if (!mark) {
+                rc = PyErr_Occurred() ? -1 : FALLBACK; /* not cached */
+                break;
+            }
+            if (mark != Py_None) {
+                if (!PyUnicode_CheckExact(mark)) {
+                    rc = FALLBACK;
+                    break;
+                }
+                if (PyUnicode_Compare(pos, mark) <= 0) {
+                    rc = PyErr_Occurred() ? -1 : FALLBACK; /* recorded before */
+                    break;
+                }
+            }
+            if (PyDict_SetItem(old, src, mark) < 0) {
+                rc = -1;
+                break;
+            }
+        } else if (PyUnicode_Compare(pos, top) <= 0) {
+            rc = PyErr_Occurred() ? -1 : FALLBACK; /* a duplicate, or out of order */
+            break;
+        }
+        if (PyDict_SetItem(high, src, pos) < 0)
+            rc = -1;
+    }
+    if (rc) {
+        Py_XDECREF(old);
+        Py_XDECREF(high);
+        if (rc < 0)
+            return NULL;
+        Py_RETURN_NONE;
+    }
+    return Py_BuildValue("NN", old, high);
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * The RADOS store's write op (RadosStore.execute_many: the record path's guarded op, issue 17):
+ * built and sent in one call through librados' functions at addresses ctypes looked up (as
+ * omap_get_keys), so the op's keys and values go from the WriteOp's str and bytes straight into
+ * librados without the binding's per-key conversions. The parts are added in the order
+ * RadosStore._build adds them, with the same librados calls and the same bytes: the create (or
+ * the must_exist compare of the empty key), the cls_lock assert_locked fence, the omap compares
+ * (the value's UTF-8 bytes, which is what the binding sends after _cmp_value's padding), the
+ * removals, the ranges, then the set. Anything but the plain shapes (a str subclass, a value not
+ * bytes, a string that is not valid UTF-8) returns None and the Python path builds that op.
+ */
+typedef void *(*create_write_op_fn)(void);
+typedef void (*release_write_op_fn)(void *);
+typedef void (*write_op_create_fn)(void *, int, const char *);
+typedef void (*write_op_exec_fn)(void *, const char *, const char *, const char *, size_t, int *);
+typedef void (*write_op_omap_cmp_fn)(void *, const char *, uint8_t, const char *, size_t, int *);
+typedef void (*write_op_omap_rm_keys_fn)(void *, char const *const *, size_t);
+typedef void (*write_op_omap_rm_range2_fn)(void *, const char *, size_t, const char *, size_t);
+typedef void (*write_op_omap_set_fn)(void *, char const *const *, char const *const *, const size_t *, size_t);
+typedef int (*aio_create_completion2_fn)(void *, void (*)(void *, void *), void **);
+typedef int (*aio_write_op_operate_fn)(void *, void *, void *, const char *, time_t *, int);
+typedef int (*aio_wait_for_complete_fn)(void *);
+typedef int (*aio_get_return_value_fn)(void *);
+typedef void (*aio_release_fn)(void *);
+
+enum { W_CREATE_OP, W_RELEASE_OP, W_CREATE, W_EXEC, W_CMP, W_RM_KEYS, W_RM_RANGE2, W_SET, W_COMPLETION,
+       W_OPERATE, W_WAIT, W_RETURN, W_RELEASE, W_COUNT };
+
+typedef struct {
+    void *fn[W_COUNT];
+} WriteFns;
+
+static int write_fns_of(PyObject *t, WriteFns *f)
+{
+    if (!PyTuple_Check(t) || PyTuple_GET_SIZE(t) != W_COUNT) {
+        PyErr_SetString(PyExc_TypeError, "write op: functions must be a tuple of 13 addresses");
+        return -1;
+    }
+    for (Py_ssize_t i = 0; i < W_COUNT; i++) {
+        unsigned long long a = PyLong_AsUnsignedLongLong(PyTuple_GET_ITEM(t, i));
+        if (a == (unsigned long long)-1 && PyErr_Occurred())
+            return -1;
+        if (!a) {
+            PyErr_SetString(PyExc_ValueError, "write op: a librados function address is 0");
+            return -1;
+        }
+        f->fn[i] = (void *)(uintptr_t)a;
+    }
+    return 0;
+}
+
+/* A sent op's completion, held by a capsule until write_op_wait releases it (or the capsule
+ * goes: librados keeps its own reference while the op is in flight, so releasing ours early
+ * is safe). */
+typedef struct {
+    void *completion;
+    aio_release_fn release;
+} Pending;
+
+static const char PENDING_NAME[] = "changelog._speedups.pending_write";
+
+static void pending_free(PyObject *capsule)
+{
+    Pending *p = PyCapsule_GetPointer(capsule, PENDING_NAME);
+    if (p) {
+        if (p->completion)
+            p->release(p->completion);
+        PyMem_Free(p);
+    }
+}
+
+/* The UTF-8 of an exact str (NULL with no exception: not the plain shape). */
+static const char *plain_utf8(PyObject *s, Py_ssize_t *n)
+{
+    if (!PyUnicode_CheckExact(s))
+        return NULL;
+    const char *u = PyUnicode_AsUTF8AndSize(s, n);
+    if (!u)
+        PyErr_Clear();
+    return u;
+}
+
+/* What one op holds while librados copies it in (the GIL released): every string's bytes, the
+ * objects they live in held by the references in ``held``. */
+typedef struct {
+    const char **keys, **vals;
+    size_t *lens;
+    Py_ssize_t n;
+} Arrays;
+
+static PyObject *write_op_send(PyObject *module, PyObject *args)
+{
+    PyObject *fns_t, *fence, *asserts, *remove, *ranges, *sets, *records;
+    unsigned long long ioctx;
+    const char *oid;
+    int create;
+    WriteFns f;
+    char *keybuf = NULL; /* the records' keys, made here */
+    uint64_t t0 = 0;
+    Py_ssize_t nk = 0;
+    (void)module;
+    if (!PyArg_ParseTuple(args, "OKyiOO!O!O!O!O:write_op_send", &fns_t, &ioctx, &oid, &create, &fence, &PyList_Type,
+                          &asserts, &PyList_Type, &remove, &PyList_Type, &ranges, &PyDict_Type, &sets, &records))
+        return NULL;
+    if (write_fns_of(fns_t, &f) < 0)
+        return NULL;
+    if (fence != Py_None && !PyBytes_CheckExact(fence))
+        Py_RETURN_NONE;
+    Py_ssize_t na = PyList_GET_SIZE(asserts), nr = PyList_GET_SIZE(remove), ng = PyList_GET_SIZE(ranges);
+    Py_ssize_t ns = PyDict_GET_SIZE(sets);
+    /* records: None, or (t, pending): data keys "d.<16 hex of t + i><tail>" for the i-th
+     * (mutation, value, tail) of pending, its value the value (keys.time_bound(t + i) + tail). */
+    PyObject *recs = NULL;
+    if (records != Py_None) {
+        if (!PyTuple_CheckExact(records) || PyTuple_GET_SIZE(records) != 2 || !PyList_CheckExact(PyTuple_GET_ITEM(records, 1)))
+            Py_RETURN_NONE;
+        t0 = PyLong_AsUnsignedLongLong(PyTuple_GET_ITEM(records, 0));
+        if (t0 == (uint64_t)-1 && PyErr_Occurred()) {
+            PyErr_Clear();
+            Py_RETURN_NONE;
+        }
+        recs = PyTuple_GET_ITEM(records, 1);
+        nk = PyList_GET_SIZE(recs);
+        if (nk && t0 + (uint64_t)nk - 1 < t0) /* past 2**64: keys.time_hex refuses it */
+            Py_RETURN_NONE;
+    }
+    ns += nk;
+    /* One block for all the pointers: asserts (key, value), removals, ranges (begin, end), set. */
+    Py_ssize_t slots = 2 * na + nr + 2 * ng + 2 * ns + 1;
+    const char **ptr = PyMem_Malloc(sizeof(char *) * (size_t)slots);
+    size_t *len = PyMem_Malloc(sizeof(size_t) * (size_t)slots);
+    uint8_t *cmp = PyMem_Malloc((size_t)(na ? na : 1));
+    PyObject *held = PyList_New(0); /* the objects whose bytes the pointers reach */
+    int plain = 1;
+    if (!ptr || !len || !cmp || !held) {
+        PyMem_Free(ptr);
+        PyMem_Free(len);
+        PyMem_Free(cmp);
+        Py_XDECREF(held);
+        return PyErr_NoMemory();
+    }
+    Py_ssize_t at = 0;
+#define HOLD(o)                                                                                                        \
+    do {                                                                                                               \
+        if (PyList_Append(held, (o)) < 0)                                                                              \
+            goto fail;                                                                                                 \
+    } while (0)
+#define TEXT(o)                                                                                                        \
+    do {                                                                                                               \
+        Py_ssize_t n_;                                                                                                 \
+        const char *u_ = plain_utf8((o), &n_);                                                                         \
+        if (!u_) {                                                                                                     \
+            plain = 0;                                                                                                 \
+            goto done;                                                                                                 \
+        }                                                                                                              \
+        HOLD(o);                                                                                                       \
+        ptr[at] = u_;                                                                                                  \
+        len[at++] = (size_t)n_;                                                                                        \
+    } while (0)
+    for (Py_ssize_t i = 0; i < na; i++) {
+        PyObject *a = PyList_GET_ITEM(asserts, i);
+        if (!PyTuple_CheckExact(a) || PyTuple_GET_SIZE(a) != 3) {
+            plain = 0;
+            goto done;
+        }
+        long c = PyLong_AsLong(PyTuple_GET_ITEM(a, 1));
+        if (c == -1 && PyErr_Occurred()) {
+            PyErr_Clear();
+            plain = 0;
+            goto done;
+        }
+        if (c < 0 || c > 255) {
+            plain = 0;
+            goto done;
+        }
+        cmp[i] = (uint8_t)c;
+        TEXT(PyTuple_GET_ITEM(a, 0));
+        TEXT(PyTuple_GET_ITEM(a, 2));
+    }
+    for (Py_ssize_t i = 0; i < nr; i++)
+        TEXT(PyList_GET_ITEM(remove, i));
+    for (Py_ssize_t i = 0; i < ng; i++) {
+        PyObject *r = PyList_GET_ITEM(ranges, i);
+        if (!PyTuple_CheckExact(r) || PyTuple_GET_SIZE(r) != 2) {
+            plain = 0;
+            goto done;
+        }
+        TEXT(PyTuple_GET_ITEM(r, 0));
+        TEXT(PyTuple_GET_ITEM(r, 1));
+    }
+    {
+        /* The set: keys in the dict's order, as tuple(op.set) gives them to the binding. */
+        Py_ssize_t pos = 0;
+        PyObject *k, *v;
+        Py_ssize_t first = at;
+        while (PyDict_Next(sets, &pos, &k, &v)) {
+            TEXT(k);
+        }
+        pos = 0;
+        while (PyDict_Next(sets, &pos, &k, &v)) {
+            if (!PyBytes_CheckExact(v)) {
+                plain = 0;
+                goto done;
+            }
+            HOLD(v);
+            ptr[at] = PyBytes_AS_STRING(v);
+            len[at++] = (size_t)PyBytes_GET_SIZE(v);
+        }
+        Py_ssize_t nd = (at - first) / 2;
+        if (nd + nk != ns) { /* the dict changed under us: let Python build it */
+            plain = 0;
+            goto done;
+        }
+        if (nk) {
+            /* Keys after the dict's keys, values after its values: shift the dict's values. */
+            memmove(ptr + first + ns, ptr + first + nd, sizeof(char *) * (size_t)nd);
+            memmove(len + first + ns, len + first + nd, sizeof(size_t) * (size_t)nd);
+            keybuf = PyMem_Malloc((size_t)nk * (18 + 43 + 1));
+            if (!keybuf) {
+                PyErr_NoMemory();
+                goto fail;
+            }
+            HOLD(recs);
+            static const char HEX[] = "0123456789abcdef";
+            char *w = keybuf;
+            for (Py_ssize_t i = 0; i < nk; i++) {
+                PyObject *p = PyList_GET_ITEM(recs, i);
+                PyObject *v, *tail;
+                if (!PyTuple_CheckExact(p) || PyTuple_GET_SIZE(p) != 3 || !PyBytes_CheckExact(v = PyTuple_GET_ITEM(p, 1))
+                    || !PyUnicode_CheckExact(tail = PyTuple_GET_ITEM(p, 2)) || !PyUnicode_IS_ASCII(tail)
+                    || PyUnicode_GET_LENGTH(tail) != 43) {
+                    plain = 0;
+                    goto done;
+                }
+                uint64_t t = t0 + (uint64_t)i;
+                w[0] = 'd';
+                w[1] = '.';
+                for (int d = 0; d < 16; d++)
+                    w[2 + d] = HEX[(t >> (60 - 4 * d)) & 15];
+                memcpy(w + 18, PyUnicode_DATA(tail), 43);
+                w[61] = 0;
+                ptr[first + nd + i] = w;
+                len[first + nd + i] = 61;
+                ptr[first + ns + nd + i] = PyBytes_AS_STRING(v);
+                len[first + ns + nd + i] = (size_t)PyBytes_GET_SIZE(v);
+                w += 62;
+            }
+            at = first + 2 * ns;
+        }
+    }
+#undef TEXT
+#undef HOLD
+    {
+        void *op = ((create_write_op_fn)f.fn[W_CREATE_OP])();
+        void *completion = NULL;
+        int ret;
+        if (!op)
+            goto nomem;
+        Py_BEGIN_ALLOW_THREADS
+        Py_ssize_t j = 0;
+        if (create == 2) /* must_exist: compare the empty key, which can never be set */
+            ((write_op_omap_cmp_fn)f.fn[W_CMP])(op, "", 1 /* EQ */, "", 0, NULL);
+        else
+            ((write_op_create_fn)f.fn[W_CREATE])(op, create == 1, NULL);
+        if (fence != Py_None)
+            ((write_op_exec_fn)f.fn[W_EXEC])(op, "lock", "assert_locked", PyBytes_AS_STRING(fence),
+                                             (size_t)PyBytes_GET_SIZE(fence), NULL);
+        for (Py_ssize_t i = 0; i < na; i++, j += 2)
+            ((write_op_omap_cmp_fn)f.fn[W_CMP])(op, ptr[j], cmp[i], ptr[j + 1], len[j + 1], NULL);
+        if (nr)
+            ((write_op_omap_rm_keys_fn)f.fn[W_RM_KEYS])(op, ptr + j, (size_t)nr);
+        j += nr;
+        for (Py_ssize_t i = 0; i < ng; i++, j += 2)
+            ((write_op_omap_rm_range2_fn)f.fn[W_RM_RANGE2])(op, ptr[j], len[j], ptr[j + 1], len[j + 1]);
+        if (ns)
+            ((write_op_omap_set_fn)f.fn[W_SET])(op, ptr + j, ptr + j + ns, len + j + ns, (size_t)ns);
+        ret = ((aio_create_completion2_fn)f.fn[W_COMPLETION])(NULL, NULL, &completion);
+        if (ret >= 0) {
+            ret = ((aio_write_op_operate_fn)f.fn[W_OPERATE])(op, (void *)(uintptr_t)ioctx, completion, oid, NULL, 0);
+            if (ret < 0) {
+                ((aio_release_fn)f.fn[W_RELEASE])(completion);
+                completion = NULL;
+            }
+        }
+        /* librados copied the op's parts when they were added and the op when it was sent. */
+        ((release_write_op_fn)f.fn[W_RELEASE_OP])(op);
+        Py_END_ALLOW_THREADS
+        PyMem_Free(ptr);
+        PyMem_Free(len);
+        PyMem_Free(cmp);
+        PyMem_Free(keybuf);
+        Py_DECREF(held);
+        if (!completion)
+            return Py_BuildValue("iO", ret < 0 ? ret : -12 /* ENOMEM */, Py_None);
+        Pending *p = PyMem_Malloc(sizeof(Pending));
+        if (!p) {
+            ((aio_wait_for_complete_fn)f.fn[W_WAIT])(completion);
+            ((aio_release_fn)f.fn[W_RELEASE])(completion);
+            return PyErr_NoMemory();
+        }
+        p->completion = completion;
+        p->release = (aio_release_fn)f.fn[W_RELEASE];
+        PyObject *capsule = PyCapsule_New(p, PENDING_NAME, pending_free);
+        if (!capsule) {
+            p->release(completion);
+            PyMem_Free(p);
+            return NULL;
+        }
+        return Py_BuildValue("iN", 0, capsule);
+    }
+nomem:
+    PyErr_NoMemory();
+fail:
+    PyMem_Free(ptr);
+    PyMem_Free(len);
+    PyMem_Free(cmp);
+    PyMem_Free(keybuf);
+    Py_DECREF(held);
+    return NULL;
+done:
+    PyMem_Free(ptr);
+    PyMem_Free(len);
+    PyMem_Free(cmp);
+    PyMem_Free(keybuf);
+    Py_DECREF(held);
+    (void)plain;
+    Py_RETURN_NONE;
+}
+
+static PyObject *write_op_wait(PyObject *module, PyObject *args)
+{
+    PyObject *fns_t, *capsule;
+    WriteFns f;
+    (void)module;
+    if (!PyArg_ParseTuple(args, "OO:write_op_wait", &fns_t, &capsule))
+        return NULL;
+    if (write_fns_of(fns_t, &f) < 0)
+        return NULL;
+    Pending *p = PyCapsule_GetPointer(capsule, PENDING_NAME);
+    if (!p)
+        return NULL;
+    if (!p->completion) {
+        PyErr_SetString(PyExc_ValueError, "write_op_wait: this op was waited for already");
+        return NULL;
+    }
+    void *c = p->completion;
+    int ret;
+    Py_BEGIN_ALLOW_THREADS
+    ((aio_wait_for_complete_fn)f.fn[W_WAIT])(c);
+    ret = ((aio_get_return_value_fn)f.fn[W_RETURN])(c);
+    ((aio_release_fn)f.fn[W_RELEASE])(c);
+    Py_END_ALLOW_THREADS
+    p->completion = NULL;
+    return PyLong_FromLong(ret);
+}
+
 static PyMethodDef METHODS[] = {
     {"encode_raw_many", encode_raw_many, METH_VARARGS,
      "encode_raw_many(items, version) -> list[bytes] | None: the JSON lines of (recorded time, "
@@ -2189,6 +2626,16 @@ static PyMethodDef METHODS[] = {
      "omap_get_keys((create, release, by_keys2, operate, next2, end), ioctx, oid, keys) -> "
      "(ret, rval, dict | None): one omap read by keys through librados' functions at those "
      "addresses (ctypes'); the dict only when ret and rval are >= 0."},
+    {"fast_marks", fast_marks, METH_VARARGS,
+     "fast_marks(pending, streams, shard, mutation_type) -> (old, high) | None: "
+     "changelog.pipeline.index._fast_marks (None: not the fast path, or a shape Python decides)."},
+    {"write_op_send", write_op_send, METH_VARARGS,
+     "write_op_send(functions, ioctx, oid, create, fence, asserts, remove, ranges, set, records) -> (ret, pending) | None: "
+     "RadosStore._build's write op built and sent (aio) through librados' functions at those addresses; "
+     "None for a shape only the Python path builds."},
+    {"write_op_wait", write_op_wait, METH_VARARGS,
+     "write_op_wait(functions, pending) -> int: wait for a sent op (the GIL released) and release it: "
+     "its return value."},
     {"event_id", event_id, METH_VARARGS,
      "event_id(data) -> str: blake2b-128 hex of data (the hash encode_raw_many uses; for tests)."},
     {NULL, NULL, 0, NULL},

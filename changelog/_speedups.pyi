@@ -31,3 +31,24 @@ def index_lookups(page: list[Any], lookup_type: type, consts: tuple[bytes, str],
 def omap_get_keys(
     functions: tuple[int, int, int, int, int, int], ioctx: int, oid: bytes, keys: list[bytes], /
 ) -> tuple[int, int, dict[bytes, bytes] | None]: ...
+def fast_marks(
+    pending: list[tuple[Mutation, bytes, str]],
+    streams: dict[tuple[int, str], str | None],
+    shard: int,
+    mutation_type: type,
+    /,
+) -> tuple[dict[str, str | None], dict[str, str]] | None: ...
+def write_op_send(
+    functions: tuple[int, ...],
+    ioctx: int,
+    oid: bytes,
+    create: int,
+    fence: bytes | None,
+    asserts: list[tuple[str, int, str]],
+    remove: list[str],
+    ranges: list[tuple[str, str]],
+    sets: dict[str, bytes],
+    records: tuple[int, list[tuple[Mutation, bytes, str]]] | None,
+    /,
+) -> tuple[int, Any] | None: ...
+def write_op_wait(functions: tuple[int, ...], pending: Any, /) -> int: ...

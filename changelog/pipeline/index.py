@@ -91,6 +91,45 @@ def _native_prepare() -> _NativePrepare | None:
 
 _NATIVE_PREPARE = _native_prepare()
 
+# ``_fast_marks`` in C (``_speedups.fast_marks``), or None (not built, older build, or
+# RGW_CHANGELOG_PURE_PYTHON=1). None back from C: "not the fast path", as from Python.
+_NativeMarks = Callable[
+    [list[_Pending], dict[tuple[int, str], str | None], int, type],
+    tuple[dict[str, str | None], dict[str, str]] | None,
+]
+
+
+def _native_marks() -> _NativeMarks | None:
+    if os.environ.get("RGW_CHANGELOG_PURE_PYTHON", "") == "1":
+        return None
+    try:
+        from changelog import _speedups
+    except ImportError:
+        return None
+    marks: _NativeMarks | None = getattr(_speedups, "fast_marks", None)
+    return marks
+
+
+_NATIVE_MARKS = _native_marks()
+
+
+@dataclass(slots=True)
+class RecordOp(WriteOp):
+    """A shard's guarded record op whose data keys the store makes as it sends the op: for a
+    store whose ``sends_record_keys`` is true (the RADOS store with its C write path), so that
+    no Python str is made per key. ``records`` is (first time, pending): the i-th record's key
+    is ``keys.time_bound(t + i) + tail``, its value the pending value. ``data_set()`` is that
+    part as the dict the op would otherwise carry in ``set`` (the store's Python path)."""
+
+    records: tuple[int, list[_Pending]] = (0, [])
+
+    def data_set(self) -> dict[str, bytes]:
+        t, pending = self.records
+        return {f"{keys.time_bound(t + i)}{tail}": value for i, (_, value, tail) in enumerate(pending)}
+
+    def is_empty(self) -> bool:
+        return not self.records[1] and WriteOp.is_empty(self)
+
 
 def bucket_op_shard(op: Op, shards: int) -> int:
     """Where a bucket op is recorded: a ``bucket_create`` in the first shard, a
@@ -342,7 +381,8 @@ class ChangeIndex:
             # The keys of the fresh records (``keys.data_key``).
             sets = {f"{keys.time_bound(t + i)}{tail}": value for i, (_, value, tail) in enumerate(fresh)}
         sources = sorted(old)
-        op = WriteOp(asserts=[(keys.FLOOR_KEY, Cmp.LT, keys.time_hex(t))])
+        asserts = [(keys.FLOOR_KEY, Cmp.LT, keys.time_hex(t))]
+        op = WriteOp(asserts=asserts) if sets is not None else RecordOp(asserts=asserts, records=(t, pending))
         for src in sources:
             was = old[src]
             # An absent key compares as "": this also guards the first write of a new stream.
@@ -351,8 +391,9 @@ class ChangeIndex:
             if new is not None and new != was:
                 op.set[keys.stream_key(src)] = new.encode()
         if self.mode == "object":
+            assert sets is not None  # object mode never takes RecordOp
             self._replace_entries(op, oid, floor, sets, fresh)
-        else:
+        elif sets is not None:
             op.set.update(sets)
 
         def commit() -> None:
@@ -364,11 +405,12 @@ class ChangeIndex:
 
     def _fast_keys(
         self, shard: int, pending: list[_Pending]
-    ) -> tuple[int, int, dict[str, bytes], dict[str, str | None], dict[str, str]] | None:
+    ) -> tuple[int, int, dict[str, bytes] | None, dict[str, str | None], dict[str, str]] | None:
         """The fast path of ``_build``: the shard's state is cached and positions increase per
         source (the follower's batches), so every record is above its source's mark and unique
-        in the batch, and its key is built in the same loop. Returns (floor, first time, keys,
-        old marks, new marks); None for anything else (a stream not cached, a duplicate, a
+        in the batch, and its key is built in the same loop (keys None: the store makes them,
+        see ``RecordOp``). Returns (floor, first time, keys, old marks, new marks); None for
+        anything else (a stream not cached, a duplicate, a
         replay, positions out of order, object mode), which takes the general path.
 
         Reading the cache without the lock is safe: every value read here is asserted by the
@@ -377,10 +419,16 @@ class ChangeIndex:
         if self.mode == "object" or floor is None:
             return None
         t, prev = self._reserve(shard, floor, len(pending))
-        got = _fast_keys(pending, t, self._streams, shard)
-        if got is not None:
-            sets, old, high = got
-            return floor, t, sets, old, high
+        if getattr(self.store, "sends_record_keys", False):
+            # The store makes the keys (``RecordOp``): only the marks are checked here.
+            marks = _fast_marks(pending, self._streams, shard)
+            if marks is not None:
+                return floor, t, None, marks[0], marks[1]
+        else:
+            got = _fast_keys(pending, t, self._streams, shard)
+            if got is not None:
+                sets, old, high = got
+                return floor, t, sets, old, high
         # Give the reserved times back (unless another thread reserved after us).
         with self._lock:
             if self._last_t[shard] == t + len(pending) - 1:
@@ -588,6 +636,37 @@ def _fast_keys(
         sets[f"{hi}{_HEX2[low]}{tail}"] = value
         n += 1
     return sets, old, high
+
+
+def _fast_marks(
+    pending: list[_Pending], streams: dict[tuple[int, str], str | None], shard: int
+) -> tuple[dict[str, str | None], dict[str, str]] | None:
+    """``_fast_keys``' check without the keys: (old marks, new marks), or None when a record
+    is not new above its stream's cached mark or comes out of order. In C when it is built."""
+    if _NATIVE_MARKS is not None:
+        return _NATIVE_MARKS(pending, streams, shard, Mutation)
+    return _fast_marks_py(pending, streams, shard)
+
+
+def _fast_marks_py(
+    pending: list[_Pending], streams: dict[tuple[int, str], str | None], shard: int
+) -> tuple[dict[str, str | None], dict[str, str]] | None:
+    """``_fast_marks`` in Python: the reference the C one matches."""
+    old: dict[str, str | None] = {}
+    high: dict[str, str] = {}
+    for m, _, _ in pending:
+        src = m.source
+        pos = m.position
+        top = high.get(src)
+        if top is None:
+            mark = streams.get((shard, src), _UNKNOWN)
+            if mark is _UNKNOWN or (mark is not None and pos <= mark):
+                return None
+            old[src] = mark
+        elif pos <= top:
+            return None
+        high[src] = pos
+    return old, high
 
 
 class HookStream:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 import random
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import msgpack
@@ -22,8 +22,9 @@ from changelog.errors import InvalidMutation
 from changelog.pipeline import index as index_mod
 from changelog.pipeline import keys
 from changelog.pipeline.backends.sqlite import SqliteStore
-from changelog.pipeline.index import ChangeIndex, _fast_keys, _Pending, _prepare_py
+from changelog.pipeline.index import ChangeIndex, RecordOp, _fast_keys, _fast_marks_py, _Pending, _prepare_py
 from changelog.pipeline.mutation import Mutation, Op, event_id
+from changelog.pipeline.store import WriteOp
 
 try:
     from changelog import _speedups
@@ -123,6 +124,9 @@ def test_native_record_path_is_used_where_required() -> None:
         pytest.skip("RGW_CHANGELOG_REQUIRE_NATIVE=1 not set (CI sets it)")
     pure = os.environ.get("RGW_CHANGELOG_PURE_PYTHON", "") == "1"
     assert (index_mod._NATIVE_PREPARE is None) is pure
+    assert (index_mod._NATIVE_MARKS is None) is pure
+    # The RADOS store's write op in C (tests/integration/test_record_native_lab.py runs it).
+    assert all(hasattr(_speedups, name) for name in ("write_op_send", "write_op_wait", "fast_marks"))
 
 
 # --- the Python reference, pinned ---------------------------------------------------------------
@@ -347,6 +351,91 @@ def test_fast_keys_are_the_data_keys_and_refuse_what_is_not_new() -> None:
         assert _fast_keys(batch, 10, streams, 0) is None
 
 
+def _marks_cases() -> list[tuple[dict[tuple[int, str], str | None], list[_Pending]]]:
+    pend = _pending(600)
+    fresh: dict[tuple[int, str], str | None] = {(0, "s0"): None, (0, "s1"): "", (0, "s2"): None}
+    return [
+        (fresh, pend),
+        (fresh, []),
+        ({**fresh, (0, "s0"): "00000000"}, pend),  # s0's first position was recorded before
+        ({**fresh, (0, "s1"): "00000000"}, pend),  # s1's mark is below its first position
+        ({(0, "s0"): None, (0, "s1"): None}, pend),  # s2 not cached
+        ({(1, "s0"): None, (1, "s1"): None, (1, "s2"): None}, pend),  # another shard's marks
+        (fresh, [pend[0], pend[6], pend[3]]),  # s0 goes back
+        (fresh, [pend[0], pend[0]]),  # a duplicate
+        ({(0, "s0"): "\u00e9", (0, "s1"): None, (0, "s2"): None}, pend),  # non-ASCII mark above all
+    ]
+
+
+def test_fast_marks_are_fast_keys_without_the_keys() -> None:
+    """``_fast_marks`` (the check when the store makes the keys, ``RecordOp``) decides as
+    ``_fast_keys`` and gives its old and new marks; ``RecordOp.data_set`` gives its keys."""
+    for streams, batch in _marks_cases():
+        got = _fast_keys(batch, 10, streams, 0)
+        marks = _fast_marks_py(batch, streams, 0)
+        if got is None:
+            assert marks is None
+            continue
+        sets, old, high = got
+        assert marks == (old, high)
+        op = RecordOp(records=(10, batch))
+        assert op.data_set() == sets and list(op.data_set()) == list(sets)
+        assert op.is_empty() is (not batch)
+
+
+@needs_native
+def test_fast_marks_in_c_match_python() -> None:
+    fast_marks = getattr(_speedups, "fast_marks", None)
+    if fast_marks is None:
+        pytest.fail("changelog._speedups is built from an older source: rebuild it")
+    for streams, batch in _marks_cases():
+        assert fast_marks(batch, streams, 0, Mutation) == _fast_marks_py(batch, streams, 0)
+    pend = _pending(10)
+    fresh: dict[tuple[int, str], str | None] = {(0, "s0"): None, (0, "s1"): None, (0, "s2"): None}
+
+    class Sub(Mutation):
+        __slots__ = ()
+
+    # Shapes only Python handles: None (the fast path is not taken: the general one decides).
+    sub = Sub(bucket="b", key="k", op=Op.WRITE, mtime_ns=1, source="s0", position="00000001", seq="q")
+    assert fast_marks([(sub, b"", "t")], fresh, 0, Mutation) is None
+    assert fast_marks([pend[0][:2]], fresh, 0, Mutation) is None
+    assert fast_marks(pend, fresh, 0, Mutation) is not None
+
+
+class _KeysMadeByTheStore(SqliteStore):
+    """A store that makes a ``RecordOp``'s data keys itself, as the RADOS store does in C: the
+    index then hands it records, not keys (``sends_record_keys``)."""
+
+    sends_record_keys = True
+
+    def execute_many(self, ops: Iterable[tuple[str, WriteOp]]) -> list[BaseException | None]:
+        def made() -> Iterator[tuple[str, WriteOp]]:
+            for oid, op in ops:
+                if isinstance(op, RecordOp):
+                    self.record_ops += 1
+                    op = WriteOp(asserts=op.asserts, set={**op.set, **op.data_set()})
+                yield oid, op
+
+        return super().execute_many(made())
+
+    record_ops = 0
+
+
+def test_the_fast_path_hands_record_ops_to_a_store_that_makes_keys(tmp_path: Path) -> None:
+    dumps = []
+    for cls in (_KeysMadeByTheStore, SqliteStore):
+        store = cls(str(tmp_path / f"{cls.__name__}.db"))
+        index = ChangeIndex(store, shards=2, clock=lambda: 1_800_000_000.0)
+        ms = [m for m, _, _ in _pending(900)]
+        results = [index.record_many(ms[i : i + 300]) for i in range(0, 900, 300)]
+        dumps.append((results, _dump(store, index)))
+        if isinstance(store, _KeysMadeByTheStore):
+            assert store.record_ops == 4  # batches 2 and 3, both shards (the first reads the marks)
+        store.close()
+    assert dumps[0] == dumps[1]
+
+
 # --- the whole record path, both ways -----------------------------------------------------------
 
 
@@ -367,16 +456,21 @@ def test_record_many_stores_the_same_bytes_both_ways(
     ms = _batch(11, 400)
     batches = [ms[:150], ms[100:250], ms[250:], ms[::-1][:50], [ms[3]] * 3]
     dumps = []
-    for native in (True, False):
-        if not native:
+    pick = rng.randrange(len(ms))
+    for way in ("native", "store makes keys", "python marks", "python"):
+        if way == "python marks":
+            monkeypatch.setattr(index_mod, "_NATIVE_MARKS", None)
+        if way == "python":
             monkeypatch.setattr(index_mod, "_NATIVE_PREPARE", None)
-        store = SqliteStore(str(tmp_path / f"{native}.db"))
+        store = (_KeysMadeByTheStore if "keys" in way or "marks" in way else SqliteStore)(
+            str(tmp_path / f"{way}.db")
+        )
         index = ChangeIndex(store, shards=8, mode=mode, clock=lambda: 1_800_000_000.0)
         results = [index.record_many(b) for b in batches]
-        results.append(index.record(ms[rng.randrange(len(ms))]))
+        results.append(index.record(ms[pick]))
         dumps.append((results, _dump(store, index)))
         store.close()
-    assert dumps[0] == dumps[1]
+    assert dumps[0] == dumps[1] == dumps[2] == dumps[3]
     assert sum(r.written for r in dumps[0][0]) > 0
     assert any(r.duplicates for r in dumps[0][0])
 

@@ -36,6 +36,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from ctypes import Array
+from typing import Any
 
 import rados
 
@@ -236,6 +237,133 @@ def client_conf(connect_timeout: float, op_timeout: float, keyring: str | None) 
     return conf
 
 
+# -- the record path's write ops in C ------------------------------------------------------------
+#
+# ``RadosStore.execute_many`` (the index's guarded ops: ~1000 keys each) builds and sends its ops
+# through ``_speedups.write_op_send``: librados' own C functions, whose addresses ctypes looks
+# up, on the very I/O context the binding opened (same client, so the same lock holder for a
+# fence), so the op's keys and values reach librados without the binding's per-key conversions
+# (issue 17). The context's ``rados_ioctx_t`` is read from the binding's ``Ioctx`` object: its
+# layout is the binding's public Cython declaration (ceph src/pybind/rados/rados.pxd: ``rados``,
+# ``io``, ``name``, ``state``, ``locator_key``, ``nspace``, then three more objects), which
+# librbd's binding compiles against; it is used only when the fields around it hold exactly the
+# objects the binding reports and librados confirms the pool and namespace, else the binding
+# builds every op, as with RGW_CHANGELOG_PURE_PYTHON=1 (the reference; tests run both ways).
+
+_WRITE_FUNCTIONS = (
+    "rados_create_write_op",
+    "rados_release_write_op",
+    "rados_write_op_create",
+    "rados_write_op_exec",
+    "rados_write_op_omap_cmp",
+    "rados_write_op_omap_rm_keys",
+    "rados_write_op_omap_rm_range2",
+    "rados_write_op_omap_set",
+    "rados_aio_create_completion2",
+    "rados_aio_write_op_operate",
+    "rados_aio_wait_for_complete",
+    "rados_aio_get_return_value",
+    "rados_aio_release",
+)
+# How ``write_op_send`` starts an op: RadosStore._build's ``new`` (idempotent or exclusive) or
+# the must_exist compare.
+_CREATE_IDEMPOTENT, _CREATE_EXCLUSIVE, _MUST_EXIST = 0, 1, 2
+
+
+def _ioctx_pointer(ioctx: rados.Ioctx) -> int | None:
+    """The ``rados_ioctx_t`` inside the binding's ``Ioctx`` (see above), or None when the object
+    does not have the declared layout."""
+    kind = type(ioctx)
+    word = ctypes.sizeof(ctypes.c_void_p)
+    head = object.__basicsize__
+    if kind.__module__ != "rados" or kind.__name__ != "Ioctx" or kind.__basicsize__ != head + 9 * word:
+        return None
+
+    def field(n: int) -> int:
+        return ctypes.c_void_p.from_address(id(ioctx) + head + n * word).value or 0
+
+    if (field(2), field(3), field(5)) != (id(ioctx.name), id(ioctx.state), id(ioctx.nspace)):
+        return None
+    return field(1) or None
+
+
+class _NativeWriter:
+    """``_speedups.write_op_send`` / ``write_op_wait`` bound to one open I/O context."""
+
+    def __init__(
+        self, send: Callable[..., Any], wait: Callable[..., int], functions: tuple[int, ...], io: int
+    ) -> None:
+        self._send = send
+        self._wait = wait
+        self._functions = functions
+        self._io = io
+
+    @classmethod
+    def attach(cls, ioctx: rados.Ioctx) -> _NativeWriter | None:
+        if os.environ.get("RGW_CHANGELOG_PURE_PYTHON", "") == "1":
+            return None
+        try:
+            from changelog import _speedups
+        except ImportError:
+            return None
+        send = getattr(_speedups, "write_op_send", None)
+        wait = getattr(_speedups, "write_op_wait", None)
+        io = _ioctx_pointer(ioctx)
+        if send is None or wait is None or io is None:
+            return None
+        try:
+            lib = ctypes.CDLL(ctypes.util.find_library("rados") or "librados.so.2")
+        except OSError:
+            return None
+        try:
+            names = (*_WRITE_FUNCTIONS, "rados_ioctx_get_id", "rados_ioctx_get_namespace")
+            fns = [getattr(lib, name) for name in names]
+        except AttributeError:  # a librados older than Octopus
+            return None
+        get_id, get_ns = fns[-2], fns[-1]
+        get_id.argtypes, get_id.restype = [ctypes.c_void_p], ctypes.c_int64
+        get_ns.argtypes, get_ns.restype = [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_uint], ctypes.c_int
+        # The same librados the binding runs on (one copy per process), and the context it opened.
+        buf = ctypes.create_string_buffer(4096)
+        got = get_ns(io, buf, len(buf))
+        namespace = buf.raw[: max(got, 0)].decode(errors="replace")
+        if get_id(io) != ioctx.get_pool_id() or got < 0 or namespace != (ioctx.nspace or ""):
+            logger.warning("the binding's I/O context is not as declared: write ops go through the binding")
+            return None
+        functions = tuple(ctypes.cast(fn, ctypes.c_void_p).value or 0 for fn in fns[:-2])
+        return cls(send, wait, functions, io)
+
+    def send(self, oid: str, op: WriteOp) -> tuple[int, Any] | None:
+        """Send ``op`` (aio): (0, pending) or (-errno, None) when librados refused to send it;
+        None for an op only the binding builds. Raises what ``RadosStore._build`` raises first
+        (``check_op``)."""
+        check_op(op)
+        if "\x00" in oid:  # the binding cuts it there; let it
+            return None
+        create = _CREATE_EXCLUSIVE if op.create_exclusive else _CREATE_IDEMPOTENT
+        if op.must_exist:
+            create = _MUST_EXIST
+        fence = assert_locked_payload(op.fence) if op.fence is not None else None
+        asserts = [(key, int(_OMAP_CMP[cmp]), given) for key, cmp, given in op.asserts]
+        result: tuple[int, Any] | None = self._send(
+            self._functions,
+            self._io,
+            oid.encode(),
+            create,
+            fence,
+            asserts,
+            op.remove if op.remove.__class__ is list else list(op.remove),
+            op.remove_ranges if op.remove_ranges.__class__ is list else list(op.remove_ranges),
+            op.set if op.set.__class__ is dict else dict(op.set),
+            getattr(op, "records", None),  # index.RecordOp: its data keys are made in C
+        )
+        return result
+
+    def wait(self, pending: Any) -> int:
+        """The sent op's return value (it waits with the GIL released)."""
+        return self._wait(self._functions, pending)
+
+
 class RadosStore:
     """``ObjectStore`` on one pool and namespace of a Ceph cluster, through one librados client.
 
@@ -277,6 +405,14 @@ class RadosStore:
             raise _general(_errno(ex), f"open pool {pool!r} ({conffile})", str(ex)) from ex
         self.client_id = f"client.{self._cluster.get_instance_id()}"
         self._closed = False
+        # execute_many's ops built and sent in C (``_NativeWriter``), or None: the binding's way.
+        self._native = _NativeWriter.attach(self._ioctx)
+
+    @property
+    def sends_record_keys(self) -> bool:
+        """True: ``execute_many`` makes an ``index.RecordOp``'s data keys itself (in C), so the
+        index hands it the records instead of a dict of keys."""
+        return self._native is not None and not self._closed
 
     def __repr__(self) -> str:
         return f"RadosStore(pool={self._pool!r}, namespace={self._namespace!r}, conffile={self._conffile!r})"
@@ -313,8 +449,12 @@ class RadosStore:
                 ioctx.remove_omap_keys(wop, tuple(op.remove))
             for begin, end in op.remove_ranges:
                 ioctx.remove_omap_range2(wop, begin, end)
-            if op.set:
-                ioctx.set_omap(wop, tuple(op.set), tuple(op.set.values()))
+            sets = op.set
+            data_set = getattr(op, "data_set", None)  # index.RecordOp: its data keys, made here
+            if data_set is not None:
+                sets = {**sets, **data_set()}
+            if sets:
+                ioctx.set_omap(wop, tuple(sets), tuple(sets.values()))
         except BaseException:
             wop.release()
             raise
@@ -331,24 +471,47 @@ class RadosStore:
 
     def execute_many(self, ops: Iterable[tuple[str, WriteOp]]) -> list[BaseException | None]:
         results: list[BaseException | None] = []
-        inflight: deque[tuple[int, str, WriteOp, rados.WriteOp, rados.Completion]] = deque()
+        # (index, oid, op, the binding's op and completion, or None and the native one's).
+        inflight: deque[tuple[int, str, WriteOp, rados.WriteOp | None, Any]] = deque()
         ioctx = self._ioctx
+        native = self._native if not self._closed else None
 
         def reap() -> None:
             index, oid, op, wop, completion = inflight.popleft()
-            try:
-                completion.wait_for_complete()
-                code = completion.get_return_value()
-            finally:
-                wop.release()
+            if wop is None:
+                assert native is not None
+                code = native.wait(completion)
+            else:
+                try:
+                    completion.wait_for_complete()
+                    code = completion.get_return_value()
+                finally:
+                    wop.release()
             if code < 0:
-                results[index] = _write_error(-code, oid, op, f"[errno {-code}] {errno.errorcode.get(-code, '?')}")
+                detail = f"[errno {-code}] {errno.errorcode.get(-code, '?')}"
+                results[index] = _write_error(-code, oid, op, detail)
 
         try:
             # ``ops`` may be a generator: each op leaves as soon as it is built.
             for oid, op in ops:
                 index = len(results)
                 results.append(None)
+                if native is not None:
+                    try:
+                        sent = native.send(oid, op)
+                    except ChangelogError as ex:
+                        results[index] = ex
+                        continue
+                    if sent is not None:
+                        code, pending = sent
+                        if code < 0:
+                            detail = f"[errno {-code}] Failed to operate aio write op for oid {oid}"
+                            results[index] = _write_error(-code, oid, op, detail)
+                            continue
+                        inflight.append((index, oid, op, None, pending))
+                        if len(inflight) >= AIO_WINDOW:
+                            reap()
+                        continue
                 try:
                     wop = self._build(op)
                 except ChangelogError as ex:
