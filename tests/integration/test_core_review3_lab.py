@@ -41,7 +41,7 @@ MAX_ROUNDS = 30
 
 @pytest.fixture(scope="module")
 def serve(ceph_lab: Lab, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Serve]:
-    with running_serve(ceph_lab, tmp_path_factory.mktemp("core3-serve")) as s:
+    with running_serve(ceph_lab, tmp_path_factory.mktemp("core3-serve"), only_new=True) as s:
         yield s
 
 

@@ -116,14 +116,18 @@ def cli_env() -> dict[str, str]:
 
 
 @contextlib.contextmanager
-def running_serve(lab: Lab, folder: Path, extra: str = "") -> Iterator[Serve]:
+def running_serve(lab: Lab, folder: Path, extra: str = "", *, only_new: bool = False) -> Iterator[Serve]:
     """A `serve` of a new index (its own namespace) following the lab, logs in ``folder``/logs;
-    yielded once its first watermark is written. ``extra``: more TOML, appended."""
+    yielded once its first watermark is written. ``extra``: more TOML, appended. ``only_new``:
+    the buckets the lab holds now are excluded (`[source] exclude_buckets`), for tests that make
+    their own: the first watermark then needs no full sync of what other tests left (a minute
+    and more late in a CI run)."""
     if not lab.rgw_endpoint:
         pytest.fail("this test needs radosgw; the lab runs without it")
     logs_dir = folder / "logs"
     port = free_port()
     keyring = f'keyring = "{lab.keyring}"\n' if lab.keyring else ""
+    exclude = json.loads(lab.radosgw_admin("bucket", "list")) if only_new else []
     config = folder / "rgw-changelog.toml"
     config.write_text(
         f"""
@@ -141,6 +145,7 @@ secret_key = "{lab.secret_key}"
 region = "default"
 poll_interval = 0.2
 record_writer = true
+exclude_buckets = {json.dumps(exclude)}
 
 [target]
 url = "file://{logs_dir}/"

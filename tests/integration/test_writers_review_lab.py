@@ -45,7 +45,7 @@ SWIFT_SECRET = "WRITERSSWIFTSECRET"
 
 @pytest.fixture(scope="module")
 def serve(ceph_lab: Lab, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Serve]:
-    with running_serve(ceph_lab, tmp_path_factory.mktemp("writers-serve")) as s:
+    with running_serve(ceph_lab, tmp_path_factory.mktemp("writers-serve"), only_new=True) as s:
         yield s
 
 
