@@ -14,6 +14,7 @@ import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import orjson
 
@@ -76,20 +77,20 @@ _OBJVER = slice(1, 1 + 16 + 1 + 8)
 _NativePrepare = Callable[[Sequence[Mutation], int, type], dict[int, list[_Pending]] | None]
 
 
-def _native_prepare() -> _NativePrepare | None:
+def _speedups_function(name: str) -> Any:
+    """``changelog._speedups.<name>``, or None: not built, RGW_CHANGELOG_PURE_PYTHON=1, or a
+    module built from an older source (a checkout updated without a rebuild), where Python
+    serves, as without the module."""
     if os.environ.get("RGW_CHANGELOG_PURE_PYTHON", "") == "1":
         return None
     try:
         from changelog import _speedups
     except ImportError:
         return None
-    # A module built from an older source (a checkout updated without a rebuild) lacks it:
-    # Python serves, as without the module.
-    prepare: _NativePrepare | None = getattr(_speedups, "prepare_records", None)
-    return prepare
+    return getattr(_speedups, name, None)
 
 
-_NATIVE_PREPARE = _native_prepare()
+_NATIVE_PREPARE: _NativePrepare | None = _speedups_function("prepare_records")
 
 # ``_fast_marks`` in C (``_speedups.fast_marks``), or None (not built, older build, or
 # RGW_CHANGELOG_PURE_PYTHON=1). None back from C: "not the fast path", as from Python.
@@ -99,18 +100,7 @@ _NativeMarks = Callable[
 ]
 
 
-def _native_marks() -> _NativeMarks | None:
-    if os.environ.get("RGW_CHANGELOG_PURE_PYTHON", "") == "1":
-        return None
-    try:
-        from changelog import _speedups
-    except ImportError:
-        return None
-    marks: _NativeMarks | None = getattr(_speedups, "fast_marks", None)
-    return marks
-
-
-_NATIVE_MARKS = _native_marks()
+_NATIVE_MARKS: _NativeMarks | None = _speedups_function("fast_marks")
 
 
 @dataclass(slots=True)
