@@ -115,7 +115,7 @@ class RecordOp(WriteOp):
 
     def data_set(self) -> dict[str, bytes]:
         t, pending = self.records
-        return {f"{keys.time_bound(t + i)}{tail}": value for i, (_, value, tail) in enumerate(pending)}
+        return _data_keys(pending, t)
 
     def is_empty(self) -> bool:
         return not self.records[1] and WriteOp.is_empty(self)
@@ -601,31 +601,27 @@ def _fast_keys(
 ) -> tuple[dict[str, bytes], dict[str, str | None], dict[str, str]] | None:
     """The keys of ``ChangeIndex._fast_keys`` from the first reserved time ``t`` on: (keys,
     old marks, new marks), or None when a record is not new above its stream's cached mark
-    (``streams``: (shard, source) -> mark) or comes out of order. (In C this costs the same:
-    it is bound by reaching the batch's objects in memory, measured.)"""
+    (``streams``: (shard, source) -> mark) or comes out of order (``_fast_marks``)."""
+    marks = _fast_marks(pending, streams, shard)
+    if marks is None:
+        return None
+    return _data_keys(pending, t), marks[0], marks[1]
+
+
+def _data_keys(pending: list[_Pending], t: int) -> dict[str, bytes]:
+    """The data keys and values of ``pending`` recorded at times ``t``, ``t + 1``, ...: what
+    ``keys.time_bound`` makes, one format per 256 keys (the key's time is its high part and
+    ``_HEX2`` of its low byte)."""
     sets: dict[str, bytes] = {}
-    old: dict[str, str | None] = {}
-    high: dict[str, str] = {}
     n = t
-    hi = f"d.{n >> 8:014x}"  # the key's time is hi + _HEX2[low byte]: one format per 256 keys
-    for m, value, tail in pending:
-        src = m.source
-        pos = m.position
-        top = high.get(src)
-        if top is None:
-            mark = streams.get((shard, src), _UNKNOWN)
-            if mark is _UNKNOWN or (mark is not None and pos <= mark):
-                return None
-            old[src] = mark
-        elif pos <= top:
-            return None
-        high[src] = pos
+    hi = f"d.{n >> 8:014x}"
+    for _, value, tail in pending:
         low = n & 255
         if not low:
             hi = f"d.{n >> 8:014x}"
         sets[f"{hi}{_HEX2[low]}{tail}"] = value
         n += 1
-    return sets, old, high
+    return sets
 
 
 def _fast_marks(
