@@ -19,13 +19,12 @@ from typing import Any
 
 import pytest
 from boto3.s3.transfer import TransferConfig
-from moto import mock_aws
 
 from changelog.consumers.replication import apply
 from changelog.consumers.replication.apply import OLH_EPOCH, Destination, apply_record
 from changelog.pipeline.logformat import LogRecord
 from changelog.pipeline.s3client import make_s3_client
-from tests.moto_env import REGION, offline_credentials
+from tests.moto_env import REGION, two_versioned_zones
 
 _ids = itertools.count(1)
 MIB = 1024 * 1024
@@ -71,17 +70,9 @@ class Sent:
 
 @pytest.fixture
 def s3(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
-    offline_credentials(monkeypatch)
     # What the replicator learnt of sites in this process: nothing yet.
     monkeypatch.setattr(apply, "KEY_CONDITIONS", set())
-    with mock_aws():
-        client = make_s3_client(
-            None, access_key="testing", secret_key="testing", region=REGION,
-            max_attempts=2, connect_timeout=5.0, read_timeout=30.0,
-        )  # fmt: skip
-        for b in ("aaa", "bbb"):
-            client.create_bucket(Bucket=b)
-            client.put_bucket_versioning(Bucket=b, VersioningConfiguration={"Status": "Enabled"})
+    with two_versioned_zones(monkeypatch) as client:
         yield client
 
 

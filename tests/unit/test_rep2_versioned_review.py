@@ -9,30 +9,16 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from moto import mock_aws
 
 from changelog.consumers.replication.apply import apply_record
 from changelog.errors import TransientError
-from changelog.pipeline.s3client import make_s3_client
+from tests.moto_env import two_versioned_zones
 from tests.unit.test_replication_two_way_versioned import NoVersions, dest, rec, stack
 
 
 @pytest.fixture
 def s3(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
-    for k, v in {
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_DEFAULT_REGION": "us-east-1",
-    }.items():
-        monkeypatch.setenv(k, v)
-    with mock_aws():
-        client = make_s3_client(
-            None, access_key="testing", secret_key="testing", region="us-east-1",
-            max_attempts=2, connect_timeout=5.0, read_timeout=30.0,
-        )  # fmt: skip
-        for b in ("aaa", "bbb"):
-            client.create_bucket(Bucket=b)
-            client.put_bucket_versioning(Bucket=b, VersioningConfiguration={"Status": "Enabled"})
+    with two_versioned_zones(monkeypatch) as client:
         yield client
 
 

@@ -12,7 +12,6 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
-from moto import mock_aws
 
 from changelog.consumers.replication import rgwx
 from changelog.consumers.replication.apply import (
@@ -28,9 +27,9 @@ from changelog.consumers.replication.apply import (
     apply_record,
 )
 from changelog.pipeline.logformat import LogRecord
-from changelog.pipeline.s3client import make_s3_client
 from rgw_module import mapping
 from rgw_module.mapping import BilogEntry, BucketShard, ShardMapper
+from tests.moto_env import two_versioned_zones
 
 _ids = itertools.count(1)
 
@@ -69,15 +68,7 @@ class Calls:
 
 @pytest.fixture
 def s3(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
-    for k, v in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-                 "AWS_DEFAULT_REGION": "us-east-1"}.items():
-        monkeypatch.setenv(k, v)
-    with mock_aws():
-        client = make_s3_client(None, access_key="testing", secret_key="testing", region="us-east-1",
-                                max_attempts=2, connect_timeout=5.0, read_timeout=30.0)
-        for b in ("aaa", "bbb"):
-            client.create_bucket(Bucket=b)
-            client.put_bucket_versioning(Bucket=b, VersioningConfiguration={"Status": "Enabled"})
+    with two_versioned_zones(monkeypatch) as client:
         yield client
 
 
