@@ -65,6 +65,11 @@ class Lab:
         """The lab release's radosgw-admin (the host's when the lab names none)."""
         return self._run("radosgw-admin", *args, timeout=timeout)
 
+    def bucket_names(self) -> list[str]:
+        """Every bucket the lab holds now (``tenant/name`` for a tenant's), as `[source]`
+        names them: what a test's serve excludes to follow only the buckets made after it."""
+        return [str(b) for b in json.loads(self.radosgw_admin("bucket", "list"))]
+
     def _run(self, tool: str, *args: str, timeout: float) -> str:
         if self.bin:
             cmd = [os.path.join(self.bin, tool)]

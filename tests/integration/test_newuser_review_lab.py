@@ -127,7 +127,7 @@ def running_serve(lab: Lab, folder: Path, extra: str = "", *, only_new: bool = F
     logs_dir = folder / "logs"
     port = free_port()
     keyring = f'keyring = "{lab.keyring}"\n' if lab.keyring else ""
-    exclude = json.loads(lab.radosgw_admin("bucket", "list")) if only_new else []
+    exclude = lab.bucket_names() if only_new else []
     config = folder / "rgw-changelog.toml"
     config.write_text(
         f"""

@@ -26,7 +26,6 @@ after) their last DELETE and an emptied versioned bucket deleted. Then:
 from __future__ import annotations
 
 import io
-import json
 import os
 import re
 import shutil
@@ -586,7 +585,7 @@ def run_and_check(w: Workload, serve: Serve, ceph_lab: Lab, s3_client: Any, tmp_
     serve.buckets = ["*"]
     # Every bucket made by the workload is found by "*"; those the lab held before are left out
     # (following them would start with a full sync of every bucket the other tests left).
-    serve.exclude_buckets = json.loads(ceph_lab.radosgw_admin("bucket", "list"))
+    serve.exclude_buckets = ceph_lab.bucket_names()
     default_source(serve)
     t_start = time.monotonic()
     serve.start()
