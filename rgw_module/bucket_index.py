@@ -87,13 +87,13 @@ the entry's last update, equal here too, but nothing makes it name the head obje
 from __future__ import annotations
 
 import logging
-import os
 import struct
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple, Protocol
 
 from changelog.errors import ChangelogError, PermanentError
+from changelog.native import speedup
 from rgw_module.mapping import (
     NO_WRITE_SIZE,
     BilogEntry,
@@ -273,13 +273,7 @@ def _native_dir_entry() -> Callable[[bytes], Any] | None:
     careful reader decides, Ellipsis for what is not bytes), or None where the module is not
     built or RGW_CHANGELOG_PURE_PYTHON=1 asks for Python (tests/unit/test_catchup_cpu.py
     compares both on every captured entry, truncation and random corruption)."""
-    if os.environ.get("RGW_CHANGELOG_PURE_PYTHON", "") == "1":
-        return None
-    try:
-        from changelog import _speedups
-    except ImportError:
-        return None
-    got: Callable[[bytes], Any] | None = getattr(_speedups, "dir_entry", None)
+    got: Callable[[bytes], Any] | None = speedup("dir_entry")
     return got
 
 
@@ -563,13 +557,7 @@ def _lookups_py(page: Sequence[BilogEntry]) -> list[Lookup]:
 
 
 def _native_lookups() -> Callable[..., Any] | None:
-    if os.environ.get("RGW_CHANGELOG_PURE_PYTHON", "") == "1":
-        return None
-    try:
-        from changelog import _speedups
-    except ImportError:
-        return None
-    got: Callable[..., Any] | None = getattr(_speedups, "index_lookups", None)
+    got: Callable[..., Any] | None = speedup("index_lookups")
     return got
 
 

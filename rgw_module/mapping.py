@@ -53,7 +53,6 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import os
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -61,6 +60,7 @@ from datetime import UTC, datetime
 from typing import Any, NamedTuple, Protocol, TypedDict
 
 from changelog.errors import PermanentError
+from changelog.native import speedup
 from changelog.pipeline.logformat import rfc3339_us
 from changelog.pipeline.mutation import MAX_MTIME_NS, MAX_STREAM_BYTES, Mutation, Op
 
@@ -590,13 +590,7 @@ class ShardMapper:
 # ``ShardMapper.map_page`` in C (changelog/_speedups.c), or None where the module is not built or
 # RGW_CHANGELOG_PURE_PYTHON=1 asks for Python.
 def _native_map() -> Any:
-    if os.environ.get("RGW_CHANGELOG_PURE_PYTHON", "") == "1":
-        return None
-    try:
-        from changelog import _speedups
-    except ImportError:
-        return None
-    return getattr(_speedups, "map_bilog_page", None)
+    return speedup("map_bilog_page")
 
 
 _NATIVE_MAP = _native_map()

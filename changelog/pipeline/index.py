@@ -14,11 +14,11 @@ import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import orjson
 
 from changelog.errors import CompareFailed, ConfigError, InvalidMutation, TransientError
+from changelog.native import speedup
 from changelog.pipeline import keys
 from changelog.pipeline.control import META_KEY as META_KEY  # re-exported: the CLI reads it from here
 from changelog.pipeline.mutation import Mutation, Op, packer
@@ -77,20 +77,7 @@ _OBJVER = slice(1, 1 + 16 + 1 + 8)
 _NativePrepare = Callable[[Sequence[Mutation], int, type], dict[int, list[_Pending]] | None]
 
 
-def _speedups_function(name: str) -> Any:
-    """``changelog._speedups.<name>``, or None: not built, RGW_CHANGELOG_PURE_PYTHON=1, or a
-    module built from an older source (a checkout updated without a rebuild), where Python
-    serves, as without the module."""
-    if os.environ.get("RGW_CHANGELOG_PURE_PYTHON", "") == "1":
-        return None
-    try:
-        from changelog import _speedups
-    except ImportError:
-        return None
-    return getattr(_speedups, name, None)
-
-
-_NATIVE_PREPARE: _NativePrepare | None = _speedups_function("prepare_records")
+_NATIVE_PREPARE: _NativePrepare | None = speedup("prepare_records")
 
 # ``_fast_marks`` in C (``_speedups.fast_marks``), or None (not built, older build, or
 # RGW_CHANGELOG_PURE_PYTHON=1). None back from C: "not the fast path", as from Python.
@@ -100,7 +87,7 @@ _NativeMarks = Callable[
 ]
 
 
-_NATIVE_MARKS: _NativeMarks | None = _speedups_function("fast_marks")
+_NATIVE_MARKS: _NativeMarks | None = speedup("fast_marks")
 
 
 @dataclass(slots=True)
@@ -661,7 +648,6 @@ class HookStream:
     mutation object (same position) is recorded once."""
 
     def __init__(self, name: str = "hook") -> None:
-        import os
         import socket
 
         self.source = f"{name}:{socket.gethostname()}:{os.getpid()}:{time.time_ns():x}"

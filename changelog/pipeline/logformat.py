@@ -12,7 +12,6 @@ import enum
 import functools
 import gzip
 import io
-import os
 import re
 import struct
 import time
@@ -27,6 +26,7 @@ import orjson
 import zstandard
 
 from changelog.errors import InvalidMutation, PermanentError
+from changelog.native import speedup
 from changelog.pipeline.mutation import Mutation, event_id
 
 # Fixed compression settings: a log object must be rebuildable byte for byte, so nothing here
@@ -305,13 +305,10 @@ NativeEntriesEncoder = Callable[
 def _native_encoder() -> tuple[NativeEncoder, NativeEntriesEncoder] | tuple[None, None]:
     """The C encoder, unless it is not built or ``RGW_CHANGELOG_PURE_PYTHON=1`` (tests and
     debugging) asks for the Python one."""
-    if os.environ.get("RGW_CHANGELOG_PURE_PYTHON", "") == "1":
+    raw_many, entries = speedup("encode_raw_many"), speedup("encode_entries")
+    if raw_many is None or entries is None:
         return None, None
-    try:
-        from changelog import _speedups
-    except ImportError:
-        return None, None
-    return _speedups.encode_raw_many, _speedups.encode_entries
+    return raw_many, entries
 
 
 _NATIVE, _NATIVE_ENTRIES = _native_encoder()

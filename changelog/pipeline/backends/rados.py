@@ -49,6 +49,7 @@ from changelog.errors import (
     PermanentError,
     TransientError,
 )
+from changelog.native import speedup
 from changelog.pipeline.backends import check_op
 from changelog.pipeline.store import Cmp, LockInfo, LockRef, WriteOp
 
@@ -300,14 +301,7 @@ class _NativeWriter:
 
     @classmethod
     def attach(cls, ioctx: rados.Ioctx) -> _NativeWriter | None:
-        if os.environ.get("RGW_CHANGELOG_PURE_PYTHON", "") == "1":
-            return None
-        try:
-            from changelog import _speedups
-        except ImportError:
-            return None
-        send = getattr(_speedups, "write_op_send", None)
-        wait = getattr(_speedups, "write_op_wait", None)
+        send, wait = speedup("write_op_send"), speedup("write_op_wait")
         io = _ioctx_pointer(ioctx)
         if send is None or wait is None or io is None:
             return None
@@ -716,13 +710,8 @@ def _load_librados() -> ctypes.CDLL:
 def _fast_omap_get() -> Callable[..., tuple[int, int, dict[bytes, bytes] | None]] | None:
     """``_speedups.omap_get_keys``, or None where it is not built or RGW_CHANGELOG_PURE_PYTHON=1
     asks for the ctypes loop (tests/unit/test_omap_reader.py runs both)."""
-    if os.environ.get("RGW_CHANGELOG_PURE_PYTHON", "") == "1":
-        return None
-    try:
-        from changelog import _speedups
-    except ImportError:
-        return None
-    return getattr(_speedups, "omap_get_keys", None)
+    got: Callable[..., tuple[int, int, dict[bytes, bytes] | None]] | None = speedup("omap_get_keys")
+    return got
 
 
 class OmapReader:
