@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from changelog.pipeline.control import COLLECTOR_ROLE, FOLLOWER_ROLE, partition_lock
+from changelog.pipeline.lease import lock_held
 from changelog.pipeline.logformat import LogRecord, compression_of, iter_records, parse_log_name
 from tests.lab import Lab
 
@@ -281,8 +282,7 @@ level = "INFO"
         out: dict[int, Identity | None] = {}
         for p in range(self.partitions if role == FOLLOWER_ROLE else self.streams):
             info = store.lock_info(CONTROL_OID, partition_lock(role, p))
-            live = info is not None and (info.expires_at is None or info.expires_at > now)
-            out[p] = cookie_identity(info.cookie) if live and info is not None else None
+            out[p] = cookie_identity(info.cookie) if lock_held(info, now) else None
         return out
 
     def unheld(self, store: Any, role: str = FOLLOWER_ROLE) -> list[int]:
