@@ -44,6 +44,7 @@ bucket, other 4xx) comes back as ``Applied("failed")`` with a one-line reason.
 from __future__ import annotations
 
 import contextlib
+import copy
 import hashlib
 import io
 import logging
@@ -428,6 +429,39 @@ class _KnownSize(BaseSubscriber):
 
     def on_queued(self, future: TransferFuture, **kwargs: object) -> None:
         future.meta.provide_transfer_size(self.size)
+
+
+MIB = 1 << 20
+# The smallest part S3 (and s3transfer) allows but the last.
+MIN_PART = 5 * MIB
+# Part sizes of the common clients, the most common first (AWS CLI and boto3, rclone, s3cmd).
+COMMON_PARTS = (8 * MIB, 5 * MIB, 15 * MIB, 16 * MIB, 10 * MIB)
+
+
+def source_part_size(etag: str | None, size: int, part_bytes: int) -> int | None:
+    """The part size a multipart source object was most likely uploaded in, from its ETag
+    (``<md5>-<N>``) and size: its size for a single part, else the first of the common clients'
+    part sizes (``COMMON_PARTS``: the AWS CLI and boto3 8 MiB, rclone 5 MiB, s3cmd 15 MiB) that
+    cuts ``size`` into N parts, else the smallest whole number of MiB from 5 MiB up that does.
+    Copied in parts of that size, the replica has the source's ETag (radosgw 18.2 ignores
+    ``partNumber`` on a HEAD: the layout cannot be asked for); a guess that is wrong (parts of
+    uneven sizes) costs only that: the replica's ETag differs, its content is the same. None:
+    not a multipart ETag, no whole MiB fits, or parts larger than twice ``part_bytes`` (what
+    bounds an upload's memory)."""
+    if not etag or size <= 0:
+        return None
+    _, dash, count = etag.strip('"').rpartition("-")
+    if not dash or not count.isdigit() or int(count) < 1:
+        return None
+    parts = int(count)
+    if parts == 1:
+        return size if size <= 2 * part_bytes else None
+    smallest = max(MIN_PART, -(-size // parts))
+    fits = [p for p in COMMON_PARTS if p >= smallest and (parts - 1) * p < size]
+    part = fits[0] if fits else -(-smallest // MIB) * MIB
+    if (parts - 1) * part >= size or part > 2 * part_bytes:
+        return None
+    return part
 
 
 # ``on_upload(site bucket, key)``: called before a multipart upload is begun at the site (to
@@ -878,7 +912,7 @@ class _Apply:
                     raise _Skip(
                         f"{ECHO}the source version is a replica from {self.dest.peer_zone}, gone there since"
                     )
-                if guarded and obj.size >= (self.transfer or TransferConfig()).multipart_threshold:
+                if guarded and obj.size >= self.upload_config(obj).multipart_threshold:
                     # 16.2 and 18.2 ignore the condition on a multipart completion: one request
                     # more for an upload of several.
                     self.require_site_versioning()
@@ -1302,7 +1336,7 @@ class _Apply:
         """Stream ``obj`` to the site key; the new site version's id (None if unversioned).
         ``place``: ``rgwx`` parameters of the request that makes the object."""
         extra = self.upload_args(obj, sv)
-        config = self.transfer or TransferConfig()
+        config = self.upload_config(obj)
         # boto3's TransferConfig(use_threads=False) runs the parts in this thread.
         executor = NonThreadedExecutor if getattr(config, "use_threads", True) is False else None
         recorder = _Recorder(self.dest.client, self.condition, place, self.on_upload)
@@ -1317,6 +1351,20 @@ class _Apply:
             self.requests += recorder.calls
         self.bytes += obj.size
         return recorder.version_id
+
+    def upload_config(self, obj: _SourceObject) -> TransferConfig:
+        """s3transfer's settings for copying ``obj``: a multipart source is copied in its own
+        parts where its ETag tells their size (``source_part_size``), so that the replica has
+        the same ETag; anything else in ``part_bytes`` parts above ``part_bytes``."""
+        config = self.transfer or TransferConfig()
+        part = source_part_size(obj.etag, obj.size, config.multipart_chunksize)
+        if part is None:
+            return config
+        config = copy.copy(config)
+        config.multipart_chunksize = part
+        # A single part too (below the threshold it would be a PutObject, of another ETag).
+        config.multipart_threshold = min(part, obj.size)
+        return config
 
     def upload_args(self, obj: _SourceObject, sv: str) -> dict[str, object]:
         resp = obj.response

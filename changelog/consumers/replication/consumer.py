@@ -736,7 +736,8 @@ class SiteReplicator:
             err = translate_error(ex, f"bucket {name} at site {self.site.name}")
             if not isinstance(err, PermanentError):
                 raise err from ex
-            dest = f"site {self.site.name}: bucket {name}: {err}"
+            # One line naming the site and the bucket once: "bucket dst at site b: 404 ...".
+            dest = str(err)
         self._buckets[bucket] = (now, dest)
         return dest
 

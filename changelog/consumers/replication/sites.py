@@ -36,18 +36,30 @@ READ_TIMEOUT = 120.0
 PART_CONCURRENCY = 2
 
 
+def tenant_names(client: S3Client) -> S3Client:
+    """``client``, taking a tenant's bucket as radosgw names it in S3 (``tenant:bucket``), which
+    botocore's name check refuses before sending: the server is the judge of its bucket names
+    (AWS refuses such a name itself, in one line)."""
+    from botocore.handlers import validate_bucket_name
+
+    client.meta.events.unregister("before-parameter-build.s3", validate_bucket_name)
+    return client
+
+
 def site_client(site: SiteConfig, *, max_attempts: int, pool: int) -> S3Client:
-    return make_s3_client(
-        site.endpoint,
-        access_key=reveal(site.access_key),
-        secret_key=reveal(site.secret_key),
-        region=site.region,
-        addressing_style=site.addressing_style,
-        verify=site.tls_verify,
-        max_attempts=max_attempts,
-        connect_timeout=CONNECT_TIMEOUT,
-        read_timeout=READ_TIMEOUT,
-        max_pool=pool,
+    return tenant_names(
+        make_s3_client(
+            site.endpoint,
+            access_key=reveal(site.access_key),
+            secret_key=reveal(site.secret_key),
+            region=site.region,
+            addressing_style=site.addressing_style,
+            verify=site.tls_verify,
+            max_attempts=max_attempts,
+            connect_timeout=CONNECT_TIMEOUT,
+            read_timeout=READ_TIMEOUT,
+            max_pool=pool,
+        )
     )
 
 
@@ -91,17 +103,19 @@ class Replication:
         if cfg.source.endpoint is None:
             raise ConfigError("replication reads the source zone: set [source] endpoint")
         pool = 2 * rc.workers * (1 + 2) + 4
-        self.source = make_s3_client(
-            cfg.source.endpoint,
-            access_key=reveal(cfg.source.access_key),
-            secret_key=reveal(cfg.source.secret_key),
-            region=cfg.source.region,
-            addressing_style="path",
-            verify=cfg.source.tls_verify,
-            max_attempts=rc.max_attempts,
-            connect_timeout=CONNECT_TIMEOUT,
-            read_timeout=READ_TIMEOUT,
-            max_pool=pool * max(1, len(rc.sites)),
+        self.source = tenant_names(
+            make_s3_client(
+                cfg.source.endpoint,
+                access_key=reveal(cfg.source.access_key),
+                secret_key=reveal(cfg.source.secret_key),
+                region=cfg.source.region,
+                addressing_style="path",
+                verify=cfg.source.tls_verify,
+                max_attempts=rc.max_attempts,
+                connect_timeout=CONNECT_TIMEOUT,
+                read_timeout=READ_TIMEOUT,
+                max_pool=pool * max(1, len(rc.sites)),
+            )
         )
         self._closers.append(self.source.close)
         self.logs = open_target(cfg)
