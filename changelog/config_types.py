@@ -155,6 +155,30 @@ def _field_info(models: Mapping[str, type[BaseModel]], loc: Sequence[int | str])
     return model, (str(loc[1]) if len(loc) > 1 else "")
 
 
+def _table_at(models: Mapping[str, type[BaseModel]], loc: Sequence[int | str]) -> type[BaseModel] | None:
+    """The model of the table at ``loc``: a section (``("collector",)``), or one nested in it,
+    through list items (``("replication", "sites", 0)``); None where that is no model."""
+    model = models.get(str(loc[0])) if loc else None
+    for part in loc[1:]:
+        if model is None:
+            return None
+        if isinstance(part, int):
+            continue  # an item of the list the previous key held: its model was taken there
+        field = model.model_fields.get(part)
+        model = _model_in(field.annotation) if field is not None else None
+    return model
+
+
+def _model_in(annotation: object) -> type[BaseModel] | None:
+    """The model a field holds: itself, or inside a list, tuple or Optional."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in get_args(annotation):
+        if (found := _model_in(arg)) is not None:
+            return found
+    return None
+
+
 def known_keys(model: type[BaseModel]) -> list[str]:
     """The keys a section accepts: its fields, then ``<secret>_env`` for each secret."""
     secrets = [n for n, f in model.model_fields.items() if _is_secret(f.annotation)]
@@ -192,7 +216,8 @@ def describe(err: ErrorDetails, models: Mapping[str, type[BaseModel]]) -> str:
     if len(loc) == 1 and kind in ("model_type", "model_attributes_type", "dict_type"):
         return f"[{name}] must be a table (got {shown(got)})"
     if kind == "extra_forbidden":
-        return f"unknown key {name}{suggest(key, known_keys(model)) if model and len(loc) == 2 else ''}"
+        table = _table_at(models, loc[:-1])
+        return f"unknown key {name}{suggest(str(loc[-1]), known_keys(table)) if table else ''}"
     if kind == "literal_error":
         choices = _choices(model, key)
         if not isinstance(got, str):

@@ -150,7 +150,10 @@ class Refusal:
     message: str
 
     def __str__(self) -> str:
-        return f"{self.status} {self.code} {self.message or self.code}".rstrip()
+        """``403 AccessDenied Access Denied``; the code once when radosgw sends no message (or
+        the code as its message), which it often does."""
+        message = "" if self.message == self.code else self.message
+        return " ".join(part for part in (str(self.status), self.code, message) if part)
 
 
 def refusal(ex: BaseException) -> Refusal | None:

@@ -170,8 +170,13 @@ def test_serve_killed_while_a_recreated_bucket_waits_loses_none_of_its_new_recor
         s3.create_bucket(Bucket=bucket)
         for k in keys:  # written at once, each in the shard radosgw picks
             s3.put_object(Bucket=bucket, Key=k, Body=k.encode())
-        time.sleep(5.0)  # many sweeps: the bucket_delete recorded, the data log read, waiting
+        # Many sweeps: the bucket_delete recorded, the data log read, waiting. Polled, not slept:
+        # on a loaded machine 5 s was not always enough for the first of them.
+        deadline = time.monotonic() + 60.0
+        while "deleted and created again" not in first.log_tail(100_000) and time.monotonic() < deadline:
+            time.sleep(0.25)
         assert "deleted and created again" in first.log_tail(100_000), first.log_tail()
+        time.sleep(2.0)  # more sweeps while it waits (the data log's news of the new shards)
         first.proc.send_signal(signal.SIGKILL)
         first.proc.wait(timeout=10)
     with setup.serve(2) as second:

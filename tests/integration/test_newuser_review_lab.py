@@ -193,7 +193,7 @@ listen = "127.0.0.1:{port}"
 
 @pytest.fixture(scope="module")
 def serve(ceph_lab: Lab, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Serve]:
-    with running_serve(ceph_lab, tmp_path_factory.mktemp("newuser-serve")) as s:
+    with running_serve(ceph_lab, tmp_path_factory.mktemp("newuser-serve"), only_new=True) as s:
         yield s
 
 
@@ -469,7 +469,7 @@ def test_serve_with_a_backup_interval_on_a_new_index_stays_up(ceph_lab: Lab, tmp
 url = "file://{tmp_path}/backups/"
 interval = 3600
 """
-    with running_serve(ceph_lab, tmp_path, extra) as s:
+    with running_serve(ceph_lab, tmp_path, extra, only_new=True) as s:
         assert s.proc.poll() is None
         assert s.post("/_/backup/run") == 200
 

@@ -197,6 +197,9 @@ def test_exclude_wins_over_all_buckets(tmp_path: Path) -> None:
         ("[collector]\nsettel = 1\n", "unknown key collector.settel (did you mean 'settle'?)"),
         ("[target]\nsecret = 1\n", "unknown key target.secret (did you mean 'secret_key'?)"),
         ("[target]\nzzz = 1\n", "unknown key target.zzz"),
+        # In a table of a list (a replication site): the keys of a site are suggested.
+        ('[[replication.sites]]\nname = "b"\nendpoint = "http://h:1"\nacces_key = "x"\n',
+         "unknown key replication.sites[0].acces_key (did you mean 'access_key'?)"),
         ("[index]\n[index.sub]\nx = 1\n", "unknown key index.sub"),
         ('[collector]\nsettle = 1\n[collector]\n', "is not valid TOML"),
         ("[collector\n", "is not valid TOML: Expected ']'"),

@@ -23,3 +23,11 @@ def test_a_missing_site_bucket_is_named_once(aws: Any, logs: DirectoryTarget, in
     (entry,) = SiteState(index, "east").failed()
     assert entry.error.startswith("bucket dst at site east: 404"), entry.error
     assert entry.error.count("dst") == 1 and entry.error.count("east") == 1
+
+
+def test_a_refusal_names_its_code_once() -> None:
+    from changelog.pipeline.s3client import Refusal
+
+    assert str(Refusal(404, "NoSuchBucket", "")) == "404 NoSuchBucket"
+    assert str(Refusal(403, "AccessDenied", "AccessDenied")) == "403 AccessDenied"
+    assert str(Refusal(403, "AccessDenied", "Access Denied")) == "403 AccessDenied Access Denied"
