@@ -402,6 +402,8 @@ def _print_status(doc: status.Doc) -> None:
         click.echo(line)
     if doc.get("controls"):
         click.echo(f"controls: {_controls_text(doc.get('controls'))}")
+    for warning in doc.get("warnings") or []:  # type: ignore[attr-defined]
+        click.echo(f"warning: {warning}")
     click.echo("")
     if streams is not None:
         table(streams[1], status.STREAMS_HEADER)

@@ -873,3 +873,47 @@ class OmapReader:
                 self._lib.rados_ioctx_destroy(io)
             self._ioctxs.clear()
         self._lib.rados_shutdown(self._cluster)
+
+
+# -- whole small objects -------------------------------------------------------------------------
+
+
+def read_small_objects(
+    *,
+    conffile: str,
+    pool: str,
+    oids: Sequence[str],
+    keyring: str | None = None,
+    client_name: str = "client.admin",
+    connect_timeout: float = 10,
+    limit: int = 1 << 20,
+) -> dict[str, bytes | None]:
+    """The data of each of ``oids`` in ``pool`` (None: no such object), up to ``limit`` bytes
+    each, through a client of its own that is shut down before returning: a few reads made once
+    (radosgw's zonegroup in ``.rgw.root``, ``rgw_module.zonegroup``)."""
+    where = f"Ceph ({conffile}, {client_name}, pool {pool!r})"
+    try:
+        cluster = rados.Rados(
+            conffile=conffile, conf=client_conf(connect_timeout, connect_timeout, keyring), name=client_name
+        )
+        cluster.connect(timeout=max(1, math.ceil(connect_timeout)))
+    except rados.Error as ex:
+        raise _general(_errno(ex), "connect", f"{where}: {ex}") from ex
+    try:
+        ioctx = cluster.open_ioctx(pool)
+        try:
+            out: dict[str, bytes | None] = {}
+            for oid in oids:
+                try:
+                    out[oid] = bytes(ioctx.read(oid, limit))
+                except rados.ObjectNotFound:
+                    out[oid] = None
+            return out
+        finally:
+            ioctx.close()
+    except rados.Error as ex:
+        if _errno(ex) == errno.ENOENT:
+            raise PermanentError(f"{where}: no such pool") from ex
+        raise _general(_errno(ex), "read", f"{where}: {ex}") from ex
+    finally:
+        cluster.shutdown()
