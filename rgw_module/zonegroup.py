@@ -339,15 +339,24 @@ class ZonegroupCheck:
         self.see(buckets)
 
     def see(self, buckets: Iterable[str]) -> None:
-        """Look at the lifecycle configuration of each of ``buckets`` not seen before (nothing
-        when the zonegroup logs lifecycle removals anyway, or was not read)."""
+        """Look at the lifecycle configuration of each of ``buckets`` not seen before. Nothing
+        when the zonegroup logs lifecycle removals anyway, was not read, or radosgw is older
+        than Reef (told from the first bucket: its log info, two requests, once)."""
         zg = self.zonegroup
-        if zg is None or zg.logs_lifecycle_removals():
+        if zg is None or zg.logs_lifecycle_removals() or self.release_reef is False:
             return
         with self._lock:
             new = [b for b in buckets if b not in self._seen]
             self._seen.update(new)
         for bucket in new:
+            if self.release_reef is None and not self._tell_release(bucket):
+                with self._lock:
+                    self._seen.discard(bucket)  # looked at when next seen
+                continue
+            if not self.release_reef:
+                with self._lock:
+                    self._seen.clear()  # older than Reef: nothing to remember
+                return
             try:
                 rules = expiring_rules(self.lifecycle(bucket))
             except ChangelogError as ex:
@@ -355,20 +364,16 @@ class ZonegroupCheck:
                 with self._lock:
                     self._seen.discard(bucket)  # asked again when next seen
                 continue
-            if not rules:
-                continue
-            if self.release_reef is None:
-                try:
-                    self.release_reef = self.reef_or_later(bucket)
-                except ChangelogError as ex:
-                    logger.info("zonegroup check: radosgw's release not told from %s: %s", bucket, ex)
-            if self.release_reef is None:
-                with self._lock:
-                    self._seen.discard(bucket)
-                continue
-            if self.release_reef:
+            if rules:
                 self.lc_buckets[bucket] = rules
                 self._warn(lc_warning(bucket))
+
+    def _tell_release(self, bucket: str) -> bool:
+        try:
+            self.release_reef = self.reef_or_later(bucket)
+        except ChangelogError as ex:
+            logger.info("zonegroup check: radosgw's release not told from bucket %s: %s", bucket, ex)
+        return self.release_reef is not None
 
     def _warn(self, text: str) -> None:
         with self._lock:
@@ -411,9 +416,10 @@ class _Source(Protocol):
     def config(self) -> SourceConfig: ...
 
 
-def zonegroup_reader(cfg: Config) -> Callable[[], Zonegroup]:
+def zonegroup_reader(cfg: Config, *, radosgw_admin: str = "radosgw-admin") -> Callable[[], Zonegroup]:
     """Read the zonegroup from RADOS with the ``[index]`` section's Ceph client, else with
-    ``radosgw-admin zonegroup get``; a ``PermanentError`` saying why neither worked."""
+    ``radosgw-admin zonegroup get`` (the binary ``radosgw_admin``); a ``PermanentError`` saying
+    why neither worked."""
     from pathlib import Path
 
     from rgw_module.zone import RadosgwAdmin
@@ -425,25 +431,26 @@ def zonegroup_reader(cfg: Config) -> Callable[[], Zonegroup]:
         why = []
         if conf is not None:
             try:
-                from changelog.pipeline.backends.rados import read_small_objects
+                from changelog.pipeline.backends.rados import SmallObjectReader
             except ImportError as ex:
                 why.append(f"no rados binding ({ex})")
             else:
                 try:
-                    return read_from_rados(
-                        lambda oids: read_small_objects(
-                            conffile=conf, pool=ROOT_POOL, oids=list(oids), keyring=ic.keyring,
-                            client_name=ic.client_name, connect_timeout=ic.connect_timeout,
-                        )  # fmt: skip
-                    )
+                    with SmallObjectReader(
+                        conffile=conf, pool=ROOT_POOL, keyring=ic.keyring, client_name=ic.client_name,
+                        connect_timeout=ic.connect_timeout,
+                    ) as objects:  # fmt: skip
+                        return read_from_rados(objects.read)
                 except ChangelogError as ex:
                     why.append(f"RADOS: {ex}")
         else:
             why.append(f"RADOS: index.ceph_conf {ic.ceph_conf} not found")
         try:
-            admin = RadosgwAdmin(conf=conf, keyring=ic.keyring if conf else None, name=ic.client_name if conf else None)
-            doc = admin.json("zonegroup", "get")
-            return from_json(doc)
+            if conf is None:  # radosgw-admin's own defaults (/etc/ceph/ceph.conf, client.admin)
+                admin = RadosgwAdmin(binary=radosgw_admin)
+            else:
+                admin = RadosgwAdmin(binary=radosgw_admin, conf=conf, keyring=ic.keyring, name=ic.client_name)
+            return from_json(admin.json("zonegroup", "get"))
         except ChangelogError as ex:
             why.append(str(ex))
         raise PermanentError("; ".join(why))

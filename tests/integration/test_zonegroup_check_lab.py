@@ -25,6 +25,7 @@ from typing import Any
 
 import pytest
 
+from changelog.errors import PermanentError
 from tests.integration.test_newuser_review_lab import Serve, cli_env, running_serve
 from tests.lab import Lab, log_data_again, log_zone, s3_client
 
@@ -140,3 +141,26 @@ def test_log_data_false_warns(ceph_lab: Lab, tmp_path: Path) -> None:
     finally:
         log_data_again(ceph_lab, "zonegroup-zgcheck-on.json")
     assert all(z["log_data"] in (True, "true") for z in json.loads(ceph_lab.radosgw_admin("zonegroup", "get"))["zones"])
+
+
+def test_read_from_rados_else_with_radosgw_admin(ceph_lab: Lab, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same zonegroup either way; radosgw-admin when RADOS cannot give it (here: a root pool
+    that does not exist)."""
+    from changelog.config import Config
+    from rgw_module import zonegroup
+
+    cfg = Config.model_validate(
+        {"index": {"backend": "rados", "ceph_conf": ceph_lab.conf, "keyring": ceph_lab.keyring or None, "pool": ceph_lab.pool}}
+    )
+    binary = f"{ceph_lab.bin}/radosgw-admin" if ceph_lab.bin else "radosgw-admin"
+    read = zonegroup.zonegroup_reader(cfg, radosgw_admin=binary)
+    from_rados = read()
+    assert from_rados.source == "rados"
+    monkeypatch.setattr(zonegroup, "ROOT_POOL", "zgcheck-no-such-pool")
+    from_admin = read()
+    assert from_admin.source == "radosgw-admin"
+    assert (from_admin.id, from_admin.name, from_admin.zones) == (from_rados.id, from_rados.name, from_rados.zones)
+    # Neither: one error naming both reasons (serve logs it as "zonegroup not checked: ...").
+    read = zonegroup.zonegroup_reader(cfg, radosgw_admin="/nonexistent/radosgw-admin")
+    with pytest.raises(PermanentError, match=r"RADOS: .*no such pool.*; /nonexistent/radosgw-admin not found"):
+        read()

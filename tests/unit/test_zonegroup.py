@@ -172,6 +172,7 @@ class Radosgw:
         self.lifecycles = lifecycles
         self.reef = reef
         self.asked: list[str] = []
+        self.told: list[str] = []
         self.fail: set[str] = set()
 
     def lifecycle(self, bucket: str) -> Any:
@@ -181,6 +182,9 @@ class Radosgw:
         return self.lifecycles.get(bucket)
 
     def reef_or_later(self, bucket: str) -> bool | None:
+        self.told.append(bucket)
+        if bucket in self.fail:
+            raise TransientError(f"radosgw: bucket index log info of {bucket}: HTTP 503")
         return self.reef
 
 
@@ -225,7 +229,9 @@ def test_no_lifecycle_warning_with_a_log_zone_or_on_pacific() -> None:
     gw = Radosgw({"lc": EXPIRING}, reef=False)
     check = make_check("pacific", "plain", gw)
     check.start(["lc"])
-    assert check.warnings == [] and gw.asked == ["lc"]
+    check.see(["lc", "new"])
+    # Pacific, told from the first bucket: no lifecycle configuration read at all.
+    assert check.warnings == [] and gw.asked == [] and gw.told == ["lc"]
 
 
 def test_log_data_off_warns(caplog: pytest.LogCaptureFixture) -> None:
@@ -239,17 +245,21 @@ def test_log_data_off_warns(caplog: pytest.LogCaptureFixture) -> None:
 
 
 def test_an_unreadable_configuration_or_release_is_asked_again() -> None:
-    gw = Radosgw({"lc": EXPIRING}, reef=None)
-    gw.fail.add("lc")
+    gw = Radosgw({"lc": EXPIRING, "lc2": EXPIRING}, reef=None)
     check = make_check("reef", "plain", gw)
-    check.start(["lc"])
-    assert check.warnings == []
-    gw.fail.clear()
-    check.see(["lc"])  # the release still unknown: no warning, asked again later
-    assert check.warnings == [] and check.release_reef is None
+    check.start(["lc", "lc2"])  # the release cannot be told: nothing read, both asked again
+    assert check.warnings == [] and check.release_reef is None and gw.asked == []
     gw.reef = True
-    check.see(["lc"])
-    assert gw.asked == ["lc", "lc", "lc"] and len(check.warnings) == 1
+    gw.fail.add("lc")
+    check.see(["lc", "lc2"])  # lc's log info fails: the release told from lc2, lc left for later
+    assert check.release_reef is True and gw.told == ["lc", "lc2", "lc", "lc2"]
+    assert gw.asked == ["lc2"] and len(check.warnings) == 1 and "bucket lc2 " in check.warnings[0]
+    check.see(["lc", "lc2"])  # lc's configuration fails now
+    assert gw.asked == ["lc2", "lc"] and len(check.warnings) == 1
+    gw.fail.clear()
+    check.see(["lc", "lc2"])
+    assert gw.asked == ["lc2", "lc", "lc"] and len(check.warnings) == 2 and "bucket lc " in check.warnings[1]
+    assert gw.told == ["lc", "lc2", "lc", "lc2"]  # the release asked no more once told
 
 
 def test_an_unreadable_zonegroup_is_one_info_line(caplog: pytest.LogCaptureFixture) -> None:
