@@ -365,7 +365,8 @@ class ZonegroupCheck:
                     self._seen.discard(bucket)  # asked again when next seen
                 continue
             if rules:
-                self.lc_buckets[bucket] = rules
+                with self._lock:
+                    self.lc_buckets[bucket] = rules
                 self._warn(lc_warning(bucket))
 
     def _tell_release(self, bucket: str) -> bool:
@@ -385,7 +386,7 @@ class ZonegroupCheck:
     def doc(self) -> dict[str, object]:
         zg = self.zonegroup
         with self._lock:
-            warnings = list(self.warnings)
+            warnings, unlogged = list(self.warnings), dict(self.lc_buckets)
         out: dict[str, object] = {"checked": zg is not None, "warnings": warnings}
         if zg is None:
             out["not_checked"] = self.not_checked
@@ -396,6 +397,8 @@ class ZonegroupCheck:
             zones={z.name: {"tier_type": z.tier_type, "log_data": z.log_data} for z in zg.zones},
             logs_lifecycle_removals=zg.logs_lifecycle_removals(),
             reef_or_later=self.release_reef,
+            # bucket -> the rules whose removals radosgw does not log
+            unlogged_lifecycle=unlogged,
         )
         return out
 

@@ -99,6 +99,7 @@ def test_lifecycle_warning_on_reef_without_a_log_zone(ceph_lab: Lab, lc_bucket: 
             assert zg["reef_or_later"] is False and doc["warnings"] == []
             return
         assert zg["reef_or_later"] is True
+        assert zg["unlogged_lifecycle"][lc_bucket] == ["expire-x"]
         ours = [w for w in doc["warnings"] if lc_warning(lc_bucket) in w]
         assert len(ours) == 1 and "radosgw's own lifecycle and the Swift expirer" in ours[0]
         assert not [w for w in doc["warnings"] if "log_data" in w]

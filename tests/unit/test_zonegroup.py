@@ -219,6 +219,7 @@ def test_reef_without_a_log_zone_warns_per_expiring_bucket(caplog: pytest.LogCap
     doc = check.doc()
     assert doc["checked"] is True and doc["reef_or_later"] is True and doc["warnings"] == check.warnings
     assert doc["zones"] == {"default": {"tier_type": "", "log_data": True}}
+    assert doc["unlogged_lifecycle"] == {"lc": ["x"], "new": ["x"]}
 
 
 def test_no_lifecycle_warning_with_a_log_zone_or_on_pacific() -> None:
