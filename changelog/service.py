@@ -446,7 +446,7 @@ def serve(cfg: Config) -> None:
     if pipeline.follower is not None and src.check_zonegroup:
         from rgw_module.zonegroup import start_check
 
-        pipeline.zonegroup = start_check(cfg, pipeline.follower, service.stop_event)
+        pipeline.zonegroup = start_check(pipeline.follower, cfg.index, service.stop_event)
     if pipeline.follower is not None:
         logger.info(
             "serve: following %s (buckets %s) into index %s, logs to %s",

@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from changelog.errors import ChangelogError, PermanentError
 
 if TYPE_CHECKING:
-    from changelog.config import Config, SourceConfig
+    from changelog.config import IndexConfig, SourceConfig
     from rgw_module.admin import AdminClient
 
 logger = logging.getLogger(__name__)
@@ -419,7 +419,7 @@ class _Source(Protocol):
     def config(self) -> SourceConfig: ...
 
 
-def zonegroup_reader(cfg: Config, *, radosgw_admin: str = "radosgw-admin") -> Callable[[], Zonegroup]:
+def zonegroup_reader(ic: IndexConfig, *, radosgw_admin: str = "radosgw-admin") -> Callable[[], Zonegroup]:
     """Read the zonegroup from RADOS with the ``[index]`` section's Ceph client, else with
     ``radosgw-admin zonegroup get`` (the binary ``radosgw_admin``); a ``PermanentError`` saying
     why neither worked."""
@@ -427,7 +427,6 @@ def zonegroup_reader(cfg: Config, *, radosgw_admin: str = "radosgw-admin") -> Ca
 
     from rgw_module.zone import RadosgwAdmin
 
-    ic = cfg.index
     conf = ic.ceph_conf if Path(ic.ceph_conf).is_file() else None
 
     def read() -> Zonegroup:
@@ -465,21 +464,22 @@ def followed_buckets(source: _Source) -> list[str]:
     return [b for b in source.admin.list_buckets() if source.config.includes(b)]
 
 
-def start_check(cfg: Config, source: _Source, stop: threading.Event) -> ZonegroupCheck:
+def start_check(source: _Source, index: IndexConfig, stop: threading.Event) -> ZonegroupCheck:
     """The check, run on a daemon thread: at once, then for buckets first seen every
-    ``[source] bucket_scan_interval`` (at least MIN_RESCAN_S) until ``stop``. It never raises."""
+    ``[source] bucket_scan_interval`` (at least MIN_RESCAN_S) until ``stop``; the zonegroup read
+    with the ``[index]`` section's Ceph client. It never raises."""
     admin = source.admin
 
     def reef_or_later(bucket: str) -> bool | None:
         return admin.bilog_info(bucket, admin.bucket_instance_id(bucket)).generation_aware
 
     check = ZonegroupCheck(
-        read_zonegroup=zonegroup_reader(cfg),
+        read_zonegroup=zonegroup_reader(index),
         endpoint=admin.endpoint,
         lifecycle=admin.bucket_lifecycle,
         reef_or_later=reef_or_later,
     )
-    interval = max(cfg.source.bucket_scan_interval, MIN_RESCAN_S)
+    interval = max(source.config.bucket_scan_interval, MIN_RESCAN_S)
 
     def run() -> None:
         first = True

@@ -154,7 +154,7 @@ def test_read_from_rados_else_with_radosgw_admin(ceph_lab: Lab, monkeypatch: pyt
         {"index": {"backend": "rados", "ceph_conf": ceph_lab.conf, "keyring": ceph_lab.keyring or None, "pool": ceph_lab.pool}}
     )
     binary = f"{ceph_lab.bin}/radosgw-admin" if ceph_lab.bin else "radosgw-admin"
-    read = zonegroup.zonegroup_reader(cfg, radosgw_admin=binary)
+    read = zonegroup.zonegroup_reader(cfg.index, radosgw_admin=binary)
     from_rados = read()
     assert from_rados.source == "rados"
     monkeypatch.setattr(zonegroup, "ROOT_POOL", "zgcheck-no-such-pool")
@@ -162,6 +162,6 @@ def test_read_from_rados_else_with_radosgw_admin(ceph_lab: Lab, monkeypatch: pyt
     assert from_admin.source == "radosgw-admin"
     assert (from_admin.id, from_admin.name, from_admin.zones) == (from_rados.id, from_rados.name, from_rados.zones)
     # Neither: one error naming both reasons (serve logs it as "zonegroup not checked: ...").
-    read = zonegroup.zonegroup_reader(cfg, radosgw_admin="/nonexistent/radosgw-admin")
+    read = zonegroup.zonegroup_reader(cfg.index, radosgw_admin="/nonexistent/radosgw-admin")
     with pytest.raises(PermanentError, match=r"RADOS: .*no such pool.*; /nonexistent/radosgw-admin not found"):
         read()
