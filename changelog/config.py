@@ -156,6 +156,9 @@ class SourceConfig(S3Section):
     # Trim the bucket index logs and the data log up to what is recorded (a single zone never
     # trims them itself). Off: leave them to radosgw's own trimming (multisite) or an operator.
     trim_logs: Flag = True
+    # At start, and for each bucket first seen, warn (log and status) about zonegroup settings
+    # under which radosgw logs nothing the follower could see (rgw_module.zonegroup).
+    check_zonegroup: Flag = True
 
     # --- advanced tuning (defaults are the follower's former constants)
     # A bucket written to within this many seconds is read every poll; others on data log news.

@@ -46,6 +46,7 @@ if TYPE_CHECKING:
     from changelog.pipeline.targets import Target
     from rgw_module.follower import Follower
     from rgw_module.follower_partitions import PartitionedFollower
+    from rgw_module.zonegroup import ZonegroupCheck
 
     AnyFollower = Follower | PartitionedFollower
     AnyCollector = Collector | StreamedCollector
@@ -190,6 +191,8 @@ class Pipeline:
     consumers: list[ConsumerRunner] = field(default_factory=list)
     # The replication sites' shared clients (their runners are among ``consumers``).
     replication: Replication | None = None
+    # The zonegroup check's findings (``rgw_module.zonegroup``), set by ``serve``.
+    zonegroup: ZonegroupCheck | None = None
 
     def components(self) -> dict[str, Component]:
         out: dict[str, Component] = {}
@@ -440,6 +443,10 @@ def serve(cfg: Config) -> None:
     service.add_cleanup(api.stop)
     service.add_cleanup(pipeline.close)
     src = cfg.source
+    if pipeline.follower is not None and src.check_zonegroup:
+        from rgw_module.zonegroup import start_check
+
+        pipeline.zonegroup = start_check(pipeline.follower, cfg.index, service.stop_event)
     if pipeline.follower is not None:
         logger.info(
             "serve: following %s (buckets %s) into index %s, logs to %s",
@@ -526,6 +533,11 @@ def status_doc(cfg: Config, pipeline: Pipeline, health: Health | None = None) ->
     doc = collect_status(cfg, pipeline.index, pipeline.target)
     doc["from"] = "serve"
     doc["health"] = (health or make_health(cfg.health, pipeline)).report()
+    if pipeline.zonegroup is not None:
+        # Settings under which radosgw logs what no follower can see: warnings, not ill health.
+        zg = pipeline.zonegroup.doc()
+        doc["zonegroup"] = zg
+        doc["warnings"] = zg["warnings"]
     collector_doc = doc.get("collector")
     if isinstance(collector_doc, dict):
         collector_doc["live"] = pipeline.collector.stats()

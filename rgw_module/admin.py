@@ -634,6 +634,17 @@ class AdminClient:
                 return int(o.get("Size", 0)), _strip_etag(o.get("ETag"))
         return None
 
+    def bucket_lifecycle(self, bucket: str) -> dict[str, Any] | None:
+        """The bucket's S3 lifecycle configuration (``Rules``), None when it has none or is gone."""
+        try:
+            doc = self._s3_call(
+                f"lifecycle of {bucket}",
+                lambda s3: s3.get_bucket_lifecycle_configuration(Bucket=s3_bucket_name(bucket)),
+            )
+        except NotFound:  # NoSuchLifecycleConfiguration, NoSuchBucket
+            return None
+        return {"Rules": list(doc.get("Rules") or [])}
+
     def close(self) -> None:
         self._http.clear()
         with self._s3_lock:

@@ -247,6 +247,29 @@ def log_data_again(lab: Lab, file_name: str) -> None:
     lab.radosgw_admin("zonegroup", "set", "--rgw-zonegroup=default", f"--infile={zg_file}")
 
 
+LOG_ZONE = "changelog-lc-log"  # a zone of tier type `log` (syncs nothing), for Reef and later
+
+
+@contextlib.contextmanager
+def log_zone(lab: Lab) -> Iterator[None]:
+    """A zone of tier type `log` in the lab's zonegroup while inside (removed after: other tests
+    need a zone without peers), so that Reef and later log radosgw's lifecycle removals
+    (README, "radosgw's own lifecycle"). Every zone's log_data is set again both ways: changing
+    the zonegroup's zones loses it. radosgw is not restarted: it does not need to be for
+    radosgw-admin's lifecycle, nor for a check that reads the zonegroup from RADOS."""
+    lab.radosgw_admin(
+        "zone", "create", "--rgw-zonegroup=default", f"--rgw-zone={LOG_ZONE}", "--tier-type=log",
+        "--sync-from-all=false",
+    )  # fmt: skip
+    try:
+        log_data_again(lab, "zonegroup-lc-log.json")
+        yield
+    finally:
+        lab.radosgw_admin("zonegroup", "remove", "--rgw-zonegroup=default", f"--rgw-zone={LOG_ZONE}")
+        lab.radosgw_admin("zone", "delete", f"--rgw-zone={LOG_ZONE}")
+        log_data_again(lab, "zonegroup-lc-log.json")
+
+
 def storage_class_ready(lab: Lab, name: str, *, compression: str | None = None) -> bool:
     """Whether the lab's default placement has storage class ``name`` (its data compressed with
     ``compression``, where given) and every zone still logs data (rewriting the zonegroup, as

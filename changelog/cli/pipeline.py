@@ -402,6 +402,9 @@ def _print_status(doc: status.Doc) -> None:
         click.echo(line)
     if doc.get("controls"):
         click.echo(f"controls: {_controls_text(doc.get('controls'))}")
+    warnings = doc.get("warnings")  # a serve's: its zonegroup check (rgw_module.zonegroup)
+    for warning in warnings if isinstance(warnings, list) else []:
+        click.echo(f"warning: {warning}")
     click.echo("")
     if streams is not None:
         table(streams[1], status.STREAMS_HEADER)

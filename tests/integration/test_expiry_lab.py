@@ -29,7 +29,7 @@ import pytest
 
 from tests.integration.test_newuser_review_lab import Serve, check_schema, now_us
 from tests.integration.test_writers_review_lab import Swift, serve, swift
-from tests.lab import Lab, log_data_again, s3_client
+from tests.lab import Lab, log_zone, s3_client
 
 # radosgw's own writers are under test: every release.
 pytestmark = [pytest.mark.ceph]
@@ -39,27 +39,15 @@ __all__ = ["serve", "swift"]  # the fixtures, shared with the writers review
 DAY_S = 1  # rgw_lc_debug_interval: seconds in a lifecycle day, for radosgw-admin only
 
 
-LOG_ZONE = "changelog-lc-log"  # a zone of tier type `log` (syncs nothing), for Reef and later
-
-
-@pytest.fixture
-def log_zone(ceph_lab: Lab) -> Iterator[None]:
-    """On Reef and later, a `log` zone in the lab's zonegroup for the test (removed after it: other
-    tests need a zone without peers). On Pacific nothing: it logs lifecycle removals anyway."""
+@pytest.fixture(name="log_zone")
+def log_zone_fixture(ceph_lab: Lab) -> Iterator[None]:
+    """On Reef and later, a `log` zone in the lab's zonegroup for the test (tests/lab.py
+    ``log_zone``). On Pacific nothing: it logs lifecycle removals anyway."""
     if not ceph_lab.generations:
         yield
         return
-    ceph_lab.radosgw_admin(
-        "zone", "create", "--rgw-zonegroup=default", f"--rgw-zone={LOG_ZONE}", "--tier-type=log",
-        "--sync-from-all=false",
-    )  # fmt: skip
-    try:
-        log_data_again(ceph_lab, "zonegroup-lc-log.json")
+    with log_zone(ceph_lab):
         yield
-    finally:
-        ceph_lab.radosgw_admin("zonegroup", "remove", "--rgw-zonegroup=default", f"--rgw-zone={LOG_ZONE}")
-        ceph_lab.radosgw_admin("zone", "delete", f"--rgw-zone={LOG_ZONE}")
-        log_data_again(ceph_lab, "zonegroup-lc-log.json")
 
 
 @pytest.fixture(scope="module")

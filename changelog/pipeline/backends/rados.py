@@ -873,3 +873,61 @@ class OmapReader:
                 self._lib.rados_ioctx_destroy(io)
             self._ioctxs.clear()
         self._lib.rados_shutdown(self._cluster)
+
+
+# -- whole small objects -------------------------------------------------------------------------
+
+
+class SmallObjectReader:
+    """Whole small objects of one pool, through a client of its own: a few reads made once
+    (radosgw's zonegroup in ``.rgw.root``, ``rgw_module.zonegroup``). A context manager; the
+    client is shut down on leaving it."""
+
+    def __init__(
+        self,
+        *,
+        conffile: str,
+        pool: str,
+        keyring: str | None = None,
+        client_name: str = "client.admin",
+        connect_timeout: float = 10,
+        limit: int = 1 << 20,
+    ) -> None:
+        self._where = f"Ceph ({conffile}, {client_name}, pool {pool!r})"
+        self._limit = limit
+        try:
+            self._cluster = rados.Rados(
+                conffile=conffile, conf=client_conf(connect_timeout, connect_timeout, keyring), name=client_name
+            )
+            self._cluster.connect(timeout=max(1, math.ceil(connect_timeout)))
+        except rados.Error as ex:
+            raise _general(_errno(ex), "connect", f"{self._where}: {ex}") from ex
+        try:
+            self._ioctx = self._cluster.open_ioctx(pool)
+        except rados.Error as ex:
+            self._cluster.shutdown()
+            if _errno(ex) == errno.ENOENT:
+                raise PermanentError(f"{self._where}: no such pool") from ex
+            raise _general(_errno(ex), "open pool", f"{self._where}: {ex}") from ex
+
+    def read(self, oids: Iterable[str]) -> dict[str, bytes | None]:
+        """The data of each of ``oids`` (None: no such object), up to ``limit`` bytes each."""
+        out: dict[str, bytes | None] = {}
+        for oid in oids:
+            try:
+                out[oid] = bytes(self._ioctx.read(oid, self._limit))
+            except rados.ObjectNotFound:
+                out[oid] = None
+            except rados.Error as ex:
+                raise _general(_errno(ex), f"read {oid}", f"{self._where}: {ex}") from ex
+        return out
+
+    def close(self) -> None:
+        self._ioctx.close()
+        self._cluster.shutdown()
+
+    def __enter__(self) -> SmallObjectReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
