@@ -1122,10 +1122,75 @@ static int prepare_one(PyObject *m, long long shards, Out *o, Out *scratch, char
     return 0;
 }
 
-/* prepare_records(batch, shards, mutation_type) -> {shard: [(m, value, tail)]} | None */
+/* One shard's runs: per source, the first and the last position of the batch's records in that
+ * shard, while they strictly increase (the follower's batches); ``broken`` once one does not, and
+ * the shard then has no runs (None: index._fast_marks' per-record check would refuse it too). */
+typedef struct {
+    PyObject *by_src; /* {source: [first, last]} (lists: updated in place, one per source) */
+    int broken;
+} Runs;
+
+/* Note record ``m``'s (source, position) in its shard's runs: the marks check of
+ * index._fast_marks_py folded into the first pass, while the record is in the cache. */
+static int run_note(Runs *r, PyObject *m)
+{
+    if (r->broken)
+        return 0;
+    PyObject *src = slot(m, F_SOURCE), *pos = slot(m, F_POSITION); /* exact strs: prepare_one checked */
+    if (r->by_src == NULL && (r->by_src = PyDict_New()) == NULL)
+        return -1;
+    PyObject *run = PyDict_GetItemWithError(r->by_src, src); /* borrowed */
+    if (run == NULL) {
+        if (PyErr_Occurred())
+            return -1;
+        run = PyList_New(2);
+        if (run == NULL)
+            return -1;
+        Py_INCREF(pos);
+        Py_INCREF(pos);
+        PyList_SET_ITEM(run, 0, pos);
+        PyList_SET_ITEM(run, 1, pos);
+        int rc = PyDict_SetItem(r->by_src, src, run);
+        Py_DECREF(run);
+        return rc;
+    }
+    PyObject *last = PyList_GET_ITEM(run, 1);
+    int c = PyUnicode_Compare(pos, last);
+    if (c == -1 && PyErr_Occurred())
+        return -1;
+    if (c <= 0) { /* a duplicate, or out of order: the general path decides */
+        r->broken = 1;
+        Py_CLEAR(r->by_src);
+        return 0;
+    }
+    Py_INCREF(pos);
+    PyList_SET_ITEM(run, 1, pos);
+    Py_DECREF(last);
+    return 0;
+}
+
+/* {source: (first, last)} of a shard's runs, or None when they are broken. */
+static PyObject *runs_done(Runs *r)
+{
+    if (r->broken || r->by_src == NULL)
+        Py_RETURN_NONE;
+    PyObject *out = PyDict_New(), *src, *run;
+    Py_ssize_t pos = 0;
+    while (out && PyDict_Next(r->by_src, &pos, &src, &run)) {
+        PyObject *pair = PyTuple_Pack(2, PyList_GET_ITEM(run, 0), PyList_GET_ITEM(run, 1));
+        if (pair == NULL || PyDict_SetItem(out, src, pair) < 0)
+            Py_CLEAR(out);
+        Py_XDECREF(pair);
+    }
+    return out;
+}
+
+/* prepare_records(batch, shards, mutation_type)
+ *     -> ({shard: [(m, value, tail)]}, {shard: {source: (first, last)} | None}) | None */
 static PyObject *prepare_records(PyObject *module, PyObject *args)
 {
-    PyObject *items, *type, *seq, *by_shard = NULL, *lists[4096] = {NULL};
+    PyObject *items, *type, *seq, *by_shard = NULL, *lists[4096] = {NULL}, *result = NULL;
+    static Runs runs[4096]; /* the GIL is held throughout: one call at a time */
     long long shards;
     Out value = {0}, scratch = {0};
     int rc = 0;
@@ -1183,24 +1248,84 @@ static PyObject *prepare_records(PyObject *module, PyObject *args)
             Py_DECREF(key);
             Py_DECREF(list); /* the dict holds it */
             lists[shard] = list;
+            runs[shard].by_src = NULL;
+            runs[shard].broken = 0;
         }
         rc = PyList_Append(list, pending);
         Py_DECREF(pending);
+        if (rc == 0)
+            rc = run_note(&runs[shard], m);
     }
     Py_DECREF(seq);
     PyMem_RawFree(value.buf);
     PyMem_RawFree(scratch.buf);
+    /* The runs, shards in the order of by_shard (first appearance). */
+    PyObject *by_runs = rc == 0 && by_shard != NULL ? PyDict_New() : NULL, *key, *list;
+    Py_ssize_t at = 0;
+    while (by_runs != NULL && PyDict_Next(by_shard, &at, &key, &list)) {
+        PyObject *r = runs_done(&runs[PyLong_AsLongLong(key)]);
+        if (r == NULL || PyDict_SetItem(by_runs, key, r) < 0)
+            Py_CLEAR(by_runs);
+        Py_XDECREF(r);
+    }
+    for (long long s = 0; s < shards; s++)
+        if (lists[s] != NULL)
+            Py_CLEAR(runs[s].by_src);
     if (rc == FALLBACK) {
         Py_XDECREF(by_shard);
         Py_RETURN_NONE;
     }
-    if (rc < 0 || by_shard == NULL) {
-        if (!PyErr_Occurred())
-            PyErr_NoMemory();
-        Py_XDECREF(by_shard);
+    if (rc == 0 && by_runs != NULL)
+        result = PyTuple_Pack(2, by_shard, by_runs);
+    if (result == NULL && !PyErr_Occurred())
+        PyErr_NoMemory();
+    Py_XDECREF(by_shard);
+    Py_XDECREF(by_runs);
+    return result;
+}
+
+/* record_rows(t, pending) -> [key, value, key, value, ...]: the data keys of RecordOp's records
+ * (keys.time_bound(t + i) + tail of the i-th (mutation, value, tail)) beside their values, flat,
+ * as the sqlite store binds them; None for any other shape (index._data_keys decides). */
+static PyObject *record_rows(PyObject *module, PyObject *args)
+{
+    PyObject *recs;
+    unsigned long long t0;
+    static const char HEX[] = "0123456789abcdef";
+    (void)module;
+    if (!PyArg_ParseTuple(args, "KO!:record_rows", &t0, &PyList_Type, &recs))
         return NULL;
+    Py_ssize_t n = PyList_GET_SIZE(recs);
+    if (n && t0 + (uint64_t)n - 1 < t0) /* past 2**64: keys.time_hex refuses it */
+        Py_RETURN_NONE;
+    PyObject *out = PyList_New(2 * n);
+    if (out == NULL)
+        return NULL;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *p = PyList_GET_ITEM(recs, i), *v, *tail;
+        if (!PyTuple_CheckExact(p) || PyTuple_GET_SIZE(p) != 3 || !PyBytes_CheckExact(v = PyTuple_GET_ITEM(p, 1))
+            || !PyUnicode_CheckExact(tail = PyTuple_GET_ITEM(p, 2)) || !PyUnicode_IS_ASCII(tail)
+            || PyUnicode_GET_LENGTH(tail) != 43) {
+            Py_DECREF(out);
+            Py_RETURN_NONE;
+        }
+        PyObject *key = PyUnicode_New(61, 127);
+        if (key == NULL) {
+            Py_DECREF(out);
+            return NULL;
+        }
+        char *w = (char *)PyUnicode_DATA(key);
+        uint64_t t = t0 + (uint64_t)i;
+        w[0] = 'd';
+        w[1] = '.';
+        for (int d = 0; d < 16; d++)
+            w[2 + d] = HEX[(t >> (60 - 4 * d)) & 15];
+        memcpy(w + 18, PyUnicode_DATA(tail), 43);
+        PyList_SET_ITEM(out, 2 * i, key);
+        Py_INCREF(v);
+        PyList_SET_ITEM(out, 2 * i + 1, v);
     }
-    return by_shard;
+    return out;
 }
 
 
@@ -2609,9 +2734,10 @@ static PyMethodDef METHODS[] = {
      "encode_raw_many of index entries (key, stored value) whose key holds the recorded time in "
      "hex at [time_start:time_end]: the times and the lines."},
     {"prepare_records", prepare_records, METH_VARARGS,
-     "prepare_records(batch, shards, mutation_type) -> dict[int, list[(mutation, value, tail)]] | None: "
-     "changelog.pipeline.index._prepare_py of a batch of exactly ``mutation_type``, or None for a "
-     "record only the Python way handles."},
+     "prepare_records(batch, shards, mutation_type) -> (dict[int, list[(mutation, value, tail)]], "
+     "dict[int, dict[str, (first, last)] | None]) | None: changelog.pipeline.index._prepare_py of a "
+     "batch of exactly ``mutation_type`` and each shard's runs (index._runs_py), or None for a record "
+     "only the Python way handles."},
     {"map_bilog_page", map_bilog_page, METH_VARARGS,
      "map_bilog_page(entries, start, facts, observed_ns, consts, ops, mutation_type) -> list | None: "
      "rgw_module.mapping.ShardMapper.map of entries[start:] (a Mutation, None, or Ellipsis where "
@@ -2626,6 +2752,8 @@ static PyMethodDef METHODS[] = {
      "omap_get_keys((create, release, by_keys2, operate, next2, end), ioctx, oid, keys) -> "
      "(ret, rval, dict | None): one omap read by keys through librados' functions at those "
      "addresses (ctypes'); the dict only when ret and rval are >= 0."},
+    {"record_rows", record_rows, METH_VARARGS,
+     "record_rows(t, pending) -> [key, value, ...]: a RecordOp's data keys and values, flat, or None"},
     {"fast_marks", fast_marks, METH_VARARGS,
      "fast_marks(pending, streams, shard, mutation_type) -> (old, high) | None: "
      "changelog.pipeline.index._fast_marks (None: not the fast path, or a shape Python decides)."},
