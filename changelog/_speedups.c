@@ -1122,6 +1122,123 @@ static int prepare_one(PyObject *m, long long shards, Out *o, Out *scratch, char
     return 0;
 }
 
+/* One shard's records of a batch, as prepare_records hands them over: the mutations (strong
+ * references) and their values and key tails in two buffers, instead of a (mutation, value, tail)
+ * tuple, a bytes and a str per record (three allocations a record, the tuple one the cyclic GC
+ * counts). A read-only sequence of (mutation, value, tail) for Python (the general path, object
+ * mode, the binding's way), each tuple made when asked for; write_op_send and record_rows read
+ * the buffers. Not tracked by the GC: it refers only to frozen Mutations (strs, ints, a dict of
+ * strs), which can be in no reference cycle. */
+typedef struct {
+    PyObject_HEAD
+    Py_ssize_t n, cap;
+    PyObject **ms;
+    size_t *voff; /* value i is vals[voff[i] .. voff[i + 1]) */
+    char *vals;
+    size_t vlen, vcap;
+    char *tails; /* 43 chars a record */
+} RecordsObject;
+
+static void records_dealloc(PyObject *self)
+{
+    RecordsObject *r = (RecordsObject *)self;
+    for (Py_ssize_t i = 0; i < r->n; i++)
+        Py_DECREF(r->ms[i]);
+    PyMem_Free(r->ms);
+    PyMem_Free(r->voff);
+    PyMem_Free(r->vals);
+    PyMem_Free(r->tails);
+    Py_TYPE(self)->tp_free(self);
+}
+
+static Py_ssize_t records_len(PyObject *self)
+{
+    return ((RecordsObject *)self)->n;
+}
+
+static PyObject *records_item(PyObject *self, Py_ssize_t i)
+{
+    RecordsObject *r = (RecordsObject *)self;
+    if (i < 0 || i >= r->n) {
+        PyErr_SetString(PyExc_IndexError, "record index out of range");
+        return NULL;
+    }
+    PyObject *v = PyBytes_FromStringAndSize(r->vals + r->voff[i], (Py_ssize_t)(r->voff[i + 1] - r->voff[i]));
+    PyObject *t = PyUnicode_FromStringAndSize(r->tails + 43 * i, 43);
+    PyObject *out = v && t ? PyTuple_Pack(3, r->ms[i], v, t) : NULL;
+    Py_XDECREF(v);
+    Py_XDECREF(t);
+    return out;
+}
+
+static PySequenceMethods records_seq = {
+    .sq_length = records_len,
+    .sq_item = records_item,
+};
+
+static PyTypeObject RecordsType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "changelog._speedups.Records",
+    .tp_basicsize = sizeof(RecordsObject),
+    .tp_dealloc = records_dealloc,
+    .tp_as_sequence = &records_seq,
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "One shard's records of a batch (prepare_records): a sequence of (mutation, value, tail).",
+};
+
+static RecordsObject *records_new(void)
+{
+    RecordsObject *r = PyObject_New(RecordsObject, &RecordsType);
+    if (r == NULL)
+        return NULL;
+    r->n = r->cap = 0;
+    r->ms = NULL;
+    r->voff = NULL;
+    r->vals = r->tails = NULL;
+    r->vlen = r->vcap = 0;
+    return r;
+}
+
+/* Append record ``m`` with its value and tail; -1 without memory. */
+static int records_add(RecordsObject *r, PyObject *m, const char *value, size_t vlen, const char *tail)
+{
+    if (r->n == r->cap) {
+        Py_ssize_t cap = r->cap ? 2 * r->cap : 64;
+        PyObject **ms = PyMem_Realloc(r->ms, sizeof(PyObject *) * (size_t)cap);
+        if (ms == NULL)
+            return -1;
+        r->ms = ms;
+        size_t *voff = PyMem_Realloc(r->voff, sizeof(size_t) * (size_t)(cap + 1));
+        if (voff == NULL)
+            return -1;
+        r->voff = voff;
+        char *tails = PyMem_Realloc(r->tails, 43 * (size_t)cap);
+        if (tails == NULL)
+            return -1;
+        r->tails = tails;
+        r->cap = cap;
+        if (r->n == 0)
+            r->voff[0] = 0;
+    }
+    if (r->vcap - r->vlen < vlen) {
+        size_t cap = r->vcap ? r->vcap : 8192;
+        while (cap - r->vlen < vlen)
+            cap *= 2;
+        char *vals = PyMem_Realloc(r->vals, cap);
+        if (vals == NULL)
+            return -1;
+        r->vals = vals;
+        r->vcap = cap;
+    }
+    memcpy(r->vals + r->vlen, value, vlen);
+    r->vlen += vlen;
+    memcpy(r->tails + 43 * r->n, tail, 43);
+    Py_INCREF(m);
+    r->ms[r->n++] = m;
+    r->voff[r->n] = r->vlen;
+    return 0;
+}
+
 /* One shard's runs: per source, the first and the last position of the batch's records in that
  * shard, while they strictly increase (the follower's batches); ``broken`` once one does not, and
  * the shard then has no runs (None: index._fast_marks' per-record check would refuse it too). */
@@ -1186,7 +1303,7 @@ static PyObject *runs_done(Runs *r)
 }
 
 /* prepare_records(batch, shards, mutation_type)
- *     -> ({shard: [(m, value, tail)]}, {shard: {source: (first, last)} | None}) | None */
+ *     -> ({shard: Records of (m, value, tail)}, {shard: {source: (first, last)} | None}) | None */
 static PyObject *prepare_records(PyObject *module, PyObject *args)
 {
     PyObject *items, *type, *seq, *by_shard = NULL, *lists[4096] = {NULL}, *result = NULL;
@@ -1220,28 +1337,16 @@ static PyObject *prepare_records(PyObject *module, PyObject *args)
         rc = prepare_one(m, shards, &value, &scratch, tail, &shard);
         if (rc)
             break;
-        PyObject *raw = PyBytes_FromStringAndSize(value.buf, (Py_ssize_t)value.len);
-        PyObject *tail_str = PyUnicode_FromStringAndSize(tail, 43);
-        PyObject *pending = raw && tail_str ? PyTuple_Pack(3, m, raw, tail_str) : NULL;
-        Py_XDECREF(raw);
-        Py_XDECREF(tail_str);
-        if (pending == NULL) {
-            rc = -1;
-            break;
-        }
-        /* Not tracked by the cyclic GC: (mutation, bytes, str) can be in no reference cycle (a
-         * frozen Mutation holds strs, ints and a dict of strs), and 16,000 tracked tuples a batch
-         * that live until its ops are sent made the collector's full passes over every live object
-         * (the caller's batches included) cost ~0.9 us a record, measured (issue 17). */
-        PyObject_GC_UnTrack(pending);
+        /* No object a record: the shard's Records takes the value and the tail into its buffers
+         * (16,000 tuples, bytes and strs a batch cost their allocation, and the tuples set off
+         * the cyclic GC's passes over every live object, the caller's batches included; issue 17). */
         PyObject *list = lists[shard];
         if (list == NULL) {
             PyObject *key = PyLong_FromLongLong(shard);
-            list = PyList_New(0);
+            list = (PyObject *)records_new();
             if (key == NULL || list == NULL || PyDict_SetItem(by_shard, key, list) < 0) {
                 Py_XDECREF(key);
                 Py_XDECREF(list);
-                Py_DECREF(pending);
                 rc = -1;
                 break;
             }
@@ -1251,8 +1356,9 @@ static PyObject *prepare_records(PyObject *module, PyObject *args)
             runs[shard].by_src = NULL;
             runs[shard].broken = 0;
         }
-        rc = PyList_Append(list, pending);
-        Py_DECREF(pending);
+        rc = records_add((RecordsObject *)list, m, value.buf, value.len, tail);
+        if (rc < 0)
+            PyErr_NoMemory();
         if (rc == 0)
             rc = run_note(&runs[shard], m);
     }
@@ -1293,24 +1399,41 @@ static PyObject *record_rows(PyObject *module, PyObject *args)
     unsigned long long t0;
     static const char HEX[] = "0123456789abcdef";
     (void)module;
-    if (!PyArg_ParseTuple(args, "KO!:record_rows", &t0, &PyList_Type, &recs))
+    if (!PyArg_ParseTuple(args, "KO:record_rows", &t0, &recs))
         return NULL;
-    Py_ssize_t n = PyList_GET_SIZE(recs);
+    RecordsObject *rb = Py_IS_TYPE(recs, &RecordsType) ? (RecordsObject *)recs : NULL;
+    if (rb == NULL && !PyList_CheckExact(recs))
+        Py_RETURN_NONE;
+    Py_ssize_t n = rb ? rb->n : PyList_GET_SIZE(recs);
     if (n && t0 + (uint64_t)n - 1 < t0) /* past 2**64: keys.time_hex refuses it */
         Py_RETURN_NONE;
     PyObject *out = PyList_New(2 * n);
     if (out == NULL)
         return NULL;
     for (Py_ssize_t i = 0; i < n; i++) {
-        PyObject *p = PyList_GET_ITEM(recs, i), *v, *tail;
-        if (!PyTuple_CheckExact(p) || PyTuple_GET_SIZE(p) != 3 || !PyBytes_CheckExact(v = PyTuple_GET_ITEM(p, 1))
-            || !PyUnicode_CheckExact(tail = PyTuple_GET_ITEM(p, 2)) || !PyUnicode_IS_ASCII(tail)
-            || PyUnicode_GET_LENGTH(tail) != 43) {
-            Py_DECREF(out);
-            Py_RETURN_NONE;
+        PyObject *v;
+        const char *tail;
+        if (rb) {
+            v = PyBytes_FromStringAndSize(rb->vals + rb->voff[i], (Py_ssize_t)(rb->voff[i + 1] - rb->voff[i]));
+            if (v == NULL) {
+                Py_DECREF(out);
+                return NULL;
+            }
+            tail = rb->tails + 43 * i;
+        } else {
+            PyObject *p = PyList_GET_ITEM(recs, i), *t;
+            if (!PyTuple_CheckExact(p) || PyTuple_GET_SIZE(p) != 3 || !PyBytes_CheckExact(v = PyTuple_GET_ITEM(p, 1))
+                || !PyUnicode_CheckExact(t = PyTuple_GET_ITEM(p, 2)) || !PyUnicode_IS_ASCII(t)
+                || PyUnicode_GET_LENGTH(t) != 43) {
+                Py_DECREF(out);
+                Py_RETURN_NONE;
+            }
+            Py_INCREF(v);
+            tail = (const char *)PyUnicode_DATA(t);
         }
         PyObject *key = PyUnicode_New(61, 127);
         if (key == NULL) {
+            Py_DECREF(v);
             Py_DECREF(out);
             return NULL;
         }
@@ -1320,9 +1443,8 @@ static PyObject *record_rows(PyObject *module, PyObject *args)
         w[1] = '.';
         for (int d = 0; d < 16; d++)
             w[2 + d] = HEX[(t >> (60 - 4 * d)) & 15];
-        memcpy(w + 18, PyUnicode_DATA(tail), 43);
+        memcpy(w + 18, tail, 43);
         PyList_SET_ITEM(out, 2 * i, key);
-        Py_INCREF(v);
         PyList_SET_ITEM(out, 2 * i + 1, v);
     }
     return out;
@@ -2482,8 +2604,13 @@ static PyObject *write_op_send(PyObject *module, PyObject *args)
     /* records: None, or (t, pending): data keys "d.<16 hex of t + i><tail>" for the i-th
      * (mutation, value, tail) of pending, its value the value (keys.time_bound(t + i) + tail). */
     PyObject *recs = NULL;
+    RecordsObject *rb = NULL; /* the records in prepare_records' buffers */
     if (records != Py_None) {
-        if (!PyTuple_CheckExact(records) || PyTuple_GET_SIZE(records) != 2 || !PyList_CheckExact(PyTuple_GET_ITEM(records, 1)))
+        if (!PyTuple_CheckExact(records) || PyTuple_GET_SIZE(records) != 2)
+            Py_RETURN_NONE;
+        if (Py_IS_TYPE(PyTuple_GET_ITEM(records, 1), &RecordsType))
+            rb = (RecordsObject *)PyTuple_GET_ITEM(records, 1);
+        else if (!PyList_CheckExact(PyTuple_GET_ITEM(records, 1)))
             Py_RETURN_NONE;
         t0 = PyLong_AsUnsignedLongLong(PyTuple_GET_ITEM(records, 0));
         if (t0 == (uint64_t)-1 && PyErr_Occurred()) {
@@ -2491,7 +2618,7 @@ static PyObject *write_op_send(PyObject *module, PyObject *args)
             Py_RETURN_NONE;
         }
         recs = PyTuple_GET_ITEM(records, 1);
-        nk = PyList_GET_SIZE(recs);
+        nk = rb ? rb->n : PyList_GET_SIZE(recs);
         if (nk && t0 + (uint64_t)nk - 1 < t0) /* past 2**64: keys.time_hex refuses it */
             Py_RETURN_NONE;
     }
@@ -2595,25 +2722,36 @@ static PyObject *write_op_send(PyObject *module, PyObject *args)
             static const char HEX[] = "0123456789abcdef";
             char *w = keybuf;
             for (Py_ssize_t i = 0; i < nk; i++) {
-                PyObject *p = PyList_GET_ITEM(recs, i);
-                PyObject *v, *tail;
-                if (!PyTuple_CheckExact(p) || PyTuple_GET_SIZE(p) != 3 || !PyBytes_CheckExact(v = PyTuple_GET_ITEM(p, 1))
-                    || !PyUnicode_CheckExact(tail = PyTuple_GET_ITEM(p, 2)) || !PyUnicode_IS_ASCII(tail)
-                    || PyUnicode_GET_LENGTH(tail) != 43) {
-                    plain = 0;
-                    goto done;
+                const char *tail, *vbuf;
+                size_t vlen;
+                if (rb) {
+                    tail = rb->tails + 43 * i;
+                    vbuf = rb->vals + rb->voff[i];
+                    vlen = rb->voff[i + 1] - rb->voff[i];
+                } else {
+                    PyObject *p = PyList_GET_ITEM(recs, i);
+                    PyObject *v, *t;
+                    if (!PyTuple_CheckExact(p) || PyTuple_GET_SIZE(p) != 3 || !PyBytes_CheckExact(v = PyTuple_GET_ITEM(p, 1))
+                        || !PyUnicode_CheckExact(t = PyTuple_GET_ITEM(p, 2)) || !PyUnicode_IS_ASCII(t)
+                        || PyUnicode_GET_LENGTH(t) != 43) {
+                        plain = 0;
+                        goto done;
+                    }
+                    tail = (const char *)PyUnicode_DATA(t);
+                    vbuf = PyBytes_AS_STRING(v);
+                    vlen = (size_t)PyBytes_GET_SIZE(v);
                 }
                 uint64_t t = t0 + (uint64_t)i;
                 w[0] = 'd';
                 w[1] = '.';
                 for (int d = 0; d < 16; d++)
                     w[2 + d] = HEX[(t >> (60 - 4 * d)) & 15];
-                memcpy(w + 18, PyUnicode_DATA(tail), 43);
+                memcpy(w + 18, tail, 43);
                 w[61] = 0;
                 ptr[first + nd + i] = w;
                 len[first + nd + i] = 61;
-                ptr[first + ns + nd + i] = PyBytes_AS_STRING(v);
-                len[first + ns + nd + i] = (size_t)PyBytes_GET_SIZE(v);
+                ptr[first + ns + nd + i] = vbuf;
+                len[first + ns + nd + i] = vlen;
                 w += 62;
             }
             at = first + 2 * ns;
@@ -2783,5 +2921,10 @@ PyMODINIT_FUNC PyInit__speedups(void)
     put_hex(NULL_VERSION_HEX, null_version, 4);
     if (map_init() < 0)
         return NULL;
-    return PyModule_Create(&MODULE);
+    if (PyType_Ready(&RecordsType) < 0)
+        return NULL;
+    PyObject *module = PyModule_Create(&MODULE);
+    if (module != NULL && PyModule_AddObjectRef(module, "Records", (PyObject *)&RecordsType) < 0)
+        Py_CLEAR(module);
+    return module;
 }

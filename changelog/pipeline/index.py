@@ -75,7 +75,10 @@ _OBJVER = slice(1, 1 + 16 + 1 + 8)
 # increase there (the follower's batches); None when one does not. ``_run_marks`` checks a shard
 # against its stream marks with them, per source instead of per record.
 _Runs = dict[str, tuple[str, str]] | None
-_Prepared = tuple[dict[int, list[_Pending]], dict[int, _Runs]]
+# A shard's records of a batch: a list from ``_prepare_py``; from C, a ``_speedups.Records``, the
+# same sequence whose values and tails sit in two buffers (no object per record until asked for).
+_Records = Sequence[_Pending]
+_Prepared = tuple[dict[int, _Records], dict[int, _Runs]]
 # The first pass of ``record_many`` (``_prepare_py`` and ``_runs_py``) in C, or None where the
 # module is not built or RGW_CHANGELOG_PURE_PYTHON=1 asks for Python. One contract with the
 # Python reference (tests/unit/test_record_speed.py): the same shards, values, key tails and
@@ -97,7 +100,7 @@ _NativeMarks = Callable[
 _NATIVE_MARKS: _NativeMarks | None = speedup("fast_marks")
 
 # ``RecordOp.data_rows`` in C (``_speedups.record_rows``), or None: ``_data_keys`` serves.
-_NATIVE_ROWS: Callable[[int, list[_Pending]], list[str | bytes] | None] | None = speedup("record_rows")
+_NATIVE_ROWS: Callable[[int, _Records], list[str | bytes] | None] | None = speedup("record_rows")
 
 
 @dataclass(slots=True)
@@ -110,7 +113,7 @@ class RecordOp(WriteOp):
     ``set`` (the RADOS store's Python path); ``data_rows()`` the same pairs as one flat list
     [key, value, key, value, ...] (the sqlite store binds them so), made in C where built."""
 
-    records: tuple[int, list[_Pending]] = (0, [])
+    records: tuple[int, _Records] = (0, [])
 
     def data_set(self) -> dict[str, bytes]:
         t, pending = self.records
@@ -151,7 +154,7 @@ def _prepare(batch: Sequence[Mutation], shards: int) -> _Prepared:
     return by_shard, {shard: _runs_py(pending) for shard, pending in by_shard.items()}
 
 
-def _runs_py(pending: list[_Pending]) -> _Runs:
+def _runs_py(pending: _Records) -> _Runs:
     """A shard's runs (see ``_Runs``): {source: (first, last position)}, or None when a
     source's positions do not strictly increase (a duplicate, a replay, out of order)."""
     runs: dict[str, list[str]] = {}
@@ -186,7 +189,7 @@ def _run_marks(
     return old, high
 
 
-def _prepare_py(batch: Iterable[Mutation], shards: int) -> dict[int, list[_Pending]]:
+def _prepare_py(batch: Iterable[Mutation], shards: int) -> dict[int, _Records]:
     """``_prepare`` in Python: the reference the C one matches byte for byte."""
     by_shard: dict[int, list[_Pending]] = defaultdict(list)
     # Power-of-two shard counts up to 256: the low byte of the digest is the modulo.
@@ -319,7 +322,7 @@ class ChangeIndex:
             results = self.store.execute_many(self._ops(by_shard, runs, sent, skipped))
             for result in skipped:
                 total = total + result
-            retry: dict[int, list[_Pending]] = {}
+            retry: dict[int, _Records] = {}
             failure: BaseException | None = None
             for (shard, result, commit), err in zip(sent, results, strict=True):
                 if err is None:
@@ -342,7 +345,7 @@ class ChangeIndex:
 
     def _ops(
         self,
-        todo: dict[int, list[_Pending]],
+        todo: dict[int, _Records],
         runs: dict[int, _Runs],
         sent: list[tuple[int, RecordResult, Callable[[], None]]],
         skipped: list[RecordResult],
@@ -365,7 +368,7 @@ class ChangeIndex:
                 del self._streams[k]
 
     @staticmethod
-    def _select(pending: list[_Pending], marks: dict[str, str]) -> tuple[list[_Pending], dict[str, str]]:
+    def _select(pending: Sequence[_Pending], marks: dict[str, str]) -> tuple[list[_Pending], dict[str, str]]:
         """The records not recorded before (above their source's mark, first of their
         (source, position) in the batch), and each source's new high-water mark."""
         fresh: list[_Pending] = []
@@ -396,7 +399,7 @@ class ChangeIndex:
         return t, prev
 
     def _build(
-        self, shard: int, pending: list[_Pending], runs: _Runs = None
+        self, shard: int, pending: _Records, runs: _Runs = None
     ) -> tuple[WriteOp | None, RecordResult, Callable[[], None]]:
         """The guarded op that records ``pending`` in ``shard`` (None when all were recorded
         before), its result and what to do once the op succeeded (update the stream cache).
@@ -440,7 +443,7 @@ class ChangeIndex:
         return op, RecordResult(len(fresh), len(pending) - len(fresh)), commit
 
     def _fast_keys(
-        self, shard: int, pending: list[_Pending], runs: _Runs
+        self, shard: int, pending: _Records, runs: _Runs
     ) -> tuple[int, int, dict[str, bytes] | None, dict[str, str | None], dict[str, str]] | None:
         """The fast path of ``_build``: the shard's state is cached and positions increase per
         source (the follower's batches: ``runs`` is not None), so every record is above its
@@ -464,7 +467,7 @@ class ChangeIndex:
         return floor, t, sets, marks[0], marks[1]
 
     def _replace_entries(
-        self, op: WriteOp, oid: str, floor: int, sets: dict[str, bytes], fresh: list[_Pending]
+        self, op: WriteOp, oid: str, floor: int, sets: dict[str, bytes], fresh: _Records
     ) -> None:
         """Object mode: one entry per object+version. ``op`` also removes the entries the fresh
         ones replace (asserting they are still the live ones) and points each object key at its
@@ -646,7 +649,7 @@ def _fast_keys(
     return _data_keys(pending, t), marks[0], marks[1]
 
 
-def _data_keys(pending: list[_Pending], t: int) -> dict[str, bytes]:
+def _data_keys(pending: _Records, t: int) -> dict[str, bytes]:
     """The data keys and values of ``pending`` recorded at times ``t``, ``t + 1``, ...: what
     ``keys.time_bound`` makes, one format per 256 keys (the key's time is its high part and
     ``_HEX2`` of its low byte)."""

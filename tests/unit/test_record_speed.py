@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 import random
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 
 import msgpack
@@ -30,6 +30,7 @@ from changelog.pipeline.index import (
     _fast_marks_py,
     _Pending,
     _prepare_py,
+    _Records,
     _run_marks,
     _runs_py,
 )
@@ -115,7 +116,7 @@ def _batch(seed: int, n: int) -> list[Mutation]:
     return [_mutation(rng, i) for i in range(n)]
 
 
-def _native_prepare(batch: list[Mutation], shards: int) -> dict[int, list[_Pending]]:
+def _native_prepare(batch: list[Mutation], shards: int) -> Mapping[int, _Records]:
     """The C first pass's records; its runs checked against the Python reference's on the way."""
     assert _speedups is not None
     got = _speedups.prepare_records(batch, shards, Mutation)
@@ -128,12 +129,12 @@ def _native_prepare(batch: list[Mutation], shards: int) -> dict[int, list[_Pendi
     return by_shard
 
 
-def _records(got: object) -> dict[int, list[_Pending]]:
+def _records(got: object) -> Mapping[int, _Records]:
     """The records of ``index._prepare`` (records, runs) or of ``_prepare_py``."""
     return got[0] if isinstance(got, tuple) else got  # type: ignore[return-value]
 
 
-def _plain(by_shard: dict[int, list[_Pending]]) -> list[tuple[int, list[tuple[int, bytes, str]]]]:
+def _plain(by_shard: Mapping[int, _Records]) -> list[tuple[int, list[tuple[int, bytes, str]]]]:
     """Comparable: shards in their order, each record as (its place in the batch, value, tail)."""
     return [(shard, [(id(m), value, tail) for m, value, tail in pend]) for shard, pend in by_shard.items()]
 
@@ -347,7 +348,7 @@ def _pending(n: int, sources: int = 3) -> list[_Pending]:
         )
         for i in range(n)
     ]
-    return next(iter(_prepare_py(ms, 1).values()))
+    return list(next(iter(_prepare_py(ms, 1).values())))
 
 
 def test_fast_keys_are_the_data_keys_and_refuse_what_is_not_new() -> None:
@@ -436,6 +437,28 @@ def test_runs_in_c_match_python() -> None:
     by_shard, runs = index_mod._prepare(ms, 1)
     assert runs == {0: {"s0": ("00000000", "00000597"), "s1": ("00000001", "00000598"), "s2": ("00000002", "00000599")}}
     assert index_mod._prepare(ms[:3] + ms[:1], 1)[1] == {0: None}
+
+
+@needs_native
+def test_records_from_c_are_the_python_records() -> None:
+    """A shard's ``_speedups.Records`` (values and tails in buffers) reads as the list of
+    ``_prepare_py``: length, items (each a fresh (mutation, value, tail)), negative indexes,
+    the end; and it outlives the batch it was made from."""
+    assert _speedups is not None
+    batch = _batch(42, 300)
+    got = _native_prepare(batch, 3)
+    want = _prepare_py(batch, 3)
+    del batch
+    for shard, recs in got.items():
+        assert type(recs) is _speedups.Records
+        ref = want[shard]
+        assert len(recs) == len(ref)
+        assert recs[0] == ref[0] and recs[-1] == ref[-1] and recs[0][0] is ref[0][0]
+        assert [r for r in recs] == list(ref)
+        with pytest.raises(IndexError):
+            recs[len(ref)]
+        rows = RecordOp(records=(7, recs)).data_rows()
+        assert rows == [x for kv in index_mod._data_keys(ref, 7).items() for x in kv]
 
 
 @needs_native
