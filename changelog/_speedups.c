@@ -1307,7 +1307,7 @@ static PyObject *runs_done(Runs *r)
 static PyObject *prepare_records(PyObject *module, PyObject *args)
 {
     PyObject *items, *type, *seq, *by_shard = NULL, *lists[4096] = {NULL}, *result = NULL;
-    static Runs runs[4096]; /* the GIL is held throughout: one call at a time */
+    Runs *runs; /* per call: a collection an allocation sets off may run another thread's */
     long long shards;
     Out value = {0}, scratch = {0};
     int rc = 0;
@@ -1323,6 +1323,11 @@ static PyObject *prepare_records(PyObject *module, PyObject *args)
     seq = PySequence_Fast(items, "items must be a sequence");
     if (seq == NULL)
         return NULL;
+    runs = PyMem_Calloc((size_t)shards, sizeof(Runs));
+    if (runs == NULL) {
+        Py_DECREF(seq);
+        return PyErr_NoMemory();
+    }
     Py_ssize_t count = PySequence_Fast_GET_SIZE(seq);
     PyObject **ms = PySequence_Fast_ITEMS(seq);
     by_shard = PyDict_New();
@@ -1377,6 +1382,7 @@ static PyObject *prepare_records(PyObject *module, PyObject *args)
     for (long long s = 0; s < shards; s++)
         if (lists[s] != NULL)
             Py_CLEAR(runs[s].by_src);
+    PyMem_Free(runs);
     if (rc == FALLBACK) {
         Py_XDECREF(by_shard);
         Py_RETURN_NONE;
