@@ -640,9 +640,11 @@ class ChangeIndex:
 def _fast_keys(
     pending: list[_Pending], t: int, streams: dict[tuple[int, str], str | None], shard: int
 ) -> tuple[dict[str, bytes], dict[str, str | None], dict[str, str]] | None:
-    """The keys of ``ChangeIndex._fast_keys`` from the first reserved time ``t`` on: (keys,
-    old marks, new marks), or None when a record is not new above its stream's cached mark
-    (``streams``: (shard, source) -> mark) or comes out of order (``_fast_marks``)."""
+    """The fast path's keys from the first reserved time ``t`` on, checked record by record:
+    (keys, old marks, new marks), or None when a record is not new above its stream's cached
+    mark (``streams``: (shard, source) -> mark) or comes out of order (``_fast_marks``). The
+    per-record reference of ``ChangeIndex._fast_keys``, which checks per source
+    (``_run_marks``); the tests hold the two to the same answers."""
     marks = _fast_marks(pending, streams, shard)
     if marks is None:
         return None
@@ -669,7 +671,9 @@ def _fast_marks(
     pending: list[_Pending], streams: dict[tuple[int, str], str | None], shard: int
 ) -> tuple[dict[str, str | None], dict[str, str]] | None:
     """``_fast_keys``' check without the keys: (old marks, new marks), or None when a record
-    is not new above its stream's cached mark or comes out of order. In C when it is built."""
+    is not new above its stream's cached mark or comes out of order. In C when it is built.
+    The index checks per source instead (``_run_marks``, from the first pass's runs); this
+    per-record check is the reference the tests compare that with."""
     if _NATIVE_MARKS is not None:
         return _NATIVE_MARKS(pending, streams, shard, Mutation)
     return _fast_marks_py(pending, streams, shard)
