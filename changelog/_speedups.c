@@ -1122,10 +1122,192 @@ static int prepare_one(PyObject *m, long long shards, Out *o, Out *scratch, char
     return 0;
 }
 
-/* prepare_records(batch, shards, mutation_type) -> {shard: [(m, value, tail)]} | None */
+/* One shard's records of a batch, as prepare_records hands them over: the mutations (strong
+ * references) and their values and key tails in two buffers, instead of a (mutation, value, tail)
+ * tuple, a bytes and a str per record (three allocations a record, the tuple one the cyclic GC
+ * counts). A read-only sequence of (mutation, value, tail) for Python (the general path, object
+ * mode, the binding's way), each tuple made when asked for; write_op_send and record_rows read
+ * the buffers. Not tracked by the GC: it refers only to frozen Mutations (strs, ints, a dict of
+ * strs), which can be in no reference cycle. */
+typedef struct {
+    PyObject_HEAD
+    Py_ssize_t n, cap;
+    PyObject **ms;
+    size_t *voff; /* value i is vals[voff[i] .. voff[i + 1]) */
+    char *vals;
+    size_t vlen, vcap;
+    char *tails; /* 43 chars a record */
+} RecordsObject;
+
+static void records_dealloc(PyObject *self)
+{
+    RecordsObject *r = (RecordsObject *)self;
+    for (Py_ssize_t i = 0; i < r->n; i++)
+        Py_DECREF(r->ms[i]);
+    PyMem_Free(r->ms);
+    PyMem_Free(r->voff);
+    PyMem_Free(r->vals);
+    PyMem_Free(r->tails);
+    Py_TYPE(self)->tp_free(self);
+}
+
+static Py_ssize_t records_len(PyObject *self)
+{
+    return ((RecordsObject *)self)->n;
+}
+
+static PyObject *records_item(PyObject *self, Py_ssize_t i)
+{
+    RecordsObject *r = (RecordsObject *)self;
+    if (i < 0 || i >= r->n) {
+        PyErr_SetString(PyExc_IndexError, "record index out of range");
+        return NULL;
+    }
+    PyObject *v = PyBytes_FromStringAndSize(r->vals + r->voff[i], (Py_ssize_t)(r->voff[i + 1] - r->voff[i]));
+    PyObject *t = PyUnicode_FromStringAndSize(r->tails + 43 * i, 43);
+    PyObject *out = v && t ? PyTuple_Pack(3, r->ms[i], v, t) : NULL;
+    Py_XDECREF(v);
+    Py_XDECREF(t);
+    return out;
+}
+
+static PySequenceMethods records_seq = {
+    .sq_length = records_len,
+    .sq_item = records_item,
+};
+
+static PyTypeObject RecordsType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "changelog._speedups.Records",
+    .tp_basicsize = sizeof(RecordsObject),
+    .tp_dealloc = records_dealloc,
+    .tp_as_sequence = &records_seq,
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "One shard's records of a batch (prepare_records): a sequence of (mutation, value, tail).",
+};
+
+static RecordsObject *records_new(void)
+{
+    RecordsObject *r = PyObject_New(RecordsObject, &RecordsType);
+    if (r == NULL)
+        return NULL;
+    r->n = r->cap = 0;
+    r->ms = NULL;
+    r->voff = NULL;
+    r->vals = r->tails = NULL;
+    r->vlen = r->vcap = 0;
+    return r;
+}
+
+/* Append record ``m`` with its value and tail; -1 without memory. */
+static int records_add(RecordsObject *r, PyObject *m, const char *value, size_t vlen, const char *tail)
+{
+    if (r->n == r->cap) {
+        Py_ssize_t cap = r->cap ? 2 * r->cap : 64;
+        PyObject **ms = PyMem_Realloc(r->ms, sizeof(PyObject *) * (size_t)cap);
+        if (ms == NULL)
+            return -1;
+        r->ms = ms;
+        size_t *voff = PyMem_Realloc(r->voff, sizeof(size_t) * (size_t)(cap + 1));
+        if (voff == NULL)
+            return -1;
+        r->voff = voff;
+        char *tails = PyMem_Realloc(r->tails, 43 * (size_t)cap);
+        if (tails == NULL)
+            return -1;
+        r->tails = tails;
+        r->cap = cap;
+        if (r->n == 0)
+            r->voff[0] = 0;
+    }
+    if (r->vcap - r->vlen < vlen) {
+        size_t cap = r->vcap ? r->vcap : 8192;
+        while (cap - r->vlen < vlen)
+            cap *= 2;
+        char *vals = PyMem_Realloc(r->vals, cap);
+        if (vals == NULL)
+            return -1;
+        r->vals = vals;
+        r->vcap = cap;
+    }
+    memcpy(r->vals + r->vlen, value, vlen);
+    r->vlen += vlen;
+    memcpy(r->tails + 43 * r->n, tail, 43);
+    Py_INCREF(m);
+    r->ms[r->n++] = m;
+    r->voff[r->n] = r->vlen;
+    return 0;
+}
+
+/* One shard's runs: per source, the first and the last position of the batch's records in that
+ * shard, while they strictly increase (the follower's batches); ``broken`` once one does not, and
+ * the shard then has no runs (None: index._fast_marks' per-record check would refuse it too). */
+typedef struct {
+    PyObject *by_src; /* {source: [first, last]} (lists: updated in place, one per source) */
+    int broken;
+} Runs;
+
+/* Note record ``m``'s (source, position) in its shard's runs: the marks check of
+ * index._fast_marks_py folded into the first pass, while the record is in the cache. */
+static int run_note(Runs *r, PyObject *m)
+{
+    if (r->broken)
+        return 0;
+    PyObject *src = slot(m, F_SOURCE), *pos = slot(m, F_POSITION); /* exact strs: prepare_one checked */
+    if (r->by_src == NULL && (r->by_src = PyDict_New()) == NULL)
+        return -1;
+    PyObject *run = PyDict_GetItemWithError(r->by_src, src); /* borrowed */
+    if (run == NULL) {
+        if (PyErr_Occurred())
+            return -1;
+        run = PyList_New(2);
+        if (run == NULL)
+            return -1;
+        Py_INCREF(pos);
+        Py_INCREF(pos);
+        PyList_SET_ITEM(run, 0, pos);
+        PyList_SET_ITEM(run, 1, pos);
+        int rc = PyDict_SetItem(r->by_src, src, run);
+        Py_DECREF(run);
+        return rc;
+    }
+    PyObject *last = PyList_GET_ITEM(run, 1);
+    int c = PyUnicode_Compare(pos, last);
+    if (c == -1 && PyErr_Occurred())
+        return -1;
+    if (c <= 0) { /* a duplicate, or out of order: the general path decides */
+        r->broken = 1;
+        Py_CLEAR(r->by_src);
+        return 0;
+    }
+    Py_INCREF(pos);
+    PyList_SET_ITEM(run, 1, pos);
+    Py_DECREF(last);
+    return 0;
+}
+
+/* {source: (first, last)} of a shard's runs, or None when they are broken. */
+static PyObject *runs_done(Runs *r)
+{
+    if (r->broken || r->by_src == NULL)
+        Py_RETURN_NONE;
+    PyObject *out = PyDict_New(), *src, *run;
+    Py_ssize_t pos = 0;
+    while (out && PyDict_Next(r->by_src, &pos, &src, &run)) {
+        PyObject *pair = PyTuple_Pack(2, PyList_GET_ITEM(run, 0), PyList_GET_ITEM(run, 1));
+        if (pair == NULL || PyDict_SetItem(out, src, pair) < 0)
+            Py_CLEAR(out);
+        Py_XDECREF(pair);
+    }
+    return out;
+}
+
+/* prepare_records(batch, shards, mutation_type)
+ *     -> ({shard: Records of (m, value, tail)}, {shard: {source: (first, last)} | None}) | None */
 static PyObject *prepare_records(PyObject *module, PyObject *args)
 {
-    PyObject *items, *type, *seq, *by_shard = NULL, *lists[4096] = {NULL};
+    PyObject *items, *type, *seq, *by_shard = NULL, *lists[4096] = {NULL}, *result = NULL;
+    Runs *runs; /* per call: a collection an allocation sets off may run another thread's */
     long long shards;
     Out value = {0}, scratch = {0};
     int rc = 0;
@@ -1141,6 +1323,11 @@ static PyObject *prepare_records(PyObject *module, PyObject *args)
     seq = PySequence_Fast(items, "items must be a sequence");
     if (seq == NULL)
         return NULL;
+    runs = PyMem_Calloc((size_t)shards, sizeof(Runs));
+    if (runs == NULL) {
+        Py_DECREF(seq);
+        return PyErr_NoMemory();
+    }
     Py_ssize_t count = PySequence_Fast_GET_SIZE(seq);
     PyObject **ms = PySequence_Fast_ITEMS(seq);
     by_shard = PyDict_New();
@@ -1155,52 +1342,118 @@ static PyObject *prepare_records(PyObject *module, PyObject *args)
         rc = prepare_one(m, shards, &value, &scratch, tail, &shard);
         if (rc)
             break;
-        PyObject *raw = PyBytes_FromStringAndSize(value.buf, (Py_ssize_t)value.len);
-        PyObject *tail_str = PyUnicode_FromStringAndSize(tail, 43);
-        PyObject *pending = raw && tail_str ? PyTuple_Pack(3, m, raw, tail_str) : NULL;
-        Py_XDECREF(raw);
-        Py_XDECREF(tail_str);
-        if (pending == NULL) {
-            rc = -1;
-            break;
-        }
-        /* Not tracked by the cyclic GC: (mutation, bytes, str) can be in no reference cycle (a
-         * frozen Mutation holds strs, ints and a dict of strs), and 16,000 tracked tuples a batch
-         * that live until its ops are sent made the collector's full passes over every live object
-         * (the caller's batches included) cost ~0.9 us a record, measured (issue 17). */
-        PyObject_GC_UnTrack(pending);
+        /* No object a record: the shard's Records takes the value and the tail into its buffers
+         * (16,000 tuples, bytes and strs a batch cost their allocation, and the tuples set off
+         * the cyclic GC's passes over every live object, the caller's batches included; issue 17). */
         PyObject *list = lists[shard];
         if (list == NULL) {
             PyObject *key = PyLong_FromLongLong(shard);
-            list = PyList_New(0);
+            list = (PyObject *)records_new();
             if (key == NULL || list == NULL || PyDict_SetItem(by_shard, key, list) < 0) {
                 Py_XDECREF(key);
                 Py_XDECREF(list);
-                Py_DECREF(pending);
                 rc = -1;
                 break;
             }
             Py_DECREF(key);
             Py_DECREF(list); /* the dict holds it */
             lists[shard] = list;
+            runs[shard].by_src = NULL;
+            runs[shard].broken = 0;
         }
-        rc = PyList_Append(list, pending);
-        Py_DECREF(pending);
+        rc = records_add((RecordsObject *)list, m, value.buf, value.len, tail);
+        if (rc < 0)
+            PyErr_NoMemory();
+        if (rc == 0)
+            rc = run_note(&runs[shard], m);
     }
     Py_DECREF(seq);
     PyMem_RawFree(value.buf);
     PyMem_RawFree(scratch.buf);
+    /* The runs, shards in the order of by_shard (first appearance). */
+    PyObject *by_runs = rc == 0 && by_shard != NULL ? PyDict_New() : NULL, *key, *list;
+    Py_ssize_t at = 0;
+    while (by_runs != NULL && PyDict_Next(by_shard, &at, &key, &list)) {
+        PyObject *r = runs_done(&runs[PyLong_AsLongLong(key)]);
+        if (r == NULL || PyDict_SetItem(by_runs, key, r) < 0)
+            Py_CLEAR(by_runs);
+        Py_XDECREF(r);
+    }
+    for (long long s = 0; s < shards; s++)
+        if (lists[s] != NULL)
+            Py_CLEAR(runs[s].by_src);
+    PyMem_Free(runs);
     if (rc == FALLBACK) {
         Py_XDECREF(by_shard);
         Py_RETURN_NONE;
     }
-    if (rc < 0 || by_shard == NULL) {
-        if (!PyErr_Occurred())
-            PyErr_NoMemory();
-        Py_XDECREF(by_shard);
+    if (rc == 0 && by_runs != NULL)
+        result = PyTuple_Pack(2, by_shard, by_runs);
+    if (result == NULL && !PyErr_Occurred())
+        PyErr_NoMemory();
+    Py_XDECREF(by_shard);
+    Py_XDECREF(by_runs);
+    return result;
+}
+
+/* record_rows(t, pending) -> [key, value, key, value, ...]: the data keys of RecordOp's records
+ * (keys.time_bound(t + i) + tail of the i-th (mutation, value, tail)) beside their values, flat,
+ * as the sqlite store binds them; None for any other shape (index._data_keys decides). */
+static PyObject *record_rows(PyObject *module, PyObject *args)
+{
+    PyObject *recs;
+    unsigned long long t0;
+    static const char HEX[] = "0123456789abcdef";
+    (void)module;
+    if (!PyArg_ParseTuple(args, "KO:record_rows", &t0, &recs))
         return NULL;
+    RecordsObject *rb = Py_IS_TYPE(recs, &RecordsType) ? (RecordsObject *)recs : NULL;
+    if (rb == NULL && !PyList_CheckExact(recs))
+        Py_RETURN_NONE;
+    Py_ssize_t n = rb ? rb->n : PyList_GET_SIZE(recs);
+    if (n && t0 + (uint64_t)n - 1 < t0) /* past 2**64: keys.time_hex refuses it */
+        Py_RETURN_NONE;
+    PyObject *out = PyList_New(2 * n);
+    if (out == NULL)
+        return NULL;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *v;
+        const char *tail;
+        if (rb) {
+            v = PyBytes_FromStringAndSize(rb->vals + rb->voff[i], (Py_ssize_t)(rb->voff[i + 1] - rb->voff[i]));
+            if (v == NULL) {
+                Py_DECREF(out);
+                return NULL;
+            }
+            tail = rb->tails + 43 * i;
+        } else {
+            PyObject *p = PyList_GET_ITEM(recs, i), *t;
+            if (!PyTuple_CheckExact(p) || PyTuple_GET_SIZE(p) != 3 || !PyBytes_CheckExact(v = PyTuple_GET_ITEM(p, 1))
+                || !PyUnicode_CheckExact(t = PyTuple_GET_ITEM(p, 2)) || !PyUnicode_IS_ASCII(t)
+                || PyUnicode_GET_LENGTH(t) != 43) {
+                Py_DECREF(out);
+                Py_RETURN_NONE;
+            }
+            Py_INCREF(v);
+            tail = (const char *)PyUnicode_DATA(t);
+        }
+        PyObject *key = PyUnicode_New(61, 127);
+        if (key == NULL) {
+            Py_DECREF(v);
+            Py_DECREF(out);
+            return NULL;
+        }
+        char *w = (char *)PyUnicode_DATA(key);
+        uint64_t t = t0 + (uint64_t)i;
+        w[0] = 'd';
+        w[1] = '.';
+        for (int d = 0; d < 16; d++)
+            w[2 + d] = HEX[(t >> (60 - 4 * d)) & 15];
+        memcpy(w + 18, tail, 43);
+        PyList_SET_ITEM(out, 2 * i, key);
+        PyList_SET_ITEM(out, 2 * i + 1, v);
     }
-    return by_shard;
+    return out;
 }
 
 
@@ -2357,8 +2610,13 @@ static PyObject *write_op_send(PyObject *module, PyObject *args)
     /* records: None, or (t, pending): data keys "d.<16 hex of t + i><tail>" for the i-th
      * (mutation, value, tail) of pending, its value the value (keys.time_bound(t + i) + tail). */
     PyObject *recs = NULL;
+    RecordsObject *rb = NULL; /* the records in prepare_records' buffers */
     if (records != Py_None) {
-        if (!PyTuple_CheckExact(records) || PyTuple_GET_SIZE(records) != 2 || !PyList_CheckExact(PyTuple_GET_ITEM(records, 1)))
+        if (!PyTuple_CheckExact(records) || PyTuple_GET_SIZE(records) != 2)
+            Py_RETURN_NONE;
+        if (Py_IS_TYPE(PyTuple_GET_ITEM(records, 1), &RecordsType))
+            rb = (RecordsObject *)PyTuple_GET_ITEM(records, 1);
+        else if (!PyList_CheckExact(PyTuple_GET_ITEM(records, 1)))
             Py_RETURN_NONE;
         t0 = PyLong_AsUnsignedLongLong(PyTuple_GET_ITEM(records, 0));
         if (t0 == (uint64_t)-1 && PyErr_Occurred()) {
@@ -2366,7 +2624,7 @@ static PyObject *write_op_send(PyObject *module, PyObject *args)
             Py_RETURN_NONE;
         }
         recs = PyTuple_GET_ITEM(records, 1);
-        nk = PyList_GET_SIZE(recs);
+        nk = rb ? rb->n : PyList_GET_SIZE(recs);
         if (nk && t0 + (uint64_t)nk - 1 < t0) /* past 2**64: keys.time_hex refuses it */
             Py_RETURN_NONE;
     }
@@ -2470,25 +2728,36 @@ static PyObject *write_op_send(PyObject *module, PyObject *args)
             static const char HEX[] = "0123456789abcdef";
             char *w = keybuf;
             for (Py_ssize_t i = 0; i < nk; i++) {
-                PyObject *p = PyList_GET_ITEM(recs, i);
-                PyObject *v, *tail;
-                if (!PyTuple_CheckExact(p) || PyTuple_GET_SIZE(p) != 3 || !PyBytes_CheckExact(v = PyTuple_GET_ITEM(p, 1))
-                    || !PyUnicode_CheckExact(tail = PyTuple_GET_ITEM(p, 2)) || !PyUnicode_IS_ASCII(tail)
-                    || PyUnicode_GET_LENGTH(tail) != 43) {
-                    plain = 0;
-                    goto done;
+                const char *tail, *vbuf;
+                size_t vlen;
+                if (rb) {
+                    tail = rb->tails + 43 * i;
+                    vbuf = rb->vals + rb->voff[i];
+                    vlen = rb->voff[i + 1] - rb->voff[i];
+                } else {
+                    PyObject *p = PyList_GET_ITEM(recs, i);
+                    PyObject *v, *t;
+                    if (!PyTuple_CheckExact(p) || PyTuple_GET_SIZE(p) != 3 || !PyBytes_CheckExact(v = PyTuple_GET_ITEM(p, 1))
+                        || !PyUnicode_CheckExact(t = PyTuple_GET_ITEM(p, 2)) || !PyUnicode_IS_ASCII(t)
+                        || PyUnicode_GET_LENGTH(t) != 43) {
+                        plain = 0;
+                        goto done;
+                    }
+                    tail = (const char *)PyUnicode_DATA(t);
+                    vbuf = PyBytes_AS_STRING(v);
+                    vlen = (size_t)PyBytes_GET_SIZE(v);
                 }
                 uint64_t t = t0 + (uint64_t)i;
                 w[0] = 'd';
                 w[1] = '.';
                 for (int d = 0; d < 16; d++)
                     w[2 + d] = HEX[(t >> (60 - 4 * d)) & 15];
-                memcpy(w + 18, PyUnicode_DATA(tail), 43);
+                memcpy(w + 18, tail, 43);
                 w[61] = 0;
                 ptr[first + nd + i] = w;
                 len[first + nd + i] = 61;
-                ptr[first + ns + nd + i] = PyBytes_AS_STRING(v);
-                len[first + ns + nd + i] = (size_t)PyBytes_GET_SIZE(v);
+                ptr[first + ns + nd + i] = vbuf;
+                len[first + ns + nd + i] = vlen;
                 w += 62;
             }
             at = first + 2 * ns;
@@ -2609,9 +2878,10 @@ static PyMethodDef METHODS[] = {
      "encode_raw_many of index entries (key, stored value) whose key holds the recorded time in "
      "hex at [time_start:time_end]: the times and the lines."},
     {"prepare_records", prepare_records, METH_VARARGS,
-     "prepare_records(batch, shards, mutation_type) -> dict[int, list[(mutation, value, tail)]] | None: "
-     "changelog.pipeline.index._prepare_py of a batch of exactly ``mutation_type``, or None for a "
-     "record only the Python way handles."},
+     "prepare_records(batch, shards, mutation_type) -> (dict[int, list[(mutation, value, tail)]], "
+     "dict[int, dict[str, (first, last)] | None]) | None: changelog.pipeline.index._prepare_py of a "
+     "batch of exactly ``mutation_type`` and each shard's runs (index._runs_py), or None for a record "
+     "only the Python way handles."},
     {"map_bilog_page", map_bilog_page, METH_VARARGS,
      "map_bilog_page(entries, start, facts, observed_ns, consts, ops, mutation_type) -> list | None: "
      "rgw_module.mapping.ShardMapper.map of entries[start:] (a Mutation, None, or Ellipsis where "
@@ -2626,6 +2896,8 @@ static PyMethodDef METHODS[] = {
      "omap_get_keys((create, release, by_keys2, operate, next2, end), ioctx, oid, keys) -> "
      "(ret, rval, dict | None): one omap read by keys through librados' functions at those "
      "addresses (ctypes'); the dict only when ret and rval are >= 0."},
+    {"record_rows", record_rows, METH_VARARGS,
+     "record_rows(t, pending) -> [key, value, ...]: a RecordOp's data keys and values, flat, or None"},
     {"fast_marks", fast_marks, METH_VARARGS,
      "fast_marks(pending, streams, shard, mutation_type) -> (old, high) | None: "
      "changelog.pipeline.index._fast_marks (None: not the fast path, or a shape Python decides)."},
@@ -2655,5 +2927,10 @@ PyMODINIT_FUNC PyInit__speedups(void)
     put_hex(NULL_VERSION_HEX, null_version, 4);
     if (map_init() < 0)
         return NULL;
-    return PyModule_Create(&MODULE);
+    if (PyType_Ready(&RecordsType) < 0)
+        return NULL;
+    PyObject *module = PyModule_Create(&MODULE);
+    if (module != NULL && PyModule_AddObjectRef(module, "Records", (PyObject *)&RecordsType) < 0)
+        Py_CLEAR(module);
+    return module;
 }

@@ -2,7 +2,7 @@
 
 from collections.abc import Sequence
 from types import EllipsisType
-from typing import Any
+from typing import Any, overload
 
 from changelog.pipeline.mutation import Mutation
 
@@ -13,9 +13,19 @@ def event_id(data: bytes, /) -> str: ...
 def encode_entries(
     entries: Sequence[tuple[str, bytes]], time_start: int, time_end: int, version: int, /
 ) -> tuple[list[int], list[bytes]] | None: ...
+class Records(Sequence[tuple[Mutation, bytes, str]]):
+    """One shard's records of a batch (``prepare_records``), values and tails in buffers."""
+
+    def __len__(self) -> int: ...
+    @overload
+    def __getitem__(self, i: int, /) -> tuple[Mutation, bytes, str]: ...
+    @overload
+    def __getitem__(self, i: slice, /) -> Sequence[tuple[Mutation, bytes, str]]: ...
+
 def prepare_records(
     batch: Sequence[Mutation], shards: int, mutation_type: type, /
-) -> dict[int, list[tuple[Mutation, bytes, str]]] | None: ...
+) -> tuple[dict[int, Records], dict[int, dict[str, tuple[str, str]] | None]] | None: ...
+def record_rows(t: int, pending: Sequence[tuple[Mutation, bytes, str]], /) -> list[str | bytes] | None: ...
 def map_bilog_page(
     entries: list[Any],
     start: int,

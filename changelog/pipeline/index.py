@@ -7,6 +7,7 @@ protocol are in docs/design.md §2-3; the layout helpers are in ``changelog.pipe
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import threading
@@ -69,12 +70,21 @@ _UNKNOWN = "\x00unknown"  # not a position (positions are printable ASCII): a st
 _Pending = tuple[Mutation, bytes, str]
 # In a tail, "<obj hash>.<version hash>" (the object key's suffix in object mode).
 _OBJVER = slice(1, 1 + 16 + 1 + 8)
-# The first pass of ``record_many`` (``_prepare_py``) in C, or None where the module is not built
-# or RGW_CHANGELOG_PURE_PYTHON=1 asks for Python. One contract with the Python reference
-# (tests/unit/test_record_speed.py): the same shards, values and key tails, byte for byte; None
-# back from C means "Python decides" (a shape it does not handle, an invalid record), so every
-# error and its message is the Python one.
-_NativePrepare = Callable[[Sequence[Mutation], int, type], dict[int, list[_Pending]] | None]
+# A shard's runs in a batch (``_runs_py``): per source, in order of first appearance, the first
+# and the last position of its records in that shard, when each source's positions strictly
+# increase there (the follower's batches); None when one does not. ``_run_marks`` checks a shard
+# against its stream marks with them, per source instead of per record.
+_Runs = dict[str, tuple[str, str]] | None
+# A shard's records of a batch: a list from ``_prepare_py``; from C, a ``_speedups.Records``, the
+# same sequence whose values and tails sit in two buffers (no object per record until asked for).
+_Records = Sequence[_Pending]
+_Prepared = tuple[dict[int, _Records], dict[int, _Runs]]
+# The first pass of ``record_many`` (``_prepare_py`` and ``_runs_py``) in C, or None where the
+# module is not built or RGW_CHANGELOG_PURE_PYTHON=1 asks for Python. One contract with the
+# Python reference (tests/unit/test_record_speed.py): the same shards, values, key tails and
+# runs, byte for byte; None back from C means "Python decides" (a shape it does not handle, an
+# invalid record), so every error and its message is the Python one.
+_NativePrepare = Callable[[Sequence[Mutation], int, type], _Prepared | None]
 
 
 _NATIVE_PREPARE: _NativePrepare | None = speedup("prepare_records")
@@ -89,20 +99,33 @@ _NativeMarks = Callable[
 
 _NATIVE_MARKS: _NativeMarks | None = speedup("fast_marks")
 
+# ``RecordOp.data_rows`` in C (``_speedups.record_rows``), or None: ``_data_keys`` serves.
+_NATIVE_ROWS: Callable[[int, _Records], list[str | bytes] | None] | None = speedup("record_rows")
+
 
 @dataclass(slots=True)
 class RecordOp(WriteOp):
     """A shard's guarded record op whose data keys the store makes as it sends the op: for a
-    store whose ``sends_record_keys`` is true (the RADOS store with its C write path), so that
-    no Python str is made per key. ``records`` is (first time, pending): the i-th record's key
-    is ``keys.time_bound(t + i) + tail``, its value the pending value. ``data_set()`` is that
-    part as the dict the op would otherwise carry in ``set`` (the store's Python path)."""
+    store whose ``sends_record_keys`` is true (the RADOS store with its C write path; the
+    sqlite store), so that no Python str is made per key, or only in C. ``records`` is (first
+    time, pending): the i-th record's key is ``keys.time_bound(t + i) + tail``, its value the
+    pending value. ``data_set()`` is that part as the dict the op would otherwise carry in
+    ``set`` (the RADOS store's Python path); ``data_rows()`` the same pairs as one flat list
+    [key, value, key, value, ...] (the sqlite store binds them so), made in C where built."""
 
-    records: tuple[int, list[_Pending]] = (0, [])
+    records: tuple[int, _Records] = (0, [])
 
     def data_set(self) -> dict[str, bytes]:
         t, pending = self.records
         return _data_keys(pending, t)
+
+    def data_rows(self) -> list[str | bytes]:
+        t, pending = self.records
+        if _NATIVE_ROWS is not None:
+            got = _NATIVE_ROWS(t, pending)
+            if got is not None:
+                return got
+        return list(itertools.chain.from_iterable(_data_keys(pending, t).items()))
 
     def is_empty(self) -> bool:
         return not self.records[1] and WriteOp.is_empty(self)
@@ -118,18 +141,55 @@ def bucket_op_shard(op: Op, shards: int) -> int:
     return 0 if op is Op.BUCKET_CREATE else shards - 1
 
 
-def _prepare(batch: Sequence[Mutation], shards: int) -> dict[int, list[_Pending]]:
+def _prepare(batch: Sequence[Mutation], shards: int) -> _Prepared:
     """The first pass of ``record_many`` over the whole batch, before anything is sent: type
     check, shard, encoded value and key tail of each record (so bad input fails here), grouped
-    by shard in order of first appearance. In C when it is built (one call per batch)."""
+    by shard in order of first appearance; and each shard's runs (``_runs_py``). In C when it
+    is built (one call per batch, the runs noted while each record is in the cache)."""
     if _NATIVE_PREPARE is not None:
         got = _NATIVE_PREPARE(batch, shards, Mutation)
         if got is not None:
             return got
-    return _prepare_py(batch, shards)
+    by_shard = _prepare_py(batch, shards)
+    return by_shard, {shard: _runs_py(pending) for shard, pending in by_shard.items()}
 
 
-def _prepare_py(batch: Iterable[Mutation], shards: int) -> dict[int, list[_Pending]]:
+def _runs_py(pending: _Records) -> _Runs:
+    """A shard's runs (see ``_Runs``): {source: (first, last position)}, or None when a
+    source's positions do not strictly increase (a duplicate, a replay, out of order)."""
+    runs: dict[str, list[str]] = {}
+    for m, _, _ in pending:
+        src, pos = m.source, m.position
+        run = runs.get(src)
+        if run is None:
+            runs[src] = [pos, pos]
+        elif pos <= run[1]:
+            return None
+        else:
+            run[1] = pos
+    return {src: (first, last) for src, (first, last) in runs.items()}
+
+
+def _run_marks(
+    runs: _Runs, streams: dict[tuple[int, str], str | None], shard: int
+) -> tuple[dict[str, str | None], dict[str, str]] | None:
+    """``_fast_marks`` from a shard's runs, one step per source: (old marks, new marks), or
+    None when a source is not cached, its first record is not above its mark, or its
+    positions do not increase (``runs`` None)."""
+    if runs is None:
+        return None
+    old: dict[str, str | None] = {}
+    high: dict[str, str] = {}
+    for src, (first, last) in runs.items():
+        mark = streams.get((shard, src), _UNKNOWN)
+        if mark is _UNKNOWN or (mark is not None and first <= mark):
+            return None
+        old[src] = mark
+        high[src] = last
+    return old, high
+
+
+def _prepare_py(batch: Iterable[Mutation], shards: int) -> dict[int, _Records]:
     """``_prepare`` in Python: the reference the C one matches byte for byte."""
     by_shard: dict[int, list[_Pending]] = defaultdict(list)
     # Power-of-two shard counts up to 256: the low byte of the digest is the modulo.
@@ -252,17 +312,17 @@ class ChangeIndex:
         batch is safe (those records are then duplicates).
         """
         batch = ms if isinstance(ms, list | tuple) else list(ms)
-        by_shard = _prepare(batch, self.shards)
+        by_shard, runs = _prepare(batch, self.shards)
         total = RecordResult(0, 0)
         attempt = 0
         while by_shard:
             attempt += 1
             sent: list[tuple[int, RecordResult, Callable[[], None]]] = []
             skipped: list[RecordResult] = []
-            results = self.store.execute_many(self._ops(by_shard, sent, skipped))
+            results = self.store.execute_many(self._ops(by_shard, runs, sent, skipped))
             for result in skipped:
                 total = total + result
-            retry: dict[int, list[_Pending]] = {}
+            retry: dict[int, _Records] = {}
             failure: BaseException | None = None
             for (shard, result, commit), err in zip(sent, results, strict=True):
                 if err is None:
@@ -285,7 +345,8 @@ class ChangeIndex:
 
     def _ops(
         self,
-        todo: dict[int, list[_Pending]],
+        todo: dict[int, _Records],
+        runs: dict[int, _Runs],
         sent: list[tuple[int, RecordResult, Callable[[], None]]],
         skipped: list[RecordResult],
     ) -> Iterator[tuple[str, WriteOp]]:
@@ -293,7 +354,7 @@ class ChangeIndex:
         while the next one is built, so this CPU overlaps the OSD's work. ``sent`` gets the
         shards whose op was yielded, in order; ``skipped`` the results of shards with nothing new."""
         for shard, pend in todo.items():
-            op, result, commit = self._build(shard, pend)
+            op, result, commit = self._build(shard, pend, runs.get(shard))
             if op is None:
                 skipped.append(result)
                 continue
@@ -307,7 +368,7 @@ class ChangeIndex:
                 del self._streams[k]
 
     @staticmethod
-    def _select(pending: list[_Pending], marks: dict[str, str]) -> tuple[list[_Pending], dict[str, str]]:
+    def _select(pending: Sequence[_Pending], marks: dict[str, str]) -> tuple[list[_Pending], dict[str, str]]:
         """The records not recorded before (above their source's mark, first of their
         (source, position) in the batch), and each source's new high-water mark."""
         fresh: list[_Pending] = []
@@ -338,12 +399,13 @@ class ChangeIndex:
         return t, prev
 
     def _build(
-        self, shard: int, pending: list[_Pending]
+        self, shard: int, pending: _Records, runs: _Runs = None
     ) -> tuple[WriteOp | None, RecordResult, Callable[[], None]]:
         """The guarded op that records ``pending`` in ``shard`` (None when all were recorded
-        before), its result and what to do once the op succeeded (update the stream cache)."""
+        before), its result and what to do once the op succeeded (update the stream cache).
+        ``runs``: the shard's runs in the batch (``_runs_py``; None takes the general path)."""
         oid = self.shard_oid(shard)
-        fast = self._fast_keys(shard, pending)
+        fast = self._fast_keys(shard, pending, runs)
         if fast is not None:
             floor, t, sets, old, new_marks = fast
             fresh = pending
@@ -381,39 +443,31 @@ class ChangeIndex:
         return op, RecordResult(len(fresh), len(pending) - len(fresh)), commit
 
     def _fast_keys(
-        self, shard: int, pending: list[_Pending]
+        self, shard: int, pending: _Records, runs: _Runs
     ) -> tuple[int, int, dict[str, bytes] | None, dict[str, str | None], dict[str, str]] | None:
         """The fast path of ``_build``: the shard's state is cached and positions increase per
-        source (the follower's batches), so every record is above its source's mark and unique
-        in the batch, and its key is built in the same loop (keys None: the store makes them,
-        see ``RecordOp``). Returns (floor, first time, keys, old marks, new marks); None for
-        anything else (a stream not cached, a duplicate, a
-        replay, positions out of order, object mode), which takes the general path.
+        source (the follower's batches: ``runs`` is not None), so every record is above its
+        source's mark and unique in the batch when each source's first record is above its
+        mark (``_run_marks``: one step per source, the per-record part done by the first
+        pass). The keys: None when the store makes them (``RecordOp``), else made here.
+        Returns (floor, first time, keys, old marks, new marks); None for anything else (a
+        stream not cached, a duplicate, a replay, positions out of order, object mode), which
+        takes the general path.
 
         Reading the cache without the lock is safe: every value read here is asserted by the
         op, so a stale one only makes the op fail its compare and be retried."""
         floor = self._floor[shard]
         if self.mode == "object" or floor is None:
             return None
-        t, prev = self._reserve(shard, floor, len(pending))
-        if getattr(self.store, "sends_record_keys", False):
-            # The store makes the keys (``RecordOp``): only the marks are checked here.
-            marks = _fast_marks(pending, self._streams, shard)
-            if marks is not None:
-                return floor, t, None, marks[0], marks[1]
-        else:
-            got = _fast_keys(pending, t, self._streams, shard)
-            if got is not None:
-                sets, old, high = got
-                return floor, t, sets, old, high
-        # Give the reserved times back (unless another thread reserved after us).
-        with self._lock:
-            if self._last_t[shard] == t + len(pending) - 1:
-                self._last_t[shard] = prev
-        return None
+        marks = _run_marks(runs, self._streams, shard)
+        if marks is None:
+            return None
+        t, _ = self._reserve(shard, floor, len(pending))
+        sets = None if getattr(self.store, "sends_record_keys", False) else _data_keys(pending, t)
+        return floor, t, sets, marks[0], marks[1]
 
     def _replace_entries(
-        self, op: WriteOp, oid: str, floor: int, sets: dict[str, bytes], fresh: list[_Pending]
+        self, op: WriteOp, oid: str, floor: int, sets: dict[str, bytes], fresh: _Records
     ) -> None:
         """Object mode: one entry per object+version. ``op`` also removes the entries the fresh
         ones replace (asserting they are still the live ones) and points each object key at its
@@ -586,16 +640,18 @@ class ChangeIndex:
 def _fast_keys(
     pending: list[_Pending], t: int, streams: dict[tuple[int, str], str | None], shard: int
 ) -> tuple[dict[str, bytes], dict[str, str | None], dict[str, str]] | None:
-    """The keys of ``ChangeIndex._fast_keys`` from the first reserved time ``t`` on: (keys,
-    old marks, new marks), or None when a record is not new above its stream's cached mark
-    (``streams``: (shard, source) -> mark) or comes out of order (``_fast_marks``)."""
+    """The fast path's keys from the first reserved time ``t`` on, checked record by record:
+    (keys, old marks, new marks), or None when a record is not new above its stream's cached
+    mark (``streams``: (shard, source) -> mark) or comes out of order (``_fast_marks``). The
+    per-record reference of ``ChangeIndex._fast_keys``, which checks per source
+    (``_run_marks``); the tests hold the two to the same answers."""
     marks = _fast_marks(pending, streams, shard)
     if marks is None:
         return None
     return _data_keys(pending, t), marks[0], marks[1]
 
 
-def _data_keys(pending: list[_Pending], t: int) -> dict[str, bytes]:
+def _data_keys(pending: _Records, t: int) -> dict[str, bytes]:
     """The data keys and values of ``pending`` recorded at times ``t``, ``t + 1``, ...: what
     ``keys.time_bound`` makes, one format per 256 keys (the key's time is its high part and
     ``_HEX2`` of its low byte)."""
@@ -615,7 +671,9 @@ def _fast_marks(
     pending: list[_Pending], streams: dict[tuple[int, str], str | None], shard: int
 ) -> tuple[dict[str, str | None], dict[str, str]] | None:
     """``_fast_keys``' check without the keys: (old marks, new marks), or None when a record
-    is not new above its stream's cached mark or comes out of order. In C when it is built."""
+    is not new above its stream's cached mark or comes out of order. In C when it is built.
+    The index checks per source instead (``_run_marks``, from the first pass's runs); this
+    per-record check is the reference the tests compare that with."""
     if _NATIVE_MARKS is not None:
         return _NATIVE_MARKS(pending, streams, shard, Mutation)
     return _fast_marks_py(pending, streams, shard)

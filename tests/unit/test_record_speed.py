@@ -1,6 +1,7 @@
-"""The record path in C (changelog/_speedups.c: ``prepare_records``) against the Python
-reference in changelog.pipeline.index (``_prepare_py``), byte for byte (issue 17): the shard,
-the stored value and the data key tail of every record, for awkward records
+"""The record path in C (changelog/_speedups.c: ``prepare_records``, ``record_rows``) against
+the Python reference in changelog.pipeline.index (``_prepare_py``, ``_runs_py``, ``_data_keys``),
+byte for byte (issue 17): the shard, the stored value and the data key tail of every record, each
+shard's runs (the marks check folded into the first pass), for awkward records
 (unicode and control characters, the longest keys and buckets, every msgpack width of strings,
 ints and maps, tenants, versions, bucket ops), for records the C code must hand back to Python
 (then the same result, or the same error), and the whole ``record_many`` on sqlite both ways.
@@ -12,7 +13,7 @@ from __future__ import annotations
 
 import os
 import random
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 
 import msgpack
@@ -22,7 +23,17 @@ from changelog.errors import InvalidMutation
 from changelog.pipeline import index as index_mod
 from changelog.pipeline import keys
 from changelog.pipeline.backends.sqlite import SqliteStore
-from changelog.pipeline.index import ChangeIndex, RecordOp, _fast_keys, _fast_marks_py, _Pending, _prepare_py
+from changelog.pipeline.index import (
+    ChangeIndex,
+    RecordOp,
+    _fast_keys,
+    _fast_marks_py,
+    _Pending,
+    _prepare_py,
+    _Records,
+    _run_marks,
+    _runs_py,
+)
 from changelog.pipeline.mutation import Mutation, Op, event_id
 from changelog.pipeline.store import WriteOp
 
@@ -105,14 +116,25 @@ def _batch(seed: int, n: int) -> list[Mutation]:
     return [_mutation(rng, i) for i in range(n)]
 
 
-def _native_prepare(batch: list[Mutation], shards: int) -> dict[int, list[_Pending]]:
+def _native_prepare(batch: list[Mutation], shards: int) -> Mapping[int, _Records]:
+    """The C first pass's records; its runs checked against the Python reference's on the way."""
     assert _speedups is not None
     got = _speedups.prepare_records(batch, shards, Mutation)
     assert got is not None, "the C record path handed back a batch it must handle"
-    return got
+    by_shard, runs = got
+    assert list(runs) == list(by_shard)
+    for shard, pend in by_shard.items():
+        assert runs[shard] == _runs_py(pend)
+        assert runs[shard] is None or list(runs[shard] or {}) == list(_runs_py(pend) or {})  # sources in order
+    return by_shard
 
 
-def _plain(by_shard: dict[int, list[_Pending]]) -> list[tuple[int, list[tuple[int, bytes, str]]]]:
+def _records(got: object) -> Mapping[int, _Records]:
+    """The records of ``index._prepare`` (records, runs) or of ``_prepare_py``."""
+    return got[0] if isinstance(got, tuple) else got  # type: ignore[return-value]
+
+
+def _plain(by_shard: Mapping[int, _Records]) -> list[tuple[int, list[tuple[int, bytes, str]]]]:
     """Comparable: shards in their order, each record as (its place in the batch, value, tail)."""
     return [(shard, [(id(m), value, tail) for m, value, tail in pend]) for shard, pend in by_shard.items()]
 
@@ -125,6 +147,7 @@ def test_native_record_path_is_used_where_required() -> None:
     pure = os.environ.get("RGW_CHANGELOG_PURE_PYTHON", "") == "1"
     assert (index_mod._NATIVE_PREPARE is None) is pure
     assert (index_mod._NATIVE_MARKS is None) is pure
+    assert (index_mod._NATIVE_ROWS is None) is pure
     # The RADOS store's write op in C (tests/integration/test_record_native_lab.py runs it).
     assert all(hasattr(_speedups, name) for name in ("write_op_send", "write_op_wait", "fast_marks"))
 
@@ -248,7 +271,7 @@ def _same_outcome(batch: list[Mutation], shards: int) -> None:
 
     def outcome(fn: object) -> object:
         try:
-            return _plain(fn(batch, shards))  # type: ignore[operator]
+            return _plain(_records(fn(batch, shards)))  # type: ignore[operator]
         except (InvalidMutation, UnicodeEncodeError, TypeError, ValueError) as ex:
             return f"{type(ex).__name__}: {ex}"
 
@@ -306,7 +329,7 @@ def test_record_many_takes_any_iterable() -> None:
         yield from batch
 
     for prepare in (index_mod._prepare, _prepare_py):
-        assert _plain(prepare(list(gen()), 16)) == _plain(_prepare_py(batch, 16))
+        assert _plain(_records(prepare(list(gen()), 16))) == _plain(_prepare_py(batch, 16))
 
 
 # --- the fast path's keys -----------------------------------------------------------------------
@@ -325,7 +348,7 @@ def _pending(n: int, sources: int = 3) -> list[_Pending]:
         )
         for i in range(n)
     ]
-    return next(iter(_prepare_py(ms, 1).values()))
+    return list(next(iter(_prepare_py(ms, 1).values())))
 
 
 def test_fast_keys_are_the_data_keys_and_refuse_what_is_not_new() -> None:
@@ -383,6 +406,79 @@ def test_fast_marks_are_fast_keys_without_the_keys() -> None:
         assert op.is_empty() is (not batch)
 
 
+def test_run_marks_decide_as_the_per_record_check() -> None:
+    """``_run_marks`` (the marks from the first pass's runs, one step per source) decides as
+    ``_fast_marks_py`` (one step per record) and gives the same old and new marks."""
+    for streams, batch in _marks_cases():
+        assert _run_marks(_runs_py(batch), streams, 0) == _fast_marks_py(batch, streams, 0)
+    rng = random.Random(3)
+    pend = _pending(300, sources=5)
+    for _ in range(300):
+        batch = rng.sample(pend, rng.randrange(1, 12))
+        if rng.random() < 0.5:
+            batch.sort(key=lambda p: p[0].position)
+        if rng.random() < 0.2:
+            batch.append(rng.choice(batch))
+        cached: dict[tuple[int, str], str | None] = {
+            (0, f"s{k}"): rng.choice([None, "", f"{rng.randrange(300):08d}"]) for k in range(5) if rng.random() < 0.9
+        }
+        assert _run_marks(_runs_py(batch), cached, 0) == _fast_marks_py(batch, cached, 0)
+
+
+@needs_native
+def test_runs_in_c_match_python() -> None:
+    """The runs ``prepare_records`` notes per shard and source: those of ``_runs_py``, for the
+    follower's shape (positions increasing per source), replays, duplicates and going back."""
+    pend = _pending(600)
+    ms = [p[0] for p in pend]
+    for batch in (ms, ms[::-1], ms[:10] + ms[5:20], ms + [ms[-1]], [ms[3]], ms[::7] + ms[1::7]):
+        for shards in (1, 3, 16):
+            _native_prepare(batch, shards)  # compares its runs with _runs_py's
+    by_shard, runs = index_mod._prepare(ms, 1)
+    assert runs == {0: {"s0": ("00000000", "00000597"), "s1": ("00000001", "00000598"), "s2": ("00000002", "00000599")}}
+    assert index_mod._prepare(ms[:3] + ms[:1], 1)[1] == {0: None}
+
+
+@needs_native
+def test_records_from_c_are_the_python_records() -> None:
+    """A shard's ``_speedups.Records`` (values and tails in buffers) reads as the list of
+    ``_prepare_py``: length, items (each a fresh (mutation, value, tail)), negative indexes,
+    the end; and it outlives the batch it was made from."""
+    assert _speedups is not None
+    batch = _batch(42, 300)
+    got = _native_prepare(batch, 3)
+    want = _prepare_py(batch, 3)
+    del batch
+    for shard, recs in got.items():
+        assert type(recs) is _speedups.Records
+        ref = want[shard]
+        assert len(recs) == len(ref)
+        assert recs[0] == ref[0] and recs[-1] == ref[-1] and recs[0][0] is ref[0][0]
+        assert [r for r in recs] == list(ref)
+        with pytest.raises(IndexError):
+            recs[len(ref)]
+        rows = RecordOp(records=(7, recs)).data_rows()
+        assert rows == [x for kv in index_mod._data_keys(ref, 7).items() for x in kv]
+
+
+@needs_native
+def test_record_rows_in_c_match_python() -> None:
+    """``RecordOp.data_rows`` (C ``record_rows``) is ``data_set``'s pairs, flat, in order; any
+    other shape is handed back to Python."""
+    assert _speedups is not None
+    pend = _pending(600)
+    for t in (0, 1, 250, 2**40 + 255, 2**64 - 600):
+        flat = _speedups.record_rows(t, pend)
+        want = [x for kv in index_mod._data_keys(pend, t).items() for x in kv]
+        assert flat == want and all(type(a) is type(b) for a, b in zip(flat or [], want, strict=True))
+        assert RecordOp(records=(t, pend)).data_rows() == want
+    assert _speedups.record_rows(5, []) == []
+    assert _speedups.record_rows(2**64 - 5, pend) is None  # past 2**64: keys.time_hex refuses it
+    assert _speedups.record_rows(5, [pend[0][:2]]) is None  # type: ignore[list-item]
+    assert _speedups.record_rows(5, [(pend[0][0], bytearray(b"x"), pend[0][2])]) is None  # type: ignore[list-item]
+    assert _speedups.record_rows(5, [(pend[0][0], b"x", "t")]) is None
+
+
 @needs_native
 def test_fast_marks_in_c_match_python() -> None:
     fast_marks = getattr(_speedups, "fast_marks", None)
@@ -422,9 +518,16 @@ class _KeysMadeByTheStore(SqliteStore):
     record_ops = 0
 
 
+class _KeysMadeByTheIndex(SqliteStore):
+    """A store that takes its data keys in ``set`` (``sends_record_keys`` false): the index
+    makes them (``_data_keys``)."""
+
+    sends_record_keys = False
+
+
 def test_the_fast_path_hands_record_ops_to_a_store_that_makes_keys(tmp_path: Path) -> None:
     dumps = []
-    for cls in (_KeysMadeByTheStore, SqliteStore):
+    for cls in (_KeysMadeByTheStore, SqliteStore, _KeysMadeByTheIndex):
         store = cls(str(tmp_path / f"{cls.__name__}.db"))
         index = ChangeIndex(store, shards=2, clock=lambda: 1_800_000_000.0)
         ms = [m for m, _, _ in _pending(900)]
@@ -433,7 +536,7 @@ def test_the_fast_path_hands_record_ops_to_a_store_that_makes_keys(tmp_path: Pat
         if isinstance(store, _KeysMadeByTheStore):
             assert store.record_ops == 4  # batches 2 and 3, both shards (the first reads the marks)
         store.close()
-    assert dumps[0] == dumps[1]
+    assert dumps[0] == dumps[1] == dumps[2]
 
 
 # --- the whole record path, both ways -----------------------------------------------------------
@@ -457,25 +560,25 @@ def test_record_many_stores_the_same_bytes_both_ways(
     batches = [ms[:150], ms[100:250], ms[250:], ms[::-1][:50], [ms[3]] * 3]
     dumps = []
     pick = rng.randrange(len(ms))
-    for way in ("native", "store makes keys", "python marks", "python"):
-        if way == "python marks":
-            monkeypatch.setattr(index_mod, "_NATIVE_MARKS", None)
+    ways = ("native", "store makes keys", "index makes keys", "python rows", "python")
+    for way in ways:
+        if way == "python rows":
+            monkeypatch.setattr(index_mod, "_NATIVE_ROWS", None)
         if way == "python":
             monkeypatch.setattr(index_mod, "_NATIVE_PREPARE", None)
-        store = (_KeysMadeByTheStore if "keys" in way or "marks" in way else SqliteStore)(
-            str(tmp_path / f"{way}.db")
-        )
+        cls = {"store makes keys": _KeysMadeByTheStore, "index makes keys": _KeysMadeByTheIndex}.get(way, SqliteStore)
+        store = cls(str(tmp_path / f"{way}.db"))
         index = ChangeIndex(store, shards=8, mode=mode, clock=lambda: 1_800_000_000.0)
         results = [index.record_many(b) for b in batches]
         results.append(index.record(ms[pick]))
         dumps.append((results, _dump(store, index)))
         store.close()
-    assert dumps[0] == dumps[1] == dumps[2] == dumps[3]
+    assert all(dump == dumps[0] for dump in dumps[1:])
     assert sum(r.written for r in dumps[0][0]) > 0
     assert any(r.duplicates for r in dumps[0][0])
 
 
 def test_event_id_in_the_key_is_the_mutation_event_id() -> None:
     m = Mutation(bucket="b", key="k", op=Op.WRITE, mtime_ns=1, source="src", position="pos", seq="q")
-    ((_, _, tail),) = next(iter(index_mod._prepare([m], 4).values()))
+    ((_, _, tail),) = next(iter(index_mod._prepare([m], 4)[0].values()))
     assert tail.endswith("." + event_id("src", "pos")[:16])

@@ -96,12 +96,26 @@ class RawBatches:
         return [(self.index.shard_oid(s), tuple(ks), tuple(vs)) for s, (ks, vs) in sorted(by_shard.items())]
 
 
-def _rate(prepared: Sequence[Any], write: Any, per_item: int) -> float:
-    """Records/s of ``write`` over ``prepared`` batches; preparing them is outside the clock."""
+def _rate(prepared: Sequence[Any], write: Any, per_item: int, cpu: list[float] | None = None) -> float:
+    """Records/s of ``write`` over ``prepared`` batches; preparing them is outside the clock.
+    ``cpu`` gets this thread's CPU per record in us (``time.thread_time``: steadier than the rate
+    on a shared machine; librados' own threads are not in it, for either side)."""
     t0 = time.perf_counter()
+    c0 = time.thread_time()
     for item in prepared:
         write(item)
+    if cpu is not None:
+        cpu.append((time.thread_time() - c0) / (len(prepared) * per_item) * 1e6)
     return len(prepared) * per_item / (time.perf_counter() - t0)
+
+
+def _cpu_params(ours: list[float], theirs: list[float]) -> dict[str, Any]:
+    return {
+        "ours_cpu_us_per_record": round(median(ours), 3),
+        "baseline_cpu_us_per_record": round(median(theirs), 3),
+        "ours_cpu_runs": [round(x, 3) for x in ours],
+        "baseline_cpu_runs": [round(x, 3) for x in theirs],
+    }
 
 
 def _rados_throughput(bench: Bench, index: ChangeIndex, raw: RawOmap, work: Workload, batch: int) -> Figure:
@@ -113,15 +127,19 @@ def _rados_throughput(bench: Bench, index: ChangeIndex, raw: RawOmap, work: Work
     maker = RawBatches(index)
     raw.write_many(maker.ops(work.batch(batch)))
 
+    cpu_ours: list[float] = []
+    cpu_theirs: list[float] = []
+
     def ours(_rep: int) -> float:
-        return _rate([work.batch(batch) for _ in range(nb)], index.record_many, batch)
+        return _rate([work.batch(batch) for _ in range(nb)], index.record_many, batch, cpu_ours)
 
     def theirs(_rep: int) -> float:
-        return _rate([maker.ops(work.batch(batch)) for _ in range(nb)], raw.write_many, batch)
+        return _rate([maker.ops(work.batch(batch)) for _ in range(nb)], raw.write_many, batch, cpu_theirs)
 
     a, b = interleaved(reps, ours, theirs)
     keys_per_op = batch // SHARDS
     say(f"record_many {keys_per_op} keys/op: ours {[round(x) for x in a]}, raw {[round(x) for x in b]} records/s")
+    say(f"  CPU us/record: ours {[round(x, 2) for x in cpu_ours]}, raw {[round(x, 2) for x in cpu_theirs]}")
     if bench.profile:
         _profile(index, work, batch, nb)
     return Figure(
@@ -142,6 +160,7 @@ def _rados_throughput(bench: Bench, index: ChangeIndex, raw: RawOmap, work: Work
             "value_bytes": len(work.batch(1)[0].encode()),
             "ours_runs": [round(x) for x in a],
             "baseline_runs": [round(x) for x in b],
+            **_cpu_params(cpu_ours, cpu_theirs),
         },
     )
 
@@ -235,11 +254,14 @@ def _sqlite_throughput(bench: Bench, work: Workload) -> Figure:
 
     raw_write(maker.ops(work.batch(batch)))
 
+    cpu_ours: list[float] = []
+    cpu_theirs: list[float] = []
+
     def ours(_rep: int) -> float:
-        return _rate([work.batch(batch) for _ in range(nb)], index.record_many, batch)
+        return _rate([work.batch(batch) for _ in range(nb)], index.record_many, batch, cpu_ours)
 
     def theirs(_rep: int) -> float:
-        return _rate([maker.ops(work.batch(batch)) for _ in range(nb)], raw_write, batch)
+        return _rate([maker.ops(work.batch(batch)) for _ in range(nb)], raw_write, batch, cpu_theirs)
 
     try:
         a, b = interleaved(reps, ours, theirs)
@@ -249,6 +271,7 @@ def _sqlite_throughput(bench: Bench, work: Workload) -> Figure:
         for p in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
             p.unlink(missing_ok=True)
     say(f"sqlite record_many: ours {[round(x) for x in a]}, raw {[round(x) for x in b]} records/s")
+    say(f"  CPU us/record: ours {[round(x, 2) for x in cpu_ours]}, raw {[round(x, 2) for x in cpu_theirs]}")
     return Figure(
         GROUP,
         "record_many_sqlite",
@@ -265,6 +288,7 @@ def _sqlite_throughput(bench: Bench, work: Workload) -> Figure:
             "synchronous": "NORMAL",
             "ours_runs": [round(x) for x in a],
             "baseline_runs": [round(x) for x in b],
+            **_cpu_params(cpu_ours, cpu_theirs),
         },
     )
 

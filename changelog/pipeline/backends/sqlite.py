@@ -176,6 +176,10 @@ class SqliteStore:
     def __repr__(self) -> str:
         return f"SqliteStore({self._path!r})"
 
+    # The index hands this store its record ops' records (``index.RecordOp``), not a dict of
+    # keys: ``_apply`` binds them as the flat rows ``RecordOp.data_rows`` makes (in C where built).
+    sends_record_keys = True
+
     @property
     def holder(self) -> str:
         return f"{self._host}:{os.getpid()}:{self._instance}"
@@ -288,24 +292,27 @@ class SqliteStore:
             )
         for begin, end in op.remove_ranges:
             conn.execute("DELETE FROM omap WHERE obj = ? AND key >= ? AND key < ?", (obj, begin, end))
-        if op.set:
-            self._set(conn, obj, op.set)
+        data_rows = getattr(op, "data_rows", None)  # index.RecordOp: its data keys, made here
+        if op.set or data_rows is not None:
+            flat: list[str | bytes] = list(itertools.chain.from_iterable(op.set.items()))
+            if data_rows is not None:
+                flat += data_rows()
+            self._set(conn, obj, flat)
 
     @staticmethod
-    def _set(conn: sqlite3.Connection, obj: int, pairs: dict[str, bytes]) -> None:
-        """``INSERT OR REPLACE`` of every pair: ``_SET_ROWS`` rows per statement while there are
-        that many (an index op sets ~1000 keys; one statement per row costs ~15% more CPU),
-        then one row per statement. Rows go in dict order, so a later pair wins, as before."""
-        n = len(pairs)
+    def _set(conn: sqlite3.Connection, obj: int, flat: list[str | bytes]) -> None:
+        """``INSERT OR REPLACE`` of every pair of ``flat`` ([key, value, key, value, ...]):
+        ``_SET_ROWS`` rows per statement while there are that many (an index op sets ~1000
+        keys; one statement per row costs ~15% more CPU), then one row per statement. Rows go
+        in order, so a later pair wins, as before."""
+        n = len(flat) // 2
         full = n - n % _SET_ROWS
-        if full:
-            flat = list(itertools.chain.from_iterable(pairs.items()))
-            step = 2 * _SET_ROWS
-            for i in range(0, 2 * full, step):
-                conn.execute(_SET_MANY, [obj, *flat[i : i + step]])
+        step = 2 * _SET_ROWS
+        for i in range(0, 2 * full, step):
+            conn.execute(_SET_MANY, [obj, *flat[i : i + step]])
         if full < n:
-            rest = itertools.islice(pairs.items(), full, None)
-            conn.executemany(_SET_ONE, [(obj, k, v) for k, v in rest])
+            rest = flat[2 * full :]
+            conn.executemany(_SET_ONE, [(obj, rest[i], rest[i + 1]) for i in range(0, len(rest), 2)])
 
     def _create(self, conn: sqlite3.Connection, oid: str) -> int:
         cursor = conn.execute("INSERT INTO objects (oid) VALUES (?)", (oid,))
