@@ -2869,6 +2869,9 @@ static PyObject *write_op_wait(PyObject *module, PyObject *args)
     return PyLong_FromLong(ret);
 }
 
+static PyObject *index_facts(PyObject *module, PyObject *args); /* index_facts' section, at the end */
+static PyObject *untrack_plain(PyObject *module, PyObject *args); /* untrack_plain's section, at the end */
+
 static PyMethodDef METHODS[] = {
     {"encode_raw_many", encode_raw_many, METH_VARARGS,
      "encode_raw_many(items, version) -> list[bytes] | None: the JSON lines of (recorded time, "
@@ -2908,6 +2911,13 @@ static PyMethodDef METHODS[] = {
     {"write_op_wait", write_op_wait, METH_VARARGS,
      "write_op_wait(functions, pending) -> int: wait for a sent op (the GIL released) and release it: "
      "its return value."},
+    {"index_facts", index_facts, METH_VARARGS,
+     "index_facts(wanted, values, (facts_type, instance_prefix, max_bytes)) -> dict | None: "
+     "rgw_module.bucket_index.BucketIndexReader.facts after its omap read, or None where the "
+     "Python code decides."},
+    {"untrack_plain", untrack_plain, METH_VARARGS,
+     "untrack_plain(objs, record_type, op_type) -> int: take the plain dicts (JSON values) and "
+     "record_type instances of plain fields in the list objs out of the cyclic GC: how many."},
     {"event_id", event_id, METH_VARARGS,
      "event_id(data) -> str: blake2b-128 hex of data (the hash encode_raw_many uses; for tests)."},
     {NULL, NULL, 0, NULL},
@@ -2933,4 +2943,251 @@ PyMODINIT_FUNC PyInit__speedups(void)
     if (module != NULL && PyModule_AddObjectRef(module, "Records", (PyObject *)&RecordsType) < 0)
         Py_CLEAR(module);
     return module;
+}
+
+/* ==================================================================================================
+ * index_facts: rgw_module.bucket_index.BucketIndexReader.facts after its omap read (issue 17,
+ * follower catch-up CPU). Given the page's lookups (``lookups``: Lookup tuples) and the values
+ * read, each lookup's keys are tried in order as ``facts`` tries them: the entry decoded by
+ * ``dir_entry`` above, the first key whose entry describes content and carries the write's ``ver``
+ * (or mtime) gives the write its ObjectFacts. Anything but that common case hands the whole page
+ * back to the Python reference (returns None): a value not bytes or over ``max_bytes``, an entry
+ * ``dir_entry`` does not take (the careful reader decides, and logs what is wrong), a null
+ * instance entry no null version made (NO_WRITE and its chain, ``_earlier_no_writes``), a
+ * cancelled operation's entry (matched by the page's timestamps), a lookup or values of another
+ * shape. tests/unit/test_index_facts.py compares both ways.
+ * ================================================================================================== */
+
+#define IF_FLAG_VER 0x1
+#define IF_FLAG_VER_MARKER 0x8
+
+/* a == b for two Python ints (or anything comparable): 1, 0, or -1 with an error set. */
+static int if_eq(PyObject *a, PyObject *b)
+{
+    if (a == b)
+        return 1;
+    return PyObject_RichCompareBool(a, b, Py_EQ);
+}
+
+/* Whether dir entry tuple ``d`` (``dir_entry``'s fields) carries the lookup's ver or mtime
+ * (``Lookup.matches``): 1, 0, or -1 with an error set. */
+static int if_matches(PyObject *d, PyObject *pool, PyObject *epoch, PyObject *mtime)
+{
+    if (PyTuple_GET_ITEM(d, 2) != Py_True)
+        return 0;
+    if (mtime != Py_None)
+        return if_eq(PyTuple_GET_ITEM(d, 7), mtime);
+    int r = if_eq(PyTuple_GET_ITEM(d, 3), pool);
+    return r <= 0 ? r : if_eq(PyTuple_GET_ITEM(d, 4), epoch);
+}
+
+/* index_facts(wanted, values, (facts_type, instance_prefix, max_bytes)) -> dict | None */
+static PyObject *index_facts(PyObject *module, PyObject *args)
+{
+    (void)module;
+    PyObject *wanted, *values, *consts;
+    if (!PyArg_ParseTuple(args, "OOO", &wanted, &values, &consts))
+        return NULL;
+    if (!PyList_CheckExact(wanted) || !PyDict_CheckExact(values) || !PyTuple_CheckExact(consts)
+        || PyTuple_GET_SIZE(consts) != 3 || !PyType_Check(PyTuple_GET_ITEM(consts, 0))
+        || !PyBytes_CheckExact(PyTuple_GET_ITEM(consts, 1)) || !PyLong_CheckExact(PyTuple_GET_ITEM(consts, 2)))
+        Py_RETURN_NONE;
+    PyTypeObject *facts_type = (PyTypeObject *)PyTuple_GET_ITEM(consts, 0);
+    if (!PyType_IsSubtype(facts_type, &PyTuple_Type))
+        Py_RETURN_NONE;
+    const char *prefix = PyBytes_AS_STRING(PyTuple_GET_ITEM(consts, 1));
+    Py_ssize_t prefix_len = PyBytes_GET_SIZE(PyTuple_GET_ITEM(consts, 1));
+    Py_ssize_t max_bytes = PyLong_AsSsize_t(PyTuple_GET_ITEM(consts, 2));
+    if (max_bytes == -1 && PyErr_Occurred())
+        return NULL;
+    PyObject *billion = PyLong_FromLongLong(1000000000LL);
+    PyObject *out = PyDict_New();
+    if (out == NULL || billion == NULL)
+        goto fail;
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(wanted); i++) {
+        PyObject *w = PyList_GET_ITEM(wanted, i);
+        if (!PyTuple_Check(w) || PyTuple_GET_SIZE(w) != 5 || !PyTuple_CheckExact(PyTuple_GET_ITEM(w, 1)))
+            goto fallback;
+        PyObject *position = PyTuple_GET_ITEM(w, 0), *keys = PyTuple_GET_ITEM(w, 1);
+        PyObject *pool = PyTuple_GET_ITEM(w, 2), *epoch = PyTuple_GET_ITEM(w, 3), *mtime = PyTuple_GET_ITEM(w, 4);
+        if (!PyUnicode_CheckExact(position) || !PyLong_CheckExact(pool) || !PyLong_CheckExact(epoch)
+            || (mtime != Py_None && !PyLong_CheckExact(mtime)))
+            goto fallback;
+        for (Py_ssize_t k = 0; k < PyTuple_GET_SIZE(keys); k++) {
+            PyObject *key = PyTuple_GET_ITEM(keys, k);
+            if (!PyBytes_CheckExact(key))
+                goto fallback;
+            PyObject *raw = PyDict_GetItemWithError(values, key); /* borrowed */
+            if (raw == NULL) {
+                if (PyErr_Occurred())
+                    goto fail;
+                continue;
+            }
+            if (!PyBytes_CheckExact(raw) || PyBytes_GET_SIZE(raw) > max_bytes)
+                goto fallback;
+            PyObject *d = dir_entry(NULL, raw);
+            if (d == NULL)
+                goto fail;
+            if (!PyTuple_CheckExact(d)) {
+                Py_DECREF(d);
+                goto fallback; /* the careful reader decides (and says what is wrong) */
+            }
+            long long flags = PyLong_AsLongLong(PyTuple_GET_ITEM(d, 11));
+            if (flags == -1 && PyErr_Occurred()) {
+                Py_DECREF(d);
+                goto fail;
+            }
+            int m = if_matches(d, pool, epoch, mtime);
+            if (m < 0) {
+                Py_DECREF(d);
+                goto fail;
+            }
+            int is_instance = PyBytes_GET_SIZE(key) >= prefix_len
+                              && memcmp(PyBytes_AS_STRING(key), prefix, (size_t)prefix_len) == 0;
+            if (is_instance && !(flags & IF_FLAG_VER) && PyUnicode_GET_LENGTH(PyTuple_GET_ITEM(d, 1)) == 0 && m) {
+                Py_DECREF(d);
+                goto fallback; /* NO_WRITE: Python marks it and its chain */
+            }
+            /* _describes_content: an etag, and an mtime of at least 1 s */
+            int content = PyUnicode_GET_LENGTH(PyTuple_GET_ITEM(d, 8)) > 0;
+            if (content) {
+                content = PyObject_RichCompareBool(PyTuple_GET_ITEM(d, 7), billion, Py_GE);
+                if (content < 0) {
+                    Py_DECREF(d);
+                    goto fail;
+                }
+            }
+            if (!content) {
+                Py_DECREF(d);
+                continue;
+            }
+            if (!m) {
+                /* _cancelled: a live entry with ver (-1, 0), not a placeholder */
+                long long p = PyLong_AsLongLong(PyTuple_GET_ITEM(d, 3));
+                if (p == -1 && PyErr_Occurred()) {
+                    Py_DECREF(d);
+                    goto fail;
+                }
+                int zero = PyObject_Not(PyTuple_GET_ITEM(d, 4));
+                if (zero < 0) {
+                    Py_DECREF(d);
+                    goto fail;
+                }
+                int cancelled = PyTuple_GET_ITEM(d, 2) == Py_True && p == -1 && zero
+                                && !(flags & IF_FLAG_VER_MARKER);
+                Py_DECREF(d);
+                if (cancelled)
+                    goto fallback; /* matched by the page's timestamps: Python */
+                continue;
+            }
+            PyObject *f = facts_type->tp_alloc(facts_type, 5);
+            if (f == NULL) {
+                Py_DECREF(d);
+                goto fail;
+            }
+            static const int FIELDS[5] = {10, 8, 7, 9, 14}; /* accounted_size, etag, mtime, class, owner */
+            for (int j = 0; j < 5; j++) {
+                PyObject *v = PyTuple_GET_ITEM(d, FIELDS[j]);
+                Py_INCREF(v);
+                PyTuple_SET_ITEM(f, j, v);
+            }
+            Py_DECREF(d);
+            PyObject_GC_UnTrack(f); /* ints, strs and None: no cycle can go through it */
+            int rc = PyDict_SetItem(out, position, f);
+            Py_DECREF(f);
+            if (rc < 0)
+                goto fail;
+            break;
+        }
+    }
+    Py_DECREF(billion);
+    return out;
+fallback:
+    Py_XDECREF(out);
+    Py_XDECREF(billion);
+    Py_RETURN_NONE;
+fail:
+    Py_XDECREF(out);
+    Py_XDECREF(billion);
+    return NULL;
+}
+
+/* ==================================================================================================
+ * untrack_plain: take a bilog page's entries and its records out of the cyclic GC's lists (issue
+ * 17, follower catch-up CPU). A round of the follower keeps ~16,000 entries and as many records
+ * alive (and the next two rounds' pages): enough surviving containers to set off a full
+ * collection over every live object about once a round (measured: 2.4-5.7 us an entry of full
+ * collections, 4-7 us with the young ones, out of ~25). None of these objects can be part of a
+ * cycle: an entry is a dict of strs, ints, floats, bools and None and of such dicts (the JSON
+ * radosgw sends: ``ver``), a record a ``Mutation`` (frozen, slots) whose fields are such values,
+ * an ``Op`` member or such a dict. Anything else (a list, another object, a dict holding one) is
+ * left tracked. A dict that is given a container later tracks itself again (CPython's dicts do).
+ * Returns how many objects were untracked.
+ * ================================================================================================== */
+
+static int up_atomic(PyObject *v)
+{
+    return v == Py_None || PyUnicode_CheckExact(v) || PyLong_CheckExact(v) || PyBool_Check(v)
+           || PyFloat_CheckExact(v) || PyBytes_CheckExact(v);
+}
+
+/* Whether dict ``d`` holds only atomic keys and values, or (depth > 0) such dicts as values. */
+static int up_plain_dict(PyObject *d, int depth)
+{
+    Py_ssize_t pos = 0;
+    PyObject *k, *v;
+    while (PyDict_Next(d, &pos, &k, &v)) {
+        if (!up_atomic(k))
+            return 0;
+        if (up_atomic(v))
+            continue;
+        if (depth > 0 && PyDict_CheckExact(v) && up_plain_dict(v, depth - 1))
+            continue;
+        return 0;
+    }
+    return 1;
+}
+
+/* Whether every slot of record ``o`` (of a __slots__ class: its tp_members) is atomic, an
+ * instance of ``op_type`` or a plain dict. */
+static int up_plain_record(PyObject *o, PyTypeObject *op_type)
+{
+    PyMemberDef *m = Py_TYPE(o)->tp_members;
+    if (m == NULL)
+        return 0;
+    for (; m->name != NULL; m++) {
+        if (m->type != T_OBJECT_EX && m->type != T_OBJECT)
+            continue;
+        PyObject *v = *(PyObject **)((char *)o + m->offset);
+        if (v == NULL || up_atomic(v) || Py_TYPE(v) == op_type)
+            continue;
+        if (PyDict_CheckExact(v) && up_plain_dict(v, 0))
+            continue;
+        return 0;
+    }
+    return 1;
+}
+
+/* untrack_plain(objs, record_type, op_type) -> int */
+static PyObject *untrack_plain(PyObject *module, PyObject *args)
+{
+    (void)module;
+    PyObject *objs, *record_type, *op_type;
+    if (!PyArg_ParseTuple(args, "OOO", &objs, &record_type, &op_type))
+        return NULL;
+    if (!PyList_CheckExact(objs) || !PyType_Check(record_type) || !PyType_Check(op_type))
+        return PyLong_FromLong(0);
+    long n = 0;
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(objs); i++) {
+        PyObject *o = PyList_GET_ITEM(objs, i);
+        if (!PyObject_GC_IsTracked(o))
+            continue;
+        if (PyDict_CheckExact(o) ? up_plain_dict(o, 1)
+                                 : Py_TYPE(o) == (PyTypeObject *)record_type
+                                       && up_plain_record(o, (PyTypeObject *)op_type)) {
+            PyObject_GC_UnTrack(o);
+            n++;
+        }
+    }
+    return PyLong_FromLong(n);
 }

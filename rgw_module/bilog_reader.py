@@ -21,6 +21,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from changelog.errors import LeaseLost, PermanentError, TransientError
+from changelog.native import speedup
 from changelog.pipeline.loop import Stopped
 from changelog.pipeline.mutation import Mutation, Op
 from rgw_module.admin import NotFound
@@ -47,6 +48,12 @@ logger = logging.getLogger(__name__)
 MARKER_READ_BATCH = 1000
 # Rounds whose pages are being fetched (with their facts) while one round is recorded.
 PREFETCH_ROUNDS = 2
+# ``_speedups.untrack_plain`` (None: not built, or RGW_CHANGELOG_PURE_PYTHON=1): a round's pages
+# and records out of the cyclic GC's lists. They cannot be part of a cycle (JSON values; frozen
+# records of such values), and ~16,000 of each alive per round, with two more rounds' pages,
+# set off a full collection over every live object about once a round: 4-7 us an entry of GC in
+# a catch-up of ~25 (docs/benchmarks.md, `follower_catchup`, 2026-12-07 evening).
+_UNTRACK = speedup("untrack_plain")
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,6 +151,8 @@ class BilogReader:
             page = self.ctx.admin.bilog_list(sh.bs, marker, max_entries=self.ctx.config.page_entries)
         except Exception as ex:  # noqa: BLE001 - the round decides (gone, failed, fatal)
             return _Fetched(ex)
+        if _UNTRACK is not None:
+            _UNTRACK(page, Mutation, Op)
         reader = self.ctx.bucket_index
         if self.ctx.config.object_info != "index" or reader is None or self._index_unreadable is not None:
             return _Fetched(page)
@@ -399,6 +408,8 @@ class BilogReader:
                 out.append(m)
             else:
                 unwanted += 1
+        if _UNTRACK is not None:
+            _UNTRACK(out, Mutation, Op)
         with ctx.lock:
             ctx.stats.entries_read += len(page)
             ctx.stats.entries_skipped += len(page) - len(out)

@@ -634,41 +634,65 @@ class BucketIndexReader:
         if not wanted:
             return {}
         values = self.read_omap(self.pool, index_oid(bs), sorted({k for w in wanted for k in w.keys}))
-        decoded: dict[bytes, DirEntry | None] = {}
-        out: dict[str, ObjectFacts] = {}
-        stamps: dict[str, int] | None = None
-        no_writes = 0
-        for w in wanted:
-            for key in w.keys:
-                if key not in decoded:
-                    raw = values.get(key)
-                    decoded[key] = None if raw is None else _decode_or_none(raw, bs, key)
-                d = decoded[key]
-                if d is None:
-                    continue
-                # A null instance entry no null version made: no FLAG_VER, which every version's
-                # entry has (module docstring). A plain key never has the prefix: one test per write.
-                if key.startswith(INSTANCE_PREFIX) and not d.flags & FLAG_VER and not d.instance \
-                        and w.matches(d):  # fmt: skip
-                    out[w.position] = NO_WRITE
-                    no_writes += 1
-                    break
-                if not _describes_content(d):
-                    continue
-                if not w.matches(d):
-                    if not _cancelled(d):
-                        continue
-                    if stamps is None:
-                        stamps = _write_stamps(page)
-                    if stamps.get(w.position) != d.mtime_ns:
-                        continue
-                out[w.position] = ObjectFacts(d.accounted_size, d.etag, d.mtime_ns, d.storage_class, d.owner)
+        if _NATIVE_FACTS is not None and wanted.__class__ is list and values.__class__ is dict:
+            got: dict[str, ObjectFacts] | None = _NATIVE_FACTS(wanted, values, _FACTS_CONSTS)
+            if got is not None:
+                return got
+        return _facts_py(bs, page, wanted, values)
+
+
+def _facts_py(
+    bs: BucketShard, page: Sequence[BilogEntry], wanted: Sequence[Lookup], values: Mapping[bytes, bytes]
+) -> dict[str, ObjectFacts]:
+    """``BucketIndexReader.facts`` after its omap read, in Python: the reference, and what
+    decides every page ``_speedups.index_facts`` hands back (an entry the careful reader must
+    read, a write of no object version, a cancelled operation's entry; tests/unit/test_index_facts.py)."""
+    decoded: dict[bytes, DirEntry | None] = {}
+    out: dict[str, ObjectFacts] = {}
+    stamps: dict[str, int] | None = None
+    no_writes = 0
+    for w in wanted:
+        for key in w.keys:
+            if key not in decoded:
+                raw = values.get(key)
+                decoded[key] = None if raw is None else _decode_or_none(raw, bs, key)
+            d = decoded[key]
+            if d is None:
+                continue
+            # A null instance entry no null version made: no FLAG_VER, which every version's
+            # entry has (module docstring). A plain key never has the prefix: one test per write.
+            if key.startswith(INSTANCE_PREFIX) and not d.flags & FLAG_VER and not d.instance \
+                    and w.matches(d):  # fmt: skip
+                out[w.position] = NO_WRITE
+                no_writes += 1
                 break
-        if no_writes:
-            no_writes += _earlier_no_writes(page, out)
-            logger.debug("bucket index %s: %d write(s) of no object version (DeleteObjectTagging of an OLH)",
-                         bs.key, no_writes)  # fmt: skip
-        return out
+            if not _describes_content(d):
+                continue
+            if not w.matches(d):
+                if not _cancelled(d):
+                    continue
+                if stamps is None:
+                    stamps = _write_stamps(page)
+                if stamps.get(w.position) != d.mtime_ns:
+                    continue
+            out[w.position] = ObjectFacts(d.accounted_size, d.etag, d.mtime_ns, d.storage_class, d.owner)
+            break
+    if no_writes:
+        no_writes += _earlier_no_writes(page, out)
+        logger.debug("bucket index %s: %d write(s) of no object version (DeleteObjectTagging of an OLH)",
+                     bs.key, no_writes)  # fmt: skip
+    return out
+
+
+def _native_facts() -> Callable[..., Any] | None:
+    got: Callable[..., Any] | None = speedup("index_facts")
+    return got
+
+
+# ``_facts_py`` in C for the common page, or None (not built, or RGW_CHANGELOG_PURE_PYTHON=1),
+# and what it is given besides the lookups and the values.
+_NATIVE_FACTS = _native_facts()
+_FACTS_CONSTS = (ObjectFacts, INSTANCE_PREFIX, MAX_ENTRY_BYTES)
 
 
 def _earlier_no_writes(page: Sequence[BilogEntry], out: dict[str, ObjectFacts]) -> int:
