@@ -268,8 +268,10 @@ def log_zone(lab: Lab) -> Iterator[None]:
         lab.radosgw_admin("zonegroup", "remove", "--rgw-zonegroup=default", f"--rgw-zone={LOG_ZONE}")
         lab.radosgw_admin("zone", "delete", f"--rgw-zone={LOG_ZONE}")
         # Reef's `zone create` makes the new zone the default one, and `zone delete` leaves the
-        # pointer on it: a radosgw started later would look for a zone that is gone.
-        lab.radosgw_admin("zone", "default", "--rgw-zone=default")
+        # pointer on it: a radosgw started later would look for a zone that is gone. (Pacific's
+        # does not move it, and its `zone default` refuses a zone outside a realm: EINVAL.)
+        if lab.release != "pacific":
+            lab.radosgw_admin("zone", "default", "--rgw-zone=default")
         log_data_again(lab, "zonegroup-lc-log.json")
 
 
