@@ -222,9 +222,8 @@ class LeftoverReaper:
 
 def leftover_reaper(config: Config, *, interval: float = 600.0) -> LeftoverReaper | None:
     """The reaper of ``config``'s replication sites (None: no site, or ``leftovers_days = 0``)."""
-    from changelog.config_types import reveal
-    from changelog.consumers.replication.sites import CONNECT_TIMEOUT, READ_TIMEOUT
-    from changelog.pipeline.s3client import make_s3_client
+    from changelog.consumers.replication.sites import site_client
+    from changelog.pipeline.s3client import DEFAULT_POOL
 
     days = config.lifecycle.leftovers_days
     if days <= 0 or not config.replication.sites:
@@ -232,17 +231,7 @@ def leftover_reaper(config: Config, *, interval: float = 600.0) -> LeftoverReape
     sites = [
         Site(
             s.name,
-            make_s3_client(
-                s.endpoint,
-                access_key=reveal(s.access_key),
-                secret_key=reveal(s.secret_key),
-                region=s.region,
-                addressing_style=s.addressing_style,
-                verify=s.tls_verify,
-                connect_timeout=CONNECT_TIMEOUT,
-                read_timeout=READ_TIMEOUT,
-                max_attempts=config.replication.max_attempts,
-            ),
+            site_client(s, max_attempts=config.replication.max_attempts, pool=DEFAULT_POOL),
             frozenset(s.buckets),
             {b: s.site_bucket(b) for b in s.bucket_map},
             tuple(s.prefixes),
